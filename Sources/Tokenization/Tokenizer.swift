@@ -1,0 +1,2 @@
+/// Hugging Face `tokenizer.json` tokenizers (issue 3).
+public enum TokenizationModule {}
