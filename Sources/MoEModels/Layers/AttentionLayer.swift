@@ -1,0 +1,126 @@
+import COpenBLAS
+import Foundation
+import ModelFormats
+import TensorMath
+
+/// Grouped-query causal self-attention with RoPE, optional q/k/v biases, optional q/k RMSNorm
+/// (per head or over the whole projection) and optional q/k/v clipping.
+struct AttentionLayer {
+    let layer: Int
+    let qProj: WeightMatrix, kProj: WeightMatrix, vProj: WeightMatrix, oProj: WeightMatrix
+    let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
+    let qNorm: [Float]?, kNorm: [Float]?
+    let normalization: QKNormalization
+    let clip: Float?
+    let headCount: Int, kvHeadCount: Int, headDim: Int
+    let eps: Float
+    let rope: RotaryEmbedding
+    let slidingWindow: Int?
+
+    init(layer: Int, config: ModelConfig, description: ArchitectureDescription, weights: WeightSource) throws {
+        let prefix = description.attentionPrefix(layer)
+        let hidden = config.hiddenSize
+        let qWidth = config.headCount * config.headDim, kvWidth = config.kvHeadCount * config.headDim
+        self.layer = layer
+        qProj = try weights.matrix("\(prefix).q_proj.weight", rows: qWidth, cols: hidden)
+        kProj = try weights.matrix("\(prefix).k_proj.weight", rows: kvWidth, cols: hidden)
+        vProj = try weights.matrix("\(prefix).v_proj.weight", rows: kvWidth, cols: hidden)
+        oProj = try weights.matrix("\(prefix).o_proj.weight", rows: hidden, cols: qWidth)
+        // Biases are taken when the checkpoint has them: Qwen2-MoE always, others when attention_bias.
+        func optionalVector(_ name: String, _ count: Int) throws -> [Float]? {
+            weights.contains(name) ? try weights.vector(name, count: count) : nil
+        }
+        qBias = try optionalVector("\(prefix).q_proj.bias", qWidth)
+        kBias = try optionalVector("\(prefix).k_proj.bias", kvWidth)
+        vBias = try optionalVector("\(prefix).v_proj.bias", kvWidth)
+        if config.attentionBias && qBias == nil {
+            throw ModelFormatError("\(prefix).q_proj.bias: missing from the checkpoint although the config sets attention_bias")
+        }
+        normalization = description.qkNormalization
+        switch normalization {
+        case .none:
+            qNorm = nil; kNorm = nil
+        case .perHead:
+            qNorm = try weights.vector("\(prefix).q_norm.weight", count: config.headDim)
+            kNorm = try weights.vector("\(prefix).k_norm.weight", count: config.headDim)
+        case .wholeProjection:
+            qNorm = try weights.vector("\(prefix).q_norm.weight", count: qWidth)
+            kNorm = try weights.vector("\(prefix).k_norm.weight", count: kvWidth)
+        }
+        clip = config.clipQKV
+        headCount = config.headCount
+        kvHeadCount = config.kvHeadCount
+        headDim = config.headDim
+        eps = config.rmsNormEps
+        rope = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta)
+        slidingWindow = config.slidingWindow
+    }
+
+    /// `output[T, hidden] = attention(x[T, hidden])` for every sequence span of the batch;
+    /// appends this layer's keys and values to each span's cache at its positions.
+    func forward(_ x: UnsafePointer<Float>, rowCount: Int, spans: [SequenceSpan], output: UnsafeMutablePointer<Float>) {
+        let qWidth = headCount * headDim, kvWidth = kvHeadCount * headDim
+        let q = AlignedBuffer<Float>(count: rowCount * qWidth)   // [T, heads*headDim]
+        let k = AlignedBuffer<Float>(count: rowCount * kvWidth)  // [T, kvHeads*headDim]
+        let v = AlignedBuffer<Float>(count: rowCount * kvWidth)  // [T, kvHeads*headDim]
+        qProj.apply(x, rowCount: rowCount, into: q.pointer)
+        kProj.apply(x, rowCount: rowCount, into: k.pointer)
+        vProj.apply(x, rowCount: rowCount, into: v.pointer)
+        for row in 0..<rowCount {
+            let qRow = q.pointer + row * qWidth, kRow = k.pointer + row * kvWidth, vRow = v.pointer + row * kvWidth
+            if let qBias { for i in 0..<qWidth { qRow[i] += qBias[i] } }
+            if let kBias { for i in 0..<kvWidth { kRow[i] += kBias[i] } }
+            if let vBias { for i in 0..<kvWidth { vRow[i] += vBias[i] } }
+            switch normalization {
+            case .none: break
+            case .perHead:
+                Ops.rmsNorm(qRow, rowCount: headCount, dim: headDim, weight: qNorm!, eps: eps)
+                Ops.rmsNorm(kRow, rowCount: kvHeadCount, dim: headDim, weight: kNorm!, eps: eps)
+            case .wholeProjection:
+                Ops.rmsNorm(qRow, rowCount: 1, dim: qWidth, weight: qNorm!, eps: eps)
+                Ops.rmsNorm(kRow, rowCount: 1, dim: kvWidth, weight: kNorm!, eps: eps)
+            }
+            if let clip {
+                for i in 0..<qWidth { qRow[i] = min(max(qRow[i], -clip), clip) }
+                for i in 0..<kvWidth { kRow[i] = min(max(kRow[i], -clip), clip); vRow[i] = min(max(vRow[i], -clip), clip) }
+            }
+        }
+
+        let context = AlignedBuffer<Float>(count: rowCount * qWidth) // [T, heads*headDim]
+        let scale = 1 / Float(headDim).squareRoot()
+        let groupSize = headCount / kvHeadCount
+        for span in spans {
+            let keys = span.cache.keyRows(layer), values = span.cache.valueRows(layer)
+            for i in 0..<span.rowCount {
+                let row = span.firstRow + i, position = span.startPosition + i
+                rope.apply(q.pointer + row * qWidth, headCount: headCount, position: position)
+                rope.apply(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
+                (keys + position * kvWidth).update(from: k.pointer + row * kvWidth, count: kvWidth)
+                (values + position * kvWidth).update(from: v.pointer + row * kvWidth, count: kvWidth)
+            }
+            let longest = span.startPosition + span.rowCount
+            var scores = [Float](repeating: 0, count: longest)
+            for i in 0..<span.rowCount {
+                let row = span.firstRow + i, position = span.startPosition + i
+                // Keys visible to this query: causal, and inside the sliding window if any.
+                let firstKey = slidingWindow.map { max(0, position - $0 + 1) } ?? 0
+                let keyCount = position + 1 - firstKey
+                for head in 0..<headCount {
+                    let group = head / groupSize
+                    let query = q.pointer + row * qWidth + head * headDim
+                    scores.withUnsafeMutableBufferPointer { s in
+                        // scores[j] = scale · K[firstKey + j, group] · query
+                        cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(keyCount), Int32(headDim), scale,
+                                    keys + firstKey * kvWidth + group * headDim, Int32(kvWidth), query, 1, 0, s.baseAddress!, 1)
+                        Ops.softmax(s.baseAddress!, count: keyCount)
+                        // context = Σ_j p[j] · V[firstKey + j, group]
+                        cblas_sgemv(CblasRowMajor, CblasTrans, Int32(keyCount), Int32(headDim), 1,
+                                    values + firstKey * kvWidth + group * headDim, Int32(kvWidth), s.baseAddress!, 1,
+                                    0, context.pointer + row * qWidth + head * headDim, 1)
+                    }
+                }
+            }
+        }
+        oProj.apply(context.pointer, rowCount: rowCount, into: output)
+    }
+}

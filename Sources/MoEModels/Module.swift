@@ -1,1 +1,0 @@
-// MoEModels module

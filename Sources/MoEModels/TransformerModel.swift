@@ -1,0 +1,165 @@
+import Foundation
+import ModelFormats
+import TensorMath
+
+/// One sequence's share of a forward step.
+public struct SequenceInput {
+    /// The sequence's KV cache; its length is the position of the first new token.
+    public let cache: KVCache
+    /// New token ids to run.
+    public let tokens: [Int]
+    /// Return logits for every new token instead of only the last.
+    public let allLogits: Bool
+
+    public init(cache: KVCache, tokens: [Int], allLogits: Bool = false) {
+        self.cache = cache
+        self.tokens = tokens
+        self.allLogits = allLogits
+    }
+}
+
+/// A decoder-only MoE transformer: embeddings → layers (attention, then a dense MLP or a
+/// routed-expert MoE block, each behind an RMSNorm with a residual) → final norm → LM head.
+/// Dense weights are held here; routed experts are reached only through `experts`.
+public final class TransformerModel: @unchecked Sendable {
+    /// Hyper-parameters.
+    public let config: ModelConfig
+    /// Architecture switches and tensor names.
+    public let description: ArchitectureDescription
+    /// Where routed experts come from.
+    public let experts: ExpertProvider
+    /// Receives routing decisions (trace recording, predictors); nil for none.
+    public var routingObserver: RoutingObserver?
+
+    private let embedding: WeightMatrix // [vocab, hidden]
+    private let lmHead: WeightMatrix    // [vocab, hidden]
+    private let finalNorm: [Float]
+    private let layers: [DecoderLayer]
+
+    private struct DecoderLayer {
+        let inputNorm: [Float]
+        let attention: AttentionLayer
+        let postAttentionNorm: [Float]
+        let feedForward: FeedForward
+    }
+
+    private enum FeedForward {
+        case dense(DenseMLP)
+        case sparse(SparseMoEBlock)
+    }
+
+    /// Builds the model from `weights` (dense tensors) and `experts` (routed experts).
+    public init(config: ModelConfig, weights: WeightSource, experts: ExpertProvider) throws {
+        self.config = config
+        self.experts = experts
+        let description = ArchitectureDescription.of(config.architecture)
+        self.description = description
+        let hidden = config.hiddenSize
+        embedding = try weights.matrix("model.embed_tokens.weight", rows: config.vocabSize, cols: hidden)
+        if weights.contains("lm_head.weight") {
+            lmHead = try weights.matrix("lm_head.weight", rows: config.vocabSize, cols: hidden)
+        } else if config.tieWordEmbeddings {
+            lmHead = embedding
+        } else {
+            throw ModelFormatError("lm_head.weight: missing from the checkpoint and tie_word_embeddings is false")
+        }
+        finalNorm = try weights.vector("model.norm.weight", count: hidden)
+        layers = try (0..<config.layerCount).map { layer in
+            let prefix = "model.layers.\(layer)"
+            let feedForward: FeedForward
+            if config.isMoELayer(layer) {
+                feedForward = .sparse(try SparseMoEBlock(layer: layer, config: config, description: description, weights: weights))
+            } else {
+                feedForward = .dense(try DenseMLP(prefix: description.feedForwardPrefix(layer), hidden: hidden,
+                                                  width: config.denseIntermediateSize, source: weights))
+            }
+            return DecoderLayer(
+                inputNorm: try weights.vector("\(prefix).input_layernorm.weight", count: hidden),
+                attention: try AttentionLayer(layer: layer, config: config, description: description, weights: weights),
+                postAttentionNorm: try weights.vector("\(prefix).post_attention_layernorm.weight", count: hidden),
+                feedForward: feedForward)
+        }
+    }
+
+    /// Creates an empty KV cache sized for this model.
+    public func makeCache() -> KVCache {
+        KVCache(layerCount: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim,
+                maxPositions: config.maxPositionEmbeddings)
+    }
+
+    /// Runs one step over the new tokens of every sequence, appends them to the caches, and
+    /// returns per sequence the logits `[vocab]` of its last token, or `[n * vocab]` for all of
+    /// its n tokens when `allLogits` is set.
+    public func forward(_ inputs: [SequenceInput]) throws -> [[Float]] {
+        let hidden = config.hiddenSize
+        var spans: [SequenceSpan] = []
+        var rowCount = 0
+        for input in inputs {
+            precondition(!input.tokens.isEmpty, "a sequence in a step needs at least one token")
+            let start = input.cache.length
+            guard start + input.tokens.count <= config.maxPositionEmbeddings else {
+                throw ModelFormatError("context overflow: \(start + input.tokens.count) positions requested, the model allows \(config.maxPositionEmbeddings)")
+            }
+            input.cache.reserve(start + input.tokens.count)
+            spans.append(SequenceSpan(cache: input.cache, firstRow: rowCount, rowCount: input.tokens.count, startPosition: start))
+            rowCount += input.tokens.count
+        }
+
+        let residual = AlignedBuffer<Float>(count: rowCount * hidden) // [T, hidden]
+        let normalized = AlignedBuffer<Float>(count: rowCount * hidden) // [T, hidden]
+        let blockOutput = AlignedBuffer<Float>(count: rowCount * hidden) // [T, hidden]
+        var row = 0
+        for input in inputs {
+            for token in input.tokens {
+                guard token >= 0 && token < config.vocabSize else {
+                    throw ModelFormatError("token id \(token) is outside the vocabulary (0..<\(config.vocabSize))")
+                }
+                embedding.widenRow(token, into: residual.pointer + row * hidden)
+                row += 1
+            }
+        }
+
+        for layer in layers {
+            normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)
+            Ops.rmsNorm(normalized.pointer, rowCount: rowCount, dim: hidden, weight: layer.inputNorm, eps: config.rmsNormEps)
+            layer.attention.forward(normalized.pointer, rowCount: rowCount, spans: spans, output: blockOutput.pointer)
+            Ops.addScaled(residual.pointer, blockOutput.pointer, alpha: 1, count: rowCount * hidden)
+
+            normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)
+            Ops.rmsNorm(normalized.pointer, rowCount: rowCount, dim: hidden, weight: layer.postAttentionNorm, eps: config.rmsNormEps)
+            switch layer.feedForward {
+            case .dense(let mlp):
+                mlp.forward(normalized.pointer, rowCount: rowCount, output: blockOutput.pointer)
+            case .sparse(let moe):
+                try moe.forward(normalized.pointer, rowCount: rowCount, hidden: hidden, provider: experts,
+                                observer: routingObserver, output: blockOutput.pointer)
+            }
+            Ops.addScaled(residual.pointer, blockOutput.pointer, alpha: 1, count: rowCount * hidden)
+        }
+        for span in spans { span.cache.advance(by: span.rowCount) }
+
+        // LM head only over the rows whose logits are wanted.
+        var results: [[Float]] = []
+        for (input, span) in zip(inputs, spans) {
+            let first = input.allLogits ? span.firstRow : span.firstRow + span.rowCount - 1
+            let count = input.allLogits ? span.rowCount : 1
+            let rows = AlignedBuffer<Float>(count: count * hidden)
+            rows.pointer.update(from: residual.pointer + first * hidden, count: count * hidden)
+            Ops.rmsNorm(rows.pointer, rowCount: count, dim: hidden, weight: finalNorm, eps: config.rmsNormEps)
+            var logits = [Float](repeating: 0, count: count * config.vocabSize)
+            logits.withUnsafeMutableBufferPointer { lmHead.apply(rows.pointer, rowCount: count, into: $0.baseAddress!) }
+            results.append(logits)
+        }
+        return results
+    }
+}
+
+extension WeightMatrix {
+    /// Copies row `r` as float32 into `destination` (embedding lookup).
+    func widenRow(_ r: Int, into destination: UnsafeMutablePointer<Float>) {
+        switch storage {
+        case .f32(let w): destination.update(from: w + r * cols, count: cols)
+        case .bf16(let w): FloatConversion.convertBF16(w + r * cols, to: destination, count: cols)
+        }
+    }
+}

@@ -1,0 +1,14 @@
+import ArgumentParser
+
+/// `moe-serve`: serve, pack, inspect and run Mixture-of-Experts models larger than RAM.
+@main
+struct MoEServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "moe-serve",
+        abstract: "Serve Mixture-of-Experts language models whose experts live on disk.",
+        subcommands: [
+            LogitsCommand.self,
+            GenerateCommand.self,
+        ]
+    )
+}

@@ -1,0 +1,191 @@
+import Foundation
+
+/// The model architectures MoEServe runs, by their Hugging Face class name.
+public enum Architecture: String, Sendable, Codable, CaseIterable {
+    case mixtral = "MixtralForCausalLM"
+    case qwen2Moe = "Qwen2MoeForCausalLM"
+    case qwen3Moe = "Qwen3MoeForCausalLM"
+    case olmoe = "OlmoeForCausalLM"
+
+    /// The `model_type` value that config.json uses for this architecture.
+    public var modelType: String {
+        switch self {
+        case .mixtral: return "mixtral"
+        case .qwen2Moe: return "qwen2_moe"
+        case .qwen3Moe: return "qwen3_moe"
+        case .olmoe: return "olmoe"
+        }
+    }
+}
+
+/// A model's hyper-parameters, read from `config.json` in either the hub style (top-level
+/// `rope_theta`, `torch_dtype`) or the newer style (`rope_parameters`, `dtype`), with each
+/// architecture's defaults applied where transformers applies them.
+public struct ModelConfig: Sendable, Codable, Equatable {
+    public var architecture: Architecture
+    public var vocabSize: Int
+    public var hiddenSize: Int
+    public var layerCount: Int
+    public var headCount: Int
+    public var kvHeadCount: Int
+    public var headDim: Int
+    public var rmsNormEps: Float
+    public var ropeTheta: Double
+    public var maxPositionEmbeddings: Int
+    public var tieWordEmbeddings: Bool
+    /// Routed experts per MoE layer.
+    public var expertCount: Int
+    /// Experts chosen per token.
+    public var expertsPerToken: Int
+    /// Width of one routed expert's MLP.
+    public var expertIntermediateSize: Int
+    /// Width of the dense MLP of non-MoE layers (Qwen2/3-MoE `intermediate_size`).
+    public var denseIntermediateSize: Int
+    /// Width of the shared expert, 0 when there is none (Qwen2-MoE).
+    public var sharedExpertIntermediateSize: Int
+    /// Renormalise the top-k routing weights to sum to one.
+    public var normTopKProb: Bool
+    /// Every `decoderSparseStep`-th layer is MoE (Qwen2/3-MoE).
+    public var decoderSparseStep: Int
+    /// Layers forced to a dense MLP (Qwen2/3-MoE).
+    public var mlpOnlyLayers: [Int]
+    /// q/k/v projections carry a bias.
+    public var attentionBias: Bool
+    /// Clamp q, k, v to ±clipQKV after projection (OLMoE), nil when unset.
+    public var clipQKV: Float?
+    /// Mixtral's sliding attention window, nil for full attention.
+    public var slidingWindow: Int?
+    public var bosTokenId: Int?
+    public var eosTokenIds: [Int]
+    /// The checkpoint's stored dtype name ("bfloat16", "float32", ...), if given.
+    public var dtypeName: String?
+
+    /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
+    public func isMoELayer(_ index: Int) -> Bool {
+        switch architecture {
+        case .mixtral, .olmoe: return true
+        case .qwen2Moe, .qwen3Moe:
+            return !mlpOnlyLayers.contains(index) && expertCount > 0 && (index + 1) % decoderSparseStep == 0
+        }
+    }
+
+    /// Indices of the MoE layers.
+    public var moeLayers: [Int] { (0..<layerCount).filter(isMoELayer) }
+
+    /// Parses config.json at `url`.
+    public static func load(from url: URL) throws -> ModelConfig {
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch {
+            throw ModelFormatError.file(url.path, "cannot read: \(error.localizedDescription)")
+        }
+        return try parse(data, file: url.path)
+    }
+
+    /// Parses the JSON text of a config.json; `file` names it in errors.
+    public static func parse(_ data: Data, file: String) throws -> ModelConfig {
+        guard let document = try? JSONDecoder().decode(JSONValue.self, from: data), let json = document.objectValue else {
+            throw ModelFormatError.file(file, "not a JSON object")
+        }
+        return try ConfigReader(json: json, file: file).read()
+    }
+}
+
+/// Typed access to a config.json dictionary with errors that name the key.
+private struct ConfigReader {
+    let json: [String: JSONValue]
+    let file: String
+
+    func int(_ key: String) throws -> Int {
+        guard let value = optionalInt(key) else { throw ModelFormatError.file(file, "missing or non-integer '\(key)'") }
+        return value
+    }
+
+    func optionalInt(_ key: String) -> Int? { json[key]?.intValue }
+
+    func double(_ key: String) -> Double? { json[key]?.doubleValue }
+
+    func bool(_ key: String, default value: Bool) -> Bool { json[key]?.boolValue ?? value }
+
+    func read() throws -> ModelConfig {
+        let architectureName = json["architectures"]?.arrayValue?.first?.stringValue
+        let modelType = json["model_type"]?.stringValue
+        guard let architecture = Architecture.allCases.first(where: { $0.rawValue == architectureName })
+            ?? Architecture.allCases.first(where: { architectureName == nil && $0.modelType == modelType }) else {
+            let supported = Architecture.allCases.map(\.rawValue).joined(separator: ", ")
+            throw ModelFormatError.file(file, "unknown architecture '\(architectureName ?? modelType ?? "none")' (supported: \(supported))")
+        }
+        let hidden = try int("hidden_size")
+        let heads = try int("num_attention_heads")
+        let kvHeads = optionalInt("num_key_value_heads") ?? heads
+        let headDim = optionalInt("head_dim") ?? hidden / heads
+        guard heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
+            throw ModelFormatError.file(file, "num_attention_heads (\(heads)) must be a multiple of num_key_value_heads (\(kvHeads))")
+        }
+        let ropeParameters = json["rope_parameters"]?.objectValue
+        let ropeScaling = json["rope_scaling"]?.objectValue
+        for scaling in [ropeParameters, ropeScaling].compactMap({ $0 }) {
+            let kind = (scaling["rope_type"] ?? scaling["type"])?.stringValue ?? "default"
+            if kind != "default" {
+                throw ModelFormatError.file(file, "unsupported rope scaling '\(kind)' (only the default RoPE is implemented)")
+            }
+        }
+        guard let theta = ropeParameters?["rope_theta"]?.doubleValue ?? double("rope_theta") else {
+            throw ModelFormatError.file(file, "missing 'rope_theta' (top level or in 'rope_parameters')")
+        }
+
+        let expertCount: Int
+        let expertWidth: Int
+        var denseWidth = optionalInt("intermediate_size") ?? 0
+        switch architecture {
+        case .mixtral:
+            expertCount = try int("num_local_experts")
+            expertWidth = try int("intermediate_size")
+        case .olmoe:
+            expertCount = try int("num_experts")
+            expertWidth = try int("intermediate_size")
+        case .qwen2Moe, .qwen3Moe:
+            expertCount = try int("num_experts")
+            expertWidth = try int("moe_intermediate_size")
+            denseWidth = try int("intermediate_size")
+        }
+        let topK = try int("num_experts_per_tok")
+        guard topK >= 1, topK <= expertCount else {
+            throw ModelFormatError.file(file, "num_experts_per_tok (\(topK)) must be between 1 and the number of experts (\(expertCount))")
+        }
+        let eos: [Int]
+        if let list = json["eos_token_id"]?.arrayValue { eos = list.compactMap(\.intValue) }
+        else if let single = optionalInt("eos_token_id") { eos = [single] }
+        else { eos = [] }
+
+        let clip = double("clip_qkv").map { Float($0) }
+        let window = architecture == .mixtral ? optionalInt("sliding_window") : nil
+
+        return ModelConfig(
+            architecture: architecture,
+            vocabSize: try int("vocab_size"),
+            hiddenSize: hidden,
+            layerCount: try int("num_hidden_layers"),
+            headCount: heads,
+            kvHeadCount: kvHeads,
+            headDim: headDim,
+            rmsNormEps: Float(double("rms_norm_eps") ?? 1e-6),
+            ropeTheta: theta,
+            maxPositionEmbeddings: optionalInt("max_position_embeddings") ?? 4096,
+            tieWordEmbeddings: bool("tie_word_embeddings", default: false),
+            expertCount: expertCount,
+            expertsPerToken: topK,
+            expertIntermediateSize: expertWidth,
+            denseIntermediateSize: denseWidth,
+            sharedExpertIntermediateSize: architecture == .qwen2Moe ? (optionalInt("shared_expert_intermediate_size") ?? 0) : 0,
+            normTopKProb: architecture == .mixtral ? true : bool("norm_topk_prob", default: false),
+            decoderSparseStep: max(1, optionalInt("decoder_sparse_step") ?? 1),
+            mlpOnlyLayers: json["mlp_only_layers"]?.arrayValue?.compactMap(\.intValue) ?? [],
+            attentionBias: architecture == .qwen2Moe ? true : bool("attention_bias", default: false),
+            clipQKV: architecture == .olmoe ? clip : nil,
+            slidingWindow: window,
+            bosTokenId: optionalInt("bos_token_id"),
+            eosTokenIds: eos,
+            dtypeName: json["dtype"]?.stringValue ?? json["torch_dtype"]?.stringValue
+        )
+    }
+}

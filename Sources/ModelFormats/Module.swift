@@ -1,1 +1,0 @@
-// ModelFormats module

@@ -1,0 +1,105 @@
+import Foundation
+import TensorMath
+
+/// Element type of a tensor in a checkpoint.
+public enum TensorDType: String, Sendable, Codable {
+    case f32 = "F32", bf16 = "BF16", f16 = "F16"
+
+    /// Bytes per element.
+    public var size: Int { self == .f32 ? 4 : 2 }
+}
+
+/// Where one tensor lives in a safetensors file.
+public struct SafetensorsEntry: Sendable {
+    /// Tensor name.
+    public let name: String
+    /// Element type.
+    public let dtype: TensorDType
+    /// Shape, outermost first.
+    public let shape: [Int]
+    /// Offset of the first byte from the start of the file.
+    public let fileOffset: Int
+    /// Length in bytes.
+    public let byteCount: Int
+
+    /// Number of elements.
+    public var elementCount: Int { shape.reduce(1, *) }
+}
+
+/// A memory-mapped `*.safetensors` file: an 8-byte little-endian header length, a JSON header
+/// naming every tensor's dtype, shape and byte range, then the data.
+///
+/// Every range is validated against the file size when the file is opened, so a truncated or
+/// damaged file fails there, with the tensor named, rather than when the tensor is read.
+public final class SafetensorsFile: @unchecked Sendable {
+    /// Path of the file.
+    public let path: String
+    /// The tensors, by name.
+    public let entries: [String: SafetensorsEntry]
+    private let base: UnsafeMutableRawPointer
+    private let mappedLength: Int
+
+    /// Maps and validates the file at `path`.
+    public init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw ModelFormatError.file(path, "cannot open: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw ModelFormatError.file(path, "cannot stat") }
+        let size = Int(status.st_size)
+        guard size >= 8 else { throw ModelFormatError.file(path, "truncated: \(size) bytes, too short for a safetensors header") }
+        guard let mapping = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapping != MAP_FAILED else {
+            throw ModelFormatError.file(path, "cannot map: \(String(cString: strerror(errno)))")
+        }
+        base = mapping
+        mappedLength = size
+        do {
+            entries = try Self.parseHeader(base: UnsafeRawPointer(mapping), size: size, path: path)
+        } catch {
+            munmap(mapping, size)
+            throw error
+        }
+    }
+
+    deinit { munmap(base, mappedLength) }
+
+    /// The bytes of tensor `name`.
+    public func bytes(of entry: SafetensorsEntry) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: UnsafeRawPointer(base) + entry.fileOffset, count: entry.byteCount)
+    }
+
+    private static func parseHeader(base: UnsafeRawPointer, size: Int, path: String) throws -> [String: SafetensorsEntry] {
+        let headerLength = Int(UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)))
+        guard headerLength > 0, headerLength <= size - 8 else {
+            throw ModelFormatError.file(path, "header length \(headerLength) is out of range for a file of \(size) bytes (truncated or not safetensors)")
+        }
+        let headerData = Data(bytes: base + 8, count: headerLength)
+        guard let header = try? JSONSerialization.jsonObject(with: headerData) as? [String: Any] else {
+            throw ModelFormatError.file(path, "header is not a JSON object")
+        }
+        let dataStart = 8 + headerLength
+        var entries: [String: SafetensorsEntry] = [:]
+        for (name, value) in header where name != "__metadata__" {
+            guard let info = value as? [String: Any],
+                  let dtypeName = info["dtype"] as? String,
+                  let shape = info["shape"] as? [Int],
+                  let offsets = info["data_offsets"] as? [Int], offsets.count == 2 else {
+                throw ModelFormatError.tensor(name, in: path, "malformed header entry")
+            }
+            guard let dtype = TensorDType(rawValue: dtypeName) else {
+                throw ModelFormatError.tensor(name, in: path, "unsupported dtype \(dtypeName) (supported: F32, BF16, F16)")
+            }
+            let (begin, end) = (offsets[0], offsets[1])
+            guard begin >= 0, end >= begin, dataStart + end <= size else {
+                throw ModelFormatError.tensor(name, in: path, "data range \(begin)..<\(end) lies outside the file (\(size - dataStart) data bytes; truncated?)")
+            }
+            let expected = shape.reduce(1, *) * dtype.size
+            guard shape.allSatisfy({ $0 >= 0 }), expected == end - begin else {
+                throw ModelFormatError.tensor(name, in: path, "shape \(shape) of \(dtypeName) needs \(expected) bytes but the header gives \(end - begin)")
+            }
+            entries[name] = SafetensorsEntry(name: name, dtype: dtype, shape: shape, fileOffset: dataStart + begin, byteCount: end - begin)
+        }
+        return entries
+    }
+}

@@ -1,0 +1,110 @@
+import COpenBLAS
+import Foundation
+
+/// Elementwise and reduction kernels of a transformer layer, over float32 rows.
+public enum Ops {
+    /// RMSNorm over each of `rowCount` rows of width `dim`, in place:
+    /// `x ← x / sqrt(mean(x²) + eps) · weight`.
+    public static func rmsNorm(_ x: UnsafeMutablePointer<Float>, rowCount: Int, dim: Int, weight: UnsafePointer<Float>, eps: Float) {
+        for r in 0..<rowCount {
+            let row = x + r * dim
+            var sumSquares: Float = 0
+            for i in 0..<dim { sumSquares += row[i] * row[i] }
+            let scale = 1 / (sumSquares / Float(dim) + eps).squareRoot()
+            for i in 0..<dim { row[i] = weight[i] * (row[i] * scale) }
+        }
+    }
+
+    /// Numerically stable softmax over `count` values, in place.
+    public static func softmax(_ x: UnsafeMutablePointer<Float>, count: Int) {
+        guard count > 0 else { return }
+        var maximum = -Float.infinity
+        for i in 0..<count { maximum = max(maximum, x[i]) }
+        var total: Float = 0
+        for i in 0..<count { let e = expf(x[i] - maximum); x[i] = e; total += e }
+        let inverse = 1 / total
+        for i in 0..<count { x[i] *= inverse }
+    }
+
+    /// `silu(a) · b`, elementwise, into `a`: the gated activation of a SwiGLU MLP.
+    public static func siluMultiply(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
+        for i in 0..<count {
+            let v = a[i]
+            a[i] = v / (1 + expf(-v)) * b[i]
+        }
+    }
+
+    /// The logistic sigmoid.
+    @inline(__always)
+    public static func sigmoid(_ v: Float) -> Float { 1 / (1 + expf(-v)) }
+
+    /// Indices of the `k` largest values, largest first; ties go to the lower index, as
+    /// `torch.topk` does on CPU for distinct values.
+    public static func topK(_ values: UnsafePointer<Float>, count: Int, k: Int) -> [Int] {
+        precondition(k <= count)
+        var chosen: [Int] = []
+        chosen.reserveCapacity(k)
+        for i in 0..<count {
+            // Insertion into a short sorted list: k is at most a few dozen.
+            var position = chosen.count
+            while position > 0 && values[chosen[position - 1]] < values[i] { position -= 1 }
+            if position < k {
+                chosen.insert(i, at: position)
+                if chosen.count > k { chosen.removeLast() }
+            }
+        }
+        return chosen
+    }
+
+    /// `y += alpha · x` over `count` values.
+    @inline(__always)
+    public static func addScaled(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, alpha: Float, count: Int) {
+        cblas_saxpy(Int32(count), alpha, x, 1, y, 1)
+    }
+
+    /// Index of the largest value (first on ties).
+    public static func argmax(_ x: UnsafePointer<Float>, count: Int) -> Int {
+        var best = 0
+        for i in 1..<max(count, 1) where x[i] > x[best] { best = i }
+        return best
+    }
+}
+
+/// Rotary position embeddings in the default (non-interleaved, `rotate_half`) layout that
+/// Llama-family models use: dimension `i` pairs with `i + headDim/2`.
+public struct RotaryEmbedding: Sendable {
+    /// Width of one head.
+    public let headDim: Int
+    /// Inverse frequencies, `1 / theta^(2i/headDim)`, computed in float32 as PyTorch does.
+    public let inverseFrequencies: [Float]
+
+    /// Builds the table for heads of `headDim` with base `theta`.
+    public init(headDim: Int, theta: Double) {
+        self.headDim = headDim
+        inverseFrequencies = (0..<(headDim / 2)).map { i in
+            // torch: 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)), in float32.
+            let exponent = Float(2 * i) / Float(headDim)
+            return 1 / Float(pow(Double(Float(theta)), Double(exponent)))
+        }
+    }
+
+    /// Rotates `headCount` heads of one token at `position`, in place. `x`: [headCount, headDim].
+    public func apply(_ x: UnsafeMutablePointer<Float>, headCount: Int, position: Int) {
+        let half = headDim / 2
+        var cosines = [Float](repeating: 0, count: half)
+        var sines = [Float](repeating: 0, count: half)
+        for i in 0..<half {
+            let angle = Float(position) * inverseFrequencies[i] // float32 product, as torch
+            cosines[i] = cosf(angle)
+            sines[i] = sinf(angle)
+        }
+        for h in 0..<headCount {
+            let head = x + h * headDim
+            for i in 0..<half {
+                let a = head[i], b = head[i + half]
+                head[i] = a * cosines[i] - b * sines[i]
+                head[i + half] = b * cosines[i] + a * sines[i]
+            }
+        }
+    }
+}
