@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages MoEServe builds against. Idempotent: does nothing when they
+# are all present already.
+set -euo pipefail
+packages=(libuv1-dev libopenblas-dev liblz4-dev libhttp-parser-dev pkg-config)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  echo "installing: ${missing[*]}" >&2
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
