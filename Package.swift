@@ -29,10 +29,11 @@ let package = Package(
         .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4"], swiftSettings: optimisedMath),
         .target(name: "Tokenization"),
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
+        .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .executableTarget(
             name: "MoEServeCLI",
             dependencies: [
-                "MoEModels", "ModelFormats", "Tokenization", "TensorMath",
+                "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
