@@ -39,6 +39,10 @@ let package = Package(
             swiftSettings: optimisedMath
         ),
 
+        .testTarget(
+            name: "InferenceEngineTests", dependencies: ["InferenceEngine", "MoEModels", "ModelFormats"],
+            swiftSettings: optimisedMath
+        ),
         .testTarget(name: "TensorMathTests", dependencies: ["TensorMath"], swiftSettings: optimisedMath),
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),

@@ -104,6 +104,13 @@ private struct ConfigReader {
 
     func double(_ key: String) -> Double? { json[key]?.doubleValue }
 
+    /// Routed experts per layer: `num_experts` on the hub, `num_local_experts` in some
+    /// transformers versions' configs for the same architectures.
+    func expertCountValue() throws -> Int {
+        if let count = optionalInt("num_experts") ?? optionalInt("num_local_experts") { return count }
+        throw ModelFormatError.file(file, "missing or non-integer 'num_experts'")
+    }
+
     func bool(_ key: String, default value: Bool) -> Bool { json[key]?.boolValue ?? value }
 
     func read() throws -> ModelConfig {
@@ -141,10 +148,10 @@ private struct ConfigReader {
             expertCount = try int("num_local_experts")
             expertWidth = try int("intermediate_size")
         case .olmoe:
-            expertCount = try int("num_experts")
+            expertCount = try expertCountValue()
             expertWidth = try int("intermediate_size")
         case .qwen2Moe, .qwen3Moe:
-            expertCount = try int("num_experts")
+            expertCount = try expertCountValue()
             expertWidth = try int("moe_intermediate_size")
             denseWidth = try int("intermediate_size")
         }

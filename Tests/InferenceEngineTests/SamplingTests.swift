@@ -1,0 +1,111 @@
+import Testing
+@testable import InferenceEngine
+
+@Suite struct SamplingTests {
+    let logits: [Float] = [1.0, 3.0, 2.5, -1.0, 0.5]
+
+    func parameters(_ configure: (inout SamplingParameters) -> Void) -> SamplingParameters {
+        var p = SamplingParameters()
+        p.seed = 11
+        configure(&p)
+        return p
+    }
+
+    @Test func temperatureZeroIsGreedy() {
+        var sampler = TokenSampler(parameters: parameters { $0.temperature = 0 }, prompt: [])
+        #expect(sampler.sample(logits).token == 1)
+    }
+
+    @Test func topKOfOneIsGreedyAtAnyTemperature() {
+        var sampler = TokenSampler(parameters: parameters { $0.temperature = 5; $0.topK = 1 }, prompt: [])
+        for _ in 0..<20 { #expect(sampler.sample(logits).token == 1) }
+    }
+
+    @Test func sameSeedSameTokens() {
+        let p = parameters { $0.temperature = 1.5; $0.seed = 99 }
+        var a = TokenSampler(parameters: p, prompt: []), b = TokenSampler(parameters: p, prompt: [])
+        let first = (0..<50).map { _ in a.sample(logits).token }
+        let second = (0..<50).map { _ in b.sample(logits).token }
+        #expect(first == second)
+        #expect(Set(first).count > 1) // it really samples
+    }
+
+    @Test func minPAndTopPTruncate() {
+        // p ∝ e^logit: token 1 has p≈0.53, token 2 ≈0.32; min-p 0.7 keeps only token 1.
+        var minP = TokenSampler(parameters: parameters { $0.minP = 0.7 }, prompt: [])
+        for _ in 0..<20 { #expect(minP.sample(logits).token == 1) }
+        // top-p 0.8 keeps tokens 1 and 2 (0.53 + 0.32 ≥ 0.8).
+        var topP = TokenSampler(parameters: parameters { $0.topP = 0.8 }, prompt: [])
+        let drawn = Set((0..<200).map { _ in topP.sample(logits).token })
+        #expect(drawn == [1, 2])
+    }
+
+    @Test func penaltiesDiscourageRepeats() {
+        var repetition = TokenSampler(parameters: parameters { $0.temperature = 0; $0.repetitionPenalty = 2 }, prompt: [1])
+        // logit 3.0 / 2 = 1.5 < 2.5
+        #expect(repetition.sample(logits).token == 2)
+        var frequency = TokenSampler(parameters: parameters { $0.temperature = 0; $0.frequencyPenalty = 1 }, prompt: [])
+        #expect(frequency.sample(logits).token == 1) // nothing generated yet
+        #expect(frequency.sample(logits).token == 2) // 3.0 - 1 = 2.0 < 2.5
+        var presence = TokenSampler(parameters: parameters { $0.temperature = 0; $0.presencePenalty = 0.4 }, prompt: [])
+        #expect(presence.sample(logits).token == 1)
+        #expect(presence.sample(logits).token == 1) // 2.6 > 2.5
+        #expect(presence.sample(logits).token == 1) // presence does not accumulate
+    }
+
+    @Test func logprobsAreLogSoftmaxOfTheLogits() {
+        var sampler = TokenSampler(parameters: parameters { $0.temperature = 0 }, prompt: [])
+        let result = sampler.sample(logits, topCount: 2)
+        let total = logits.map { Double($0).exponential }.reduce(0, +)
+        #expect(abs(Double(result.logprob.logprob) - (3.0 - total.logarithm)) < 1e-5)
+        #expect(result.top.map(\.token) == [1, 2])
+    }
+}
+
+private extension Double {
+    var exponential: Double { Foundation.exp(self) }
+    var logarithm: Double { Foundation.log(self) }
+}
+
+import Foundation
+
+@Suite struct TextAssemblerTests {
+    /// A toy vocabulary: ids index into pieces of UTF-8 bytes, so a character can span tokens.
+    static let pieces: [[UInt8]] = [Array("Hello".utf8), Array(" wor".utf8), Array("ld".utf8), Array("!".utf8),
+                                    [0xF0, 0x9F], [0x98, 0x80], Array("END".utf8), Array("E".utf8), Array("ND".utf8)]
+    static let decode: @Sendable ([Int]) -> String = { ids in String(decoding: ids.flatMap { pieces[$0] }, as: UTF8.self) }
+
+    func run(_ ids: [Int], stops: [String]) -> (text: String, pieces: [String], stopped: Bool) {
+        var assembler = TextAssembler(decode: Self.decode, stopStrings: stops)
+        var out: [String] = []
+        for id in ids {
+            let piece = assembler.append(id)
+            out.append(piece.text)
+            if piece.stopped { return (out.joined(), out, true) }
+        }
+        out.append(assembler.finish())
+        return (out.joined(), out, false)
+    }
+
+    @Test func streamedPiecesConcatenateToTheFullDecode() {
+        let ids = [0, 1, 2, 3, 4, 5, 3]
+        let result = run(ids, stops: [])
+        #expect(result.text == Self.decode(ids))
+        #expect(result.pieces[4] == "") // first half of the emoji is held back
+        #expect(result.pieces[5] == "😀")
+    }
+
+    @Test func stopStringAcrossTokenBoundariesIsCutAndNeverShown() {
+        let result = run([0, 7, 8, 3], stops: ["END"])
+        #expect(result.stopped)
+        #expect(result.text == "Hello")
+        #expect(!result.pieces.joined().contains("E"))
+    }
+
+    @Test func aHeldBackPrefixIsReleasedWhenItDoesNotComplete() {
+        let result = run([0, 7, 3], stops: ["END"])
+        #expect(!result.stopped)
+        #expect(result.text == "HelloE!")
+        #expect(result.pieces[1] == "") // "E" might have begun "END"
+    }
+}
