@@ -1,4 +1,5 @@
 import COpenBLAS
+import Dispatch
 
 /// How the elements of a `WeightMatrix` are stored.
 public enum WeightStorage: @unchecked Sendable {
@@ -84,22 +85,69 @@ public struct WeightMatrix: @unchecked Sendable {
 /// SIMD kernels over bf16 weights. Decoding is bound by memory bandwidth, so reading half the
 /// bytes of f32 is the point; widening is a shift and costs nothing next to the load.
 public enum BF16Kernels {
+    /// Matrices at least this large are split across two threads: below it the hand-off costs
+    /// more than it saves.
+    static let parallelThreshold = 1 << 20
+
     /// `y[rows] = W[rows, cols] · x[cols]` with W in bf16.
+    ///
+    /// Sixteen bf16 weights are loaded as eight 32-bit lanes; `lane << 16` is then the even
+    /// weights as floats and `lane & 0xFFFF0000` the odd ones, so widening needs only 32-bit
+    /// shifts and masks (which vectorise) instead of a 16→32-bit conversion (which does not).
+    /// `x` is permuted once into the matching even/odd order per block of 16.
     public static func gemv(_ w: UnsafePointer<UInt16>, rows: Int, cols: Int, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
-        for r in 0..<rows {
-            let rowPointer = w + r * cols
-            var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
-            var c = 0
-            while c + 16 <= cols {
-                let raw = UnsafeRawPointer(rowPointer + c).loadUnaligned(as: SIMD16<UInt16>.self)
-                let wide = unsafeBitCast(SIMD16<UInt32>(truncatingIfNeeded: raw) &<< 16, to: SIMD16<Float>.self)
-                let xv = UnsafeRawPointer(x + c).loadUnaligned(as: SIMD16<Float>.self)
-                acc0.addProduct(wide.lowHalf, xv.lowHalf)
-                acc1.addProduct(wide.highHalf, xv.highHalf)
-                c += 16
+        let blocks = cols / 16
+        let permuted = UnsafeMutablePointer<Float>.allocate(capacity: max(blocks * 16, 1))
+        defer { permuted.deallocate() }
+        for b in 0..<blocks {
+            for i in 0..<8 {
+                permuted[b * 16 + i] = x[b * 16 + 2 * i]
+                permuted[b * 16 + 8 + i] = x[b * 16 + 2 * i + 1]
             }
-            var sum = (acc0 + acc1).sum()
-            while c < cols { sum += FloatConversion.float(fromBF16: rowPointer[c]) * x[c]; c += 1 }
+        }
+        let xp = UnsafePointer(permuted)
+        if rows * cols >= parallelThreshold && rows >= 64 {
+            let half = (rows / 2 + 7) & ~7
+            DispatchQueue.concurrentPerform(iterations: 2) { part in
+                let first = part == 0 ? 0 : half, last = part == 0 ? half : rows
+                rowRange(w, first..<last, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
+            }
+        } else {
+            rowRange(w, 0..<rows, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
+        }
+    }
+
+    @inline(__always)
+    static func rowRange(_ w: UnsafePointer<UInt16>, _ range: Range<Int>, cols: Int, blocks: Int,
+                         permutedX: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let highMask = SIMD8<UInt32>(repeating: 0xFFFF_0000)
+        for r in range {
+            let row = UnsafeRawPointer(w + r * cols)
+            var even0 = SIMD8<Float>(), odd0 = SIMD8<Float>(), even1 = SIMD8<Float>(), odd1 = SIMD8<Float>()
+            var b = 0
+            while b + 2 <= blocks {
+                let lanes0 = row.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
+                let lanes1 = row.loadUnaligned(fromByteOffset: b * 32 + 32, as: SIMD8<UInt32>.self)
+                let xe0 = UnsafeRawPointer(permutedX + b * 16).loadUnaligned(as: SIMD8<Float>.self)
+                let xo0 = UnsafeRawPointer(permutedX + b * 16 + 8).loadUnaligned(as: SIMD8<Float>.self)
+                let xe1 = UnsafeRawPointer(permutedX + b * 16 + 16).loadUnaligned(as: SIMD8<Float>.self)
+                let xo1 = UnsafeRawPointer(permutedX + b * 16 + 24).loadUnaligned(as: SIMD8<Float>.self)
+                even0.addProduct(unsafeBitCast(lanes0 &<< 16, to: SIMD8<Float>.self), xe0)
+                odd0.addProduct(unsafeBitCast(lanes0 & highMask, to: SIMD8<Float>.self), xo0)
+                even1.addProduct(unsafeBitCast(lanes1 &<< 16, to: SIMD8<Float>.self), xe1)
+                odd1.addProduct(unsafeBitCast(lanes1 & highMask, to: SIMD8<Float>.self), xo1)
+                b += 2
+            }
+            if b < blocks {
+                let lanes = row.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
+                even0.addProduct(unsafeBitCast(lanes &<< 16, to: SIMD8<Float>.self),
+                                 UnsafeRawPointer(permutedX + b * 16).loadUnaligned(as: SIMD8<Float>.self))
+                odd0.addProduct(unsafeBitCast(lanes & highMask, to: SIMD8<Float>.self),
+                                UnsafeRawPointer(permutedX + b * 16 + 8).loadUnaligned(as: SIMD8<Float>.self))
+            }
+            var sum = ((even0 + odd0) + (even1 + odd1)).sum()
+            let rowPointer = w + r * cols
+            for c in (blocks * 16)..<cols { sum += FloatConversion.float(fromBF16: rowPointer[c]) * x[c] }
             y[r] = sum
         }
     }
