@@ -29,11 +29,12 @@ let package = Package(
         .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4"], swiftSettings: optimisedMath),
         .target(name: "Tokenization"),
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
+        .target(name: "ExpertPrediction", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .executableTarget(
             name: "MoEServeCLI",
             dependencies: [
-                "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine",
+                "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
@@ -41,6 +42,10 @@ let package = Package(
 
         .testTarget(
             name: "InferenceEngineTests", dependencies: ["InferenceEngine", "MoEModels", "ModelFormats"],
+            swiftSettings: optimisedMath
+        ),
+        .testTarget(
+            name: "ExpertPredictionTests", dependencies: ["ExpertPrediction", "MoEModels", "ModelFormats"],
             swiftSettings: optimisedMath
         ),
         .testTarget(name: "TensorMathTests", dependencies: ["TensorMath"], swiftSettings: optimisedMath),

@@ -37,6 +37,7 @@ public final class TransformerModel: @unchecked Sendable {
     private let layers: [DecoderLayer]
 
     private struct DecoderLayer {
+        let index: Int
         let inputNorm: [Float]
         let attention: AttentionLayer
         let postAttentionNorm: [Float]
@@ -74,11 +75,19 @@ public final class TransformerModel: @unchecked Sendable {
                                                   width: config.denseIntermediateSize, source: weights))
             }
             return DecoderLayer(
+                index: layer,
                 inputNorm: try weights.vector("\(prefix).input_layernorm.weight", count: hidden),
                 attention: try AttentionLayer(layer: layer, config: config, description: description, weights: weights),
                 postAttentionNorm: try weights.vector("\(prefix).post_attention_layernorm.weight", count: hidden),
                 feedForward: feedForward)
         }
+    }
+
+    /// The router of MoE layer `layer`, `[experts, hidden]`; nil for a dense layer. Predictors
+    /// apply it to earlier hidden states to guess the layer's experts ahead of time.
+    public func router(forLayer layer: Int) -> WeightMatrix? {
+        if case .sparse(let block) = layers[layer].feedForward { return block.router }
+        return nil
     }
 
     /// Creates an empty KV cache sized for this model.
@@ -122,6 +131,7 @@ public final class TransformerModel: @unchecked Sendable {
         for layer in layers {
             normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)
             Ops.rmsNorm(normalized.pointer, rowCount: rowCount, dim: hidden, weight: layer.inputNorm, eps: config.rmsNormEps)
+            routingObserver?.willRunAttention(layer: layer.index, input: normalized.pointer, rowCount: rowCount)
             layer.attention.forward(normalized.pointer, rowCount: rowCount, spans: spans, output: blockOutput.pointer)
             Ops.addScaled(residual.pointer, blockOutput.pointer, alpha: 1, count: rowCount * hidden)
 

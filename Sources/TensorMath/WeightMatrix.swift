@@ -108,13 +108,19 @@ public enum BF16Kernels {
         let xp = UnsafePointer(permuted)
         if rows * cols >= parallelThreshold && rows >= 64 {
             let half = (rows / 2 + 7) & ~7
+            // Raw pointers are not Sendable; the two halves write disjoint rows of y.
+            let pointers = SendablePointers(w: w, permutedX: xp, x: x, y: y)
             DispatchQueue.concurrentPerform(iterations: 2) { part in
                 let first = part == 0 ? 0 : half, last = part == 0 ? half : rows
-                rowRange(w, first..<last, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
+                rowRange(pointers.w, first..<last, cols: cols, blocks: blocks, permutedX: pointers.permutedX, x: pointers.x, y: pointers.y)
             }
         } else {
             rowRange(w, 0..<rows, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
         }
+    }
+
+    private struct SendablePointers: @unchecked Sendable {
+        let w: UnsafePointer<UInt16>, permutedX: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>
     }
 
     @inline(__always)

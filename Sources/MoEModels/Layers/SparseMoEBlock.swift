@@ -13,8 +13,17 @@ public struct TokenRouting: Sendable, Equatable {
 /// statistics). Called on the engine thread; keep it cheap.
 public protocol RoutingObserver: AnyObject {
     /// `routes[row]` for each of the step's token rows in MoE layer `layer`; `gateInput` is the
-    /// normalised hidden state the router saw, `[rows, hidden]`.
+    /// normalised hidden state the router saw, `[rows, hidden]`. Called before any expert of
+    /// the layer runs, so loads started here overlap the layer's expert compute.
     func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int)
+
+    /// Layer `layer` is about to run attention on `input`, the normalised hidden state
+    /// `[rows, hidden]`. Loads started here overlap the attention.
+    func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int)
+}
+
+extension RoutingObserver {
+    public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {}
 }
 
 /// A routed-expert MoE block: router → top-k → tokens grouped by expert → one matrix product

@@ -1,0 +1,33 @@
+/// How well predictions matched the experts the router then chose, per layer.
+public struct LayerPredictionStatistics: Sendable, Codable, Equatable {
+    /// Experts the router chose (distinct per step).
+    public var used = 0
+    /// Of those, how many had been predicted.
+    public var predictedAndUsed = 0
+    /// Experts predicted.
+    public var predicted = 0
+
+    /// Used experts that were predicted.
+    public var recall: Double { used == 0 ? 0 : Double(predictedAndUsed) / Double(used) }
+    /// Predicted experts that were used.
+    public var precision: Double { predicted == 0 ? 0 : Double(predictedAndUsed) / Double(predicted) }
+    /// Predicted experts that were not used.
+    public var wasted: Int { predicted - predictedAndUsed }
+
+    public static func + (a: Self, b: Self) -> Self {
+        Self(used: a.used + b.used, predictedAndUsed: a.predictedAndUsed + b.predictedAndUsed, predicted: a.predicted + b.predicted)
+    }
+}
+
+/// Prediction statistics of one predictor over a run.
+public struct PredictionStatistics: Sendable, Codable, Equatable {
+    /// Per model layer (dense layers stay zero).
+    public var perLayer: [LayerPredictionStatistics]
+    /// Decode/prefill steps observed.
+    public var steps = 0
+
+    public init(layerCount: Int) { perLayer = Array(repeating: LayerPredictionStatistics(), count: layerCount) }
+
+    /// All layers together.
+    public var total: LayerPredictionStatistics { perLayer.reduce(LayerPredictionStatistics(), +) }
+}

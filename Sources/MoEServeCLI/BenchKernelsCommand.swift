@@ -1,0 +1,103 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import TensorMath
+
+/// `moe-serve bench kernels`: the machine's memory bandwidth and how close the GEMV kernels
+/// that bound decoding come to it.
+struct BenchKernelsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "kernels", abstract: "Measure memory bandwidth and GEMV throughput (JSON on stdout, table on stderr).")
+
+    @Option(help: "Rows of the test matrix.") var rows = 4096
+    @Option(help: "Columns of the test matrix.") var cols = 4096
+    @Option(help: "Repetitions; the median is reported.") var repetitions = 15
+
+    struct Result: Encodable {
+        var memoryReadGBps1Thread: Double
+        var memoryReadGBps2Threads: Double
+        var bf16GemvGBps: Double
+        var f32SgemvGBps: Double
+        var bf16GemvFractionOfBandwidth: Double
+        var rows: Int
+        var cols: Int
+        enum CodingKeys: String, CodingKey {
+            case memoryReadGBps1Thread = "memory_read_gbps_1_thread", memoryReadGBps2Threads = "memory_read_gbps_2_threads"
+            case bf16GemvGBps = "bf16_gemv_gbps", f32SgemvGBps = "f32_sgemv_gbps"
+            case bf16GemvFractionOfBandwidth = "bf16_gemv_fraction_of_bandwidth", rows, cols
+        }
+    }
+
+    func run() throws {
+        // 512 MiB: far beyond any cache, so reads come from DRAM.
+        let floats = 128 << 20
+        let big = AlignedBuffer<Float>(count: floats)
+        for i in stride(from: 0, to: floats, by: 1024) { big[i] = Float(i & 7) }
+        let bytes = Double(floats * 4)
+        let read1 = bytes / median { _ = Self.sum(big.pointer, count: floats) } / 1e9
+        let read2 = bytes / median {
+            DispatchQueue.concurrentPerform(iterations: 2) { part in
+                _ = Self.sum(big.pointer + part * floats / 2, count: floats / 2)
+            }
+        } / 1e9
+
+        let bf16 = AlignedBuffer<UInt16>(count: rows * cols)
+        for i in 0..<(rows * cols) { bf16[i] = FloatConversion.bf16(from: Float((i * 7) % 13) * 0.01) }
+        let f32 = AlignedBuffer<Float>(count: rows * cols)
+        FloatConversion.convertBF16(bf16.pointer, to: f32.pointer, count: rows * cols)
+        let x = AlignedBuffer<Float>([Float](repeating: 0.5, count: cols))
+        let y = AlignedBuffer<Float>(count: rows)
+        let bf16Matrix = WeightMatrix(rows: rows, cols: cols, storage: .bf16(UnsafePointer(bf16.pointer)), owner: bf16)
+        let f32Matrix = WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(f32.pointer)), owner: f32)
+        let bf16Rate = Double(rows * cols * 2) / median { bf16Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
+        let f32Rate = Double(rows * cols * 4) / median { f32Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
+
+        let result = Result(memoryReadGBps1Thread: read1, memoryReadGBps2Threads: read2, bf16GemvGBps: bf16Rate,
+                            f32SgemvGBps: f32Rate, bf16GemvFractionOfBandwidth: bf16Rate / max(read1, read2), rows: rows, cols: cols)
+        let table = """
+        | measurement | GB/s |
+        |---|---|
+        | memory read, 1 thread | \(String(format: "%.1f", read1)) |
+        | memory read, 2 threads | \(String(format: "%.1f", read2)) |
+        | bf16 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", bf16Rate)) |
+        | f32 sgemv \(rows)x\(cols) (OpenBLAS) | \(String(format: "%.1f", f32Rate)) |
+
+        """
+        FileHandle.standardError.write(Data(table.utf8))
+        try printJSON(result)
+    }
+
+    /// Median seconds of `repetitions` runs of `body` after one warm-up.
+    func median(_ body: () -> Void) -> Double {
+        body()
+        var times: [Double] = []
+        for _ in 0..<repetitions {
+            let start = DispatchTime.now().uptimeNanoseconds
+            body()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        return times.sorted()[times.count / 2]
+    }
+
+    /// Sums `count` floats with four independent SIMD accumulators (a pure read stream).
+    static func sum(_ p: UnsafePointer<Float>, count: Int) -> Float {
+        var a = SIMD8<Float>(), b = SIMD8<Float>(), c = SIMD8<Float>(), d = SIMD8<Float>()
+        var i = 0
+        let raw = UnsafeRawPointer(p)
+        while i + 32 <= count {
+            a += raw.load(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+            b += raw.load(fromByteOffset: i * 4 + 32, as: SIMD8<Float>.self)
+            c += raw.load(fromByteOffset: i * 4 + 64, as: SIMD8<Float>.self)
+            d += raw.load(fromByteOffset: i * 4 + 96, as: SIMD8<Float>.self)
+            i += 32
+        }
+        return (a + b + c + d).sum()
+    }
+}
+
+/// `moe-serve bench ...`: benchmarks; results as JSON on stdout, a table on stderr.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Benchmarks (JSON on stdout, human table on stderr).",
+        subcommands: [BenchKernelsCommand.self])
+}

@@ -1,0 +1,81 @@
+import Foundation
+import Testing
+import ModelFormats
+import MoEModels
+@testable import ExpertPrediction
+
+/// Records the order of prefetch and demand calls.
+final class RecordingProvider: ExpertProvider, @unchecked Sendable {
+    let inner: ExpertProvider
+    var events: [String] = []
+    init(_ inner: ExpertProvider) { self.inner = inner }
+
+    func withExperts(layer: Int, experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
+        events.append("demand \(layer)")
+        try inner.withExperts(layer: layer, experts: experts, body)
+    }
+
+    func prefetch(layer: Int, experts: [Int]) { events.append("prefetch \(layer)") }
+}
+
+func fixtureModel(_ prefix: String, recording: Bool = false) throws -> (TransformerModel, RecordingProvider?) {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures/models")
+    let name = try FileManager.default.contentsOfDirectory(atPath: root.path).sorted().first { $0.hasPrefix(prefix) }!
+    let checkpoint = try CheckpointDirectory(url: root.appendingPathComponent(name))
+    let inMemory = try InMemoryExpertProvider(config: checkpoint.config, weights: checkpoint,
+                                              names: ArchitectureDescription.of(checkpoint.config.architecture))
+    let recorder = recording ? RecordingProvider(inMemory) : nil
+    return (try TransformerModel(config: checkpoint.config, weights: checkpoint, experts: recorder ?? inMemory), recorder)
+}
+
+@Suite struct ExpertPredictorTests {
+    @Test func crossLayerPrefetchOfTheNextLayerComesBeforeItsDemand() throws {
+        let (model, recorder) = try fixtureModel("mixtral-top1-tied", recording: true)
+        let predictor = ExpertPredictor(model: model, configuration: PredictorConfiguration(crossLayer: true), provider: recorder)
+        model.routingObserver = predictor
+        _ = try model.forward([SequenceInput(cache: model.makeCache(), tokens: [1, 2, 3])])
+        let events = recorder!.events
+        for layer in 1..<model.config.layerCount {
+            let prefetch = try #require(events.firstIndex(of: "prefetch \(layer)"))
+            let demand = try #require(events.firstIndex(of: "demand \(layer)"))
+            #expect(prefetch < demand)
+        }
+        #expect(!events.contains("prefetch 0")) // the cross-layer gate has nothing before layer 0
+    }
+
+    @Test func predictingEveryExpertGivesFullRecallAndExactPrecisionAccounting() throws {
+        let (model, _) = try fixtureModel("mixtral-gqa")
+        let everything = PredictorConfiguration(crossLayer: true, extraWidth: model.config.expertCount, preAttention: true)
+        let predictor = ExpertPredictor(model: model, configuration: everything, provider: nil)
+        model.routingObserver = predictor
+        _ = try model.forward([SequenceInput(cache: model.makeCache(), tokens: [5])])
+        for layer in 0..<model.config.layerCount {
+            let stats = predictor.statistics.perLayer[layer]
+            #expect(stats.recall == 1)
+            #expect(stats.predicted == model.config.expertCount)
+            #expect(stats.used == model.config.expertsPerToken)
+            #expect(abs(stats.precision - Double(model.config.expertsPerToken) / Double(model.config.expertCount)) < 1e-12)
+        }
+    }
+
+    @Test func predictionNeverChangesTheOutput() throws {
+        let (model, _) = try fixtureModel("qwen2moe-shared-top4")
+        let plain = try model.forward([SequenceInput(cache: model.makeCache(), tokens: [3, 1, 4, 1, 5], allLogits: true)])[0]
+        model.routingObserver = ExpertPredictor(model: model, configuration: .default, provider: model.experts)
+        let predicted = try model.forward([SequenceInput(cache: model.makeCache(), tokens: [3, 1, 4, 1, 5], allLogits: true)])[0]
+        #expect(plain == predicted)
+    }
+
+    @Test func historyPredictsTheLastStepsExperts() throws {
+        let (model, _) = try fixtureModel("olmoe-noclip")
+        let predictor = ExpertPredictor(model: model, configuration: PredictorConfiguration(crossLayer: false, historyTokens: 1), provider: nil)
+        model.routingObserver = predictor
+        let cache = model.makeCache()
+        _ = try model.forward([SequenceInput(cache: cache, tokens: [7])])
+        #expect(predictor.statistics.total.predicted == 0) // nothing to remember yet
+        _ = try model.forward([SequenceInput(cache: cache, tokens: [7])])
+        let total = predictor.statistics.total
+        #expect(total.predicted == model.config.layerCount * model.config.expertsPerToken)
+        #expect(predictor.statistics.steps == 2)
+    }
+}
