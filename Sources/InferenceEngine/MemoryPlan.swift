@@ -1,0 +1,66 @@
+import Foundation
+
+/// How a `--memory-budget` is divided: the dense weights and scratch buffers are fixed, the KV
+/// cache gets a share, and the expert cache gets what remains.
+public struct MemoryPlan: Sendable, Equatable, Codable {
+    public var budgetBytes: Int
+    public var denseBytes: Int
+    public var scratchBytes: Int
+    public var kvCacheBytes: Int
+    public var expertCacheBytes: Int
+
+    enum CodingKeys: String, CodingKey {
+        case budgetBytes = "budget_bytes", denseBytes = "dense_bytes", scratchBytes = "scratch_bytes"
+        case kvCacheBytes = "kv_cache_bytes", expertCacheBytes = "expert_cache_bytes"
+    }
+
+    /// Divides `budget`. The KV cache gets enough for `kvTokens` positions, but never more than
+    /// `kvShare` of what is left after dense weights and scratch; the expert cache must hold
+    /// at least `minimumExpertBytes` (two layers' worth of experts) or planning fails with the
+    /// numbers.
+    public static func plan(budget: Int, denseBytes: Int, scratchBytes: Int, kvBytesPerToken: Int, kvTokens: Int,
+                            minimumExpertBytes: Int, kvShare: Double = 0.25) throws -> MemoryPlan {
+        let afterFixed = budget - denseBytes - scratchBytes
+        let kvWanted = kvBytesPerToken * kvTokens
+        let kv = max(0, min(kvWanted, Int(Double(max(afterFixed, 0)) * kvShare)))
+        let experts = afterFixed - kv
+        guard experts >= minimumExpertBytes else {
+            throw MemoryPlanError(
+                "a memory budget of \(formatBytes(budget)) cannot hold the dense weights (\(formatBytes(denseBytes))), scratch buffers (\(formatBytes(scratchBytes))), a KV cache (\(formatBytes(kv))) and two layers' worth of experts (\(formatBytes(minimumExpertBytes))); it needs at least \(formatBytes(denseBytes + scratchBytes + kv + minimumExpertBytes))")
+        }
+        return MemoryPlan(budgetBytes: budget, denseBytes: denseBytes, scratchBytes: scratchBytes,
+                          kvCacheBytes: kv, expertCacheBytes: experts)
+    }
+}
+
+/// A budget too small for the model.
+public struct MemoryPlanError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// `1536` → `1.5 KiB`.
+public func formatBytes(_ bytes: Int) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(bytes)
+    var unit = 0
+    while abs(value) >= 1024 && unit < units.count - 1 { value /= 1024; unit += 1 }
+    return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+/// Parses a size: `512MiB`, `4GiB`, `4G`, `100KB`, or plain bytes.
+public func parseByteSize(_ text: String) -> Int? {
+    let trimmed = text.trimmingCharacters(in: .whitespaces)
+    let digits = trimmed.prefix { $0.isNumber || $0 == "." }
+    guard let number = Double(digits), number >= 0 else { return nil }
+    let unit = trimmed.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
+    let multipliers: [String: Double] = [
+        "": 1, "b": 1,
+        "k": 0x1p10, "kb": 1e3, "kib": 0x1p10,
+        "m": 0x1p20, "mb": 1e6, "mib": 0x1p20,
+        "g": 0x1p30, "gb": 1e9, "gib": 0x1p30,
+        "t": 0x1p40, "tb": 1e12, "tib": 0x1p40,
+    ]
+    guard let multiplier = multipliers[unit] else { return nil }
+    return Int(number * multiplier)
+}
