@@ -126,35 +126,53 @@ public enum BF16Kernels {
     @inline(__always)
     static func rowRange(_ w: UnsafePointer<UInt16>, _ range: Range<Int>, cols: Int, blocks: Int,
                          permutedX: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
-        let highMask = SIMD8<UInt32>(repeating: 0xFFFF_0000)
-        for r in range {
-            let row = UnsafeRawPointer(w + r * cols)
+        var r = range.lowerBound
+        // Two rows at a time: two independent load streams keep more reads in flight, and each
+        // x block loaded from L1 serves both rows.
+        while r + 2 <= range.upperBound {
+            let row0 = UnsafeRawPointer(w + r * cols), row1 = UnsafeRawPointer(w + (r + 1) * cols)
             var even0 = SIMD8<Float>(), odd0 = SIMD8<Float>(), even1 = SIMD8<Float>(), odd1 = SIMD8<Float>()
-            var b = 0
-            while b + 2 <= blocks {
-                let lanes0 = row.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
-                let lanes1 = row.loadUnaligned(fromByteOffset: b * 32 + 32, as: SIMD8<UInt32>.self)
-                let xe0 = UnsafeRawPointer(permutedX + b * 16).loadUnaligned(as: SIMD8<Float>.self)
-                let xo0 = UnsafeRawPointer(permutedX + b * 16 + 8).loadUnaligned(as: SIMD8<Float>.self)
-                let xe1 = UnsafeRawPointer(permutedX + b * 16 + 16).loadUnaligned(as: SIMD8<Float>.self)
-                let xo1 = UnsafeRawPointer(permutedX + b * 16 + 24).loadUnaligned(as: SIMD8<Float>.self)
-                even0.addProduct(unsafeBitCast(lanes0 &<< 16, to: SIMD8<Float>.self), xe0)
-                odd0.addProduct(unsafeBitCast(lanes0 & highMask, to: SIMD8<Float>.self), xo0)
-                even1.addProduct(unsafeBitCast(lanes1 &<< 16, to: SIMD8<Float>.self), xe1)
-                odd1.addProduct(unsafeBitCast(lanes1 & highMask, to: SIMD8<Float>.self), xo1)
-                b += 2
+            for b in 0..<blocks {
+                let xe = UnsafeRawPointer(permutedX + b * 16).loadUnaligned(as: SIMD8<Float>.self)
+                let xo = UnsafeRawPointer(permutedX + b * 16 + 8).loadUnaligned(as: SIMD8<Float>.self)
+                let lanes0 = row0.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
+                let lanes1 = row1.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
+                even0.addProduct(widenEven(lanes0), xe)
+                odd0.addProduct(widenOdd(lanes0), xo)
+                even1.addProduct(widenEven(lanes1), xe)
+                odd1.addProduct(widenOdd(lanes1), xo)
             }
-            if b < blocks {
-                let lanes = row.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
-                even0.addProduct(unsafeBitCast(lanes &<< 16, to: SIMD8<Float>.self),
-                                 UnsafeRawPointer(permutedX + b * 16).loadUnaligned(as: SIMD8<Float>.self))
-                odd0.addProduct(unsafeBitCast(lanes & highMask, to: SIMD8<Float>.self),
-                                UnsafeRawPointer(permutedX + b * 16 + 8).loadUnaligned(as: SIMD8<Float>.self))
-            }
-            var sum = ((even0 + odd0) + (even1 + odd1)).sum()
-            let rowPointer = w + r * cols
-            for c in (blocks * 16)..<cols { sum += FloatConversion.float(fromBF16: rowPointer[c]) * x[c] }
-            y[r] = sum
+            y[r] = (even0 + odd0).sum() + tail(w + r * cols, cols: cols, from: blocks * 16, x: x)
+            y[r + 1] = (even1 + odd1).sum() + tail(w + (r + 1) * cols, cols: cols, from: blocks * 16, x: x)
+            r += 2
         }
+        if r < range.upperBound {
+            let row = UnsafeRawPointer(w + r * cols)
+            var even = SIMD8<Float>(), odd = SIMD8<Float>()
+            for b in 0..<blocks {
+                let lanes = row.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
+                even.addProduct(widenEven(lanes), UnsafeRawPointer(permutedX + b * 16).loadUnaligned(as: SIMD8<Float>.self))
+                odd.addProduct(widenOdd(lanes), UnsafeRawPointer(permutedX + b * 16 + 8).loadUnaligned(as: SIMD8<Float>.self))
+            }
+            y[r] = (even + odd).sum() + tail(w + r * cols, cols: cols, from: blocks * 16, x: x)
+        }
+    }
+
+    /// The even-indexed bf16 values of 16 packed in eight 32-bit lanes, as floats.
+    @inline(__always)
+    static func widenEven(_ lanes: SIMD8<UInt32>) -> SIMD8<Float> { unsafeBitCast(lanes &<< 16, to: SIMD8<Float>.self) }
+
+    /// The odd-indexed bf16 values of 16 packed in eight 32-bit lanes, as floats.
+    @inline(__always)
+    static func widenOdd(_ lanes: SIMD8<UInt32>) -> SIMD8<Float> {
+        unsafeBitCast(lanes & SIMD8<UInt32>(repeating: 0xFFFF_0000), to: SIMD8<Float>.self)
+    }
+
+    /// Scalar dot product of the columns past the last full block of 16.
+    @inline(__always)
+    static func tail(_ row: UnsafePointer<UInt16>, cols: Int, from start: Int, x: UnsafePointer<Float>) -> Float {
+        var sum: Float = 0
+        for c in start..<cols { sum += FloatConversion.float(fromBF16: row[c]) * x[c] }
+        return sum
     }
 }
