@@ -25,7 +25,7 @@ final class BPEModel: @unchecked Sendable {
 
     init(_ json: JSONObject) throws {
         let file = json.file
-        if let dropout = json.raw("dropout") as? NSNumber, dropout.doubleValue != 0 {
+        if let dropout = json.raw("dropout")?.doubleValue, dropout != 0 {
             throw TokenizerError(file: file, "unsupported BPE dropout \(dropout) at \(json.path)")
         }
         for key in ["continuing_subword_prefix", "end_of_word_suffix"] {
@@ -33,7 +33,7 @@ final class BPEModel: @unchecked Sendable {
                 throw TokenizerError(file: file, "unsupported BPE \(key) \(s.debugDescription) at \(json.path)")
             }
         }
-        guard let vocabDict = json.raw("vocab") as? [String: Any] else {
+        guard let vocabDict = json.raw("vocab")?.objectValue else {
             throw TokenizerError(file: file, "expected an object at \(json.path).vocab")
         }
         var vocab: [String: Int] = [:]
@@ -41,8 +41,8 @@ final class BPEModel: @unchecked Sendable {
         var idToToken: [Int: String] = [:]
         idToToken.reserveCapacity(vocabDict.count)
         var scalarToId: [UInt32: Int32] = [:]
-        for (token, value) in vocabDict {
-            guard let id = (value as? NSNumber)?.intValue else {
+        for (token, value) in vocabDict.pairs {
+            guard let id = value.intValue, id >= 0 else {
                 throw TokenizerError(file: file, "vocab entry \(token.debugDescription) has no integer id")
             }
             vocab[token] = id
@@ -59,13 +59,13 @@ final class BPEModel: @unchecked Sendable {
         merges.reserveCapacity(rawMerges.count)
         for (rank, m) in rawMerges.enumerated() {
             let left: String, right: String
-            if let s = m as? String {
+            if let s = m.stringValue {
                 let parts = s.split(separator: " ", omittingEmptySubsequences: false)
                 guard parts.count == 2 else {
                     throw TokenizerError(file: file, "malformed merge \(s.debugDescription) at \(json.path).merges[\(rank)]")
                 }
                 left = String(parts[0]); right = String(parts[1])
-            } else if let a = m as? [Any], a.count == 2, let l = a[0] as? String, let r = a[1] as? String {
+            } else if let a = m.arrayValue, a.count == 2, let l = a[0].stringValue, let r = a[1].stringValue {
                 left = l; right = r
             } else {
                 throw TokenizerError(file: file, "malformed merge at \(json.path).merges[\(rank)]")

@@ -139,8 +139,8 @@ struct PostProcessor: Sendable {
                     let name = try special.string("id")
                     let tok = try specials.object(name)
                     let ids = try tok.array("ids").map { v -> Int in
-                        guard let n = v as? NSNumber else { throw json.unsupported("special token ids") }
-                        return n.intValue
+                        guard let n = v.intValue else { throw json.unsupported("special token ids") }
+                        return n
                     }
                     if seenSequence { result.suffix += ids } else { result.prefix += ids }
                 } else if let seq = try entry.optionalObject("Sequence") {
@@ -155,10 +155,10 @@ struct PostProcessor: Sendable {
             return result
         case "RobertaProcessing", "BertProcessing":
             func id(_ key: String) throws -> Int {
-                guard let pair = json.raw(key) as? [Any], pair.count == 2, let n = pair[1] as? NSNumber else {
+                guard let pair = json.raw(key)?.arrayValue, pair.count == 2, let n = pair[1].intValue else {
                     throw json.unsupported("\(key) in post_processor")
                 }
-                return n.intValue
+                return n
             }
             return PostProcessor(prefix: [try id("cls")], suffix: [try id("sep")])
         case "Sequence":

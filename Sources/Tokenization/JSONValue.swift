@@ -1,13 +1,11 @@
-import Foundation
-
-/// Thin typed accessors over `JSONSerialization` output, used while loading `tokenizer.json`.
+/// Typed accessors over a parsed JSON object, with errors that name the file and the JSON path.
 struct JSONObject {
-    let dict: [String: Any]
+    let dict: JSONDictionary
     let file: String
     let path: String
 
-    init(_ any: Any?, file: String, path: String) throws {
-        guard let d = any as? [String: Any] else {
+    init(_ value: JSON?, file: String, path: String) throws {
+        guard let d = value?.objectValue else {
             throw TokenizerError(file: file, "expected a JSON object at \(path)")
         }
         self.dict = d
@@ -17,52 +15,45 @@ struct JSONObject {
 
     func has(_ key: String) -> Bool {
         guard let v = dict[key] else { return false }
-        return !(v is NSNull)
+        return !v.isNull
     }
 
-    func raw(_ key: String) -> Any? {
-        guard let v = dict[key], !(v is NSNull) else { return nil }
+    func raw(_ key: String) -> JSON? {
+        guard let v = dict[key], !v.isNull else { return nil }
         return v
     }
 
     func string(_ key: String) throws -> String {
-        guard let s = dict[key] as? String else {
+        guard let s = dict[key]?.stringValue else {
             throw TokenizerError(file: file, "expected a string at \(path).\(key)")
         }
         return s
     }
 
-    func optionalString(_ key: String) -> String? { dict[key] as? String }
+    func optionalString(_ key: String) -> String? { dict[key]?.stringValue }
 
     func int(_ key: String) throws -> Int {
-        if let n = dict[key] as? NSNumber { return n.intValue }
-        if let i = dict[key] as? Int { return i }
-        throw TokenizerError(file: file, "expected an integer at \(path).\(key)")
+        guard let i = dict[key]?.intValue else {
+            throw TokenizerError(file: file, "expected an integer at \(path).\(key)")
+        }
+        return i
     }
 
-    func optionalInt(_ key: String) -> Int? {
-        if let n = dict[key] as? NSNumber { return n.intValue }
-        return dict[key] as? Int
-    }
+    func optionalInt(_ key: String) -> Int? { dict[key]?.intValue }
 
-    func bool(_ key: String, default def: Bool) -> Bool {
-        guard let v = dict[key], !(v is NSNull) else { return def }
-        if let b = v as? Bool { return b }
-        if let n = v as? NSNumber { return n.boolValue }
-        return def
-    }
+    func bool(_ key: String, default def: Bool) -> Bool { dict[key]?.boolValue ?? def }
 
     func object(_ key: String) throws -> JSONObject {
         try JSONObject(dict[key], file: file, path: "\(path).\(key)")
     }
 
     func optionalObject(_ key: String) throws -> JSONObject? {
-        guard let v = dict[key], !(v is NSNull) else { return nil }
+        guard let v = dict[key], !v.isNull else { return nil }
         return try JSONObject(v, file: file, path: "\(path).\(key)")
     }
 
-    func array(_ key: String) throws -> [Any] {
-        guard let a = dict[key] as? [Any] else {
+    func array(_ key: String) throws -> [JSON] {
+        guard let a = dict[key]?.arrayValue else {
             throw TokenizerError(file: file, "expected an array at \(path).\(key)")
         }
         return a

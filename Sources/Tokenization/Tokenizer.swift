@@ -59,11 +59,11 @@ public final class Tokenizer: Sendable {
         tokenizerFile: String = "tokenizer.json", configFile: String = "tokenizer_config.json"
     ) throws {
         let file = tokenizerFile
-        let parsed: Any
+        let parsed: JSON
         do {
-            parsed = try JSONSerialization.jsonObject(with: tokenizerJSON, options: [.fragmentsAllowed])
-        } catch {
-            throw TokenizerError(file: file, "invalid JSON: \(error.localizedDescription)")
+            parsed = try JSON.parse([UInt8](tokenizerJSON))
+        } catch let error as TokenizerError {
+            throw TokenizerError(file: file, error.message)
         }
         let root = try JSONObject(parsed, file: file, path: "$")
 
@@ -83,7 +83,7 @@ public final class Tokenizer: Sendable {
         decoderHasByteFallback = decoder?.hasByteFallback ?? false
 
         var added: [AddedToken] = []
-        if let list = root.raw("added_tokens") as? [Any] {
+        if let list = root.raw("added_tokens")?.arrayValue {
             for (i, item) in list.enumerated() {
                 added.append(try AddedToken(JSONObject(item, file: file, path: "$.added_tokens[\(i)]")))
             }
@@ -112,17 +112,20 @@ public final class Tokenizer: Sendable {
         vocabularySize = maxId + 1
 
         // tokenizer_config.json: bos/eos tokens and the chat template.
-        var config: [String: Any] = [:]
+        var config = JSONDictionary()
         if let configData = tokenizerConfigJSON {
-            guard let c = (try? JSONSerialization.jsonObject(with: configData)) as? [String: Any] else {
-                throw TokenizerError(file: configFile, "invalid JSON (expected an object)")
+            do {
+                guard let c = try JSON.parse([UInt8](configData)).objectValue else {
+                    throw TokenizerError("expected a JSON object")
+                }
+                config = c
+            } catch let error as TokenizerError {
+                throw TokenizerError(file: configFile, error.message)
             }
-            config = c
         }
         func tokenContent(_ key: String) -> String? {
-            if let s = config[key] as? String { return s }
-            if let d = config[key] as? [String: Any] { return d["content"] as? String }
-            return nil
+            if let s = config[key]?.stringValue { return s }
+            return config[key]?["content"]?.stringValue
         }
         var addedIdByContent: [String: Int] = [:]
         for t in added { addedIdByContent[t.content] = t.id }
@@ -140,10 +143,10 @@ public final class Tokenizer: Sendable {
         eosTokenIds = eos
 
         var templateSource: String? = nil
-        if let s = config["chat_template"] as? String {
+        if let s = config["chat_template"]?.stringValue {
             templateSource = s
-        } else if let list = config["chat_template"] as? [[String: Any]] {
-            templateSource = (list.first { ($0["name"] as? String) == "default" } ?? list.first)?["template"] as? String
+        } else if let list = config["chat_template"]?.arrayValue {
+            templateSource = (list.first { $0["name"]?.stringValue == "default" } ?? list.first)?["template"]?.stringValue
         }
         var globals: [String: TemplateValue] = [:]
         globals["bos_token"] = .string(bosToken ?? "")
@@ -208,6 +211,7 @@ public final class Tokenizer: Sendable {
     }
 
     private func encodeWords(_ scalars: [Unicode.Scalar], _ range: Range<Int>, into ids: inout [Int]) {
+        if range.isEmpty { return }  // `tokenizers` never pre-tokenizes an empty segment
         let pieces = Pieces(scalars: scalars, ranges: [range])
         let words = preTokenizer?.apply(pieces) ?? pieces
         for r in words.ranges {
