@@ -339,6 +339,9 @@ def render_templates():
             {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"} if "olmoe" in name else
             {"bos_token": "", "eos_token": "<|im_end|>"})
         cases = [(c, None, {}) for c in CONVERSATIONS]
+        if "mixtral" in name:  # roles must alternate: the template raises
+            cases.append(([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], None, {}))
+            cases.append(([{"role": "tool", "content": "a"}], None, {}))
         if "qwen" in name:
             cases.append((TOOL_CONVERSATION["messages"], TOOL_CONVERSATION["tools"], {}))
             cases.append((TOOL_CONVERSATION["messages"][:1], TOOL_CONVERSATION["tools"], {}))
