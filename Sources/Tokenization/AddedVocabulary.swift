@@ -31,6 +31,8 @@ struct AddedTokenMatcher: Sendable {
     /// Patterns (already normalized where the token asks for it) by first scalar, longest first.
     private var byFirst: [Unicode.Scalar: [(pattern: [Unicode.Scalar], token: Int)]] = [:]
     private let tokens: [AddedToken]
+    /// Whether some pattern starts with this ASCII scalar (a fast pre-check before `byFirst`).
+    private var asciiFirst = [Bool](repeating: false, count: 128)
 
     var isEmpty: Bool { byFirst.isEmpty }
 
@@ -41,7 +43,10 @@ struct AddedTokenMatcher: Sendable {
             guard let first = scalars.first else { continue }
             byFirst[first, default: []].append((scalars, i))
         }
-        for key in byFirst.keys { byFirst[key]!.sort { $0.pattern.count > $1.pattern.count } }
+        for key in byFirst.keys {
+            byFirst[key]!.sort { $0.pattern.count > $1.pattern.count }
+            if key.value < 128 { asciiFirst[Int(key.value)] = true }
+        }
     }
 
     func segments(_ s: [Unicode.Scalar], range: Range<Int>) -> [Segment] {
@@ -51,6 +56,8 @@ struct AddedTokenMatcher: Sendable {
         var i = range.lowerBound
         let n = range.upperBound
         outer: while i < n {
+            let v = s[i].value
+            if v < 128 && !asciiFirst[Int(v)] { i += 1; continue }
             guard let candidates = byFirst[s[i]] else { i += 1; continue }
             for (pattern, index) in candidates where i + pattern.count <= n {
                 var ok = true

@@ -18,10 +18,22 @@ final class BPEModel: @unchecked Sendable {
     /// `<0xXX>` token ids, -1 where absent.
     let byteFallbackIds: [Int32]
 
+    /// Single-scalar token ids for scalar values below `lowScalarLimit` (-1 where absent): a faster
+    /// path than `scalarToId` for the byte-level alphabet and Latin text.
+    private let lowScalarToId: [Int32]
+    private static let lowScalarLimit = 0x800
+
+    /// A direct-mapped cache of word → ids in flat arrays (no per-entry allocation, no reference
+    /// counting on the hot path), keyed by a 64-bit hash of the word's scalars. Each slot keeps the
+    /// word's scalars, so a hash collision is a miss, never a wrong answer.
     private let cacheLock = NSLock()
-    private var cache: [String: [Int32]] = [:]
-    private static let cacheCapacity = 20_000
-    private static let maxCachedWordLength = 64
+    private var cacheHash: [UInt64]
+    private var cacheLength: [UInt8]  // scalars in the slot's word; 0 = empty
+    private var cacheIdCount: [UInt8]
+    private var cacheScalars: [UInt32]  // cacheSlots × cacheWidth
+    private var cacheIds: [Int32]  // cacheSlots × cacheWidth
+    private static let cacheSlots = 1 << 14
+    private static let cacheWidth = 24
 
     init(_ json: JSONObject) throws {
         let file = json.file
@@ -98,33 +110,72 @@ final class BPEModel: @unchecked Sendable {
             if let id = vocab[name] { fallback[b] = Int32(id) }
         }
         byteFallbackIds = fallback
+        var low = [Int32](repeating: -1, count: Self.lowScalarLimit)
+        for (v, id) in scalarToId where Int(v) < Self.lowScalarLimit { low[Int(v)] = id }
+        lowScalarToId = low
+        cacheHash = [UInt64](repeating: 0, count: Self.cacheSlots)
+        cacheLength = [UInt8](repeating: 0, count: Self.cacheSlots)
+        cacheIdCount = [UInt8](repeating: 0, count: Self.cacheSlots)
+        cacheScalars = [UInt32](repeating: 0, count: Self.cacheSlots * Self.cacheWidth)
+        cacheIds = [Int32](repeating: 0, count: Self.cacheSlots * Self.cacheWidth)
+    }
+
+    @inline(__always)
+    private static func hash(_ scalars: ArraySlice<Unicode.Scalar>) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for s in scalars {
+            h = (h ^ UInt64(s.value)) &* 0x0000_0100_0000_01B3
+        }
+        return h ^ (h >> 29)
     }
 
     /// Appends the ids of one pre-tokenized word to `out`.
     func tokenize(_ scalars: ArraySlice<Unicode.Scalar>, into out: inout [Int]) {
-        if scalars.isEmpty { return }
-        var key = ""
-        key.unicodeScalars.append(contentsOf: scalars)
-        if ignoreMerges, let id = vocab[key] {
-            out.append(id)
-            return
-        }
-        let cacheable = scalars.count <= Self.maxCachedWordLength
+        let n = scalars.count
+        if n == 0 { return }
+        let cacheable = n <= Self.cacheWidth
+        var h: UInt64 = 0
+        var slot = 0
         if cacheable {
+            h = Self.hash(scalars)
+            slot = Int(truncatingIfNeeded: h) & (Self.cacheSlots - 1)
             cacheLock.lock()
-            let hit = cache[key]
-            cacheLock.unlock()
-            if let hit {
-                for id in hit { out.append(Int(id)) }
-                return
+            if cacheHash[slot] == h && Int(cacheLength[slot]) == n {
+                let base = slot * Self.cacheWidth
+                var same = true
+                var k = base
+                for s in scalars {
+                    if cacheScalars[k] != s.value { same = false; break }
+                    k += 1
+                }
+                if same {
+                    for k in base..<(base + Int(cacheIdCount[slot])) { out.append(Int(cacheIds[k])) }
+                    cacheLock.unlock()
+                    return
+                }
             }
+            cacheLock.unlock()
         }
-        var symbols = initialSymbols(scalars)
-        merge(&symbols)
-        if cacheable {
+        var symbols: [Int32]
+        var key = ""
+        if ignoreMerges {
+            key.unicodeScalars.append(contentsOf: scalars)
+        }
+        if ignoreMerges, let id = vocab[key] {
+            symbols = [Int32(id)]
+        } else {
+            symbols = initialSymbols(scalars)
+            merge(&symbols)
+        }
+        if cacheable && symbols.count <= Self.cacheWidth {
+            let base = slot * Self.cacheWidth
             cacheLock.lock()
-            if cache.count >= Self.cacheCapacity { cache.removeAll(keepingCapacity: true) }
-            cache[key] = symbols
+            cacheHash[slot] = h
+            cacheLength[slot] = UInt8(n)
+            cacheIdCount[slot] = UInt8(symbols.count)
+            var k = base
+            for s in scalars { cacheScalars[k] = s.value; k += 1 }
+            for (j, id) in symbols.enumerated() { cacheIds[base + j] = id }
             cacheLock.unlock()
         }
         for id in symbols { out.append(Int(id)) }
@@ -136,7 +187,8 @@ final class BPEModel: @unchecked Sendable {
         symbols.reserveCapacity(scalars.count)
         var pendingUnk = false
         for s in scalars {
-            if let id = scalarToId[s.value] {
+            let low = Int(s.value) < Self.lowScalarLimit ? lowScalarToId[Int(s.value)] : -1
+            if let id = low >= 0 ? low : (Int(s.value) < Self.lowScalarLimit ? nil : scalarToId[s.value]) {
                 if pendingUnk, let u = unkId { symbols.append(Int32(u)); pendingUnk = false }
                 symbols.append(id)
                 continue

@@ -69,6 +69,47 @@ indirect enum Normalizer: Sendable {
         }
     }
 
+    /// Normalizes a run of scalars. NFC and NFKC are applied chunk by chunk: text splits before every
+    /// ASCII character without changing its normalization (an ASCII character is a starter that never
+    /// composes with what precedes it), so only the chunks holding non-ASCII characters go through
+    /// Foundation.
+    func apply(_ scalars: ArraySlice<Unicode.Scalar>) -> [Unicode.Scalar] {
+        func string(_ x: ArraySlice<Unicode.Scalar>) -> String {
+            var s = ""
+            s.unicodeScalars.append(contentsOf: x)
+            return s
+        }
+        switch self {
+        case .nfc, .nfkc:
+            let limit: UInt32 = { if case .nfc = self { return 0x300 } else { return 0xA0 } }()
+            var out: [Unicode.Scalar] = []
+            out.reserveCapacity(scalars.count)
+            var i = scalars.startIndex
+            while i < scalars.endIndex {
+                // A chunk: one scalar, then everything up to the next ASCII scalar.
+                var e = i + 1
+                var needsWork = scalars[i].value >= limit
+                while e < scalars.endIndex && scalars[e].value >= 0x80 {
+                    if scalars[e].value >= limit { needsWork = true }
+                    e += 1
+                }
+                if needsWork {
+                    out.append(contentsOf: apply(string(scalars[i..<e])).unicodeScalars)
+                } else {
+                    out.append(contentsOf: scalars[i..<e])
+                }
+                i = e
+            }
+            return out
+        case .sequence(let items):
+            var current = Array(scalars)
+            for n in items { current = n.apply(current[...]) }
+            return current
+        default:
+            return Array(apply(string(scalars)).unicodeScalars)
+        }
+    }
+
     /// Text made only of code points below U+0300 is unchanged by NFC and (for ASCII) NFKC.
     private static func isStableUnderNormalization(_ text: String) -> Bool {
         for b in text.utf8 where b >= 0x80 { return false }

@@ -40,8 +40,8 @@ enum KnownSplitPattern: Sendable {
     }
 
     @inline(__always)
-    static func classify(_ s: Unicode.Scalar) -> Class {
-        if s.value < 128 { return asciiClasses[Int(s.value)] }
+    static func classify(_ s: Unicode.Scalar, _ ascii: UnsafeBufferPointer<Class>) -> Class {
+        if s.value < 128 { return ascii[Int(s.value)] }
         let p = s.properties
         if p.isWhitespace { return .space }
         switch p.generalCategory {
@@ -59,7 +59,9 @@ enum KnownSplitPattern: Sendable {
             var i = range.lowerBound
             let n = range.upperBound
             var classes = [Class](repeating: .other, count: range.count)
-            for k in range { classes[k - range.lowerBound] = Self.classify(buf[k]) }
+            Self.asciiClasses.withUnsafeBufferPointer { ascii in
+                for k in range { classes[k - range.lowerBound] = Self.classify(buf[k], ascii) }
+            }
             classes.withUnsafeBufferPointer { cls0 in
                 let base = range.lowerBound
                 @inline(__always) func cls(_ k: Int) -> Class { cls0[k - base] }

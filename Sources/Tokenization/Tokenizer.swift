@@ -182,7 +182,9 @@ public final class Tokenizer: Sendable {
         var ids: [Int] = []
         ids.reserveCapacity(text.utf8.count / 3 + 4)
         if addSpecialTokens { ids.append(contentsOf: postProcessor.prefix) }
-        let scalars = Array(text.unicodeScalars)
+        var scalars: [Unicode.Scalar] = []
+        scalars.reserveCapacity(text.utf8.count)
+        for s in text.unicodeScalars { scalars.append(s) }
         for segment in rawMatcher.segments(scalars, range: 0..<scalars.count) {
             switch segment {
             case .token(let id): ids.append(id)
@@ -197,9 +199,7 @@ public final class Tokenizer: Sendable {
         var text = scalars
         var textRange = range
         if let normalizer, !normalizer.isIdentity(on: scalars[range]) {
-            var s = ""
-            s.unicodeScalars.append(contentsOf: scalars[range])
-            text = Array(normalizer.apply(s).unicodeScalars)
+            text = normalizer.apply(scalars[range])
             textRange = 0..<text.count
         }
         for segment in normalizedMatcher.segments(text, range: textRange) {
