@@ -1,0 +1,137 @@
+import ArgumentParser
+import Foundation
+import Tokenization
+
+/// Prints one error line on stderr and exits with status 1.
+private func failLine(_ message: String) -> ExitCode {
+    FileHandle.standardError.write(Data(("error: " + message + "\n").utf8))
+    return ExitCode(1)
+}
+
+/// Loads the tokenizer of `--model` (a directory with tokenizer.json and optionally tokenizer_config.json).
+private func loadTokenizer(_ model: String?) throws -> Tokenizer {
+    guard let model else {
+        throw failLine("--model is required (a directory holding tokenizer.json)")
+    }
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory) else {
+        throw failLine("\(model): no such directory")
+    }
+    guard isDirectory.boolValue else {
+        throw failLine("\(model): --model must be a directory holding tokenizer.json")
+    }
+    do {
+        return try Tokenizer.load(directory: URL(fileURLWithPath: model, isDirectory: true))
+    } catch {
+        throw failLine("\(error)")
+    }
+}
+
+/// JSON string literal with raw UTF-8 (like Python's `json.dumps(..., ensure_ascii=False)`).
+private func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if u.value < 0x20 || u.value == 0x7F || u.value == 0x2028 || u.value == 0x2029 {
+                out += String(format: "\\u%04x", u.value)
+            } else {
+                out.unicodeScalars.append(u)
+            }
+        }
+    }
+    return out + "\""
+}
+
+/// `moe-serve tokenize --model PATH (--text TEXT | --text-file FILE)`: prints `{"ids": [...]}`.
+struct TokenizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tokenize",
+        abstract: "Encode text with the model's tokenizer and print {\"ids\": [...]}.")
+
+    @Option(help: "Model directory holding tokenizer.json (and optionally tokenizer_config.json).")
+    var model: String?
+
+    @Option(help: "The text to encode.")
+    var text: String?
+
+    @Option(name: .customLong("text-file"), help: "Read the text to encode from this file (raw UTF-8).")
+    var textFile: String?
+
+    @Flag(name: .customLong("no-special-tokens"), help: "Do not add the special tokens (BOS/EOS) the tokenizer adds.")
+    var noSpecialTokens = false
+
+    @Option(name: .customLong("repeat"), help: ArgumentHelp("Encode this many times and report throughput on stderr.", visibility: .hidden))
+    var repeatCount: Int = 1
+
+    func run() throws {
+        let input: String
+        switch (text, textFile) {
+        case (let t?, nil):
+            input = t
+        case (nil, let path?):
+            guard let data = FileManager.default.contents(atPath: path) else {
+                throw failLine("\(path): cannot read the file")
+            }
+            guard let s = String(data: data, encoding: .utf8) else {
+                throw failLine("\(path): the file is not valid UTF-8")
+            }
+            input = s
+        case (nil, nil):
+            throw failLine("give the text with --text TEXT or --text-file FILE")
+        default:
+            throw failLine("give only one of --text and --text-file")
+        }
+        let tokenizer = try loadTokenizer(model)
+        var ids = tokenizer.encode(input, addSpecialTokens: !noSpecialTokens)
+        if repeatCount > 1 {
+            let start = DispatchTime.now().uptimeNanoseconds
+            for _ in 0..<repeatCount { ids = tokenizer.encode(input, addSpecialTokens: !noSpecialTokens) }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            let bytes = Double(input.utf8.count * repeatCount)
+            FileHandle.standardError.write(Data(String(
+                format: "encoded %d bytes x %d in %.3f s: %.2f MB/s, %d tokens\n",
+                input.utf8.count, repeatCount, seconds, bytes / seconds / 1e6, ids.count).utf8))
+        }
+        print("{\"ids\":[" + ids.map(String.init).joined(separator: ",") + "]}")
+    }
+}
+
+/// `moe-serve detokenize --model PATH --ids 1,2,3`: prints `{"text": "..."}`.
+struct DetokenizeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "detokenize",
+        abstract: "Decode token ids with the model's tokenizer and print {\"text\": \"...\"}.")
+
+    @Option(help: "Model directory holding tokenizer.json (and optionally tokenizer_config.json).")
+    var model: String?
+
+    @Option(help: "Comma-separated token ids, e.g. 1,2,3.")
+    var ids: String
+
+    @Flag(name: .customLong("skip-special-tokens"), help: "Leave special tokens out of the text.")
+    var skipSpecialTokens = false
+
+    func run() throws {
+        var parsed: [Int] = []
+        for part in ids.split(separator: ",", omittingEmptySubsequences: false) {
+            let trimmed = part.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty && ids.trimmingCharacters(in: .whitespaces).isEmpty { continue }
+            guard let id = Int(trimmed), id >= 0 else {
+                throw failLine("--ids: \(String(reflecting: String(part))) is not a non-negative integer")
+            }
+            parsed.append(id)
+        }
+        let tokenizer = try loadTokenizer(model)
+        if let bad = parsed.first(where: { $0 >= tokenizer.vocabularySize }) {
+            throw failLine("--ids: \(bad) is outside the vocabulary (size \(tokenizer.vocabularySize))")
+        }
+        let text = tokenizer.decode(parsed, skipSpecialTokens: skipSpecialTokens)
+        print("{\"text\":" + jsonString(text) + "}")
+    }
+}

@@ -1,0 +1,176 @@
+import Foundation
+
+/// The `decoder` section of `tokenizer.json`: each step maps a list of token strings to a new list,
+/// as `Decoder::decode_chain` does in `tokenizers`.
+indirect enum Decoder: Sendable {
+    case byteLevel
+    case replace(pattern: String, content: String)
+    case byteFallback
+    case fuse
+    case strip(content: Unicode.Scalar, start: Int, stop: Int)
+    case sequence([Decoder])
+
+    static func parse(_ json: JSONObject) throws -> Decoder {
+        switch try json.type() {
+        case "ByteLevel": return .byteLevel
+        case "Replace":
+            return .replace(pattern: try Normalizer.stringPattern(json), content: try json.string("content"))
+        case "ByteFallback": return .byteFallback
+        case "Fuse": return .fuse
+        case "Strip":
+            let content = try json.string("content")
+            guard content.unicodeScalars.count == 1, let c = content.unicodeScalars.first else {
+                throw TokenizerError(file: json.file, "Strip decoder content must be one character at \(json.path)")
+            }
+            return .strip(content: c, start: try json.int("start"), stop: try json.int("stop"))
+        case "Sequence":
+            let items = try json.array("decoders")
+            return .sequence(try items.enumerated().map {
+                try parse(JSONObject($1, file: json.file, path: "\(json.path).decoders[\($0)]"))
+            })
+        case let other:
+            throw TokenizerError(file: json.file, "unsupported decoder \"\(other)\" at \(json.path)")
+        }
+    }
+
+    /// Whether the chain contains `ByteFallback` (streaming must hold back trailing `<0xXX>` tokens).
+    var hasByteFallback: Bool {
+        switch self {
+        case .byteFallback: return true
+        case .sequence(let s): return s.contains { $0.hasByteFallback }
+        default: return false
+        }
+    }
+
+    func decodeChain(_ tokens: [String]) -> [String] {
+        switch self {
+        case .sequence(let items):
+            var t = tokens
+            for d in items { t = d.decodeChain(t) }
+            return t
+        case .byteLevel:
+            var bytes: [UInt8] = []
+            for token in tokens {
+                let start = bytes.count
+                var ok = true
+                for s in token.unicodeScalars {
+                    guard let b = ByteLevelTable.byte(for: s) else { ok = false; break }
+                    bytes.append(b)
+                }
+                if !ok {
+                    bytes.removeSubrange(start...)
+                    bytes.append(contentsOf: token.utf8)
+                }
+            }
+            return [String(decoding: bytes, as: UTF8.self)]
+        case .replace(let pattern, let content):
+            return tokens.map { Normalizer.replaceAll($0, pattern, content) }
+        case .byteFallback:
+            var out: [String] = []
+            out.reserveCapacity(tokens.count)
+            var pending: [UInt8] = []
+            func flush() {
+                if pending.isEmpty { return }
+                if let s = String(bytes: pending, encoding: .utf8) {
+                    out.append(s)
+                } else {
+                    for _ in pending { out.append("\u{FFFD}") }
+                }
+                pending.removeAll()
+            }
+            for token in tokens {
+                if let b = Self.byteFallbackValue(token) {
+                    pending.append(b)
+                } else {
+                    flush()
+                    out.append(token)
+                }
+            }
+            flush()
+            return out
+        case .fuse:
+            return [tokens.joined()]
+        case .strip(let content, let start, let stop):
+            return tokens.map { token in
+                let chars = Array(token.unicodeScalars)
+                var startCut = 0
+                for (i, c) in chars.prefix(start).enumerated() {
+                    if c == content { startCut = i + 1 } else { break }
+                }
+                var stopCut = chars.count
+                for (i, c) in chars.reversed().prefix(stop).enumerated() {
+                    if c == content { stopCut = chars.count - i - 1 } else { break }
+                }
+                if startCut >= stopCut { return "" }
+                var result = ""
+                result.unicodeScalars.append(contentsOf: chars[startCut..<stopCut])
+                return result
+            }
+        }
+    }
+
+    /// The byte of a `<0xXX>` token, or nil.
+    static func byteFallbackValue(_ token: String) -> UInt8? {
+        let u = Array(token.utf8)
+        guard u.count == 6, u[0] == UInt8(ascii: "<"), u[1] == UInt8(ascii: "0"), u[2] == UInt8(ascii: "x"),
+              u[5] == UInt8(ascii: ">") else { return nil }
+        return UInt8(String(decoding: u[3..<5], as: UTF8.self), radix: 16)
+    }
+}
+
+/// The `post_processor` section: which special tokens `encode(addSpecialTokens: true)` adds.
+struct PostProcessor: Sendable {
+    /// Ids put before and after the sequence.
+    var prefix: [Int] = []
+    var suffix: [Int] = []
+
+    static func parse(_ json: JSONObject) throws -> PostProcessor {
+        switch try json.type() {
+        case "ByteLevel":
+            return PostProcessor()
+        case "TemplateProcessing":
+            let single = try json.array("single")
+            let specials = try json.object("special_tokens")
+            var result = PostProcessor()
+            var seenSequence = false
+            for (i, item) in single.enumerated() {
+                let entry = try JSONObject(item, file: json.file, path: "\(json.path).single[\(i)]")
+                if let special = try entry.optionalObject("SpecialToken") {
+                    let name = try special.string("id")
+                    let tok = try specials.object(name)
+                    let ids = try tok.array("ids").map { v -> Int in
+                        guard let n = v.intValue else { throw json.unsupported("special token ids") }
+                        return n
+                    }
+                    if seenSequence { result.suffix += ids } else { result.prefix += ids }
+                } else if let seq = try entry.optionalObject("Sequence") {
+                    guard try seq.string("id") == "A", !seenSequence else {
+                        throw json.unsupported("TemplateProcessing single sequence")
+                    }
+                    seenSequence = true
+                } else {
+                    throw json.unsupported("TemplateProcessing piece")
+                }
+            }
+            return result
+        case "RobertaProcessing", "BertProcessing":
+            func id(_ key: String) throws -> Int {
+                guard let pair = json.raw(key)?.arrayValue, pair.count == 2, let n = pair[1].intValue else {
+                    throw json.unsupported("\(key) in post_processor")
+                }
+                return n
+            }
+            return PostProcessor(prefix: [try id("cls")], suffix: [try id("sep")])
+        case "Sequence":
+            var result = PostProcessor()
+            for (i, item) in try json.array("processors").enumerated() {
+                let p = try parse(JSONObject(item, file: json.file, path: "\(json.path).processors[\(i)]"))
+                result.prefix = p.prefix + result.prefix
+                result.suffix += p.suffix
+            }
+            return result
+        case let other:
+            throw TokenizerError(file: json.file, "unsupported post_processor \"\(other)\" at \(json.path)")
+        }
+    }
+}

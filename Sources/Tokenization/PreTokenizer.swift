@@ -1,0 +1,224 @@
+/// Text cut into pieces: one scalar buffer and the ranges of the pieces inside it.
+struct Pieces {
+    var scalars: [Unicode.Scalar]
+    var ranges: [Range<Int>]
+}
+
+/// How a `Split` pre-tokenizer treats the matched delimiters (`tokenizers`' `SplitDelimiterBehavior`).
+enum SplitBehavior: String, Sendable {
+    case removed = "Removed", isolated = "Isolated", mergedWithPrevious = "MergedWithPrevious"
+    case mergedWithNext = "MergedWithNext", contiguous = "Contiguous"
+}
+
+/// What a `Split` looks for.
+enum SplitPattern: Sendable {
+    case string([Unicode.Scalar])
+    case known(KnownSplitPattern)
+
+    func matches(in text: [Unicode.Scalar], range: Range<Int>) -> [Range<Int>] {
+        switch self {
+        case .known(let k): return k.matches(in: text, range: range)
+        case .string(let p):
+            guard !p.isEmpty else { return [] }
+            var result: [Range<Int>] = []
+            var i = range.lowerBound
+            while i + p.count <= range.upperBound {
+                var ok = true
+                for k in 0..<p.count where text[i + k] != p[k] { ok = false; break }
+                if ok { result.append(i..<(i + p.count)); i += p.count } else { i += 1 }
+            }
+            return result
+        }
+    }
+}
+
+/// The `pre_tokenizer` section of `tokenizer.json`.
+indirect enum PreTokenizer: Sendable {
+    case byteLevel(addPrefixSpace: Bool, useRegex: Bool)
+    case split(SplitPattern, SplitBehavior, invert: Bool)
+    case digits(individual: Bool)
+    case sequence([PreTokenizer])
+
+    static func parse(_ json: JSONObject) throws -> PreTokenizer {
+        switch try json.type() {
+        case "ByteLevel":
+            return .byteLevel(addPrefixSpace: json.bool("add_prefix_space", default: true),
+                              useRegex: json.bool("use_regex", default: true))
+        case "Split":
+            let patternJSON = try json.object("pattern")
+            let pattern: SplitPattern
+            if let s = patternJSON.optionalString("String") {
+                pattern = .string(Array(s.unicodeScalars))
+            } else if let r = patternJSON.optionalString("Regex") {
+                guard let known = KnownSplitPattern(source: r) else {
+                    throw TokenizerError(
+                        file: json.file,
+                        "unsupported Split regex \(r.debugDescription) at \(json.path) "
+                            + "(supported: the GPT-2, Qwen2 and Llama-3 pre-tokenizer patterns)")
+                }
+                pattern = .known(known)
+            } else {
+                throw json.unsupported("Split pattern")
+            }
+            let behaviorName = try json.string("behavior")
+            guard let behavior = SplitBehavior(rawValue: behaviorName) else {
+                throw TokenizerError(file: json.file, "unsupported Split behavior \"\(behaviorName)\" at \(json.path)")
+            }
+            return .split(pattern, behavior, invert: json.bool("invert", default: false))
+        case "Digits":
+            return .digits(individual: json.bool("individual_digits", default: false))
+        case "Sequence":
+            let items = try json.array("pretokenizers")
+            return .sequence(try items.enumerated().map {
+                try parse(JSONObject($1, file: json.file, path: "\(json.path).pretokenizers[\($0)]"))
+            })
+        case let other:
+            throw TokenizerError(file: json.file, "unsupported pre_tokenizer \"\(other)\" at \(json.path)")
+        }
+    }
+
+    /// Whether this pre-tokenizer maps text to GPT-2's byte-level alphabet.
+    var isByteLevel: Bool {
+        switch self {
+        case .byteLevel: return true
+        case .sequence(let s): return s.contains { $0.isByteLevel }
+        default: return false
+        }
+    }
+
+    func apply(_ input: Pieces) -> Pieces {
+        switch self {
+        case .sequence(let items):
+            var p = input
+            for item in items { p = item.apply(p) }
+            return p
+        case .split(let pattern, let behavior, let invert):
+            var out: [Range<Int>] = []
+            out.reserveCapacity(input.ranges.count * 2)
+            for r in input.ranges {
+                Self.split(r, matches: pattern.matches(in: input.scalars, range: r), behavior, invert, into: &out)
+            }
+            return Pieces(scalars: input.scalars, ranges: out)
+        case .digits(let individual):
+            var out: [Range<Int>] = []
+            for r in input.ranges {
+                var matches: [Range<Int>] = []
+                var i = r.lowerBound
+                while i < r.upperBound {
+                    if Self.isASCIIDigit(input.scalars[i]) {
+                        var e = i + 1
+                        if !individual {
+                            while e < r.upperBound && Self.isASCIIDigit(input.scalars[e]) { e += 1 }
+                        }
+                        matches.append(i..<e)
+                        i = e
+                    } else { i += 1 }
+                }
+                Self.split(r, matches: matches, individual ? .isolated : .contiguous, false, into: &out)
+            }
+            return Pieces(scalars: input.scalars, ranges: out)
+        case .byteLevel(let addPrefixSpace, let useRegex):
+            var pieces = input
+            if addPrefixSpace {
+                var scalars: [Unicode.Scalar] = []
+                scalars.reserveCapacity(input.scalars.count + input.ranges.count)
+                var ranges: [Range<Int>] = []
+                for r in input.ranges {
+                    let start = scalars.count
+                    if r.isEmpty || input.scalars[r.lowerBound] != " " { scalars.append(" ") }
+                    scalars.append(contentsOf: input.scalars[r])
+                    ranges.append(start..<scalars.count)
+                }
+                pieces = Pieces(scalars: scalars, ranges: ranges)
+            }
+            if useRegex {
+                pieces = PreTokenizer.split(.known(.gpt2), .isolated, invert: false).apply(pieces)
+            }
+            return Self.mapToBytes(pieces)
+        }
+    }
+
+    @inline(__always) static func isASCIIDigit(_ s: Unicode.Scalar) -> Bool { s.value >= 0x30 && s.value <= 0x39 }
+
+    /// Replaces each piece's text by its UTF-8 bytes spelled in the byte-level alphabet.
+    static func mapToBytes(_ input: Pieces) -> Pieces {
+        var scalars: [Unicode.Scalar] = []
+        scalars.reserveCapacity(input.scalars.count + input.scalars.count / 4)
+        var ranges: [Range<Int>] = []
+        ranges.reserveCapacity(input.ranges.count)
+        let table = ByteLevelTable.byteToScalar
+        for r in input.ranges {
+            let start = scalars.count
+            for k in r {
+                let s = input.scalars[k]
+                let v = s.value
+                if v < 0x80 {
+                    scalars.append(table[Int(v)])
+                } else {
+                    for b in UTF8.encode(s)! { scalars.append(table[Int(b)]) }
+                }
+            }
+            ranges.append(start..<scalars.count)
+        }
+        return Pieces(scalars: scalars, ranges: ranges)
+    }
+
+    /// Splits `range` around `matches` according to `behavior` (as `NormalizedString::split` does).
+    static func split(
+        _ range: Range<Int>, matches: [Range<Int>], _ behavior: SplitBehavior, _ invert: Bool,
+        into out: inout [Range<Int>]
+    ) {
+        // Alternating segments covering the whole range, flagged as match or not.
+        var segments: [(Range<Int>, Bool)] = []
+        var prev = range.lowerBound
+        for m in matches {
+            if prev < m.lowerBound { segments.append((prev..<m.lowerBound, invert)) }
+            segments.append((m, !invert))
+            prev = m.upperBound
+        }
+        if prev < range.upperBound { segments.append((prev..<range.upperBound, invert)) }
+        if range.isEmpty { return }
+        switch behavior {
+        case .isolated:
+            for (r, _) in segments { out.append(r) }
+        case .removed:
+            for (r, isMatch) in segments where !isMatch { out.append(r) }
+        case .mergedWithPrevious:
+            var previousMatch = false
+            var acc: [Range<Int>] = []
+            for (r, isMatch) in segments {
+                if isMatch && !previousMatch, let last = acc.last {
+                    acc[acc.count - 1] = last.lowerBound..<r.upperBound
+                } else {
+                    acc.append(r)
+                }
+                previousMatch = isMatch
+            }
+            out.append(contentsOf: acc)
+        case .mergedWithNext:
+            var previousMatch = false
+            var acc: [Range<Int>] = []
+            for (r, isMatch) in segments.reversed() {
+                if isMatch && !previousMatch, let last = acc.last {
+                    acc[acc.count - 1] = r.lowerBound..<last.upperBound
+                } else {
+                    acc.append(r)
+                }
+                previousMatch = isMatch
+            }
+            out.append(contentsOf: acc.reversed())
+        case .contiguous:
+            var previousMatch = false
+            var acc: [Range<Int>] = []
+            for (r, isMatch) in segments {
+                if isMatch == previousMatch, let last = acc.last {
+                    acc[acc.count - 1] = last.lowerBound..<r.upperBound
+                } else {
+                    acc.append(r)
+                }
+                previousMatch = isMatch
+            }
+            out.append(contentsOf: acc)
+        }
+    }
+}

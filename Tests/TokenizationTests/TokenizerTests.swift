@@ -1,6 +1,0 @@
-import Testing
-@testable import Tokenization
-
-@Suite struct TokenizerPlaceholderTests {
-    @Test func moduleLinks() { _ = TokenizationModule.self }
-}
