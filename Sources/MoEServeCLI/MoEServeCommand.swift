@@ -9,6 +9,8 @@ struct MoEServeCommand: ParsableCommand {
         subcommands: [
             LogitsCommand.self,
             GenerateCommand.self,
+            TokenizeCommand.self,
+            DetokenizeCommand.self,
             BenchCommand.self,
         ]
     )

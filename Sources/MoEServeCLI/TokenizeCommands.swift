@@ -10,8 +10,8 @@ private func failLine(_ message: String) -> ExitCode {
 
 /// Loads the tokenizer of `--model` (a directory with tokenizer.json and optionally tokenizer_config.json).
 private func loadTokenizer(_ model: String?) throws -> Tokenizer {
-    guard let model else {
-        throw failLine("--model is required (a directory holding tokenizer.json)")
+    guard let model = model ?? BundledModel.location?.path else {
+        throw failLine("no --model given and the bundled demo model was not found (a directory holding tokenizer.json)")
     }
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: model, isDirectory: &isDirectory) else {
