@@ -9,6 +9,10 @@ struct MoEServeCommand: ParsableCommand {
         subcommands: [
             LogitsCommand.self,
             GenerateCommand.self,
+            PackCommand.self,
+            VerifyCommand.self,
+            InspectCommand.self,
+            BenchCommand.self,
         ]
     )
 }
