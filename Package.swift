@@ -52,6 +52,10 @@ let package = Package(
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),
         .testTarget(
+            name: "ExpertStoreTests", dependencies: ["ModelFormats", "MoEModels", "TensorMath"],
+            swiftSettings: optimisedMath
+        ),
+        .testTarget(
             name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath"],
             swiftSettings: optimisedMath
         ),

@@ -94,10 +94,3 @@ struct BenchKernelsCommand: ParsableCommand {
         return (a + b + c + d).sum()
     }
 }
-
-/// `moe-serve bench ...`: benchmarks; results as JSON on stdout, a table on stderr.
-struct BenchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "bench", abstract: "Benchmarks (JSON on stdout, human table on stderr).",
-        subcommands: [BenchKernelsCommand.self])
-}

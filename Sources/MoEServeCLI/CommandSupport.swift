@@ -61,7 +61,7 @@ func reportingErrors(_ body: () throws -> Void) throws {
     }
 }
 
-/// Opens the model at `url` for running.
+/// Opens the model at `url` for running: an expert store (has manifest.json) or a checkpoint.
 func openModel(at url: URL) throws -> TransformerModel {
-    try ModelLoader.loadCheckpoint(at: url)
+    try ModelLoader.load(at: url)
 }

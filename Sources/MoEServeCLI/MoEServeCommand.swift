@@ -11,6 +11,9 @@ struct MoEServeCommand: ParsableCommand {
             GenerateCommand.self,
             TokenizeCommand.self,
             DetokenizeCommand.self,
+            PackCommand.self,
+            VerifyCommand.self,
+            InspectCommand.self,
             BenchCommand.self,
         ]
     )

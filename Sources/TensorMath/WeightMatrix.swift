@@ -7,6 +7,12 @@ public enum WeightStorage: @unchecked Sendable {
     case f32(UnsafePointer<Float>)
     /// Row-major bfloat16 bits; widened on the fly (exact).
     case bf16(UnsafePointer<UInt16>)
+    /// Row-major int8 `values[rows, cols]` with one float32 scale per row, `scales[rows]`
+    /// (see `Quantization`).
+    case int8(values: UnsafePointer<Int8>, scales: UnsafePointer<Float>)
+    /// q4 blocks `[rows, cols/32, 16 bytes]` with one float32 scale per block,
+    /// `scales[rows, cols/32]` (see `Quantization`).
+    case q4(blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>)
 }
 
 /// A linear layer's weight `[rows, cols]` (row-major, as PyTorch's `nn.Linear.weight` is
@@ -43,6 +49,8 @@ public struct WeightMatrix: @unchecked Sendable {
         switch storage {
         case .f32: return rows * cols * 4
         case .bf16: return rows * cols * 2
+        case .int8: return rows * cols + Quantization.int8ScaleBytes(rows: rows)
+        case .q4: return Quantization.q4BlockBytes(rows: rows, cols: cols) + Quantization.q4ScaleBytes(rows: rows, cols: cols)
         }
     }
 
@@ -70,6 +78,24 @@ public struct WeightMatrix: @unchecked Sendable {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
                             1, x, Int32(cols), widened.pointer, Int32(cols), 0, y, Int32(rows))
             }
+        case .int8(let values, let scales):
+            if n < 4 {
+                for r in 0..<n { QuantizedKernels.gemvInt8(values, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
+            } else {
+                let widened = AlignedBuffer<Float>(count: rows * cols)
+                Quantization.dequantizeInt8(values, scales: scales, rows: rows, cols: cols, into: widened.pointer)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
+                            1, x, Int32(cols), widened.pointer, Int32(cols), 0, y, Int32(rows))
+            }
+        case .q4(let blocks, let scales):
+            if n < 4 {
+                for r in 0..<n { QuantizedKernels.gemvQ4(blocks, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
+            } else {
+                let widened = AlignedBuffer<Float>(count: rows * cols)
+                Quantization.dequantizeQ4(blocks, scales: scales, rows: rows, cols: cols, into: widened.pointer)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
+                            1, x, Int32(cols), widened.pointer, Int32(cols), 0, y, Int32(rows))
+            }
         }
     }
 
@@ -78,6 +104,14 @@ public struct WeightMatrix: @unchecked Sendable {
         switch storage {
         case .f32(let w): return Array(UnsafeBufferPointer(start: w + r * cols, count: cols))
         case .bf16(let w): return (0..<cols).map { FloatConversion.float(fromBF16: w[r * cols + $0]) }
+        case .int8(let values, let scales): return (0..<cols).map { Float(values[r * cols + $0]) * scales[r] }
+        case .q4(let blocks, let scales):
+            var out = [Float](repeating: 0, count: cols)
+            out.withUnsafeMutableBufferPointer {
+                Quantization.dequantizeQ4(blocks + r * (cols / Quantization.q4BlockSize) * Quantization.q4BlockBytes,
+                                          scales: scales + r * (cols / Quantization.q4BlockSize), rows: 1, cols: cols, into: $0.baseAddress!)
+            }
+            return out
         }
     }
 }

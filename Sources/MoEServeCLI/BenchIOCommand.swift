@@ -1,0 +1,188 @@
+import ArgumentParser
+import Foundation
+import ModelFormats
+import TensorMath
+
+/// `moe-serve bench io --model STORE`: the I/O ceiling the expert cache works under.
+///
+/// Measures, in one run: sequential `O_DIRECT` bandwidth of experts.bin in 4 MiB blocks (what
+/// `dd iflag=direct bs=4M` reports), random whole-expert `O_DIRECT` reads at each queue depth
+/// (one thread per outstanding read), the full `readExpert` path (read + checksum + decode) at
+/// queue depth 1, and the same random reads served from the page cache.
+struct BenchIOCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "io",
+        abstract: "Random expert reads with O_DIRECT at several queue depths vs sequential and page-cache bandwidth.")
+
+    @OptionGroup var model: ModelOption
+    @Option(help: "Random expert reads per measurement.") var reads: Int = 256
+    @Option(name: .customLong("queue-depths"), help: "Comma-separated queue depths (threads).") var queueDepths: String = "1,4,16"
+    @Option(name: .customLong("sequential-mib"), help: "MiB of experts.bin to read sequentially (capped at the file size).") var sequentialMiB: Int = 2048
+    @Option(help: "Seed of the random expert order.") var seed: UInt64 = 1
+
+    struct Measurement: Encodable {
+        var mode: String
+        var queueDepth: Int
+        var reads: Int
+        var bytes: Int
+        var seconds: Double
+        var gbps: Double
+        var medianMs: Double
+        var p99Ms: Double
+        enum CodingKeys: String, CodingKey {
+            case mode, reads, bytes, seconds, gbps
+            case queueDepth = "queue_depth", medianMs = "median_ms", p99Ms = "p99_ms"
+        }
+    }
+
+    struct Output: Encodable {
+        var store: String
+        var directIO: Bool
+        var expertStoredBytes: Int
+        var experts: Int
+        var expertsFileBytes: Int
+        var measurements: [Measurement]
+        enum CodingKeys: String, CodingKey {
+            case store, experts, measurements
+            case directIO = "direct_io", expertStoredBytes = "expert_stored_bytes", expertsFileBytes = "experts_file_bytes"
+        }
+    }
+
+    func validate() throws {
+        guard reads > 0 else { throw ValidationError("--reads must be positive") }
+        guard sequentialMiB > 0 else { throw ValidationError("--sequential-mib must be positive") }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let url = try model.resolvedURL()
+            guard ExpertStore.isStore(at: url) else { throw CommandError("\(url.path): bench io needs a packed store (run moe-serve pack first)") }
+            let store = try ExpertStore(url: url)
+            let depths = try parseTokenList(queueDepths, option: "--queue-depths")
+            guard depths.allSatisfy({ $0 >= 1 && $0 <= 256 }) else { throw CommandError("--queue-depths: each must be between 1 and 256") }
+            let blobs = store.manifest.experts.blobs
+            guard !blobs.isEmpty else { throw CommandError("\(url.path): the store has no experts") }
+            var rng = SplitMix(state: seed)
+            let order = (0..<reads).map { _ in blobs[Int(rng.next() % UInt64(blobs.count))] }
+            let expertsPath = url.appendingPathComponent(store.manifest.experts.file).path
+            var results: [Measurement] = []
+
+            // Sequential, dd-style.
+            results.append(try sequential(path: expertsPath, limit: min(sequentialMiB << 20, store.manifest.experts.fileSize)))
+            // Random O_DIRECT whole-expert reads.
+            let direct = try DirectFileReader(path: expertsPath)
+            dropCache(expertsPath)
+            for depth in depths {
+                results.append(try random(order: order, depth: depth, mode: direct.usesDirectIO ? "random_direct" : "random_buffered_dontneed") { entry, buffer in
+                    _ = try direct.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
+                })
+            }
+            // The whole reader path: O_DIRECT read + checksum + decode.
+            results.append(try random(order: order, depth: 1, mode: "read_expert_checked") { entry, _ in
+                _ = try store.readExpert(layer: entry.layer, expert: entry.expert)
+            })
+            // Page cache: warm the touched blobs, then read them again buffered.
+            let cached = try DirectFileReader(path: expertsPath, direct: false, keepPageCache: true)
+            let distinct = Dictionary(order.map { ($0.offset, $0) }, uniquingKeysWith: { first, _ in first }).values.sorted { $0.offset < $1.offset }
+            _ = try random(order: distinct, depth: 1, mode: "warm") { entry, buffer in
+                _ = try cached.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
+            }
+            for depth in depths {
+                results.append(try random(order: order, depth: depth, mode: "random_page_cache") { entry, buffer in
+                    _ = try cached.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
+                })
+            }
+            cached.dropPageCache()
+
+            let storedMean = blobs.reduce(0) { $0 + $1.storedLength } / blobs.count
+            printError("bench io: \(url.path), \(blobs.count) experts of \(String(format: "%.2f", Double(storedMean) / 1e6)) MB, O_DIRECT \(direct.usesDirectIO ? "yes" : "no")")
+            printError("mode                      QD   reads   GB/s   median ms   p99 ms")
+            for m in results {
+                printError(String(format: "%-24@ %4d %7d %6.2f %11.2f %8.2f", m.mode as NSString, m.queueDepth, m.reads, m.gbps, m.medianMs, m.p99Ms))
+            }
+            try printJSON(Output(store: url.path, directIO: direct.usesDirectIO, expertStoredBytes: storedMean, experts: blobs.count,
+                                 expertsFileBytes: store.manifest.experts.fileSize, measurements: results))
+        }
+    }
+
+    /// Reads the first `limit` bytes of `path` with O_DIRECT in 4 MiB blocks.
+    private func sequential(path: String, limit: Int) throws -> Measurement {
+        let file = try DirectFileReader(path: path)
+        dropCache(path)
+        let block = 4 << 20
+        let buffer = AlignedBuffer<UInt8>(count: block, alignment: DirectFileReader.granule)
+        var offset = 0, latencies: [Double] = []
+        let start = now()
+        while offset < limit {
+            let t = now()
+            let got = try file.read(into: buffer.pointer, offset: offset, length: block)
+            latencies.append(now() - t)
+            if got == 0 { break }
+            offset += got
+        }
+        return summarize(mode: file.usesDirectIO ? "sequential_direct_4MiB" : "sequential_buffered_4MiB", depth: 1, bytes: offset, seconds: now() - start, latencies: latencies)
+    }
+
+    /// Runs `order` spread over `depth` threads, each with its own aligned buffer.
+    private func random(order: [ExpertBlobEntry], depth: Int, mode: String,
+                        read: @escaping @Sendable (ExpertBlobEntry, UnsafeMutableRawPointer) throws -> Void) throws -> Measurement {
+        let maxLength = ExpertStore.roundUp(order.map(\.storedLength).max() ?? 0)
+        let lock = NSLock()
+        nonisolated(unsafe) var latencies: [Double] = []
+        nonisolated(unsafe) var failure: Error?
+        let group = DispatchGroup()
+        let start = now()
+        let work = order
+        for t in 0..<depth {
+            group.enter()
+            let thread = Thread {
+                let buffer = AlignedBuffer<UInt8>(count: maxLength, alignment: DirectFileReader.granule)
+                var mine: [Double] = []
+                var i = t
+                while i < work.count {
+                    let t0 = now()
+                    do { try read(work[i], buffer.pointer) } catch {
+                        lock.lock(); failure = error; lock.unlock(); break
+                    }
+                    mine.append(now() - t0)
+                    i += depth
+                }
+                lock.lock(); latencies += mine; lock.unlock()
+                group.leave()
+            }
+            thread.start()
+        }
+        group.wait()
+        let seconds = now() - start
+        if let failure { throw failure }
+        let bytes = order.reduce(0) { $0 + ExpertStore.roundUp($1.storedLength) }
+        return summarize(mode: mode, depth: depth, bytes: bytes, seconds: seconds, latencies: latencies)
+    }
+
+    private func summarize(mode: String, depth: Int, bytes: Int, seconds: Double, latencies: [Double]) -> Measurement {
+        let sorted = latencies.sorted()
+        func quantile(_ q: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] * 1000 }
+        return Measurement(mode: mode, queueDepth: depth, reads: latencies.count, bytes: bytes, seconds: seconds,
+                           gbps: Double(bytes) / max(seconds, 1e-9) / 1e9, medianMs: quantile(0.5), p99Ms: quantile(0.99))
+    }
+
+    /// Evicts `path` from the page cache so that nothing measured comes from RAM.
+    private func dropCache(_ path: String) {
+        let fd = open(path, O_RDONLY)
+        if fd >= 0 { _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_DONTNEED)); close(fd) }
+    }
+}
+
+private func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+/// SplitMix64: a seeded, platform-independent random order.
+private struct SplitMix {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

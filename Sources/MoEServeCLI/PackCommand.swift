@@ -1,0 +1,76 @@
+import ArgumentParser
+import Foundation
+import ModelFormats
+import MoEModels
+
+extension ExpertDType: ExpressibleByArgument {}
+extension ExpertCodec: ExpressibleByArgument {}
+
+/// `moe-serve pack HF_DIR STORE_DIR`: writes an expert store (see docs/STORE.md).
+struct PackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pack",
+        abstract: "Pack a Hugging Face checkpoint into an expert store (dense.bin, experts.bin, manifest.json).")
+
+    @Argument(help: "The Hugging Face model directory.") var checkpoint: String
+    @Argument(help: "The store directory to create (must not exist).") var store: String
+    @Option(help: "Expert element type: bf16, f32, int8 or q4.") var experts: ExpertDType = .bf16
+    @Option(help: "Expert blob compression: none or lz4.") var compression: ExpertCodec = .none
+
+    struct Output: Encodable {
+        var store: String
+        var expertDtype: String
+        var compression: String
+        var blobs: Int
+        var sourceBytes: Int
+        var expertRawBytes: Int
+        var expertStoredBytes: Int
+        var compressionRatio: Double
+        var seconds: Double
+        var megabytesPerSecond: Double
+        enum CodingKeys: String, CodingKey {
+            case store, blobs, seconds, compression
+            case expertDtype = "expert_dtype", sourceBytes = "source_bytes", expertRawBytes = "expert_raw_bytes"
+            case expertStoredBytes = "expert_stored_bytes", compressionRatio = "compression_ratio"
+            case megabytesPerSecond = "mb_per_second"
+        }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let source = try CheckpointDirectory(url: URL(fileURLWithPath: checkpoint))
+            let names = ArchitectureDescription.of(source.config.architecture)
+            if experts == .bf16, let first = source.config.moeLayers.first,
+               let dtype = try? source.entry(names.expertTensorNames(first, 0).gate).0.dtype, dtype != .bf16 {
+                printError("note: the checkpoint's experts are \(dtype.rawValue); --experts bf16 rounds them (use --experts f32 for an exact store)")
+            }
+            var packer = ExpertStorePacker()
+            packer.dtype = experts
+            packer.codec = compression
+            let interactive = isatty(STDERR_FILENO) != 0
+            packer.progress = { p in
+                let line = String(format: "pack: %.1f / %.1f MB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e6,
+                                  Double(p.bytesTotal) / 1e6, p.rate / 1e6, p.eta)
+                FileHandle.standardError.write(Data((interactive ? "\r\(line)  " : "\(line)\n").utf8))
+            }
+            let summary = try packer.pack(checkpoint: source, expertTensorNames: { layer, expert in
+                let n = names.expertTensorNames(layer, expert)
+                return [n.gate, n.up, n.down]
+            }, to: URL(fileURLWithPath: store))
+            if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+            printError(String(format: "packed %d experts into %@ in %.1f s (%.0f MB/s)", summary.manifest.experts.blobs.count, store,
+                              summary.seconds, Double(summary.sourceBytes) / max(summary.seconds, 1e-9) / 1e6))
+            try printJSON(Output(
+                store: store, expertDtype: experts.rawValue, compression: compression.rawValue,
+                blobs: summary.manifest.experts.blobs.count, sourceBytes: summary.sourceBytes,
+                expertRawBytes: summary.expertRawBytes, expertStoredBytes: summary.expertStoredBytes,
+                compressionRatio: Double(summary.expertRawBytes) / Double(max(summary.expertStoredBytes, 1)),
+                seconds: summary.seconds, megabytesPerSecond: Double(summary.sourceBytes) / max(summary.seconds, 1e-9) / 1e6))
+        }
+    }
+}
+
+/// Writes one line to stderr.
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}

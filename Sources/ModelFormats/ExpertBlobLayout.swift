@@ -1,0 +1,112 @@
+import TensorMath
+
+/// The in-RAM layout of one expert's blob (after decompression): gate, up and down one after
+/// another, every array starting on a 64-byte boundary so the matrices can point straight into
+/// the buffer a blob was read into, with no copy.
+///
+/// Per matrix: bf16/f32 → the elements; int8 → scales `[rows]` f32, then values `[rows, cols]`;
+/// q4 → scales `[rows, cols/32]` f32, then blocks `[rows, cols/32, 16]`.
+public struct ExpertBlobLayout: Sendable, Equatable {
+    /// Where one matrix's arrays sit in the blob.
+    public struct Matrix: Sendable, Equatable {
+        /// `[rows, cols]`
+        public let rows: Int, cols: Int
+        /// Offset of the elements (values or q4 blocks).
+        public let dataOffset: Int
+        /// Length of the elements.
+        public let dataLength: Int
+        /// Offset of the scales (int8, q4), nil otherwise.
+        public let scaleOffset: Int?
+    }
+
+    /// Element encoding.
+    public let dtype: ExpertDType
+    /// `[expertWidth, hidden]`
+    public let gate: Matrix
+    /// `[expertWidth, hidden]`
+    public let up: Matrix
+    /// `[hidden, expertWidth]`
+    public let down: Matrix
+    /// Total bytes (a multiple of 64).
+    public let rawLength: Int
+
+    /// Alignment of every array inside a blob.
+    public static let arrayAlignment = 64
+
+    /// The layout for matrices of these shapes in `dtype`.
+    public init(dtype: ExpertDType, gateShape: [Int], upShape: [Int], downShape: [Int]) throws {
+        self.dtype = dtype
+        var cursor = 0
+        func place(_ shape: [Int], _ name: String) throws -> Matrix {
+            guard shape.count == 2, shape[0] > 0, shape[1] > 0 else {
+                throw ModelFormatError("expert \(name) matrix has shape \(shape); expected two positive dimensions")
+            }
+            let rows = shape[0], cols = shape[1]
+            var scaleOffset: Int? = nil
+            let dataLength: Int
+            switch dtype {
+            case .bf16: dataLength = rows * cols * 2
+            case .f32: dataLength = rows * cols * 4
+            case .int8:
+                scaleOffset = cursor
+                cursor = Self.align(cursor + Quantization.int8ScaleBytes(rows: rows))
+                dataLength = rows * cols
+            case .q4:
+                guard cols % Quantization.q4BlockSize == 0 else {
+                    throw ModelFormatError("q4 needs the input width of every expert matrix to be a multiple of \(Quantization.q4BlockSize); the \(name) matrix is \(rows)x\(cols) (use --experts int8)")
+                }
+                scaleOffset = cursor
+                cursor = Self.align(cursor + Quantization.q4ScaleBytes(rows: rows, cols: cols))
+                dataLength = Quantization.q4BlockBytes(rows: rows, cols: cols)
+            }
+            let matrix = Matrix(rows: rows, cols: cols, dataOffset: cursor, dataLength: dataLength, scaleOffset: scaleOffset)
+            cursor = Self.align(cursor + dataLength)
+            return matrix
+        }
+        gate = try place(gateShape, "gate")
+        up = try place(upShape, "up")
+        down = try place(downShape, "down")
+        rawLength = cursor
+    }
+
+    /// `value` rounded up to the array alignment.
+    static func align(_ value: Int) -> Int { (value + arrayAlignment - 1) / arrayAlignment * arrayAlignment }
+
+    /// The three matrices viewing `base` (a buffer holding a decoded blob); `owner` keeps it alive.
+    public func matrices(at base: UnsafeRawPointer, owner: AnyObject) -> (gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+        func view(_ m: Matrix) -> WeightMatrix {
+            let data = base + m.dataOffset
+            let storage: WeightStorage
+            switch dtype {
+            case .bf16: storage = .bf16(data.assumingMemoryBound(to: UInt16.self))
+            case .f32: storage = .f32(data.assumingMemoryBound(to: Float.self))
+            case .int8: storage = .int8(values: data.assumingMemoryBound(to: Int8.self),
+                                        scales: (base + m.scaleOffset!).assumingMemoryBound(to: Float.self))
+            case .q4: storage = .q4(blocks: data.assumingMemoryBound(to: UInt8.self),
+                                    scales: (base + m.scaleOffset!).assumingMemoryBound(to: Float.self))
+            }
+            return WeightMatrix(rows: m.rows, cols: m.cols, storage: storage, owner: owner)
+        }
+        return (view(gate), view(up), view(down))
+    }
+
+    /// Encodes one float32 matrix `values[rows, cols]` into its place in the blob at `base`.
+    public func encode(_ which: KeyPath<ExpertBlobLayout, Matrix>, from values: UnsafePointer<Float>, into base: UnsafeMutableRawPointer) {
+        let m = self[keyPath: which]
+        let count = m.rows * m.cols
+        let data = base + m.dataOffset
+        switch dtype {
+        case .f32:
+            data.copyMemory(from: values, byteCount: count * 4)
+        case .bf16:
+            let out = data.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<count { out[i] = FloatConversion.bf16(from: values[i]) }
+        case .int8:
+            Quantization.quantizeInt8(values, rows: m.rows, cols: m.cols, values: data.assumingMemoryBound(to: Int8.self),
+                                      scales: (base + m.scaleOffset!).assumingMemoryBound(to: Float.self))
+        case .q4:
+            Quantization.quantizeQ4(values, rows: m.rows, cols: m.cols, blocks: data.assumingMemoryBound(to: UInt8.self),
+                                    scales: (base + m.scaleOffset!).assumingMemoryBound(to: Float.self))
+        }
+    }
+}

@@ -1,0 +1,318 @@
+import Foundation
+import TensorMath
+
+/// One routed expert read from a store: its three matrices, which own (through `owner`) the
+/// buffer the blob was decoded into.
+public struct StoredExpert: @unchecked Sendable {
+    /// `[expertWidth, hidden]`
+    public let gate: WeightMatrix
+    /// `[expertWidth, hidden]`
+    public let up: WeightMatrix
+    /// `[hidden, expertWidth]`
+    public let down: WeightMatrix
+    /// Bytes of the buffer holding the matrices.
+    public let byteCount: Int
+}
+
+/// Counters of a store's expert reads since it was opened.
+public struct ExpertStoreStatistics: Sendable, Codable {
+    /// Blobs read.
+    public var reads = 0
+    /// Bytes read from disk (aligned lengths).
+    public var bytesRead = 0
+    /// Decoded bytes produced.
+    public var rawBytes = 0
+    /// Seconds spent in `pread`, summed over threads.
+    public var readSeconds = 0.0
+    /// Seconds spent checking and decoding, summed over threads.
+    public var decodeSeconds = 0.0
+    /// Blobs refused for a checksum mismatch.
+    public var checksumFailures = 0
+}
+
+/// A packed expert store opened for reading (see `ExpertStorePacker` for the layout).
+///
+/// The dense tensors are read once into one 4 KiB-aligned buffer and served as a
+/// `WeightSource` (bf16 and f32 tensors are views into it, so the model's dense weights are
+/// bit-identical to the checkpoint's). Routed experts are read on demand with `pread` from an
+/// `O_DIRECT` descriptor, checked against their XXH64 checksum and decoded; a mismatch is an
+/// error naming the layer and expert, never garbage weights. Safe to use from several threads.
+public final class ExpertStore: WeightSource, @unchecked Sendable {
+    /// The store directory.
+    public let url: URL
+    /// Its manifest.
+    public let manifest: ExpertStoreManifest
+    /// The model configuration (from the manifest's copy of config.json).
+    public let config: ModelConfig
+    /// The decoded layout every blob shares.
+    public let layout: ExpertBlobLayout
+    /// The expert data file.
+    public let expertFile: DirectFileReader
+    private let dense: AlignedBuffer<UInt8>
+    private let denseIndex: [String: DenseTensorEntry]
+    /// Index into `manifest.experts.blobs` by `layer * expertCount + expert`.
+    private let blobIndex: [Int: Int]
+    private let lock = NSLock()
+    private var counters = ExpertStoreStatistics()
+
+    /// Whether `url` is a store directory (has a manifest.json) rather than a checkpoint.
+    public static func isStore(at url: URL) -> Bool {
+        FileManager.default.fileExists(atPath: url.appendingPathComponent(ExpertStoreManifest.fileName).path)
+    }
+
+    /// Opens the store at `url`: reads and validates the manifest, checks the data files'
+    /// sizes, and loads and checksums the dense tensors (`checkDense: false` defers the dense
+    /// checksums to `verify()`).
+    public init(url: URL, checkDense: Bool = true) throws {
+        self.url = url
+        let manifest = try ExpertStoreManifest.load(from: url)
+        self.manifest = manifest
+        let manifestPath = url.appendingPathComponent(ExpertStoreManifest.fileName).path
+        let configData = try JSONEncoder().encode(manifest.config)
+        config = try ModelConfig.parse(configData, file: "\(manifestPath) (config)")
+        let experts = manifest.experts
+        layout = try ExpertBlobLayout(dtype: experts.dtype, gateShape: experts.gateShape, upShape: experts.upShape, downShape: experts.downShape)
+
+        // Every routed expert must have exactly one sane blob entry.
+        var index: [Int: Int] = [:]
+        for (i, blob) in experts.blobs.enumerated() {
+            let name = "layer \(blob.layer) expert \(blob.expert)"
+            guard config.isMoELayer(blob.layer), blob.expert >= 0, blob.expert < config.expertCount else {
+                throw ModelFormatError.file(manifestPath, "damaged store manifest: blob for \(name), which the config does not have")
+            }
+            guard blob.offset % experts.alignment == 0, blob.offset >= 0, blob.storedLength >= 0,
+                  blob.offset + blob.storedLength <= experts.fileSize, blob.rawLength == layout.rawLength else {
+                throw ModelFormatError.file(manifestPath, "damaged store manifest: \(name) has an invalid offset or length")
+            }
+            guard index.updateValue(i, forKey: blob.layer * config.expertCount + blob.expert) == nil else {
+                throw ModelFormatError.file(manifestPath, "damaged store manifest: \(name) is listed twice")
+            }
+        }
+        for layer in config.moeLayers {
+            for expert in 0..<config.expertCount where index[layer * config.expertCount + expert] == nil {
+                throw ModelFormatError.file(manifestPath, "damaged store manifest: no blob for layer \(layer) expert \(expert)")
+            }
+        }
+        blobIndex = index
+
+        // experts.bin: a short file means lost blobs; name the first one.
+        let expertURL = url.appendingPathComponent(experts.file)
+        let expertFile = try DirectFileReader(path: expertURL.path)
+        self.expertFile = expertFile
+        if expertFile.size < experts.fileSize {
+            let actualSize = expertFile.size
+            let lost = experts.blobs.filter { $0.offset + $0.storedLength > actualSize }
+            let first = lost.min { ($0.layer, $0.expert) < ($1.layer, $1.expert) }
+            let which = first.map { "layer \($0.layer) expert \($0.expert)" + (lost.count > 1 ? " and \(lost.count - 1) more blobs lie" : " lies") + " past the end" } ?? "padding missing"
+            throw ModelFormatError.file(expertURL.path, "truncated: \(actualSize) of \(experts.fileSize) bytes; \(which) (re-run moe-serve pack)")
+        }
+
+        // dense.bin, read whole: the model keeps all of it resident anyway.
+        let densePath = url.appendingPathComponent(manifest.dense.file).path
+        let denseReader = try DirectFileReader(path: densePath, direct: false)
+        guard denseReader.size == manifest.dense.fileSize else {
+            throw ModelFormatError.file(densePath, "size \(denseReader.size) bytes, the manifest expects \(manifest.dense.fileSize) (truncated or replaced; re-run moe-serve pack)")
+        }
+        dense = AlignedBuffer<UInt8>(count: manifest.dense.fileSize, alignment: DirectFileReader.granule)
+        _ = try denseReader.read(into: dense.pointer, offset: 0, length: manifest.dense.fileSize)
+        var tensors: [String: DenseTensorEntry] = [:]
+        for tensor in manifest.dense.tensors {
+            guard tensor.offset >= 0, tensor.offset % ExpertBlobLayout.arrayAlignment == 0,
+                  tensor.offset + tensor.length <= manifest.dense.fileSize,
+                  tensor.length == tensor.shape.reduce(1, *) * tensor.dtype.size else {
+                throw ModelFormatError.file(manifestPath, "damaged store manifest: dense tensor '\(tensor.name)' has an invalid offset, length or shape")
+            }
+            tensors[tensor.name] = tensor
+        }
+        denseIndex = tensors
+        if checkDense, let bad = denseProblems().first { throw ModelFormatError.file(densePath, bad) }
+    }
+
+    // MARK: Dense tensors
+
+    /// Problems with the dense tensors' checksums, one line each (empty when all match).
+    public func denseProblems() -> [String] {
+        manifest.dense.tensors.compactMap { tensor in
+            let digest = XXHash64.hex(XXHash64.hash(dense.pointer + tensor.offset, count: tensor.length))
+            return digest == tensor.checksum ? nil : "dense tensor '\(tensor.name)': checksum mismatch (stored \(tensor.checksum), computed \(digest))"
+        }
+    }
+
+    public func contains(_ name: String) -> Bool { denseIndex[name] != nil }
+
+    private func denseEntry(_ name: String) throws -> DenseTensorEntry {
+        guard let entry = denseIndex[name] else {
+            throw ModelFormatError.tensor(name, in: url.path, "missing from the store's dense tensors")
+        }
+        return entry
+    }
+
+    public func matrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix {
+        let entry = try denseEntry(name)
+        guard entry.shape == [rows, cols] else {
+            throw ModelFormatError.tensor(name, in: url.path, "shape \(entry.shape) does not match the config's [\(rows), \(cols)]")
+        }
+        let base = UnsafeRawPointer(dense.pointer + entry.offset)
+        switch entry.dtype {
+        case .bf16: return WeightMatrix(rows: rows, cols: cols, storage: .bf16(base.assumingMemoryBound(to: UInt16.self)), owner: dense)
+        case .f32: return WeightMatrix(rows: rows, cols: cols, storage: .f32(base.assumingMemoryBound(to: Float.self)), owner: dense)
+        case .f16:
+            let buffer = AlignedBuffer<Float>(count: rows * cols)
+            CheckpointDirectory.widen(UnsafeRawBufferPointer(start: base, count: entry.length), dtype: .f16, into: buffer.pointer, count: rows * cols)
+            return WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(buffer.pointer)), owner: buffer)
+        }
+    }
+
+    public func vector(_ name: String, count: Int) throws -> [Float] {
+        let entry = try denseEntry(name)
+        guard entry.shape.reduce(1, *) == count else {
+            throw ModelFormatError.tensor(name, in: url.path, "shape \(entry.shape) does not match the config's \(count) elements")
+        }
+        var values = [Float](repeating: 0, count: count)
+        values.withUnsafeMutableBufferPointer {
+            CheckpointDirectory.widen(UnsafeRawBufferPointer(start: dense.pointer + entry.offset, count: entry.length),
+                                      dtype: entry.dtype, into: $0.baseAddress!, count: count)
+        }
+        return values
+    }
+
+    // MARK: Experts
+
+    /// The manifest entry of routed expert `expert` of `layer`.
+    public func blob(layer: Int, expert: Int) throws -> ExpertBlobEntry {
+        guard expert >= 0, expert < config.expertCount, let i = blobIndex[layer * config.expertCount + expert] else {
+            throw ModelFormatError.file(url.path, "layer \(layer) expert \(expert) is not in the store")
+        }
+        return manifest.experts.blobs[i]
+    }
+
+    /// `value` rounded up to the O_DIRECT granule.
+    public static func roundUp(_ value: Int) -> Int {
+        (value + DirectFileReader.granule - 1) / DirectFileReader.granule * DirectFileReader.granule
+    }
+
+    /// Bytes a destination buffer for `readExpert(layer:expert:into:)` needs: the decoded
+    /// blob rounded up to 4 KiB (uncompressed blobs are read straight into it).
+    public var expertBufferSize: Int { Self.roundUp(layout.rawLength) }
+
+    /// Reads, checks and decodes expert `expert` of `layer` into a new buffer.
+    public func readExpert(layer: Int, expert: Int) throws -> StoredExpert {
+        try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule))
+    }
+
+    /// Reads, checks and decodes expert `expert` of `layer` into `buffer` (at least
+    /// `expertBufferSize` bytes, 4 KiB-aligned), which the returned matrices then keep alive.
+    /// Uncompressed blobs are read straight into `buffer`; compressed ones through a staging
+    /// buffer. Throws, naming the layer and expert, on a short read or a checksum mismatch.
+    public func readExpert(layer: Int, expert: Int, into buffer: AlignedBuffer<UInt8>) throws -> StoredExpert {
+        precondition(buffer.count >= expertBufferSize && buffer.alignment >= DirectFileReader.granule,
+                     "readExpert needs a \(DirectFileReader.granule)-aligned buffer of at least \(expertBufferSize) bytes")
+        let entry = try blob(layer: layer, expert: expert)
+        let staging = entry.storedRaw ? buffer : AlignedBuffer<UInt8>(count: Self.roundUp(entry.storedLength), alignment: DirectFileReader.granule)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try readStored(entry, into: staging.pointer)
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        let context = "\(url.path): layer \(entry.layer) expert \(entry.expert)"
+        do {
+            try checkStored(entry, at: staging.pointer)
+            try ExpertBlobCodec.decode(staging.pointer, entry: entry, dtype: layout.dtype, into: buffer.pointer, context: context)
+        } catch {
+            record { $0.checksumFailures += 1 }
+            throw error
+        }
+        let t2 = DispatchTime.now().uptimeNanoseconds
+        record {
+            $0.reads += 1
+            $0.bytesRead += Self.roundUp(entry.storedLength)
+            $0.rawBytes += entry.rawLength
+            $0.readSeconds += Double(t1 - t0) / 1e9
+            $0.decodeSeconds += Double(t2 - t1) / 1e9
+        }
+        let matrices = layout.matrices(at: buffer.pointer, owner: buffer)
+        return StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount)
+    }
+
+    /// Reads the stored bytes of `entry` (rounded up to 4 KiB) into `destination`, which must
+    /// be 4 KiB-aligned and hold `roundUp(entry.storedLength)` bytes.
+    public func readStored(_ entry: ExpertBlobEntry, into destination: UnsafeMutableRawPointer) throws {
+        let length = Self.roundUp(entry.storedLength)
+        let got: Int
+        do { got = try expertFile.read(into: destination, offset: entry.offset, length: length) } catch {
+            throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): \(error)")
+        }
+        guard got >= entry.storedLength else {
+            throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): short read (\(got) of \(entry.storedLength) bytes; experts.bin truncated?)")
+        }
+    }
+
+    /// Throws unless the stored bytes at `bytes` match `entry`'s checksum.
+    public func checkStored(_ entry: ExpertBlobEntry, at bytes: UnsafeRawPointer) throws {
+        let digest = XXHash64.hex(XXHash64.hash(bytes, count: entry.storedLength))
+        guard digest == entry.checksum else {
+            throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): checksum mismatch (stored \(entry.checksum), computed \(digest)); the expert data is corrupt, re-run moe-serve pack")
+        }
+    }
+
+    /// Reads every blob and checks it (checksum, then a trial decode); returns one line per
+    /// problem (empty when the store is sound), dense tensors included. `progress` receives
+    /// blobs done and the total.
+    public func verify(progress: ((Int, Int) -> Void)? = nil) -> [String] {
+        var problems = denseProblems()
+        let blobs = manifest.experts.blobs
+        let maxStored = blobs.map(\.storedLength).max() ?? 0
+        let staging = AlignedBuffer<UInt8>(count: Self.roundUp(maxStored), alignment: DirectFileReader.granule)
+        let decoded = AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule)
+        for (i, entry) in blobs.enumerated() {
+            do {
+                try readStored(entry, into: staging.pointer)
+                try checkStored(entry, at: staging.pointer)
+                if !entry.storedRaw {
+                    try ExpertBlobCodec.decode(staging.pointer, entry: entry, dtype: layout.dtype, into: decoded.pointer,
+                                               context: "layer \(entry.layer) expert \(entry.expert)")
+                }
+            } catch {
+                problems.append("layer \(entry.layer) expert \(entry.expert): \(error)")
+            }
+            progress?(i + 1, blobs.count)
+        }
+        return problems
+    }
+
+    /// Reads up to `sampleCount` blobs and decodes them from RAM repeatedly for at least
+    /// `minimumSeconds`: decoded GB/s of this store's codec (memcpy speed for raw blobs).
+    public func measureDecodeThroughput(sampleCount: Int = 8, minimumSeconds: Double = 0.3) throws -> Double {
+        let blobs = manifest.experts.blobs
+        guard !blobs.isEmpty else { return 0 }
+        let step = max(1, blobs.count / sampleCount)
+        let chosen = stride(from: 0, to: blobs.count, by: step).prefix(sampleCount).map { blobs[$0] }
+        let stored = try chosen.map { entry -> AlignedBuffer<UInt8> in
+            let buffer = AlignedBuffer<UInt8>(count: Self.roundUp(entry.storedLength), alignment: DirectFileReader.granule)
+            try readStored(entry, into: buffer.pointer)
+            try checkStored(entry, at: buffer.pointer)
+            return buffer
+        }
+        let out = AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule)
+        var bytes = 0
+        let start = DispatchTime.now().uptimeNanoseconds
+        var seconds = 0.0
+        repeat {
+            for (entry, buffer) in zip(chosen, stored) {
+                try ExpertBlobCodec.decode(buffer.pointer, entry: entry, dtype: layout.dtype, into: out.pointer, context: "decode benchmark")
+                bytes += entry.rawLength
+            }
+            seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        } while seconds < minimumSeconds
+        return Double(bytes) / seconds / 1e9
+    }
+
+    /// Counters since the store was opened.
+    public var statistics: ExpertStoreStatistics {
+        lock.lock(); defer { lock.unlock() }
+        return counters
+    }
+
+    private func record(_ update: (inout ExpertStoreStatistics) -> Void) {
+        lock.lock(); defer { lock.unlock() }
+        update(&counters)
+    }
+}

@@ -1,0 +1,287 @@
+import Foundation
+import TensorMath
+
+/// Writes an expert store from a Hugging Face checkpoint directory:
+///
+/// ```
+/// STORE/manifest.json   format version, config, dense index, one entry per routed expert
+/// STORE/dense.bin       every non-expert tensor in its checkpoint dtype, 64-byte aligned
+/// STORE/experts.bin     one blob per routed expert (gate, up, down), each at a 4 KiB boundary
+/// STORE/config.json, tokenizer.json, ...   copied from the checkpoint
+/// ```
+///
+/// Everything is written into `STORE.tmp-XXXXXXXX` next to the destination and renamed at the
+/// end, manifest last; any failure removes the temporary directory, so an interrupted or failed
+/// pack never leaves anything that looks like a store.
+public struct ExpertStorePacker {
+    /// Progress of a running pack, reported a few times a second.
+    public struct Progress: Sendable {
+        /// Checkpoint bytes processed so far.
+        public var bytesDone: Int
+        /// Checkpoint bytes to process.
+        public var bytesTotal: Int
+        /// Seconds since the pack started.
+        public var seconds: Double
+        /// Bytes per second so far.
+        public var rate: Double { seconds > 0 ? Double(bytesDone) / seconds : 0 }
+        /// Estimated seconds left.
+        public var eta: Double { rate > 0 ? Double(bytesTotal - bytesDone) / rate : 0 }
+    }
+
+    /// What a finished pack produced.
+    public struct Summary: Sendable {
+        /// The manifest written.
+        public var manifest: ExpertStoreManifest
+        /// Checkpoint bytes read.
+        public var sourceBytes: Int
+        /// Sum of the blobs' decoded lengths.
+        public var expertRawBytes: Int
+        /// Sum of the blobs' stored lengths (before alignment padding).
+        public var expertStoredBytes: Int
+        /// Wall time.
+        public var seconds: Double
+    }
+
+    /// Expert element encoding.
+    public var dtype: ExpertDType = .bf16
+    /// Blob compression.
+    public var codec: ExpertCodec = .none
+    /// Receives progress at most every `progressInterval` seconds, and once at the end.
+    public var progress: ((Progress) -> Void)?
+    /// Seconds between progress reports.
+    public var progressInterval = 0.25
+    /// Test hook: throw after writing this many expert blobs (simulates a crash mid-pack).
+    public var failAfterBlobs: Int?
+
+    /// A packer with the default options (bf16, no compression).
+    public init() {}
+
+    /// Packs `checkpoint` into a new directory `destination`. `expertTensorNames(layer, expert)`
+    /// gives the gate, up and down tensor names of a routed expert (architecture-specific; the
+    /// packer does not depend on the model code).
+    public func pack(checkpoint: CheckpointDirectory, expertTensorNames: (Int, Int) -> [String], to destination: URL) throws -> Summary {
+        let fileManager = FileManager.default
+        let destination = destination.standardizedFileURL
+        if fileManager.fileExists(atPath: destination.path) {
+            throw ModelFormatError.file(destination.path, "already exists; remove it or choose another output directory")
+        }
+        let parent = destination.deletingLastPathComponent()
+        var isDirectory: ObjCBool = false
+        guard fileManager.fileExists(atPath: parent.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ModelFormatError.file(parent.path, "output parent directory does not exist")
+        }
+        let start = DispatchTime.now().uptimeNanoseconds
+        let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        let temporary = parent.appendingPathComponent("\(destination.lastPathComponent).tmp-\(suffix)")
+        do {
+            try fileManager.createDirectory(at: temporary, withIntermediateDirectories: false)
+        } catch {
+            throw ModelFormatError.file(temporary.path, "cannot create: \(error.localizedDescription)")
+        }
+        do {
+            var summary = try write(checkpoint: checkpoint, moeLayers: checkpoint.config.moeLayers, expertCount: checkpoint.config.expertCount,
+                                    expertTensorNames: expertTensorNames, into: temporary)
+            guard rename(temporary.path, destination.path) == 0 else {
+                throw ModelFormatError.file(destination.path, "cannot rename \(temporary.lastPathComponent) into place: \(String(cString: strerror(errno)))")
+            }
+            summary.seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            return summary
+        } catch {
+            try? fileManager.removeItem(at: temporary)
+            throw error
+        }
+    }
+
+    private func write(checkpoint: CheckpointDirectory, moeLayers: [Int], expertCount: Int,
+                       expertTensorNames: (Int, Int) -> [String], into directory: URL) throws -> Summary {
+        let start = DispatchTime.now().uptimeNanoseconds
+        func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+
+        // Partition the checkpoint into routed-expert tensors and everything else.
+        var expertNames: [[[String]]] = [] // [moe layer][expert] -> gate, up, down
+        var isExpertTensor = Set<String>()
+        for layer in moeLayers {
+            expertNames.append(try (0..<expertCount).map { expert in
+                let names = expertTensorNames(layer, expert)
+                for name in names {
+                    guard checkpoint.contains(name) else {
+                        throw ModelFormatError.tensor(name, in: checkpoint.url.path, "routed expert tensor (layer \(layer), expert \(expert)) is missing from the checkpoint")
+                    }
+                    isExpertTensor.insert(name)
+                }
+                return names
+            })
+        }
+        let denseNames = checkpoint.tensorNames.filter { !isExpertTensor.contains($0) }
+        var totalBytes = 0
+        for name in checkpoint.tensorNames { totalBytes += try checkpoint.entry(name).0.byteCount }
+
+        var done = 0
+        var lastReport = -Double.infinity
+        func report(force: Bool = false) {
+            guard let progress else { return }
+            let now = elapsed()
+            if force || now - lastReport >= progressInterval {
+                lastReport = now
+                progress(Progress(bytesDone: done, bytesTotal: totalBytes, seconds: now))
+            }
+        }
+
+        // dense.bin
+        let denseWriter = try BinaryFileWriter(url: directory.appendingPathComponent("dense.bin"))
+        var denseEntries: [DenseTensorEntry] = []
+        for name in denseNames {
+            let (entry, file) = try checkpoint.entry(name)
+            try denseWriter.pad(to: 64)
+            let bytes = file.bytes(of: entry)
+            let offset = denseWriter.offset
+            try denseWriter.write(bytes)
+            denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype, shape: entry.shape, offset: offset,
+                                                 length: entry.byteCount, checksum: XXHash64.hex(XXHash64.hash(bytes))))
+            done += entry.byteCount
+            report()
+        }
+        try denseWriter.finish()
+
+        // experts.bin
+        let alignment = DirectFileReader.granule
+        let expertWriter = try BinaryFileWriter(url: directory.appendingPathComponent("experts.bin"))
+        var blobs: [ExpertBlobEntry] = []
+        var shapes: [[Int]] = []
+        var layout: ExpertBlobLayout?
+        var rawTotal = 0, storedTotal = 0
+        var scratch = AlignedBuffer<Float>(count: 0)
+        for (layerIndex, layer) in moeLayers.enumerated() {
+            for expert in 0..<expertCount {
+                let names = expertNames[layerIndex][expert]
+                let entries = try names.map { try checkpoint.entry($0) }
+                let theseShapes = entries.map(\.0.shape)
+                if layout == nil {
+                    shapes = theseShapes
+                    layout = try ExpertBlobLayout(dtype: dtype, gateShape: shapes[0], upShape: shapes[1], downShape: shapes[2])
+                }
+                guard theseShapes == shapes else {
+                    throw ModelFormatError("layer \(layer) expert \(expert): shapes \(theseShapes) differ from the first expert's \(shapes)")
+                }
+                let layout = layout!
+                let raw = AlignedBuffer<UInt8>(count: layout.rawLength, alignment: alignment)
+                for (matrixIndex, path) in [\ExpertBlobLayout.gate, \.up, \.down].enumerated() {
+                    let (entry, file) = entries[matrixIndex]
+                    let source = file.bytes(of: entry)
+                    let target = layout[keyPath: path]
+                    if (dtype == .bf16 && entry.dtype == .bf16) || (dtype == .f32 && entry.dtype == .f32) {
+                        // Same encoding: copy the bits, so the store is exact.
+                        UnsafeMutableRawPointer(raw.pointer + target.dataOffset).copyMemory(from: source.baseAddress!, byteCount: entry.byteCount)
+                    } else {
+                        let count = entry.elementCount
+                        if scratch.count < count { scratch = AlignedBuffer<Float>(count: count) }
+                        CheckpointDirectory.widen(source, dtype: entry.dtype, into: scratch.pointer, count: count)
+                        layout.encode(path, from: scratch.pointer, into: raw.pointer)
+                    }
+                    done += entry.byteCount
+                }
+                let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: dtype, codec: codec)
+                try expertWriter.pad(to: alignment)
+                let offset = expertWriter.offset
+                let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
+                try expertWriter.write(stored)
+                blobs.append(ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
+                                             rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
+                                             storedRaw: encoded.storedRaw, planes: encoded.planes))
+                rawTotal += layout.rawLength
+                storedTotal += encoded.length
+                report()
+                if let failAfterBlobs, blobs.count >= failAfterBlobs {
+                    throw ModelFormatError("pack interrupted after \(blobs.count) blobs (test hook)")
+                }
+            }
+        }
+        // Pad the end too, so an aligned O_DIRECT read of the last blob stays inside the file.
+        try expertWriter.pad(to: alignment)
+        try expertWriter.finish()
+
+        // Tokenizer, config and any other small files travel with the store.
+        var copied: [String] = []
+        let fileManager = FileManager.default
+        let contents = (try? fileManager.contentsOfDirectory(atPath: checkpoint.url.path)) ?? []
+        for name in contents.sorted() where !name.hasSuffix(".safetensors") && name != "model.safetensors.index.json" && !name.hasPrefix(".") {
+            let source = checkpoint.url.appendingPathComponent(name)
+            var isDirectory: ObjCBool = false
+            guard fileManager.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+            do { try fileManager.copyItem(at: source, to: directory.appendingPathComponent(name)) } catch {
+                throw ModelFormatError.file(source.path, "cannot copy into the store: \(error.localizedDescription)")
+            }
+            copied.append(name)
+        }
+
+        let configData: Data
+        do { configData = try Data(contentsOf: checkpoint.url.appendingPathComponent("config.json")) } catch {
+            throw ModelFormatError.file(checkpoint.url.appendingPathComponent("config.json").path, "cannot read: \(error.localizedDescription)")
+        }
+        let configJSON = try JSONDecoder().decode(JSONValue.self, from: configData)
+        let manifest = ExpertStoreManifest(
+            format: ExpertStoreManifest.formatName,
+            formatVersion: ExpertStoreManifest.currentFormatVersion,
+            architecture: checkpoint.config.architecture.rawValue,
+            config: configJSON,
+            experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: dtype, codec: codec, alignment: alignment,
+                           gateShape: shapes.first ?? [], upShape: shapes.count > 1 ? shapes[1] : [],
+                           downShape: shapes.count > 2 ? shapes[2] : [],
+                           exampleTensorNames: expertNames.first?.first ?? [], blobs: blobs),
+            dense: .init(file: "dense.bin", fileSize: denseWriter.offset, tensors: denseEntries),
+            copiedFiles: copied)
+        // The manifest goes last: its presence marks a complete store.
+        let manifestWriter = try BinaryFileWriter(url: directory.appendingPathComponent(ExpertStoreManifest.fileName))
+        let manifestData = try manifest.encoded()
+        try manifestData.withUnsafeBytes { try manifestWriter.write($0) }
+        try manifestWriter.finish()
+        report(force: true)
+        return Summary(manifest: manifest, sourceBytes: totalBytes, expertRawBytes: rawTotal, expertStoredBytes: storedTotal, seconds: elapsed())
+    }
+}
+
+/// Sequential writes to a new file with errors that say what ran out (disk space above all).
+private final class BinaryFileWriter {
+    let url: URL
+    private let fd: Int32
+    /// Bytes written so far.
+    private(set) var offset = 0
+    private static let zeros = [UInt8](repeating: 0, count: 4096)
+
+    init(url: URL) throws {
+        self.url = url
+        fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL, 0o644)
+        guard fd >= 0 else { throw ModelFormatError.file(url.path, "cannot create: \(String(cString: strerror(errno)))") }
+    }
+
+    deinit { close(fd) }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard let base = bytes.baseAddress else { return }
+        var done = 0
+        while done < bytes.count {
+            let n = Foundation.write(fd, base + done, bytes.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                let reason = errno == ENOSPC ? "out of disk space" : String(cString: strerror(errno))
+                throw ModelFormatError.file(url.path, "write failed after \(offset + done) bytes: \(reason)")
+            }
+            done += n
+        }
+        offset += bytes.count
+    }
+
+    /// Writes zeros up to the next multiple of `alignment`.
+    func pad(to alignment: Int) throws {
+        let padding = (alignment - offset % alignment) % alignment
+        if padding > 0 { try Self.zeros.withUnsafeBytes { try write(UnsafeRawBufferPointer(rebasing: $0[0..<padding])) } }
+    }
+
+    /// Flushes to disk so that the rename publishes complete files.
+    func finish() throws {
+        guard fsync(fd) == 0 else {
+            let reason = errno == ENOSPC ? "out of disk space" : String(cString: strerror(errno))
+            throw ModelFormatError.file(url.path, "flush failed: \(reason)")
+        }
+    }
+}
