@@ -29,10 +29,11 @@ let package = Package(
         .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4"], swiftSettings: optimisedMath),
         .target(name: "Tokenization"),
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
+        .target(name: "ExpertCache", dependencies: ["MoEModels", "ModelFormats", "TensorMath"]),
         .executableTarget(
             name: "MoEServeCLI",
             dependencies: [
-                "MoEModels", "ModelFormats", "Tokenization", "TensorMath",
+                "MoEModels", "ModelFormats", "ExpertCache", "Tokenization", "TensorMath",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
@@ -41,6 +42,7 @@ let package = Package(
         .testTarget(name: "TensorMathTests", dependencies: ["TensorMath"], swiftSettings: optimisedMath),
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),
+        .testTarget(name: "ExpertCacheTests", dependencies: ["ExpertCache", "MoEModels", "ModelFormats", "TensorMath"]),
         .testTarget(
             name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath"],
             swiftSettings: optimisedMath
