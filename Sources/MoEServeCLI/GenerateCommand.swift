@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import ExpertCache
 import MoEModels
 
 /// `moe-serve generate`: a completion for one prompt, as JSON with timing statistics.
@@ -12,10 +13,12 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Double = 0
     @Option(help: "Random seed for sampling.") var seed: UInt64 = 0
     @Flag(name: .customLong("ignore-eos"), help: "Keep generating past end-of-sequence tokens.") var ignoreEOS = false
+    @Option(name: .customLong("record-trace"), help: "Write every token's routing to this file (JSON lines, the `bench trace` format).") var recordTrace: String?
+    @OptionGroup var cacheOptions: ExpertCacheOptions
 
     struct Output: Encodable {
         var tokens: [Int]
-        var stats: GenerationStats
+        var stats: GenerateStatistics
     }
 
     func validate() throws {
@@ -27,11 +30,15 @@ struct GenerateCommand: ParsableCommand {
         try reportingErrors {
             guard let tokens else { throw CommandError("give the prompt with --tokens 1,2,3") }
             let prompt = try parseTokenList(tokens, option: "--tokens")
-            let transformer = try openModel(at: try model.resolvedURL())
+            let (transformer, cache) = try cacheOptions.openModel(at: try model.resolvedURL())
+            defer { cache?.close() }
+            let recorder = try recordTrace.map { try TraceRecorder(url: URL(fileURLWithPath: $0), layerCount: transformer.config.layerCount) }
+            transformer.routingObserver = recorder
             var generator = Generator(model: transformer, sampler: Sampler(temperature: Float(temperature), seed: seed))
             let result = try generator.generate(prompt: prompt, maxTokens: maxTokens,
                                                 stopTokens: ignoreEOS ? [] : Set(transformer.config.eosTokenIds))
-            try printJSON(Output(tokens: result.tokens, stats: result.stats))
+            try recorder?.finish()
+            try printJSON(Output(tokens: result.tokens, stats: GenerateStatistics(generation: result.stats, expertCache: cache?.statistics())))
         }
     }
 }

@@ -28,14 +28,18 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
 
     @Test func noRoomWhenAllPinnedOrLoadingAndTooLarge() {
         var book = CacheBookkeeping(budgetBytes: 2, policy: LRUPolicy())
-        #expect(book.reserve(key(0, 0), bytes: 1, pins: 1) == .reserved(evicted: []))     // loading
+        let r1 = book.reserve(key(0, 0), bytes: 1, pins: 1)
+        #expect(r1 == .reserved(evicted: []))     // loading
         _ = admit(&book, key(0, 1))
         book.pin(key(0, 1))
-        #expect(book.reserve(key(0, 2), bytes: 1, pins: 1) == .noRoom)
+        let r2 = book.reserve(key(0, 2), bytes: 1, pins: 1)
+        #expect(r2 == .noRoom)
         #expect(book.entry(key(0, 2)) == nil)
-        #expect(book.reserve(key(0, 3), bytes: 3, pins: 1) == .tooLarge)
+        let r3 = book.reserve(key(0, 3), bytes: 3, pins: 1)
+        #expect(r3 == .tooLarge)
         book.unpin(key(0, 1))
-        #expect(book.reserve(key(0, 2), bytes: 1, pins: 1) == .reserved(evicted: [
+        let r4 = book.reserve(key(0, 2), bytes: 1, pins: 1)
+        #expect(r4 == .reserved(evicted: [
             .init(key: key(0, 1), bytes: 1, wastedPrefetch: false)]))
     }
 
@@ -45,9 +49,11 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
         book.pin(key(0, 2))
         book.pin(key(0, 3))
         // 3 bytes need 3 victims but only two are evictable: nothing is evicted.
-        #expect(book.reserve(key(0, 9), bytes: 3, pins: 1) == .noRoom)
+        let r5 = book.reserve(key(0, 9), bytes: 3, pins: 1)
+        #expect(r5 == .noRoom)
         #expect(book.usedBytes == 4)
-        #expect(book.reserve(key(0, 9), bytes: 2, pins: 1)
+        let r6 = book.reserve(key(0, 9), bytes: 2, pins: 1)
+        #expect(r6
                 == .reserved(evicted: [.init(key: key(0, 0), bytes: 1, wastedPrefetch: false),
                                        .init(key: key(0, 1), bytes: 1, wastedPrefetch: false)]))
     }
@@ -74,13 +80,17 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
 
     @Test func unusedPrefetchIsReportedWasted() {
         var book = CacheBookkeeping(budgetBytes: 2, policy: LRUPolicy())
-        #expect(book.reserve(key(0, 0), bytes: 1, pins: 0, prefetch: true) == .reserved(evicted: []))
+        let r7 = book.reserve(key(0, 0), bytes: 1, pins: 0, prefetch: true)
+        #expect(r7 == .reserved(evicted: []))
         book.loaded(key(0, 0))
-        #expect(book.reserve(key(0, 1), bytes: 1, pins: 0, prefetch: true) == .reserved(evicted: []))
+        let r8 = book.reserve(key(0, 1), bytes: 1, pins: 0, prefetch: true)
+        #expect(r8 == .reserved(evicted: []))
         book.loaded(key(0, 1))
         book.pin(key(0, 1))
-        #expect(book.use(key(0, 1)) == true)    // a prefetch hit
-        #expect(book.use(key(0, 1)) == false)
+        let r9 = book.use(key(0, 1))
+        #expect(r9 == true)    // a prefetch hit
+        let r10 = book.use(key(0, 1))
+        #expect(r10 == false)
         book.unpin(key(0, 1))
         let evicted = admit(&book, key(0, 2))
         #expect(evicted == [.init(key: key(0, 0), bytes: 1, wastedPrefetch: true)])
@@ -88,9 +98,11 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
 
     @Test func removeFreesLoadingBytes() {
         var book = CacheBookkeeping(budgetBytes: 1, policy: LRUPolicy())
-        #expect(book.reserve(key(0, 0), bytes: 1, pins: 2) == .reserved(evicted: []))
+        let r11 = book.reserve(key(0, 0), bytes: 1, pins: 2)
+        #expect(r11 == .reserved(evicted: []))
         book.remove(key(0, 0))
         #expect(book.usedBytes == 0 && book.entry(key(0, 0)) == nil)
-        #expect(book.reserve(key(0, 1), bytes: 1, pins: 1) == .reserved(evicted: []))
+        let r12 = book.reserve(key(0, 1), bytes: 1, pins: 1)
+        #expect(r12 == .reserved(evicted: []))
     }
 }
