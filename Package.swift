@@ -31,10 +31,11 @@ let package = Package(
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
         .target(name: "ExpertPrediction", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
+        .target(name: "ExpertCache", dependencies: ["MoEModels", "ModelFormats", "TensorMath"]),
         .executableTarget(
             name: "MoEServeCLI",
             dependencies: [
-                "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction",
+                "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction", "ExpertCache",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
@@ -51,6 +52,7 @@ let package = Package(
         .testTarget(name: "TensorMathTests", dependencies: ["TensorMath"], swiftSettings: optimisedMath),
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),
+        .testTarget(name: "ExpertCacheTests", dependencies: ["ExpertCache", "MoEModels", "ModelFormats", "TensorMath"]),
         .testTarget(
             name: "ExpertStoreTests", dependencies: ["ModelFormats", "MoEModels", "TensorMath"],
             swiftSettings: optimisedMath

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
+import ExpertCache
 import MoEModels
+import ExpertPrediction
 import Tokenization
 
 /// `moe-serve generate`: a completion for one prompt, as JSON with timing statistics.
@@ -14,11 +16,13 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Sampling temperature; 0 is greedy.") var temperature: Double = 0
     @Option(help: "Random seed for sampling.") var seed: UInt64 = 0
     @Flag(name: .customLong("ignore-eos"), help: "Keep generating past end-of-sequence tokens.") var ignoreEOS = false
+    @Option(name: .customLong("record-trace"), help: "Write every token's routing to this file (JSON lines, the `bench trace` format).") var recordTrace: String?
+    @OptionGroup var runtimeOptions: RuntimeOptions
 
     struct Output: Encodable {
         var tokens: [Int]
         var text: String?
-        var stats: GenerationStats
+        var stats: GenerateStatistics
     }
 
     func validate() throws {
@@ -29,7 +33,9 @@ struct GenerateCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let modelURL = try model.resolvedURL()
-            let tokenizer = try? Tokenizer.load(directory: modelURL)
+            let runtime = try runtimeOptions.open(at: modelURL)
+            defer { runtime.close() }
+            let tokenizer = runtime.tokenizer
             let promptIds: [Int]
             switch (tokens, prompt) {
             case (let tokens?, nil): promptIds = try parseTokenList(tokens, option: "--tokens")
@@ -38,14 +44,19 @@ struct GenerateCommand: ParsableCommand {
                 promptIds = tokenizer.encode(text)
             default: throw CommandError("give the prompt with either --tokens 1,2,3 or --prompt TEXT")
             }
-            let transformer = try openModel(at: modelURL)
+            let transformer = runtime.model
+            let recorder = try recordTrace.map { try TraceRecorder(url: URL(fileURLWithPath: $0), layerCount: transformer.config.layerCount) }
+            runtime.chain(recorder)
             var stopTokens = Set(transformer.config.eosTokenIds)
             stopTokens.formUnion(tokenizer?.eosTokenIds ?? [])
             var generator = Generator(model: transformer, sampler: Sampler(temperature: Float(temperature), seed: seed))
             let result = try generator.generate(prompt: promptIds, maxTokens: maxTokens, stopTokens: ignoreEOS ? [] : stopTokens)
+            try recorder?.finish()
             // The text leaves out the end-of-sequence token that stopped generation.
             let visible = result.stats.finishReason == "stop" ? Array(result.tokens.dropLast()) : result.tokens
-            try printJSON(Output(tokens: result.tokens, text: tokenizer?.decode(visible, skipSpecialTokens: true), stats: result.stats))
+            let stats = GenerateStatistics(generation: result.stats, memory: runtime.plan, expertCache: runtime.cache?.statistics(),
+                                           prediction: runtime.predictor.map { PredictionSummary($0.statistics) })
+            try printJSON(Output(tokens: result.tokens, text: tokenizer?.decode(visible, skipSpecialTokens: true), stats: stats))
         }
     }
 }

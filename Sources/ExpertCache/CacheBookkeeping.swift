@@ -1,0 +1,196 @@
+/// The cache's state as a pure state machine: which experts are loading or resident, who
+/// pins them, how many bytes they take, and — through a `CachePolicy` — which to evict to
+/// make room. No I/O, no threads, no clocks: the runtime cache drives it under its lock and
+/// the trace replay drives it directly, so both run the same decisions.
+///
+/// Loading experts count against the budget from the moment they are reserved, so the bytes
+/// held (resident plus being read) never exceed it. Pinned and loading experts are never
+/// evicted. Floors: while a layer holds `floorSlots` experts or fewer, another layer cannot
+/// evict them (a layer can always evict its own), so no layer is starved.
+public struct CacheBookkeeping: Sendable {
+    /// Whether an entry's bytes are still being read.
+    public enum Residency: Sendable, Equatable {
+        /// Reserved, read in progress or queued.
+        case loading
+        /// In RAM and usable.
+        case resident
+    }
+
+    /// One tracked expert.
+    public struct Entry: Sendable, Equatable {
+        /// Bytes it takes (reserved while loading).
+        public var bytes: Int
+        /// Active users; pinned entries are never evicted.
+        public var pins: Int
+        /// Loading or resident.
+        public var residency: Residency
+        /// Loaded by a prefetch and not used by any demand yet (wasted if evicted so).
+        public var prefetchedUnused: Bool
+    }
+
+    /// An expert that was evicted to make room.
+    public struct Eviction: Sendable, Equatable {
+        /// Which expert.
+        public var key: ExpertKey
+        /// The bytes it freed.
+        public var bytes: Int
+        /// It had been prefetched and never used: its read was wasted.
+        public var wastedPrefetch: Bool
+    }
+
+    /// The outcome of `reserve`.
+    public enum Reservation: Sendable, Equatable {
+        /// Room was made (by evicting these, possibly none) and the entry is now loading.
+        case reserved(evicted: [Eviction])
+        /// Not now: pinned or loading experts hold the room; retry after releases.
+        case noRoom
+        /// Never: the expert is larger than the whole (or its layer's) budget.
+        case tooLarge
+    }
+
+    /// Total bytes the cache may hold.
+    public let budgetBytes: Int
+    /// Bytes one layer may hold, for the per-layer partitioned caches of trace replay; nil
+    /// when all layers share `budgetBytes`.
+    public let layerBudgetBytes: Int?
+    /// Experts per layer protected from other layers' evictions.
+    public let floorSlots: Int
+    /// The eviction policy (the replay feeds it future knowledge directly).
+    public internal(set) var policy: any CachePolicy
+
+    /// Tracked experts.
+    public private(set) var entries: [ExpertKey: Entry] = [:]
+    /// Bytes reserved by loading and resident entries.
+    public private(set) var usedBytes = 0
+    /// The most `usedBytes` ever reached.
+    public private(set) var peakUsedBytes = 0
+    private var layerBytes: [Int: Int] = [:]
+    private var layerSlots: [Int: Int] = [:]
+    /// Tracked keys per layer, so a per-layer eviction scans one layer, not the whole cache.
+    private var layerKeys: [Int: Set<ExpertKey>] = [:]
+
+    /// An empty cache of `budgetBytes` (and at most `layerBudgetBytes` per layer), with
+    /// floors of `floorSlots` experts per layer, evicting by `policy`.
+    public init(budgetBytes: Int, layerBudgetBytes: Int? = nil, floorSlots: Int = 0, policy: any CachePolicy) {
+        precondition(budgetBytes >= 0 && floorSlots >= 0)
+        self.budgetBytes = budgetBytes
+        self.layerBudgetBytes = layerBudgetBytes
+        self.floorSlots = floorSlots
+        self.policy = policy
+    }
+
+    /// The entry for `key`, if tracked.
+    public func entry(_ key: ExpertKey) -> Entry? { entries[key] }
+
+    /// Experts of `layer` tracked (loading or resident).
+    public func slots(layer: Int) -> Int { layerSlots[layer] ?? 0 }
+
+    /// Bytes held by `layer`.
+    public func bytes(layer: Int) -> Int { layerBytes[layer] ?? 0 }
+
+    /// Resident experts, sorted.
+    public var residentKeys: [ExpertKey] {
+        entries.filter { $0.value.residency == .resident }.keys.sorted()
+    }
+
+    /// Adds a user of `key` (tracked, loading or resident).
+    public mutating func pin(_ key: ExpertKey) {
+        precondition(entries[key] != nil, "pin of untracked \(key)")
+        entries[key]!.pins += 1
+    }
+
+    /// Removes a user of `key`.
+    public mutating func unpin(_ key: ExpertKey) {
+        precondition((entries[key]?.pins ?? 0) > 0, "unpin of unpinned \(key)")
+        entries[key]!.pins -= 1
+    }
+
+    /// Records a demand use of resident `key`; returns true if this is the first use of a
+    /// prefetched expert (a prefetch hit).
+    @discardableResult
+    public mutating func use(_ key: ExpertKey) -> Bool {
+        precondition(entries[key]?.residency == .resident, "use of non-resident \(key)")
+        policy.didAccess(key)
+        let wasPrefetched = entries[key]!.prefetchedUnused
+        entries[key]!.prefetchedUnused = false
+        return wasPrefetched
+    }
+
+    /// Makes room for `bytes` of `key` (absent) by evicting unpinned resident experts chosen
+    /// by the policy, within floors, and records it as loading with `pins` users. Nothing is
+    /// evicted unless the reservation succeeds.
+    public mutating func reserve(_ key: ExpertKey, bytes: Int, pins: Int, prefetch: Bool = false) -> Reservation {
+        precondition(entries[key] == nil, "reserve of tracked \(key)")
+        if bytes > budgetBytes || bytes > (layerBudgetBytes ?? Int.max) { return .tooLarge }
+        guard let victims = chooseVictims(for: key, bytes: bytes) else { return .noRoom }
+        var evicted: [Eviction] = []
+        for victim in victims {
+            let entry = entries[victim]!
+            evicted.append(Eviction(key: victim, bytes: entry.bytes, wastedPrefetch: entry.prefetchedUnused))
+            removeEntry(victim)
+            policy.didEvict(victim)
+        }
+        entries[key] = Entry(bytes: bytes, pins: pins, residency: .loading, prefetchedUnused: prefetch)
+        usedBytes += bytes
+        peakUsedBytes = max(peakUsedBytes, usedBytes)
+        layerBytes[key.layer, default: 0] += bytes
+        layerSlots[key.layer, default: 0] += 1
+        layerKeys[key.layer, default: []].insert(key)
+        return .reserved(evicted: evicted)
+    }
+
+    /// The read of loading `key` finished: it is resident (and known to the policy).
+    public mutating func loaded(_ key: ExpertKey) {
+        precondition(entries[key]?.residency == .loading, "loaded of non-loading \(key)")
+        entries[key]!.residency = .resident
+        policy.didInsert(key)
+    }
+
+    /// Forgets `key` whatever its pins (a failed or cancelled read); frees its bytes.
+    public mutating func remove(_ key: ExpertKey) {
+        guard let entry = entries[key] else { return }
+        removeEntry(key)
+        if entry.residency == .resident { policy.didEvict(key) }
+    }
+
+    private mutating func removeEntry(_ key: ExpertKey) {
+        let entry = entries.removeValue(forKey: key)!
+        usedBytes -= entry.bytes
+        layerBytes[key.layer]! -= entry.bytes
+        layerSlots[key.layer]! -= 1
+        layerKeys[key.layer]!.remove(key)
+    }
+
+    /// The victims that make room for `key`, or nil if pins, loads and floors leave too few.
+    /// Chosen one at a time, because floors change as a layer loses experts.
+    private func chooseVictims(for key: ExpertKey, bytes: Int) -> [ExpertKey]? {
+        var globalExcess = usedBytes + bytes - budgetBytes
+        var layerExcess = layerBudgetBytes.map { self.bytes(layer: key.layer) + bytes - $0 } ?? 0
+        if globalExcess <= 0 && layerExcess <= 0 { return [] }
+        var slots = layerSlots
+        var chosen: [ExpertKey] = []
+        // Only the requester's own layer can relieve its per-layer budget.
+        var restricted = layerExcess > 0
+        let pool: [ExpertKey] = restricted ? Array(layerKeys[key.layer] ?? []) : Array(entries.keys)
+        var evictable = pool.filter { entries[$0]!.residency == .resident && entries[$0]!.pins == 0 }
+        while globalExcess > 0 || layerExcess > 0 {
+            if restricted && layerExcess <= 0 {
+                // The layer fits now but the whole cache does not: widen to every layer.
+                restricted = false
+                evictable = entries.keys.filter {
+                    entries[$0]!.residency == .resident && entries[$0]!.pins == 0 && !chosen.contains($0)
+                }
+            }
+            let candidates = evictable.filter { $0.layer == key.layer || slots[$0.layer, default: 0] > floorSlots }
+            if candidates.isEmpty { return nil }
+            let victim = policy.victim(among: candidates)
+            chosen.append(victim)
+            evictable.removeAll { $0 == victim }
+            let freed = entries[victim]!.bytes
+            globalExcess -= freed
+            if victim.layer == key.layer { layerExcess -= freed }
+            slots[victim.layer, default: 0] -= 1
+        }
+        return chosen
+    }
+}

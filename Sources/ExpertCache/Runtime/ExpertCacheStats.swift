@@ -1,0 +1,120 @@
+/// Counters of one layer, or of all layers together.
+public struct ExpertCacheCounters: Codable, Sendable, Equatable {
+    /// Demand requests that found the expert resident.
+    public var hits = 0
+    /// Demand requests that had to wait for a read (started by them or earlier).
+    public var misses = 0
+    /// Hits on an expert a prefetch loaded and nothing had used yet (included in `hits`).
+    public var prefetchHits = 0
+    /// Bytes read by reads that started as demand.
+    public var demandBytes = 0
+    /// Bytes read by reads that started as prefetch.
+    public var prefetchBytes = 0
+    /// Bytes of prefetched experts evicted before any use.
+    public var wastedPrefetchBytes = 0
+    /// Time requests spent blocked waiting for reads or room.
+    public var stallSeconds = 0.0
+    /// Experts evicted to make room.
+    public var evictions = 0
+    /// Prefetch reads queued.
+    public var prefetchesIssued = 0
+    /// Queued prefetches promoted to demand because a request needed them.
+    public var prefetchesPromoted = 0
+    /// Queued prefetches cancelled before starting.
+    public var prefetchesCancelled = 0
+    /// Prefetch hints ignored for lack of evictable room.
+    public var prefetchesDropped = 0
+    /// Reads that failed.
+    public var loadFailures = 0
+
+    /// All zero.
+    public init() {}
+
+    /// hits / (hits + misses), 0 before any request.
+    public var hitRate: Double { hits + misses > 0 ? Double(hits) / Double(hits + misses) : 0 }
+
+    enum CodingKeys: String, CodingKey {
+        case hits, misses, hitRate = "hit_rate", prefetchHits = "prefetch_hits"
+        case demandBytes = "demand_bytes", prefetchBytes = "prefetch_bytes"
+        case wastedPrefetchBytes = "wasted_prefetch_bytes", stallSeconds = "stall_seconds", evictions
+        case prefetchesIssued = "prefetches_issued", prefetchesPromoted = "prefetches_promoted"
+        case prefetchesCancelled = "prefetches_cancelled", prefetchesDropped = "prefetches_dropped"
+        case loadFailures = "load_failures"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        hits = try c.decode(Int.self, forKey: .hits)
+        misses = try c.decode(Int.self, forKey: .misses)
+        prefetchHits = try c.decode(Int.self, forKey: .prefetchHits)
+        demandBytes = try c.decode(Int.self, forKey: .demandBytes)
+        prefetchBytes = try c.decode(Int.self, forKey: .prefetchBytes)
+        wastedPrefetchBytes = try c.decode(Int.self, forKey: .wastedPrefetchBytes)
+        stallSeconds = try c.decode(Double.self, forKey: .stallSeconds)
+        evictions = try c.decode(Int.self, forKey: .evictions)
+        prefetchesIssued = try c.decode(Int.self, forKey: .prefetchesIssued)
+        prefetchesPromoted = try c.decode(Int.self, forKey: .prefetchesPromoted)
+        prefetchesCancelled = try c.decode(Int.self, forKey: .prefetchesCancelled)
+        prefetchesDropped = try c.decode(Int.self, forKey: .prefetchesDropped)
+        loadFailures = try c.decode(Int.self, forKey: .loadFailures)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(hits, forKey: .hits)
+        try c.encode(misses, forKey: .misses)
+        try c.encode(hitRate, forKey: .hitRate)
+        try c.encode(prefetchHits, forKey: .prefetchHits)
+        try c.encode(demandBytes, forKey: .demandBytes)
+        try c.encode(prefetchBytes, forKey: .prefetchBytes)
+        try c.encode(wastedPrefetchBytes, forKey: .wastedPrefetchBytes)
+        try c.encode(stallSeconds, forKey: .stallSeconds)
+        try c.encode(evictions, forKey: .evictions)
+        try c.encode(prefetchesIssued, forKey: .prefetchesIssued)
+        try c.encode(prefetchesPromoted, forKey: .prefetchesPromoted)
+        try c.encode(prefetchesCancelled, forKey: .prefetchesCancelled)
+        try c.encode(prefetchesDropped, forKey: .prefetchesDropped)
+        try c.encode(loadFailures, forKey: .loadFailures)
+    }
+
+    /// Adds `other` into these counters.
+    public mutating func add(_ other: ExpertCacheCounters) {
+        hits += other.hits
+        misses += other.misses
+        prefetchHits += other.prefetchHits
+        demandBytes += other.demandBytes
+        prefetchBytes += other.prefetchBytes
+        wastedPrefetchBytes += other.wastedPrefetchBytes
+        stallSeconds += other.stallSeconds
+        evictions += other.evictions
+        prefetchesIssued += other.prefetchesIssued
+        prefetchesPromoted += other.prefetchesPromoted
+        prefetchesCancelled += other.prefetchesCancelled
+        prefetchesDropped += other.prefetchesDropped
+        loadFailures += other.loadFailures
+    }
+}
+
+/// A snapshot of the cache's state and counters, as `generate` prints it in `stats` and the
+/// server will export it.
+public struct ExpertCacheStats: Codable, Sendable, Equatable {
+    /// The eviction policy's name.
+    public var policy: String
+    /// The cache's byte budget.
+    public var budgetBytes: Int
+    /// Bytes held now (resident plus being read).
+    public var usedBytes: Int
+    /// The most bytes ever held.
+    public var peakUsedBytes: Int
+    /// Experts resident now.
+    public var residentExperts: Int
+    /// All layers together.
+    public var total: ExpertCacheCounters
+    /// Indexed by model layer; nil for layers the cache never served.
+    public var perLayer: [ExpertCacheCounters?]
+
+    enum CodingKeys: String, CodingKey {
+        case policy, budgetBytes = "budget_bytes", usedBytes = "used_bytes", peakUsedBytes = "peak_used_bytes"
+        case residentExperts = "resident_experts", total, perLayer = "per_layer"
+    }
+}

@@ -1,0 +1,374 @@
+import Foundation
+import MoEModels
+
+/// The runtime expert cache: an `ExpertProvider` that keeps a byte-budgeted set of experts
+/// in RAM and reads the rest through an `ExpertLoader` on a pool of reader threads.
+///
+/// - `withExperts` pins the resident experts and hands them to `body` first, while every
+///   missing expert of the call is queued at once (so the disk sees a queue depth above one);
+///   loaded experts are handed over as their reads finish. An expert is unpinned as soon as
+///   `body` is done with it. Concurrent requests for the same missing expert share one read.
+/// - Demand reads start before any prefetch read; a request for a queued prefetch promotes
+///   it; queued prefetches can be cancelled, and are cancelled when a demand needs their room.
+/// - Bytes held (resident plus being read) never exceed the budget; pinned experts are never
+///   evicted; each layer keeps a floor of `floorSlots` experts against other layers.
+/// - A failed read fails the `withExperts` calls waiting for it (the error propagates to the
+///   request); the cache stays usable and a later request retries the read.
+///
+/// Reader threads run until `close()`; call it before dropping the cache.
+public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
+    /// How the cache is set up.
+    public struct Configuration: Sendable {
+        /// Bytes of experts the cache may hold.
+        public var budgetBytes: Int
+        /// Experts per layer protected from other layers' evictions (at least the model's top-k).
+        public var floorSlots: Int
+        /// Reader threads (the I/O queue depth).
+        public var readerThreads: Int
+        /// Bytes of reads in flight at most (one read always may start).
+        public var maxInFlightBytes: Int
+
+        /// A cache of `budgetBytes` with floors of `floorSlots`, `readerThreads` readers and
+        /// at most `maxInFlightBytes` in flight (default: unbounded but for the budget).
+        public init(budgetBytes: Int, floorSlots: Int, readerThreads: Int = 4, maxInFlightBytes: Int? = nil) {
+            self.budgetBytes = budgetBytes
+            self.floorSlots = floorSlots
+            self.readerThreads = readerThreads
+            self.maxInFlightBytes = maxInFlightBytes ?? max(budgetBytes, 1)
+        }
+    }
+
+    /// One read's outcome, shared by everyone waiting for it. Guarded by the cache's lock.
+    private final class LoadTicket {
+        var result: Result<ExpertWeights, Error>?
+        init(result: Result<ExpertWeights, Error>? = nil) { self.result = result }
+    }
+
+    private let loader: any ExpertLoader
+    private let configuration: Configuration
+    /// Guards everything below; readers and requesters wait on it.
+    private let condition = NSCondition()
+    private var book: CacheBookkeeping
+    private var queue: ReadQueue
+    private var weights: [ExpertKey: ExpertWeights] = [:]
+    private var tickets: [ExpertKey: LoadTicket] = [:]
+    private var counters: [ExpertCacheCounters?] = []
+    private var closed = false
+
+    /// Starts a cache over `loader` with `policy`. Throws when the budget cannot hold the
+    /// floors of `layers` (the MoE layers it will serve), since requests could then deadlock.
+    public init(loader: any ExpertLoader, policy: any CachePolicy, configuration: Configuration, layers: [Int]) throws {
+        precondition(configuration.readerThreads > 0)
+        let largest = layers.map { loader.expertByteCount(layer: $0, expert: 0) }.max() ?? 0
+        let floors = layers.count * configuration.floorSlots * largest
+        guard configuration.budgetBytes >= max(floors, largest) else {
+            throw ExpertCacheError("the expert cache budget of \(configuration.budgetBytes) bytes cannot hold \(configuration.floorSlots) experts of \(largest) bytes for each of \(layers.count) layers (\(floors) bytes)")
+        }
+        self.loader = loader
+        self.configuration = configuration
+        book = CacheBookkeeping(budgetBytes: configuration.budgetBytes, floorSlots: configuration.floorSlots, policy: policy)
+        queue = ReadQueue(maxInFlightBytes: configuration.maxInFlightBytes)
+        for index in 0..<configuration.readerThreads {
+            let thread = Thread { [self] in readerLoop() }
+            thread.name = "expert-reader-\(index)"
+            thread.start()
+        }
+    }
+
+    /// Stops the reader threads once the reads in progress finish. Queued reads are dropped,
+    /// so call it only when no request is running.
+    public func close() {
+        condition.lock()
+        closed = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    // MARK: ExpertProvider
+
+    public func withExperts(layer: Int, experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
+        var ready: [(expert: Int, weights: ExpertWeights)] = []
+        var waiting: [(expert: Int, ticket: LoadTicket)] = []
+        var unadmitted: [Int] = []
+        condition.lock()
+        for expert in TraceReplay.distinct(experts) {
+            let key = ExpertKey(layer: layer, expert: expert)
+            guard let entry = book.entry(key) else {
+                count(layer) { $0.misses += 1 }
+                unadmitted.append(expert)
+                continue
+            }
+            book.pin(key)
+            if entry.residency == .resident {
+                let prefetchHit = book.use(key)
+                count(layer) { $0.hits += 1; if prefetchHit { $0.prefetchHits += 1 } }
+                ready.append((expert, weights[key]!))
+            } else {
+                count(layer) { $0.misses += 1 }
+                if queue.promote(key) { count(layer) { $0.prefetchesPromoted += 1 } }
+                waiting.append((expert, tickets[key]!))
+            }
+        }
+        do {
+            try admit(layer: layer, &unadmitted, into: &waiting)
+        } catch {
+            releaseLocked(layer: layer, ready: ready, waiting: waiting)
+            condition.unlock()
+            throw error
+        }
+        condition.unlock()
+
+        // The expert `body` is running on, pinned until `release`.
+        var current: ExpertKey?
+        do {
+            // Resident experts run while the misses load.
+            while let (expert, expertWeights) = ready.first {
+                current = ExpertKey(layer: layer, expert: expert)
+                ready.removeFirst()
+                try body(expert, expertWeights)
+                release(current!)
+                current = nil
+            }
+            while !waiting.isEmpty || !unadmitted.isEmpty {
+                let (expert, ticket) = try nextLoaded(layer: layer, &waiting, &unadmitted)
+                switch ticket.result! {
+                case .success(let expertWeights):
+                    current = ExpertKey(layer: layer, expert: expert)
+                    try body(expert, expertWeights)
+                    release(current!)
+                    current = nil
+                case .failure(let error):
+                    // The failed entry is gone already: nothing to unpin for it.
+                    throw error
+                }
+            }
+        } catch {
+            condition.lock()
+            if let current { book.unpin(current) }
+            releaseLocked(layer: layer, ready: ready, waiting: waiting)
+            condition.unlock()
+            throw error
+        }
+    }
+
+    /// Queues reads of those of `experts` that are neither resident nor loading, as room
+    /// allows, at prefetch priority. Hints that cannot get room without waiting are dropped.
+    public func prefetch(layer: Int, experts: [Int]) {
+        condition.lock()
+        defer { condition.unlock() }
+        for expert in TraceReplay.distinct(experts) {
+            let key = ExpertKey(layer: layer, expert: expert)
+            guard book.entry(key) == nil else { continue }
+            let bytes = loader.expertByteCount(layer: layer, expert: expert)
+            guard case .reserved(let evicted) = book.reserve(key, bytes: bytes, pins: 0, prefetch: true) else {
+                count(layer) { $0.prefetchesDropped += 1 }
+                continue
+            }
+            evictedLocked(evicted)
+            tickets[key] = LoadTicket()
+            queue.enqueue(key, bytes: bytes, priority: .prefetch)
+            count(layer) { $0.prefetchesIssued += 1 }
+        }
+        condition.broadcast()
+    }
+
+    /// Cancels queued, not yet started prefetches — of `layer` only if given, of `experts`
+    /// of it only if given — that no request is waiting for. Returns how many were cancelled.
+    @discardableResult
+    public func cancelPrefetches(layer: Int? = nil, experts: [Int]? = nil) -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        let wanted = experts.map(Set.init)
+        let targets = queue.queuedPrefetches.filter { key in
+            (layer == nil || key.layer == layer) && (wanted?.contains(key.expert) ?? true)
+        }
+        return cancelLocked(targets)
+    }
+
+    /// A snapshot of the statistics.
+    public func statistics() -> ExpertCacheStats {
+        condition.lock()
+        defer { condition.unlock() }
+        var total = ExpertCacheCounters()
+        for layer in counters.compactMap({ $0 }) { total.add(layer) }
+        return ExpertCacheStats(
+            policy: book.policy.name, budgetBytes: book.budgetBytes, usedBytes: book.usedBytes,
+            peakUsedBytes: book.peakUsedBytes, residentExperts: weights.count, total: total, perLayer: counters)
+    }
+
+    /// Whether `expert` of `layer` is resident now (for tests and diagnostics).
+    public func isResident(layer: Int, expert: Int) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return book.entry(ExpertKey(layer: layer, expert: expert))?.residency == .resident
+    }
+
+    // MARK: Internals (the lock is held where the name says `Locked` or the comment says so)
+
+    /// Reserves room and queues demand reads for `unadmitted`; those without room stay.
+    /// Experts that became resident or loading meanwhile are joined instead. Lock held.
+    private func admit(layer: Int, _ unadmitted: inout [Int], into waiting: inout [(expert: Int, ticket: LoadTicket)]) throws {
+        guard !unadmitted.isEmpty else { return }
+        var stillWaiting: [Int] = []
+        var cancelledPrefetches = false
+        for expert in unadmitted {
+            let key = ExpertKey(layer: layer, expert: expert)
+            if let entry = book.entry(key) {
+                book.pin(key)
+                if entry.residency == .resident {
+                    waiting.append((expert, LoadTicket(result: .success(weights[key]!))))
+                } else {
+                    if queue.promote(key) { count(layer) { $0.prefetchesPromoted += 1 } }
+                    waiting.append((expert, tickets[key]!))
+                }
+                continue
+            }
+            let bytes = loader.expertByteCount(layer: layer, expert: expert)
+            var reservation = book.reserve(key, bytes: bytes, pins: 1)
+            if reservation == .noRoom && !cancelledPrefetches {
+                // Queued prefetches hold room a demand needs now: they lose.
+                cancelledPrefetches = true
+                if cancelLocked(queue.queuedPrefetches) > 0 { reservation = book.reserve(key, bytes: bytes, pins: 1) }
+            }
+            switch reservation {
+            case .reserved(let evicted):
+                evictedLocked(evicted)
+                let ticket = LoadTicket()
+                tickets[key] = ticket
+                queue.enqueue(key, bytes: bytes, priority: .demand)
+                waiting.append((expert, ticket))
+            case .noRoom:
+                stillWaiting.append(expert)
+            case .tooLarge:
+                throw ExpertCacheError("expert \(expert) of layer \(layer) (\(bytes) bytes) is larger than the expert cache budget (\(book.budgetBytes) bytes)")
+            }
+        }
+        unadmitted = stillWaiting
+        condition.broadcast()
+    }
+
+    /// Blocks until one of `waiting` has finished (trying to admit `unadmitted` meanwhile),
+    /// removes and returns it, recording its demand use. Time blocked counts as stall.
+    private func nextLoaded(layer: Int, _ waiting: inout [(expert: Int, ticket: LoadTicket)],
+                            _ unadmitted: inout [Int]) throws -> (Int, LoadTicket) {
+        condition.lock()
+        defer { condition.unlock() }
+        var stalled: UInt64 = 0
+        defer { if stalled > 0 { count(layer) { $0.stallSeconds += Double(stalled) / 1e9 } } }
+        while true {
+            try admit(layer: layer, &unadmitted, into: &waiting)
+            if let index = waiting.firstIndex(where: { $0.ticket.result != nil }) {
+                let (expert, ticket) = waiting.remove(at: index)
+                if case .success = ticket.result! { book.use(ExpertKey(layer: layer, expert: expert)) }
+                return (expert, ticket)
+            }
+            if closed { throw ExpertCacheError("the expert cache was closed while a request was waiting") }
+            let start = DispatchTime.now().uptimeNanoseconds
+            condition.wait()
+            stalled += DispatchTime.now().uptimeNanoseconds - start
+        }
+    }
+
+    /// Unpins `key` after its use.
+    private func release(_ key: ExpertKey) {
+        condition.lock()
+        book.unpin(key)
+        condition.broadcast()   // someone may be waiting for room
+        condition.unlock()
+    }
+
+    /// Unpins what an abandoned request still holds: unprocessed residents and reads it was
+    /// waiting for (except failed ones, whose entries are gone). Lock held.
+    private func releaseLocked(layer: Int, ready: [(expert: Int, weights: ExpertWeights)],
+                               waiting: [(expert: Int, ticket: LoadTicket)]) {
+        for (expert, _) in ready { book.unpin(ExpertKey(layer: layer, expert: expert)) }
+        for (expert, ticket) in waiting {
+            if case .failure = ticket.result { continue }
+            book.unpin(ExpertKey(layer: layer, expert: expert))
+        }
+        condition.broadcast()
+    }
+
+    /// Drops evicted experts' weights and counts the evictions. Lock held.
+    private func evictedLocked(_ evicted: [CacheBookkeeping.Eviction]) {
+        for eviction in evicted {
+            weights[eviction.key] = nil
+            count(eviction.key.layer) {
+                $0.evictions += 1
+                if eviction.wastedPrefetch { $0.wastedPrefetchBytes += eviction.bytes }
+            }
+        }
+    }
+
+    /// Cancels those of `keys` that are queued prefetches nobody waits for. Lock held.
+    private func cancelLocked(_ keys: [ExpertKey]) -> Int {
+        var cancelled = 0
+        for key in keys where book.entry(key)?.pins == 0 && queue.priority(of: key) == .prefetch {
+            queue.cancel(key)
+            book.remove(key)
+            tickets[key] = nil
+            count(key.layer) { $0.prefetchesCancelled += 1 }
+            cancelled += 1
+        }
+        return cancelled
+    }
+
+    private func count(_ layer: Int, _ update: (inout ExpertCacheCounters) -> Void) {
+        if counters.count <= layer { counters += [ExpertCacheCounters?](repeating: nil, count: layer + 1 - counters.count) }
+        var value = counters[layer] ?? ExpertCacheCounters()
+        update(&value)
+        counters[layer] = value
+    }
+
+    /// A reader thread: takes the most urgent read, performs it unlocked, publishes it.
+    private func readerLoop() {
+        condition.lock()
+        while !closed {
+            guard let job = queue.nextJob() else {
+                condition.wait()
+                continue
+            }
+            count(job.key.layer) {
+                if job.priority == .demand { $0.demandBytes += job.bytes } else { $0.prefetchBytes += job.bytes }
+            }
+            condition.unlock()
+            let result = Result { try loader.loadExpert(layer: job.key.layer, expert: job.key.expert) }
+            condition.lock()
+            queue.finish(job)
+            let ticket = tickets.removeValue(forKey: job.key)!
+            ticket.result = result
+            switch result {
+            case .success(let loaded):
+                weights[job.key] = loaded
+                book.loaded(job.key)
+            case .failure:
+                book.remove(job.key)
+                count(job.key.layer) { $0.loadFailures += 1 }
+            }
+            condition.broadcast()
+        }
+        condition.unlock()
+    }
+}
+
+/// A failure of the expert cache itself (as opposed to the loader's own errors).
+public struct ExpertCacheError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension OffloadingExpertCache {
+    /// Users pinning `expert` of `layer` (0 if untracked); for tests and diagnostics.
+    func pins(layer: Int, expert: Int) -> Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return book.entry(ExpertKey(layer: layer, expert: expert))?.pins ?? 0
+    }
+
+    /// Whether no read is queued or running.
+    var isIdle: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return queue.queuedCount == 0 && queue.inFlightBytes == 0
+    }
+}

@@ -1,0 +1,22 @@
+import ModelFormats
+import MoEModels
+
+/// Loads experts from a packed expert store: one `pread` per expert on an `O_DIRECT`
+/// descriptor (so the bytes really come from disk), checksum-checked and decoded into a
+/// buffer the returned weights own. A corrupt blob is an error naming its layer and expert.
+public final class StoreExpertLoader: ExpertLoader, @unchecked Sendable {
+    /// The store.
+    public let store: ExpertStore
+
+    /// Serves `store`'s experts.
+    public init(store: ExpertStore) { self.store = store }
+
+    public func expertByteCount(layer: Int, expert: Int) -> Int {
+        store.expertBufferSize // what one decoded expert keeps resident (4 KiB-rounded)
+    }
+
+    public func loadExpert(layer: Int, expert: Int) throws -> ExpertWeights {
+        let stored = try store.readExpert(layer: layer, expert: expert)
+        return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down)
+    }
+}

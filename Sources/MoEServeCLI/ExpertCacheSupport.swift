@@ -1,0 +1,184 @@
+import ArgumentParser
+import ExpertCache
+import ExpertPrediction
+import Foundation
+import InferenceEngine
+import ModelFormats
+import MoEModels
+import Tokenization
+
+/// How a command runs a model: the memory budget, the expert cache and its policy, and
+/// prefetching. Shared by `generate`, `serve` and the benchmarks.
+struct RuntimeOptions: ParsableArguments {
+    @Option(name: .customLong("memory-budget"), help: "RAM for everything (dense weights, KV cache, scratch, expert cache), e.g. 512MiB or 4GiB. The expert cache gets what remains.")
+    var memoryBudget: String?
+    @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them).")
+    var expertCache: String?
+    @Option(name: .customLong("cache-policy"), help: "Eviction policy: \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var cachePolicy: String = PolicyChoice.lru.rawValue
+    @Option(help: "Predictive prefetch of experts: on or off.")
+    var prefetch: String = "on"
+    @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (the disk queue depth).")
+    var readerThreads: Int = 4
+
+    /// Opens the model at `url` for `maxSequences` concurrent sequences of up to `contextTokens`.
+    func open(at url: URL, maxSequences: Int = 1, contextTokens: Int? = nil) throws -> ModelRuntime {
+        guard prefetch == "on" || prefetch == "off" else { throw CommandError("--prefetch: expected on or off, got '\(prefetch)'") }
+        guard let policy = PolicyChoice(rawValue: cachePolicy) else {
+            throw CommandError("--cache-policy: unknown policy '\(cachePolicy)'; choose one of \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let tokenizer: Tokenizer? = FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path)
+            ? try Tokenizer.load(directory: url) : nil
+
+        // Dense weights and an expert loader, from a packed store or a checkpoint directory.
+        let config: ModelConfig
+        let weights: WeightSource
+        let loader: ExpertLoader
+        let denseBytes: Int
+        let readsFromDisk: Bool
+        if ExpertStore.isStore(at: url) {
+            let store = try ExpertStore(url: url)
+            config = store.config
+            weights = store
+            loader = StoreExpertLoader(store: store)
+            denseBytes = store.manifest.dense.fileSize
+            readsFromDisk = true
+        } else {
+            let checkpoint = try CheckpointDirectory(url: url)
+            config = checkpoint.config
+            weights = checkpoint
+            let names = ArchitectureDescription.of(config.architecture)
+            guard memoryBudget != nil || expertCache != nil else {
+                // A checkpoint directory without a budget: every expert in RAM, the simple path.
+                let experts = try InMemoryExpertProvider(config: config, weights: checkpoint, names: names)
+                return ModelRuntime(model: try TransformerModel(config: config, weights: checkpoint, experts: experts),
+                                    cache: nil, predictor: nil, plan: nil, tokenizer: tokenizer)
+            }
+            loader = try CheckpointExpertLoader(config: config, weights: checkpoint, names: names)
+            denseBytes = checkpoint.denseByteCount(expertNames: names)
+            readsFromDisk = false
+        }
+        _ = readsFromDisk
+
+        let layers = config.moeLayers
+        let expertBytes = layers.first.map { loader.expertByteCount(layer: $0, expert: 0) } ?? 0
+        let allExpertBytes = expertBytes * config.expertCount * layers.count
+        let kvBytesPerToken = config.layerCount * 2 * config.kvHeadCount * config.headDim * MemoryLayout<Float>.size
+        let contextTokens = min(contextTokens ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings)
+
+        var plan: MemoryPlan?
+        var cacheBytes = allExpertBytes
+        if let memoryBudget {
+            guard let budget = parseByteSize(memoryBudget) else {
+                throw CommandError("--memory-budget: '\(memoryBudget)' is not a size (examples: 512MiB, 4GiB, 4G, 1000000)")
+            }
+            plan = try MemoryPlan.plan(budget: budget, denseBytes: denseBytes,
+                                       scratchBytes: Self.scratchBytes(config, maxSequences: maxSequences),
+                                       kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * maxSequences,
+                                       minimumExpertBytes: 2 * config.expertCount * expertBytes)
+            cacheBytes = plan!.expertCacheBytes
+        }
+        if let expertCache {
+            guard let bytes = parseByteSize(expertCache) else { throw CommandError("--expert-cache: '\(expertCache)' is not a size") }
+            cacheBytes = bytes
+        }
+        let cache = try OffloadingExpertCache(
+            loader: loader,
+            policy: policy.make(layerCount: config.layerCount, hotPerLayer: config.expertsPerToken),
+            configuration: .init(budgetBytes: cacheBytes, floorSlots: config.expertsPerToken, readerThreads: readerThreads),
+            layers: layers)
+        let model = try TransformerModel(config: config, weights: weights, experts: cache)
+        var predictor: ExpertPredictor?
+        if prefetch == "on" && cacheBytes < allExpertBytes {
+            predictor = ExpertPredictor(model: model, configuration: .default, provider: cache)
+            model.routingObserver = predictor
+        }
+        return ModelRuntime(model: model, cache: cache, predictor: predictor, plan: plan, tokenizer: tokenizer)
+    }
+
+    /// Activations of one step: a generous per-token estimate (hidden states, q/k/v, expert
+    /// intermediates, logits) for a 256-token step plus attention scores.
+    static func scratchBytes(_ config: ModelConfig, maxSequences: Int) -> Int {
+        let perToken = 8 * config.hiddenSize + 4 * config.headCount * config.headDim + 4 * config.expertIntermediateSize
+        return (256 * perToken + maxSequences * config.vocabSize + config.maxPositionEmbeddings) * MemoryLayout<Float>.size
+    }
+}
+
+/// A model ready to run, with what serves its experts.
+final class ModelRuntime {
+    let model: TransformerModel
+    let cache: OffloadingExpertCache?
+    let predictor: ExpertPredictor?
+    let plan: MemoryPlan?
+    let tokenizer: Tokenizer?
+
+    init(model: TransformerModel, cache: OffloadingExpertCache?, predictor: ExpertPredictor?, plan: MemoryPlan?, tokenizer: Tokenizer?) {
+        self.model = model
+        self.cache = cache
+        self.predictor = predictor
+        self.plan = plan
+        self.tokenizer = tokenizer
+    }
+
+    /// Adds `observer` after the predictor (or as the only observer).
+    func chain(_ observer: RoutingObserver?) {
+        guard let observer else { return }
+        if let predictor { predictor.next = observer } else { model.routingObserver = observer }
+    }
+
+    func close() { cache?.close() }
+}
+
+/// `generate`'s `stats`: the generation's own figures plus the memory plan, the expert
+/// cache's statistics and the predictor's when they were used.
+struct GenerateStatistics: Encodable {
+    var generation: GenerationStats
+    var memory: MemoryPlan?
+    var expertCache: ExpertCacheStats?
+    var prediction: PredictionSummary?
+
+    private enum CodingKeys: String, CodingKey { case memory, expertCache = "expert_cache", prediction }
+
+    func encode(to encoder: Encoder) throws {
+        try generation.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encodeIfPresent(memory, forKey: .memory)
+        try container.encodeIfPresent(expertCache, forKey: .expertCache)
+        try container.encodeIfPresent(prediction, forKey: .prediction)
+    }
+}
+
+/// Recall and precision of the predictor, total and per layer.
+struct PredictionSummary: Encodable {
+    var recall: Double
+    var precision: Double
+    var predicted: Int
+    var used: Int
+    var perLayer: [[String: Double]]
+
+    enum CodingKeys: String, CodingKey { case recall, precision, predicted, used, perLayer = "per_layer" }
+
+    init(_ statistics: PredictionStatistics) {
+        let total = statistics.total
+        recall = total.recall
+        precision = total.precision
+        predicted = total.predicted
+        used = total.used
+        perLayer = statistics.perLayer.map { ["recall": $0.recall, "precision": $0.precision] }
+    }
+}
+
+extension CheckpointDirectory {
+    /// Bytes of every tensor that is not a routed expert (what stays resident).
+    func denseByteCount(expertNames names: ArchitectureDescription) -> Int {
+        var expertTensors = Set<String>()
+        for layer in config.moeLayers {
+            for expert in 0..<config.expertCount {
+                let n = names.expertTensorNames(layer, expert)
+                expertTensors.formUnion([n.gate, n.up, n.down])
+            }
+        }
+        return tensorNames.filter { !expertTensors.contains($0) }
+            .reduce(0) { total, name in total + ((try? entry(name).0.byteCount) ?? 0) }
+    }
+}

@@ -1,0 +1,108 @@
+import Testing
+@testable import ExpertCache
+
+private func key(_ layer: Int, _ expert: Int) -> ExpertKey { ExpertKey(layer: layer, expert: expert) }
+
+/// Reserves, loads and uses `k` (one demand miss), leaving it unpinned.
+private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 1) -> [CacheBookkeeping.Eviction] {
+    guard case .reserved(let evicted) = book.reserve(k, bytes: bytes, pins: 1) else {
+        Issue.record("no room for \(k)")
+        return []
+    }
+    book.loaded(k)
+    book.use(k)
+    book.unpin(k)
+    return evicted
+}
+
+@Suite struct BookkeepingTests {
+    @Test func evictsByPolicyAndSkipsPinned() {
+        var book = CacheBookkeeping(budgetBytes: 3, policy: LRUPolicy())
+        for e in 0..<3 { #expect(admit(&book, key(0, e)).isEmpty) }
+        #expect(admit(&book, key(0, 3)).map(\.key) == [key(0, 0)])
+        book.pin(key(0, 1))
+        #expect(admit(&book, key(0, 4)).map(\.key) == [key(0, 2)])     // 1 is older but pinned
+        #expect(book.usedBytes == 3 && book.peakUsedBytes == 3)
+        #expect(book.residentKeys == [key(0, 1), key(0, 3), key(0, 4)])
+    }
+
+    @Test func noRoomWhenAllPinnedOrLoadingAndTooLarge() {
+        var book = CacheBookkeeping(budgetBytes: 2, policy: LRUPolicy())
+        let r1 = book.reserve(key(0, 0), bytes: 1, pins: 1)
+        #expect(r1 == .reserved(evicted: []))     // loading
+        _ = admit(&book, key(0, 1))
+        book.pin(key(0, 1))
+        let r2 = book.reserve(key(0, 2), bytes: 1, pins: 1)
+        #expect(r2 == .noRoom)
+        #expect(book.entry(key(0, 2)) == nil)
+        let r3 = book.reserve(key(0, 3), bytes: 3, pins: 1)
+        #expect(r3 == .tooLarge)
+        book.unpin(key(0, 1))
+        let r4 = book.reserve(key(0, 2), bytes: 1, pins: 1)
+        #expect(r4 == .reserved(evicted: [
+            .init(key: key(0, 1), bytes: 1, wastedPrefetch: false)]))
+    }
+
+    @Test func multipleVictimsForALargerExpertOnlyIfAllFit() {
+        var book = CacheBookkeeping(budgetBytes: 4, policy: LRUPolicy())
+        for e in 0..<4 { _ = admit(&book, key(0, e)) }
+        book.pin(key(0, 2))
+        book.pin(key(0, 3))
+        // 3 bytes need 3 victims but only two are evictable: nothing is evicted.
+        let r5 = book.reserve(key(0, 9), bytes: 3, pins: 1)
+        #expect(r5 == .noRoom)
+        #expect(book.usedBytes == 4)
+        let r6 = book.reserve(key(0, 9), bytes: 2, pins: 1)
+        #expect(r6
+                == .reserved(evicted: [.init(key: key(0, 0), bytes: 1, wastedPrefetch: false),
+                                       .init(key: key(0, 1), bytes: 1, wastedPrefetch: false)]))
+    }
+
+    @Test func floorsProtectOtherLayers() {
+        var book = CacheBookkeeping(budgetBytes: 4, floorSlots: 1, policy: LRUPolicy())
+        _ = admit(&book, key(2, 0))   // oldest, but layer 2's only expert: protected by its floor
+        _ = admit(&book, key(0, 0))
+        _ = admit(&book, key(0, 1))
+        _ = admit(&book, key(1, 0))
+        #expect(admit(&book, key(1, 1)).map(\.key) == [key(0, 0)])
+        // Layer 0 is now at its floor: layer 1 must evict its own.
+        #expect(admit(&book, key(1, 2)).map(\.key) == [key(1, 0)])
+        // A layer can always evict its own experts, floor or not.
+        #expect(admit(&book, key(2, 1)).map(\.key) == [key(2, 0)])
+    }
+
+    @Test func perLayerBudget() {
+        var book = CacheBookkeeping(budgetBytes: .max, layerBudgetBytes: 2, policy: LRUPolicy())
+        _ = admit(&book, key(0, 0)); _ = admit(&book, key(1, 0)); _ = admit(&book, key(0, 1))
+        #expect(admit(&book, key(1, 1)).isEmpty)
+        #expect(admit(&book, key(1, 2)).map(\.key) == [key(1, 0)])     // not layer 0's older ones
+    }
+
+    @Test func unusedPrefetchIsReportedWasted() {
+        var book = CacheBookkeeping(budgetBytes: 2, policy: LRUPolicy())
+        let r7 = book.reserve(key(0, 0), bytes: 1, pins: 0, prefetch: true)
+        #expect(r7 == .reserved(evicted: []))
+        book.loaded(key(0, 0))
+        let r8 = book.reserve(key(0, 1), bytes: 1, pins: 0, prefetch: true)
+        #expect(r8 == .reserved(evicted: []))
+        book.loaded(key(0, 1))
+        book.pin(key(0, 1))
+        let r9 = book.use(key(0, 1))
+        #expect(r9 == true)    // a prefetch hit
+        let r10 = book.use(key(0, 1))
+        #expect(r10 == false)
+        book.unpin(key(0, 1))
+        let evicted = admit(&book, key(0, 2))
+        #expect(evicted == [.init(key: key(0, 0), bytes: 1, wastedPrefetch: true)])
+    }
+
+    @Test func removeFreesLoadingBytes() {
+        var book = CacheBookkeeping(budgetBytes: 1, policy: LRUPolicy())
+        let r11 = book.reserve(key(0, 0), bytes: 1, pins: 2)
+        #expect(r11 == .reserved(evicted: []))
+        book.remove(key(0, 0))
+        #expect(book.usedBytes == 0 && book.entry(key(0, 0)) == nil)
+        let r12 = book.reserve(key(0, 1), bytes: 1, pins: 1)
+        #expect(r12 == .reserved(evicted: []))
+    }
+}

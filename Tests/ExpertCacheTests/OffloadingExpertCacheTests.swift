@@ -1,0 +1,220 @@
+import Foundation
+import MoEModels
+import Testing
+@testable import ExpertCache
+
+private func makeCache(_ loader: FakeLoader, experts: Int, floor: Int = 1, layers: [Int] = [0], readers: Int = 4,
+                       policy: any CachePolicy = LRUPolicy()) throws -> OffloadingExpertCache {
+    try OffloadingExpertCache(
+        loader: loader, policy: policy,
+        configuration: .init(budgetBytes: experts * loader.bytesPerExpert, floorSlots: floor, readerThreads: readers),
+        layers: layers)
+}
+
+/// Runs `withExperts` and returns the experts in the order `body` saw them.
+@discardableResult
+private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [Int]) throws -> [Int] {
+    var seen: [Int] = []
+    try cache.withExperts(layer: layer, experts: experts) { expert, weights in
+        #expect(weights.fakeIdentity == layer * 1000 + expert)
+        seen.append(expert)
+    }
+    return seen
+}
+
+@Suite(.serialized) struct OffloadingExpertCacheTests {
+    @Test func hitsMissesEvictionsAndStats() throws {
+        let loader = FakeLoader()
+        let cache = try makeCache(loader, experts: 2)
+        defer { cache.close() }
+        #expect(try request(cache, 0, [1, 2, 1]).sorted() == [1, 2])     // repeats run once
+        #expect(try request(cache, 0, [2, 1]) == [2, 1])
+        try request(cache, 0, [3])                                         // 2 is least recent
+        #expect(!cache.isResident(layer: 0, expert: 2) && cache.isResident(layer: 0, expert: 1))
+        #expect(loader.loads(0, 1) == 1 && loader.loads(0, 2) == 1)
+        let stats = cache.statistics()
+        #expect(stats.total.hits == 2 && stats.total.misses == 3 && stats.total.evictions == 1)
+        #expect(stats.total.demandBytes == 300 && stats.perLayer[0]?.misses == 3)
+        #expect(stats.usedBytes == 200 && stats.peakUsedBytes == 200 && stats.residentExperts == 2)
+    }
+
+    @Test func residentExpertsRunFirst() throws {
+        let loader = FakeLoader()
+        let cache = try makeCache(loader, experts: 4)
+        defer { cache.close() }
+        try request(cache, 0, [1])
+        #expect(try request(cache, 0, [5, 6, 1]).first == 1)
+    }
+
+    @Test func refusesABudgetBelowTheFloors() {
+        #expect(throws: ExpertCacheError.self) {
+            try makeCache(FakeLoader(), experts: 5, floor: 2, layers: [0, 1, 2])
+        }
+    }
+
+    @Test func concurrentRequestsShareOneRead() throws {
+        let loader = FakeLoader()
+        loader.block(ExpertKey(layer: 0, expert: 5))
+        let cache = try makeCache(loader, experts: 4)
+        defer { cache.close() }
+        let errors = Counter()
+        // Plain threads: the dispatch pool grows slowly when its threads block.
+        let finished = DispatchSemaphore(value: 0)
+        for _ in 0..<8 {
+            Thread {
+                do { try request(cache, 0, [5]) } catch { errors.add("\(error)") }
+                finished.signal()
+            }.start()
+        }
+        eventually("all eight requests waiting") { cache.statistics().total.misses == 8 }
+        loader.open()
+        for _ in 0..<8 { finished.wait() }
+        #expect(errors.values.isEmpty && loader.loads(0, 5) == 1)
+        #expect(cache.pins(layer: 0, expert: 5) == 0)
+    }
+
+    @Test func demandReadsGoBeforePrefetches() throws {
+        let loader = FakeLoader()
+        loader.block(ExpertKey(layer: 0, expert: 1))
+        let cache = try makeCache(loader, experts: 8, readers: 1)
+        defer { cache.close() }
+        cache.prefetch(layer: 0, experts: [1, 2, 3])
+        eventually("the first prefetch reading") { loader.order.count == 1 }
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { _ = try? request(cache, 0, [9]); done.signal() }
+        eventually("the demand queued") { cache.statistics().total.misses == 1 }
+        loader.open()
+        done.wait()
+        eventually("all reads done") { cache.isIdle }
+        #expect(loader.order.map(\.expert) == [1, 9, 2, 3])
+        let stats = cache.statistics().total
+        #expect(stats.prefetchesIssued == 3 && stats.prefetchBytes == 300 && stats.demandBytes == 100)
+        // A prefetched expert's first use is a prefetch hit; evicting one unused is waste.
+        try request(cache, 0, [2])
+        #expect(cache.statistics().total.prefetchHits == 1)
+    }
+
+    @Test func aPrefetchThatBecomesADemandIsPromotedNotReadTwice() throws {
+        let loader = FakeLoader()
+        loader.block(ExpertKey(layer: 0, expert: 0))
+        let cache = try makeCache(loader, experts: 8, readers: 1)
+        defer { cache.close() }
+        cache.prefetch(layer: 0, experts: [0, 1, 2])
+        eventually("the first prefetch reading") { loader.order.count == 1 }
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { _ = try? request(cache, 0, [2]); done.signal() }
+        eventually("the demand joined the prefetch") { cache.statistics().total.prefetchesPromoted == 1 }
+        loader.open()
+        done.wait()
+        eventually("all reads done") { cache.isIdle }
+        #expect(loader.order.map(\.expert) == [0, 2, 1])
+        #expect(loader.loads(0, 2) == 1)
+        let stats = cache.statistics().total
+        #expect(stats.demandBytes == 100 && stats.prefetchBytes == 200 && stats.misses == 1)
+    }
+
+    @Test func unstartedPrefetchesCanBeCancelled() throws {
+        let loader = FakeLoader()
+        loader.block(ExpertKey(layer: 0, expert: 0))
+        let cache = try makeCache(loader, experts: 8, readers: 1)
+        defer { cache.close() }
+        cache.prefetch(layer: 0, experts: [0, 1, 2, 3])
+        eventually("the first prefetch reading") { loader.order.count == 1 }
+        #expect(cache.cancelPrefetches(layer: 0, experts: [0, 2, 3]) == 2)     // 0 has started
+        #expect(cache.statistics().usedBytes == 200)                           // 0 and 1 remain
+        loader.open()
+        eventually("all reads done") { cache.isIdle }
+        #expect(loader.order.map(\.expert) == [0, 1])
+        #expect(cache.statistics().total.prefetchesCancelled == 2)
+    }
+
+    @Test func aDemandCancelsQueuedPrefetchesWhenItNeedsTheirRoom() throws {
+        let loader = FakeLoader()
+        loader.block(ExpertKey(layer: 0, expert: 0))
+        let cache = try makeCache(loader, experts: 3, readers: 1)
+        defer { cache.close() }
+        cache.prefetch(layer: 0, experts: [0, 1, 2])          // fills the budget, all loading
+        eventually("the first prefetch reading") { loader.order.count == 1 }
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { _ = try? request(cache, 0, [7]); done.signal() }
+        eventually("the demand admitted") { cache.statistics().total.prefetchesCancelled == 2 }
+        loader.open()
+        done.wait()
+        #expect(loader.order.map(\.expert) == [0, 7])
+    }
+
+    @Test func loaderErrorsReachTheCallerAndTheCacheRecovers() throws {
+        let loader = FakeLoader()
+        loader.failing = [ExpertKey(layer: 0, expert: 4)]
+        let cache = try makeCache(loader, experts: 3)
+        defer { cache.close() }
+        #expect(throws: FakeLoadError(key: ExpertKey(layer: 0, expert: 4))) { try request(cache, 0, [1, 4]) }
+        #expect(cache.pins(layer: 0, expert: 1) == 0 && cache.statistics().total.loadFailures == 1)
+        #expect(cache.statistics().usedBytes == 100)                              // 4's reservation freed
+        #expect(throws: FakeLoadError.self) { try request(cache, 0, [4]) }        // retried, fails again
+        #expect(loader.loads(0, 4) == 2)
+        loader.failing = []
+        #expect(try request(cache, 0, [4]) == [4])
+    }
+
+    @Test func bodyErrorsReleasePins() throws {
+        struct Stop: Error {}
+        let loader = FakeLoader()
+        let cache = try makeCache(loader, experts: 3)
+        defer { cache.close() }
+        try request(cache, 0, [1])
+        #expect(throws: Stop.self) {
+            try cache.withExperts(layer: 0, experts: [1, 2, 3]) { expert, _ in if expert == 1 { throw Stop() } }
+        }
+        for e in 1...3 { #expect(cache.pins(layer: 0, expert: e) == 0) }
+        try request(cache, 0, [4, 5, 6])      // everything above is evictable again
+    }
+
+    @Test(arguments: [PolicyChoice.lru, .lfu, .lrfu, .fate, .hotset])
+    func budgetHoldsUnderConcurrentRandomLoad(choice: PolicyChoice) throws {
+        let loader = FakeLoader()
+        loader.latency = 0...0.0002
+        let layers = [0, 1, 2, 3]
+        let budgetExperts = 10
+        let cache = try makeCache(loader, experts: budgetExperts, floor: 2, layers: layers, readers: 3,
+                                  policy: choice.make(layerCount: 4, hotPerLayer: 1))
+        defer { cache.close() }
+        let group = DispatchGroup()
+        let errors = Counter()
+        for thread in 0..<4 {
+            DispatchQueue.global().async(group: group) {
+                var rng = SplitMix(seed: UInt64(thread + 1) * 104_729)
+                for _ in 0..<150 {
+                    let layer = layers.randomElement(using: &rng)!
+                    let experts = (0..<Int.random(in: 1...2, using: &rng)).map { _ in Int.random(in: 0..<8, using: &rng) }
+                    do {
+                        try request(cache, layer, experts)
+                        if Int.random(in: 0..<4, using: &rng) == 0 {
+                            cache.prefetch(layer: (layer + 1) % 4, experts: [Int.random(in: 0..<8, using: &rng)])
+                        }
+                        if Int.random(in: 0..<10, using: &rng) == 0 { cache.cancelPrefetches(layer: layer) }
+                    } catch {
+                        errors.add("\(error)")
+                    }
+                }
+            }
+        }
+        group.wait()
+        eventually("all reads done") { cache.isIdle }
+        let stats = cache.statistics()
+        #expect(errors.values.isEmpty)
+        #expect(stats.peakUsedBytes <= stats.budgetBytes)
+        #expect(stats.total.hits + stats.total.misses > 0)
+        // Weights alive at once: the budget, plus one a thread may still hold while releasing.
+        #expect(loader.peakLive <= budgetExperts + 4)
+        for layer in layers { for e in 0..<8 { #expect(cache.pins(layer: layer, expert: e) == 0) } }
+    }
+}
+
+/// Collects messages from several threads.
+private final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: [String] = []
+    func add(_ message: String) { lock.withLock { stored.append(message) } }
+    var values: [String] { lock.withLock { stored } }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import Testing
+@testable import ExpertCache
+
+private func trace(_ rows: [[[Int]?]]) -> RoutingTrace {
+    RoutingTrace(tokens: rows.enumerated().map { TraceToken(seq: 0, pos: $0.offset, phase: "decode", layers: $0.element) })
+}
+
+/// A random trace: skewed routing over `experts` experts, `topK` per token, layer 0 null.
+private func randomTrace(_ rng: inout SplitMix, tokens: Int, layers: Int, experts: Int, topK: Int) -> RoutingTrace {
+    trace((0..<tokens).map { _ in
+        [nil] + (1..<layers).map { _ in
+            var chosen: [Int] = []
+            while chosen.count < topK {
+                // Squaring a uniform draw skews towards low indices: a few popular experts.
+                let u = Double.random(in: 0..<1, using: &rng)
+                let e = Int(u * u * Double(experts))
+                if !chosen.contains(e) { chosen.append(e) }
+            }
+            return chosen
+        }
+    })
+}
+
+@Suite struct TraceReplayTests {
+    @Test func parsesTheFormatLeniently() throws {
+        let text = """
+        {"seq": 3, "pos": 7, "phase": "decode", "layers": [null, [1, 2]], "extra": {"x": 1}}
+
+        {"layers": [[0], null, [4, 4, 5]]}
+        """
+        let parsed = try RoutingTrace(jsonLines: Data(text.utf8))
+        #expect(parsed.tokens.count == 2)
+        #expect(parsed.tokens[0] == TraceToken(seq: 3, pos: 7, phase: "decode", layers: [nil, [1, 2]]))
+        #expect(parsed.tokens[1].phase == "unknown")
+        #expect(parsed.layerCount == 3 && parsed.recordedLayers == [0, 1, 2])
+        #expect(parsed.maxExpertsPerToken == 2)
+        #expect(throws: TraceError.self) { try RoutingTrace(jsonLines: Data("{\"seq\": 1}\n".utf8)) }
+    }
+
+    @Test func handComputedLRUAndBelady() throws {
+        // One layer, C = 2. LRU misses everything; Belady keeps 1 for t2 and 3 for t4.
+        let t = trace([[[1, 2]], [[3]], [[1]], [[2]], [[3]]])
+        let lru = try TraceReplay.run(t, policy: LRUPolicy(), cachePerLayer: 2)
+        let belady = try TraceReplay.run(t, policy: BeladyPolicy(), cachePerLayer: 2)
+        #expect(lru.requests == 6 && lru.hits == 0)
+        #expect(belady.hits == 2)
+        #expect(belady.perLayer == [2.0 / 6.0])
+    }
+
+    @Test func aTokensExpertsAreResidentTogether() throws {
+        // t2 = [3, 2]: 2 is resident and pinned, so 3's miss evicts 1 although 1 is more
+        // recent than 2 under LRU. Requests: 2 + 1 + 2 + 1 = 6; hits: 1 (t1), 2 (t2).
+        let t = trace([[[1, 2]], [[1]], [[3, 2]], [[1]]])
+        let lru = try TraceReplay.run(t, policy: LRUPolicy(), cachePerLayer: 2)
+        #expect(lru.requests == 6 && lru.hits == 2)
+        // Repeats within a token count once; null layers are skipped.
+        let repeated = trace([[[5, 5, 6], nil], [[6], nil]])
+        let result = try TraceReplay.run(repeated, policy: LRUPolicy(), cachePerLayer: 2)
+        #expect(result.requests == 3 && result.hits == 1 && result.perLayer == [1.0 / 3.0, nil])
+        #expect(throws: TraceError.self) { try TraceReplay.run(t, policy: LRUPolicy(), cachePerLayer: 1) }
+    }
+
+    @Test func cachesPersistAcrossSequences() throws {
+        var t = trace([[[1]], [[1]]])
+        t.tokens[1].seq = 1
+        t.tokens[1].pos = 0
+        #expect(try TraceReplay.run(t, policy: LRUPolicy(), cachePerLayer: 1).hits == 1)
+    }
+
+    @Test(arguments: 0..<24)
+    func beladyIsNeverBeaten(seed: Int) throws {
+        var rng = SplitMix(seed: UInt64(seed) &* 7919 &+ 1)
+        let experts = Int.random(in: 4...12, using: &rng)
+        let topK = Int.random(in: 1...min(3, experts - 1), using: &rng)
+        let capacity = Int.random(in: topK..<experts, using: &rng)
+        let t = randomTrace(&rng, tokens: 120, layers: 4, experts: experts, topK: topK)
+        let belady = try TraceReplay.run(t, policy: BeladyPolicy(), cachePerLayer: capacity)
+        for policy in PolicyChoice.allCases.map({ $0.make(layerCount: 4, hotPerLayer: capacity / 2) }) {
+            let result = try TraceReplay.run(t, policy: policy, cachePerLayer: capacity)
+            #expect(result.hits <= belady.hits, "\(policy.name) beat Belady (seed \(seed))")
+            for (mine, best) in zip(result.perLayer, belady.perLayer) {
+                #expect((mine ?? 0) <= (best ?? 0) + 1e-12, "\(policy.name) beat Belady in a layer (seed \(seed))")
+            }
+        }
+        let beladyGlobal = try TraceReplay.run(t, policy: BeladyPolicy(), cachePerLayer: capacity, pool: .global)
+        #expect(beladyGlobal.hits >= belady.hits, "a shared pool can always do what partitions do")
+        for choice in [PolicyChoice.lru, .fate, .lfu] {
+            let result = try TraceReplay.run(t, policy: choice.make(layerCount: 4, hotPerLayer: 1, shallowLayerCount: 2),
+                                             cachePerLayer: capacity, pool: .global, floorSlots: topK)
+            #expect(result.hits <= beladyGlobal.hits, "\(choice) beat global Belady (seed \(seed))")
+        }
+    }
+
+    /// The independent cross-check: `scripts/replay_trace.py` (standard library Python) must
+    /// produce the same LRU and Belady hit counts on a synthetic Zipf-like trace.
+    @Test func matchesThePythonReplay() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let scripts = root.appendingPathComponent("scripts")
+        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
+            print("python3 not found; skipping the cross-check")
+            return
+        }
+        let tracePath = FileManager.default.temporaryDirectory.appendingPathComponent("expert-cache-crosscheck-\(getpid()).jsonl")
+        defer { try? FileManager.default.removeItem(at: tracePath) }
+        let generated = try run(python, [scripts.appendingPathComponent("synthetic_trace.py").path,
+                                         "--layers", "5", "--experts", "16", "--top-k", "3", "--sequences", "3",
+                                         "--prompt", "20", "--decode", "40", "--seed", "7"])
+        try generated.write(to: tracePath)
+        let t = try RoutingTrace(contentsOf: tracePath)
+        for capacity in [3, 6, 10] {
+            let output = try run(python, [scripts.appendingPathComponent("replay_trace.py").path, tracePath.path,
+                                          "--cache-per-layer", "\(capacity)"])
+            let reference = try JSONDecoder().decode([String: TraceReplay.ReferenceResult].self, from: output)
+            let lru = try TraceReplay.run(t, policy: LRUPolicy(), cachePerLayer: capacity)
+            let belady = try TraceReplay.run(t, policy: BeladyPolicy(), cachePerLayer: capacity)
+            #expect(lru.hits == reference["lru"]!.hits && lru.requests == reference["lru"]!.requests)
+            #expect(belady.hits == reference["belady"]!.hits && belady.requests == reference["belady"]!.requests)
+        }
+    }
+
+    private func run(_ executable: String, _ arguments: [String]) throws -> Data {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        return data
+    }
+}
+
+extension TraceReplay {
+    /// What `scripts/replay_trace.py` prints per policy.
+    struct ReferenceResult: Decodable {
+        var hits: Int
+        var requests: Int
+    }
+}
