@@ -23,6 +23,8 @@ final class FakeLoader: ExpertLoader, @unchecked Sendable {
     private var loadCounts: [ExpertKey: Int] = [:]
     private var startOrder: [ExpertKey] = []
     private var live = 0
+    private var reading = 0
+    private var readingPeak = 0
     private var livePeak = 0
     var latency: ClosedRange<Double> = 0...0
     var failing: Set<ExpertKey> = []
@@ -42,6 +44,8 @@ final class FakeLoader: ExpertLoader, @unchecked Sendable {
     var order: [ExpertKey] { lock.withLock { startOrder } }
     var peakLive: Int { lock.withLock { livePeak } }
     var liveNow: Int { lock.withLock { live } }
+    /// The most reads that were running at the same time.
+    var peakConcurrentReads: Int { lock.withLock { readingPeak } }
 
     func changeLive(_ delta: Int) {
         lock.withLock {
@@ -55,8 +59,11 @@ final class FakeLoader: ExpertLoader, @unchecked Sendable {
         let (wait, delay, fail) = lock.withLock { () -> (Bool, Double, Bool) in
             loadCounts[key, default: 0] += 1
             startOrder.append(key)
+            reading += 1
+            readingPeak = max(readingPeak, reading)
             return (blocked == key, Double.random(in: latency), failing.contains(key))
         }
+        defer { lock.withLock { reading -= 1 } }
         if wait { gate.wait() }
         if delay > 0 { Thread.sleep(forTimeInterval: delay) }
         if fail { throw FakeLoadError(key: key) }

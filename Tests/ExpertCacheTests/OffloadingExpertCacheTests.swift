@@ -46,6 +46,36 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         #expect(try request(cache, 0, [5, 6, 1]).first == 1)
     }
 
+    @Test func residentsRunWhileMissesLoad() throws {
+        let loader = FakeLoader()
+        let cache = try makeCache(loader, experts: 4)
+        defer { cache.close() }
+        try request(cache, 0, [1])
+        loader.block(ExpertKey(layer: 0, expert: 5))
+        let seen = Counter()
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            try? cache.withExperts(layer: 0, experts: [5, 1]) { expert, _ in seen.add("\(expert)") }
+            done.signal()
+        }.start()
+        eventually("the resident expert ran") { seen.values == ["1"] }
+        #expect(loader.loads(0, 5) == 1 && !cache.isResident(layer: 0, expert: 5))
+        loader.open()
+        done.wait()
+        #expect(seen.values == ["1", "5"])
+    }
+
+    @Test func allMissesOfALayerAreReadAtOnce() throws {
+        let loader = FakeLoader()
+        loader.latency = 0.05...0.05
+        let cache = try makeCache(loader, experts: 8, readers: 4)
+        defer { cache.close() }
+        try request(cache, 0, [1, 2, 3, 4])
+        #expect(loader.peakConcurrentReads == 4)
+        // Time blocked on reads is counted as stall (a lower bound; not a benchmark).
+        #expect(cache.statistics().total.stallSeconds >= 0.04)
+    }
+
     @Test func refusesABudgetBelowTheFloors() {
         #expect(throws: ExpertCacheError.self) {
             try makeCache(FakeLoader(), experts: 5, floor: 2, layers: [0, 1, 2])
