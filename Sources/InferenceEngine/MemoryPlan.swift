@@ -48,7 +48,8 @@ public func formatBytes(_ bytes: Int) -> String {
     return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
 }
 
-/// Parses a size: `512MiB`, `4GiB`, `4G`, `100KB`, or plain bytes.
+/// Parses a size: `512MiB`, `4GiB`, `4G`, `100KB`, or plain bytes. Every unit is binary
+/// (K = KB = KiB = 1024), as memory sizes are.
 public func parseByteSize(_ text: String) -> Int? {
     let trimmed = text.trimmingCharacters(in: .whitespaces)
     let digits = trimmed.prefix { $0.isNumber || $0 == "." }
@@ -56,10 +57,10 @@ public func parseByteSize(_ text: String) -> Int? {
     let unit = trimmed.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
     let multipliers: [String: Double] = [
         "": 1, "b": 1,
-        "k": 0x1p10, "kb": 1e3, "kib": 0x1p10,
-        "m": 0x1p20, "mb": 1e6, "mib": 0x1p20,
-        "g": 0x1p30, "gb": 1e9, "gib": 0x1p30,
-        "t": 0x1p40, "tb": 1e12, "tib": 0x1p40,
+        "k": 0x1p10, "kb": 0x1p10, "kib": 0x1p10,
+        "m": 0x1p20, "mb": 0x1p20, "mib": 0x1p20,
+        "g": 0x1p30, "gb": 0x1p30, "gib": 0x1p30,
+        "t": 0x1p40, "tb": 0x1p40, "tib": 0x1p40,
     ]
     guard let multiplier = multipliers[unit] else { return nil }
     return Int(number * multiplier)

@@ -69,9 +69,7 @@ struct RuntimeOptions: ParsableArguments {
         var plan: MemoryPlan?
         var cacheBytes = allExpertBytes
         if let memoryBudget {
-            guard let budget = parseByteSize(memoryBudget) else {
-                throw CommandError("--memory-budget: '\(memoryBudget)' is not a size (examples: 512MiB, 4GiB, 4G, 1000000)")
-            }
+            let budget = try parseByteSize(memoryBudget, option: "--memory-budget")
             plan = try MemoryPlan.plan(budget: budget, denseBytes: denseBytes,
                                        scratchBytes: Self.scratchBytes(config, maxSequences: maxSequences),
                                        kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * maxSequences,
@@ -79,8 +77,7 @@ struct RuntimeOptions: ParsableArguments {
             cacheBytes = plan!.expertCacheBytes
         }
         if let expertCache {
-            guard let bytes = parseByteSize(expertCache) else { throw CommandError("--expert-cache: '\(expertCache)' is not a size") }
-            cacheBytes = bytes
+            cacheBytes = try parseByteSize(expertCache, option: "--expert-cache")
         }
         let cache = try OffloadingExpertCache(
             loader: loader,

@@ -7,7 +7,7 @@ import Testing
         #expect(parseByteSize("4GiB") == 4 << 30)
         #expect(parseByteSize("4G") == 4 << 30)
         #expect(parseByteSize("1.5GiB") == 3 << 29)
-        #expect(parseByteSize("100KB") == 100_000)
+        #expect(parseByteSize("100KB") == 102_400)
         #expect(parseByteSize("12345") == 12345)
         #expect(parseByteSize("4 GiB") == 4 << 30)
         #expect(parseByteSize("lots") == nil)
