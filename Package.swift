@@ -17,6 +17,9 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // C shims: a module map and a header each, nothing else.
@@ -30,10 +33,19 @@ let package = Package(
         .target(name: "Tokenization"),
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
+        .target(
+            name: "HTTPServer",
+            dependencies: [
+                "CLibUV", "CHTTPParser", "InferenceEngine",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
         .executableTarget(
             name: "MoEServeCLI",
             dependencies: [
-                "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine",
+                "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "HTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
@@ -42,6 +54,7 @@ let package = Package(
         .testTarget(name: "TensorMathTests", dependencies: ["TensorMath"], swiftSettings: optimisedMath),
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),
+        .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "InferenceEngine"]),
         .testTarget(
             name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath"],
             swiftSettings: optimisedMath

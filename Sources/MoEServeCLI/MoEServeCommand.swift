@@ -9,6 +9,7 @@ struct MoEServeCommand: ParsableCommand {
         subcommands: [
             LogitsCommand.self,
             GenerateCommand.self,
+            ServeCommand.self,
         ]
     )
 }
