@@ -83,12 +83,13 @@ final class RequestParser {
             let pointee = p!.pointee
             if pointee.upgrade != 0 || pointee.method == HTTP_CONNECT.rawValue {
                 me.failure = .unsupported("protocol upgrades and CONNECT are not supported")
-                return 1
+                // Not 1 or 2: from on_headers_complete those mean "no body" / "upgrade", not an error.
+                return -1
             }
             // Content-Length is known before the body arrives: refuse early instead of reading it.
             if me.headers.contains("Content-Length"), pointee.content_length > UInt64(me.maxBodyBytes) {
                 me.failure = .bodyTooLarge(limit: me.maxBodyBytes)
-                return 1
+                return -1
             }
             me.headerHook?(me.headers)
             return 0
