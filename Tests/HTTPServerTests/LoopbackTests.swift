@@ -257,3 +257,30 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
         #expect(waitFor { service.cancelledCount == 1 })
     }
 }
+
+/// Runs scripts/test_openai_client.py (the real `openai` client and prometheus_client) against
+/// the server with the scripted engine, when MOE_PYTHON names a Python that has both packages.
+@Suite struct OpenAIClientScriptTests {
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["MOE_PYTHON"] != nil))
+    func openAIClientScript() throws {
+        var config = ServerConfig()
+        config.port = 0
+        let service = ScriptedService(script: ["One", " two", " three", " four", " five"])
+        let server = APIServer(config: config, backend: ModelBackend(service: service, codec: ByteCodec(contextLength: 256)))
+        try server.start()
+        defer { server.shutdown(); server.waitUntilStopped() }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.environment["MOE_PYTHON"]!)
+        p.arguments = [root.appendingPathComponent("scripts/test_openai_client.py").path, "http://127.0.0.1:\(server.port)"]
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        // Kept for reading after a run; not printed, so its summary line is not taken for the suite's.
+        try? text.write(toFile: NSTemporaryDirectory() + "moe-openai-client.log", atomically: true, encoding: .utf8)
+        #expect(p.terminationStatus == 0, "\(text)")
+    }
+}
