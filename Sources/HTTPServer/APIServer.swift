@@ -157,11 +157,22 @@ public final class APIServer: @unchecked Sendable {
             uv_run(retained.takeUnretainedValue().loop, UV_RUN_DEFAULT)
             let server = retained.takeRetainedValue()
             uv_loop_close(server.loop)
+            server.releaseHandles()
             server.stopped.signal()
         }
         thread.name = "moe-serve-http"
         loopThread = thread
         thread.start()
+    }
+
+    /// Frees the handle memory once the loop is closed (every handle's close callback has run).
+    private func releaseHandles() {
+        loop.deallocate()
+        listener.deallocate()
+        async.deallocate()
+        timer.deallocate()
+        for handle in signals { handle.deallocate() }
+        signals = []
     }
 
     /// Cleans up after a failed start (no thread yet: run the loop here until handles close).

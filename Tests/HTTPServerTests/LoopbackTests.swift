@@ -284,3 +284,27 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
         #expect(p.terminationStatus == 0, "\(text)")
     }
 }
+
+/// Renders the dashboard in headless Chromium (Debian's `chromium`) and saves a screenshot to
+/// the path in MOE_DASHBOARD_SCREENSHOT (docs/dashboard.png was made this way).
+@Suite struct DashboardScreenshotTests {
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["MOE_DASHBOARD_SCREENSHOT"] != nil))
+    func screenshot() throws {
+        var config = ServerConfig()
+        config.port = 0
+        let server = APIServer(config: config, backend: ModelBackend(service: ScriptedService(), codec: ByteCodec(), stats: FakeStats()))
+        try server.start()
+        defer { server.shutdown(); server.waitUntilStopped() }
+        let path = ProcessInfo.processInfo.environment["MOE_DASHBOARD_SCREENSHOT"]!
+        try? FileManager.default.removeItem(atPath: path)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/chromium")
+        p.arguments = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,860",
+                       "--virtual-time-budget=4000", "--screenshot=\(path)", "http://127.0.0.1:\(server.port)/"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        #expect(FileManager.default.fileExists(atPath: path))
+    }
+}

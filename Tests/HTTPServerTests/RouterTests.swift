@@ -165,4 +165,19 @@ import InferenceEngine
         let (s, _) = response(router().route(post("/v1/completions", "{\"prompt\":\"a\"}"), backend: nil))
         #expect(s == 503)
     }
+
+    @Test func statsAndDashboard() {
+        let withStats = ModelBackend(service: service, codec: ByteCodec(), stats: FakeStats())
+        let (s, b) = response(router().route(HTTPRequest(method: "GET", target: "/v1/stats"), backend: withStats))
+        #expect(s == 200)
+        #expect(b?["ready"] == .bool(true))
+        #expect(b?["cache_hit_rate"] == .double(0.83))
+        #expect(b?["expert_usage"]?.arrayValue?.count == 16)
+        guard case let .response(page) = router().route(HTTPRequest(method: "GET", target: "/"), backend: nil) else { return }
+        let html = String(decoding: page.body, as: UTF8.self)
+        #expect(page.headers["Content-Type"]?.hasPrefix("text/html") == true)
+        #expect(html.contains("/v1/stats"))
+        // No external assets: nothing is loaded from another origin.
+        #expect(!html.contains("http://") && !html.contains("https://"))
+    }
 }

@@ -94,3 +94,29 @@ enum Raw {
         "POST \(path) HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\(extra)Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
     }
 }
+
+/// Statistics with a recognisable pattern, for `/v1/stats` and the dashboard screenshot.
+struct FakeStats: StatsProvider {
+    func currentStats() -> EngineStats {
+        var s = EngineStats()
+        s.decodeTokensPerSecond = 12.5
+        s.promptTokensPerSecond = 180
+        s.cacheHitRate = 0.83
+        s.runningSequences = 3
+        s.queuedRequests = 1
+        s.cacheBytesUsed = 3 << 30
+        s.cacheBytesBudget = 4 << 30
+        for layer in 0..<16 {
+            var usage: [Double] = []
+            var resident: [Bool] = []
+            for expert in 0..<32 {
+                let v: Int = (layer * 7 + expert * 13) % 29
+                usage.append(Double(v) / 29)
+                resident.append(v > 9)
+            }
+            s.expertUsage.append(usage)
+            s.expertResident.append(resident)
+        }
+        return s
+    }
+}
