@@ -52,7 +52,7 @@ enum Dashboard {
   <section class="panel wide">
     <h2>Experts: usage by layer (rows) × expert (columns)</h2>
     <canvas id="heat" width="10" height="10"></canvas>
-    <div class="legend">Brightness: how often the router picked the expert recently. A green dot: resident in the cache now.</div>
+    <div class="legend">Brightness: how often the router picked the expert recently. A green bar under a cell: resident in the cache now.</div>
   </section>
 </main>
 <script>
@@ -70,6 +70,8 @@ function fmtBytes(n) {
 }
 
 function line(canvas, values, max, color, unit) {
+  // Match the drawing buffer to the displayed size so text and lines are not stretched.
+  if (canvas.clientWidth && canvas.width !== canvas.clientWidth) canvas.width = canvas.clientWidth;
   const c = canvas.getContext("2d"), w = canvas.width, h = canvas.height;
   c.clearRect(0, 0, w, h);
   c.strokeStyle = "#252d36"; c.lineWidth = 1;
@@ -98,7 +100,7 @@ function heatmap(canvas, usage, resident) {
     c.fillRect(e * cell, l * cell, cell - 1, cell - 1);
     if (resident[l] && resident[l][e]) {
       c.fillStyle = "#5ad18a";
-      c.fillRect(e * cell + cell / 2 - 1.5, l * cell + cell / 2 - 1.5, 3, 3);
+      c.fillRect(e * cell, l * cell + cell - 4, cell - 1, 3);
     }
   }
 }

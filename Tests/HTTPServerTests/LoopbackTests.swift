@@ -308,3 +308,36 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
         #expect(FileManager.default.fileExists(atPath: path))
     }
 }
+
+@Suite struct ConcurrencyTests {
+    /// 16 connections, each with 5 keep-alive requests mixing streams and JSON: every response
+    /// complete and identical to the single-request answer, nothing left running.
+    @Test func sixteenConnections() throws {
+        var config = ServerConfig()
+        config.port = 0
+        let service = ScriptedService(tokenDelay: 0.001)
+        let server = APIServer(config: config, backend: ModelBackend(service: service, codec: ByteCodec()))
+        try server.start()
+        defer { server.shutdown(); server.waitUntilStopped() }
+        let failures = NSLock()
+        nonisolated(unsafe) var bad: [String] = []
+        DispatchQueue.concurrentPerform(iterations: 16) { i in
+            do {
+                let client = try RawClient(port: server.port)
+                for j in 0..<5 {
+                    let stream = (i + j) % 2 == 0
+                    client.send(Raw.post("/v1/completions", "{\"prompt\":\"q\",\"stream\":\(stream)}"))
+                    let text = client.read { stream ? $0.hasSuffix("data: [DONE]\n\n\r\n0\r\n\r\n") : $0.hasSuffix("}}") }
+                    let ok = stream ? text.contains("\"text\":\"Hello\"") && text.contains("\"text\":\"!\"")
+                                    : text.contains("\"text\":\"Hello, world!\"")
+                    if !ok { failures.lock(); bad.append(text); failures.unlock() }
+                }
+            } catch {
+                failures.lock(); bad.append("\(error)"); failures.unlock()
+            }
+        }
+        #expect(bad.isEmpty, "\(bad.prefix(2))")
+        #expect(waitFor { service.liveCount == 0 })
+        #expect(service.submittedCount == 80)
+    }
+}
