@@ -10,6 +10,7 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
     /// Extra headers (`Retry-After`, `Allow`, `WWW-Authenticate`).
     public var headers: [(String, String)] = []
 
+    /// Equal when status, message and type are (headers are derived from those).
     public static func == (a: APIError, b: APIError) -> Bool {
         a.status == b.status && a.message == b.message && a.type == b.type
     }
@@ -22,6 +23,7 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
         self.headers = headers
     }
 
+    /// `status type: message`, for logs.
     public var description: String { "\(status) \(type): \(message)" }
 
     /// 400 for a request the client must fix.

@@ -41,6 +41,9 @@ public final class APIServer: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
     private var handlesOpen = 0
 
+    /// Bytes queued for a client that is not reading, beyond which it is dropped.
+    static let maxUnsentBytes = 16 << 20
+
     /// The port actually bound (useful with `port = 0`).
     public private(set) var port: Int = 0
 
@@ -230,7 +233,7 @@ public final class APIServer: @unchecked Sendable {
                 server.perform(conn.machine.receive(bytes, now: APIServer.now()), on: conn)
             } else if nread < 0 {
                 // EOF or reset: the client is gone, whatever it was waiting for.
-                server.perform(conn.machine.peerClosed(), on: conn)
+                server.abort(conn)
             }
         })
     }
@@ -264,17 +267,28 @@ public final class APIServer: @unchecked Sendable {
             if status < 0, let stream = request.pointee.handle, let data = stream.pointee.data {
                 let conn = Unmanaged<ServerConnection>.fromOpaque(data).takeUnretainedValue()
                 let server = APIServer.server(stream.pointee.loop.pointee.data)
-                if !conn.closing { server.perform(conn.machine.peerClosed(), on: conn) }
+                if !conn.closing { server.abort(conn) }
             }
             UnsafeMutableRawPointer(request).deallocate()
         }
         if result != 0 {
             raw.deallocate()
-            perform(connection.machine.peerClosed(), on: connection)
+            abort(connection)
+        } else if uv_stream_get_write_queue_size(connection.stream) > APIServer.maxUnsentBytes {
+            // A client that stops reading a stream would make us buffer its tokens without bound:
+            // treat it as gone, which also cancels its generation.
+            abort(connection)
         }
     }
 
-    /// Closes after the queued writes are flushed (uv_close alone would drop them).
+    /// Drops a connection without flushing: the client is gone or not reading, so waiting for
+    /// its writes could take forever. Its requests are cancelled.
+    private func abort(_ connection: ServerConnection) {
+        connection.aborting = true
+        perform(connection.machine.peerClosed(), on: connection)
+    }
+
+    /// Closes after the queued writes are flushed (uv_close alone would drop them), unless aborting.
     private func close(_ connection: ServerConnection) {
         guard !connection.closing else { return }
         connection.closing = true
@@ -283,6 +297,10 @@ public final class APIServer: @unchecked Sendable {
         connections[connection.id] = nil
         metrics.setOpenConnections(connections.count)
         if connection.reading { uv_read_stop(connection.stream); connection.reading = false }
+        if connection.aborting {
+            closeHandle(connection)
+            return
+        }
         let shutdownRequest = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
         let r = uv_shutdown(shutdownRequest, connection.stream) { request, _ in
             guard let request else { return }
@@ -467,7 +485,7 @@ public final class APIServer: @unchecked Sendable {
         guard let deadline = shutdownDeadline, !finished else { return }
         if now >= deadline {
             // Grace period over: cancel what still runs and drop the connections.
-            for connection in Array(connections.values) { perform(connection.machine.peerClosed(), on: connection) }
+            for connection in Array(connections.values) { abort(connection) }
         }
         if connections.isEmpty { finishLoop() }
     }

@@ -13,6 +13,7 @@ public enum ConnectionAction: Sendable, Equatable {
     /// Close the socket (after the writes before it are flushed).
     case close
 
+    /// Structural equality; requests compare by method and target (enough for tests).
     public static func == (a: ConnectionAction, b: ConnectionAction) -> Bool {
         switch (a, b) {
         case let (.write(x), .write(y)): return x == y

@@ -12,6 +12,7 @@ public enum JSON: Sendable, Equatable {
     case array([JSON])
     case object([(String, JSON)])
 
+    /// Structural equality; object members compare regardless of order, numbers by value.
     public static func == (lhs: JSON, rhs: JSON) -> Bool {
         switch (lhs, rhs) {
         case (.null, .null): return true
@@ -145,6 +146,7 @@ public struct JSONParseError: Error, CustomStringConvertible, Sendable {
     public let offset: Int
     /// What was expected.
     public let reason: String
+    /// One line for the client.
     public var description: String { "invalid JSON at byte \(offset): \(reason)" }
 }
 

@@ -33,6 +33,8 @@ final class ServerConnection {
     var machine: ConnectionStateMachine
     var requests: [UInt64: RequestState] = [:]
     var closing = false
+    /// Close without flushing (peer gone, not reading, or the grace period is over).
+    var aborting = false
     var reading = true
 
     init(id: UInt64, tcp: UnsafeMutablePointer<uv_tcp_t>, limits: ConnectionLimits, now: Double) {
