@@ -415,7 +415,8 @@ public final class APIServer: @unchecked Sendable {
                     backend?.service.cancel(engineID)
                     continue
                 }
-                let responder = GenerationResponder(job: job)
+                let codec = backend?.codec
+                let responder = GenerationResponder(job: job, tokenText: { id in codec?.decode([id]) ?? "" })
                 state.responder = responder
                 state.engineID = engineID
                 var parts = responder.start()

@@ -13,10 +13,17 @@ public final class GenerationResponder {
     private var tokenIds: [Int] = []
     private var finished = false
     private var sentRole = false
+    /// Text of one token id, for log-probability entries (a table lookup in a real tokenizer).
+    private let tokenText: (Int) -> String
+    /// Chat: one entry per token. Completions: parallel arrays, as the legacy API has them.
+    private var chatLogprobs: [JSON] = []
+    private var legacyTokens: [JSON] = [], legacyLogprobs: [JSON] = [], legacyTop: [JSON] = [], legacyOffsets: [JSON] = []
 
     /// A responder for `job`; `created` is the Unix time stamped on every chunk.
-    public init(job: CompletionJob, created: Int = Int(Date().timeIntervalSince1970)) {
+    /// - Parameter tokenText: decodes one token id, used only when the request asked for logprobs.
+    public init(job: CompletionJob, created: Int = Int(Date().timeIntervalSince1970), tokenText: @escaping (Int) -> String = { "<\($0)>" }) {
         self.job = job
+        self.tokenText = tokenText
         self.created = created
         let suffix = UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(24).lowercased()
         switch job.flavor {
@@ -57,12 +64,15 @@ public final class GenerationResponder {
     public func consume(_ event: GenerationEvent) -> [ResponsePart] {
         guard !finished else { return [] }
         switch event {
-        case let .token(tokenId, piece, _, _):
+        case let .token(tokenId, piece, logprob, top):
             generated += 1
             tokenIds.append(tokenId)
+            let offset = text.utf8.count
             text += piece
-            guard job.stream, !piece.isEmpty else { return [] }
-            return [.body(Self.sseEvent(streamChunk(piece, tokenId: tokenId)))]
+            var entry: JSON = .null
+            if job.request.logprobs, let logprob { entry = recordLogprob(logprob, top: top, offset: offset) }
+            guard job.stream, !piece.isEmpty || !entry.isNull else { return [] }
+            return [.body(Self.sseEvent(streamChunk(piece, tokenId: tokenId, logprobs: entry)))]
         case let .finished(reason, tail, usage, timings):
             finished = true
             text += tail
@@ -75,6 +85,42 @@ public final class GenerationResponder {
                 return [.body(Self.sseEvent(error.json)), .end(close: true)]
             }
             return ResponsePart.complete(error.response)
+        }
+    }
+
+    /// Stores one position's log-probabilities; returns what a stream chunk carries for it.
+    private func recordLogprob(_ chosen: TokenLogprob, top: [TokenLogprob], offset: Int) -> JSON {
+        let token = tokenText(chosen.token)
+        switch job.flavor {
+        case .openAIChat:
+            func item(_ t: String, _ lp: Float) -> [(String, JSON)] {
+                [("token", .string(t)), ("logprob", .double(Double(lp))), ("bytes", .array(t.utf8.map { .int(Int($0)) }))]
+            }
+            let alternatives = top.prefix(job.request.topLogprobs).map { JSON.object(item(tokenText($0.token), $0.logprob)) }
+            let entry = JSON.object(item(token, chosen.logprob) + [("top_logprobs", .array(alternatives))])
+            chatLogprobs.append(entry)
+            return .object([("content", .array([entry]))])
+        case .openAICompletion:
+            let alternatives = JSON.object(top.prefix(job.request.topLogprobs).map { (tokenText($0.token), JSON.double(Double($0.logprob))) })
+            legacyTokens.append(.string(token))
+            legacyLogprobs.append(.double(Double(chosen.logprob)))
+            legacyTop.append(alternatives)
+            legacyOffsets.append(.int(offset))
+            return .object([("tokens", .array([.string(token)])), ("token_logprobs", .array([.double(Double(chosen.logprob))])),
+                            ("top_logprobs", .array([alternatives])), ("text_offset", .array([.int(offset)]))])
+        case .llamaCompletion:
+            return .null
+        }
+    }
+
+    private var fullLogprobs: JSON {
+        guard job.request.logprobs else { return .null }
+        switch job.flavor {
+        case .openAIChat: return .object([("content", .array(chatLogprobs))])
+        case .openAICompletion:
+            return .object([("tokens", .array(legacyTokens)), ("token_logprobs", .array(legacyLogprobs)),
+                            ("top_logprobs", .array(legacyTop)), ("text_offset", .array(legacyOffsets))])
+        case .llamaCompletion: return .null
         }
     }
 
@@ -100,24 +146,24 @@ public final class GenerationResponder {
                  ("predicted_per_second", .double(t.predictedPerSecond))])
     }
 
-    private func chatChunk(delta: JSON, finishReason: String?) -> JSON {
+    private func chatChunk(delta: JSON, finishReason: String?, logprobs: JSON = .null) -> JSON {
         .object([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)),
                  ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
-                 ("choices", .array([.object([("index", .int(0)), ("delta", delta), ("logprobs", .null),
+                 ("choices", .array([.object([("index", .int(0)), ("delta", delta), ("logprobs", logprobs),
                                               ("finish_reason", finishReason.map { .string($0) } ?? .null)])]))])
     }
 
-    private func completionChunk(_ piece: String, finishReason: String?) -> JSON {
+    private func completionChunk(_ piece: String, finishReason: String?, logprobs: JSON = .null) -> JSON {
         .object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
                  ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
-                 ("choices", .array([.object([("text", .string(piece)), ("index", .int(0)), ("logprobs", .null),
+                 ("choices", .array([.object([("text", .string(piece)), ("index", .int(0)), ("logprobs", logprobs),
                                               ("finish_reason", finishReason.map { .string($0) } ?? .null)])]))])
     }
 
-    private func streamChunk(_ piece: String, tokenId: Int) -> JSON {
+    private func streamChunk(_ piece: String, tokenId: Int, logprobs: JSON) -> JSON {
         switch job.flavor {
-        case .openAIChat: return chatChunk(delta: .object([("content", .string(piece))]), finishReason: nil)
-        case .openAICompletion: return completionChunk(piece, finishReason: nil)
+        case .openAIChat: return chatChunk(delta: .object([("content", .string(piece))]), finishReason: nil, logprobs: logprobs)
+        case .openAICompletion: return completionChunk(piece, finishReason: nil, logprobs: logprobs)
         case .llamaCompletion:
             return .object([("index", .int(0)), ("content", .string(piece)), ("tokens", .array([.int(tokenId)])),
                             ("stop", .bool(false)), ("id_slot", .int(0))])
@@ -182,13 +228,13 @@ public final class GenerationResponder {
             let message = JSON.object([("role", .string("assistant")), ("content", .string(text))])
             return .object([("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)),
                             ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
-                            ("choices", .array([.object([("index", .int(0)), ("message", message), ("logprobs", .null),
+                            ("choices", .array([.object([("index", .int(0)), ("message", message), ("logprobs", fullLogprobs),
                                                          ("finish_reason", .string(finish))])])),
                             ("usage", Self.usageJSON(usage)), ("timings", Self.timingsJSON(timings))])
         case .openAICompletion:
             return .object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
                             ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
-                            ("choices", .array([.object([("text", .string(text)), ("index", .int(0)), ("logprobs", .null),
+                            ("choices", .array([.object([("text", .string(text)), ("index", .int(0)), ("logprobs", fullLogprobs),
                                                          ("finish_reason", .string(finish))])])),
                             ("usage", Self.usageJSON(usage)), ("timings", Self.timingsJSON(timings))])
         case .llamaCompletion:

@@ -140,3 +140,40 @@ import InferenceEngine
         #expect(try JSON.parse(body)["error"]?["type"] == .string("server_error"))
     }
 }
+
+@Suite struct LogprobTests {
+    func events() -> [GenerationEvent] {
+        [.token(id: 104, text: "h", logprob: TokenLogprob(token: 104, logprob: -0.5),
+                topLogprobs: [TokenLogprob(token: 104, logprob: -0.5), TokenLogprob(token: 105, logprob: -1.5)]),
+         .finished(reason: .stop, text: "", usage: Usage(promptTokens: 1, completionTokens: 1),
+                   timings: Timings(promptN: 1, promptMs: 1, predictedN: 1, predictedMs: 1))]
+    }
+
+    func body(_ flavor: APIFlavor, stream: Bool) -> String {
+        let job = CompletionJob(flavor: flavor, request: GenerationRequest(prompt: [1], maxTokens: 4, logprobs: true, topLogprobs: 2),
+                                stream: stream, includeUsage: false, model: "m")
+        let r = GenerationResponder(job: job, tokenText: { ByteCodec().decode([$0]) })
+        var out: [UInt8] = []
+        for part in r.start() + events().flatMap({ r.consume($0) }) { if case let .body(b) = part { out += b } }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    @Test func chatLogprobs() throws {
+        let json = try JSON.parse(body(.openAIChat, stream: false))
+        let entry = json["choices"]?[0]?["logprobs"]?["content"]?[0]
+        #expect(entry?["token"] == .string("h"))
+        #expect(entry?["logprob"] == .double(-0.5))
+        #expect(entry?["top_logprobs"]?[1]?["token"] == .string("i"))
+        let streamed = body(.openAIChat, stream: true)
+        #expect(streamed.contains("\"logprobs\":{\"content\":[{\"token\":\"h\""))
+    }
+
+    @Test func completionLogprobs() throws {
+        let json = try JSON.parse(body(.openAICompletion, stream: false))
+        let lp = json["choices"]?[0]?["logprobs"]
+        #expect(lp?["tokens"] == .array([.string("h")]))
+        #expect(lp?["token_logprobs"] == .array([.double(-0.5)]))
+        #expect(lp?["top_logprobs"]?[0]?["i"] == .double(-1.5))
+        #expect(lp?["text_offset"] == .array([.int(0)]))
+    }
+}
