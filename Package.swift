@@ -17,6 +17,9 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
     ],
     targets: [
         // C shims: a module map and a header each, nothing else.
@@ -32,10 +35,20 @@ let package = Package(
         .target(name: "ExpertPrediction", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "ExpertCache", dependencies: ["MoEModels", "ModelFormats", "TensorMath"]),
+        .target(
+            name: "HTTPServer",
+            dependencies: [
+                "CLibUV", "CHTTPParser", "InferenceEngine",
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
         .executableTarget(
             name: "MoEServeCLI",
             dependencies: [
                 "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction", "ExpertCache",
+                "HTTPServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
@@ -57,6 +70,7 @@ let package = Package(
             name: "ExpertStoreTests", dependencies: ["ModelFormats", "MoEModels", "TensorMath"],
             swiftSettings: optimisedMath
         ),
+        .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "InferenceEngine"]),
         .testTarget(
             name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath"],
             swiftSettings: optimisedMath

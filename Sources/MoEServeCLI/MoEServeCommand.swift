@@ -15,6 +15,8 @@ struct MoEServeCommand: ParsableCommand {
             VerifyCommand.self,
             InspectCommand.self,
             BenchCommand.self,
-        ]
+            ServeCommand.self,
+        ],
+        defaultSubcommand: ServeCommand.self
     )
 }

@@ -1,0 +1,172 @@
+import Foundation
+import InferenceEngine
+
+/// What a request turns into: an immediate response, or a generation to submit to the engine.
+public enum RouteOutcome: Sendable {
+    /// Answer now.
+    case response(HTTPResponse)
+    /// Submit to the engine and stream or collect its events.
+    case generate(CompletionJob)
+}
+
+/// Maps requests to routes: authentication, method checks, body validation and the small
+/// routes that need no engine. Pure apart from reading the backend; runs on worker threads.
+public struct APIRouter: Sendable {
+    /// The route table: path → (method, name used as the metrics label).
+    static let routes: [String: (method: String, name: String)] = [
+        "/v1/completions": ("POST", "/v1/completions"),
+        "/completions": ("POST", "/v1/completions"),
+        "/v1/chat/completions": ("POST", "/v1/chat/completions"),
+        "/chat/completions": ("POST", "/v1/chat/completions"),
+        "/completion": ("POST", "/completion"),
+        "/tokenize": ("POST", "/tokenize"),
+        "/detokenize": ("POST", "/detokenize"),
+        "/v1/models": ("GET", "/v1/models"),
+        "/models": ("GET", "/v1/models"),
+        "/health": ("GET", "/health"),
+        "/metrics": ("GET", "/metrics"),
+        "/v1/stats": ("GET", "/v1/stats"),
+        "/": ("GET", "/"),
+    ]
+    /// Routes reachable without an API key: health checks from load balancers, and the page
+    /// itself (it holds no data; it asks for the key to read /v1/stats).
+    static let openRoutes: Set<String> = ["/health", "/"]
+
+    let config: ServerConfig
+    let metrics: ServerMetrics
+
+    /// A router for `config`, rendering `/metrics` from `metrics`.
+    public init(config: ServerConfig, metrics: ServerMetrics) {
+        self.config = config
+        self.metrics = metrics
+    }
+
+    /// The metrics label of `request`'s route (`other` for unknown paths, to bound label values).
+    public static func routeName(_ request: HTTPRequest) -> String {
+        routes[request.path]?.name ?? "other"
+    }
+
+    /// CORS headers for a response to `request`, when CORS is configured and the origin allowed.
+    public func corsHeaders(_ request: HTTPRequest) -> [(String, String)] {
+        guard !config.corsAllowOrigins.isEmpty, let origin = request.headers["Origin"] else { return [] }
+        if config.corsAllowOrigins.contains("*") { return [("Access-Control-Allow-Origin", "*")] }
+        guard config.corsAllowOrigins.contains(origin) else { return [] }
+        return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+    }
+
+    /// Compares without an early exit so the time taken says nothing about how much of a key matched.
+    static func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var diff = UInt8(truncatingIfNeeded: a.count ^ b.count)
+        let n = max(a.count, b.count)
+        for i in 0..<n {
+            let x = i < a.count ? a[i] : 0
+            let y = i < b.count ? b[i] : 0
+            diff |= x ^ y
+        }
+        return diff == 0
+    }
+
+    /// Checks `Authorization: Bearer <key>` against every configured key (all are compared).
+    func authorize(_ request: HTTPRequest) throws {
+        guard !config.apiKeys.isEmpty else { return }
+        guard let header = request.headers["Authorization"] else {
+            throw APIError.unauthorized("missing API key: send 'Authorization: Bearer <key>'")
+        }
+        let prefix = "bearer "
+        guard header.count > prefix.count, header.lowercased().hasPrefix(prefix) else {
+            throw APIError.unauthorized("malformed Authorization header: expected 'Bearer <key>'")
+        }
+        let presented = Array(header.dropFirst(prefix.count).trimmingCharacters(in: .whitespaces).utf8)
+        var ok = false
+        for key in config.apiKeys where APIRouter.constantTimeEquals(presented, Array(key.utf8)) { ok = true }
+        guard ok else { throw APIError.unauthorized("invalid API key") }
+    }
+
+    /// Routes one request. `backend` is nil while the model loads.
+    public func route(_ request: HTTPRequest, backend: ModelBackend?) -> RouteOutcome {
+        do { return try routeThrowing(request, backend: backend) } catch let error as APIError {
+            return .response(error.response)
+        } catch {
+            return .response(APIError.server("\(error)").response)
+        }
+    }
+
+    func loading() -> APIError {
+        APIError.overloaded("the model is still loading", retryAfterSeconds: config.retryAfterSeconds)
+    }
+
+    func routeThrowing(_ request: HTTPRequest, backend: ModelBackend?) throws -> RouteOutcome {
+        let path = request.path
+        guard let route = APIRouter.routes[path] else { throw APIError.notFound(path) }
+        if request.method == "OPTIONS", !config.corsAllowOrigins.isEmpty {
+            var r = HTTPResponse(status: 204)
+            r.headers.add("Access-Control-Allow-Methods", "\(route.method), OPTIONS")
+            r.headers.add("Access-Control-Allow-Headers", "Authorization, Content-Type")
+            r.headers.add("Access-Control-Max-Age", "600")
+            r.headers.add("Content-Length", "0")
+            return .response(r)
+        }
+        let methodMatches = request.method == route.method || (route.method == "GET" && request.method == "HEAD")
+        guard methodMatches else { throw APIError.methodNotAllowed(request.method, path: path, allowed: [route.method]) }
+        if !APIRouter.openRoutes.contains(route.name) { try authorize(request) }
+
+        switch route.name {
+        case "/health":
+            guard backend != nil else {
+                var e = APIError(status: 503, message: "Loading model", type: "unavailable_error")
+                e.headers = [("Retry-After", String(config.retryAfterSeconds))]
+                return .response(e.response)
+            }
+            return .response(.json(.object([("status", .string("ok"))])))
+        case "/metrics":
+            return .response(.text(metrics.exposition(), contentType: "text/plain; version=0.0.4; charset=utf-8"))
+        case "/":
+            return .response(.text(Dashboard.html, contentType: "text/html; charset=utf-8"))
+        case "/v1/stats":
+            var stats = backend?.stats?.currentStats() ?? EngineStats()
+            if stats.residentBytes == 0 { stats.residentBytes = ServerMetrics.residentSetBytes() ?? 0 }
+            var json = stats.json
+            if case var .object(members) = json {
+                members.insert(("model", backend.map { .string($0.codec.modelName) } ?? .null), at: 0)
+                members.insert(("ready", .bool(backend != nil)), at: 1)
+                json = .object(members)
+            }
+            return .response(.json(json))
+        default:
+            break
+        }
+
+        guard let backend else { throw loading() }
+        let codec = backend.codec
+        switch route.name {
+        case "/v1/models":
+            let model = JSON.object([("id", .string(codec.modelName)), ("object", .string("model")), ("created", .int(0)),
+                                     ("owned_by", .string("moe-serve")),
+                                     ("meta", .object([("n_ctx", .int(codec.contextLength)), ("n_vocab", .int(codec.vocabularySize))]))])
+            return .response(.json(.object([("object", .string("list")), ("data", .array([model]))])))
+        case "/tokenize":
+            let f = try RequestFields(body: request.body)
+            guard let content = try f.string("content") else { throw APIError.invalidRequest("field 'content' is required") }
+            let ids = codec.encode(content, addSpecialTokens: try f.bool("add_special") ?? false)
+            if try f.bool("with_pieces") == true {
+                let pieces = ids.map { JSON.object([("id", .int($0)), ("piece", .string(codec.decode([$0])))]) }
+                return .response(.json(.object([("tokens", .array(pieces))])))
+            }
+            return .response(.json(.object([("tokens", .array(ids.map { .int($0) }))])))
+        case "/detokenize":
+            let f = try RequestFields(body: request.body)
+            guard let value = f.value("tokens") else { throw APIError.invalidRequest("field 'tokens' is required") }
+            guard let items = value.arrayValue else { throw f.wrongType("tokens", "an array of token ids") }
+            let ids = try CompletionJob.tokenIds(items, key: "tokens", codec: codec)
+            return .response(.json(.object([("content", .string(codec.decode(ids)))])))
+        case "/v1/completions":
+            return .generate(try CompletionJob.parse(request.body, flavor: .openAICompletion, codec: codec))
+        case "/v1/chat/completions":
+            return .generate(try CompletionJob.parse(request.body, flavor: .openAIChat, codec: codec))
+        case "/completion":
+            return .generate(try CompletionJob.parse(request.body, flavor: .llamaCompletion, codec: codec))
+        default:
+            throw APIError.notFound(path)
+        }
+    }
+}

@@ -1,0 +1,514 @@
+import CLibUV
+import Foundation
+import InferenceEngine
+
+/// Why the server could not start.
+public struct ServerStartError: Error, CustomStringConvertible {
+    /// One line naming what failed.
+    public let description: String
+}
+
+/// The HTTP server: a libuv loop on its own thread that accepts connections, feeds their bytes to
+/// `ConnectionStateMachine`s and writes what they answer. Routing and tokenization run on a worker
+/// queue, generation on the engine; both reach the loop only through `LoopInbox`.
+public final class APIServer: @unchecked Sendable {
+    /// The configuration the server was started with.
+    public let config: ServerConfig
+    /// Metrics rendered at `/metrics`; the engine feeds its own figures here.
+    public let metrics: ServerMetrics
+    private let router: APIRouter
+    private let inbox = LoopInbox()
+    private let workers = DispatchQueue(label: "moe-serve.http.workers", attributes: .concurrent)
+
+    // Shared with worker threads, under `stateLock`.
+    private let stateLock = NSLock()
+    private var backendValue: ModelBackend?
+    private var inFlight = 0
+
+    // Loop-thread state.
+    private let loop: UnsafeMutablePointer<uv_loop_t>
+    private let listener: UnsafeMutablePointer<uv_tcp_t>
+    private let async: UnsafeMutablePointer<uv_async_t>
+    private let timer: UnsafeMutablePointer<uv_timer_t>
+    private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
+    private var connections: [UInt64: ServerConnection] = [:]
+    private var nextConnectionID: UInt64 = 1
+    private let readBuffer = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 16)
+    private var shutdownDeadline: Double?
+    private var listening = false
+    private var finished = false
+    private var loopThread: Thread?
+    private let stopped = DispatchSemaphore(value: 0)
+    private var handlesOpen = 0
+
+    /// Bytes queued for a client that is not reading, beyond which it is dropped.
+    static let maxUnsentBytes = 16 << 20
+
+    /// The port actually bound (useful with `port = 0`).
+    public private(set) var port: Int = 0
+
+    /// A server for `config`; call `start()` to listen.
+    public init(config: ServerConfig, metrics: ServerMetrics = ServerMetrics(), backend: ModelBackend? = nil) {
+        self.config = config
+        self.metrics = metrics
+        self.router = APIRouter(config: config, metrics: metrics)
+        self.backendValue = backend
+        loop = .allocate(capacity: 1)
+        listener = .allocate(capacity: 1)
+        async = .allocate(capacity: 1)
+        timer = .allocate(capacity: 1)
+    }
+
+    deinit {
+        readBuffer.deallocate()
+    }
+
+    /// Makes the model available: `/health` turns 200 and generation routes work. Thread-safe.
+    public func attach(_ backend: ModelBackend) {
+        stateLock.lock(); backendValue = backend; stateLock.unlock()
+    }
+
+    private var backend: ModelBackend? {
+        stateLock.lock(); defer { stateLock.unlock() }
+        return backendValue
+    }
+
+    /// Monotonic seconds.
+    private static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+    private static func server(_ p: UnsafeMutableRawPointer?) -> APIServer {
+        Unmanaged<APIServer>.fromOpaque(p!).takeUnretainedValue()
+    }
+
+    /// Binds, listens and starts the loop thread. Returns once the port is bound.
+    /// - Parameter handleSignals: stop gracefully on SIGTERM/SIGINT (the CLI sets this; tests don't).
+    public func start(handleSignals: Bool = false) throws {
+        // A client that vanishes mid-write must not kill the process.
+        signal(SIGPIPE, SIG_IGN)
+        guard uv_loop_init(loop) == 0 else { throw ServerStartError(description: "cannot create the event loop") }
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        loop.pointee.data = me
+
+        uv_tcp_init(loop, listener)
+        listener.pointee.data = me
+        handlesOpen += 1
+        var storage = sockaddr_storage()
+        let bindResult: Int32 = withUnsafeMutablePointer(to: &storage) { ptr in
+            if config.host.contains(":") {
+                let r = ptr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { uv_ip6_addr(config.host, Int32(config.port), $0) }
+                guard r == 0 else { return r }
+            } else {
+                let r = ptr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { uv_ip4_addr(config.host, Int32(config.port), $0) }
+                guard r == 0 else { return r }
+            }
+            return ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { uv_tcp_bind(listener, $0, 0) }
+        }
+        func fail(_ what: String, _ code: Int32) -> ServerStartError {
+            ServerStartError(description: "\(what) \(config.host):\(config.port): \(String(cString: uv_strerror(code)))")
+        }
+        guard bindResult == 0 else { closeAllAndRun(); throw fail("cannot bind", bindResult) }
+        let listenResult = uv_listen(UnsafeMutableRawPointer(listener).assumingMemoryBound(to: uv_stream_t.self), 511) { server, status in
+            guard status == 0, let server else { return }
+            APIServer.server(server.pointee.data).accept(server)
+        }
+        guard listenResult == 0 else { closeAllAndRun(); throw fail("cannot listen on", listenResult) }
+        listening = true
+        var name = sockaddr_storage()
+        var length = Int32(MemoryLayout<sockaddr_storage>.size)
+        withUnsafeMutablePointer(to: &name) { ptr in
+            ptr.withMemoryRebound(to: sockaddr.self, capacity: 1) { _ = uv_tcp_getsockname(listener, $0, &length) }
+            if ptr.pointee.ss_family == sa_family_t(AF_INET6) {
+                port = ptr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) }
+            } else {
+                port = ptr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) }
+            }
+        }
+
+        uv_async_init(loop, async) { handle in
+            guard let handle else { return }
+            APIServer.server(handle.pointee.data).drainInbox()
+        }
+        async.pointee.data = me
+        handlesOpen += 1
+        inbox.attach(async)
+
+        uv_timer_init(loop, timer)
+        timer.pointee.data = me
+        handlesOpen += 1
+        uv_timer_start(timer, { handle in
+            guard let handle else { return }
+            APIServer.server(handle.pointee.data).tick()
+        }, 250, 250)
+
+        if handleSignals {
+            for signum in [SIGTERM, SIGINT] {
+                let handle = UnsafeMutablePointer<uv_signal_t>.allocate(capacity: 1)
+                uv_signal_init(loop, handle)
+                handle.pointee.data = me
+                handlesOpen += 1
+                uv_signal_start(handle, { handle, _ in
+                    guard let handle else { return }
+                    APIServer.server(handle.pointee.data).beginShutdown()
+                }, signum)
+                signals.append(handle)
+            }
+        }
+
+        // The loop thread keeps the server alive until the loop ends.
+        let retained = Unmanaged.passRetained(self)
+        let thread = Thread {
+            uv_run(retained.takeUnretainedValue().loop, UV_RUN_DEFAULT)
+            let server = retained.takeRetainedValue()
+            uv_loop_close(server.loop)
+            server.releaseHandles()
+            server.stopped.signal()
+        }
+        thread.name = "moe-serve-http"
+        loopThread = thread
+        thread.start()
+    }
+
+    /// Frees the handle memory once the loop is closed (every handle's close callback has run).
+    private func releaseHandles() {
+        loop.deallocate()
+        listener.deallocate()
+        async.deallocate()
+        timer.deallocate()
+        for handle in signals { handle.deallocate() }
+        signals = []
+    }
+
+    /// Cleans up after a failed start (no thread yet: run the loop here until handles close).
+    private func closeAllAndRun() {
+        uv_close(UnsafeMutableRawPointer(listener).assumingMemoryBound(to: uv_handle_t.self), nil)
+        uv_run(loop, UV_RUN_DEFAULT)
+        uv_loop_close(loop)
+    }
+
+    /// Starts a graceful shutdown from any thread: stop accepting, let requests finish within
+    /// the grace period, then cancel what remains and stop the loop.
+    public func shutdown() { inbox.push(.shutdown) }
+
+    /// Blocks until the loop has stopped.
+    public func waitUntilStopped() { stopped.wait(); stopped.signal() }
+
+    // MARK: - Loop thread
+
+    private func accept(_ server: UnsafeMutablePointer<uv_stream_t>) {
+        let tcp = UnsafeMutablePointer<uv_tcp_t>.allocate(capacity: 1)
+        uv_tcp_init(loop, tcp)
+        let connection = ServerConnection(id: nextConnectionID, tcp: tcp, limits: config.limits, now: Self.now())
+        nextConnectionID += 1
+        tcp.pointee.data = Unmanaged.passRetained(connection).toOpaque()
+        guard uv_accept(server, connection.stream) == 0 else {
+            closeHandle(connection)
+            return
+        }
+        if connections.count >= config.maxConnections || shutdownDeadline != nil {
+            closeHandle(connection)
+            return
+        }
+        connections[connection.id] = connection
+        metrics.setOpenConnections(connections.count)
+        // Token-by-token streaming wants each small write on the wire at once.
+        uv_tcp_nodelay(tcp, 1)
+        startReading(connection)
+    }
+
+    private func startReading(_ connection: ServerConnection) {
+        connection.reading = true
+        uv_read_start(connection.stream, { handle, _, buf in
+            guard let handle, let buf else { return }
+            let conn = Unmanaged<ServerConnection>.fromOpaque(handle.pointee.data).takeUnretainedValue()
+            let server = APIServer.server(handle.pointee.loop.pointee.data)
+            buf.pointee.base = server.readBuffer.assumingMemoryBound(to: CChar.self)
+            buf.pointee.len = 65536
+            _ = conn
+        }, { stream, nread, buf in
+            guard let stream else { return }
+            let conn = Unmanaged<ServerConnection>.fromOpaque(stream.pointee.data).takeUnretainedValue()
+            let server = APIServer.server(stream.pointee.loop.pointee.data)
+            if nread > 0, let base = buf?.pointee.base {
+                let bytes = Array(UnsafeRawBufferPointer(start: base, count: Int(nread)))
+                server.perform(conn.machine.receive(bytes, now: APIServer.now()), on: conn)
+            } else if nread < 0 {
+                // EOF or reset: the client is gone, whatever it was waiting for.
+                server.abort(conn)
+            }
+        })
+    }
+
+    /// Carries out a state machine's actions.
+    private func perform(_ actions: [ConnectionAction], on connection: ServerConnection) {
+        for action in actions {
+            switch action {
+            case let .write(bytes): write(bytes, to: connection)
+            case let .startRequest(id, request): startRequest(id, request, on: connection)
+            case let .cancel(id): cancel(id, on: connection)
+            case .pauseReading:
+                if connection.reading { uv_read_stop(connection.stream); connection.reading = false }
+            case .resumeReading:
+                if !connection.reading, !connection.closing { startReading(connection) }
+            case .close: close(connection)
+            }
+        }
+    }
+
+    private func write(_ bytes: [UInt8], to connection: ServerConnection) {
+        guard !connection.closing, !bytes.isEmpty else { return }
+        let header = MemoryLayout<uv_write_t>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: header + bytes.count, alignment: 16)
+        let request = raw.assumingMemoryBound(to: uv_write_t.self)
+        let data = raw + header
+        bytes.withUnsafeBytes { data.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        var buf = uv_buf_init(data.assumingMemoryBound(to: CChar.self), UInt32(bytes.count))
+        let result = uv_write(request, connection.stream, &buf, 1) { request, status in
+            guard let request else { return }
+            if status < 0, let stream = request.pointee.handle, let data = stream.pointee.data {
+                let conn = Unmanaged<ServerConnection>.fromOpaque(data).takeUnretainedValue()
+                let server = APIServer.server(stream.pointee.loop.pointee.data)
+                if !conn.closing { server.abort(conn) }
+            }
+            UnsafeMutableRawPointer(request).deallocate()
+        }
+        if result != 0 {
+            raw.deallocate()
+            abort(connection)
+        } else if uv_stream_get_write_queue_size(connection.stream) > APIServer.maxUnsentBytes {
+            // A client that stops reading a stream would make us buffer its tokens without bound:
+            // treat it as gone, which also cancels its generation.
+            abort(connection)
+        }
+    }
+
+    /// Drops a connection without flushing: the client is gone or not reading, so waiting for
+    /// its writes could take forever. Its requests are cancelled.
+    private func abort(_ connection: ServerConnection) {
+        connection.aborting = true
+        perform(connection.machine.peerClosed(), on: connection)
+    }
+
+    /// Closes after the queued writes are flushed (uv_close alone would drop them), unless aborting.
+    private func close(_ connection: ServerConnection) {
+        guard !connection.closing else { return }
+        connection.closing = true
+        for (_, state) in connection.requests { cancelEngine(state) }
+        connection.requests.removeAll()
+        connections[connection.id] = nil
+        metrics.setOpenConnections(connections.count)
+        if connection.reading { uv_read_stop(connection.stream); connection.reading = false }
+        if connection.aborting {
+            closeHandle(connection)
+            return
+        }
+        let shutdownRequest = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        let r = uv_shutdown(shutdownRequest, connection.stream) { request, _ in
+            guard let request else { return }
+            let stream = request.pointee.handle!
+            request.deallocate()
+            let conn = Unmanaged<ServerConnection>.fromOpaque(stream.pointee.data).takeUnretainedValue()
+            APIServer.server(stream.pointee.loop.pointee.data).closeHandle(conn)
+        }
+        if r != 0 {
+            shutdownRequest.deallocate()
+            closeHandle(connection)
+        }
+    }
+
+    private func closeHandle(_ connection: ServerConnection) {
+        uv_close(connection.handle) { handle in
+            guard let handle else { return }
+            Unmanaged<ServerConnection>.fromOpaque(handle.pointee.data).release()
+            UnsafeMutableRawPointer(handle).assumingMemoryBound(to: uv_tcp_t.self).deallocate()
+        }
+    }
+
+    private func cancelEngine(_ state: RequestState) {
+        state.cancelled = true
+        if let engineID = state.engineID, state.responder?.isFinished != true {
+            backend?.service.cancel(engineID)
+        }
+    }
+
+    private func cancel(_ id: UInt64, on connection: ServerConnection) {
+        guard let state = connection.requests.removeValue(forKey: id) else { return }
+        cancelEngine(state)
+    }
+
+    private func startRequest(_ id: UInt64, _ request: HTTPRequest, on connection: ServerConnection) {
+        let state = RequestState(route: APIRouter.routeName(request), method: request.method, path: request.path,
+                                 started: Self.now(), cors: router.corsHeaders(request))
+        connection.requests[id] = state
+        let connectionID = connection.id
+        let router = self.router
+        let inbox = self.inbox
+        workers.async { [self] in
+            let backend = self.backend
+            switch router.route(request, backend: backend) {
+            case let .response(response):
+                inbox.push(.response(connection: connectionID, request: id, response))
+            case let .generate(job):
+                guard let backend else { return }
+                submit(job, backend: backend, connection: connectionID, request: id)
+            }
+        }
+    }
+
+    /// Admission and submission, on a worker thread.
+    private func submit(_ job: CompletionJob, backend: ModelBackend, connection: UInt64, request: UInt64) {
+        stateLock.lock()
+        let admitted = inFlight < config.maxQueuedRequests
+        if admitted { inFlight += 1 }
+        let count = inFlight
+        stateLock.unlock()
+        guard admitted else {
+            let error = APIError.overloaded("too many requests queued (limit \(config.maxQueuedRequests)); retry later",
+                                            retryAfterSeconds: config.retryAfterSeconds)
+            inbox.push(.response(connection: connection, request: request, error.response))
+            return
+        }
+        metrics.setRequestsInFlight(count)
+        let inbox = self.inbox
+        do {
+            let engineID = try backend.service.submit(job.request) { event in
+                inbox.push(.event(connection: connection, request: request, event))
+            }
+            inbox.push(.submitted(connection: connection, request: request, job: job, engineID: engineID))
+        } catch {
+            releaseInFlight()
+            let apiError: APIError
+            if let e = error as? SubmissionError {
+                switch e.kind {
+                case .invalid: apiError = .invalidRequest(e.description)
+                case .promptTooLong: apiError = .invalidRequest(e.description)
+                case .queueFull: apiError = .overloaded(e.description, retryAfterSeconds: config.retryAfterSeconds)
+                case .shuttingDown:
+                    apiError = APIError(status: 503, message: e.description, type: "unavailable_error",
+                                        headers: [("Retry-After", String(config.retryAfterSeconds))])
+                }
+            } else {
+                apiError = .server("\(error)")
+            }
+            inbox.push(.response(connection: connection, request: request, apiError.response))
+        }
+    }
+
+    private func releaseInFlight() {
+        stateLock.lock()
+        inFlight -= 1
+        let count = inFlight
+        stateLock.unlock()
+        metrics.setRequestsInFlight(count)
+    }
+
+    private func drainInbox() {
+        for message in inbox.drain() {
+            switch message {
+            case .shutdown:
+                beginShutdown()
+            case let .response(connectionID, requestID, response):
+                guard let connection = connections[connectionID], let state = connection.requests[requestID] else { continue }
+                deliver(ResponsePart.complete(response), state: state, id: requestID, on: connection)
+            case let .submitted(connectionID, requestID, job, engineID):
+                guard let connection = connections[connectionID], let state = connection.requests[requestID], !state.cancelled else {
+                    // The client left while the request was being admitted.
+                    backend?.service.cancel(engineID)
+                    continue
+                }
+                let codec = backend?.codec
+                let responder = GenerationResponder(job: job, tokenText: { id in codec?.decode([id]) ?? "" })
+                state.responder = responder
+                state.engineID = engineID
+                var parts = responder.start()
+                for event in state.pendingEvents { parts += consume(event, responder: responder) }
+                state.pendingEvents = []
+                deliver(parts, state: state, id: requestID, on: connection)
+            case let .event(connectionID, requestID, event):
+                if case .token = event {} else { releaseInFlight() }
+                guard let connection = connections[connectionID], let state = connection.requests[requestID] else { continue }
+                guard let responder = state.responder else {
+                    state.pendingEvents.append(event)
+                    continue
+                }
+                deliver(consume(event, responder: responder), state: state, id: requestID, on: connection)
+            }
+        }
+    }
+
+    private func consume(_ event: GenerationEvent, responder: GenerationResponder) -> [ResponsePart] {
+        if case let .finished(_, _, usage, timings) = event { metrics.recordCompletion(usage: usage, timings: timings) }
+        return responder.consume(event)
+    }
+
+    /// Hands parts to the state machine, adding CORS headers and counting finished responses.
+    private func deliver(_ parts: [ResponsePart], state: RequestState, id: UInt64, on connection: ServerConnection) {
+        guard !parts.isEmpty else { return }
+        var out: [ResponsePart] = []
+        for part in parts {
+            switch part {
+            case let .head(status, headers):
+                var headers = headers
+                for (name, value) in state.cors { headers.add(name, value) }
+                state.status = status
+                out.append(.head(status: status, headers: headers))
+            case .end:
+                out.append(part)
+                connection.requests[id] = nil
+                metrics.recordRequest(route: state.route, status: state.status)
+                if config.logRequests {
+                    let ms = Int((Self.now() - state.started) * 1000)
+                    FileHandle.standardError.write(Data("\(state.method) \(state.path) \(state.status) \(ms) ms\n".utf8))
+                }
+            default:
+                out.append(part)
+            }
+        }
+        perform(connection.machine.respond(id, out, now: Self.now()), on: connection)
+    }
+
+    private func beginShutdown() {
+        guard shutdownDeadline == nil else { return }
+        shutdownDeadline = Self.now() + config.shutdownGracePeriod
+        if listening {
+            listening = false
+            uv_close(UnsafeMutableRawPointer(listener).assumingMemoryBound(to: uv_handle_t.self)) { handle in
+                guard let handle else { return }
+                APIServer.server(handle.pointee.data).handleClosed()
+            }
+        }
+        for connection in Array(connections.values) { perform(connection.machine.beginDrain(), on: connection) }
+        tick()
+    }
+
+    private func tick() {
+        let now = Self.now()
+        for connection in Array(connections.values) { perform(connection.machine.tick(now: now), on: connection) }
+        guard let deadline = shutdownDeadline, !finished else { return }
+        if now >= deadline {
+            // Grace period over: cancel what still runs and drop the connections.
+            for connection in Array(connections.values) { abort(connection) }
+        }
+        if connections.isEmpty { finishLoop() }
+    }
+
+    private func handleClosed() {
+        handlesOpen -= 1
+    }
+
+    /// Closes the loop's own handles; `uv_run` returns once they are closed.
+    private func finishLoop() {
+        finished = true
+        inbox.detach()
+        let closeCallback: uv_close_cb = { handle in
+            guard let handle else { return }
+            APIServer.server(handle.pointee.data).handleClosed()
+        }
+        uv_timer_stop(timer)
+        uv_close(UnsafeMutableRawPointer(timer).assumingMemoryBound(to: uv_handle_t.self), closeCallback)
+        uv_close(UnsafeMutableRawPointer(async).assumingMemoryBound(to: uv_handle_t.self), closeCallback)
+        for handle in signals {
+            uv_signal_stop(handle)
+            uv_close(UnsafeMutableRawPointer(handle).assumingMemoryBound(to: uv_handle_t.self), closeCallback)
+        }
+    }
+}

@@ -1,0 +1,202 @@
+import Foundation
+import TOMLKit
+
+/// A configuration value that failed validation; the message names the key and where it came from.
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    /// One line for stderr.
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Builds a `ServerConfig` from, in increasing precedence: the defaults, a TOML file,
+/// environment variables `MOE_<KEY>` and command-line flags `--<key-with-dashes>`.
+public enum ConfigLoader {
+    /// A raw value before validation: typed from TOML, text from the environment or a flag.
+    enum Raw: Sendable {
+        case json(JSON)
+        case text(String)
+    }
+
+    /// How to validate and store one key.
+    struct Key: Sendable {
+        let name: String
+        let help: String
+        let apply: @Sendable (inout ServerConfig, Raw) throws -> Void
+    }
+
+    /// Every configuration key, in the order of default.toml.
+    static let keys: [Key] = [
+        Key(name: "host", help: "address to bind (127.0.0.1 keeps the server local)") { c, v in c.host = try string(v) },
+        Key(name: "port", help: "TCP port (0 picks a free one)") { c, v in c.port = try int(v, 0...65535) },
+        Key(name: "model", help: "model directory or expert store") { c, v in c.model = try string(v) },
+        Key(name: "memory_budget", help: "expert cache budget (512MiB, 4GiB, 4G or bytes)") { c, v in c.memoryBudget = try size(v) },
+        Key(name: "api_keys", help: "accepted Bearer keys (comma-separated in env/flags)") { c, v in c.apiKeys = try list(v) },
+        Key(name: "cors_allow_origins", help: "CORS origins ('*' for any); empty disables CORS") { c, v in c.corsAllowOrigins = try list(v) },
+        Key(name: "max_body_size", help: "largest request body") { c, v in c.limits.maxBodyBytes = try size(v) },
+        Key(name: "max_header_size", help: "largest request line + headers") { c, v in c.limits.maxHeaderBytes = try size(v) },
+        Key(name: "header_timeout", help: "seconds to receive the headers") { c, v in c.limits.headerTimeout = try seconds(v) },
+        Key(name: "request_timeout", help: "seconds to receive a whole request") { c, v in c.limits.requestTimeout = try seconds(v) },
+        Key(name: "idle_timeout", help: "seconds an idle keep-alive connection stays open") { c, v in c.limits.idleTimeout = try seconds(v) },
+        Key(name: "max_pipelined", help: "pipelined requests read ahead of their responses") { c, v in c.limits.maxPipelined = try int(v, 1...1024) },
+        Key(name: "max_queued_requests", help: "generation requests admitted at once; more get 503") { c, v in c.maxQueuedRequests = try int(v, 1...1_000_000) },
+        Key(name: "max_connections", help: "open connections") { c, v in c.maxConnections = try int(v, 1...1_000_000) },
+        Key(name: "retry_after", help: "seconds in Retry-After when overloaded") { c, v in c.retryAfterSeconds = try int(v, 0...3600) },
+        Key(name: "shutdown_grace_period", help: "seconds running requests get after SIGTERM") { c, v in c.shutdownGracePeriod = try seconds(v) },
+        Key(name: "log_requests", help: "one line per request on stderr") { c, v in c.logRequests = try bool(v) },
+    ]
+
+    /// The key names, for flags and docs.
+    public static var keyNames: [String] { keys.map(\.name) }
+
+    /// Environment variable of `key`: `MOE_` + upper case.
+    public static func environmentName(_ key: String) -> String { "MOE_" + key.uppercased() }
+
+    /// Flag of `key`: `--` + dashes.
+    public static func flagName(_ key: String) -> String { "--" + key.replacingOccurrences(of: "_", with: "-") }
+
+    /// Loads the configuration.
+    /// - Parameters:
+    ///   - file: a TOML file, or nil for none.
+    ///   - environment: the process environment (only `MOE_*` keys of known names are read).
+    ///   - overrides: values from command-line flags, by key name.
+    public static func load(file: String?, environment: [String: String] = ProcessInfo.processInfo.environment,
+                            overrides: [String: String] = [:]) throws -> ServerConfig {
+        var config = ServerConfig()
+        if let file {
+            let text: String
+            do { text = try String(contentsOfFile: file, encoding: .utf8) } catch {
+                throw ConfigError("cannot read config file \(file): \(error.localizedDescription)")
+            }
+            try apply(toml: text, source: file, to: &config)
+        }
+        for key in keys {
+            if let value = environment[environmentName(key.name)] {
+                try apply(key, .text(value), source: "environment variable \(environmentName(key.name))", to: &config)
+            }
+        }
+        for (name, value) in overrides.sorted(by: { $0.key < $1.key }) {
+            guard let key = keys.first(where: { $0.name == name }) else { throw ConfigError("unknown configuration key '\(name)'") }
+            try apply(key, .text(value), source: "flag \(flagName(name))", to: &config)
+        }
+        return config
+    }
+
+    /// Applies a TOML document (flat keys; an unknown key is an error so typos do not pass silently).
+    static func apply(toml text: String, source: String, to config: inout ServerConfig) throws {
+        let table: TOMLTable
+        do { table = try TOMLTable(string: text) } catch let error as TOMLParseError {
+            throw ConfigError("\(source): invalid TOML at line \(error.source.begin.line): \(error.description)")
+        } catch {
+            throw ConfigError("\(source): invalid TOML: \(error)")
+        }
+        // TOMLKit's JSON rendering gives typed values our own JSON type can read.
+        let json: JSON
+        do { json = try JSON.parse(table.convert(to: .json)) } catch { throw ConfigError("\(source): cannot read: \(error)") }
+        guard case let .object(members) = json else { return }
+        for (name, value) in members {
+            guard let key = keys.first(where: { $0.name == name }) else {
+                throw ConfigError("\(source): unknown configuration key '\(name)' (known: \(keyNames.joined(separator: ", ")))")
+            }
+            try apply(key, .json(value), source: source, to: &config)
+        }
+    }
+
+    static func apply(_ key: Key, _ value: Raw, source: String, to config: inout ServerConfig) throws {
+        do { try key.apply(&config, value) } catch let error as ConfigError {
+            throw ConfigError("invalid value for '\(key.name)' (from \(source)): \(error.description)")
+        }
+    }
+
+    static func describe(_ v: Raw) -> String {
+        switch v {
+        case let .json(j): return j.serialized()
+        case let .text(t): return "'\(t)'"
+        }
+    }
+
+    static func string(_ v: Raw) throws -> String {
+        switch v {
+        case let .text(t): return t
+        case let .json(j):
+            guard let s = j.stringValue else { throw ConfigError("expected a string, got \(describe(v))") }
+            return s
+        }
+    }
+
+    static func int(_ v: Raw, _ range: ClosedRange<Int>) throws -> Int {
+        let n: Int?
+        switch v {
+        case let .text(t): n = Int(t.trimmingCharacters(in: .whitespaces))
+        case let .json(j): n = j.intValue
+        }
+        guard let n, range.contains(n) else {
+            throw ConfigError("expected an integer between \(range.lowerBound) and \(range.upperBound), got \(describe(v))")
+        }
+        return n
+    }
+
+    static func seconds(_ v: Raw) throws -> Double {
+        let d: Double?
+        switch v {
+        case let .text(t): d = Double(t.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "s", with: ""))
+        case let .json(j): d = j.doubleValue
+        }
+        guard let d, d.isFinite, d >= 0 else { throw ConfigError("expected a number of seconds >= 0, got \(describe(v))") }
+        return d
+    }
+
+    static func bool(_ v: Raw) throws -> Bool {
+        switch v {
+        case let .text(t):
+            switch t.lowercased() {
+            case "1", "true", "yes", "on": return true
+            case "0", "false", "no", "off": return false
+            default: throw ConfigError("expected true or false, got \(describe(v))")
+            }
+        case let .json(j):
+            guard let b = j.boolValue else { throw ConfigError("expected true or false, got \(describe(v))") }
+            return b
+        }
+    }
+
+    static func list(_ v: Raw) throws -> [String] {
+        switch v {
+        case let .text(t):
+            return t.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        case let .json(j):
+            if let s = j.stringValue { return s.isEmpty ? [] : [s] }
+            guard let items = j.arrayValue, items.allSatisfy({ $0.stringValue != nil }) else {
+                throw ConfigError("expected an array of strings, got \(describe(v))")
+            }
+            return items.compactMap(\.stringValue)
+        }
+    }
+
+    /// Parses `512MiB`, `4GiB`, `4G`, `64KB`, or plain bytes.
+    public static func parseSize(_ text: String) -> Int? {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        let digits = t.prefix { $0.isNumber || $0 == "." }
+        guard let number = Double(digits), number >= 0 else { return nil }
+        let unit = t.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
+        let multipliers: [String: Double] = [
+            "": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1_048_576, "mb": 1e6, "mib": 1_048_576,
+            "g": 1_073_741_824, "gb": 1e9, "gib": 1_073_741_824, "t": 1_099_511_627_776, "tb": 1e12, "tib": 1_099_511_627_776,
+        ]
+        guard let m = multipliers[unit] else { return nil }
+        let bytes = number * m
+        guard bytes < 9e18 else { return nil }
+        return Int(bytes)
+    }
+
+    static func size(_ v: Raw) throws -> Int {
+        let parsed: Int?
+        switch v {
+        case let .text(t): parsed = parseSize(t)
+        case let .json(j): parsed = j.intValue ?? j.stringValue.flatMap(parseSize)
+        }
+        guard let parsed, parsed > 0 else {
+            throw ConfigError("expected a size such as 512MiB, 4GiB, 4G or a number of bytes, got \(describe(v))")
+        }
+        return parsed
+    }
+}

@@ -1,0 +1,31 @@
+/// Everything the server can be told. Loaded by `ConfigLoader` from TOML, environment
+/// (`MOE_<KEY>`) and command-line flags; each property's TOML key is given in its comment.
+public struct ServerConfig: Sendable, Equatable {
+    /// `host`: address to bind. Loopback by default so nothing is exposed by accident.
+    public var host: String = "127.0.0.1"
+    /// `port`: TCP port; 0 picks a free one (tests).
+    public var port: Int = 8080
+    /// `model`: model directory or expert store; nil serves the bundled demo model.
+    public var model: String?
+    /// `memory_budget`: bytes the expert cache may use (read by the engine, not the HTTP layer).
+    public var memoryBudget: Int = 4 << 30
+    /// `api_keys`: accepted `Authorization: Bearer` keys; empty means no authentication.
+    public var apiKeys: [String] = []
+    /// `cors_allow_origins`: origins allowed by CORS (`*` for any); empty disables CORS headers.
+    public var corsAllowOrigins: [String] = []
+    /// `max_body_size`, `max_header_size`, `header_timeout`, `idle_timeout`, `request_timeout`.
+    public var limits = ConnectionLimits()
+    /// `max_queued_requests`: generation requests admitted but not finished; more get 503.
+    public var maxQueuedRequests: Int = 64
+    /// `max_connections`: open connections; more are closed right after accept.
+    public var maxConnections: Int = 512
+    /// `retry_after`: seconds suggested in `Retry-After` when overloaded.
+    public var retryAfterSeconds: Int = 1
+    /// `shutdown_grace_period`: seconds running requests may take to finish after SIGTERM.
+    public var shutdownGracePeriod: Double = 30
+    /// `log_requests`: one line per request on stderr.
+    public var logRequests: Bool = false
+
+    /// The defaults (the same values as ServerConfig/default.toml).
+    public init() {}
+}

@@ -1,0 +1,48 @@
+import CLibUV
+import Foundation
+import InferenceEngine
+
+/// Loop-side bookkeeping of one request on a connection.
+final class RequestState {
+    let route: String
+    let method: String
+    let path: String
+    let started: Double
+    let cors: [(String, String)]
+    var responder: GenerationResponder?
+    var engineID: UInt64?
+    var pendingEvents: [GenerationEvent] = []
+    var status = 0
+    var cancelled = false
+
+    init(route: String, method: String, path: String, started: Double, cors: [(String, String)]) {
+        self.route = route
+        self.method = method
+        self.path = path
+        self.started = started
+        self.cors = cors
+    }
+}
+
+
+/// One accepted TCP connection: its libuv handle, its state machine and its requests.
+/// Confined to the loop thread.
+final class ServerConnection {
+    let id: UInt64
+    let tcp: UnsafeMutablePointer<uv_tcp_t>
+    var machine: ConnectionStateMachine
+    var requests: [UInt64: RequestState] = [:]
+    var closing = false
+    /// Close without flushing (peer gone, not reading, or the grace period is over).
+    var aborting = false
+    var reading = true
+
+    init(id: UInt64, tcp: UnsafeMutablePointer<uv_tcp_t>, limits: ConnectionLimits, now: Double) {
+        self.id = id
+        self.tcp = tcp
+        self.machine = ConnectionStateMachine(limits: limits, now: now)
+    }
+
+    var stream: UnsafeMutablePointer<uv_stream_t> { UnsafeMutableRawPointer(tcp).assumingMemoryBound(to: uv_stream_t.self) }
+    var handle: UnsafeMutablePointer<uv_handle_t> { UnsafeMutableRawPointer(tcp).assumingMemoryBound(to: uv_handle_t.self) }
+}

@@ -1,0 +1,199 @@
+import CoreMetrics
+import Foundation
+import InferenceEngine
+import Prometheus
+
+/// Cumulative expert-cache and prefetch figures as the engine keeps them. The engine passes
+/// its running totals; `ServerMetrics` turns differences into counter increments, so the engine
+/// never has to remember what it already reported.
+public struct ExpertCacheSnapshot: Sendable, Equatable {
+    /// Hits per layer since start.
+    public var hitsPerLayer: [Int] = []
+    /// Misses per layer since start.
+    public var missesPerLayer: [Int] = []
+    /// Evictions per layer since start.
+    public var evictionsPerLayer: [Int] = []
+    /// Hit rate over a recent window, 0...1 (the engine chooses the window).
+    public var recentHitRate: Double = 0
+    /// Fraction of needed experts that the predictor had prefetched, 0...1.
+    public var prefetchRecall: Double = 0
+    /// Fraction of prefetched experts that were then used, 0...1.
+    public var prefetchPrecision: Double = 0
+    /// Bytes prefetched but evicted unused, since start.
+    public var prefetchWastedBytes: Int = 0
+    /// Bytes read from the expert store, since start.
+    public var diskReadBytes: Int = 0
+    /// Seconds the engine waited on expert reads, since start.
+    public var ioStallSeconds: Double = 0
+    /// Bytes held by the cache now.
+    public var cacheBytesUsed: Int = 0
+    /// The cache's byte budget.
+    public var cacheBytesBudget: Int = 0
+
+    /// An empty snapshot.
+    public init() {}
+}
+
+/// Every Prometheus metric of the server, created through swift-metrics on a private
+/// swift-prometheus registry (private so several servers, as in tests, never share counters).
+/// Thread-safe. Names are documented in docs/METRICS.md.
+public final class ServerMetrics: @unchecked Sendable {
+    /// The registry `/metrics` renders.
+    public let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+    private let lock = NSLock()
+
+    private var requestCounters: [String: CoreMetrics.Counter] = [:]
+    private let promptTokens: CoreMetrics.Counter
+    private let generatedTokens: CoreMetrics.Counter
+    private let promptTokensPerSecond: CoreMetrics.Gauge
+    private let decodeTokensPerSecond: CoreMetrics.Gauge
+    private let queueDepth: CoreMetrics.Gauge
+    private let runningSequences: CoreMetrics.Gauge
+    private let requestsInFlight: CoreMetrics.Gauge
+    private let openConnections: CoreMetrics.Gauge
+    private let residentBytes: CoreMetrics.Gauge
+
+    private let cacheHits: CoreMetrics.Counter
+    private let cacheMisses: CoreMetrics.Counter
+    private let cacheEvictions: CoreMetrics.Counter
+    private var layerHits: [CoreMetrics.Counter] = []
+    private var layerMisses: [CoreMetrics.Counter] = []
+    private var layerEvictions: [CoreMetrics.Counter] = []
+    private let hitRate: CoreMetrics.Gauge
+    private let prefetchRecall: CoreMetrics.Gauge
+    private let prefetchPrecision: CoreMetrics.Gauge
+    private let prefetchWasted: CoreMetrics.Counter
+    private let diskRead: CoreMetrics.Counter
+    private let ioStall: CoreMetrics.FloatingPointCounter
+    private let cacheUsed: CoreMetrics.Gauge
+    private let cacheBudget: CoreMetrics.Gauge
+    private var lastSnapshot = ExpertCacheSnapshot()
+
+    /// Metrics on a fresh registry.
+    public init() {
+        registry = PrometheusCollectorRegistry()
+        let factory = PrometheusMetricsFactory(registry: registry)
+        self.factory = factory
+        func counter(_ name: String) -> CoreMetrics.Counter { CoreMetrics.Counter(label: name, factory: factory) }
+        func gauge(_ name: String) -> CoreMetrics.Gauge { CoreMetrics.Gauge(label: name, factory: factory) }
+        promptTokens = counter("moe_prompt_tokens_total")
+        generatedTokens = counter("moe_generated_tokens_total")
+        promptTokensPerSecond = gauge("moe_prompt_tokens_per_second")
+        decodeTokensPerSecond = gauge("moe_decode_tokens_per_second")
+        queueDepth = gauge("moe_queue_depth")
+        runningSequences = gauge("moe_running_sequences")
+        requestsInFlight = gauge("moe_http_generation_requests_in_flight")
+        openConnections = gauge("moe_http_open_connections")
+        residentBytes = gauge("moe_resident_memory_bytes")
+        cacheHits = counter("moe_expert_cache_hits_total")
+        cacheMisses = counter("moe_expert_cache_misses_total")
+        cacheEvictions = counter("moe_expert_cache_evictions_total")
+        hitRate = gauge("moe_expert_cache_hit_rate")
+        prefetchRecall = gauge("moe_prefetch_recall")
+        prefetchPrecision = gauge("moe_prefetch_precision")
+        prefetchWasted = counter("moe_prefetch_wasted_bytes_total")
+        diskRead = counter("moe_disk_read_bytes_total")
+        ioStall = CoreMetrics.FloatingPointCounter(label: "moe_io_stall_seconds_total", dimensions: [], factory: factory)
+        cacheUsed = gauge("moe_expert_cache_bytes_used")
+        cacheBudget = gauge("moe_expert_cache_bytes_budget")
+    }
+
+    /// Counts one HTTP response. `route` is the route pattern (never the raw path, which would
+    /// let clients create unbounded label values).
+    public func recordRequest(route: String, status: Int) {
+        let key = "\(route) \(status)"
+        lock.lock()
+        let counter: CoreMetrics.Counter
+        if let existing = requestCounters[key] {
+            counter = existing
+        } else {
+            counter = CoreMetrics.Counter(label: "moe_http_requests_total",
+                                          dimensions: [("route", route), ("status", String(status))], factory: factory)
+            requestCounters[key] = counter
+        }
+        lock.unlock()
+        counter.increment()
+    }
+
+    /// Counts the tokens of a finished request and updates the per-second gauges with its rates.
+    public func recordCompletion(usage: Usage, timings: Timings) {
+        promptTokens.increment(by: usage.promptTokens)
+        generatedTokens.increment(by: usage.completionTokens)
+        if timings.promptPerSecond > 0 { promptTokensPerSecond.record(timings.promptPerSecond) }
+        if timings.predictedPerSecond > 0 { decodeTokensPerSecond.record(timings.predictedPerSecond) }
+    }
+
+    /// Engine-wide throughput, when the engine measures it itself (overrides the per-request figures).
+    public func setThroughput(promptTokensPerSecond prompt: Double, decodeTokensPerSecond decode: Double) {
+        promptTokensPerSecond.record(prompt)
+        decodeTokensPerSecond.record(decode)
+    }
+
+    /// Scheduler state: requests waiting and sequences running.
+    public func setScheduler(queueDepth depth: Int, runningSequences running: Int) {
+        queueDepth.record(Double(depth))
+        runningSequences.record(Double(running))
+    }
+
+    /// Generation requests the HTTP layer has submitted and not seen finish.
+    func setRequestsInFlight(_ n: Int) { requestsInFlight.record(Double(n)) }
+
+    /// Open client connections.
+    func setOpenConnections(_ n: Int) { openConnections.record(Double(n)) }
+
+    /// Feeds the expert-cache figures; call as often as convenient (once per engine step is fine).
+    public func updateExpertCache(_ s: ExpertCacheSnapshot) {
+        lock.lock()
+        defer { lock.unlock() }
+        let layers = max(s.hitsPerLayer.count, s.missesPerLayer.count, s.evictionsPerLayer.count)
+        while layerHits.count < layers {
+            let dims = [("layer", String(layerHits.count))]
+            layerHits.append(CoreMetrics.Counter(label: "moe_expert_cache_layer_hits_total", dimensions: dims, factory: factory))
+            layerMisses.append(CoreMetrics.Counter(label: "moe_expert_cache_layer_misses_total", dimensions: dims, factory: factory))
+            layerEvictions.append(CoreMetrics.Counter(label: "moe_expert_cache_layer_evictions_total", dimensions: dims, factory: factory))
+        }
+        func delta(_ new: [Int], _ old: [Int], _ i: Int) -> Int {
+            let n = i < new.count ? new[i] : 0
+            let o = i < old.count ? old[i] : 0
+            return max(0, n - o)
+        }
+        var hits = 0, misses = 0, evictions = 0
+        for layer in 0..<layers {
+            let h = delta(s.hitsPerLayer, lastSnapshot.hitsPerLayer, layer)
+            let m = delta(s.missesPerLayer, lastSnapshot.missesPerLayer, layer)
+            let e = delta(s.evictionsPerLayer, lastSnapshot.evictionsPerLayer, layer)
+            if h > 0 { layerHits[layer].increment(by: h) }
+            if m > 0 { layerMisses[layer].increment(by: m) }
+            if e > 0 { layerEvictions[layer].increment(by: e) }
+            hits += h; misses += m; evictions += e
+        }
+        // Touch every counter once so the totals appear (as 0) before the first hit.
+        cacheHits.increment(by: hits)
+        cacheMisses.increment(by: misses)
+        cacheEvictions.increment(by: evictions)
+        prefetchWasted.increment(by: max(0, s.prefetchWastedBytes - lastSnapshot.prefetchWastedBytes))
+        diskRead.increment(by: max(0, s.diskReadBytes - lastSnapshot.diskReadBytes))
+        ioStall.increment(by: max(0, s.ioStallSeconds - lastSnapshot.ioStallSeconds))
+        hitRate.record(s.recentHitRate)
+        prefetchRecall.record(s.prefetchRecall)
+        prefetchPrecision.record(s.prefetchPrecision)
+        cacheUsed.record(Double(s.cacheBytesUsed))
+        cacheBudget.record(Double(s.cacheBytesBudget))
+        lastSnapshot = s
+    }
+
+    /// The Prometheus text exposition, after sampling the resident set size.
+    public func exposition() -> String {
+        if let rss = ServerMetrics.residentSetBytes() { residentBytes.record(Double(rss)) }
+        return registry.emitToString()
+    }
+
+    /// RSS from /proc/self/statm (Linux); nil elsewhere.
+    public static func residentSetBytes() -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return nil }
+        let fields = text.split(separator: " ")
+        guard fields.count > 1, let pages = Int(fields[1]) else { return nil }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+}

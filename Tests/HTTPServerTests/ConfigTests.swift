@@ -1,0 +1,60 @@
+import Foundation
+import Testing
+@testable import HTTPServer
+
+@Suite struct ConfigTests {
+    func temp(_ text: String) throws -> String {
+        let path = NSTemporaryDirectory() + "moe-config-\(UUID().uuidString).toml"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    @Test func defaultsMatchTheStruct() throws {
+        #expect(try ConfigLoader.load(file: nil, environment: [:]) == ServerConfig())
+    }
+
+    @Test func precedenceFileThenEnvironmentThenFlags() throws {
+        let file = try temp("port = 9000\nhost = \"0.0.0.0\"\nmax_body_size = \"1MiB\"\napi_keys = [\"k1\"]\nidle_timeout = 5\n")
+        let fromFile = try ConfigLoader.load(file: file, environment: [:])
+        #expect(fromFile.port == 9000 && fromFile.host == "0.0.0.0")
+        #expect(fromFile.limits.maxBodyBytes == 1 << 20)
+        #expect(fromFile.apiKeys == ["k1"])
+        #expect(fromFile.limits.idleTimeout == 5)
+        let env = try ConfigLoader.load(file: file, environment: ["MOE_PORT": "9001", "MOE_API_KEYS": "a,b"])
+        #expect(env.port == 9001 && env.apiKeys == ["a", "b"])
+        let flags = try ConfigLoader.load(file: file, environment: ["MOE_PORT": "9001"], overrides: ["port": "9002"])
+        #expect(flags.port == 9002)
+    }
+
+    @Test func invalidValuesNameTheKey() throws {
+        func message(_ body: () throws -> ServerConfig) -> String {
+            do { _ = try body(); return "" } catch { return "\(error)" }
+        }
+        #expect(message { try ConfigLoader.load(file: nil, environment: ["MOE_PORT": "eighty"]) }.contains("'port'"))
+        #expect(message { try ConfigLoader.load(file: nil, environment: ["MOE_PORT": "eighty"]) }.contains("MOE_PORT"))
+        #expect(message { try ConfigLoader.load(file: nil, environment: [:], overrides: ["max_body_size": "lots"]) }.contains("'max_body_size'"))
+        let file = try temp("prot = 1\n")
+        #expect(message { try ConfigLoader.load(file: file, environment: [:]) }.contains("'prot'"))
+        let typed = try temp("log_requests = \"maybe\"\n")
+        #expect(message { try ConfigLoader.load(file: typed, environment: [:]) }.contains("'log_requests'"))
+        let broken = try temp("port = = 1\n")
+        #expect(message { try ConfigLoader.load(file: broken, environment: [:]) }.contains("invalid TOML"))
+    }
+
+    @Test func sizes() {
+        #expect(ConfigLoader.parseSize("512MiB") == 512 << 20)
+        #expect(ConfigLoader.parseSize("4GiB") == 4 << 30)
+        #expect(ConfigLoader.parseSize("4G") == 4 << 30)
+        #expect(ConfigLoader.parseSize("1000") == 1000)
+        #expect(ConfigLoader.parseSize("4 parsecs") == nil)
+    }
+
+    @Test func shippedConfigFilesLoad() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        for name in ["default.toml", "laptop-16GB.toml", "behind-load-balancer.toml"] {
+            let path = root.appendingPathComponent("ServerConfig/\(name)").path
+            _ = try ConfigLoader.load(file: path, environment: [:])
+        }
+        #expect(try ConfigLoader.load(file: root.appendingPathComponent("ServerConfig/default.toml").path, environment: [:]) == ServerConfig())
+    }
+}
