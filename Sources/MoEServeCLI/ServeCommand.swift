@@ -12,11 +12,11 @@ struct ServeCommand: ParsableCommand {
         abstract: "Serve the OpenAI- and llama.cpp-compatible HTTP API.",
         discussion: "Every flag can also be set in the TOML file given by --config, or as MOE_<KEY> (for example MOE_PORT=9000).")
 
-    /// Connects the engine: given the final configuration, returns the backend to serve, or nil
-    /// to serve only /health (503), /metrics and the dashboard. Called on a background thread
-    /// after the server listens, so /health reports 503 while the model loads.
-    /// The lead replaces this with the real engine and tokenizer.
-    nonisolated(unsafe) static var makeBackend: @Sendable (ServerConfig) throws -> ModelBackend? = { _ in nil }
+    /// Connects the engine: given the final configuration and the server's metrics (to feed the
+    /// expert-cache and scheduler figures), returns the backend to serve, or nil to serve only
+    /// /health (503), /metrics and the dashboard. Called on a background thread after the server
+    /// listens, so /health reports 503 while the model loads. Replace with the real engine.
+    nonisolated(unsafe) static var makeBackend: @Sendable (ServerConfig, ServerMetrics) throws -> ModelBackend? = { _, _ in nil }
 
     @Option(help: "TOML configuration file (see ServerConfig/default.toml).") var config: String?
     @Option(help: "Model directory or expert store (default: the bundled demo model).") var model: String?
@@ -61,7 +61,7 @@ struct ServeCommand: ParsableCommand {
             let factory = ServeCommand.makeBackend
             Thread.detachNewThread {
                 do {
-                    if let backend = try factory(serverConfig) { server.attach(backend) } else {
+                    if let backend = try factory(serverConfig, server.metrics) { server.attach(backend) } else {
                         FileHandle.standardError.write(Data("warning: no engine connected; /health stays 503\n".utf8))
                     }
                 } catch {
