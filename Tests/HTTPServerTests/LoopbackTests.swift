@@ -341,3 +341,41 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
         #expect(service.submittedCount == 80)
     }
 }
+
+/// A short load from `wrk` (16 connections) against the scripted engine, when MOE_LOAD_SECONDS is
+/// set: no socket errors and no 5xx other than 503 (the admission limit is set low on purpose).
+@Suite struct LoadTests {
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["MOE_LOAD_SECONDS"] != nil))
+    func wrkLoad() throws {
+        let seconds = ProcessInfo.processInfo.environment["MOE_LOAD_SECONDS"]!
+        var config = ServerConfig()
+        config.port = 0
+        config.maxQueuedRequests = 8
+        let service = ScriptedService(tokenDelay: 0.001)
+        let server = APIServer(config: config, backend: ModelBackend(service: service, codec: ByteCodec()))
+        try server.start()
+        defer { server.shutdown(); server.waitUntilStopped() }
+        let script = NSTemporaryDirectory() + "moe-wrk.lua"
+        try """
+        wrk.method = "POST"
+        wrk.body = '{"messages":[{"role":"user","content":"hi"}],"stream":true}'
+        wrk.headers["Content-Type"] = "application/json"
+        statuses = {}
+        response = function(status, headers, body)
+          if status >= 500 and status ~= 503 then io.write("BAD STATUS " .. status .. "\\n") end
+        end
+        """.write(toFile: script, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")
+        p.arguments = ["-t2", "-c16", "-d\(seconds)s", "-s", script, "http://127.0.0.1:\(server.port)/v1/chat/completions"]
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        try? text.write(toFile: NSTemporaryDirectory() + "moe-wrk.log", atomically: true, encoding: .utf8)
+        #expect(!text.contains("BAD STATUS"), "\(text)")
+        #expect(!text.contains("Socket errors"), "\(text)")
+        #expect(waitFor { service.liveCount == 0 })
+    }
+}
