@@ -15,6 +15,10 @@ final class BPEModel: @unchecked Sendable {
     let fuseUnk: Bool
     let byteFallback: Bool
     let ignoreMerges: Bool
+    /// True when "▁" is a token and no token has "▁" after another character: then no merge can join
+    /// symbols across the start of a "▁" run, and a SentencePiece-style input without a pre-tokenizer can
+    /// be cut there into words (which makes them cacheable) without changing the result.
+    let splittableAtSpaceMarker: Bool
     /// `<0xXX>` token ids, -1 where absent.
     let byteFallbackIds: [Int32]
 
@@ -100,6 +104,15 @@ final class BPEModel: @unchecked Sendable {
             unkId = id
         } else {
             unkId = nil
+        }
+        let marker: Unicode.Scalar = "\u{2581}"
+        splittableAtSpaceMarker = vocab["\u{2581}"] != nil && !vocab.keys.contains { token in
+            var previous: Unicode.Scalar? = nil
+            for c in token.unicodeScalars {
+                if c == marker, let p = previous, p != marker { return true }
+                previous = c
+            }
+            return false
         }
         fuseUnk = json.bool("fuse_unk", default: false)
         byteFallback = json.bool("byte_fallback", default: false)

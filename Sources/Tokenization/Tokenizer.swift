@@ -212,7 +212,18 @@ public final class Tokenizer: Sendable {
 
     private func encodeWords(_ scalars: [Unicode.Scalar], _ range: Range<Int>, into ids: inout [Int]) {
         if range.isEmpty { return }  // `tokenizers` never pre-tokenizes an empty segment
-        let pieces = Pieces(scalars: scalars, ranges: [range])
+        var pieces = Pieces(scalars: scalars, ranges: [range])
+        if preTokenizer == nil && model.splittableAtSpaceMarker {
+            // Exact (see `splittableAtSpaceMarker`): cut before each run of "▁".
+            var ranges: [Range<Int>] = []
+            var start = range.lowerBound
+            for k in range where k > start && scalars[k] == "\u{2581}" && scalars[k - 1] != "\u{2581}" {
+                ranges.append(start..<k)
+                start = k
+            }
+            ranges.append(start..<range.upperBound)
+            pieces.ranges = ranges
+        }
         let words = preTokenizer?.apply(pieces) ?? pieces
         for r in words.ranges {
             model.tokenize(words.scalars[r], into: &ids)
