@@ -78,7 +78,9 @@ struct TokenizeCommand: ParsableCommand {
             guard let data = FileManager.default.contents(atPath: path) else {
                 throw failLine("\(path): cannot read the file")
             }
-            guard let s = String(data: data, encoding: .utf8) else {
+            // Decoded by the standard library: Foundation's UTF-8 decoding drops U+FEFF.
+            let s = String(decoding: data, as: UTF8.self)
+            guard s.utf8.elementsEqual(data) else {
                 throw failLine("\(path): the file is not valid UTF-8")
             }
             input = s

@@ -188,14 +188,16 @@ public final class Tokenizer: Sendable {
         for segment in rawMatcher.segments(scalars, range: 0..<scalars.count) {
             switch segment {
             case .token(let id): ids.append(id)
-            case .text(let range): encodeNormalizing(scalars, range, into: &ids)
+            case .text(let range): encodeNormalizing(scalars, range, atStart: range.lowerBound == 0, into: &ids)
             }
         }
         if addSpecialTokens { ids.append(contentsOf: postProcessor.suffix) }
         return ids
     }
 
-    private func encodeNormalizing(_ scalars: [Unicode.Scalar], _ range: Range<Int>, into ids: inout [Int]) {
+    private func encodeNormalizing(
+        _ scalars: [Unicode.Scalar], _ range: Range<Int>, atStart: Bool, into ids: inout [Int]
+    ) {
         var text = scalars
         var textRange = range
         if let normalizer, !normalizer.isIdentity(on: scalars[range]) {
@@ -205,26 +207,30 @@ public final class Tokenizer: Sendable {
         for segment in normalizedMatcher.segments(text, range: textRange) {
             switch segment {
             case .token(let id): ids.append(id)
-            case .text(let r): encodeWords(text, r, into: &ids)
+            case .text(let r): encodeWords(text, r, atStart: atStart && r.lowerBound == textRange.lowerBound, into: &ids)
             }
         }
     }
 
-    private func encodeWords(_ scalars: [Unicode.Scalar], _ range: Range<Int>, into ids: inout [Int]) {
+    private func encodeWords(_ scalars: [Unicode.Scalar], _ range: Range<Int>, atStart: Bool, into ids: inout [Int]) {
         if range.isEmpty { return }  // `tokenizers` never pre-tokenizes an empty segment
-        var pieces = Pieces(scalars: scalars, ranges: [range])
-        if preTokenizer == nil && model.splittableAtSpaceMarker {
-            // Exact (see `splittableAtSpaceMarker`): cut before each run of "▁".
+        let pieces = Pieces(scalars: scalars, ranges: [range])
+        var words = preTokenizer?.apply(pieces, atStart: atStart) ?? pieces
+        if model.splittableAtSpaceMarker {
+            // Exact (see `splittableAtSpaceMarker`): cut words before each run of "▁" so they are short
+            // and cacheable, as SentencePiece-style tokenizers have no (or a non-splitting) pre-tokenizer.
             var ranges: [Range<Int>] = []
-            var start = range.lowerBound
-            for k in range where k > start && scalars[k] == "\u{2581}" && scalars[k - 1] != "\u{2581}" {
-                ranges.append(start..<k)
-                start = k
+            ranges.reserveCapacity(words.ranges.count)
+            for r in words.ranges {
+                var start = r.lowerBound
+                for k in r where k > start && words.scalars[k] == "\u{2581}" && words.scalars[k - 1] != "\u{2581}" {
+                    ranges.append(start..<k)
+                    start = k
+                }
+                ranges.append(start..<r.upperBound)
             }
-            ranges.append(start..<range.upperBound)
-            pieces.ranges = ranges
+            words.ranges = ranges
         }
-        let words = preTokenizer?.apply(pieces) ?? pieces
         for r in words.ranges {
             model.tokenize(words.scalars[r], into: &ids)
         }

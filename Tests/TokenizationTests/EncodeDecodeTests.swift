@@ -6,7 +6,10 @@ import Testing
 /// scripts/make_tokenizer_fixtures.py). The `-heldout` styles use tokenizers trained on another corpus
 /// slice with other options, and strings from another seed: nothing in this module was tuned on them.
 @Suite struct EncodeDecodeTests {
-    static let styles = ["qwen2", "neox", "mistral", "qwen2-heldout", "neox-heldout", "mistral-heldout"]
+    static let styles = [
+        "qwen2", "neox", "mistral", "mistral-metaspace",
+        "qwen2-heldout", "neox-heldout", "mistral-heldout", "mistral-metaspace-heldout",
+    ]
 
     @Test(arguments: styles)
     func encodeMatchesTokenizers(style: String) throws {
