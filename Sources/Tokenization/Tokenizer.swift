@@ -18,6 +18,7 @@ public final class Tokenizer: Sendable {
     let idToToken: [String?]
     let addedById: [Int: AddedToken]
     let specialContents: Set<String>
+    let addedIdByContent: [String: Int]
 
     /// The number of token ids: one more than the largest id of the model vocabulary or added tokens.
     public let vocabularySize: Int
@@ -129,6 +130,7 @@ public final class Tokenizer: Sendable {
         }
         var addedIdByContent: [String: Int] = [:]
         for t in added { addedIdByContent[t.content] = t.id }
+        self.addedIdByContent = addedIdByContent
         let vocab = model.vocab
         func lookup(_ token: String) -> Int? { addedIdByContent[token] ?? vocab[token] }
 
@@ -167,8 +169,7 @@ public final class Tokenizer: Sendable {
 
     /// The id of `token` (added tokens first, then the model vocabulary).
     public func tokenId(for token: String) -> Int? {
-        if let t = addedTokens.first(where: { $0.content == token }) { return t.id }
-        return model.vocab[token]
+        addedIdByContent[token] ?? model.vocab[token]
     }
 
     /// The token string of `id`, if any.
