@@ -68,9 +68,8 @@ public final class Tokenizer: Sendable {
         }
         let root = try JSONObject(parsed, file: file, path: "$")
 
-        for key in ["truncation", "padding"] where root.has(key) {
-            throw TokenizerError(file: file, "unsupported \(key) section (it must be null)")
-        }
+        // `truncation` and `padding` are ignored, as `transformers` resets them on the backend tokenizer
+        // unless a call asks for them.
         let modelJSON = try root.object("model")
         let modelType = modelJSON.optionalString("type") ?? "BPE"
         guard modelType == "BPE" else {
