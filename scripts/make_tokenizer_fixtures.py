@@ -9,6 +9,8 @@ require exact, id-for-id and byte-for-byte agreement:
   neox     byte-level BPE, ByteLevel(use_regex=true) i.e. the GPT-2 regex, NFC          (GPT-NeoX, OLMoE)
   mistral  SentencePiece-style BPE: Prepend("▁") + Replace(" ", "▁"), byte_fallback, fuse_unk,
            Replace/ByteFallback/Fuse/Strip decoders, "<s> $A" post-processor       (Mistral, Mixtral)
+  mistral-metaspace  the same model with a Metaspace(prepend_scheme="first", split=false) pre-tokenizer
+           instead of the normalizers (transformers' Llama converter with legacy=False)
 
 Each style has a `*-heldout` twin trained with another seed on another slice of the corpus, with
 variations the main fixtures do not have (Llama-3 digit groups with ignore_merges, add_prefix_space
@@ -201,7 +203,20 @@ def train_byte_level(texts, vocab_size, pattern, seed_note, ignore_merges=False,
     return tok
 
 
-def train_sentencepiece_style(texts, vocab_size, byte_fallback=True, limit_alphabet=120):
+METASPACE_FIRST = {  # transformers' LlamaConverter with legacy=False (newer Mistral/Llama checkpoints)
+    "normalizer": None,
+    "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False},
+}
+METASPACE_ALWAYS_SPLIT = {
+    "normalizer": None,
+    "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True},
+    "decoder": {"type": "Sequence", "decoders": [
+        {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True},
+        {"type": "ByteFallback"}, {"type": "Fuse"}]},
+}
+
+
+def train_sentencepiece_style(texts, vocab_size, byte_fallback=True, limit_alphabet=120, overrides=None):
     """BPE trained on ▁-joined words, then re-assembled the way Mistral's tokenizer.json is."""
     trainer_tok = Tokenizer(models.BPE())
     trainer_tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
@@ -250,6 +265,7 @@ def train_sentencepiece_style(texts, vocab_size, byte_fallback=True, limit_alpha
             "vocab": vocab, "merges": trained["model"]["merges"],
         },
     }
+    spec.update(overrides or {})
     tok = Tokenizer.from_str(json.dumps(spec))
     tok.add_tokens([AddedToken("<tool_call>", special=False, normalized=False),
                     AddedToken("[MASK]", special=True, lstrip=True, rstrip=True, normalized=False)])
@@ -401,6 +417,12 @@ def main():
     write_style("mistral-heldout", train_sentencepiece_style(heldout_texts, 1000, byte_fallback=False,
                                                              limit_alphabet=80),
                 strings(1300, 250), 1300, mistral_cfg)
+
+    write_style("mistral-metaspace", train_sentencepiece_style(main_texts, 1100, overrides=METASPACE_FIRST),
+                strings(400, 250), 400, mistral_cfg)
+    write_style("mistral-metaspace-heldout", train_sentencepiece_style(heldout_texts, 900, limit_alphabet=100,
+                                                                       overrides=METASPACE_ALWAYS_SPLIT),
+                strings(1400, 250), 1400, mistral_cfg)
 
     if not args.skip_templates:
         render_templates()

@@ -15,6 +15,10 @@ final class BPEModel: @unchecked Sendable {
     let fuseUnk: Bool
     let byteFallback: Bool
     let ignoreMerges: Bool
+    /// True when "▁" is a token and no token has "▁" after another character: then no merge can join
+    /// symbols across the start of a "▁" run, and a SentencePiece-style input without a pre-tokenizer can
+    /// be cut there into words (which makes them cacheable) without changing the result.
+    let splittableAtSpaceMarker: Bool
     /// `<0xXX>` token ids, -1 where absent.
     let byteFallbackIds: [Int32]
 
@@ -23,17 +27,9 @@ final class BPEModel: @unchecked Sendable {
     private let lowScalarToId: [Int32]
     private static let lowScalarLimit = 0x800
 
-    /// A direct-mapped cache of word → ids in flat arrays (no per-entry allocation, no reference
-    /// counting on the hot path), keyed by a 64-bit hash of the word's scalars. Each slot keeps the
-    /// word's scalars, so a hash collision is a miss, never a wrong answer.
-    private let cacheLock = NSLock()
-    private var cacheHash: [UInt64]
-    private var cacheLength: [UInt8]  // scalars in the slot's word; 0 = empty
-    private var cacheIdCount: [UInt8]
-    private var cacheScalars: [UInt32]  // cacheSlots × cacheWidth
-    private var cacheIds: [Int32]  // cacheSlots × cacheWidth
-    private static let cacheSlots = 1 << 14
-    private static let cacheWidth = 24
+    private let cache = WordCache()
+    /// `merges` in a faster table for the merge loop.
+    private let pairTable: PairTable
 
     init(_ json: JSONObject) throws {
         let file = json.file
@@ -101,6 +97,15 @@ final class BPEModel: @unchecked Sendable {
         } else {
             unkId = nil
         }
+        let marker: Unicode.Scalar = "\u{2581}"
+        splittableAtSpaceMarker = vocab["\u{2581}"] != nil && !vocab.keys.contains { token in
+            var previous: Unicode.Scalar? = nil
+            for c in token.unicodeScalars {
+                if c == marker, let p = previous, p != marker { return true }
+                previous = c
+            }
+            return false
+        }
         fuseUnk = json.bool("fuse_unk", default: false)
         byteFallback = json.bool("byte_fallback", default: false)
         ignoreMerges = json.bool("ignore_merges", default: false)
@@ -113,48 +118,18 @@ final class BPEModel: @unchecked Sendable {
         var low = [Int32](repeating: -1, count: Self.lowScalarLimit)
         for (v, id) in scalarToId where Int(v) < Self.lowScalarLimit { low[Int(v)] = id }
         lowScalarToId = low
-        cacheHash = [UInt64](repeating: 0, count: Self.cacheSlots)
-        cacheLength = [UInt8](repeating: 0, count: Self.cacheSlots)
-        cacheIdCount = [UInt8](repeating: 0, count: Self.cacheSlots)
-        cacheScalars = [UInt32](repeating: 0, count: Self.cacheSlots * Self.cacheWidth)
-        cacheIds = [Int32](repeating: 0, count: Self.cacheSlots * Self.cacheWidth)
-    }
-
-    @inline(__always)
-    private static func hash(_ scalars: ArraySlice<Unicode.Scalar>) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for s in scalars {
-            h = (h ^ UInt64(s.value)) &* 0x0000_0100_0000_01B3
-        }
-        return h ^ (h >> 29)
+        pairTable = PairTable(merges)
     }
 
     /// Appends the ids of one pre-tokenized word to `out`.
     func tokenize(_ scalars: ArraySlice<Unicode.Scalar>, into out: inout [Int]) {
         let n = scalars.count
         if n == 0 { return }
-        let cacheable = n <= Self.cacheWidth
+        let cacheable = n <= WordCache.width
         var h: UInt64 = 0
-        var slot = 0
         if cacheable {
-            h = Self.hash(scalars)
-            slot = Int(truncatingIfNeeded: h) & (Self.cacheSlots - 1)
-            cacheLock.lock()
-            if cacheHash[slot] == h && Int(cacheLength[slot]) == n {
-                let base = slot * Self.cacheWidth
-                var same = true
-                var k = base
-                for s in scalars {
-                    if cacheScalars[k] != s.value { same = false; break }
-                    k += 1
-                }
-                if same {
-                    for k in base..<(base + Int(cacheIdCount[slot])) { out.append(Int(cacheIds[k])) }
-                    cacheLock.unlock()
-                    return
-                }
-            }
-            cacheLock.unlock()
+            h = WordCache.hash(scalars)
+            if cache.lookup(scalars, hash: h, into: &out) { return }
         }
         var symbols: [Int32]
         var key = ""
@@ -167,17 +142,7 @@ final class BPEModel: @unchecked Sendable {
             symbols = initialSymbols(scalars)
             merge(&symbols)
         }
-        if cacheable && symbols.count <= Self.cacheWidth {
-            let base = slot * Self.cacheWidth
-            cacheLock.lock()
-            cacheHash[slot] = h
-            cacheLength[slot] = UInt8(n)
-            cacheIdCount[slot] = UInt8(symbols.count)
-            var k = base
-            for s in scalars { cacheScalars[k] = s.value; k += 1 }
-            for (j, id) in symbols.enumerated() { cacheIds[base + j] = id }
-            cacheLock.unlock()
-        }
+        if cacheable { cache.store(scalars, hash: h, ids: symbols) }
         for id in symbols { out.append(Int(id)) }
     }
 
@@ -234,8 +199,9 @@ final class BPEModel: @unchecked Sendable {
         }
         var alive = [Bool](repeating: true, count: n)
         var heap = MinHeap()
+        let table = pairTable
         @inline(__always) func lookup(_ a: Int32, _ b: Int32) -> UInt64? {
-            merges[UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b))]
+            table.get(UInt64(UInt32(bitPattern: a)) << 32 | UInt64(UInt32(bitPattern: b)))
         }
         for i in 0..<(n - 1) {
             if let m = lookup(symbols[i], symbols[i + 1]) { heap.push((m >> 32) << 32 | UInt64(i)) }

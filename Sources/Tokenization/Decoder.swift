@@ -8,6 +8,7 @@ indirect enum Decoder: Sendable {
     case byteFallback
     case fuse
     case strip(content: Unicode.Scalar, start: Int, stop: Int)
+    case metaspace(replacement: Unicode.Scalar, prependScheme: PreTokenizer.PrependScheme)
     case sequence([Decoder])
 
     static func parse(_ json: JSONObject) throws -> Decoder {
@@ -16,6 +17,9 @@ indirect enum Decoder: Sendable {
         case "Replace":
             return .replace(pattern: try Normalizer.stringPattern(json), content: try json.string("content"))
         case "ByteFallback": return .byteFallback
+        case "Metaspace":
+            let (r, scheme, _) = try PreTokenizer.parseMetaspace(json)
+            return .metaspace(replacement: r, prependScheme: scheme)
         case "Fuse": return .fuse
         case "Strip":
             let content = try json.string("content")
@@ -71,7 +75,9 @@ indirect enum Decoder: Sendable {
             var pending: [UInt8] = []
             func flush() {
                 if pending.isEmpty { return }
-                if let s = String(bytes: pending, encoding: .utf8) {
+                // Strict UTF-8 check without Foundation (which drops U+FEFF when decoding bytes).
+                let s = String(decoding: pending, as: UTF8.self)
+                if s.utf8.elementsEqual(pending) {
                     out.append(s)
                 } else {
                     for _ in pending { out.append("\u{FFFD}") }
@@ -90,6 +96,21 @@ indirect enum Decoder: Sendable {
             return out
         case .fuse:
             return [tokens.joined()]
+        case .metaspace(let replacement, let scheme):
+            // As `tokenizers`: every replacement character becomes a space, except in the first token
+            // (when a prefix is prepended), where they are dropped.
+            return tokens.enumerated().map { i, token in
+                var out = ""
+                for c in token.unicodeScalars {
+                    if c == replacement {
+                        if i == 0 && scheme != .never { continue }
+                        out.unicodeScalars.append(" ")
+                    } else {
+                        out.unicodeScalars.append(c)
+                    }
+                }
+                return out
+            }
         case .strip(let content, let start, let stop):
             return tokens.map { token in
                 let chars = Array(token.unicodeScalars)

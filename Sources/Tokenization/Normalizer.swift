@@ -105,6 +105,10 @@ indirect enum Normalizer: Sendable {
             var current = Array(scalars)
             for n in items { current = n.apply(current[...]) }
             return current
+        case .prepend(let p):
+            return scalars.isEmpty ? [] : Array(p.unicodeScalars) + scalars
+        case .replace(let pattern, let content):
+            return Self.replaceAll(scalars, Array(pattern.unicodeScalars), Array(content.unicodeScalars))
         default:
             return Array(apply(string(scalars)).unicodeScalars)
         }
@@ -118,12 +122,21 @@ indirect enum Normalizer: Sendable {
 
     /// Replaces every non-overlapping occurrence of `pattern` (matched on Unicode scalars, as Rust does).
     static func replaceAll(_ text: String, _ pattern: String, _ content: String) -> String {
-        let t = Array(text.unicodeScalars)
-        let p = Array(pattern.unicodeScalars)
-        guard p.count <= t.count else { return text }
-        var out = String.UnicodeScalarView()
+        let out = replaceAll(Array(text.unicodeScalars)[...], Array(pattern.unicodeScalars), Array(content.unicodeScalars))
+        var s = ""
+        s.unicodeScalars.reserveCapacity(out.count)
+        for u in out { s.unicodeScalars.append(u) }
+        return s
+    }
+
+    static func replaceAll(
+        _ text: ArraySlice<Unicode.Scalar>, _ p: [Unicode.Scalar], _ c: [Unicode.Scalar]
+    ) -> [Unicode.Scalar] {
+        let t = Array(text)
+        guard !p.isEmpty, p.count <= t.count else { return t }
+        var out: [Unicode.Scalar] = []
+        out.reserveCapacity(t.count)
         var i = 0
-        let c = content.unicodeScalars
         while i < t.count {
             if t[i] == p[0] && i + p.count <= t.count {
                 var ok = true
@@ -137,6 +150,6 @@ indirect enum Normalizer: Sendable {
             out.append(t[i])
             i += 1
         }
-        return String(out)
+        return out
     }
 }

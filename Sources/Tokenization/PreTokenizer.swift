@@ -37,7 +37,28 @@ indirect enum PreTokenizer: Sendable {
     case byteLevel(addPrefixSpace: Bool, useRegex: Bool)
     case split(SplitPattern, SplitBehavior, invert: Bool)
     case digits(individual: Bool)
+    /// SentencePiece's space handling: " " → replacement, optional prefix, optional split before it.
+    case metaspace(replacement: Unicode.Scalar, prepend: PrependScheme, split: Bool)
     case sequence([PreTokenizer])
+
+    enum PrependScheme: String, Sendable { case always, first, never }
+
+    static func parseMetaspace(_ json: JSONObject) throws -> (Unicode.Scalar, PrependScheme, Bool) {
+        let r = try json.string("replacement")
+        guard r.unicodeScalars.count == 1, let replacement = r.unicodeScalars.first else {
+            throw TokenizerError(file: json.file, "Metaspace replacement must be one character at \(json.path)")
+        }
+        var scheme = PrependScheme.always
+        if let name = json.optionalString("prepend_scheme") {
+            guard let s = PrependScheme(rawValue: name) else {
+                throw TokenizerError(file: json.file, "unsupported Metaspace prepend_scheme \"\(name)\" at \(json.path)")
+            }
+            scheme = s
+        } else if !json.bool("add_prefix_space", default: true) {
+            scheme = .never
+        }
+        return (replacement, scheme, json.bool("split", default: true))
+    }
 
     static func parse(_ json: JSONObject) throws -> PreTokenizer {
         switch try json.type() {
@@ -67,6 +88,9 @@ indirect enum PreTokenizer: Sendable {
             return .split(pattern, behavior, invert: json.bool("invert", default: false))
         case "Digits":
             return .digits(individual: json.bool("individual_digits", default: false))
+        case "Metaspace":
+            let (r, scheme, split) = try parseMetaspace(json)
+            return .metaspace(replacement: r, prepend: scheme, split: split)
         case "Sequence":
             let items = try json.array("pretokenizers")
             return .sequence(try items.enumerated().map {
@@ -86,12 +110,37 @@ indirect enum PreTokenizer: Sendable {
         }
     }
 
-    func apply(_ input: Pieces) -> Pieces {
+    /// Pre-tokenizes `input`; `atStart` says whether its first piece begins the original text
+    /// (Metaspace's `prepend_scheme: first`).
+    func apply(_ input: Pieces, atStart: Bool = true) -> Pieces {
         switch self {
         case .sequence(let items):
             var p = input
-            for item in items { p = item.apply(p) }
+            for item in items { p = item.apply(p, atStart: atStart) }
             return p
+        case .metaspace(let replacement, let prepend, let split):
+            var scalars: [Unicode.Scalar] = []
+            scalars.reserveCapacity(input.scalars.count + input.ranges.count)
+            var ranges: [Range<Int>] = []
+            for (index, r) in input.ranges.enumerated() {
+                let start = scalars.count
+                let first: Unicode.Scalar? = r.isEmpty ? nil : (input.scalars[r.lowerBound] == " " ? replacement : input.scalars[r.lowerBound])
+                let wantsPrefix = prepend == .always || (prepend == .first && atStart && index == 0)
+                if wantsPrefix && first != replacement { scalars.append(replacement) }
+                for k in r { scalars.append(input.scalars[k] == " " ? replacement : input.scalars[k]) }
+                ranges.append(start..<scalars.count)
+            }
+            var pieces = Pieces(scalars: scalars, ranges: ranges)
+            if split {
+                var out: [Range<Int>] = []
+                for r in ranges {
+                    var matches: [Range<Int>] = []
+                    for k in r where scalars[k] == replacement { matches.append(k..<(k + 1)) }
+                    Self.split(r, matches: matches, .mergedWithNext, false, into: &out)
+                }
+                pieces.ranges = out
+            }
+            return pieces
         case .split(let pattern, let behavior, let invert):
             var out: [Range<Int>] = []
             out.reserveCapacity(input.ranges.count * 2)
@@ -132,7 +181,7 @@ indirect enum PreTokenizer: Sendable {
                 pieces = Pieces(scalars: scalars, ranges: ranges)
             }
             if useRegex {
-                pieces = PreTokenizer.split(.known(.gpt2), .isolated, invert: false).apply(pieces)
+                pieces = PreTokenizer.split(.known(.gpt2), .isolated, invert: false).apply(pieces, atStart: atStart)
             }
             return Self.mapToBytes(pieces)
         }

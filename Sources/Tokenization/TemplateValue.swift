@@ -3,13 +3,21 @@ import Foundation
 /// A value inside a chat template: what Jinja sees of Python's `None`, bools, numbers, strings, lists
 /// and dicts (dicts keep their key order, as `tojson` must).
 public enum TemplateValue: Sendable {
+    /// Jinja's `Undefined` (a missing variable, key or attribute).
     case undefined
+    /// Python's `None`.
     case none
+    /// A boolean.
     case bool(Bool)
+    /// An integer.
     case int(Int)
+    /// A float.
     case double(Double)
+    /// A string.
     case string(String)
+    /// A list.
     case array([TemplateValue])
+    /// A dict, keys in insertion order.
     case object(TemplateDictionary)
     /// A `namespace(...)` object: mutable through `{% set ns.attr = ... %}`.
     case namespace(TemplateNamespace)
@@ -199,32 +207,46 @@ public enum TemplateValue: Sendable {
     }
 }
 
+/// Literal syntax for template values, e.g. `["role": "user", "content": "Hi"]`.
 extension TemplateValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByBooleanLiteral,
     ExpressibleByFloatLiteral, ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral, ExpressibleByNilLiteral
 {
+    /// A string.
     public init(stringLiteral value: String) { self = .string(value) }
+    /// An integer.
     public init(integerLiteral value: Int) { self = .int(value) }
+    /// A boolean.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
+    /// A float.
     public init(floatLiteral value: Double) { self = .double(value) }
+    /// A list.
     public init(arrayLiteral elements: TemplateValue...) { self = .array(elements) }
+    /// A dict, in the literal's key order.
     public init(dictionaryLiteral elements: (String, TemplateValue)...) { self = .object(TemplateDictionary(elements)) }
+    /// `None`.
     public init(nilLiteral: ()) { self = .none }
 }
 
 /// An insertion-ordered string-keyed dictionary (a Python dict).
 public struct TemplateDictionary: Sendable {
+    /// The keys, in insertion order.
     public private(set) var keys: [String] = []
+    /// The values, parallel to `keys`.
     public private(set) var values: [TemplateValue] = []
 
+    /// An empty dict.
     public init() {}
 
+    /// A dict of `pairs` (a repeated key keeps its first position and its last value).
     public init(_ pairs: [(String, TemplateValue)]) {
         for (k, v) in pairs { self[k] = v }
     }
 
+    /// The number of entries.
     public var count: Int { keys.count }
     var pairs: [(String, TemplateValue)] { Array(zip(keys, values)) }
 
+    /// The value for `key`; setting nil removes the entry.
     public subscript(key: String) -> TemplateValue? {
         get { keys.firstIndex(of: key).map { values[$0] } }
         set {

@@ -18,6 +18,7 @@ public final class Tokenizer: Sendable {
     let idToToken: [String?]
     let addedById: [Int: AddedToken]
     let specialContents: Set<String>
+    let addedIdByContent: [String: Int]
 
     /// The number of token ids: one more than the largest id of the model vocabulary or added tokens.
     public let vocabularySize: Int
@@ -67,9 +68,8 @@ public final class Tokenizer: Sendable {
         }
         let root = try JSONObject(parsed, file: file, path: "$")
 
-        for key in ["truncation", "padding"] where root.has(key) {
-            throw TokenizerError(file: file, "unsupported \(key) section (it must be null)")
-        }
+        // `truncation` and `padding` are ignored, as `transformers` resets them on the backend tokenizer
+        // unless a call asks for them.
         let modelJSON = try root.object("model")
         let modelType = modelJSON.optionalString("type") ?? "BPE"
         guard modelType == "BPE" else {
@@ -129,6 +129,7 @@ public final class Tokenizer: Sendable {
         }
         var addedIdByContent: [String: Int] = [:]
         for t in added { addedIdByContent[t.content] = t.id }
+        self.addedIdByContent = addedIdByContent
         let vocab = model.vocab
         func lookup(_ token: String) -> Int? { addedIdByContent[token] ?? vocab[token] }
 
@@ -167,8 +168,7 @@ public final class Tokenizer: Sendable {
 
     /// The id of `token` (added tokens first, then the model vocabulary).
     public func tokenId(for token: String) -> Int? {
-        if let t = addedTokens.first(where: { $0.content == token }) { return t.id }
-        return model.vocab[token]
+        addedIdByContent[token] ?? model.vocab[token]
     }
 
     /// The token string of `id`, if any.
@@ -188,14 +188,16 @@ public final class Tokenizer: Sendable {
         for segment in rawMatcher.segments(scalars, range: 0..<scalars.count) {
             switch segment {
             case .token(let id): ids.append(id)
-            case .text(let range): encodeNormalizing(scalars, range, into: &ids)
+            case .text(let range): encodeNormalizing(scalars, range, atStart: range.lowerBound == 0, into: &ids)
             }
         }
         if addSpecialTokens { ids.append(contentsOf: postProcessor.suffix) }
         return ids
     }
 
-    private func encodeNormalizing(_ scalars: [Unicode.Scalar], _ range: Range<Int>, into ids: inout [Int]) {
+    private func encodeNormalizing(
+        _ scalars: [Unicode.Scalar], _ range: Range<Int>, atStart: Bool, into ids: inout [Int]
+    ) {
         var text = scalars
         var textRange = range
         if let normalizer, !normalizer.isIdentity(on: scalars[range]) {
@@ -205,15 +207,30 @@ public final class Tokenizer: Sendable {
         for segment in normalizedMatcher.segments(text, range: textRange) {
             switch segment {
             case .token(let id): ids.append(id)
-            case .text(let r): encodeWords(text, r, into: &ids)
+            case .text(let r): encodeWords(text, r, atStart: atStart && r.lowerBound == textRange.lowerBound, into: &ids)
             }
         }
     }
 
-    private func encodeWords(_ scalars: [Unicode.Scalar], _ range: Range<Int>, into ids: inout [Int]) {
+    private func encodeWords(_ scalars: [Unicode.Scalar], _ range: Range<Int>, atStart: Bool, into ids: inout [Int]) {
         if range.isEmpty { return }  // `tokenizers` never pre-tokenizes an empty segment
         let pieces = Pieces(scalars: scalars, ranges: [range])
-        let words = preTokenizer?.apply(pieces) ?? pieces
+        var words = preTokenizer?.apply(pieces, atStart: atStart) ?? pieces
+        if model.splittableAtSpaceMarker {
+            // Exact (see `splittableAtSpaceMarker`): cut words before each run of "▁" so they are short
+            // and cacheable, as SentencePiece-style tokenizers have no (or a non-splitting) pre-tokenizer.
+            var ranges: [Range<Int>] = []
+            ranges.reserveCapacity(words.ranges.count)
+            for r in words.ranges {
+                var start = r.lowerBound
+                for k in r where k > start && words.scalars[k] == "\u{2581}" && words.scalars[k - 1] != "\u{2581}" {
+                    ranges.append(start..<k)
+                    start = k
+                }
+                ranges.append(start..<r.upperBound)
+            }
+            words.ranges = ranges
+        }
         for r in words.ranges {
             model.tokenize(words.scalars[r], into: &ids)
         }

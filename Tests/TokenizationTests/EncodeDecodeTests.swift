@@ -6,7 +6,10 @@ import Testing
 /// scripts/make_tokenizer_fixtures.py). The `-heldout` styles use tokenizers trained on another corpus
 /// slice with other options, and strings from another seed: nothing in this module was tuned on them.
 @Suite struct EncodeDecodeTests {
-    static let styles = ["qwen2", "neox", "mistral", "qwen2-heldout", "neox-heldout", "mistral-heldout"]
+    static let styles = [
+        "qwen2", "neox", "mistral", "mistral-metaspace",
+        "qwen2-heldout", "neox-heldout", "mistral-heldout", "mistral-metaspace-heldout",
+    ]
 
     @Test(arguments: styles)
     func encodeMatchesTokenizers(style: String) throws {
@@ -79,5 +82,32 @@ import Testing
             }
         }
         #expect(failures == 0)
+    }
+}
+
+/// The word cache is shared between threads: concurrent encodes must give the same ids.
+@Suite struct ConcurrencyTests {
+    @Test func concurrentEncodesAgree() throws {
+        let tokenizer = try Fixtures.tokenizer("qwen2")
+        let (cases, _) = try Fixtures.cases("qwen2")
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 8) { worker in
+            for (i, c) in cases.enumerated() where (i + worker) % 2 == 0 {
+                if tokenizer.encode(c.text) != c.ids { failures.withLock { $0 += 1 } }
+            }
+        }
+        #expect(failures.withLock { $0 } == 0)
+    }
+}
+
+/// A minimal lock-protected box for test bookkeeping.
+final class Mutex<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
     }
 }
