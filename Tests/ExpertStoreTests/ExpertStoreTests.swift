@@ -129,6 +129,7 @@ func errorText(_ body: () throws -> Void) -> String? {
         let actual = try logits(ModelLoader.load(at: storeURL))
         let rms = { (v: [Float]) in (v.reduce(0) { $0 + $1 * $1 } / Float(v.count)).squareRoot() }
         let relative = rms(zip(expected, actual).map { $0 - $1 }) / rms(expected)
+        print("\(dtype) store: relative logit RMS error \(relative)")
         #expect(relative < (dtype == .int8 ? 0.01 : 0.1), "relative logit RMS error \(relative)")
     }
 }
