@@ -268,10 +268,10 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
                 try checkStored(entry, at: staging.pointer)
                 if !entry.storedRaw {
                     try ExpertBlobCodec.decode(staging.pointer, entry: entry, dtype: layout.dtype, into: decoded.pointer,
-                                               context: "layer \(entry.layer) expert \(entry.expert)")
+                                               context: "\(url.path): layer \(entry.layer) expert \(entry.expert)")
                 }
             } catch {
-                problems.append("layer \(entry.layer) expert \(entry.expert): \(error)")
+                problems.append("\(error)") // every error of the three steps names the layer and expert
             }
             progress?(i + 1, blobs.count)
         }
