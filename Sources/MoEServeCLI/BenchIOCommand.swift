@@ -98,7 +98,8 @@ struct BenchIOCommand: ParsableCommand {
             printError("bench io: \(url.path), \(blobs.count) experts of \(String(format: "%.2f", Double(storedMean) / 1e6)) MB, O_DIRECT \(direct.usesDirectIO ? "yes" : "no")")
             printError("mode                      QD   reads   GB/s   median ms   p99 ms")
             for m in results {
-                printError(String(format: "%-24@ %4d %7d %6.2f %11.2f %8.2f", m.mode as NSString, m.queueDepth, m.reads, m.gbps, m.medianMs, m.p99Ms))
+                let mode = m.mode.padding(toLength: 24, withPad: " ", startingAt: 0)
+                printError(mode + String(format: " %4d %7d %6.2f %11.2f %8.2f", m.queueDepth, m.reads, m.gbps, m.medianMs, m.p99Ms))
             }
             try printJSON(Output(store: url.path, directIO: direct.usesDirectIO, expertStoredBytes: storedMean, experts: blobs.count,
                                  expertsFileBytes: store.manifest.experts.fileSize, measurements: results))

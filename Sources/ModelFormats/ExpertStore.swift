@@ -197,7 +197,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
 
     /// Reads, checks and decodes expert `expert` of `layer` into a new buffer.
     public func readExpert(layer: Int, expert: Int) throws -> StoredExpert {
-        try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule))
+        try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule, zeroed: false))
     }
 
     /// Reads, checks and decodes expert `expert` of `layer` into `buffer` (at least
@@ -208,7 +208,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         precondition(buffer.count >= expertBufferSize && buffer.alignment >= DirectFileReader.granule,
                      "readExpert needs a \(DirectFileReader.granule)-aligned buffer of at least \(expertBufferSize) bytes")
         let entry = try blob(layer: layer, expert: expert)
-        let staging = entry.storedRaw ? buffer : AlignedBuffer<UInt8>(count: Self.roundUp(entry.storedLength), alignment: DirectFileReader.granule)
+        let staging = entry.storedRaw ? buffer : AlignedBuffer<UInt8>(count: Self.roundUp(entry.storedLength), alignment: DirectFileReader.granule, zeroed: false)
         let t0 = DispatchTime.now().uptimeNanoseconds
         try readStored(entry, into: staging.pointer)
         let t1 = DispatchTime.now().uptimeNanoseconds
@@ -268,10 +268,10 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
                 try checkStored(entry, at: staging.pointer)
                 if !entry.storedRaw {
                     try ExpertBlobCodec.decode(staging.pointer, entry: entry, dtype: layout.dtype, into: decoded.pointer,
-                                               context: "layer \(entry.layer) expert \(entry.expert)")
+                                               context: "\(url.path): layer \(entry.layer) expert \(entry.expert)")
                 }
             } catch {
-                problems.append("layer \(entry.layer) expert \(entry.expert): \(error)")
+                problems.append("\(error)") // every error of the three steps names the layer and expert
             }
             progress?(i + 1, blobs.count)
         }

@@ -46,12 +46,17 @@ public struct ExpertStorePacker {
     public var dtype: ExpertDType = .bf16
     /// Blob compression.
     public var codec: ExpertCodec = .none
+    /// LZ4-HC level tried after fast LZ4 (0: fast LZ4 only).
+    public var compressionLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel
     /// Receives progress at most every `progressInterval` seconds, and once at the end.
     public var progress: ((Progress) -> Void)?
     /// Seconds between progress reports.
     public var progressInterval = 0.25
     /// Test hook: throw after writing this many expert blobs (simulates a crash mid-pack).
     public var failAfterBlobs: Int?
+    /// Told the temporary directory as soon as it exists, so that a signal handler can remove
+    /// it if the process is interrupted.
+    public var onTemporaryDirectory: ((URL) -> Void)?
 
     /// A packer with the default options (bf16, no compression).
     public init() {}
@@ -78,6 +83,7 @@ public struct ExpertStorePacker {
         } catch {
             throw ModelFormatError.file(temporary.path, "cannot create: \(error.localizedDescription)")
         }
+        onTemporaryDirectory?(temporary)
         do {
             var summary = try write(checkpoint: checkpoint, moeLayers: checkpoint.config.moeLayers, expertCount: checkpoint.config.expertCount,
                                     expertTensorNames: expertTensorNames, into: temporary)
@@ -164,7 +170,7 @@ public struct ExpertStorePacker {
                     throw ModelFormatError("layer \(layer) expert \(expert): shapes \(theseShapes) differ from the first expert's \(shapes)")
                 }
                 let layout = layout!
-                let raw = AlignedBuffer<UInt8>(count: layout.rawLength, alignment: alignment)
+                let raw = AlignedBuffer<UInt8>(count: layout.rawLength, alignment: alignment) // zeroed: padding is written
                 for (matrixIndex, path) in [\ExpertBlobLayout.gate, \.up, \.down].enumerated() {
                     let (entry, file) = entries[matrixIndex]
                     let source = file.bytes(of: entry)
@@ -180,7 +186,7 @@ public struct ExpertStorePacker {
                     }
                     done += entry.byteCount
                 }
-                let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: dtype, codec: codec)
+                let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: dtype, codec: codec, level: compressionLevel)
                 try expertWriter.pad(to: alignment)
                 let offset = expertWriter.offset
                 let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)

@@ -13,14 +13,16 @@ public final class AlignedBuffer<Element>: @unchecked Sendable {
     /// Start of the storage.
     public let pointer: UnsafeMutablePointer<Element>
 
-    /// Allocates `count` zeroed elements aligned to `alignment` bytes (a power of two ≥ 16).
-    public init(count: Int, alignment: Int = 64) {
+    /// Allocates `count` elements aligned to `alignment` bytes (a power of two ≥ 16), zeroed
+    /// unless `zeroed` is false (for buffers a read or a decoder overwrites at once: zeroing
+    /// would be one more pass over memory).
+    public init(count: Int, alignment: Int = 64, zeroed: Bool = true) {
         precondition(count >= 0 && alignment >= 16 && alignment & (alignment - 1) == 0)
         self.count = count
         self.alignment = alignment
         let bytes = max(1, count * MemoryLayout<Element>.stride)
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: alignment)
-        raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+        if zeroed { raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes) }
         pointer = raw.bindMemory(to: Element.self, capacity: max(count, 1))
     }
 

@@ -129,6 +129,7 @@ func errorText(_ body: () throws -> Void) -> String? {
         let actual = try logits(ModelLoader.load(at: storeURL))
         let rms = { (v: [Float]) in (v.reduce(0) { $0 + $1 * $1 } / Float(v.count)).squareRoot() }
         let relative = rms(zip(expected, actual).map { $0 - $1 }) / rms(expected)
+        print("\(dtype) store: relative logit RMS error \(relative)")
         #expect(relative < (dtype == .int8 ? 0.01 : 0.1), "relative logit RMS error \(relative)")
     }
 }
@@ -236,5 +237,27 @@ func errorText(_ body: () throws -> Void) -> String? {
         #expect(digest("") == 0xEF46_DB37_51D8_E999)
         #expect(digest("abc") == 0x44BC_2CF5_AD77_0999)
         #expect(digest("Nobody inspects the spammish repetition") == 0xFBCE_A83C_8A37_8BF1)
+    }
+}
+
+@Suite struct ExpertStoreConcurrencyTests {
+    @Test func readsFromManyThreadsAgreeWithOneThread() throws {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
+        let storeURL = dir.appendingPathComponent("store")
+        try pack(hf, to: storeURL, codec: .lz4)
+        let store = try ExpertStore(url: storeURL)
+        let blobs = store.manifest.experts.blobs
+        let reference = try blobs.map { try store.readExpert(layer: $0.layer, expert: $0.expert).down.row(3) }
+        let lock = NSLock()
+        nonisolated(unsafe) var mismatches = 0
+        DispatchQueue.concurrentPerform(iterations: 64) { i in
+            let blob = blobs[i % blobs.count]
+            let row = (try? store.readExpert(layer: blob.layer, expert: blob.expert).down.row(3)) ?? []
+            if row != reference[i % blobs.count] { lock.lock(); mismatches += 1; lock.unlock() }
+        }
+        #expect(mismatches == 0)
+        #expect(store.statistics.reads == blobs.count + 64)
     }
 }
