@@ -18,6 +18,8 @@ struct RuntimeOptions: ParsableArguments {
     var cachePolicy: String = PolicyChoice.lru.rawValue
     @Option(help: "Predictive prefetch of experts: on or off.")
     var prefetch: String = "on"
+    @Option(help: "Predictor configuration when prefetching: \(PredictorConfiguration.named.map(\.0).joined(separator: ", ")).")
+    var predictor: String = "cross_layer"
     @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (the disk queue depth).")
     var readerThreads: Int = 4
 
@@ -26,6 +28,9 @@ struct RuntimeOptions: ParsableArguments {
         guard prefetch == "on" || prefetch == "off" else { throw CommandError("--prefetch: expected on or off, got '\(prefetch)'") }
         guard let policy = PolicyChoice(rawValue: cachePolicy) else {
             throw CommandError("--cache-policy: unknown policy '\(cachePolicy)'; choose one of \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard let predictorConfiguration = PredictorConfiguration.named.first(where: { $0.0 == predictor })?.1 else {
+            throw CommandError("--predictor: unknown configuration '\(predictor)'; choose one of \(PredictorConfiguration.named.map(\.0).joined(separator: ", "))")
         }
         let tokenizer: Tokenizer? = FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path)
             ? try Tokenizer.load(directory: url) : nil
@@ -85,12 +90,12 @@ struct RuntimeOptions: ParsableArguments {
             configuration: .init(budgetBytes: cacheBytes, floorSlots: config.expertsPerToken, readerThreads: readerThreads),
             layers: layers)
         let model = try TransformerModel(config: config, weights: weights, experts: cache)
-        var predictor: ExpertPredictor?
+        var expertPredictor: ExpertPredictor?
         if prefetch == "on" && cacheBytes < allExpertBytes {
-            predictor = ExpertPredictor(model: model, configuration: .default, provider: cache)
-            model.routingObserver = predictor
+            expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache)
+            model.routingObserver = expertPredictor
         }
-        return ModelRuntime(model: model, cache: cache, predictor: predictor, plan: plan, tokenizer: tokenizer)
+        return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, plan: plan, tokenizer: tokenizer)
     }
 
     /// Activations of one step: a generous per-token estimate (hidden states, q/k/v, expert
