@@ -257,7 +257,10 @@ def evaluate(model, val_chunks, batch: int, max_chunks: int | None, num_experts:
     import torch.nn.functional as F
 
     model.eval()
-    chunks = val_chunks if max_chunks is None else val_chunks[:max_chunks]
+    chunks = val_chunks
+    if max_chunks is not None and len(val_chunks) > max_chunks:
+        # Evenly spaced windows: the stream is in path order, and a prefix would be a few files only.
+        chunks = val_chunks[torch.linspace(0, len(val_chunks) - 1, max_chunks).long()]
     total_loss, total_tokens = 0.0, 0
     load = None
     with torch.no_grad():
@@ -388,15 +391,59 @@ def parse_args(argv=None):
     p.add_argument("--log-every", type=int, default=10, help="steps")
     p.add_argument("--eval-minutes", type=float, default=10.0)
     p.add_argument("--eval-chunks", type=int, default=128, help="validation chunks for periodic evals")
-    p.add_argument("--final-eval-chunks", type=int, default=400, help="validation chunks for the final eval")
+    p.add_argument(
+        "--final-eval-chunks", type=int, default=None, help="validation chunks for the final eval (default: all)"
+    )
     p.add_argument("--ckpt-minutes", type=float, default=15.0)
     p.add_argument("--save-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     p.add_argument("--sample-tokens", type=int, default=60)
+    p.add_argument(
+        "--eval-only",
+        metavar="MODEL_DIR",
+        default=None,
+        help="only evaluate MODEL_DIR (its tokenizer.json) on the whole validation split; adds the result to "
+        "MODEL_DIR/training_report.json",
+    )
     return p.parse_args(argv)
+
+
+def eval_only(args) -> int:
+    """Validation loss of a saved model on the whole validation split (same corpus flags as training)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(args.threads)
+    model_dir = Path(args.eval_only)
+    log = Log(None)
+    root = Path(args.corpus)
+    _, val_docs, _ = read_corpus(root, list_corpus(root, args.max_files), args.val_percent, log)
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    val_ids = encode_stream(tok, [t for _, t in val_docs], tok.token_to_id("<|endoftext|>"))
+    val_chunks = val_ids[: (len(val_ids) // args.seq) * args.seq].view(-1, args.seq)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    t0 = time.time()
+    loss, tokens, routing = evaluate(model, val_chunks, args.batch, None, model.config.num_experts)
+    result = {
+        "val_loss": round(loss, 4),
+        "val_perplexity": round(math.exp(loss), 3),
+        "val_tokens_evaluated": tokens,
+        "val_files": len(val_docs),
+        "seq": args.seq,
+        "routing_on_validation": routing,
+    }
+    log(f"{model_dir}: val loss {loss:.4f} over {tokens:,} tokens in {time.time() - t0:.1f}s")
+    report_path = model_dir / "training_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report["eval_full_validation"] = result
+    report_path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.eval_only:
+        return eval_only(args)
     out = Path(args.out)
     ckpt_dir = Path(args.ckpt_dir) if args.ckpt_dir else Path(str(out).rstrip("/") + "-checkpoints")
     out.mkdir(parents=True, exist_ok=True)
