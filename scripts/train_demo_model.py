@@ -378,6 +378,7 @@ def parse_args(argv=None):
     )
     # training
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of the training loop")
+    p.add_argument("--init-from", default=None, help="start from this HF model directory's weights (continue training)")
     p.add_argument("--max-steps", type=int, default=None, help="stop (and schedule) on steps instead")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
@@ -501,6 +502,14 @@ def main(argv=None) -> int:
     config = build_config(args, eos_id, eot_id)
     config._experts_implementation = args.experts_impl
     model = transformers.Qwen3MoeForCausalLM(config)
+    if args.init_from:
+        # Continue from an earlier run's weights (same shape; the optimizer starts fresh).
+        from transformers import AutoModelForCausalLM
+
+        previous = AutoModelForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
+        model.load_state_dict(previous.state_dict())
+        del previous
+        log(f"initialised from {args.init_from}")
     model.train()
     params = count_params(model)
     log(f"model: {json.dumps(params)}")
