@@ -354,6 +354,13 @@ def parse_args(argv=None):
     p.add_argument("--out", default="/work/demo-model-hf", help="final HF model directory")
     p.add_argument("--ckpt-dir", default=None, help="intermediate checkpoints (default: OUT-checkpoints)")
     p.add_argument("--tokenizer", default=None, help="reuse this tokenizer.json instead of training one")
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR",
+        default=None,
+        help="continue training a saved model (its weights, config and tokenizer; model flags are ignored); "
+        "give a new --seed so that the data order differs from the first run",
+    )
     p.add_argument("--max-files", type=int, default=None, help="use only the first N files (smoke runs)")
     p.add_argument("--val-percent", type=float, default=2.0, help="percent of files held out")
     # tokenizer
@@ -378,7 +385,6 @@ def parse_args(argv=None):
     )
     # training
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of the training loop")
-    p.add_argument("--init-from", default=None, help="start from this HF model directory's weights (continue training)")
     p.add_argument("--max-steps", type=int, default=None, help="stop (and schedule) on steps instead")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
@@ -450,6 +456,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "train.log")
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+    script_sha256 = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # now: the file may change later
     log(f"command: {command}")
 
     import torch
@@ -473,6 +480,8 @@ def main(argv=None) -> int:
     # 2. tokenizer
     from tokenizers import Tokenizer
 
+    if args.init_from and not args.tokenizer:
+        args.tokenizer = str(Path(args.init_from) / "tokenizer.json")
     if args.tokenizer:
         tok = Tokenizer.from_file(args.tokenizer)
         log(f"tokenizer: loaded {args.tokenizer} ({tok.get_vocab_size()} entries)")
@@ -499,17 +508,18 @@ def main(argv=None) -> int:
 
     # 3. model
     eos_id = tok.token_to_id(args.eos_token)
-    config = build_config(args, eos_id, eot_id)
-    config._experts_implementation = args.experts_impl
-    model = transformers.Qwen3MoeForCausalLM(config)
     if args.init_from:
-        # Continue from an earlier run's weights (same shape; the optimizer starts fresh).
-        from transformers import AutoModelForCausalLM
-
-        previous = AutoModelForCausalLM.from_pretrained(args.init_from, dtype=torch.float32)
-        model.load_state_dict(previous.state_dict())
-        del previous
-        log(f"initialised from {args.init_from}")
+        # Continue from saved weights (architecture from their config.json; a fresh optimizer and warmup).
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            args.init_from, dtype=torch.float32, experts_implementation=args.experts_impl
+        )
+        model.config.router_aux_loss_coef = args.aux_coef
+        args.experts, args.max_positions = model.config.num_experts, model.config.max_position_embeddings
+        log(f"model: initialized from {args.init_from}")
+    else:
+        config = build_config(args, eos_id, eot_id)
+        config._experts_implementation = args.experts_impl
+        model = transformers.Qwen3MoeForCausalLM(config)
     model.train()
     params = count_params(model)
     log(f"model: {json.dumps(params)}")
@@ -619,7 +629,7 @@ def main(argv=None) -> int:
 
     report = {
         "command": command,
-        "script_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "script_sha256": script_sha256,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
