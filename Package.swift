@@ -62,6 +62,8 @@ let package = Package(
             name: "ExpertPredictionTests", dependencies: ["ExpertPrediction", "MoEModels", "ModelFormats"],
             swiftSettings: optimisedMath
         ),
+        // Runs the built moe-serve binary (scripts/test.sh builds it before the tests).
+        .testTarget(name: "EndToEndTests"),
         .testTarget(name: "TensorMathTests", dependencies: ["TensorMath"], swiftSettings: optimisedMath),
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),

@@ -85,6 +85,15 @@ public final class APIServer: @unchecked Sendable {
     public func start(handleSignals: Bool = false) throws {
         // A client that vanishes mid-write must not kill the process.
         signal(SIGPIPE, SIG_IGN)
+        if handleSignals {
+            // A parent may have started us with SIGINT/SIGTERM blocked (test runners and some
+            // supervisors do, and threads inherit the mask); libuv can only see them unblocked.
+            var stopSignals = sigset_t()
+            sigemptyset(&stopSignals)
+            sigaddset(&stopSignals, SIGINT)
+            sigaddset(&stopSignals, SIGTERM)
+            pthread_sigmask(SIG_UNBLOCK, &stopSignals, nil)
+        }
         guard uv_loop_init(loop) == 0 else { throw ServerStartError(description: "cannot create the event loop") }
         let me = Unmanaged.passUnretained(self).toOpaque()
         loop.pointee.data = me
