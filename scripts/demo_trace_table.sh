@@ -25,10 +25,11 @@ for c in 4 8 12 16; do
 done | python3 -c '
 import json, sys
 rows = [json.loads(l) for l in sys.stdin if l.startswith("{")]
-names = [n for n in rows[0]["policies"]]
+names = list(rows[0]["policies"])
 print("| experts cached per layer (of 32) | " + " | ".join(names) + " |")
 print("|---" * (len(names) + 1) + "|")
 for r in rows:
-    print(f"| {r[\"cache_per_layer\"]} | " + " | ".join(f"{r[\"policies\"][n][\"hit_rate\"]:.3f}" for n in names) + " |")
+    cells = ["%.3f" % r["policies"][n]["hit_rate"] for n in names]
+    print("| %d | %s |" % (r["cache_per_layer"], " | ".join(cells)))
 '
 rm -f "$part"
