@@ -131,25 +131,28 @@ public enum BF16Kernels {
     /// `x` is permuted once into the matching even/odd order per block of 16.
     public static func gemv(_ w: UnsafePointer<UInt16>, rows: Int, cols: Int, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let blocks = cols / 16
-        let permuted = UnsafeMutablePointer<Float>.allocate(capacity: max(blocks * 16, 1))
-        defer { permuted.deallocate() }
-        for b in 0..<blocks {
-            for i in 0..<8 {
-                permuted[b * 16 + i] = x[b * 16 + 2 * i]
-                permuted[b * 16 + 8 + i] = x[b * 16 + 2 * i + 1]
+        // The permuted copy of x lives on the stack when it fits: this runs for every matrix of
+        // every decode step, so a heap allocation here would be one per GEMV.
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(blocks * 16, 1)) { buffer in
+            let permuted = buffer.baseAddress!
+            for b in 0..<blocks {
+                for i in 0..<8 {
+                    permuted[b * 16 + i] = x[b * 16 + 2 * i]
+                    permuted[b * 16 + 8 + i] = x[b * 16 + 2 * i + 1]
+                }
             }
-        }
-        let xp = UnsafePointer(permuted)
-        if rows * cols >= parallelThreshold && rows >= 64 {
-            let half = (rows / 2 + 7) & ~7
-            // Raw pointers are not Sendable; the two halves write disjoint rows of y.
-            let pointers = SendablePointers(w: w, permutedX: xp, x: x, y: y)
-            DispatchQueue.concurrentPerform(iterations: 2) { part in
-                let first = part == 0 ? 0 : half, last = part == 0 ? half : rows
-                rowRange(pointers.w, first..<last, cols: cols, blocks: blocks, permutedX: pointers.permutedX, x: pointers.x, y: pointers.y)
+            let xp = UnsafePointer(permuted)
+            if rows * cols >= parallelThreshold && rows >= 64 {
+                let half = (rows / 2 + 7) & ~7
+                // Raw pointers are not Sendable; the two halves write disjoint rows of y.
+                let pointers = SendablePointers(w: w, permutedX: xp, x: x, y: y)
+                DispatchQueue.concurrentPerform(iterations: 2) { part in
+                    let first = part == 0 ? 0 : half, last = part == 0 ? half : rows
+                    rowRange(pointers.w, first..<last, cols: cols, blocks: blocks, permutedX: pointers.permutedX, x: pointers.x, y: pointers.y)
+                }
+            } else {
+                rowRange(w, 0..<rows, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
             }
-        } else {
-            rowRange(w, 0..<rows, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
         }
     }
 
