@@ -70,6 +70,19 @@ public struct TokenSampler: Sendable {
     }
 
     private mutating func draw(_ logits: [Float]) -> Int {
+        if parameters.topK <= 0 && parameters.topP >= 1 && parameters.minP <= 0 {
+            // No truncation: draw straight from the softmax, without sorting the vocabulary
+            // (an O(V log V) sort per token is the costliest thing a sampler can do).
+            let maximum = logits.max() ?? 0
+            var total = 0.0
+            for logit in logits { total += Double(expf((logit - maximum) / parameters.temperature)) }
+            var remaining = random.nextUniform() * total
+            for (token, logit) in logits.enumerated() {
+                remaining -= Double(expf((logit - maximum) / parameters.temperature))
+                if remaining < 0 { return token }
+            }
+            return logits.count - 1
+        }
         // Candidates sorted by logit, most likely first; truncation keeps a prefix.
         var order = logits.indices.sorted { logits[$0] > logits[$1] }
         if parameters.topK > 0 && parameters.topK < order.count { order.removeLast(order.count - parameters.topK) }
