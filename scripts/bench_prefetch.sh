@@ -4,7 +4,7 @@
 #   scripts/bench_prefetch.sh [MODEL] [BUDGET] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model="${1:-DemoModel}"; budget="${2:-16MiB}"; runs="${3:-5}"; predictor="${4:-cross_layer}"
+model="${1:-DemoModel}"; budget="${2:-66MiB}"; runs="${3:-5}"; predictor="${4:-cross_layer}"
 bin=.build/release/moe-serve
 [ -x "$bin" ] || swift build -c release --product moe-serve >&2
 for i in $(seq "$runs"); do

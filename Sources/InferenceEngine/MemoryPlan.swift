@@ -1,34 +1,41 @@
 import Foundation
 
-/// How a `--memory-budget` is divided: the dense weights and scratch buffers are fixed, the KV
-/// cache gets a share, and the expert cache gets what remains.
+/// How a `--memory-budget` is divided: the process's own footprint (runtime, libraries,
+/// tokenizer), the dense weights and scratch buffers are fixed, the KV cache gets a share, and
+/// the expert cache gets what remains. The parts add up to the budget, so the resident set of
+/// a process that keeps to its plan stays inside the budget.
 public struct MemoryPlan: Sendable, Equatable, Codable {
     public var budgetBytes: Int
+    /// What the process occupies before any weight is loaded (Swift runtime, Foundation,
+    /// OpenBLAS, the tokenizer), measured, plus an allowance for thread stacks and allocator
+    /// slack that appear once generation starts.
+    public var runtimeBytes: Int
     public var denseBytes: Int
     public var scratchBytes: Int
     public var kvCacheBytes: Int
     public var expertCacheBytes: Int
 
     enum CodingKeys: String, CodingKey {
-        case budgetBytes = "budget_bytes", denseBytes = "dense_bytes", scratchBytes = "scratch_bytes"
+        case budgetBytes = "budget_bytes", runtimeBytes = "runtime_bytes", denseBytes = "dense_bytes", scratchBytes = "scratch_bytes"
         case kvCacheBytes = "kv_cache_bytes", expertCacheBytes = "expert_cache_bytes"
     }
 
-    /// Divides `budget`. The KV cache gets enough for `kvTokens` positions, but never more than
+    /// Divides `budget`. `runtimeBytes` (the process's footprint before loading, see
+    /// `ProcessMemory.runtimeReservation`) comes off the top. The KV cache gets enough for `kvTokens` positions, but never more than
     /// `kvShare` of what is left after dense weights and scratch; the expert cache must hold
     /// at least `minimumExpertBytes` (two layers' worth of experts) or planning fails with the
     /// numbers.
-    public static func plan(budget: Int, denseBytes: Int, scratchBytes: Int, kvBytesPerToken: Int, kvTokens: Int,
-                            minimumExpertBytes: Int, kvShare: Double = 0.25) throws -> MemoryPlan {
-        let afterFixed = budget - denseBytes - scratchBytes
+    public static func plan(budget: Int, runtimeBytes: Int = 0, denseBytes: Int, scratchBytes: Int, kvBytesPerToken: Int,
+                            kvTokens: Int, minimumExpertBytes: Int, kvShare: Double = 0.25) throws -> MemoryPlan {
+        let afterFixed = budget - runtimeBytes - denseBytes - scratchBytes
         let kvWanted = kvBytesPerToken * kvTokens
         let kv = max(0, min(kvWanted, Int(Double(max(afterFixed, 0)) * kvShare)))
         let experts = afterFixed - kv
         guard experts >= minimumExpertBytes else {
             throw MemoryPlanError(
-                "a memory budget of \(formatBytes(budget)) cannot hold the dense weights (\(formatBytes(denseBytes))), scratch buffers (\(formatBytes(scratchBytes))), a KV cache (\(formatBytes(kv))) and two layers' worth of experts (\(formatBytes(minimumExpertBytes))); it needs at least \(formatBytes(denseBytes + scratchBytes + kv + minimumExpertBytes))")
+                "a memory budget of \(formatBytes(budget)) cannot hold the process itself (\(formatBytes(runtimeBytes))), the dense weights (\(formatBytes(denseBytes))), scratch buffers (\(formatBytes(scratchBytes))), a KV cache (\(formatBytes(kv))) and two layers' worth of experts (\(formatBytes(minimumExpertBytes))); it needs at least \(formatBytes(runtimeBytes + denseBytes + scratchBytes + kv + minimumExpertBytes))")
         }
-        return MemoryPlan(budgetBytes: budget, denseBytes: denseBytes, scratchBytes: scratchBytes,
+        return MemoryPlan(budgetBytes: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes, scratchBytes: scratchBytes,
                           kvCacheBytes: kv, expertCacheBytes: experts)
     }
 }

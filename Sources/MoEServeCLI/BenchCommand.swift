@@ -5,5 +5,6 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Benchmarks (JSON on stdout, a table on stderr).",
-        subcommands: [BenchIOCommand.self, BenchKernelsCommand.self, TraceBenchCommand.self, BenchPredictorCommand.self, BenchBatchCommand.self])
+        subcommands: [BenchIOCommand.self, BenchKernelsCommand.self, TraceBenchCommand.self, BenchPredictorCommand.self, BenchBatchCommand.self,
+                      BenchDecodeCommand.self])
 }

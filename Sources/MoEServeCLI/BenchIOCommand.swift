@@ -73,22 +73,22 @@ struct BenchIOCommand: ParsableCommand {
             let direct = try DirectFileReader(path: expertsPath)
             dropCache(expertsPath)
             for depth in depths {
-                results.append(try random(order: order, depth: depth, mode: direct.usesDirectIO ? "random_direct" : "random_buffered_dontneed") { entry, buffer in
+                results.append(try Self.random(order: order, depth: depth, mode: direct.usesDirectIO ? "random_direct" : "random_buffered_dontneed") { entry, buffer in
                     _ = try direct.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
                 })
             }
             // The whole reader path: O_DIRECT read + checksum + decode.
-            results.append(try random(order: order, depth: 1, mode: "read_expert_checked") { entry, _ in
+            results.append(try Self.random(order: order, depth: 1, mode: "read_expert_checked") { entry, _ in
                 _ = try store.readExpert(layer: entry.layer, expert: entry.expert)
             })
             // Page cache: warm the touched blobs, then read them again buffered.
             let cached = try DirectFileReader(path: expertsPath, direct: false, keepPageCache: true)
             let distinct = Dictionary(order.map { ($0.offset, $0) }, uniquingKeysWith: { first, _ in first }).values.sorted { $0.offset < $1.offset }
-            _ = try random(order: distinct, depth: 1, mode: "warm") { entry, buffer in
+            _ = try Self.random(order: distinct, depth: 1, mode: "warm") { entry, buffer in
                 _ = try cached.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
             }
             for depth in depths {
-                results.append(try random(order: order, depth: depth, mode: "random_page_cache") { entry, buffer in
+                results.append(try Self.random(order: order, depth: depth, mode: "random_page_cache") { entry, buffer in
                     _ = try cached.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
                 })
             }
@@ -121,11 +121,11 @@ struct BenchIOCommand: ParsableCommand {
             if got == 0 { break }
             offset += got
         }
-        return summarize(mode: file.usesDirectIO ? "sequential_direct_4MiB" : "sequential_buffered_4MiB", depth: 1, bytes: offset, seconds: now() - start, latencies: latencies)
+        return Self.summarize(mode: file.usesDirectIO ? "sequential_direct_4MiB" : "sequential_buffered_4MiB", depth: 1, bytes: offset, seconds: now() - start, latencies: latencies)
     }
 
     /// Runs `order` spread over `depth` threads, each with its own aligned buffer.
-    private func random(order: [ExpertBlobEntry], depth: Int, mode: String,
+    static func random(order: [ExpertBlobEntry], depth: Int, mode: String,
                         read: @escaping @Sendable (ExpertBlobEntry, UnsafeMutableRawPointer) throws -> Void) throws -> Measurement {
         let maxLength = ExpertStore.roundUp(order.map(\.storedLength).max() ?? 0)
         let lock = NSLock()
@@ -160,7 +160,7 @@ struct BenchIOCommand: ParsableCommand {
         return summarize(mode: mode, depth: depth, bytes: bytes, seconds: seconds, latencies: latencies)
     }
 
-    private func summarize(mode: String, depth: Int, bytes: Int, seconds: Double, latencies: [Double]) -> Measurement {
+    static func summarize(mode: String, depth: Int, bytes: Int, seconds: Double, latencies: [Double]) -> Measurement {
         let sorted = latencies.sorted()
         func quantile(_ q: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] * 1000 }
         return Measurement(mode: mode, queueDepth: depth, reads: latencies.count, bytes: bytes, seconds: seconds,
@@ -174,10 +174,10 @@ struct BenchIOCommand: ParsableCommand {
     }
 }
 
-private func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 /// SplitMix64: a seeded, platform-independent random order.
-private struct SplitMix {
+struct SplitMix {
     var state: UInt64
     mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15

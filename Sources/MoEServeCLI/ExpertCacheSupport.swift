@@ -14,7 +14,7 @@ struct RuntimeOptions: ParsableArguments {
     var memoryBudget: String?
     @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them).")
     var expertCache: String?
-    @Option(name: .customLong("cache-policy"), help: "Eviction policy: \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(name: [.customLong("cache-policy"), .customLong("policy")], help: "Eviction policy: \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", ")).")
     var cachePolicy: String = PolicyChoice.lru.rawValue
     @Option(help: "Predictive prefetch of experts: on or off.")
     var prefetch: String = "on"
@@ -34,6 +34,8 @@ struct RuntimeOptions: ParsableArguments {
         }
         let tokenizer: Tokenizer? = FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path)
             ? try Tokenizer.load(directory: url) : nil
+        // Measured before any weight is read: what the process costs on its own.
+        let runtimeBytes = ProcessMemory.runtimeReservation()
 
         // Dense weights and an expert loader, from a packed store or a checkpoint directory.
         let config: ModelConfig
@@ -75,7 +77,7 @@ struct RuntimeOptions: ParsableArguments {
         var cacheBytes = allExpertBytes
         if let memoryBudget {
             let budget = try parseByteSize(memoryBudget, option: "--memory-budget")
-            plan = try MemoryPlan.plan(budget: budget, denseBytes: denseBytes,
+            plan = try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes,
                                        scratchBytes: Self.scratchBytes(config, maxSequences: maxSequences),
                                        kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * maxSequences,
                                        minimumExpertBytes: 2 * config.expertCount * expertBytes)
@@ -128,7 +130,12 @@ final class ModelRuntime {
         if let predictor { predictor.next = observer } else { model.routingObserver = observer }
     }
 
-    func close() { cache?.close() }
+    /// Stops the cache's readers and breaks the model ↔ predictor reference cycle, so that
+    /// the model, its dense weights and its resident experts are freed.
+    func close() {
+        cache?.close()
+        model.routingObserver = nil
+    }
 }
 
 /// `generate`'s `stats`: the generation's own figures plus the memory plan, the expert
@@ -138,8 +145,12 @@ struct GenerateStatistics: Encodable {
     var memory: MemoryPlan?
     var expertCache: ExpertCacheStats?
     var prediction: PredictionSummary?
+    /// The process's peak resident set (VmHWM) when the statistics were taken.
+    var peakResidentBytes: Int? = ProcessMemory.peakResidentBytes()
 
-    private enum CodingKeys: String, CodingKey { case memory, expertCache = "expert_cache", prediction }
+    private enum CodingKeys: String, CodingKey {
+        case memory, expertCache = "expert_cache", prediction, peakResidentBytes = "peak_resident_bytes"
+    }
 
     func encode(to encoder: Encoder) throws {
         try generation.encode(to: encoder)
@@ -147,6 +158,7 @@ struct GenerateStatistics: Encodable {
         try container.encodeIfPresent(memory, forKey: .memory)
         try container.encodeIfPresent(expertCache, forKey: .expertCache)
         try container.encodeIfPresent(prediction, forKey: .prediction)
+        try container.encodeIfPresent(peakResidentBytes, forKey: .peakResidentBytes)
     }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import InferenceEngine
 
 /// `moe-serve`: serve, pack, inspect and run Mixture-of-Experts models larger than RAM.
 @main
@@ -14,9 +15,16 @@ struct MoEServeCommand: ParsableCommand {
             PackCommand.self,
             VerifyCommand.self,
             InspectCommand.self,
+            SynthCommand.self,
             BenchCommand.self,
             ServeCommand.self,
         ],
         defaultSubcommand: ServeCommand.self
     )
+
+    /// Sets up the allocator (so the resident set keeps to the memory plan), then parses and runs.
+    static func main() {
+        ProcessMemory.configureAllocator()
+        main(nil)
+    }
 }

@@ -40,33 +40,8 @@ struct PackCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let source = try CheckpointDirectory(url: URL(fileURLWithPath: checkpoint))
-            let names = ArchitectureDescription.of(source.config.architecture)
-            if experts == .bf16, let first = source.config.moeLayers.first,
-               let dtype = try? source.entry(names.expertTensorNames(first, 0).gate).0.dtype, dtype != .bf16 {
-                printError("note: the checkpoint's experts are \(dtype.rawValue); --experts bf16 rounds them (use --experts f32 for an exact store)")
-            }
-            var packer = ExpertStorePacker()
-            packer.dtype = experts
-            packer.codec = compression
-            packer.compressionLevel = lz4hcLevel
-            // Ctrl-C or a kill mid-pack: remove the temporary directory before exiting (it never
-            // looks like a store, but it can be large).
-            let interruption = PackInterruption()
-            packer.onTemporaryDirectory = { interruption.watch($0) }
-            let interactive = isatty(STDERR_FILENO) != 0
-            packer.progress = { p in
-                let line = String(format: "pack: %.1f / %.1f MB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e6,
-                                  Double(p.bytesTotal) / 1e6, p.rate / 1e6, p.eta)
-                FileHandle.standardError.write(Data((interactive ? "\r\(line)  " : "\(line)\n").utf8))
-            }
-            let summary = try packer.pack(checkpoint: source, expertTensorNames: { layer, expert in
-                let n = names.expertTensorNames(layer, expert)
-                return [n.gate, n.up, n.down]
-            }, to: URL(fileURLWithPath: store))
-            if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
-            printError(String(format: "packed %d experts into %@ in %.1f s (%.0f MB/s)", summary.manifest.experts.blobs.count, store,
-                              summary.seconds, Double(summary.sourceBytes) / max(summary.seconds, 1e-9) / 1e6))
+            let summary = try packCheckpoint(at: URL(fileURLWithPath: checkpoint), into: URL(fileURLWithPath: store),
+                                             experts: experts, compression: compression, lz4hcLevel: lz4hcLevel)
             try printJSON(Output(
                 store: store, expertDtype: experts.rawValue, compression: compression.rawValue,
                 blobs: summary.manifest.experts.blobs.count, sourceBytes: summary.sourceBytes,
@@ -75,6 +50,39 @@ struct PackCommand: ParsableCommand {
                 seconds: summary.seconds, megabytesPerSecond: Double(summary.sourceBytes) / max(summary.seconds, 1e-9) / 1e6))
         }
     }
+}
+
+/// Packs the checkpoint at `source` into a new store at `destination`, with progress on stderr.
+func packCheckpoint(at source: URL, into destination: URL, experts: ExpertDType, compression: ExpertCodec,
+                    lz4hcLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel) throws -> ExpertStorePacker.Summary {
+    let checkpoint = try CheckpointDirectory(url: source)
+    let names = ArchitectureDescription.of(checkpoint.config.architecture)
+    if experts == .bf16, let first = checkpoint.config.moeLayers.first,
+       let dtype = try? checkpoint.entry(names.expertTensorNames(first, 0).gate).0.dtype, dtype != .bf16 {
+        printError("note: the checkpoint's experts are \(dtype.rawValue); --experts bf16 rounds them (use --experts f32 for an exact store)")
+    }
+    var packer = ExpertStorePacker()
+    packer.dtype = experts
+    packer.codec = compression
+    packer.compressionLevel = lz4hcLevel
+    // Ctrl-C or a kill mid-pack: remove the temporary directory before exiting (it never
+    // looks like a store, but it can be large).
+    let interruption = PackInterruption()
+    packer.onTemporaryDirectory = { interruption.watch($0) }
+    let interactive = isatty(STDERR_FILENO) != 0
+    packer.progress = { p in
+        let line = String(format: "pack: %.1f / %.1f MB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e6,
+                          Double(p.bytesTotal) / 1e6, p.rate / 1e6, p.eta)
+        FileHandle.standardError.write(Data((interactive ? "\r\(line)  " : "\(line)\n").utf8))
+    }
+    let summary = try packer.pack(checkpoint: checkpoint, expertTensorNames: { layer, expert in
+        let n = names.expertTensorNames(layer, expert)
+        return [n.gate, n.up, n.down]
+    }, to: destination)
+    if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+    printError(String(format: "packed %d experts into %@ in %.1f s (%.0f MB/s)", summary.manifest.experts.blobs.count, destination.path,
+                      summary.seconds, Double(summary.sourceBytes) / max(summary.seconds, 1e-9) / 1e6))
+    return summary
 }
 
 /// Writes one line to stderr.

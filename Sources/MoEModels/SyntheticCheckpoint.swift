@@ -1,0 +1,244 @@
+import Foundation
+import ModelFormats
+import TensorMath
+
+/// A random-weight checkpoint of a realistic shape, written as a Hugging Face directory
+/// (sharded bf16 safetensors, `config.json`, and a tokenizer copied from elsewhere). Random
+/// weights route almost uniformly: such a model measures I/O and compute, never hit rates of
+/// learned routing. Weights are uniform with standard deviation 0.02 (the `initializer_range`
+/// of the published configurations), norms are one; every tensor's values come from its own
+/// generator seeded by (seed, tensor name), so a checkpoint is reproducible byte for byte.
+public struct SyntheticCheckpoint: Sendable {
+    /// A named shape.
+    public struct Shape: Sendable {
+        public var name: String
+        public var summary: String
+        /// The `config.json` body, before `vocab_size` and token ids are filled in.
+        public var config: [String: Any] { configBuilder() }
+        fileprivate let configBuilder: @Sendable () -> [String: Any]
+    }
+
+    /// Shapes `moe-serve synth --shape` knows.
+    public static let shapes: [Shape] = [
+        Shape(name: "olmoe-1b-7b", summary: "OLMoE-1B-7B: 16 layers, 64 experts top-8, hidden 2048, expert width 1024 (12.9 GB of bf16 experts)") {
+            olmoe(layers: 16, hidden: 2048, width: 1024, heads: 16, experts: 64, topK: 8)
+        },
+        Shape(name: "mixtral-scaled", summary: "Mixtral-8x7B halved: 16 layers, 8 experts top-2, hidden 2048, expert width 7168, GQA 16/4 (11.3 GB of bf16 experts)") {
+            [
+                "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+                "hidden_size": 2048, "intermediate_size": 7168, "num_hidden_layers": 16,
+                "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 128,
+                "num_local_experts": 8, "num_experts_per_tok": 2,
+                "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 1e6,
+                "hidden_act": "silu", "tie_word_embeddings": false, "sliding_window": NSNull(),
+                "torch_dtype": "bfloat16", "initializer_range": 0.02,
+            ]
+        },
+        Shape(name: "olmoe-small", summary: "OLMoE-shaped, small enough for tests: 8 layers, 32 experts top-4, hidden 256, expert width 256 (100 MB of bf16 experts)") {
+            olmoe(layers: 8, hidden: 256, width: 256, heads: 4, experts: 32, topK: 4)
+        },
+    ]
+
+    private static func olmoe(layers: Int, hidden: Int, width: Int, heads: Int, experts: Int, topK: Int) -> [String: Any] {
+        [
+            "architectures": ["OlmoeForCausalLM"], "model_type": "olmoe",
+            "hidden_size": hidden, "intermediate_size": width, "num_hidden_layers": layers,
+            "num_attention_heads": heads, "num_key_value_heads": heads,
+            "num_experts": experts, "num_experts_per_tok": topK, "norm_topk_prob": false,
+            "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+            "hidden_act": "silu", "tie_word_embeddings": false, "clip_qkv": NSNull(),
+            "attention_bias": false, "torch_dtype": "bfloat16", "initializer_range": 0.02,
+        ]
+    }
+
+    /// Progress of a write.
+    public struct Progress: Sendable {
+        public var bytesDone: Int
+        public var bytesTotal: Int
+        public var seconds: Double
+    }
+
+    public var shape: Shape
+    public var seed: UInt64
+    public var vocabSize: Int
+    /// Shards are cut at tensor boundaries once they reach this size.
+    public var shardBytes = 2 << 30
+    public var eosTokenId: Int?
+
+    public init(shape: Shape, seed: UInt64, vocabSize: Int, eosTokenId: Int?) {
+        self.shape = shape
+        self.seed = seed
+        self.vocabSize = vocabSize
+        self.eosTokenId = eosTokenId
+    }
+
+    /// The complete `config.json`.
+    public func configJSON() -> [String: Any] {
+        var config = shape.config
+        config["vocab_size"] = vocabSize
+        config["bos_token_id"] = NSNull()
+        config["eos_token_id"] = eosTokenId.map { $0 as Any } ?? NSNull()
+        config["synthetic"] = ["shape": shape.name, "seed": seed, "weights": "uniform, std 0.02; norms 1"]
+        return config
+    }
+
+    /// Every tensor, in file order (dense weights of each layer, then its experts), with the
+    /// value of a norm (ones) or nil for a random matrix.
+    public func tensors() throws -> [SafetensorsStreamWriter.Tensor] {
+        let data = try JSONSerialization.data(withJSONObject: configJSON())
+        let config = try ModelConfig.parse(data, file: "config.json")
+        let names = ArchitectureDescription.of(config.architecture)
+        let hidden = config.hiddenSize
+        let qWidth = config.headCount * config.headDim
+        let kvWidth = config.kvHeadCount * config.headDim
+        func t(_ name: String, _ shape: [Int]) -> SafetensorsStreamWriter.Tensor { .init(name: name, dtype: .bf16, shape: shape) }
+        var list = [t("model.embed_tokens.weight", [config.vocabSize, hidden])]
+        for layer in 0..<config.layerCount {
+            let attention = names.attentionPrefix(layer)
+            list += [
+                t("model.layers.\(layer).input_layernorm.weight", [hidden]),
+                t("\(attention).q_proj.weight", [qWidth, hidden]),
+                t("\(attention).k_proj.weight", [kvWidth, hidden]),
+                t("\(attention).v_proj.weight", [kvWidth, hidden]),
+                t("\(attention).o_proj.weight", [hidden, qWidth]),
+                t("model.layers.\(layer).post_attention_layernorm.weight", [hidden]),
+                t(names.routerName(layer), [config.expertCount, hidden]),
+            ]
+            switch names.qkNormalization {
+            case .none: break
+            case .perHead: list += [t("\(attention).q_norm.weight", [config.headDim]), t("\(attention).k_norm.weight", [config.headDim])]
+            case .wholeProjection: list += [t("\(attention).q_norm.weight", [qWidth]), t("\(attention).k_norm.weight", [kvWidth])]
+            }
+            for expert in 0..<config.expertCount {
+                let n = names.expertTensorNames(layer, expert)
+                let width = config.expertIntermediateSize
+                list += [t(n.gate, [width, hidden]), t(n.up, [width, hidden]), t(n.down, [hidden, width])]
+            }
+        }
+        list += [t("model.norm.weight", [hidden]), t("lm_head.weight", [config.vocabSize, hidden])]
+        return list
+    }
+
+    /// Writes the checkpoint into `directory` (created; must not exist), copying
+    /// `tokenizer.json` and `tokenizer_config.json` from `tokenizerDirectory`.
+    public func write(to directory: URL, tokenizerDirectory: URL, progress: ((Progress) -> Void)? = nil) throws {
+        let fm = FileManager.default
+        guard !fm.fileExists(atPath: directory.path) else { throw ModelFormatError.file(directory.path, "already exists") }
+        try fm.createDirectory(at: directory, withIntermediateDirectories: true)
+        let tensors = try tensors()
+
+        // Shards at tensor boundaries.
+        var shards: [[SafetensorsStreamWriter.Tensor]] = [[]]
+        var shardSize = 0
+        for tensor in tensors {
+            if shardSize > 0 && shardSize + tensor.byteCount > shardBytes { shards.append([]); shardSize = 0 }
+            shards[shards.count - 1].append(tensor)
+            shardSize += tensor.byteCount
+        }
+        let total = tensors.reduce(0) { $0 + $1.byteCount }
+        let start = DispatchTime.now().uptimeNanoseconds
+        var done = 0
+        var lastReport = 0.0
+        var weightMap: [String: String] = [:]
+        let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: 64)
+        defer { chunk.deallocate() }
+        for (index, shard) in shards.enumerated() {
+            let fileName = shards.count == 1 ? "model.safetensors"
+                : String(format: "model-%05d-of-%05d.safetensors", index + 1, shards.count)
+            let writer = try SafetensorsStreamWriter(url: directory.appendingPathComponent(fileName), tensors: shard)
+            for tensor in shard {
+                weightMap[tensor.name] = fileName
+                var values = UniformBF16Generator(seed: seed, tensorName: tensor.name,
+                                                  constant: tensor.shape.count == 1 ? 1.0 : nil, standardDeviation: 0.02)
+                var remaining = tensor.byteCount
+                while remaining > 0 {
+                    let piece = min(remaining, chunk.count)
+                    values.fill(UnsafeMutableRawBufferPointer(rebasing: chunk[0..<piece]))
+                    try writer.append(UnsafeRawBufferPointer(rebasing: chunk[0..<piece]))
+                    remaining -= piece
+                    done += piece
+                    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                    if seconds - lastReport >= 1 {
+                        lastReport = seconds
+                        progress?(Progress(bytesDone: done, bytesTotal: total, seconds: seconds))
+                    }
+                }
+            }
+            try writer.finish()
+        }
+        if shards.count > 1 {
+            let index: [String: Any] = ["metadata": ["total_size": total], "weight_map": weightMap]
+            try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])
+                .write(to: directory.appendingPathComponent("model.safetensors.index.json"))
+        }
+        try JSONSerialization.data(withJSONObject: configJSON(), options: [.prettyPrinted, .sortedKeys])
+            .write(to: directory.appendingPathComponent("config.json"))
+        for name in ["tokenizer.json", "tokenizer_config.json"] {
+            let source = tokenizerDirectory.appendingPathComponent(name)
+            if fm.fileExists(atPath: source.path) { try fm.copyItem(at: source, to: directory.appendingPathComponent(name)) }
+        }
+        progress?(Progress(bytesDone: done, bytesTotal: total, seconds: Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9))
+    }
+}
+
+/// bf16 values, uniform on [-a, a] with the given standard deviation (a = σ√3), or a constant.
+/// Sixteen random bits index a 65,536-entry table of bf16 values, so filling gigabytes costs
+/// one xoshiro256** step per four values.
+struct UniformBF16Generator {
+    private var state: (UInt64, UInt64, UInt64, UInt64)
+    private let table: [UInt16]
+
+    init(seed: UInt64, tensorName: String, constant: Float?, standardDeviation: Float) {
+        // FNV-1a of the name, mixed with the seed through SplitMix64.
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in tensorName.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        var mix = seed ^ hash
+        func splitMix() -> UInt64 {
+            mix &+= 0x9e37_79b9_7f4a_7c15
+            var z = mix
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            return z ^ (z >> 31)
+        }
+        state = (splitMix(), splitMix(), splitMix(), splitMix())
+        if let constant {
+            table = [UInt16](repeating: FloatConversion.bf16(from: constant), count: 65536)
+        } else {
+            let a = standardDeviation * 3.0.squareRoot().floatValue
+            table = (0..<65536).map { FloatConversion.bf16(from: (Float($0) + 0.5) / 65536 * 2 * a - a) }
+        }
+    }
+
+    private mutating func next() -> UInt64 {
+        let result = ((state.1 &* 5) << 7 | (state.1 &* 5) >> 57) &* 9
+        let t = state.1 << 17
+        state.2 ^= state.0
+        state.3 ^= state.1
+        state.1 ^= state.2
+        state.0 ^= state.3
+        state.2 ^= t
+        state.3 = (state.3 << 45) | (state.3 >> 19)
+        return result
+    }
+
+    /// Fills `buffer` (an even number of bytes) with bf16 values.
+    mutating func fill(_ buffer: UnsafeMutableRawBufferPointer) {
+        let values = buffer.bindMemory(to: UInt16.self)
+        table.withUnsafeBufferPointer { table in
+            var i = 0
+            while i + 4 <= values.count {
+                let r = next()
+                values[i] = table[Int(r & 0xffff)]
+                values[i + 1] = table[Int((r >> 16) & 0xffff)]
+                values[i + 2] = table[Int((r >> 32) & 0xffff)]
+                values[i + 3] = table[Int(r >> 48)]
+                i += 4
+            }
+            while i < values.count { values[i] = table[Int(next() & 0xffff)]; i += 1 }
+        }
+    }
+}
+
+private extension Double {
+    var floatValue: Float { Float(self) }
+}

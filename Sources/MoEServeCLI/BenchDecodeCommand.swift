@@ -1,0 +1,297 @@
+import ArgumentParser
+import ExpertCache
+import Foundation
+import InferenceEngine
+import ModelFormats
+import MoEModels
+import TensorMath
+
+/// `moe-serve bench decode`: llama-bench-style prefill (pp) and decode (tg) of one sequence
+/// under a memory budget, each run from a cold expert cache in a fresh model, with the
+/// physical bound of this machine measured in the same process: the compute time per token
+/// (time not stalled on I/O) and the disk's random-read bandwidth at the reader queue depth.
+struct BenchDecodeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "decode",
+        abstract: "Prefill and decode speed under a memory budget, against the physical bound (JSON on stdout, table on stderr).")
+
+    @OptionGroup var model: ModelOption
+    @Option(name: .customLong("prompt-tokens"), help: "Prompt length (pp).") var promptTokens = 512
+    @Option(name: .customLong("gen-tokens"), help: "Decode steps (tg).") var genTokens = 128
+    @Option(help: "Runs per configuration; medians are reported.") var runs = 5
+    @Flag(help: "Also measure load-on-demand (no prefetch, LRU) in the same run.") var baseline = false
+    @Option(help: "Draw decode tokens/s against the budget into this SVG file (uses --plot-budgets).") var plot: String?
+    @Option(name: .customLong("plot-budgets"), help: "Budgets for --plot, e.g. 2GiB,3GiB,4GiB,6GiB.") var plotBudgets: String?
+    @Option(help: "Seed of the random prompt.") var seed: UInt64 = 1
+    @OptionGroup var runtimeOptions: RuntimeOptions
+
+    func validate() throws {
+        guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ValidationError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
+        if plot != nil && plotBudgets == nil { throw ValidationError("--plot needs --plot-budgets") }
+    }
+
+    /// One run's measurements.
+    struct Run: Encodable {
+        var prefillSeconds: Double
+        var decodeSeconds: Double
+        var prefillStallSeconds: Double
+        var decodeStallSeconds: Double
+        var prefillBytesRead: Int
+        var decodeBytesRead: Int
+        var decodeBytesNeeded: Int
+        var decodeHits: Int
+        var decodeMisses: Int
+        var recall: Double?
+        var peakResidentBytes: Int?
+        enum CodingKeys: String, CodingKey {
+            case prefillSeconds = "prefill_seconds", decodeSeconds = "decode_seconds"
+            case prefillStallSeconds = "prefill_stall_seconds", decodeStallSeconds = "decode_stall_seconds"
+            case prefillBytesRead = "prefill_bytes_read", decodeBytesRead = "decode_bytes_read", decodeBytesNeeded = "decode_bytes_needed"
+            case decodeHits = "decode_hits", decodeMisses = "decode_misses", recall, peakResidentBytes = "peak_resident_bytes"
+        }
+    }
+
+    /// A configuration's medians, spreads and bound.
+    struct Summary: Encodable {
+        var name: String
+        var budgetBytes: Int?
+        var prefetch: String
+        var policy: String
+        var predictor: String?
+        var prefillTokensPerSecond: Double
+        var prefillSpread: [Double]
+        var decodeTokensPerSecond: Double
+        var decodeSpread: [Double]
+        var hitRate: Double
+        var recall: Double?
+        var bytesReadPerToken: Double
+        var prefillBytesRead: Double
+        var stallFraction: Double
+        var prefillStallFraction: Double
+        var computeSecondsPerToken: Double
+        var ioSecondsPerToken: Double
+        var boundDecodeTokensPerSecond: Double
+        var boundPrefillTokensPerSecond: Double
+        var peakResidentBytes: Int?
+        var runs: [Run]
+        enum CodingKeys: String, CodingKey {
+            case name, prefetch, policy, predictor, recall, runs
+            case budgetBytes = "budget_bytes"
+            case prefillTokensPerSecond = "prefill_tokens_per_second", prefillSpread = "prefill_min_max"
+            case decodeTokensPerSecond = "decode_tokens_per_second", decodeSpread = "decode_min_max"
+            case hitRate = "hit_rate", bytesReadPerToken = "bytes_read_per_token", prefillBytesRead = "prefill_bytes_read"
+            case stallFraction = "stall_fraction", prefillStallFraction = "prefill_stall_fraction"
+            case computeSecondsPerToken = "compute_seconds_per_token", ioSecondsPerToken = "io_seconds_per_token"
+            case boundDecodeTokensPerSecond = "bound_decode_tokens_per_second", boundPrefillTokensPerSecond = "bound_prefill_tokens_per_second"
+            case peakResidentBytes = "peak_resident_bytes"
+        }
+    }
+
+    func run() throws {
+        try reportingErrors {
+            let url = try model.resolvedURL()
+            let disk = try measureDisk(url)
+            if let disk { printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT)", disk, runtimeOptions.readerThreads)) }
+            var main = try measure(name: "moe-serve", options: runtimeOptions, url: url, disk: disk)
+            var results = [main]
+            if baseline {
+                var onDemand = runtimeOptions
+                onDemand.prefetch = "off"
+                onDemand.cachePolicy = "lru"
+                results.append(try measure(name: "load-on-demand", options: onDemand, url: url, disk: disk))
+            }
+            var sweep: [(budget: Int, rows: [Summary])] = []
+            if let plot, let plotBudgets {
+                for text in plotBudgets.split(separator: ",") {
+                    var options = runtimeOptions
+                    options.memoryBudget = String(text)
+                    var rows = [try measure(name: "moe-serve", options: options, url: url, disk: disk)]
+                    if baseline {
+                        options.prefetch = "off"
+                        options.cachePolicy = "lru"
+                        rows.append(try measure(name: "load-on-demand", options: options, url: url, disk: disk))
+                    }
+                    sweep.append((try parseByteSize(String(text), option: "--plot-budgets"), rows))
+                }
+                try BudgetPlot.svg(sweep.map { ($0.budget, $0.rows.map { ($0.name, $0.decodeTokensPerSecond, $0.boundDecodeTokensPerSecond) }) })
+                    .write(toFile: plot, atomically: true, encoding: .utf8)
+                printError("bench decode: plot written to \(plot)")
+            }
+            main = results[0]
+
+            var table = "| config | pp\(promptTokens) tok/s | tg\(genTokens) tok/s | × load-on-demand | hit rate | recall | MB read/token | stall | bound tg tok/s | % of bound |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            for r in results + sweep.flatMap(\.rows) {
+                let base = results.count > 1 ? results[1].decodeTokensPerSecond : r.decodeTokensPerSecond
+                table += String(format: "| %@ @ %@ | %.2f | %.2f | %.2f | %.3f | %@ | %.1f | %.0f%% | %.2f | %.0f%% |\n",
+                                r.name, r.budgetBytes.map { formatBytes($0) } ?? "all", r.prefillTokensPerSecond, r.decodeTokensPerSecond,
+                                r.decodeTokensPerSecond / max(base, 1e-9), r.hitRate, r.recall.map { String(format: "%.3f", $0) } ?? "–",
+                                r.bytesReadPerToken / 1e6, r.stallFraction * 100, r.boundDecodeTokensPerSecond,
+                                r.decodeTokensPerSecond / max(r.boundDecodeTokensPerSecond, 1e-9) * 100)
+            }
+            FileHandle.standardError.write(Data(table.utf8))
+            try printJSON(Output(model: url.path, promptTokens: promptTokens, genTokens: genTokens, runs: runs, diskGBps: disk,
+                                 main: main, baselines: Array(results.dropFirst()), sweep: sweep.flatMap(\.rows)))
+        }
+    }
+
+    struct Output: Encodable {
+        var model: String
+        var promptTokens: Int
+        var genTokens: Int
+        var runs: Int
+        var diskGBps: Double?
+        var main: Summary
+        var baselines: [Summary]
+        var sweep: [Summary]
+        enum CodingKeys: String, CodingKey { case model, promptTokens = "prompt_tokens", genTokens = "gen_tokens", runs, diskGBps = "disk_gbps", baselines, sweep }
+
+        // The main configuration's fields sit at the top level, as `bench decode`'s contract says.
+        func encode(to encoder: Encoder) throws {
+            try main.encode(to: encoder)
+            var container = encoder.container(keyedBy: CodingKeys.self)
+            try container.encode(model, forKey: .model)
+            try container.encode(promptTokens, forKey: .promptTokens)
+            try container.encode(genTokens, forKey: .genTokens)
+            try container.encode(runs, forKey: .runs)
+            try container.encodeIfPresent(diskGBps, forKey: .diskGBps)
+            try container.encode(baselines, forKey: .baselines)
+            try container.encode(sweep, forKey: .sweep)
+        }
+    }
+
+    /// Random whole-expert O_DIRECT reads at the reader queue depth, in GB/s (nil for a
+    /// checkpoint directory, whose experts are read through the page cache).
+    private func measureDisk(_ url: URL) throws -> Double? {
+        guard ExpertStore.isStore(at: url) else { return nil }
+        let store = try ExpertStore(url: url)
+        let blobs = store.manifest.experts.blobs
+        guard !blobs.isEmpty else { return nil }
+        let path = url.appendingPathComponent(store.manifest.experts.file).path
+        let reader = try DirectFileReader(path: path)
+        var rng = SplitMix(state: seed &+ 17)
+        // About 1 GB, at least 32 reads.
+        let count = max(32, min(4096, (1 << 30) / max(blobs[0].storedLength, 1)))
+        let order = (0..<count).map { _ in blobs[Int(rng.next() % UInt64(blobs.count))] }
+        let m = try BenchIOCommand.random(order: order, depth: runtimeOptions.readerThreads, mode: "probe") { entry, buffer in
+            _ = try reader.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
+        }
+        return m.gbps
+    }
+
+    private func measure(name: String, options: RuntimeOptions, url: URL, disk: Double?) throws -> Summary {
+        var measured: [Run] = []
+        var policyName = options.cachePolicy
+        var predictorName: String? = options.prefetch == "on" ? options.predictor : nil
+        var budget: Int?
+        for index in 0..<runs {
+            let runtime = try options.open(at: url, contextTokens: promptTokens + genTokens + 1)
+            defer { runtime.close() }
+            let model = runtime.model
+            budget = runtime.plan?.budgetBytes
+            if runtime.predictor == nil { predictorName = nil }
+            policyName = runtime.cache?.statistics().policy ?? "none"
+            var rng = SplitMix(state: seed)
+            let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
+            let kv = model.makeCache()
+            let start = runtime.cache?.statistics().total ?? ExpertCacheCounters()
+            let t0 = now()
+            var logits = try model.forward([SequenceInput(cache: kv, tokens: prompt)])[0]
+            let t1 = now()
+            let afterPrefill = runtime.cache?.statistics().total ?? ExpertCacheCounters()
+            for _ in 1..<genTokens {
+                logits = try model.forward([SequenceInput(cache: kv, tokens: [argmax(logits)])])[0]
+            }
+            let t2 = now()
+            let end = runtime.cache?.statistics().total ?? ExpertCacheCounters()
+            let decodeRead = (end.demandBytes + end.prefetchBytes) - (afterPrefill.demandBytes + afterPrefill.prefetchBytes)
+            let decodeWasted = end.wastedPrefetchBytes - afterPrefill.wastedPrefetchBytes
+            let run = Run(
+                prefillSeconds: t1 - t0, decodeSeconds: t2 - t1,
+                prefillStallSeconds: afterPrefill.stallSeconds - start.stallSeconds,
+                decodeStallSeconds: end.stallSeconds - afterPrefill.stallSeconds,
+                prefillBytesRead: (afterPrefill.demandBytes + afterPrefill.prefetchBytes) - (start.demandBytes + start.prefetchBytes),
+                decodeBytesRead: decodeRead, decodeBytesNeeded: max(0, decodeRead - decodeWasted),
+                decodeHits: end.hits - afterPrefill.hits, decodeMisses: end.misses - afterPrefill.misses,
+                recall: runtime.predictor.map { $0.statistics.total.recall },
+                peakResidentBytes: ProcessMemory.peakResidentBytes())
+            measured.append(run)
+            printError(String(format: "bench decode: %@ run %d/%d: pp %.2f tok/s, tg %.2f tok/s, %.1f MB read/token, stall %.0f%%",
+                              name, index + 1, runs, Double(promptTokens) / run.prefillSeconds,
+                              Double(genTokens - 1) / run.decodeSeconds, Double(run.decodeBytesRead) / Double(genTokens - 1) / 1e6,
+                              run.decodeStallSeconds / run.decodeSeconds * 100))
+        }
+        let steps = Double(genTokens - 1)
+        func median(_ values: [Double]) -> Double {
+            let sorted = values.sorted()
+            return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+        }
+        let prefillRates = measured.map { Double(promptTokens) / $0.prefillSeconds }
+        let decodeRates = measured.map { steps / $0.decodeSeconds }
+        let hits = measured.reduce(0) { $0 + $1.decodeHits }, misses = measured.reduce(0) { $0 + $1.decodeMisses }
+        // The bound: compute is what a run spends not waiting on I/O; I/O is the bytes it
+        // had to read (wasted prefetches excluded) at the measured disk bandwidth.
+        let compute = median(measured.map { ($0.decodeSeconds - $0.decodeStallSeconds) / steps })
+        let io = disk.map { median(measured.map { Double($0.decodeBytesNeeded) / steps }) / ($0 * 1e9) } ?? 0
+        let prefillCompute = median(measured.map { $0.prefillSeconds - $0.prefillStallSeconds })
+        let prefillIO = disk.map { median(measured.map { Double($0.prefillBytesRead) }) / ($0 * 1e9) } ?? 0
+        let recalls = measured.compactMap(\.recall)
+        return Summary(
+            name: name, budgetBytes: budget, prefetch: options.prefetch, policy: policyName, predictor: predictorName,
+            prefillTokensPerSecond: median(prefillRates), prefillSpread: [prefillRates.min()!, prefillRates.max()!],
+            decodeTokensPerSecond: median(decodeRates), decodeSpread: [decodeRates.min()!, decodeRates.max()!],
+            hitRate: hits + misses > 0 ? Double(hits) / Double(hits + misses) : 1,
+            recall: recalls.isEmpty ? nil : median(recalls),
+            bytesReadPerToken: median(measured.map { Double($0.decodeBytesRead) / steps }),
+            prefillBytesRead: median(measured.map { Double($0.prefillBytesRead) }),
+            stallFraction: median(measured.map { $0.decodeStallSeconds / $0.decodeSeconds }),
+            prefillStallFraction: median(measured.map { $0.prefillStallSeconds / $0.prefillSeconds }),
+            computeSecondsPerToken: compute, ioSecondsPerToken: io,
+            boundDecodeTokensPerSecond: 1 / max(compute, io, 1e-9),
+            boundPrefillTokensPerSecond: Double(promptTokens) / max(prefillCompute, prefillIO, 1e-9),
+            peakResidentBytes: measured.compactMap(\.peakResidentBytes).max(), runs: measured)
+    }
+}
+
+/// Index of the largest logit (greedy decoding).
+private func argmax(_ values: [Float]) -> Int {
+    var best = 0
+    for i in values.indices where values[i] > values[best] { best = i }
+    return best
+}
+
+/// A small self-contained SVG line chart: decode tokens/s against the memory budget.
+enum BudgetPlot {
+    static func svg(_ points: [(budget: Int, series: [(name: String, tokensPerSecond: Double, bound: Double)])]) -> String {
+        let width = 640.0, height = 400.0, left = 60.0, right = 20.0, top = 30.0, bottom = 50.0
+        let budgets = points.map { Double($0.budget) / Double(1 << 30) }
+        let maxX = max(budgets.max() ?? 1, 1e-9), maxY = max(points.flatMap { $0.series.flatMap { [$0.tokensPerSecond, $0.bound] } }.max() ?? 1, 1e-9) * 1.1
+        func x(_ v: Double) -> Double { left + v / maxX * (width - left - right) }
+        func y(_ v: Double) -> Double { height - bottom - v / maxY * (height - top - bottom) }
+        var svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" font-family=\"sans-serif\" font-size=\"12\">\n"
+        svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        svg += "<text x=\"\(left)\" y=\"18\">decode tokens/s against memory budget (GiB)</text>\n"
+        svg += "<line x1=\"\(left)\" y1=\"\(y(0))\" x2=\"\(width - right)\" y2=\"\(y(0))\" stroke=\"black\"/>\n"
+        svg += "<line x1=\"\(left)\" y1=\"\(y(0))\" x2=\"\(left)\" y2=\"\(top)\" stroke=\"black\"/>\n"
+        for (i, b) in budgets.enumerated() where i < points.count {
+            svg += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.1f</text>\n", x(b), y(0) + 18, b)
+        }
+        for k in 0...4 {
+            let v = maxY * Double(k) / 4
+            svg += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.2f</text>\n", left - 6, y(v) + 4, v)
+        }
+        let names = points.first?.series.map(\.name) ?? []
+        let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+        for (s, name) in names.enumerated() {
+            let colour = colours[s % colours.count]
+            let line = points.enumerated().compactMap { i, p in s < p.series.count ? String(format: "%.1f,%.1f", x(budgets[i]), y(p.series[s].tokensPerSecond)) : nil }
+            svg += "<polyline fill=\"none\" stroke=\"\(colour)\" stroke-width=\"2\" points=\"\(line.joined(separator: " "))\"/>\n"
+            svg += "<text x=\"\(width - right - 150)\" y=\"\(top + 16 * Double(s + 1))\" fill=\"\(colour)\">\(name)</text>\n"
+        }
+        if !names.isEmpty {
+            let bound = points.map { String(format: "%.1f,%.1f", x(Double($0.budget) / Double(1 << 30)), y($0.series[0].bound)) }
+            svg += "<polyline fill=\"none\" stroke=\"gray\" stroke-dasharray=\"4 3\" points=\"\(bound.joined(separator: " "))\"/>\n"
+            svg += "<text x=\"\(width - right - 150)\" y=\"\(top + 16 * Double(names.count + 1))\" fill=\"gray\">bound (\(names[0]))</text>\n"
+        }
+        return svg + "</svg>\n"
+    }
+}

@@ -1,0 +1,68 @@
+import ArgumentParser
+import Foundation
+import ModelFormats
+import MoEModels
+
+/// `moe-serve synth`: a random-weight model of a realistic shape, large enough that a memory
+/// budget forces offloading. Written as a Hugging Face checkpoint (streamed, seeded, with
+/// progress), then packed into a store unless only the checkpoint is wanted.
+struct SynthCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "synth",
+        abstract: "Write a random-weight model of a realistic shape (for benchmarks).",
+        discussion: "Shapes:\n" + SyntheticCheckpoint.shapes.map { "  \($0.name): \($0.summary)" }.joined(separator: "\n"))
+
+    @Option(help: "The shape: \(SyntheticCheckpoint.shapes.map(\.name).joined(separator: ", ")).") var shape: String
+    @Option(help: "The expert store to create (must not exist).") var out: String?
+    @Option(name: .customLong("hf-out"), help: "Also keep the Hugging Face checkpoint here (for other engines); without --out, only this is written.")
+    var hfOut: String?
+    @Option(help: "Expert element type of the store: bf16, f32, int8 or q4.") var experts: ExpertDType = .bf16
+    @Option(help: "Expert blob compression: none or lz4 (random weights barely compress).") var compression: ExpertCodec = .none
+    @Option(help: "Seed of the weights.") var seed: UInt64 = 1
+    @Option(name: .customLong("tokenizer-from"), help: "Model directory whose tokenizer.json (and vocabulary size) to use (default: the bundled demo model).")
+    var tokenizerFrom: String?
+
+    func run() throws {
+        try reportingErrors {
+            guard let chosen = SyntheticCheckpoint.shapes.first(where: { $0.name == shape }) else {
+                throw CommandError("--shape: unknown shape '\(shape)'; choose one of \(SyntheticCheckpoint.shapes.map(\.name).joined(separator: ", "))")
+            }
+            guard out != nil || hfOut != nil else { throw CommandError("give --out STORE_DIR, --hf-out HF_DIR, or both") }
+            let fm = FileManager.default
+            for path in [out, hfOut].compactMap({ $0 }) where fm.fileExists(atPath: path) {
+                throw CommandError("\(path): already exists; synth never overwrites")
+            }
+            guard let tokenizerURL = tokenizerFrom.map({ URL(fileURLWithPath: $0) }) ?? BundledModel.location else {
+                throw CommandError("no --tokenizer-from given and the bundled demo model was not found")
+            }
+            let tokenizerConfig = try ModelConfig.parse(Data(contentsOf: tokenizerURL.appendingPathComponent("config.json")),
+                                                        file: tokenizerURL.appendingPathComponent("config.json").path)
+            let synthetic = SyntheticCheckpoint(shape: chosen, seed: seed, vocabSize: tokenizerConfig.vocabSize,
+                                                eosTokenId: tokenizerConfig.eosTokenIds.first)
+
+            // The checkpoint goes to --hf-out, or to a scratch directory beside the store.
+            let hfURL = URL(fileURLWithPath: hfOut ?? (out! + ".hf-partial"))
+            let keepCheckpoint = hfOut != nil
+            if !keepCheckpoint { try? fm.removeItem(at: hfURL) }
+            let interactive = isatty(STDERR_FILENO) != 0
+            printError("synth: writing \(chosen.name) (seed \(seed)) to \(hfURL.path)")
+            do {
+                try synthetic.write(to: hfURL, tokenizerDirectory: tokenizerURL) { p in
+                    let rate = Double(p.bytesDone) / max(p.seconds, 1e-9)
+                    let line = String(format: "synth: %.1f / %.1f GB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e9,
+                                      Double(p.bytesTotal) / 1e9, rate / 1e6, rate > 0 ? Double(p.bytesTotal - p.bytesDone) / rate : 0)
+                    FileHandle.standardError.write(Data((interactive ? "\r\(line)  " : "\(line)\n").utf8))
+                }
+            } catch {
+                try? fm.removeItem(at: hfURL)
+                throw error
+            }
+            if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+            if let out {
+                defer { if !keepCheckpoint { try? fm.removeItem(at: hfURL) } }
+                _ = try packCheckpoint(at: hfURL, into: URL(fileURLWithPath: out), experts: experts, compression: compression)
+            }
+            try printJSON(["shape": chosen.name, "store": out ?? "", "checkpoint": keepCheckpoint ? hfURL.path : ""])
+        }
+    }
+}

@@ -1,0 +1,91 @@
+import Foundation
+import Testing
+
+/// The memory budget is real only if the process's resident set keeps to it. These tests
+/// write a synthetic OLMoE-shaped store whose experts (100 MB) are four times the expert
+/// cache a 100 MiB budget leaves, generate under that budget, and check the peak resident set
+/// the process reports (VmHWM) — and, where the machine lets us, that the same generation
+/// survives a cgroup memory limit of budget + 5% without the OOM killer.
+@Suite(.serialized) struct MemoryBudgetEndToEndTests {
+    static let budget = 100 << 20
+    static let store: URL = {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("moe-serve-budget-\(getpid())")
+        try? FileManager.default.removeItem(at: directory)
+        try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        return directory.appendingPathComponent("olmoe-small")
+    }()
+
+    /// Runs `moe-serve` with `arguments`, optionally through `/bin/sh -c PREFIX exec ...`.
+    static func run(_ arguments: [String], shellPrefix: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {
+        let process = Process()
+        if let shellPrefix {
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            let quoted = ([RunningServer.binary.path] + arguments).map { "'\($0)'" }.joined(separator: " ")
+            process.arguments = ["-c", "\(shellPrefix) exec \(quoted)"]
+        } else {
+            process.executableURL = RunningServer.binary
+            process.arguments = arguments
+        }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        // Drain stderr concurrently so a chatty child never blocks on a full pipe.
+        nonisolated(unsafe) var errorData = Data()
+        let drained = DispatchSemaphore(value: 0)
+        Thread { errorData = err.fileHandleForReading.readDataToEndOfFile(); drained.signal() }.start()
+        let output = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        drained.wait()
+        return (process.terminationStatus, String(decoding: output, as: UTF8.self), String(decoding: errorData, as: UTF8.self))
+    }
+
+    static func ensureStore() throws {
+        guard !FileManager.default.fileExists(atPath: store.path) else { return }
+        let result = try run(["synth", "--shape", "olmoe-small", "--out", store.path])
+        #expect(result.status == 0, "synth failed: \(result.stderr)")
+    }
+
+    static let generateArguments: [String] = [
+        "generate", "--model", store.path, "--memory-budget", "\(budget)", "--tokens", "5,17,300,42,7,1000,12,99",
+        "--max-tokens", "48", "--temperature", "1", "--seed", "3", "--ignore-eos",
+    ]
+
+    @Test func theResidentSetStaysWithinTheBudget() throws {
+        try Self.ensureStore()
+        let result = try Self.run(Self.generateArguments)
+        try #require(result.status == 0, "generate failed: \(result.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let stats = try #require(json["stats"] as? [String: Any])
+        let peak = try #require(stats["peak_resident_bytes"] as? Int)
+        let plan = try #require(stats["memory"] as? [String: Any])
+        let cache = try #require(stats["expert_cache"] as? [String: Any])
+        let total = try #require(cache["total"] as? [String: Any])
+        let cacheBytes = try #require(plan["expert_cache_bytes"] as? Int)
+        // The experts really are offloaded: the cache holds at most a third of them and evicts.
+        #expect(cacheBytes * 3 < 100 << 20, "cache of \(cacheBytes) bytes is not a small share of 100 MB of experts")
+        #expect((total["evictions"] as? Int ?? 0) > 0)
+        #expect(Double(peak) <= Double(Self.budget) * 1.05, "peak RSS \(peak) exceeds the budget \(Self.budget) + 5%")
+    }
+
+    @Test func generationSurvivesACgroupMemoryLimit() throws {
+        let root = "/sys/fs/cgroup/memory"
+        let group = "\(root)/moe-serve-test-\(getpid())"
+        guard FileManager.default.isWritableFile(atPath: root),
+              (try? FileManager.default.createDirectory(atPath: group, withIntermediateDirectories: false)) != nil else {
+            print("skipped: \(root) is not a writable cgroup v1 memory hierarchy on this machine")
+            return
+        }
+        defer { _ = rmdir(group) }
+        try Self.ensureStore()
+        let limit = Int(Double(Self.budget) * 1.05)
+        try "\(limit)".write(toFile: "\(group)/memory.limit_in_bytes", atomically: false, encoding: .utf8)
+        let result = try Self.run(Self.generateArguments, shellPrefix: "echo $$ > \(group)/cgroup.procs &&")
+        let oomControl = (try? String(contentsOfFile: "\(group)/memory.oom_control", encoding: .utf8)) ?? ""
+        let maxUsage = (try? String(contentsOfFile: "\(group)/memory.max_usage_in_bytes", encoding: .utf8)) ?? "?"
+        #expect(result.status == 0, "generate under a \(limit)-byte cgroup limit exited \(result.status): \(result.stderr)")
+        let kills = oomControl.split(separator: "\n").first { $0.hasPrefix("oom_kill ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+        #expect(kills == 0, "the OOM killer fired: \(oomControl)")
+        print("cgroup limit \(limit) bytes: max usage \(maxUsage.trimmingCharacters(in: .whitespacesAndNewlines)) bytes (page cache included)")
+    }
+}
