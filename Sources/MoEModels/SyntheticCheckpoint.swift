@@ -6,7 +6,7 @@ import TensorMath
 /// (sharded bf16 safetensors, `config.json`, and a tokenizer copied from elsewhere). Random
 /// weights route almost uniformly: such a model measures I/O and compute, never hit rates of
 /// learned routing. Weights are uniform with standard deviation 0.02 (the `initializer_range`
-/// of the published configurations), norms are one; every tensor's values come from its own
+/// of the published configurations; embeddings 1.0, see `standardDeviation(of:)`), norms are one; every tensor's values come from its own
 /// generator seeded by (seed, tensor name), so a checkpoint is reproducible byte for byte.
 public struct SyntheticCheckpoint: Sendable {
     /// A named shape.
@@ -78,7 +78,7 @@ public struct SyntheticCheckpoint: Sendable {
         config["vocab_size"] = vocabSize
         config["bos_token_id"] = NSNull()
         config["eos_token_id"] = eosTokenId.map { $0 as Any } ?? NSNull()
-        config["synthetic"] = ["shape": shape.name, "seed": seed, "weights": "uniform, std 0.02; norms 1"]
+        config["synthetic"] = ["shape": shape.name, "seed": seed, "weights": "uniform, std 0.02 (embeddings 1.0); norms 1"]
         return config
     }
 
@@ -119,6 +119,15 @@ public struct SyntheticCheckpoint: Sendable {
         return list
     }
 
+    /// Weights have the published `initializer_range` (0.02), except the token embeddings, which
+    /// have unit scale: with 0.02 the residual stream soon holds little but the attention's
+    /// average over the context, every token routes to the same ~10 experts from layer 3 on
+    /// (measured on `olmoe-small`), and an offloading benchmark would measure only cache hits.
+    /// Trained models keep the token's identity in the stream and spread over their experts.
+    static func standardDeviation(of name: String) -> Float {
+        name == "model.embed_tokens.weight" ? 1.0 : 0.02
+    }
+
     /// Writes the checkpoint into `directory` (created; must not exist), copying
     /// `tokenizer.json` and `tokenizer_config.json` from `tokenizerDirectory`.
     public func write(to directory: URL, tokenizerDirectory: URL, progress: ((Progress) -> Void)? = nil) throws {
@@ -149,7 +158,8 @@ public struct SyntheticCheckpoint: Sendable {
             for tensor in shard {
                 weightMap[tensor.name] = fileName
                 var values = UniformBF16Generator(seed: seed, tensorName: tensor.name,
-                                                  constant: tensor.shape.count == 1 ? 1.0 : nil, standardDeviation: 0.02)
+                                                  constant: tensor.shape.count == 1 ? 1.0 : nil,
+                                                  standardDeviation: Self.standardDeviation(of: tensor.name))
                 var remaining = tensor.byteCount
                 while remaining > 0 {
                     let piece = min(remaining, chunk.count)

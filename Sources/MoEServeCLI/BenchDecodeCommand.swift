@@ -198,8 +198,11 @@ struct BenchDecodeCommand: ParsableCommand {
             var logits = try model.forward([SequenceInput(cache: kv, tokens: prompt)])[0]
             let t1 = now()
             let afterPrefill = runtime.cache?.statistics().total ?? ExpertCacheCounters()
+            // Sampled at temperature 1, seeded: greedy decoding of a random-weight model repeats
+            // one token, routes every step to the same experts and would measure only hits.
+            var sampler = Sampler(temperature: 1, seed: seed)
             for _ in 1..<genTokens {
-                logits = try model.forward([SequenceInput(cache: kv, tokens: [argmax(logits)])])[0]
+                logits = try model.forward([SequenceInput(cache: kv, tokens: [sampler.sample(logits)])])[0]
             }
             let t2 = now()
             let end = runtime.cache?.statistics().total ?? ExpertCacheCounters()
@@ -250,13 +253,6 @@ struct BenchDecodeCommand: ParsableCommand {
             boundPrefillTokensPerSecond: Double(promptTokens) / max(prefillCompute, prefillIO, 1e-9),
             peakResidentBytes: measured.compactMap(\.peakResidentBytes).max(), runs: measured)
     }
-}
-
-/// Index of the largest logit (greedy decoding).
-private func argmax(_ values: [Float]) -> Int {
-    var best = 0
-    for i in values.indices where values[i] > values[best] { best = i }
-    return best
 }
 
 /// A small self-contained SVG line chart: decode tokens/s against the memory budget.

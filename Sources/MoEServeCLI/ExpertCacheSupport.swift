@@ -78,7 +78,8 @@ struct RuntimeOptions: ParsableArguments {
         if let memoryBudget {
             let budget = try parseByteSize(memoryBudget, option: "--memory-budget")
             plan = try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes,
-                                       scratchBytes: Self.scratchBytes(config, maxSequences: maxSequences),
+                                       scratchBytes: Self.scratchBytes(config, maxSequences: maxSequences)
+                                           + ExpertStore.pooledBuffers * expertBytes,
                                        kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * maxSequences,
                                        minimumExpertBytes: 2 * config.expertCount * expertBytes)
             cacheBytes = plan!.expertCacheBytes

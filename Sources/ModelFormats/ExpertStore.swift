@@ -94,6 +94,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             }
         }
         blobIndex = index
+        bufferPool = BufferPool(maxBytes: Self.pooledBuffers * Self.roundUp(layout.rawLength))
 
         // experts.bin: a short file means lost blobs; name the first one.
         let expertURL = url.appendingPathComponent(experts.file)
@@ -195,9 +196,15 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// blob rounded up to 4 KiB (uncompressed blobs are read straight into it).
     public var expertBufferSize: Int { Self.roundUp(layout.rawLength) }
 
+    /// Buffers of evicted experts, reused by the next reads (at most `pooledBuffers` of them).
+    public let bufferPool: BufferPool
+    /// How many expert buffers the pool keeps; the memory plan reserves them.
+    public static let pooledBuffers = 4
+
     /// Reads, checks and decodes expert `expert` of `layer` into a new buffer.
     public func readExpert(layer: Int, expert: Int) throws -> StoredExpert {
-        try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule, zeroed: false))
+        try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule,
+                                                                              zeroed: false, pool: bufferPool))
     }
 
     /// Reads, checks and decodes expert `expert` of `layer` into `buffer` (at least

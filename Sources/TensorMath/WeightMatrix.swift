@@ -1,5 +1,6 @@
 import COpenBLAS
 import Dispatch
+import Foundation
 
 /// How the elements of a `WeightMatrix` are stored.
 public enum WeightStorage: @unchecked Sendable {
@@ -73,10 +74,9 @@ public struct WeightMatrix: @unchecked Sendable {
             if n < 4 {
                 for r in 0..<n { BF16Kernels.gemv(w, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
             } else {
-                let widened = AlignedBuffer<Float>(count: rows * cols)
-                FloatConversion.convertBF16(w, to: widened.pointer, count: rows * cols)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
-                            1, x, Int32(cols), widened.pointer, Int32(cols), 0, y, Int32(rows))
+                panelGEMM(x, rowCount: n, into: y) { first, count, panel in
+                    FloatConversion.convertBF16(w + first * cols, to: panel, count: count * cols)
+                }
             }
         case .int8(let values, let scales):
             if n < 4 {
@@ -96,6 +96,30 @@ public struct WeightMatrix: @unchecked Sendable {
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
                             1, x, Int32(cols), widened.pointer, Int32(cols), 0, y, Int32(rows))
             }
+        }
+    }
+
+    /// `y = x · Wᵀ` for a compressed W, a panel of rows at a time: `widen(first, count, panel)`
+    /// writes rows `first..<first+count` as f32 into the calling thread's panel (2 MiB, reused),
+    /// and one sgemm fills columns `first..<first+count` of `y`. Widening a whole 12 MB bf16
+    /// expert into a fresh 25 MB buffer per call cost more in page faults than the product.
+    private func panelGEMM(_ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>,
+                           widen: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+        guard cols > 0 else {
+            // An empty inner dimension: every output is zero.
+            for r in 0..<n { (y + r * rows).update(repeating: 0, count: rows) }
+            return
+        }
+        let panel = WideningPanel.current
+        let panelRows = max(1, WideningPanel.floats / cols)
+        var first = 0
+        while first < rows {
+            let count = min(panelRows, rows - first)
+            let buffer = count * cols <= WideningPanel.floats ? panel : AlignedBuffer<Float>(count: count * cols).pointer
+            widen(first, count, buffer)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(count), Int32(cols),
+                        1, x, Int32(cols), buffer, Int32(cols), 0, y + first, Int32(rows))
+            first += count
         }
     }
 
@@ -211,5 +235,25 @@ public enum BF16Kernels {
         var sum: Float = 0
         for c in start..<cols { sum += FloatConversion.float(fromBF16: row[c]) * x[c] }
         return sum
+    }
+}
+
+/// One reusable f32 panel per thread for widening compressed weights before sgemm.
+enum WideningPanel {
+    /// 2 MiB of floats: 256 rows of a 2,048-wide matrix; inside the runtime allowance.
+    static let floats = 512 * 1024
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key) { free($0) }
+        return key
+    }()
+
+    /// The calling thread's panel, allocated on first use and freed when the thread exits.
+    static var current: UnsafeMutablePointer<Float> {
+        if let existing = pthread_getspecific(key) { return existing.assumingMemoryBound(to: Float.self) }
+        var raw: UnsafeMutableRawPointer?
+        posix_memalign(&raw, 64, floats * MemoryLayout<Float>.size)
+        pthread_setspecific(key, raw)
+        return raw!.assumingMemoryBound(to: Float.self)
     }
 }
