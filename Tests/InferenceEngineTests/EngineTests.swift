@@ -77,6 +77,14 @@ func greedy(_ prompt: [Int], maxTokens: Int) -> GenerationRequest {
 
 let toyDecode: @Sendable ([Int]) -> String = { ids in ids.map { "<\($0)>" }.joined() }
 
+/// A thread-safe counter.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    /// Adds one and returns the new value.
+    func increment() -> Int { lock.lock(); defer { lock.unlock() }; value += 1; return value }
+}
+
 @Suite(.serialized) struct EngineTests {
     @Test func batchedSequencesProduceTheSameGreedyTokensAsEachAlone() throws {
         let (model, _) = try Fixtures.model("qwen2moe-shared")
@@ -141,13 +149,24 @@ let toyDecode: @Sendable ([Int]) -> String = { ids in ids.map { "<\($0)>" }.join
 
     @Test func cancellationFreesTheSequenceAndItsKVReservation() throws {
         let (model, _) = try Fixtures.model("qwen3moe")
-        let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: 64 << 20), decode: toyDecode)
+        // The engine thread decodes each token's text; holding it there on the second token
+        // makes the cancellation land mid-generation however fast the tiny model runs.
+        let reachedSecondToken = DispatchSemaphore(value: 0), cancelled = DispatchSemaphore(value: 0)
+        let decodeCalls = Counter()
+        let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: 64 << 20), decode: { ids in
+            if decodeCalls.increment() == 2 {
+                reachedSecondToken.signal()
+                _ = cancelled.wait(timeout: .now() + 10)
+            }
+            return toyDecode(ids)
+        })
         engine.start()
         defer { engine.shutdown(grace: 1) }
         let collector = EventCollector()
         let id = try engine.submit(greedy([1, 2, 3], maxTokens: 100)) { collector.handle($0) }
-        while collector.tokenCount < 2 { usleep(1000) }
+        reachedSecondToken.wait()
         engine.cancel(id)
+        cancelled.signal()
         let result = collector.wait()
         #expect(result.finish == .cancelled)
         #expect(result.tokens.count < 100)
