@@ -259,6 +259,7 @@ public final class APIServer: @unchecked Sendable {
             case .resumeReading:
                 if !connection.reading, !connection.closing { startReading(connection) }
             case .close: close(connection)
+            case let .rejected(status): metrics.recordRequest(route: "connection", status: status)
             }
         }
     }

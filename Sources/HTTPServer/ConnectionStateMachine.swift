@@ -12,6 +12,9 @@ public enum ConnectionAction: Sendable, Equatable {
     case resumeReading
     /// Close the socket (after the writes before it are flushed).
     case close
+    /// The connection itself answered with an error before any route saw a request (malformed
+    /// HTTP 400, timeouts 408, body 413, headers 431): count it.
+    case rejected(status: Int)
 
     /// Structural equality; requests compare by method and target (enough for tests).
     public static func == (a: ConnectionAction, b: ConnectionAction) -> Bool {
@@ -20,6 +23,7 @@ public enum ConnectionAction: Sendable, Equatable {
         case let (.startRequest(x, r), .startRequest(y, s)): return x == y && r.target == s.target && r.method == s.method
         case let (.cancel(x), .cancel(y)): return x == y
         case (.pauseReading, .pauseReading), (.resumeReading, .resumeReading), (.close, .close): return true
+        case let (.rejected(x), .rejected(y)): return x == y
         default: return false
         }
     }
@@ -118,7 +122,7 @@ public struct ConnectionStateMachine {
         let id = nextID
         nextID += 1
         slots.append(Slot(id: id, keepAlive: false, isHeadMethod: false, http10: false, local: true))
-        return respond(id, ResponsePart.complete(error.response))
+        return [.rejected(status: error.status)] + respond(id, ResponsePart.complete(error.response))
     }
 
     /// Response parts for request `id` (from a route or a generation stream).

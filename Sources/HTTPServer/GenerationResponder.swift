@@ -17,6 +17,7 @@ public final class GenerationResponder {
     private let tokenText: (Int) -> String
     /// Chat: one entry per token. Completions: parallel arrays, as the legacy API has them.
     private var chatLogprobs: [JSON] = []
+    private var llamaProbabilities: [JSON] = []
     private var legacyTokens: [JSON] = [], legacyLogprobs: [JSON] = [], legacyTop: [JSON] = [], legacyOffsets: [JSON] = []
 
     /// A responder for `job`; `created` is the Unix time stamped on every chunk.
@@ -109,7 +110,15 @@ public final class GenerationResponder {
             return .object([("tokens", .array([.string(token)])), ("token_logprobs", .array([.double(Double(chosen.logprob))])),
                             ("top_logprobs", .array([alternatives])), ("text_offset", .array([.int(offset)]))])
         case .llamaCompletion:
-            return .null
+            // llama.cpp's server (`n_probs`): one entry per generated token.
+            func item(_ id: Int, _ lp: Float) -> [(String, JSON)] {
+                let t = tokenText(id)
+                return [("id", .int(id)), ("token", .string(t)), ("bytes", .array(t.utf8.map { .int(Int($0)) })), ("logprob", .double(Double(lp)))]
+            }
+            let alternatives = top.prefix(job.request.topLogprobs).map { JSON.object(item($0.token, $0.logprob)) }
+            let entry = JSON.object(item(chosen.token, chosen.logprob) + [("top_logprobs", .array(alternatives))])
+            llamaProbabilities.append(entry)
+            return .array([entry])
         }
     }
 
@@ -165,8 +174,10 @@ public final class GenerationResponder {
         case .openAIChat: return chatChunk(delta: .object([("content", .string(piece))]), finishReason: nil, logprobs: logprobs)
         case .openAICompletion: return completionChunk(piece, finishReason: nil, logprobs: logprobs)
         case .llamaCompletion:
-            return .object([("index", .int(0)), ("content", .string(piece)), ("tokens", .array([.int(tokenId)])),
-                            ("stop", .bool(false)), ("id_slot", .int(0))])
+            var fields: [(String, JSON)] = [("index", .int(0)), ("content", .string(piece)), ("tokens", .array([.int(tokenId)])),
+                                            ("stop", .bool(false)), ("id_slot", .int(0))]
+            if logprobs != .null { fields.append(("completion_probabilities", logprobs)) }
+            return .object(fields)
         }
     }
 
@@ -185,7 +196,8 @@ public final class GenerationResponder {
                  ("generation_settings", generationSettings()),
                  ("prompt", .string("")), ("has_new_line", .bool(text.contains("\n"))), ("truncated", .bool(false)),
                  ("stop_type", .string(llamaStopType(reason))), ("stopping_word", .string("")), ("tokens_cached", .int(0)),
-                 ("timings", Self.timingsJSON(timings))])
+                 ("timings", Self.timingsJSON(timings))]
+                + (job.request.logprobs && !job.stream ? [("completion_probabilities", .array(llamaProbabilities))] : []))
     }
 
     private func generationSettings() -> JSON {

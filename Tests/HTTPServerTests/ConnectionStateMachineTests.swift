@@ -78,6 +78,7 @@ import Testing
         #expect(text.hasPrefix("HTTP/1.1 413 "))
         #expect(text.contains("\"code\":413"))
         #expect(out.last == .close)
+        #expect(out.contains(.rejected(status: 413)), "the server counts connection-level errors from this action")
     }
 
     @Test func chunkedBodyOverLimitIs413() {
@@ -95,6 +96,7 @@ import Testing
         let out = m.receive(Raw.bytes("GET / HTTP/1.1\r\nX-Big: \(String(repeating: "a", count: 200))\r\n\r\n"), now: 0)
         #expect(Raw.text(out).hasPrefix("HTTP/1.1 431 "))
         #expect(out.last == .close)
+        #expect(out.contains(.rejected(status: 431)))
     }
 
     @Test func malformedRequestIs400AndCloses() {

@@ -176,6 +176,10 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             let b = try RawClient(port: server.port)
             b.send("GET /health HTTP/1.1\r\nX-Long: \(String(repeating: "y", count: 300))\r\n\r\n")
             #expect(b.read().hasPrefix("HTTP/1.1 431 "))
+            // Errors the connection answers itself are counted too.
+            let metrics = try curl(["http://127.0.0.1:\(server.port)/metrics"])
+            #expect(metrics.contains("moe_http_requests_total{route=\"connection\",status=\"413\"} 1")
+                    || metrics.contains("moe_http_requests_total{status=\"413\",route=\"connection\"} 1"), "\(metrics)")
         }
     }
 

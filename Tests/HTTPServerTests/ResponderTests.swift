@@ -176,4 +176,20 @@ import InferenceEngine
         #expect(lp?["top_logprobs"]?[0]?["i"] == .double(-1.5))
         #expect(lp?["text_offset"] == .array([.int(0)]))
     }
+
+    /// llama.cpp's `/completion` with `n_probs`: `completion_probabilities`, one entry per token
+    /// with `id`, `token`, `bytes`, `logprob` and `top_logprobs`, in the final body and in
+    /// each streamed chunk.
+    @Test func llamaCompletionProbabilities() throws {
+        let json = try JSON.parse(body(.llamaCompletion, stream: false))
+        let entry = json["completion_probabilities"]?[0]
+        #expect(entry?["id"] == .int(104))
+        #expect(entry?["token"] == .string("h"))
+        #expect(entry?["bytes"] == .array([.int(104)]))
+        #expect(entry?["logprob"] == .double(-0.5))
+        #expect(entry?["top_logprobs"]?[1]?["id"] == .int(105))
+        #expect(entry?["top_logprobs"]?[1]?["logprob"] == .double(-1.5))
+        let streamed = body(.llamaCompletion, stream: true)
+        #expect(streamed.contains("\"completion_probabilities\":[{\"id\":104,\"token\":\"h\""))
+    }
 }
