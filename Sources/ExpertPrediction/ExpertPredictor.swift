@@ -57,6 +57,10 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         statistics.perLayer[layer].predicted += predicted.count
         statistics.perLayer[layer].predictedAndUsed += used.intersection(predicted).count
         pending[layer] = []
+        // Wrong guesses still waiting in the read queue would take disk time from the reads
+        // this and the next layers need: drop them.
+        let wrong = predicted.subtracting(used)
+        if !wrong.isEmpty { provider?.cancelPrefetches(layer: layer, experts: wrong.sorted()) }
         if configuration.historyTokens > 0 {
             history[layer].append(used)
             if history[layer].count > configuration.historyTokens { history[layer].removeFirst() }

@@ -35,10 +35,14 @@ public protocol ExpertProvider: AnyObject, Sendable {
     /// A hint that `experts` of `layer` will probably be needed soon. Never required for
     /// correctness; the default does nothing.
     func prefetch(layer: Int, experts: [Int])
+    /// Drops queued, not yet started prefetches of `experts` of `layer` (a prediction that
+    /// turned out wrong), so they do not take disk time from reads that are needed.
+    @discardableResult func cancelPrefetches(layer: Int?, experts: [Int]?) -> Int
 }
 
 extension ExpertProvider {
     public func prefetch(layer: Int, experts: [Int]) {}
+    @discardableResult public func cancelPrefetches(layer: Int?, experts: [Int]?) -> Int { 0 }
 }
 
 /// Holds every routed expert in RAM, loaded once from a checkpoint: the simple provider for

@@ -167,10 +167,12 @@ struct BenchDecodeCommand: ParsableCommand {
         let blobs = store.manifest.experts.blobs
         guard !blobs.isEmpty else { return nil }
         let path = url.appendingPathComponent(store.manifest.experts.file).path
+        // Nothing of experts.bin may come from the page cache (packing leaves much of it there).
+        BenchIOCommand.dropCache(path)
         let reader = try DirectFileReader(path: path)
         var rng = SplitMix(state: seed &+ 17)
-        // About 1 GB, at least 32 reads.
-        let count = max(32, min(4096, (1 << 30) / max(blobs[0].storedLength, 1)))
+        // About 2 GB, at least 64 reads.
+        let count = max(64, min(8192, (2 << 30) / max(blobs[0].storedLength, 1)))
         let order = (0..<count).map { _ in blobs[Int(rng.next() % UInt64(blobs.count))] }
         let m = try BenchIOCommand.random(order: order, depth: runtimeOptions.readerThreads, mode: "probe") { entry, buffer in
             _ = try reader.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))

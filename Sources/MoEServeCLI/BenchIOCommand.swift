@@ -71,7 +71,7 @@ struct BenchIOCommand: ParsableCommand {
             results.append(try sequential(path: expertsPath, limit: min(sequentialMiB << 20, store.manifest.experts.fileSize)))
             // Random O_DIRECT whole-expert reads.
             let direct = try DirectFileReader(path: expertsPath)
-            dropCache(expertsPath)
+            Self.dropCache(expertsPath)
             for depth in depths {
                 results.append(try Self.random(order: order, depth: depth, mode: direct.usesDirectIO ? "random_direct" : "random_buffered_dontneed") { entry, buffer in
                     _ = try direct.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
@@ -109,7 +109,7 @@ struct BenchIOCommand: ParsableCommand {
     /// Reads the first `limit` bytes of `path` with O_DIRECT in 4 MiB blocks.
     private func sequential(path: String, limit: Int) throws -> Measurement {
         let file = try DirectFileReader(path: path)
-        dropCache(path)
+        Self.dropCache(path)
         let block = 4 << 20
         let buffer = AlignedBuffer<UInt8>(count: block, alignment: DirectFileReader.granule)
         var offset = 0, latencies: [Double] = []
@@ -168,7 +168,7 @@ struct BenchIOCommand: ParsableCommand {
     }
 
     /// Evicts `path` from the page cache so that nothing measured comes from RAM.
-    private func dropCache(_ path: String) {
+    static func dropCache(_ path: String) {
         let fd = open(path, O_RDONLY)
         if fd >= 0 { _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_DONTNEED)); close(fd) }
     }
