@@ -12,7 +12,10 @@ For each fixture (default: the two OLMoE fixtures under Tests/Fixtures/models):
      semantics and that becomes the reference for step 3 (reported as such);
   3. the checkpoint is converted twice (bf16 weights kept, and --outtype f32) and llama.cpp's
      logits for every prompt position are compared with the reference: max |diff|, max |diff| /
-     max |logit|, and whether the argmax agrees at every position.
+     max |logit|, and whether the argmax agrees at every position. Three llama.cpp runs: bf16
+     weights (llama.cpp rounds activations to bf16 for bf16 dot products), f32 weights with the
+     default f16 KV cache, and f32 weights with an f32 KV cache (which isolates the converter: it
+     should agree to float32 rounding).
 A fixture llama.cpp cannot load (GQA OLMoE: its k_norm has n_embd entries) is reported, not failed.
 Exit status 0 when every loadable fixture is within --tol (relative to the logit scale).
 """
@@ -105,23 +108,27 @@ def olmoe_forward(cfg: dict, W: dict[str, np.ndarray], ids: list[int], *, norm_t
     return x @ (head if head is not None else W["model.embed_tokens.weight"]).T
 
 
-def llama_cpp_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
+def llama_cpp_logits(gguf_path: Path, ids: list[int], f32_kv: bool = False) -> np.ndarray:
     """Logits for every position, from llama.cpp through llama-cpp-python (run in a child process
     so that a failed load cannot take this one down)."""
     code = r"""
 import sys, json, numpy as np
+import llama_cpp
 from llama_cpp import Llama
 ids = json.loads(sys.argv[2])
+kv = dict(type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32) if sys.argv[4] == "1" else {}
 llm = Llama(model_path=sys.argv[1], n_ctx=max(64, len(ids)), n_batch=len(ids), n_ubatch=len(ids),
-            n_threads=2, logits_all=True, verbose=False)
+            n_threads=2, logits_all=True, verbose=True, **kv)
 llm.eval(ids)
 np.save(sys.argv[3], np.array(llm.scores[:len(ids)], dtype=np.float32))
 """
-    out = gguf_path.with_suffix(".logits.npy")
-    r = subprocess.run([sys.executable, "-c", code, str(gguf_path), json.dumps(ids), str(out)],
+    out = gguf_path.with_suffix(".kvf32.logits.npy" if f32_kv else ".logits.npy")
+    r = subprocess.run([sys.executable, "-c", code, str(gguf_path), json.dumps(ids), str(out), "1" if f32_kv else "0"],
                        capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError((r.stderr or r.stdout).strip().splitlines()[-1] if (r.stderr or r.stdout) else f"exit {r.returncode}")
+        lines = (r.stderr + r.stdout).strip().splitlines()
+        errs = [ln for ln in lines if "error" in ln.lower()]
+        raise RuntimeError(errs[0] if errs else (lines[-1] if lines else f"exit {r.returncode}"))
     return np.load(out)
 
 
@@ -169,8 +176,9 @@ def main() -> int:
         else:
             ref_logits, ref_name = hf_logits, "transformers reference"
         entry["reference"] = ref_name
-        for outtype in ("auto", "f32"):
+        for outtype, f32_kv in (("auto", False), ("f32", False), ("f32", True)):
             g = args.work / f"{d.name}.{outtype}.gguf"
+            label = f"{outtype}{'_kvf32' if f32_kv else ''}"
             conv = subprocess.run([sys.executable, str(HERE / "hf_to_gguf.py"), "--force", "--outtype", outtype,
                                    str(d), str(g)], capture_output=True, text=True)
             if conv.returncode != 0:
@@ -178,16 +186,17 @@ def main() -> int:
                 ok = False
                 continue
             try:
-                lc = llama_cpp_logits(g, ids)
+                lc = llama_cpp_logits(g, ids, f32_kv)
             except RuntimeError as e:
-                print(f"  llama.cpp ({outtype} GGUF) cannot run it: {e}")
-                entry[f"llamacpp_{outtype}"] = {"error": str(e)}
-                continue
+                print(f"  llama.cpp ({label} GGUF) cannot run it: {e}")
+                entry[f"llamacpp_{label}"] = {"error": str(e)}
+                break
             c = compare(lc, ref_logits)
-            entry[f"llamacpp_{outtype}"] = c
+            entry[f"llamacpp_{label}"] = c
             verdict = "OK" if c["rel"] <= args.tol and c["argmax_agree"] else "FAIL"
             ok &= verdict == "OK"
-            wt = "bf16 weights" if outtype == "auto" else "f32 weights"
+            wt = ("bf16 weights" if outtype == "auto" else "f32 weights") + (
+                ", f32 KV cache" if f32_kv else ", f16 KV cache (default)")
             print(f"  llama.cpp ({wt}) vs {ref_name}: max|diff| {c['max_abs_diff']:.2e} = "
                   f"{c['rel']:.2e} of logit scale {c['logit_scale']:.2f}, argmax agree {c['argmax_agree']}: {verdict}")
         report.append(entry)
