@@ -137,6 +137,7 @@ def one_run(args, prompt: list[int]) -> dict:
         "decode_tokens_per_second": args.gen_tokens / t_decode if args.gen_tokens else None,
         "decode_step_seconds_min": min(step_times) if step_times else None,
         "decode_step_seconds_max": max(step_times) if step_times else None,
+        "decode_step_seconds": step_times,
         "llama_perf": {"t_p_eval_ms": perf.t_p_eval_ms, "n_p_eval": perf.n_p_eval,
                        "t_eval_ms": perf.t_eval_ms, "n_eval": perf.n_eval},
         "rss_after_load_bytes": rss_after_load.get("VmRSS"),
