@@ -18,12 +18,15 @@ struct BenchKernelsCommand: ParsableCommand {
         var memoryReadGBps2Threads: Double
         var bf16GemvGBps: Double
         var f32SgemvGBps: Double
+        var int8GemvGBps: Double
+        var q4GemvGBps: Double
         var bf16GemvFractionOfBandwidth: Double
         var rows: Int
         var cols: Int
         enum CodingKeys: String, CodingKey {
             case memoryReadGBps1Thread = "memory_read_gbps_1_thread", memoryReadGBps2Threads = "memory_read_gbps_2_threads"
             case bf16GemvGBps = "bf16_gemv_gbps", f32SgemvGBps = "f32_sgemv_gbps"
+            case int8GemvGBps = "int8_gemv_gbps", q4GemvGBps = "q4_gemv_gbps"
             case bf16GemvFractionOfBandwidth = "bf16_gemv_fraction_of_bandwidth", rows, cols
         }
     }
@@ -52,8 +55,22 @@ struct BenchKernelsCommand: ParsableCommand {
         let bf16Rate = Double(rows * cols * 2) / median { bf16Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
         let f32Rate = Double(rows * cols * 4) / median { f32Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
 
+        // int8 (per-row scales) and q4 (32-wide blocks) of the same matrix; rates count the
+        // bytes the kernel streams (values plus scales).
+        let int8Values = AlignedBuffer<Int8>(count: rows * cols), int8Scales = AlignedBuffer<Float>(count: rows)
+        Quantization.quantizeInt8(f32.pointer, rows: rows, cols: cols, values: int8Values.pointer, scales: int8Scales.pointer)
+        let blocksPerRow = cols / Quantization.q4BlockSize
+        let q4Blocks = AlignedBuffer<UInt8>(count: rows * blocksPerRow * Quantization.q4BlockBytes)
+        let q4Scales = AlignedBuffer<Float>(count: rows * blocksPerRow)
+        Quantization.quantizeQ4(f32.pointer, rows: rows, cols: cols, blocks: q4Blocks.pointer, scales: q4Scales.pointer)
+        let int8Matrix = WeightMatrix(rows: rows, cols: cols, storage: .int8(values: UnsafePointer(int8Values.pointer), scales: UnsafePointer(int8Scales.pointer)), owner: int8Values)
+        let q4Matrix = WeightMatrix(rows: rows, cols: cols, storage: .q4(blocks: UnsafePointer(q4Blocks.pointer), scales: UnsafePointer(q4Scales.pointer)), owner: q4Blocks)
+        let int8Rate = Double(rows * cols + rows * 4) / median { int8Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
+        let q4Rate = Double(q4Blocks.count + q4Scales.count * 4) / median { q4Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
+        withExtendedLifetime((int8Scales, q4Scales)) {}
+
         let result = Result(memoryReadGBps1Thread: read1, memoryReadGBps2Threads: read2, bf16GemvGBps: bf16Rate,
-                            f32SgemvGBps: f32Rate, bf16GemvFractionOfBandwidth: bf16Rate / max(read1, read2), rows: rows, cols: cols)
+                            f32SgemvGBps: f32Rate, int8GemvGBps: int8Rate, q4GemvGBps: q4Rate, bf16GemvFractionOfBandwidth: bf16Rate / max(read1, read2), rows: rows, cols: cols)
         let table = """
         | measurement | GB/s |
         |---|---|
@@ -61,6 +78,8 @@ struct BenchKernelsCommand: ParsableCommand {
         | memory read, 2 threads | \(String(format: "%.1f", read2)) |
         | bf16 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", bf16Rate)) |
         | f32 sgemv \(rows)x\(cols) (OpenBLAS) | \(String(format: "%.1f", f32Rate)) |
+        | int8 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", int8Rate)) |
+        | q4 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", q4Rate)) |
 
         """
         FileHandle.standardError.write(Data(table.utf8))

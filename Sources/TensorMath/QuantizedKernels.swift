@@ -26,44 +26,104 @@ public enum QuantizedKernels {
         return (unsafeBitCast(low, to: SIMD16<Float>.self) - offset, unsafeBitCast(high, to: SIMD16<Float>.self) - offset)
     }
 
+    private static let magic8 = SIMD8<UInt32>(repeating: 0x4B00_0000)
+
+    /// Byte `k` of each 32-bit lane, as floats minus `offset` (2²³ + bias removed).
+    @inline(__always)
+    static func byteLane(_ lanes: SIMD8<UInt32>, shift: UInt32, mask: UInt32, offset: Float) -> SIMD8<Float> {
+        let bits = ((lanes &>> shift) & SIMD8<UInt32>(repeating: mask)) | magic8
+        return unsafeBitCast(bits, to: SIMD8<Float>.self) - SIMD8<Float>(repeating: 8_388_608 + offset)
+    }
+
     /// `y[rows] = W[rows, cols] · x[cols]` with W int8 and one scale per row.
+    ///
+    /// 32 weights are loaded as eight 32-bit lanes; byte k of lane i is weight 4i + k, so the
+    /// bytes are isolated with shifts and masks on whole vectors (which lower to AVX2 integer
+    /// ops) against an `x` permuted the same way once per call. Widening lane by lane with
+    /// `SIMD16<UInt32>(truncatingIfNeeded:)` compiled to scalar code: 2.7 GB/s against 26 GB/s
+    /// for bf16.
     public static func gemvInt8(_ w: UnsafePointer<Int8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
                                 x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
-        for r in 0..<rows {
-            let row = w + r * cols
-            var acc0 = SIMD16<Float>(), acc1 = SIMD16<Float>()
-            var c = 0
-            while c + 32 <= cols {
-                acc0.addProduct(widenInt8(UnsafeRawPointer(row + c)), UnsafeRawPointer(x + c).loadUnaligned(as: SIMD16<Float>.self))
-                acc1.addProduct(widenInt8(UnsafeRawPointer(row + c + 16)), UnsafeRawPointer(x + c + 16).loadUnaligned(as: SIMD16<Float>.self))
-                c += 32
+        let chunks = cols / 32
+        let tail = chunks * 32
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(tail, 1)) { permuted in
+            // permuted[(chunk·4 + k)·8 + i] = x[chunk·32 + 4i + k]
+            for chunk in 0..<chunks {
+                for k in 0..<4 { for i in 0..<8 { permuted[(chunk * 4 + k) * 8 + i] = x[chunk * 32 + 4 * i + k] } }
             }
-            while c + 16 <= cols {
-                acc0.addProduct(widenInt8(UnsafeRawPointer(row + c)), UnsafeRawPointer(x + c).loadUnaligned(as: SIMD16<Float>.self))
-                c += 16
+            let px = UnsafeRawPointer(permuted.baseAddress!)
+            let flip = SIMD8<UInt32>(repeating: 0x8080_8080) // q ∈ [-128, 127] → q + 128 ∈ [0, 255]
+            for r in 0..<rows {
+                let row = UnsafeRawPointer(w + r * cols)
+                var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+                for chunk in 0..<chunks {
+                    let lanes = row.loadUnaligned(fromByteOffset: chunk * 32, as: SIMD8<UInt32>.self) ^ flip
+                    let xs = px + chunk * 128
+                    a0.addProduct(byteLane(lanes, shift: 0, mask: 0xFF, offset: 128), xs.loadUnaligned(as: SIMD8<Float>.self))
+                    a1.addProduct(byteLane(lanes, shift: 8, mask: 0xFF, offset: 128), xs.loadUnaligned(fromByteOffset: 32, as: SIMD8<Float>.self))
+                    a2.addProduct(byteLane(lanes, shift: 16, mask: 0xFF, offset: 128), xs.loadUnaligned(fromByteOffset: 64, as: SIMD8<Float>.self))
+                    a3.addProduct(byteLane(lanes, shift: 24, mask: 0xFF, offset: 128), xs.loadUnaligned(fromByteOffset: 96, as: SIMD8<Float>.self))
+                }
+                var sum = ((a0 + a1) + (a2 + a3)).sum()
+                for c in tail..<cols { sum += Float(w[r * cols + c]) * x[c] }
+                // The row's scale factors out of the dot product: one multiply per row.
+                y[r] = sum * scales[r]
             }
-            var sum = (acc0 + acc1).sum()
-            while c < cols { sum += Float(row[c]) * x[c]; c += 1 }
-            // The row's scale factors out of the dot product: one multiply per row.
-            y[r] = sum * scales[r]
         }
     }
 
     /// `y[rows] = W[rows, cols] · x[cols]` with W in q4 blocks (`cols` a multiple of 32).
+    ///
+    /// Two blocks (64 weights, 32 bytes) are loaded as eight 32-bit lanes: lanes 0–3 hold the
+    /// first block, 4–7 the second; byte k of lane i holds weight 4(i mod 4) + k in its low
+    /// nibble and that plus 16 in its high nibble. Shifts and masks isolate them against an
+    /// `x` permuted once per call, and the two blocks' scales ride in one vector.
     public static func gemvQ4(_ blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
                               x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let blocksPerRow = cols / Quantization.q4BlockSize
-        for r in 0..<rows {
-            var acc = SIMD16<Float>()
-            for b in 0..<blocksPerRow {
-                let index = r * blocksPerRow + b
-                let (low, high) = widenQ4Block(UnsafeRawPointer(blocks + index * Quantization.q4BlockBytes))
-                let xs = UnsafeRawPointer(x + b * Quantization.q4BlockSize)
-                var block = low * xs.loadUnaligned(as: SIMD16<Float>.self)
-                block.addProduct(high, xs.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self))
-                acc.addProduct(block, SIMD16<Float>(repeating: scales[index]))
+        let pairs = blocksPerRow / 2
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(pairs * 64, 1)) { permuted in
+            // permuted[((pair·4 + k)·2 + half)·8 + i] = x[pair·64 + (i/4)·32 + half·16 + 4(i mod 4) + k]
+            for pair in 0..<pairs {
+                for k in 0..<4 {
+                    for half in 0..<2 {
+                        for i in 0..<8 {
+                            permuted[((pair * 4 + k) * 2 + half) * 8 + i] = x[pair * 64 + (i / 4) * 32 + half * 16 + 4 * (i % 4) + k]
+                        }
+                    }
+                }
             }
-            y[r] = acc.sum()
+            let px = UnsafeRawPointer(permuted.baseAddress!)
+            for r in 0..<rows {
+                let rowBlocks = UnsafeRawPointer(blocks + r * blocksPerRow * Quantization.q4BlockBytes)
+                let rowScales = scales + r * blocksPerRow
+                var acc = SIMD8<Float>()
+                for pair in 0..<pairs {
+                    let lanes = rowBlocks.loadUnaligned(fromByteOffset: pair * 32, as: SIMD8<UInt32>.self)
+                    let xs = px + pair * 256
+                    var block = SIMD8<Float>()
+                    for k in 0..<4 {
+                        let shift = UInt32(8 * k)
+                        block.addProduct(byteLane(lanes, shift: shift, mask: 0x0F, offset: 8),
+                                         xs.loadUnaligned(fromByteOffset: k * 64, as: SIMD8<Float>.self))
+                        block.addProduct(byteLane(lanes, shift: shift + 4, mask: 0x0F, offset: 8),
+                                         xs.loadUnaligned(fromByteOffset: k * 64 + 32, as: SIMD8<Float>.self))
+                    }
+                    let scale = SIMD8<Float>(lowHalf: SIMD4(repeating: rowScales[2 * pair]), highHalf: SIMD4(repeating: rowScales[2 * pair + 1]))
+                    acc.addProduct(block, scale)
+                }
+                var sum = acc.sum()
+                if blocksPerRow % 2 == 1 {
+                    // The odd last block, 16 lanes at a time.
+                    let b = blocksPerRow - 1
+                    let (low, high) = widenQ4Block(rowBlocks + b * Quantization.q4BlockBytes)
+                    let xs = UnsafeRawPointer(x + b * Quantization.q4BlockSize)
+                    var block = low * xs.loadUnaligned(as: SIMD16<Float>.self)
+                    block.addProduct(high, xs.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self))
+                    sum += block.sum() * rowScales[b]
+                }
+                y[r] = sum
+            }
         }
     }
 }

@@ -40,9 +40,11 @@ import TensorMath
         }
     }
 
-    @Test(arguments: [1, 3, 5])
-    func quantisedApplyMatchesF32OverDequantisedWeights(rowCount: Int) {
-        let rows = 40, cols = 96
+    /// 96 columns: three q4 blocks (one pair plus the odd block) and three 32-byte int8 chunks;
+    /// 128: pairs only; 160: int8 chunks plus nothing left over, q4 two pairs and an odd block.
+    @Test(arguments: [1, 3, 5], [96, 128, 160])
+    func quantisedApplyMatchesF32OverDequantisedWeights(rowCount: Int, cols: Int) {
+        let rows = 40
         let w = Self.random(rows * cols, seed: 3), x = Self.random(rowCount * cols, seed: 4)
         let values = AlignedBuffer<Int8>(count: rows * cols), rowScales = AlignedBuffer<Float>(count: rows)
         let blocks = AlignedBuffer<UInt8>(count: Quantization.q4BlockBytes(rows: rows, cols: cols))
@@ -62,5 +64,22 @@ import TensorMath
             }
             for (a, b) in zip(expected, actual) { #expect(abs(a - b) <= 1e-5 + 1e-4 * abs(a)) }
         }
+    }
+
+    /// The int8 kernel's scalar tail (columns past the last 32-wide chunk).
+    @Test func int8ApplyWithATail() {
+        let rows = 7, cols = 77
+        let w = Self.random(rows * cols, seed: 5), x = Self.random(cols, seed: 6)
+        let values = AlignedBuffer<Int8>(count: rows * cols), scales = AlignedBuffer<Float>(count: rows)
+        w.withUnsafeBufferPointer { Quantization.quantizeInt8($0.baseAddress!, rows: rows, cols: cols, values: values.pointer, scales: scales.pointer) }
+        let int8 = WeightMatrix(rows: rows, cols: cols, storage: .int8(values: values.pointer, scales: scales.pointer), owner: values)
+        let dense = WeightMatrix(rows: rows, cols: cols, values: (0..<rows).flatMap { int8.row($0) })
+        var expected = [Float](repeating: 0, count: rows), actual = expected
+        x.withUnsafeBufferPointer { xs in
+            expected.withUnsafeMutableBufferPointer { dense.apply(xs.baseAddress!, rowCount: 1, into: $0.baseAddress!) }
+            actual.withUnsafeMutableBufferPointer { int8.apply(xs.baseAddress!, rowCount: 1, into: $0.baseAddress!) }
+        }
+        for (a, b) in zip(expected, actual) { #expect(abs(a - b) <= 1e-5 + 1e-4 * abs(a)) }
+        withExtendedLifetime(scales) {}
     }
 }

@@ -9,10 +9,14 @@ Each run starts cold: the model is unloaded, the GGUF file's pages are dropped f
 /proc/sys/vm/drop_caches`, which is machine-wide), the fraction of the file still resident is
 measured (mincore) and reported, then the model is loaded again (mmap by default, as llama.cpp
 does), a fixed random prompt of N token ids is decoded in one batch (n_batch = n_ubatch >= N),
-and M tokens are generated greedily, one llama_decode per token.
+and M tokens are sampled (temperature 1, seeded), one llama_decode per token.
 
 prefill tokens/s = N / (time of the prompt's llama_decode)
-decode tokens/s  = M / (time of the M single-token llama_decodes, argmax included)
+decode tokens/s  = M / (time of the M single-token llama_decodes, sampling included)
+
+Decode inputs are sampled at temperature 1 with a seeded generator, as `moe-serve bench decode` does:
+greedy decoding of a random-weight model repeats one token and would route every step to the same
+experts.
 Load time (model + context creation) is reported apart and counted in neither.
 
 stdout: JSON {"prefill_tokens_per_second": median, "decode_tokens_per_second": median, "runs": [...],
@@ -112,7 +116,14 @@ def one_run(args, prompt: list[int]) -> dict:
     llama_cpp.llama_perf_context_reset(ctx)
     t0 = time.perf_counter()
     llm.eval(prompt)
-    tok = int(np.argmax(last_logits()))
+    rng = np.random.default_rng(args.seed)
+
+    def sample() -> int:
+        logits = last_logits().astype(np.float64)
+        p = np.exp(logits - logits.max())
+        return int(rng.choice(len(p), p=p / p.sum()))
+
+    tok = sample()
     t_prefill = time.perf_counter() - t0
 
     generated = []
@@ -122,7 +133,7 @@ def one_run(args, prompt: list[int]) -> dict:
         ts = time.perf_counter()
         llm.eval([tok])
         generated.append(tok)
-        tok = int(np.argmax(last_logits()))
+        tok = sample()
         step_times.append(time.perf_counter() - ts)
     t_decode = time.perf_counter() - t0
     perf = llama_cpp.llama_perf_context(ctx)
