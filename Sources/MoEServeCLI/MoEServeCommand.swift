@@ -1,5 +1,6 @@
 import ArgumentParser
 import InferenceEngine
+import TensorMath
 
 /// `moe-serve`: serve, pack, inspect and run Mixture-of-Experts models larger than RAM.
 @main
@@ -25,6 +26,7 @@ struct MoEServeCommand: ParsableCommand {
     /// Sets up the allocator (so the resident set keeps to the memory plan), then parses and runs.
     static func main() {
         ProcessMemory.configureAllocator()
+        WeightMatrix.configureThreading()
         main(nil)
     }
 }

@@ -82,19 +82,19 @@ public struct WeightMatrix: @unchecked Sendable {
             if n < 4 {
                 for r in 0..<n { QuantizedKernels.gemvInt8(values, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
             } else {
-                let widened = AlignedBuffer<Float>(count: rows * cols)
-                Quantization.dequantizeInt8(values, scales: scales, rows: rows, cols: cols, into: widened.pointer)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
-                            1, x, Int32(cols), widened.pointer, Int32(cols), 0, y, Int32(rows))
+                panelGEMM(x, rowCount: n, into: y) { first, count, panel in
+                    Quantization.dequantizeInt8(values + first * cols, scales: scales + first, rows: count, cols: cols, into: panel)
+                }
             }
         case .q4(let blocks, let scales):
             if n < 4 {
                 for r in 0..<n { QuantizedKernels.gemvQ4(blocks, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
             } else {
-                let widened = AlignedBuffer<Float>(count: rows * cols)
-                Quantization.dequantizeQ4(blocks, scales: scales, rows: rows, cols: cols, into: widened.pointer)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
-                            1, x, Int32(cols), widened.pointer, Int32(cols), 0, y, Int32(rows))
+                let blocksPerRow = cols / Quantization.q4BlockSize
+                panelGEMM(x, rowCount: n, into: y) { first, count, panel in
+                    Quantization.dequantizeQ4(blocks + first * blocksPerRow * Quantization.q4BlockBytes,
+                                              scales: scales + first * blocksPerRow, rows: count, cols: cols, into: panel)
+                }
             }
         }
     }
@@ -110,17 +110,39 @@ public struct WeightMatrix: @unchecked Sendable {
             for r in 0..<n { (y + r * rows).update(repeating: 0, count: rows) }
             return
         }
-        let panel = WideningPanel.current
         let panelRows = max(1, WideningPanel.floats / cols)
-        var first = 0
-        while first < rows {
+        let panels = (rows + panelRows - 1) / panelRows
+        // One panel: widen rows first..<first+count into the calling thread's panel, multiply.
+        func run(_ index: Int, _ widen: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+            let first = index * panelRows
             let count = min(panelRows, rows - first)
-            let buffer = count * cols <= WideningPanel.floats ? panel : AlignedBuffer<Float>(count: count * cols).pointer
+            let buffer = count * cols <= WideningPanel.floats ? WideningPanel.current : AlignedBuffer<Float>(count: count * cols).pointer
             widen(first, count, buffer)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(count), Int32(cols),
                         1, x, Int32(cols), buffer, Int32(cols), 0, y + first, Int32(rows))
-            first += count
         }
+        if panels > 1 && n * rows * cols >= WeightMatrix.parallelGEMMWork {
+            // Panels are independent (disjoint columns of y): spread them over the cores with
+            // GCD, whose idle threads sleep. OpenBLAS runs single-threaded (see
+            // `configureThreading`): its own pool spins in sched_yield between calls, and on two
+            // cores that spinning took over half the CPU time of batched decoding.
+            withoutActuallyEscaping(widen) { widen in
+                let step = UncheckedSendable({ (index: Int) in run(index, widen) })
+                DispatchQueue.concurrentPerform(iterations: panels) { index in step.value(index) }
+            }
+        } else {
+            for index in 0..<panels { run(index, widen) }
+        }
+    }
+
+    /// Multiply-accumulates (n · rows · cols) above which a compressed-weight GEMM is split
+    /// over threads.
+    static let parallelGEMMWork = 1 << 22
+
+    /// Makes OpenBLAS single-threaded; `WeightMatrix` parallelises large products itself.
+    /// Call once at start-up.
+    public static func configureThreading() {
+        openblas_set_num_threads(1)
     }
 
     /// Row `r` widened to float32.
@@ -236,6 +258,13 @@ public enum BF16Kernels {
         for c in start..<cols { sum += FloatConversion.float(fromBF16: row[c]) * x[c] }
         return sum
     }
+}
+
+/// Carries non-Sendable values (pointers, closures) into a concurrent loop whose iterations
+/// touch disjoint memory.
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }
 
 /// One reusable f32 panel per thread for widening compressed weights before sgemm.
