@@ -1,12 +1,16 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 /// Hand-written SIMD kernels need a real CPU target, otherwise the Swift compiler lowers
 /// `SIMD16<Float>` to SSE2 and the kernels run 10-50x slower. Haswell (AVX2 + FMA + F16C) is
-/// the baseline every machine of this project's kind has.
+/// the baseline every machine of this project's kind has; the kernels are generic Swift SIMD,
+/// so building for a CPU with AVX-512 (`MOE_TARGET_CPU=skylake-avx512 swift build ...`, or
+/// `znver4`, `sapphirerapids`) lowers the same code to 512-bit vectors. Chosen at build time.
+let targetCPU = ProcessInfo.processInfo.environment["MOE_TARGET_CPU"] ?? "haswell"
 let optimisedMath: [SwiftSetting] = [
-    .unsafeFlags(["-Xcc", "-march=haswell", "-target-cpu", "haswell", "-Ounchecked"], .when(configuration: .release)),
-    .unsafeFlags(["-Xcc", "-march=haswell", "-target-cpu", "haswell"], .when(configuration: .debug)),
+    .unsafeFlags(["-Xcc", "-march=\(targetCPU)", "-target-cpu", targetCPU, "-Ounchecked"], .when(configuration: .release)),
+    .unsafeFlags(["-Xcc", "-march=\(targetCPU)", "-target-cpu", targetCPU], .when(configuration: .debug)),
 ]
 
 let package = Package(

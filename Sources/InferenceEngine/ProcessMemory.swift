@@ -10,7 +10,7 @@ public enum ProcessMemory {
     /// what the plan itemises.
     public static let runtimeAllowanceBytes = 16 << 20
 
-    /// Pins glibc's mmap threshold at 128 KiB. By default glibc raises it after the first large
+    /// Pins glibc's mmap threshold at 128 KiB and limits malloc to two arenas. By default glibc raises the threshold after the first large
     /// free and serves later large blocks (logits, per-step activations) from heap arenas that
     /// fragment and are never returned, so the resident set drifts above the plan. Call once,
     /// at start-up, before any thread starts.
@@ -19,7 +19,12 @@ public enum ProcessMemory {
         typealias Mallopt = @convention(c) (Int32, Int32) -> Int32
         let mmapThreshold: Int32 = -3 // M_MMAP_THRESHOLD in malloc.h
         guard let handle = dlopen(nil, RTLD_NOW), let symbol = dlsym(handle, "mallopt") else { return }
-        _ = unsafeBitCast(symbol, to: Mallopt.self)(mmapThreshold, 128 << 10)
+        let mallopt = unsafeBitCast(symbol, to: Mallopt.self)
+        _ = mallopt(mmapThreshold, 128 << 10)
+        // Two heap arenas instead of up to eight per core: every thread that allocates (engine,
+        // readers, libuv, GCD workers) otherwise gets its own arena, each holding freed memory.
+        let arenaMax: Int32 = -8 // M_ARENA_MAX
+        _ = mallopt(arenaMax, 2)
     }
 
     /// Bytes resident now (`VmRSS`), or nil where /proc is missing.

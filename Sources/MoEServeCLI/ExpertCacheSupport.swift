@@ -24,7 +24,9 @@ struct RuntimeOptions: ParsableArguments {
     var readerThreads: Int = 4
 
     /// Opens the model at `url` for `maxSequences` concurrent sequences of up to `contextTokens`.
-    func open(at url: URL, maxSequences: Int = 1, contextTokens: Int? = nil) throws -> ModelRuntime {
+    /// `extraRuntimeBytes` adds to the process's own reservation what a caller will use beyond
+    /// the model (the HTTP server's connections and responses).
+    func open(at url: URL, maxSequences: Int = 1, contextTokens: Int? = nil, extraRuntimeBytes: Int = 0) throws -> ModelRuntime {
         guard prefetch == "on" || prefetch == "off" else { throw CommandError("--prefetch: expected on or off, got '\(prefetch)'") }
         guard let policy = PolicyChoice(rawValue: cachePolicy) else {
             throw CommandError("--cache-policy: unknown policy '\(cachePolicy)'; choose one of \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -38,7 +40,7 @@ struct RuntimeOptions: ParsableArguments {
         // per process: a benchmark that opens the model again afterwards finds the first run's
         // lasting footprint (OpenBLAS buffers, thread stacks) already resident, which the
         // allowance in the first measurement covers.
-        let runtimeBytes = Self.processRuntimeBytes
+        let runtimeBytes = Self.processRuntimeBytes + extraRuntimeBytes
 
         // Dense weights and an expert loader, from a packed store or a checkpoint directory.
         let config: ModelConfig

@@ -74,7 +74,7 @@ struct ServerStartError: Error, CustomStringConvertible {
 
 @Suite(.serialized) struct ServeEndToEndTests {
     @Test func fourConcurrentGreedyRequestsReturnWhatOneAloneReturns() throws {
-        let server = try RunningServer(arguments: ["--memory-budget", "68MiB"])
+        let server = try RunningServer(arguments: ["--memory-budget", "80MiB"])
         let body = #"{"prompt": "def fibonacci(n):", "max_tokens": 24, "temperature": 0}"#
         let alone = try server.curl("/v1/completions", ["-d", body])
         let aloneText = try Self.text(alone)
