@@ -88,4 +88,30 @@ import Testing
         #expect(kills == 0, "the OOM killer fired: \(oomControl)")
         print("cgroup limit \(limit) bytes: max usage \(maxUsage.trimmingCharacters(in: .whitespacesAndNewlines)) bytes (page cache included)")
     }
+
+    /// `bench decode` on the synthetic store: the JSON contract (medians, hit rate, recall, bytes
+    /// per token, stall fraction, bound), the load-on-demand baseline in the same run, and the
+    /// budget plot.
+    @Test func benchDecodeReportsTheContractAndABaseline() throws {
+        try Self.ensureStore()
+        let plot = Self.store.deletingLastPathComponent().appendingPathComponent("plot.svg")
+        let result = try Self.run(["bench", "decode", "--model", Self.store.path, "--memory-budget", "\(Self.budget)",
+                                   "--prompt-tokens", "8", "--gen-tokens", "4", "--runs", "1", "--baseline",
+                                   "--plot", plot.path, "--plot-budgets", "100MiB,140MiB"])
+        try #require(result.status == 0, "bench decode failed: \(result.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        for key in ["prefill_tokens_per_second", "decode_tokens_per_second", "hit_rate", "bytes_read_per_token",
+                    "stall_fraction", "bound_decode_tokens_per_second"] {
+            let value = try #require(json[key] as? Double, "missing \(key)")
+            #expect(value >= 0, "\(key) = \(value)")
+        }
+        #expect((json["decode_tokens_per_second"] as? Double ?? 0) > 0)
+        #expect(json["recall"] as? Double != nil, "prefetch is on by default, so recall is reported")
+        let baselines = try #require(json["baselines"] as? [[String: Any]])
+        #expect(baselines.first?["name"] as? String == "load-on-demand")
+        #expect(baselines.first?["prefetch"] as? String == "off")
+        #expect(result.stderr.contains("| moe-serve @"))
+        let svg = try String(contentsOf: plot, encoding: .utf8)
+        #expect(svg.hasPrefix("<svg") && svg.contains("polyline"))
+    }
 }
