@@ -33,7 +33,7 @@ public struct MemoryPlan: Sendable, Equatable, Codable {
         let experts = afterFixed - kv
         guard experts >= minimumExpertBytes else {
             throw MemoryPlanError(
-                "a memory budget of \(formatBytes(budget)) cannot hold the process itself (\(formatBytes(runtimeBytes))), the dense weights (\(formatBytes(denseBytes))), scratch buffers (\(formatBytes(scratchBytes))), a KV cache (\(formatBytes(kv))) and two layers' worth of experts (\(formatBytes(minimumExpertBytes))); it needs at least \(formatBytes(runtimeBytes + denseBytes + scratchBytes + kv + minimumExpertBytes))")
+                "a memory budget of \(formatBytes(budget)) cannot hold the process itself (\(formatBytes(runtimeBytes))), the dense weights (\(formatBytes(denseBytes))), scratch buffers (\(formatBytes(scratchBytes))), a KV cache (\(formatBytes(kv))) and the smallest expert cache (\(formatBytes(minimumExpertBytes)): two layers' worth, and top-k in every layer); it needs at least \(formatBytes(runtimeBytes + denseBytes + scratchBytes + kv + minimumExpertBytes))")
         }
         return MemoryPlan(budgetBytes: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes, scratchBytes: scratchBytes,
                           kvCacheBytes: kv, expertCacheBytes: experts)

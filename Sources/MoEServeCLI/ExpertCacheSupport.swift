@@ -86,7 +86,10 @@ struct RuntimeOptions: ParsableArguments {
                                        scratchBytes: Self.scratchBytes(config, maxSequences: maxSequences)
                                            + ExpertStore.pooledBuffers * expertBytes,
                                        kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * maxSequences,
-                                       minimumExpertBytes: 2 * config.expertCount * expertBytes)
+                                       // Two layers' worth of experts, and at least the cache's
+                                       // floor of top-k slots in every MoE layer (which is more
+                                       // for few-expert models such as Mixtral).
+                                       minimumExpertBytes: max(2 * config.expertCount, config.expertsPerToken * layers.count) * expertBytes)
             cacheBytes = plan!.expertCacheBytes
         }
         if let expertCache {

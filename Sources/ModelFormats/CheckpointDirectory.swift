@@ -77,6 +77,8 @@ public final class CheckpointDirectory: WeightSource, @unchecked Sendable {
             throw ModelFormatError.tensor(name, in: file.path, "shape \(entry.shape) does not match the config's [\(rows), \(cols)]")
         }
         let bytes = file.bytes(of: entry)
+        // The copy below is what the model keeps; the mapped pages leave the resident set.
+        defer { file.dropResidentPages(of: entry) }
         switch entry.dtype {
         case .bf16:
             let buffer = AlignedBuffer<UInt16>(count: rows * cols)

@@ -69,6 +69,19 @@ public final class SafetensorsFile: @unchecked Sendable {
         UnsafeRawBufferPointer(start: UnsafeRawPointer(base) + entry.fileOffset, count: entry.byteCount)
     }
 
+    /// Drops the pages of `entry` from this process's resident set once its bytes have been
+    /// copied out. Read through the mapping, a checkpoint's tensors otherwise stay counted in
+    /// the resident set (a 4 GiB-budget run on an 11 GB checkpoint peaked at 12 GB of RSS);
+    /// the kernel's page cache may keep them, reclaimable, but they are no longer ours.
+    /// Pages shared with a neighbouring tensor at either end are kept.
+    public func dropResidentPages(of entry: SafetensorsEntry) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (entry.fileOffset + page - 1) / page * page
+        let end = (entry.fileOffset + entry.byteCount) / page * page
+        guard end > start else { return }
+        _ = madvise(base + start, end - start, Int32(MADV_DONTNEED))
+    }
+
     private static func parseHeader(base: UnsafeRawPointer, size: Int, path: String) throws -> [String: SafetensorsEntry] {
         let headerLength = Int(UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)))
         guard headerLength > 0, headerLength <= size - 8 else {
