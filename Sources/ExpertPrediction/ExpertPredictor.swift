@@ -24,6 +24,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     private var pending: [Set<Int>]
     /// The experts each layer used in the last `historyTokens` steps, newest last.
     private var history: [[Set<Int>]]
+    /// The experts the first MoE layer used in the last step (`FirstLayerPrediction.history`).
+    private var lastFirstLayerExperts: Set<Int> = []
 
     public init(model: TransformerModel, configuration: PredictorConfiguration, provider: ExpertProvider?) {
         self.configuration = configuration
@@ -42,6 +44,13 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         if layer == 0 { statistics.steps += 1 }
         if configuration.preAttention, routers[layer] != nil {
             predict(layer: layer, from: input, rowCount: rowCount)
+        } else if layer == moeLayers.first, configuration.historyTokens == 0 {
+            // The first MoE layer has no earlier layer for the cross-layer gate.
+            switch configuration.firstLayer {
+            case .none: break
+            case .embedding: predict(layer: layer, from: input, rowCount: rowCount)
+            case .history: add(lastFirstLayerExperts, to: layer)
+            }
         }
         if configuration.historyTokens > 0, routers[layer] != nil {
             add(history[layer].reduce(into: Set<Int>()) { $0.formUnion($1) }, to: layer)
@@ -57,6 +66,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         statistics.perLayer[layer].predicted += predicted.count
         statistics.perLayer[layer].predictedAndUsed += used.intersection(predicted).count
         pending[layer] = []
+        if layer == moeLayers.first { lastFirstLayerExperts = used }
         // Wrong guesses still waiting in the read queue would take disk time from the reads
         // this and the next layers need: drop them.
         let wrong = predicted.subtracting(used)

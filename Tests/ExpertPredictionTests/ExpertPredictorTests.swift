@@ -43,6 +43,32 @@ func fixtureModel(_ prefix: String, recording: Bool = false) throws -> (Transfor
         #expect(!events.contains("prefetch 0")) // the cross-layer gate has nothing before layer 0
     }
 
+    /// The named cross-layer configurations cover layer 0 with router 0 on the embedding:
+    /// its prefetch comes before layer 0's demand; `.history` predicts the previous step's.
+    @Test func firstLayerIsPredictedFromTheEmbeddingOrTheLastStep() throws {
+        let (model, recorder) = try fixtureModel("mixtral-top1-tied", recording: true)
+        let named = try #require(PredictorConfiguration.named.first { $0.0 == "cross_layer" }?.1)
+        #expect(named.firstLayer == .embedding)
+        let predictor = ExpertPredictor(model: model, configuration: named, provider: recorder)
+        model.routingObserver = predictor
+        _ = try model.forward([SequenceInput(cache: model.makeCache(), tokens: [1, 2, 3])])
+        let events = recorder!.events
+        let prefetch = try #require(events.firstIndex(of: "prefetch 0"))
+        let demand = try #require(events.firstIndex(of: "demand 0"))
+        #expect(prefetch < demand)
+        #expect(predictor.statistics.perLayer[0].predicted > 0)
+
+        let (historyModel, _) = try fixtureModel("mixtral-top1-tied")
+        let history = ExpertPredictor(model: historyModel,
+                                      configuration: PredictorConfiguration(crossLayer: true, firstLayer: .history), provider: nil)
+        historyModel.routingObserver = history
+        let cache = historyModel.makeCache()
+        _ = try historyModel.forward([SequenceInput(cache: cache, tokens: [1])])
+        #expect(history.statistics.perLayer[0].predicted == 0) // nothing before the first step
+        _ = try historyModel.forward([SequenceInput(cache: cache, tokens: [1])])
+        #expect(history.statistics.perLayer[0].predicted == historyModel.config.expertsPerToken)
+    }
+
     @Test func predictingEveryExpertGivesFullRecallAndExactPrecisionAccounting() throws {
         let (model, _) = try fixtureModel("mixtral-gqa")
         let everything = PredictorConfiguration(crossLayer: true, extraWidth: model.config.expertCount, preAttention: true)
