@@ -189,11 +189,7 @@ public final class ServerMetrics: @unchecked Sendable {
         return registry.emitToString()
     }
 
-    /// RSS from /proc/self/statm (Linux); nil elsewhere.
-    public static func residentSetBytes() -> Int? {
-        guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return nil }
-        let fields = text.split(separator: " ")
-        guard fields.count > 1, let pages = Int(fields[1]) else { return nil }
-        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
-    }
+    /// The resident set now (Linux); nil elsewhere. One reader of /proc for the whole process:
+    /// `ProcessMemory`, which the memory plan uses too.
+    public static func residentSetBytes() -> Int? { ProcessMemory.residentBytes() }
 }

@@ -214,7 +214,7 @@ struct UniformBF16Generator {
         if let constant {
             table = [UInt16](repeating: FloatConversion.bf16(from: constant), count: 65536)
         } else {
-            let a = standardDeviation * 3.0.squareRoot().floatValue
+            let a = standardDeviation * Float(3).squareRoot()
             table = (0..<65536).map { FloatConversion.bf16(from: (Float($0) + 0.5) / 65536 * 2 * a - a) }
         }
     }
@@ -247,8 +247,4 @@ struct UniformBF16Generator {
             while i < values.count { values[i] = table[Int(next() & 0xffff)]; i += 1 }
         }
     }
-}
-
-private extension Double {
-    var floatValue: Float { Float(self) }
 }
