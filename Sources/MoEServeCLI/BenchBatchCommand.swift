@@ -1,4 +1,5 @@
 import ArgumentParser
+import ExpertCache
 import Foundation
 import InferenceEngine
 import MoEModels
@@ -7,81 +8,173 @@ import MoEModels
 /// token at several concurrencies, through the real engine (continuous batching, expert-grouped
 /// execution) and the expert cache under the memory budget. Each concurrency starts from a cold
 /// cache in a fresh model, so the rows are comparable.
+///
+/// Only decoding is timed: the window opens when every sequence has its first token (the
+/// prompts are prefilled and the cache has warmed on them) and closes with the last token;
+/// bytes read and the hit rate are counted over the same window. Runs go round-robin over
+/// the concurrencies (1, 8, 1, 8, ...) so that drift in the machine hits every row alike, and
+/// each row reports the median run.
 struct BenchBatchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "batch", abstract: "Decode throughput at several concurrencies (JSON on stdout, table on stderr).")
 
     @OptionGroup var model: ModelOption
     @Option(help: "Concurrencies to measure, e.g. 1,2,4,8.") var sequences = "1,2,4,8"
-    @Option(name: .customLong("gen-tokens"), help: "Tokens generated per sequence.") var genTokens = 32
+    @Option(name: .customLong("gen-tokens"), help: "Tokens generated per sequence.") var genTokens = 64
     @Option(name: .customLong("prompt-tokens"), help: "Prompt length per sequence.") var promptTokens = 16
+    @Option(help: "Runs per concurrency (the median is reported).") var runs = 3
     @OptionGroup var runtimeOptions: RuntimeOptions
 
     struct Row: Encodable {
         var sequences: Int
-        var generatedTokens: Int
+        var decodedTokens: Int
         var seconds: Double
         var decodeTokensPerSecond: Double
+        var runTokensPerSecond: [Double]
         var expertBytesReadPerToken: Double
         var hitRate: Double
+        /// Share of the decode window the engine spent waiting for expert reads.
+        var stallShare: Double
+        /// The expert cache the plan left beside these sequences' KV caches (0: all resident).
+        var expertCacheBytes: Int
         enum CodingKeys: String, CodingKey {
-            case sequences, generatedTokens = "generated_tokens", seconds
-            case decodeTokensPerSecond = "decode_tokens_per_second", expertBytesReadPerToken = "expert_bytes_read_per_token"
-            case hitRate = "hit_rate"
+            case sequences, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
+            case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
+            case expertBytesReadPerToken = "expert_bytes_read_per_token", hitRate = "hit_rate"
         }
+    }
+
+    /// One run's decode window.
+    struct Measurement {
+        var decodedTokens: Int
+        var seconds: Double
+        var bytesRead: Int
+        var hits: Int
+        var misses: Int
+        var stallSeconds: Double
+        var expertCacheBytes: Int
+        var tokensPerSecond: Double { Double(decodedTokens) / seconds }
     }
 
     func run() throws {
         try reportingErrors {
             let counts = try parseTokenList(sequences, option: "--sequences")
             guard counts.allSatisfy({ $0 >= 1 }) else { throw CommandError("--sequences: every count must be at least 1") }
-            var rows: [Row] = []
-            for count in counts {
-                let runtime = try runtimeOptions.open(at: try model.resolvedURL(), maxSequences: count,
-                                                      contextTokens: promptTokens + genTokens + 1)
-                defer { runtime.close() }
-                let transformer = runtime.model
-                let kv = runtime.plan?.kvCacheBytes ?? (64 << 20)
-                let engine = Engine(model: transformer,
-                                    limits: Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: kv, maxRunningSequences: count),
-                                    decode: { _ in "" })
-                engine.start()
-                defer { engine.shutdown(grace: 0) }
-                let group = DispatchGroup()
-                let failure = FailureBox()
-                let start = DispatchTime.now().uptimeNanoseconds
-                for sequence in 0..<count {
-                    // Distinct prompts so sequences route differently, as separate users would.
-                    let prompt = (0..<promptTokens).map { (sequence * 7919 + $0 * 104_729) % transformer.config.vocabSize }
-                    var sampling = SamplingParameters()
-                    sampling.temperature = 0
-                    group.enter()
-                    _ = try engine.submit(GenerationRequest(prompt: prompt, maxTokens: genTokens, sampling: sampling)) { event in
-                        switch event {
-                        case .token: break
-                        case .finished: group.leave()
-                        case .failed(let message): failure.set(message); group.leave()
-                        }
-                    }
+            guard runs >= 1 else { throw CommandError("--runs: must be at least 1") }
+            guard genTokens >= 2 else { throw CommandError("--gen-tokens: must be at least 2 (the first token ends the prefill)") }
+            var measured: [Int: [Measurement]] = [:]
+            for run in 1...runs {
+                for count in counts {
+                    let m = try measure(sequences: count)
+                    measured[count, default: []].append(m)
+                    printError(String(format: "bench batch: run %d/%d, %d sequences: %.1f tok/s", run, runs, count, m.tokensPerSecond))
                 }
-                group.wait()
-                if let message = failure.message { throw CommandError("a sequence failed: \(message)") }
-                let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-                let generated = count * genTokens
-                let cache = runtime.cache?.statistics()
-                let bytesRead = Double((cache?.total.demandBytes ?? 0) + (cache?.total.prefetchBytes ?? 0))
-                rows.append(Row(sequences: count, generatedTokens: generated, seconds: seconds,
-                                decodeTokensPerSecond: Double(generated) / seconds,
-                                expertBytesReadPerToken: bytesRead / Double(generated), hitRate: cache?.total.hitRate ?? 1))
             }
-            var table = "| sequences | tokens/s (aggregate) | × one sequence | expert MB read / token | hit rate |\n|---|---|---|---|---|\n"
+            let rows = counts.map { count -> Row in
+                let all = measured[count]!
+                let median = all.sorted { $0.tokensPerSecond < $1.tokensPerSecond }[all.count / 2]
+                return Row(sequences: count, decodedTokens: median.decodedTokens, seconds: median.seconds,
+                           decodeTokensPerSecond: median.tokensPerSecond, runTokensPerSecond: all.map(\.tokensPerSecond),
+                           expertBytesReadPerToken: Double(median.bytesRead) / Double(median.decodedTokens),
+                           hitRate: median.hits + median.misses > 0 ? Double(median.hits) / Double(median.hits + median.misses) : 1,
+                           stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes)
+            }
+            var table = "| sequences | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled |\n|---|---|---|---|---|---|---|---|\n"
             for row in rows {
-                table += String(format: "| %d | %.1f | %.2f | %.3f | %.3f |\n", row.sequences, row.decodeTokensPerSecond,
-                                row.decodeTokensPerSecond / rows[0].decodeTokensPerSecond, row.expertBytesReadPerToken / 1e6, row.hitRate)
+                let spread = row.runTokensPerSecond.map { String(format: "%.0f", $0) }.joined(separator: ", ")
+                table += String(format: "| %d | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% |\n", row.sequences, row.decodeTokensPerSecond, spread,
+                                row.decodeTokensPerSecond / rows[0].decodeTokensPerSecond, Double(row.expertCacheBytes) / 1048576,
+                                row.expertBytesReadPerToken / 1e6, row.hitRate,
+                                100 * row.stallShare)
             }
             FileHandle.standardError.write(Data(table.utf8))
             try printJSON(["results": rows])
         }
+    }
+
+    /// Opens a fresh runtime (cold cache), runs `sequences` greedy generations at once, and
+    /// measures the decode window.
+    private func measure(sequences count: Int) throws -> Measurement {
+        // Every sequence's KV cache comes first: a batch the KV budget cannot hold would run
+        // partly one after another, and the row would not measure `count` at once.
+        let runtime = try runtimeOptions.open(at: try model.resolvedURL(), maxSequences: count,
+                                              contextTokens: promptTokens + genTokens + 1, kvShare: 1)
+        defer { runtime.close() }
+        let transformer = runtime.model
+        let kv = runtime.plan?.kvCacheBytes ?? (64 << 20)
+        let limits = Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: kv, maxRunningSequences: count)
+        let needed = count * Scheduler(limits: limits).reservation(promptTokens: promptTokens, maxTokens: genTokens)
+        guard needed <= kv else {
+            throw CommandError("the KV cache budget (\(formatBytes(kv))) holds fewer than \(count) sequences of \(promptTokens + genTokens) tokens (\(formatBytes(needed))): raise --memory-budget or lower --gen-tokens")
+        }
+        let engine = Engine(model: transformer, limits: limits, decode: { _ in "" })
+        engine.start()
+        defer { engine.shutdown(grace: 0) }
+        let window = DecodeWindow(sequences: count) {
+            runtime.cache?.statistics().total ?? ExpertCacheCounters()
+        }
+        let group = DispatchGroup()
+        let failure = FailureBox()
+        for sequence in 0..<count {
+            // Distinct prompts so sequences route differently, as separate users would.
+            let prompt = (0..<promptTokens).map { (sequence * 7919 + $0 * 104_729) % transformer.config.vocabSize }
+            var sampling = SamplingParameters()
+            sampling.temperature = 0
+            group.enter()
+            _ = try engine.submit(GenerationRequest(prompt: prompt, maxTokens: genTokens, sampling: sampling)) { event in
+                switch event {
+                case .token: window.token(sequence: sequence)
+                case .finished: group.leave()
+                case .failed(let message): failure.set(message); group.leave()
+                }
+            }
+        }
+        group.wait()
+        if let message = failure.message { throw CommandError("a sequence failed: \(message)") }
+        var measurement = try window.result()
+        measurement.expertCacheBytes = runtime.cache?.statistics().budgetBytes ?? 0
+        return measurement
+    }
+}
+
+/// The decode window of a concurrent run: opens at the last sequence's first token, counts
+/// the tokens after it, and diffs the cache counters over it. Tokens arrive on the engine thread.
+final class DecodeWindow: @unchecked Sendable {
+    private let lock = NSLock()
+    private let sequences: Int
+    private let counters: () -> ExpertCacheCounters
+    private var started: Set<Int> = []
+    private var opened: (time: UInt64, counters: ExpertCacheCounters)?
+    private var tokens = 0
+    private var lastToken: UInt64 = 0
+
+    init(sequences: Int, counters: @escaping () -> ExpertCacheCounters) {
+        self.sequences = sequences
+        self.counters = counters
+    }
+
+    func token(sequence: Int) {
+        let now = DispatchTime.now().uptimeNanoseconds
+        lock.lock()
+        defer { lock.unlock() }
+        if !started.contains(sequence) {
+            started.insert(sequence)
+            if started.count == sequences { opened = (now, counters()) }
+        } else if opened != nil {
+            tokens += 1
+            lastToken = now
+        }
+    }
+
+    func result() throws -> BenchBatchCommand.Measurement {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let opened, tokens > 0 else { throw CommandError("no token was decoded after the prefill: raise --gen-tokens") }
+        let end = counters()
+        return .init(decodedTokens: tokens, seconds: Double(lastToken - opened.time) / 1e9,
+                     bytesRead: end.demandBytes + end.prefetchBytes - opened.counters.demandBytes - opened.counters.prefetchBytes,
+                     hits: end.hits - opened.counters.hits, misses: end.misses - opened.counters.misses,
+                     stallSeconds: end.stallSeconds - opened.counters.stallSeconds, expertCacheBytes: 0)
     }
 }
 

@@ -25,8 +25,11 @@ struct RuntimeOptions: ParsableArguments {
 
     /// Opens the model at `url` for `maxSequences` concurrent sequences of up to `contextTokens`.
     /// `extraRuntimeBytes` adds to the process's own reservation what a caller will use beyond
-    /// the model (the HTTP server's connections and responses).
-    func open(at url: URL, maxSequences: Int = 1, contextTokens: Int? = nil, extraRuntimeBytes: Int = 0) throws -> ModelRuntime {
+    /// the model (the HTTP server's connections and responses). `kvShare` caps the KV cache's
+    /// share of what the fixed parts leave (1 gives it everything `maxSequences` sequences of
+    /// `contextTokens` need, before the expert cache).
+    func open(at url: URL, maxSequences: Int = 1, contextTokens: Int? = nil, extraRuntimeBytes: Int = 0,
+              kvShare: Double = 0.25) throws -> ModelRuntime {
         guard prefetch == "on" || prefetch == "off" else { throw CommandError("--prefetch: expected on or off, got '\(prefetch)'") }
         guard let policy = PolicyChoice(rawValue: cachePolicy) else {
             throw CommandError("--cache-policy: unknown policy '\(cachePolicy)'; choose one of \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -89,7 +92,8 @@ struct RuntimeOptions: ParsableArguments {
                                        // Two layers' worth of experts, and at least the cache's
                                        // floor of top-k slots in every MoE layer (which is more
                                        // for few-expert models such as Mixtral).
-                                       minimumExpertBytes: max(2 * config.expertCount, config.expertsPerToken * layers.count) * expertBytes)
+                                       minimumExpertBytes: max(2 * config.expertCount, config.expertsPerToken * layers.count) * expertBytes,
+                                       kvShare: kvShare)
             cacheBytes = plan!.expertCacheBytes
         }
         if let expertCache {

@@ -46,8 +46,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
 
     private let loader: any ExpertLoader
     private let configuration: Configuration
-    /// Guards everything below; readers and requesters wait on it.
-    private let condition = NSCondition()
+    /// Guards everything below; readers wait on it for work, requesters for progress.
+    private let lock = CacheLock()
     private var book: CacheBookkeeping
     private var queue: ReadQueue
     private var weights: [ExpertKey: ExpertWeights] = [:]
@@ -78,10 +78,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     /// Stops the reader threads once the reads in progress finish. Queued reads are dropped,
     /// so call it only when no request is running.
     public func close() {
-        condition.lock()
+        lock.lock()
         closed = true
-        condition.broadcast()
-        condition.unlock()
+        lock.wakeAll()
+        lock.unlock()
     }
 
     // MARK: ExpertProvider
@@ -90,7 +90,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         var ready: [(expert: Int, weights: ExpertWeights)] = []
         var waiting: [(expert: Int, ticket: LoadTicket)] = []
         var unadmitted: [Int] = []
-        condition.lock()
+        lock.lock()
         for expert in TraceReplay.distinct(experts) {
             let key = ExpertKey(layer: layer, expert: expert)
             guard let entry = book.entry(key) else {
@@ -113,10 +113,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             try admit(layer: layer, &unadmitted, into: &waiting)
         } catch {
             releaseLocked(layer: layer, ready: ready, waiting: waiting)
-            condition.unlock()
+            lock.unlock()
             throw error
         }
-        condition.unlock()
+        lock.unlock()
 
         // The expert `body` is running on, pinned until `release`.
         var current: ExpertKey?
@@ -143,10 +143,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 }
             }
         } catch {
-            condition.lock()
+            lock.lock()
             if let current { book.unpin(current) }
             releaseLocked(layer: layer, ready: ready, waiting: waiting)
-            condition.unlock()
+            lock.unlock()
             throw error
         }
     }
@@ -154,8 +154,9 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     /// Queues reads of those of `experts` that are neither resident nor loading, as room
     /// allows, at prefetch priority. Hints that cannot get room without waiting are dropped.
     public func prefetch(layer: Int, experts: [Int]) {
-        condition.lock()
-        defer { condition.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
+        var queued = 0
         for expert in TraceReplay.distinct(experts) {
             let key = ExpertKey(layer: layer, expert: expert)
             guard book.entry(key) == nil else { continue }
@@ -168,16 +169,17 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             tickets[key] = LoadTicket()
             queue.enqueue(key, bytes: bytes, priority: .prefetch)
             count(layer) { $0.prefetchesIssued += 1 }
+            queued += 1
         }
-        condition.broadcast()
+        lock.wakeReaders(queued)
     }
 
     /// Cancels queued, not yet started prefetches — of `layer` only if given, of `experts`
     /// of it only if given — that no request is waiting for. Returns how many were cancelled.
     @discardableResult
     public func cancelPrefetches(layer: Int? = nil, experts: [Int]? = nil) -> Int {
-        condition.lock()
-        defer { condition.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         let wanted = experts.map(Set.init)
         let targets = queue.queuedPrefetches.filter { key in
             (layer == nil || key.layer == layer) && (wanted?.contains(key.expert) ?? true)
@@ -187,8 +189,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
 
     /// A snapshot of the statistics.
     public func statistics() -> ExpertCacheStats {
-        condition.lock()
-        defer { condition.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         var total = ExpertCacheCounters()
         for layer in counters.compactMap({ $0 }) { total.add(layer) }
         return ExpertCacheStats(
@@ -198,8 +200,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
 
     /// Whether `expert` of `layer` is resident now (for tests and diagnostics).
     public func isResident(layer: Int, expert: Int) -> Bool {
-        condition.lock()
-        defer { condition.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         return book.entry(ExpertKey(layer: layer, expert: expert))?.residency == .resident
     }
 
@@ -211,6 +213,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         guard !unadmitted.isEmpty else { return }
         var stillWaiting: [Int] = []
         var cancelledPrefetches = false
+        var queued = 0
+        defer { lock.wakeReaders(queued) }
         for expert in unadmitted {
             let key = ExpertKey(layer: layer, expert: expert)
             if let entry = book.entry(key) {
@@ -236,6 +240,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 let ticket = LoadTicket()
                 tickets[key] = ticket
                 queue.enqueue(key, bytes: bytes, priority: .demand)
+                queued += 1
                 waiting.append((expert, ticket))
             case .noRoom:
                 stillWaiting.append(expert)
@@ -244,15 +249,14 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             }
         }
         unadmitted = stillWaiting
-        condition.broadcast()
     }
 
     /// Blocks until one of `waiting` has finished (trying to admit `unadmitted` meanwhile),
     /// removes and returns it, recording its demand use. Time blocked counts as stall.
     private func nextLoaded(layer: Int, _ waiting: inout [(expert: Int, ticket: LoadTicket)],
                             _ unadmitted: inout [Int]) throws -> (Int, LoadTicket) {
-        condition.lock()
-        defer { condition.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         var stalled: UInt64 = 0
         defer { if stalled > 0 { count(layer) { $0.stallSeconds += Double(stalled) / 1e9 } } }
         while true {
@@ -264,17 +268,17 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             }
             if closed { throw ExpertCacheError("the expert cache was closed while a request was waiting") }
             let start = DispatchTime.now().uptimeNanoseconds
-            condition.wait()
+            lock.waitForProgress()
             stalled += DispatchTime.now().uptimeNanoseconds - start
         }
     }
 
     /// Unpins `key` after its use.
     private func release(_ key: ExpertKey) {
-        condition.lock()
+        lock.lock()
         book.unpin(key)
-        condition.broadcast()   // someone may be waiting for room
-        condition.unlock()
+        lock.wakeRequesters()   // someone may be waiting for room
+        lock.unlock()
     }
 
     /// Unpins what an abandoned request still holds: unprocessed residents and reads it was
@@ -286,7 +290,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             if case .failure = ticket.result { continue }
             book.unpin(ExpertKey(layer: layer, expert: expert))
         }
-        condition.broadcast()
+        lock.wakeRequesters()
     }
 
     /// Drops evicted experts' weights and counts the evictions. Lock held.
@@ -310,6 +314,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             count(key.layer) { $0.prefetchesCancelled += 1 }
             cancelled += 1
         }
+        if cancelled > 0 { lock.wakeRequesters() }   // their room is free
         return cancelled
     }
 
@@ -322,18 +327,18 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
 
     /// A reader thread: takes the most urgent read, performs it unlocked, publishes it.
     private func readerLoop() {
-        condition.lock()
+        lock.lock()
         while !closed {
             guard let job = queue.nextJob() else {
-                condition.wait()
+                lock.waitForWork()
                 continue
             }
             count(job.key.layer) {
                 if job.priority == .demand { $0.demandBytes += job.bytes } else { $0.prefetchBytes += job.bytes }
             }
-            condition.unlock()
+            lock.unlock()
             let result = Result { try loader.loadExpert(layer: job.key.layer, expert: job.key.expert) }
-            condition.lock()
+            lock.lock()
             queue.finish(job)
             let ticket = tickets.removeValue(forKey: job.key)!
             ticket.result = result
@@ -345,9 +350,11 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 book.remove(job.key)
                 count(job.key.layer) { $0.loadFailures += 1 }
             }
-            condition.broadcast()
+            lock.wakeRequesters()
+            // Reads held back by the in-flight limit may start now; this thread takes one itself.
+            if queue.queuedCount > 1 { lock.wakeReaders(1) }
         }
-        condition.unlock()
+        lock.unlock()
     }
 }
 
@@ -360,15 +367,15 @@ public struct ExpertCacheError: Error, CustomStringConvertible {
 extension OffloadingExpertCache {
     /// Users pinning `expert` of `layer` (0 if untracked); for tests and diagnostics.
     func pins(layer: Int, expert: Int) -> Int {
-        condition.lock()
-        defer { condition.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         return book.entry(ExpertKey(layer: layer, expert: expert))?.pins ?? 0
     }
 
     /// Whether no read is queued or running.
     var isIdle: Bool {
-        condition.lock()
-        defer { condition.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         return queue.queuedCount == 0 && queue.inFlightBytes == 0
     }
 }
