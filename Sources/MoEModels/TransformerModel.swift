@@ -148,17 +148,28 @@ public final class TransformerModel: @unchecked Sendable {
         }
         for span in spans { span.cache.advance(by: span.rowCount) }
 
-        // LM head only over the rows whose logits are wanted.
-        var results: [[Float]] = []
+        // LM head only over the rows whose logits are wanted, all sequences in one pass over
+        // its weights; row by row in arithmetic, so a sequence's logits do not depend on its
+        // neighbours in the step.
+        var wanted: [(first: Int, count: Int)] = []
         for (input, span) in zip(inputs, spans) {
-            let first = input.allLogits ? span.firstRow : span.firstRow + span.rowCount - 1
-            let count = input.allLogits ? span.rowCount : 1
-            let rows = AlignedBuffer<Float>(count: count * hidden)
-            rows.pointer.update(from: residual.pointer + first * hidden, count: count * hidden)
-            Ops.rmsNorm(rows.pointer, rowCount: count, dim: hidden, weight: finalNorm, eps: config.rmsNormEps)
-            var logits = [Float](repeating: 0, count: count * config.vocabSize)
-            logits.withUnsafeMutableBufferPointer { lmHead.apply(rows.pointer, rowCount: count, into: $0.baseAddress!) }
-            results.append(logits)
+            wanted.append(input.allLogits ? (span.firstRow, span.rowCount) : (span.firstRow + span.rowCount - 1, 1))
+        }
+        let wantedRows = wanted.reduce(0) { $0 + $1.count }
+        let rows = AlignedBuffer<Float>(count: wantedRows * hidden) // [wanted, hidden]
+        var next = 0
+        for (first, count) in wanted {
+            (rows.pointer + next * hidden).update(from: residual.pointer + first * hidden, count: count * hidden)
+            next += count
+        }
+        Ops.rmsNorm(rows.pointer, rowCount: wantedRows, dim: hidden, weight: finalNorm, eps: config.rmsNormEps)
+        let logits = AlignedBuffer<Float>(count: wantedRows * config.vocabSize) // [wanted, vocab]
+        lmHead.applyRowwise(rows.pointer, rowCount: wantedRows, into: logits.pointer)
+        var results: [[Float]] = []
+        next = 0
+        for (_, count) in wanted {
+            results.append(Array(UnsafeBufferPointer(start: logits.pointer + next * config.vocabSize, count: count * config.vocabSize)))
+            next += count
         }
         return results
     }

@@ -83,16 +83,7 @@ public enum QuantizedKernels {
         let blocksPerRow = cols / Quantization.q4BlockSize
         let pairs = blocksPerRow / 2
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(pairs * 64, 1)) { permuted in
-            // permuted[((pair·4 + k)·2 + half)·8 + i] = x[pair·64 + (i/4)·32 + half·16 + 4(i mod 4) + k]
-            for pair in 0..<pairs {
-                for k in 0..<4 {
-                    for half in 0..<2 {
-                        for i in 0..<8 {
-                            permuted[((pair * 4 + k) * 2 + half) * 8 + i] = x[pair * 64 + (i / 4) * 32 + half * 16 + 4 * (i % 4) + k]
-                        }
-                    }
-                }
-            }
+            permuteForQ4(x, pairs: pairs, into: permuted.baseAddress!)
             let px = UnsafeRawPointer(permuted.baseAddress!)
             for r in 0..<rows {
                 let rowBlocks = UnsafeRawPointer(blocks + r * blocksPerRow * Quantization.q4BlockBytes)
@@ -112,18 +103,35 @@ public enum QuantizedKernels {
                     let scale = SIMD8<Float>(lowHalf: SIMD4(repeating: rowScales[2 * pair]), highHalf: SIMD4(repeating: rowScales[2 * pair + 1]))
                     acc.addProduct(block, scale)
                 }
-                var sum = acc.sum()
-                if blocksPerRow % 2 == 1 {
-                    // The odd last block, 16 lanes at a time.
-                    let b = blocksPerRow - 1
-                    let (low, high) = widenQ4Block(rowBlocks + b * Quantization.q4BlockBytes)
-                    let xs = UnsafeRawPointer(x + b * Quantization.q4BlockSize)
-                    var block = low * xs.loadUnaligned(as: SIMD16<Float>.self)
-                    block.addProduct(high, xs.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self))
-                    sum += block.sum() * rowScales[b]
-                }
-                y[r] = sum
+                y[r] = withOddBlock(acc.sum(), rowBlocks, rowScales, blocksPerRow: blocksPerRow, x: x)
             }
         }
+    }
+
+    /// Permutes `x` for `gemvQ4`: `out[((pair·4 + k)·2 + half)·8 + i] = x[pair·64 + (i/4)·32 + half·16 + 4(i mod 4) + k]`.
+    @inline(__always)
+    static func permuteForQ4(_ x: UnsafePointer<Float>, pairs: Int, into permuted: UnsafeMutablePointer<Float>) {
+        for pair in 0..<pairs {
+            for k in 0..<4 {
+                for half in 0..<2 {
+                    for i in 0..<8 {
+                        permuted[((pair * 4 + k) * 2 + half) * 8 + i] = x[pair * 64 + (i / 4) * 32 + half * 16 + 4 * (i % 4) + k]
+                    }
+                }
+            }
+        }
+    }
+
+    /// `sum` plus the odd last block of a q4 row (16 lanes at a time), if the row has one.
+    @inline(__always)
+    static func withOddBlock(_ sum: Float, _ rowBlocks: UnsafeRawPointer, _ rowScales: UnsafePointer<Float>,
+                             blocksPerRow: Int, x: UnsafePointer<Float>) -> Float {
+        guard blocksPerRow % 2 == 1 else { return sum }
+        let b = blocksPerRow - 1
+        let (low, high) = widenQ4Block(rowBlocks + b * Quantization.q4BlockBytes)
+        let xs = UnsafeRawPointer(x + b * Quantization.q4BlockSize)
+        var block = low * xs.loadUnaligned(as: SIMD16<Float>.self)
+        block.addProduct(high, xs.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self))
+        return sum + block.sum() * rowScales[b]
     }
 }

@@ -71,8 +71,10 @@ public struct WeightMatrix: @unchecked Sendable {
                             1, x, Int32(cols), w, Int32(cols), 0, y, Int32(rows))
             }
         case .bf16(let w):
-            if n < 4 {
-                for r in 0..<n { BF16Kernels.gemv(w, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
+            if n == 1 {
+                BF16Kernels.gemv(w, rows: rows, cols: cols, x: x, y: y)
+            } else if n < 4 {
+                MultiRowKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
             } else {
                 panelGEMM(x, rowCount: n, into: y) { first, count, panel in
                     FloatConversion.convertBF16(w + first * cols, to: panel, count: count * cols)
@@ -88,7 +90,7 @@ public struct WeightMatrix: @unchecked Sendable {
             }
         case .q4(let blocks, let scales):
             if n < 4 {
-                for r in 0..<n { QuantizedKernels.gemvQ4(blocks, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
+                MultiRowKernels.q4(blocks, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
             } else {
                 let blocksPerRow = cols / Quantization.q4BlockSize
                 panelGEMM(x, rowCount: n, into: y) { first, count, panel in
@@ -96,6 +98,29 @@ public struct WeightMatrix: @unchecked Sendable {
                                               scales: scales + first * blocksPerRow, rows: count, cols: cols, into: panel)
                 }
             }
+        }
+    }
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` computed row by row with the GEMV kernels (several rows
+    /// share each weight read), so that every output row is bit-identical to what `apply`
+    /// gives for that row alone. The LM head uses it: a sequence's logits, and so its greedy
+    /// tokens, must not depend on which other sequences share the step.
+    public func applyRowwise(_ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) {
+        switch storage {
+        case .f32(let w):
+            for r in 0..<n {
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), 1, w, Int32(cols), x + r * cols, 1, 0, y + r * rows, 1)
+            }
+        case .bf16(let w):
+            if n == 1 {
+                BF16Kernels.gemv(w, rows: rows, cols: cols, x: x, y: y)
+            } else {
+                MultiRowKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
+            }
+        case .int8(let values, let scales):
+            for r in 0..<n { QuantizedKernels.gemvInt8(values, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
+        case .q4(let blocks, let scales):
+            MultiRowKernels.q4(blocks, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
         }
     }
 
@@ -181,12 +206,7 @@ public enum BF16Kernels {
         // every decode step, so a heap allocation here would be one per GEMV.
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(blocks * 16, 1)) { buffer in
             let permuted = buffer.baseAddress!
-            for b in 0..<blocks {
-                for i in 0..<8 {
-                    permuted[b * 16 + i] = x[b * 16 + 2 * i]
-                    permuted[b * 16 + 8 + i] = x[b * 16 + 2 * i + 1]
-                }
-            }
+            permute(x, blocks: blocks, into: permuted)
             let xp = UnsafePointer(permuted)
             if rows * cols >= parallelThreshold && rows >= 64 {
                 let half = (rows / 2 + 7) & ~7
@@ -198,6 +218,17 @@ public enum BF16Kernels {
                 }
             } else {
                 rowRange(w, 0..<rows, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
+            }
+        }
+    }
+
+    /// Permutes `x` into the even/odd order of each block of 16 that `rowRange` expects.
+    @inline(__always)
+    static func permute(_ x: UnsafePointer<Float>, blocks: Int, into permuted: UnsafeMutablePointer<Float>) {
+        for b in 0..<blocks {
+            for i in 0..<8 {
+                permuted[b * 16 + i] = x[b * 16 + 2 * i]
+                permuted[b * 16 + 8 + i] = x[b * 16 + 2 * i + 1]
             }
         }
     }

@@ -1,4 +1,3 @@
-import COpenBLAS
 import Foundation
 import ModelFormats
 import TensorMath
@@ -110,13 +109,13 @@ struct AttentionLayer {
                     let query = q.pointer + row * qWidth + head * headDim
                     scores.withUnsafeMutableBufferPointer { s in
                         // scores[j] = scale · K[firstKey + j, group] · query
-                        cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(keyCount), Int32(headDim), scale,
-                                    keys + firstKey * kvWidth + group * headDim, Int32(kvWidth), query, 1, 0, s.baseAddress!, 1)
+                        AttentionKernels.scores(query: query, keys: keys + firstKey * kvWidth + group * headDim, keyStride: kvWidth,
+                                                count: keyCount, dim: headDim, scale: scale, into: s.baseAddress!)
                         Ops.softmax(s.baseAddress!, count: keyCount)
                         // context = Σ_j p[j] · V[firstKey + j, group]
-                        cblas_sgemv(CblasRowMajor, CblasTrans, Int32(keyCount), Int32(headDim), 1,
-                                    values + firstKey * kvWidth + group * headDim, Int32(kvWidth), s.baseAddress!, 1,
-                                    0, context.pointer + row * qWidth + head * headDim, 1)
+                        AttentionKernels.weightedSum(s.baseAddress!, values: values + firstKey * kvWidth + group * headDim,
+                                                     valueStride: kvWidth, count: keyCount, dim: headDim,
+                                                     into: context.pointer + row * qWidth + head * headDim)
                     }
                 }
             }
