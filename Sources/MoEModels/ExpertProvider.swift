@@ -32,6 +32,13 @@ public protocol ExpertProvider: AnyObject, Sendable {
     /// remaining experts.
     func withExperts(layer: Int, experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws
 
+    /// As `withExperts`, but `body(worker, expert, weights)` may run on up to `workers`
+    /// threads at once (`worker` in `0..<workers` names the thread, for per-thread scratch).
+    /// `pinned` runs once, after every requested expert is pinned or queued and before any
+    /// `body`. The default runs `pinned` and then every `body` on the calling thread as worker 0.
+    func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void,
+                     _ body: (Int, Int, ExpertWeights) throws -> Void) throws
+
     /// A hint that `experts` of `layer` will probably be needed soon. Never required for
     /// correctness; the default does nothing.
     func prefetch(layer: Int, experts: [Int])
@@ -41,6 +48,12 @@ public protocol ExpertProvider: AnyObject, Sendable {
 }
 
 extension ExpertProvider {
+    public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void,
+                            _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
+        pinned()
+        try withExperts(layer: layer, experts: experts) { try body(0, $0, $1) }
+    }
+
     public func prefetch(layer: Int, experts: [Int]) {}
     @discardableResult public func cancelPrefetches(layer: Int?, experts: [Int]?) -> Int { 0 }
 }

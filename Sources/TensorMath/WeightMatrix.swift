@@ -73,7 +73,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .bf16(let w):
             if n == 1 {
                 BF16Kernels.gemv(w, rows: rows, cols: cols, x: x, y: y)
-            } else if n < 4 {
+            } else if n < 9 {
                 MultiRowKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
             } else {
                 panelGEMM(x, rowCount: n, into: y) { first, count, panel in
@@ -89,7 +89,7 @@ public struct WeightMatrix: @unchecked Sendable {
                 }
             }
         case .q4(let blocks, let scales):
-            if n < 4 {
+            if n < 9 {
                 MultiRowKernels.q4(blocks, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
             } else {
                 let blocksPerRow = cols / Quantization.q4BlockSize
@@ -293,9 +293,9 @@ public enum BF16Kernels {
 
 /// Carries non-Sendable values (pointers, closures) into a concurrent loop whose iterations
 /// touch disjoint memory.
-struct UncheckedSendable<Value>: @unchecked Sendable {
-    let value: Value
-    init(_ value: Value) { self.value = value }
+public struct UncheckedSendable<Value>: @unchecked Sendable {
+    public let value: Value
+    public init(_ value: Value) { self.value = value }
 }
 
 /// One reusable f32 panel per thread for widening compressed weights before sgemm.

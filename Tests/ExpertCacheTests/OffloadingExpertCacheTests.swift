@@ -200,6 +200,49 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         try request(cache, 0, [4, 5, 6])      // everything above is evictable again
     }
 
+    @Test func twoWorkersRunEveryExpertOnceAndReleaseThePins() throws {
+        let loader = FakeLoader()
+        loader.latency = 0.0005...0.002
+        let cache = try makeCache(loader, experts: 16)
+        defer { cache.close() }
+        try request(cache, 0, [0, 1, 2])                   // some resident, the rest misses
+        let seen = Counter()
+        var pinnedFirst = false
+        try cache.withExperts(layer: 0, experts: Array(0..<12), workers: 2, pinned: {
+            pinnedFirst = true
+            // Everything is pinned or queued before any body runs.
+            for e in 0..<3 { #expect(cache.pins(layer: 0, expert: e) == 1) }
+        }) { worker, expert, weights in
+            #expect(pinnedFirst && (0..<2).contains(worker))
+            #expect(weights.fakeIdentity == expert)
+            seen.add("\(expert)")
+        }
+        #expect(seen.values.sorted() == (0..<12).map { "\($0)" }.sorted())
+        for e in 0..<12 { #expect(cache.pins(layer: 0, expert: e) == 0 && loader.loads(0, e) == 1) }
+        #expect(cache.statistics().total.hits == 3 && cache.statistics().total.misses == 12)
+    }
+
+    @Test func twoWorkersStopOnAFailureAndReleaseEverything() throws {
+        struct Stop: Error {}
+        let loader = FakeLoader()
+        loader.latency = 0.0005...0.001
+        loader.failing = [ExpertKey(layer: 0, expert: 7)]
+        let cache = try makeCache(loader, experts: 16, layers: [0, 1])
+        defer { cache.close() }
+        #expect(throws: FakeLoadError(key: ExpertKey(layer: 0, expert: 7))) {
+            try cache.withExperts(layer: 0, experts: Array(0..<10), workers: 2, pinned: {}) { _, _, _ in }
+        }
+        eventually("all reads done") { cache.isIdle }
+        for e in 0..<10 { #expect(cache.pins(layer: 0, expert: e) == 0) }
+        #expect(throws: Stop.self) {
+            try cache.withExperts(layer: 1, experts: Array(0..<6), workers: 2, pinned: {}) { _, expert, _ in
+                if expert == 2 { throw Stop() }
+            }
+        }
+        eventually("all reads done") { cache.isIdle }
+        for e in 0..<6 { #expect(cache.pins(layer: 1, expert: e) == 0) }
+    }
+
     @Test(arguments: [PolicyChoice.lru, .lfu, .lrfu, .fate, .hotset])
     func budgetHoldsUnderConcurrentRandomLoad(choice: PolicyChoice) throws {
         let loader = FakeLoader()

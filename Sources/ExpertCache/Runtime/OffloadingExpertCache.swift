@@ -1,5 +1,6 @@
 import Foundation
 import MoEModels
+import TensorMath
 
 /// The runtime expert cache: an `ExpertProvider` that keeps a byte-budgeted set of experts
 /// in RAM and reads the rest through an `ExpertLoader` on a pool of reader threads.
@@ -87,11 +88,30 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     // MARK: ExpertProvider
 
     public func withExperts(layer: Int, experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
+        try withExperts(layer: layer, experts: experts, workers: 1, pinned: {}) { _, expert, weights in try body(expert, weights) }
+    }
+
+    /// One `withExperts` call's experts still to run; guarded by the cache's lock.
+    private final class PendingExperts {
+        var ready: [(expert: Int, weights: ExpertWeights)]
+        var waiting: [(expert: Int, ticket: LoadTicket)]
+        var unadmitted: [Int]
+        var failure: Error?
+        init(ready: [(expert: Int, weights: ExpertWeights)], waiting: [(expert: Int, ticket: LoadTicket)], unadmitted: [Int]) {
+            self.ready = ready
+            self.waiting = waiting
+            self.unadmitted = unadmitted
+        }
+    }
+
+    public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void,
+                            _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
         var ready: [(expert: Int, weights: ExpertWeights)] = []
         var waiting: [(expert: Int, ticket: LoadTicket)] = []
         var unadmitted: [Int] = []
+        let distinct = TraceReplay.distinct(experts)
         lock.lock()
-        for expert in TraceReplay.distinct(experts) {
+        for expert in distinct {
             let key = ExpertKey(layer: layer, expert: expert)
             guard let entry = book.entry(key) else {
                 count(layer) { $0.misses += 1 }
@@ -117,37 +137,58 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             throw error
         }
         lock.unlock()
+        pinned()
 
-        // The expert `body` is running on, pinned until `release`.
-        var current: ExpertKey?
-        do {
-            // Resident experts run while the misses load.
-            while let (expert, expertWeights) = ready.first {
-                current = ExpertKey(layer: layer, expert: expert)
-                ready.removeFirst()
-                try body(expert, expertWeights)
-                release(current!)
-                current = nil
-            }
-            while !waiting.isEmpty || !unadmitted.isEmpty {
-                let (expert, ticket) = try nextLoaded(layer: layer, &waiting, &unadmitted)
-                switch ticket.result! {
-                case .success(let expertWeights):
-                    current = ExpertKey(layer: layer, expert: expert)
-                    try body(expert, expertWeights)
-                    release(current!)
-                    current = nil
-                case .failure(let error):
-                    // The failed entry is gone already: nothing to unpin for it.
-                    throw error
+        // Resident experts run while the misses load; each worker takes the next expert that
+        // is ready, and only worker 0's waits count as stall (while it waits the other may compute).
+        let pending = PendingExperts(ready: ready, waiting: waiting, unadmitted: unadmitted)
+        func work(_ worker: Int) {
+            while true {
+                lock.lock()
+                var next: (expert: Int, weights: ExpertWeights)?
+                if pending.failure == nil {
+                    if !pending.ready.isEmpty {
+                        next = pending.ready.removeFirst()
+                    } else if !pending.waiting.isEmpty || !pending.unadmitted.isEmpty {
+                        do {
+                            let loaded = try nextLoadedLocked(layer: layer, &pending.waiting, &pending.unadmitted, countsStall: worker == 0)
+                            switch loaded?.1.result {
+                            case .success(let expertWeights)?: next = (loaded!.0, expertWeights)
+                            case .failure(let error)?: pending.failure = error // its entry is gone: nothing to unpin
+                            case nil: break // another worker took the last one
+                            }
+                        } catch {
+                            pending.failure = error
+                        }
+                    }
                 }
+                lock.unlock()
+                guard let (expert, expertWeights) = next else { return }
+                let key = ExpertKey(layer: layer, expert: expert)
+                do {
+                    try body(worker, expert, expertWeights)
+                } catch {
+                    lock.lock()
+                    if pending.failure == nil { pending.failure = error }
+                    lock.unlock()
+                }
+                release(key)
             }
-        } catch {
+        }
+        let parallel = min(workers, distinct.count)
+        if parallel > 1 {
+            withoutActuallyEscaping(work) { work in
+                let step = UncheckedSendable(work)
+                DispatchQueue.concurrentPerform(iterations: parallel) { step.value($0) }
+            }
+        } else {
+            work(0)
+        }
+        if let failure = pending.failure {
             lock.lock()
-            if let current { book.unpin(current) }
-            releaseLocked(layer: layer, ready: ready, waiting: waiting)
+            releaseLocked(layer: layer, ready: pending.ready, waiting: pending.waiting)
             lock.unlock()
-            throw error
+            throw failure
         }
     }
 
@@ -252,14 +293,15 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     }
 
     /// Blocks until one of `waiting` has finished (trying to admit `unadmitted` meanwhile),
-    /// removes and returns it, recording its demand use. Time blocked counts as stall.
-    private func nextLoaded(layer: Int, _ waiting: inout [(expert: Int, ticket: LoadTicket)],
-                            _ unadmitted: inout [Int]) throws -> (Int, LoadTicket) {
-        lock.lock()
-        defer { lock.unlock() }
+    /// removes and returns it, recording its demand use; nil once both lists are empty (another
+    /// worker took the last one while this one waited). Time blocked counts as stall when
+    /// `countsStall`. Lock held (released while waiting).
+    private func nextLoadedLocked(layer: Int, _ waiting: inout [(expert: Int, ticket: LoadTicket)],
+                                  _ unadmitted: inout [Int], countsStall: Bool) throws -> (Int, LoadTicket)? {
         var stalled: UInt64 = 0
-        defer { if stalled > 0 { count(layer) { $0.stallSeconds += Double(stalled) / 1e9 } } }
+        defer { if stalled > 0 && countsStall { count(layer) { $0.stallSeconds += Double(stalled) / 1e9 } } }
         while true {
+            if waiting.isEmpty && unadmitted.isEmpty { return nil }
             try admit(layer: layer, &unadmitted, into: &waiting)
             if let index = waiting.firstIndex(where: { $0.ticket.result != nil }) {
                 let (expert, ticket) = waiting.remove(at: index)

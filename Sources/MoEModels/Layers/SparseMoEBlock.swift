@@ -1,3 +1,4 @@
+import Foundation
 import ModelFormats
 import TensorMath
 
@@ -74,45 +75,78 @@ struct SparseMoEBlock {
         }
     }
 
+    /// Steps of at most this many token rows run their experts on `expertWorkers` threads;
+    /// larger ones (prefill chunks) run them one at a time, each as a GEMM that is itself
+    /// spread over the cores when large.
+    static let parallelRowLimit = 64
+    /// Threads a decode step's experts are spread over (the machine's cores, at most 2 here:
+    /// more would take the cores the expert readers and the GEMMs' own threads need).
+    static let expertWorkers = min(2, ProcessInfo.processInfo.activeProcessorCount)
+
     /// `output[T, hidden] = moe(x[T, hidden])`, reaching experts only through `provider`.
     func forward(_ x: UnsafePointer<Float>, rowCount: Int, hidden: Int, provider: ExpertProvider,
                  observer: RoutingObserver?, output: UnsafeMutablePointer<Float>) throws {
         let routes = route(x, rowCount: rowCount)
         // The observer (the predictor, which prefetches later layers' experts) hears of the
-        // routing once this layer's experts are pinned — inside the first expert callback — so
-        // that room for its prefetches is never made by evicting experts this layer is about
-        // to use. Announced before pinning, a 64-token prefill evicted and re-read its own
-        // prefetched experts and ran 40% slower with prefetch than without.
-        var announced = false
-        func announce() {
-            guard !announced else { return }
-            announced = true
-            observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
-        }
+        // routing once this layer's experts are pinned, so that room for its prefetches is
+        // never made by evicting experts this layer is about to use. Announced before
+        // pinning, a 64-token prefill evicted and re-read its own prefetched experts and ran
+        // 40% slower with prefetch than without.
+        let announce: () -> Void = { observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount) }
 
-        // Group (row, weight) pairs by expert so each expert runs once over all its rows.
-        var rowsByExpert: [Int: [(row: Int, weight: Float)]] = [:]
+        // Group (row, slot, weight) by expert so each expert runs once over all its rows;
+        // `slot` is the expert's rank in the row's routing.
+        var rowsByExpert: [Int: [(row: Int, slot: Int, weight: Float)]] = [:]
         for (row, routing) in routes.enumerated() {
-            for (expert, weight) in zip(routing.experts, routing.weights) {
-                rowsByExpert[expert, default: []].append((row, weight))
+            for (slot, (expert, weight)) in zip(routing.experts, routing.weights).enumerated() {
+                rowsByExpert[expert, default: []].append((row, slot, weight))
             }
         }
         output.update(repeating: 0, count: rowCount * hidden)
         let maxRows = rowsByExpert.values.map(\.count).max() ?? 0
-        let gathered = AlignedBuffer<Float>(count: maxRows * hidden) // [n, hidden]
-        let expertOutput = AlignedBuffer<Float>(count: maxRows * hidden) // [n, hidden]
-        try provider.withExperts(layer: layer, experts: rowsByExpert.keys.sorted()) { expert, weights in
-            announce()
-            let assigned = rowsByExpert[expert]!
-            for (i, entry) in assigned.enumerated() {
-                (gathered.pointer + i * hidden).update(from: x + entry.row * hidden, count: hidden)
+        let experts = rowsByExpert.keys.sorted()
+
+        if rowCount <= Self.parallelRowLimit {
+            // Each expert's output rows go to their (row, slot) place, and rows are summed in
+            // slot order afterwards: the result does not depend on which thread ran which
+            // expert, on which experts were resident, or on the other sequences of the step.
+            // One token's few experts are not worth a thread hand-off (measured: a lone
+            // sequence decoded 20% slower with two workers).
+            let workers = rowCount > 1 ? Self.expertWorkers : 1
+            let contributions = AlignedBuffer<Float>(count: rowCount * topK * hidden) // [T, k, hidden]
+            let gathered = (0..<workers).map { _ in AlignedBuffer<Float>(count: maxRows * hidden) } // [n, hidden] per worker
+            try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: announce) { worker, expert, weights in
+                let assigned = rowsByExpert[expert]!
+                let input = gathered[worker].pointer
+                for (i, entry) in assigned.enumerated() {
+                    (input + i * hidden).update(from: x + entry.row * hidden, count: hidden)
+                }
+                let expertOutput = AlignedBuffer<Float>(count: assigned.count * hidden) // [n, hidden]
+                DenseMLP.apply(weights, input, rowCount: assigned.count, output: expertOutput.pointer)
+                for (i, entry) in assigned.enumerated() {
+                    (contributions.pointer + (entry.row * topK + entry.slot) * hidden)
+                        .update(from: expertOutput.pointer + i * hidden, count: hidden)
+                }
             }
-            DenseMLP.apply(weights, gathered.pointer, rowCount: assigned.count, output: expertOutput.pointer)
-            for (i, entry) in assigned.enumerated() {
-                Ops.addScaled(output + entry.row * hidden, expertOutput.pointer + i * hidden, alpha: entry.weight, count: hidden)
+            for (row, routing) in routes.enumerated() {
+                for (slot, weight) in routing.weights.enumerated() {
+                    Ops.addScaled(output + row * hidden, contributions.pointer + (row * topK + slot) * hidden, alpha: weight, count: hidden)
+                }
+            }
+        } else {
+            let gathered = AlignedBuffer<Float>(count: maxRows * hidden) // [n, hidden]
+            let expertOutput = AlignedBuffer<Float>(count: maxRows * hidden) // [n, hidden]
+            try provider.withExperts(layer: layer, experts: experts, workers: 1, pinned: announce) { _, expert, weights in
+                let assigned = rowsByExpert[expert]!
+                for (i, entry) in assigned.enumerated() {
+                    (gathered.pointer + i * hidden).update(from: x + entry.row * hidden, count: hidden)
+                }
+                DenseMLP.apply(weights, gathered.pointer, rowCount: assigned.count, output: expertOutput.pointer)
+                for (i, entry) in assigned.enumerated() {
+                    Ops.addScaled(output + entry.row * hidden, expertOutput.pointer + i * hidden, alpha: entry.weight, count: hidden)
+                }
             }
         }
-        announce()
 
         if let sharedExpert, let sharedExpertGate {
             let shared = AlignedBuffer<Float>(count: rowCount * hidden) // [T, hidden]
