@@ -13,7 +13,8 @@ import MoEModels
 /// prompts are prefilled and the cache has warmed on them) and closes with the last token;
 /// bytes read and the hit rate are counted over the same window. Runs go round-robin over
 /// the concurrencies (1, 8, 1, 8, ...) so that drift in the machine hits every row alike, and
-/// each row reports the median run.
+/// each row reports the median run. `--compare-prefetch` measures every concurrency with
+/// prefetch off and on, alternating within each run, and reports the on/off ratios.
 struct BenchBatchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "batch", abstract: "Decode throughput at several concurrencies (JSON on stdout, table on stderr).")
@@ -23,10 +24,13 @@ struct BenchBatchCommand: ParsableCommand {
     @Option(name: .customLong("gen-tokens"), help: "Tokens generated per sequence.") var genTokens = 64
     @Option(name: .customLong("prompt-tokens"), help: "Prompt length per sequence.") var promptTokens = 16
     @Option(help: "Runs per concurrency (the median is reported).") var runs = 3
+    @Flag(name: .customLong("compare-prefetch"), help: "Measure with prefetch off and on, alternating, and report the ratio.")
+    var comparePrefetch = false
     @OptionGroup var runtimeOptions: RuntimeOptions
 
     struct Row: Encodable {
         var sequences: Int
+        var prefetch: String
         var decodedTokens: Int
         var seconds: Double
         var decodeTokensPerSecond: Double
@@ -38,10 +42,26 @@ struct BenchBatchCommand: ParsableCommand {
         /// The expert cache the plan left beside these sequences' KV caches (0: all resident).
         var expertCacheBytes: Int
         enum CodingKeys: String, CodingKey {
-            case sequences, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
+            case sequences, prefetch, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
             case expertBytesReadPerToken = "expert_bytes_read_per_token", hitRate = "hit_rate"
         }
+    }
+
+    /// Prefetch on against off at one concurrency.
+    struct Comparison: Encodable {
+        var sequences: Int
+        /// Median on ÷ median off.
+        var speedup: Double
+        /// On ÷ off within each run (the two measurements taken back to back).
+        var pairedSpeedups: [Double]
+        enum CodingKeys: String, CodingKey { case sequences, speedup, pairedSpeedups = "paired_speedups" }
+    }
+
+    struct Report: Encodable {
+        var results: [Row]
+        var prefetchComparison: [Comparison]?
+        enum CodingKeys: String, CodingKey { case results, prefetchComparison = "prefetch_comparison" }
     }
 
     /// One run's decode window.
@@ -62,39 +82,64 @@ struct BenchBatchCommand: ParsableCommand {
             guard counts.allSatisfy({ $0 >= 1 }) else { throw CommandError("--sequences: every count must be at least 1") }
             guard runs >= 1 else { throw CommandError("--runs: must be at least 1") }
             guard genTokens >= 2 else { throw CommandError("--gen-tokens: must be at least 2 (the first token ends the prefill)") }
-            var measured: [Int: [Measurement]] = [:]
+            let modes = comparePrefetch ? ["off", "on"] : [runtimeOptions.prefetch]
+            struct Key: Hashable { var count: Int; var prefetch: String }
+            var measured: [Key: [Measurement]] = [:]
             for run in 1...runs {
                 for count in counts {
-                    let m = try measure(sequences: count)
-                    measured[count, default: []].append(m)
-                    printError(String(format: "bench batch: run %d/%d, %d sequences: %.1f tok/s", run, runs, count, m.tokensPerSecond))
+                    // Alternate which goes first, so that neither always follows the other.
+                    for mode in run % 2 == 1 ? modes : modes.reversed() {
+                        let m = try measure(sequences: count, prefetch: mode)
+                        measured[Key(count: count, prefetch: mode), default: []].append(m)
+                        printError(String(format: "bench batch: run %d/%d, %d sequences, prefetch %@: %.1f tok/s",
+                                          run, runs, count, mode, m.tokensPerSecond))
+                    }
                 }
             }
-            let rows = counts.map { count -> Row in
-                let all = measured[count]!
-                let median = all.sorted { $0.tokensPerSecond < $1.tokensPerSecond }[all.count / 2]
-                return Row(sequences: count, decodedTokens: median.decodedTokens, seconds: median.seconds,
-                           decodeTokensPerSecond: median.tokensPerSecond, runTokensPerSecond: all.map(\.tokensPerSecond),
-                           expertBytesReadPerToken: Double(median.bytesRead) / Double(median.decodedTokens),
-                           hitRate: median.hits + median.misses > 0 ? Double(median.hits) / Double(median.hits + median.misses) : 1,
-                           stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes)
+            var rows: [Row] = []
+            for mode in modes {
+                for count in counts {
+                    let all = measured[Key(count: count, prefetch: mode)]!
+                    let median = all.sorted { $0.tokensPerSecond < $1.tokensPerSecond }[all.count / 2]
+                    rows.append(Row(sequences: count, prefetch: mode, decodedTokens: median.decodedTokens, seconds: median.seconds,
+                                    decodeTokensPerSecond: median.tokensPerSecond, runTokensPerSecond: all.map(\.tokensPerSecond),
+                                    expertBytesReadPerToken: Double(median.bytesRead) / Double(median.decodedTokens),
+                                    hitRate: median.hits + median.misses > 0 ? Double(median.hits) / Double(median.hits + median.misses) : 1,
+                                    stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes))
+                }
             }
-            var table = "| sequences | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled |\n|---|---|---|---|---|---|---|---|\n"
+            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled |\n|---|---|---|---|---|---|---|---|---|\n"
             for row in rows {
                 let spread = row.runTokensPerSecond.map { String(format: "%.0f", $0) }.joined(separator: ", ")
-                table += String(format: "| %d | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% |\n", row.sequences, row.decodeTokensPerSecond, spread,
-                                row.decodeTokensPerSecond / rows[0].decodeTokensPerSecond, Double(row.expertCacheBytes) / 1048576,
-                                row.expertBytesReadPerToken / 1e6, row.hitRate,
+                let base = rows.first { $0.prefetch == row.prefetch }!
+                table += String(format: "| %d | %@ | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% |\n", row.sequences, row.prefetch,
+                                row.decodeTokensPerSecond, spread, row.decodeTokensPerSecond / base.decodeTokensPerSecond,
+                                Double(row.expertCacheBytes) / 1048576, row.expertBytesReadPerToken / 1e6, row.hitRate,
                                 100 * row.stallShare)
             }
+            var comparisons: [Comparison] = []
+            if comparePrefetch {
+                table += "\n| sequences | prefetch on ÷ off (medians) | per run (on ÷ off, same run) |\n|---|---|---|\n"
+                for count in counts {
+                    let off = measured[Key(count: count, prefetch: "off")]!, on = measured[Key(count: count, prefetch: "on")]!
+                    let paired = zip(on, off).map { $0.tokensPerSecond / $1.tokensPerSecond }
+                    let medianOn = rows.first { $0.sequences == count && $0.prefetch == "on" }!.decodeTokensPerSecond
+                    let medianOff = rows.first { $0.sequences == count && $0.prefetch == "off" }!.decodeTokensPerSecond
+                    comparisons.append(Comparison(sequences: count, speedup: medianOn / medianOff, pairedSpeedups: paired))
+                    table += String(format: "| %d | %.2fx | %@ |\n", count, medianOn / medianOff,
+                                    paired.map { String(format: "%.2f", $0) }.joined(separator: ", "))
+                }
+            }
             FileHandle.standardError.write(Data(table.utf8))
-            try printJSON(["results": rows])
+            try printJSON(Report(results: rows, prefetchComparison: comparePrefetch ? comparisons : nil))
         }
     }
 
     /// Opens a fresh runtime (cold cache), runs `sequences` greedy generations at once, and
     /// measures the decode window.
-    private func measure(sequences count: Int) throws -> Measurement {
+    private func measure(sequences count: Int, prefetch: String) throws -> Measurement {
+        var runtimeOptions = self.runtimeOptions
+        runtimeOptions.prefetch = prefetch
         // Every sequence's KV cache comes first: a batch the KV budget cannot hold would run
         // partly one after another, and the row would not measure `count` at once.
         let runtime = try runtimeOptions.open(at: try model.resolvedURL(), maxSequences: count,
