@@ -22,6 +22,8 @@ struct RuntimeOptions: ParsableArguments {
     var predictor: String = "cross_layer"
     @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (the disk queue depth).")
     var readerThreads: Int = 4
+    @Option(name: .customLong("prefetch-budget"), help: "Prefetched, not yet used experts each layer may hold (0: no bound; default: the model's top-k).")
+    var prefetchBudget: Int?
 
     /// Opens the model at `url` for `maxSequences` concurrent sequences of up to `contextTokens`.
     /// `extraRuntimeBytes` adds to the process's own reservation what a caller will use beyond
@@ -102,7 +104,8 @@ struct RuntimeOptions: ParsableArguments {
         let cache = try OffloadingExpertCache(
             loader: loader,
             policy: policy.make(layerCount: config.layerCount, hotPerLayer: config.expertsPerToken),
-            configuration: .init(budgetBytes: cacheBytes, floorSlots: config.expertsPerToken, readerThreads: readerThreads),
+            configuration: .init(budgetBytes: cacheBytes, floorSlots: config.expertsPerToken, readerThreads: readerThreads,
+                                 speculativeLayerBytes: try speculativeLayerBytes(expertBytes: expertBytes, topK: config.expertsPerToken)),
             layers: layers)
         let model = try TransformerModel(config: config, weights: weights, experts: cache)
         var expertPredictor: ExpertPredictor?
@@ -111,6 +114,13 @@ struct RuntimeOptions: ParsableArguments {
             model.routingObserver = expertPredictor
         }
         return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, plan: plan, tokenizer: tokenizer)
+    }
+
+    /// The per-layer bound on prefetched, unused expert bytes `--prefetch-budget` asks for.
+    private func speculativeLayerBytes(expertBytes: Int, topK: Int) throws -> Int? {
+        let experts = prefetchBudget ?? topK
+        guard experts >= 0 else { throw CommandError("--prefetch-budget: expected 0 or more experts, got \(experts)") }
+        return experts == 0 ? nil : experts * expertBytes
     }
 
     /// The process's footprint, measured at the first `open`.

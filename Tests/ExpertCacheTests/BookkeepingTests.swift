@@ -105,4 +105,38 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
         let r12 = book.reserve(key(0, 1), bytes: 1, pins: 1)
         #expect(r12 == .reserved(evicted: []))
     }
+
+    @Test func aLayersUnusedPrefetchesStayWithinItsSpeculativeBound() {
+        var book = CacheBookkeeping(budgetBytes: 6, speculativeLayerBytes: 2, policy: LRUPolicy())
+        for e in 0..<4 { _ = admit(&book, key(0, e)) }                    // demand-used experts of layer 0
+        // Two prefetches of layer 1 fit the bound (taking the free room).
+        let first = book.reserve(key(1, 0), bytes: 1, pins: 0, prefetch: true)
+        let second = book.reserve(key(1, 1), bytes: 1, pins: 0, prefetch: true)
+        #expect(first == .reserved(evicted: []) && second == .reserved(evicted: []))
+        #expect(book.speculativeBytes(layer: 1) == 2)
+        // A third is refused while the other two still load: they hold the layer's bound.
+        let third = book.reserve(key(1, 2), bytes: 1, pins: 0, prefetch: true)
+        #expect(third == .noRoom)
+        book.loaded(key(1, 0))
+        book.loaded(key(1, 1))
+        // Once loaded, the oldest unused one makes way; no demand-used expert is evicted for it.
+        guard case .reserved(let evicted) = book.reserve(key(1, 2), bytes: 1, pins: 0, prefetch: true) else {
+            Issue.record("expected room")
+            return
+        }
+        #expect(evicted == [.init(key: key(1, 0), bytes: 1, wastedPrefetch: true)])
+        #expect(book.speculativeBytes(layer: 1) == 2 && (0..<4).allSatisfy { book.entry(key(0, $0)) != nil })
+        // A demand use turns a prefetch into an ordinary entry and frees its share of the bound.
+        book.pin(key(1, 1))
+        let prefetchHit = book.use(key(1, 1))
+        #expect(prefetchHit)
+        book.unpin(key(1, 1))
+        #expect(book.speculativeBytes(layer: 1) == 1)
+        // Other layers have their own bound; demand reservations are not bounded by it.
+        let otherLayer = book.reserve(key(2, 0), bytes: 1, pins: 0, prefetch: true)
+        #expect(otherLayer != .noRoom)
+        let demandEvictions = admit(&book, key(3, 0))
+        #expect(demandEvictions.count == 1)
+        #expect(book.usedBytes <= 6)
+    }
 }

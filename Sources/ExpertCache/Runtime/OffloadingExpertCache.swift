@@ -28,14 +28,19 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         public var readerThreads: Int
         /// Bytes of reads in flight at most (one read always may start).
         public var maxInFlightBytes: Int
+        /// Bytes of prefetched, not yet used experts one layer may hold (nil: no bound); see
+        /// `CacheBookkeeping`.
+        public var speculativeLayerBytes: Int?
 
         /// A cache of `budgetBytes` with floors of `floorSlots`, `readerThreads` readers and
         /// at most `maxInFlightBytes` in flight (default: unbounded but for the budget).
-        public init(budgetBytes: Int, floorSlots: Int, readerThreads: Int = 4, maxInFlightBytes: Int? = nil) {
+        public init(budgetBytes: Int, floorSlots: Int, readerThreads: Int = 4, maxInFlightBytes: Int? = nil,
+                    speculativeLayerBytes: Int? = nil) {
             self.budgetBytes = budgetBytes
             self.floorSlots = floorSlots
             self.readerThreads = readerThreads
             self.maxInFlightBytes = maxInFlightBytes ?? max(budgetBytes, 1)
+            self.speculativeLayerBytes = speculativeLayerBytes
         }
     }
 
@@ -67,7 +72,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         }
         self.loader = loader
         self.configuration = configuration
-        book = CacheBookkeeping(budgetBytes: configuration.budgetBytes, floorSlots: configuration.floorSlots, policy: policy)
+        book = CacheBookkeeping(budgetBytes: configuration.budgetBytes, floorSlots: configuration.floorSlots,
+                                speculativeLayerBytes: configuration.speculativeLayerBytes, policy: policy)
         queue = ReadQueue(maxInFlightBytes: configuration.maxInFlightBytes)
         for index in 0..<configuration.readerThreads {
             let thread = Thread { [self] in readerLoop() }
