@@ -84,6 +84,9 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount)
     }
 
+    /// Steps of at most this many rows (decode steps) apply `minProbability`.
+    static let confidentRowLimit = 16
+
     /// Applies `layer`'s router to `rows` and prefetches the union of each row's top (k + m).
     private func predict(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int) {
         guard let router = routers[layer] else { return }
@@ -92,11 +95,16 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         router.apply(rows, rowCount: rowCount, into: logits.pointer)
         var chosen = Set<Int>()
         let width = min(topK + configuration.extraWidth, experts)
+        // The probability floor is for decode steps: a prefill chunk's union covers most
+        // experts with high precision whatever each guess's probability (and on uniformly
+        // routed models no single probability would pass), so its pipeline keeps every guess.
+        let floor = rowCount <= Self.confidentRowLimit ? configuration.minProbability : 0
         for row in 0..<rowCount {
             let probabilities = logits.pointer + row * experts
             Ops.softmax(probabilities, count: experts)
             var mass: Float = 0
             for expert in Ops.topK(probabilities, count: experts, k: width) {
+                if probabilities[expert] < floor { break } // the rest are smaller still
                 chosen.insert(expert)
                 mass += probabilities[expert]
                 if mass >= configuration.cumulativeThreshold { break }

@@ -20,6 +20,8 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
     public var extraWidth: Int
     /// Stop adding a token's candidates once their probabilities sum past this; 1 disables.
     public var cumulativeThreshold: Float
+    /// Skip candidates whose router probability is below this (0 disables): a confident guess.
+    public var minProbability: Float
     /// Apply router l to layer l's attention input, so loads start during attention.
     public var preAttention: Bool
     /// Also predict the experts the previous `historyTokens` steps used at the layer.
@@ -31,12 +33,13 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
     public var firstLayer: FirstLayerPrediction
 
     public init(crossLayer: Bool = true, depth: Int = 1, extraWidth: Int = 0, cumulativeThreshold: Float = 1,
-                preAttention: Bool = false, historyTokens: Int = 0, maxPredictedPerLayer: Int = .max,
-                firstLayer: FirstLayerPrediction = .none) {
+                minProbability: Float = 0, preAttention: Bool = false, historyTokens: Int = 0,
+                maxPredictedPerLayer: Int = .max, firstLayer: FirstLayerPrediction = .none) {
         self.crossLayer = crossLayer
         self.depth = depth
         self.extraWidth = extraWidth
         self.cumulativeThreshold = cumulativeThreshold
+        self.minProbability = minProbability
         self.preAttention = preAttention
         self.historyTokens = historyTokens
         self.maxPredictedPerLayer = maxPredictedPerLayer

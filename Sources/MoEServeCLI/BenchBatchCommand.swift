@@ -41,8 +41,11 @@ struct BenchBatchCommand: ParsableCommand {
         var stallShare: Double
         /// The expert cache the plan left beside these sequences' KV caches (0: all resident).
         var expertCacheBytes: Int
+        /// Prefetched experts a demand then used, of those prefetched (nil without prefetch).
+        var prefetchPrecision: Double?
         enum CodingKeys: String, CodingKey {
             case sequences, prefetch, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
+            case prefetchPrecision = "prefetch_precision"
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
             case expertBytesReadPerToken = "expert_bytes_read_per_token", hitRate = "hit_rate"
         }
@@ -72,6 +75,8 @@ struct BenchBatchCommand: ParsableCommand {
         var hits: Int
         var misses: Int
         var stallSeconds: Double
+        var prefetchesIssued: Int
+        var prefetchHits: Int
         var expertCacheBytes: Int
         var tokensPerSecond: Double { Double(decodedTokens) / seconds }
     }
@@ -105,17 +110,18 @@ struct BenchBatchCommand: ParsableCommand {
                                     decodeTokensPerSecond: median.tokensPerSecond, runTokensPerSecond: all.map(\.tokensPerSecond),
                                     expertBytesReadPerToken: Double(median.bytesRead) / Double(median.decodedTokens),
                                     hitRate: median.hits + median.misses > 0 ? Double(median.hits) / Double(median.hits + median.misses) : 1,
-                                    stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes))
+                                    stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes,
+                                    prefetchPrecision: median.prefetchesIssued > 0 ? Double(median.prefetchHits) / Double(median.prefetchesIssued) : nil))
                 }
             }
-            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled |\n|---|---|---|---|---|---|---|---|---|\n"
+            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used |\n|---|---|---|---|---|---|---|---|---|---|\n"
             for row in rows {
                 let spread = row.runTokensPerSecond.map { String(format: "%.0f", $0) }.joined(separator: ", ")
                 let base = rows.first { $0.prefetch == row.prefetch }!
-                table += String(format: "| %d | %@ | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% |\n", row.sequences, row.prefetch,
+                table += String(format: "| %d | %@ | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% | %@ |\n", row.sequences, row.prefetch,
                                 row.decodeTokensPerSecond, spread, row.decodeTokensPerSecond / base.decodeTokensPerSecond,
                                 Double(row.expertCacheBytes) / 1048576, row.expertBytesReadPerToken / 1e6, row.hitRate,
-                                100 * row.stallShare)
+                                100 * row.stallShare, row.prefetchPrecision.map { String(format: "%.2f", $0) } ?? "-")
             }
             var comparisons: [Comparison] = []
             if comparePrefetch {
@@ -219,7 +225,9 @@ final class DecodeWindow: @unchecked Sendable {
         return .init(decodedTokens: tokens, seconds: Double(lastToken - opened.time) / 1e9,
                      bytesRead: end.demandBytes + end.prefetchBytes - opened.counters.demandBytes - opened.counters.prefetchBytes,
                      hits: end.hits - opened.counters.hits, misses: end.misses - opened.counters.misses,
-                     stallSeconds: end.stallSeconds - opened.counters.stallSeconds, expertCacheBytes: 0)
+                     stallSeconds: end.stallSeconds - opened.counters.stallSeconds,
+                     prefetchesIssued: end.prefetchesIssued - opened.counters.prefetchesIssued,
+                     prefetchHits: end.prefetchHits - opened.counters.prefetchHits, expertCacheBytes: 0)
     }
 }
 

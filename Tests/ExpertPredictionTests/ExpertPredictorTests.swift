@@ -69,6 +69,23 @@ func fixtureModel(_ prefix: String, recording: Bool = false) throws -> (Transfor
         #expect(history.statistics.perLayer[0].predicted == historyModel.config.expertsPerToken)
     }
 
+    /// A probability floor drops unconfident guesses in decode steps (a floor above every
+    /// probability predicts nothing), but not in prefill chunks, whose union is kept.
+    @Test func probabilityFloorAppliesToDecodeStepsOnly() throws {
+        func predicted(rows: Int, floor: Float) throws -> Int {
+            let (model, _) = try fixtureModel("mixtral-gqa")
+            let configuration = PredictorConfiguration(crossLayer: true, extraWidth: 1, minProbability: floor)
+            let predictor = ExpertPredictor(model: model, configuration: configuration, provider: nil)
+            model.routingObserver = predictor
+            _ = try model.forward([SequenceInput(cache: model.makeCache(), tokens: (0..<rows).map { $0 % 7 + 1 })])
+            return (1..<model.config.layerCount).reduce(0) { $0 + predictor.statistics.perLayer[$1].predicted }
+        }
+        #expect(try predicted(rows: 1, floor: 0) > 0)
+        #expect(try predicted(rows: 1, floor: 0.999) == 0)
+        let limit = ExpertPredictor.confidentRowLimit
+        #expect(try predicted(rows: limit + 1, floor: 0.999) == predicted(rows: limit + 1, floor: 0))
+    }
+
     @Test func predictingEveryExpertGivesFullRecallAndExactPrecisionAccounting() throws {
         let (model, _) = try fixtureModel("mixtral-gqa")
         let everything = PredictorConfiguration(crossLayer: true, extraWidth: model.config.expertCount, preAttention: true)
