@@ -70,7 +70,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
         return SchedulerLimits(
             maxRunningSequences: maxRunningSequences, tokenBudgetPerStep: tokenBudgetPerStep,
             kvCacheBudgetBytes: kvCacheBudgetBytes,
-            kvBytesPerToken: config.layerCount * 2 * config.kvHeadCount * config.headDim * MemoryLayout<Float>.size,
+            kvBytesPerToken: model.kvBytesPerToken,
             maxWaitingRequests: maxWaitingRequests, contextLength: config.maxPositionEmbeddings)
     }
 

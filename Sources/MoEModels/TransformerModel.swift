@@ -90,10 +90,21 @@ public final class TransformerModel: @unchecked Sendable {
         return nil
     }
 
+    /// How `makeCache` stores keys and values (float32 unless a runtime chooses float16).
+    public var kvPrecision: KVPrecision = .f32
+
+    /// Bytes one position takes in a KV cache of this model (all layers, keys and values).
+    public var kvBytesPerToken: Int { Self.kvBytesPerToken(config, precision: kvPrecision) }
+
+    /// Bytes one position of `config`'s KV cache takes at `precision`.
+    public static func kvBytesPerToken(_ config: ModelConfig, precision: KVPrecision) -> Int {
+        config.layerCount * 2 * config.kvHeadCount * config.headDim * precision.byteCount
+    }
+
     /// Creates an empty KV cache sized for this model.
     public func makeCache() -> KVCache {
         KVCache(layerCount: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim,
-                maxPositions: config.maxPositionEmbeddings)
+                maxPositions: config.maxPositionEmbeddings, precision: kvPrecision)
     }
 
     /// Runs one step over the new tokens of every sequence, appends them to the caches, and

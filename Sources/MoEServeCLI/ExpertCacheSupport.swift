@@ -20,6 +20,8 @@ struct RuntimeOptions: ParsableArguments {
     var prefetch: String = "on"
     @Option(help: "Predictor configuration when prefetching: \(PredictorConfiguration.named.map(\.0).joined(separator: ", ")).")
     var predictor: String = "cross_layer"
+    @Option(name: .customLong("kv-cache-type"), help: "How the KV cache stores keys and values: f16 (half the memory, as llama.cpp) or f32 (the reference).")
+    var kvCacheType: String = KVPrecision.f16.rawValue
     @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (the disk queue depth).")
     var readerThreads: Int = 4
     /// Measured on the demo model (docs/PREDICTOR.md): the guesses that miss are mostly the
@@ -41,6 +43,9 @@ struct RuntimeOptions: ParsableArguments {
         guard prefetch == "on" || prefetch == "off" else { throw CommandError("--prefetch: expected on or off, got '\(prefetch)'") }
         guard let policy = PolicyChoice(rawValue: cachePolicy) else {
             throw CommandError("--cache-policy: unknown policy '\(cachePolicy)'; choose one of \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard let kvPrecision = KVPrecision(rawValue: kvCacheType) else {
+            throw CommandError("--kv-cache-type: expected f16 or f32, got '\(kvCacheType)'")
         }
         guard var predictorConfiguration = PredictorConfiguration.named.first(where: { $0.0 == predictor })?.1 else {
             throw CommandError("--predictor: unknown configuration '\(predictor)'; choose one of \(PredictorConfiguration.named.map(\.0).joined(separator: ", "))")
@@ -78,8 +83,9 @@ struct RuntimeOptions: ParsableArguments {
             guard memoryBudget != nil || expertCache != nil else {
                 // A checkpoint directory without a budget: every expert in RAM, the simple path.
                 let experts = try InMemoryExpertProvider(config: config, weights: checkpoint, names: names)
-                return ModelRuntime(model: try TransformerModel(config: config, weights: checkpoint, experts: experts),
-                                    cache: nil, predictor: nil, plan: nil, tokenizer: tokenizer)
+                let model = try TransformerModel(config: config, weights: checkpoint, experts: experts)
+                model.kvPrecision = kvPrecision
+                return ModelRuntime(model: model, cache: nil, predictor: nil, plan: nil, tokenizer: tokenizer)
             }
             loader = try CheckpointExpertLoader(config: config, weights: checkpoint, names: names)
             denseBytes = checkpoint.denseByteCount(expertNames: names)
@@ -90,7 +96,7 @@ struct RuntimeOptions: ParsableArguments {
         let layers = config.moeLayers
         let expertBytes = layers.first.map { loader.expertByteCount(layer: $0, expert: 0) } ?? 0
         let allExpertBytes = expertBytes * config.expertCount * layers.count
-        let kvBytesPerToken = config.layerCount * 2 * config.kvHeadCount * config.headDim * MemoryLayout<Float>.size
+        let kvBytesPerToken = TransformerModel.kvBytesPerToken(config, precision: kvPrecision)
         let contextTokens = min(contextTokens ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings)
 
         var plan: MemoryPlan?
@@ -118,6 +124,7 @@ struct RuntimeOptions: ParsableArguments {
                                  speculativeLayerBytes: try speculativeLayerBytes(expertBytes: expertBytes, topK: config.expertsPerToken)),
             layers: layers)
         let model = try TransformerModel(config: config, weights: weights, experts: cache)
+        model.kvPrecision = kvPrecision
         var expertPredictor: ExpertPredictor?
         if prefetch == "on" && cacheBytes < allExpertBytes {
             expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache)
@@ -146,7 +153,9 @@ struct RuntimeOptions: ParsableArguments {
     /// intermediates, logits) for a 256-token step plus attention scores.
     static func scratchBytes(_ config: ModelConfig, maxSequences: Int) -> Int {
         let perToken = 8 * config.hiddenSize + 4 * config.headCount * config.headDim + 4 * config.expertIntermediateSize
-        return (256 * perToken + maxSequences * config.vocabSize + config.maxPositionEmbeddings) * MemoryLayout<Float>.size
+        // Plus a decode step's expert outputs, one slot per (token, rank) (`SparseMoEBlock`).
+        let slots = SparseMoEBlockLimits.parallelRowLimit * config.expertsPerToken * config.hiddenSize
+        return (256 * perToken + maxSequences * config.vocabSize + config.maxPositionEmbeddings + slots) * MemoryLayout<Float>.size
     }
 }
 

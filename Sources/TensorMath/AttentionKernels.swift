@@ -42,4 +42,48 @@ public enum AttentionKernels {
             for d in (chunks * 8)..<dim { context[d] += weights[j] * value[d] }
         }
     }
+
+    /// `scores` over float16 keys (bits), widened eight at a time.
+    public static func scores(query: UnsafePointer<Float>, halfKeys keys: UnsafePointer<UInt16>, keyStride: Int, count: Int, dim: Int,
+                              scale: Float, into scores: UnsafeMutablePointer<Float>) {
+        let chunks = dim / 8
+        let q = UnsafeRawPointer(query)
+        for j in 0..<count {
+            let key = keys + j * keyStride
+            let k = UnsafeRawPointer(key)
+            var acc = SIMD8<Float>()
+            for c in 0..<chunks {
+                acc.addProduct(widen(k.loadUnaligned(fromByteOffset: c * 16, as: SIMD8<UInt16>.self)),
+                               q.loadUnaligned(fromByteOffset: c * 32, as: SIMD8<Float>.self))
+            }
+            var sum = acc.sum()
+            for d in (chunks * 8)..<dim { sum += Float(Float16(bitPattern: key[d])) * query[d] }
+            scores[j] = scale * sum
+        }
+    }
+
+    /// `weightedSum` over float16 values (bits).
+    public static func weightedSum(_ weights: UnsafePointer<Float>, halfValues values: UnsafePointer<UInt16>, valueStride: Int,
+                                   count: Int, dim: Int, into context: UnsafeMutablePointer<Float>) {
+        context.update(repeating: 0, count: dim)
+        let chunks = dim / 8
+        let out = UnsafeMutableRawPointer(context)
+        for j in 0..<count {
+            let value = values + j * valueStride
+            let v = UnsafeRawPointer(value)
+            let p = SIMD8<Float>(repeating: weights[j])
+            for c in 0..<chunks {
+                var acc = out.loadUnaligned(fromByteOffset: c * 32, as: SIMD8<Float>.self)
+                acc.addProduct(widen(v.loadUnaligned(fromByteOffset: c * 16, as: SIMD8<UInt16>.self)), p)
+                out.storeBytes(of: acc, toByteOffset: c * 32, as: SIMD8<Float>.self)
+            }
+            for d in (chunks * 8)..<dim { context[d] += weights[j] * Float(Float16(bitPattern: value[d])) }
+        }
+    }
+
+    /// Eight float16 bit patterns as floats (`vcvtph2ps` with F16C).
+    @inline(__always)
+    static func widen(_ bits: SIMD8<UInt16>) -> SIMD8<Float> {
+        SIMD8<Float>(unsafeBitCast(bits, to: SIMD8<Float16>.self))
+    }
 }

@@ -89,13 +89,12 @@ struct AttentionLayer {
         let scale = 1 / Float(headDim).squareRoot()
         let groupSize = headCount / kvHeadCount
         for span in spans {
-            let keys = span.cache.keyRows(layer), values = span.cache.valueRows(layer)
+            let cache = span.cache
             for i in 0..<span.rowCount {
                 let row = span.firstRow + i, position = span.startPosition + i
                 rope.apply(q.pointer + row * qWidth, headCount: headCount, position: position)
                 rope.apply(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
-                (keys + position * kvWidth).update(from: k.pointer + row * kvWidth, count: kvWidth)
-                (values + position * kvWidth).update(from: v.pointer + row * kvWidth, count: kvWidth)
+                cache.store(layer: layer, position: position, key: k.pointer + row * kvWidth, value: v.pointer + row * kvWidth)
             }
             let longest = span.startPosition + span.rowCount
             var scores = [Float](repeating: 0, count: longest)
@@ -107,15 +106,25 @@ struct AttentionLayer {
                 for head in 0..<headCount {
                     let group = head / groupSize
                     let query = q.pointer + row * qWidth + head * headDim
+                    let offset = firstKey * kvWidth + group * headDim
+                    let out = context.pointer + row * qWidth + head * headDim
                     scores.withUnsafeMutableBufferPointer { s in
-                        // scores[j] = scale · K[firstKey + j, group] · query
-                        AttentionKernels.scores(query: query, keys: keys + firstKey * kvWidth + group * headDim, keyStride: kvWidth,
-                                                count: keyCount, dim: headDim, scale: scale, into: s.baseAddress!)
-                        Ops.softmax(s.baseAddress!, count: keyCount)
+                        // scores[j] = scale · K[firstKey + j, group] · query, then softmax, then
                         // context = Σ_j p[j] · V[firstKey + j, group]
-                        AttentionKernels.weightedSum(s.baseAddress!, values: values + firstKey * kvWidth + group * headDim,
-                                                     valueStride: kvWidth, count: keyCount, dim: headDim,
-                                                     into: context.pointer + row * qWidth + head * headDim)
+                        switch cache.precision {
+                        case .f32:
+                            AttentionKernels.scores(query: query, keys: cache.keyRows(layer) + offset, keyStride: kvWidth,
+                                                    count: keyCount, dim: headDim, scale: scale, into: s.baseAddress!)
+                            Ops.softmax(s.baseAddress!, count: keyCount)
+                            AttentionKernels.weightedSum(s.baseAddress!, values: cache.valueRows(layer) + offset, valueStride: kvWidth,
+                                                         count: keyCount, dim: headDim, into: out)
+                        case .f16:
+                            AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
+                                                    count: keyCount, dim: headDim, scale: scale, into: s.baseAddress!)
+                            Ops.softmax(s.baseAddress!, count: keyCount)
+                            AttentionKernels.weightedSum(s.baseAddress!, halfValues: cache.halfValueRows(layer) + offset,
+                                                         valueStride: kvWidth, count: keyCount, dim: headDim, into: out)
+                        }
                     }
                 }
             }

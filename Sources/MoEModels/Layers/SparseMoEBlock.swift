@@ -27,6 +27,12 @@ extension RoutingObserver {
     public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {}
 }
 
+/// Sizes of the MoE block's scratch that the memory plan accounts for.
+public enum SparseMoEBlockLimits {
+    /// Steps of at most this many rows keep one output slot per (token, rank).
+    public static let parallelRowLimit = 64
+}
+
 /// A routed-expert MoE block: router → top-k → tokens grouped by expert → one matrix product
 /// per expert over all its tokens → weighted sum; plus an optional sigmoid-gated shared expert.
 struct SparseMoEBlock {
@@ -78,7 +84,7 @@ struct SparseMoEBlock {
     /// Steps of at most this many token rows run their experts on `expertWorkers` threads;
     /// larger ones (prefill chunks) run them one at a time, each as a GEMM that is itself
     /// spread over the cores when large.
-    static let parallelRowLimit = 64
+    static let parallelRowLimit = SparseMoEBlockLimits.parallelRowLimit
     /// Threads a decode step's experts are spread over (the machine's cores, at most 2 here:
     /// more would take the cores the expert readers and the GEMMs' own threads need).
     static let expertWorkers = min(2, ProcessInfo.processInfo.activeProcessorCount)
