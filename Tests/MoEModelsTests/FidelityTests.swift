@@ -73,6 +73,25 @@ func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {
         #expect(result.tokens == reference.greedy)
     }
 
+    /// The runtime's default float16 KV cache against Hugging Face: the logits move by the
+    /// rounding of keys and values only, and greedy decoding is unchanged on every fixture.
+    @Test(arguments: ReferenceFixture.committed)
+    func float16KVCacheStaysCloseToTransformers(fixture: ReferenceFixture) throws {
+        let reference = try fixture.reference()
+        let model = try ModelLoader.loadCheckpoint(at: fixture.directory)
+        model.kvPrecision = .f16
+        let logits = try model.forward([SequenceInput(cache: model.makeCache(), tokens: reference.prompt, allLogits: true)])[0]
+        let vocab = model.config.vocabSize
+        var worst: Float = 0
+        for (position, expected) in reference.logits.enumerated() {
+            worst = max(worst, maxAbsDifference(Array(logits[position * vocab..<(position + 1) * vocab]), expected))
+        }
+        #expect(worst <= 1e-2, "max |Δlogit| = \(worst)")
+        var generator = Generator(model: model, sampler: Sampler(temperature: 0, seed: 0))
+        let result = try generator.generate(prompt: reference.prompt, maxTokens: reference.greedy.count, stopTokens: [])
+        #expect(result.tokens == reference.greedy)
+    }
+
     @Test(arguments: ReferenceFixture.committed.prefix(4))
     func tokenByTokenDecodingEqualsOneStepPrefill(fixture: ReferenceFixture) throws {
         let reference = try fixture.reference()
