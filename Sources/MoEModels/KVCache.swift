@@ -73,8 +73,8 @@ public final class KVCache: @unchecked Sendable {
             (keyRows(layer) + position * rowWidth).update(from: key, count: rowWidth)
             (valueRows(layer) + position * rowWidth).update(from: value, count: rowWidth)
         case .f16:
-            Self.narrow(key, into: halfKeyRows(layer) + position * rowWidth, count: rowWidth)
-            Self.narrow(value, into: halfValueRows(layer) + position * rowWidth, count: rowWidth)
+            AttentionKernels.narrow(key, into: halfKeyRows(layer) + position * rowWidth, count: rowWidth)
+            AttentionKernels.narrow(value, into: halfValueRows(layer) + position * rowWidth, count: rowWidth)
         }
     }
 
@@ -109,10 +109,5 @@ public final class KVCache: @unchecked Sendable {
     public func truncate(to newLength: Int) {
         precondition(newLength <= length)
         length = newLength
-    }
-
-    /// float32 → float16 bits, round to nearest even.
-    static func narrow(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>, count: Int) {
-        for i in 0..<count { destination[i] = Float16(source[i]).bitPattern }
     }
 }

@@ -43,7 +43,9 @@ public enum AttentionKernels {
         }
     }
 
-    /// `scores` over float16 keys (bits), widened eight at a time.
+    /// `scores` over float16 keys (bits), eight at a time with `vcvtph2ps`. (Loading
+    /// `SIMD8<Float16>` directly matters: converting a `SIMD8<UInt16>` bit-cast to halves
+    /// assembled the vector lane by lane and made f16 attention slower than f32.)
     public static func scores(query: UnsafePointer<Float>, halfKeys keys: UnsafePointer<UInt16>, keyStride: Int, count: Int, dim: Int,
                               scale: Float, into scores: UnsafeMutablePointer<Float>) {
         let chunks = dim / 8
@@ -53,8 +55,7 @@ public enum AttentionKernels {
             let k = UnsafeRawPointer(key)
             var acc = SIMD8<Float>()
             for c in 0..<chunks {
-                acc.addProduct(widen(k.loadUnaligned(fromByteOffset: c * 16, as: SIMD8<UInt16>.self)),
-                               q.loadUnaligned(fromByteOffset: c * 32, as: SIMD8<Float>.self))
+                acc.addProduct(widen(k + c * 16), q.loadUnaligned(fromByteOffset: c * 32, as: SIMD8<Float>.self))
             }
             var sum = acc.sum()
             for d in (chunks * 8)..<dim { sum += Float(Float16(bitPattern: key[d])) * query[d] }
@@ -74,16 +75,27 @@ public enum AttentionKernels {
             let p = SIMD8<Float>(repeating: weights[j])
             for c in 0..<chunks {
                 var acc = out.loadUnaligned(fromByteOffset: c * 32, as: SIMD8<Float>.self)
-                acc.addProduct(widen(v.loadUnaligned(fromByteOffset: c * 16, as: SIMD8<UInt16>.self)), p)
+                acc.addProduct(widen(v + c * 16), p)
                 out.storeBytes(of: acc, toByteOffset: c * 32, as: SIMD8<Float>.self)
             }
             for d in (chunks * 8)..<dim { context[d] += weights[j] * Float(Float16(bitPattern: value[d])) }
         }
     }
 
-    /// Eight float16 bit patterns as floats (`vcvtph2ps` with F16C).
+    /// Eight halves at `pointer` as floats (`vcvtph2ps`; exact).
     @inline(__always)
-    static func widen(_ bits: SIMD8<UInt16>) -> SIMD8<Float> {
-        SIMD8<Float>(unsafeBitCast(bits, to: SIMD8<Float16>.self))
+    public static func widen(_ pointer: UnsafeRawPointer) -> SIMD8<Float> {
+        SIMD8<Float>(pointer.loadUnaligned(as: SIMD8<Float16>.self))
+    }
+
+    /// `count` floats as half bit patterns, rounded to nearest even (`vcvtps2ph`).
+    public static func narrow(_ source: UnsafePointer<Float>, into destination: UnsafeMutablePointer<UInt16>, count: Int) {
+        let chunks = count / 8
+        let from = UnsafeRawPointer(source), to = UnsafeMutableRawPointer(destination)
+        for c in 0..<chunks {
+            to.storeBytes(of: SIMD8<Float16>(from.loadUnaligned(fromByteOffset: c * 32, as: SIMD8<Float>.self)),
+                          toByteOffset: c * 16, as: SIMD8<Float16>.self)
+        }
+        for i in (chunks * 8)..<count { destination[i] = Float16(source[i]).bitPattern }
     }
 }

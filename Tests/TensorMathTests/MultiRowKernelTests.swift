@@ -58,3 +58,42 @@ import Testing
         withExtendedLifetime(scales) { expectRowsIdentical(int8, rowCounts: [1, 2, 5], seed: 11) }
     }
 }
+
+@Suite struct HalfPrecisionTests {
+    /// Every one of the 65,536 half-precision bit patterns widens as `Float(Float16)` does, and
+    /// narrowing rounds as `Float16(Float)` does.
+    @Test func vectorConversionsMatchScalarOnes() {
+        var mismatches = 0
+        let patterns = (0..<65536).map { UInt16($0) }
+        patterns.withUnsafeBytes { raw in
+            for first in stride(from: 0, to: 65536, by: 8) {
+                let widened = AttentionKernels.widen(raw.baseAddress! + first * 2)
+                for i in 0..<8 {
+                    let expected = Float(Float16(bitPattern: UInt16(first + i)))
+                    if expected.isNaN ? !widened[i].isNaN : widened[i].bitPattern != expected.bitPattern { mismatches += 1 }
+                }
+            }
+        }
+        let floats = randomFloats(1003, seed: 14).map { $0 * 70_000 } + [1e-6, -3e-8, 0, -0.0, 65520, .infinity]
+        var narrowed = [UInt16](repeating: 0, count: floats.count)
+        AttentionKernels.narrow(floats, into: &narrowed, count: floats.count)
+        for (value, bits) in zip(floats, narrowed) where Float16(value).bitPattern != bits { mismatches += 1 }
+        #expect(mismatches == 0)
+    }
+
+    /// Attention over float16 keys and values equals attention over their float32 widening.
+    @Test func halfAttentionKernelsMatchTheFloatOnes() {
+        let dim = 72, count = 9, stride = 80 // a tail past the blocks of 16, rows wider than dim
+        let query = randomFloats(dim, seed: 12)
+        let halves = randomFloats(count * stride, seed: 13).map { Float16($0).bitPattern }
+        let widened = halves.map { Float(Float16(bitPattern: $0)) }
+        var halfScores = [Float](repeating: 0, count: count), floatScores = halfScores
+        var halfContext = [Float](repeating: 0, count: dim), floatContext = halfContext
+        AttentionKernels.scores(query: query, halfKeys: halves, keyStride: stride, count: count, dim: dim, scale: 0.5, into: &halfScores)
+        AttentionKernels.scores(query: query, keys: widened, keyStride: stride, count: count, dim: dim, scale: 0.5, into: &floatScores)
+        AttentionKernels.weightedSum(floatScores, halfValues: halves, valueStride: stride, count: count, dim: dim, into: &halfContext)
+        AttentionKernels.weightedSum(floatScores, values: widened, valueStride: stride, count: count, dim: dim, into: &floatContext)
+        for j in 0..<count { #expect(abs(halfScores[j] - floatScores[j]) < 1e-5) }
+        for d in 0..<dim { #expect(abs(halfContext[d] - floatContext[d]) < 1e-5) }
+    }
+}
