@@ -212,7 +212,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
         for ((chunk, state), logits) in zip(zip(plan.chunks, states), outputs) where chunk.samplesNextToken {
             if state.firstTokenTime == nil { state.firstTokenTime = end }
             let request = state.request
-            let choice = state.sampler.sample(logits, topCount: request.logprobs ? request.topLogprobs : 0)
+            let choice = state.sampler.sample(logits, topCount: request.logprobs ? request.topLogprobs : 0, logprobs: request.logprobs)
             state.generated += 1
             sampled[state.id] = choice.token
             if request.stopTokenIds.contains(choice.token) {
@@ -220,7 +220,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
                 continue
             }
             let piece = state.assembler.append(choice.token)
-            state.onEvent(.token(id: choice.token, text: piece.text, logprob: request.logprobs ? choice.logprob : nil,
+            state.onEvent(.token(id: choice.token, text: piece.text, logprob: choice.logprob,
                                  topLogprobs: choice.top))
             if piece.stopped {
                 finished.append((state, .stop, ""))

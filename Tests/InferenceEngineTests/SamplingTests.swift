@@ -57,8 +57,11 @@ import Testing
         var sampler = TokenSampler(parameters: parameters { $0.temperature = 0 }, prompt: [])
         let result = sampler.sample(logits, topCount: 2)
         let total = logits.map { Double($0).exponential }.reduce(0, +)
-        #expect(abs(Double(result.logprob.logprob) - (3.0 - total.logarithm)) < 1e-5)
+        #expect(abs(Double(result.logprob!.logprob) - (3.0 - total.logarithm)) < 1e-5)
         #expect(result.top.map(\.token) == [1, 2])
+        var plain = TokenSampler(parameters: parameters { $0.temperature = 0 }, prompt: [])
+        let unasked = plain.sample(logits, logprobs: false)
+        #expect(unasked.token == result.token && unasked.logprob == nil && unasked.top.isEmpty)
     }
 }
 
