@@ -120,18 +120,19 @@ struct SparseMoEBlock {
             // sequence decoded 20% slower with two workers).
             let workers = rowCount > 1 ? Self.expertWorkers : 1
             let contributions = AlignedBuffer<Float>(count: rowCount * topK * hidden) // [T, k, hidden]
-            let gathered = (0..<workers).map { _ in AlignedBuffer<Float>(count: maxRows * hidden) } // [n, hidden] per worker
+            // Per worker: the expert's input rows and its output rows, [n, hidden] each.
+            let gathered = (0..<workers).map { _ in AlignedBuffer<Float>(count: maxRows * hidden) }
+            let produced = (0..<workers).map { _ in AlignedBuffer<Float>(count: maxRows * hidden) }
             try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: announce) { worker, expert, weights in
                 let assigned = rowsByExpert[expert]!
-                let input = gathered[worker].pointer
+                let input = gathered[worker].pointer, expertOutput = produced[worker].pointer
                 for (i, entry) in assigned.enumerated() {
                     (input + i * hidden).update(from: x + entry.row * hidden, count: hidden)
                 }
-                let expertOutput = AlignedBuffer<Float>(count: assigned.count * hidden) // [n, hidden]
-                DenseMLP.apply(weights, input, rowCount: assigned.count, output: expertOutput.pointer)
+                DenseMLP.apply(weights, input, rowCount: assigned.count, output: expertOutput)
                 for (i, entry) in assigned.enumerated() {
                     (contributions.pointer + (entry.row * topK + entry.slot) * hidden)
-                        .update(from: expertOutput.pointer + i * hidden, count: hidden)
+                        .update(from: expertOutput + i * hidden, count: hidden)
                 }
             }
             for (row, routing) in routes.enumerated() {
