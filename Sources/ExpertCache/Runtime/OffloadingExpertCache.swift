@@ -149,8 +149,16 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         // is ready, and only worker 0's waits count as stall (while it waits the other may compute).
         let pending = PendingExperts(ready: ready, waiting: waiting, unadmitted: unadmitted)
         func work(_ worker: Int) {
+            // The expert this worker just ran: unpinned in the same critical section that takes
+            // the next one (one lock round per expert on the decode path, not two).
+            var finished: ExpertKey?
             while true {
                 lock.lock()
+                if let finished {
+                    book.unpin(finished)
+                    lock.wakeRequesters()   // someone may be waiting for room
+                }
+                finished = nil
                 var next: (expert: Int, weights: ExpertWeights)?
                 if pending.failure == nil {
                     if !pending.ready.isEmpty {
@@ -178,7 +186,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                     if pending.failure == nil { pending.failure = error }
                     lock.unlock()
                 }
-                release(key)
+                finished = key
             }
         }
         let parallel = min(workers, distinct.count)
@@ -319,14 +327,6 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             lock.waitForProgress()
             stalled += DispatchTime.now().uptimeNanoseconds - start
         }
-    }
-
-    /// Unpins `key` after its use.
-    private func release(_ key: ExpertKey) {
-        lock.lock()
-        book.unpin(key)
-        lock.wakeRequesters()   // someone may be waiting for room
-        lock.unlock()
     }
 
     /// Unpins what an abandoned request still holds: unprocessed residents and reads it was
