@@ -26,7 +26,10 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
     public var preAttention: Bool
     /// Also predict the experts the previous `historyTokens` steps used at the layer.
     public var historyTokens: Int
-    /// At most this many speculative experts per layer (the per-layer speculative budget).
+    /// At most this many guesses per layer and step (a cap on the predictor's output). The
+    /// cache separately bounds the unused prefetches a layer holds across steps
+    /// (`CacheBookkeeping.speculativeLayerBytes`, `--prefetch-budget`), which is what stops a
+    /// batch's guesses from churning a tight cache.
     public var maxPredictedPerLayer: Int
     /// How the first MoE layer is predicted when neither `preAttention` nor `historyTokens`
     /// already covers it.
