@@ -140,12 +140,14 @@ public struct CacheBookkeeping: Sendable {
 
     /// Makes room for `bytes` of `key` (absent) by evicting unpinned resident experts chosen
     /// by the policy, within floors, and records it as loading with `pins` users. Nothing is
-    /// evicted unless the reservation succeeds.
-    public mutating func reserve(_ key: ExpertKey, bytes: Int, pins: Int, prefetch: Bool = false) -> Reservation {
+    /// evicted unless the reservation succeeds. A prefetch is held to the layer's speculative
+    /// bound unless `unbounded` (the prefill pipeline: a prompt chunk's union of predicted
+    /// experts is needed nearly whole, and the bound would cut the pipeline to top-k experts).
+    public mutating func reserve(_ key: ExpertKey, bytes: Int, pins: Int, prefetch: Bool = false, unbounded: Bool = false) -> Reservation {
         precondition(entries[key] == nil, "reserve of tracked \(key)")
         if bytes > budgetBytes || bytes > (layerBudgetBytes ?? Int.max) { return .tooLarge }
         var victims: [ExpertKey] = []
-        if prefetch, let limit = speculativeLayerBytes {
+        if prefetch, !unbounded, let limit = speculativeLayerBytes {
             // The layer's own unused prefetches make way first; others' experts are not touched for this.
             guard bytes <= limit, let replaced = speculativeVictims(layer: key.layer, bytes: bytes, limit: limit) else { return .noRoom }
             victims = replaced

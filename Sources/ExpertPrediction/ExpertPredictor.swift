@@ -49,11 +49,11 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
             switch configuration.firstLayer {
             case .none: break
             case .embedding: predict(layer: layer, from: input, rowCount: rowCount)
-            case .history: add(lastFirstLayerExperts, to: layer)
+            case .history: add(lastFirstLayerExperts, to: layer, pipeline: false)
             }
         }
         if configuration.historyTokens > 0, routers[layer] != nil {
-            add(history[layer].reduce(into: Set<Int>()) { $0.formUnion($1) }, to: layer)
+            add(history[layer].reduce(into: Set<Int>()) { $0.formUnion($1) }, to: layer, pipeline: false)
         }
         next?.willRunAttention(layer: layer, input: input, rowCount: rowCount)
     }
@@ -84,7 +84,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount)
     }
 
-    /// Steps of at most this many rows (decode steps) apply `minProbability`.
+    /// Steps of at most this many rows (decode steps) apply `minProbability` and the cache's
+    /// speculative bound; larger ones (prefill chunks) are the layer pipeline.
     static let confidentRowLimit = 16
 
     /// Applies `layer`'s router to `rows` and prefetches the union of each row's top (k + m).
@@ -110,15 +111,15 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
                 if mass >= configuration.cumulativeThreshold { break }
             }
         }
-        add(chosen, to: layer)
+        add(chosen, to: layer, pipeline: rowCount > Self.confidentRowLimit)
     }
 
-    private func add(_ experts: Set<Int>, to layer: Int) {
+    private func add(_ experts: Set<Int>, to layer: Int, pipeline: Bool) {
         let fresh = experts.subtracting(pending[layer])
         let room = configuration.maxPredictedPerLayer - pending[layer].count
         guard !fresh.isEmpty, room > 0 else { return }
         let accepted = Array(fresh.sorted().prefix(room))
         pending[layer].formUnion(accepted)
-        provider?.prefetch(layer: layer, experts: accepted)
+        provider?.prefetch(layer: layer, experts: accepted, pipeline: pipeline)
     }
 }

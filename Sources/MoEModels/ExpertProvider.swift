@@ -40,8 +40,9 @@ public protocol ExpertProvider: AnyObject, Sendable {
                      _ body: (Int, Int, ExpertWeights) throws -> Void) throws
 
     /// A hint that `experts` of `layer` will probably be needed soon. Never required for
-    /// correctness; the default does nothing.
-    func prefetch(layer: Int, experts: [Int])
+    /// correctness; the default does nothing. `pipeline`: the hint is a prefill chunk's union
+    /// (most of it will be used), so a cache's per-layer bound on speculation does not apply.
+    func prefetch(layer: Int, experts: [Int], pipeline: Bool)
     /// Drops queued, not yet started prefetches of `experts` of `layer` (a prediction that
     /// turned out wrong), so they do not take disk time from reads that are needed.
     @discardableResult func cancelPrefetches(layer: Int?, experts: [Int]?) -> Int
@@ -54,7 +55,7 @@ extension ExpertProvider {
         try withExperts(layer: layer, experts: experts) { try body(0, $0, $1) }
     }
 
-    public func prefetch(layer: Int, experts: [Int]) {}
+    public func prefetch(layer: Int, experts: [Int], pipeline: Bool) {}
     @discardableResult public func cancelPrefetches(layer: Int?, experts: [Int]?) -> Int { 0 }
 }
 

@@ -22,7 +22,13 @@ struct BenchBatchCommand: ParsableCommand {
     @OptionGroup var model: ModelOption
     @Option(help: "Concurrencies to measure, e.g. 1,2,4,8.") var sequences = "1,2,4,8"
     @Option(name: .customLong("gen-tokens"), help: "Tokens generated per sequence.") var genTokens = 64
-    @Option(name: .customLong("prompt-tokens"), help: "Prompt length per sequence.") var promptTokens = 16
+    @Option(name: .customLong("prompt-tokens"), help: "Prompt length per sequence (with --prompts: at most this many tokens of each prompt).")
+    var promptTokens = 16
+    @Option(help: "File with one JSON string per line, each a prompt (e.g. scripts/prompts/python.jsonl). Run r gives sequence s prompt (r·N + s) mod count; without it, prompts are fixed pseudo-random token ids.")
+    var prompts: String?
+    @Option(help: "Sampling temperature (0: greedy). Sequence s samples with seed --seed + s, so prefetch on and off generate the same tokens.")
+    var temperature: Float = 0
+    @Option(help: "Base seed of the sampled sequences.") var seed: UInt64 = 1
     @Option(help: "Runs per concurrency (the median is reported).") var runs = 3
     @Flag(name: .customLong("compare-prefetch"), help: "Measure with prefetch off and on, alternating, and report the ratio.")
     var comparePrefetch = false
@@ -87,6 +93,9 @@ struct BenchBatchCommand: ParsableCommand {
             guard counts.allSatisfy({ $0 >= 1 }) else { throw CommandError("--sequences: every count must be at least 1") }
             guard runs >= 1 else { throw CommandError("--runs: must be at least 1") }
             guard genTokens >= 2 else { throw CommandError("--gen-tokens: must be at least 2 (the first token ends the prefill)") }
+            guard temperature >= 0 else { throw CommandError("--temperature: must be at least 0") }
+            let texts = try prompts.map { try readPromptFile($0) }
+            if let texts, texts.isEmpty { throw CommandError("\(prompts!): no prompts") }
             let modes = comparePrefetch ? ["off", "on"] : [runtimeOptions.prefetch]
             struct Key: Hashable { var count: Int; var prefetch: String }
             var measured: [Key: [Measurement]] = [:]
@@ -94,7 +103,7 @@ struct BenchBatchCommand: ParsableCommand {
                 for count in counts {
                     // Alternate which goes first, so that neither always follows the other.
                     for mode in run % 2 == 1 ? modes : modes.reversed() {
-                        let m = try measure(sequences: count, prefetch: mode)
+                        let m = try measure(sequences: count, prefetch: mode, run: run, texts: texts)
                         measured[Key(count: count, prefetch: mode), default: []].append(m)
                         printError(String(format: "bench batch: run %d/%d, %d sequences, prefetch %@: %.1f tok/s",
                                           run, runs, count, mode, m.tokensPerSecond))
@@ -143,7 +152,7 @@ struct BenchBatchCommand: ParsableCommand {
 
     /// Opens a fresh runtime (cold cache), runs `sequences` greedy generations at once, and
     /// measures the decode window.
-    private func measure(sequences count: Int, prefetch: String) throws -> Measurement {
+    private func measure(sequences count: Int, prefetch: String, run: Int, texts: [String]?) throws -> Measurement {
         var runtimeOptions = self.runtimeOptions
         runtimeOptions.prefetch = prefetch
         // Every sequence's KV cache comes first: a batch the KV budget cannot hold would run
@@ -168,9 +177,16 @@ struct BenchBatchCommand: ParsableCommand {
         let failure = FailureBox()
         for sequence in 0..<count {
             // Distinct prompts so sequences route differently, as separate users would.
-            let prompt = (0..<promptTokens).map { (sequence * 7919 + $0 * 104_729) % transformer.config.vocabSize }
+            let prompt: [Int]
+            if let texts {
+                guard let tokenizer = runtime.tokenizer else { throw CommandError("--prompts: the model has no tokenizer.json") }
+                prompt = Array(tokenizer.encode(texts[((run - 1) * count + sequence) % texts.count]).prefix(promptTokens))
+            } else {
+                prompt = (0..<promptTokens).map { (sequence * 7919 + $0 * 104_729) % transformer.config.vocabSize }
+            }
             var sampling = SamplingParameters()
-            sampling.temperature = 0
+            sampling.temperature = temperature
+            sampling.seed = seed + UInt64(sequence)
             group.enter()
             _ = try engine.submit(GenerationRequest(prompt: prompt, maxTokens: genTokens, sampling: sampling)) { event in
                 switch event {

@@ -33,13 +33,7 @@ struct BenchPredictorCommand: ParsableCommand {
 
     func run() throws {
         try reportingErrors {
-            let lines = try String(contentsOfFile: prompts, encoding: .utf8).split(separator: "\n").filter { !$0.isEmpty }
-            let texts = try lines.enumerated().map { index, line -> String in
-                guard let text = try? JSONDecoder().decode(String.self, from: Data(line.utf8)) else {
-                    throw CommandError("\(prompts):\(index + 1): expected a JSON string")
-                }
-                return text
-            }
+            let texts = try readPromptFile(prompts)
             let runtime = try runtimeOptions.open(at: try model.resolvedURL())
             defer { runtime.close() }
             guard let tokenizer = runtime.tokenizer else { throw CommandError("the model has no tokenizer.json; bench predictor reads text prompts") }

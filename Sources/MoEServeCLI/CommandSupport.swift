@@ -65,3 +65,14 @@ func reportingErrors(_ body: () throws -> Void) throws {
 func openModel(at url: URL) throws -> TransformerModel {
     try ModelLoader.load(at: url)
 }
+
+/// The prompts of a file holding one JSON string per line (blank lines skipped).
+func readPromptFile(_ path: String) throws -> [String] {
+    let lines = try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").filter { !$0.isEmpty }
+    return try lines.enumerated().map { index, line -> String in
+        guard let text = try? JSONDecoder().decode(String.self, from: Data(line.utf8)) else {
+            throw CommandError("\(path):\(index + 1): expected a JSON string")
+        }
+        return text
+    }
+}

@@ -14,6 +14,7 @@ struct MoEServeCommand: ParsableCommand {
             TokenizeCommand.self,
             DetokenizeCommand.self,
             PackCommand.self,
+            WidenCommand.self,
             VerifyCommand.self,
             InspectCommand.self,
             SynthCommand.self,

@@ -106,6 +106,21 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
         #expect(r12 == .reserved(evicted: []))
     }
 
+    @Test func pipelinePrefetchesAreNotHeldToTheSpeculativeBound() {
+        var book = CacheBookkeeping(budgetBytes: 6, speculativeLayerBytes: 2, policy: LRUPolicy())
+        // A prefill chunk's union for layer 1: four loading prefetches, twice the bound.
+        for e in 0..<4 {
+            #expect(book.reserve(key(1, e), bytes: 1, pins: 0, prefetch: true, unbounded: true) == .reserved(evicted: []))
+        }
+        #expect(book.speculativeBytes(layer: 1) == 4)
+        // They still count as speculation: a decode hint for the layer now finds the bound full.
+        #expect(book.reserve(key(1, 4), bytes: 1, pins: 0, prefetch: true) == .noRoom)
+        // Room is still the limit: the budget holds six and four are loading (unevictable).
+        #expect(book.reserve(key(2, 0), bytes: 1, pins: 0, prefetch: true, unbounded: true) == .reserved(evicted: []))
+        #expect(book.reserve(key(2, 1), bytes: 1, pins: 0, prefetch: true, unbounded: true) == .reserved(evicted: []))
+        #expect(book.reserve(key(2, 2), bytes: 1, pins: 0, prefetch: true, unbounded: true) == .noRoom)
+    }
+
     @Test func aLayersUnusedPrefetchesStayWithinItsSpeculativeBound() {
         var book = CacheBookkeeping(budgetBytes: 6, speculativeLayerBytes: 2, policy: LRUPolicy())
         for e in 0..<4 { _ = admit(&book, key(0, e)) }                    // demand-used experts of layer 0

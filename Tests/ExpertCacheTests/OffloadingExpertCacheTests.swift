@@ -108,7 +108,7 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         loader.block(ExpertKey(layer: 0, expert: 1))
         let cache = try makeCache(loader, experts: 8, readers: 1)
         defer { cache.close() }
-        cache.prefetch(layer: 0, experts: [1, 2, 3])
+        cache.prefetch(layer: 0, experts: [1, 2, 3], pipeline: false)
         eventually("the first prefetch reading") { loader.order.count == 1 }
         let done = DispatchSemaphore(value: 0)
         DispatchQueue.global().async { _ = try? request(cache, 0, [9]); done.signal() }
@@ -129,7 +129,7 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         loader.block(ExpertKey(layer: 0, expert: 0))
         let cache = try makeCache(loader, experts: 8, readers: 1)
         defer { cache.close() }
-        cache.prefetch(layer: 0, experts: [0, 1, 2])
+        cache.prefetch(layer: 0, experts: [0, 1, 2], pipeline: false)
         eventually("the first prefetch reading") { loader.order.count == 1 }
         let done = DispatchSemaphore(value: 0)
         DispatchQueue.global().async { _ = try? request(cache, 0, [2]); done.signal() }
@@ -148,7 +148,7 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         loader.block(ExpertKey(layer: 0, expert: 0))
         let cache = try makeCache(loader, experts: 8, readers: 1)
         defer { cache.close() }
-        cache.prefetch(layer: 0, experts: [0, 1, 2, 3])
+        cache.prefetch(layer: 0, experts: [0, 1, 2, 3], pipeline: false)
         eventually("the first prefetch reading") { loader.order.count == 1 }
         #expect(cache.cancelPrefetches(layer: 0, experts: [0, 2, 3]) == 2)     // 0 has started
         #expect(cache.statistics().usedBytes == 200)                           // 0 and 1 remain
@@ -163,7 +163,7 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         loader.block(ExpertKey(layer: 0, expert: 0))
         let cache = try makeCache(loader, experts: 3, readers: 1)
         defer { cache.close() }
-        cache.prefetch(layer: 0, experts: [0, 1, 2])          // fills the budget, all loading
+        cache.prefetch(layer: 0, experts: [0, 1, 2], pipeline: false)          // fills the budget, all loading
         eventually("the first prefetch reading") { loader.order.count == 1 }
         let done = DispatchSemaphore(value: 0)
         DispatchQueue.global().async { _ = try? request(cache, 0, [7]); done.signal() }
@@ -263,7 +263,7 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
                     do {
                         try request(cache, layer, experts)
                         if Int.random(in: 0..<4, using: &rng) == 0 {
-                            cache.prefetch(layer: (layer + 1) % 4, experts: [Int.random(in: 0..<8, using: &rng)])
+                            cache.prefetch(layer: (layer + 1) % 4, experts: [Int.random(in: 0..<8, using: &rng)], pipeline: false)
                         }
                         if Int.random(in: 0..<10, using: &rng) == 0 { cache.cancelPrefetches(layer: layer) }
                     } catch {

@@ -15,7 +15,12 @@ final class RecordingProvider: ExpertProvider, @unchecked Sendable {
         try inner.withExperts(layer: layer, experts: experts, body)
     }
 
-    func prefetch(layer: Int, experts: [Int]) { events.append("prefetch \(layer)") }
+    /// Pipeline (prefill-chunk) hints, per layer.
+    var pipelineHints: [Int] = []
+    func prefetch(layer: Int, experts: [Int], pipeline: Bool) {
+        events.append("prefetch \(layer)")
+        if pipeline { pipelineHints.append(layer) }
+    }
 }
 
 func fixtureModel(_ prefix: String, recording: Bool = false) throws -> (TransformerModel, RecordingProvider?) {
@@ -84,6 +89,22 @@ func fixtureModel(_ prefix: String, recording: Bool = false) throws -> (Transfor
         #expect(try predicted(rows: 1, floor: 0.999) == 0)
         let limit = ExpertPredictor.confidentRowLimit
         #expect(try predicted(rows: limit + 1, floor: 0.999) == predicted(rows: limit + 1, floor: 0))
+    }
+
+    @Test func prefillChunksArePipelineHintsAndDecodeStepsAreNot() throws {
+        let (model, recorder) = try fixtureModel("mixtral-gqa", recording: true)
+        let predictor = ExpertPredictor(model: model, configuration: PredictorConfiguration(crossLayer: true), provider: recorder)
+        model.routingObserver = predictor
+        let cache = model.makeCache()
+        let limit = ExpertPredictor.confidentRowLimit
+        _ = try model.forward([SequenceInput(cache: cache, tokens: (0...limit).map { $0 % 7 + 1 })])
+        #expect(!recorder!.pipelineHints.isEmpty)
+        #expect(recorder!.pipelineHints.count == recorder!.events.filter { $0.hasPrefix("prefetch") }.count)
+        recorder!.pipelineHints = []
+        recorder!.events = []
+        _ = try model.forward([SequenceInput(cache: cache, tokens: [3])])
+        #expect(recorder!.events.contains { $0.hasPrefix("prefetch") })
+        #expect(recorder!.pipelineHints.isEmpty)
     }
 
     @Test func predictingEveryExpertGivesFullRecallAndExactPrecisionAccounting() throws {

@@ -207,8 +207,9 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     }
 
     /// Queues reads of those of `experts` that are neither resident nor loading, as room
-    /// allows, at prefetch priority. Hints that cannot get room without waiting are dropped.
-    public func prefetch(layer: Int, experts: [Int]) {
+    /// allows, at prefetch priority. Hints that cannot get room without waiting are dropped;
+    /// decode hints (not `pipeline`) also when the layer's speculative bound is full.
+    public func prefetch(layer: Int, experts: [Int], pipeline: Bool) {
         lock.lock()
         defer { lock.unlock() }
         var queued = 0
@@ -216,7 +217,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             let key = ExpertKey(layer: layer, expert: expert)
             guard book.entry(key) == nil else { continue }
             let bytes = loader.expertByteCount(layer: layer, expert: expert)
-            guard case .reserved(let evicted) = book.reserve(key, bytes: bytes, pins: 0, prefetch: true) else {
+            guard case .reserved(let evicted) = book.reserve(key, bytes: bytes, pins: 0, prefetch: true, unbounded: pipeline) else {
                 count(layer) { $0.prefetchesDropped += 1 }
                 continue
             }

@@ -1,0 +1,57 @@
+import Foundation
+import Testing
+import ModelFormats
+import MoEModels
+import TensorMath
+
+@Suite struct ExpertWideningTests {
+    /// Zero units change no output: the widened store's logits match the original's (up to
+    /// summation order in the wider products) and its experts are larger by width / w.
+    @Test(arguments: [(TinyCheckpoint.Kind.mixtral, ExpertDType.bf16), (.qwen2Moe, .q4), (.mixtral, .q4), (.qwen2Moe, .int8)])
+    func widenedStoreKeepsTheModelsOutputs(kind: TinyCheckpoint.Kind, dtype: ExpertDType) throws {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let hf = try TinyCheckpoint.write(kind, dtype: .bf16, in: dir)
+        let original = dir.appendingPathComponent("store")
+        try pack(hf, to: original, dtype: dtype)
+        let width = TinyCheckpoint.expertWidth * 3
+
+        let widenedCheckpoint = dir.appendingPathComponent("widened-hf")
+        try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: width, to: widenedCheckpoint)
+        let widened = dir.appendingPathComponent("widened")
+        try pack(widenedCheckpoint, to: widened, dtype: dtype)
+
+        let store = try ExpertStore(url: widened)
+        #expect(store.config.expertIntermediateSize == width)
+        #expect(store.layout.gate.rows == width && store.layout.down.cols == width)
+        #expect(store.verify().isEmpty)
+        let originalStore = try ExpertStore(url: original)
+        #expect(store.manifest.experts.fileSize > 2 * originalStore.manifest.experts.fileSize)
+
+        let expected = try logits(ModelLoader.load(at: original))
+        let actual = try logits(ModelLoader.load(at: widened))
+        let scale = expected.map(abs).max()!
+        let worst = zip(expected, actual).map { abs($0 - $1) }.max()!
+        #expect(worst <= 1e-5 * scale, "max |Δlogit| \(worst) (logit scale \(scale))")
+        // The last two rows are decode steps; the argmax (greedy token) must not move.
+        let vocab = TinyCheckpoint.vocab
+        for row in [expected.count / vocab - 2, expected.count / vocab - 1] {
+            let e = expected[row * vocab..<(row + 1) * vocab], a = actual[row * vocab..<(row + 1) * vocab]
+            #expect(e.firstIndex(of: e.max()!) == a.firstIndex(of: a.max()!))
+        }
+    }
+
+    @Test func narrowingIsRefused() throws {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
+        let original = dir.appendingPathComponent("store")
+        try pack(hf, to: original)
+        let message = errorText {
+            try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: TinyCheckpoint.expertWidth - 1,
+                                              to: dir.appendingPathComponent("out"))
+        }
+        #expect(message?.contains("smaller than the model's") == true)
+        #expect(!FileManager.default.fileExists(atPath: dir.appendingPathComponent("out").path))
+    }
+}
