@@ -21,6 +21,12 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     public var prefetchPrecision: Double = 0
     /// Bytes prefetched but evicted unused, since start.
     public var prefetchWastedBytes: Int = 0
+    /// Prefetches issued, since start.
+    public var prefetchesIssued: Int = 0
+    /// Prefetched experts resident when a demand came (in time), since start.
+    public var prefetchesInTime: Int = 0
+    /// Prefetched experts a demand found still being read (right but late), since start.
+    public var prefetchesLate: Int = 0
     /// Bytes read from the expert store, since start.
     public var diskReadBytes: Int = 0
     /// Seconds the engine waited on expert reads, since start.
@@ -64,6 +70,9 @@ public final class ServerMetrics: @unchecked Sendable {
     private let prefetchRecall: CoreMetrics.Gauge
     private let prefetchPrecision: CoreMetrics.Gauge
     private let prefetchWasted: CoreMetrics.Counter
+    private let prefetchesIssued: CoreMetrics.Counter
+    private let prefetchesInTime: CoreMetrics.Counter
+    private let prefetchesLate: CoreMetrics.Counter
     private let diskRead: CoreMetrics.Counter
     private let ioStall: CoreMetrics.FloatingPointCounter
     private let cacheUsed: CoreMetrics.Gauge
@@ -93,6 +102,9 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchRecall = gauge("moe_prefetch_recall")
         prefetchPrecision = gauge("moe_prefetch_precision")
         prefetchWasted = counter("moe_prefetch_wasted_bytes_total")
+        prefetchesIssued = counter("moe_prefetches_issued_total")
+        prefetchesInTime = counter("moe_prefetches_in_time_total")
+        prefetchesLate = counter("moe_prefetches_late_total")
         diskRead = counter("moe_disk_read_bytes_total")
         ioStall = CoreMetrics.FloatingPointCounter(label: "moe_io_stall_seconds_total", dimensions: [], factory: factory)
         cacheUsed = gauge("moe_expert_cache_bytes_used")
@@ -173,6 +185,9 @@ public final class ServerMetrics: @unchecked Sendable {
         cacheMisses.increment(by: misses)
         cacheEvictions.increment(by: evictions)
         prefetchWasted.increment(by: max(0, s.prefetchWastedBytes - lastSnapshot.prefetchWastedBytes))
+        prefetchesIssued.increment(by: max(0, s.prefetchesIssued - lastSnapshot.prefetchesIssued))
+        prefetchesInTime.increment(by: max(0, s.prefetchesInTime - lastSnapshot.prefetchesInTime))
+        prefetchesLate.increment(by: max(0, s.prefetchesLate - lastSnapshot.prefetchesLate))
         diskRead.increment(by: max(0, s.diskReadBytes - lastSnapshot.diskReadBytes))
         ioStall.increment(by: max(0, s.ioStallSeconds - lastSnapshot.ioStallSeconds))
         hitRate.record(s.recentHitRate)

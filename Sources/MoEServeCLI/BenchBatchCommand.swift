@@ -47,11 +47,13 @@ struct BenchBatchCommand: ParsableCommand {
         var stallShare: Double
         /// The expert cache the plan left beside these sequences' KV caches (0: all resident).
         var expertCacheBytes: Int
-        /// Prefetched experts a demand then used, of those prefetched (nil without prefetch).
+        /// Prefetched experts a demand then used, in time or late, of those prefetched (nil without prefetch).
         var prefetchPrecision: Double?
+        /// Prefetched experts that were resident when the demand came, of those prefetched.
+        var prefetchInTime: Double?
         enum CodingKeys: String, CodingKey {
             case sequences, prefetch, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
-            case prefetchPrecision = "prefetch_precision"
+            case prefetchPrecision = "prefetch_precision", prefetchInTime = "prefetch_in_time"
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
             case expertBytesReadPerToken = "expert_bytes_read_per_token", hitRate = "hit_rate"
         }
@@ -83,6 +85,7 @@ struct BenchBatchCommand: ParsableCommand {
         var stallSeconds: Double
         var prefetchesIssued: Int
         var prefetchHits: Int
+        var prefetchesLate: Int
         var expertCacheBytes: Int
         var tokensPerSecond: Double { Double(decodedTokens) / seconds }
     }
@@ -120,17 +123,18 @@ struct BenchBatchCommand: ParsableCommand {
                                     expertBytesReadPerToken: Double(median.bytesRead) / Double(median.decodedTokens),
                                     hitRate: median.hits + median.misses > 0 ? Double(median.hits) / Double(median.hits + median.misses) : 1,
                                     stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes,
-                                    prefetchPrecision: median.prefetchesIssued > 0 ? Double(median.prefetchHits) / Double(median.prefetchesIssued) : nil))
+                                    prefetchPrecision: median.prefetchesIssued > 0 ? Double(median.prefetchHits + median.prefetchesLate) / Double(median.prefetchesIssued) : nil,
+                                    prefetchInTime: median.prefetchesIssued > 0 ? Double(median.prefetchHits) / Double(median.prefetchesIssued) : nil))
                 }
             }
-            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used (in time) |\n|---|---|---|---|---|---|---|---|---|---|\n"
             for row in rows {
                 let spread = row.runTokensPerSecond.map { String(format: "%.0f", $0) }.joined(separator: ", ")
                 let base = rows.first { $0.prefetch == row.prefetch }!
                 table += String(format: "| %d | %@ | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% | %@ |\n", row.sequences, row.prefetch,
                                 row.decodeTokensPerSecond, spread, row.decodeTokensPerSecond / base.decodeTokensPerSecond,
                                 Double(row.expertCacheBytes) / 1048576, row.expertBytesReadPerToken / 1e6, row.hitRate,
-                                100 * row.stallShare, row.prefetchPrecision.map { String(format: "%.2f", $0) } ?? "-")
+                                100 * row.stallShare, row.prefetchPrecision.map { String(format: "%.2f (%.2f)", $0, row.prefetchInTime ?? 0) } ?? "-")
             }
             var comparisons: [Comparison] = []
             if comparePrefetch {
@@ -243,7 +247,8 @@ final class DecodeWindow: @unchecked Sendable {
                      hits: end.hits - opened.counters.hits, misses: end.misses - opened.counters.misses,
                      stallSeconds: end.stallSeconds - opened.counters.stallSeconds,
                      prefetchesIssued: end.prefetchesIssued - opened.counters.prefetchesIssued,
-                     prefetchHits: end.prefetchHits - opened.counters.prefetchHits, expertCacheBytes: 0)
+                     prefetchHits: end.prefetchHits - opened.counters.prefetchHits,
+                     prefetchesLate: end.prefetchesLate - opened.counters.prefetchesLate, expertCacheBytes: 0)
     }
 }
 

@@ -154,6 +154,9 @@ final class LiveStatistics: StatsProvider, @unchecked Sendable {
             snapshot.evictionsPerLayer = cacheStats.perLayer.map { $0?.evictions ?? 0 }
             snapshot.diskReadBytes = cacheStats.total.demandBytes + cacheStats.total.prefetchBytes
             snapshot.prefetchWastedBytes = cacheStats.total.wastedPrefetchBytes
+            snapshot.prefetchesIssued = cacheStats.total.prefetchesIssued
+            snapshot.prefetchesInTime = cacheStats.total.prefetchHits
+            snapshot.prefetchesLate = cacheStats.total.prefetchesLate
             snapshot.ioStallSeconds = cacheStats.total.stallSeconds
             snapshot.cacheBytesUsed = stats.cacheBytesUsed
             snapshot.cacheBytesBudget = stats.cacheBytesBudget

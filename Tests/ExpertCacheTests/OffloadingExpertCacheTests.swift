@@ -141,6 +141,26 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         #expect(loader.loads(0, 2) == 1)
         let stats = cache.statistics().total
         #expect(stats.demandBytes == 100 && stats.prefetchBytes == 200 && stats.misses == 1)
+        #expect(stats.prefetchesLate == 1 && stats.prefetchHits == 0)   // right, but not yet read
+    }
+
+    @Test func aDemandThatFindsItsPrefetchBeingReadCountsItLate() throws {
+        let loader = FakeLoader()
+        loader.block(ExpertKey(layer: 0, expert: 0))
+        let cache = try makeCache(loader, experts: 8, readers: 1)
+        defer { cache.close() }
+        cache.prefetch(layer: 0, experts: [0, 1], pipeline: false)
+        eventually("the first prefetch reading") { loader.order.count == 1 }
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { _ = try? request(cache, 0, [0]); done.signal() }
+        eventually("the demand joined the read") { cache.statistics().total.misses == 1 }
+        loader.open()
+        done.wait()
+        eventually("all reads done") { cache.isIdle }
+        try request(cache, 0, [1])                                           // this one was in time
+        let stats = cache.statistics().total
+        #expect(stats.prefetchesLate == 1 && stats.prefetchesPromoted == 0 && stats.prefetchHits == 1)
+        #expect(stats.misses == 1 && stats.hits == 1 && loader.loads(0, 0) == 1)
     }
 
     @Test func unstartedPrefetchesCanBeCancelled() throws {

@@ -20,6 +20,9 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
     public var prefetchesIssued = 0
     /// Queued prefetches promoted to demand because a request needed them.
     public var prefetchesPromoted = 0
+    /// Demands that found their expert being prefetched but not yet resident: right guesses
+    /// that came late (counted in `misses`, not in `prefetchHits`; includes `prefetchesPromoted`).
+    public var prefetchesLate = 0
     /// Queued prefetches cancelled before starting.
     public var prefetchesCancelled = 0
     /// Prefetch hints ignored for lack of evictable room.
@@ -37,7 +40,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         case hits, misses, hitRate = "hit_rate", prefetchHits = "prefetch_hits"
         case demandBytes = "demand_bytes", prefetchBytes = "prefetch_bytes"
         case wastedPrefetchBytes = "wasted_prefetch_bytes", stallSeconds = "stall_seconds", evictions
-        case prefetchesIssued = "prefetches_issued", prefetchesPromoted = "prefetches_promoted"
+        case prefetchesIssued = "prefetches_issued", prefetchesPromoted = "prefetches_promoted", prefetchesLate = "prefetches_late"
         case prefetchesCancelled = "prefetches_cancelled", prefetchesDropped = "prefetches_dropped"
         case loadFailures = "load_failures"
     }
@@ -54,6 +57,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         evictions = try c.decode(Int.self, forKey: .evictions)
         prefetchesIssued = try c.decode(Int.self, forKey: .prefetchesIssued)
         prefetchesPromoted = try c.decode(Int.self, forKey: .prefetchesPromoted)
+        prefetchesLate = try c.decodeIfPresent(Int.self, forKey: .prefetchesLate) ?? 0
         prefetchesCancelled = try c.decode(Int.self, forKey: .prefetchesCancelled)
         prefetchesDropped = try c.decode(Int.self, forKey: .prefetchesDropped)
         loadFailures = try c.decode(Int.self, forKey: .loadFailures)
@@ -72,6 +76,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         try c.encode(evictions, forKey: .evictions)
         try c.encode(prefetchesIssued, forKey: .prefetchesIssued)
         try c.encode(prefetchesPromoted, forKey: .prefetchesPromoted)
+        try c.encode(prefetchesLate, forKey: .prefetchesLate)
         try c.encode(prefetchesCancelled, forKey: .prefetchesCancelled)
         try c.encode(prefetchesDropped, forKey: .prefetchesDropped)
         try c.encode(loadFailures, forKey: .loadFailures)
@@ -89,6 +94,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         evictions += other.evictions
         prefetchesIssued += other.prefetchesIssued
         prefetchesPromoted += other.prefetchesPromoted
+        prefetchesLate += other.prefetchesLate
         prefetchesCancelled += other.prefetchesCancelled
         prefetchesDropped += other.prefetchesDropped
         loadFailures += other.loadFailures

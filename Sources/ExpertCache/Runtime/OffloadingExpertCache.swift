@@ -130,7 +130,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 count(layer) { $0.hits += 1; if prefetchHit { $0.prefetchHits += 1 } }
                 ready.append((expert, weights[key]!))
             } else {
-                count(layer) { $0.misses += 1 }
+                count(layer) { $0.misses += 1; if entry.prefetchedUnused { $0.prefetchesLate += 1 } }
                 if queue.promote(key) { count(layer) { $0.prefetchesPromoted += 1 } }
                 waiting.append((expert, tickets[key]!))
             }
@@ -278,6 +278,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 if entry.residency == .resident {
                     waiting.append((expert, LoadTicket(result: .success(weights[key]!))))
                 } else {
+                    if entry.prefetchedUnused { count(layer) { $0.prefetchesLate += 1 } }
                     if queue.promote(key) { count(layer) { $0.prefetchesPromoted += 1 } }
                     waiting.append((expert, tickets[key]!))
                 }
