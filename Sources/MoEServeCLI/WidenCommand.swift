@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import InferenceEngine
 import ModelFormats
 import MoEModels
 
@@ -45,6 +46,16 @@ struct WidenCommand: ParsableCommand {
             let dtype = experts ?? sourceStore.layout.dtype
             if dtype == .q4 && expertWidth % 32 != 0 { throw CommandError("--expert-width: q4 needs a multiple of 32, got \(expertWidth)") }
 
+            // The intermediate checkpoint holds experts as float32: refuse up front rather than fill the disk.
+            let config = sourceStore.config
+            let expertCount = config.moeLayers.count * config.expertCount
+            let checkpointBytes = expertCount * 3 * expertWidth * config.hiddenSize * 4 + sourceStore.manifest.dense.fileSize * 2
+            let storeBytes = Int(Double(sourceStore.manifest.experts.fileSize) * Double(expertWidth) / Double(config.expertIntermediateSize))
+                + sourceStore.manifest.dense.fileSize
+            let parent = destination.deletingLastPathComponent().path
+            if let free = (try? fm.attributesOfFileSystem(forPath: parent))?[.systemFreeSize] as? Int, free < checkpointBytes + storeBytes {
+                throw CommandError("\(parent): \(formatBytes(free)) free, but widening needs about \(formatBytes(checkpointBytes + storeBytes)) (a float32 checkpoint of \(formatBytes(checkpointBytes)), removed afterwards, and the store)")
+            }
             let checkpoint = URL(fileURLWithPath: out + ".hf-partial")
             try? fm.removeItem(at: checkpoint)
             defer { try? fm.removeItem(at: checkpoint) }
