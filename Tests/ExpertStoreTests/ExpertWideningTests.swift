@@ -1,20 +1,26 @@
 import Foundation
 import Testing
 import ModelFormats
-import MoEModels
+@testable import MoEModels
 import TensorMath
 
 @Suite struct ExpertWideningTests {
     /// Zero units change no output: the widened store's logits match the original's (up to
-    /// summation order in the wider products) and its experts are larger by width / w.
-    @Test(arguments: [(TinyCheckpoint.Kind.mixtral, ExpertDType.bf16), (.qwen2Moe, .q4), (.mixtral, .q4), (.qwen2Moe, .int8)])
-    func widenedStoreKeepsTheModelsOutputs(kind: TinyCheckpoint.Kind, dtype: ExpertDType) throws {
+    /// summation order in the wider products) and its experts are larger by width / w. At 86x
+    /// (2,752 units, 528 K weights per expert) one token's experts take the worker path with
+    /// slot-ordered sums (`SparseMoEBlock.parallelSingleRowWeights`), checked here against the
+    /// direct one; the threads themselves are tested in BatchedForwardTests.
+    @Test(arguments: [(TinyCheckpoint.Kind.mixtral, ExpertDType.bf16, 3), (.qwen2Moe, .q4, 3), (.mixtral, .q4, 3), (.qwen2Moe, .int8, 3),
+                      (.mixtral, .q4, 86)])
+    func widenedStoreKeepsTheModelsOutputs(kind: TinyCheckpoint.Kind, dtype: ExpertDType, factor: Int) throws {
         let dir = try TinyCheckpoint.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let hf = try TinyCheckpoint.write(kind, dtype: .bf16, in: dir)
         let original = dir.appendingPathComponent("store")
         try pack(hf, to: original, dtype: dtype)
-        let width = TinyCheckpoint.expertWidth * 3
+        let width = TinyCheckpoint.expertWidth * factor
+
+        #expect((3 * TinyCheckpoint.hidden * width >= SparseMoEBlock.parallelSingleRowWeights) == (factor == 86))
 
         let widenedCheckpoint = dir.appendingPathComponent("widened-hf")
         try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: width, to: widenedCheckpoint)

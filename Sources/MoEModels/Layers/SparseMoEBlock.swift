@@ -45,6 +45,8 @@ struct SparseMoEBlock {
     let sharedExpert: DenseMLP?
     /// `[1, hidden]`
     let sharedExpertGate: WeightMatrix?
+    /// Whether one token's experts are spread over `expertWorkers` threads (large experts only).
+    let parallelSingleRow: Bool
 
     init(layer: Int, config: ModelConfig, description: ArchitectureDescription, weights: WeightSource) throws {
         self.layer = layer
@@ -53,6 +55,7 @@ struct SparseMoEBlock {
         expertCount = config.expertCount
         topK = config.expertsPerToken
         normalizeTopK = config.normTopKProb
+        parallelSingleRow = 3 * hidden * config.expertIntermediateSize >= Self.parallelSingleRowWeights
         let prefix = description.feedForwardPrefix(layer)
         if description.hasSharedExpert && weights.contains("\(prefix).shared_expert.gate_proj.weight") {
             sharedExpert = try DenseMLP(prefix: "\(prefix).shared_expert", hidden: hidden,
@@ -88,6 +91,12 @@ struct SparseMoEBlock {
     /// Threads a decode step's experts are spread over (the machine's cores, at most 2 here:
     /// more would take the cores the expert readers and the GEMMs' own threads need).
     static let expertWorkers = min(2, ProcessInfo.processInfo.activeProcessorCount)
+    /// Experts of at least this many weights run on `expertWorkers` threads even for one token.
+    /// Measured (one sequence, everything resident): the demo's 98 K-weight experts decoded 20%
+    /// slower with two workers (the hand-off costs more than an expert), while 1.6 M-weight
+    /// experts (the widened demo) went 140 -> 173 tok/s and OLMoE's 6.3 M-weight q4 experts
+    /// 7.4-8.3 -> 9.0-9.8 tok/s (docs/PERFORMANCE.md).
+    static let parallelSingleRowWeights = 1 << 19
 
     /// `output[T, hidden] = moe(x[T, hidden])`, reaching experts only through `provider`.
     func forward(_ x: UnsafePointer<Float>, rowCount: Int, hidden: Int, provider: ExpertProvider,
@@ -116,9 +125,9 @@ struct SparseMoEBlock {
             // Each expert's output rows go to their (row, slot) place, and rows are summed in
             // slot order afterwards: the result does not depend on which thread ran which
             // expert, on which experts were resident, or on the other sequences of the step.
-            // One token's few experts are not worth a thread hand-off (measured: a lone
-            // sequence decoded 20% slower with two workers).
-            let workers = rowCount > 1 ? Self.expertWorkers : 1
+            // One token's few small experts are not worth a thread hand-off (see
+            // `parallelSingleRowWeights`); large ones are.
+            let workers = rowCount > 1 || parallelSingleRow ? Self.expertWorkers : 1
             let contributions = AlignedBuffer<Float>(count: rowCount * topK * hidden) // [T, k, hidden]
             // Per worker: the expert's input rows and its output rows, [n, hidden] each.
             let gathered = (0..<workers).map { _ in AlignedBuffer<Float>(count: maxRows * hidden) }
