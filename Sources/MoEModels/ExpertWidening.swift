@@ -45,8 +45,9 @@ public enum ExpertWidening {
         try fm.createDirectory(at: directory, withIntermediateDirectories: true)
 
         configJSON[widthKey(for: config.architecture)] = .number(Double(width))
-        try JSONEncoder.sortedPretty.encode(JSONValue.object(configJSON))
-            .write(to: directory.appendingPathComponent("config.json"))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(JSONValue.object(configJSON)).write(to: directory.appendingPathComponent("config.json"))
         for file in store.manifest.copiedFiles where file != "config.json" {
             try fm.copyItem(at: store.url.appendingPathComponent(file), to: directory.appendingPathComponent(file))
         }
@@ -93,13 +94,5 @@ public enum ExpertWidening {
             progress?(Progress(expertsDone: index + 1, expertsTotal: experts.count))
         }
         try writer.finish()
-    }
-}
-
-private extension JSONEncoder {
-    static var sortedPretty: JSONEncoder {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        return encoder
     }
 }

@@ -69,20 +69,28 @@ func packCheckpoint(at source: URL, into destination: URL, experts: ExpertDType,
     // looks like a store, but it can be large).
     let interruption = PackInterruption()
     packer.onTemporaryDirectory = { interruption.watch($0) }
-    let interactive = isatty(STDERR_FILENO) != 0
+    let progress = ProgressLine()
     packer.progress = { p in
-        let line = String(format: "pack: %.1f / %.1f MB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e6,
-                          Double(p.bytesTotal) / 1e6, p.rate / 1e6, p.eta)
-        FileHandle.standardError.write(Data((interactive ? "\r\(line)  " : "\(line)\n").utf8))
+        progress.show(String(format: "pack: %.1f / %.1f MB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e6,
+                             Double(p.bytesTotal) / 1e6, p.rate / 1e6, p.eta))
     }
     let summary = try packer.pack(checkpoint: checkpoint, expertTensorNames: { layer, expert in
         let n = names.expertTensorNames(layer, expert)
         return [n.gate, n.up, n.down]
     }, to: destination)
-    if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+    progress.finish()
     printError(String(format: "packed %d experts into %@ in %.1f s (%.0f MB/s)", summary.manifest.experts.blobs.count, destination.path,
                       summary.seconds, Double(summary.sourceBytes) / max(summary.seconds, 1e-9) / 1e6))
     return summary
+}
+
+/// A progress line on stderr: rewritten in place on a terminal, one line per update otherwise
+/// (so logs of long jobs stay readable).
+struct ProgressLine: Sendable {
+    let interactive = isatty(STDERR_FILENO) != 0
+    func show(_ line: String) { FileHandle.standardError.write(Data((interactive ? "\r\(line)  " : "\(line)\n").utf8)) }
+    /// Ends the rewritten line on a terminal.
+    func finish() { if interactive { FileHandle.standardError.write(Data("\n".utf8)) } }
 }
 
 /// Writes one line to stderr.

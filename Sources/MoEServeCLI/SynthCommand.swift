@@ -44,20 +44,19 @@ struct SynthCommand: ParsableCommand {
             let hfURL = URL(fileURLWithPath: hfOut ?? (out! + ".hf-partial"))
             let keepCheckpoint = hfOut != nil
             if !keepCheckpoint { try? fm.removeItem(at: hfURL) }
-            let interactive = isatty(STDERR_FILENO) != 0
+            let progress = ProgressLine()
             printError("synth: writing \(chosen.name) (seed \(seed)) to \(hfURL.path)")
             do {
                 try synthetic.write(to: hfURL, tokenizerDirectory: tokenizerURL) { p in
                     let rate = Double(p.bytesDone) / max(p.seconds, 1e-9)
-                    let line = String(format: "synth: %.1f / %.1f GB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e9,
-                                      Double(p.bytesTotal) / 1e9, rate / 1e6, rate > 0 ? Double(p.bytesTotal - p.bytesDone) / rate : 0)
-                    FileHandle.standardError.write(Data((interactive ? "\r\(line)  " : "\(line)\n").utf8))
+                    progress.show(String(format: "synth: %.1f / %.1f GB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e9,
+                                         Double(p.bytesTotal) / 1e9, rate / 1e6, rate > 0 ? Double(p.bytesTotal - p.bytesDone) / rate : 0))
                 }
             } catch {
                 try? fm.removeItem(at: hfURL)
                 throw error
             }
-            if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+            progress.finish()
             if let out {
                 defer { if !keepCheckpoint { try? fm.removeItem(at: hfURL) } }
                 _ = try packCheckpoint(at: hfURL, into: URL(fileURLWithPath: out), experts: experts, compression: compression)

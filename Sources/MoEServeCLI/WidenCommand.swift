@@ -25,11 +25,11 @@ struct WidenCommand: ParsableCommand {
         var store: String
         var expertWidth: Int
         var expertDtype: String
-        var expertBytes: Int
+        var bytesPerExpert: Int
         var expertStoreBytes: Int
         enum CodingKeys: String, CodingKey {
             case store, expertWidth = "expert_width", expertDtype = "expert_dtype"
-            case expertBytes = "bytes_per_expert", expertStoreBytes = "expert_store_bytes"
+            case bytesPerExpert = "bytes_per_expert", expertStoreBytes = "expert_store_bytes"
         }
     }
 
@@ -59,20 +59,19 @@ struct WidenCommand: ParsableCommand {
             let checkpoint = URL(fileURLWithPath: out + ".hf-partial")
             try? fm.removeItem(at: checkpoint)
             defer { try? fm.removeItem(at: checkpoint) }
-            let interactive = isatty(STDERR_FILENO) != 0
+            let progress = ProgressLine()
             var lastReport = 0.0
             printError("widen: \(source.path) experts \(sourceStore.config.expertIntermediateSize) -> \(expertWidth) units")
             try ExpertWidening.writeCheckpoint(of: sourceStore, width: expertWidth, to: checkpoint) { p in
                 let now = Date().timeIntervalSince1970
                 guard p.expertsDone == p.expertsTotal || now - lastReport > 1 else { return }
                 lastReport = now
-                let line = "widen: \(p.expertsDone) / \(p.expertsTotal) experts"
-                FileHandle.standardError.write(Data((interactive ? "\r\(line)  " : "\(line)\n").utf8))
+                progress.show("widen: \(p.expertsDone) / \(p.expertsTotal) experts")
             }
-            if interactive { FileHandle.standardError.write(Data("\n".utf8)) }
+            progress.finish()
             let summary = try packCheckpoint(at: checkpoint, into: destination, experts: dtype, compression: compression)
             try printJSON(Output(store: out, expertWidth: expertWidth, expertDtype: dtype.rawValue,
-                                 expertBytes: summary.manifest.experts.blobs.first?.rawLength ?? 0,
+                                 bytesPerExpert: summary.manifest.experts.blobs.first?.rawLength ?? 0,
                                  expertStoreBytes: summary.expertStoredBytes))
         }
     }
