@@ -6,12 +6,14 @@
 # the whole generation.
 #   scripts/bench_prefetch.sh [MODEL] [BUDGET] [RUNS] [PREDICTOR]
 # Environment: MAX_TOKENS (64), TEMPERATURE (0: greedy), BUDGET_KIND (memory-budget or
-# expert-cache: what BUDGET bounds), PROMPTS (scripts/prompts/python.jsonl).
+# expert-cache: what BUDGET bounds), PROMPTS (scripts/prompts/python.jsonl), EXTRA_ARGS (more
+# `generate` options for both modes, e.g. "--prefetch-reads 1").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${1:-DemoModel}"; budget="${2:-66MiB}"; runs="${3:-5}"; predictor="${4:-cross_layer}"
 max_tokens="${MAX_TOKENS:-64}"; temperature="${TEMPERATURE:-0}"; budget_kind="${BUDGET_KIND:-memory-budget}"
 prompts="${PROMPTS:-scripts/prompts/python.jsonl}"
+read -r -a extra_args <<< "${EXTRA_ARGS:-}"
 bin=.build/release/moe-serve
 [ -x "$bin" ] || swift build -c release --product moe-serve >&2
 count=$(grep -c . "$prompts")
@@ -20,7 +22,7 @@ for i in $(seq "$runs"); do
   if (( i % 2 )); then modes="on off"; else modes="off on"; fi
   for prefetch in $modes; do
     "$bin" generate --model "$model" --prompt "$prompt" --max-tokens "$max_tokens" --ignore-eos \
-      --temperature "$temperature" --seed "$i" --"$budget_kind" "$budget" --prefetch "$prefetch" --predictor "$predictor" |
+      --temperature "$temperature" --seed "$i" --"$budget_kind" "$budget" --prefetch "$prefetch" --predictor "$predictor" ${extra_args[@]+"${extra_args[@]}"} |
       python3 -c "import json,sys; s=json.load(sys.stdin)['stats']; c=s['expert_cache']['total']; print($i, '$prefetch', s['prefill_seconds'], s['decode_seconds'], s['decode_tokens_per_second'], c['hit_rate'], c['stall_seconds'], c['demand_bytes'], c['prefetch_bytes'])"
   done
 done | python3 -c "

@@ -21,6 +21,10 @@ struct BenchKernelsCommand: ParsableCommand {
         var int8GemvGBps: Double
         var q4GemvGBps: Double
         var bf16GemvFractionOfBandwidth: Double
+        /// Time of one `apply` over n input rows (n = 1...8) relative to one row: what a batch's
+        /// extra tokens on an expert cost.
+        var q4RowsCost: [Double]
+        var bf16RowsCost: [Double]
         var rows: Int
         var cols: Int
         enum CodingKeys: String, CodingKey {
@@ -28,6 +32,7 @@ struct BenchKernelsCommand: ParsableCommand {
             case bf16GemvGBps = "bf16_gemv_gbps", f32SgemvGBps = "f32_sgemv_gbps"
             case int8GemvGBps = "int8_gemv_gbps", q4GemvGBps = "q4_gemv_gbps"
             case bf16GemvFractionOfBandwidth = "bf16_gemv_fraction_of_bandwidth", rows, cols
+            case q4RowsCost = "q4_rows_cost", bf16RowsCost = "bf16_rows_cost"
         }
     }
 
@@ -67,10 +72,20 @@ struct BenchKernelsCommand: ParsableCommand {
         let q4Matrix = WeightMatrix(rows: rows, cols: cols, storage: .q4(blocks: UnsafePointer(q4Blocks.pointer), scales: UnsafePointer(q4Scales.pointer)), owner: q4Blocks)
         let int8Rate = Double(rows * cols + rows * 4) / median { int8Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
         let q4Rate = Double(q4Blocks.count + q4Scales.count * 4) / median { q4Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
+        let maxRows = 8
+        let xs = AlignedBuffer<Float>([Float](repeating: 0.5, count: maxRows * cols))
+        let ys = AlignedBuffer<Float>(count: maxRows * rows)
+        func rowsCost(_ matrix: WeightMatrix) -> [Double] {
+            let times = (1...maxRows).map { n in median { matrix.apply(xs.pointer, rowCount: n, into: ys.pointer) } }
+            return times.map { $0 / times[0] }
+        }
+        let q4Cost = rowsCost(q4Matrix), bf16Cost = rowsCost(bf16Matrix)
         withExtendedLifetime((int8Scales, q4Scales)) {}
 
         let result = Result(memoryReadGBps1Thread: read1, memoryReadGBps2Threads: read2, bf16GemvGBps: bf16Rate,
-                            f32SgemvGBps: f32Rate, int8GemvGBps: int8Rate, q4GemvGBps: q4Rate, bf16GemvFractionOfBandwidth: bf16Rate / max(read1, read2), rows: rows, cols: cols)
+                            f32SgemvGBps: f32Rate, int8GemvGBps: int8Rate, q4GemvGBps: q4Rate, bf16GemvFractionOfBandwidth: bf16Rate / max(read1, read2),
+                            q4RowsCost: q4Cost, bf16RowsCost: bf16Cost, rows: rows, cols: cols)
+        let costs = { (cost: [Double]) in cost.map { String(format: "%.2f", $0) }.joined(separator: " ") }
         let table = """
         | measurement | GB/s |
         |---|---|
@@ -80,6 +95,10 @@ struct BenchKernelsCommand: ParsableCommand {
         | f32 sgemv \(rows)x\(cols) (OpenBLAS) | \(String(format: "%.1f", f32Rate)) |
         | int8 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", int8Rate)) |
         | q4 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", q4Rate)) |
+
+        time of 1...\(maxRows) input rows, relative to one row:
+        q4:   \(costs(q4Cost))
+        bf16: \(costs(bf16Cost))
 
         """
         FileHandle.standardError.write(Data(table.utf8))

@@ -37,6 +37,8 @@ struct RuntimeOptions: ParsableArguments {
     var prefetchMinProbability: Float = 0.1
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, not yet used experts each layer may hold (0: no bound; default: the model's top-k).")
     var prefetchBudget: Int?
+    @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once; demand reads always find a free reader when this is below --reader-threads (0: no separate bound).")
+    var prefetchReads: Int = 0
 
     /// Opens the model at `url` for `maxSequences` concurrent sequences of up to `contextTokens`.
     /// `extraRuntimeBytes` adds to the process's own reservation what a caller will use beyond
@@ -55,6 +57,7 @@ struct RuntimeOptions: ParsableArguments {
         guard var predictorConfiguration = PredictorConfiguration.named.first(where: { $0.0 == predictor })?.1 else {
             throw CommandError("--predictor: unknown configuration '\(predictor)'; choose one of \(PredictorConfiguration.named.map(\.0).joined(separator: ", "))")
         }
+        guard prefetchReads >= 0 else { throw CommandError("--prefetch-reads: expected 0 or more, got \(prefetchReads)") }
         guard (0...1).contains(prefetchMinProbability) else {
             throw CommandError("--prefetch-min-probability: expected a probability in 0...1, got \(prefetchMinProbability)")
         }
@@ -126,7 +129,8 @@ struct RuntimeOptions: ParsableArguments {
             loader: loader,
             policy: policy.make(layerCount: config.layerCount, hotPerLayer: config.expertsPerToken),
             configuration: .init(budgetBytes: cacheBytes, floorSlots: config.expertsPerToken, readerThreads: readerThreads,
-                                 speculativeLayerBytes: try speculativeLayerBytes(expertBytes: expertBytes, topK: config.expertsPerToken)),
+                                 speculativeLayerBytes: try speculativeLayerBytes(expertBytes: expertBytes, topK: config.expertsPerToken),
+                                 maxInFlightPrefetches: prefetchReads == 0 ? nil : prefetchReads),
             layers: layers)
         let model = try TransformerModel(config: config, weights: weights, experts: cache)
         model.kvPrecision = kvPrecision

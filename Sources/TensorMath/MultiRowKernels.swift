@@ -27,13 +27,10 @@ public enum MultiRowKernels {
                 let px = UnsafePointer(permuted)
                 func run(_ range: Range<Int>) {
                     switch group {
-                    case 4: bf16Rows4(w, range, cols: cols, blocks: blocks, permutedX: px, x: xg, y: yg, yStride: rows)
-                    case 1: BF16Kernels.rowRange(w, range, cols: cols, blocks: blocks, permutedX: px, x: xg, y: yg)
-                    default:
-                        for j in 0..<group {
-                            BF16Kernels.rowRange(w, range, cols: cols, blocks: blocks, permutedX: px + j * blocks * 16,
-                                                 x: xg + j * cols, y: yg + j * rows)
-                        }
+                    case 4: bf16Rows(FourRows.self, w, range, cols: cols, blocks: blocks, permutedX: px, x: xg, y: yg, yStride: rows)
+                    case 3: bf16Rows(ThreeRows.self, w, range, cols: cols, blocks: blocks, permutedX: px, x: xg, y: yg, yStride: rows)
+                    case 2: bf16Rows(TwoRows.self, w, range, cols: cols, blocks: blocks, permutedX: px, x: xg, y: yg, yStride: rows)
+                    default: BF16Kernels.rowRange(w, range, cols: cols, blocks: blocks, permutedX: px, x: xg, y: yg)
                     }
                 }
                 if rows * cols >= BF16Kernels.parallelThreshold && rows >= 64 {
@@ -50,12 +47,16 @@ public enum MultiRowKernels {
         }
     }
 
-    /// Four x rows against weight rows `range`; per output the arithmetic of `BF16Kernels.rowRange`.
+    /// `G.count` x rows against weight rows `range`; per output the arithmetic of `BF16Kernels.rowRange`.
+    /// Generic so that each group size compiles to its own loop with only the accumulators it
+    /// uses (the unused ones and their loads are dead code once `G.count` is a constant).
     @inline(__always)
-    static func bf16Rows4(_ w: UnsafePointer<UInt16>, _ range: Range<Int>, cols: Int, blocks: Int,
-                          permutedX px: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, yStride: Int) {
+    static func bf16Rows<G: RowGroup>(_: G.Type, _ w: UnsafePointer<UInt16>, _ range: Range<Int>, cols: Int, blocks: Int,
+                                      permutedX px: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, yStride: Int) {
         let stride = blocks * 16
-        let p0 = UnsafeRawPointer(px), p1 = UnsafeRawPointer(px + stride), p2 = UnsafeRawPointer(px + 2 * stride), p3 = UnsafeRawPointer(px + 3 * stride)
+        let n = G.count
+        let p0 = UnsafeRawPointer(px), p1 = UnsafeRawPointer(px + (n > 1 ? stride : 0))
+        let p2 = UnsafeRawPointer(px + (n > 2 ? 2 * stride : 0)), p3 = UnsafeRawPointer(px + (n > 3 ? 3 * stride : 0))
         for r in range {
             let row = UnsafeRawPointer(w + r * cols)
             var e0 = SIMD8<Float>(), o0 = SIMD8<Float>(), e1 = SIMD8<Float>(), o1 = SIMD8<Float>()
@@ -66,18 +67,24 @@ public enum MultiRowKernels {
                 let offset = b * 64
                 e0.addProduct(we, p0.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self))
                 o0.addProduct(wo, p0.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self))
-                e1.addProduct(we, p1.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self))
-                o1.addProduct(wo, p1.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self))
-                e2.addProduct(we, p2.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self))
-                o2.addProduct(wo, p2.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self))
-                e3.addProduct(we, p3.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self))
-                o3.addProduct(wo, p3.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self))
+                if n > 1 {
+                    e1.addProduct(we, p1.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self))
+                    o1.addProduct(wo, p1.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self))
+                }
+                if n > 2 {
+                    e2.addProduct(we, p2.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self))
+                    o2.addProduct(wo, p2.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self))
+                }
+                if n > 3 {
+                    e3.addProduct(we, p3.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self))
+                    o3.addProduct(wo, p3.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self))
+                }
             }
             let wr = w + r * cols, from = blocks * 16
             y[r] = (e0 + o0).sum() + BF16Kernels.tail(wr, cols: cols, from: from, x: x)
-            y[yStride + r] = (e1 + o1).sum() + BF16Kernels.tail(wr, cols: cols, from: from, x: x + cols)
-            y[2 * yStride + r] = (e2 + o2).sum() + BF16Kernels.tail(wr, cols: cols, from: from, x: x + 2 * cols)
-            y[3 * yStride + r] = (e3 + o3).sum() + BF16Kernels.tail(wr, cols: cols, from: from, x: x + 3 * cols)
+            if n > 1 { y[yStride + r] = (e1 + o1).sum() + BF16Kernels.tail(wr, cols: cols, from: from, x: x + cols) }
+            if n > 2 { y[2 * yStride + r] = (e2 + o2).sum() + BF16Kernels.tail(wr, cols: cols, from: from, x: x + 2 * cols) }
+            if n > 3 { y[3 * yStride + r] = (e3 + o3).sum() + BF16Kernels.tail(wr, cols: cols, from: from, x: x + 3 * cols) }
         }
     }
 
@@ -88,26 +95,29 @@ public enum MultiRowKernels {
         while first < count {
             let group = min(4, count - first)
             let xg = x + first * cols, yg = y + first * rows
-            if group == 4 {
-                q4Rows4(blocks, scales: scales, rows: rows, cols: cols, x: xg, y: yg)
-            } else {
-                for j in 0..<group {
-                    QuantizedKernels.gemvQ4(blocks, scales: scales, rows: rows, cols: cols, x: xg + j * cols, y: yg + j * rows)
-                }
+            switch group {
+            case 4: q4Rows(FourRows.self, blocks, scales: scales, rows: rows, cols: cols, x: xg, y: yg)
+            case 3: q4Rows(ThreeRows.self, blocks, scales: scales, rows: rows, cols: cols, x: xg, y: yg)
+            case 2: q4Rows(TwoRows.self, blocks, scales: scales, rows: rows, cols: cols, x: xg, y: yg)
+            default: QuantizedKernels.gemvQ4(blocks, scales: scales, rows: rows, cols: cols, x: xg, y: yg)
             }
             first += group
         }
     }
 
-    /// Four x rows; per output the arithmetic of `QuantizedKernels.gemvQ4`.
-    static func q4Rows4(_ blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
-                        x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+    /// `G.count` x rows; per output the arithmetic of `QuantizedKernels.gemvQ4`. Unpacking the
+    /// nibbles is most of a q4 GEMV's cost, so it is done once per weight for all the rows.
+    @inline(__always)
+    static func q4Rows<G: RowGroup>(_: G.Type, _ blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
+                                    x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        let n = G.count
         let blocksPerRow = cols / Quantization.q4BlockSize
         let pairs = blocksPerRow / 2
         let stride = pairs * 64
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(4 * stride, 1)) { buffer in
-            for j in 0..<4 { QuantizedKernels.permuteForQ4(x + j * cols, pairs: pairs, into: buffer.baseAddress! + j * stride) }
-            let p0 = UnsafeRawPointer(buffer.baseAddress!), p1 = p0 + stride * 4, p2 = p0 + 2 * stride * 4, p3 = p0 + 3 * stride * 4
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(n * stride, 1)) { buffer in
+            for j in 0..<n { QuantizedKernels.permuteForQ4(x + j * cols, pairs: pairs, into: buffer.baseAddress! + j * stride) }
+            let p0 = UnsafeRawPointer(buffer.baseAddress!)
+            let p1 = p0 + (n > 1 ? stride * 4 : 0), p2 = p0 + (n > 2 ? 2 * stride * 4 : 0), p3 = p0 + (n > 3 ? 3 * stride * 4 : 0)
             for r in 0..<rows {
                 let rowBlocks = UnsafeRawPointer(blocks + r * blocksPerRow * Quantization.q4BlockBytes)
                 let rowScales = scales + r * blocksPerRow
@@ -123,24 +133,37 @@ public enum MultiRowKernels {
                         let o = base + k * 64
                         b0.addProduct(low, p0.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
                         b0.addProduct(high, p0.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
-                        b1.addProduct(low, p1.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
-                        b1.addProduct(high, p1.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
-                        b2.addProduct(low, p2.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
-                        b2.addProduct(high, p2.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
-                        b3.addProduct(low, p3.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
-                        b3.addProduct(high, p3.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
+                        if n > 1 {
+                            b1.addProduct(low, p1.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
+                            b1.addProduct(high, p1.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
+                        }
+                        if n > 2 {
+                            b2.addProduct(low, p2.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
+                            b2.addProduct(high, p2.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
+                        }
+                        if n > 3 {
+                            b3.addProduct(low, p3.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
+                            b3.addProduct(high, p3.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
+                        }
                     }
                     let scale = SIMD8<Float>(lowHalf: SIMD4(repeating: rowScales[2 * pair]), highHalf: SIMD4(repeating: rowScales[2 * pair + 1]))
                     a0.addProduct(b0, scale)
-                    a1.addProduct(b1, scale)
-                    a2.addProduct(b2, scale)
-                    a3.addProduct(b3, scale)
+                    if n > 1 { a1.addProduct(b1, scale) }
+                    if n > 2 { a2.addProduct(b2, scale) }
+                    if n > 3 { a3.addProduct(b3, scale) }
                 }
                 y[r] = QuantizedKernels.withOddBlock(a0.sum(), rowBlocks, rowScales, blocksPerRow: blocksPerRow, x: x)
-                y[rows + r] = QuantizedKernels.withOddBlock(a1.sum(), rowBlocks, rowScales, blocksPerRow: blocksPerRow, x: x + cols)
-                y[2 * rows + r] = QuantizedKernels.withOddBlock(a2.sum(), rowBlocks, rowScales, blocksPerRow: blocksPerRow, x: x + 2 * cols)
-                y[3 * rows + r] = QuantizedKernels.withOddBlock(a3.sum(), rowBlocks, rowScales, blocksPerRow: blocksPerRow, x: x + 3 * cols)
+                if n > 1 { y[rows + r] = QuantizedKernels.withOddBlock(a1.sum(), rowBlocks, rowScales, blocksPerRow: blocksPerRow, x: x + cols) }
+                if n > 2 { y[2 * rows + r] = QuantizedKernels.withOddBlock(a2.sum(), rowBlocks, rowScales, blocksPerRow: blocksPerRow, x: x + 2 * cols) }
+                if n > 3 { y[3 * rows + r] = QuantizedKernels.withOddBlock(a3.sum(), rowBlocks, rowScales, blocksPerRow: blocksPerRow, x: x + 3 * cols) }
             }
         }
     }
 }
+
+/// How many x rows a multi-row kernel runs over, as a type so that each count is its own
+/// specialisation with the count a compile-time constant.
+protocol RowGroup { static var count: Int { get } }
+enum TwoRows: RowGroup { static var count: Int { 2 } }
+enum ThreeRows: RowGroup { static var count: Int { 3 } }
+enum FourRows: RowGroup { static var count: Int { 4 } }

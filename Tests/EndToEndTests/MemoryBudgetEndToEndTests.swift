@@ -9,11 +9,25 @@ import Testing
 @Suite(.serialized) struct MemoryBudgetEndToEndTests {
     static let budget = 100 << 20
     static let store: URL = {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("moe-serve-budget-\(getpid())")
+        let temporary = FileManager.default.temporaryDirectory
+        removeStoresOfEndedRuns(in: temporary)
+        let directory = temporary.appendingPathComponent("\(storePrefix)\(getpid())")
         try? FileManager.default.removeItem(at: directory)
         try? FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         return directory.appendingPathComponent("olmoe-small")
     }()
+
+    static let storePrefix = "moe-serve-budget-"
+
+    /// The suite has no end hook, so each run removes the 100 MB stores that earlier test
+    /// processes left behind (their pid no longer runs) instead of letting them pile up in /tmp.
+    static func removeStoresOfEndedRuns(in temporary: URL) {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: temporary.path)) ?? []
+        for name in names where name.hasPrefix(storePrefix) {
+            guard let pid = Int32(name.dropFirst(storePrefix.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(at: temporary.appendingPathComponent(name))
+        }
+    }
 
     /// Runs `moe-serve` with `arguments`, optionally through `/bin/sh -c PREFIX exec ...`.
     static func run(_ arguments: [String], shellPrefix: String? = nil) throws -> (status: Int32, stdout: String, stderr: String) {

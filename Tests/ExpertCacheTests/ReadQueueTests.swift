@@ -61,4 +61,33 @@ private func key(_ e: Int) -> ExpertKey { ExpertKey(layer: 0, expert: e) }
         let r11 = big.nextJob()
         #expect(r11 != nil)
     }
+
+    /// With one prefetch slot a second prefetch waits for the first to finish, while demands
+    /// (queued before or after) still start; a prefetch promoted while queued no longer counts
+    /// against the slot.
+    @Test func boundsPrefetchReadsInFlightButNotDemands() {
+        var queue = ReadQueue(maxInFlightBytes: 1000, maxInFlightPrefetches: 1)
+        queue.enqueue(key(1), bytes: 10, priority: .prefetch)
+        queue.enqueue(key(2), bytes: 10, priority: .prefetch)
+        queue.enqueue(key(3), bytes: 10, priority: .prefetch)
+        let first = queue.nextJob()!
+        #expect(first.key == key(1) && queue.inFlightPrefetches == 1)
+        let blocked = queue.nextJob()
+        #expect(blocked == nil)                       // key 2 waits for the slot
+        queue.enqueue(key(4), bytes: 10, priority: .demand)
+        let demand = queue.nextJob()
+        #expect(demand?.key == key(4) && demand?.priority == .demand)
+        let wasQueuedPrefetch = queue.promote(key(3))
+        #expect(wasQueuedPrefetch)
+        let promoted = queue.nextJob()
+        #expect(promoted?.key == key(3) && promoted?.priority == .demand && queue.inFlightPrefetches == 1)
+        queue.finish(first)
+        #expect(queue.inFlightPrefetches == 0)
+        let second = queue.nextJob()
+        #expect(second?.key == key(2) && second?.priority == .prefetch)
+        queue.finish(demand!)
+        queue.finish(promoted!)
+        queue.finish(second!)
+        #expect(queue.inFlightPrefetches == 0 && queue.inFlightBytes == 0)
+    }
 }

@@ -2,10 +2,17 @@ import Foundation
 import Testing
 @testable import HTTPServer
 
-@Suite struct ConfigTests {
+/// A class so that `deinit` removes the files a test wrote (Swift Testing makes one instance per test).
+@Suite final class ConfigTests {
+    private var files: [String] = []
+
+    deinit { for file in files { try? FileManager.default.removeItem(atPath: file) } }
+
+    /// Writes `text` to a fresh temporary `.toml` file, removed when the test ends.
     func temp(_ text: String) throws -> String {
         let path = NSTemporaryDirectory() + "moe-config-\(UUID().uuidString).toml"
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        try text.write(toFile: path, atomically: false, encoding: .utf8)
+        files.append(path)
         return path
     }
 

@@ -28,6 +28,7 @@ import Testing
             "eos_token": "<|im_end|>",
             "chat_template": try String(contentsOf: ChatTemplateTests.directory.appendingPathComponent("qwen2-instruct.jinja"), encoding: .utf8),
         ])
+        defer { try? FileManager.default.removeItem(at: dir) }
         let t = try Tokenizer.load(directory: dir)
         let prompt = try t.chatTemplate.render(messages: [ChatMessage(role: "user", content: "Hi")], addGenerationPrompt: true)
         #expect(prompt.hasPrefix("<|im_start|>system\nYou are a helpful assistant."))
@@ -37,6 +38,7 @@ import Testing
 
     @Test func unsupportedChatTemplateFailsAtLoad() throws {
         let dir = try temporaryModel(style: "qwen2", config: ["chat_template": "{{ messages | wordwrap }}"])
+        defer { try? FileManager.default.removeItem(at: dir) }
         #expect {
             try Tokenizer.load(directory: dir)
         } throws: { error in
@@ -79,6 +81,7 @@ import Testing
         }
     }
 
+    /// A fresh directory with `style`'s tokenizer and `config`; the caller removes it.
     private func temporaryModel(style: String, config: [String: String]) throws -> URL {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("tok-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -31,16 +31,19 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         /// Bytes of prefetched, not yet used experts one layer may hold (nil: no bound); see
         /// `CacheBookkeeping`.
         public var speculativeLayerBytes: Int?
+        /// Prefetch reads that may run at once (nil: as many as there are readers); see `ReadQueue`.
+        public var maxInFlightPrefetches: Int?
 
         /// A cache of `budgetBytes` with floors of `floorSlots`, `readerThreads` readers and
         /// at most `maxInFlightBytes` in flight (default: unbounded but for the budget).
         public init(budgetBytes: Int, floorSlots: Int, readerThreads: Int = 4, maxInFlightBytes: Int? = nil,
-                    speculativeLayerBytes: Int? = nil) {
+                    speculativeLayerBytes: Int? = nil, maxInFlightPrefetches: Int? = nil) {
             self.budgetBytes = budgetBytes
             self.floorSlots = floorSlots
             self.readerThreads = readerThreads
             self.maxInFlightBytes = maxInFlightBytes ?? max(budgetBytes, 1)
             self.speculativeLayerBytes = speculativeLayerBytes
+            self.maxInFlightPrefetches = maxInFlightPrefetches
         }
     }
 
@@ -74,7 +77,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         self.configuration = configuration
         book = CacheBookkeeping(budgetBytes: configuration.budgetBytes, floorSlots: configuration.floorSlots,
                                 speculativeLayerBytes: configuration.speculativeLayerBytes, policy: policy)
-        queue = ReadQueue(maxInFlightBytes: configuration.maxInFlightBytes)
+        queue = ReadQueue(maxInFlightBytes: configuration.maxInFlightBytes,
+                          maxInFlightPrefetches: configuration.maxInFlightPrefetches ?? .max)
         for index in 0..<configuration.readerThreads {
             let thread = Thread { [self] in readerLoop() }
             thread.name = "expert-reader-\(index)"

@@ -1,7 +1,12 @@
 /// The I/O engine's queue as a pure state machine: two priorities (every queued demand read
 /// starts before any prefetch read), promotion of a queued prefetch to demand, cancellation
-/// of reads not yet started, and a bound on bytes in flight. The cache drives it under its
-/// lock; reader threads take jobs from it.
+/// of reads not yet started, a bound on bytes in flight, and a bound on prefetch reads in
+/// flight. The cache drives it under its lock; reader threads take jobs from it.
+///
+/// Why bound prefetches separately: a read in flight cannot be preempted, and on a disk whose
+/// bandwidth does not grow with queue depth every prefetch read running beside a demand read
+/// slows it. With fewer prefetch slots than readers a demand always finds a free reader and
+/// shares the disk with at most `maxInFlightPrefetches` guesses.
 public struct ReadQueue: Sendable {
     /// Demand reads block a request; prefetch reads are hints.
     public enum Priority: String, Sendable, Equatable {
@@ -23,8 +28,12 @@ public struct ReadQueue: Sendable {
 
     /// Reads may start while fewer than this many bytes are in flight (one read always may).
     public let maxInFlightBytes: Int
+    /// Prefetch reads that may run at once (demand reads are not limited by it).
+    public let maxInFlightPrefetches: Int
     /// Bytes of started, unfinished reads.
     public private(set) var inFlightBytes = 0
+    /// Started, unfinished reads that started as prefetches.
+    public private(set) var inFlightPrefetches = 0
     private var queued: [ExpertKey: (bytes: Int, priority: Priority)] = [:]
     private var started: Set<ExpertKey> = []
     // FIFO lists with lazy deletion: an entry is live only while `queued` still holds its key
@@ -32,10 +41,12 @@ public struct ReadQueue: Sendable {
     private var demandOrder = FIFO()
     private var prefetchOrder = FIFO()
 
-    /// An empty queue allowing `maxInFlightBytes` in flight.
-    public init(maxInFlightBytes: Int) {
-        precondition(maxInFlightBytes > 0)
+    /// An empty queue allowing `maxInFlightBytes` in flight, of which at most
+    /// `maxInFlightPrefetches` prefetch reads (default: no separate bound).
+    public init(maxInFlightBytes: Int, maxInFlightPrefetches: Int = .max) {
+        precondition(maxInFlightBytes > 0 && maxInFlightPrefetches > 0)
         self.maxInFlightBytes = maxInFlightBytes
+        self.maxInFlightPrefetches = maxInFlightPrefetches
     }
 
     /// Whether `key` waits to start.
@@ -78,9 +89,10 @@ public struct ReadQueue: Sendable {
     }
 
     /// The next read to start — the oldest demand, else the oldest prefetch — unless the
-    /// in-flight bound forbids it; it counts as in flight until `finish`.
+    /// in-flight bounds forbid it; it counts as in flight until `finish`.
     public mutating func nextJob() -> Job? {
         for priority in [Priority.demand, .prefetch] {
+            if priority == .prefetch && inFlightPrefetches >= maxInFlightPrefetches { return nil }
             while let key = (priority == .demand ? demandOrder.peek() : prefetchOrder.peek()) {
                 guard let entry = queued[key], entry.priority == priority else {
                     _ = priority == .demand ? demandOrder.pop() : prefetchOrder.pop()
@@ -91,6 +103,7 @@ public struct ReadQueue: Sendable {
                 queued[key] = nil
                 started.insert(key)
                 inFlightBytes += entry.bytes
+                if priority == .prefetch { inFlightPrefetches += 1 }
                 return Job(key: key, bytes: entry.bytes, priority: priority)
             }
         }
@@ -101,6 +114,7 @@ public struct ReadQueue: Sendable {
     public mutating func finish(_ job: Job) {
         precondition(started.remove(job.key) != nil, "\(job.key) was not reading")
         inFlightBytes -= job.bytes
+        if job.priority == .prefetch { inFlightPrefetches -= 1 }
     }
 }
 
