@@ -113,7 +113,7 @@ public enum MultiRowKernels {
         let n = G.count
         let blocksPerRow = cols / Quantization.q4BlockSize
         let pairs = blocksPerRow / 2
-        let stride = pairs * 64
+        let stride = pairs * 72 // permuted x, then its pair sums (see `QuantizedKernels.permuteForQ4`)
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(n * stride, 1)) { buffer in
             for j in 0..<n { QuantizedKernels.permuteForQ4(x + j * cols, pairs: pairs, into: buffer.baseAddress! + j * stride) }
             let p0 = UnsafeRawPointer(buffer.baseAddress!)
@@ -125,11 +125,16 @@ public enum MultiRowKernels {
                 for pair in 0..<pairs {
                     let lanes = rowBlocks.loadUnaligned(fromByteOffset: pair * 32, as: SIMD8<UInt32>.self)
                     let base = pair * 256
-                    var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+                    let sumOffset = pairs * 256 + pair * 32 // bytes
+                    var b0 = p0.loadUnaligned(fromByteOffset: sumOffset, as: SIMD8<Float>.self) * -8
+                    var b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+                    if n > 1 { b1 = p1.loadUnaligned(fromByteOffset: sumOffset, as: SIMD8<Float>.self) * -8 }
+                    if n > 2 { b2 = p2.loadUnaligned(fromByteOffset: sumOffset, as: SIMD8<Float>.self) * -8 }
+                    if n > 3 { b3 = p3.loadUnaligned(fromByteOffset: sumOffset, as: SIMD8<Float>.self) * -8 }
                     for k in 0..<4 {
                         let shift = UInt32(8 * k)
-                        let low = QuantizedKernels.byteLane(lanes, shift: shift, mask: 0x0F, offset: 8)
-                        let high = QuantizedKernels.byteLane(lanes, shift: shift + 4, mask: 0x0F, offset: 8)
+                        let low = QuantizedKernels.nibbles(lanes, shift: shift)
+                        let high = QuantizedKernels.nibbles(lanes, shift: shift + 4)
                         let o = base + k * 64
                         b0.addProduct(low, p0.loadUnaligned(fromByteOffset: o, as: SIMD8<Float>.self))
                         b0.addProduct(high, p0.loadUnaligned(fromByteOffset: o + 32, as: SIMD8<Float>.self))
