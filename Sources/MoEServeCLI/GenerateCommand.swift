@@ -17,6 +17,8 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Random seed for sampling.") var seed: UInt64 = 0
     @Flag(name: .customLong("ignore-eos"), help: "Keep generating past end-of-sequence tokens.") var ignoreEOS = false
     @Option(name: .customLong("record-trace"), help: "Write every token's routing to this file (JSON lines, the `bench trace` format).") var recordTrace: String?
+    @Option(name: .customLong("oracle-trace"), help: "Benchmark: prefetch what this trace of the same greedy generation (recorded with --record-trace) really used, a perfect predictor; needs --prefetch off.") var oracleTrace: String?
+    @Option(name: .customLong("oracle-depth"), help: "How many MoE layers ahead the --oracle-trace prefetcher reads.") var oracleDepth: Int = 1
     @OptionGroup var runtimeOptions: RuntimeOptions
 
     struct Output: Encodable {
@@ -28,6 +30,11 @@ struct GenerateCommand: ParsableCommand {
     func validate() throws {
         guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be ≥ 0") }
         guard temperature >= 0 else { throw ValidationError("--temperature must be ≥ 0") }
+        if oracleTrace != nil {
+            guard oracleDepth >= 1 else { throw ValidationError("--oracle-depth must be ≥ 1") }
+            guard temperature == 0 else { throw ValidationError("--oracle-trace replays a greedy generation: use --temperature 0") }
+            guard runtimeOptions.prefetch == "off" else { throw ValidationError("--oracle-trace replaces the predictor: add --prefetch off") }
+        }
     }
 
     func run() throws {
@@ -46,7 +53,16 @@ struct GenerateCommand: ParsableCommand {
             }
             let transformer = runtime.model
             let recorder = try recordTrace.map { try TraceRecorder(url: URL(fileURLWithPath: $0), layerCount: transformer.config.layerCount) }
-            runtime.chain(recorder)
+            if let oracleTrace {
+                guard let cache = runtime.cache else { throw CommandError("--oracle-trace: every expert is resident, there is nothing to prefetch") }
+                let trace = try RoutingTrace(jsonLines: Data(contentsOf: URL(fileURLWithPath: oracleTrace)), source: oracleTrace)
+                let oracle = OraclePrefetcher(decodeRouting: trace.tokens.filter { $0.phase == "decode" }.map(\.layers),
+                                              moeLayers: transformer.config.moeLayers, depth: oracleDepth, provider: cache)
+                oracle.next = recorder
+                runtime.chain(oracle)
+            } else {
+                runtime.chain(recorder)
+            }
             var stopTokens = Set(transformer.config.eosTokenIds)
             stopTokens.formUnion(tokenizer?.eosTokenIds ?? [])
             var generator = Generator(model: transformer, sampler: Sampler(temperature: Float(temperature), seed: seed))

@@ -103,6 +103,33 @@ import Testing
         print("cgroup limit \(limit) bytes: max usage \(maxUsage.trimmingCharacters(in: .whitespacesAndNewlines)) bytes (page cache included)")
     }
 
+    /// `generate --oracle-trace` replays a recorded greedy run's routing as prefetches: same
+    /// tokens, and the prefetches it issues are reads the replay then uses.
+    @Test func theOracleReplaysAGreedyRunWithoutChangingIt() throws {
+        try Self.ensureStore()
+        let trace = Self.store.deletingLastPathComponent().appendingPathComponent("oracle.jsonl")
+        let base = ["generate", "--model", Self.store.path, "--memory-budget", "\(Self.budget)", "--tokens", "5,17,300,42",
+                    "--max-tokens", "12", "--ignore-eos", "--prefetch", "off"]
+        let recorded = try Self.run(base + ["--record-trace", trace.path])
+        try #require(recorded.status == 0, "generate failed: \(recorded.stderr)")
+        let replayed = try Self.run(base + ["--oracle-trace", trace.path, "--oracle-depth", "2"])
+        try #require(replayed.status == 0, "generate --oracle-trace failed: \(replayed.stderr)")
+        func parse(_ text: String) throws -> (tokens: [Int], cache: [String: Any]) {
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+            let stats = try #require(json["stats"] as? [String: Any])
+            let cache = try #require((stats["expert_cache"] as? [String: Any])?["total"] as? [String: Any])
+            return (try #require(json["tokens"] as? [Int]), cache)
+        }
+        let (expected, _) = try parse(recorded.stdout), (tokens, cache) = try parse(replayed.stdout)
+        #expect(tokens == expected)
+        #expect((cache["prefetches_issued"] as? Int ?? 0) > 0)
+        // Right guesses can still be evicted before use when the cache is this tight; most are not.
+        let wasted = cache["wasted_prefetch_bytes"] as? Int ?? .max, read = cache["prefetch_bytes"] as? Int ?? 0
+        #expect(wasted * 4 <= read, "\(wasted) of \(read) prefetched bytes wasted")
+        let refused = try Self.run(base.filter { $0 != "--prefetch" && $0 != "off" } + ["--oracle-trace", trace.path])
+        #expect(refused.status != 0 && refused.stderr.contains("--prefetch off"))
+    }
+
     /// `bench decode` on the synthetic store: the JSON contract (medians, hit rate, recall, bytes
     /// per token, stall fraction, bound), the load-on-demand baseline in the same run, and the
     /// budget plot.
