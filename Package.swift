@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4"], swiftSettings: optimisedMath),
         .target(name: "Tokenization"),
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
-        .target(name: "ExpertPrediction", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
+        .target(name: "ExpertPrediction", dependencies: ["MoEModels", "ModelFormats", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "ExpertCache", dependencies: ["MoEModels", "ModelFormats", "TensorMath"]),
         .target(

@@ -15,6 +15,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     public private(set) var statistics: PredictionStatistics
     /// Chained observer (for example a trace recorder) called after this one.
     public var next: RoutingObserver?
+    /// Fitted maps that replace the target router in the cross-layer gate where present.
+    public let probes: CrossLayerProbes?
 
     private let routers: [WeightMatrix?]
     private let moeLayers: [Int]
@@ -27,9 +29,11 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     /// The experts the first MoE layer used in the last step (`FirstLayerPrediction.history`).
     private var lastFirstLayerExperts: Set<Int> = []
 
-    public init(model: TransformerModel, configuration: PredictorConfiguration, provider: ExpertProvider?) {
+    public init(model: TransformerModel, configuration: PredictorConfiguration, provider: ExpertProvider?,
+                probes: CrossLayerProbes? = nil) {
         self.configuration = configuration
         self.provider = provider
+        self.probes = probes
         let layerCount = model.config.layerCount
         routers = (0..<layerCount).map { model.router(forLayer: $0) }
         moeLayers = model.config.moeLayers
@@ -78,7 +82,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         // Cross-layer gate: the next `depth` MoE layers' routers on this layer's gate input.
         if configuration.crossLayer, let position = moeLayers.firstIndex(of: layer) {
             for target in moeLayers.dropFirst(position + 1).prefix(configuration.depth) {
-                predict(layer: target, from: gateInput, rowCount: rowCount)
+                predict(layer: target, from: gateInput, rowCount: rowCount, probe: probes?.probe(from: layer, to: target))
             }
         }
         next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount)
@@ -88,12 +92,17 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     /// speculative bound; larger ones (prefill chunks) are the layer pipeline.
     static let confidentRowLimit = 16
 
-    /// Applies `layer`'s router to `rows` and prefetches the union of each row's top (k + m).
-    private func predict(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int) {
+    /// Applies `layer`'s router — or `probe`, a fitted map to its logits — to `rows` and
+    /// prefetches the union of each row's top (k + m).
+    private func predict(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe? = nil) {
         guard let router = routers[layer] else { return }
-        let experts = router.rows
+        let scorer = probe?.weight ?? router
+        let experts = scorer.rows
         let logits = AlignedBuffer<Float>(count: rowCount * experts) // [T, experts]
-        router.apply(rows, rowCount: rowCount, into: logits.pointer)
+        scorer.apply(rows, rowCount: rowCount, into: logits.pointer)
+        if let bias = probe?.bias {
+            for row in 0..<rowCount { for e in 0..<experts { logits.pointer[row * experts + e] += bias[e] } }
+        }
         var chosen = Set<Int>()
         let width = min(topK + configuration.extraWidth, experts)
         // The probability floor is for decode steps: a prefill chunk's union covers most

@@ -37,6 +37,8 @@ struct RuntimeOptions: ParsableArguments {
     var prefetchMinProbability: Float = 0.1
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, not yet used experts each layer may hold (0: no bound; default: the model's top-k).")
     var prefetchBudget: Int?
+    @Option(name: .customLong("predictor-probes"), help: "Fitted cross-layer maps (safetensors from scripts/train_predictor_probes.py) that replace the next layers' routers in the cross-layer gate.")
+    var predictorProbes: String?
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once; demand reads always find a free reader when this is below --reader-threads (0: no separate bound).")
     var prefetchReads: Int = 0
 
@@ -136,7 +138,10 @@ struct RuntimeOptions: ParsableArguments {
         model.kvPrecision = kvPrecision
         var expertPredictor: ExpertPredictor?
         if prefetch == "on" && cacheBytes < allExpertBytes {
-            expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache)
+            let probes = try predictorProbes.map {
+                try CrossLayerProbes.load(URL(fileURLWithPath: $0), experts: config.expertCount, hidden: config.hiddenSize)
+            }
+            expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
             model.routingObserver = expertPredictor
         }
         return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, plan: plan, tokenizer: tokenizer)
