@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -94,6 +95,7 @@ def main():
     parser.add_argument("--eval-tokens", type=int, default=15_000)
     parser.add_argument("--window", type=int, default=256, help="tokens read from the start of each file")
     parser.add_argument("--ridge", type=float, default=1e-2)
+    parser.add_argument("--cache-experts", type=int, default=98, help="LRU cache size for the read-precision replay")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -124,6 +126,36 @@ def main():
             print(f"| {target} | {source} | {gate:.3f} | {fitted:.3f} | |")
             tensors[f"probe.{target}.from.{source}.weight"] = np.ascontiguousarray(weight)
             tensors[f"probe.{target}.from.{source}.bias"] = bias
+    # What decides whether prefetch pays is the precision of the guesses that cost a read: replay the
+    # held-out tokens in order through an LRU cache of --cache-experts experts and score, per scorer,
+    # the one-layer-ahead guesses that were not resident when made.
+    print()
+    print(f"one layer ahead, held-out tokens through an LRU cache of {args.cache_experts} experts:")
+    print("| scorer | guesses that cost a read, per token | of which used |")
+    print("|---|---|---|")
+    layer_count = len(routers)
+    for name in ("cross-layer gate", "fitted probe"):
+        cache, reads, used = OrderedDict(), 0, 0
+        for t in range(len(x_eval[0])):
+            for layer in range(layer_count):
+                for e in top_k(g_eval[layer][t:t + 1], k)[0]:
+                    key = (layer, int(e))
+                    cache[key] = True
+                    cache.move_to_end(key)
+                    if len(cache) > args.cache_experts:
+                        cache.popitem(last=False)
+                if layer + 1 < layer_count and f"probe.{layer + 1}.from.{layer}.weight" in tensors:
+                    x = x_eval[layer][t]
+                    if name == "fitted probe":
+                        scores = tensors[f"probe.{layer + 1}.from.{layer}.weight"] @ x + tensors[f"probe.{layer + 1}.from.{layer}.bias"]
+                    else:
+                        scores = routers[layer + 1] @ x
+                    truth = set(int(e) for e in top_k(g_eval[layer + 1][t:t + 1], k)[0])
+                    for e in np.argsort(-scores)[:k]:
+                        if (layer + 1, int(e)) not in cache:
+                            reads += 1
+                            used += int(e) in truth
+        print(f"| {name} | {reads / len(x_eval[0]):.2f} | {used / max(reads, 1):.3f} |")
     save_file(tensors, args.out, metadata={"source": args.model, "train_tokens": str(n_train), "ridge": str(args.ridge)})
     print(f"wrote {len(tensors) // 2} probes to {args.out}", file=sys.stderr)
 
