@@ -38,7 +38,7 @@ public final class OraclePrefetcher: RoutingObserver {
 
     public func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) {
         defer { next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount) }
-        guard rowCount == 1, let position = moeLayers.firstIndex(of: layer), !moeLayers.isEmpty else { return }
+        guard rowCount == 1, let position = moeLayers.firstIndex(of: layer) else { return }
         if position == 0 { decodeSteps += 1 }
         // Flattened (step, MoE layer) index of the layer `depth` ahead.
         let target = (decodeSteps - 1) * moeLayers.count + position + depth

@@ -136,11 +136,16 @@ struct RuntimeOptions: ParsableArguments {
             layers: layers)
         let model = try TransformerModel(config: config, weights: weights, experts: cache)
         model.kvPrecision = kvPrecision
+        // Checked and loaded whether or not this run prefetches, so a wrong file or a predictor
+        // that would ignore it fails at start, not silently.
+        if predictorProbes != nil && !predictorConfiguration.crossLayer {
+            throw CommandError("--predictor-probes replaces the cross-layer gate, which --predictor \(predictor) does not use")
+        }
+        let probes = try predictorProbes.map {
+            try CrossLayerProbes.load(URL(fileURLWithPath: $0), experts: config.expertCount, hidden: config.hiddenSize)
+        }
         var expertPredictor: ExpertPredictor?
         if prefetch == "on" && cacheBytes < allExpertBytes {
-            let probes = try predictorProbes.map {
-                try CrossLayerProbes.load(URL(fileURLWithPath: $0), experts: config.expertCount, hidden: config.hiddenSize)
-            }
             expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
             model.routingObserver = expertPredictor
         }

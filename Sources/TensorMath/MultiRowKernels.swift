@@ -113,7 +113,7 @@ public enum MultiRowKernels {
         let n = G.count
         let blocksPerRow = cols / Quantization.q4BlockSize
         let pairs = blocksPerRow / 2
-        let stride = pairs * 72 // permuted x, then its pair sums (see `QuantizedKernels.permuteForQ4`)
+        let stride = QuantizedKernels.permutedQ4Count(pairs: pairs) // floats per row of permuted x and its pair sums
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(n * stride, 1)) { buffer in
             for j in 0..<n { QuantizedKernels.permuteForQ4(x + j * cols, pairs: pairs, into: buffer.baseAddress! + j * stride) }
             let p0 = UnsafeRawPointer(buffer.baseAddress!)
@@ -125,7 +125,7 @@ public enum MultiRowKernels {
                 for pair in 0..<pairs {
                     let lanes = rowBlocks.loadUnaligned(fromByteOffset: pair * 32, as: SIMD8<UInt32>.self)
                     let base = pair * 256
-                    let sumOffset = pairs * 256 + pair * 32 // bytes
+                    let sumOffset = (QuantizedKernels.q4SumsOffset(pairs: pairs) + pair * 8) * MemoryLayout<Float>.stride
                     var b0 = p0.loadUnaligned(fromByteOffset: sumOffset, as: SIMD8<Float>.self) * -8
                     var b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
                     if n > 1 { b1 = p1.loadUnaligned(fromByteOffset: sumOffset, as: SIMD8<Float>.self) * -8 }

@@ -88,10 +88,10 @@ public enum QuantizedKernels {
                               x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
         let blocksPerRow = cols / Quantization.q4BlockSize
         let pairs = blocksPerRow / 2
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(pairs * 72, 1)) { permuted in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(permutedQ4Count(pairs: pairs), 1)) { permuted in
             permuteForQ4(x, pairs: pairs, into: permuted.baseAddress!)
             let px = UnsafeRawPointer(permuted.baseAddress!)
-            let sums = px + pairs * 256
+            let sums = px + q4SumsOffset(pairs: pairs) * MemoryLayout<Float>.stride
             for r in 0..<rows {
                 let rowBlocks = UnsafeRawPointer(blocks + r * blocksPerRow * Quantization.q4BlockBytes)
                 let rowScales = scales + r * blocksPerRow
@@ -119,7 +119,7 @@ public enum QuantizedKernels {
     /// carry the −8 offset of the nibbles.
     @inline(__always)
     static func permuteForQ4(_ x: UnsafePointer<Float>, pairs: Int, into permuted: UnsafeMutablePointer<Float>) {
-        let sums = permuted + pairs * 64
+        let sums = permuted + q4SumsOffset(pairs: pairs)
         for pair in 0..<pairs {
             var sum = SIMD8<Float>()
             for k in 0..<4 {
@@ -135,6 +135,14 @@ public enum QuantizedKernels {
             UnsafeMutableRawPointer(sums + pair * 8).storeBytes(of: sum, as: SIMD8<Float>.self)
         }
     }
+
+    /// Floats `permuteForQ4` writes for `pairs` block pairs: 64 permuted values and 8 lane sums per pair.
+    @inline(__always)
+    static func permutedQ4Count(pairs: Int) -> Int { pairs * 72 }
+
+    /// Where in `permuteForQ4`'s output the lane sums start, in floats.
+    @inline(__always)
+    static func q4SumsOffset(pairs: Int) -> Int { pairs * 64 }
 
     /// Nibble `shift/4` of each 32-bit lane as floats in 0...15 (converted with `vcvtdq2ps`).
     @inline(__always)

@@ -130,6 +130,22 @@ import Testing
         #expect(refused.status != 0 && refused.stderr.contains("--prefetch off"))
     }
 
+    /// `--predictor-probes` is checked at start even when this run would not prefetch: a file
+    /// that is not a probes file, or a predictor without the cross-layer gate, is refused (shape
+    /// checks: `CrossLayerProbesTests`).
+    @Test func predictorProbesThatCannotApplyAreRefused() throws {
+        try Self.ensureStore()
+        let notProbes = Self.store.appendingPathComponent("config.json").path
+        let base = ["generate", "--model", Self.store.path, "--memory-budget", "\(Self.budget)", "--tokens", "5,17",
+                    "--max-tokens", "2", "--prefetch", "off"]
+        let unreadable = try Self.run(base + ["--predictor-probes", notProbes])
+        #expect(unreadable.status != 0 && unreadable.stderr.contains(notProbes), "\(unreadable.stderr)")
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let demoProbes = root.appendingPathComponent("DemoModel/predictor-probes.safetensors").path
+        let wrongPredictor = try Self.run(base + ["--predictor-probes", demoProbes, "--predictor", "history"])
+        #expect(wrongPredictor.status != 0 && wrongPredictor.stderr.contains("--predictor history"), "\(wrongPredictor.stderr)")
+    }
+
     /// `bench decode` on the synthetic store: the JSON contract (medians, hit rate, recall, bytes
     /// per token, stall fraction, bound), the load-on-demand baseline in the same run, and the
     /// budget plot.
