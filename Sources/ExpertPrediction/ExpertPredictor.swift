@@ -28,6 +28,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     private var history: [[Set<Int>]]
     /// The experts the first MoE layer used in the last step (`FirstLayerPrediction.history`).
     private var lastFirstLayerExperts: Set<Int> = []
+    /// The rows of the current step whose next token the following step runs.
+    private var lastRows: [Int] = []
 
     public init(model: TransformerModel, configuration: PredictorConfiguration, provider: ExpertProvider?,
                 probes: CrossLayerProbes? = nil) {
@@ -42,6 +44,11 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         statistics = PredictionStatistics(layerCount: layerCount)
         pending = Array(repeating: [], count: layerCount)
         history = Array(repeating: [], count: layerCount)
+    }
+
+    public func willRunStep(lastRows: [Int]) {
+        self.lastRows = lastRows
+        next?.willRunStep(lastRows: lastRows)
     }
 
     public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {
@@ -81,8 +88,18 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         }
         // Cross-layer gate: the next `depth` MoE layers' routers on this layer's gate input.
         if configuration.crossLayer, let position = moeLayers.firstIndex(of: layer) {
-            for target in moeLayers.dropFirst(position + 1).prefix(configuration.depth) {
-                predict(layer: target, from: gateInput, rowCount: rowCount, probe: probes?.probe(from: layer, to: target))
+            for distance in 1...max(configuration.depth, 1) {
+                let index = position + distance
+                if index < moeLayers.count {
+                    let target = moeLayers[index]
+                    predict(layer: target, from: gateInput, rowCount: rowCount, probe: probes?.probe(from: layer, to: target),
+                            refining: distance == 1)
+                } else if index < 2 * moeLayers.count, let probe = probes?.probe(from: layer, to: moeLayers[index - moeLayers.count]) {
+                    // Past the last layer the gate wraps round to the next step's first layers,
+                    // which only a fitted map can guess (a router belongs to its own token),
+                    // and only from each sequence's last row: that is whose next token runs.
+                    predictNextStep(layer: moeLayers[index - moeLayers.count], from: gateInput, probe: probe, refining: distance == 1)
+                }
             }
         }
         next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount)
@@ -92,35 +109,67 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     /// speculative bound; larger ones (prefill chunks) are the layer pipeline.
     static let confidentRowLimit = 16
 
-    /// Applies `layer`'s router — or `probe`, a fitted map to its logits — to `rows` and
-    /// prefetches the union of each row's top (k + m).
-    private func predict(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe? = nil) {
+    /// Applies `layer`'s router — or `probe`, a fitted map from this input — to `rows` and
+    /// prefetches the union of each row's top (k + m) that pass the probability floor.
+    ///
+    /// `refining`: this is the nearest layer's guess for `layer` (one MoE layer ahead), made
+    /// with more information than the guesses from farther back. At decode steps it replaces
+    /// them: earlier guesses it does not repeat are dropped, and their reads cancelled if they
+    /// have not started, so that they do not hold the disk when this layer's misses need it.
+    private func predict(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe? = nil,
+                         refining: Bool = false) {
         guard let router = routers[layer] else { return }
         let scorer = probe?.weight ?? router
         let experts = scorer.rows
-        let logits = AlignedBuffer<Float>(count: rowCount * experts) // [T, experts]
-        scorer.apply(rows, rowCount: rowCount, into: logits.pointer)
+        let scores = AlignedBuffer<Float>(count: rowCount * experts) // [T, experts]
+        scorer.apply(rows, rowCount: rowCount, into: scores.pointer)
         if let bias = probe?.bias {
-            for row in 0..<rowCount { for e in 0..<experts { logits.pointer[row * experts + e] += bias[e] } }
+            for row in 0..<rowCount { for e in 0..<experts { scores.pointer[row * experts + e] += bias[e] } }
         }
+        let selection = probe?.output == .selection
         var chosen = Set<Int>()
         let width = min(topK + configuration.extraWidth, experts)
         // The probability floor is for decode steps: a prefill chunk's union covers most
         // experts with high precision whatever each guess's probability (and on uniformly
         // routed models no single probability would pass), so its pipeline keeps every guess.
-        let floor = rowCount <= Self.confidentRowLimit ? configuration.minProbability : 0
+        let decodeStep = rowCount <= Self.confidentRowLimit
+        let floor = decodeStep ? (selection ? configuration.minSelectionProbability : configuration.minProbability) : 0
         for row in 0..<rowCount {
-            let probabilities = logits.pointer + row * experts
-            Ops.softmax(probabilities, count: experts)
+            let probabilities = scores.pointer + row * experts
+            if selection {
+                // Independent probabilities of being selected: the floor is the whole rule.
+                for e in 0..<experts { probabilities[e] = Ops.sigmoid(probabilities[e]) }
+            } else {
+                Ops.softmax(probabilities, count: experts)
+            }
             var mass: Float = 0
             for expert in Ops.topK(probabilities, count: experts, k: width) {
                 if probabilities[expert] < floor { break } // the rest are smaller still
                 chosen.insert(expert)
                 mass += probabilities[expert]
-                if mass >= configuration.cumulativeThreshold { break }
+                if !selection && mass >= configuration.cumulativeThreshold { break }
             }
         }
-        add(chosen, to: layer, pipeline: rowCount > Self.confidentRowLimit)
+        if refining && decodeStep { dropGuesses(for: layer, notIn: chosen) }
+        add(chosen, to: layer, pipeline: !decodeStep)
+    }
+
+    /// The cross-layer gate past the last MoE layer: `probe` on each sequence's last row guesses
+    /// `layer` of the next step. Decode steps only (every row is a sequence's last): a prompt
+    /// chunk's next step is the rest of the prompt or its first decode token, and its guesses
+    /// would wait a whole chunk in the cache.
+    private func predictNextStep(layer: Int, from rows: UnsafePointer<Float>, probe: CrossLayerProbes.Probe, refining: Bool) {
+        guard !lastRows.isEmpty, lastRows.count <= Self.confidentRowLimit, lastRows.last! < lastRows.count else { return }
+        // Decode steps have one row per sequence, so the last rows are the rows 0..<count.
+        predict(layer: layer, from: rows, rowCount: lastRows.count, probe: probe, refining: refining)
+    }
+
+    private func dropGuesses(for layer: Int, notIn kept: Set<Int>) {
+        let dropped = pending[layer].subtracting(kept)
+        guard !dropped.isEmpty else { return }
+        pending[layer].subtract(dropped)
+        statistics.perLayer[layer].withdrawn += dropped.count
+        provider?.cancelPrefetches(layer: layer, experts: dropped.sorted())
     }
 
     private func add(_ experts: Set<Int>, to layer: Int, pipeline: Bool) {

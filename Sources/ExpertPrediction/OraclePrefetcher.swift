@@ -36,6 +36,8 @@ public final class OraclePrefetcher: RoutingObserver {
         next?.willRunAttention(layer: layer, input: input, rowCount: rowCount)
     }
 
+    public func willRunStep(lastRows: [Int]) { next?.willRunStep(lastRows: lastRows) }
+
     public func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) {
         defer { next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount) }
         guard rowCount == 1, let position = moeLayers.firstIndex(of: layer) else { return }

@@ -4,8 +4,11 @@ public struct LayerPredictionStatistics: Sendable, Codable, Equatable {
     public var used = 0
     /// Of those, how many had been predicted.
     public var predictedAndUsed = 0
-    /// Experts predicted.
+    /// Experts predicted (as the layer routed: after withdrawals).
     public var predicted = 0
+    /// Guesses from farther back that the nearest layer's guess withdrew before the layer
+    /// routed (their reads cancelled if not started; counted in neither column above).
+    public var withdrawn = 0
 
     /// Used experts that were predicted.
     public var recall: Double { used == 0 ? 0 : Double(predictedAndUsed) / Double(used) }
@@ -15,7 +18,8 @@ public struct LayerPredictionStatistics: Sendable, Codable, Equatable {
     public var wasted: Int { predicted - predictedAndUsed }
 
     public static func + (a: Self, b: Self) -> Self {
-        Self(used: a.used + b.used, predictedAndUsed: a.predictedAndUsed + b.predictedAndUsed, predicted: a.predicted + b.predicted)
+        Self(used: a.used + b.used, predictedAndUsed: a.predictedAndUsed + b.predictedAndUsed, predicted: a.predicted + b.predicted,
+             withdrawn: a.withdrawn + b.withdrawn)
     }
 }
 

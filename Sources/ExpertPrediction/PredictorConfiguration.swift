@@ -22,6 +22,10 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
     public var cumulativeThreshold: Float
     /// Skip candidates whose router probability is below this (0 disables): a confident guess.
     public var minProbability: Float
+    /// With selection probes (`CrossLayerProbes.Output.selection`), skip candidates less likely
+    /// than this to be among the layer's top-k (0 disables). Used in place of `minProbability`,
+    /// whose router probabilities are not calibrated for it.
+    public var minSelectionProbability: Float
     /// Apply router l to layer l's attention input, so loads start during attention.
     public var preAttention: Bool
     /// Also predict the experts the previous `historyTokens` steps used at the layer.
@@ -36,13 +40,14 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
     public var firstLayer: FirstLayerPrediction
 
     public init(crossLayer: Bool = true, depth: Int = 1, extraWidth: Int = 0, cumulativeThreshold: Float = 1,
-                minProbability: Float = 0, preAttention: Bool = false, historyTokens: Int = 0,
+                minProbability: Float = 0, minSelectionProbability: Float = 0.5, preAttention: Bool = false, historyTokens: Int = 0,
                 maxPredictedPerLayer: Int = .max, firstLayer: FirstLayerPrediction = .none) {
         self.crossLayer = crossLayer
         self.depth = depth
         self.extraWidth = extraWidth
         self.cumulativeThreshold = cumulativeThreshold
         self.minProbability = minProbability
+        self.minSelectionProbability = minSelectionProbability
         self.preAttention = preAttention
         self.historyTokens = historyTokens
         self.maxPredictedPerLayer = maxPredictedPerLayer

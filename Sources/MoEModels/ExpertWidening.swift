@@ -51,6 +51,13 @@ public enum ExpertWidening {
         for file in store.manifest.copiedFiles where file != "config.json" {
             try fm.copyItem(at: store.url.appendingPathComponent(file), to: directory.appendingPathComponent(file))
         }
+        // Inert units leave every hidden state and routing decision as they were, so the
+        // model's fitted predictor probes (`--predictor-probes`) hold for the widened one too
+        // (stores packed before probes travelled with them hold the file unlisted).
+        let probes = store.url.appendingPathComponent(ExpertStore.predictorProbesFile)
+        if !store.manifest.copiedFiles.contains(ExpertStore.predictorProbesFile), fm.fileExists(atPath: probes.path) {
+            try fm.copyItem(at: probes, to: directory.appendingPathComponent(ExpertStore.predictorProbesFile))
+        }
 
         let names = ArchitectureDescription.of(config.architecture)
         let hidden = config.hiddenSize

@@ -139,6 +139,7 @@ public final class TransformerModel: @unchecked Sendable {
             }
         }
 
+        routingObserver?.willRunStep(lastRows: spans.map { $0.firstRow + $0.rowCount - 1 })
         for layer in layers {
             normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)
             Ops.rmsNorm(normalized.pointer, rowCount: rowCount, dim: hidden, weight: layer.inputNorm, eps: config.rmsNormEps)

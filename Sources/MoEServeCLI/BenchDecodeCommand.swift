@@ -183,14 +183,14 @@ struct BenchDecodeCommand: ParsableCommand {
     private func measure(name: String, options: RuntimeOptions, url: URL, disk: Double?) throws -> Summary {
         var measured: [Run] = []
         var policyName = options.cachePolicy
-        var predictorName: String? = options.prefetch == "on" ? options.predictor : nil
+        var predictorName: String?
         var budget: Int?
         for index in 0..<runs {
             let runtime = try options.open(at: url, contextTokens: promptTokens + genTokens + 1)
             defer { runtime.close() }
             let model = runtime.model
             budget = runtime.plan?.budgetBytes
-            if runtime.predictor == nil { predictorName = nil }
+            predictorName = runtime.predictorName
             policyName = runtime.cache?.statistics().policy ?? "none"
             var rng = SplitMix(state: seed)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }

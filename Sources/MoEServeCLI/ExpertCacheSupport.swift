@@ -23,8 +23,10 @@ struct RuntimeOptions: ParsableArguments {
     var cachePolicy: String = PolicyChoice.lfu.rawValue
     @Option(help: "Predictive prefetch of experts: on or off.")
     var prefetch: String = "on"
-    @Option(help: "Predictor configuration when prefetching: \(PredictorConfiguration.named.map(\.0).joined(separator: ", ")).")
-    var predictor: String = "cross_layer"
+    /// Two layers ahead with probes: fitted maps stay precise two layers out and wrap round to
+    /// the next token's first layers, where the extra lead pays (docs/PREDICTOR.md, session 6).
+    @Option(help: "Predictor configuration when prefetching: \(PredictorConfiguration.named.map(\.0).joined(separator: ", ")) (default: cross_layer_deep with predictor probes, else cross_layer).")
+    var predictor: String?
     @Option(name: .customLong("kv-cache-type"), help: "How the KV cache stores keys and values: f16 (half the memory, as llama.cpp) or f32 (the reference).")
     var kvCacheType: String = KVPrecision.f16.rawValue
     @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (the disk queue depth).")
@@ -32,12 +34,14 @@ struct RuntimeOptions: ParsableArguments {
     /// Measured on the demo model (docs/PREDICTOR.md): the guesses that miss are mostly the
     /// low-probability ones for experts not in the cache, so without a floor only 32% (one
     /// sequence) and 61% (eight) of prefetched experts were then used, and with eight sequences
-    /// prefetch cost 21% of throughput; at 0.1: 63% and 79%, and no loss.
-    @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only predicted experts whose router probability reaches this (0 prefetches every candidate).")
-    var prefetchMinProbability: Float = 0.1
+    /// prefetch cost 21% of throughput; at 0.1: 63% and 79%, and no loss. With selection probes
+    /// the floor is on their calibrated probability of being used instead (default
+    /// `PredictorConfiguration.minSelectionProbability`).
+    @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only predicted experts whose probability reaches this (0 prefetches every candidate): the router's probability (default 0.1), or with selection probes the probability of being used (default 0.5).")
+    var prefetchMinProbability: Float?
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, not yet used experts each layer may hold (0: no bound; default: the model's top-k).")
     var prefetchBudget: Int?
-    @Option(name: .customLong("predictor-probes"), help: "Fitted cross-layer maps (safetensors from scripts/train_predictor_probes.py) that replace the next layers' routers in the cross-layer gate.")
+    @Option(name: .customLong("predictor-probes"), help: "Fitted cross-layer maps (safetensors from scripts/train_predictor_probes.py) that replace the next layers' routers in the cross-layer gate (default: the model directory's \(ExpertStore.predictorProbesFile) if it has one; none: the routers).")
     var predictorProbes: String?
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once; demand reads always find a free reader when this is below --reader-threads (0: no separate bound).")
     var prefetchReads: Int = 0
@@ -56,14 +60,16 @@ struct RuntimeOptions: ParsableArguments {
         guard let kvPrecision = KVPrecision(rawValue: kvCacheType) else {
             throw CommandError("--kv-cache-type: expected f16 or f32, got '\(kvCacheType)'")
         }
+        let probesURL = try predictorProbesURL(model: url)
+        let predictor = self.predictor ?? (probesURL == nil ? "cross_layer" : "cross_layer_deep")
         guard var predictorConfiguration = PredictorConfiguration.named.first(where: { $0.0 == predictor })?.1 else {
             throw CommandError("--predictor: unknown configuration '\(predictor)'; choose one of \(PredictorConfiguration.named.map(\.0).joined(separator: ", "))")
         }
         guard prefetchReads >= 0 else { throw CommandError("--prefetch-reads: expected 0 or more, got \(prefetchReads)") }
-        guard (0...1).contains(prefetchMinProbability) else {
+        if let prefetchMinProbability, !(0...1).contains(prefetchMinProbability) {
             throw CommandError("--prefetch-min-probability: expected a probability in 0...1, got \(prefetchMinProbability)")
         }
-        predictorConfiguration.minProbability = prefetchMinProbability
+        predictorConfiguration.minProbability = prefetchMinProbability ?? 0.1
         let tokenizer: Tokenizer? = FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path)
             ? try Tokenizer.load(directory: url) : nil
         // Measured before any weight is read: what the process costs on its own. Measured once
@@ -138,18 +144,37 @@ struct RuntimeOptions: ParsableArguments {
         model.kvPrecision = kvPrecision
         // Checked and loaded whether or not this run prefetches, so a wrong file or a predictor
         // that would ignore it fails at start, not silently.
-        if predictorProbes != nil && !predictorConfiguration.crossLayer {
+        if predictorProbes != nil && predictorProbes != "none" && !predictorConfiguration.crossLayer {
             throw CommandError("--predictor-probes replaces the cross-layer gate, which --predictor \(predictor) does not use")
         }
-        let probes = try predictorProbes.map {
-            try CrossLayerProbes.load(URL(fileURLWithPath: $0), experts: config.expertCount, hidden: config.hiddenSize)
+        // A model's own probes stay unused by predictors without the cross-layer gate.
+        let probes = try (predictorConfiguration.crossLayer ? probesURL : nil).map {
+            try CrossLayerProbes.load($0, experts: config.expertCount, hidden: config.hiddenSize)
+        }
+        if probes?.output == .selection, let prefetchMinProbability {
+            predictorConfiguration.minSelectionProbability = prefetchMinProbability
         }
         var expertPredictor: ExpertPredictor?
         if prefetch == "on" && cacheBytes < allExpertBytes {
             expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
             model.routingObserver = expertPredictor
         }
-        return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, plan: plan, tokenizer: tokenizer)
+        return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, predictorName: predictor + (probes == nil ? "" : "+probes"),
+                            plan: plan, tokenizer: tokenizer)
+    }
+
+    /// The probes to use: `--predictor-probes FILE`, none for `none`, else the model
+    /// directory's own if it has them.
+    private func predictorProbesURL(model: URL) throws -> URL? {
+        switch predictorProbes {
+        case "none": return nil
+        case let path?:
+            guard FileManager.default.fileExists(atPath: path) else { throw CommandError("--predictor-probes: no file at \(path)") }
+            return URL(fileURLWithPath: path)
+        case nil:
+            let own = model.appendingPathComponent(ExpertStore.predictorProbesFile)
+            return FileManager.default.fileExists(atPath: own.path) ? own : nil
+        }
     }
 
     /// The per-layer bound on prefetched, unused expert bytes `--prefetch-budget` asks for.
@@ -183,13 +208,17 @@ final class ModelRuntime {
     let model: TransformerModel
     let cache: OffloadingExpertCache?
     let predictor: ExpertPredictor?
+    /// The predictor's configuration name, with "+probes" when fitted probes replace routers.
+    let predictorName: String?
     let plan: MemoryPlan?
     let tokenizer: Tokenizer?
 
-    init(model: TransformerModel, cache: OffloadingExpertCache?, predictor: ExpertPredictor?, plan: MemoryPlan?, tokenizer: Tokenizer?) {
+    init(model: TransformerModel, cache: OffloadingExpertCache?, predictor: ExpertPredictor?, predictorName: String? = nil,
+         plan: MemoryPlan?, tokenizer: Tokenizer?) {
         self.model = model
         self.cache = cache
         self.predictor = predictor
+        self.predictorName = predictor == nil ? nil : predictorName
         self.plan = plan
         self.tokenizer = tokenizer
     }
@@ -234,20 +263,24 @@ struct GenerateStatistics: Encodable {
 
 /// Recall and precision of the predictor, total and per layer.
 struct PredictionSummary: Encodable {
+    var predictor: String?
     var recall: Double
     var precision: Double
     var predicted: Int
     var used: Int
+    var withdrawn: Int
     var perLayer: [[String: Double]]
 
-    enum CodingKeys: String, CodingKey { case recall, precision, predicted, used, perLayer = "per_layer" }
+    enum CodingKeys: String, CodingKey { case predictor, recall, precision, predicted, used, withdrawn, perLayer = "per_layer" }
 
-    init(_ statistics: PredictionStatistics) {
+    init(_ statistics: PredictionStatistics, predictor: String? = nil) {
+        self.predictor = predictor
         let total = statistics.total
         recall = total.recall
         precision = total.precision
         predicted = total.predicted
         used = total.used
+        withdrawn = total.withdrawn
         perLayer = statistics.perLayer.map { ["recall": $0.recall, "precision": $0.precision] }
     }
 }

@@ -55,6 +55,10 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     private let lock = NSLock()
     private var counters = ExpertStoreStatistics()
 
+    /// The file in a model directory (store or checkpoint) holding its fitted predictor
+    /// probes (`scripts/train_predictor_probes.py`), loaded unless a command names others.
+    public static let predictorProbesFile = "predictor-probes.safetensors"
+
     /// Whether `url` is a store directory (has a manifest.json) rather than a checkpoint.
     public static func isStore(at url: URL) -> Bool {
         FileManager.default.fileExists(atPath: url.appendingPathComponent(ExpertStoreManifest.fileName).path)

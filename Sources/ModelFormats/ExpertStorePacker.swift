@@ -206,11 +206,15 @@ public struct ExpertStorePacker {
         try expertWriter.pad(to: alignment)
         try expertWriter.finish()
 
-        // Tokenizer, config and any other small files travel with the store.
+        // Tokenizer, config, the predictor's probes and any other small files travel with the
+        // store; the weights (every other safetensors file) are what it repacks.
         var copied: [String] = []
         let fileManager = FileManager.default
         let contents = (try? fileManager.contentsOfDirectory(atPath: checkpoint.url.path)) ?? []
-        for name in contents.sorted() where !name.hasSuffix(".safetensors") && name != "model.safetensors.index.json" && !name.hasPrefix(".") {
+        let travelling = contents.filter {
+            (!$0.hasSuffix(".safetensors") || $0 == ExpertStore.predictorProbesFile) && $0 != "model.safetensors.index.json" && !$0.hasPrefix(".")
+        }
+        for name in travelling.sorted() {
             let source = checkpoint.url.appendingPathComponent(name)
             var isDirectory: ObjCBool = false
             guard fileManager.fileExists(atPath: source.path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }

@@ -146,6 +146,29 @@ import Testing
         #expect(wrongPredictor.status != 0 && wrongPredictor.stderr.contains("--predictor history"), "\(wrongPredictor.stderr)")
     }
 
+    /// A model directory's own `predictor-probes.safetensors` is used unless the command names
+    /// other probes or `none`, and with probes the default predictor looks two layers ahead.
+    @Test func theModelsOwnProbesAreUsedByDefault() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let demo = root.appendingPathComponent("DemoModel").path
+        let base = ["generate", "--model", demo, "--expert-cache", "4MiB", "--tokens", "5,17,300,42", "--max-tokens", "6", "--ignore-eos"]
+        func predictor(_ extra: [String]) throws -> (name: String?, tokens: [Int]) {
+            let result = try Self.run(base + extra)
+            try #require(result.status == 0, "generate \(extra) failed: \(result.stderr)")
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            let prediction = (json["stats"] as? [String: Any])?["prediction"] as? [String: Any]
+            return (prediction?["predictor"] as? String, try #require(json["tokens"] as? [Int]))
+        }
+        let own = try predictor([])
+        #expect(own.name == "cross_layer_deep+probes")
+        #expect(try predictor(["--predictor-probes", "none"]).name == "cross_layer")
+        #expect(try predictor(["--predictor", "cross_layer"]).name == "cross_layer+probes")
+        // Whatever predicts, the tokens are the model's.
+        #expect(try predictor(["--prefetch", "off"]).tokens == own.tokens)
+        let missing = try Self.run(base + ["--predictor-probes", "/nonexistent/probes.safetensors"])
+        #expect(missing.status != 0 && missing.stderr.contains("/nonexistent/probes.safetensors"))
+    }
+
     /// `bench decode` on the synthetic store: the JSON contract (medians, hit rate, recall, bytes
     /// per token, stall fraction, bound), the load-on-demand baseline in the same run, and the
     /// budget plot.

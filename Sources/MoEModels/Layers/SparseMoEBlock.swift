@@ -21,10 +21,15 @@ public protocol RoutingObserver: AnyObject {
     /// Layer `layer` is about to run attention on `input`, the normalised hidden state
     /// `[rows, hidden]`. Loads started here overlap the attention.
     func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int)
+
+    /// A step is about to run; `lastRows` are the rows holding each sequence's last new token
+    /// (the tokens whose next token the following step will run), in ascending order.
+    func willRunStep(lastRows: [Int])
 }
 
 extension RoutingObserver {
     public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {}
+    public func willRunStep(lastRows: [Int]) {}
 }
 
 /// Sizes of the MoE block's scratch that the memory plan accounts for.
