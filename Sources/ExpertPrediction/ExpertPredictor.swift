@@ -88,7 +88,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         }
         // Cross-layer gate: the next `depth` MoE layers' routers on this layer's gate input.
         if configuration.crossLayer, let position = moeLayers.firstIndex(of: layer) {
-            for distance in 1...max(configuration.depth, 1) {
+            let batchDecode = rowCount > configuration.deepRowLimit && rowCount <= Self.confidentRowLimit
+            for distance in 1...(batchDecode ? 1 : max(configuration.depth, 1)) {
                 let index = position + distance
                 if index < moeLayers.count {
                     let target = moeLayers[index]

@@ -38,8 +38,14 @@ struct BenchPredictorCommand: ParsableCommand {
             defer { runtime.close() }
             guard let tokenizer = runtime.tokenizer else { throw CommandError("the model has no tokenizer.json; bench predictor reads text prompts") }
             let transformer = runtime.model
-            let predictors = PredictorConfiguration.named.map { name, configuration in
-                (name, ExpertPredictor(model: transformer, configuration: configuration, provider: nil))
+            // With fitted probes (the model's own, or --predictor-probes), the cross-layer gates
+            // also run with them; selection probes apply their probability floor at decode steps.
+            var named = PredictorConfiguration.named.map { ($0.0, $0.1, nil as CrossLayerProbes?) }
+            if let probes = runtime.probes {
+                named += PredictorConfiguration.named.filter { $0.1.crossLayer && $0.1.extraWidth == 0 }.map { ($0.0 + "+probes", $0.1, probes) }
+            }
+            let predictors = named.map { name, configuration, probes in
+                (name, ExpertPredictor(model: transformer, configuration: configuration, provider: nil, probes: probes))
             }
             for (earlier, later) in zip(predictors, predictors.dropFirst()) { earlier.1.next = later.1 }
             runtime.chain(predictors.first?.1)

@@ -101,7 +101,8 @@ struct RuntimeOptions: ParsableArguments {
                 let experts = try InMemoryExpertProvider(config: config, weights: checkpoint, names: names)
                 let model = try TransformerModel(config: config, weights: checkpoint, experts: experts)
                 model.kvPrecision = kvPrecision
-                return ModelRuntime(model: model, cache: nil, predictor: nil, plan: nil, tokenizer: tokenizer)
+                let probes = try probesURL.map { try CrossLayerProbes.load($0, experts: config.expertCount, hidden: config.hiddenSize) }
+                return ModelRuntime(model: model, cache: nil, predictor: nil, probes: probes, plan: nil, tokenizer: tokenizer)
             }
             loader = try CheckpointExpertLoader(config: config, weights: checkpoint, names: names)
             denseBytes = checkpoint.denseByteCount(expertNames: names)
@@ -160,7 +161,7 @@ struct RuntimeOptions: ParsableArguments {
             model.routingObserver = expertPredictor
         }
         return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, predictorName: predictor + (probes == nil ? "" : "+probes"),
-                            plan: plan, tokenizer: tokenizer)
+                            probes: probes, plan: plan, tokenizer: tokenizer)
     }
 
     /// The probes to use: `--predictor-probes FILE`, none for `none`, else the model
@@ -210,11 +211,14 @@ final class ModelRuntime {
     let predictor: ExpertPredictor?
     /// The predictor's configuration name, with "+probes" when fitted probes replace routers.
     let predictorName: String?
+    /// The fitted probes this run loaded (the model's own or `--predictor-probes`), if any.
+    let probes: CrossLayerProbes?
     let plan: MemoryPlan?
     let tokenizer: Tokenizer?
 
     init(model: TransformerModel, cache: OffloadingExpertCache?, predictor: ExpertPredictor?, predictorName: String? = nil,
-         plan: MemoryPlan?, tokenizer: Tokenizer?) {
+         probes: CrossLayerProbes? = nil, plan: MemoryPlan?, tokenizer: Tokenizer?) {
+        self.probes = probes
         self.model = model
         self.cache = cache
         self.predictor = predictor

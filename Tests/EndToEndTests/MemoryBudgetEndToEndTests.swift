@@ -169,6 +169,30 @@ import Testing
         #expect(missing.status != 0 && missing.stderr.contains("/nonexistent/probes.safetensors"))
     }
 
+    /// `bench predictor` on the trained demo model: every named configuration, and with the
+    /// model's probes the cross-layer gates with them too; recall and precision far above
+    /// chance (a random top-4 of 32 is right 12.5% of the time).
+    @Test func benchPredictorReportsEveryConfigurationOnTheDemoModel() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let prompts = FileManager.default.temporaryDirectory.appendingPathComponent("predictor-prompts-\(UUID().uuidString).jsonl")
+        try "\"def parse_args(argv):\\n\"\n\"import os\\nimport sys\\n\\nclass Config:\"\n".write(to: prompts, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: prompts) }
+        let result = try Self.run(["bench", "predictor", "--model", root.appendingPathComponent("DemoModel").path,
+                                   "--prompts", prompts.path, "--max-tokens", "16"])
+        try #require(result.status == 0, "bench predictor failed: \(result.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let configs = try #require(json["configs"] as? [String: [String: Any]])
+        for name in ["cross_layer", "cross_layer_wide", "cross_layer_deep", "pre_attention", "history", "combined",
+                     "cross_layer+probes", "cross_layer_deep+probes"] {
+            let config = try #require(configs[name], "\(name) missing from \(configs.keys.sorted())")
+            let recall = try #require(config["recall"] as? Double), precision = try #require(config["precision"] as? Double)
+            #expect((config["per_layer"] as? [Any])?.count == 8)
+            #expect(config["wasted_bytes_per_token"] is Double)
+            if name.hasPrefix("cross_layer") { #expect(recall > 0.3 && precision > 0.4, "\(name): recall \(recall), precision \(precision)") }
+        }
+        #expect(result.stderr.contains("| predictor | recall | precision |"))
+    }
+
     /// `bench decode` on the synthetic store: the JSON contract (medians, hit rate, recall, bytes
     /// per token, stall fraction, bound), the load-on-demand baseline in the same run, and the
     /// budget plot.

@@ -123,6 +123,16 @@ private func hintedFixtureModel(_ prefix: String) throws -> (LayerHints, Transfo
         hints.cancelled = [:]
         _ = try probed.forward([SequenceInput(cache: probed.makeCache(), tokens: Array(1...(ExpertPredictor.confidentRowLimit + 1)))])
         #expect(hints.hints[2] == [[0], [3]] && predictor.statistics.perLayer[2].withdrawn == 1)
+
+        // With `deepRowLimit` 1 a decode step of two sequences looks one layer ahead only.
+        hints.hints = [:]
+        let batched = ExpertPredictor(model: probed, configuration: PredictorConfiguration(crossLayer: true, depth: 2, deepRowLimit: 1),
+                                      provider: hints, probes: probes)
+        probed.routingObserver = batched
+        _ = try probed.forward([SequenceInput(cache: probed.makeCache(), tokens: [5]), SequenceInput(cache: probed.makeCache(), tokens: [6])])
+        #expect(hints.hints[2] == [[3]])
+        _ = try probed.forward([SequenceInput(cache: probed.makeCache(), tokens: [5])])
+        #expect(hints.hints[2] == [[3], [0], [3]])
     }
 
     /// A map from the last MoE layer to the first (target before source) guesses the next
