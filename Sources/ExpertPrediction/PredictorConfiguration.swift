@@ -18,9 +18,9 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
     public var depth: Int
     /// Decode steps of more rows than this look one layer ahead whatever `depth` says (prefill
     /// chunks keep `depth`). Measured on the widened demo at 96 MiB with probes (session 6):
-    /// two layers ahead one sequence decodes 1.13-1.17x faster than without prefetch, eight
-    /// sequences 0.89x — one layer ahead they gain 1.24x: a batch's union of far guesses is
-    /// large and less precise, and its disk is already busy.
+    /// two layers ahead one sequence decodes ~1.13x faster than without prefetch but eight
+    /// sequences 0.89x; one layer ahead eight gain 1.05-1.09x: a batch's union of far guesses
+    /// is large and less precise, and its disk is already busy.
     public var deepRowLimit: Int
     /// Extra experts per token beyond top-k (`m`): the gate takes the top (k + m).
     public var extraWidth: Int
