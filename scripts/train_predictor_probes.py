@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Fit cross-layer probes for `moe-serve --predictor-probes`: per pair of MoE layers (l, l+d), a
-linear map from layer l's gate input (the normalised hidden state its router sees) to layer l+d,
+map from layer l's gate input (the normalised hidden state its router sees) to layer l+d,
 fitted on hidden states recorded while the Hugging Face checkpoint reads the training split of the
 demo model's corpus. Two kinds:
 
-- `selection` (default): logistic regression, one output per expert, giving the probability that
+- `selection` (default): a small network (one hidden layer of --hidden-units SiLU units; 0 for
+  plain logistic regression), one sigmoid output per expert, giving the probability that
   the expert is among layer l+d's top-k for this token. Calibrated for the decision prefetch
   makes (read an expert only if it is likely enough to be used); tensors `select.<t>.from.<s>.*`.
 - `logits`: ridge least squares to layer l+d's router logits (a better cross-layer gate, still
@@ -128,6 +129,28 @@ def fit_ridge(x, g, ridge):
     return solution[:-1].T.astype(np.float32), solution[-1].astype(np.float32)
 
 
+def fit_selection_mlp(x, chosen, units, epochs, weight_decay):
+    """A hidden layer of `units` SiLU units, then one logit per expert, by AdamW on binary
+    cross-entropy: (hidden weight [U, H], hidden bias [U], weight [E, U], bias [E])."""
+    inputs, targets = torch.tensor(x), torch.tensor(chosen)
+    model = torch.nn.Sequential(torch.nn.Linear(inputs.shape[1], units), torch.nn.SiLU(), torch.nn.Linear(units, targets.shape[1]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=weight_decay)
+    for _ in range(epochs):
+        order = torch.randperm(len(inputs))
+        for start in range(0, len(inputs), 1024):
+            batch = order[start:start + 1024]
+            optimizer.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(model(inputs[batch]), targets[batch]).backward()
+            optimizer.step()
+    hidden, out = model[0], model[2]
+    return [t.detach().numpy().copy() for t in (hidden.weight, hidden.bias, out.weight, out.bias)]
+
+
+def mlp_scores(x, hidden_weight, hidden_bias, weight, bias):
+    h = x @ hidden_weight.T + hidden_bias
+    return sigmoid((h * sigmoid(h)) @ weight.T + bias)
+
+
 def fit_selection(x, chosen, weight_decay, iterations):
     """Logistic regression x -> P(expert selected), one output per expert: weight [E, H], bias [E]."""
     inputs, targets = torch.tensor(x), torch.tensor(chosen)
@@ -201,6 +224,9 @@ def main():
     parser.add_argument("--window", type=int, default=256, help="tokens read from the start of each file")
     parser.add_argument("--ridge", type=float, default=1e-2, help="L2 penalty of the logits fit")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty of the selection fit")
+    parser.add_argument("--hidden-units", type=int, default=128,
+                        help="SiLU units of a hidden layer in selection probes (0: logistic regression, no hidden layer)")
+    parser.add_argument("--epochs", type=int, default=15, help="AdamW epochs of a selection probe with a hidden layer")
     parser.add_argument("--iterations", type=int, default=300, help="L-BFGS iterations of the selection fit")
     parser.add_argument("--no-wrap", dest="wrap", action="store_false",
                         help="do not fit maps from the last layers to the next token's first layers")
@@ -246,7 +272,12 @@ def main():
             if wraps and not args.wrap:
                 continue
             x_fit, g_fit = (x_train[source][:-1], g_train[target][1:]) if wraps else (x_train[source], g_train[target])
-            if args.kind == "selection":
+            if args.kind == "selection" and args.hidden_units:
+                hidden_weight, hidden_bias, weight, bias = fit_selection_mlp(x_fit, selected(g_fit, k), args.hidden_units, args.epochs, args.weight_decay)
+                scores = mlp_scores(x_eval[source], hidden_weight, hidden_bias, weight, bias)
+                tensors[f"{prefix}.{target}.from.{source}.hidden.weight"] = np.ascontiguousarray(hidden_weight)
+                tensors[f"{prefix}.{target}.from.{source}.hidden.bias"] = hidden_bias
+            elif args.kind == "selection":
                 weight, bias = fit_selection(x_fit, selected(g_fit, k), args.weight_decay, args.iterations)
                 scores = sigmoid(x_eval[source] @ weight.T + bias)
             else:
@@ -278,8 +309,9 @@ def main():
         for name, scores in (("cross-layer gate", gate_scores), (f"fitted {args.kind} probe", fitted_scores)):
             results = replay_reads(scores, used_eval, args.cache_experts, k + 1)
             print(f"| {name} | " + " | ".join(f"{r:.2f} / {p:.2f} / {c:.2f}" for r, p, c in results.values()) + " |")
-    save_file(tensors, args.out, metadata={"source": args.model, "kind": args.kind, "train_tokens": str(n_train)})
-    print(f"wrote {len(tensors) // 2} {args.kind} probes to {args.out}", file=sys.stderr)
+    save_file(tensors, args.out, metadata={"source": args.model, "kind": args.kind, "train_tokens": str(n_train),
+                                          "hidden_units": str(args.hidden_units if args.kind == "selection" else 0)})
+    print(f"wrote {sum(name.endswith('.bias') and '.hidden.' not in name for name in tensors)} {args.kind} probes to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@ import ModelFormats
 import TensorMath
 
 /// Learned replacements for the cross-layer gate: for a (source, target) pair of MoE layers, a
-/// linear map from the source layer's gate input, `scores[E] = W[E, H] · x[H] + b[E]`, fitted
-/// offline on recorded hidden states (`scripts/train_predictor_probes.py`). Two kinds:
+/// map from the source layer's gate input, `scores[E] = W[E, H] · x[H] + b[E]` or, with a hidden
+/// layer, `W[E, U] · silu(W1[U, H] · x + b1[U]) + b[E]`, fitted offline on recorded hidden
+/// states (`scripts/train_predictor_probes.py`). Two kinds:
 ///
 /// - **selection** (`select.<target>.from.<source>.*`): logistic regression; `sigmoid(scores[e])`
 ///   is the probability that expert e is among the target layer's top-k for this token. It is
@@ -15,7 +16,8 @@ import TensorMath
 ///   logits, scored like the router itself (softmax). The untrained cross-layer gate is the case
 ///   W = the target's router, b = 0.
 ///
-/// File: safetensors with f32 `weight` `[E, H]` and `bias` `[E]` per pair, all of one kind.
+/// File: safetensors with f32 `weight` `[E, H]` and `bias` `[E]` per pair (with a hidden layer:
+/// also `hidden.weight` `[U, H]` and `hidden.bias` `[U]`, and `weight` `[E, U]`), all of one kind.
 public struct CrossLayerProbes: @unchecked Sendable {
     /// What a map's scores are.
     public enum Output: String, Sendable {
@@ -25,19 +27,44 @@ public struct CrossLayerProbes: @unchecked Sendable {
         case routerLogits = "probe"
     }
 
-    /// One fitted map.
+    /// One fitted map: `scores = weight · x + bias`, or with a hidden layer
+    /// `scores = weight · silu(hiddenWeight · x + hiddenBias) + bias`.
     public struct Probe {
-        /// `[experts, hidden]`
+        /// `[experts, hidden]`, or `[experts, units]` after a hidden layer.
         public let weight: WeightMatrix
         /// `[experts]`
         public let bias: [Float]
         /// How to read its scores.
         public let output: Output
+        /// An optional hidden layer: `[units, hidden]` and `[units]`.
+        public let hiddenLayer: (weight: WeightMatrix, bias: [Float])?
 
-        public init(weight: WeightMatrix, bias: [Float], output: Output = .routerLogits) {
+        public init(weight: WeightMatrix, bias: [Float], output: Output = .routerLogits,
+                    hiddenLayer: (weight: WeightMatrix, bias: [Float])? = nil) {
             self.weight = weight
             self.bias = bias
             self.output = output
+            self.hiddenLayer = hiddenLayer
+        }
+
+        /// The scores `[rows, experts]` of `rows` inputs `[rows, hidden]`, into `scores`.
+        public func apply(_ input: UnsafePointer<Float>, rowCount: Int, into scores: UnsafeMutablePointer<Float>) {
+            if let hiddenLayer {
+                let units = hiddenLayer.weight.rows
+                let activations = AlignedBuffer<Float>(count: rowCount * units) // [rows, units]
+                hiddenLayer.weight.apply(input, rowCount: rowCount, into: activations.pointer)
+                for row in 0..<rowCount {
+                    for u in 0..<units {
+                        let v = activations.pointer[row * units + u] + hiddenLayer.bias[u]
+                        activations.pointer[row * units + u] = v * Ops.sigmoid(v) // silu
+                    }
+                }
+                weight.apply(activations.pointer, rowCount: rowCount, into: scores)
+            } else {
+                weight.apply(input, rowCount: rowCount, into: scores)
+            }
+            let experts = weight.rows
+            for row in 0..<rowCount { for e in 0..<experts { scores[row * experts + e] += bias[e] } }
         }
     }
 
@@ -64,7 +91,7 @@ public struct CrossLayerProbes: @unchecked Sendable {
     public static func load(_ url: URL, experts: Int, hidden: Int) throws -> CrossLayerProbes {
         let file = try SafetensorsFile(path: url.path)
         var loaded: [(Int, Int, Probe)] = []
-        for (name, entry) in file.entries.sorted(by: { $0.key < $1.key }) where name.hasSuffix(".weight") {
+        for (name, entry) in file.entries.sorted(by: { $0.key < $1.key }) where name.hasSuffix(".weight") && !name.hasSuffix(".hidden.weight") {
             let parts = name.split(separator: ".")
             guard parts.count == 5, let output = Output(rawValue: String(parts[0])), parts[2] == "from",
                   let target = Int(parts[1]), let source = Int(parts[3]) else {
@@ -73,16 +100,30 @@ public struct CrossLayerProbes: @unchecked Sendable {
             if let first = loaded.first?.2.output, first != output {
                 throw ModelFormatError("\(url.path): mixes \(first.rawValue).* and \(output.rawValue).* maps; a file holds one kind")
             }
-            let biasName = "\(output.rawValue).\(target).from.\(source).bias"
-            guard let biasEntry = file.entries[biasName] else { throw ModelFormatError("\(url.path): '\(name)' has no '\(biasName)'") }
-            guard entry.dtype == .f32, entry.shape == [experts, hidden], biasEntry.dtype == .f32, biasEntry.shape == [experts] else {
-                throw ModelFormatError("\(url.path): '\(name)' must be f32 [\(experts), \(hidden)] with an f32 [\(experts)] bias; got \(entry.dtype.rawValue) \(entry.shape) and \(biasEntry.dtype.rawValue) \(biasEntry.shape)")
+            let prefix = "\(output.rawValue).\(target).from.\(source)"
+            // A hidden layer, if the map has one, sets the width the output layer reads.
+            var hiddenLayer: (weight: WeightMatrix, bias: [Float])?
+            if let hiddenEntry = file.entries["\(prefix).hidden.weight"] {
+                let units = hiddenEntry.shape.first ?? 0
+                hiddenLayer = try layer(file, url: url, name: "\(prefix).hidden", rows: units, cols: hidden, entry: hiddenEntry)
             }
-            let weights = Array(file.bytes(of: entry).bindMemory(to: Float.self))
-            let bias = Array(file.bytes(of: biasEntry).bindMemory(to: Float.self))
-            loaded.append((source, target, Probe(weight: WeightMatrix(rows: experts, cols: hidden, values: weights), bias: bias, output: output)))
+            let (weight, bias) = try layer(file, url: url, name: prefix, rows: experts, cols: hiddenLayer?.weight.rows ?? hidden, entry: entry)
+            loaded.append((source, target, Probe(weight: weight, bias: bias, output: output, hiddenLayer: hiddenLayer)))
         }
         guard !loaded.isEmpty else { throw ModelFormatError("\(url.path): no select.<target>.from.<source>.weight or probe.<target>.from.<source>.weight tensors") }
         return CrossLayerProbes(loaded.map { (source: $0.0, target: $0.1, probe: $0.2) })
+    }
+
+    /// `<name>.weight` (f32 `[rows, cols]`, `entry`) and `<name>.bias` (f32 `[rows]`).
+    private static func layer(_ file: SafetensorsFile, url: URL, name: String, rows: Int, cols: Int,
+                              entry: SafetensorsEntry) throws -> (weight: WeightMatrix, bias: [Float]) {
+        let biasName = "\(name).bias"
+        guard let biasEntry = file.entries[biasName] else { throw ModelFormatError("\(url.path): '\(name).weight' has no '\(biasName)'") }
+        guard rows > 0, entry.dtype == .f32, entry.shape == [rows, cols], biasEntry.dtype == .f32, biasEntry.shape == [rows] else {
+            throw ModelFormatError("\(url.path): '\(name).weight' must be f32 [\(rows), \(cols)] with an f32 [\(rows)] bias; got \(entry.dtype.rawValue) \(entry.shape) and \(biasEntry.dtype.rawValue) \(biasEntry.shape)")
+        }
+        let weights = Array(file.bytes(of: entry).bindMemory(to: Float.self))
+        let bias = Array(file.bytes(of: biasEntry).bindMemory(to: Float.self))
+        return (WeightMatrix(rows: rows, cols: cols, values: weights), bias)
     }
 }

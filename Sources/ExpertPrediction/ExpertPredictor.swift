@@ -120,12 +120,12 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     private func predict(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe? = nil,
                          refining: Bool = false) {
         guard let router = routers[layer] else { return }
-        let scorer = probe?.weight ?? router
-        let experts = scorer.rows
+        let experts = router.rows
         let scores = AlignedBuffer<Float>(count: rowCount * experts) // [T, experts]
-        scorer.apply(rows, rowCount: rowCount, into: scores.pointer)
-        if let bias = probe?.bias {
-            for row in 0..<rowCount { for e in 0..<experts { scores.pointer[row * experts + e] += bias[e] } }
+        if let probe {
+            probe.apply(rows, rowCount: rowCount, into: scores.pointer)
+        } else {
+            router.apply(rows, rowCount: rowCount, into: scores.pointer)
         }
         let selection = probe?.output == .selection
         var chosen = Set<Int>()

@@ -162,6 +162,43 @@ private func hintedFixtureModel(_ prefix: String) throws -> (LayerHints, Transfo
         #expect(predictor.statistics.perLayer[0].predicted == 1)
     }
 
+    /// A probe with a hidden layer computes `W2 · silu(W1 · x + b1) + b2`; the output layer
+    /// must read as many units as the hidden layer has.
+    @Test func aHiddenLayerProbeComputesThroughSiLU() throws {
+        let (experts, hidden) = (4, 3)
+        func write(outputColumns: Int) throws -> URL {
+            let url = FileManager.default.temporaryDirectory.appendingPathComponent("probes-\(UUID().uuidString).safetensors")
+            let tensors: [(SafetensorsStreamWriter.Tensor, [Float])] = [
+                (.init(name: "select.1.from.0.hidden.weight", dtype: .f32, shape: [2, hidden]), [1, 0, 0, -1, 0, 0]),
+                (.init(name: "select.1.from.0.hidden.bias", dtype: .f32, shape: [2]), [1, 0]),
+                (.init(name: "select.1.from.0.weight", dtype: .f32, shape: [experts, outputColumns]),
+                 (0..<(experts * outputColumns)).map { $0 == 0 || $0 == outputColumns + 1 ? 1 : 0 }),
+                (.init(name: "select.1.from.0.bias", dtype: .f32, shape: [experts]), [0, 0, 0.5, 0]),
+            ]
+            let writer = try SafetensorsStreamWriter(url: url, tensors: tensors.map(\.0))
+            for (_, values) in tensors { try values.withUnsafeBytes { try writer.append($0) } }
+            try writer.finish()
+            return url
+        }
+        let url = try write(outputColumns: 2)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let probe = try #require(try CrossLayerProbes.load(url, experts: experts, hidden: hidden).probe(from: 0, to: 1))
+        let input: [Float] = [2, 7, -7]
+        var scores = [Float](repeating: .nan, count: experts)
+        probe.apply(input, rowCount: 1, into: &scores)
+        let silu = { (v: Float) in v / (1 + expf(-v)) }
+        let expected: [Float] = [silu(3), silu(-2), 0.5, 0]
+        #expect(zip(scores, expected).allSatisfy { abs($0 - $1) < 1e-5 }, "\(scores) vs \(expected)")
+
+        let mismatched = try write(outputColumns: hidden)
+        defer { try? FileManager.default.removeItem(at: mismatched) }
+        #expect {
+            try CrossLayerProbes.load(mismatched, experts: experts, hidden: hidden)
+        } throws: { error in
+            "\(error)".contains("select.1.from.0.weight") && "\(error)".contains("[4, 2]")
+        }
+    }
+
     @Test func aFileMixingKindsIsRefused() throws {
         let url = try writeProbes([(0, 1, [0]), (1, 2, [0])], experts: 4, hidden: 8, prefixes: ["select", "probe"])
         defer { try? FileManager.default.removeItem(at: url) }
