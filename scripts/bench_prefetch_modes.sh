@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Decode speed of several prefetch configurations side by side, per prompt, against prefetch off.
+# Decode (and prefill) speed of several prefetch configurations side by side, per prompt, against prefetch off.
 # For each prompt of PROMPTS every MODE runs `moe-serve generate` (greedy, fresh process, cold
 # expert cache, O_DIRECT reads) in an order rotating per prompt, so that no mode always runs first.
 # A MODE is NAME=ARGS (extra `generate` options); the token ORACLE_TRACE in ARGS stands for the
@@ -34,7 +34,7 @@ for i in $(seq "$runs"); do
       python3 -c "
 import json,sys
 s=json.load(sys.stdin)['stats']; c=s['expert_cache']['total']
-print($i, '${names[$j]}', s['decode_tokens_per_second'], c['stall_seconds'], c['demand_bytes'] / 1e6, c['prefetch_bytes'] / 1e6, c.get('prefetches_late', 0))"
+print($i, '${names[$j]}', s['decode_tokens_per_second'], c['stall_seconds'], c['demand_bytes'] / 1e6, c['prefetch_bytes'] / 1e6, c.get('prefetches_late', 0), s['prefill_seconds'])"
   done
 done | python3 -c "
 import sys, statistics
@@ -42,11 +42,12 @@ rows = [l.split() for l in sys.stdin]
 by = {(r[0], r[1]): list(map(float, r[2:])) for r in rows}
 runs = sorted({r[0] for r in rows}, key=int)
 modes = list(dict.fromkeys(r[1] for r in rows))
-print('| mode | decode tok/s (median) | stall s | demand MB | prefetch MB | late prefetches | speed-up vs off (median of rounds) | faster rounds | per round |')
-print('|---|---|---|---|---|---|---|---|---|')
+print('| mode | decode tok/s (median) | stall s | demand MB | prefetch MB | late prefetches | speed-up vs off (median of rounds) | faster rounds | per round | prefill speed-up vs off (faster rounds) |')
+print('|---|---|---|---|---|---|---|---|---|---|')
 for mode in modes:
     med = lambda c: statistics.median(by[(r, mode)][c] for r in runs)
     ratios = [by[(r, mode)][0] / by[(r, 'off')][0] for r in runs]
     faster = sum(x > 1 for x in ratios)
-    print(f'| {mode} | {med(0):.1f} | {med(1):.3f} | {med(2):.0f} | {med(3):.0f} | {med(4):.0f} | {statistics.median(ratios):.2f}x | {faster} of {len(ratios)} | {\", \".join(f\"{x:.2f}\" for x in ratios)} |')
+    prefill = [by[(r, 'off')][5] / by[(r, mode)][5] for r in runs]
+    print(f'| {mode} | {med(0):.1f} | {med(1):.3f} | {med(2):.0f} | {med(3):.0f} | {med(4):.0f} | {statistics.median(ratios):.2f}x | {faster} of {len(ratios)} | {\", \".join(f\"{x:.2f}\" for x in ratios)} | {statistics.median(prefill):.2f}x ({sum(x > 1 for x in prefill)} of {len(prefill)}) |')
 "
