@@ -47,19 +47,28 @@ public struct CrossLayerProbes: @unchecked Sendable {
             self.hiddenLayer = hiddenLayer
         }
 
+        /// Units of the hidden layer (0 without one): `apply` needs `rows × hiddenUnits` floats
+        /// of scratch.
+        public var hiddenUnits: Int { hiddenLayer?.weight.rows ?? 0 }
+
         /// The scores `[rows, experts]` of `rows` inputs `[rows, hidden]`, into `scores`.
-        public func apply(_ input: UnsafePointer<Float>, rowCount: Int, into scores: UnsafeMutablePointer<Float>) {
+        /// `scratch` (at least `rows × hiddenUnits` floats) holds the hidden activations; without
+        /// it they are allocated.
+        public func apply(_ input: UnsafePointer<Float>, rowCount: Int, into scores: UnsafeMutablePointer<Float>,
+                          scratch: UnsafeMutablePointer<Float>? = nil) {
             if let hiddenLayer {
                 let units = hiddenLayer.weight.rows
-                let activations = AlignedBuffer<Float>(count: rowCount * units) // [rows, units]
-                hiddenLayer.weight.apply(input, rowCount: rowCount, into: activations.pointer)
+                let owned = scratch == nil ? AlignedBuffer<Float>(count: rowCount * units) : nil
+                let activations = scratch ?? owned!.pointer // [rows, units]
+                hiddenLayer.weight.apply(input, rowCount: rowCount, into: activations)
                 for row in 0..<rowCount {
                     for u in 0..<units {
-                        let v = activations.pointer[row * units + u] + hiddenLayer.bias[u]
-                        activations.pointer[row * units + u] = v * Ops.sigmoid(v) // silu
+                        let v = activations[row * units + u] + hiddenLayer.bias[u]
+                        activations[row * units + u] = v * Ops.sigmoid(v) // silu
                     }
                 }
-                weight.apply(activations.pointer, rowCount: rowCount, into: scores)
+                weight.apply(activations, rowCount: rowCount, into: scores)
+                withExtendedLifetime(owned) {}
             } else {
                 weight.apply(input, rowCount: rowCount, into: scores)
             }

@@ -30,6 +30,9 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     private var lastFirstLayerExperts: Set<Int> = []
     /// The rows of the current step whose next token the following step runs.
     private var lastRows: [Int] = []
+    /// Scores and a probe's hidden activations, reused across layers and steps (grown when a
+    /// step has more rows): a decode step predicts every layer, and should not allocate to.
+    private var scratch = AlignedBuffer<Float>(count: 0)
 
     public init(model: TransformerModel, configuration: PredictorConfiguration, provider: ExpertProvider?,
                 probes: CrossLayerProbes? = nil) {
@@ -121,11 +124,13 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
                          refining: Bool = false) {
         guard let router = routers[layer] else { return }
         let experts = router.rows
-        let scores = AlignedBuffer<Float>(count: rowCount * experts) // [T, experts]
+        let needed = rowCount * (experts + (probe?.hiddenUnits ?? 0))
+        if scratch.count < needed { scratch = AlignedBuffer<Float>(count: needed) }
+        let scores = scratch.pointer // [T, experts], then the probe's hidden activations [T, units]
         if let probe {
-            probe.apply(rows, rowCount: rowCount, into: scores.pointer)
+            probe.apply(rows, rowCount: rowCount, into: scores, scratch: scores + rowCount * experts)
         } else {
-            router.apply(rows, rowCount: rowCount, into: scores.pointer)
+            router.apply(rows, rowCount: rowCount, into: scores)
         }
         let selection = probe?.output == .selection
         var chosen = Set<Int>()
@@ -136,7 +141,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         let decodeStep = rowCount <= Self.confidentRowLimit
         let floor = decodeStep ? (selection ? configuration.minSelectionProbability : configuration.minProbability) : 0
         for row in 0..<rowCount {
-            let probabilities = scores.pointer + row * experts
+            let probabilities = scores + row * experts
             if selection {
                 // Independent probabilities of being selected: the floor is the whole rule.
                 for e in 0..<experts { probabilities[e] = Ops.sigmoid(probabilities[e]) }

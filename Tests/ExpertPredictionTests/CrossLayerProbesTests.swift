@@ -189,6 +189,11 @@ private func hintedFixtureModel(_ prefix: String) throws -> (LayerHints, Transfo
         let silu = { (v: Float) in v / (1 + expf(-v)) }
         let expected: [Float] = [silu(3), silu(-2), 0.5, 0]
         #expect(zip(scores, expected).allSatisfy { abs($0 - $1) < 1e-5 }, "\(scores) vs \(expected)")
+        // With caller-provided scratch for the hidden activations: the same scores.
+        var scratch = [Float](repeating: .nan, count: probe.hiddenUnits)
+        var reused = [Float](repeating: .nan, count: experts)
+        probe.apply(input, rowCount: 1, into: &reused, scratch: &scratch)
+        #expect(probe.hiddenUnits == 2 && reused == scores)
 
         let mismatched = try write(outputColumns: hidden)
         defer { try? FileManager.default.removeItem(at: mismatched) }
