@@ -48,11 +48,14 @@ let package = Package(
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
+        // sd_notify over $NOTIFY_SOCKET without libsystemd (Deploy/systemd runs serve as Type=notify).
+        .target(name: "ServiceNotify"),
         .executableTarget(
             name: "MoEServeCLI",
             dependencies: [
                 "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction", "ExpertCache",
                 "HTTPServer",
+                "ServiceNotify",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
@@ -77,6 +80,9 @@ let package = Package(
             swiftSettings: optimisedMath
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "InferenceEngine"]),
+        // Deploy/: sd_notify on a real socket, the unit, image, manifests and nginx config through their
+        // validators, and the nginx failover test over replicas of the built binary.
+        .testTarget(name: "DeployTests", dependencies: ["ServiceNotify"]),
         .testTarget(
             name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath"],
             swiftSettings: optimisedMath

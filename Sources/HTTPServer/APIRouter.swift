@@ -24,13 +24,15 @@ public struct APIRouter: Sendable {
         "/v1/models": ("GET", "/v1/models"),
         "/models": ("GET", "/v1/models"),
         "/health": ("GET", "/health"),
+        "/health/detail": ("GET", "/health/detail"),
         "/metrics": ("GET", "/metrics"),
         "/v1/stats": ("GET", "/v1/stats"),
         "/": ("GET", "/"),
     ]
     /// Routes reachable without an API key: health checks from load balancers, and the page
     /// itself (it holds no data; it asks for the key to read /v1/stats).
-    static let openRoutes: Set<String> = ["/health", "/"]
+    /// `/health/detail` is open too: orchestrators read it without keys and it holds only load figures.
+    static let openRoutes: Set<String> = ["/health", "/health/detail", "/"]
 
     let config: ServerConfig
     let metrics: ServerMetrics
@@ -82,9 +84,10 @@ public struct APIRouter: Sendable {
         guard ok else { throw APIError.unauthorized("invalid API key") }
     }
 
-    /// Routes one request. `backend` is nil while the model loads.
-    public func route(_ request: HTTPRequest, backend: ModelBackend?) -> RouteOutcome {
-        do { return try routeThrowing(request, backend: backend) } catch let error as APIError {
+    /// Routes one request. `backend` is nil while the model loads; `draining` is true after
+    /// SIGTERM, when `/health` must send orchestrators elsewhere.
+    public func route(_ request: HTTPRequest, backend: ModelBackend?, draining: Bool = false) -> RouteOutcome {
+        do { return try routeThrowing(request, backend: backend, draining: draining) } catch let error as APIError {
             return .response(error.response)
         } catch {
             return .response(APIError.server("\(error)").response)
@@ -95,7 +98,7 @@ public struct APIRouter: Sendable {
         APIError.overloaded("the model is still loading", retryAfterSeconds: config.retryAfterSeconds)
     }
 
-    func routeThrowing(_ request: HTTPRequest, backend: ModelBackend?) throws -> RouteOutcome {
+    func routeThrowing(_ request: HTTPRequest, backend: ModelBackend?, draining: Bool = false) throws -> RouteOutcome {
         let path = request.path
         guard let route = APIRouter.routes[path] else { throw APIError.notFound(path) }
         if request.method == "OPTIONS", !config.corsAllowOrigins.isEmpty {
@@ -112,12 +115,15 @@ public struct APIRouter: Sendable {
 
         switch route.name {
         case "/health":
-            guard backend != nil else {
-                var e = APIError(status: 503, message: "Loading model", type: "unavailable_error")
+            guard backend != nil, !draining else {
+                let message = draining ? "Draining: shutting down" : "Loading model"
+                var e = APIError(status: 503, message: message, type: "unavailable_error")
                 e.headers = [("Retry-After", String(config.retryAfterSeconds))]
                 return .response(e.response)
             }
             return .response(.json(.object([("status", .string("ok"))])))
+        case "/health/detail":
+            return .response(healthDetail(backend: backend, draining: draining))
         case "/metrics":
             return .response(.text(metrics.exposition(), contentType: "text/plain; version=0.0.4; charset=utf-8"))
         case "/":
@@ -168,5 +174,33 @@ public struct APIRouter: Sendable {
         default:
             throw APIError.notFound(path)
         }
+    }
+
+    /// `GET /health/detail`: the readiness of `/health` (same status code) with the figures an
+    /// orchestrator or an operator wants when deciding where to send load: the memory budget,
+    /// how full the expert cache is and how many requests wait.
+    func healthDetail(backend: ModelBackend?, draining: Bool) -> HTTPResponse {
+        let status = draining ? "draining" : (backend == nil ? "loading" : "ok")
+        let stats = backend?.stats?.currentStats() ?? EngineStats()
+        let fill = stats.cacheBytesBudget > 0 ? Double(stats.cacheBytesUsed) / Double(stats.cacheBytesBudget) : 0
+        let body = JSON.object([
+            ("status", .string(status)),
+            ("model", backend.map { .string($0.codec.modelName) } ?? .null),
+            ("memory_budget_bytes", .int(config.memoryBudget)),
+            ("resident_bytes", .int(stats.residentBytes > 0 ? stats.residentBytes : (ServerMetrics.residentSetBytes() ?? 0))),
+            ("cache_bytes_used", .int(stats.cacheBytesUsed)),
+            ("cache_bytes_budget", .int(stats.cacheBytesBudget)),
+            ("cache_fill", .double(fill)),
+            ("cache_hit_rate", .double(stats.cacheHitRate)),
+            ("queue_depth", .int(stats.queuedRequests)),
+            ("running_sequences", .int(stats.runningSequences)),
+            ("max_queued_requests", .int(config.maxQueuedRequests)),
+        ])
+        var response = HTTPResponse.json(body)
+        if status != "ok" {
+            response.status = 503
+            response.headers.add("Retry-After", String(config.retryAfterSeconds))
+        }
+        return response
     }
 }

@@ -24,6 +24,8 @@ public final class APIServer: @unchecked Sendable {
     private let stateLock = NSLock()
     private var backendValue: ModelBackend?
     private var inFlight = 0
+    private var drainingValue = false
+    private var drainHandler: (@Sendable () -> Void)?
 
     // Loop-thread state.
     private let loop: UnsafeMutablePointer<uv_loop_t>
@@ -71,6 +73,18 @@ public final class APIServer: @unchecked Sendable {
     private var backend: ModelBackend? {
         stateLock.lock(); defer { stateLock.unlock() }
         return backendValue
+    }
+
+    /// True once a graceful shutdown has begun: `/health` answers 503 from then on.
+    public var isDraining: Bool {
+        stateLock.lock(); defer { stateLock.unlock() }
+        return drainingValue
+    }
+
+    /// Runs `handler` once, on the loop thread, when a graceful shutdown begins (SIGTERM,
+    /// SIGINT or `shutdown()`): the CLI tells systemd `STOPPING=1` here. Must return quickly.
+    public func onDrain(_ handler: @escaping @Sendable () -> Void) {
+        stateLock.lock(); drainHandler = handler; stateLock.unlock()
     }
 
     /// Monotonic seconds.
@@ -354,7 +368,7 @@ public final class APIServer: @unchecked Sendable {
         let inbox = self.inbox
         workers.async { [self] in
             let backend = self.backend
-            switch router.route(request, backend: backend) {
+            switch router.route(request, backend: backend, draining: self.isDraining) {
             case let .response(response):
                 inbox.push(.response(connection: connectionID, request: id, response))
             case let .generate(job):
@@ -479,6 +493,11 @@ public final class APIServer: @unchecked Sendable {
     private func beginShutdown() {
         guard shutdownDeadline == nil else { return }
         shutdownDeadline = Self.now() + config.shutdownGracePeriod
+        stateLock.lock()
+        drainingValue = true
+        let handler = drainHandler
+        stateLock.unlock()
+        handler?()
         if listening {
             listening = false
             uv_close(UnsafeMutableRawPointer(listener).assumingMemoryBound(to: uv_handle_t.self)) { handle in

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import HTTPServer
 import InferenceEngine
+import ServiceNotify
 
 /// `moe-serve serve`: the HTTP server. Every configuration key can come from `--config FILE`
 /// (TOML), from `MOE_<KEY>` or from the flag below; flags win over the environment, which wins
@@ -50,6 +51,9 @@ struct ServeCommand: ParsableCommand {
             let file = config ?? ProcessInfo.processInfo.environment["MOE_CONFIG"]
             let serverConfig = try ConfigLoader.load(file: file, overrides: overrides)
             let server = APIServer(config: serverConfig)
+            // Under systemd with Type=notify: ready once the model is loaded, stopping on drain.
+            let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
+            if let notifier { server.onDrain { notifyQuietly(notifier, "STOPPING=1\nSTATUS=draining") } }
             try server.start(handleSignals: true)
             FileHandle.standardError.write(Data("moe-serve listening on http://\(serverConfig.host):\(server.port)\n".utf8))
             let metrics = server.metrics
@@ -58,6 +62,7 @@ struct ServeCommand: ParsableCommand {
                     let (backend, _) = try ServeBackend.make(serverConfig, metrics: metrics)
                     server.attach(backend)
                     FileHandle.standardError.write(Data("model loaded; ready\n".utf8))
+                    if let notifier { notifyQuietly(notifier, "READY=1\nSTATUS=model loaded; serving") }
                 } catch {
                     FileHandle.standardError.write(Data("error: cannot load the model: \(error)\n".utf8))
                     server.shutdown()
@@ -66,5 +71,12 @@ struct ServeCommand: ParsableCommand {
             server.waitUntilStopped()
             FileHandle.standardError.write(Data("moe-serve stopped\n".utf8))
         }
+    }
+}
+
+/// Sends a systemd notification; a failure is logged, never fatal (the service still serves).
+private func notifyQuietly(_ notifier: SystemdNotifier, _ state: String) {
+    do { try notifier.notify(state) } catch {
+        FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
     }
 }
