@@ -20,6 +20,7 @@ Prints a JSON summary; exits 1 with the failed checks named otherwise.
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -39,7 +40,13 @@ def main():
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=120, help="client timeout: a request longer than this hung")
+    parser.add_argument("--check-config", action="store_true", help="only render the config for 3 replicas and run nginx -t")
     args = parser.parse_args()
+    if args.check_config:
+        workdir = tempfile.mkdtemp(prefix="moe-nginx-check-")
+        print(Nginx(workdir, [free_port() for _ in range(3)]).check().strip())
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0
 
     workdir = tempfile.mkdtemp(prefix="moe-failover-")
     ports = [free_port() for _ in range(3)]
@@ -173,11 +180,11 @@ def main():
             r.stop()
 
     summary["failures"] = failures
-    summary["workdir"] = workdir
     print(json.dumps(summary, indent=1))
     if failures:
         print(f"FAILED: {len(failures)} check(s); logs in {workdir}", file=sys.stderr)
         return 1
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -15,5 +15,9 @@ fi
   || "$venv/bin/pip" install --quiet --disable-pip-version-check openai prometheus_client
 export MOE_PYTHON="$venv/bin/python"
 
+# Deploy/'s validators (kubernetes-validate, hadolint) live in their own venv; the tests call
+# this script themselves too, so a plain `swift test` works as well.
+scripts/deploy-venv.sh >/dev/null
+
 swift build -c release -Xswiftc -enable-testing
 swift test -c release -Xswiftc -enable-testing "$@"

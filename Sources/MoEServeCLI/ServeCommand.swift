@@ -57,6 +57,7 @@ struct ServeCommand: ParsableCommand {
             try server.start(handleSignals: true)
             FileHandle.standardError.write(Data("moe-serve listening on http://\(serverConfig.host):\(server.port)\n".utf8))
             let metrics = server.metrics
+            let loadFailed = LoadFailureFlag()
             Thread.detachNewThread {
                 do {
                     let (backend, _) = try ServeBackend.make(serverConfig, metrics: metrics)
@@ -65,11 +66,14 @@ struct ServeCommand: ParsableCommand {
                     if let notifier { notifyQuietly(notifier, "READY=1\nSTATUS=model loaded; serving") }
                 } catch {
                     FileHandle.standardError.write(Data("error: cannot load the model: \(error)\n".utf8))
+                    loadFailed.set()
                     server.shutdown()
                 }
             }
             server.waitUntilStopped()
             FileHandle.standardError.write(Data("moe-serve stopped\n".utf8))
+            // A model that cannot load is a failure: supervisors (systemd Restart=on-failure) must see it.
+            if loadFailed.isSet { throw ExitCode.failure }
         }
     }
 }
@@ -79,4 +83,12 @@ private func notifyQuietly(_ notifier: SystemdNotifier, _ state: String) {
     do { try notifier.notify(state) } catch {
         FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
     }
+}
+
+/// Set by the loading thread when the model cannot load, read after the server stops.
+private final class LoadFailureFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.lock(); value = true; lock.unlock() }
+    var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
 }

@@ -105,6 +105,26 @@ final class NotifySocket {
     }
 }
 
+extension SystemdNotifierTests {
+    /// A model that cannot load must not look like a clean stop: no READY=1, and a non-zero
+    /// exit so systemd's Restart=on-failure (and any supervisor) sees it.
+    @Test func serveExitsNonZeroWithoutReadyWhenTheModelCannotLoad() throws {
+        let socket = try NotifySocket(abstract: true)
+        let process = Process()
+        process.executableURL = DeployPaths.binary
+        process.arguments = ["serve", "--port", "0", "--memory-budget", "8MiB"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["NOTIFY_SOCKET"] = socket.address
+        process.environment = environment
+        process.standardError = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+        #expect(process.terminationStatus != 0)
+        #expect(socket.receive(within: 0.5)?.contains("READY=1") != true)
+    }
+}
+
 /// The test socket could not be set up.
 struct SocketSetupError: Error {
     let message: String
