@@ -4,9 +4,9 @@ experts are split over M machines, at random or grouped by co-activation (docs/S
 
 Reads routing traces (`moe-serve generate --record-trace FILE`, one JSON line per token with each
 layer's top-k experts). Fits the placement on the even-numbered trace files and evaluates it on the
-odd ones (held out). Co-activation placement, per layer: machine by machine, seed with the most
-used unplaced expert, then add the unplaced expert most often routed together with the group, until
-the machine holds E/M experts. Random placement: the mean of 50 random balanced splits. Also reports
+odd ones (held out). Co-activation placement, per layer: the machine with the least load so far
+takes the unplaced expert most often routed together with its group (balanced greedy; E/M experts
+each). Random placement: the mean of 50 random balanced splits. Also reports
 the busiest machine's share of the expert activations (1/M is perfect balance).
 
   python3 scripts/expert_placement.py --machines 2,4 trace1.jsonl trace2.jsonl ...
@@ -29,6 +29,9 @@ def load(paths):
 
 
 def coactivation_placement(tokens, layer, experts, machines):
+    """Balanced greedy: the machine with the least activation load so far (and room left) takes the
+    unplaced expert most often routed together with the experts it holds (its first: the most used
+    one left). Taking turns by load keeps the machines' shares of the work near 1/M."""
     use, pair = Counter(), defaultdict(Counter)
     for t in tokens:
         chosen = t[layer]
@@ -39,19 +42,17 @@ def coactivation_placement(tokens, layer, experts, machines):
                     pair[a][b] += 1
     per_machine = experts // machines
     unplaced = set(range(experts))
-    placement = {}
-    for m in range(machines):
-        group = [max(unplaced, key=lambda e: (use[e], -e))]
-        unplaced.discard(group[0])
-        while len(group) < per_machine and unplaced:
-            best = max(unplaced, key=lambda e: (sum(pair[g][e] for g in group), use[e], -e))
-            group.append(best)
-            unplaced.discard(best)
-        for e in group:
-            placement[e] = m
-    for e in unplaced:
-        placement[e] = machines - 1
-    return placement
+    groups = [[] for _ in range(machines)]
+    load = [0] * machines
+    while unplaced:
+        open_machines = [m for m in range(machines) if len(groups[m]) < per_machine] or list(range(machines))
+        m = min(open_machines, key=lambda m: (load[m], m))
+        group = groups[m]
+        best = max(unplaced, key=lambda e: (sum(pair[g][e] for g in group), use[e], -e))
+        group.append(best)
+        load[m] += use[best]
+        unplaced.discard(best)
+    return {e: m for m, group in enumerate(groups) for e in group}
 
 
 def evaluate(tokens, placements, machines):
