@@ -60,6 +60,8 @@ public final class ServerMetrics: @unchecked Sendable {
     private let openConnections: CoreMetrics.Gauge
     private let shedConnections: CoreMetrics.Counter
     private let heldRequestBytes: CoreMetrics.Gauge
+    private let kvReservedBytes: CoreMetrics.Gauge
+    private let pinnedExperts: CoreMetrics.Gauge
     private let residentBytes: CoreMetrics.Gauge
 
     private let cacheHits: CoreMetrics.Counter
@@ -98,6 +100,8 @@ public final class ServerMetrics: @unchecked Sendable {
         openConnections = gauge("moe_http_open_connections")
         shedConnections = counter("moe_http_shed_connections_total")
         heldRequestBytes = gauge("moe_http_held_request_bytes")
+        kvReservedBytes = gauge("moe_kv_reserved_bytes")
+        pinnedExperts = gauge("moe_expert_pins")
         residentBytes = gauge("moe_resident_memory_bytes")
         cacheHits = counter("moe_expert_cache_hits_total")
         cacheMisses = counter("moe_expert_cache_misses_total")
@@ -160,6 +164,13 @@ public final class ServerMetrics: @unchecked Sendable {
 
     /// An idle connection was closed to make room for a new one at `max_connections`.
     func recordShedConnection() { shedConnections.increment() }
+
+    /// Resources held by running work, which must return to 0 when the server is idle: KV cache
+    /// bytes reserved by the scheduler and expert pins in the cache.
+    public func setHeldResources(kvReservedBytes: Int, pinnedExperts: Int) {
+        self.kvReservedBytes.record(Double(kvReservedBytes))
+        self.pinnedExperts.record(Double(pinnedExperts))
+    }
 
     /// Request bytes held (partial requests and bodies waiting for or being decoded).
     func setHeldRequestBytes(_ n: Int) { heldRequestBytes.record(Double(n)) }

@@ -168,6 +168,7 @@ final class LiveStatistics: StatsProvider, @unchecked Sendable {
         }
         metrics.updateExpertCache(snapshot)
         metrics.setScheduler(queueDepth: counters.waitingRequests, runningSequences: counters.runningSequences)
+        metrics.setHeldResources(kvReservedBytes: engine.reservedKVBytes, pinnedExperts: runtime.cache?.pinCount() ?? 0)
         metrics.setThroughput(promptTokensPerSecond: stats.promptTokensPerSecond, decodeTokensPerSecond: stats.decodeTokensPerSecond)
         lock.lock()
         latest = stats
