@@ -31,9 +31,9 @@ public struct RequestMemory: Sendable, Equatable {
     /// pieces and ids, but only up to the context's worth of bytes.
     public static let decodeAmplification = 24
     /// One open connection: libuv handle, state machine, parser, read bookkeeping. Measured: 2,000
-    /// idle connections added 1.6 MB to the server's RSS (~0.8 KiB each); the rest of the 6 KiB
-    /// covers a request head in progress beyond what `heldBytesCap` counts.
-    public static let perConnectionBytes = 6 << 10
+    /// idle connections added 1.6 MB to the server's RSS (~0.8 KiB each); a request head in
+    /// progress is counted in `heldBytesCap`, so 4 KiB leaves a wide margin.
+    public static let perConnectionBytes = 4 << 10
     /// One admitted generation's HTTP-side state: responder, pending events, response buffers.
     public static let perRequestBytes = 32 << 10
     /// The event loop, its 64 KiB read buffer, worker threads' stacks in use, metrics.
