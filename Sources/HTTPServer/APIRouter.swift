@@ -153,6 +153,10 @@ public struct APIRouter: Sendable {
         case "/tokenize":
             let f = try RequestFields(body: request.body)
             guard let content = try f.string("content") else { throw APIError.invalidRequest("field 'content' is required") }
+            // Tokenizing costs ~30x the text in memory: text longer than a context's worth is refused.
+            guard content.utf8.count <= backend.maxPromptBytes else {
+                throw CompletionJob.promptTooLarge(bytes: content.utf8.count, limit: backend.maxPromptBytes, codec: codec)
+            }
             let ids = codec.encode(content, addSpecialTokens: try f.bool("add_special") ?? false)
             if try f.bool("with_pieces") == true {
                 let pieces = ids.map { JSON.object([("id", .int($0)), ("piece", .string(codec.decode([$0])))]) }
@@ -166,11 +170,14 @@ public struct APIRouter: Sendable {
             let ids = try CompletionJob.tokenIds(items, key: "tokens", codec: codec)
             return .response(.json(.object([("content", .string(codec.decode(ids)))])))
         case "/v1/completions":
-            return .generate(try CompletionJob.parse(request.body, flavor: .openAICompletion, codec: codec))
+            return .generate(try CompletionJob.parse(request.body, flavor: .openAICompletion, codec: codec,
+                                                     maxPromptBytes: backend.maxPromptBytes))
         case "/v1/chat/completions":
-            return .generate(try CompletionJob.parse(request.body, flavor: .openAIChat, codec: codec))
+            return .generate(try CompletionJob.parse(request.body, flavor: .openAIChat, codec: codec,
+                                                     maxPromptBytes: backend.maxPromptBytes))
         case "/completion":
-            return .generate(try CompletionJob.parse(request.body, flavor: .llamaCompletion, codec: codec))
+            return .generate(try CompletionJob.parse(request.body, flavor: .llamaCompletion, codec: codec,
+                                                     maxPromptBytes: backend.maxPromptBytes))
         default:
             throw APIError.notFound(path)
         }

@@ -18,7 +18,12 @@ public final class APIServer: @unchecked Sendable {
     public let metrics: ServerMetrics
     private let router: APIRouter
     private let inbox = LoopInbox()
-    private let workers = DispatchQueue(label: "moe-serve.http.workers", attributes: .concurrent)
+    /// Request memory limits, reserved in the memory plan (see `RequestMemory`).
+    private let memory: RequestMemory
+    /// Decoding lanes: small bodies on a few workers, large ones one at a time, so the transient
+    /// memory of decoding stays within what the plan reserves.
+    private let smallLane = OperationQueue()
+    private let largeLane = OperationQueue()
 
     // Shared with worker threads, under `stateLock`.
     private let stateLock = NSLock()
@@ -26,6 +31,10 @@ public final class APIServer: @unchecked Sendable {
     private var inFlight = 0
     private var drainingValue = false
     private var drainHandler: (@Sendable () -> Void)?
+    /// Body limit in force: lowered to what the model's context can use once a backend is attached.
+    private var bodyLimitValue: Int
+    /// Request bytes held: partial requests in parsers plus bodies waiting for or being decoded.
+    private var heldRequestBytes = 0
 
     // Loop-thread state.
     private let loop: UnsafeMutablePointer<uv_loop_t>
@@ -34,6 +43,10 @@ public final class APIServer: @unchecked Sendable {
     private let timer: UnsafeMutablePointer<uv_timer_t>
     private var signals: [UnsafeMutablePointer<uv_signal_t>] = []
     private var connections: [UInt64: ServerConnection] = [:]
+    /// Connections closed on our side whose remaining input is being drained (see `lingerDeadline`).
+    private var lingering: [UInt64: ServerConnection] = [:]
+    /// Response bytes queued in libuv across connections, not yet on the wire.
+    private var unsentBytes = 0
     private var nextConnectionID: UInt64 = 1
     private let readBuffer = UnsafeMutableRawPointer.allocate(byteCount: 65536, alignment: 16)
     private var shutdownDeadline: Double?
@@ -45,6 +58,8 @@ public final class APIServer: @unchecked Sendable {
 
     /// Bytes queued for a client that is not reading, beyond which it is dropped.
     static let maxUnsentBytes = 16 << 20
+    /// Seconds a closed connection's input is drained before the socket is closed anyway.
+    static let lingerSeconds = 2.0
 
     /// The port actually bound (useful with `port = 0`).
     public private(set) var port: Int = 0
@@ -55,6 +70,12 @@ public final class APIServer: @unchecked Sendable {
         self.metrics = metrics
         self.router = APIRouter(config: config, metrics: metrics)
         self.backendValue = backend
+        let memory = RequestMemory(config: config)
+        self.memory = memory
+        bodyLimitValue = backend.map { memory.bodyLimit(contextLength: $0.codec.contextLength, maxBytesPerToken: $0.maxBytesPerToken) }
+            ?? memory.bodyLimit
+        smallLane.maxConcurrentOperationCount = RequestMemory.smallBodyLanes
+        largeLane.maxConcurrentOperationCount = 1
         loop = .allocate(capacity: 1)
         listener = .allocate(capacity: 1)
         async = .allocate(capacity: 1)
@@ -67,7 +88,41 @@ public final class APIServer: @unchecked Sendable {
 
     /// Makes the model available: `/health` turns 200 and generation routes work. Thread-safe.
     public func attach(_ backend: ModelBackend) {
-        stateLock.lock(); backendValue = backend; stateLock.unlock()
+        let limit = memory.bodyLimit(contextLength: backend.codec.contextLength, maxBytesPerToken: backend.maxBytesPerToken)
+        stateLock.lock(); backendValue = backend; bodyLimitValue = limit; stateLock.unlock()
+    }
+
+    /// The largest request body accepted now (413 beyond): `max_body_size`, lowered by the memory
+    /// budget and, once the model is loaded, by its context.
+    public var bodyLimit: Int {
+        stateLock.lock(); defer { stateLock.unlock() }
+        return bodyLimitValue
+    }
+
+    /// Adds `delta` to the held request bytes; with `admit`, only if the total stays within the
+    /// cap (returns false, adding nothing, otherwise).
+    private func holdRequestBytes(_ delta: Int, admit: Bool = false) -> Bool {
+        stateLock.lock(); defer { stateLock.unlock() }
+        if admit, delta > 0, heldRequestBytes + delta > memory.heldBytesCap { return false }
+        heldRequestBytes += delta
+        metrics.setHeldRequestBytes(heldRequestBytes)
+        return true
+    }
+
+    /// Request bytes held now (tests and metrics).
+    var heldRequestBytesNow: Int {
+        stateLock.lock(); defer { stateLock.unlock() }
+        return heldRequestBytes
+    }
+
+    /// Raises the soft limit on open files to the hard limit: each connection is a descriptor,
+    /// and the default soft limit (often 1024) would make accept fail long before
+    /// `max_connections`.
+    static func raiseOpenFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
     }
 
     private var backend: ModelBackend? {
@@ -99,6 +154,7 @@ public final class APIServer: @unchecked Sendable {
     public func start(handleSignals: Bool = false) throws {
         // A client that vanishes mid-write must not kill the process.
         signal(SIGPIPE, SIG_IGN)
+        Self.raiseOpenFileLimit()
         if handleSignals {
             // A parent may have started us with SIGINT/SIGTERM blocked (test runners and some
             // supervisors do, and threads inherit the mask); libuv can only see them unblocked.
@@ -220,14 +276,16 @@ public final class APIServer: @unchecked Sendable {
     private func accept(_ server: UnsafeMutablePointer<uv_stream_t>) {
         let tcp = UnsafeMutablePointer<uv_tcp_t>.allocate(capacity: 1)
         uv_tcp_init(loop, tcp)
-        let connection = ServerConnection(id: nextConnectionID, tcp: tcp, limits: config.limits, now: Self.now())
+        var limits = config.limits
+        limits.maxBodyBytes = bodyLimit
+        let connection = ServerConnection(id: nextConnectionID, tcp: tcp, limits: limits, now: Self.now())
         nextConnectionID += 1
         tcp.pointee.data = Unmanaged.passRetained(connection).toOpaque()
         guard uv_accept(server, connection.stream) == 0 else {
             closeHandle(connection)
             return
         }
-        if connections.count >= config.maxConnections || shutdownDeadline != nil {
+        if shutdownDeadline != nil {
             closeHandle(connection)
             return
         }
@@ -236,6 +294,21 @@ public final class APIServer: @unchecked Sendable {
         // Token-by-token streaming wants each small write on the wire at once.
         uv_tcp_nodelay(tcp, 1)
         startReading(connection)
+        guard connections.count > config.maxConnections else { return }
+        // At the cap: an idle keep-alive connection may be closed at any time (RFC 9112 9.3), so
+        // the oldest one makes room; health checks are never locked out by idle clients.
+        var oldestIdle: ServerConnection?
+        for candidate in connections.values where candidate !== connection && candidate.machine.isIdle && candidate.requests.isEmpty {
+            if oldestIdle.map({ candidate.id < $0.id }) ?? true { oldestIdle = candidate }
+        }
+        if let oldestIdle {
+            metrics.recordShedConnection()
+            close(oldestIdle)
+        } else {
+            let error = APIError.overloaded("too many open connections (limit \(config.maxConnections)); retry later",
+                                            retryAfterSeconds: config.retryAfterSeconds)
+            perform(connection.machine.reject(error), on: connection)
+        }
     }
 
     private func startReading(_ connection: ServerConnection) {
@@ -251,14 +324,45 @@ public final class APIServer: @unchecked Sendable {
             guard let stream else { return }
             let conn = Unmanaged<ServerConnection>.fromOpaque(stream.pointee.data).takeUnretainedValue()
             let server = APIServer.server(stream.pointee.loop.pointee.data)
+            if conn.closing {
+                // Lingering after our close: drop the input; EOF or an error ends it.
+                if nread < 0 { conn.peerEOF = true; server.endLinger(conn) }
+                return
+            }
             if nread > 0, let base = buf?.pointee.base {
                 let bytes = Array(UnsafeRawBufferPointer(start: base, count: Int(nread)))
                 server.perform(conn.machine.receive(bytes, now: APIServer.now()), on: conn)
+                server.accountHeldBytes(conn)
+            } else if nread == Int(UV_EOF.rawValue) {
+                // Half-close: the client may still read the answers to what it sent.
+                conn.peerEOF = true
+                uv_read_stop(stream)
+                conn.reading = false
+                server.perform(conn.machine.peerFinishedSending(now: APIServer.now()), on: conn)
+                server.accountHeldBytes(conn)
             } else if nread < 0 {
-                // EOF or reset: the client is gone, whatever it was waiting for.
+                // Reset or error: the client is gone, whatever it was waiting for.
                 server.abort(conn)
             }
         })
+    }
+
+    /// Brings the held-bytes total up to date with `connection`'s parser; when the total exceeds
+    /// the cap, a connection with a partial request of more than 1 KiB is answered 503 (small
+    /// requests such as health checks still pass).
+    private func accountHeldBytes(_ connection: ServerConnection) {
+        guard !connection.closing else { return }
+        let now = connection.machine.bufferedRequestBytes
+        _ = holdRequestBytes(now - connection.heldBytes)
+        connection.heldBytes = now
+        guard now > 1024, heldRequestBytesNow > memory.heldBytesCap else { return }
+        let error = APIError.overloaded("the server holds too many request bytes (limit \(memory.heldBytesCap)); retry later",
+                                        retryAfterSeconds: config.retryAfterSeconds)
+        perform(connection.machine.reject(error), on: connection)
+        if !connection.closing {
+            _ = holdRequestBytes(-connection.heldBytes)
+            connection.heldBytes = 0
+        }
     }
 
     /// Carries out a state machine's actions.
@@ -280,26 +384,36 @@ public final class APIServer: @unchecked Sendable {
 
     private func write(_ bytes: [UInt8], to connection: ServerConnection) {
         guard !connection.closing, !bytes.isEmpty else { return }
-        let header = MemoryLayout<uv_write_t>.stride
+        // Layout: the uv_write_t, the byte count (to subtract from `unsentBytes` when done), the bytes.
+        let header = MemoryLayout<uv_write_t>.stride + 16
         let raw = UnsafeMutableRawPointer.allocate(byteCount: header + bytes.count, alignment: 16)
         let request = raw.assumingMemoryBound(to: uv_write_t.self)
+        (raw + MemoryLayout<uv_write_t>.stride).storeBytes(of: bytes.count, as: Int.self)
         let data = raw + header
         bytes.withUnsafeBytes { data.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
         var buf = uv_buf_init(data.assumingMemoryBound(to: CChar.self), UInt32(bytes.count))
         let result = uv_write(request, connection.stream, &buf, 1) { request, status in
             guard let request else { return }
-            if status < 0, let stream = request.pointee.handle, let data = stream.pointee.data {
-                let conn = Unmanaged<ServerConnection>.fromOpaque(data).takeUnretainedValue()
+            if let stream = request.pointee.handle {
                 let server = APIServer.server(stream.pointee.loop.pointee.data)
-                if !conn.closing { server.abort(conn) }
+                server.unsentBytes -= (UnsafeMutableRawPointer(request) + MemoryLayout<uv_write_t>.stride).load(as: Int.self)
+                if status < 0, let data = stream.pointee.data {
+                    let conn = Unmanaged<ServerConnection>.fromOpaque(data).takeUnretainedValue()
+                    if !conn.closing { server.abort(conn) }
+                }
             }
             UnsafeMutableRawPointer(request).deallocate()
         }
         if result != 0 {
             raw.deallocate()
             abort(connection)
-        } else if uv_stream_get_write_queue_size(connection.stream) > APIServer.maxUnsentBytes {
-            // A client that stops reading a stream would make us buffer its tokens without bound:
+            return
+        }
+        unsentBytes += bytes.count
+        let queued = uv_stream_get_write_queue_size(connection.stream)
+        if queued > APIServer.maxUnsentBytes
+            || (unsentBytes > RequestMemory.unsentBytesCap && queued > RequestMemory.unsentBytesPerConnectionFloor) {
+            // A client that stops reading would make us buffer its response without bound:
             // treat it as gone, which also cancels its generation.
             abort(connection)
         }
@@ -319,9 +433,11 @@ public final class APIServer: @unchecked Sendable {
         for (_, state) in connection.requests { cancelEngine(state) }
         connection.requests.removeAll()
         connections[connection.id] = nil
+        _ = holdRequestBytes(-connection.heldBytes)
+        connection.heldBytes = 0
         metrics.setOpenConnections(connections.count)
-        if connection.reading { uv_read_stop(connection.stream); connection.reading = false }
         if connection.aborting {
+            if connection.reading { uv_read_stop(connection.stream); connection.reading = false }
             closeHandle(connection)
             return
         }
@@ -331,15 +447,40 @@ public final class APIServer: @unchecked Sendable {
             let stream = request.pointee.handle!
             request.deallocate()
             let conn = Unmanaged<ServerConnection>.fromOpaque(stream.pointee.data).takeUnretainedValue()
-            APIServer.server(stream.pointee.loop.pointee.data).closeHandle(conn)
+            conn.shutdownDone = true
+            // Once the client has sent EOF (or lingering ended) nothing more is coming: close.
+            if conn.peerEOF || conn.lingerDeadline == nil { APIServer.server(stream.pointee.loop.pointee.data).closeHandle(conn) }
         }
         if r != 0 {
             shutdownRequest.deallocate()
+            if connection.reading { uv_read_stop(connection.stream); connection.reading = false }
             closeHandle(connection)
+            return
         }
+        guard !connection.peerEOF else {
+            if connection.reading { uv_read_stop(connection.stream); connection.reading = false }
+            return
+        }
+        // Keep reading (and dropping) what the client still sends until it closes or the linger
+        // time ends: closing a socket with unread input makes the kernel send a reset, and a
+        // client that gets one may lose the response we just wrote.
+        connection.lingerDeadline = Self.now() + Self.lingerSeconds
+        lingering[connection.id] = connection
+        if !connection.reading { startReading(connection) }
+    }
+
+    /// Ends a connection's lingering (EOF from the client, an error, or the deadline).
+    private func endLinger(_ connection: ServerConnection) {
+        guard lingering.removeValue(forKey: connection.id) != nil else { return }
+        connection.lingerDeadline = nil
+        if connection.reading { uv_read_stop(connection.stream); connection.reading = false }
+        if connection.shutdownDone || connection.peerEOF { closeHandle(connection) }
     }
 
     private func closeHandle(_ connection: ServerConnection) {
+        guard !connection.handleClosing else { return }
+        connection.handleClosing = true
+        lingering[connection.id] = nil
         uv_close(connection.handle) { handle in
             guard let handle else { return }
             Unmanaged<ServerConnection>.fromOpaque(handle.pointee.data).release()
@@ -363,12 +504,30 @@ public final class APIServer: @unchecked Sendable {
         let state = RequestState(route: APIRouter.routeName(request), method: request.method, path: request.path,
                                  started: Self.now(), cors: router.corsHeaders(request))
         connection.requests[id] = state
+        // Health checks and metrics are answered here, on the loop thread: they are cheap, and no
+        // amount of queued decoding work may delay them.
+        if request.body.isEmpty, request.method == "GET" || request.method == "HEAD",
+           state.route == "/health" || state.route == "/health/detail" || state.route == "/metrics",
+           case let .response(response) = router.route(request, backend: backend, draining: isDraining) {
+            deliver(ResponsePart.complete(response), state: state, id: id, on: connection)
+            return
+        }
+        let bodyBytes = request.body.count
+        guard holdRequestBytes(bodyBytes, admit: true) else {
+            let error = APIError.overloaded("the server holds too many request bytes (limit \(memory.heldBytesCap)); retry later",
+                                            retryAfterSeconds: config.retryAfterSeconds)
+            deliver(ResponsePart.complete(error.response), state: state, id: id, on: connection)
+            return
+        }
         let connectionID = connection.id
         let router = self.router
         let inbox = self.inbox
-        workers.async { [self] in
+        let lane = bodyBytes > RequestMemory.smallBodyBytes ? largeLane : smallLane
+        lane.addOperation { [self] in
             let backend = self.backend
-            switch router.route(request, backend: backend, draining: self.isDraining) {
+            let outcome = router.route(request, backend: backend, draining: self.isDraining)
+            _ = holdRequestBytes(-bodyBytes)
+            switch outcome {
             case let .response(response):
                 inbox.push(.response(connection: connectionID, request: id, response))
             case let .generate(job):
@@ -512,6 +671,7 @@ public final class APIServer: @unchecked Sendable {
     private func tick() {
         let now = Self.now()
         for connection in Array(connections.values) { perform(connection.machine.tick(now: now), on: connection) }
+        for connection in Array(lingering.values) where (connection.lingerDeadline ?? 0) <= now { endLinger(connection); closeHandle(connection) }
         guard let deadline = shutdownDeadline, !finished else { return }
         if now >= deadline {
             // Grace period over: cancel what still runs and drop the connections.
@@ -528,6 +688,7 @@ public final class APIServer: @unchecked Sendable {
     private func finishLoop() {
         finished = true
         inbox.detach()
+        for connection in Array(lingering.values) { closeHandle(connection) }
         let closeCallback: uv_close_cb = { handle in
             guard let handle else { return }
             APIServer.server(handle.pointee.data).handleClosed()

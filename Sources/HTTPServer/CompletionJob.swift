@@ -23,31 +23,51 @@ public struct CompletionJob: Sendable {
     /// Model name echoed in responses.
     public var model: String
 
-    /// Parses and validates a request body of `flavor`; tokenizes with `codec`.
+    /// Parses and validates a request body of `flavor`; tokenizes with `codec`. Prompt text of
+    /// more than `maxPromptBytes` UTF-8 bytes is refused before it is tokenized.
     /// Throws `APIError` (400) naming the field at fault.
-    public static func parse(_ body: [UInt8], flavor: APIFlavor, codec: PromptCodec) throws -> CompletionJob {
+    public static func parse(_ body: [UInt8], flavor: APIFlavor, codec: PromptCodec, maxPromptBytes: Int = .max) throws -> CompletionJob {
         let fields = try RequestFields(body: body)
+        let guarded = BoundedCodec(codec: codec, maxPromptBytes: maxPromptBytes)
         switch flavor {
-        case .openAICompletion: return try parseOpenAICompletion(fields, codec: codec)
-        case .openAIChat: return try parseOpenAIChat(fields, codec: codec)
-        case .llamaCompletion: return try parseLlamaCompletion(fields, codec: codec)
+        case .openAICompletion: return try parseOpenAICompletion(fields, codec: guarded)
+        case .openAIChat: return try parseOpenAIChat(fields, codec: guarded)
+        case .llamaCompletion: return try parseLlamaCompletion(fields, codec: guarded)
         }
+    }
+
+    /// The error for prompt text that cannot fit the context, before tokenizing it.
+    static func promptTooLarge(bytes: Int, limit: Int, codec: PromptCodec) -> APIError {
+        APIError.invalidRequest("the prompt has \(bytes) bytes, more than the context length of \(codec.contextLength) tokens can hold (at most \(limit) bytes); shorten the prompt")
+    }
+
+    /// Checks prompt text against the byte bound, and a chat's contents before rendering.
+    static func checkPromptBytes(_ bytes: Int, codec: PromptCodec) throws {
+        guard let bounded = codec as? BoundedCodec, bytes > bounded.maxPromptBytes else { return }
+        throw promptTooLarge(bytes: bytes, limit: bounded.maxPromptBytes, codec: bounded.codec)
     }
 
     /// A prompt given as text, token ids, or (OpenAI) a one-element batch of either.
     static func promptTokens(_ fields: RequestFields, key: String, codec: PromptCodec, allowBatch: Bool) throws -> [Int] {
         guard let value = fields.value(key) else { throw APIError.invalidRequest("field '\(key)' is required") }
         let expected = "a string or an array of token ids"
-        if let text = value.stringValue { return codec.encode(text, addSpecialTokens: true) }
+        if let text = value.stringValue {
+            try checkPromptBytes(text.utf8.count, codec: codec)
+            return codec.encode(text, addSpecialTokens: true)
+        }
         guard let items = value.arrayValue else { throw fields.wrongType(key, expected) }
         if allowBatch, items.count == 1, let first = items.first {
-            if let text = first.stringValue { return codec.encode(text, addSpecialTokens: true) }
+            if let text = first.stringValue {
+                try checkPromptBytes(text.utf8.count, codec: codec)
+                return codec.encode(text, addSpecialTokens: true)
+            }
             if let inner = first.arrayValue { return try tokenIds(inner, key: key, codec: codec) }
         }
         if allowBatch, items.count > 1, items.allSatisfy({ $0.stringValue != nil || $0.arrayValue != nil }) {
             throw APIError.invalidRequest("field '\(key)': batches of several prompts are not supported; send one request per prompt")
         }
         // llama.cpp also accepts a mix of strings and ids: ["text", 12, 34].
+        try checkPromptBytes(items.reduce(0) { $0 + ($1.stringValue?.utf8.count ?? 0) }, codec: codec)
         var ids: [Int] = []
         for item in items {
             if let s = item.stringValue { ids += codec.encode(s, addSpecialTokens: ids.isEmpty) } else {
@@ -149,6 +169,7 @@ public struct CompletionJob: Sendable {
             }
             turns.append(ChatTurn(role: role, content: content))
         }
+        try checkPromptBytes(turns.reduce(0) { $0 + $1.content.utf8.count }, codec: codec)
         let rendered: String
         do { rendered = try codec.renderChat(turns) } catch let e as APIError { throw e } catch {
             throw APIError.invalidRequest("field 'messages': the chat template failed: \(error)")
@@ -186,4 +207,19 @@ public struct CompletionJob: Sendable {
                                         stopTokenIds: codec.stopTokenIds, logprobs: nProbs > 0, topLogprobs: nProbs)
         return CompletionJob(flavor: .llamaCompletion, request: request, stream: stream, includeUsage: false, model: codec.modelName)
     }
+}
+
+/// A codec that remembers the prompt byte bound, so the parsing helpers can check text before
+/// tokenizing it without another parameter on each.
+struct BoundedCodec: PromptCodec {
+    let codec: PromptCodec
+    let maxPromptBytes: Int
+
+    func encode(_ text: String, addSpecialTokens: Bool) -> [Int] { codec.encode(text, addSpecialTokens: addSpecialTokens) }
+    func decode(_ ids: [Int]) -> String { codec.decode(ids) }
+    func renderChat(_ messages: [ChatTurn]) throws -> String { try codec.renderChat(messages) }
+    var contextLength: Int { codec.contextLength }
+    var vocabularySize: Int { codec.vocabularySize }
+    var modelName: String { codec.modelName }
+    var stopTokenIds: Set<Int> { codec.stopTokenIds }
 }

@@ -38,6 +38,8 @@ public enum ConfigLoader {
         Key(name: "request_timeout", help: "seconds to receive a whole request") { c, v in c.limits.requestTimeout = try seconds(v) },
         Key(name: "idle_timeout", help: "seconds an idle keep-alive connection stays open") { c, v in c.limits.idleTimeout = try seconds(v) },
         Key(name: "max_pipelined", help: "pipelined requests read ahead of their responses") { c, v in c.limits.maxPipelined = try int(v, 1...1024) },
+        Key(name: "max_requests_per_connection", help: "requests served on one keep-alive connection") { c, v in c.limits.maxRequestsPerConnection = try int(v, 1...1_000_000_000) },
+        Key(name: "max_request_memory", help: "request bytes held at once across connections (0: derived)") { c, v in c.maxRequestMemory = try size(v, allowZero: true) },
         Key(name: "max_queued_requests", help: "generation requests admitted at once; more get 503") { c, v in c.maxQueuedRequests = try int(v, 1...1_000_000) },
         Key(name: "max_connections", help: "open connections") { c, v in c.maxConnections = try int(v, 1...1_000_000) },
         Key(name: "retry_after", help: "seconds in Retry-After when overloaded") { c, v in c.retryAfterSeconds = try int(v, 0...3600) },
@@ -188,13 +190,13 @@ public enum ConfigLoader {
         return Int(bytes)
     }
 
-    static func size(_ v: Raw) throws -> Int {
+    static func size(_ v: Raw, allowZero: Bool = false) throws -> Int {
         let parsed: Int?
         switch v {
         case let .text(t): parsed = parseSize(t)
         case let .json(j): parsed = j.intValue ?? j.stringValue.flatMap(parseSize)
         }
-        guard let parsed, parsed > 0 else {
+        guard let parsed, parsed > 0 || (allowZero && parsed == 0) else {
             throw ConfigError("expected a size such as 512MiB, 4GiB, 4G or a number of bytes, got \(describe(v))")
         }
         return parsed

@@ -62,13 +62,21 @@ public struct ConnectionStateMachine {
     public private(set) var isClosed = false
     private var messageStart: Double = 0
     private var lastActivity: Double
+    /// When bytes last arrived: a request in progress that stays silent longer than the header
+    /// timeout is answered 408 (a body that stopped arriving, a slowloris trickle).
+    private var lastReceive: Double
     private var pendingContinue = false
+    /// Requests read on this connection (for the keep-alive limit).
+    private var requestCount = 0
+    /// The client half-closed (EOF): answer what it sent, then close.
+    private var peerDone = false
 
     /// A machine for a connection accepted at `now` (seconds on a monotonic clock).
     public init(limits: ConnectionLimits, now: Double = 0) {
         self.limits = limits
         self.parser = RequestParser(maxHeaderBytes: limits.maxHeaderBytes, maxBodyBytes: limits.maxBodyBytes)
         self.lastActivity = now
+        self.lastReceive = now
     }
 
     /// Requests started whose responses have not ended.
@@ -77,10 +85,14 @@ public struct ConnectionStateMachine {
     /// Whether nothing is in flight (used by shutdown to know when a connection is done).
     public var isIdle: Bool { slots.isEmpty && !parser.inMessage }
 
+    /// Bytes of a partly received request held by the parser (head and body so far).
+    public var bufferedRequestBytes: Int { isClosed ? 0 : parser.heldBytes }
+
     /// Bytes arrived from the client.
     public mutating func receive(_ bytes: [UInt8], now: Double) -> [ConnectionAction] {
         guard !isClosed, !stoppedReading else { return [] }
         lastActivity = now
+        lastReceive = now
         if !parser.inMessage { messageStart = now }
         var continueWanted = false
         parser.onHeaders { headers in
@@ -97,7 +109,8 @@ public struct ConnectionStateMachine {
             for request in requests where !stoppedReading {
                 let id = nextID
                 nextID += 1
-                let keepAlive = request.keepAlive && !draining
+                requestCount += 1
+                let keepAlive = request.keepAlive && !draining && requestCount < limits.maxRequestsPerConnection
                 slots.append(Slot(id: id, keepAlive: keepAlive, isHeadMethod: request.method == "HEAD",
                                   http10: request.version.major == 1 && request.version.minor == 0, local: false))
                 actions.append(.startRequest(id, request))
@@ -114,6 +127,31 @@ public struct ConnectionStateMachine {
             actions.append(.pauseReading)
         }
         return actions
+    }
+
+    /// Refuses whatever this connection is sending with `error` (the server's request memory is
+    /// full, or the connection cap was reached with nothing idle to shed): answered after the
+    /// responses already in flight, then the connection closes.
+    public mutating func reject(_ error: APIError) -> [ConnectionAction] {
+        guard !isClosed, !stoppedReading else { return [] }
+        return fail(with: error)
+    }
+
+    /// The client closed its sending side (EOF). A request cut short is answered 400; requests
+    /// already read are answered; then the connection closes.
+    public mutating func peerFinishedSending(now: Double) -> [ConnectionAction] {
+        guard !isClosed else { return [] }
+        peerDone = true
+        if parser.inMessage, !stoppedReading {
+            return fail(with: APIError(status: 400, message: "malformed HTTP request: the connection ended in the middle of a request",
+                                       type: "invalid_request_error"))
+        }
+        stoppedReading = true
+        if slots.isEmpty {
+            isClosed = true
+            return [.close]
+        }
+        return []
     }
 
     /// Answers with an error generated here (parse failure or timeout) and closes after it.
@@ -187,7 +225,7 @@ public struct ConnectionStateMachine {
                 return actions
             }
         }
-        if slots.isEmpty, draining, !parser.inMessage {
+        if slots.isEmpty, draining || peerDone, !parser.inMessage || peerDone {
             isClosed = true
             actions.append(.close)
         }
@@ -226,6 +264,10 @@ public struct ConnectionStateMachine {
             let elapsed = now - messageStart
             if !parser.headComplete, elapsed > limits.headerTimeout {
                 return fail(with: APIError(status: 408, message: "request headers not received within \(limits.headerTimeout) s",
+                                           type: "invalid_request_error"))
+            }
+            if now - lastReceive > limits.headerTimeout {
+                return fail(with: APIError(status: 408, message: "no bytes of the request received for \(limits.headerTimeout) s",
                                            type: "invalid_request_error"))
             }
             if elapsed > limits.requestTimeout {

@@ -173,4 +173,8 @@ final class RequestParser {
 
     /// The failure, once one happened.
     var pendingFailure: RequestParseFailure? { failure }
+
+    /// Bytes of the request being assembled that this parser holds (head and body so far); the
+    /// server counts them against its request-memory cap.
+    var heldBytes: Int { inMessage ? headerBytes + body.count : 0 }
 }

@@ -13,11 +13,16 @@ public struct ServerConfig: Sendable, Equatable {
     public var apiKeys: [String] = []
     /// `cors_allow_origins`: origins allowed by CORS (`*` for any); empty disables CORS headers.
     public var corsAllowOrigins: [String] = []
-    /// `max_body_size`, `max_header_size`, `header_timeout`, `idle_timeout`, `request_timeout`.
+    /// `max_body_size`, `max_header_size`, `header_timeout`, `idle_timeout`, `request_timeout`,
+    /// `max_pipelined`, `max_requests_per_connection`.
     public var limits = ConnectionLimits()
+    /// `max_request_memory`: bytes of request heads and bodies held at once across connections
+    /// (503 beyond); 0 derives it from the body limit (see `RequestMemory`).
+    public var maxRequestMemory: Int = 0
     /// `max_queued_requests`: generation requests admitted but not finished; more get 503.
     public var maxQueuedRequests: Int = 64
-    /// `max_connections`: open connections; more are closed right after accept.
+    /// `max_connections`: open connections. At the cap a new connection sheds the oldest idle
+    /// one; with none idle it is answered 503 with `Retry-After` and closed.
     public var maxConnections: Int = 512
     /// `retry_after`: seconds suggested in `Retry-After` when overloaded.
     public var retryAfterSeconds: Int = 1

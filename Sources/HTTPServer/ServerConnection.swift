@@ -36,6 +36,17 @@ final class ServerConnection {
     /// Close without flushing (peer gone, not reading, or the grace period is over).
     var aborting = false
     var reading = true
+    /// Request bytes of this connection's parser counted in the server's held-bytes total.
+    var heldBytes = 0
+    /// The client sent EOF (it may still read).
+    var peerEOF = false
+    /// `uv_shutdown` finished: our side of the connection is flushed and half-closed.
+    var shutdownDone = false
+    /// `uv_close` was called (exactly once).
+    var handleClosing = false
+    /// After our half-close, the client's remaining bytes are read and dropped until this time,
+    /// so that closing with unread data does not send a reset that destroys the response.
+    var lingerDeadline: Double?
 
     init(id: UInt64, tcp: UnsafeMutablePointer<uv_tcp_t>, limits: ConnectionLimits, now: Double) {
         self.id = id

@@ -58,6 +58,10 @@ public final class ServerMetrics: @unchecked Sendable {
     private let runningSequences: CoreMetrics.Gauge
     private let requestsInFlight: CoreMetrics.Gauge
     private let openConnections: CoreMetrics.Gauge
+    private let shedConnections: CoreMetrics.Counter
+    private let heldRequestBytes: CoreMetrics.Gauge
+    private let kvReservedBytes: CoreMetrics.Gauge
+    private let pinnedExperts: CoreMetrics.Gauge
     private let residentBytes: CoreMetrics.Gauge
 
     private let cacheHits: CoreMetrics.Counter
@@ -94,6 +98,10 @@ public final class ServerMetrics: @unchecked Sendable {
         runningSequences = gauge("moe_running_sequences")
         requestsInFlight = gauge("moe_http_generation_requests_in_flight")
         openConnections = gauge("moe_http_open_connections")
+        shedConnections = counter("moe_http_shed_connections_total")
+        heldRequestBytes = gauge("moe_http_held_request_bytes")
+        kvReservedBytes = gauge("moe_kv_reserved_bytes")
+        pinnedExperts = gauge("moe_expert_pins")
         residentBytes = gauge("moe_resident_memory_bytes")
         cacheHits = counter("moe_expert_cache_hits_total")
         cacheMisses = counter("moe_expert_cache_misses_total")
@@ -153,6 +161,19 @@ public final class ServerMetrics: @unchecked Sendable {
 
     /// Open client connections.
     func setOpenConnections(_ n: Int) { openConnections.record(Double(n)) }
+
+    /// An idle connection was closed to make room for a new one at `max_connections`.
+    func recordShedConnection() { shedConnections.increment() }
+
+    /// Resources held by running work, which must return to 0 when the server is idle: KV cache
+    /// bytes reserved by the scheduler and expert pins in the cache.
+    public func setHeldResources(kvReservedBytes: Int, pinnedExperts: Int) {
+        self.kvReservedBytes.record(Double(kvReservedBytes))
+        self.pinnedExperts.record(Double(pinnedExperts))
+    }
+
+    /// Request bytes held (partial requests and bodies waiting for or being decoded).
+    func setHeldRequestBytes(_ n: Int) { heldRequestBytes.record(Double(n)) }
 
     /// Feeds the expert-cache figures; call as often as convenient (once per engine step is fine).
     public func updateExpertCache(_ s: ExpertCacheSnapshot) {

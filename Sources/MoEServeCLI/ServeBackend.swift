@@ -10,11 +10,11 @@ import Tokenization
 /// (experts through the offloading cache under the memory budget), the tokenizer as the
 /// server's prompt codec, and live statistics for `/metrics` and the dashboard.
 enum ServeBackend {
-    /// Memory the server itself uses under load beyond the model: connection buffers,
-    /// responses being written, per-request engine state, metrics. Measured with
-    /// `scripts/load_test.sh 60 16` on the demo model: the resident set rose 10 MiB above the
-    /// model's plan without this reservation; with it the peak stays inside the budget.
-    static let serverReserveBytes = 12 << 20
+    /// Memory the server itself uses under load beyond the model: connections, request bodies
+    /// being received and decoded, responses being written (`RequestMemory`, derived from the
+    /// limits the server enforces), plus per-request engine state. Measured with
+    /// `scripts/load_test.sh`: see docs/RELIABILITY.md.
+    static func serverReserveBytes(_ config: ServerConfig) -> Int { APIServer.memoryReservation(for: config) }
 
     /// Loads the model named by `config` (the bundled demo model when none) and starts the engine.
     static func make(_ config: ServerConfig, metrics: ServerMetrics) throws -> (ModelBackend, Engine) {
@@ -23,7 +23,7 @@ enum ServeBackend {
         }
         let maxSequences = 8
         let options = try RuntimeOptions.parse(["--memory-budget", String(config.memoryBudget)])
-        let runtime = try options.open(at: url, maxSequences: maxSequences, extraRuntimeBytes: Self.serverReserveBytes)
+        let runtime = try options.open(at: url, maxSequences: maxSequences, extraRuntimeBytes: Self.serverReserveBytes(config))
         guard let tokenizer = runtime.tokenizer else {
             throw CommandError("\(url.path): serving needs a tokenizer.json beside the model")
         }
@@ -168,6 +168,7 @@ final class LiveStatistics: StatsProvider, @unchecked Sendable {
         }
         metrics.updateExpertCache(snapshot)
         metrics.setScheduler(queueDepth: counters.waitingRequests, runningSequences: counters.runningSequences)
+        metrics.setHeldResources(kvReservedBytes: engine.reservedKVBytes, pinnedExperts: runtime.cache?.pinCount() ?? 0)
         metrics.setThroughput(promptTokensPerSecond: stats.promptTokensPerSecond, decodeTokensPerSecond: stats.decodeTokensPerSecond)
         lock.lock()
         latest = stats

@@ -26,6 +26,8 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("request-timeout"), help: "Seconds to receive a whole request.") var requestTimeout: String?
     @Option(name: .customLong("idle-timeout"), help: "Seconds an idle connection stays open.") var idleTimeout: String?
     @Option(name: .customLong("max-pipelined"), help: "Pipelined requests read ahead per connection.") var maxPipelined: String?
+    @Option(name: .customLong("max-requests-per-connection"), help: "Requests served on one keep-alive connection.") var maxRequestsPerConnection: String?
+    @Option(name: .customLong("max-request-memory"), help: "Request bytes held at once across connections (0: derived).") var maxRequestMemory: String?
     @Option(name: .customLong("max-queued-requests"), help: "Generation requests admitted at once.") var maxQueuedRequests: String?
     @Option(name: .customLong("max-connections"), help: "Open connections.") var maxConnections: String?
     @Option(name: .customLong("retry-after"), help: "Seconds in Retry-After when overloaded.") var retryAfter: String?
@@ -38,7 +40,8 @@ struct ServeCommand: ParsableCommand {
             ("model", model), ("host", host), ("port", port), ("memory_budget", memoryBudget), ("api_keys", apiKeys),
             ("cors_allow_origins", corsAllowOrigins), ("max_body_size", maxBodySize), ("max_header_size", maxHeaderSize),
             ("header_timeout", headerTimeout), ("request_timeout", requestTimeout), ("idle_timeout", idleTimeout),
-            ("max_pipelined", maxPipelined), ("max_queued_requests", maxQueuedRequests), ("max_connections", maxConnections),
+            ("max_pipelined", maxPipelined), ("max_requests_per_connection", maxRequestsPerConnection),
+            ("max_request_memory", maxRequestMemory), ("max_queued_requests", maxQueuedRequests), ("max_connections", maxConnections),
             ("retry_after", retryAfter), ("shutdown_grace_period", shutdownGracePeriod), ("log_requests", logRequests),
         ]
         var out: [String: String] = [:]

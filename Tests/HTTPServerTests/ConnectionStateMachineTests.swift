@@ -153,10 +153,114 @@ import Testing
         #expect(Raw.text(out).hasPrefix("HTTP/1.1 408 "))
         #expect(out.last == .close)
 
+        // A body that keeps trickling in (a byte every 4 s) is cut off by the request timeout.
         var slowBody = ConnectionStateMachine(limits: limits, now: 0)
         _ = slowBody.receive(Raw.bytes("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n12"), now: 1)
+        _ = slowBody.receive(Raw.bytes("3"), now: 5)
+        _ = slowBody.receive(Raw.bytes("4"), now: 9)
         #expect(slowBody.tick(now: 10).isEmpty)
+        _ = slowBody.receive(Raw.bytes("5"), now: 13)
+        _ = slowBody.receive(Raw.bytes("6"), now: 17)
+        _ = slowBody.receive(Raw.bytes("7"), now: 21)
         #expect(Raw.text(slowBody.tick(now: 22)).hasPrefix("HTTP/1.1 408 "))
+    }
+
+    /// A request that goes silent mid-body is answered 408 after the header timeout, not after
+    /// the (longer) request timeout: nothing waits longer than that for bytes.
+    @Test func stalledBodyIs408AfterTheHeaderTimeout() {
+        var limits = ConnectionLimits()
+        limits.headerTimeout = 5
+        limits.requestTimeout = 60
+        var m = ConnectionStateMachine(limits: limits, now: 0)
+        _ = m.receive(Raw.bytes("POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n12"), now: 1)
+        #expect(m.tick(now: 5.5).isEmpty)
+        let out = m.tick(now: 6.5)
+        let text = Raw.text(out)
+        #expect(text.hasPrefix("HTTP/1.1 408 "))
+        #expect(text.contains("\"code\":408"))
+        #expect(out.first == .rejected(status: 408))
+        #expect(out.last == .close)
+    }
+
+    /// The client half-closes (EOF) in the middle of a request: 400 with a JSON body, then close.
+    @Test func halfCloseMidRequestIs400() {
+        var m = ConnectionStateMachine(limits: ConnectionLimits())
+        _ = m.receive(Raw.bytes("POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nab"), now: 0)
+        #expect(m.bufferedRequestBytes > 0)
+        let out = m.peerFinishedSending(now: 1)
+        let text = Raw.text(out)
+        #expect(text.hasPrefix("HTTP/1.1 400 "))
+        #expect(text.contains("Connection: close"))
+        #expect(text.contains("\"type\":\"invalid_request_error\""))
+        #expect(out.last == .close)
+        #expect(m.isClosed)
+        #expect(m.bufferedRequestBytes == 0)
+    }
+
+    /// EOF after complete requests: they are still answered (in order), then the connection closes.
+    @Test func halfCloseAfterCompleteRequestsAnswersThemThenCloses() {
+        var m = ConnectionStateMachine(limits: ConnectionLimits())
+        let reqs = started(m.receive(Raw.bytes("GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"), now: 0))
+        #expect(reqs.count == 2)
+        #expect(m.peerFinishedSending(now: 0).isEmpty)
+        let first = m.respond(reqs[0].0, ResponsePart.complete(.text("A")))
+        #expect(Raw.text(first).hasSuffix("\r\n\r\nA"))
+        #expect(!first.contains(.close))
+        let second = m.respond(reqs[1].0, ResponsePart.complete(.text("B")))
+        #expect(Raw.text(second).hasSuffix("\r\n\r\nB"))
+        #expect(second.last == .close)
+    }
+
+    @Test func halfCloseWhenIdleCloses() {
+        var m = ConnectionStateMachine(limits: ConnectionLimits())
+        #expect(m.peerFinishedSending(now: 0) == [.close])
+        // CRLFs between requests are not a request.
+        var n = ConnectionStateMachine(limits: ConnectionLimits())
+        _ = n.receive(Raw.bytes("\r\n"), now: 0)
+        #expect(n.peerFinishedSending(now: 0) == [.close])
+    }
+
+    /// The Nth request on a connection is answered with `Connection: close`, and the connection
+    /// closes after it; requests pipelined behind it are not read.
+    @Test func keepAliveLimitClosesAfterTheLastRequest() {
+        var limits = ConnectionLimits()
+        limits.maxRequestsPerConnection = 2
+        var m = ConnectionStateMachine(limits: limits)
+        let first = started(m.receive(Raw.bytes("GET /a HTTP/1.1\r\n\r\n"), now: 0))
+        #expect(Raw.text(m.respond(first[0].0, ResponsePart.complete(.text("1")))).contains("Connection: keep-alive"))
+        let rest = started(m.receive(Raw.bytes("GET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.1\r\n\r\n"), now: 1))
+        #expect(rest.map(\.1.path) == ["/b"])
+        let out = m.respond(rest[0].0, ResponsePart.complete(.text("2")))
+        #expect(Raw.text(out).contains("Connection: close"))
+        #expect(out.last == .close)
+    }
+
+    /// `reject` (connection cap or request memory full) answers 503 with Retry-After and a JSON
+    /// body after the responses already in flight, then closes.
+    @Test func rejectAnswers503AfterEarlierResponses() {
+        var m = ConnectionStateMachine(limits: ConnectionLimits())
+        let reqs = started(m.receive(Raw.bytes("GET /a HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 100\r\n\r\nxx"), now: 0))
+        let out = m.reject(.overloaded("full", retryAfterSeconds: 2))
+        #expect(out.first == .rejected(status: 503))
+        #expect(Raw.text(out).isEmpty)  // waits for /a
+        let rest = m.respond(reqs[0].0, ResponsePart.complete(.text("A")))
+        let text = Raw.text(rest)
+        #expect(text.contains("HTTP/1.1 503 "))
+        #expect(text.contains("Retry-After: 2"))
+        #expect(text.hasSuffix("\"code\":503}}"))
+        #expect(rest.last == .close)
+        // Nothing more is read once rejected.
+        #expect(m.reject(.overloaded("again", retryAfterSeconds: 2)).isEmpty)
+    }
+
+    @Test func bufferedRequestBytesCountsOnlyThePartialRequest() {
+        var m = ConnectionStateMachine(limits: ConnectionLimits())
+        #expect(m.bufferedRequestBytes == 0)
+        _ = m.receive(Raw.bytes("POST /x HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"), now: 0)
+        let partial = m.bufferedRequestBytes
+        #expect(partial >= 2 && partial < 64)
+        _ = m.receive(Raw.bytes("cd"), now: 0)
+        #expect(m.bufferedRequestBytes == 0)
     }
 
     @Test func drainClosesWhenIdleAndAfterInFlight() {

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import HTTPServer
 import InferenceEngine
@@ -180,4 +181,48 @@ import InferenceEngine
         // No external assets: nothing is loaded from another origin.
         #expect(!html.contains("http://") && !html.contains("https://"))
     }
+
+    /// Prompt text longer than the context can hold (context × the longest token's bytes) is
+    /// refused before the tokenizer sees it, on every route that tokenizes a prompt.
+    @Test func promptsThatCannotFitAreRefusedBeforeTokenizing() {
+        let codec = CountingCodec(inner: ByteCodec(contextLength: 64))
+        let backend = ModelBackend(service: service, codec: codec)
+        #expect(backend.maxPromptBytes == 64 * 3)
+        let long = String(repeating: "a", count: 64 * 3 + 1)
+        let bodies: [(String, String)] = [
+            ("/v1/completions", "{\"prompt\":\"\(long)\"}"),
+            ("/v1/completions", "{\"prompt\":[\"\(long)\"]}"),
+            ("/completion", "{\"prompt\":[\"\(long.prefix(100))\",\"\(long.prefix(100))\"]}"),
+            ("/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"\(long.prefix(100))\"},{\"role\":\"user\",\"content\":\"\(long.prefix(100))\"}]}"),
+            ("/tokenize", "{\"content\":\"\(long)\"}"),
+        ]
+        for (path, body) in bodies {
+            let (status, json) = response(router().route(post(path, body), backend: backend))
+            #expect(status == 400, "\(path)")
+            #expect(json?["error"]?["message"]?.stringValue?.contains("more than the context length of 64 tokens can hold") == true, "\(path): \(String(describing: json))")
+        }
+        #expect(codec.encodeCalls == 0)
+        // At the bound the tokenizer runs (and the token count decides).
+        _ = router().route(post("/tokenize", "{\"content\":\"\(long.dropLast())\"}"), backend: backend)
+        #expect(codec.encodeCalls == 1)
+    }
+}
+
+/// A codec that counts how often it tokenizes.
+final class CountingCodec: PromptCodec, @unchecked Sendable {
+    let inner: ByteCodec
+    private let lock = NSLock()
+    private var calls = 0
+    init(inner: ByteCodec) { self.inner = inner }
+    var encodeCalls: Int { lock.lock(); defer { lock.unlock() }; return calls }
+    func encode(_ text: String, addSpecialTokens: Bool) -> [Int] {
+        lock.lock(); calls += 1; lock.unlock()
+        return inner.encode(text, addSpecialTokens: addSpecialTokens)
+    }
+    func decode(_ ids: [Int]) -> String { inner.decode(ids) }
+    func renderChat(_ messages: [ChatTurn]) throws -> String { try inner.renderChat(messages) }
+    var contextLength: Int { inner.contextLength }
+    var vocabularySize: Int { inner.vocabularySize }
+    var modelName: String { inner.modelName }
+    var stopTokenIds: Set<Int> { inner.stopTokenIds }
 }

@@ -258,6 +258,14 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             peakUsedBytes: book.peakUsedBytes, residentExperts: weights.count, total: total, perLayer: counters)
     }
 
+    /// Pins held now across experts (a forward pass holds its layer's experts pinned); 0 when
+    /// nothing runs, so a value that stays above 0 after load is a leaked pin.
+    public func pinCount() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return book.entries.values.reduce(0) { $0 + $1.pins }
+    }
+
     /// Whether `expert` of `layer` is resident now (for tests and diagnostics).
     public func isResident(layer: Int, expert: Int) -> Bool {
         lock.lock()
