@@ -39,6 +39,12 @@ let package = Package(
         .target(name: "ExpertPrediction", dependencies: ["MoEModels", "ModelFormats", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "ExpertCache", dependencies: ["MoEModels", "ModelFormats", "TensorMath"]),
+        // The composition root: model, memory plan, expert cache, predictor, engine and live
+        // statistics from a typed `RuntimeSpecification`.
+        .target(
+            name: "Runtime",
+            dependencies: ["InferenceEngine", "ExpertCache", "ExpertPrediction", "MoEModels", "ModelFormats", "Tokenization", "TensorMath"]
+        ),
         .target(
             name: "HTTPServer",
             dependencies: [
@@ -52,7 +58,7 @@ let package = Package(
             name: "MoEServeCLI",
             dependencies: [
                 "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction", "ExpertCache",
-                "HTTPServer",
+                "HTTPServer", "Runtime",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
@@ -77,6 +83,7 @@ let package = Package(
             swiftSettings: optimisedMath
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "InferenceEngine"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "InferenceEngine", "ExpertCache", "MoEModels", "ModelFormats"]),
         .testTarget(
             name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath"],
             swiftSettings: optimisedMath

@@ -4,6 +4,7 @@ import Foundation
 import InferenceEngine
 import ModelFormats
 import MoEModels
+import Runtime
 import TensorMath
 
 /// `moe-serve bench decode`: llama-bench-style prefill (pp) and decode (tg) of one sequence

@@ -2,6 +2,7 @@ import ArgumentParser
 import ExpertPrediction
 import Foundation
 import MoEModels
+import Runtime
 
 /// `moe-serve bench predictor`: how well each predictor configuration guesses the experts a
 /// layer will use, on real prompts. All configurations watch the same greedy generations (a

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import ExpertCache
 import MoEModels
+import Runtime
 import ExpertPrediction
 import Tokenization
 
