@@ -85,7 +85,7 @@ let package = Package(
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "InferenceEngine"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "InferenceEngine", "ExpertCache", "MoEModels", "ModelFormats"]),
         .testTarget(
-            name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath"],
+            name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath", "InferenceEngine"],
             swiftSettings: optimisedMath
         ),
     ]

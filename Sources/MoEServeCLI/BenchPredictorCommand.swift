@@ -1,6 +1,7 @@
 import ArgumentParser
 import ExpertPrediction
 import Foundation
+import InferenceEngine
 import MoEModels
 import Runtime
 
@@ -53,7 +54,7 @@ struct BenchPredictorCommand: ParsableCommand {
 
             var tokens = 0
             for text in texts {
-                var generator = Generator(model: transformer, sampler: Sampler(temperature: 0, seed: 0))
+                let generator = Generator(model: transformer)
                 let result = try generator.generate(prompt: tokenizer.encode(text), maxTokens: maxTokens, stopTokens: [])
                 tokens += result.tokens.count + tokenizer.encode(text).count
             }

@@ -90,7 +90,7 @@ final class Counter: @unchecked Sendable {
         let (model, _) = try Fixtures.model("qwen2moe-shared")
         let prompts = (0..<6).map { i in (0..<(3 + i * 2)).map { ($0 * 7 + i * 13) % model.config.vocabSize } }
         let alone: [[Int]] = try prompts.map { prompt in
-            var generator = Generator(model: model, sampler: Sampler(temperature: 0, seed: 0))
+            let generator = Generator(model: model)
             return try generator.generate(prompt: prompt, maxTokens: 6, stopTokens: []).tokens
         }
         let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: 64 << 20, tokenBudgetPerStep: 7),
@@ -177,7 +177,7 @@ final class Counter: @unchecked Sendable {
 
     @Test func stopTokenEndsWithStopAndRequestsOverTheBudgetAreRefused() throws {
         let (model, _) = try Fixtures.model("mixtral-gqa")
-        var generator = Generator(model: model, sampler: Sampler(temperature: 0, seed: 0))
+        let generator = Generator(model: model)
         let expected = try generator.generate(prompt: [4, 5, 6], maxTokens: 4, stopTokens: []).tokens
         let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: 1 << 20), decode: toyDecode)
         engine.start()
