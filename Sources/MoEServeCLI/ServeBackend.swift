@@ -58,8 +58,9 @@ enum ServeBackend {
         }
         let engine = runtime.makeEngine(maxWaitingRequests: config.maxQueuedRequests,
                                         decode: { [tokenizer] in tokenizer.decode($0, skipSpecialTokens: true) })
-        engine.start()
+        // The monitor chains its usage counter after the predictor before any step runs.
         let monitor = RuntimeMonitor(engine: engine, runtime: runtime)
+        engine.start()
         let stats = LiveStatistics(monitor: monitor)
         monitor.start { snapshot in stats.render(snapshot, into: metrics) }
         let codec = TokenizerCodec(tokenizer: tokenizer, contextLength: runtime.model.config.maxPositionEmbeddings,
