@@ -4,11 +4,14 @@ import Testing
 /// The one size parser: binary units everywhere, clear errors for what is not a size.
 struct ByteSizeTests {
     @Test func everyUnitSpellingIsBinary() throws {
-        for (text, bytes) in [("4G", 4 << 30), ("4GB", 4 << 30), ("4GiB", 4 << 30), ("4gib", 4 << 30), ("4 GiB", 4 << 30),
-                              ("512M", 512 << 20), ("512MB", 512 << 20), ("512MiB", 512 << 20),
-                              ("16K", 16 << 10), ("16KB", 16 << 10), ("16KiB", 16 << 10),
-                              ("2T", 2 << 40), ("2TiB", 2 << 40), ("1048576", 1 << 20), ("0", 0), ("7B", 7),
-                              ("1.5GiB", 3 << 29), (" 2MiB ", 2 << 20)] {
+        let cases: [(String, Int)] = [
+            ("4G", 4 << 30), ("4GB", 4 << 30), ("4GiB", 4 << 30), ("4gib", 4 << 30), ("4 GiB", 4 << 30),
+            ("512M", 512 << 20), ("512MB", 512 << 20), ("512MiB", 512 << 20),
+            ("16K", 16 << 10), ("16KB", 16 << 10), ("16KiB", 16 << 10),
+            ("2T", 2 << 40), ("2TiB", 2 << 40), ("1048576", 1 << 20), ("0", 0), ("7B", 7),
+            ("1.5GiB", 3 << 29), (" 2MiB ", 2 << 20),
+        ]
+        for (text, bytes) in cases {
             #expect(try ByteSize.parse(text) == bytes, "\(text)")
         }
     }
