@@ -160,10 +160,13 @@ public final class Engine: GenerationService, @unchecked Sendable {
             }
             let cancelled = applyCancellations()
             if !running && requests.isEmpty {
+                // The last cancelled requests hear of it before `shutdown` sees the thread gone.
+                condition.unlock()
+                cancelled.deliver()
+                condition.lock()
                 thread = nil
                 condition.broadcast()
                 condition.unlock()
-                cancelled.deliver()
                 return
             }
             let plan = scheduler.schedule()
