@@ -39,6 +39,12 @@ let package = Package(
         .target(name: "ExpertPrediction", dependencies: ["MoEModels", "ModelFormats", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "ExpertCache", dependencies: ["MoEModels", "ModelFormats", "TensorMath"]),
+        // The composition root: model, memory plan, expert cache, predictor, engine and live
+        // statistics from a typed `RuntimeSpecification`.
+        .target(
+            name: "Runtime",
+            dependencies: ["InferenceEngine", "ExpertCache", "ExpertPrediction", "MoEModels", "ModelFormats", "Tokenization", "TensorMath"]
+        ),
         .target(
             name: "HTTPServer",
             dependencies: [
@@ -54,7 +60,7 @@ let package = Package(
             name: "MoEServeCLI",
             dependencies: [
                 "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction", "ExpertCache",
-                "HTTPServer",
+                "HTTPServer", "Runtime",
                 "ServiceNotify",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -83,8 +89,9 @@ let package = Package(
         // Deploy/: sd_notify on a real socket, the unit, image, manifests and nginx config through their
         // validators, and the nginx failover test over replicas of the built binary.
         .testTarget(name: "DeployTests", dependencies: ["ServiceNotify"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "InferenceEngine", "ExpertCache", "MoEModels", "ModelFormats"]),
         .testTarget(
-            name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath"],
+            name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath", "InferenceEngine"],
             swiftSettings: optimisedMath
         ),
     ]

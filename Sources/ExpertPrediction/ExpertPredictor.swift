@@ -1,3 +1,4 @@
+import Foundation
 import MoEModels
 import TensorMath
 
@@ -11,8 +12,15 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     public let configuration: PredictorConfiguration
     /// Where prefetches go; nil measures predictions without loading anything.
     public let provider: ExpertProvider?
-    /// What happened so far.
-    public private(set) var statistics: PredictionStatistics
+    /// What happened so far: a copy taken under a lock, so another thread (the server's
+    /// statistics sampler) may read it while the engine thread updates it. Only the engine
+    /// thread writes, so each read-modify-write below loses nothing.
+    public private(set) var statistics: PredictionStatistics {
+        get { statisticsLock.withLock { storedStatistics } }
+        set { statisticsLock.withLock { storedStatistics = newValue } }
+    }
+    private var storedStatistics: PredictionStatistics
+    private let statisticsLock = NSLock()
     /// Chained observer (for example a trace recorder) called after this one.
     public var next: RoutingObserver?
     /// Fitted maps that replace the target router in the cross-layer gate where present.
@@ -44,7 +52,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         moeLayers = model.config.moeLayers
         topK = model.config.expertsPerToken
         hidden = model.config.hiddenSize
-        statistics = PredictionStatistics(layerCount: layerCount)
+        storedStatistics = PredictionStatistics(layerCount: layerCount)
         pending = Array(repeating: [], count: layerCount)
         history = Array(repeating: [], count: layerCount)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import InferenceEngine
 import TOMLKit
 
 /// A configuration value that failed validation; the message names the key and where it came from.
@@ -29,7 +30,18 @@ public enum ConfigLoader {
         Key(name: "host", help: "address to bind (127.0.0.1 keeps the server local)") { c, v in c.host = try string(v) },
         Key(name: "port", help: "TCP port (0 picks a free one)") { c, v in c.port = try int(v, 0...65535) },
         Key(name: "model", help: "model directory or expert store") { c, v in c.model = try string(v) },
-        Key(name: "memory_budget", help: "expert cache budget (512MiB, 4GiB, 4G or bytes)") { c, v in c.memoryBudget = try size(v) },
+        Key(name: "memory_budget", help: "RAM for the whole process: runtime, dense weights, scratch, KV cache and expert cache (512MiB, 4GiB, 4G or bytes; binary units)") { c, v in c.memoryBudget = try size(v) },
+        Key(name: "expert_cache", help: "bytes of experts in RAM, overriding memory_budget's share") { c, v in c.runtime.expertCacheBytes = try size(v) },
+        Key(name: "cache_policy", help: "expert cache eviction policy (lfu, lru, ...)") { c, v in c.runtime.cachePolicy = try string(v) },
+        Key(name: "prefetch", help: "predictive prefetch of experts (on/off)") { c, v in c.runtime.prefetch = try bool(v) },
+        Key(name: "predictor", help: "predictor configuration (default cross_layer_deep with probes, else cross_layer)") { c, v in c.runtime.predictor = try string(v) },
+        Key(name: "predictor_probes", help: "fitted predictor probes file, or none") { c, v in c.runtime.predictorProbes = try string(v) },
+        Key(name: "kv_cache_type", help: "KV cache storage: f16 or f32") { c, v in c.runtime.kvCacheType = try string(v) },
+        Key(name: "reader_threads", help: "concurrent expert reads") { c, v in c.runtime.readerThreads = try int(v, 1...256) },
+        Key(name: "prefetch_reads", help: "prefetch reads at once (0: no separate bound)") { c, v in c.runtime.prefetchReads = try int(v, 0...256) },
+        Key(name: "prefetch_min_probability", help: "prefetch only guesses at least this probable") { c, v in c.runtime.prefetchMinProbability = try probability(v) },
+        Key(name: "prefetch_budget", help: "prefetched unused experts per layer (0: no bound)") { c, v in c.runtime.prefetchBudget = try int(v, 0...1_000_000) },
+        Key(name: "max_sequences", help: "sequences decoded together in one batch") { c, v in c.runtime.maxSequences = try int(v, 1...1024) },
         Key(name: "api_keys", help: "accepted Bearer keys (comma-separated in env/flags)") { c, v in c.apiKeys = try list(v) },
         Key(name: "cors_allow_origins", help: "CORS origins ('*' for any); empty disables CORS") { c, v in c.corsAllowOrigins = try list(v) },
         Key(name: "max_body_size", help: "largest request body") { c, v in c.limits.maxBodyBytes = try size(v) },
@@ -147,6 +159,16 @@ public enum ConfigLoader {
         return d
     }
 
+    static func probability(_ v: Raw) throws -> Double {
+        let d: Double?
+        switch v {
+        case let .text(t): d = Double(t.trimmingCharacters(in: .whitespaces))
+        case let .json(j): d = j.doubleValue
+        }
+        guard let d, (0...1).contains(d) else { throw ConfigError("expected a probability in 0...1, got \(describe(v))") }
+        return d
+    }
+
     static func bool(_ v: Raw) throws -> Bool {
         switch v {
         case let .text(t):
@@ -174,30 +196,24 @@ public enum ConfigLoader {
         }
     }
 
-    /// Parses `512MiB`, `4GiB`, `4G`, `64KB`, or plain bytes.
-    public static func parseSize(_ text: String) -> Int? {
-        let t = text.trimmingCharacters(in: .whitespaces)
-        let digits = t.prefix { $0.isNumber || $0 == "." }
-        guard let number = Double(digits), number >= 0 else { return nil }
-        let unit = t.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
-        let multipliers: [String: Double] = [
-            "": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1_048_576, "mb": 1e6, "mib": 1_048_576,
-            "g": 1_073_741_824, "gb": 1e9, "gib": 1_073_741_824, "t": 1_099_511_627_776, "tb": 1e12, "tib": 1_099_511_627_776,
-        ]
-        guard let m = multipliers[unit] else { return nil }
-        let bytes = number * m
-        guard bytes < 9e18 else { return nil }
-        return Int(bytes)
-    }
+    /// Parses a size with the one parser the command line uses too (`ByteSize.parse`: every
+    /// unit binary, K = KB = KiB = 1024), or nil when `text` is not one.
+    public static func parseSize(_ text: String) -> Int? { parseByteSize(text) }
 
     static func size(_ v: Raw, allowZero: Bool = false) throws -> Int {
         let parsed: Int?
         switch v {
-        case let .text(t): parsed = parseSize(t)
-        case let .json(j): parsed = j.intValue ?? j.stringValue.flatMap(parseSize)
+        case let .text(t):
+            do { parsed = try ByteSize.parse(t) } catch { throw ConfigError("\(error)") }
+        case let .json(j):
+            if let s = j.stringValue {
+                do { parsed = try ByteSize.parse(s) } catch { throw ConfigError("\(error)") }
+            } else {
+                parsed = j.intValue
+            }
         }
         guard let parsed, parsed > 0 || (allowZero && parsed == 0) else {
-            throw ConfigError("expected a size such as 512MiB, 4GiB, 4G or a number of bytes, got \(describe(v))")
+            throw ConfigError("expected a size\(allowZero ? "" : " above zero") such as 512MiB, 4GiB, 4G or a number of bytes (units are binary), got \(describe(v))")
         }
         return parsed
     }

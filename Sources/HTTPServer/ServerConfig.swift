@@ -7,8 +7,11 @@ public struct ServerConfig: Sendable, Equatable {
     public var port: Int = 8080
     /// `model`: model directory or expert store; nil serves the bundled demo model.
     public var model: String?
-    /// `memory_budget`: bytes the expert cache may use (read by the engine, not the HTTP layer).
+    /// `memory_budget`: bytes the whole process may use (its own runtime, dense weights, scratch,
+    /// KV cache and expert cache, which gets what remains); read by the runtime, not the HTTP layer.
     public var memoryBudget: Int = 4 << 30
+    /// The runtime keys (`cache_policy`, `prefetch`, `kv_cache_type`, …): see `RuntimeSettings`.
+    public var runtime = RuntimeSettings()
     /// `api_keys`: accepted `Authorization: Bearer` keys; empty means no authentication.
     public var apiKeys: [String] = []
     /// `cors_allow_origins`: origins allowed by CORS (`*` for any); empty disables CORS headers.

@@ -35,6 +35,8 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     public var cacheBytesUsed: Int = 0
     /// The cache's byte budget.
     public var cacheBytesBudget: Int = 0
+    /// The whole process's memory budget (`memory_budget`), of which the cache has its share.
+    public var memoryBudgetBytes: Int = 0
 
     /// An empty snapshot.
     public init() {}
@@ -81,6 +83,7 @@ public final class ServerMetrics: @unchecked Sendable {
     private let ioStall: CoreMetrics.FloatingPointCounter
     private let cacheUsed: CoreMetrics.Gauge
     private let cacheBudget: CoreMetrics.Gauge
+    private let memoryBudget: CoreMetrics.Gauge
     private var lastSnapshot = ExpertCacheSnapshot()
 
     /// Metrics on a fresh registry.
@@ -117,6 +120,7 @@ public final class ServerMetrics: @unchecked Sendable {
         ioStall = CoreMetrics.FloatingPointCounter(label: "moe_io_stall_seconds_total", dimensions: [], factory: factory)
         cacheUsed = gauge("moe_expert_cache_bytes_used")
         cacheBudget = gauge("moe_expert_cache_bytes_budget")
+        memoryBudget = gauge("moe_memory_budget_bytes")
     }
 
     /// Counts one HTTP response. `route` is the route pattern (never the raw path, which would
@@ -216,6 +220,7 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchPrecision.record(s.prefetchPrecision)
         cacheUsed.record(Double(s.cacheBytesUsed))
         cacheBudget.record(Double(s.cacheBytesBudget))
+        memoryBudget.record(Double(s.memoryBudgetBytes))
         lastSnapshot = s
     }
 

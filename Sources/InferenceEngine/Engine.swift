@@ -13,6 +13,9 @@ public struct EngineStatistics: Sendable, Codable, Equatable {
     public var cancelledRequests = 0
     /// Seconds spent in forward passes.
     public var busySeconds = 0.0
+
+    /// All counters zero.
+    public init() {}
 }
 
 /// The engine thread: continuous batching over one model. Each step runs the scheduler's plan
@@ -155,8 +158,12 @@ public final class Engine: GenerationService, @unchecked Sendable {
             while running && pendingCancellations.isEmpty && scheduler.waitingCount == 0 && scheduler.runningCount == 0 {
                 condition.wait()
             }
-            applyCancellations()
+            let cancelled = applyCancellations()
             if !running && requests.isEmpty {
+                // The last cancelled requests hear of it before `shutdown` sees the thread gone.
+                condition.unlock()
+                cancelled.deliver()
+                condition.lock()
                 thread = nil
                 condition.broadcast()
                 condition.unlock()
@@ -165,21 +172,36 @@ public final class Engine: GenerationService, @unchecked Sendable {
             let plan = scheduler.schedule()
             let states = plan.chunks.map { requests[$0.sequenceId]! }
             condition.unlock()
+            // Events go out after the lock is released: a callback may call `cancel` or `submit`.
+            cancelled.deliver()
             if plan.isEmpty { continue }
             step(plan, states: states)
         }
     }
 
-    /// Caller holds the lock.
-    private func applyCancellations() {
+    /// Caller holds the lock; returns the cancelled requests' final events for the caller to
+    /// deliver once it has released the lock.
+    private func applyCancellations() -> PendingEvents {
+        var events = PendingEvents()
         for id in pendingCancellations {
             guard let state = requests.removeValue(forKey: id) else { continue }
             scheduler.finish(id)
             statistics.cancelledRequests += 1
-            state.onEvent(.finished(reason: .cancelled, text: "", usage: usage(state), timings: timings(state, end: now())))
+            events.append(state.onEvent, .finished(reason: .cancelled, text: "", usage: usage(state), timings: timings(state, end: now())))
         }
         pendingCancellations.removeAll()
         condition.broadcast()
+        return events
+    }
+
+    /// Events collected under the lock and delivered after it is released, so that a callback
+    /// that calls back into the engine (`cancel`, `submit`, `currentStatistics`) cannot deadlock.
+    private struct PendingEvents {
+        private var events: [(@Sendable (GenerationEvent) -> Void, GenerationEvent)] = []
+        mutating func append(_ onEvent: @escaping @Sendable (GenerationEvent) -> Void, _ event: GenerationEvent) {
+            events.append((onEvent, event))
+        }
+        func deliver() { for (onEvent, event) in events { onEvent(event) } }
     }
 
     private func step(_ plan: StepPlan, states: [RequestState]) {
@@ -195,14 +217,16 @@ public final class Engine: GenerationService, @unchecked Sendable {
             outputs = try model.forward(inputs)
         } catch {
             // A failed read of an expert fails the requests of this step, not the process.
+            var failed = PendingEvents()
             condition.lock()
             for state in states where requests.removeValue(forKey: state.id) != nil {
                 scheduler.finish(state.id)
                 statistics.failedRequests += 1
-                state.onEvent(.failed(message: "\(error)"))
+                failed.append(state.onEvent, .failed(message: "\(error)"))
             }
             condition.broadcast()
             condition.unlock()
+            failed.deliver()
             return
         }
         let end = now()
@@ -224,11 +248,13 @@ public final class Engine: GenerationService, @unchecked Sendable {
                                  topLogprobs: choice.top))
             if piece.stopped {
                 finished.append((state, .stop, ""))
-            } else if state.generated >= request.maxTokens || state.cache!.length + 1 >= model.config.maxPositionEmbeddings {
+            } else if Scheduler.reachedLimit(generated: state.generated, maxTokens: request.maxTokens,
+                                             cachedTokens: state.cache!.length, contextLength: model.config.maxPositionEmbeddings) {
                 finished.append((state, .length, state.assembler.finish()))
             }
         }
 
+        var done = PendingEvents()
         condition.lock()
         statistics.steps += 1
         statistics.busySeconds += Double(end - start) / 1e9
@@ -238,10 +264,11 @@ public final class Engine: GenerationService, @unchecked Sendable {
         for (state, reason, text) in finished where requests.removeValue(forKey: state.id) != nil {
             scheduler.finish(state.id)
             statistics.finishedRequests += 1
-            state.onEvent(.finished(reason: reason, text: text, usage: usage(state), timings: timings(state, end: end)))
+            done.append(state.onEvent, .finished(reason: reason, text: text, usage: usage(state), timings: timings(state, end: end)))
         }
         condition.broadcast()
         condition.unlock()
+        done.deliver()
     }
 
     private func usage(_ state: RequestState) -> Usage {

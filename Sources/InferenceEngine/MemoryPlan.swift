@@ -54,21 +54,3 @@ public func formatBytes(_ bytes: Int) -> String {
     while abs(value) >= 1024 && unit < units.count - 1 { value /= 1024; unit += 1 }
     return unit == 0 ? "\(bytes) B" : String(format: "%.1f %@", value, units[unit])
 }
-
-/// Parses a size: `512MiB`, `4GiB`, `4G`, `100KB`, or plain bytes. Every unit is binary
-/// (K = KB = KiB = 1024), as memory sizes are.
-public func parseByteSize(_ text: String) -> Int? {
-    let trimmed = text.trimmingCharacters(in: .whitespaces)
-    let digits = trimmed.prefix { $0.isNumber || $0 == "." }
-    guard let number = Double(digits), number >= 0 else { return nil }
-    let unit = trimmed.dropFirst(digits.count).trimmingCharacters(in: .whitespaces).lowercased()
-    let multipliers: [String: Double] = [
-        "": 1, "b": 1,
-        "k": 0x1p10, "kb": 0x1p10, "kib": 0x1p10,
-        "m": 0x1p20, "mb": 0x1p20, "mib": 0x1p20,
-        "g": 0x1p30, "gb": 0x1p30, "gib": 0x1p30,
-        "t": 0x1p40, "tb": 0x1p40, "tib": 0x1p40,
-    ]
-    guard let multiplier = multipliers[unit] else { return nil }
-    return Int(number * multiplier)
-}

@@ -153,6 +153,13 @@ public struct Scheduler: Sendable {
         }
     }
 
+    /// Whether a sequence that has sampled `generated` tokens and holds `cachedTokens` positions
+    /// in its KV cache must stop for length: it reached its `maxTokens`, or the next decode
+    /// input would not fit in the context (`cachedTokens + 1` positions).
+    public static func reachedLimit(generated: Int, maxTokens: Int, cachedTokens: Int, contextLength: Int) -> Bool {
+        generated >= maxTokens || cachedTokens + 1 >= contextLength
+    }
+
     /// Whether the sequence is known (waiting or running).
     public func contains(_ id: UInt64) -> Bool {
         running.contains { $0.id == id } || waiting.contains { $0.id == id }

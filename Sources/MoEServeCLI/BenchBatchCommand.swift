@@ -3,6 +3,7 @@ import ExpertCache
 import Foundation
 import InferenceEngine
 import MoEModels
+import Runtime
 
 /// `moe-serve bench batch`: aggregate decode throughput and expert bytes read per generated
 /// token at several concurrencies, through the real engine (continuous batching, expert-grouped

@@ -4,6 +4,7 @@ import Foundation
 import InferenceEngine
 import ModelFormats
 import MoEModels
+import Runtime
 import TensorMath
 
 /// `moe-serve bench decode`: llama-bench-style prefill (pp) and decode (tg) of one sequence
@@ -194,19 +195,22 @@ struct BenchDecodeCommand: ParsableCommand {
             policyName = runtime.cache?.statistics().policy ?? "none"
             var rng = SplitMix(state: seed)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
-            let kv = model.makeCache()
             let start = runtime.cache?.statistics().total ?? ExpertCacheCounters()
-            let t0 = now()
-            var logits = try model.forward([SequenceInput(cache: kv, tokens: prompt)])[0]
-            let t1 = now()
-            let afterPrefill = runtime.cache?.statistics().total ?? ExpertCacheCounters()
+            var afterPrefill = start
             // Sampled at temperature 1, seeded: greedy decoding of a random-weight model repeats
             // one token, routes every step to the same experts and would measure only hits.
-            var sampler = Sampler(temperature: 1, seed: seed)
-            for _ in 1..<genTokens {
-                logits = try model.forward([SequenceInput(cache: kv, tokens: [sampler.sample(logits)])])[0]
+            // `genTokens` samples take `genTokens - 1` decode steps (the first token comes from
+            // the prefill's logits), the steps this benchmark times.
+            var sampling = SamplingParameters()
+            sampling.temperature = 1
+            sampling.seed = seed
+            let result = try Generator(model: model, sampling: sampling).generate(
+                prompt: prompt, maxTokens: genTokens, stopTokens: [],
+                onPrefilled: { afterPrefill = runtime.cache?.statistics().total ?? ExpertCacheCounters() })
+            guard result.tokens.count == genTokens else {
+                throw CommandError("--prompt-tokens \(promptTokens) + --gen-tokens \(genTokens) exceed the model's context of \(model.config.maxPositionEmbeddings) tokens")
             }
-            let t2 = now()
+            let t0 = 0.0, t1 = result.stats.prefillSeconds, t2 = t1 + result.stats.decodeSeconds
             let end = runtime.cache?.statistics().total ?? ExpertCacheCounters()
             let decodeRead = (end.demandBytes + end.prefetchBytes) - (afterPrefill.demandBytes + afterPrefill.prefetchBytes)
             let decodeWasted = end.wastedPrefetchBytes - afterPrefill.wastedPrefetchBytes

@@ -1,7 +1,9 @@
 import ArgumentParser
 import ExpertPrediction
 import Foundation
+import InferenceEngine
 import MoEModels
+import Runtime
 
 /// `moe-serve bench predictor`: how well each predictor configuration guesses the experts a
 /// layer will use, on real prompts. All configurations watch the same greedy generations (a
@@ -52,7 +54,7 @@ struct BenchPredictorCommand: ParsableCommand {
 
             var tokens = 0
             for text in texts {
-                var generator = Generator(model: transformer, sampler: Sampler(temperature: 0, seed: 0))
+                let generator = Generator(model: transformer)
                 let result = try generator.generate(prompt: tokenizer.encode(text), maxTokens: maxTokens, stopTokens: [])
                 tokens += result.tokens.count + tokenizer.encode(text).count
             }

@@ -5,14 +5,17 @@ import Foundation
 import InferenceEngine
 import ModelFormats
 import MoEModels
+import Runtime
 import Tokenization
 
 /// How a command runs a model: the memory budget, the expert cache and its policy, and
-/// prefetching. Shared by `generate`, `serve` and the benchmarks.
+/// prefetching, as flags. A thin front: it builds a `RuntimeSpecification` and the `Runtime`
+/// library opens it. Shared by `generate` and the benchmarks (`serve` reads the same settings
+/// through its configuration keys).
 struct RuntimeOptions: ParsableArguments {
-    @Option(name: .customLong("memory-budget"), help: "RAM for everything (dense weights, KV cache, scratch, expert cache), e.g. 512MiB or 4GiB. The expert cache gets what remains.")
+    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (its own runtime, dense weights, scratch, KV cache, expert cache), e.g. 512MiB or 4GiB; every unit is binary (4G = 4GB = 4GiB). The expert cache gets what remains.")
     var memoryBudget: String?
-    @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them).")
+    @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them), e.g. 256MiB.")
     var expertCache: String?
     @Option(name: [.customLong("cache-policy"), .customLong("policy")], help: "Eviction policy: \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", ")).")
     /// LFU (with aging) by default, measured against LRU on the trained demo model's routing
@@ -46,198 +49,65 @@ struct RuntimeOptions: ParsableArguments {
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once; demand reads always find a free reader when this is below --reader-threads (0: no separate bound).")
     var prefetchReads: Int = 0
 
-    /// Opens the model at `url` for `maxSequences` concurrent sequences of up to `contextTokens`.
-    /// `extraRuntimeBytes` adds to the process's own reservation what a caller will use beyond
-    /// the model (the HTTP server's connections and responses). `kvShare` caps the KV cache's
+    /// The specification these flags describe for the model at `url`, run with `maxSequences`
+    /// concurrent sequences of up to `contextTokens`. `extraRuntimeBytes` adds to the process's
+    /// own reservation what a caller will use beyond the model; `kvShare` caps the KV cache's
     /// share of what the fixed parts leave (1 gives it everything `maxSequences` sequences of
-    /// `contextTokens` need, before the expert cache).
-    func open(at url: URL, maxSequences: Int = 1, contextTokens: Int? = nil, extraRuntimeBytes: Int = 0,
-              kvShare: Double = 0.25) throws -> ModelRuntime {
+    /// `contextTokens` need, before the expert cache). Each bad value fails naming its flag.
+    func specification(model url: URL, maxSequences: Int = 1, contextTokens: Int? = nil, extraRuntimeBytes: Int = 0,
+                       kvShare: Double = 0.25) throws -> RuntimeSpecification {
+        func flag<T>(_ name: String, _ body: () throws -> T) throws -> T {
+            do { return try body() } catch let error as RuntimeError { throw CommandError("\(name): \(error)") }
+        }
+        var spec = RuntimeSpecification(model: url)
         guard prefetch == "on" || prefetch == "off" else { throw CommandError("--prefetch: expected on or off, got '\(prefetch)'") }
-        guard let policy = PolicyChoice(rawValue: cachePolicy) else {
-            throw CommandError("--cache-policy: unknown policy '\(cachePolicy)'; choose one of \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", "))")
+        spec.prefetch = prefetch == "on"
+        spec.policy = try flag("--cache-policy") { try RuntimeSpecification.policy(named: cachePolicy) }
+        spec.kvPrecision = try flag("--kv-cache-type") { try RuntimeSpecification.kvPrecision(named: kvCacheType) }
+        if let predictor, !RuntimeSpecification.predictorNames.contains(predictor) {
+            throw CommandError("--predictor: unknown configuration '\(predictor)'; choose one of \(RuntimeSpecification.predictorNames.joined(separator: ", "))")
         }
-        guard let kvPrecision = KVPrecision(rawValue: kvCacheType) else {
-            throw CommandError("--kv-cache-type: expected f16 or f32, got '\(kvCacheType)'")
+        spec.predictor = predictor
+        if let predictorProbes {
+            spec.probes = RuntimeSpecification.probes(named: predictorProbes)
+            if case let .file(file) = spec.probes, !FileManager.default.fileExists(atPath: file.path) {
+                throw CommandError("--predictor-probes: no file at \(predictorProbes)")
+            }
         }
-        let probesURL = try predictorProbesURL(model: url)
-        let predictor = self.predictor ?? (probesURL == nil ? "cross_layer" : "cross_layer_deep")
-        guard var predictorConfiguration = PredictorConfiguration.named.first(where: { $0.0 == predictor })?.1 else {
-            throw CommandError("--predictor: unknown configuration '\(predictor)'; choose one of \(PredictorConfiguration.named.map(\.0).joined(separator: ", "))")
-        }
+        guard readerThreads >= 1 else { throw CommandError("--reader-threads: expected 1 or more, got \(readerThreads)") }
+        spec.readerThreads = readerThreads
         guard prefetchReads >= 0 else { throw CommandError("--prefetch-reads: expected 0 or more, got \(prefetchReads)") }
+        spec.prefetchReads = prefetchReads
         if let prefetchMinProbability, !(0...1).contains(prefetchMinProbability) {
             throw CommandError("--prefetch-min-probability: expected a probability in 0...1, got \(prefetchMinProbability)")
         }
-        predictorConfiguration.minProbability = prefetchMinProbability ?? 0.1
-        let tokenizer: Tokenizer? = FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path)
-            ? try Tokenizer.load(directory: url) : nil
-        // Measured before any weight is read: what the process costs on its own. Measured once
-        // per process: a benchmark that opens the model again afterwards finds the first run's
-        // lasting footprint (OpenBLAS buffers, thread stacks) already resident, which the
-        // allowance in the first measurement covers.
-        let runtimeBytes = Self.processRuntimeBytes + extraRuntimeBytes
+        spec.prefetchMinProbability = prefetchMinProbability
+        if let prefetchBudget, prefetchBudget < 0 {
+            throw CommandError("--prefetch-budget: expected 0 or more experts, got \(prefetchBudget)")
+        }
+        spec.prefetchBudgetExperts = prefetchBudget
+        spec.memoryBudgetBytes = try memoryBudget.map { try parseByteSize($0, option: "--memory-budget") }
+        spec.expertCacheBytes = try expertCache.map { try parseByteSize($0, option: "--expert-cache") }
+        spec.maxSequences = maxSequences
+        spec.contextTokens = contextTokens
+        spec.extraRuntimeBytes = extraRuntimeBytes
+        spec.kvShare = kvShare
+        return spec
+    }
 
-        // Dense weights and an expert loader, from a packed store or a checkpoint directory.
-        let config: ModelConfig
-        let weights: WeightSource
-        let loader: ExpertLoader
-        let denseBytes: Int
-        let readsFromDisk: Bool
-        if ExpertStore.isStore(at: url) {
-            let store = try ExpertStore(url: url)
-            config = store.config
-            weights = store
-            loader = StoreExpertLoader(store: store)
-            denseBytes = store.manifest.dense.fileSize
-            readsFromDisk = true
-        } else {
-            let checkpoint = try CheckpointDirectory(url: url)
-            config = checkpoint.config
-            weights = checkpoint
-            let names = ArchitectureDescription.of(config.architecture)
-            guard memoryBudget != nil || expertCache != nil else {
-                // A checkpoint directory without a budget: every expert in RAM, the simple path.
-                let experts = try InMemoryExpertProvider(config: config, weights: checkpoint, names: names)
-                let model = try TransformerModel(config: config, weights: checkpoint, experts: experts)
-                model.kvPrecision = kvPrecision
-                let probes = try probesURL.map { try CrossLayerProbes.load($0, experts: config.expertCount, hidden: config.hiddenSize) }
-                return ModelRuntime(model: model, cache: nil, predictor: nil, probes: probes, plan: nil, tokenizer: tokenizer)
+    /// Opens the model at `url` under these flags (`specification`, then `ModelRuntime.open`).
+    func open(at url: URL, maxSequences: Int = 1, contextTokens: Int? = nil, extraRuntimeBytes: Int = 0,
+              kvShare: Double = 0.25) throws -> ModelRuntime {
+        let spec = try specification(model: url, maxSequences: maxSequences, contextTokens: contextTokens,
+                                     extraRuntimeBytes: extraRuntimeBytes, kvShare: kvShare)
+        if case .file = spec.probes {
+            // Named here rather than in the runtime's words, as the flags were given.
+            let predictor = spec.predictor ?? "cross_layer_deep"
+            if let configuration = PredictorConfiguration.named.first(where: { $0.0 == predictor })?.1, !configuration.crossLayer {
+                throw CommandError("--predictor-probes replaces the cross-layer gate, which --predictor \(predictor) does not use")
             }
-            loader = try CheckpointExpertLoader(config: config, weights: checkpoint, names: names)
-            denseBytes = checkpoint.denseByteCount(expertNames: names)
-            readsFromDisk = false
         }
-        _ = readsFromDisk
-
-        let layers = config.moeLayers
-        let expertBytes = layers.first.map { loader.expertByteCount(layer: $0, expert: 0) } ?? 0
-        let allExpertBytes = expertBytes * config.expertCount * layers.count
-        let kvBytesPerToken = TransformerModel.kvBytesPerToken(config, precision: kvPrecision)
-        let contextTokens = min(contextTokens ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings)
-
-        var plan: MemoryPlan?
-        var cacheBytes = allExpertBytes
-        if let memoryBudget {
-            let budget = try parseByteSize(memoryBudget, option: "--memory-budget")
-            plan = try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes,
-                                       scratchBytes: Self.scratchBytes(config, maxSequences: maxSequences)
-                                           + ExpertStore.pooledBuffers * expertBytes,
-                                       kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * maxSequences,
-                                       // Two layers' worth of experts, and at least the cache's
-                                       // floor of top-k slots in every MoE layer (which is more
-                                       // for few-expert models such as Mixtral).
-                                       minimumExpertBytes: max(2 * config.expertCount, config.expertsPerToken * layers.count) * expertBytes,
-                                       kvShare: kvShare)
-            cacheBytes = plan!.expertCacheBytes
-        }
-        if let expertCache {
-            cacheBytes = try parseByteSize(expertCache, option: "--expert-cache")
-        }
-        let cache = try OffloadingExpertCache(
-            loader: loader,
-            policy: policy.make(layerCount: config.layerCount, hotPerLayer: config.expertsPerToken),
-            configuration: .init(budgetBytes: cacheBytes, floorSlots: config.expertsPerToken, readerThreads: readerThreads,
-                                 speculativeLayerBytes: try speculativeLayerBytes(expertBytes: expertBytes, topK: config.expertsPerToken),
-                                 maxInFlightPrefetches: prefetchReads == 0 ? nil : prefetchReads),
-            layers: layers)
-        let model = try TransformerModel(config: config, weights: weights, experts: cache)
-        model.kvPrecision = kvPrecision
-        // Checked and loaded whether or not this run prefetches, so a wrong file or a predictor
-        // that would ignore it fails at start, not silently.
-        if predictorProbes != nil && predictorProbes != "none" && !predictorConfiguration.crossLayer {
-            throw CommandError("--predictor-probes replaces the cross-layer gate, which --predictor \(predictor) does not use")
-        }
-        // A model's own probes stay unused by predictors without the cross-layer gate.
-        let probes = try (predictorConfiguration.crossLayer ? probesURL : nil).map {
-            try CrossLayerProbes.load($0, experts: config.expertCount, hidden: config.hiddenSize)
-        }
-        if probes?.output == .selection, let prefetchMinProbability {
-            predictorConfiguration.minSelectionProbability = prefetchMinProbability
-        }
-        var expertPredictor: ExpertPredictor?
-        if prefetch == "on" && cacheBytes < allExpertBytes {
-            expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
-            model.routingObserver = expertPredictor
-        }
-        return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, predictorName: predictor + (probes == nil ? "" : "+probes"),
-                            probes: probes, plan: plan, tokenizer: tokenizer)
-    }
-
-    /// The probes to use: `--predictor-probes FILE`, none for `none`, else the model
-    /// directory's own if it has them.
-    private func predictorProbesURL(model: URL) throws -> URL? {
-        switch predictorProbes {
-        case "none": return nil
-        case let path?:
-            guard FileManager.default.fileExists(atPath: path) else { throw CommandError("--predictor-probes: no file at \(path)") }
-            return URL(fileURLWithPath: path)
-        case nil:
-            let own = model.appendingPathComponent(ExpertStore.predictorProbesFile)
-            return FileManager.default.fileExists(atPath: own.path) ? own : nil
-        }
-    }
-
-    /// The per-layer bound on prefetched, unused expert bytes `--prefetch-budget` asks for.
-    private func speculativeLayerBytes(expertBytes: Int, topK: Int) throws -> Int? {
-        let experts = prefetchBudget ?? topK
-        guard experts >= 0 else { throw CommandError("--prefetch-budget: expected 0 or more experts, got \(experts)") }
-        return experts == 0 ? nil : experts * expertBytes
-    }
-
-    /// The process's footprint, measured at the first `open`.
-    nonisolated(unsafe) private static var measuredRuntimeBytes: Int?
-    private static var processRuntimeBytes: Int {
-        if let measuredRuntimeBytes { return measuredRuntimeBytes }
-        let bytes = ProcessMemory.runtimeReservation()
-        measuredRuntimeBytes = bytes
-        return bytes
-    }
-
-    /// Activations of one step: a generous per-token estimate (hidden states, q/k/v, expert
-    /// intermediates, logits) for a 256-token step plus attention scores.
-    static func scratchBytes(_ config: ModelConfig, maxSequences: Int) -> Int {
-        let perToken = 8 * config.hiddenSize + 4 * config.headCount * config.headDim + 4 * config.expertIntermediateSize
-        // Plus a decode step's expert outputs, one slot per (token, rank) (`SparseMoEBlock`).
-        let slots = SparseMoEBlockLimits.parallelRowLimit * config.expertsPerToken * config.hiddenSize
-        return (256 * perToken + maxSequences * config.vocabSize + config.maxPositionEmbeddings + slots) * MemoryLayout<Float>.size
-    }
-}
-
-/// A model ready to run, with what serves its experts.
-final class ModelRuntime {
-    let model: TransformerModel
-    let cache: OffloadingExpertCache?
-    let predictor: ExpertPredictor?
-    /// The predictor's configuration name, with "+probes" when fitted probes replace routers.
-    let predictorName: String?
-    /// The fitted probes this run loaded (the model's own or `--predictor-probes`), if any.
-    let probes: CrossLayerProbes?
-    let plan: MemoryPlan?
-    let tokenizer: Tokenizer?
-
-    init(model: TransformerModel, cache: OffloadingExpertCache?, predictor: ExpertPredictor?, predictorName: String? = nil,
-         probes: CrossLayerProbes? = nil, plan: MemoryPlan?, tokenizer: Tokenizer?) {
-        self.probes = probes
-        self.model = model
-        self.cache = cache
-        self.predictor = predictor
-        self.predictorName = predictor == nil ? nil : predictorName
-        self.plan = plan
-        self.tokenizer = tokenizer
-    }
-
-    /// Adds `observer` after the predictor (or as the only observer).
-    func chain(_ observer: RoutingObserver?) {
-        guard let observer else { return }
-        if let predictor { predictor.next = observer } else { model.routingObserver = observer }
-    }
-
-    /// Stops the cache's readers and breaks the model ↔ predictor reference cycle, so that
-    /// the model, its dense weights and its resident experts are freed.
-    func close() {
-        cache?.close()
-        model.routingObserver = nil
+        return try ModelRuntime.open(spec)
     }
 }
 
@@ -286,20 +156,5 @@ struct PredictionSummary: Encodable {
         used = total.used
         withdrawn = total.withdrawn
         perLayer = statistics.perLayer.map { ["recall": $0.recall, "precision": $0.precision] }
-    }
-}
-
-extension CheckpointDirectory {
-    /// Bytes of every tensor that is not a routed expert (what stays resident).
-    func denseByteCount(expertNames names: ArchitectureDescription) -> Int {
-        var expertTensors = Set<String>()
-        for layer in config.moeLayers {
-            for expert in 0..<config.expertCount {
-                let n = names.expertTensorNames(layer, expert)
-                expertTensors.formUnion([n.gate, n.up, n.down])
-            }
-        }
-        return tensorNames.filter { !expertTensors.contains($0) }
-            .reduce(0) { total, name in total + ((try? entry(name).0.byteCount) ?? 0) }
     }
 }

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import ExpertCache
+import InferenceEngine
 import MoEModels
+import Runtime
 import ExpertPrediction
 import Tokenization
 
@@ -65,7 +67,10 @@ struct GenerateCommand: ParsableCommand {
             }
             var stopTokens = Set(transformer.config.eosTokenIds)
             stopTokens.formUnion(tokenizer?.eosTokenIds ?? [])
-            var generator = Generator(model: transformer, sampler: Sampler(temperature: Float(temperature), seed: seed))
+            var sampling = SamplingParameters()
+            sampling.temperature = Float(temperature)
+            sampling.seed = seed
+            let generator = Generator(model: transformer, sampling: sampling)
             let result = try generator.generate(prompt: promptIds, maxTokens: maxTokens, stopTokens: ignoreEOS ? [] : stopTokens)
             try recorder?.finish()
             // The text leaves out the end-of-sequence token that stopped generation.

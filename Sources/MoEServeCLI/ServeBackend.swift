@@ -4,11 +4,12 @@ import Foundation
 import HTTPServer
 import InferenceEngine
 import MoEModels
+import Runtime
 import Tokenization
 
-/// The real backend `serve` attaches once the model has loaded: the engine over the model
-/// (experts through the offloading cache under the memory budget), the tokenizer as the
-/// server's prompt codec, and live statistics for `/metrics` and the dashboard.
+/// The real backend `serve` attaches once the model has loaded: glue between the `Runtime`
+/// library (model, cache, predictor, engine, live statistics) and the HTTP server (the
+/// tokenizer as its prompt codec, the runtime's snapshots rendered as `/metrics` and `/v1/stats`).
 enum ServeBackend {
     /// Memory the server itself uses under load beyond the model: connections, request bodies
     /// being received and decoded, responses being written (`RequestMemory`, derived from the
@@ -16,30 +17,54 @@ enum ServeBackend {
     /// `scripts/load_test.sh`: see docs/RELIABILITY.md.
     static func serverReserveBytes(_ config: ServerConfig) -> Int { APIServer.memoryReservation(for: config) }
 
-    /// Loads the model named by `config` (the bundled demo model when none) and starts the engine.
-    static func make(_ config: ServerConfig, metrics: ServerMetrics) throws -> (ModelBackend, Engine) {
+    /// The runtime specification of `config` (the bundled demo model when it names none); a bad
+    /// value fails naming its configuration key.
+    static func specification(_ config: ServerConfig) throws -> RuntimeSpecification {
         guard let url = config.model.map({ URL(fileURLWithPath: $0) }) ?? BundledModel.location else {
             throw CommandError("no model given and the bundled demo model was not found (set MOE_DEMO_MODEL or pass --model)")
         }
-        let maxSequences = 8
-        let options = try RuntimeOptions.parse(["--memory-budget", String(config.memoryBudget)])
-        let runtime = try options.open(at: url, maxSequences: maxSequences, extraRuntimeBytes: Self.serverReserveBytes(config))
-        guard let tokenizer = runtime.tokenizer else {
-            throw CommandError("\(url.path): serving needs a tokenizer.json beside the model")
+        func key<T>(_ name: String, _ body: () throws -> T) throws -> T {
+            do { return try body() } catch let error as RuntimeError { throw CommandError("invalid value for '\(name)': \(error)") }
         }
-        let usage = ExpertUsageCounter(layerCount: runtime.model.config.layerCount, expertCount: runtime.model.config.expertCount)
-        runtime.chain(usage)
-        let kvBudget = runtime.plan?.kvCacheBytes
-            ?? runtime.model.config.maxPositionEmbeddings * maxSequences * Engine.defaultLimits(for: runtime.model, kvCacheBudgetBytes: 0).kvBytesPerToken
-        let limits = Engine.defaultLimits(for: runtime.model, kvCacheBudgetBytes: kvBudget, maxRunningSequences: maxSequences,
-                                          maxWaitingRequests: config.maxQueuedRequests)
-        let engine = Engine(model: runtime.model, limits: limits, decode: { [tokenizer] in tokenizer.decode($0, skipSpecialTokens: true) })
+        let settings = config.runtime
+        var spec = RuntimeSpecification(model: url)
+        spec.memoryBudgetBytes = config.memoryBudget
+        spec.expertCacheBytes = settings.expertCacheBytes
+        if let name = settings.cachePolicy { spec.policy = try key("cache_policy") { try RuntimeSpecification.policy(named: name) } }
+        if let prefetch = settings.prefetch { spec.prefetch = prefetch }
+        if let predictor = settings.predictor {
+            guard RuntimeSpecification.predictorNames.contains(predictor) else {
+                throw CommandError("invalid value for 'predictor': unknown configuration '\(predictor)'; choose one of \(RuntimeSpecification.predictorNames.joined(separator: ", "))")
+            }
+            spec.predictor = predictor
+        }
+        if let probes = settings.predictorProbes { spec.probes = RuntimeSpecification.probes(named: probes) }
+        if let name = settings.kvCacheType { spec.kvPrecision = try key("kv_cache_type") { try RuntimeSpecification.kvPrecision(named: name) } }
+        if let threads = settings.readerThreads { spec.readerThreads = threads }
+        if let reads = settings.prefetchReads { spec.prefetchReads = reads }
+        spec.prefetchMinProbability = settings.prefetchMinProbability.map { Float($0) }
+        spec.prefetchBudgetExperts = settings.prefetchBudget
+        spec.maxSequences = settings.maxSequences
+        spec.extraRuntimeBytes = serverReserveBytes(config)
+        return spec
+    }
+
+    /// Opens the model `specification` names, starts its engine and the statistics feeding
+    /// `metrics`.
+    static func make(_ specification: RuntimeSpecification, config: ServerConfig, metrics: ServerMetrics) throws -> (ModelBackend, Engine) {
+        let runtime = try ModelRuntime.open(specification)
+        guard let tokenizer = runtime.tokenizer else {
+            throw CommandError("\(specification.model.path): serving needs a tokenizer.json beside the model")
+        }
+        let engine = runtime.makeEngine(maxWaitingRequests: config.maxQueuedRequests,
+                                        decode: { [tokenizer] in tokenizer.decode($0, skipSpecialTokens: true) })
+        // The monitor chains its usage counter after the predictor before any step runs.
+        let monitor = RuntimeMonitor(engine: engine, runtime: runtime)
         engine.start()
-        let name = url.lastPathComponent
-        let stats = LiveStatistics(engine: engine, runtime: runtime, usage: usage, metrics: metrics)
-        stats.startFeedingMetrics()
+        let stats = LiveStatistics(monitor: monitor)
+        monitor.start { snapshot in stats.render(snapshot, into: metrics) }
         let codec = TokenizerCodec(tokenizer: tokenizer, contextLength: runtime.model.config.maxPositionEmbeddings,
-                                   modelName: name, extraStopIds: Set(runtime.model.config.eosTokenIds))
+                                   modelName: specification.model.lastPathComponent, extraStopIds: Set(runtime.model.config.eosTokenIds))
         return (ModelBackend(service: engine, codec: codec, stats: stats), engine)
     }
 }
@@ -61,117 +86,55 @@ struct TokenizerCodec: PromptCodec {
     var stopTokenIds: Set<Int> { tokenizer.eosTokenIds.union(extraStopIds) }
 }
 
-/// Counts how often each expert is routed to, for the dashboard's heatmap.
-final class ExpertUsageCounter: RoutingObserver, @unchecked Sendable {
-    private let lock = NSLock()
-    private var counts: [[Double]]
-
-    init(layerCount: Int, expertCount: Int) {
-        counts = Array(repeating: Array(repeating: 0, count: expertCount), count: layerCount)
-    }
-
-    func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) {
-        lock.lock()
-        defer { lock.unlock() }
-        // Exponential decay keeps the map about recent traffic.
-        for e in counts[layer].indices { counts[layer][e] *= 0.98 }
-        for route in routes { for expert in route.experts { counts[layer][expert] += 1 } }
-    }
-
-    var snapshot: [[Double]] {
-        lock.lock()
-        defer { lock.unlock() }
-        return counts
-    }
-}
-
-/// Samples the engine and the cache once a second: rates from differences, fed to the
-/// Prometheus metrics and returned to the dashboard.
+/// The runtime's snapshots as the HTTP layer's types: `/v1/stats` and the dashboard read
+/// `currentStats`, `/metrics` gets each sample. No figure is computed here.
 final class LiveStatistics: StatsProvider, @unchecked Sendable {
-    private let engine: Engine
-    private let runtime: ModelRuntime
-    private let usage: ExpertUsageCounter
-    private let metrics: ServerMetrics
-    private let lock = NSLock()
-    private var latest = EngineStats()
-    private var previous: (time: Double, prompt: Int, generated: Int, hits: Int, misses: Int)?
+    private let monitor: RuntimeMonitor
 
-    init(engine: Engine, runtime: ModelRuntime, usage: ExpertUsageCounter, metrics: ServerMetrics) {
-        self.engine = engine
-        self.runtime = runtime
-        self.usage = usage
-        self.metrics = metrics
-    }
+    init(monitor: RuntimeMonitor) { self.monitor = monitor }
 
-    func currentStats() -> EngineStats {
-        lock.lock()
-        defer { lock.unlock() }
-        return latest
-    }
+    func currentStats() -> EngineStats { Self.engineStats(monitor.latest) }
 
-    func startFeedingMetrics() {
-        let thread = Thread { [self] in
-            while true {
-                sample()
-                Thread.sleep(forTimeInterval: 1)
-            }
+    /// Feeds one sample to the Prometheus metrics.
+    func render(_ snapshot: RuntimeSnapshot, into metrics: ServerMetrics) {
+        var cache = ExpertCacheSnapshot()
+        if let stats = snapshot.cache {
+            cache.hitsPerLayer = stats.perLayer.map { $0?.hits ?? 0 }
+            cache.missesPerLayer = stats.perLayer.map { $0?.misses ?? 0 }
+            cache.evictionsPerLayer = stats.perLayer.map { $0?.evictions ?? 0 }
+            cache.diskReadBytes = stats.total.demandBytes + stats.total.prefetchBytes
+            cache.prefetchWastedBytes = stats.total.wastedPrefetchBytes
+            cache.prefetchesIssued = stats.total.prefetchesIssued
+            cache.prefetchesInTime = stats.total.prefetchHits
+            cache.prefetchesLate = stats.total.prefetchesLate
+            cache.ioStallSeconds = stats.total.stallSeconds
+            cache.cacheBytesUsed = stats.usedBytes
+            cache.cacheBytesBudget = stats.budgetBytes
         }
-        thread.name = "moe-stats"
-        thread.start()
+        cache.memoryBudgetBytes = snapshot.memoryBudgetBytes
+        cache.recentHitRate = snapshot.recentHitRate
+        if let prediction = snapshot.prediction {
+            cache.prefetchRecall = prediction.recall
+            cache.prefetchPrecision = prediction.precision
+        }
+        metrics.updateExpertCache(cache)
+        metrics.setScheduler(queueDepth: snapshot.engine.waitingRequests, runningSequences: snapshot.engine.runningSequences)
+        metrics.setHeldResources(kvReservedBytes: snapshot.kvReservedBytes, pinnedExperts: snapshot.pinnedExperts)
+        metrics.setThroughput(promptTokensPerSecond: snapshot.promptTokensPerSecond, decodeTokensPerSecond: snapshot.decodeTokensPerSecond)
     }
 
-    private func sample() {
-        let now = Date().timeIntervalSince1970
-        let counters = engine.currentStatistics
-        let cacheStats = runtime.cache?.statistics()
-        let hits = cacheStats?.total.hits ?? 0, misses = cacheStats?.total.misses ?? 0
+    static func engineStats(_ snapshot: RuntimeSnapshot) -> EngineStats {
         var stats = EngineStats()
-        if let previous {
-            let seconds = max(now - previous.time, 1e-3)
-            stats.promptTokensPerSecond = Double(counters.promptTokens - previous.prompt) / seconds
-            stats.decodeTokensPerSecond = Double(counters.generatedTokens - previous.generated) / seconds
-            let lookups = (hits - previous.hits) + (misses - previous.misses)
-            stats.cacheHitRate = lookups > 0 ? Double(hits - previous.hits) / Double(lookups) : (lock.withLock { latest.cacheHitRate })
-        }
-        previous = (now, counters.promptTokens, counters.generatedTokens, hits, misses)
-        stats.runningSequences = counters.runningSequences
-        stats.queuedRequests = counters.waitingRequests
-        stats.expertUsage = usage.snapshot
-        let config = runtime.model.config
-        if let cache = runtime.cache {
-            stats.expertResident = (0..<config.layerCount).map { layer in
-                config.isMoELayer(layer) ? (0..<config.expertCount).map { cache.isResident(layer: layer, expert: $0) } : []
-            }
-            stats.cacheBytesBudget = cacheStats?.budgetBytes ?? 0
-            stats.cacheBytesUsed = cacheStats?.usedBytes ?? 0
-        }
-        stats.residentBytes = ServerMetrics.residentSetBytes() ?? 0
-
-        var snapshot = ExpertCacheSnapshot()
-        if let cacheStats {
-            snapshot.hitsPerLayer = cacheStats.perLayer.map { $0?.hits ?? 0 }
-            snapshot.missesPerLayer = cacheStats.perLayer.map { $0?.misses ?? 0 }
-            snapshot.evictionsPerLayer = cacheStats.perLayer.map { $0?.evictions ?? 0 }
-            snapshot.diskReadBytes = cacheStats.total.demandBytes + cacheStats.total.prefetchBytes
-            snapshot.prefetchWastedBytes = cacheStats.total.wastedPrefetchBytes
-            snapshot.prefetchesIssued = cacheStats.total.prefetchesIssued
-            snapshot.prefetchesInTime = cacheStats.total.prefetchHits
-            snapshot.prefetchesLate = cacheStats.total.prefetchesLate
-            snapshot.ioStallSeconds = cacheStats.total.stallSeconds
-            snapshot.cacheBytesUsed = stats.cacheBytesUsed
-            snapshot.cacheBytesBudget = stats.cacheBytesBudget
-        }
-        snapshot.recentHitRate = stats.cacheHitRate
-        if let prediction = runtime.predictor?.statistics.total {
-            snapshot.prefetchRecall = prediction.recall
-            snapshot.prefetchPrecision = prediction.precision
-        }
-        metrics.updateExpertCache(snapshot)
-        metrics.setScheduler(queueDepth: counters.waitingRequests, runningSequences: counters.runningSequences)
-        metrics.setHeldResources(kvReservedBytes: engine.reservedKVBytes, pinnedExperts: runtime.cache?.pinCount() ?? 0)
-        metrics.setThroughput(promptTokensPerSecond: stats.promptTokensPerSecond, decodeTokensPerSecond: stats.decodeTokensPerSecond)
-        lock.lock()
-        latest = stats
-        lock.unlock()
+        stats.promptTokensPerSecond = snapshot.promptTokensPerSecond
+        stats.decodeTokensPerSecond = snapshot.decodeTokensPerSecond
+        stats.cacheHitRate = snapshot.recentHitRate
+        stats.runningSequences = snapshot.engine.runningSequences
+        stats.queuedRequests = snapshot.engine.waitingRequests
+        stats.expertUsage = snapshot.expertUsage
+        stats.expertResident = snapshot.expertResident
+        stats.cacheBytesBudget = snapshot.cache?.budgetBytes ?? 0
+        stats.cacheBytesUsed = snapshot.cache?.usedBytes ?? 0
+        stats.residentBytes = snapshot.residentBytes
+        return stats
     }
 }

@@ -17,7 +17,18 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Model directory or expert store (default: the bundled demo model).") var model: String?
     @Option(help: "Address to bind (default 127.0.0.1).") var host: String?
     @Option(help: "TCP port (default 8080; 0 picks a free one).") var port: String?
-    @Option(name: .customLong("memory-budget"), help: "Expert cache budget, e.g. 4GiB.") var memoryBudget: String?
+    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (runtime, dense weights, scratch, KV cache, expert cache), e.g. 4GiB; units are binary (4G = 4GB = 4GiB). The expert cache gets what remains.") var memoryBudget: String?
+    @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them).") var expertCache: String?
+    @Option(name: .customLong("cache-policy"), help: "Expert cache eviction policy (default lfu).") var cachePolicy: String?
+    @Option(help: "Predictive prefetch of experts: on or off (default on).") var prefetch: String?
+    @Option(help: "Predictor configuration (default cross_layer_deep with the model's probes, else cross_layer).") var predictor: String?
+    @Option(name: .customLong("predictor-probes"), help: "Fitted predictor probes file, or none (default: the model's own).") var predictorProbes: String?
+    @Option(name: .customLong("kv-cache-type"), help: "KV cache storage: f16 (default) or f32.") var kvCacheType: String?
+    @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (default 4).") var readerThreads: String?
+    @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once (0, the default: no separate bound).") var prefetchReads: String?
+    @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only guesses at least this probable (default 0.1, or 0.7 with selection probes).") var prefetchMinProbability: String?
+    @Option(name: .customLong("prefetch-budget"), help: "Prefetched, unused experts each layer may hold (0: no bound; default the model's top-k).") var prefetchBudget: String?
+    @Option(name: .customLong("max-sequences"), help: "Sequences decoded together in one batch (default 8).") var maxSequences: String?
     @Option(name: .customLong("api-keys"), help: "Comma-separated accepted Bearer keys.") var apiKeys: String?
     @Option(name: .customLong("cors-allow-origins"), help: "Comma-separated CORS origins ('*' for any).") var corsAllowOrigins: String?
     @Option(name: .customLong("max-body-size"), help: "Largest request body, e.g. 8MiB.") var maxBodySize: String?
@@ -43,6 +54,10 @@ struct ServeCommand: ParsableCommand {
             ("max_pipelined", maxPipelined), ("max_requests_per_connection", maxRequestsPerConnection),
             ("max_request_memory", maxRequestMemory), ("max_queued_requests", maxQueuedRequests), ("max_connections", maxConnections),
             ("retry_after", retryAfter), ("shutdown_grace_period", shutdownGracePeriod), ("log_requests", logRequests),
+            ("expert_cache", expertCache), ("cache_policy", cachePolicy), ("prefetch", prefetch), ("predictor", predictor),
+            ("predictor_probes", predictorProbes), ("kv_cache_type", kvCacheType), ("reader_threads", readerThreads),
+            ("prefetch_reads", prefetchReads), ("prefetch_min_probability", prefetchMinProbability),
+            ("prefetch_budget", prefetchBudget), ("max_sequences", maxSequences),
         ]
         var out: [String: String] = [:]
         for (key, value) in pairs { if let value { out[key] = value } }
@@ -53,6 +68,8 @@ struct ServeCommand: ParsableCommand {
         try reportingErrors {
             let file = config ?? ProcessInfo.processInfo.environment["MOE_CONFIG"]
             let serverConfig = try ConfigLoader.load(file: file, overrides: overrides)
+            // Checked before the server listens, so a bad runtime setting stops it at start.
+            let specification = try ServeBackend.specification(serverConfig)
             let server = APIServer(config: serverConfig)
             // Under systemd with Type=notify: ready once the model is loaded, stopping on drain.
             let notifier = SystemdNotifier(environment: ProcessInfo.processInfo.environment)
@@ -63,7 +80,7 @@ struct ServeCommand: ParsableCommand {
             let loadFailed = LoadFailureFlag()
             Thread.detachNewThread {
                 do {
-                    let (backend, _) = try ServeBackend.make(serverConfig, metrics: metrics)
+                    let (backend, _) = try ServeBackend.make(specification, config: serverConfig, metrics: metrics)
                     server.attach(backend)
                     FileHandle.standardError.write(Data("model loaded; ready\n".utf8))
                     if let notifier { notifyQuietly(notifier, "READY=1\nSTATUS=model loaded; serving") }

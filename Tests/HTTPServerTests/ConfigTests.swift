@@ -64,4 +64,48 @@ import Testing
         }
         #expect(try ConfigLoader.load(file: root.appendingPathComponent("ServerConfig/default.toml").path, environment: [:]) == ServerConfig())
     }
+
+    @Test func sizesMeanWhatTheCommandLineMeans() throws {
+        // One parser: KB/MB/GB are binary here as in `generate --memory-budget`.
+        #expect(ConfigLoader.parseSize("4GB") == 4 << 30)
+        #expect(ConfigLoader.parseSize("100KB") == 102_400)
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_MEMORY_BUDGET": "4GB"]).memoryBudget == 4 << 30)
+        do {
+            _ = try ConfigLoader.load(file: nil, environment: ["MOE_MEMORY_BUDGET": "-4GB"])
+            Issue.record("a negative budget loaded")
+        } catch {
+            #expect("\(error)".contains("memory_budget") && "\(error)".contains("negative"), "\(error)")
+        }
+    }
+
+    @Test func runtimeKeysComeFromFlagsEnvironmentAndTOMLAlike() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("moe-runtime-keys-\(UUID().uuidString).toml")
+        try """
+        cache_policy = "lru"
+        prefetch = false
+        kv_cache_type = "f32"
+        reader_threads = 2
+        prefetch_min_probability = 0.5
+        expert_cache = "64MiB"
+        """.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let config = try ConfigLoader.load(file: file.path, environment: ["MOE_PREDICTOR": "cross_layer", "MOE_READER_THREADS": "3"],
+                                           overrides: ["prefetch_reads": "1", "max_sequences": "4", "predictor_probes": "none",
+                                                       "prefetch_budget": "0", "kv_cache_type": "f16"])
+        var expected = RuntimeSettings()
+        expected.cachePolicy = "lru"
+        expected.prefetch = false
+        expected.kvCacheType = "f16"
+        expected.readerThreads = 3
+        expected.prefetchMinProbability = 0.5
+        expected.expertCacheBytes = 64 << 20
+        expected.predictor = "cross_layer"
+        expected.prefetchReads = 1
+        expected.maxSequences = 4
+        expected.predictorProbes = "none"
+        expected.prefetchBudget = 0
+        #expect(config.runtime == expected)
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_PREFETCH_MIN_PROBABILITY": "2"]) }
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_READER_THREADS": "0"]) }
+    }
 }

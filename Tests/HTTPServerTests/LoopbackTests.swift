@@ -205,6 +205,7 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             snapshot.missesPerLayer = [1, 0]
             snapshot.diskReadBytes = 4096
             snapshot.cacheBytesBudget = 1 << 30
+            snapshot.memoryBudgetBytes = 4 << 30
             server.metrics.updateExpertCache(snapshot)
             snapshot.hitsPerLayer = [5, 4]
             server.metrics.updateExpertCache(snapshot)
@@ -224,6 +225,7 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             #expect(samples["moe_expert_cache_layer_hits_total{layer=\"0\"}"] == 5)
             #expect(samples["moe_disk_read_bytes_total"] == 4096)
             #expect(samples["moe_expert_cache_bytes_budget"] == Double(1 << 30))
+            #expect(samples["moe_memory_budget_bytes"] == Double(4 << 30))
             #expect((samples["moe_resident_memory_bytes"] ?? 0) > 0)
         }
     }

@@ -90,7 +90,7 @@ final class Counter: @unchecked Sendable {
         let (model, _) = try Fixtures.model("qwen2moe-shared")
         let prompts = (0..<6).map { i in (0..<(3 + i * 2)).map { ($0 * 7 + i * 13) % model.config.vocabSize } }
         let alone: [[Int]] = try prompts.map { prompt in
-            var generator = Generator(model: model, sampler: Sampler(temperature: 0, seed: 0))
+            let generator = Generator(model: model)
             return try generator.generate(prompt: prompt, maxTokens: 6, stopTokens: []).tokens
         }
         let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: 64 << 20, tokenBudgetPerStep: 7),
@@ -177,7 +177,7 @@ final class Counter: @unchecked Sendable {
 
     @Test func stopTokenEndsWithStopAndRequestsOverTheBudgetAreRefused() throws {
         let (model, _) = try Fixtures.model("mixtral-gqa")
-        var generator = Generator(model: model, sampler: Sampler(temperature: 0, seed: 0))
+        let generator = Generator(model: model)
         let expected = try generator.generate(prompt: [4, 5, 6], maxTokens: 4, stopTokens: []).tokens
         let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: 1 << 20), decode: toyDecode)
         engine.start()
@@ -196,4 +196,52 @@ final class Counter: @unchecked Sendable {
             #expect(error.kind == .promptTooLong)
         }
     }
+}
+
+extension EngineTests {
+    /// Events leave the engine after it releases its lock: a finished event whose callback
+    /// cancels another request, submits a new one and reads the statistics must not deadlock.
+    @Test func anEventCallbackMayCancelSubmitAndReadStatistics() throws {
+        let (model, _) = try Fixtures.model("qwen2moe-shared")
+        let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: 64 << 20), decode: toyDecode)
+        engine.start()
+        defer { engine.shutdown(grace: 1) }
+        let long = EventCollector()
+        let longId = try engine.submit(greedy([5, 6, 7], maxTokens: 200)) { long.handle($0) }
+        let followUp = EventCollector()
+        let callbackDone = DispatchSemaphore(value: 0)
+        let cancelledEvents = Counter()
+        _ = try engine.submit(greedy([1, 2, 3], maxTokens: 1)) { [engine] event in
+            guard case .finished = event else { return }
+            engine.cancel(longId)
+            _ = engine.currentStatistics
+            _ = try? engine.submit(greedy([9, 8], maxTokens: 2)) { followUp.handle($0) }
+            callbackDone.signal()
+        }
+        #expect(callbackDone.wait(timeout: .now() + 30) == .success)
+        let longResult = long.wait()
+        #expect(longResult.finish == .cancelled)
+        // A request's callback cancels the request itself on every event, its final one included
+        // (then a no-op on a request already gone, and no deadlock).
+        let selfCancelling = EventCollector()
+        let selfId = RequestIdBox()
+        let id = try engine.submit(greedy([4, 4, 4], maxTokens: 200)) { [engine] event in
+            // Until `submit` has returned the id is 0, which cancels nothing; a later token does.
+            engine.cancel(selfId.get())
+            _ = cancelledEvents.increment()
+            selfCancelling.handle(event)
+        }
+        selfId.set(id)
+        #expect(selfCancelling.wait().finish == .cancelled)
+        #expect(followUp.wait().finish == .length)
+        #expect(engine.currentStatistics.cancelledRequests == 2)
+    }
+}
+
+/// A request id written by the submitting thread and read by the engine's callback.
+final class RequestIdBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var id: UInt64 = 0
+    func set(_ id: UInt64) { lock.withLock { self.id = id } }
+    func get() -> UInt64 { lock.withLock { id } }
 }

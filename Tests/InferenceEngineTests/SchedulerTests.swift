@@ -116,3 +116,14 @@ struct SplitMix {
         return z ^ (z >> 31)
     }
 }
+
+extension SchedulerTests {
+    @Test func theSchedulerDecidesLengthAndContextStops() {
+        // Max tokens reached.
+        #expect(Scheduler.reachedLimit(generated: 4, maxTokens: 4, cachedTokens: 10, contextLength: 100))
+        #expect(!Scheduler.reachedLimit(generated: 3, maxTokens: 4, cachedTokens: 10, contextLength: 100))
+        // The next decode input needs one more position: 99 cached of 100 is the last.
+        #expect(Scheduler.reachedLimit(generated: 1, maxTokens: 50, cachedTokens: 99, contextLength: 100))
+        #expect(!Scheduler.reachedLimit(generated: 1, maxTokens: 50, cachedTokens: 98, contextLength: 100))
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import InferenceEngine
 import ModelFormats
 @testable import MoEModels
 
@@ -68,7 +69,7 @@ func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {
     func greedyContinuationMatchesTransformers(fixture: ReferenceFixture) throws {
         let reference = try fixture.reference()
         let model = try ModelLoader.loadCheckpoint(at: fixture.directory)
-        var generator = Generator(model: model, sampler: Sampler(temperature: 0, seed: 0))
+        let generator = Generator(model: model)
         let result = try generator.generate(prompt: reference.prompt, maxTokens: reference.greedy.count, stopTokens: [])
         #expect(result.tokens == reference.greedy)
     }
@@ -87,7 +88,7 @@ func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {
             worst = max(worst, maxAbsDifference(Array(logits[position * vocab..<(position + 1) * vocab]), expected))
         }
         #expect(worst <= 1e-2, "max |Δlogit| = \(worst)")
-        var generator = Generator(model: model, sampler: Sampler(temperature: 0, seed: 0))
+        let generator = Generator(model: model)
         let result = try generator.generate(prompt: reference.prompt, maxTokens: reference.greedy.count, stopTokens: [])
         #expect(result.tokens == reference.greedy)
     }

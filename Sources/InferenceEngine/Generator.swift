@@ -1,40 +1,5 @@
 import Foundation
-import TensorMath
-
-/// Picks the next token from logits: greedy at temperature 0, otherwise a seeded draw from
-/// the softmax of `logits / temperature`.
-public struct Sampler: Sendable {
-    public let temperature: Float
-    private var state: UInt64
-
-    public init(temperature: Float, seed: UInt64) {
-        self.temperature = temperature
-        state = seed
-    }
-
-    /// SplitMix64: small, fast and the same on every platform, so a seed reproduces a run.
-    private mutating func nextUniform() -> Double {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
-        return Double(z >> 11) / Double(1 << 53)
-    }
-
-    /// The next token for `logits`.
-    public mutating func sample(_ logits: [Float]) -> Int {
-        if temperature == 0 { return logits.withUnsafeBufferPointer { Ops.argmax($0.baseAddress!, count: $0.count) } }
-        var scaled = logits.map { $0 / temperature }
-        scaled.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, count: $0.count) }
-        var remaining = nextUniform()
-        for (token, p) in scaled.enumerated() {
-            remaining -= Double(p)
-            if remaining <= 0 { return token }
-        }
-        return scaled.count - 1
-    }
-}
+import MoEModels
 
 /// Timing and counts of one generation.
 public struct GenerationStats: Codable, Sendable {
@@ -54,33 +19,51 @@ public struct GenerationStats: Codable, Sendable {
     }
 }
 
-/// A single-sequence generation loop: prefill the prompt in one step, then decode one token
-/// per step. (The multi-sequence engine batches many of these.)
+extension SamplingParameters {
+    /// Greedy decoding (argmax), with a fixed seed so nothing random is drawn.
+    public static var greedy: SamplingParameters {
+        var parameters = SamplingParameters()
+        parameters.temperature = 0
+        parameters.seed = 0
+        return parameters
+    }
+}
+
+/// One sequence on its own, timed apart from the engine: prefill the prompt in one step, then
+/// decode one token per step, each chosen by the engine's `TokenSampler` (the one sampler).
+/// `generate`, `bench decode`, `bench predictor` and the fidelity tests use it; the engine
+/// batches many sequences the same way.
 public struct Generator {
     public let model: TransformerModel
-    public var sampler: Sampler
+    public let sampling: SamplingParameters
 
-    public init(model: TransformerModel, sampler: Sampler) {
+    /// A generator over `model` that samples with `sampling` (greedy by default).
+    public init(model: TransformerModel, sampling: SamplingParameters = .greedy) {
         self.model = model
-        self.sampler = sampler
+        self.sampling = sampling
     }
 
     /// Generates up to `maxTokens` tokens after `prompt`, stopping early at a `stopTokens` id
-    /// (which is included in the output) or at the context limit.
-    public mutating func generate(prompt: [Int], maxTokens: Int, stopTokens: Set<Int>,
-                                  onToken: (Int) -> Void = { _ in }) throws -> (tokens: [Int], stats: GenerationStats) {
+    /// (which is included in the output) or at the context limit. `onPrefilled` runs between
+    /// the prefill and the first decode step, outside both timings (a benchmark reads its
+    /// counters there).
+    public func generate(prompt: [Int], maxTokens: Int, stopTokens: Set<Int>, onToken: (Int) -> Void = { _ in },
+                         onPrefilled: () -> Void = {}) throws -> (tokens: [Int], stats: GenerationStats) {
         guard !prompt.isEmpty else { throw GenerationError("the prompt is empty") }
         guard prompt.count < model.config.maxPositionEmbeddings else {
             throw GenerationError("the prompt has \(prompt.count) tokens; the model's context is \(model.config.maxPositionEmbeddings)")
         }
+        var sampler = TokenSampler(parameters: sampling, prompt: prompt)
         let cache = model.makeCache()
         var generated: [Int] = []
         var finish = "length"
         let prefillStart = DispatchTime.now().uptimeNanoseconds
         var logits = try model.forward([SequenceInput(cache: cache, tokens: prompt)])[0]
         let prefillEnd = DispatchTime.now().uptimeNanoseconds
+        onPrefilled()
+        let decodeStart = DispatchTime.now().uptimeNanoseconds
         while generated.count < maxTokens {
-            let token = sampler.sample(logits)
+            let token = sampler.sample(logits, logprobs: false).token
             generated.append(token)
             onToken(token)
             if stopTokens.contains(token) { finish = "stop"; break }
@@ -90,7 +73,7 @@ public struct Generator {
         }
         let decodeEnd = DispatchTime.now().uptimeNanoseconds
         let prefillSeconds = Double(prefillEnd - prefillStart) / 1e9
-        let decodeSeconds = Double(decodeEnd - prefillEnd) / 1e9
+        let decodeSeconds = Double(decodeEnd - decodeStart) / 1e9
         // The first generated token comes from the prefill's logits, so decode steps = n - 1.
         let decodeSteps = max(generated.count - 1, 0)
         let stats = GenerationStats(

@@ -1,0 +1,30 @@
+/// How `serve` runs the model, as configuration keys (flags, `MOE_*` and TOML alike). The HTTP
+/// layer only carries them: the runtime validates the names and applies them. Nil keeps the
+/// runtime's default.
+public struct RuntimeSettings: Sendable, Equatable {
+    /// `expert_cache`: bytes of experts to keep in RAM, overriding the share `memory_budget` leaves them.
+    public var expertCacheBytes: Int?
+    /// `cache_policy`: eviction policy of the expert cache (lfu, lru, …).
+    public var cachePolicy: String?
+    /// `prefetch`: predictive prefetch of experts.
+    public var prefetch: Bool?
+    /// `predictor`: named predictor configuration.
+    public var predictor: String?
+    /// `predictor_probes`: fitted probes file, or `none`.
+    public var predictorProbes: String?
+    /// `kv_cache_type`: f16 or f32.
+    public var kvCacheType: String?
+    /// `reader_threads`: concurrent expert reads.
+    public var readerThreads: Int?
+    /// `prefetch_reads`: prefetch reads that may run at once (0: no separate bound).
+    public var prefetchReads: Int?
+    /// `prefetch_min_probability`: floor on a predicted expert's probability.
+    public var prefetchMinProbability: Double?
+    /// `prefetch_budget`: prefetched, unused experts each layer may hold (0: no bound).
+    public var prefetchBudget: Int?
+    /// `max_sequences`: sequences decoded together in one batch.
+    public var maxSequences: Int = 8
+
+    /// The defaults.
+    public init() {}
+}

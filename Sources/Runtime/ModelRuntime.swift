@@ -1,0 +1,214 @@
+import ExpertCache
+import ExpertPrediction
+import Foundation
+import InferenceEngine
+import ModelFormats
+import MoEModels
+import Tokenization
+
+/// A model ready to run, with what serves its experts: the composition root of every command
+/// and of the server. `open` assembles model, memory plan, expert cache and predictor from a
+/// `RuntimeSpecification`; `makeEngine` puts an engine over it.
+public final class ModelRuntime {
+    public let model: TransformerModel
+    public let cache: OffloadingExpertCache?
+    public let predictor: ExpertPredictor?
+    /// The predictor's configuration name, with "+probes" when fitted probes replace routers.
+    public let predictorName: String?
+    /// The fitted probes this run loaded (the model's own or a given file), if any.
+    public let probes: CrossLayerProbes?
+    /// How the memory budget is divided, when there is one.
+    public let plan: MemoryPlan?
+    public let tokenizer: Tokenizer?
+    /// What this runtime was opened with.
+    public let specification: RuntimeSpecification?
+
+    public init(model: TransformerModel, cache: OffloadingExpertCache?, predictor: ExpertPredictor?, predictorName: String? = nil,
+                probes: CrossLayerProbes? = nil, plan: MemoryPlan?, tokenizer: Tokenizer?, specification: RuntimeSpecification? = nil) {
+        self.probes = probes
+        self.model = model
+        self.cache = cache
+        self.predictor = predictor
+        self.predictorName = predictor == nil ? nil : predictorName
+        self.plan = plan
+        self.tokenizer = tokenizer
+        self.specification = specification
+    }
+
+    /// Adds `observer` after the predictor (or as the only observer).
+    public func chain(_ observer: RoutingObserver?) {
+        guard let observer else { return }
+        if let predictor { predictor.next = observer } else { model.routingObserver = observer }
+    }
+
+    /// Stops the cache's readers and breaks the model ↔ predictor reference cycle, so that
+    /// the model, its dense weights and its resident experts are freed.
+    public func close() {
+        cache?.close()
+        model.routingObserver = nil
+    }
+
+    /// An engine over the model for `specification.maxSequences` sequences, its KV cache the
+    /// plan's share (or every sequence's full context without a plan); not started.
+    public func makeEngine(maxWaitingRequests: Int = 64, decode: @escaping @Sendable ([Int]) -> String) -> Engine {
+        let maxSequences = specification?.maxSequences ?? 1
+        let kvBudget = plan?.kvCacheBytes ?? model.config.maxPositionEmbeddings * maxSequences * model.kvBytesPerToken
+        let limits = Engine.defaultLimits(for: model, kvCacheBudgetBytes: kvBudget, maxRunningSequences: maxSequences,
+                                          maxWaitingRequests: maxWaitingRequests)
+        return Engine(model: model, limits: limits, decode: decode)
+    }
+
+    /// Opens the model `specification` names and assembles what runs it.
+    public static func open(_ specification: RuntimeSpecification) throws -> ModelRuntime {
+        let spec = specification
+        let url = spec.model
+        guard spec.readerThreads >= 1 else { throw RuntimeError("reader threads: expected 1 or more, got \(spec.readerThreads)") }
+        guard spec.prefetchReads >= 0 else { throw RuntimeError("prefetch reads: expected 0 or more, got \(spec.prefetchReads)") }
+        guard spec.maxSequences >= 1 else { throw RuntimeError("max sequences: expected 1 or more, got \(spec.maxSequences)") }
+        if let p = spec.prefetchMinProbability, !(0...1).contains(p) {
+            throw RuntimeError("prefetch min probability: expected a probability in 0...1, got \(p)")
+        }
+        let probesURL = try predictorProbesURL(spec.probes, model: url)
+        let predictor = spec.predictor ?? (probesURL == nil ? "cross_layer" : "cross_layer_deep")
+        guard var predictorConfiguration = PredictorConfiguration.named.first(where: { $0.0 == predictor })?.1 else {
+            throw RuntimeError("unknown predictor configuration '\(predictor)'; choose one of \(RuntimeSpecification.predictorNames.joined(separator: ", "))")
+        }
+        predictorConfiguration.minProbability = spec.prefetchMinProbability ?? 0.1
+        let tokenizer: Tokenizer? = FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path)
+            ? try Tokenizer.load(directory: url) : nil
+        // Measured before any weight is read: what the process costs on its own. Measured once
+        // per process: a benchmark that opens the model again afterwards finds the first run's
+        // lasting footprint (OpenBLAS buffers, thread stacks) already resident, which the
+        // allowance in the first measurement covers.
+        let runtimeBytes = processRuntimeBytes + spec.extraRuntimeBytes
+
+        // Dense weights and an expert loader, from a packed store or a checkpoint directory.
+        let config: ModelConfig
+        let weights: WeightSource
+        let loader: ExpertLoader
+        let denseBytes: Int
+        if ExpertStore.isStore(at: url) {
+            let store = try ExpertStore(url: url)
+            config = store.config
+            weights = store
+            loader = StoreExpertLoader(store: store)
+            denseBytes = store.manifest.dense.fileSize
+        } else {
+            let checkpoint = try CheckpointDirectory(url: url)
+            config = checkpoint.config
+            weights = checkpoint
+            let names = ArchitectureDescription.of(config.architecture)
+            guard spec.memoryBudgetBytes != nil || spec.expertCacheBytes != nil else {
+                // A checkpoint directory without a budget: every expert in RAM, the simple path.
+                let experts = try InMemoryExpertProvider(config: config, weights: checkpoint, names: names)
+                let model = try TransformerModel(config: config, weights: checkpoint, experts: experts)
+                model.kvPrecision = spec.kvPrecision
+                let probes = try probesURL.map { try CrossLayerProbes.load($0, experts: config.expertCount, hidden: config.hiddenSize) }
+                return ModelRuntime(model: model, cache: nil, predictor: nil, probes: probes, plan: nil, tokenizer: tokenizer,
+                                    specification: spec)
+            }
+            loader = try CheckpointExpertLoader(config: config, weights: checkpoint, names: names)
+            denseBytes = checkpoint.denseByteCount(expertNames: names)
+        }
+
+        let layers = config.moeLayers
+        let expertBytes = layers.first.map { loader.expertByteCount(layer: $0, expert: 0) } ?? 0
+        let allExpertBytes = expertBytes * config.expertCount * layers.count
+        let kvBytesPerToken = TransformerModel.kvBytesPerToken(config, precision: spec.kvPrecision)
+        let contextTokens = min(spec.contextTokens ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings)
+
+        var plan: MemoryPlan?
+        var cacheBytes = allExpertBytes
+        if let budget = spec.memoryBudgetBytes {
+            plan = try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes,
+                                       scratchBytes: scratchBytes(config, maxSequences: spec.maxSequences)
+                                           + ExpertStore.pooledBuffers * expertBytes,
+                                       kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * spec.maxSequences,
+                                       // Two layers' worth of experts, and at least the cache's
+                                       // floor of top-k slots in every MoE layer (which is more
+                                       // for few-expert models such as Mixtral).
+                                       minimumExpertBytes: max(2 * config.expertCount, config.expertsPerToken * layers.count) * expertBytes,
+                                       kvShare: spec.kvShare)
+            cacheBytes = plan!.expertCacheBytes
+        }
+        if let expertCacheBytes = spec.expertCacheBytes { cacheBytes = expertCacheBytes }
+        let prefetchExperts = spec.prefetchBudgetExperts ?? config.expertsPerToken
+        guard prefetchExperts >= 0 else { throw RuntimeError("prefetch budget: expected 0 or more experts, got \(prefetchExperts)") }
+        let cache = try OffloadingExpertCache(
+            loader: loader,
+            policy: spec.policy.make(layerCount: config.layerCount, hotPerLayer: config.expertsPerToken),
+            configuration: .init(budgetBytes: cacheBytes, floorSlots: config.expertsPerToken, readerThreads: spec.readerThreads,
+                                 speculativeLayerBytes: prefetchExperts == 0 ? nil : prefetchExperts * expertBytes,
+                                 maxInFlightPrefetches: spec.prefetchReads == 0 ? nil : spec.prefetchReads),
+            layers: layers)
+        let model = try TransformerModel(config: config, weights: weights, experts: cache)
+        model.kvPrecision = spec.kvPrecision
+        // Checked and loaded whether or not this run prefetches, so a wrong file or a predictor
+        // that would ignore it fails at start, not silently.
+        if case .file = spec.probes, !predictorConfiguration.crossLayer {
+            throw RuntimeError("predictor probes replace the cross-layer gate, which the predictor \(predictor) does not use")
+        }
+        // A model's own probes stay unused by predictors without the cross-layer gate.
+        let probes = try (predictorConfiguration.crossLayer ? probesURL : nil).map {
+            try CrossLayerProbes.load($0, experts: config.expertCount, hidden: config.hiddenSize)
+        }
+        if probes?.output == .selection, let p = spec.prefetchMinProbability {
+            predictorConfiguration.minSelectionProbability = p
+        }
+        var expertPredictor: ExpertPredictor?
+        if spec.prefetch && cacheBytes < allExpertBytes {
+            expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
+            model.routingObserver = expertPredictor
+        }
+        return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, predictorName: predictor + (probes == nil ? "" : "+probes"),
+                            probes: probes, plan: plan, tokenizer: tokenizer, specification: spec)
+    }
+
+    /// The probes to use: a given file, none, else the model directory's own if it has them.
+    private static func predictorProbesURL(_ source: RuntimeSpecification.ProbeSource, model: URL) throws -> URL? {
+        switch source {
+        case .disabled: return nil
+        case let .file(url):
+            guard FileManager.default.fileExists(atPath: url.path) else { throw RuntimeError("predictor probes: no file at \(url.path)") }
+            return url
+        case .modelDefault:
+            let own = model.appendingPathComponent(ExpertStore.predictorProbesFile)
+            return FileManager.default.fileExists(atPath: own.path) ? own : nil
+        }
+    }
+
+    /// The process's footprint, measured at the first `open`.
+    nonisolated(unsafe) private static var measuredRuntimeBytes: Int?
+    private static var processRuntimeBytes: Int {
+        if let measuredRuntimeBytes { return measuredRuntimeBytes }
+        let bytes = ProcessMemory.runtimeReservation()
+        measuredRuntimeBytes = bytes
+        return bytes
+    }
+
+    /// Activations of one step: a generous per-token estimate (hidden states, q/k/v, expert
+    /// intermediates, logits) for a 256-token step plus attention scores. An estimate, not a
+    /// count: the forward pass allocates its own buffers (issue 18 item 6 replaces this with
+    /// the forward workspace's exact size).
+    public static func scratchBytes(_ config: ModelConfig, maxSequences: Int) -> Int {
+        let perToken = 8 * config.hiddenSize + 4 * config.headCount * config.headDim + 4 * config.expertIntermediateSize
+        // Plus a decode step's expert outputs, one slot per (token, rank) (`SparseMoEBlock`).
+        let slots = SparseMoEBlockLimits.parallelRowLimit * config.expertsPerToken * config.hiddenSize
+        return (256 * perToken + maxSequences * config.vocabSize + config.maxPositionEmbeddings + slots) * MemoryLayout<Float>.size
+    }
+}
+
+extension CheckpointDirectory {
+    /// Bytes of every tensor that is not a routed expert (what stays resident).
+    public func denseByteCount(expertNames names: ArchitectureDescription) -> Int {
+        var expertTensors = Set<String>()
+        for layer in config.moeLayers {
+            for expert in 0..<config.expertCount {
+                let n = names.expertTensorNames(layer, expert)
+                expertTensors.formUnion([n.gate, n.up, n.down])
+            }
+        }
+        return tensorNames.filter { !expertTensors.contains($0) }
+            .reduce(0) { total, name in total + ((try? entry(name).0.byteCount) ?? 0) }
+    }
+}

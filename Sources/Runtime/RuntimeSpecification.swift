@@ -1,0 +1,96 @@
+import ExpertCache
+import ExpertPrediction
+import Foundation
+import MoEModels
+
+/// Everything that decides how a model runs: which model, how much memory the whole process
+/// may use, the expert cache, its policy and prefetching, the KV cache and the batch it serves.
+/// Built by the command line (`RuntimeOptions`), by `serve` from flags, `MOE_*` and TOML, or
+/// directly by a test; `ModelRuntime.open` assembles a runtime from it.
+public struct RuntimeSpecification: Sendable {
+    /// Where the fitted predictor probes come from.
+    public enum ProbeSource: Sendable, Equatable {
+        /// The model directory's own `predictor-probes.safetensors`, if it has one.
+        case modelDefault
+        /// None (`none`): the routers of the next layers drive the cross-layer gate.
+        case disabled
+        /// This file.
+        case file(URL)
+    }
+
+    /// A Hugging Face model directory or a packed expert store.
+    public var model: URL
+    /// Bytes the whole process may use: its own runtime, dense weights, scratch, KV cache and
+    /// expert cache (which gets what remains). Nil keeps every expert in RAM (checkpoints) or
+    /// caches them all (stores).
+    public var memoryBudgetBytes: Int?
+    /// Bytes of experts to keep in RAM, overriding the share the budget leaves them.
+    public var expertCacheBytes: Int?
+    /// Eviction policy of the expert cache.
+    public var policy: PolicyChoice = .lfu
+    /// Predictive prefetch of experts (only when the cache cannot hold every expert).
+    public var prefetch = true
+    /// A named `PredictorConfiguration`; nil picks `cross_layer_deep` with probes, else `cross_layer`.
+    public var predictor: String?
+    /// Fitted cross-layer probes.
+    public var probes: ProbeSource = .modelDefault
+    /// Storage of keys and values in the KV cache.
+    public var kvPrecision: KVPrecision = .f16
+    /// Concurrent expert reads (the disk queue depth).
+    public var readerThreads = 4
+    /// Prefetch reads that may run at once (0: no separate bound).
+    public var prefetchReads = 0
+    /// Floor on a predicted expert's probability for it to be prefetched (nil: the predictor's default).
+    public var prefetchMinProbability: Float?
+    /// Prefetched, unused experts each layer may hold (0: no bound; nil: the model's top-k).
+    public var prefetchBudgetExperts: Int?
+    /// Sequences that run at once (sizes scratch and the KV cache).
+    public var maxSequences = 1
+    /// Tokens of context each sequence may reach (nil: the model's maximum).
+    public var contextTokens: Int?
+    /// What the caller uses beyond the model (the HTTP server's connections and responses),
+    /// added to the process's own reservation.
+    public var extraRuntimeBytes = 0
+    /// The KV cache's largest share of what the fixed parts leave of the budget.
+    public var kvShare = 0.25
+
+    /// A specification with the defaults for `model`.
+    public init(model: URL) { self.model = model }
+
+    /// The eviction policy named `name`.
+    public static func policy(named name: String) throws -> PolicyChoice {
+        guard let policy = PolicyChoice(rawValue: name) else {
+            throw RuntimeError("unknown policy '\(name)'; choose one of \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        return policy
+    }
+
+    /// The KV precision named `name` (f16 or f32).
+    public static func kvPrecision(named name: String) throws -> KVPrecision {
+        guard let precision = KVPrecision(rawValue: name) else { throw RuntimeError("expected f16 or f32, got '\(name)'") }
+        return precision
+    }
+
+    /// `on` or `off` (also true/false, yes/no, 1/0).
+    public static func prefetch(named name: String) throws -> Bool {
+        switch name.lowercased() {
+        case "on", "true", "yes", "1": return true
+        case "off", "false", "no", "0": return false
+        default: throw RuntimeError("expected on or off, got '\(name)'")
+        }
+    }
+
+    /// `none`, or a path to a probes file.
+    public static func probes(named name: String) -> ProbeSource {
+        name == "none" ? .disabled : .file(URL(fileURLWithPath: name))
+    }
+
+    /// The names of the predictor configurations.
+    public static var predictorNames: [String] { PredictorConfiguration.named.map(\.0) }
+}
+
+/// A specification that cannot run, or a model that cannot open under it: one line.
+public struct RuntimeError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

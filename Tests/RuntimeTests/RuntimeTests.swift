@@ -1,0 +1,171 @@
+import ExpertCache
+import Foundation
+import InferenceEngine
+import ModelFormats
+import MoEModels
+import Runtime
+import Testing
+
+/// The runtime assembled from a specification, without the executable: the plan under a
+/// budget, an offloading cache and predictor, and generation through the engine that matches
+/// the run with every expert in RAM.
+@Suite(.serialized) struct RuntimeTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let demo = root.appendingPathComponent("DemoModel")
+    static func fixture(_ prefix: String) -> URL {
+        let models = root.appendingPathComponent("Tests/Fixtures/models")
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: models.path)) ?? []
+        return models.appendingPathComponent(names.sorted().first { $0.hasPrefix(prefix) } ?? prefix)
+    }
+
+    /// Greedy tokens for `prompt` through the runtime's engine.
+    static func generate(_ runtime: ModelRuntime, prompt: [Int], maxTokens: Int) throws -> [Int] {
+        let engine = runtime.makeEngine(decode: { _ in "" })
+        engine.start()
+        defer { engine.shutdown(grace: 1) }
+        var sampling = SamplingParameters()
+        sampling.temperature = 0
+        let events = Events()
+        _ = try engine.submit(GenerationRequest(prompt: prompt, maxTokens: maxTokens, sampling: sampling)) { events.handle($0) }
+        #expect(events.finished.wait(timeout: .now() + 120) == .success)
+        let (tokens, failure) = events.result
+        if let failure { throw RuntimeError(failure) }
+        return tokens
+    }
+
+    /// One request's tokens, or its failure, collected from the engine thread.
+    final class Events: @unchecked Sendable {
+        private let lock = NSLock()
+        private var tokens: [Int] = []
+        private var failure: String?
+        let finished = DispatchSemaphore(value: 0)
+
+        func handle(_ event: GenerationEvent) {
+            switch event {
+            case let .token(id, _, _, _): lock.lock(); tokens.append(id); lock.unlock()
+            case .finished: finished.signal()
+            case let .failed(message): lock.lock(); failure = message; lock.unlock(); finished.signal()
+            }
+        }
+
+        var result: ([Int], String?) { lock.lock(); defer { lock.unlock() }; return (tokens, failure) }
+    }
+
+    @Test func theDemoModelUnderABudgetPlansTheWholeBudgetAndGeneratesAsWithEveryExpertInRAM() throws {
+        var spec = RuntimeSpecification(model: Self.demo)
+        let prompt = [1, 42, 7, 300, 5]
+        let everything = try ModelRuntime.open(spec)
+        #expect(everything.predictor == nil)
+        let reference = try Self.generate(everything, prompt: prompt, maxTokens: 8)
+        everything.close()
+
+        // Above what this test process already holds, whatever ran before it.
+        let budget = ProcessMemory.runtimeReservation() + (64 << 20)
+        spec.memoryBudgetBytes = budget
+        spec.maxSequences = 2
+        let planned = try ModelRuntime.open(spec)
+        let plan = try #require(planned.plan)
+        #expect(plan.budgetBytes == budget)
+        #expect(plan.runtimeBytes + plan.denseBytes + plan.scratchBytes + plan.kvCacheBytes + plan.expertCacheBytes == budget)
+        #expect(plan.scratchBytes >= ModelRuntime.scratchBytes(planned.model.config, maxSequences: 2))
+        #expect(planned.cache?.statistics().budgetBytes == plan.expertCacheBytes)
+        #expect(planned.cache?.statistics().policy == "lfu")
+        #expect(try Self.generate(planned, prompt: prompt, maxTokens: 8) == reference)
+        planned.close()
+
+        // A cache of 6 MiB of the demo's 15 MiB of experts: misses, and the predictor prefetches.
+        spec.expertCacheBytes = 6 << 20
+        let runtime = try ModelRuntime.open(spec)
+        defer { runtime.close() }
+        let cache = try #require(runtime.cache)
+        #expect(cache.statistics().budgetBytes == 6 << 20)
+        #expect(runtime.predictor != nil)
+        #expect(runtime.predictorName == "cross_layer_deep+probes")
+        #expect(runtime.tokenizer != nil)
+        #expect(try Self.generate(runtime, prompt: prompt, maxTokens: 8) == reference)
+        #expect(cache.statistics().total.misses > 0)
+    }
+
+    @Test func aCheckpointUnderABudgetWithATightExpertCacheGeneratesAsInRAM() throws {
+        let url = Self.fixture("qwen3moe-headdim")
+        let prompt = [3, 1, 4, 1, 5, 9]
+        var spec = RuntimeSpecification(model: url)
+        spec.kvPrecision = .f32
+        let inRAM = try ModelRuntime.open(spec)
+        #expect(inRAM.cache == nil && inRAM.plan == nil)
+        #expect(inRAM.model.kvPrecision == .f32)
+        let reference = try Self.generate(inRAM, prompt: prompt, maxTokens: 6)
+
+        let checkpoint = try CheckpointDirectory(url: url)
+        let config = checkpoint.config
+        let loader = try CheckpointExpertLoader(config: config, weights: checkpoint, names: ArchitectureDescription.of(config.architecture))
+        let expertBytes = loader.expertByteCount(layer: config.moeLayers[0], expert: 0)
+        spec.memoryBudgetBytes = 1 << 30
+        spec.expertCacheBytes = config.moeLayers.count * config.expertsPerToken * expertBytes
+        spec.policy = .lru
+        let runtime = try ModelRuntime.open(spec)
+        defer { runtime.close() }
+        let plan = try #require(runtime.plan)
+        #expect(plan.runtimeBytes + plan.denseBytes + plan.scratchBytes + plan.kvCacheBytes + plan.expertCacheBytes == 1 << 30)
+        #expect(plan.denseBytes == checkpoint.denseByteCount(expertNames: ArchitectureDescription.of(config.architecture)))
+        // The override wins over the plan's share.
+        #expect(runtime.cache?.statistics().budgetBytes == spec.expertCacheBytes)
+        #expect(runtime.model.kvPrecision == .f32)
+        inRAM.close()
+        #expect(try Self.generate(runtime, prompt: prompt, maxTokens: 6) == reference)
+        #expect((runtime.cache?.statistics().total.evictions ?? 0) > 0)
+    }
+
+    @Test func aBudgetTooSmallFailsWithTheNumbers() throws {
+        var spec = RuntimeSpecification(model: Self.demo)
+        spec.memoryBudgetBytes = 1 << 20
+        do {
+            _ = try ModelRuntime.open(spec)
+            Issue.record("a 1 MiB budget opened")
+        } catch {
+            #expect("\(error)".contains("cannot hold") && "\(error)".contains("it needs at least"), "\(error)")
+        }
+    }
+
+    @Test func namedSettingsParseOrFailWithTheChoices() throws {
+        #expect(try RuntimeSpecification.policy(named: "lru") == .lru)
+        #expect(throws: RuntimeError.self) { try RuntimeSpecification.policy(named: "fifo-ish") }
+        #expect(try RuntimeSpecification.kvPrecision(named: "f32") == .f32)
+        #expect(throws: RuntimeError.self) { try RuntimeSpecification.kvPrecision(named: "f8") }
+        #expect(try RuntimeSpecification.prefetch(named: "off") == false)
+        #expect(try RuntimeSpecification.prefetch(named: "on") == true)
+        #expect(RuntimeSpecification.probes(named: "none") == RuntimeSpecification.ProbeSource.disabled)
+        #expect(RuntimeSpecification.probes(named: "/p.safetensors") == .file(URL(fileURLWithPath: "/p.safetensors")))
+        var spec = RuntimeSpecification(model: Self.demo)
+        spec.predictor = "no_such_predictor"
+        #expect(throws: RuntimeError.self) { try ModelRuntime.open(spec) }
+    }
+
+    @Test func theMonitorSamplesTheEngineCacheAndBudget() throws {
+        var spec = RuntimeSpecification(model: Self.demo)
+        let budget = ProcessMemory.runtimeReservation() + (64 << 20)
+        spec.memoryBudgetBytes = budget
+        spec.expertCacheBytes = 6 << 20
+        let runtime = try ModelRuntime.open(spec)
+        defer { runtime.close() }
+        let engine = runtime.makeEngine(decode: { _ in "" })
+        let monitor = RuntimeMonitor(engine: engine, runtime: runtime)
+        monitor.sample()
+        engine.start()
+        defer { engine.shutdown(grace: 1) }
+        var sampling = SamplingParameters()
+        sampling.temperature = 0
+        let done = DispatchSemaphore(value: 0)
+        _ = try engine.submit(GenerationRequest(prompt: [1, 2, 3], maxTokens: 4, sampling: sampling)) { event in
+            if case .token = event {} else { done.signal() }
+        }
+        #expect(done.wait(timeout: .now() + 120) == .success)
+        let snapshot = monitor.sample()
+        #expect(snapshot.memoryBudgetBytes == budget)
+        #expect(snapshot.engine.generatedTokens == 4)
+        #expect(snapshot.cache?.budgetBytes == 6 << 20)
+        #expect(snapshot.prediction != nil)
+        #expect(snapshot.expertUsage.flatMap { $0 }.reduce(0, +) > 0)
+        #expect(monitor.latest.engine.generatedTokens == 4)
+    }
+}
