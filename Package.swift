@@ -63,7 +63,7 @@ let package = Package(
         ),
 
         .testTarget(
-            name: "InferenceEngineTests", dependencies: ["InferenceEngine", "MoEModels", "ModelFormats"],
+            name: "InferenceEngineTests", dependencies: ["InferenceEngine", "MoEModels", "ModelFormats", "TensorMath"],
             swiftSettings: optimisedMath
         ),
         .testTarget(

@@ -5,21 +5,11 @@ import TensorMath
 /// the softmax of `logits / temperature`.
 public struct Sampler: Sendable {
     public let temperature: Float
-    private var state: UInt64
+    private var random: SplitMix64
 
     public init(temperature: Float, seed: UInt64) {
         self.temperature = temperature
-        state = seed
-    }
-
-    /// SplitMix64: small, fast and the same on every platform, so a seed reproduces a run.
-    private mutating func nextUniform() -> Double {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        z ^= z >> 31
-        return Double(z >> 11) / Double(1 << 53)
+        random = SplitMix64(seed: seed)
     }
 
     /// The next token for `logits`.
@@ -27,7 +17,7 @@ public struct Sampler: Sendable {
         if temperature == 0 { return logits.withUnsafeBufferPointer { Ops.argmax($0.baseAddress!, count: $0.count) } }
         var scaled = logits.map { $0 / temperature }
         scaled.withUnsafeMutableBufferPointer { Ops.softmax($0.baseAddress!, count: $0.count) }
-        var remaining = nextUniform()
+        var remaining = random.nextUnitDouble()
         for (token, p) in scaled.enumerated() {
             remaining -= Double(p)
             if remaining <= 0 { return token }

@@ -1,18 +1,13 @@
 import Foundation
 import JSONCoding
 
-/// Locates the committed template fixtures relative to this source file (no SwiftPM resources).
+/// The committed tokenizer fixtures (this file's directory, then `../Fixtures/tokenizers`; no SwiftPM resources).
 enum Fixtures {
-    static let root: URL = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent()
-        .deletingLastPathComponent()
-        .appendingPathComponent("Fixtures")
-        .appendingPathComponent("tokenizers")
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures/tokenizers")
 
     /// Parsed as the tokenizer parses its files: Foundation's parser drops U+FEFF inside strings on Linux.
-    static func json(_ url: URL) throws -> JSON {
-        try JSON.parse([UInt8](Data(contentsOf: url)), options: .lenient)
-    }
+    static func json(_ url: URL) throws -> JSON { try JSON.parse([UInt8](Data(contentsOf: url)), options: .lenient) }
 }
 
 /// Byte-exact string equality (Swift's `==` treats canonically equivalent strings as equal).
