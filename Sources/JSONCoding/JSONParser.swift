@@ -222,7 +222,16 @@ private struct JSONParser {
             let c = bytes[index]
             if c == UInt8(ascii: "\"") { index += 1; break }
             if c < 0x20 && options.strictStrings { throw fail("control character in string") }
-            if c != UInt8(ascii: "\\") { buffer.append(c); index += 1; continue }
+            if c != UInt8(ascii: "\\") {
+                // Copy the run of plain bytes up to the next quote, escape or control in one go.
+                let run = index
+                index += 1
+                while index < bytes.count, bytes[index] != UInt8(ascii: "\""), bytes[index] != UInt8(ascii: "\\"), bytes[index] >= 0x20 {
+                    index += 1
+                }
+                buffer.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<index]))
+                continue
+            }
             index += 1
             guard index < bytes.count else { throw fail("unterminated string") }
             let e = bytes[index]
