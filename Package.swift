@@ -34,7 +34,11 @@ let package = Package(
 
         .target(name: "TensorMath", dependencies: ["COpenBLAS"], swiftSettings: optimisedMath),
         .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4"], swiftSettings: optimisedMath),
-        .target(name: "Tokenization"),
+        // One JSON parser, serializer and string escaper for every module (no dependencies).
+        .target(name: "JSONCoding"),
+        // The Jinja interpreter that renders chat templates.
+        .target(name: "ChatTemplates", dependencies: ["JSONCoding"]),
+        .target(name: "Tokenization", dependencies: ["ChatTemplates", "JSONCoding"]),
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
         .target(name: "ExpertPrediction", dependencies: ["MoEModels", "ModelFormats", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
@@ -48,7 +52,7 @@ let package = Package(
         .target(
             name: "HTTPServer",
             dependencies: [
-                "CLibUV", "CHTTPParser", "InferenceEngine",
+                "CLibUV", "CHTTPParser", "InferenceEngine", "JSONCoding",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -60,7 +64,7 @@ let package = Package(
             name: "MoEServeCLI",
             dependencies: [
                 "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction", "ExpertCache",
-                "HTTPServer", "Runtime",
+                "HTTPServer", "Runtime", "JSONCoding",
                 "ServiceNotify",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -68,7 +72,7 @@ let package = Package(
         ),
 
         .testTarget(
-            name: "InferenceEngineTests", dependencies: ["InferenceEngine", "MoEModels", "ModelFormats"],
+            name: "InferenceEngineTests", dependencies: ["InferenceEngine", "MoEModels", "ModelFormats", "TensorMath"],
             swiftSettings: optimisedMath
         ),
         .testTarget(
@@ -79,7 +83,9 @@ let package = Package(
         .testTarget(name: "EndToEndTests"),
         .testTarget(name: "TensorMathTests", dependencies: ["TensorMath"], swiftSettings: optimisedMath),
         .testTarget(name: "ModelFormatsTests", dependencies: ["ModelFormats"]),
-        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization"]),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "JSONCoding"]),
+        .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "JSONCoding"]),
+        .testTarget(name: "JSONCodingTests", dependencies: ["JSONCoding"]),
         .testTarget(name: "ExpertCacheTests", dependencies: ["ExpertCache", "MoEModels", "ModelFormats", "TensorMath"]),
         .testTarget(
             name: "ExpertStoreTests", dependencies: ["ModelFormats", "MoEModels", "TensorMath"],

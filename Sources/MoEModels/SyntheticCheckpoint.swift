@@ -202,15 +202,8 @@ struct UniformBF16Generator {
         // FNV-1a of the name, mixed with the seed through SplitMix64.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in tensorName.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-        var mix = seed ^ hash
-        func splitMix() -> UInt64 {
-            mix &+= 0x9e37_79b9_7f4a_7c15
-            var z = mix
-            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
-            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
-            return z ^ (z >> 31)
-        }
-        state = (splitMix(), splitMix(), splitMix(), splitMix())
+        var mix = SplitMix64(seed: seed ^ hash)
+        state = (mix.next(), mix.next(), mix.next(), mix.next())
         if let constant {
             table = [UInt16](repeating: FloatConversion.bf16(from: constant), count: 65536)
         } else {

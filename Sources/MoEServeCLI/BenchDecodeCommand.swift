@@ -171,7 +171,7 @@ struct BenchDecodeCommand: ParsableCommand {
         // Nothing of experts.bin may come from the page cache (packing leaves much of it there).
         BenchIOCommand.dropCache(path)
         let reader = try DirectFileReader(path: path)
-        var rng = SplitMix(state: seed &+ 17)
+        var rng = SplitMix64(seed: seed &+ 17)
         // About 2 GB, at least 64 reads.
         let count = max(64, min(8192, (2 << 30) / max(blobs[0].storedLength, 1)))
         let order = (0..<count).map { _ in blobs[Int(rng.next() % UInt64(blobs.count))] }
@@ -193,7 +193,7 @@ struct BenchDecodeCommand: ParsableCommand {
             budget = runtime.plan?.budgetBytes
             predictorName = runtime.predictorName
             policyName = runtime.cache?.statistics().policy ?? "none"
-            var rng = SplitMix(state: seed)
+            var rng = SplitMix64(seed: seed)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
             let start = runtime.cache?.statistics().total ?? ExpertCacheCounters()
             var afterPrefill = start

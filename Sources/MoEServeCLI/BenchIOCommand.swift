@@ -62,7 +62,7 @@ struct BenchIOCommand: ParsableCommand {
             guard depths.allSatisfy({ $0 >= 1 && $0 <= 256 }) else { throw CommandError("--queue-depths: each must be between 1 and 256") }
             let blobs = store.manifest.experts.blobs
             guard !blobs.isEmpty else { throw CommandError("\(url.path): the store has no experts") }
-            var rng = SplitMix(state: seed)
+            var rng = SplitMix64(seed: seed)
             let order = (0..<reads).map { _ in blobs[Int(rng.next() % UInt64(blobs.count))] }
             let expertsPath = url.appendingPathComponent(store.manifest.experts.file).path
             var results: [Measurement] = []
@@ -175,15 +175,3 @@ struct BenchIOCommand: ParsableCommand {
 }
 
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
-
-/// SplitMix64: a seeded, platform-independent random order.
-struct SplitMix {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

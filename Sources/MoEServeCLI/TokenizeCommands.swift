@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import JSONCoding
 import Tokenization
 
 /// Prints one error line on stderr and exits with status 1.
@@ -25,27 +26,6 @@ private func loadTokenizer(_ model: String?) throws -> Tokenizer {
     } catch {
         throw failLine("\(error)")
     }
-}
-
-/// JSON string literal with raw UTF-8 (like Python's `json.dumps(..., ensure_ascii=False)`).
-private func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if u.value < 0x20 || u.value == 0x7F || u.value == 0x2028 || u.value == 0x2029 {
-                out += String(format: "\\u%04x", u.value)
-            } else {
-                out.unicodeScalars.append(u)
-            }
-        }
-    }
-    return out + "\""
 }
 
 /// `moe-serve tokenize --model PATH (--text TEXT | --text-file FILE)`: prints `{"ids": [...]}`.
@@ -148,6 +128,6 @@ struct DetokenizeCommand: ParsableCommand {
             throw failLine("--ids: \(bad) is outside the vocabulary (size \(tokenizer.vocabularySize))")
         }
         let text = tokenizer.decode(parsed, skipSpecialTokens: skipSpecialTokens)
-        print("{\"text\":" + jsonString(text) + "}")
+        print("{\"text\":" + JSON.quoted(text) + "}")
     }
 }

@@ -49,7 +49,7 @@ final class BPEModel: @unchecked Sendable {
         var idToToken: [Int: String] = [:]
         idToToken.reserveCapacity(vocabDict.count)
         var scalarToId: [UInt32: Int32] = [:]
-        for (token, value) in vocabDict.pairs {
+        for (token, value) in vocabDict {
             guard let id = value.intValue, id >= 0 else {
                 throw TokenizerError(file: file, "vocab entry \(token.debugDescription) has no integer id")
             }

@@ -1,11 +1,14 @@
+import JSONCoding
+
 /// Typed accessors over a parsed JSON object, with errors that name the file and the JSON path.
 struct JSONObject {
-    let dict: JSONDictionary
+    /// The object itself (`.object`), so lookups use `JSON`'s subscript (last value of a repeated key).
+    let dict: JSON
     let file: String
     let path: String
 
     init(_ value: JSON?, file: String, path: String) throws {
-        guard let d = value?.objectValue else {
+        guard let d = value, case .object = d else {
             throw TokenizerError(file: file, "expected a JSON object at \(path)")
         }
         self.dict = d

@@ -1,4 +1,5 @@
 import Foundation
+import JSONCoding
 
 /// A Hugging Face `tokenizer.json` tokenizer that encodes and decodes exactly as the `tokenizers`
 /// library does, for the BPE styles used by Mixtral, Qwen2/Qwen3 and OLMoE checkpoints.
@@ -62,9 +63,9 @@ public final class Tokenizer: Sendable {
         let file = tokenizerFile
         let parsed: JSON
         do {
-            parsed = try JSON.parse([UInt8](tokenizerJSON))
-        } catch let error as TokenizerError {
-            throw TokenizerError(file: file, error.message)
+            parsed = try JSON.parse([UInt8](tokenizerJSON), options: .lenient)
+        } catch let error as JSONParseError {
+            throw TokenizerError(file: file, error.description)
         }
         let root = try JSONObject(parsed, file: file, path: "$")
 
@@ -112,13 +113,14 @@ public final class Tokenizer: Sendable {
         vocabularySize = maxId + 1
 
         // tokenizer_config.json: bos/eos tokens and the chat template.
-        var config = JSONDictionary()
+        var config = JSON.object([])
         if let configData = tokenizerConfigJSON {
             do {
-                guard let c = try JSON.parse([UInt8](configData)).objectValue else {
-                    throw TokenizerError("expected a JSON object")
-                }
+                let c = try JSON.parse([UInt8](configData), options: .lenient)
+                guard case .object = c else { throw TokenizerError("expected a JSON object") }
                 config = c
+            } catch let error as JSONParseError {
+                throw TokenizerError(file: configFile, error.description)
             } catch let error as TokenizerError {
                 throw TokenizerError(file: configFile, error.message)
             }

@@ -2,6 +2,7 @@ import Foundation
 import MoEModels
 import Testing
 @testable import ExpertCache
+import TensorMath
 
 private func makeCache(_ loader: FakeLoader, experts: Int, floor: Int = 1, layers: [Int] = [0], readers: Int = 4,
                        policy: any CachePolicy = LRUPolicy()) throws -> OffloadingExpertCache {
@@ -276,7 +277,7 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         let errors = Counter()
         for thread in 0..<4 {
             DispatchQueue.global().async(group: group) {
-                var rng = SplitMix(seed: UInt64(thread + 1) * 104_729)
+                var rng = SplitMix64(seed: UInt64(thread + 1) * 104_729)
                 for _ in 0..<150 {
                     let layer = layers.randomElement(using: &rng)!
                     let experts = (0..<Int.random(in: 1...2, using: &rng)).map { _ in Int.random(in: 0..<8, using: &rng) }

@@ -1,13 +1,14 @@
 import Foundation
 import Testing
 @testable import ExpertCache
+import TensorMath
 
 private func trace(_ rows: [[[Int]?]]) -> RoutingTrace {
     RoutingTrace(tokens: rows.enumerated().map { TraceToken(seq: 0, pos: $0.offset, phase: "decode", layers: $0.element) })
 }
 
 /// A random trace: skewed routing over `experts` experts, `topK` per token, layer 0 null.
-private func randomTrace(_ rng: inout SplitMix, tokens: Int, layers: Int, experts: Int, topK: Int) -> RoutingTrace {
+private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, experts: Int, topK: Int) -> RoutingTrace {
     trace((0..<tokens).map { _ in
         [nil] + (1..<layers).map { _ in
             var chosen: [Int] = []
@@ -70,7 +71,7 @@ private func randomTrace(_ rng: inout SplitMix, tokens: Int, layers: Int, expert
 
     @Test(arguments: 0..<24)
     func beladyIsNeverBeaten(seed: Int) throws {
-        var rng = SplitMix(seed: UInt64(seed) &* 7919 &+ 1)
+        var rng = SplitMix64(seed: UInt64(seed) &* 7919 &+ 1)
         let experts = Int.random(in: 4...12, using: &rng)
         let topK = Int.random(in: 1...min(3, experts - 1), using: &rng)
         let capacity = Int.random(in: topK..<experts, using: &rng)

@@ -1,5 +1,6 @@
 import Foundation
 import ModelFormats
+import TensorMath
 
 /// Writes small random Hugging Face checkpoints (config.json, model.safetensors, a stub
 /// tokenizer.json) so the store tests do not depend on fixtures from elsewhere.
@@ -20,14 +21,14 @@ enum TinyCheckpoint {
     static func write(_ kind: Kind, dtype: TensorDType, in directory: URL, name: String = "hf", seed: UInt64 = 7) throws -> URL {
         let url = directory.appendingPathComponent(name)
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        var rng = SeededRandom(state: seed)
+        var rng = SplitMix64(seed: seed)
         var writer = SafetensorsWriter()
         let headDim = hidden / heads
         func matrix(_ name: String, _ rows: Int, _ cols: Int, scale: Float = 0.15) {
-            writer.add(name, shape: [rows, cols], values: (0..<rows * cols).map { _ in rng.uniform() * scale }, dtype: dtype)
+            writer.add(name, shape: [rows, cols], values: (0..<rows * cols).map { _ in rng.nextFloat(in: -1..<1) * scale }, dtype: dtype)
         }
         func norm(_ name: String, _ count: Int) {
-            writer.add(name, shape: [count], values: (0..<count).map { _ in 1 + rng.uniform() * 0.1 }, dtype: dtype)
+            writer.add(name, shape: [count], values: (0..<count).map { _ in 1 + rng.nextFloat(in: -1..<1) * 0.1 }, dtype: dtype)
         }
         matrix("model.embed_tokens.weight", vocab, hidden, scale: 1)
         matrix("lm_head.weight", vocab, hidden)
@@ -92,17 +93,4 @@ enum TinyCheckpoint {
             .write(to: url.appendingPathComponent("tokenizer.json"))
         return url
     }
-}
-
-/// SplitMix64 with uniform floats in [-1, 1).
-struct SeededRandom {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
 }

@@ -1,5 +1,6 @@
 import Testing
 @testable import InferenceEngine
+import TensorMath
 
 @Suite struct SchedulerTests {
     /// 10 bytes of KV per token keeps the arithmetic readable.
@@ -80,7 +81,7 @@ import Testing
     }
 
     @Test func underMemoryPressureEveryPlanStaysWithinTheBudget() throws {
-        var generator = SplitMix(state: 7)
+        var generator = SplitMix64(seed: 7)
         var scheduler = Scheduler(limits: limits(maxRunning: 8, budget: 16, kvBytes: 2_000, waiting: 1_000, context: 64))
         var nextId: UInt64 = 1
         var remaining: [UInt64: Int] = [:]
@@ -103,17 +104,6 @@ import Testing
             }
         }
         #expect(nextId > 100)
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
 

@@ -2,20 +2,8 @@ import Foundation
 import Testing
 @testable import TensorMath
 
-/// A seeded generator so failures reproduce.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 func randomFloats(_ count: Int, seed: UInt64) -> [Float] {
-    var generator = SeededGenerator(state: seed)
+    var generator = SplitMix64(seed: seed)  // seeded, so failures reproduce
     return (0..<count).map { _ in Float.random(in: -1...1, using: &generator) }
 }
 

@@ -26,7 +26,7 @@ import Testing
     @Test func chatTemplateFromConfigIsUsed() throws {
         let dir = try temporaryModel(style: "qwen2", config: [
             "eos_token": "<|im_end|>",
-            "chat_template": try String(contentsOf: ChatTemplateTests.directory.appendingPathComponent("qwen2-instruct.jinja"), encoding: .utf8),
+            "chat_template": try String(contentsOf: Fixtures.root.appendingPathComponent("chat_templates/qwen2-instruct.jinja"), encoding: .utf8),
         ])
         defer { try? FileManager.default.removeItem(at: dir) }
         let t = try Tokenizer.load(directory: dir)

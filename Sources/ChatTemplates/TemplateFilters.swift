@@ -452,7 +452,7 @@ enum TemplateMethods {
                 guard let old = try stringArg(0), let new = try stringArg(1) else { throw fail("replace() needs two strings") }
                 var count = -1
                 if args.count > 2, case .int(let c) = args[2] { count = c }
-                if count < 0 { return .string(old.isEmpty ? s : Normalizer.replaceAll(s, old, new)) }
+                if count < 0 { return .string(old.isEmpty ? s : split(s, old, maxsplit: -1).joined(separator: new)) }
                 var parts = split(s, old.isEmpty ? nil : old, maxsplit: count)
                 if old.isEmpty { parts = [s] }
                 return .string(parts.joined(separator: new))

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
-@testable import Tokenization
+@testable import ChatTemplates
+import JSONCoding
 
 /// Renders of real chat templates (Mixtral-8x7B-Instruct, Qwen2, Qwen2.5, Qwen3, OLMoE-Instruct) compared
 /// byte for byte with `transformers`' own renderer (Tests/Fixtures/tokenizers/chat_templates/expected.json).
@@ -23,7 +24,7 @@ import Testing
         return all.arrayValue!.map { c in
             func dict(_ j: JSON?) -> [String: TemplateValue] {
                 var d: [String: TemplateValue] = [:]
-                for (k, v) in j?.objectValue?.pairs ?? JSONDictionary().pairs { d[k] = TemplateValue(json: v) }
+                for (k, v) in j?.objectValue ?? [] { d[k] = TemplateValue(json: v) }
                 return d
             }
             return Case(

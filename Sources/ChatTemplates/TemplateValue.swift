@@ -1,4 +1,5 @@
 import Foundation
+import JSONCoding
 
 /// A value inside a chat template: what Jinja sees of Python's `None`, bools, numbers, strings, lists
 /// and dicts (dicts keep their key order, as `tojson` must).
@@ -26,7 +27,11 @@ public enum TemplateValue: Sendable {
 
     /// Converts JSON (`Data` holding one JSON value) into a template value, keeping object key order.
     public static func fromJSON(_ data: Data) throws -> TemplateValue {
-        TemplateValue(json: try JSON.parse([UInt8](data)))
+        do {
+            return TemplateValue(json: try JSON.parse([UInt8](data), options: .lenient))
+        } catch let error as JSONParseError {
+            throw TokenizerError(error.description)
+        }
     }
 
     init(json: JSON) {
@@ -37,7 +42,7 @@ public enum TemplateValue: Sendable {
         case .double(let d): self = .double(d)
         case .string(let s): self = .string(s)
         case .array(let a): self = .array(a.map(TemplateValue.init(json:)))
-        case .object(let o): self = .object(TemplateDictionary(o.pairs.map { ($0, TemplateValue(json: $1)) }))
+        case .object(let o): self = .object(TemplateDictionary(o.map { ($0, TemplateValue(json: $1)) }))
         }
     }
 
@@ -124,7 +129,7 @@ public enum TemplateValue: Sendable {
             if d.isNaN { return "NaN" }
             if d.isInfinite { return d > 0 ? "Infinity" : "-Infinity" }
             return Self.pythonFloat(d)
-        case .string(let s): return Self.jsonString(s)
+        case .string(let s): return JSON.quoted(s, escaping: .minimal)
         case .array(let a):
             if a.isEmpty { return "[]" }
             let items = try a.map { try $0.toJSON(indent: indent, sortKeys: sortKeys, level: level + 1) }
@@ -135,7 +140,7 @@ public enum TemplateValue: Sendable {
             var pairs = Array(o.pairs)
             if sortKeys { pairs.sort { $0.0 < $1.0 } }
             let items = try pairs.map {
-                Self.jsonString($0.0) + ": " + (try $0.1.toJSON(indent: indent, sortKeys: sortKeys, level: level + 1))
+                JSON.quoted($0.0, escaping: .minimal) + ": " + (try $0.1.toJSON(indent: indent, sortKeys: sortKeys, level: level + 1))
             }
             if let nl, let close { return "{" + nl + items.joined(separator: itemSep + nl) + close + "}" }
             return "{" + items.joined(separator: itemSep) + "}"
@@ -144,24 +149,6 @@ public enum TemplateValue: Sendable {
         case .namespace, .function:
             throw TokenizerError(file: "chat_template", "tojson of a \(typeName) is not serializable")
         }
-    }
-
-    static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
     }
 
     var typeName: String {
