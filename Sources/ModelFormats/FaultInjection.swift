@@ -11,13 +11,15 @@ import Foundation
 ///   `once` likewise.
 /// - `latency_ms=N` — every expert read first waits `N` milliseconds (a slow disk).
 /// - `corrupt_blob=L/E` — every read of expert `E` of layer `L` has one byte flipped after it
-///   arrives from disk, before its checksum is checked (bit rot while serving); `once`: the next
-///   expert read, whichever it is.
+///   arrives from disk, before its checksum is checked (bit rot while serving); `P` or `once`:
+///   any expert read, with probability `P` or the next one only.
 /// - `enospc_after=BYTES` — the packer's writes fail with ENOSPC once `BYTES` bytes have been
 ///   written in total (the disk filling while packing).
 /// - `seed=N` — seed of the random draws for the probabilities (default 1).
 ///
 /// Example: `MOE_FAULTS=read_error=0.01,short_read=0.01,latency_ms=5,corrupt_blob=3/17`.
+/// `MOE_FAULTS=@FILE` reads the specification from `FILE` instead, again whenever the file
+/// changes, so that faults can be turned on and off in a running server (empty or missing: none).
 public struct FaultPlan: Sendable, Equatable {
     /// How often a fault fires.
     public enum Rate: Sendable, Equatable {
@@ -35,8 +37,8 @@ public struct FaultPlan: Sendable, Equatable {
     public var latencyMilliseconds = 0
     /// Expert whose every read is corrupted (layer, expert).
     public var corruptBlob: (layer: Int, expert: Int)?
-    /// Corrupt the next expert read, whichever it is.
-    public var corruptNextBlob = false
+    /// Corrupt any expert read, with this rate.
+    public var corruptRate: Rate?
     /// Bytes the packer may write before ENOSPC.
     public var enospcAfterBytes: Int?
     /// Seed of the random draws.
@@ -51,7 +53,7 @@ public struct FaultPlan: Sendable, Equatable {
     public static func == (a: FaultPlan, b: FaultPlan) -> Bool {
         a.readError == b.readError && a.shortRead == b.shortRead && a.latencyMilliseconds == b.latencyMilliseconds
             && a.corruptBlob?.layer == b.corruptBlob?.layer && a.corruptBlob?.expert == b.corruptBlob?.expert
-            && a.corruptNextBlob == b.corruptNextBlob && a.enospcAfterBytes == b.enospcAfterBytes && a.seed == b.seed
+            && a.corruptRate == b.corruptRate && a.enospcAfterBytes == b.enospcAfterBytes && a.seed == b.seed
     }
 
     /// Parses a `MOE_FAULTS` specification; the error names the item that is wrong.
@@ -77,10 +79,10 @@ public struct FaultPlan: Sendable, Equatable {
                 guard let ms = Int(value), ms >= 0 else { throw fail(item, "expected milliseconds >= 0") }
                 latencyMilliseconds = ms
             case "corrupt_blob":
-                if value == "once" { corruptNextBlob = true; continue }
+                if value == "once" || Double(value) != nil { corruptRate = try rate(item, value); continue }
                 let parts = value.split(separator: "/")
                 guard parts.count == 2, let l = Int(parts[0]), let e = Int(parts[1]), l >= 0, e >= 0 else {
-                    throw fail(item, "expected LAYER/EXPERT or 'once'")
+                    throw fail(item, "expected LAYER/EXPERT, a probability or 'once'")
                 }
                 corruptBlob = (l, e)
             case "enospc_after":
@@ -115,12 +117,19 @@ public final class FaultInjector: @unchecked Sendable {
     private var plan: FaultPlan
     private var random: UInt64
     private var written = 0
+    /// `MOE_FAULTS=@FILE`: the file, and the modification time and size of its last reading.
+    private let sourceFile: String?
+    private var sourceStamp: (Int, Int, Int) = (-1, -1, -1)
 
     /// The process's injector, configured from `MOE_FAULTS` (empty when unset). An invalid
     /// specification ends the process with a one-line error: a failure test must not silently
     /// run without its faults.
     public static let shared: FaultInjector = {
         guard let spec = ProcessInfo.processInfo.environment["MOE_FAULTS"], !spec.isEmpty else { return FaultInjector() }
+        if spec.hasPrefix("@") {
+            FileHandle.standardError.write(Data("moe-serve: fault injection from \(spec.dropFirst()) (MOE_FAULTS=\(spec))\n".utf8))
+            return FaultInjector(file: String(spec.dropFirst()))
+        }
         do {
             let plan = try FaultPlan(specification: spec)
             FileHandle.standardError.write(Data("moe-serve: fault injection on (MOE_FAULTS=\(spec))\n".utf8))
@@ -135,6 +144,34 @@ public final class FaultInjector: @unchecked Sendable {
     public init(_ plan: FaultPlan = FaultPlan()) {
         self.plan = plan
         random = plan.seed
+        sourceFile = nil
+    }
+
+    /// An injector whose plan is the content of `file`, re-read whenever the file changes.
+    public init(file: String) {
+        plan = FaultPlan()
+        random = plan.seed
+        sourceFile = file
+    }
+
+    /// Re-reads the source file when its modification time or size changed. Lock held.
+    private func reloadIfChanged() {
+        guard let sourceFile else { return }
+        var status = stat()
+        let stamp = stat(sourceFile, &status) == 0
+            ? (Int(status.st_mtim.tv_sec), Int(status.st_mtim.tv_nsec), Int(status.st_size)) : (0, 0, 0)
+        guard stamp != sourceStamp else { return }
+        sourceStamp = stamp
+        let text = (try? String(contentsOfFile: sourceFile, encoding: .utf8)) ?? ""
+        do {
+            plan = try FaultPlan(specification: text.trimmingCharacters(in: .whitespacesAndNewlines))
+        } catch {
+            // A bad edit keeps no faults rather than stopping a running server.
+            plan = FaultPlan()
+            FileHandle.standardError.write(Data("moe-serve: \(error); no faults injected\n".utf8))
+        }
+        random = plan.seed
+        written = 0
     }
 
     /// Replaces the plan (and restarts the byte count of `enospc_after`).
@@ -148,14 +185,14 @@ public final class FaultInjector: @unchecked Sendable {
     /// The faults for one read of expert `expert` of `layer`; one-shot faults are used up.
     public func readFaults(layer: Int, expert: Int) -> ReadFaults {
         lock.lock(); defer { lock.unlock() }
+        reloadIfChanged()
         guard !plan.isEmpty else { return ReadFaults() }
         var faults = ReadFaults()
         faults.latencyMilliseconds = plan.latencyMilliseconds
         faults.error = fires(&plan.readError)
         faults.short = !faults.error && fires(&plan.shortRead)
-        if plan.corruptNextBlob {
+        if fires(&plan.corruptRate) {
             faults.corrupt = true
-            plan.corruptNextBlob = false
         } else if let blob = plan.corruptBlob, blob.layer == layer, blob.expert == expert {
             faults.corrupt = true
         }
@@ -166,6 +203,7 @@ public final class FaultInjector: @unchecked Sendable {
     /// no fault is configured); the bytes allowed are counted as written.
     public func allowedWrite(_ count: Int) -> Int {
         lock.lock(); defer { lock.unlock() }
+        reloadIfChanged()
         guard let limit = plan.enospcAfterBytes else { return count }
         let allowed = max(0, min(count, limit - written))
         written += allowed

@@ -1,26 +1,36 @@
 import Foundation
 import Testing
 
-/// The real server with a one-shot fault in its expert reads (`MOE_FAULTS`): the request whose
-/// step hits the fault fails with a JSON error, the server stays up, and the next request works.
+/// The real server with faults injected into its expert reads, turned on and off while it runs
+/// (`MOE_FAULTS=@FILE`): with a fault on, a request fails with a JSON error naming the expert;
+/// the server stays up, and with the fault off the next request works.
 @Suite(.serialized) struct FaultInjectionEndToEndTests {
-    @Test(arguments: [("read_error=once", "Input/output error"), ("short_read=once", "short read"),
-                      ("corrupt_blob=once", "checksum mismatch")])
-    func aFailedExpertReadFailsOneRequestAndTheServerServesTheNext(fault: String, expected: String) throws {
-        let server = try RunningServer(arguments: ["--memory-budget", "80MiB"], environment: ["MOE_FAULTS": fault])
+    @Test func failedExpertReadsFailTheRequestAndTheServerServesTheNext() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("moe-faults-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let faults = dir.appendingPathComponent("faults")
+        try Data().write(to: faults)
+        let server = try RunningServer(arguments: ["--memory-budget", "80MiB"], environment: ["MOE_FAULTS": "@\(faults.path)"])
         let body = #"{"prompt": "def fibonacci(n):", "max_tokens": 8, "temperature": 0}"#
-        let failed = try server.curl("/v1/completions", ["-w", "\n%{http_code}", "-d", body])
-        let status = failed.split(separator: "\n").last.map(String.init)
-        #expect(status == "500", "\(fault): \(failed)")
-        struct ErrorBody: Decodable { struct Inner: Decodable { let message: String }; let error: Inner }
-        let json = String(failed.dropLast(4))
-        let message = try JSONDecoder().decode(ErrorBody.self, from: Data(json.utf8)).error.message
-        #expect(message.contains(expected), "\(fault): \(message)")
-        #expect(message.contains("expert"), "\(fault): \(message)")
+        let healthy = try ServeEndToEndTests.text(try server.curl("/v1/completions", ["-d", body]))
+        #expect(!healthy.isEmpty)
 
-        #expect(try server.curl("/health").contains("ok"))
-        let next = try server.curl("/v1/completions", ["-d", body])
-        #expect(!(try ServeEndToEndTests.text(next)).isEmpty, "\(fault): \(next)")
+        struct ErrorBody: Decodable { struct Inner: Decodable { let message: String }; let error: Inner }
+        for (fault, expected) in [("read_error=1", "Input/output error"), ("short_read=1", "short read"), ("corrupt_blob=1", "checksum mismatch")] {
+            try Data(fault.utf8).write(to: faults)
+            let failed = try server.curl("/v1/completions", ["-w", "\n%{http_code}", "-d", body])
+            let lines = failed.split(separator: "\n")
+            #expect(lines.last == "500", "\(fault): \(failed)")
+            let json = lines.dropLast().joined(separator: "\n")
+            let message = (try? JSONDecoder().decode(ErrorBody.self, from: Data(json.utf8)))?.error.message ?? "<not a JSON error: \(json)>"
+            #expect(message.contains(expected) && message.contains("expert"), "\(fault): \(message)")
+            #expect(try server.curl("/health").contains("ok"), "\(fault)")
+
+            try Data().write(to: faults)
+            let next = try server.curl("/v1/completions", ["-d", body])
+            #expect((try? ServeEndToEndTests.text(next)) == healthy, "\(fault), then no fault: \(next)")
+        }
         #expect(server.stop() == 0)
     }
 }

@@ -27,11 +27,27 @@ import MoEModels
         #expect(p.enospcAfterBytes == 4096)
         #expect(p.seed == 9)
         #expect(try FaultPlan(specification: "").isEmpty)
-        for (bad, words) in [("read_error=2", "probability"), ("corrupt_blob=3", "LAYER/EXPERT"), ("disk_on_fire=1", "unknown fault"),
+        for (bad, words) in [("read_error=2", "probability"), ("corrupt_blob=3/x", "LAYER/EXPERT"), ("disk_on_fire=1", "unknown fault"),
                              ("latency_ms", "key=value"), ("enospc_after=-1", "byte count")] {
             let message = errorText { _ = try FaultPlan(specification: bad) }
             #expect(message?.contains("MOE_FAULTS") == true && message?.contains(words) == true, "\(bad): \(message ?? "accepted")")
         }
+    }
+
+    @Test func faultsFromAFileFollowItsContent() throws {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("faults")
+        let injector = FaultInjector(file: file.path)
+        #expect(injector.readFaults(layer: 0, expert: 0) == FaultInjector.ReadFaults()) // missing file: none
+        try Data("read_error=1,latency_ms=3".utf8).write(to: file)
+        #expect(injector.readFaults(layer: 0, expert: 0).error)
+        #expect(injector.readFaults(layer: 0, expert: 0).latencyMilliseconds == 3)
+        try Data("corrupt_blob=2/5".utf8).write(to: file)
+        #expect(!injector.readFaults(layer: 2, expert: 5).error)
+        #expect(injector.readFaults(layer: 2, expert: 5).corrupt)
+        try Data("not a fault".utf8).write(to: file)
+        #expect(injector.readFaults(layer: 2, expert: 5) == FaultInjector.ReadFaults()) // a bad edit: none
     }
 
     @Test func readErrorFailsThatReadOnly() throws {

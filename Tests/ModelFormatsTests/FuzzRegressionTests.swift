@@ -2,8 +2,8 @@ import Foundation
 import Testing
 @testable import ModelFormats
 
-/// Damaged safetensors headers found by fuzzing (Tests/Fuzz, model_formats target): each is
-/// refused with a one-line error instead of trapping on an integer overflow.
+/// Damaged safetensors headers that trapped on an integer overflow (seen while writing the
+/// model_formats fuzz target, fixed before it ran): each is refused with a one-line error.
 @Suite struct SafetensorsHeaderTests {
     /// An 8-byte little-endian header length, then `header`, then `dataBytes` zeros.
     func file(length: UInt64? = nil, _ header: String, dataBytes: Int = 16) -> [UInt8] {
@@ -41,7 +41,8 @@ import Testing
     }
 }
 
-/// config.json inputs found by fuzzing (model_formats target).
+/// config.json inputs found by fuzzing (model_formats target; the input is in
+/// Tests/Fuzz/corpus/model_formats/regression-config-zero-heads).
 @Suite struct ConfigFuzzRegressionTests {
     let config = """
     {"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 256, "num_attention_heads": 0, "num_hidden_layers": 2,
