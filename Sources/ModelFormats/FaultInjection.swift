@@ -111,6 +111,9 @@ public final class FaultInjector: @unchecked Sendable {
         public var corrupt = false
         /// Wait first, in milliseconds.
         public var latencyMilliseconds = 0
+
+        /// No fault.
+        public init() {}
     }
 
     private let lock = NSLock()
