@@ -102,3 +102,23 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer targets (Tests/Fuzz), only with MOE_FUZZ=1 so that `swift build` and `swift test`
+// never see them: they only link with `-sanitize=fuzzer` (libFuzzer's driver). scripts/fuzz.sh
+// builds and runs them.
+if ProcessInfo.processInfo.environment["MOE_FUZZ"] == "1" {
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("FuzzHTTP", ["HTTPServer", "InferenceEngine"]),
+        ("FuzzTokenizer", ["Tokenization"]),
+        ("FuzzChatTemplate", ["Tokenization"]),
+        ("FuzzModelFormats", ["ModelFormats"]),
+    ]
+    package.targets.append(.target(name: "FuzzSupport", path: "Tests/Fuzz/Targets/FuzzSupport"))
+    for target in fuzzTargets {
+        package.targets.append(.executableTarget(
+            name: target.name, dependencies: target.dependencies + ["FuzzSupport"], path: "Tests/Fuzz/Targets/\(target.name)",
+            swiftSettings: [.unsafeFlags(["-parse-as-library"])]
+        ))
+        package.products.append(.executable(name: target.name, targets: [target.name]))
+    }
+}

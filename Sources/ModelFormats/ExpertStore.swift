@@ -54,6 +54,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     private let blobIndex: [Int: Int]
     private let lock = NSLock()
     private var counters = ExpertStoreStatistics()
+    /// Faults injected into expert reads (failure testing; none unless `MOE_FAULTS` is set).
+    public let faults: FaultInjector
 
     /// The file in a model directory (store or checkpoint) holding its fitted predictor
     /// probes (`scripts/train_predictor_probes.py`), loaded unless a command names others.
@@ -66,9 +68,10 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
 
     /// Opens the store at `url`: reads and validates the manifest, checks the data files'
     /// sizes, and loads and checksums the dense tensors (`checkDense: false` defers the dense
-    /// checksums to `verify()`).
-    public init(url: URL, checkDense: Bool = true) throws {
+    /// checksums to `verify()`). `faults` injects read faults (tests; `MOE_FAULTS` by default).
+    public init(url: URL, checkDense: Bool = true, faults: FaultInjector = .shared) throws {
         self.url = url
+        self.faults = faults
         let manifest = try ExpertStoreManifest.load(from: url)
         self.manifest = manifest
         let manifestPath = url.appendingPathComponent(ExpertStoreManifest.fileName).path
@@ -221,7 +224,12 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         let entry = try blob(layer: layer, expert: expert)
         let staging = entry.storedRaw ? buffer : AlignedBuffer<UInt8>(count: Self.roundUp(entry.storedLength), alignment: DirectFileReader.granule, zeroed: false)
         let t0 = DispatchTime.now().uptimeNanoseconds
-        try readStored(entry, into: staging.pointer)
+        let injected = faults.readFaults(layer: layer, expert: expert)
+        try readStored(entry, into: staging.pointer, injecting: injected)
+        if injected.corrupt {
+            // Bit rot between disk and checksum: the check below must refuse the blob.
+            staging.pointer[entry.storedLength / 2] ^= 0x5A
+        }
         let t1 = DispatchTime.now().uptimeNanoseconds
         let context = "\(url.path): layer \(entry.layer) expert \(entry.expert)"
         do {
@@ -246,11 +254,22 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// Reads the stored bytes of `entry` (rounded up to 4 KiB) into `destination`, which must
     /// be 4 KiB-aligned and hold `roundUp(entry.storedLength)` bytes.
     public func readStored(_ entry: ExpertBlobEntry, into destination: UnsafeMutableRawPointer) throws {
+        try readStored(entry, into: destination, injecting: FaultInjector.ReadFaults())
+    }
+
+    /// `readStored` with injected faults: latency first, then an EIO or a read of half the bytes.
+    private func readStored(_ entry: ExpertBlobEntry, into destination: UnsafeMutableRawPointer,
+                            injecting faults: FaultInjector.ReadFaults) throws {
         let length = Self.roundUp(entry.storedLength)
-        let got: Int
+        if faults.latencyMilliseconds > 0 { usleep(useconds_t(faults.latencyMilliseconds * 1000)) }
+        if faults.error {
+            throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): read of \(length) bytes at offset \(entry.offset) failed: \(String(cString: strerror(EIO))) (injected fault)")
+        }
+        var got: Int
         do { got = try expertFile.read(into: destination, offset: entry.offset, length: length) } catch {
             throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): \(error)")
         }
+        if faults.short { got = min(got, entry.storedLength / 2) }
         guard got >= entry.storedLength else {
             throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): short read (\(got) of \(entry.storedLength) bytes; experts.bin truncated?)")
         }

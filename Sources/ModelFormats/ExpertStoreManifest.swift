@@ -87,24 +87,29 @@ public struct ExpertStoreManifest: Codable, Sendable {
         do { data = try Data(contentsOf: url) } catch {
             throw ModelFormatError.file(url.path, "cannot read the store manifest: \(error.localizedDescription)")
         }
+        return try parse(data, path: url.path)
+    }
+
+    /// Decodes and validates manifest JSON read from `path` (named in errors).
+    public static func parse(_ data: Data, path: String) throws -> ExpertStoreManifest {
         // The version is checked before the full schema so that a newer store says so rather
         // than failing on whatever field changed.
         struct Header: Decodable { var format: String?; var formatVersion: Int? }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         guard let header = try? decoder.decode(Header.self, from: data) else {
-            throw ModelFormatError.file(url.path, "damaged store manifest: not valid JSON (re-run moe-serve pack)")
+            throw ModelFormatError.file(path, "damaged store manifest: not valid JSON (re-run moe-serve pack)")
         }
         guard header.format == formatName, let version = header.formatVersion else {
-            throw ModelFormatError.file(url.path, "not an expert store manifest (missing format '\(formatName)' or format_version)")
+            throw ModelFormatError.file(path, "not an expert store manifest (missing format '\(formatName)' or format_version)")
         }
         guard version <= currentFormatVersion else {
-            throw ModelFormatError.file(url.path, "store format version \(version) is newer than this moe-serve supports (\(currentFormatVersion)); upgrade moe-serve or re-pack the model")
+            throw ModelFormatError.file(path, "store format version \(version) is newer than this moe-serve supports (\(currentFormatVersion)); upgrade moe-serve or re-pack the model")
         }
         do {
             return try decoder.decode(ExpertStoreManifest.self, from: data)
         } catch {
-            throw ModelFormatError.file(url.path, "damaged store manifest: \(describe(error)) (re-run moe-serve pack)")
+            throw ModelFormatError.file(path, "damaged store manifest: \(describe(error)) (re-run moe-serve pack)")
         }
     }
 

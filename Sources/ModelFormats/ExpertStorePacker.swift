@@ -54,6 +54,8 @@ public struct ExpertStorePacker {
     public var progressInterval = 0.25
     /// Test hook: throw after writing this many expert blobs (simulates a crash mid-pack).
     public var failAfterBlobs: Int?
+    /// Faults injected into the writes (`enospc_after`; failure testing, `MOE_FAULTS` by default).
+    public var faults: FaultInjector = .shared
     /// Told the temporary directory as soon as it exists, so that a signal handler can remove
     /// it if the process is interrupted.
     public var onTemporaryDirectory: ((URL) -> Void)?
@@ -134,7 +136,7 @@ public struct ExpertStorePacker {
         }
 
         // dense.bin
-        let denseWriter = try BinaryFileWriter(url: directory.appendingPathComponent("dense.bin"))
+        let denseWriter = try BinaryFileWriter(url: directory.appendingPathComponent("dense.bin"), faults: faults)
         var denseEntries: [DenseTensorEntry] = []
         for name in denseNames {
             let (entry, file) = try checkpoint.entry(name)
@@ -151,7 +153,7 @@ public struct ExpertStorePacker {
 
         // experts.bin
         let alignment = DirectFileReader.granule
-        let expertWriter = try BinaryFileWriter(url: directory.appendingPathComponent("experts.bin"))
+        let expertWriter = try BinaryFileWriter(url: directory.appendingPathComponent("experts.bin"), faults: faults)
         var blobs: [ExpertBlobEntry] = []
         var shapes: [[Int]] = []
         var layout: ExpertBlobLayout?
@@ -241,7 +243,7 @@ public struct ExpertStorePacker {
             dense: .init(file: "dense.bin", fileSize: denseWriter.offset, tensors: denseEntries),
             copiedFiles: copied)
         // The manifest goes last: its presence marks a complete store.
-        let manifestWriter = try BinaryFileWriter(url: directory.appendingPathComponent(ExpertStoreManifest.fileName))
+        let manifestWriter = try BinaryFileWriter(url: directory.appendingPathComponent(ExpertStoreManifest.fileName), faults: faults)
         let manifestData = try manifest.encoded()
         try manifestData.withUnsafeBytes { try manifestWriter.write($0) }
         try manifestWriter.finish()
@@ -258,8 +260,11 @@ private final class BinaryFileWriter {
     private(set) var offset = 0
     private static let zeros = [UInt8](repeating: 0, count: 4096)
 
-    init(url: URL) throws {
+    private let faults: FaultInjector
+
+    init(url: URL, faults: FaultInjector) throws {
         self.url = url
+        self.faults = faults
         fd = open(url.path, O_WRONLY | O_CREAT | O_EXCL, 0o644)
         guard fd >= 0 else { throw ModelFormatError.file(url.path, "cannot create: \(String(cString: strerror(errno)))") }
     }
@@ -270,10 +275,14 @@ private final class BinaryFileWriter {
         guard let base = bytes.baseAddress else { return }
         var done = 0
         while done < bytes.count {
-            let n = Foundation.write(fd, base + done, bytes.count - done)
+            let allowed = faults.allowedWrite(bytes.count - done)
+            let n = allowed > 0 ? Foundation.write(fd, base + done, allowed) : -1
+            var injected = false
+            if allowed == 0 { errno = ENOSPC; injected = true }
             if n < 0 {
                 if errno == EINTR { continue }
-                let reason = errno == ENOSPC ? "out of disk space" : String(cString: strerror(errno))
+                var reason = errno == ENOSPC ? "out of disk space" : String(cString: strerror(errno))
+                if injected { reason += " (injected fault)" }
                 throw ModelFormatError.file(url.path, "write failed after \(offset + done) bytes: \(reason)")
             }
             done += n

@@ -124,10 +124,11 @@ private struct ConfigReader {
         let hidden = try int("hidden_size")
         let heads = try int("num_attention_heads")
         let kvHeads = optionalInt("num_key_value_heads") ?? heads
-        let headDim = optionalInt("head_dim") ?? hidden / heads
+        // Checked before `hidden / heads`: with -Ounchecked a zero divisor is a SIGFPE, not an error.
         guard heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
             throw ModelFormatError.file(file, "num_attention_heads (\(heads)) must be a multiple of num_key_value_heads (\(kvHeads))")
         }
+        let headDim = optionalInt("head_dim") ?? hidden / heads
         let ropeParameters = json["rope_parameters"]?.objectValue
         let ropeScaling = json["rope_scaling"]?.objectValue
         for scaling in [ropeParameters, ropeScaling].compactMap({ $0 }) {

@@ -82,8 +82,10 @@ public final class SafetensorsFile: @unchecked Sendable {
         _ = madvise(base + start, end - start, Int32(MADV_DONTNEED))
     }
 
-    private static func parseHeader(base: UnsafeRawPointer, size: Int, path: String) throws -> [String: SafetensorsEntry] {
-        let headerLength = Int(UInt64(littleEndian: base.loadUnaligned(as: UInt64.self)))
+    /// Parses and validates the header of a safetensors file of `size` bytes mapped at `base`.
+    static func parseHeader(base: UnsafeRawPointer, size: Int, path: String) throws -> [String: SafetensorsEntry] {
+        // Int(exactly:): a length of 2^63 or more is damage, not a trap.
+        let headerLength = Int(exactly: UInt64(littleEndian: base.loadUnaligned(as: UInt64.self))) ?? -1
         guard headerLength > 0, headerLength <= size - 8 else {
             throw ModelFormatError.file(path, "header length \(headerLength) is out of range for a file of \(size) bytes (truncated or not safetensors)")
         }
@@ -104,12 +106,18 @@ public final class SafetensorsFile: @unchecked Sendable {
                 throw ModelFormatError.tensor(name, in: path, "unsupported dtype \(dtypeName) (supported: F32, BF16, F16)")
             }
             let (begin, end) = (offsets[0], offsets[1])
-            guard begin >= 0, end >= begin, dataStart + end <= size else {
+            guard begin >= 0, end >= begin, end <= size - dataStart else {
                 throw ModelFormatError.tensor(name, in: path, "data range \(begin)..<\(end) lies outside the file (\(size - dataStart) data bytes; truncated?)")
             }
-            let expected = shape.reduce(1, *) * dtype.size
-            guard shape.allSatisfy({ $0 >= 0 }), expected == end - begin else {
-                throw ModelFormatError.tensor(name, in: path, "shape \(shape) of \(dtypeName) needs \(expected) bytes but the header gives \(end - begin)")
+            // Checked products: a header claiming an absurd shape is refused, not a crash.
+            let expected = shape.reduce(Optional(dtype.size)) { product, dim in
+                guard let product, dim >= 0 else { return nil }
+                let (p, overflow) = product.multipliedReportingOverflow(by: dim)
+                return overflow ? nil : p
+            }
+            guard let expected, expected == end - begin else {
+                let needs = expected.map { "\($0) bytes" } ?? "an impossible number of bytes"
+                throw ModelFormatError.tensor(name, in: path, "shape \(shape) of \(dtypeName) needs \(needs) but the header gives \(end - begin)")
             }
             entries[name] = SafetensorsEntry(name: name, dtype: dtype, shape: shape, fileOffset: dataStart + begin, byteCount: end - begin)
         }

@@ -12,9 +12,13 @@ final class RunningServer: @unchecked Sendable {
         URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent().appendingPathComponent("moe-serve")
     }
 
-    init(arguments: [String] = []) throws {
+    /// `environment` is added to this process's (e.g. `MOE_FAULTS`).
+    init(arguments: [String] = [], environment: [String: String] = [:]) throws {
         process.executableURL = Self.binary
         process.arguments = ["serve", "--port", "0"] + arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let stderr = Pipe()
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice
