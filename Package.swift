@@ -91,7 +91,7 @@ let package = Package(
             name: "ExpertStoreTests", dependencies: ["ModelFormats", "MoEModels", "TensorMath"],
             swiftSettings: optimisedMath
         ),
-        .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "InferenceEngine"]),
+        .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "InferenceEngine", "TensorMath"]),
         // Deploy/: sd_notify on a real socket, the unit, image, manifests and nginx config through their
         // validators, and the nginx failover test over replicas of the built binary.
         .testTarget(name: "DeployTests", dependencies: ["ServiceNotify"]),

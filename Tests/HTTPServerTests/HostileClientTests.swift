@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import HTTPServer
 import InferenceEngine
+import TensorMath
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -111,7 +112,7 @@ struct RawResponse {
 /// Mutates valid requests with a seeded random stream (bit flips, insertions, deletions,
 /// duplications, truncation, broken line ends, oversized and absurd lengths).
 struct RequestMutator {
-    var random: SeededRandom
+    var random: SplitMix64
 
     static let seeds: [String] = [
         "GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -127,7 +128,7 @@ struct RequestMutator {
         "GET /health HTTP/1.1\r\n\r\nGET /v1/models HTTP/1.1\r\n\r\n",
     ]
 
-    mutating func int(_ n: Int) -> Int { min(n - 1, Int(random.nextUniform() * Double(n))) }
+    mutating func int(_ n: Int) -> Int { min(n - 1, Int(random.nextUnitDouble() * Double(n))) }
 
     mutating func mutate() -> [UInt8] {
         var bytes = Array(Self.seeds[int(Self.seeds.count)].utf8)
@@ -196,7 +197,7 @@ struct RequestMutator {
     @Test func mutatedRequestsGetAnAnswerOrATimelyClose() throws {
         let headerTimeout = 1.0
         try withServer(configure: { $0.limits.headerTimeout = headerTimeout; $0.limits.requestTimeout = 3 }) { server in
-            var mutator = RequestMutator(random: SeededRandom(seed: 19))
+            var mutator = RequestMutator(random: SplitMix64(seed: 19))
             let requests = (0..<2000).map { _ in mutator.mutate() }
             let failures = NSLock()
             nonisolated(unsafe) var problems: [String] = []
