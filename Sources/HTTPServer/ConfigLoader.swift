@@ -43,6 +43,9 @@ public enum ConfigLoader {
         Key(name: "retry_after", help: "seconds in Retry-After when overloaded") { c, v in c.retryAfterSeconds = try int(v, 0...3600) },
         Key(name: "shutdown_grace_period", help: "seconds running requests get after SIGTERM") { c, v in c.shutdownGracePeriod = try seconds(v) },
         Key(name: "log_requests", help: "one line per request on stderr") { c, v in c.logRequests = try bool(v) },
+        Key(name: "skip_missing_below", help: "lossy: skip missing experts whose router weight is below this (0...1)") { c, v in
+            c.skipMissingBelow = try fraction(v)
+        },
     ]
 
     /// The key names, for flags and docs.
@@ -143,6 +146,16 @@ public enum ConfigLoader {
         }
         guard let d, d.isFinite, d >= 0 else { throw ConfigError("expected a number of seconds >= 0, got \(describe(v))") }
         return d
+    }
+
+    static func fraction(_ v: Raw) throws -> Float {
+        let d: Double?
+        switch v {
+        case let .text(t): d = Double(t.trimmingCharacters(in: .whitespaces))
+        case let .json(j): d = j.doubleValue
+        }
+        guard let d, (0...1).contains(d) else { throw ConfigError("expected a number between 0 and 1, got \(describe(v))") }
+        return Float(d)
     }
 
     static func bool(_ v: Raw) throws -> Bool {

@@ -24,6 +24,7 @@ enum ServeBackend {
         let maxSequences = 8
         let options = try RuntimeOptions.parse(["--memory-budget", String(config.memoryBudget)])
         let runtime = try options.open(at: url, maxSequences: maxSequences, extraRuntimeBytes: Self.serverReserveBytes)
+        runtime.cache?.skipMissingBelow = config.skipMissingBelow
         guard let tokenizer = runtime.tokenizer else {
             throw CommandError("\(url.path): serving needs a tokenizer.json beside the model")
         }
@@ -157,6 +158,7 @@ final class LiveStatistics: StatsProvider, @unchecked Sendable {
             snapshot.prefetchesIssued = cacheStats.total.prefetchesIssued
             snapshot.prefetchesInTime = cacheStats.total.prefetchHits
             snapshot.prefetchesLate = cacheStats.total.prefetchesLate
+            snapshot.skippedTokens = cacheStats.total.skippedTokens
             snapshot.ioStallSeconds = cacheStats.total.stallSeconds
             snapshot.cacheBytesUsed = stats.cacheBytesUsed
             snapshot.cacheBytesBudget = stats.cacheBytesBudget
