@@ -41,7 +41,9 @@ struct PerplexityCommand: ParsableCommand {
     @Option(help: "Which predictions of each window are scored: all (transformers) or second-half (llama.cpp).")
     var scoring: Scoring = .all
     @Option(name: .customLong("max-windows"), help: "Score at most this many windows (the first ones).") var maxWindows: Int?
-    @Option(help: "Tokens per forward step within a window (as a prefill chunk).") var batch: Int = 256
+    /// Steps of at most 64 tokens sum each token's experts in a fixed order, so a run repeats bit
+    /// for bit; larger ones add experts as their reads finish (runs then differ by ~1e-8).
+    @Option(help: "Tokens per forward step within a window, as a prefill chunk (≤ 64: bit-for-bit repeatable; 1: decode-like, token by token).") var batch: Int = 256
     @Option(name: .customLong("save-logprobs"), help: "Write every scored position's log-probabilities here (safetensors), for --kl-base.")
     var saveLogprobs: String?
     @Option(name: .customLong("kl-base"), help: "Log-probabilities saved by --save-logprobs from an exact run: report KL(base ‖ this run).")

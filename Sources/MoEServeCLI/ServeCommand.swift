@@ -30,6 +30,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("retry-after"), help: "Seconds in Retry-After when overloaded.") var retryAfter: String?
     @Option(name: .customLong("shutdown-grace-period"), help: "Seconds running requests get after SIGTERM.") var shutdownGracePeriod: String?
     @Option(name: .customLong("log-requests"), help: "true to log one line per request on stderr.") var logRequests: String?
+    @Option(name: .customLong("skip-missing-below"), help: "Lossy, off by default: skip missing experts whose router weight is below this (docs/LOSSY.md).") var skipMissingBelow: String?
 
     /// Flag values by configuration key.
     var overrides: [String: String] {
@@ -39,6 +40,7 @@ struct ServeCommand: ParsableCommand {
             ("header_timeout", headerTimeout), ("request_timeout", requestTimeout), ("idle_timeout", idleTimeout),
             ("max_pipelined", maxPipelined), ("max_queued_requests", maxQueuedRequests), ("max_connections", maxConnections),
             ("retry_after", retryAfter), ("shutdown_grace_period", shutdownGracePeriod), ("log_requests", logRequests),
+            ("skip_missing_below", skipMissingBelow),
         ]
         var out: [String: String] = [:]
         for (key, value) in pairs { if let value { out[key] = value } }

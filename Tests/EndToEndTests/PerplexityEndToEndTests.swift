@@ -47,8 +47,10 @@ import Testing
         return try JSONDecoder().decode(Output.self, from: Data(result.stdout.utf8))
     }
 
-    @Test func matchesTransformersWithinTwoPercent() throws {
-        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: Self.fixtures.appendingPathComponent("reference.json")))
+    /// Both scorings, against transformers on the same windows (the fixture README has the commands).
+    @Test(arguments: ["reference.json", "reference-second-half.json"])
+    func matchesTransformersWithinTwoPercent(file: String) throws {
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: Self.fixtures.appendingPathComponent(file)))
         let output = try Self.perplexity(["--context", String(reference.context), "--scoring", reference.scoring])
         #expect(output.text_tokens == reference.text_tokens)
         #expect(output.tokens_scored == reference.tokens_scored)
@@ -57,12 +59,16 @@ import Testing
                 "moe-serve \(output.perplexity) vs transformers \(reference.perplexity)")
     }
 
-    @Test func secondHalfScoringScoresFewerTokensWithMoreContext() throws {
+    @Test func windowsAndScoredPositions() throws {
         let all = try Self.perplexity(["--context", "256", "--max-windows", "4"])
         let half = try Self.perplexity(["--context", "256", "--max-windows", "4", "--scoring", "second-half"])
-        #expect(all.windows == 4 && all.tokens_scored == 4 * 255)
-        #expect(half.tokens_scored == 4 * (255 - 128))
-        #expect(half.perplexity < all.perplexity)   // later positions have more context to go on
+        #expect(all.windows == 4 && all.tokens_scored == 4 * 255 && all.text_tokens == 2056)
+        #expect(half.windows == 4 && half.tokens_scored == 4 * (255 - 128))
+        let short = FileManager.default.temporaryDirectory.appendingPathComponent("moe-serve-ppl-short-\(getpid()).txt")
+        try "def f():\n    return 1\n".write(to: short, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: short) }
+        let tooShort = try MemoryBudgetEndToEndTests.run(["perplexity", "--text", short.path, "--context", "512"])
+        #expect(tooShort.status != 0 && tooShort.stderr.contains("fewer than one window"))
     }
 
     @Test func klAgainstItselfIsZeroAndAgainstF16KVIsSmall() throws {
@@ -70,7 +76,9 @@ import Testing
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let base = directory.appendingPathComponent("exact.safetensors").path
-        let common = ["--context", "256", "--max-windows", "3"]
+        // Steps of at most 64 rows sum each token's experts in a fixed order, so a run repeats
+        // bit for bit; larger prefill steps add experts as their reads finish (differences ~1e-8).
+        let common = ["--context", "256", "--max-windows", "3", "--batch", "64"]
         let exact = try Self.perplexity(common + ["--kv-cache-type", "f32", "--save-logprobs", base])
         let again = try Self.perplexity(common + ["--kv-cache-type", "f32", "--kl-base", base])
         #expect(again.perplexity == exact.perplexity)
@@ -81,7 +89,7 @@ import Testing
         #expect(abs(half.perplexity / exact.perplexity - 1) < 0.01)
 
         // A different text is refused, not compared.
-        let other = try MemoryBudgetEndToEndTests.run(["perplexity", "--text", Self.text, "--context", "128", "--max-windows", "3", "--kl-base", base])
+        let other = try MemoryBudgetEndToEndTests.run(["perplexity", "--text", Self.text, "--context", "128", "--max-windows", "3", "--batch", "64", "--kl-base", base])
         #expect(other.status != 0 && other.stderr.contains("--kl-base"))
     }
 
