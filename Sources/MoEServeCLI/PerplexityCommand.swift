@@ -131,7 +131,9 @@ struct PerplexityCommand: ParsableCommand {
                     let end = min(position + batch, context)
                     // [n * vocab]: logits of positions position..<end; position i predicts token i + 1.
                     let logits = try transformer.forward([SequenceInput(cache: cache, tokens: Array(tokens[position..<end]), allLogits: true)])[0]
-                    for i in max(position, firstScored)..<min(end, context - 1) {
+                    // Scored positions of this step (none when the step ends before the scored part).
+                    let scoredHere = Swift.max(position, firstScored)..<Swift.max(Swift.max(position, firstScored), Swift.min(end, context - 1))
+                    for i in scoredHere {
                         let target = tokens[i + 1]
                         let row = (i - position) * vocab
                         let logSumExp = logits.withUnsafeBufferPointer { Self.logSumExp($0.baseAddress! + row, count: vocab) }

@@ -64,6 +64,9 @@ import Testing
         let half = try Self.perplexity(["--context", "256", "--max-windows", "4", "--scoring", "second-half"])
         #expect(all.windows == 4 && all.tokens_scored == 4 * 255 && all.text_tokens == 2056)
         #expect(half.windows == 4 && half.tokens_scored == 4 * (255 - 128))
+        // Steps smaller than the unscored first half score the same positions.
+        let halfSmallSteps = try Self.perplexity(["--context", "256", "--max-windows", "4", "--scoring", "second-half", "--batch", "64"])
+        #expect(halfSmallSteps.tokens_scored == half.tokens_scored && abs(halfSmallSteps.perplexity / half.perplexity - 1) < 1e-6)
         let short = FileManager.default.temporaryDirectory.appendingPathComponent("moe-serve-ppl-short-\(getpid()).txt")
         try "def f():\n    return 1\n".write(to: short, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: short) }
