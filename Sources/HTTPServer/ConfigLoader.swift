@@ -57,6 +57,9 @@ public enum ConfigLoader {
         Key(name: "retry_after", help: "seconds in Retry-After when overloaded") { c, v in c.retryAfterSeconds = try int(v, 0...3600) },
         Key(name: "shutdown_grace_period", help: "seconds running requests get after SIGTERM") { c, v in c.shutdownGracePeriod = try seconds(v) },
         Key(name: "log_requests", help: "one line per request on stderr") { c, v in c.logRequests = try bool(v) },
+        Key(name: "skip_missing_below", help: "lossy: skip missing experts whose router weight is below this (0...1)") { c, v in
+            c.skipMissingBelow = try fraction(v)
+        },
     ]
 
     /// The key names, for flags and docs.
@@ -167,6 +170,10 @@ public enum ConfigLoader {
         }
         guard let d, (0...1).contains(d) else { throw ConfigError("expected a probability in 0...1, got \(describe(v))") }
         return d
+    }
+
+    static func fraction(_ v: Raw) throws -> Float {
+        Float(try probability(v))
     }
 
     static func bool(_ v: Raw) throws -> Bool {

@@ -33,6 +33,9 @@ public struct ServerConfig: Sendable, Equatable {
     public var shutdownGracePeriod: Double = 30
     /// `log_requests`: one line per request on stderr.
     public var logRequests: Bool = false
+    /// `skip_missing_below`: opt-in lossy mode; a routed expert not in RAM whose router weight
+    /// is below this is skipped (docs/LOSSY.md). nil (the default) is exact.
+    public var skipMissingBelow: Float?
 
     /// The defaults (the same values as ServerConfig/default.toml).
     public init() {}

@@ -29,6 +29,8 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     public var prefetchesLate: Int = 0
     /// Bytes read from the expert store, since start.
     public var diskReadBytes: Int = 0
+    /// Tokens that skipped at least one weak missing expert (`skip_missing_below`), since start.
+    public var skippedTokens: Int = 0
     /// Seconds the engine waited on expert reads, since start.
     public var ioStallSeconds: Double = 0
     /// Bytes held by the cache now.
@@ -79,6 +81,7 @@ public final class ServerMetrics: @unchecked Sendable {
     private let prefetchesIssued: CoreMetrics.Counter
     private let prefetchesInTime: CoreMetrics.Counter
     private let prefetchesLate: CoreMetrics.Counter
+    private let skippedTokens: CoreMetrics.Counter
     private let diskRead: CoreMetrics.Counter
     private let ioStall: CoreMetrics.FloatingPointCounter
     private let cacheUsed: CoreMetrics.Gauge
@@ -116,6 +119,7 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchesIssued = counter("moe_prefetches_issued_total")
         prefetchesInTime = counter("moe_prefetches_in_time_total")
         prefetchesLate = counter("moe_prefetches_late_total")
+        skippedTokens = counter("moe_expert_skipped_tokens_total")
         diskRead = counter("moe_disk_read_bytes_total")
         ioStall = CoreMetrics.FloatingPointCounter(label: "moe_io_stall_seconds_total", dimensions: [], factory: factory)
         cacheUsed = gauge("moe_expert_cache_bytes_used")
@@ -213,6 +217,7 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchesIssued.increment(by: max(0, s.prefetchesIssued - lastSnapshot.prefetchesIssued))
         prefetchesInTime.increment(by: max(0, s.prefetchesInTime - lastSnapshot.prefetchesInTime))
         prefetchesLate.increment(by: max(0, s.prefetchesLate - lastSnapshot.prefetchesLate))
+        skippedTokens.increment(by: max(0, s.skippedTokens - lastSnapshot.skippedTokens))
         diskRead.increment(by: max(0, s.diskReadBytes - lastSnapshot.diskReadBytes))
         ioStall.increment(by: max(0, s.ioStallSeconds - lastSnapshot.ioStallSeconds))
         hitRate.record(s.recentHitRate)

@@ -46,6 +46,10 @@ public protocol ExpertProvider: AnyObject, Sendable {
     /// Drops queued, not yet started prefetches of `experts` of `layer` (a prediction that
     /// turned out wrong), so they do not take disk time from reads that are needed.
     @discardableResult func cancelPrefetches(layer: Int?, experts: [Int]?) -> Int
+
+    /// Opt-in lossy mode (`WeakExpertSkipping`): removes from `routes` the weak experts of
+    /// `layer` that are not resident, where residency is known. The default keeps every expert.
+    func skipWeakMissing(layer: Int, routes: inout [TokenRouting])
 }
 
 extension ExpertProvider {
@@ -57,6 +61,7 @@ extension ExpertProvider {
 
     public func prefetch(layer: Int, experts: [Int], pipeline: Bool) {}
     @discardableResult public func cancelPrefetches(layer: Int?, experts: [Int]?) -> Int { 0 }
+    public func skipWeakMissing(layer: Int, routes: inout [TokenRouting]) {}
 }
 
 /// Holds every routed expert in RAM, loaded once from a checkpoint: the simple provider for

@@ -34,6 +34,7 @@ struct BenchBatchCommand: ParsableCommand {
     @Flag(name: .customLong("compare-prefetch"), help: "Measure with prefetch off and on, alternating, and report the ratio.")
     var comparePrefetch = false
     @OptionGroup var runtimeOptions: RuntimeOptions
+    @OptionGroup var lossy: LossyOptions
 
     struct Row: Encodable {
         var sequences: Int
@@ -165,6 +166,7 @@ struct BenchBatchCommand: ParsableCommand {
         let runtime = try runtimeOptions.open(at: try model.resolvedURL(), maxSequences: count,
                                               contextTokens: promptTokens + genTokens + 1, kvShare: 1)
         defer { runtime.close() }
+        lossy.apply(to: runtime)
         let transformer = runtime.model
         let kv = runtime.plan?.kvCacheBytes ?? (64 << 20)
         let limits = Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: kv, maxRunningSequences: count)

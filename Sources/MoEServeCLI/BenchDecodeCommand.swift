@@ -25,6 +25,7 @@ struct BenchDecodeCommand: ParsableCommand {
     @Option(name: .customLong("plot-budgets"), help: "Budgets for --plot, e.g. 2GiB,3GiB,4GiB,6GiB.") var plotBudgets: String?
     @Option(help: "Seed of the random prompt.") var seed: UInt64 = 1
     @OptionGroup var runtimeOptions: RuntimeOptions
+    @OptionGroup var lossy: LossyOptions
 
     func validate() throws {
         guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ValidationError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
@@ -189,6 +190,7 @@ struct BenchDecodeCommand: ParsableCommand {
         for index in 0..<runs {
             let runtime = try options.open(at: url, contextTokens: promptTokens + genTokens + 1)
             defer { runtime.close() }
+            lossy.apply(to: runtime)
             let model = runtime.model
             budget = runtime.plan?.budgetBytes
             predictorName = runtime.predictorName

@@ -22,6 +22,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("oracle-trace"), help: "Benchmark: prefetch what this trace of the same greedy generation (recorded with --record-trace) really used, a perfect predictor; needs --prefetch off.") var oracleTrace: String?
     @Option(name: .customLong("oracle-depth"), help: "How many MoE layers ahead the --oracle-trace prefetcher reads.") var oracleDepth: Int = 1
     @OptionGroup var runtimeOptions: RuntimeOptions
+    @OptionGroup var lossy: LossyOptions
 
     struct Output: Encodable {
         var tokens: [Int]
@@ -44,6 +45,7 @@ struct GenerateCommand: ParsableCommand {
             let modelURL = try model.resolvedURL()
             let runtime = try runtimeOptions.open(at: modelURL)
             defer { runtime.close() }
+            lossy.apply(to: runtime)
             let tokenizer = runtime.tokenizer
             let promptIds: [Int]
             switch (tokens, prompt) {

@@ -11,6 +11,8 @@ struct MoEServeCommand: ParsableCommand {
         subcommands: [
             LogitsCommand.self,
             GenerateCommand.self,
+            PerplexityCommand.self,
+            ExportCommand.self,
             TokenizeCommand.self,
             DetokenizeCommand.self,
             PackCommand.self,

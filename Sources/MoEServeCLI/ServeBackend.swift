@@ -53,6 +53,7 @@ enum ServeBackend {
     /// `metrics`.
     static func make(_ specification: RuntimeSpecification, config: ServerConfig, metrics: ServerMetrics) throws -> (ModelBackend, Engine) {
         let runtime = try ModelRuntime.open(specification)
+        runtime.cache?.skipMissingBelow = config.skipMissingBelow
         guard let tokenizer = runtime.tokenizer else {
             throw CommandError("\(specification.model.path): serving needs a tokenizer.json beside the model")
         }
@@ -107,6 +108,7 @@ final class LiveStatistics: StatsProvider, @unchecked Sendable {
             cache.prefetchesIssued = stats.total.prefetchesIssued
             cache.prefetchesInTime = stats.total.prefetchHits
             cache.prefetchesLate = stats.total.prefetchesLate
+            cache.skippedTokens = stats.total.skippedTokens
             cache.ioStallSeconds = stats.total.stallSeconds
             cache.cacheBytesUsed = stats.usedBytes
             cache.cacheBytesBudget = stats.budgetBytes

@@ -44,6 +44,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("retry-after"), help: "Seconds in Retry-After when overloaded.") var retryAfter: String?
     @Option(name: .customLong("shutdown-grace-period"), help: "Seconds running requests get after SIGTERM.") var shutdownGracePeriod: String?
     @Option(name: .customLong("log-requests"), help: "true to log one line per request on stderr.") var logRequests: String?
+    @Option(name: .customLong("skip-missing-below"), help: "Lossy, off by default: skip missing experts whose router weight is below this (docs/LOSSY.md).") var skipMissingBelow: String?
 
     /// Flag values by configuration key.
     var overrides: [String: String] {
@@ -58,6 +59,7 @@ struct ServeCommand: ParsableCommand {
             ("predictor_probes", predictorProbes), ("kv_cache_type", kvCacheType), ("reader_threads", readerThreads),
             ("prefetch_reads", prefetchReads), ("prefetch_min_probability", prefetchMinProbability),
             ("prefetch_budget", prefetchBudget), ("max_sequences", maxSequences),
+            ("skip_missing_below", skipMissingBelow),
         ]
         var out: [String: String] = [:]
         for (key, value) in pairs { if let value { out[key] = value } }

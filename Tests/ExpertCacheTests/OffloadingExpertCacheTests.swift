@@ -1,5 +1,5 @@
 import Foundation
-import MoEModels
+@testable import MoEModels
 import Testing
 @testable import ExpertCache
 import TensorMath
@@ -311,4 +311,28 @@ private final class Counter: @unchecked Sendable {
     private var stored: [String] = []
     func add(_ message: String) { lock.withLock { stored.append(message) } }
     var values: [String] { lock.withLock { stored } }
+}
+
+/// `--skip-missing-below` decided by the cache, where residency is known.
+@Suite struct SkipWeakMissingTests {
+    @Test func skipsWeakExpertsThatAreNotResidentAndCountsThem() throws {
+        let loader = FakeLoader()
+        let cache = try OffloadingExpertCache(loader: loader, policy: LRUPolicy(),
+                                              configuration: .init(budgetBytes: 4 * loader.bytesPerExpert, floorSlots: 1, readerThreads: 2),
+                                              layers: [0])
+        defer { cache.close() }
+        try cache.withExperts(layer: 0, experts: [1]) { _, _ in }   // expert 1 resident, 2 and 3 not
+        var routes = [TokenRouting(experts: [3, 1, 2], weights: [0.6, 0.2, 0.2])]
+
+        cache.skipWeakMissing(layer: 0, routes: &routes)            // off by default: exact
+        #expect(routes[0].experts == [3, 1, 2])
+
+        cache.skipMissingBelow = 0.25
+        cache.skipWeakMissing(layer: 0, routes: &routes)
+        #expect(routes[0].experts == [3, 1])                         // 2 skipped; 3 strong, 1 resident
+        #expect(abs(routes[0].weights.reduce(0, +) - 1) < 1e-6)
+        let stats = cache.statistics()
+        #expect(stats.total.skippedTokens == 1 && stats.total.skippedExperts == 1 && stats.perLayer[0]?.skippedTokens == 1)
+        #expect(loader.loads(0, 2) == 0)                             // never read
+    }
 }

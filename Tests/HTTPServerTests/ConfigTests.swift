@@ -109,3 +109,13 @@ import Testing
         #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_READER_THREADS": "0"]) }
     }
 }
+
+/// `skip_missing_below` (opt-in lossy mode, docs/LOSSY.md): off unless set, from any source.
+@Suite struct SkipMissingBelowConfigTests {
+    @Test func offByDefaultAndReadFromEnvironmentAndFlags() throws {
+        #expect(try ConfigLoader.load(file: nil, environment: [:]).skipMissingBelow == nil)
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_SKIP_MISSING_BELOW": "0.1"]).skipMissingBelow == 0.1)
+        #expect(try ConfigLoader.load(file: nil, environment: [:], overrides: ["skip_missing_below": "0.25"]).skipMissingBelow == 0.25)
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_SKIP_MISSING_BELOW": "2"]) }
+    }
+}

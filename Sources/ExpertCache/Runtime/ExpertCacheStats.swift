@@ -29,6 +29,10 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
     public var prefetchesDropped = 0
     /// Reads that failed.
     public var loadFailures = 0
+    /// Tokens that left out at least one weak missing expert (`--skip-missing-below`).
+    public var skippedTokens = 0
+    /// (token, expert) pairs left out by `--skip-missing-below`.
+    public var skippedExperts = 0
 
     /// All zero.
     public init() {}
@@ -43,6 +47,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         case prefetchesIssued = "prefetches_issued", prefetchesPromoted = "prefetches_promoted", prefetchesLate = "prefetches_late"
         case prefetchesCancelled = "prefetches_cancelled", prefetchesDropped = "prefetches_dropped"
         case loadFailures = "load_failures"
+        case skippedTokens = "skipped_tokens", skippedExperts = "skipped_experts"
     }
 
     public init(from decoder: Decoder) throws {
@@ -61,6 +66,8 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         prefetchesCancelled = try c.decode(Int.self, forKey: .prefetchesCancelled)
         prefetchesDropped = try c.decode(Int.self, forKey: .prefetchesDropped)
         loadFailures = try c.decode(Int.self, forKey: .loadFailures)
+        skippedTokens = try c.decodeIfPresent(Int.self, forKey: .skippedTokens) ?? 0
+        skippedExperts = try c.decodeIfPresent(Int.self, forKey: .skippedExperts) ?? 0
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -80,6 +87,8 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         try c.encode(prefetchesCancelled, forKey: .prefetchesCancelled)
         try c.encode(prefetchesDropped, forKey: .prefetchesDropped)
         try c.encode(loadFailures, forKey: .loadFailures)
+        try c.encode(skippedTokens, forKey: .skippedTokens)
+        try c.encode(skippedExperts, forKey: .skippedExperts)
     }
 
     /// Adds `other` into these counters.
@@ -98,6 +107,8 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         prefetchesCancelled += other.prefetchesCancelled
         prefetchesDropped += other.prefetchesDropped
         loadFailures += other.loadFailures
+        skippedTokens += other.skippedTokens
+        skippedExperts += other.skippedExperts
     }
 }
 

@@ -266,6 +266,25 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         return book.entries.values.reduce(0) { $0 + $1.pins }
     }
 
+    /// Opt-in lossy mode: routed experts below this mixing weight that are not resident when
+    /// their layer runs are skipped (`WeakExpertSkipping`); nil (the default) is exact. Set it
+    /// before the first request.
+    public var skipMissingBelow: Float?
+
+    public func skipWeakMissing(layer: Int, routes: inout [TokenRouting]) {
+        guard let threshold = skipMissingBelow else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        // Decided under the lock, against the bookkeeping the following pinning uses: an
+        // expert still being read counts as missing (waiting for it is what skipping avoids).
+        let skipped = WeakExpertSkipping.apply(&routes, threshold: threshold) { expert in
+            book.entry(ExpertKey(layer: layer, expert: expert))?.residency == .resident
+        }
+        if skipped.experts > 0 {
+            count(layer) { $0.skippedTokens += skipped.tokens; $0.skippedExperts += skipped.experts }
+        }
+    }
+
     /// Whether `expert` of `layer` is resident now (for tests and diagnostics).
     public func isResident(layer: Int, expert: Int) -> Bool {
         lock.lock()

@@ -106,7 +106,9 @@ struct SparseMoEBlock {
     /// `output[T, hidden] = moe(x[T, hidden])`, reaching experts only through `provider`.
     func forward(_ x: UnsafePointer<Float>, rowCount: Int, hidden: Int, provider: ExpertProvider,
                  observer: RoutingObserver?, output: UnsafeMutablePointer<Float>) throws {
-        let routes = route(x, rowCount: rowCount)
+        var routes = route(x, rowCount: rowCount)
+        // Opt-in lossy mode: weak experts that would cost a read are left out (WeakExpertSkipping).
+        provider.skipWeakMissing(layer: layer, routes: &routes)
         // The observer (the predictor, which prefetches later layers' experts) hears of the
         // routing once this layer's experts are pinned, so that room for its prefetches is
         // never made by evicting experts this layer is about to use. Announced before
