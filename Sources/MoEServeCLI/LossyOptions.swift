@@ -1,5 +1,5 @@
 import ArgumentParser
-import MoEModels
+import Runtime
 
 /// Opt-in lossy options of commands that run a model (`generate`, `perplexity`, `bench
 /// decode`, `bench batch`); every one is off by default, so runs are exact unless asked.
