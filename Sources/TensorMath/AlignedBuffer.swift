@@ -99,7 +99,10 @@ public final class AlignedBuffer<Element>: @unchecked Sendable {
 public enum BufferAllocations {
     private static let key: pthread_key_t = {
         var key = pthread_key_t()
-        precondition(pthread_key_create(&key, nil) == 0, "pthread_key_create failed")
+        // Not inside `precondition`: this module builds with -Ounchecked, which drops the
+        // condition unevaluated, and key 0 belongs to someone else.
+        let status = pthread_key_create(&key, nil)
+        if status != 0 { fatalError("pthread_key_create failed: \(status)") }
         return key
     }()
 
