@@ -25,14 +25,19 @@ struct DenseMLP {
     static func apply(_ expert: ExpertWeights, activation: Activation, _ x: UnsafePointer<Float>, rowCount: Int,
                       scratch: ForwardWorkspace.Worker, output: UnsafeMutablePointer<Float>) {
         let width = expert.gate.rows
-        precondition(scratch.gate.count >= rowCount * width, "forward workspace too small for an MLP of width \(width)")
-        let gate = scratch.gate.pointer // [n, width]
-        let up = scratch.up.pointer     // [n, width]
+        // An expert wider than its config says (a provider's own weights) gets buffers of its
+        // own rather than overrunning the workspace (this module builds with -Ounchecked).
+        let fits = scratch.gate.count >= rowCount * width
+        let ownGate = fits ? nil : AlignedBuffer<Float>(count: rowCount * width)
+        let ownUp = fits ? nil : AlignedBuffer<Float>(count: rowCount * width)
+        let gate = ownGate?.pointer ?? scratch.gate.pointer // [n, width]
+        let up = ownUp?.pointer ?? scratch.up.pointer       // [n, width]
         expert.gate.apply(x, rowCount: rowCount, into: gate)
         expert.up.apply(x, rowCount: rowCount, into: up)
         switch activation {
         case .silu: Ops.siluMultiply(gate, up, count: rowCount * width)
         }
         expert.down.apply(gate, rowCount: rowCount, into: output)
+        withExtendedLifetime((ownGate, ownUp)) {}
     }
 }
