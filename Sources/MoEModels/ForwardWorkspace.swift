@@ -47,15 +47,18 @@ final class ForwardWorkspace {
             scores = config.maxPositionEmbeddings
             let moeLayers = config.moeLayers
             let hasDense = moeLayers.count < config.layerCount
-            let sharedWidth = moeLayers.compactMap { definition.sharedExpert(config, $0)?.width }.max() ?? 0
+            let sharedExperts = moeLayers.compactMap { definition.sharedExpert(config, $0) }
+            let sharedWidth = sharedExperts.map(\.width).max() ?? 0
             routerLogits = moeLayers.isEmpty ? 0 : rows * config.expertCount
             contributions = moeLayers.isEmpty ? 0 : min(rows, SparseMoEBlock.parallelRowLimit) * config.expertsPerToken * hidden
             workers = SparseMoEBlock.expertWorkers
             workerRows = rows * hidden
             let widest = max(moeLayers.isEmpty ? 0 : config.expertIntermediateSize, hasDense ? config.denseIntermediateSize : 0, sharedWidth)
             workerActivations = rows * widest
-            sharedOutput = sharedWidth > 0 ? rows * hidden : 0
-            sharedGate = sharedWidth > 0 ? rows : 0
+            // Qwen2-MoE checkpoints with a width-0 shared expert still carry its (empty) tensors
+            // and run it, so the output is sized whenever the architecture has one.
+            sharedOutput = sharedExperts.isEmpty ? 0 : rows * hidden
+            sharedGate = sharedExperts.isEmpty ? 0 : rows
         }
 
         /// Total bytes.
