@@ -42,7 +42,7 @@ let package = Package(
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
         .target(name: "ExpertPrediction", dependencies: ["MoEModels", "ModelFormats", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
-        .target(name: "ExpertCache", dependencies: ["MoEModels", "ModelFormats", "TensorMath"]),
+        .target(name: "ExpertCache", dependencies: ["ModelFormats", "TensorMath"]),
         // The composition root: model, memory plan, expert cache, predictor, engine and live
         // statistics from a typed `RuntimeSpecification`.
         .target(

@@ -1,4 +1,5 @@
 import Foundation
+import ModelFormats
 import MoEModels
 import TensorMath
 
@@ -29,6 +30,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     private let routers: [WeightMatrix?]
     private let moeLayers: [Int]
     private let topK: Int
+    /// The model's own routing rule: guesses score and select experts as the router will.
+    private let routing: RouterSpec
     private let hidden: Int
     /// Experts predicted for each layer in the current step, not yet checked.
     private var pending: [Set<Int>]
@@ -51,6 +54,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         routers = (0..<layerCount).map { model.router(forLayer: $0) }
         moeLayers = model.config.moeLayers
         topK = model.config.expertsPerToken
+        routing = model.routerSpec
         hidden = model.config.hiddenSize
         storedStatistics = PredictionStatistics(layerCount: layerCount)
         pending = Array(repeating: [], count: layerCount)
@@ -154,10 +158,10 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
                 // Independent probabilities of being selected: the floor is the whole rule.
                 for e in 0..<experts { probabilities[e] = Ops.sigmoid(probabilities[e]) }
             } else {
-                Ops.softmax(probabilities, count: experts)
+                routing.scores(probabilities, count: experts)
             }
             var mass: Float = 0
-            for expert in Ops.topK(probabilities, count: experts, k: width) {
+            for expert in routing.select(probabilities, count: experts, k: width) {
                 if probabilities[expert] < floor { break } // the rest are smaller still
                 chosen.insert(expert)
                 mass += probabilities[expert]

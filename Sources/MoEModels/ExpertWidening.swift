@@ -21,12 +21,7 @@ public enum ExpertWidening {
     }
 
     /// The `config.json` key that holds the routed experts' width for `architecture`.
-    public static func widthKey(for architecture: Architecture) -> String {
-        switch architecture {
-        case .qwen2Moe, .qwen3Moe: return "moe_intermediate_size"
-        case .mixtral, .olmoe: return "intermediate_size"
-        }
-    }
+    public static func widthKey(for architecture: Architecture) -> String { architecture.definition.expertWidthKey }
 
     /// Writes the model of `store`, experts widened to `width`, as a checkpoint in `directory`
     /// (created; must not exist): `config.json`, `model.safetensors` and the store's copied files.

@@ -104,7 +104,7 @@ public struct SyntheticCheckpoint: Sendable {
                 t("model.layers.\(layer).post_attention_layernorm.weight", [hidden]),
                 t(names.routerName(layer), [config.expertCount, hidden]),
             ]
-            switch names.qkNormalization {
+            switch names.attention(config).qkNormalization {
             case .none: break
             case .perHead: list += [t("\(attention).q_norm.weight", [config.headDim]), t("\(attention).k_norm.weight", [config.headDim])]
             case .wholeProjection: list += [t("\(attention).q_norm.weight", [qWidth]), t("\(attention).k_norm.weight", [kvWidth])]

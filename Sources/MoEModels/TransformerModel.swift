@@ -72,7 +72,8 @@ public final class TransformerModel: @unchecked Sendable {
                 feedForward = .sparse(try SparseMoEBlock(layer: layer, config: config, description: description, weights: weights))
             } else {
                 feedForward = .dense(try DenseMLP(prefix: description.feedForwardPrefix(layer), hidden: hidden,
-                                                  width: config.denseIntermediateSize, source: weights))
+                                                  width: config.denseIntermediateSize, activation: description.activation,
+                                                  source: weights))
             }
             return DecoderLayer(
                 index: layer,
@@ -88,6 +89,46 @@ public final class TransformerModel: @unchecked Sendable {
     public func router(forLayer layer: Int) -> WeightMatrix? {
         if case .sparse(let block) = layers[layer].feedForward { return block.router }
         return nil
+    }
+
+    /// The routing rule of this model's MoE layers (the predictor guesses with it).
+    public var routerSpec: RouterSpec { description.router(config) }
+
+    /// Bytes of the forward workspace for steps of at most `maxRows` token rows from at most
+    /// `maxSequences` sequences: every activation buffer of a step (hidden states, q/k/v,
+    /// attention scores, router logits, expert inputs, outputs and intermediates per expert
+    /// worker, the logits of each sequence's last token). Exactly what `reserveWorkspace`
+    /// allocates; the memory plan counts it.
+    public static func workspaceBytes(config: ModelConfig, maxRows: Int, maxSequences: Int) -> Int {
+        ForwardWorkspace.Sizes(config: config, maxRows: maxRows, maxSequences: maxSequences).bytes
+    }
+
+    /// Allocates the forward workspace now for steps of at most `maxRows` rows from at most
+    /// `maxSequences` sequences (otherwise the first steps size it, growing it to the largest
+    /// step seen). Steps within it allocate nothing.
+    public func reserveWorkspace(maxRows: Int, maxSequences: Int) {
+        stepLock.lock(); defer { stepLock.unlock() }
+        _ = workspace(rows: maxRows, sequences: maxSequences)
+    }
+
+    /// Bytes the forward workspace holds now (0 before the first step or reservation).
+    public var workspaceByteCount: Int {
+        stepLock.lock(); defer { stepLock.unlock() }
+        return currentWorkspace?.byteCount ?? 0
+    }
+
+    /// Reused by every step; replaced by a larger one only when a step does not fit.
+    private var currentWorkspace: ForwardWorkspace?
+    /// One step at a time uses the workspace.
+    private let stepLock = NSLock()
+
+    private func workspace(rows: Int, sequences: Int) -> ForwardWorkspace {
+        if let current = currentWorkspace, current.sizes.fits(rows: rows, sequences: sequences) { return current }
+        let old = currentWorkspace?.sizes
+        let grown = ForwardWorkspace(ForwardWorkspace.Sizes(config: config, maxRows: max(rows, old?.maxRows ?? 0),
+                                                            maxSequences: max(sequences, old?.maxSequences ?? 0)))
+        currentWorkspace = grown
+        return grown
     }
 
     /// How `makeCache` stores keys and values (float32 unless a runtime chooses float16).
@@ -109,8 +150,9 @@ public final class TransformerModel: @unchecked Sendable {
 
     /// Runs one step over the new tokens of every sequence, appends them to the caches, and
     /// returns per sequence the logits `[vocab]` of its last token, or `[n * vocab]` for all of
-    /// its n tokens when `allLogits` is set.
+    /// its n tokens when `allLogits` is set. Steps run one at a time (they share the workspace).
     public func forward(_ inputs: [SequenceInput]) throws -> [[Float]] {
+        stepLock.lock(); defer { stepLock.unlock() }
         let hidden = config.hiddenSize
         var spans: [SequenceSpan] = []
         var rowCount = 0
@@ -125,9 +167,10 @@ public final class TransformerModel: @unchecked Sendable {
             rowCount += input.tokens.count
         }
 
-        let residual = AlignedBuffer<Float>(count: rowCount * hidden) // [T, hidden]
-        let normalized = AlignedBuffer<Float>(count: rowCount * hidden) // [T, hidden]
-        let blockOutput = AlignedBuffer<Float>(count: rowCount * hidden) // [T, hidden]
+        let workspace = self.workspace(rows: rowCount, sequences: inputs.count)
+        let residual = workspace.residual       // [T, hidden]
+        let normalized = workspace.normalized   // [T, hidden]
+        let blockOutput = workspace.blockOutput // [T, hidden]
         var row = 0
         for input in inputs {
             for token in input.tokens {
@@ -144,17 +187,18 @@ public final class TransformerModel: @unchecked Sendable {
             normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)
             Ops.rmsNorm(normalized.pointer, rowCount: rowCount, dim: hidden, weight: layer.inputNorm, eps: config.rmsNormEps)
             routingObserver?.willRunAttention(layer: layer.index, input: normalized.pointer, rowCount: rowCount)
-            layer.attention.forward(normalized.pointer, rowCount: rowCount, spans: spans, output: blockOutput.pointer)
+            layer.attention.forward(normalized.pointer, rowCount: rowCount, spans: spans, workspace: workspace,
+                                    output: blockOutput.pointer)
             Ops.addScaled(residual.pointer, blockOutput.pointer, alpha: 1, count: rowCount * hidden)
 
             normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)
             Ops.rmsNorm(normalized.pointer, rowCount: rowCount, dim: hidden, weight: layer.postAttentionNorm, eps: config.rmsNormEps)
             switch layer.feedForward {
             case .dense(let mlp):
-                mlp.forward(normalized.pointer, rowCount: rowCount, output: blockOutput.pointer)
+                mlp.forward(normalized.pointer, rowCount: rowCount, scratch: workspace.workers[0], output: blockOutput.pointer)
             case .sparse(let moe):
                 try moe.forward(normalized.pointer, rowCount: rowCount, hidden: hidden, provider: experts,
-                                observer: routingObserver, output: blockOutput.pointer)
+                                observer: routingObserver, workspace: workspace, output: blockOutput.pointer)
             }
             Ops.addScaled(residual.pointer, blockOutput.pointer, alpha: 1, count: rowCount * hidden)
         }
@@ -168,14 +212,17 @@ public final class TransformerModel: @unchecked Sendable {
             wanted.append(input.allLogits ? (span.firstRow, span.rowCount) : (span.firstRow + span.rowCount - 1, 1))
         }
         let wantedRows = wanted.reduce(0) { $0 + $1.count }
-        let rows = AlignedBuffer<Float>(count: wantedRows * hidden) // [wanted, hidden]
+        // One row per sequence fits the workspace; all of a prompt's logits (`allLogits`, the
+        // fidelity and perplexity paths, never a decode step) take buffers of their own.
+        let fits = wantedRows <= workspace.sizes.maxSequences
+        let rows = fits ? workspace.logitInputs : AlignedBuffer<Float>(count: wantedRows * hidden) // [wanted, hidden]
         var next = 0
         for (first, count) in wanted {
             (rows.pointer + next * hidden).update(from: residual.pointer + first * hidden, count: count * hidden)
             next += count
         }
         Ops.rmsNorm(rows.pointer, rowCount: wantedRows, dim: hidden, weight: finalNorm, eps: config.rmsNormEps)
-        let logits = AlignedBuffer<Float>(count: wantedRows * config.vocabSize) // [wanted, vocab]
+        let logits = fits ? workspace.logits : AlignedBuffer<Float>(count: wantedRows * config.vocabSize) // [wanted, vocab]
         lmHead.applyRowwise(rows.pointer, rowCount: wantedRows, into: logits.pointer)
         var results: [[Float]] = []
         next = 0

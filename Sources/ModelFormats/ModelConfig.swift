@@ -8,19 +8,14 @@ public enum Architecture: String, Sendable, Codable, CaseIterable {
     case olmoe = "OlmoeForCausalLM"
 
     /// The `model_type` value that config.json uses for this architecture.
-    public var modelType: String {
-        switch self {
-        case .mixtral: return "mixtral"
-        case .qwen2Moe: return "qwen2_moe"
-        case .qwen3Moe: return "qwen3_moe"
-        case .olmoe: return "olmoe"
-        }
-    }
+    public var modelType: String { definition.modelType }
 }
 
 /// A model's hyper-parameters, read from `config.json` in either the hub style (top-level
-/// `rope_theta`, `torch_dtype`) or the newer style (`rope_parameters`, `dtype`), with each
-/// architecture's defaults applied where transformers applies them.
+/// `rope_theta`, `torch_dtype`) or the newer style (`rope_parameters`, `dtype`). This file
+/// reads the keys every architecture shares; each architecture's own keys and defaults (expert
+/// count and widths, routing, attention switches, MoE placement) are read by its file in
+/// `Architectures/` (`ArchitectureDescription.readConfig`), as transformers applies them.
 public struct ModelConfig: Sendable, Codable, Equatable {
     public var architecture: Architecture
     public var vocabSize: Int
@@ -61,13 +56,7 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public var dtypeName: String?
 
     /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
-    public func isMoELayer(_ index: Int) -> Bool {
-        switch architecture {
-        case .mixtral, .olmoe: return true
-        case .qwen2Moe, .qwen3Moe:
-            return !mlpOnlyLayers.contains(index) && expertCount > 0 && (index + 1) % decoderSparseStep == 0
-        }
-    }
+    public func isMoELayer(_ index: Int) -> Bool { architecture.definition.isMoELayer(self, index) }
 
     /// Indices of the MoE layers.
     public var moeLayers: [Int] { (0..<layerCount).filter(isMoELayer) }
@@ -90,28 +79,38 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     }
 }
 
-/// Typed access to a config.json dictionary with errors that name the key.
-private struct ConfigReader {
-    let json: [String: JSONValue]
-    let file: String
+/// Typed access to a config.json dictionary with errors that name the key (the generic
+/// parsing helpers the architecture files read their keys with).
+public struct ConfigReader: Sendable {
+    /// The config.json object.
+    public let json: [String: JSONValue]
+    /// Names the file in errors.
+    public let file: String
 
-    func int(_ key: String) throws -> Int {
+    /// An integer that must be present.
+    public func int(_ key: String) throws -> Int {
         guard let value = optionalInt(key) else { throw ModelFormatError.file(file, "missing or non-integer '\(key)'") }
         return value
     }
 
-    func optionalInt(_ key: String) -> Int? { json[key]?.intValue }
+    /// An integer, nil when absent or null.
+    public func optionalInt(_ key: String) -> Int? { json[key]?.intValue }
 
-    func double(_ key: String) -> Double? { json[key]?.doubleValue }
+    /// A number, nil when absent or null.
+    public func double(_ key: String) -> Double? { json[key]?.doubleValue }
 
     /// Routed experts per layer: `num_experts` on the hub, `num_local_experts` in some
     /// transformers versions' configs for the same architectures.
-    func expertCountValue() throws -> Int {
+    public func expertCountValue() throws -> Int {
         if let count = optionalInt("num_experts") ?? optionalInt("num_local_experts") { return count }
         throw ModelFormatError.file(file, "missing or non-integer 'num_experts'")
     }
 
-    func bool(_ key: String, default value: Bool) -> Bool { json[key]?.boolValue ?? value }
+    /// A boolean, `value` when absent or null.
+    public func bool(_ key: String, default value: Bool) -> Bool { json[key]?.boolValue ?? value }
+
+    /// An error naming the file.
+    public func error(_ message: String) -> ModelFormatError { ModelFormatError.file(file, message) }
 
     func read() throws -> ModelConfig {
         let architectureName = json["architectures"]?.arrayValue?.first?.stringValue
@@ -141,34 +140,12 @@ private struct ConfigReader {
             throw ModelFormatError.file(file, "missing 'rope_theta' (top level or in 'rope_parameters')")
         }
 
-        let expertCount: Int
-        let expertWidth: Int
-        var denseWidth = optionalInt("intermediate_size") ?? 0
-        switch architecture {
-        case .mixtral:
-            expertCount = try int("num_local_experts")
-            expertWidth = try int("intermediate_size")
-        case .olmoe:
-            expertCount = try expertCountValue()
-            expertWidth = try int("intermediate_size")
-        case .qwen2Moe, .qwen3Moe:
-            expertCount = try expertCountValue()
-            expertWidth = try int("moe_intermediate_size")
-            denseWidth = try int("intermediate_size")
-        }
-        let topK = try int("num_experts_per_tok")
-        guard topK >= 1, topK <= expertCount else {
-            throw ModelFormatError.file(file, "num_experts_per_tok (\(topK)) must be between 1 and the number of experts (\(expertCount))")
-        }
         let eos: [Int]
         if let list = json["eos_token_id"]?.arrayValue { eos = list.compactMap(\.intValue) }
         else if let single = optionalInt("eos_token_id") { eos = [single] }
         else { eos = [] }
 
-        let clip = double("clip_qkv").map { Float($0) }
-        let window = architecture == .mixtral ? optionalInt("sliding_window") : nil
-
-        return ModelConfig(
+        var config = ModelConfig(
             architecture: architecture,
             vocabSize: try int("vocab_size"),
             hiddenSize: hidden,
@@ -180,20 +157,27 @@ private struct ConfigReader {
             ropeTheta: theta,
             maxPositionEmbeddings: optionalInt("max_position_embeddings") ?? 4096,
             tieWordEmbeddings: bool("tie_word_embeddings", default: false),
-            expertCount: expertCount,
-            expertsPerToken: topK,
-            expertIntermediateSize: expertWidth,
-            denseIntermediateSize: denseWidth,
-            sharedExpertIntermediateSize: architecture == .qwen2Moe ? (optionalInt("shared_expert_intermediate_size") ?? 0) : 0,
-            normTopKProb: architecture == .mixtral ? true : bool("norm_topk_prob", default: false),
-            decoderSparseStep: max(1, optionalInt("decoder_sparse_step") ?? 1),
-            mlpOnlyLayers: json["mlp_only_layers"]?.arrayValue?.compactMap(\.intValue) ?? [],
-            attentionBias: architecture == .qwen2Moe ? true : bool("attention_bias", default: false),
-            clipQKV: architecture == .olmoe ? clip : nil,
-            slidingWindow: window,
+            // Filled by the architecture's `readConfig` below.
+            expertCount: 0,
+            expertsPerToken: try int("num_experts_per_tok"),
+            expertIntermediateSize: 0,
+            denseIntermediateSize: 0,
+            sharedExpertIntermediateSize: 0,
+            normTopKProb: false,
+            decoderSparseStep: 1,
+            mlpOnlyLayers: [],
+            attentionBias: false,
+            clipQKV: nil,
+            slidingWindow: nil,
             bosTokenId: optionalInt("bos_token_id"),
             eosTokenIds: eos,
             dtypeName: json["dtype"]?.stringValue ?? json["torch_dtype"]?.stringValue
         )
+        try architecture.definition.readConfig(self, &config)
+        let topK = config.expertsPerToken
+        guard topK >= 1, topK <= config.expertCount else {
+            throw ModelFormatError.file(file, "num_experts_per_tok (\(topK)) must be between 1 and the number of experts (\(config.expertCount))")
+        }
+        return config
     }
 }

@@ -186,15 +186,10 @@ public final class ModelRuntime {
         return bytes
     }
 
-    /// Activations of one step: a generous per-token estimate (hidden states, q/k/v, expert
-    /// intermediates, logits) for a 256-token step plus attention scores. An estimate, not a
-    /// count: the forward pass allocates its own buffers (issue 18 item 6 replaces this with
-    /// the forward workspace's exact size).
+    /// Activations of one step: the model's forward workspace for steps of the scheduler's
+    /// default token budget (256 rows) from `maxSequences` sequences, exactly as allocated.
     public static func scratchBytes(_ config: ModelConfig, maxSequences: Int) -> Int {
-        let perToken = 8 * config.hiddenSize + 4 * config.headCount * config.headDim + 4 * config.expertIntermediateSize
-        // Plus a decode step's expert outputs, one slot per (token, rank) (`SparseMoEBlock`).
-        let slots = SparseMoEBlockLimits.parallelRowLimit * config.expertsPerToken * config.hiddenSize
-        return (256 * perToken + maxSequences * config.vocabSize + config.maxPositionEmbeddings + slots) * MemoryLayout<Float>.size
+        TransformerModel.workspaceBytes(config: config, maxRows: 256, maxSequences: maxSequences)
     }
 }
 

@@ -20,6 +20,7 @@ public final class AlignedBuffer<Element>: @unchecked Sendable {
     /// there and given back to it on release (see `BufferPool`).
     public init(count: Int, alignment: Int = 64, zeroed: Bool = true, pool: BufferPool? = nil) {
         precondition(count >= 0 && alignment >= 16 && alignment & (alignment - 1) == 0)
+        BufferAllocations.record()
         self.count = count
         self.alignment = alignment
         let bytes = max(1, count * MemoryLayout<Element>.stride)
@@ -90,6 +91,25 @@ public final class AlignedBuffer<Element>: @unchecked Sendable {
 
     /// A copy of the elements as an array.
     public var array: [Element] { Array(buffer) }
+}
+
+/// Counts the `AlignedBuffer`s each thread makes (malloc'd, mapped or taken from a pool), so
+/// a test can check that a decode step makes none: the forward pass reuses its workspace.
+/// Per thread, so that tests running beside it do not disturb the count.
+public enum BufferAllocations {
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        // Not inside `precondition`: this module builds with -Ounchecked, which drops the
+        // condition unevaluated, and key 0 belongs to someone else.
+        let status = pthread_key_create(&key, nil)
+        if status != 0 { fatalError("pthread_key_create failed: \(status)") }
+        return key
+    }()
+
+    /// Buffers the calling thread has made so far.
+    public static var onCurrentThread: Int { Int(bitPattern: pthread_getspecific(key)) }
+
+    static func record() { pthread_setspecific(key, UnsafeRawPointer(bitPattern: onCurrentThread + 1)) }
 }
 
 /// A few mapped buffers kept for reuse instead of being unmapped. An O_DIRECT read into fresh

@@ -1,5 +1,4 @@
 import ModelFormats
-import MoEModels
 import TensorMath
 
 /// Loads experts from a Hugging Face checkpoint (any `WeightSource`) into memory the returned

@@ -1,4 +1,4 @@
-import MoEModels
+import ModelFormats
 
 /// What the cache needs from wherever experts live (the packed expert store's O_DIRECT
 /// reader, a checkpoint, a test fake). Called from the cache's reader threads, several at

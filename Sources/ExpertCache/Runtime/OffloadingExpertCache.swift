@@ -1,5 +1,5 @@
 import Foundation
-import MoEModels
+import ModelFormats
 import TensorMath
 
 /// The runtime expert cache: an `ExpertProvider` that keeps a byte-budgeted set of experts

@@ -1,5 +1,4 @@
 import ModelFormats
-import MoEModels
 
 /// Loads experts from a packed expert store: one `pread` per expert on an `O_DIRECT`
 /// descriptor (so the bytes really come from disk), checksum-checked and decoded into a

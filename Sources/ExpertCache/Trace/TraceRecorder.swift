@@ -1,5 +1,5 @@
 import Foundation
-import MoEModels
+import ModelFormats
 
 /// Records routing decisions as a trace in the `bench trace` format, one JSON line per token:
 /// `{"seq": s, "pos": p, "phase": ..., "layers": [[e1, ...], null, ...]}`, with `null` for

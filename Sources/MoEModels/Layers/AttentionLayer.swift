@@ -2,8 +2,9 @@ import Foundation
 import ModelFormats
 import TensorMath
 
-/// Grouped-query causal self-attention with RoPE, optional q/k/v biases, optional q/k RMSNorm
-/// (per head or over the whole projection) and optional q/k/v clipping.
+/// Grouped-query causal self-attention with RoPE and the architecture's switches
+/// (`AttentionSpec`): optional q/k/v biases, optional q/k RMSNorm (per head or over the whole
+/// projection), optional q/k/v clipping and an optional sliding window.
 struct AttentionLayer {
     let layer: Int
     let qProj: WeightMatrix, kProj: WeightMatrix, vProj: WeightMatrix, oProj: WeightMatrix
@@ -32,10 +33,11 @@ struct AttentionLayer {
         qBias = try optionalVector("\(prefix).q_proj.bias", qWidth)
         kBias = try optionalVector("\(prefix).k_proj.bias", kvWidth)
         vBias = try optionalVector("\(prefix).v_proj.bias", kvWidth)
-        if config.attentionBias && qBias == nil {
+        let spec = description.attention(config)
+        if spec.requiresBias && qBias == nil {
             throw ModelFormatError("\(prefix).q_proj.bias: missing from the checkpoint although the config sets attention_bias")
         }
-        normalization = description.qkNormalization
+        normalization = spec.qkNormalization
         switch normalization {
         case .none:
             qNorm = nil; kNorm = nil
@@ -46,22 +48,24 @@ struct AttentionLayer {
             qNorm = try weights.vector("\(prefix).q_norm.weight", count: qWidth)
             kNorm = try weights.vector("\(prefix).k_norm.weight", count: kvWidth)
         }
-        clip = config.clipQKV
+        clip = spec.clipQKV
         headCount = config.headCount
         kvHeadCount = config.kvHeadCount
         headDim = config.headDim
         eps = config.rmsNormEps
         rope = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta)
-        slidingWindow = config.slidingWindow
+        slidingWindow = spec.slidingWindow
     }
 
     /// `output[T, hidden] = attention(x[T, hidden])` for every sequence span of the batch;
-    /// appends this layer's keys and values to each span's cache at its positions.
-    func forward(_ x: UnsafePointer<Float>, rowCount: Int, spans: [SequenceSpan], output: UnsafeMutablePointer<Float>) {
+    /// appends this layer's keys and values to each span's cache at its positions. Scratch
+    /// comes from `workspace`, sized for at least `rowCount` rows.
+    func forward(_ x: UnsafePointer<Float>, rowCount: Int, spans: [SequenceSpan], workspace: ForwardWorkspace,
+                 output: UnsafeMutablePointer<Float>) {
         let qWidth = headCount * headDim, kvWidth = kvHeadCount * headDim
-        let q = AlignedBuffer<Float>(count: rowCount * qWidth)   // [T, heads*headDim]
-        let k = AlignedBuffer<Float>(count: rowCount * kvWidth)  // [T, kvHeads*headDim]
-        let v = AlignedBuffer<Float>(count: rowCount * kvWidth)  // [T, kvHeads*headDim]
+        let q = workspace.q   // [T, heads*headDim]
+        let k = workspace.k   // [T, kvHeads*headDim]
+        let v = workspace.v   // [T, kvHeads*headDim]
         qProj.apply(x, rowCount: rowCount, into: q.pointer)
         kProj.apply(x, rowCount: rowCount, into: k.pointer)
         vProj.apply(x, rowCount: rowCount, into: v.pointer)
@@ -85,7 +89,7 @@ struct AttentionLayer {
             }
         }
 
-        let context = AlignedBuffer<Float>(count: rowCount * qWidth) // [T, heads*headDim]
+        let context = workspace.context // [T, heads*headDim]
         let scale = 1 / Float(headDim).squareRoot()
         let groupSize = headCount / kvHeadCount
         for span in spans {
@@ -96,8 +100,7 @@ struct AttentionLayer {
                 rope.apply(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
                 cache.store(layer: layer, position: position, key: k.pointer + row * kvWidth, value: v.pointer + row * kvWidth)
             }
-            let longest = span.startPosition + span.rowCount
-            var scores = [Float](repeating: 0, count: longest)
+            let scores = workspace.scores.pointer // [keys], one query's scores at a time
             for i in 0..<span.rowCount {
                 let row = span.firstRow + i, position = span.startPosition + i
                 // Keys visible to this query: causal, and inside the sliding window if any.
@@ -108,23 +111,21 @@ struct AttentionLayer {
                     let query = q.pointer + row * qWidth + head * headDim
                     let offset = firstKey * kvWidth + group * headDim
                     let out = context.pointer + row * qWidth + head * headDim
-                    scores.withUnsafeMutableBufferPointer { s in
-                        // scores[j] = scale · K[firstKey + j, group] · query, then softmax, then
-                        // context = Σ_j p[j] · V[firstKey + j, group]
-                        switch cache.precision {
-                        case .f32:
-                            AttentionKernels.scores(query: query, keys: cache.keyRows(layer) + offset, keyStride: kvWidth,
-                                                    count: keyCount, dim: headDim, scale: scale, into: s.baseAddress!)
-                            Ops.softmax(s.baseAddress!, count: keyCount)
-                            AttentionKernels.weightedSum(s.baseAddress!, values: cache.valueRows(layer) + offset, valueStride: kvWidth,
-                                                         count: keyCount, dim: headDim, into: out)
-                        case .f16:
-                            AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
-                                                    count: keyCount, dim: headDim, scale: scale, into: s.baseAddress!)
-                            Ops.softmax(s.baseAddress!, count: keyCount)
-                            AttentionKernels.weightedSum(s.baseAddress!, halfValues: cache.halfValueRows(layer) + offset,
-                                                         valueStride: kvWidth, count: keyCount, dim: headDim, into: out)
-                        }
+                    // scores[j] = scale · K[firstKey + j, group] · query, then softmax, then
+                    // context = Σ_j p[j] · V[firstKey + j, group]
+                    switch cache.precision {
+                    case .f32:
+                        AttentionKernels.scores(query: query, keys: cache.keyRows(layer) + offset, keyStride: kvWidth,
+                                                count: keyCount, dim: headDim, scale: scale, into: scores)
+                        Ops.softmax(scores, count: keyCount)
+                        AttentionKernels.weightedSum(scores, values: cache.valueRows(layer) + offset, valueStride: kvWidth,
+                                                     count: keyCount, dim: headDim, into: out)
+                    case .f16:
+                        AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
+                                                count: keyCount, dim: headDim, scale: scale, into: scores)
+                        Ops.softmax(scores, count: keyCount)
+                        AttentionKernels.weightedSum(scores, halfValues: cache.halfValueRows(layer) + offset,
+                                                     valueStride: kvWidth, count: keyCount, dim: headDim, into: out)
                     }
                 }
             }

@@ -2,53 +2,25 @@ import Foundation
 import ModelFormats
 import TensorMath
 
-/// The routing decision for one token in one MoE layer.
-public struct TokenRouting: Sendable, Equatable {
-    /// Chosen experts, highest router probability first.
-    public var experts: [Int]
-    /// Their mixing weights (renormalised when the architecture says so).
-    public var weights: [Float]
-}
-
-/// Receives every MoE layer's routing decisions as they are made (trace recording, predictor
-/// statistics). Called on the engine thread; keep it cheap.
-public protocol RoutingObserver: AnyObject {
-    /// `routes[row]` for each of the step's token rows in MoE layer `layer`; `gateInput` is the
-    /// normalised hidden state the router saw, `[rows, hidden]`. Called before any expert of
-    /// the layer runs, so loads started here overlap the layer's expert compute.
-    func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int)
-
-    /// Layer `layer` is about to run attention on `input`, the normalised hidden state
-    /// `[rows, hidden]`. Loads started here overlap the attention.
-    func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int)
-
-    /// A step is about to run; `lastRows` are the rows holding each sequence's last new token
-    /// (the tokens whose next token the following step will run), in ascending order.
-    func willRunStep(lastRows: [Int])
-}
-
-extension RoutingObserver {
-    public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {}
-    public func willRunStep(lastRows: [Int]) {}
-}
-
 /// Sizes of the MoE block's scratch that the memory plan accounts for.
 public enum SparseMoEBlockLimits {
     /// Steps of at most this many rows keep one output slot per (token, rank).
     public static let parallelRowLimit = 64
 }
 
-/// A routed-expert MoE block: router → top-k → tokens grouped by expert → one matrix product
-/// per expert over all its tokens → weighted sum; plus an optional sigmoid-gated shared expert.
+/// A routed-expert MoE block: router → the architecture's selection (`RouterSpec`) → tokens
+/// grouped by expert → one matrix product per expert over all its tokens → weighted sum;
+/// plus the architecture's shared expert, if any.
 struct SparseMoEBlock {
     let layer: Int
     /// `[experts, hidden]`
     let router: WeightMatrix
     let expertCount: Int
-    let topK: Int
-    let normalizeTopK: Bool
+    /// Scores, selection and mixing weights.
+    let routing: RouterSpec
+    let activation: Activation
     let sharedExpert: DenseMLP?
-    /// `[1, hidden]`
+    /// `[1, hidden]`: `sigmoid(gate · x)` scales the shared expert's output.
     let sharedExpertGate: WeightMatrix?
     /// Whether one token's experts are spread over `expertWorkers` threads (large experts only).
     let parallelSingleRow: Bool
@@ -58,35 +30,24 @@ struct SparseMoEBlock {
         let hidden = config.hiddenSize
         router = try weights.matrix(description.routerName(layer), rows: config.expertCount, cols: hidden)
         expertCount = config.expertCount
-        topK = config.expertsPerToken
-        normalizeTopK = config.normTopKProb
+        routing = description.router(config)
+        activation = description.activation
         parallelSingleRow = 3 * hidden * config.expertIntermediateSize >= Self.parallelSingleRowWeights
-        let prefix = description.feedForwardPrefix(layer)
-        if description.hasSharedExpert && weights.contains("\(prefix).shared_expert.gate_proj.weight") {
-            sharedExpert = try DenseMLP(prefix: "\(prefix).shared_expert", hidden: hidden,
-                                        width: config.sharedExpertIntermediateSize, source: weights)
-            sharedExpertGate = try weights.matrix("\(prefix).shared_expert_gate.weight", rows: 1, cols: hidden)
+        // Qwen2-MoE checkpoints with shared_expert_intermediate_size 0 carry no shared expert.
+        if let shared = description.sharedExpert(config, layer), weights.contains("\(shared.prefix).gate_proj.weight") {
+            sharedExpert = try DenseMLP(prefix: shared.prefix, hidden: hidden, width: shared.width,
+                                        activation: activation, source: weights)
+            sharedExpertGate = try weights.matrix(shared.sigmoidGateName, rows: 1, cols: hidden)
         } else {
             sharedExpert = nil
             sharedExpertGate = nil
         }
     }
 
-    /// Routes each row: softmax over all experts in float32, top-k, optional renormalisation.
-    func route(_ x: UnsafePointer<Float>, rowCount: Int) -> [TokenRouting] {
-        let logits = AlignedBuffer<Float>(count: rowCount * expertCount) // [T, experts]
-        router.apply(x, rowCount: rowCount, into: logits.pointer)
-        return (0..<rowCount).map { row in
-            let probabilities = logits.pointer + row * expertCount
-            Ops.softmax(probabilities, count: expertCount)
-            let chosen = Ops.topK(probabilities, count: expertCount, k: topK)
-            var weights = chosen.map { probabilities[$0] }
-            if normalizeTopK {
-                let total = weights.reduce(0, +)
-                weights = weights.map { $0 / total }
-            }
-            return TokenRouting(experts: chosen, weights: weights)
-        }
+    /// Routes each row with the architecture's rule; `logits` is `[T, experts]` scratch.
+    func route(_ x: UnsafePointer<Float>, rowCount: Int, logits: UnsafeMutablePointer<Float>) -> [TokenRouting] {
+        router.apply(x, rowCount: rowCount, into: logits)
+        return (0..<rowCount).map { row in routing.route(logits + row * expertCount, count: expertCount) }
     }
 
     /// Steps of at most this many token rows run their experts on `expertWorkers` threads;
@@ -104,9 +65,11 @@ struct SparseMoEBlock {
     static let parallelSingleRowWeights = 1 << 19
 
     /// `output[T, hidden] = moe(x[T, hidden])`, reaching experts only through `provider`.
+    /// Scratch comes from `workspace`, sized for at least `rowCount` rows.
     func forward(_ x: UnsafePointer<Float>, rowCount: Int, hidden: Int, provider: ExpertProvider,
-                 observer: RoutingObserver?, output: UnsafeMutablePointer<Float>) throws {
-        var routes = route(x, rowCount: rowCount)
+                 observer: RoutingObserver?, workspace: ForwardWorkspace, output: UnsafeMutablePointer<Float>) throws {
+        let topK = routing.topK
+        var routes = route(x, rowCount: rowCount, logits: workspace.routerLogits.pointer)
         // Opt-in lossy mode: weak experts that would cost a read are left out (WeakExpertSkipping).
         provider.skipWeakMissing(layer: layer, routes: &routes)
         // The observer (the predictor, which prefetches later layers' experts) hears of the
@@ -125,7 +88,6 @@ struct SparseMoEBlock {
             }
         }
         output.update(repeating: 0, count: rowCount * hidden)
-        let maxRows = rowsByExpert.values.map(\.count).max() ?? 0
         let experts = rowsByExpert.keys.sorted()
 
         if rowCount <= Self.parallelRowLimit {
@@ -135,17 +97,16 @@ struct SparseMoEBlock {
             // One token's few small experts are not worth a thread hand-off (see
             // `parallelSingleRowWeights`); large ones are.
             let workers = rowCount > 1 || parallelSingleRow ? Self.expertWorkers : 1
-            let contributions = AlignedBuffer<Float>(count: rowCount * topK * hidden) // [T, k, hidden]
-            // Per worker: the expert's input rows and its output rows, [n, hidden] each.
-            let gathered = (0..<workers).map { _ in AlignedBuffer<Float>(count: maxRows * hidden) }
-            let produced = (0..<workers).map { _ in AlignedBuffer<Float>(count: maxRows * hidden) }
+            let contributions = workspace.contributions // [T, k, hidden]
             try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: announce) { worker, expert, weights in
                 let assigned = rowsByExpert[expert]!
-                let input = gathered[worker].pointer, expertOutput = produced[worker].pointer
+                // Per worker: the expert's input rows and its output rows, [n, hidden] each.
+                let scratch = workspace.workers[worker]
+                let input = scratch.gathered.pointer, expertOutput = scratch.produced.pointer
                 for (i, entry) in assigned.enumerated() {
                     (input + i * hidden).update(from: x + entry.row * hidden, count: hidden)
                 }
-                DenseMLP.apply(weights, input, rowCount: assigned.count, output: expertOutput)
+                DenseMLP.apply(weights, activation: activation, input, rowCount: assigned.count, scratch: scratch, output: expertOutput)
                 for (i, entry) in assigned.enumerated() {
                     (contributions.pointer + (entry.row * topK + entry.slot) * hidden)
                         .update(from: expertOutput + i * hidden, count: hidden)
@@ -157,14 +118,16 @@ struct SparseMoEBlock {
                 }
             }
         } else {
-            let gathered = AlignedBuffer<Float>(count: maxRows * hidden) // [n, hidden]
-            let expertOutput = AlignedBuffer<Float>(count: maxRows * hidden) // [n, hidden]
+            let scratch = workspace.workers[0]
+            let gathered = scratch.gathered     // [n, hidden]
+            let expertOutput = scratch.produced // [n, hidden]
             try provider.withExperts(layer: layer, experts: experts, workers: 1, pinned: announce) { _, expert, weights in
                 let assigned = rowsByExpert[expert]!
                 for (i, entry) in assigned.enumerated() {
                     (gathered.pointer + i * hidden).update(from: x + entry.row * hidden, count: hidden)
                 }
-                DenseMLP.apply(weights, gathered.pointer, rowCount: assigned.count, output: expertOutput.pointer)
+                DenseMLP.apply(weights, activation: activation, gathered.pointer, rowCount: assigned.count, scratch: scratch,
+                               output: expertOutput.pointer)
                 for (i, entry) in assigned.enumerated() {
                     Ops.addScaled(output + entry.row * hidden, expertOutput.pointer + i * hidden, alpha: entry.weight, count: hidden)
                 }
@@ -172,9 +135,9 @@ struct SparseMoEBlock {
         }
 
         if let sharedExpert, let sharedExpertGate {
-            let shared = AlignedBuffer<Float>(count: rowCount * hidden) // [T, hidden]
-            let gate = AlignedBuffer<Float>(count: rowCount)            // [T, 1]
-            sharedExpert.forward(x, rowCount: rowCount, output: shared.pointer)
+            let shared = workspace.sharedOutput // [T, hidden]
+            let gate = workspace.sharedGate     // [T, 1]
+            sharedExpert.forward(x, rowCount: rowCount, scratch: workspace.workers[0], output: shared.pointer)
             sharedExpertGate.apply(x, rowCount: rowCount, into: gate.pointer)
             for row in 0..<rowCount {
                 Ops.addScaled(output + row * hidden, shared.pointer + row * hidden, alpha: Ops.sigmoid(gate[row]), count: hidden)

@@ -1,5 +1,7 @@
-import ModelFormats
 import TensorMath
+
+// The expert weight types and the provider seam sit here, below MoEModels, so that expert
+// caches and trace tools can serve and observe experts without importing the model code.
 
 /// The three matrices of one routed expert, a SwiGLU MLP:
 /// `down( silu(gate·x) ⊙ up·x )`.
@@ -64,32 +66,24 @@ extension ExpertProvider {
     public func skipWeakMissing(layer: Int, routes: inout [TokenRouting]) {}
 }
 
-/// Holds every routed expert in RAM, loaded once from a checkpoint: the simple provider for
-/// models that fit.
-public final class InMemoryExpertProvider: ExpertProvider, @unchecked Sendable {
-    /// `experts[layer][expert]`; nil entries for dense layers.
-    private let experts: [[ExpertWeights]?]
+/// Receives every MoE layer's routing decisions as they are made (trace recording, predictor
+/// statistics). Called on the engine thread; keep it cheap.
+public protocol RoutingObserver: AnyObject {
+    /// `routes[row]` for each of the step's token rows in MoE layer `layer`; `gateInput` is the
+    /// normalised hidden state the router saw, `[rows, hidden]`. Called before any expert of
+    /// the layer runs, so loads started here overlap the layer's expert compute.
+    func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int)
 
-    /// Loads every expert of every MoE layer of `config` from `weights`, using `names` to find
-    /// the tensors.
-    public init(config: ModelConfig, weights: WeightSource, names: ArchitectureDescription) throws {
-        let hidden = config.hiddenSize, width = config.expertIntermediateSize
-        var loaded: [[ExpertWeights]?] = []
-        for layer in 0..<config.layerCount {
-            guard config.isMoELayer(layer) else { loaded.append(nil); continue }
-            loaded.append(try (0..<config.expertCount).map { expert in
-                let tensorNames = names.expertTensorNames(layer, expert)
-                return ExpertWeights(
-                    gate: try weights.matrix(tensorNames.gate, rows: width, cols: hidden),
-                    up: try weights.matrix(tensorNames.up, rows: width, cols: hidden),
-                    down: try weights.matrix(tensorNames.down, rows: hidden, cols: width))
-            })
-        }
-        experts = loaded
-    }
+    /// Layer `layer` is about to run attention on `input`, the normalised hidden state
+    /// `[rows, hidden]`. Loads started here overlap the attention.
+    func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int)
 
-    public func withExperts(layer: Int, experts requested: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
-        guard let layerExperts = experts[layer] else { preconditionFailure("layer \(layer) has no routed experts") }
-        for expert in requested { try body(expert, layerExperts[expert]) }
-    }
+    /// A step is about to run; `lastRows` are the rows holding each sequence's last new token
+    /// (the tokens whose next token the following step will run), in ascending order.
+    func willRunStep(lastRows: [Int])
+}
+
+extension RoutingObserver {
+    public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {}
+    public func willRunStep(lastRows: [Int]) {}
 }

@@ -1,0 +1,118 @@
+/// Where q/k normalisation sits in an architecture's attention.
+public enum QKNormalization: Sendable, Equatable {
+    /// No q/k norm (Mixtral, Qwen2-MoE).
+    case none
+    /// RMSNorm over each head's `headDim` values, before RoPE (Qwen3-MoE).
+    case perHead
+    /// RMSNorm over the whole q and k projections, before splitting into heads (OLMoE).
+    case wholeProjection
+}
+
+/// The switches of grouped-query causal self-attention with RoPE (the only attention kind so
+/// far; multi-head latent or linear attention would be layers of their own beside it).
+public struct AttentionSpec: Sendable, Equatable {
+    /// q/k normalisation style.
+    public var qkNormalization: QKNormalization
+    /// The q/k/v projections must carry biases (a checkpoint without them is an error).
+    public var requiresBias: Bool
+    /// Clamp q, k and v to ±clip after projection and normalisation; nil for none.
+    public var clipQKV: Float?
+    /// Keys visible to a query: the last `slidingWindow` positions; nil for all.
+    public var slidingWindow: Int?
+
+    public init(qkNormalization: QKNormalization, requiresBias: Bool, clipQKV: Float? = nil, slidingWindow: Int? = nil) {
+        self.qkNormalization = qkNormalization
+        self.requiresBias = requiresBias
+        self.clipQKV = clipQKV
+        self.slidingWindow = slidingWindow
+    }
+}
+
+/// The nonlinearity of an MLP's gate: `down( act(gate·x) ⊙ up·x )`.
+public enum Activation: Sendable, Equatable {
+    /// SwiGLU: silu(gate·x) ⊙ up·x (every architecture so far).
+    case silu
+}
+
+/// An always-on expert that runs beside the routed ones in every MoE layer.
+public struct SharedExpertSpec: Sendable, Equatable {
+    /// Prefix of its `gate_proj`/`up_proj`/`down_proj` tensors.
+    public var prefix: String
+    /// Its width (`intermediate_size` of the MLP).
+    public var width: Int
+    /// `[1, hidden]` weight whose `sigmoid(· x)` scales the shared expert's output (Qwen2-MoE).
+    public var sigmoidGateName: String
+
+    public init(prefix: String, width: Int, sigmoidGateName: String) {
+        self.prefix = prefix
+        self.width = width
+        self.sigmoidGateName = sigmoidGateName
+    }
+}
+
+/// Names of one expert's three tensors.
+public struct ExpertTensorNames: Sendable, Equatable {
+    public var gate: String
+    public var up: String
+    public var down: String
+
+    public init(gate: String, up: String, down: String) {
+        self.gate = gate
+        self.up = up
+        self.down = down
+    }
+}
+
+/// Everything that distinguishes one architecture from another, over the shared layer code:
+/// its config.json keys and defaults, which layers are MoE, its router, attention switches,
+/// activation, shared expert and tensor names. Each file in `Architectures/` builds one; the
+/// shared layers (`MoEModels/Layers`), the predictor, the packer and the cache read only this.
+public struct ArchitectureDescription: Sendable {
+    /// The `model_type` value that config.json uses for this architecture.
+    public var modelType: String
+    /// Reads this architecture's own keys (expert count and widths, routing, attention
+    /// switches, MoE placement) into `config`, whose generic fields are already filled.
+    public var readConfig: @Sendable (ConfigReader, inout ModelConfig) throws -> Void
+    /// Whether layer `index` of `config` has a routed-expert MoE block (otherwise a dense MLP).
+    public var isMoELayer: @Sendable (ModelConfig, Int) -> Bool
+    /// The config.json key that holds the routed experts' width (rewritten when widening).
+    public var expertWidthKey: String
+    /// The router of `config`'s MoE layers.
+    public var router: @Sendable (ModelConfig) -> RouterSpec
+    /// The attention switches of `config`.
+    public var attention: @Sendable (ModelConfig) -> AttentionSpec
+    /// The MLPs' activation (dense layers, routed and shared experts).
+    public var activation: Activation
+    /// The shared expert of MoE layer `layer`, nil when the architecture has none.
+    public var sharedExpert: @Sendable (ModelConfig, Int) -> SharedExpertSpec?
+    /// Prefix of the feed-forward block of layer `l` (`model.layers.l.mlp` or `...block_sparse_moe`).
+    public var feedForwardPrefix: @Sendable (Int) -> String
+    /// The router's weight, `[experts, hidden]`.
+    public var routerName: @Sendable (Int) -> String
+    /// Tensor names of routed expert `e` in layer `l`.
+    public var expertTensorNames: @Sendable (Int, Int) -> ExpertTensorNames
+
+    /// Attention tensors of layer `l`: `model.layers.l.self_attn.<name>`.
+    public func attentionPrefix(_ layer: Int) -> String { "model.layers.\(layer).self_attn" }
+
+    /// The description for `architecture`.
+    public static func of(_ architecture: Architecture) -> ArchitectureDescription { architecture.definition }
+}
+
+extension Architecture {
+    /// The registry: each architecture's description, from its file in `Architectures/`.
+    public var definition: ArchitectureDescription {
+        switch self {
+        case .mixtral: return Mixtral.description
+        case .qwen2Moe: return Qwen2Moe.description
+        case .qwen3Moe: return Qwen3Moe.description
+        case .olmoe: return Olmoe.description
+        }
+    }
+}
+
+/// Expert names in the `mlp.experts.E.{gate,up,down}_proj` style that Qwen and OLMoE use.
+func projectionStyleExpertNames(layer: Int, expert: Int) -> ExpertTensorNames {
+    let prefix = "model.layers.\(layer).mlp.experts.\(expert)"
+    return ExpertTensorNames(gate: "\(prefix).gate_proj.weight", up: "\(prefix).up_proj.weight", down: "\(prefix).down_proj.weight")
+}
