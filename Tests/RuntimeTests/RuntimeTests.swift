@@ -168,4 +168,53 @@ import Testing
         #expect(snapshot.expertUsage.flatMap { $0 }.reduce(0, +) > 0)
         #expect(monitor.latest.engine.generatedTokens == 4)
     }
+
+    /// The statistics thread reads the predictor's statistics while the engine thread writes
+    /// them (the race issue 18 named): every sample taken mid-generation is a consistent copy,
+    /// and the counts only grow. Run under ThreadSanitizer too (docs/ARCHITECTURE.md, Testing).
+    @Test func statisticsSampledWhileDecodingAreConsistent() throws {
+        var spec = RuntimeSpecification(model: Self.demo)
+        spec.memoryBudgetBytes = ProcessMemory.runtimeReservation() + (64 << 20)
+        spec.expertCacheBytes = 6 << 20
+        let runtime = try ModelRuntime.open(spec)
+        defer { runtime.close() }
+        let engine = runtime.makeEngine(decode: { _ in "" })
+        let monitor = RuntimeMonitor(engine: engine, runtime: runtime)
+        engine.start()
+        defer { engine.shutdown(grace: 1) }
+        var sampling = SamplingParameters()
+        sampling.temperature = 0
+        let done = DispatchSemaphore(value: 0)
+        let finished = Flag()
+        _ = try engine.submit(GenerationRequest(prompt: [1, 2, 3, 4, 5, 6, 7, 8], maxTokens: 64, sampling: sampling)) { event in
+            if case .token = event {} else { finished.set(); done.signal() }
+        }
+        var samples: [LayerPredictionStatisticsCopy] = []
+        while !finished.isSet {
+            if let total = monitor.sample().prediction {
+                samples.append(.init(used: total.used, predicted: total.predicted, predictedAndUsed: total.predictedAndUsed))
+            }
+        }
+        #expect(done.wait(timeout: .now() + 120) == .success)
+        #expect(samples.count > 1)
+        for sample in samples {
+            #expect(sample.predictedAndUsed <= sample.used)
+            #expect(sample.predictedAndUsed <= sample.predicted)
+        }
+        for (earlier, later) in zip(samples, samples.dropFirst()) {
+            #expect(later.used >= earlier.used)
+            #expect(later.predicted >= earlier.predicted)
+        }
+        #expect((samples.last?.used ?? 0) > 0)
+    }
+
+    struct LayerPredictionStatisticsCopy { var used, predicted, predictedAndUsed: Int }
+
+    /// Set once from the engine thread, read by the sampling loop.
+    final class Flag: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = false
+        func set() { lock.lock(); value = true; lock.unlock() }
+        var isSet: Bool { lock.lock(); defer { lock.unlock() }; return value }
+    }
 }
