@@ -1,14 +1,35 @@
 import Foundation
 
-/// The model architectures MoEServe runs, by their Hugging Face class name.
-public enum Architecture: String, Sendable, Codable, CaseIterable {
-    case mixtral = "MixtralForCausalLM"
-    case qwen2Moe = "Qwen2MoeForCausalLM"
-    case qwen3Moe = "Qwen3MoeForCausalLM"
-    case olmoe = "OlmoeForCausalLM"
+/// A model architecture MoEServe runs, by its Hugging Face class name (`config.json`'s
+/// `architectures[0]`). The known ones are the descriptions in `ArchitectureRegistry`; each
+/// architecture's file in `Architectures/` declares its static member (`Architecture.mixtral`).
+public struct Architecture: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
+    public let rawValue: String
+
+    /// The architecture named `rawValue`, nil when no registered description has that class name.
+    public init?(rawValue: String) {
+        guard ArchitectureRegistry.descriptions.contains(where: { $0.className == rawValue }) else { return nil }
+        self.rawValue = rawValue
+    }
+
+    /// The architecture `description` defines (for the static members in `Architectures/`).
+    init(_ description: ArchitectureDescription) { rawValue = description.className }
+
+    public init(from decoder: Decoder) throws {
+        let name = try decoder.singleValueContainer().decode(String.self)
+        guard let known = Architecture(rawValue: name) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown architecture '\(name)'"))
+        }
+        self = known
+    }
+
+    /// Every registered architecture, in registry order.
+    public static var allCases: [Architecture] { ArchitectureRegistry.descriptions.map(Architecture.init) }
 
     /// The `model_type` value that config.json uses for this architecture.
     public var modelType: String { definition.modelType }
+
+    public var description: String { rawValue }
 }
 
 /// A model's hyper-parameters, read from `config.json` in either the hub style (top-level

@@ -68,6 +68,8 @@ public struct ExpertTensorNames: Sendable, Equatable {
 /// activation, shared expert and tensor names. Each file in `Architectures/` builds one; the
 /// shared layers (`MoEModels/Layers`), the predictor, the packer and the cache read only this.
 public struct ArchitectureDescription: Sendable {
+    /// The Hugging Face class name in config.json's `architectures` (`MixtralForCausalLM`).
+    public var className: String
     /// The `model_type` value that config.json uses for this architecture.
     public var modelType: String
     /// Reads this architecture's own keys (expert count and widths, routing, attention
@@ -99,15 +101,23 @@ public struct ArchitectureDescription: Sendable {
     public static func of(_ architecture: Architecture) -> ArchitectureDescription { architecture.definition }
 }
 
+/// The known architectures. Adding one is its file in `Architectures/` plus its line here.
+public enum ArchitectureRegistry {
+    public static let descriptions: [ArchitectureDescription] = [
+        Mixtral.description,
+        Qwen2Moe.description,
+        Qwen3Moe.description,
+        Olmoe.description,
+    ]
+}
+
 extension Architecture {
-    /// The registry: each architecture's description, from its file in `Architectures/`.
+    /// This architecture's description (its file in `Architectures/`).
     public var definition: ArchitectureDescription {
-        switch self {
-        case .mixtral: return Mixtral.description
-        case .qwen2Moe: return Qwen2Moe.description
-        case .qwen3Moe: return Qwen3Moe.description
-        case .olmoe: return Olmoe.description
+        guard let found = ArchitectureRegistry.descriptions.first(where: { $0.className == rawValue }) else {
+            preconditionFailure("Architecture values are made only from registered descriptions")
         }
+        return found
     }
 }
 

@@ -5,6 +5,7 @@
 /// all experts, top `num_experts_per_tok`, always renormalised. No shared expert.
 enum Mixtral {
     static let description = ArchitectureDescription(
+        className: "MixtralForCausalLM",
         modelType: "mixtral",
         readConfig: { reader, config in
             config.expertCount = try reader.int("num_local_experts")
@@ -27,4 +28,8 @@ enum Mixtral {
             return ExpertTensorNames(gate: "\(prefix).w1.weight", up: "\(prefix).w3.weight", down: "\(prefix).w2.weight")
         }
     )
+}
+
+extension Architecture {
+    public static let mixtral = Architecture(Mixtral.description)
 }

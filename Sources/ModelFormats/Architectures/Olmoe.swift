@@ -6,6 +6,7 @@
 /// No shared expert.
 enum Olmoe {
     static let description = ArchitectureDescription(
+        className: "OlmoeForCausalLM",
         modelType: "olmoe",
         readConfig: { reader, config in
             config.expertCount = try reader.expertCountValue()
@@ -25,4 +26,8 @@ enum Olmoe {
         routerName: { "model.layers.\($0).mlp.gate.weight" },
         expertTensorNames: projectionStyleExpertNames
     )
+}
+
+extension Architecture {
+    public static let olmoe = Architecture(Olmoe.description)
 }

@@ -6,6 +6,7 @@
 /// scaled by `sigmoid(shared_expert_gate · x)`.
 enum Qwen2Moe {
     static let description = ArchitectureDescription(
+        className: "Qwen2MoeForCausalLM",
         modelType: "qwen2_moe",
         readConfig: { reader, config in
             try readQwenMoEConfig(reader, &config)
@@ -40,4 +41,8 @@ func readQwenMoEConfig(_ reader: ConfigReader, _ config: inout ModelConfig) thro
 /// Qwen2/3-MoE placement: every `decoder_sparse_step`-th layer, minus `mlp_only_layers`.
 @Sendable func qwenIsMoELayer(_ config: ModelConfig, _ index: Int) -> Bool {
     !config.mlpOnlyLayers.contains(index) && config.expertCount > 0 && (index + 1) % config.decoderSparseStep == 0
+}
+
+extension Architecture {
+    public static let qwen2Moe = Architecture(Qwen2Moe.description)
 }

@@ -4,6 +4,7 @@
 /// expert.
 enum Qwen3Moe {
     static let description = ArchitectureDescription(
+        className: "Qwen3MoeForCausalLM",
         modelType: "qwen3_moe",
         readConfig: { reader, config in
             try readQwenMoEConfig(reader, &config)
@@ -19,4 +20,8 @@ enum Qwen3Moe {
         routerName: { "model.layers.\($0).mlp.gate.weight" },
         expertTensorNames: projectionStyleExpertNames
     )
+}
+
+extension Architecture {
+    public static let qwen3Moe = Architecture(Qwen3Moe.description)
 }
