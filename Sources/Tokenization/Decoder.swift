@@ -54,18 +54,7 @@ indirect enum Decoder: Sendable {
             return t
         case .byteLevel:
             var bytes: [UInt8] = []
-            for token in tokens {
-                let start = bytes.count
-                var ok = true
-                for s in token.unicodeScalars {
-                    guard let b = ByteLevelTable.byte(for: s) else { ok = false; break }
-                    bytes.append(b)
-                }
-                if !ok {
-                    bytes.removeSubrange(start...)
-                    bytes.append(contentsOf: token.utf8)
-                }
-            }
+            for token in tokens { Self.appendByteLevelBytes(of: token, to: &bytes) }
             return [String(decoding: bytes, as: UTF8.self)]
         case .replace(let pattern, let content):
             return tokens.map { Normalizer.replaceAll($0, pattern, content) }
@@ -128,6 +117,82 @@ indirect enum Decoder: Sendable {
                 return result
             }
         }
+    }
+
+    /// Appends the bytes a `ByteLevel` decoder makes of `token`: one byte per character of the
+    /// byte-to-unicode table, or the token's own UTF-8 when a character is not in the table.
+    static func appendByteLevelBytes(of token: String, to bytes: inout [UInt8]) {
+        let start = bytes.count
+        for s in token.unicodeScalars {
+            guard let b = ByteLevelTable.byte(for: s) else {
+                bytes.removeSubrange(start...)
+                bytes.append(contentsOf: token.utf8)
+                return
+            }
+            bytes.append(b)
+        }
+    }
+
+    /// Where the chain's text comes from, for telling a character still being assembled from a final
+    /// U+FFFD (see `Tokenizer.mayEndInsideCharacter`).
+    enum ByteSource: Sendable {
+        /// `ByteLevel` alone: the text is the UTF-8 decoding of every token's table bytes.
+        case byteLevel
+        /// A chain with `ByteFallback` (and no `ByteLevel`): `<0xXX>` runs are decoded as UTF-8.
+        case byteFallback
+        /// No byte decoding: every token is whole characters, so a U+FFFD is a real character.
+        case text
+        /// A combination this does not follow (a U+FFFD may or may not be final).
+        case unknown
+    }
+
+    var byteSource: ByteSource {
+        switch self {
+        case .byteLevel: return .byteLevel
+        case .byteFallback: return .byteFallback
+        case .sequence(let items):
+            let kinds = items.map(\.byteSource)
+            if kinds.contains(.unknown) { return .unknown }
+            let level = kinds.filter { $0 == .byteLevel }.count, fallback = kinds.filter { $0 == .byteFallback }.count
+            if level == 0 { return fallback == 0 ? .text : .byteFallback }
+            // ByteLevel is only followed exactly when it is the whole chain.
+            return level == 1 && items.count == 1 ? .byteLevel : .unknown
+        default: return .text
+        }
+    }
+
+    /// Whether `bytes` (the last few bytes of a text, at most 4 needed) end in a valid but unfinished
+    /// UTF-8 sequence, the only ending that more bytes can still turn into a character. A lead byte
+    /// followed by fewer continuation bytes than it announces, each in its allowed range (RFC 3629's
+    /// table: E0 needs A0-BF next, ED 80-9F, F0 90-BF, F4 80-8F).
+    static func endsInUnfinishedUTF8(_ bytes: ArraySlice<UInt8>) -> Bool {
+        var i = bytes.endIndex - 1
+        var continuations = 0
+        while i >= bytes.startIndex, bytes[i] & 0xC0 == 0x80, continuations < 3 {
+            i -= 1
+            continuations += 1
+        }
+        guard i >= bytes.startIndex else { return false }
+        let lead = bytes[i]
+        let needed: Int
+        switch lead {
+        case 0xC2...0xDF: needed = 1
+        case 0xE0...0xEF: needed = 2
+        case 0xF0...0xF4: needed = 3
+        default: return false
+        }
+        guard continuations < needed else { return false }
+        if continuations >= 1 {
+            let second = bytes[i + 1]
+            switch lead {
+            case 0xE0: return (0xA0...0xBF).contains(second)
+            case 0xED: return (0x80...0x9F).contains(second)
+            case 0xF0: return (0x90...0xBF).contains(second)
+            case 0xF4: return (0x80...0x8F).contains(second)
+            default: return true
+            }
+        }
+        return true
     }
 
     /// The byte of a `<0xXX>` token, or nil.

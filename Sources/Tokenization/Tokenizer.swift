@@ -256,6 +256,44 @@ public final class Tokenizer: Sendable {
         guard decoderHasByteFallback, let t = token(for: id) else { return false }
         return Decoder.byteFallbackValue(t) != nil
     }
+
+    /// Whether `decode` leaves `id` out entirely: an unknown id, or a special token when skipping them.
+    func decodesToNothing(_ id: Int, skipSpecialTokens: Bool) -> Bool {
+        guard let t = token(for: id) else { return true }
+        return skipSpecialTokens && specialContents.contains(t)
+    }
+
+    /// Whether the decoder is `ByteLevel` alone, so that the text of any ids is the UTF-8 decoding of
+    /// their bytes laid end to end (see `appendByteLevelBytes`).
+    var decodesByteLevelOnly: Bool { decoder?.byteSource == .byteLevel }
+
+    /// Appends the bytes a `ByteLevel` decoder makes of `id` (nothing for an unknown id).
+    func appendByteLevelBytes(of id: Int, to bytes: inout [UInt8]) {
+        guard let t = token(for: id) else { return }
+        Decoder.appendByteLevelBytes(of: t, to: &bytes)
+    }
+
+    /// Whether `decode(ids)` may end inside a character that later ids could still complete, so that
+    /// its trailing U+FFFD is only provisional. A `ByteFallback` decoder knows the bytes behind its
+    /// `<0xXX>` runs: only a valid but unfinished UTF-8 sequence (at most 3 bytes, so the last 4 decide)
+    /// can still change; any other trailing U+FFFD, from an invalid byte or a real U+FFFD in the text,
+    /// is final, and so is the text of a decoder without byte tokens. Chains whose bytes this does not
+    /// follow answer true (provisional).
+    func mayEndInsideCharacter(_ ids: ArraySlice<Int>, skipSpecialTokens: Bool) -> Bool {
+        switch decoder?.byteSource ?? .text {
+        case .text: return false
+        case .unknown, .byteLevel: return true
+        case .byteFallback: break
+        }
+        var tail: [UInt8] = []
+        for id in ids.reversed() where tail.count < 4 {
+            if decodesToNothing(id, skipSpecialTokens: skipSpecialTokens) { continue }
+            // Whole characters: only a `<0xXX>` run after them can be unfinished.
+            guard let t = token(for: id), let b = Decoder.byteFallbackValue(t) else { break }
+            tail.insert(b, at: 0)
+        }
+        return Decoder.endsInUnfinishedUTF8(tail[...])
+    }
 }
 
 extension Normalizer {

@@ -1,7 +1,8 @@
 // libFuzzer target: the demo model's tokenizer on arbitrary input. The bytes are taken as text
 // (invalid UTF-8 repaired as Swift does for any client string) and encoded with and without
 // special tokens; the ids are decoded back, in one go and streamed. The same bytes, read as
-// 16-bit numbers, are decoded as token ids, out-of-vocabulary ones included.
+// 16-bit numbers, are decoded as token ids, out-of-vocabulary ones included, in one go and streamed.
+// Streaming must give exactly the one-go decoding, for valid and hostile ids alike.
 // Built only with MOE_FUZZ=1 (see scripts/fuzz.sh).
 import Foundation
 import FuzzSupport
@@ -35,11 +36,7 @@ public func fuzzTokenizer(_ input: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
             // Printable ASCII without special-token text must round-trip exactly.
             if !text.contains("<") { fatalError("round trip changed \(text.debugDescription) into \(decoded.debugDescription)") }
         }
-        var stream = StreamingDetokenizer(tokenizer: tokenizer, skipSpecialTokens: special)
-        var streamed = ""
-        for id in ids { streamed += stream.push(id) }
-        streamed += stream.flush()
-        _ = streamed
+        checkStreaming(ids, skipSpecialTokens: special)
     }
     // Arbitrary ids, including ones outside the vocabulary (a client's /detokenize is validated
     // before it gets here, but the tokenizer must not trap on them).
@@ -49,9 +46,21 @@ public func fuzzTokenizer(_ input: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         ids.append((Int(data[i]) << 8 | Int(data[i + 1])) % (tokenizer.vocabularySize + 16) - 8)
         i += 2
     }
-    _ = tokenizer.decode(ids)
-    _ = tokenizer.decode(ids, skipSpecialTokens: true)
+    checkStreaming(ids, skipSpecialTokens: false)
+    checkStreaming(ids, skipSpecialTokens: true)
     return 0
+}
+
+/// Streams `ids` through `StreamingDetokenizer`: the pieces must add up to `decode(ids)` byte for byte.
+func checkStreaming(_ ids: [Int], skipSpecialTokens: Bool) {
+    let decoded = tokenizer.decode(ids, skipSpecialTokens: skipSpecialTokens)
+    var stream = StreamingDetokenizer(tokenizer: tokenizer, skipSpecialTokens: skipSpecialTokens)
+    var streamed: [UInt8] = []
+    for id in ids { streamed += stream.push(id).utf8 }
+    streamed += stream.flush().utf8
+    if streamed != Array(decoded.utf8) {
+        fatalError("streamed \(String(decoding: streamed, as: UTF8.self).debugDescription) != decoded \(decoded.debugDescription) for \(ids)")
+    }
 }
 
 /// The process entry point (see FuzzSupport/FuzzDriver.swift).
