@@ -38,6 +38,14 @@ indirect enum TemplateNode: Sendable {
 struct TemplateParser {
     private var tokens: [TemplateToken]
     private var i = 0
+    /// Blocks and expressions currently open (see `maxDepth`).
+    private var depth = 0
+
+    /// How deep blocks (`if`, `for`, `macro`, `set` blocks) and expressions (parentheses, lists, dicts,
+    /// call arguments, `not`, unary signs, conditional chains) may nest, counted together. Real templates
+    /// nest fewer than 15 levels; without a limit a hostile template (`((((...` or `{% if %}` a
+    /// thousand deep) recurses until the stack overflows, in the parser and again when rendering.
+    static let maxDepth = 100
 
     static let filters: Set<String> = [
         "trim", "length", "count", "tojson", "string", "lower", "upper", "title", "capitalize", "default", "d",
@@ -67,6 +75,14 @@ struct TemplateParser {
 
     private func error(_ message: String) -> TokenizerError {
         TokenizerError(file: "chat_template", message)
+    }
+
+    /// Opens one nesting level; pair with `defer { depth -= 1 }`.
+    private mutating func enter() throws {
+        depth += 1
+        if depth > Self.maxDepth {
+            throw error("blocks and expressions nest deeper than \(Self.maxDepth) levels")
+        }
     }
 
     private var current: TemplateToken { tokens[i] }
@@ -128,6 +144,8 @@ struct TemplateParser {
     }
 
     private mutating func parseStatement(_ keyword: String) throws -> TemplateNode {
+        try enter()
+        defer { depth -= 1 }
         switch keyword {
         case "if":
             var branches: [(TemplateExpr, [TemplateNode])] = []
@@ -234,6 +252,8 @@ struct TemplateParser {
     mutating func parseExpression() throws -> TemplateExpr { try parseConditional(allowConditional: true) }
 
     private mutating func parseConditional(allowConditional: Bool) throws -> TemplateExpr {
+        try enter()
+        defer { depth -= 1 }
         var expr = try parseOr()
         while allowConditional && isName("if") {
             _ = advance()
@@ -269,6 +289,8 @@ struct TemplateParser {
     private mutating func parseNot() throws -> TemplateExpr {
         if isName("not") {
             _ = advance()
+            try enter()
+            defer { depth -= 1 }
             return .not(try parseNot())
         }
         return try parseCompare()
@@ -333,12 +355,12 @@ struct TemplateParser {
 
     private mutating func parseUnary(withFilter: Bool) throws -> TemplateExpr {
         var node: TemplateExpr
-        if isOp("-") {
+        if isOp("-") || isOp("+") {
+            let sign = isOp("-") ? "-" : "+"
             _ = advance()
-            node = .unary("-", try parseUnary(withFilter: false))
-        } else if isOp("+") {
-            _ = advance()
-            node = .unary("+", try parseUnary(withFilter: false))
+            try enter()
+            defer { depth -= 1 }
+            node = .unary(sign, try parseUnary(withFilter: false))
         } else {
             node = try parsePrimary()
         }
