@@ -33,7 +33,7 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
 
         .target(name: "TensorMath", dependencies: ["COpenBLAS"], swiftSettings: optimisedMath),
-        .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4"], swiftSettings: optimisedMath),
+        .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4", "JSONCoding"], swiftSettings: optimisedMath),
         // One JSON parser, serializer and string escaper for every module (no dependencies).
         .target(name: "JSONCoding"),
         // The Jinja interpreter that renders chat templates.

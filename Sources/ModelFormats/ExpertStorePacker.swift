@@ -230,7 +230,10 @@ public struct ExpertStorePacker {
         do { configData = try Data(contentsOf: checkpoint.url.appendingPathComponent("config.json")) } catch {
             throw ModelFormatError.file(checkpoint.url.appendingPathComponent("config.json").path, "cannot read: \(error.localizedDescription)")
         }
-        let configJSON = try JSONDecoder().decode(JSONValue.self, from: configData)
+        let configJSON: JSONValue
+        do { configJSON = try JSONValue.parse([UInt8](configData)) } catch {
+            throw ModelFormatError.file(checkpoint.url.appendingPathComponent("config.json").path, "\(error)")
+        }
         let manifest = ExpertStoreManifest(
             format: ExpertStoreManifest.formatName,
             formatVersion: ExpertStoreManifest.currentFormatVersion,

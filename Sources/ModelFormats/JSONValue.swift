@@ -1,5 +1,10 @@
-/// A parsed JSON document that keeps booleans and numbers apart (Foundation's
-/// `JSONSerialization` on Linux hands both back as `NSNumber`, so `1` reads as `true`).
+import JSONCoding
+
+/// A config.json value as the architecture files read it: objects as dictionaries, every number a
+/// `Double`, booleans and numbers kept apart.
+///
+/// Only a view: parsing and serialising go through JSONCoding's `JSON` (the one JSON parser and
+/// value model), whose conversions are below; `Codable` goes through `JSON`'s `Codable` too.
 public enum JSONValue: Codable, Sendable, Equatable {
     case null
     case bool(Bool)
@@ -8,27 +13,43 @@ public enum JSONValue: Codable, Sendable, Equatable {
     case array([JSONValue])
     case object([String: JSONValue])
 
-    public init(from decoder: Decoder) throws {
-        let container = try decoder.singleValueContainer()
-        if container.decodeNil() { self = .null }
-        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
-        else if let value = try? container.decode(Double.self) { self = .number(value) }
-        else if let value = try? container.decode(String.self) { self = .string(value) }
-        else if let value = try? container.decode([JSONValue].self) { self = .array(value) }
-        else { self = .object(try container.decode([String: JSONValue].self)) }
+    /// The view of `json`: a repeated key keeps its last value, integers become doubles.
+    public init(_ json: JSON) {
+        switch json {
+        case .null: self = .null
+        case .bool(let b): self = .bool(b)
+        case .int(let i): self = .number(Double(i))
+        case .double(let d): self = .number(d)
+        case .string(let s): self = .string(s)
+        case .array(let items): self = .array(items.map(JSONValue.init))
+        case .object(let members):
+            self = .object(Dictionary(members.map { ($0.0, JSONValue($0.1)) }, uniquingKeysWith: { $1 }))
+        }
     }
 
-    public func encode(to encoder: Encoder) throws {
-        var container = encoder.singleValueContainer()
+    /// Parses one JSON document with JSONCoding's parser (strict strings, nesting up to 512 levels).
+    public static func parse(_ bytes: [UInt8]) throws -> JSONValue {
+        JSONValue(try JSON.parse(bytes, options: JSONParseOptions(maxDepth: 512)))
+    }
+
+    /// The value as JSONCoding's `JSON`: whole numbers below 1e15 as integers, object keys sorted.
+    public var json: JSON {
         switch self {
-        case .null: try container.encodeNil()
-        case .bool(let value): try container.encode(value)
-        case .number(let value):
-            if value == value.rounded(), abs(value) < 1e15 { try container.encode(Int64(value)) } else { try container.encode(value) }
-        case .string(let value): try container.encode(value)
-        case .array(let value): try container.encode(value)
-        case .object(let value): try container.encode(value)
+        case .null: return .null
+        case .bool(let b): return .bool(b)
+        case .number(let d): return d == d.rounded() && abs(d) < 1e15 ? .int(Int(d)) : .double(d)
+        case .string(let s): return .string(s)
+        case .array(let items): return .array(items.map(\.json))
+        case .object(let members): return .object(members.sorted { $0.key < $1.key }.map { ($0.key, $0.value.json) })
         }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        self.init(try JSON(from: decoder))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try json.encode(to: encoder)
     }
 
     /// Member `key` of an object, nil otherwise.

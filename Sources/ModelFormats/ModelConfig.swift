@@ -93,7 +93,7 @@ public struct ModelConfig: Sendable, Codable, Equatable {
 
     /// Parses the JSON text of a config.json; `file` names it in errors.
     public static func parse(_ data: Data, file: String) throws -> ModelConfig {
-        guard let document = try? JSONDecoder().decode(JSONValue.self, from: data), let json = document.objectValue else {
+        guard let document = try? JSONValue.parse([UInt8](data)), let json = document.objectValue else {
             throw ModelFormatError.file(file, "not a JSON object")
         }
         return try ConfigReader(json: json, file: file).read()

@@ -1,3 +1,4 @@
+import Foundation
 import JSONCoding
 import Testing
 
@@ -178,5 +179,31 @@ import Testing
             JSON.appendQuoted(s, to: &out, escaping: escaping)
             #expect(try JSON.parse(out) == .string(s))
         }
+    }
+}
+
+/// `JSON` inside `Codable` documents (the expert store's manifest embeds config.json so).
+@Suite struct JSONCodableTests {
+    struct Document: Codable, Equatable {
+        var formatVersion: Int
+        var config: JSON
+    }
+
+    @Test func aSubtreeSurvivesACodableRoundTripWithItsKeysUntouched() throws {
+        let config = try JSON.parse(#"{"hidden_size": 32, "rope_theta": 1e6, "archs": ["A"], "on": true, "off": null, "pi": 3.5, "big": 9007199254740993}"#)
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        let data = try encoder.encode(Document(formatVersion: 1, config: config))
+        let text = String(decoding: data, as: UTF8.self)
+        // The document's own keys follow the strategy; the subtree's keys are data and stay.
+        #expect(text.contains("\"format_version\"") && text.contains("\"hidden_size\"") && !text.contains("hiddenSize"))
+        let back = try decoder.decode(Document.self, from: data)
+        #expect(back == Document(formatVersion: 1, config: config))
+        // Integers stay exact (beyond 2^53), booleans stay booleans, members come back sorted by key.
+        #expect(back.config["big"] == .int(9_007_199_254_740_993))
+        #expect(back.config["on"] == .bool(true) && back.config["off"] == .null && back.config["pi"] == .double(3.5))
+        #expect(back.config.objectValue?.map(\.0) == ["archs", "big", "hidden_size", "off", "on", "pi", "rope_theta"])
     }
 }
