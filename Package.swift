@@ -49,6 +49,13 @@ let package = Package(
             name: "Runtime",
             dependencies: ["InferenceEngine", "ExpertCache", "ExpertPrediction", "MoEModels", "ModelFormats", "Tokenization", "TensorMath"]
         ),
+        // Benchmark and trace tooling (`bench io|kernels|trace|decode|batch|predictor`): a library,
+        // so that tests run the tools without the executable, which only parses their arguments.
+        .target(
+            name: "ModelTools",
+            dependencies: ["Runtime", "InferenceEngine", "ExpertCache", "ExpertPrediction", "MoEModels", "ModelFormats", "TensorMath"],
+            swiftSettings: optimisedMath
+        ),
         .target(
             name: "HTTPServer",
             dependencies: [
@@ -65,7 +72,7 @@ let package = Package(
             dependencies: [
                 "MoEModels", "ModelFormats", "Tokenization", "TensorMath", "InferenceEngine", "ExpertPrediction", "ExpertCache",
                 "HTTPServer", "Runtime", "JSONCoding",
-                "ServiceNotify",
+                "ServiceNotify", "ModelTools",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimisedMath
@@ -96,6 +103,10 @@ let package = Package(
         // validators, and the nginx failover test over replicas of the built binary.
         .testTarget(name: "DeployTests", dependencies: ["ServiceNotify"]),
         .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "InferenceEngine", "ExpertCache", "MoEModels", "ModelFormats"]),
+        .testTarget(
+            name: "ModelToolsTests", dependencies: ["ModelTools", "ExpertCache", "ModelFormats", "Runtime"],
+            swiftSettings: optimisedMath
+        ),
         .testTarget(
             name: "MoEModelsTests", dependencies: ["MoEModels", "ModelFormats", "TensorMath", "InferenceEngine"],
             swiftSettings: optimisedMath

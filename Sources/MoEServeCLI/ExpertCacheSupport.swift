@@ -95,9 +95,17 @@ struct RuntimeOptions: ParsableArguments {
         return spec
     }
 
-    /// Opens the model at `url` under these flags (`specification`, then `ModelRuntime.open`).
+    /// Opens the model at `url` under these flags (`checkedSpecification`, then `ModelRuntime.open`).
     func open(at url: URL, maxSequences: Int = 1, contextTokens: Int? = nil, extraRuntimeBytes: Int = 0,
               kvShare: Double = 0.25) throws -> ModelRuntime {
+        try ModelRuntime.open(checkedSpecification(model: url, maxSequences: maxSequences, contextTokens: contextTokens,
+                                                   extraRuntimeBytes: extraRuntimeBytes, kvShare: kvShare))
+    }
+
+    /// `specification`, with the combinations of flags the runtime cannot run refused in the
+    /// flags' own words (what `open` and the benchmarks of ModelTools run).
+    func checkedSpecification(model url: URL, maxSequences: Int = 1, contextTokens: Int? = nil, extraRuntimeBytes: Int = 0,
+                              kvShare: Double = 0.25) throws -> RuntimeSpecification {
         let spec = try specification(model: url, maxSequences: maxSequences, contextTokens: contextTokens,
                                      extraRuntimeBytes: extraRuntimeBytes, kvShare: kvShare)
         if case .file = spec.probes {
@@ -107,7 +115,7 @@ struct RuntimeOptions: ParsableArguments {
                 throw CommandError("--predictor-probes replaces the cross-layer gate, which --predictor \(predictor) does not use")
             }
         }
-        return try ModelRuntime.open(spec)
+        return spec
     }
 }
 

@@ -1,44 +1,51 @@
-import ArgumentParser
 import ExpertPrediction
 import Foundation
 import InferenceEngine
 import MoEModels
 import Runtime
 
-/// `moe-serve bench predictor`: how well each predictor configuration guesses the experts a
-/// layer will use, on real prompts. All configurations watch the same greedy generations (a
+/// How well each predictor configuration guesses the experts a layer will use, on real prompts
+/// (`moe-serve bench predictor`). All configurations watch the same greedy generations (a
 /// prediction never changes the output), so their figures are side by side from one run.
-struct BenchPredictorCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "predictor", abstract: "Recall and precision of the expert predictors (JSON on stdout, table on stderr).")
+public struct PredictorBenchmark: Sendable {
+    /// How the model runs (model directory, memory budget, cache policy, prefetch, predictor).
+    public var specification: RuntimeSpecification
+    /// The prompts, as text.
+    public var prompts: [String]
+    /// Tokens generated per prompt.
+    public var maxTokens = 64
 
-    @OptionGroup var model: ModelOption
-    @Option(help: "File with one JSON string per line, each a prompt.") var prompts: String
-    @Option(name: .customLong("max-tokens"), help: "Tokens generated per prompt.") var maxTokens = 64
-    @OptionGroup var runtimeOptions: RuntimeOptions
+    /// A benchmark of the model `specification` describes on `prompts`.
+    public init(specification: RuntimeSpecification, prompts: [String], maxTokens: Int = 64) {
+        self.specification = specification
+        self.prompts = prompts
+        self.maxTokens = maxTokens
+    }
 
-    struct ConfigResult: Encodable {
-        var recall: Double
-        var precision: Double
-        var wastedBytesPerToken: Double
-        var perLayer: [[String: Double]]
+    /// One predictor configuration's figures.
+    public struct ConfigResult: Encodable, Sendable {
+        public var recall: Double
+        public var precision: Double
+        public var wastedBytesPerToken: Double
+        public var perLayer: [[String: Double]]
         enum CodingKeys: String, CodingKey {
             case recall, precision, wastedBytesPerToken = "wasted_bytes_per_token", perLayer = "per_layer"
         }
     }
 
-    struct Output: Encodable {
-        var tokens: Int
-        var prompts: Int
-        var configs: [String: ConfigResult]
+    /// The JSON `bench predictor` prints.
+    public struct Output: Encodable, Sendable {
+        public var tokens: Int
+        public var prompts: Int
+        public var configs: [String: ConfigResult]
     }
 
-    func run() throws {
-        try reportingErrors {
-            let texts = try readPromptFile(prompts)
-            let runtime = try runtimeOptions.open(at: try model.resolvedURL())
+    /// Runs the prompts with every predictor watching; returns the JSON output and a table for people.
+    public func run() throws -> (output: Output, table: String) {
+            let texts = prompts
+            let runtime = try ModelRuntime.open(specification)
             defer { runtime.close() }
-            guard let tokenizer = runtime.tokenizer else { throw CommandError("the model has no tokenizer.json; bench predictor reads text prompts") }
+            guard let tokenizer = runtime.tokenizer else { throw ToolError("the model has no tokenizer.json; bench predictor reads text prompts") }
             let transformer = runtime.model
             // With fitted probes (the model's own, or --predictor-probes), the cross-layer gates
             // also run with them; selection probes apply their probability floor at decode steps.
@@ -68,9 +75,7 @@ struct BenchPredictorCommand: ParsableCommand {
                                              perLayer: predictor.statistics.perLayer.map { ["recall": $0.recall, "precision": $0.precision] })
                 table += String(format: "| %@ | %.3f | %.3f | %.2f |\n", name, total.recall, total.precision, wasted / 1e6)
             }
-            FileHandle.standardError.write(Data(table.utf8))
-            try printJSON(Output(tokens: tokens, prompts: texts.count, configs: configs))
-        }
+            return (Output(tokens: tokens, prompts: texts.count, configs: configs), table)
     }
 
     /// Bytes of one routed expert as the model computes with it.

@@ -1,67 +1,69 @@
-import ArgumentParser
 import Foundation
 import ModelFormats
 import TensorMath
 
-/// `moe-serve bench io --model STORE`: the I/O ceiling the expert cache works under.
+/// The I/O ceiling the expert cache works under (`moe-serve bench io --model STORE`).
 ///
 /// Measures, in one run: sequential `O_DIRECT` bandwidth of experts.bin in 4 MiB blocks (what
 /// `dd iflag=direct bs=4M` reports), random whole-expert `O_DIRECT` reads at each queue depth
 /// (one thread per outstanding read), the full `readExpert` path (read + checksum + decode) at
 /// queue depth 1, and the same random reads served from the page cache.
-struct BenchIOCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "io",
-        abstract: "Random expert reads with O_DIRECT at several queue depths vs sequential and page-cache bandwidth.")
+public struct IOBenchmark: Sendable {
+    /// The packed store whose experts.bin is read.
+    public var store: URL
+    /// Random expert reads per measurement.
+    public var reads: Int = 256
+    /// Queue depths (threads) of the random reads, each 1...256.
+    public var queueDepths: [Int] = [1, 4, 16]
+    /// MiB of experts.bin to read sequentially (capped at the file size).
+    public var sequentialMiB: Int = 2048
+    /// Seed of the random expert order.
+    public var seed: UInt64 = 1
 
-    @OptionGroup var model: ModelOption
-    @Option(help: "Random expert reads per measurement.") var reads: Int = 256
-    @Option(name: .customLong("queue-depths"), help: "Comma-separated queue depths (threads).") var queueDepths: String = "1,4,16"
-    @Option(name: .customLong("sequential-mib"), help: "MiB of experts.bin to read sequentially (capped at the file size).") var sequentialMiB: Int = 2048
-    @Option(help: "Seed of the random expert order.") var seed: UInt64 = 1
+    /// Measures the store at `store` with the default settings (change the members to vary them).
+    public init(store: URL) { self.store = store }
 
-    struct Measurement: Encodable {
-        var mode: String
-        var queueDepth: Int
-        var reads: Int
-        var bytes: Int
-        var seconds: Double
-        var gbps: Double
-        var medianMs: Double
-        var p99Ms: Double
+    /// One measurement: a read mode at one queue depth.
+    public struct Measurement: Encodable, Sendable {
+        public var mode: String
+        public var queueDepth: Int
+        public var reads: Int
+        public var bytes: Int
+        public var seconds: Double
+        public var gbps: Double
+        public var medianMs: Double
+        public var p99Ms: Double
         enum CodingKeys: String, CodingKey {
             case mode, reads, bytes, seconds, gbps
             case queueDepth = "queue_depth", medianMs = "median_ms", p99Ms = "p99_ms"
         }
     }
 
-    struct Output: Encodable {
-        var store: String
-        var directIO: Bool
-        var expertStoredBytes: Int
-        var experts: Int
-        var expertsFileBytes: Int
-        var measurements: [Measurement]
+    /// The JSON `bench io` prints.
+    public struct Output: Encodable, Sendable {
+        public var store: String
+        public var directIO: Bool
+        public var expertStoredBytes: Int
+        public var experts: Int
+        public var expertsFileBytes: Int
+        public var measurements: [Measurement]
         enum CodingKeys: String, CodingKey {
             case store, experts, measurements
             case directIO = "direct_io", expertStoredBytes = "expert_stored_bytes", expertsFileBytes = "experts_file_bytes"
         }
     }
 
-    func validate() throws {
-        guard reads > 0 else { throw ValidationError("--reads must be positive") }
-        guard sequentialMiB > 0 else { throw ValidationError("--sequential-mib must be positive") }
-    }
-
-    func run() throws {
-        try reportingErrors {
-            let url = try model.resolvedURL()
-            guard ExpertStore.isStore(at: url) else { throw CommandError("\(url.path): bench io needs a packed store (run moe-serve pack first)") }
+    /// Runs every measurement; returns the JSON output and a table for people.
+    public func run() throws -> (output: Output, table: String) {
+            let url = self.store
+            guard reads > 0 else { throw ToolError("--reads must be positive") }
+            guard sequentialMiB > 0 else { throw ToolError("--sequential-mib must be positive") }
+            guard ExpertStore.isStore(at: url) else { throw ToolError("\(url.path): bench io needs a packed store (run moe-serve pack first)") }
             let store = try ExpertStore(url: url)
-            let depths = try parseTokenList(queueDepths, option: "--queue-depths")
-            guard depths.allSatisfy({ $0 >= 1 && $0 <= 256 }) else { throw CommandError("--queue-depths: each must be between 1 and 256") }
+            let depths = queueDepths
+            guard depths.allSatisfy({ $0 >= 1 && $0 <= 256 }) else { throw ToolError("--queue-depths: each must be between 1 and 256") }
             let blobs = store.manifest.experts.blobs
-            guard !blobs.isEmpty else { throw CommandError("\(url.path): the store has no experts") }
+            guard !blobs.isEmpty else { throw ToolError("\(url.path): the store has no experts") }
             var rng = SplitMix64(seed: seed)
             let order = (0..<reads).map { _ in blobs[Int(rng.next() % UInt64(blobs.count))] }
             let expertsPath = url.appendingPathComponent(store.manifest.experts.file).path
@@ -95,15 +97,14 @@ struct BenchIOCommand: ParsableCommand {
             cached.dropPageCache()
 
             let storedMean = blobs.reduce(0) { $0 + $1.storedLength } / blobs.count
-            printError("bench io: \(url.path), \(blobs.count) experts of \(String(format: "%.2f", Double(storedMean) / 1e6)) MB, O_DIRECT \(direct.usesDirectIO ? "yes" : "no")")
-            printError("mode                      QD   reads   GB/s   median ms   p99 ms")
+            var table = "bench io: \(url.path), \(blobs.count) experts of \(String(format: "%.2f", Double(storedMean) / 1e6)) MB, O_DIRECT \(direct.usesDirectIO ? "yes" : "no")\n"
+            table += "mode                      QD   reads   GB/s   median ms   p99 ms\n"
             for m in results {
                 let mode = m.mode.padding(toLength: 24, withPad: " ", startingAt: 0)
-                printError(mode + String(format: " %4d %7d %6.2f %11.2f %8.2f", m.queueDepth, m.reads, m.gbps, m.medianMs, m.p99Ms))
+                table += mode + String(format: " %4d %7d %6.2f %11.2f %8.2f\n", m.queueDepth, m.reads, m.gbps, m.medianMs, m.p99Ms)
             }
-            try printJSON(Output(store: url.path, directIO: direct.usesDirectIO, expertStoredBytes: storedMean, experts: blobs.count,
-                                 expertsFileBytes: store.manifest.experts.fileSize, measurements: results))
-        }
+            return (Output(store: url.path, directIO: direct.usesDirectIO, expertStoredBytes: storedMean, experts: blobs.count,
+                           expertsFileBytes: store.manifest.experts.fileSize, measurements: results), table)
     }
 
     /// Reads the first `limit` bytes of `path` with O_DIRECT in 4 MiB blocks.
@@ -125,7 +126,7 @@ struct BenchIOCommand: ParsableCommand {
     }
 
     /// Runs `order` spread over `depth` threads, each with its own aligned buffer.
-    static func random(order: [ExpertBlobEntry], depth: Int, mode: String,
+    public static func random(order: [ExpertBlobEntry], depth: Int, mode: String,
                         read: @escaping @Sendable (ExpertBlobEntry, UnsafeMutableRawPointer) throws -> Void) throws -> Measurement {
         let maxLength = ExpertStore.roundUp(order.map(\.storedLength).max() ?? 0)
         let lock = NSLock()
@@ -160,7 +161,7 @@ struct BenchIOCommand: ParsableCommand {
         return summarize(mode: mode, depth: depth, bytes: bytes, seconds: seconds, latencies: latencies)
     }
 
-    static func summarize(mode: String, depth: Int, bytes: Int, seconds: Double, latencies: [Double]) -> Measurement {
+    public static func summarize(mode: String, depth: Int, bytes: Int, seconds: Double, latencies: [Double]) -> Measurement {
         let sorted = latencies.sorted()
         func quantile(_ q: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * q))] * 1000 }
         return Measurement(mode: mode, queueDepth: depth, reads: latencies.count, bytes: bytes, seconds: seconds,
@@ -168,10 +169,8 @@ struct BenchIOCommand: ParsableCommand {
     }
 
     /// Evicts `path` from the page cache so that nothing measured comes from RAM.
-    static func dropCache(_ path: String) {
+    public static func dropCache(_ path: String) {
         let fd = open(path, O_RDONLY)
         if fd >= 0 { _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_DONTNEED)); close(fd) }
     }
 }
-
-func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }

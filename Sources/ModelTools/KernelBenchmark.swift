@@ -1,32 +1,39 @@
-import ArgumentParser
 import Dispatch
 import Foundation
 import TensorMath
 
-/// `moe-serve bench kernels`: the machine's memory bandwidth and how close the GEMV kernels
-/// that bound decoding come to it.
-struct BenchKernelsCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "kernels", abstract: "Measure memory bandwidth and GEMV throughput (JSON on stdout, table on stderr).")
+/// The machine's memory bandwidth and how close the GEMV kernels that bound decoding come to it
+/// (`moe-serve bench kernels`).
+public struct KernelBenchmark: Sendable {
+    /// Rows of the test matrix.
+    public var rows = 4096
+    /// Columns of the test matrix.
+    public var cols = 4096
+    /// Repetitions; the median is reported.
+    public var repetitions = 15
 
-    @Option(help: "Rows of the test matrix.") var rows = 4096
-    @Option(help: "Columns of the test matrix.") var cols = 4096
-    @Option(help: "Repetitions; the median is reported.") var repetitions = 15
+    /// A benchmark of a `rows` × `cols` matrix, `repetitions` times each.
+    public init(rows: Int = 4096, cols: Int = 4096, repetitions: Int = 15) {
+        self.rows = rows
+        self.cols = cols
+        self.repetitions = repetitions
+    }
 
-    struct Result: Encodable {
-        var memoryReadGBps1Thread: Double
-        var memoryReadGBps2Threads: Double
-        var bf16GemvGBps: Double
-        var f32SgemvGBps: Double
-        var int8GemvGBps: Double
-        var q4GemvGBps: Double
-        var bf16GemvFractionOfBandwidth: Double
+    /// The JSON `bench kernels` prints.
+    public struct Result: Encodable, Sendable {
+        public var memoryReadGBps1Thread: Double
+        public var memoryReadGBps2Threads: Double
+        public var bf16GemvGBps: Double
+        public var f32SgemvGBps: Double
+        public var int8GemvGBps: Double
+        public var q4GemvGBps: Double
+        public var bf16GemvFractionOfBandwidth: Double
         /// Time of one `apply` over n input rows (n = 1...8) relative to one row: what a batch's
         /// extra tokens on an expert cost.
-        var q4RowsCost: [Double]
-        var bf16RowsCost: [Double]
-        var rows: Int
-        var cols: Int
+        public var q4RowsCost: [Double]
+        public var bf16RowsCost: [Double]
+        public var rows: Int
+        public var cols: Int
         enum CodingKeys: String, CodingKey {
             case memoryReadGBps1Thread = "memory_read_gbps_1_thread", memoryReadGBps2Threads = "memory_read_gbps_2_threads"
             case bf16GemvGBps = "bf16_gemv_gbps", f32SgemvGBps = "f32_sgemv_gbps"
@@ -36,7 +43,11 @@ struct BenchKernelsCommand: ParsableCommand {
         }
     }
 
-    func run() throws {
+    /// Runs every measurement; returns the JSON output and a table for people.
+    public func run() throws -> (result: Result, table: String) {
+        guard rows > 0, cols > 0, cols % Quantization.q4BlockSize == 0, repetitions > 0 else {
+            throw ToolError("--rows and --repetitions must be positive and --cols a positive multiple of \(Quantization.q4BlockSize)")
+        }
         // 512 MiB: far beyond any cache, so reads come from DRAM.
         let floats = 128 << 20
         let big = AlignedBuffer<Float>(count: floats)
@@ -101,8 +112,7 @@ struct BenchKernelsCommand: ParsableCommand {
         bf16: \(costs(bf16Cost))
 
         """
-        FileHandle.standardError.write(Data(table.utf8))
-        try printJSON(result)
+        return (result, table)
     }
 
     /// Median seconds of `repetitions` runs of `body` after one warm-up.

@@ -1,4 +1,3 @@
-import ArgumentParser
 import ExpertCache
 import Foundation
 import InferenceEngine
@@ -7,44 +6,44 @@ import MoEModels
 import Runtime
 import TensorMath
 
-/// `moe-serve bench decode`: llama-bench-style prefill (pp) and decode (tg) of one sequence
-/// under a memory budget, each run from a cold expert cache in a fresh model, with the
+/// llama-bench-style prefill (pp) and decode (tg) of one sequence under a memory budget
+/// (`moe-serve bench decode`), each run from a cold expert cache in a fresh model, with the
 /// physical bound of this machine measured in the same process: the compute time per token
 /// (time not stalled on I/O) and the disk's random-read bandwidth at the reader queue depth.
-struct BenchDecodeCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "decode",
-        abstract: "Prefill and decode speed under a memory budget, against the physical bound (JSON on stdout, table on stderr).")
+public struct DecodeBenchmark: Sendable {
+    /// How the model runs (model directory, memory budget, cache policy, prefetch, predictor).
+    public var specification: RuntimeSpecification
+    /// Prompt length (pp).
+    public var promptTokens = 512
+    /// Tokens generated (tg); `genTokens - 1` decode steps are timed.
+    public var genTokens = 128
+    /// Runs per configuration; medians are reported.
+    public var runs = 5
+    /// Also measure load-on-demand (no prefetch, LRU) in the same run.
+    public var baseline = false
+    /// Budgets (bytes) to sweep for a plot of decode tokens/s against the budget.
+    public var plotBudgets: [Int]?
+    /// Seed of the random prompt.
+    public var seed: UInt64 = 1
+    /// Lossy: skip a missing routed expert whose router weight is below this (docs/LOSSY.md).
+    public var skipMissingBelow: Float?
 
-    @OptionGroup var model: ModelOption
-    @Option(name: .customLong("prompt-tokens"), help: "Prompt length (pp).") var promptTokens = 512
-    @Option(name: .customLong("gen-tokens"), help: "Decode steps (tg).") var genTokens = 128
-    @Option(help: "Runs per configuration; medians are reported.") var runs = 5
-    @Flag(help: "Also measure load-on-demand (no prefetch, LRU) in the same run.") var baseline = false
-    @Option(help: "Draw decode tokens/s against the budget into this SVG file (uses --plot-budgets).") var plot: String?
-    @Option(name: .customLong("plot-budgets"), help: "Budgets for --plot, e.g. 2GiB,3GiB,4GiB,6GiB.") var plotBudgets: String?
-    @Option(help: "Seed of the random prompt.") var seed: UInt64 = 1
-    @OptionGroup var runtimeOptions: RuntimeOptions
-    @OptionGroup var lossy: LossyOptions
-
-    func validate() throws {
-        guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ValidationError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
-        if plot != nil && plotBudgets == nil { throw ValidationError("--plot needs --plot-budgets") }
-    }
+    /// A benchmark of the model `specification` describes, with the default lengths.
+    public init(specification: RuntimeSpecification) { self.specification = specification }
 
     /// One run's measurements.
-    struct Run: Encodable {
-        var prefillSeconds: Double
-        var decodeSeconds: Double
-        var prefillStallSeconds: Double
-        var decodeStallSeconds: Double
-        var prefillBytesRead: Int
-        var decodeBytesRead: Int
-        var decodeBytesNeeded: Int
-        var decodeHits: Int
-        var decodeMisses: Int
-        var recall: Double?
-        var peakResidentBytes: Int?
+    public struct Run: Encodable, Sendable {
+        public var prefillSeconds: Double
+        public var decodeSeconds: Double
+        public var prefillStallSeconds: Double
+        public var decodeStallSeconds: Double
+        public var prefillBytesRead: Int
+        public var decodeBytesRead: Int
+        public var decodeBytesNeeded: Int
+        public var decodeHits: Int
+        public var decodeMisses: Int
+        public var recall: Double?
+        public var peakResidentBytes: Int?
         enum CodingKeys: String, CodingKey {
             case prefillSeconds = "prefill_seconds", decodeSeconds = "decode_seconds"
             case prefillStallSeconds = "prefill_stall_seconds", decodeStallSeconds = "decode_stall_seconds"
@@ -54,28 +53,28 @@ struct BenchDecodeCommand: ParsableCommand {
     }
 
     /// A configuration's medians, spreads and bound.
-    struct Summary: Encodable {
-        var name: String
-        var budgetBytes: Int?
-        var prefetch: String
-        var policy: String
-        var predictor: String?
-        var prefillTokensPerSecond: Double
-        var prefillSpread: [Double]
-        var decodeTokensPerSecond: Double
-        var decodeSpread: [Double]
-        var hitRate: Double
-        var recall: Double?
-        var bytesReadPerToken: Double
-        var prefillBytesRead: Double
-        var stallFraction: Double
-        var prefillStallFraction: Double
-        var computeSecondsPerToken: Double
-        var ioSecondsPerToken: Double
-        var boundDecodeTokensPerSecond: Double
-        var boundPrefillTokensPerSecond: Double
-        var peakResidentBytes: Int?
-        var runs: [Run]
+    public struct Summary: Encodable, Sendable {
+        public var name: String
+        public var budgetBytes: Int?
+        public var prefetch: String
+        public var policy: String
+        public var predictor: String?
+        public var prefillTokensPerSecond: Double
+        public var prefillSpread: [Double]
+        public var decodeTokensPerSecond: Double
+        public var decodeSpread: [Double]
+        public var hitRate: Double
+        public var recall: Double?
+        public var bytesReadPerToken: Double
+        public var prefillBytesRead: Double
+        public var stallFraction: Double
+        public var prefillStallFraction: Double
+        public var computeSecondsPerToken: Double
+        public var ioSecondsPerToken: Double
+        public var boundDecodeTokensPerSecond: Double
+        public var boundPrefillTokensPerSecond: Double
+        public var peakResidentBytes: Int?
+        public var runs: [Run]
         enum CodingKeys: String, CodingKey {
             case name, prefetch, policy, predictor, recall, runs
             case budgetBytes = "budget_bytes"
@@ -89,35 +88,36 @@ struct BenchDecodeCommand: ParsableCommand {
         }
     }
 
-    func run() throws {
-        try reportingErrors {
-            let url = try model.resolvedURL()
+    /// Runs every configuration; returns the JSON output, a table for people and, with
+    /// `plotBudgets`, the SVG plot. Progress goes to stderr.
+    public func run() throws -> (output: Output, table: String, plot: String?) {
+            guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ToolError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
+            let url = specification.model
             let disk = try measureDisk(url)
-            if let disk { printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT)", disk, runtimeOptions.readerThreads)) }
-            var main = try measure(name: "moe-serve", options: runtimeOptions, url: url, disk: disk)
+            if let disk { printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT)", disk, specification.readerThreads)) }
+            var onDemand = specification
+            onDemand.prefetch = false
+            onDemand.policy = .lru
+            var main = try measure(name: "moe-serve", spec: specification, disk: disk)
             var results = [main]
             if baseline {
-                var onDemand = runtimeOptions
-                onDemand.prefetch = "off"
-                onDemand.cachePolicy = "lru"
-                results.append(try measure(name: "load-on-demand", options: onDemand, url: url, disk: disk))
+                results.append(try measure(name: "load-on-demand", spec: onDemand, disk: disk))
             }
             var sweep: [(budget: Int, rows: [Summary])] = []
-            if let plot, let plotBudgets {
-                for text in plotBudgets.split(separator: ",") {
-                    var options = runtimeOptions
-                    options.memoryBudget = String(text)
-                    var rows = [try measure(name: "moe-serve", options: options, url: url, disk: disk)]
+            var plot: String?
+            if let plotBudgets {
+                for budget in plotBudgets {
+                    var spec = specification
+                    spec.memoryBudgetBytes = budget
+                    var rows = [try measure(name: "moe-serve", spec: spec, disk: disk)]
                     if baseline {
-                        options.prefetch = "off"
-                        options.cachePolicy = "lru"
-                        rows.append(try measure(name: "load-on-demand", options: options, url: url, disk: disk))
+                        spec.prefetch = false
+                        spec.policy = .lru
+                        rows.append(try measure(name: "load-on-demand", spec: spec, disk: disk))
                     }
-                    sweep.append((try parseByteSize(String(text), option: "--plot-budgets"), rows))
+                    sweep.append((budget, rows))
                 }
-                try BudgetPlot.svg(sweep.map { ($0.budget, $0.rows.map { ($0.name, $0.decodeTokensPerSecond, $0.boundDecodeTokensPerSecond) }) })
-                    .write(toFile: plot, atomically: true, encoding: .utf8)
-                printError("bench decode: plot written to \(plot)")
+                plot = BudgetPlot.svg(sweep.map { ($0.budget, $0.rows.map { ($0.name, $0.decodeTokensPerSecond, $0.boundDecodeTokensPerSecond) }) })
             }
             main = results[0]
 
@@ -130,25 +130,24 @@ struct BenchDecodeCommand: ParsableCommand {
                                 r.bytesReadPerToken / 1e6, r.stallFraction * 100, r.boundDecodeTokensPerSecond,
                                 r.decodeTokensPerSecond / max(r.boundDecodeTokensPerSecond, 1e-9) * 100)
             }
-            FileHandle.standardError.write(Data(table.utf8))
-            try printJSON(Output(model: url.path, promptTokens: promptTokens, genTokens: genTokens, runs: runs, diskGBps: disk,
-                                 main: main, baselines: Array(results.dropFirst()), sweep: sweep.flatMap(\.rows)))
-        }
+            return (Output(model: url.path, promptTokens: promptTokens, genTokens: genTokens, runs: runs, diskGBps: disk,
+                           main: main, baselines: Array(results.dropFirst()), sweep: sweep.flatMap(\.rows)), table, plot)
     }
 
-    struct Output: Encodable {
-        var model: String
-        var promptTokens: Int
-        var genTokens: Int
-        var runs: Int
-        var diskGBps: Double?
-        var main: Summary
-        var baselines: [Summary]
-        var sweep: [Summary]
+    /// The JSON `bench decode` prints: the main configuration's fields at the top level.
+    public struct Output: Encodable, Sendable {
+        public var model: String
+        public var promptTokens: Int
+        public var genTokens: Int
+        public var runs: Int
+        public var diskGBps: Double?
+        public var main: Summary
+        public var baselines: [Summary]
+        public var sweep: [Summary]
         enum CodingKeys: String, CodingKey { case model, promptTokens = "prompt_tokens", genTokens = "gen_tokens", runs, diskGBps = "disk_gbps", baselines, sweep }
 
         // The main configuration's fields sit at the top level, as `bench decode`'s contract says.
-        func encode(to encoder: Encoder) throws {
+        public func encode(to encoder: Encoder) throws {
             try main.encode(to: encoder)
             var container = encoder.container(keyedBy: CodingKeys.self)
             try container.encode(model, forKey: .model)
@@ -170,27 +169,29 @@ struct BenchDecodeCommand: ParsableCommand {
         guard !blobs.isEmpty else { return nil }
         let path = url.appendingPathComponent(store.manifest.experts.file).path
         // Nothing of experts.bin may come from the page cache (packing leaves much of it there).
-        BenchIOCommand.dropCache(path)
+        IOBenchmark.dropCache(path)
         let reader = try DirectFileReader(path: path)
         var rng = SplitMix64(seed: seed &+ 17)
         // About 2 GB, at least 64 reads.
         let count = max(64, min(8192, (2 << 30) / max(blobs[0].storedLength, 1)))
         let order = (0..<count).map { _ in blobs[Int(rng.next() % UInt64(blobs.count))] }
-        let m = try BenchIOCommand.random(order: order, depth: runtimeOptions.readerThreads, mode: "probe") { entry, buffer in
+        let m = try IOBenchmark.random(order: order, depth: specification.readerThreads, mode: "probe") { entry, buffer in
             _ = try reader.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
         }
         return m.gbps
     }
 
-    private func measure(name: String, options: RuntimeOptions, url: URL, disk: Double?) throws -> Summary {
+    private func measure(name: String, spec: RuntimeSpecification, disk: Double?) throws -> Summary {
         var measured: [Run] = []
-        var policyName = options.cachePolicy
+        var policyName = "none"
         var predictorName: String?
         var budget: Int?
+        var spec = spec
+        spec.contextTokens = promptTokens + genTokens + 1
         for index in 0..<runs {
-            let runtime = try options.open(at: url, contextTokens: promptTokens + genTokens + 1)
+            let runtime = try ModelRuntime.open(spec)
             defer { runtime.close() }
-            lossy.apply(to: runtime)
+            runtime.cache?.skipMissingBelow = skipMissingBelow
             let model = runtime.model
             budget = runtime.plan?.budgetBytes
             predictorName = runtime.predictorName
@@ -210,7 +211,7 @@ struct BenchDecodeCommand: ParsableCommand {
                 prompt: prompt, maxTokens: genTokens, stopTokens: [],
                 onPrefilled: { afterPrefill = runtime.cache?.statistics().total ?? ExpertCacheCounters() })
             guard result.tokens.count == genTokens else {
-                throw CommandError("--prompt-tokens \(promptTokens) + --gen-tokens \(genTokens) exceed the model's context of \(model.config.maxPositionEmbeddings) tokens")
+                throw ToolError("--prompt-tokens \(promptTokens) + --gen-tokens \(genTokens) exceed the model's context of \(model.config.maxPositionEmbeddings) tokens")
             }
             let t0 = 0.0, t1 = result.stats.prefillSeconds, t2 = t1 + result.stats.decodeSeconds
             let end = runtime.cache?.statistics().total ?? ExpertCacheCounters()
@@ -247,7 +248,7 @@ struct BenchDecodeCommand: ParsableCommand {
         let prefillIO = disk.map { median(measured.map { Double($0.prefillBytesRead) }) / ($0 * 1e9) } ?? 0
         let recalls = measured.compactMap(\.recall)
         return Summary(
-            name: name, budgetBytes: budget, prefetch: options.prefetch, policy: policyName, predictor: predictorName,
+            name: name, budgetBytes: budget, prefetch: spec.prefetch ? "on" : "off", policy: policyName, predictor: predictorName,
             prefillTokensPerSecond: median(prefillRates), prefillSpread: [prefillRates.min()!, prefillRates.max()!],
             decodeTokensPerSecond: median(decodeRates), decodeSpread: [decodeRates.min()!, decodeRates.max()!],
             hitRate: hits + misses > 0 ? Double(hits) / Double(hits + misses) : 1,
@@ -265,6 +266,7 @@ struct BenchDecodeCommand: ParsableCommand {
 
 /// A small self-contained SVG line chart: decode tokens/s against the memory budget.
 enum BudgetPlot {
+    /// The chart of `points`: each budget's configurations, their decode rate and bound.
     static func svg(_ points: [(budget: Int, series: [(name: String, tokensPerSecond: Double, bound: Double)])]) -> String {
         let width = 640.0, height = 400.0, left = 60.0, right = 20.0, top = 30.0, bottom = 50.0
         let budgets = points.map { Double($0.budget) / Double(1 << 30) }

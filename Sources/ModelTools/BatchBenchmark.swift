@@ -1,12 +1,11 @@
-import ArgumentParser
 import ExpertCache
 import Foundation
 import InferenceEngine
 import MoEModels
 import Runtime
 
-/// `moe-serve bench batch`: aggregate decode throughput and expert bytes read per generated
-/// token at several concurrencies, through the real engine (continuous batching, expert-grouped
+/// Aggregate decode throughput and expert bytes read per generated
+/// token at several concurrencies (`moe-serve bench batch`), through the real engine (continuous batching, expert-grouped
 /// execution) and the expert cache under the memory budget. Each concurrency starts from a cold
 /// cache in a fresh model, so the rows are comparable.
 ///
@@ -16,43 +15,51 @@ import Runtime
 /// the concurrencies (1, 8, 1, 8, ...) so that drift in the machine hits every row alike, and
 /// each row reports the median run. `--compare-prefetch` measures every concurrency with
 /// prefetch off and on, alternating within each run, and reports the on/off ratios.
-struct BenchBatchCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "batch", abstract: "Decode throughput at several concurrencies (JSON on stdout, table on stderr).")
+public struct BatchBenchmark: Sendable {
+    /// How the model runs (model directory, memory budget, cache policy, prefetch, predictor).
+    public var specification: RuntimeSpecification
+    /// Concurrencies to measure.
+    public var sequences = [1, 2, 4, 8]
+    /// Tokens generated per sequence.
+    public var genTokens = 64
+    /// Prompt length per sequence (with `prompts`: at most this many tokens of each prompt).
+    public var promptTokens = 16
+    /// Prompts as text: run r gives sequence s prompt (r·N + s) mod count; nil: fixed pseudo-random
+    /// token ids.
+    public var prompts: [String]?
+    /// Sampling temperature (0: greedy). Sequence s samples with seed `seed + s`, so prefetch on and
+    /// off generate the same tokens.
+    public var temperature: Float = 0
+    /// Base seed of the sampled sequences.
+    public var seed: UInt64 = 1
+    /// Runs per concurrency (the median is reported).
+    public var runs = 3
+    /// Measure with prefetch off and on, alternating, and report the ratio.
+    public var comparePrefetch = false
+    /// Lossy: skip a missing routed expert whose router weight is below this (docs/LOSSY.md).
+    public var skipMissingBelow: Float?
 
-    @OptionGroup var model: ModelOption
-    @Option(help: "Concurrencies to measure, e.g. 1,2,4,8.") var sequences = "1,2,4,8"
-    @Option(name: .customLong("gen-tokens"), help: "Tokens generated per sequence.") var genTokens = 64
-    @Option(name: .customLong("prompt-tokens"), help: "Prompt length per sequence (with --prompts: at most this many tokens of each prompt).")
-    var promptTokens = 16
-    @Option(help: "File with one JSON string per line, each a prompt (e.g. scripts/prompts/python.jsonl). Run r gives sequence s prompt (r·N + s) mod count; without it, prompts are fixed pseudo-random token ids.")
-    var prompts: String?
-    @Option(help: "Sampling temperature (0: greedy). Sequence s samples with seed --seed + s, so prefetch on and off generate the same tokens.")
-    var temperature: Float = 0
-    @Option(help: "Base seed of the sampled sequences.") var seed: UInt64 = 1
-    @Option(help: "Runs per concurrency (the median is reported).") var runs = 3
-    @Flag(name: .customLong("compare-prefetch"), help: "Measure with prefetch off and on, alternating, and report the ratio.")
-    var comparePrefetch = false
-    @OptionGroup var runtimeOptions: RuntimeOptions
-    @OptionGroup var lossy: LossyOptions
+    /// A benchmark of the model `specification` describes, with the default settings.
+    public init(specification: RuntimeSpecification) { self.specification = specification }
 
-    struct Row: Encodable {
-        var sequences: Int
-        var prefetch: String
-        var decodedTokens: Int
-        var seconds: Double
-        var decodeTokensPerSecond: Double
-        var runTokensPerSecond: [Double]
-        var expertBytesReadPerToken: Double
-        var hitRate: Double
+    /// One concurrency's median run.
+    public struct Row: Encodable, Sendable {
+        public var sequences: Int
+        public var prefetch: String
+        public var decodedTokens: Int
+        public var seconds: Double
+        public var decodeTokensPerSecond: Double
+        public var runTokensPerSecond: [Double]
+        public var expertBytesReadPerToken: Double
+        public var hitRate: Double
         /// Share of the decode window the engine spent waiting for expert reads.
-        var stallShare: Double
+        public var stallShare: Double
         /// The expert cache the plan left beside these sequences' KV caches (0: all resident).
-        var expertCacheBytes: Int
+        public var expertCacheBytes: Int
         /// Prefetched experts a demand then used, in time or late, of those prefetched (nil without prefetch).
-        var prefetchPrecision: Double?
+        public var prefetchPrecision: Double?
         /// Prefetched experts that were resident when the demand came, of those prefetched.
-        var prefetchInTime: Double?
+        public var prefetchInTime: Double?
         enum CodingKeys: String, CodingKey {
             case sequences, prefetch, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
             case prefetchPrecision = "prefetch_precision", prefetchInTime = "prefetch_in_time"
@@ -62,18 +69,19 @@ struct BenchBatchCommand: ParsableCommand {
     }
 
     /// Prefetch on against off at one concurrency.
-    struct Comparison: Encodable {
-        var sequences: Int
+    public struct Comparison: Encodable, Sendable {
+        public var sequences: Int
         /// Median on ÷ median off.
-        var speedup: Double
+        public var speedup: Double
         /// On ÷ off within each run (the two measurements taken back to back).
-        var pairedSpeedups: [Double]
+        public var pairedSpeedups: [Double]
         enum CodingKeys: String, CodingKey { case sequences, speedup, pairedSpeedups = "paired_speedups" }
     }
 
-    struct Report: Encodable {
-        var results: [Row]
-        var prefetchComparison: [Comparison]?
+    /// The JSON `bench batch` prints.
+    public struct Report: Encodable, Sendable {
+        public var results: [Row]
+        public var prefetchComparison: [Comparison]?
         enum CodingKeys: String, CodingKey { case results, prefetchComparison = "prefetch_comparison" }
     }
 
@@ -92,16 +100,16 @@ struct BenchBatchCommand: ParsableCommand {
         var tokensPerSecond: Double { Double(decodedTokens) / seconds }
     }
 
-    func run() throws {
-        try reportingErrors {
-            let counts = try parseTokenList(sequences, option: "--sequences")
-            guard counts.allSatisfy({ $0 >= 1 }) else { throw CommandError("--sequences: every count must be at least 1") }
-            guard runs >= 1 else { throw CommandError("--runs: must be at least 1") }
-            guard genTokens >= 2 else { throw CommandError("--gen-tokens: must be at least 2 (the first token ends the prefill)") }
-            guard temperature >= 0 else { throw CommandError("--temperature: must be at least 0") }
-            let texts = try prompts.map { try readPromptFile($0) }
-            if let texts, texts.isEmpty { throw CommandError("\(prompts!): no prompts") }
-            let modes = comparePrefetch ? ["off", "on"] : [runtimeOptions.prefetch]
+    /// Runs every concurrency; returns the JSON output and a table for people. Progress goes to stderr.
+    public func run() throws -> (report: Report, table: String) {
+            let counts = sequences
+            guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 }) else { throw ToolError("--sequences: every count must be at least 1") }
+            guard runs >= 1 else { throw ToolError("--runs: must be at least 1") }
+            guard genTokens >= 2 else { throw ToolError("--gen-tokens: must be at least 2 (the first token ends the prefill)") }
+            guard temperature >= 0 else { throw ToolError("--temperature: must be at least 0") }
+            let texts = prompts
+            if let texts, texts.isEmpty { throw ToolError("--prompts: no prompts") }
+            let modes = comparePrefetch ? ["off", "on"] : [specification.prefetch ? "on" : "off"]
             struct Key: Hashable { var count: Int; var prefetch: String }
             var measured: [Key: [Measurement]] = [:]
             for run in 1...runs {
@@ -151,28 +159,28 @@ struct BenchBatchCommand: ParsableCommand {
                                     paired.map { String(format: "%.2f", $0) }.joined(separator: ", "))
                 }
             }
-            FileHandle.standardError.write(Data(table.utf8))
-            try printJSON(Report(results: rows, prefetchComparison: comparePrefetch ? comparisons : nil))
-        }
+            return (Report(results: rows, prefetchComparison: comparePrefetch ? comparisons : nil), table)
     }
 
     /// Opens a fresh runtime (cold cache), runs `sequences` greedy generations at once, and
     /// measures the decode window.
     private func measure(sequences count: Int, prefetch: String, run: Int, texts: [String]?) throws -> Measurement {
-        var runtimeOptions = self.runtimeOptions
-        runtimeOptions.prefetch = prefetch
+        var spec = specification
+        spec.prefetch = prefetch == "on"
         // Every sequence's KV cache comes first: a batch the KV budget cannot hold would run
         // partly one after another, and the row would not measure `count` at once.
-        let runtime = try runtimeOptions.open(at: try model.resolvedURL(), maxSequences: count,
-                                              contextTokens: promptTokens + genTokens + 1, kvShare: 1)
+        spec.maxSequences = count
+        spec.contextTokens = promptTokens + genTokens + 1
+        spec.kvShare = 1
+        let runtime = try ModelRuntime.open(spec)
         defer { runtime.close() }
-        lossy.apply(to: runtime)
+        runtime.cache?.skipMissingBelow = skipMissingBelow
         let transformer = runtime.model
         let kv = runtime.plan?.kvCacheBytes ?? (64 << 20)
         let limits = Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: kv, maxRunningSequences: count)
         let needed = count * Scheduler(limits: limits).reservation(promptTokens: promptTokens, maxTokens: genTokens)
         guard needed <= kv else {
-            throw CommandError("the KV cache budget (\(formatBytes(kv))) holds fewer than \(count) sequences of \(promptTokens + genTokens) tokens (\(formatBytes(needed))): raise --memory-budget or lower --gen-tokens")
+            throw ToolError("the KV cache budget (\(formatBytes(kv))) holds fewer than \(count) sequences of \(promptTokens + genTokens) tokens (\(formatBytes(needed))): raise --memory-budget or lower --gen-tokens")
         }
         let engine = Engine(model: transformer, limits: limits, decode: { _ in "" })
         engine.start()
@@ -186,7 +194,7 @@ struct BenchBatchCommand: ParsableCommand {
             // Distinct prompts so sequences route differently, as separate users would.
             let prompt: [Int]
             if let texts {
-                guard let tokenizer = runtime.tokenizer else { throw CommandError("--prompts: the model has no tokenizer.json") }
+                guard let tokenizer = runtime.tokenizer else { throw ToolError("--prompts: the model has no tokenizer.json") }
                 prompt = Array(tokenizer.encode(texts[((run - 1) * count + sequence) % texts.count]).prefix(promptTokens))
             } else {
                 prompt = (0..<promptTokens).map { (sequence * 7919 + $0 * 104_729) % transformer.config.vocabSize }
@@ -204,7 +212,7 @@ struct BenchBatchCommand: ParsableCommand {
             }
         }
         group.wait()
-        if let message = failure.message { throw CommandError("a sequence failed: \(message)") }
+        if let message = failure.message { throw ToolError("a sequence failed: \(message)") }
         var measurement = try window.result()
         measurement.expertCacheBytes = runtime.cache?.statistics().budgetBytes ?? 0
         return measurement
@@ -240,10 +248,10 @@ final class DecodeWindow: @unchecked Sendable {
         }
     }
 
-    func result() throws -> BenchBatchCommand.Measurement {
+    func result() throws -> BatchBenchmark.Measurement {
         lock.lock()
         defer { lock.unlock() }
-        guard let opened, tokens > 0 else { throw CommandError("no token was decoded after the prefill: raise --gen-tokens") }
+        guard let opened, tokens > 0 else { throw ToolError("no token was decoded after the prefill: raise --gen-tokens") }
         let end = counters()
         return .init(decodedTokens: tokens, seconds: Double(lastToken - opened.time) / 1e9,
                      bytesRead: end.demandBytes + end.prefetchBytes - opened.counters.demandBytes - opened.counters.prefetchBytes,

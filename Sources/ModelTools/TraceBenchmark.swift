@@ -1,0 +1,113 @@
+import ExpertCache
+import Foundation
+
+/// Replays a routing trace through every eviction policy and Belady's optimum and reports the
+/// hit rates (`moe-serve bench trace TRACE.jsonl --cache-per-layer C`).
+public struct TraceBenchmark: Sendable {
+    /// How big the cache is: experts per layer, or bytes split evenly over the recorded layers.
+    public enum CacheSize: Sendable {
+        case perLayer(Int)
+        case bytes(total: Int, expert: Int)
+    }
+
+    /// The routing trace (see `generate --record-trace`).
+    public var trace: RoutingTrace
+    /// The cache each policy gets.
+    public var cacheSize: CacheSize
+    /// Experts per layer protected in the shared pool (default: the trace's top-k).
+    public var floor: Int?
+    /// Layers Fate favours (default: the first quarter of the recorded layers).
+    public var shallowLayers: Int?
+
+    /// A replay of `trace` with a cache of `cacheSize`.
+    public init(trace: RoutingTrace, cacheSize: CacheSize, floor: Int? = nil, shallowLayers: Int? = nil) {
+        self.trace = trace
+        self.cacheSize = cacheSize
+        self.floor = floor
+        self.shallowLayers = shallowLayers
+    }
+
+    /// The JSON `bench trace` prints.
+    public struct Output: Encodable {
+        public var tokens: Int
+        public var cachePerLayer: Int
+        public var layers: Int
+        public var topK: Int
+        /// Each policy's result by name (`lru`, `lfu`, `lrfu`, `hotset`, `belady`, and with more than one
+        /// recorded layer the shared-pool `lru_global`, `fate`, `belady_global`).
+        public var policies: [String: TraceReplay.Result]
+        /// The policies in the order they ran (the table's order).
+        public var order: [String]
+
+        enum CodingKeys: String, CodingKey {
+            case tokens, cachePerLayer = "cache_per_layer", layers, topK = "top_k", policies
+        }
+    }
+
+    /// Replays the trace through every policy; returns the JSON output and a table for people.
+    public func run() throws -> (output: Output, table: String) {
+            let routing = trace
+            guard !routing.tokens.isEmpty else { throw ToolError("the trace has no tokens") }
+            let recorded = routing.recordedLayers
+            guard !recorded.isEmpty else { throw ToolError("no layer of the trace was recorded") }
+            let slots = try slotsPerLayer(recordedLayers: recorded.count)
+            let topK = routing.maxExpertsPerToken
+            let floorSlots = floor ?? topK
+            // Fate's tier counts recorded (MoE) layers, but compares model layer indices.
+            let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
+            let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
+
+            var runs: [(String, any CachePolicy, TraceReplay.Pool)] = [
+                ("lru", LRUPolicy(), .perLayer),
+                ("lfu", LFUPolicy(), .perLayer),
+                ("lrfu", LRFUPolicy(), .perLayer),
+                ("hotset", HotSetPolicy(hotPerLayer: slots / 2), .perLayer),
+                ("belady", BeladyPolicy(), .perLayer),
+            ]
+            if recorded.count > 1 {
+                runs += [
+                    ("lru_global", LRUPolicy(), .global),
+                    ("fate", LayerAwarePolicy(shallowLayerCount: shallowBoundary), .global),
+                    ("belady_global", BeladyPolicy(), .global),  // no floors: the unconstrained optimum bounds every floored policy
+                ]
+            }
+            var results: [String: TraceReplay.Result] = [:]
+            for (name, policy, pool) in runs {
+                let floors = name == "belady_global" ? 0 : floorSlots
+                results[name] = try TraceReplay.run(routing, policy: policy, cachePerLayer: slots, pool: pool, floorSlots: floors)
+            }
+            let output = Output(tokens: routing.tokens.count, cachePerLayer: slots, layers: recorded.count, topK: topK,
+                                policies: results, order: runs.map(\.0))
+            return (output, table(output, order: output.order))
+    }
+
+    private func slotsPerLayer(recordedLayers: Int) throws -> Int {
+        switch cacheSize {
+        case .perLayer(let c):
+            guard c > 0 else { throw ToolError("--cache-per-layer must be positive") }
+            return c
+        case .bytes(let totalBytes, let expert):
+            guard expert > 0 else { throw ToolError("--expert-bytes must be positive") }
+            let slots = totalBytes / expert / recordedLayers
+            guard slots > 0 else {
+                throw ToolError("--cache-bytes \(totalBytes) holds \(totalBytes / expert) experts of \(expert) bytes, fewer than one per recorded layer (\(recordedLayers))")
+            }
+            return slots
+        }
+    }
+
+    private func table(_ output: Output, order: [String]) -> String {
+        let belady = output.policies["belady"]!.hitRate
+        var lines = ["trace: \(output.tokens) tokens, \(output.layers) layers, top-\(output.topK), \(output.cachePerLayer) experts cached per layer",
+                     "policy          pool        hit rate   vs belady (same pool)"]
+        for name in order {
+            guard let result = output.policies[name] else { continue }
+            let optimum = result.pool == .global ? output.policies["belady_global"]!.hitRate : belady
+            let gap = String(format: "%+.4f", result.hitRate - optimum)
+            lines.append(name.padding(toLength: 16, withPad: " ", startingAt: 0)
+                         + result.pool.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
+                         + String(format: "%.4f     ", result.hitRate) + gap)
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}

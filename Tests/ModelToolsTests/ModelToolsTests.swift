@@ -1,0 +1,122 @@
+import ExpertCache
+import Foundation
+import InferenceEngine
+import ModelFormats
+import ModelTools
+import Runtime
+import Testing
+
+/// The benchmark tools run as a library, without the executable: a routing trace replayed through
+/// every policy, the I/O benchmark on the demo store, and the batch benchmark through the engine.
+@Suite(.serialized) struct ModelToolsTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let demo = root.appendingPathComponent("DemoModel")
+
+    /// A seeded trace: `layers` layers of `experts` experts, top-`k`, with a skewed (Zipf-like)
+    /// choice so that policies differ.
+    static func trace(tokens: Int, layers: Int, experts: Int, k: Int, seed: UInt64) -> RoutingTrace {
+        var state = seed
+        func next() -> UInt64 {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            return z ^ (z >> 31)
+        }
+        return RoutingTrace(tokens: (0..<tokens).map { position in
+            TraceToken(seq: 0, pos: position, phase: "decode", layers: (0..<layers).map { _ in
+                var chosen: [Int] = []
+                while chosen.count < k {
+                    // Squaring a uniform number favours small expert indices.
+                    let u = Double(next() % 1_000_000) / 1_000_000
+                    let expert = Int(u * u * Double(experts))
+                    if !chosen.contains(expert) { chosen.append(expert) }
+                }
+                return chosen
+            })
+        })
+    }
+
+    @Test func beladyBoundsEveryPolicyOnAReplayedTrace() throws {
+        let routing = Self.trace(tokens: 400, layers: 4, experts: 16, k: 2, seed: 7)
+        let (output, table) = try TraceBenchmark(trace: routing, cacheSize: .perLayer(4)).run()
+        #expect(output.tokens == 400)
+        #expect(output.layers == 4)
+        #expect(output.topK == 2)
+        #expect(output.cachePerLayer == 4)
+        #expect(output.order == ["lru", "lfu", "lrfu", "hotset", "belady", "lru_global", "fate", "belady_global"])
+        let belady = try #require(output.policies["belady"]).hitRate
+        let beladyGlobal = try #require(output.policies["belady_global"]).hitRate
+        for (name, result) in output.policies {
+            #expect(result.requests == 400 * 4 * 2, "\(name)")
+            #expect(result.hitRate == Double(result.hits) / Double(result.requests), "\(name)")
+            let optimum = result.pool == .global ? beladyGlobal : belady
+            #expect(result.hitRate <= optimum + 1e-12, "\(name) \(result.hitRate) beats Belady's \(optimum)")
+        }
+        // A quarter of the experts cached: hits, but not always.
+        #expect(belady > 0.3 && belady < 1)
+        for name in output.order { #expect(table.contains(name)) }
+    }
+
+    @Test func aCacheHoldingEveryExpertMissesOnlyOnFirstUse() throws {
+        let routing = Self.trace(tokens: 100, layers: 2, experts: 8, k: 2, seed: 3)
+        let distinct = (0..<2).map { layer in Set(routing.tokens.flatMap { $0.layers[layer] ?? [] }).count }.reduce(0, +)
+        // 8 experts of 1 KiB per layer, given as bytes.
+        let (output, _) = try TraceBenchmark(trace: routing, cacheSize: .bytes(total: 16 << 10, expert: 1 << 10)).run()
+        #expect(output.cachePerLayer == 8)
+        for (name, result) in output.policies {
+            #expect(result.requests - result.hits == distinct, "\(name): \(result.requests - result.hits) misses")
+        }
+    }
+
+    @Test func aCacheSmallerThanOneExpertPerLayerIsAClearError() {
+        let routing = Self.trace(tokens: 10, layers: 4, experts: 8, k: 2, seed: 1)
+        #expect(throws: ToolError.self) { try TraceBenchmark(trace: routing, cacheSize: .bytes(total: 3 << 10, expert: 1 << 10)).run() }
+        #expect(throws: ToolError.self) { try TraceBenchmark(trace: RoutingTrace(tokens: []), cacheSize: .perLayer(2)).run() }
+    }
+
+    @Test func ioBenchmarkReadsTheDemoStore() throws {
+        var benchmark = IOBenchmark(store: Self.demo)
+        benchmark.reads = 16
+        benchmark.queueDepths = [1, 2]
+        benchmark.sequentialMiB = 1
+        let (output, table) = try benchmark.run()
+        let store = try ExpertStore(url: Self.demo)
+        #expect(output.experts == store.manifest.experts.blobs.count)
+        let modes = output.measurements.map(\.mode)
+        #expect(modes.count == 6)
+        #expect(modes.first?.hasPrefix("sequential_") == true)
+        #expect(modes.contains("read_expert_checked"))
+        #expect(modes.filter { $0 == "random_page_cache" }.count == 2)
+        for m in output.measurements where m.mode != modes[0] {
+            #expect(m.reads == 16, "\(m.mode)")
+            #expect(m.bytes > 16 * output.expertStoredBytes / 2, "\(m.mode)")
+        }
+        // Sequential reads go in whole 4 MiB blocks until the limit is passed.
+        #expect(output.measurements[0].bytes >= min(1 << 20, store.manifest.experts.fileSize))
+        #expect(output.measurements[0].bytes <= 4 << 20)
+        #expect(table.contains("read_expert_checked"))
+    }
+
+    @Test func batchBenchmarkDecodesThroughTheEngineUnderABudget() throws {
+        var spec = RuntimeSpecification(model: Self.demo)
+        spec.memoryBudgetBytes = ProcessMemory.runtimeReservation() + (64 << 20)
+        var benchmark = BatchBenchmark(specification: spec)
+        benchmark.sequences = [1, 2]
+        benchmark.genTokens = 6
+        benchmark.promptTokens = 4
+        benchmark.runs = 1
+        let (report, table) = try benchmark.run()
+        #expect(report.results.map(\.sequences) == [1, 2])
+        for row in report.results {
+            // The window opens once every sequence has its first token; at most the rest fall inside it.
+            #expect(row.decodedTokens > 0 && row.decodedTokens <= row.sequences * (benchmark.genTokens - 1))
+            if row.sequences == 1 { #expect(row.decodedTokens == benchmark.genTokens - 1) }
+            #expect(row.decodeTokensPerSecond > 0)
+            #expect((0...1).contains(row.hitRate))
+            #expect(row.expertCacheBytes > 0)
+        }
+        #expect(report.prefetchComparison == nil)
+        #expect(table.hasPrefix("| sequences |"))
+    }
+}
