@@ -43,7 +43,9 @@ public enum Ops {
     public static func topK(_ values: UnsafePointer<Float>, count: Int, k: Int) -> [Int] {
         precondition(k <= count)
         var chosen: [Int] = []
-        chosen.reserveCapacity(k)
+        // k + 1: an insertion into a full list goes to k + 1 before the last is dropped, and
+        // must not reallocate (a decode step's allocations would depend on the scores).
+        chosen.reserveCapacity(k + 1)
         for i in 0..<count {
             // Insertion into a short sorted list: k is at most a few dozen.
             var position = chosen.count

@@ -81,7 +81,7 @@ struct SparseMoEBlock {
 
         // Group (row, slot, weight) by expert so each expert runs once over all its rows;
         // `slot` is the expert's rank in the row's routing.
-        var rowsByExpert: [Int: [(row: Int, slot: Int, weight: Float)]] = [:]
+        var rowsByExpert = [Int: [(row: Int, slot: Int, weight: Float)]](minimumCapacity: rowCount * topK)
         for (row, routing) in routes.enumerated() {
             for (slot, (expert, weight)) in zip(routing.experts, routing.weights).enumerated() {
                 rowsByExpert[expert, default: []].append((row, slot, weight))

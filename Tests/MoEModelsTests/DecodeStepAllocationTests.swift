@@ -1,0 +1,111 @@
+import Foundation
+import Testing
+import ModelFormats
+import TensorMath
+@testable import MoEModels
+
+/// What a steady-state decode step allocates: the calls to the C allocator and to `mmap` made by
+/// one sequence's decode steps on the fixture models, counted on the calling thread by a
+/// preloaded counting library (`AllocationCounter`). The test runs this bundle again, with the
+/// library preloaded, for `DecodeStepAllocationProbe` alone, and checks what the probe measured.
+@Suite(.serialized) struct DecodeStepAllocationTests {
+    /// What one decode step of one sequence allocates at most, measured and accounted for:
+    ///
+    /// - per step, 4 (`TransformerModel.forward`): the `spans` and `wanted` lists, the returned
+    ///   `[[Float]]` and its one row;
+    /// - per layer, 4: `RotaryEmbedding.apply` builds its cosine and sine arrays for the query and
+    ///   again for the key (the rotary rewrite of issue 20 computes them in stack memory);
+    /// - per MoE layer, 7 + top-k: the routes array, the chosen experts (`Ops.topK`), their weights
+    ///   and the renormalised weights (`RouterSpec.route`), the per-expert dictionary, its entry list
+    ///   for each chosen expert, the sorted expert list and the `pinned` closure's context
+    ///   (`SparseMoEBlock.forward`); 6 + top-k without renormalisation.
+    ///
+    /// None maps memory; `ForwardWorkspaceTests` checks that no `AlignedBuffer` is made.
+    static func bound(layers: Int, moeLayers: Int, topK: Int) -> Int { 4 + 4 * layers + moeLayers * (7 + topK) }
+
+    @Test func decodeStepsAllocateABoundedConstantNumberAndMapNothing() throws {
+        let library: URL
+        switch AllocationCounter.library {
+        case .success(let built): library = built
+        case .failure(let error):
+            Issue.record("no counting library: \(error)")
+            return
+        }
+        let output = library.deletingLastPathComponent().appendingPathComponent("probe.jsonl")
+        try? FileManager.default.removeItem(at: output)
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0])
+        child.arguments = ["--testing-library", "swift-testing", "--filter", "DecodeStepAllocationProbe"]
+        child.environment = ProcessInfo.processInfo.environment.merging(
+            ["LD_PRELOAD": library.path, DecodeStepAllocationProbe.outputVariable: output.path]) { $1 }
+        let log = Pipe()
+        child.standardOutput = log
+        child.standardError = log
+        try child.run()
+        let text = String(decoding: log.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        child.waitUntilExit()
+        try #require(child.terminationStatus == 0, "the probe failed: \(text.suffix(2000))")
+
+        let lines = try String(contentsOf: output, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == ReferenceFixture.committed.count)
+        for line in lines {
+            let row = try JSONDecoder().decode(DecodeStepAllocationProbe.Row.self, from: Data(line.utf8))
+            let bound = Self.bound(layers: row.layers, moeLayers: row.moeLayers, topK: row.topK)
+            // Steady state: every step the same, within the bound, and no mapping at all.
+            #expect(Set(row.allocations).count == 1, "\(row.fixture): allocations per step \(row.allocations)")
+            #expect(row.allocations.max()! <= bound, "\(row.fixture): \(row.allocations.max()!) allocations per step, bound \(bound)")
+            #expect(row.mappings.allSatisfy { $0 == 0 }, "\(row.fixture): mappings per step \(row.mappings)")
+            print("decode step: \(row.fixture): \(row.allocations[0]) allocations (bound \(bound)), 0 mappings; \(row.layers) layers, \(row.moeLayers) MoE, top-\(row.topK)")
+        }
+    }
+}
+
+/// Runs only inside the child process the test above starts (with the counting library
+/// preloaded and `MOE_ALLOCATION_PROBE` naming its output); anywhere else it does nothing.
+@Suite struct DecodeStepAllocationProbe {
+    static let outputVariable = "MOE_ALLOCATION_PROBE"
+
+    struct Row: Codable {
+        var fixture: String
+        var layers: Int
+        var moeLayers: Int
+        var topK: Int
+        /// Per measured step.
+        var allocations: [Int]
+        var mappings: [Int]
+    }
+
+    @Test func measureDecodeSteps() throws {
+        guard let path = ProcessInfo.processInfo.environment[Self.outputVariable] else { return }
+        try #require(AllocationCounter.counts() != nil, "the counting library is not loaded")
+        var lines = ""
+        for fixture in ReferenceFixture.committed {
+            let reference = try fixture.reference()
+            let model = try ModelLoader.loadCheckpoint(at: fixture.directory)
+            let prompt = Array(reference.prompt.prefix(4))
+            let steps = 16
+            model.reserveWorkspace(maxRows: prompt.count, maxSequences: 1)
+            let cache = model.makeCache()
+            cache.reserve(prompt.count + 4 + steps)
+            _ = try model.forward([SequenceInput(cache: cache, tokens: prompt)])
+            // Inputs exist before anything is counted (the tokens need not be the greedy ones);
+            // four warm-up steps let lazy state settle.
+            let inputs = (0..<(4 + steps)).map { [SequenceInput(cache: cache, tokens: [(7 + 13 * $0) % model.config.vocabSize])] }
+            for input in inputs.prefix(4) { _ = try model.forward(input) }
+            var row = Row(fixture: fixture.testDescription, layers: model.config.layerCount, moeLayers: model.config.moeLayers.count,
+                          topK: model.config.expertsPerToken, allocations: [], mappings: [])
+            row.allocations.reserveCapacity(steps)
+            row.mappings.reserveCapacity(steps)
+            for input in inputs.dropFirst(4) {
+                let before = AllocationCounter.counts()!
+                let logits = try model.forward(input)
+                let after = AllocationCounter.counts()!
+                withExtendedLifetime(logits) {}
+                row.allocations.append(after.allocations - before.allocations)
+                row.mappings.append(after.mappings - before.mappings)
+            }
+            lines += String(decoding: try JSONEncoder().encode(row), as: UTF8.self) + "\n"
+        }
+        try lines.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+}
