@@ -42,9 +42,11 @@ struct TemplateParser {
     private var depth = 0
 
     /// How deep blocks (`if`, `for`, `macro`, `set` blocks) and expressions (parentheses, lists, dicts,
-    /// call arguments, `not`, unary signs, conditional chains) may nest, counted together. Real templates
-    /// nest fewer than 15 levels; without a limit a hostile template (`((((...` or `{% if %}` a
-    /// thousand deep) recurses until the stack overflows, in the parser and again when rendering.
+    /// call arguments, `not`, unary signs, conditional chains, and each link of an operator, filter or
+    /// postfix chain such as `a + b + c`, `x|f|g`, `a.b[c]()`, which nests the tree one level more)
+    /// may nest, counted together. Real templates stay below 20; without a limit a hostile template
+    /// (`((((...`, `{% if %}` a thousand deep, `1+1+...+1`) overflows the stack, in the parser or
+    /// when rendering and freeing the tree.
     static let maxDepth = 100
 
     static let filters: Set<String> = [
@@ -255,7 +257,11 @@ struct TemplateParser {
         try enter()
         defer { depth -= 1 }
         var expr = try parseOr()
+        var chained = 0
+        defer { depth -= chained }
         while allowConditional && isName("if") {
+            try enter()
+            chained += 1
             _ = advance()
             let cond = try parseOr()
             var elseExpr: TemplateExpr? = nil
@@ -270,7 +276,11 @@ struct TemplateParser {
 
     private mutating func parseOr() throws -> TemplateExpr {
         var left = try parseAnd()
+        var chained = 0
+        defer { depth -= chained }
         while isName("or") {
+            try enter()
+            chained += 1
             _ = advance()
             left = .or(left, try parseAnd())
         }
@@ -279,7 +289,11 @@ struct TemplateParser {
 
     private mutating func parseAnd() throws -> TemplateExpr {
         var left = try parseNot()
+        var chained = 0
+        defer { depth -= chained }
         while isName("and") {
+            try enter()
+            chained += 1
             _ = advance()
             left = .and(left, try parseNot())
         }
@@ -319,7 +333,11 @@ struct TemplateParser {
 
     private mutating func parseMath1() throws -> TemplateExpr {
         var left = try parseConcat()
+        var chained = 0
+        defer { depth -= chained }
         while case .op(let o) = current, o == "+" || o == "-" {
+            try enter()
+            chained += 1
             _ = advance()
             left = .binary(o, left, try parseConcat())
         }
@@ -328,7 +346,11 @@ struct TemplateParser {
 
     private mutating func parseConcat() throws -> TemplateExpr {
         var left = try parseMath2()
+        var chained = 0
+        defer { depth -= chained }
         while isOp("~") {
+            try enter()
+            chained += 1
             _ = advance()
             left = .binary("~", left, try parseMath2())
         }
@@ -337,7 +359,11 @@ struct TemplateParser {
 
     private mutating func parseMath2() throws -> TemplateExpr {
         var left = try parsePow()
+        var chained = 0
+        defer { depth -= chained }
         while case .op(let o) = current, ["*", "/", "//", "%"].contains(o) {
+            try enter()
+            chained += 1
             _ = advance()
             left = .binary(o, left, try parsePow())
         }
@@ -346,7 +372,11 @@ struct TemplateParser {
 
     private mutating func parsePow() throws -> TemplateExpr {
         var left = try parseUnary(withFilter: true)
+        var chained = 0
+        defer { depth -= chained }
         while isOp("**") {
+            try enter()
+            chained += 1
             _ = advance()
             left = .binary("**", left, try parseUnary(withFilter: true))
         }
@@ -429,7 +459,13 @@ struct TemplateParser {
 
     private mutating func parsePostfix(_ node: TemplateExpr) throws -> TemplateExpr {
         var node = node
+        var chained = 0
+        defer { depth -= chained }
         while true {
+            if isOp(".") || isOp("[") || isOp("(") {
+                try enter()
+                chained += 1
+            }
             if isOp(".") {
                 _ = advance()
                 switch advance() {
@@ -497,7 +533,13 @@ struct TemplateParser {
 
     private mutating func parseFilterExpr(_ node: TemplateExpr) throws -> TemplateExpr {
         var node = node
+        var chained = 0
+        defer { depth -= chained }
         while true {
+            if isOp("|") || isName("is") {
+                try enter()
+                chained += 1
+            }
             if isOp("|") {
                 _ = advance()
                 let name = try expectName()

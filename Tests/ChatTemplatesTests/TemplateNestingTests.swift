@@ -31,6 +31,8 @@ import Testing
             == ((depth - 1) % 2 == 0 ? "False" : "True"))
         #expect(try Self.render("{{ [" + String(repeating: "[", count: depth - 2) + "7"
             + String(repeating: "]", count: depth - 2) + "] | length }}") == "1")
+        // A chain of `depth - 1` additions is as deep as the tree gets.
+        #expect(try Self.render("{{ 1" + String(repeating: " + 1", count: depth - 1) + " }}") == "\(depth)")
     }
 
     @Test(arguments: [
@@ -41,6 +43,11 @@ import Testing
         ("not", "{{ " + String(repeating: "not ", count: 10_000) + "x }}"),
         ("else chains", "{{ " + String(repeating: "1 if x else ", count: 5_000) + "2 }}"),
         ("call arguments", "{{ " + String(repeating: "f(", count: 10_000) + "1" + String(repeating: ")", count: 10_000) + " }}"),
+        ("operator chains", "{{ 1" + String(repeating: " + 1", count: 10_000) + " }}"),
+        ("concatenations", "{{ 'a'" + String(repeating: " ~ 'a'", count: 10_000) + " }}"),
+        ("filter chains", "{{ x" + String(repeating: "|string", count: 10_000) + " }}"),
+        ("attribute chains", "{{ x" + String(repeating: ".a", count: 10_000) + " }}"),
+        ("and chains", "{{ x" + String(repeating: " and x", count: 10_000) + " }}"),
         ("blocks", String(repeating: "{% if x %}", count: 10_000)),
         ("for loops", String(repeating: "{% for a in b %}", count: 10_000)),
     ])
