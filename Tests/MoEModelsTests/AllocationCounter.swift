@@ -58,17 +58,21 @@ enum AllocationCounter {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let sourceFile = directory.appendingPathComponent("counter.c"), library = directory.appendingPathComponent("libcounter.so")
         try source.write(to: sourceFile, atomically: true, encoding: .utf8)
-        let compiler = Process()
-        compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        compiler.arguments = ["cc", "-shared", "-fPIC", "-O2", "-o", library.path, sourceFile.path]
-        let errors = Pipe()
-        compiler.standardError = errors
-        try compiler.run()
-        compiler.waitUntilExit()
-        guard compiler.terminationStatus == 0 else {
-            throw CounterError("cc failed: \(String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))")
+        var failures: [String] = []
+        // The system C compiler, else the Swift toolchain's clang.
+        for name in ["cc", "clang"] {
+            let compiler = Process()
+            compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            compiler.arguments = [name, "-shared", "-fPIC", "-O2", "-o", library.path, sourceFile.path]
+            let errors = Pipe()
+            compiler.standardError = errors
+            try compiler.run()
+            let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            compiler.waitUntilExit()
+            if compiler.terminationStatus == 0 { return library }
+            failures.append("\(name): \(message)")
         }
-        return library
+        throw CounterError("cannot build the counting library: \(failures.joined(separator: "; "))")
     }
 
     struct CounterError: Error, CustomStringConvertible {
