@@ -77,6 +77,18 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public var dtypeName: String?
     /// RoPE variant (default or YaRN) and the rotating fraction of each head.
     public var rope: RopeParameters = RopeParameters()
+    /// Multi-head latent attention's dimensions (DeepSeek-V2/V3), nil for standard attention.
+    public var latentAttention: LatentAttentionConfig? = nil
+    /// The first `firstDenseLayers` layers have a dense MLP (`first_k_dense_replace`).
+    public var firstDenseLayers: Int = 0
+    /// From `firstDenseLayers` on, every `moeLayerFrequency`-th layer is MoE (`moe_layer_freq`).
+    public var moeLayerFrequency: Int = 1
+    /// Group-limited routing (`n_group`, `topk_group`), nil for a plain top-k.
+    public var routerGroups: RouterSpec.GroupLimit? = nil
+    /// Multiplies the routed experts' mixing weights (`routed_scaling_factor`).
+    public var routedScalingFactor: Float = 1
+    /// Per-head q/k RMSNorm switched on by config (GLM-4.5 `use_qk_norm`).
+    public var qkNormPerHead: Bool = false
 
     /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
     public func isMoELayer(_ index: Int) -> Bool { architecture.definition.isMoELayer(self, index) }
