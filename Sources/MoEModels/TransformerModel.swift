@@ -153,6 +153,15 @@ public final class TransformerModel: @unchecked Sendable {
         return config.layerCount * 2 * config.kvHeadCount * config.headDim * precision.byteCount
     }
 
+    /// Bytes of weights the model derives at load time beyond the checkpoint's dense tensors:
+    /// multi-head latent attention's float32 per-head copies of `kv_b_proj` (`LatentAttentionLayer`),
+    /// counted whole although the stored matrix itself is then released (a slight overcount).
+    public static func derivedWeightBytes(_ config: ModelConfig) -> Int {
+        guard let latent = config.latentAttention else { return 0 }
+        return config.layerCount * config.headCount * (latent.noPositionDim + latent.valueDim) * latent.latentRank
+            * MemoryLayout<Float>.stride
+    }
+
     /// Creates an empty KV cache sized for this model.
     public func makeCache() -> KVCache {
         if let latent = config.latentAttention {
