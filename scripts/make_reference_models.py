@@ -71,7 +71,8 @@ ARCHS = {
     "MiniMaxM2ForCausalLM": (MiniMaxM2Config, MiniMaxM2ForCausalLM),
 }
 # --variant draws configurations of these (the others have fixed committed configurations only).
-VARIANT_ARCHS = ["MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM"]
+VARIANT_ARCHS = ["MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM",
+                 "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "Glm4MoeForCausalLM", "MiniMaxM2ForCausalLM"]
 # Routers whose choice is made on scores (sigmoid + correction bias, groups), not on raw logits:
 # their margins are measured on what they compare, and must clear MIN_SCORE_MARGIN.
 SCORE_ROUTED = {"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "Glm4MoeForCausalLM", "MiniMaxM2ForCausalLM"}
@@ -301,7 +302,10 @@ def variant_fixtures(seed: int, count: int) -> list[Fixture]:
             desc = [f"hidden {hidden}", f"{heads}q/{kv}kv", f"{layers} layers", f"{experts} experts top-{topk}",
                     f"vocab {vocab}", "tied" if c["tie_word_embeddings"] else "untied"]
             width = rng.choice([16, 24, 32, 40, 48])
-            if arch == "MixtralForCausalLM":
+            rope_scaling = None
+            if arch in SCORE_ROUTED:
+                rope_scaling = deepseek_family_variant(arch, rng, c, experts, width, heads, desc)
+            elif arch == "MixtralForCausalLM":
                 c.update(num_local_experts=experts, num_experts_per_tok=topk, intermediate_size=width,
                          sliding_window=None)
             else:
@@ -327,9 +331,53 @@ def variant_fixtures(seed: int, count: int) -> list[Fixture]:
             style = rng.choice(["hub", "new"])
             sharded = rng.random() < 0.5
             short = {"MixtralForCausalLM": "mixtral", "Qwen2MoeForCausalLM": "qwen2moe",
-                     "Qwen3MoeForCausalLM": "qwen3moe", "OlmoeForCausalLM": "olmoe"}[arch]
-            out.append(Fixture(f"variant-{short}-s{seed}-{i}", arch, c, ", ".join(desc), style, sharded))
+                     "Qwen3MoeForCausalLM": "qwen3moe", "OlmoeForCausalLM": "olmoe", "DeepseekV2ForCausalLM": "deepseekv2",
+                     "DeepseekV3ForCausalLM": "deepseekv3", "Glm4MoeForCausalLM": "glm4moe",
+                     "MiniMaxM2ForCausalLM": "minimaxm2"}[arch]
+            out.append(Fixture(f"variant-{short}-s{seed}-{i}", arch, c, ", ".join(desc), style, sharded,
+                               rope_scaling=rope_scaling))
     return out
+
+
+def deepseek_family_variant(arch, rng, c, experts, width, heads, desc):
+    """Random keys of DeepSeek-V2/V3, GLM-4.5 and MiniMax-M2 into `c`; returns a rope_scaling or None."""
+    experts = rng.choice([4, 6, 8])
+    groups = rng.choice([g for g in (1, 2, 4) if experts % g == 0 and experts // g >= 2])
+    keep = rng.randint(1, groups)
+    topk = rng.randint(1, min(4, keep * experts // groups))
+    c.update(num_experts_per_tok=topk)
+    desc[3] = f"{experts} experts top-{topk}"
+    rope_scaling = None
+    if arch in ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"):
+        c["num_key_value_heads"] = heads
+        c.update(q_lora_rank=rng.choice([None, 16, 24]), kv_lora_rank=rng.choice([16, 24, 32]),
+                 qk_nope_head_dim=rng.choice([8, 16]), qk_rope_head_dim=rng.choice([4, 8]), v_head_dim=rng.choice([8, 12, 16]),
+                 n_routed_experts=experts, n_shared_experts=rng.choice([1, 2]), moe_intermediate_size=width,
+                 intermediate_size=rng.choice([32, 48]), first_k_dense_replace=rng.choice([0, 1]),
+                 routed_scaling_factor=rng.choice([1.0, 2.5]), n_group=groups, topk_group=keep)
+        if rng.random() < 0.5:
+            rope_scaling = dict(V3_YARN if arch == "DeepseekV3ForCausalLM" else V2_LITE_YARN)
+            c["max_position_embeddings"] = 163840
+        if arch == "DeepseekV3ForCausalLM":
+            c.update(norm_topk_prob=rng.random() < 0.5, rope_interleave=rng.random() < 0.5, num_nextn_predict_layers=0)
+        else:
+            c.update(topk_method="group_limited_greedy" if groups > 1 else "greedy", norm_topk_prob=False)
+        desc.append(f"q_lora={c['q_lora_rank']} kv_lora={c['kv_lora_rank']} groups {groups}/{keep} "
+                    f"shared {c['n_shared_experts']} dense {c['first_k_dense_replace']} yarn={rope_scaling is not None}")
+    elif arch == "Glm4MoeForCausalLM":
+        c.update(head_dim=rng.choice([8, 16]), partial_rotary_factor=rng.choice([0.5, 0.25, 1.0]),
+                 use_qk_norm=rng.random() < 0.5, attention_bias=rng.random() < 0.5, n_routed_experts=experts,
+                 n_shared_experts=rng.choice([1, 2]), moe_intermediate_size=width, intermediate_size=rng.choice([32, 48]),
+                 first_k_dense_replace=rng.choice([0, 1]), n_group=groups, topk_group=keep,
+                 norm_topk_prob=rng.random() < 0.5, routed_scaling_factor=rng.choice([1.0, 2.5]), num_nextn_predict_layers=0)
+        desc.append(f"head_dim {c['head_dim']} partial {c['partial_rotary_factor']} qk_norm={c['use_qk_norm']} "
+                    f"bias={c['attention_bias']} groups {groups}/{keep}")
+    else:  # MiniMax-M2
+        head_dim = rng.choice([8, 16])
+        c.update(head_dim=head_dim, rotary_dim=rng.choice([head_dim // 2, head_dim]), num_local_experts=experts,
+                 intermediate_size=width)
+        desc.append(f"head_dim {head_dim} rotary_dim {c['rotary_dim']}")
+    return rope_scaling
 
 
 def stable_seed(*parts) -> int:

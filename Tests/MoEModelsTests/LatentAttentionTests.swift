@@ -41,3 +41,17 @@ import ModelFormats
         #expect(model.kvBytesPerToken == 3 * (32 + 8) * 4)
     }
 }
+
+/// `synth --shape deepseek-v2-lite`: the tensors of DeepSeek-V2-Lite's shape (not written here: 31 GB).
+@Suite struct SyntheticDeepseekShapeTests {
+    @Test func deepseekV2LiteHasItsPublishedParameterCount() throws {
+        let shape = try #require(SyntheticCheckpoint.shapes.first { $0.name == "deepseek-v2-lite" })
+        let tensors = try SyntheticCheckpoint(shape: shape, seed: 1, vocabSize: 102400, eosTokenId: nil).tensors()
+        let parameters = tensors.reduce(0) { $0 + $1.shape.reduce(1, *) }
+        #expect(abs(Double(parameters) / 15.7e9 - 1) < 0.01, "\(parameters) parameters")
+        #expect(tensors.contains { $0.name == "model.layers.0.mlp.gate_proj.weight" })   // first layer dense
+        #expect(tensors.contains { $0.name == "model.layers.26.mlp.shared_experts.up_proj.weight" })
+        #expect(tensors.contains { $0.name == "model.layers.1.self_attn.kv_b_proj.weight" && $0.shape == [16 * 256, 512] })
+        #expect(Set(tensors.map(\.name)).count == tensors.count)
+    }
+}
