@@ -115,6 +115,16 @@ public final class CheckpointDirectory: WeightSource, @unchecked Sendable {
         return values
     }
 
+    /// Whether `name` belongs to a layer past `num_hidden_layers` (DeepSeek-V3's multi-token
+    /// prediction layer `model.layers.61.*`, which transformers skips on load): never used,
+    /// never packed, never counted.
+    public func isBeyondLastLayer(_ name: String) -> Bool {
+        let prefix = "model.layers."
+        guard name.hasPrefix(prefix) else { return false }
+        let index = name.dropFirst(prefix.count).prefix { $0.isNumber }
+        return Int(index).map { $0 >= config.layerCount } ?? false
+    }
+
     /// Whether `name` is the block scale of a float8 tensor (`X_scale_inv` beside float8 `X`),
     /// folded into `X` when it is read and never a tensor of its own.
     public func isFP8Scale(_ name: String) -> Bool {

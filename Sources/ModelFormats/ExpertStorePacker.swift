@@ -121,9 +121,14 @@ public struct ExpertStorePacker {
             })
         }
         // Float8 block scales are folded into their weights, not stored.
-        let denseNames = checkpoint.tensorNames.filter { !isExpertTensor.contains($0) && !checkpoint.isFP8Scale($0) }
+        // Layers past num_hidden_layers (DeepSeek-V3's multi-token prediction layer) are left out.
+        let denseNames = checkpoint.tensorNames.filter {
+            !isExpertTensor.contains($0) && !checkpoint.isFP8Scale($0) && !checkpoint.isBeyondLastLayer($0)
+        }
         var totalBytes = 0
-        for name in checkpoint.tensorNames { totalBytes += try checkpoint.entry(name).0.byteCount }
+        for name in checkpoint.tensorNames where !checkpoint.isFP8Scale(name) && !checkpoint.isBeyondLastLayer(name) {
+            totalBytes += try checkpoint.entry(name).0.byteCount
+        }
 
         var done = 0
         var lastReport = -Double.infinity

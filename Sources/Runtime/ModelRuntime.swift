@@ -205,7 +205,7 @@ extension CheckpointDirectory {
             }
         }
         // Float8 weights are held dequantized as bf16; their block scales are folded in.
-        return tensorNames.filter { !expertTensors.contains($0) && !isFP8Scale($0) }
+        return tensorNames.filter { !expertTensors.contains($0) && !isFP8Scale($0) && !isBeyondLastLayer($0) }
             .reduce(0) { total, name in
                 guard let found = try? entry(name).0 else { return total }
                 return total + (found.dtype == .f8e4m3 ? 2 * found.elementCount : found.byteCount)

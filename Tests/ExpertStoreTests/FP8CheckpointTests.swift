@@ -62,6 +62,35 @@ import TensorMath
         #expect(rms(zip(expected, quantized).map { $0 - $1 }) / rms(expected) < 0.01)
     }
 
+    /// DeepSeek-V3's checkpoints carry a multi-token prediction layer past `num_hidden_layers`
+    /// (`model.layers.61.*`): it is neither packed nor counted, and changes nothing.
+    @Test func layersPastTheLastAreLeftOut() throws {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let checkpoint = dir.appendingPathComponent("with-mtp")
+        try FileManager.default.createDirectory(at: checkpoint, withIntermediateDirectories: true)
+        for file in ["config.json", "model.safetensors"] {
+            try FileManager.default.copyItem(at: Self.twin.appendingPathComponent(file), to: checkpoint.appendingPathComponent(file))
+        }
+        var extra = SafetensorsWriter()
+        extra.add("model.layers.3.mlp.shared_experts.up_proj.weight", shape: [4096, 64], values: [Float](repeating: 0.5, count: 4096 * 64), dtype: .bf16)
+        try extra.write(to: checkpoint.appendingPathComponent("mtp.safetensors"))
+        var weightMap: [String: String] = [:]
+        for name in try CheckpointDirectory(url: Self.twin).tensorNames { weightMap[name] = "model.safetensors" }
+        weightMap["model.layers.3.mlp.shared_experts.up_proj.weight"] = "mtp.safetensors"
+        try JSONSerialization.data(withJSONObject: ["metadata": [:], "weight_map": weightMap])
+            .write(to: checkpoint.appendingPathComponent("model.safetensors.index.json"))
+
+        let opened = try CheckpointDirectory(url: checkpoint)
+        #expect(opened.isBeyondLastLayer("model.layers.3.mlp.shared_experts.up_proj.weight"))
+        #expect(!opened.isBeyondLastLayer("model.layers.2.mlp.gate.weight"))
+        let store = dir.appendingPathComponent("store")
+        try pack(checkpoint, to: store)
+        #expect(try !ExpertStore(url: store).manifest.dense.tensors.contains { $0.name.hasPrefix("model.layers.3.") })
+        let expected = try logits(ModelLoader.loadCheckpoint(at: Self.twin))
+        #expect(try logits(ModelLoader.load(at: store)).map(\.bitPattern) == expected.map(\.bitPattern))
+    }
+
     @Test func otherQuantizationMethodsAreRefusedByName() throws {
         let dir = try TinyCheckpoint.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
