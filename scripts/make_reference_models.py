@@ -41,7 +41,15 @@ import torch
 import transformers
 from safetensors import safe_open
 from transformers import (
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
     GenerationConfig,
+    Glm4MoeConfig,
+    Glm4MoeForCausalLM,
+    MiniMaxM2Config,
+    MiniMaxM2ForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
@@ -57,13 +65,24 @@ ARCHS = {
     "Qwen2MoeForCausalLM": (Qwen2MoeConfig, Qwen2MoeForCausalLM),
     "Qwen3MoeForCausalLM": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
     "OlmoeForCausalLM": (OlmoeConfig, OlmoeForCausalLM),
+    "DeepseekV2ForCausalLM": (DeepseekV2Config, DeepseekV2ForCausalLM),
+    "DeepseekV3ForCausalLM": (DeepseekV3Config, DeepseekV3ForCausalLM),
+    "Glm4MoeForCausalLM": (Glm4MoeConfig, Glm4MoeForCausalLM),
+    "MiniMaxM2ForCausalLM": (MiniMaxM2Config, MiniMaxM2ForCausalLM),
 }
+# --variant draws configurations of these (the others have fixed committed configurations only).
+VARIANT_ARCHS = ["MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "OlmoeForCausalLM",
+                 "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "Glm4MoeForCausalLM", "MiniMaxM2ForCausalLM"]
+# Routers whose choice is made on scores (sigmoid + correction bias, groups), not on raw logits:
+# their margins are measured on what they compare, and must clear MIN_SCORE_MARGIN.
+SCORE_ROUTED = {"DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM", "Glm4MoeForCausalLM", "MiniMaxM2ForCausalLM"}
 
 PROMPT_LEN = 12
 GREEDY_TOKENS = 8
 # A Swift forward pass in f32 from the same bf16 weights differs from torch by ~1e-5; these margins
 # make sure such a difference can never change a router's top-k set or a greedy argmax.
 MIN_ROUTER_MARGIN = 2e-3  # gap between the k-th and (k+1)-th router logit, every token, every layer
+MIN_SCORE_MARGIN = 5e-4  # the same on (sigmoid or softmax) scores + bias, and between group scores
 MIN_GREEDY_MARGIN = 2e-2  # gap between the best and second-best logit at every greedy step
 PROMPTS_PER_DRAW = 60
 WEIGHT_DRAWS = 4
@@ -78,6 +97,8 @@ class Fixture:
     config_style: str = "hub"  # "hub": rope_theta + torch_dtype; "new": rope_parameters + dtype
     sharded: bool = False
     extra: dict = field(default_factory=dict)
+    rope_scaling: dict | None = None  # hub-style rope_scaling ({"type": "yarn", ...}) as published
+    fp32_router: bool = False  # router weight and correction bias stored as F32 (as DeepSeek-V3 ships them)
 
 
 def base(vocab, hidden, layers, heads, kv, theta, eps=1e-6, tie=False):
@@ -178,6 +199,88 @@ def committed_fixtures() -> list[Fixture]:
     fx.append(Fixture("olmoe-noclip-top4-norm", "OlmoeForCausalLM", c,
                       "no clip_qkv, 6 experts top-4, norm_topk_prob=true, tied, MHA, 3 layers, vocab 131, "
                       "rope_theta 1e6, new-style config", "new", False))
+    fx += deepseek_family_fixtures()
+    return fx
+
+
+# Published rope_scaling of DeepSeek-V3/R1 and of DeepSeek-V2-Lite.
+V3_YARN = {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0,
+           "original_max_position_embeddings": 4096}
+V2_LITE_YARN = {"type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707,
+                "original_max_position_embeddings": 4096}
+
+
+def deepseek_family_fixtures() -> list[Fixture]:
+    """DeepSeek-V2/V3, GLM-4.5 MoE and MiniMax-M2 (issue 20)."""
+    fx = []
+    # ---- DeepSeek-V3 ----------------------------------------------------------------------------
+    c = base(131, 64, 3, 4, 4, 10000.0, eps=1e-6)
+    c.update(max_position_embeddings=163840, q_lora_rank=24, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+             v_head_dim=12, n_routed_experts=8, n_group=4, topk_group=2, num_experts_per_tok=3, n_shared_experts=1,
+             moe_intermediate_size=16, intermediate_size=48, first_k_dense_replace=1, routed_scaling_factor=2.5,
+             norm_topk_prob=True, rope_interleave=True, num_nextn_predict_layers=0, bos_token_id=0, eos_token_id=1)
+    fx.append(Fixture("deepseekv3-qlora-groups-yarn", "DeepseekV3ForCausalLM", c,
+                      "MLA with q_lora_rank 24, kv_lora_rank 32, qk_nope 16 / qk_rope 8 / v_head 12, interleaved RoPE, "
+                      "YaRN as published (factor 40, mscale 1 = mscale_all_dim: softmax scale x mscale^2), sigmoid routing "
+                      "with e_score_correction_bias, 4 groups keep 2 (top-2 sum), top-3 of 8, 1 shared expert, "
+                      "first_k_dense_replace 1, routed_scaling_factor 2.5, router weight and bias F32, untied, sharded, "
+                      "hub-style config", "hub", True, rope_scaling=V3_YARN, fp32_router=True))
+    c = base(97, 48, 2, 4, 4, 10000.0, eps=1e-6, tie=True)
+    c.update(q_lora_rank=None, kv_lora_rank=24, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16,
+             n_routed_experts=6, n_group=1, topk_group=1, num_experts_per_tok=2, n_shared_experts=2,
+             moe_intermediate_size=16, intermediate_size=32, first_k_dense_replace=0, routed_scaling_factor=1.0,
+             norm_topk_prob=False, rope_interleave=False, num_nextn_predict_layers=0)
+    fx.append(Fixture("deepseekv3-noqlora-2shared-tied", "DeepseekV3ForCausalLM", c,
+                      "MLA without query compression (q_proj), rope_interleave false, default RoPE, no groups (n_group 1), "
+                      "top-2 of 6, 2 shared experts (one MLP of width 32), every layer MoE, norm_topk_prob false, "
+                      "scaling 1.0, tied, new-style config", "new", False))
+    # ---- DeepSeek-V2 ----------------------------------------------------------------------------
+    c = base(131, 48, 3, 4, 4, 10000.0, eps=1e-6)
+    c.update(max_position_embeddings=163840, q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8,
+             v_head_dim=16, n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=2, moe_intermediate_size=12,
+             intermediate_size=40, first_k_dense_replace=1, topk_method="greedy", n_group=1, topk_group=1,
+             routed_scaling_factor=1.0, norm_topk_prob=False, bos_token_id=0, eos_token_id=1)
+    fx.append(Fixture("deepseekv2-lite-yarn", "DeepseekV2ForCausalLM", c,
+                      "V2-Lite's shape in small: MLA without query compression, YaRN as published for V2-Lite (mscale "
+                      "0.707), softmax routing greedy top-3 of 8, 2 shared experts, first layer dense, sharded, "
+                      "hub-style config", "hub", True, rope_scaling=V2_LITE_YARN))
+    c = base(97, 32, 2, 2, 2, 10000.0, eps=1e-6, tie=True)
+    c.update(q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8,
+             n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=16,
+             intermediate_size=32, first_k_dense_replace=0, topk_method="group_limited_greedy", n_group=4, topk_group=2,
+             routed_scaling_factor=16.0, norm_topk_prob=False)
+    fx.append(Fixture("deepseekv2-qlora-grouped", "DeepseekV2ForCausalLM", c,
+                      "MLA with q_lora_rank 16, group_limited_greedy (4 groups by their best expert, keep 2), top-2 of 8, "
+                      "routed_scaling_factor 16 (as V2), 1 shared expert, tied, new-style config", "new", False))
+    # ---- GLM-4.5 MoE ----------------------------------------------------------------------------
+    c = base(131, 64, 3, 4, 2, 1e6, eps=1e-5)
+    c.update(head_dim=16, partial_rotary_factor=0.5, use_qk_norm=True, attention_bias=True, n_routed_experts=8,
+             num_experts_per_tok=2, n_shared_experts=1, moe_intermediate_size=16, intermediate_size=48,
+             first_k_dense_replace=1, n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+             num_nextn_predict_layers=0)
+    fx.append(Fixture("glm4moe-partial-qknorm-bias", "Glm4MoeForCausalLM", c,
+                      "partial_rotary_factor 0.5 (8 of 16 dims rotate), per-head q/k norm (use_qk_norm), q/k/v biases, "
+                      "sigmoid routing with correction bias, top-2 of 8, 1 shared expert, first layer dense, "
+                      "routed_scaling_factor 2.5, GQA 4q/2kv, sharded, hub-style config", "hub", True))
+    c = base(97, 48, 2, 4, 4, 10000.0, eps=1e-6, tie=True)
+    c.update(use_qk_norm=False, attention_bias=False, n_routed_experts=8, num_experts_per_tok=3, n_shared_experts=1,
+             moe_intermediate_size=16, intermediate_size=32, first_k_dense_replace=0, n_group=2, topk_group=1,
+             norm_topk_prob=False, routed_scaling_factor=1.0, num_nextn_predict_layers=0)
+    fx.append(Fixture("glm4moe-groups-tied", "Glm4MoeForCausalLM", c,
+                      "no q/k norm, no biases, partial_rotary_factor absent (GLM's default 0.5), 2 groups keep 1, "
+                      "top-3 of 8, norm_topk_prob false, tied, every layer MoE, new-style config", "new", False,
+                      extra={"drop_partial": True}))
+    # ---- MiniMax-M2 -----------------------------------------------------------------------------
+    c = base(131, 64, 2, 4, 2, 5e6, eps=1e-6)
+    c.update(head_dim=16, rotary_dim=8, num_local_experts=8, num_experts_per_tok=2, intermediate_size=24)
+    fx.append(Fixture("minimaxm2-rotarydim", "MiniMaxM2ForCausalLM", c,
+                      "rotary_dim 8 of head_dim 16 (as released), q/k RMSNorm over whole projections, sigmoid routing with "
+                      "correction bias, always renormalised, top-2 of 8, GQA 4q/2kv, sharded, hub-style config",
+                      "hub", True))
+    c = base(97, 32, 3, 4, 1, 1e6, eps=1e-5, tie=True)
+    c.update(head_dim=8, num_local_experts=6, num_experts_per_tok=3, intermediate_size=16)
+    fx.append(Fixture("minimaxm2-fullrotary-tied", "MiniMaxM2ForCausalLM", c,
+                      "full rotary (no rotary_dim), top-3 of 6, MQA, tied, 3 layers, new-style config", "new", False))
     return fx
 
 
@@ -186,7 +289,7 @@ def variant_fixtures(seed: int, count: int) -> list[Fixture]:
     rng = random.Random(seed * 7919 + 17)
     out = []
     for i in range(count):
-        for arch in ARCHS:
+        for arch in VARIANT_ARCHS:
             hidden = rng.choice([32, 48, 64])
             heads = rng.choice([h for h in (2, 4, 6, 8) if hidden % h == 0 and (hidden // h) % 2 == 0])
             kv = rng.choice([k for k in range(1, heads + 1) if heads % k == 0])
@@ -199,7 +302,10 @@ def variant_fixtures(seed: int, count: int) -> list[Fixture]:
             desc = [f"hidden {hidden}", f"{heads}q/{kv}kv", f"{layers} layers", f"{experts} experts top-{topk}",
                     f"vocab {vocab}", "tied" if c["tie_word_embeddings"] else "untied"]
             width = rng.choice([16, 24, 32, 40, 48])
-            if arch == "MixtralForCausalLM":
+            rope_scaling = None
+            if arch in SCORE_ROUTED:
+                rope_scaling = deepseek_family_variant(arch, rng, c, experts, width, heads, desc)
+            elif arch == "MixtralForCausalLM":
                 c.update(num_local_experts=experts, num_experts_per_tok=topk, intermediate_size=width,
                          sliding_window=None)
             else:
@@ -225,9 +331,53 @@ def variant_fixtures(seed: int, count: int) -> list[Fixture]:
             style = rng.choice(["hub", "new"])
             sharded = rng.random() < 0.5
             short = {"MixtralForCausalLM": "mixtral", "Qwen2MoeForCausalLM": "qwen2moe",
-                     "Qwen3MoeForCausalLM": "qwen3moe", "OlmoeForCausalLM": "olmoe"}[arch]
-            out.append(Fixture(f"variant-{short}-s{seed}-{i}", arch, c, ", ".join(desc), style, sharded))
+                     "Qwen3MoeForCausalLM": "qwen3moe", "OlmoeForCausalLM": "olmoe", "DeepseekV2ForCausalLM": "deepseekv2",
+                     "DeepseekV3ForCausalLM": "deepseekv3", "Glm4MoeForCausalLM": "glm4moe",
+                     "MiniMaxM2ForCausalLM": "minimaxm2"}[arch]
+            out.append(Fixture(f"variant-{short}-s{seed}-{i}", arch, c, ", ".join(desc), style, sharded,
+                               rope_scaling=rope_scaling))
     return out
+
+
+def deepseek_family_variant(arch, rng, c, experts, width, heads, desc):
+    """Random keys of DeepSeek-V2/V3, GLM-4.5 and MiniMax-M2 into `c`; returns a rope_scaling or None."""
+    experts = rng.choice([4, 6, 8])
+    groups = rng.choice([g for g in (1, 2, 4) if experts % g == 0 and experts // g >= 2])
+    keep = rng.randint(1, groups)
+    topk = rng.randint(1, min(4, keep * experts // groups))
+    c.update(num_experts_per_tok=topk)
+    desc[3] = f"{experts} experts top-{topk}"
+    rope_scaling = None
+    if arch in ("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM"):
+        c["num_key_value_heads"] = heads
+        c.update(q_lora_rank=rng.choice([None, 16, 24]), kv_lora_rank=rng.choice([16, 24, 32]),
+                 qk_nope_head_dim=rng.choice([8, 16]), qk_rope_head_dim=rng.choice([4, 8]), v_head_dim=rng.choice([8, 12, 16]),
+                 n_routed_experts=experts, n_shared_experts=rng.choice([1, 2]), moe_intermediate_size=width,
+                 intermediate_size=rng.choice([32, 48]), first_k_dense_replace=rng.choice([0, 1]),
+                 routed_scaling_factor=rng.choice([1.0, 2.5]), n_group=groups, topk_group=keep)
+        if rng.random() < 0.5:
+            rope_scaling = dict(V3_YARN if arch == "DeepseekV3ForCausalLM" else V2_LITE_YARN)
+            c["max_position_embeddings"] = 163840
+        if arch == "DeepseekV3ForCausalLM":
+            c.update(norm_topk_prob=rng.random() < 0.5, rope_interleave=rng.random() < 0.5, num_nextn_predict_layers=0)
+        else:
+            c.update(topk_method="group_limited_greedy" if groups > 1 else "greedy", norm_topk_prob=False)
+        desc.append(f"q_lora={c['q_lora_rank']} kv_lora={c['kv_lora_rank']} groups {groups}/{keep} "
+                    f"shared {c['n_shared_experts']} dense {c['first_k_dense_replace']} yarn={rope_scaling is not None}")
+    elif arch == "Glm4MoeForCausalLM":
+        c.update(head_dim=rng.choice([8, 16]), partial_rotary_factor=rng.choice([0.5, 0.25, 1.0]),
+                 use_qk_norm=rng.random() < 0.5, attention_bias=rng.random() < 0.5, n_routed_experts=experts,
+                 n_shared_experts=rng.choice([1, 2]), moe_intermediate_size=width, intermediate_size=rng.choice([32, 48]),
+                 first_k_dense_replace=rng.choice([0, 1]), n_group=groups, topk_group=keep,
+                 norm_topk_prob=rng.random() < 0.5, routed_scaling_factor=rng.choice([1.0, 2.5]), num_nextn_predict_layers=0)
+        desc.append(f"head_dim {c['head_dim']} partial {c['partial_rotary_factor']} qk_norm={c['use_qk_norm']} "
+                    f"bias={c['attention_bias']} groups {groups}/{keep}")
+    else:  # MiniMax-M2
+        head_dim = rng.choice([8, 16])
+        c.update(head_dim=head_dim, rotary_dim=rng.choice([head_dim // 2, head_dim]), num_local_experts=experts,
+                 intermediate_size=width)
+        desc.append(f"head_dim {head_dim} rotary_dim {c['rotary_dim']}")
+    return rope_scaling
 
 
 def stable_seed(*parts) -> int:
@@ -254,17 +404,25 @@ def reinit(model: torch.nn.Module, gen: torch.Generator) -> None:
             p.copy_(0.2 * torch.randn(p.shape, generator=gen))
         else:  # attention projections, dense MLPs, routed experts (3-D in transformers 5)
             p.copy_(0.15 * torch.randn(p.shape, generator=gen))
+    for name, b in model.named_buffers():
+        if name.endswith("e_score_correction_bias"):  # a buffer, zero at init: make it matter
+            b.copy_(0.2 * torch.randn(b.shape, generator=gen))
 
 
-def restyle_config(path: Path, style: str) -> None:
+def restyle_config(path: Path, style: str, drop_partial: bool = False) -> None:
     """Rewrite config.json in the hub style (top-level rope_theta, torch_dtype) or the newer style
     (rope_parameters, dtype), whatever the installed transformers wrote."""
     cfg = json.loads(path.read_text())
-    theta = None
-    rp = cfg.pop("rope_parameters", None)
-    if isinstance(rp, dict):
-        theta = rp.get("rope_theta")
-        assert rp.get("rope_type", "default") == "default", rp
+    rp = dict(cfg.pop("rope_parameters", None) or {})
+    theta = rp.pop("rope_theta", None)
+    kind = rp.pop("rope_type", rp.pop("type", "default"))
+    rp.pop("type", None)
+    partial = rp.pop("partial_rotary_factor", None)
+    cfg.pop("partial_rotary_factor", None)
+    if cfg.get("model_type") == "minimax_m2" and "rotary_dim" in cfg:
+        partial = None  # released MiniMax-M2 configs say rotary_dim only
+    if drop_partial:
+        partial = None  # the loader must apply the architecture's default (GLM-4.5: 0.5)
     theta = cfg.pop("rope_theta", theta)
     cfg.pop("rope_scaling", None)
     dtype = cfg.pop("dtype", None) or cfg.pop("torch_dtype", None)
@@ -280,11 +438,18 @@ def restyle_config(path: Path, style: str) -> None:
         # transformers 5 writes Qwen3-MoE's expert count as num_local_experts; hub configs say num_experts
         if cfg.get("model_type") == "qwen3_moe" and "num_local_experts" in cfg:
             cfg["num_experts"] = cfg.pop("num_local_experts")
+        if cfg.get("model_type") in ("deepseek_v2", "deepseek_v3"):
+            for k in ("head_dim", "qk_head_dim"):  # published DeepSeek configs have neither
+                cfg.pop(k, None)
         cfg["rope_theta"] = theta
-        cfg["rope_scaling"] = None
+        cfg["rope_scaling"] = {"type": kind, **rp} if kind != "default" else None
+        if partial is not None:
+            cfg["partial_rotary_factor"] = partial
         cfg["torch_dtype"] = dtype
     else:
-        cfg["rope_parameters"] = {"rope_theta": theta, "rope_type": "default"}
+        cfg["rope_parameters"] = {"rope_theta": theta, "rope_type": kind, **rp}
+        if partial is not None:
+            cfg["rope_parameters"]["partial_rotary_factor"] = partial
         cfg["dtype"] = dtype
     path.write_text(json.dumps(dict(sorted(cfg.items())), indent=2) + "\n")
 
@@ -324,6 +489,50 @@ def router_margins(model, ids: torch.Tensor, topk: int) -> tuple[float, list]:
     return margin, rl
 
 
+def score_margins(model, ids: torch.Tensor, config) -> float:
+    """For routers that choose on scores (SCORE_ROUTED): the smallest gap, over all tokens and MoE
+    layers, between the k-th and (k+1)-th eligible score (sigmoid + correction bias, or softmax)
+    and between the last kept and the first dropped group score."""
+    out = model(ids, output_router_logits=True, use_cache=False)
+    blocks = [layer.mlp for layer in model.model.layers if hasattr(layer.mlp, "experts")]
+    arch, k = config.architectures[0], config.num_experts_per_tok
+    margin = math.inf
+    for logits, block in zip(out.router_logits, blocks):
+        ll = logits.reshape(-1, logits.shape[-1]).float()
+        n = ll.shape[-1]
+        if arch == "DeepseekV2ForCausalLM":
+            s = ll.softmax(-1)
+        else:
+            bias = block.e_score_correction_bias if arch == "MiniMaxM2ForCausalLM" else block.gate.e_score_correction_bias
+            s = ll.sigmoid() + bias.float()
+        groups = None
+        if arch == "DeepseekV2ForCausalLM" and config.topk_method == "group_limited_greedy":
+            groups = ("max", config.n_group, config.topk_group)
+        elif arch in ("DeepseekV3ForCausalLM", "Glm4MoeForCausalLM") and (config.n_group or 1) > 1:
+            groups = ("top2", config.n_group, config.topk_group)
+        if groups:
+            kind, g, keep = groups
+            grouped = s.view(-1, g, n // g)
+            gscore = grouped.max(-1).values if kind == "max" else grouped.topk(2, dim=-1).values.sum(-1)
+            if keep < g:
+                srt = gscore.sort(-1, descending=True).values
+                margin = min(margin, float((srt[:, keep - 1] - srt[:, keep]).min()))
+                mask = torch.zeros_like(gscore).scatter_(1, gscore.topk(keep, dim=-1).indices, 1).bool()
+                mask = mask.unsqueeze(-1).expand(-1, g, n // g).reshape(-1, n)
+                s = s.masked_fill(~mask, float("-inf") if kind == "top2" else 0.0)
+        if k < n:
+            srt = s.sort(-1, descending=True).values
+            margin = min(margin, float((srt[:, k - 1] - srt[:, k]).min()))
+    return margin
+
+
+def routing_margin(model, ids: torch.Tensor, config) -> tuple[float, float]:
+    """(margin, the margin it must clear) for this architecture's routing rule."""
+    if config.architectures[0] in SCORE_ROUTED:
+        return score_margins(model, ids, config), MIN_SCORE_MARGIN
+    return router_margins(model, ids, config.num_experts_per_tok)[0], MIN_ROUTER_MARGIN
+
+
 def build_checkpoint(fx: Fixture, d: Path, config, model_cls, wseed: int, theta: float):
     """Random bf16 model -> save_pretrained into d -> reload in float32 and check the round trip."""
     if d.exists():
@@ -334,11 +543,17 @@ def build_checkpoint(fx: Fixture, d: Path, config, model_cls, wseed: int, theta:
     reinit(model, torch.Generator().manual_seed(wseed))
     model = model.to(torch.bfloat16)
     config.dtype = torch.bfloat16
+    if fx.fp32_router:  # as DeepSeek-V3 ships them: routers and correction biases in float32
+        for name, module in model.named_modules():
+            if name.endswith("mlp.gate"):
+                module.weight.data = module.weight.data.float()
+                if hasattr(module, "e_score_correction_bias"):
+                    module.e_score_correction_bias.data = module.e_score_correction_bias.data.float()
 
     total_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     shard = max(total_bytes // 3, 4096) if fx.sharded else "1GB"
     model.save_pretrained(d, safe_serialization=True, max_shard_size=shard)
-    restyle_config(d / "config.json", fx.config_style)
+    restyle_config(d / "config.json", fx.config_style, fx.extra.get("drop_partial", False))
 
     # Reload from disk in float32 (bf16 values are exactly representable) and check the round trip.
     ref, info = model_cls.from_pretrained(d, output_loading_info=True, **load_kwargs_f32())
@@ -354,7 +569,9 @@ def build_checkpoint(fx: Fixture, d: Path, config, model_cls, wseed: int, theta:
                                              bos_token_id=None)
 
     tensors = checkpoint_tensors(d)
-    assert all(t[0] == "BF16" for t in tensors.values()), fx.name
+    for k, t in tensors.items():
+        router = fx.fp32_router and (k.endswith("mlp.gate.weight") or k.endswith("e_score_correction_bias"))
+        assert t[0] == ("F32" if router else "BF16"), (fx.name, k, t)
     if fx.sharded:
         assert (d / "model.safetensors.index.json").exists() and len(list(d.glob("model-*.safetensors"))) >= 2
     else:
@@ -383,9 +600,9 @@ def search_prompt(ref, config, prng: random.Random, eos_set: set, tries: int):
         if eos_set & set(greedy):
             continue  # a server stops at EOS; keep the 8 greedy tokens free of it
         # router margins over the prompt plus the generated tokens (what a decode loop routes)
-        r_margin, _ = router_margins(ref, torch.tensor([seq[:-1]]), config.num_experts_per_tok)
+        r_margin, r_needed = routing_margin(ref, torch.tensor([seq[:-1]]), config)
         distinct = len(set(greedy))
-        score = min(r_margin / MIN_ROUTER_MARGIN, g_margin / MIN_GREEDY_MARGIN, distinct / 3)
+        score = min(r_margin / r_needed, g_margin / MIN_GREEDY_MARGIN, distinct / 3)
         if best is None or score > best[0]:
             best = (score, prompt, greedy, r_margin, g_margin, attempt)
         if score >= 1.0:
@@ -399,7 +616,13 @@ def make_one(fx: Fixture, out_root: Path, seed: int, tversion: str) -> dict:
 
     conf = dict(fx.config)
     theta = conf.pop("rope_theta")
-    conf["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    if fx.rope_scaling:
+        scaling = {k: v for k, v in fx.rope_scaling.items() if k != "type"}
+        conf["rope_parameters"] = {"rope_type": fx.rope_scaling["type"], **scaling, "rope_theta": theta}
+    else:
+        conf["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    if "partial_rotary_factor" in conf:
+        conf["rope_parameters"]["partial_rotary_factor"] = conf.pop("partial_rotary_factor")
     conf.setdefault("bos_token_id", None)
     conf.setdefault("eos_token_id", None)
     eos = conf["eos_token_id"]

@@ -30,8 +30,9 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     private let routers: [WeightMatrix?]
     private let moeLayers: [Int]
     private let topK: Int
-    /// The model's own routing rule: guesses score and select experts as the router will.
-    private let routing: RouterSpec
+    /// The model's own routing rule per layer (with its correction bias): guesses score and
+    /// select experts as the router will.
+    private let routings: [RouterSpec]
     private let hidden: Int
     /// Experts predicted for each layer in the current step, not yet checked.
     private var pending: [Set<Int>]
@@ -54,7 +55,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         routers = (0..<layerCount).map { model.router(forLayer: $0) }
         moeLayers = model.config.moeLayers
         topK = model.config.expertsPerToken
-        routing = model.routerSpec
+        routings = (0..<layerCount).map { model.routerSpec(forLayer: $0) ?? model.routerSpec }
         hidden = model.config.hiddenSize
         storedStatistics = PredictionStatistics(layerCount: layerCount)
         pending = Array(repeating: [], count: layerCount)
@@ -135,6 +136,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     private func predict(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe? = nil,
                          refining: Bool = false) {
         guard let router = routers[layer] else { return }
+        let routing = routings[layer]
         let experts = router.rows
         let needed = rowCount * (experts + (probe?.hiddenUnits ?? 0))
         if scratch.count < needed { scratch = AlignedBuffer<Float>(count: needed) }
@@ -165,7 +167,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
                 if probabilities[expert] < floor { break } // the rest are smaller still
                 chosen.insert(expert)
                 mass += probabilities[expert]
-                if !selection && mass >= configuration.cumulativeThreshold { break }
+                // Sigmoid scores are not a distribution: their sum says nothing about coverage.
+                if !selection && routing.scoring == .softmax && mass >= configuration.cumulativeThreshold { break }
             }
         }
         if refining && decodeStep { dropGuesses(for: layer, notIn: chosen) }

@@ -42,9 +42,20 @@ final class ForwardWorkspace {
             hiddenRows = rows * hidden
             logitInputs = sequences * hidden
             logits = sequences * config.vocabSize
-            query = rows * config.headCount * config.headDim
-            keyValue = rows * config.kvHeadCount * config.headDim
-            scores = config.maxPositionEmbeddings
+            if let latent = config.latentAttention {
+                // Multi-head latent attention (`LatentAttentionLayer`): q `[T, heads*qk_head]`, the
+                // context `[T, heads*v_head]` (first the query bottleneck `[T, q_rank]`), the
+                // compressed latents `[T, rank + rope]` and the absorbed queries `[T, heads*rank]`;
+                // latent and rotary scores side by side.
+                let heads = config.headCount
+                query = rows * max(heads * max(latent.queryHeadDim, latent.valueDim), latent.queryRank ?? 0)
+                keyValue = rows * max(latent.cachedValuesPerToken, heads * latent.latentRank)
+                scores = 2 * config.maxPositionEmbeddings
+            } else {
+                query = rows * config.headCount * config.headDim
+                keyValue = rows * config.kvHeadCount * config.headDim
+                scores = config.maxPositionEmbeddings
+            }
             let moeLayers = config.moeLayers
             let hasDense = moeLayers.count < config.layerCount
             let sharedExperts = moeLayers.compactMap { definition.sharedExpert(config, $0) }

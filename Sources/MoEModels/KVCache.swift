@@ -18,6 +18,9 @@ public enum KVPrecision: String, Sendable, CaseIterable {
 public final class KVCache: @unchecked Sendable {
     /// Width of one row: `kvHeads * headDim`.
     public let rowWidth: Int
+    /// Width of one value row: `rowWidth`, except for multi-head latent attention, whose "keys"
+    /// are the compressed latents and "values" the rotary keys (`init(layerCount:keyWidth:valueWidth:...)`).
+    public let valueRowWidth: Int
     /// The model's context limit.
     public let maxPositions: Int
     /// How elements are stored.
@@ -30,19 +33,28 @@ public final class KVCache: @unchecked Sendable {
     public private(set) var capacity: Int
 
     /// An empty cache for `layerCount` layers.
-    public init(layerCount: Int, kvHeads: Int, headDim: Int, maxPositions: Int, initialCapacity: Int = 64,
+    public convenience init(layerCount: Int, kvHeads: Int, headDim: Int, maxPositions: Int, initialCapacity: Int = 64,
+                            precision: KVPrecision = .f32) {
+        self.init(layerCount: layerCount, keyWidth: kvHeads * headDim, valueWidth: kvHeads * headDim,
+                  maxPositions: maxPositions, initialCapacity: initialCapacity, precision: precision)
+    }
+
+    /// An empty cache whose key and value rows differ in width (multi-head latent attention:
+    /// the latent `[kv_lora_rank]` as the key row, the rotary key `[qk_rope_head_dim]` as the value row).
+    public init(layerCount: Int, keyWidth: Int, valueWidth: Int, maxPositions: Int, initialCapacity: Int = 64,
                 precision: KVPrecision = .f32) {
-        rowWidth = kvHeads * headDim
+        rowWidth = keyWidth
+        valueRowWidth = valueWidth
         self.maxPositions = maxPositions
         self.precision = precision
-        capacity = min(initialCapacity, maxPositions)
-        let bytes = capacity * kvHeads * headDim * precision.byteCount
-        keys = (0..<layerCount).map { _ in AlignedBuffer(count: bytes) }
-        values = (0..<layerCount).map { _ in AlignedBuffer(count: bytes) }
+        let rows = min(initialCapacity, maxPositions)
+        capacity = rows
+        keys = (0..<layerCount).map { _ in AlignedBuffer(count: rows * keyWidth * precision.byteCount) }
+        values = (0..<layerCount).map { _ in AlignedBuffer(count: rows * valueWidth * precision.byteCount) }
     }
 
     /// Bytes held by the buffers.
-    public var byteCount: Int { (keys.first?.byteCount ?? 0) * keys.count * 2 }
+    public var byteCount: Int { ((keys.first?.byteCount ?? 0) + (values.first?.byteCount ?? 0)) * keys.count }
 
     /// Makes room for `newLength` positions.
     public func reserve(_ newLength: Int) {
@@ -52,29 +64,29 @@ public final class KVCache: @unchecked Sendable {
         while newCapacity < newLength { newCapacity *= 2 }
         newCapacity = min(newCapacity, maxPositions)
         for layer in keys.indices {
-            keys[layer] = grown(keys[layer], to: newCapacity)
-            values[layer] = grown(values[layer], to: newCapacity)
+            keys[layer] = grown(keys[layer], to: newCapacity, width: rowWidth)
+            values[layer] = grown(values[layer], to: newCapacity, width: valueRowWidth)
         }
         capacity = newCapacity
     }
 
-    private func grown(_ old: AlignedBuffer<UInt8>, to rows: Int) -> AlignedBuffer<UInt8> {
-        let rowBytes = rowWidth * precision.byteCount
+    private func grown(_ old: AlignedBuffer<UInt8>, to rows: Int, width: Int) -> AlignedBuffer<UInt8> {
+        let rowBytes = width * precision.byteCount
         let new = AlignedBuffer<UInt8>(count: rows * rowBytes)
         new.pointer.update(from: old.pointer, count: length * rowBytes)
         return new
     }
 
-    /// Stores `key` and `value` (`[rowWidth]` floats each) at `position` of `layer`.
+    /// Stores `key` (`[rowWidth]`) and `value` (`[valueRowWidth]`) at `position` of `layer`.
     public func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
         precondition(position < capacity)
         switch precision {
         case .f32:
             (keyRows(layer) + position * rowWidth).update(from: key, count: rowWidth)
-            (valueRows(layer) + position * rowWidth).update(from: value, count: rowWidth)
+            (valueRows(layer) + position * valueRowWidth).update(from: value, count: valueRowWidth)
         case .f16:
             AttentionKernels.narrow(key, into: halfKeyRows(layer) + position * rowWidth, count: rowWidth)
-            AttentionKernels.narrow(value, into: halfValueRows(layer) + position * rowWidth, count: rowWidth)
+            AttentionKernels.narrow(value, into: halfValueRows(layer) + position * valueRowWidth, count: valueRowWidth)
         }
     }
 
@@ -83,7 +95,7 @@ public final class KVCache: @unchecked Sendable {
         precondition(precision == .f32)
         return UnsafeMutableRawPointer(keys[layer].pointer).assumingMemoryBound(to: Float.self)
     }
-    /// Value rows of `layer`, `[capacity, rowWidth]` (float32 caches).
+    /// Value rows of `layer`, `[capacity, valueRowWidth]` (float32 caches).
     public func valueRows(_ layer: Int) -> UnsafeMutablePointer<Float> {
         precondition(precision == .f32)
         return UnsafeMutableRawPointer(values[layer].pointer).assumingMemoryBound(to: Float.self)
@@ -93,7 +105,7 @@ public final class KVCache: @unchecked Sendable {
         precondition(precision == .f16)
         return UnsafeMutableRawPointer(keys[layer].pointer).assumingMemoryBound(to: UInt16.self)
     }
-    /// Value rows of `layer` as float16 bits, `[capacity, rowWidth]` (float16 caches).
+    /// Value rows of `layer` as float16 bits, `[capacity, valueRowWidth]` (float16 caches).
     public func halfValueRows(_ layer: Int) -> UnsafeMutablePointer<UInt16> {
         precondition(precision == .f16)
         return UnsafeMutableRawPointer(values[layer].pointer).assumingMemoryBound(to: UInt16.self)

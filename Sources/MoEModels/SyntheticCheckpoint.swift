@@ -34,6 +34,21 @@ public struct SyntheticCheckpoint: Sendable {
                 "torch_dtype": "bfloat16", "initializer_range": 0.02,
             ]
         },
+        Shape(name: "deepseek-v2-lite", summary: "DeepSeek-V2-Lite: 27 layers (first dense), 64 experts top-6 + 2 shared, MLA (kv_lora_rank 512), hidden 2048, expert width 1408 (15.7B parameters, 28.8 GB of bf16 routed experts)") {
+            [
+                "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+                "hidden_size": 2048, "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+                "num_attention_heads": 16, "num_key_value_heads": 16, "n_routed_experts": 64, "n_shared_experts": 2,
+                "num_experts_per_tok": 6, "first_k_dense_replace": 1, "moe_layer_freq": 1, "kv_lora_rank": 512,
+                "q_lora_rank": NSNull(), "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+                "routed_scaling_factor": 1.0, "topk_method": "greedy", "n_group": 1, "topk_group": 1, "norm_topk_prob": false,
+                "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+                "rope_scaling": ["type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                                 "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096],
+                "hidden_act": "silu", "tie_word_embeddings": false, "attention_bias": false,
+                "torch_dtype": "bfloat16", "initializer_range": 0.02,
+            ]
+        },
         Shape(name: "olmoe-small", summary: "OLMoE-shaped, small enough for tests: 8 layers, 32 experts top-4, hidden 256, expert width 256 (100 MB of bf16 experts)") {
             olmoe(layers: 8, hidden: 256, width: 256, heads: 4, experts: 32, topK: 4)
         },
@@ -95,6 +110,10 @@ public struct SyntheticCheckpoint: Sendable {
         var list = [t("model.embed_tokens.weight", [config.vocabSize, hidden])]
         for layer in 0..<config.layerCount {
             let attention = names.attentionPrefix(layer)
+            if let latent = config.latentAttention {
+                list += latentLayerTensors(layer: layer, config: config, latent: latent, names: names, t)
+                continue
+            }
             list += [
                 t("model.layers.\(layer).input_layernorm.weight", [hidden]),
                 t("\(attention).q_proj.weight", [qWidth, hidden]),
@@ -116,6 +135,45 @@ public struct SyntheticCheckpoint: Sendable {
             }
         }
         list += [t("model.norm.weight", [hidden]), t("lm_head.weight", [config.vocabSize, hidden])]
+        return list
+    }
+
+    /// One layer of a multi-head latent attention model (DeepSeek): MLA projections, then a dense
+    /// MLP or the router, shared experts and routed experts.
+    private func latentLayerTensors(layer: Int, config: ModelConfig, latent: LatentAttentionConfig,
+                                    names: ArchitectureDescription,
+                                    _ t: (String, [Int]) -> SafetensorsStreamWriter.Tensor) -> [SafetensorsStreamWriter.Tensor] {
+        let hidden = config.hiddenSize, heads = config.headCount
+        let attention = names.attentionPrefix(layer)
+        var list = [t("model.layers.\(layer).input_layernorm.weight", [hidden])]
+        if let rank = latent.queryRank {
+            list += [t("\(attention).q_a_proj.weight", [rank, hidden]), t("\(attention).q_a_layernorm.weight", [rank]),
+                     t("\(attention).q_b_proj.weight", [heads * latent.queryHeadDim, rank])]
+        } else {
+            list.append(t("\(attention).q_proj.weight", [heads * latent.queryHeadDim, hidden]))
+        }
+        list += [
+            t("\(attention).kv_a_proj_with_mqa.weight", [latent.cachedValuesPerToken, hidden]),
+            t("\(attention).kv_a_layernorm.weight", [latent.latentRank]),
+            t("\(attention).kv_b_proj.weight", [heads * (latent.noPositionDim + latent.valueDim), latent.latentRank]),
+            t("\(attention).o_proj.weight", [hidden, heads * latent.valueDim]),
+            t("model.layers.\(layer).post_attention_layernorm.weight", [hidden]),
+        ]
+        func mlp(_ prefix: String, _ width: Int) -> [SafetensorsStreamWriter.Tensor] {
+            [t("\(prefix).gate_proj.weight", [width, hidden]), t("\(prefix).up_proj.weight", [width, hidden]),
+             t("\(prefix).down_proj.weight", [hidden, width])]
+        }
+        guard config.isMoELayer(layer) else {
+            return list + mlp(names.feedForwardPrefix(layer), config.denseIntermediateSize)
+        }
+        list.append(t(names.routerName(layer), [config.expertCount, hidden]))
+        if let bias = names.correctionBiasName(layer) { list.append(t(bias, [config.expertCount])) } // ones: no preference
+        if let shared = names.sharedExpert(config, layer) { list += mlp(shared.prefix, shared.width) }
+        for expert in 0..<config.expertCount {
+            let n = names.expertTensorNames(layer, expert)
+            let width = config.expertIntermediateSize
+            list += [t(n.gate, [width, hidden]), t(n.up, [width, hidden]), t(n.down, [hidden, width])]
+        }
         return list
     }
 

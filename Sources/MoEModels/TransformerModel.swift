@@ -39,7 +39,7 @@ public final class TransformerModel: @unchecked Sendable {
     private struct DecoderLayer {
         let index: Int
         let inputNorm: [Float]
-        let attention: AttentionLayer
+        let attention: any SelfAttentionLayer
         let postAttentionNorm: [Float]
         let feedForward: FeedForward
     }
@@ -78,7 +78,9 @@ public final class TransformerModel: @unchecked Sendable {
             return DecoderLayer(
                 index: layer,
                 inputNorm: try weights.vector("\(prefix).input_layernorm.weight", count: hidden),
-                attention: try AttentionLayer(layer: layer, config: config, description: description, weights: weights),
+                attention: try config.latentAttention.map { latent -> any SelfAttentionLayer in
+                    try LatentAttentionLayer(layer: layer, config: config, dims: latent, weights: weights)
+                } ?? AttentionLayer(layer: layer, config: config, description: description, weights: weights),
                 postAttentionNorm: try weights.vector("\(prefix).post_attention_layernorm.weight", count: hidden),
                 feedForward: feedForward)
         }
@@ -93,6 +95,13 @@ public final class TransformerModel: @unchecked Sendable {
 
     /// The routing rule of this model's MoE layers (the predictor guesses with it).
     public var routerSpec: RouterSpec { description.router(config) }
+
+    /// The routing rule of MoE layer `layer` with its own data (the score-correction bias);
+    /// nil for a dense layer. The predictor guesses each layer with its own.
+    public func routerSpec(forLayer layer: Int) -> RouterSpec? {
+        if case .sparse(let block) = layers[layer].feedForward { return block.routing }
+        return nil
+    }
 
     /// Bytes of the forward workspace for steps of at most `maxRows` token rows from at most
     /// `maxSequences` sequences: every activation buffer of a step (hidden states, q/k/v,
@@ -139,13 +148,28 @@ public final class TransformerModel: @unchecked Sendable {
 
     /// Bytes one position of `config`'s KV cache takes at `precision`.
     public static func kvBytesPerToken(_ config: ModelConfig, precision: KVPrecision) -> Int {
-        config.layerCount * 2 * config.kvHeadCount * config.headDim * precision.byteCount
+        // Multi-head latent attention keeps one latent and one rotary key per token and layer.
+        if let latent = config.latentAttention { return config.layerCount * latent.cachedValuesPerToken * precision.byteCount }
+        return config.layerCount * 2 * config.kvHeadCount * config.headDim * precision.byteCount
+    }
+
+    /// Bytes of weights the model derives at load time beyond the checkpoint's dense tensors:
+    /// multi-head latent attention's float32 per-head copies of `kv_b_proj` (`LatentAttentionLayer`),
+    /// counted whole although the stored matrix itself is then released (a slight overcount).
+    public static func derivedWeightBytes(_ config: ModelConfig) -> Int {
+        guard let latent = config.latentAttention else { return 0 }
+        return config.layerCount * config.headCount * (latent.noPositionDim + latent.valueDim) * latent.latentRank
+            * MemoryLayout<Float>.stride
     }
 
     /// Creates an empty KV cache sized for this model.
     public func makeCache() -> KVCache {
-        KVCache(layerCount: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim,
-                maxPositions: config.maxPositionEmbeddings, precision: kvPrecision)
+        if let latent = config.latentAttention {
+            return KVCache(layerCount: config.layerCount, keyWidth: latent.latentRank, valueWidth: latent.ropeDim,
+                           maxPositions: config.maxPositionEmbeddings, precision: kvPrecision)
+        }
+        return KVCache(layerCount: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim,
+                       maxPositions: config.maxPositionEmbeddings, precision: kvPrecision)
     }
 
     /// Runs one step over the new tokens of every sequence, appends them to the caches, and

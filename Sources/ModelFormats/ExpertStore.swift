@@ -168,6 +168,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             let buffer = AlignedBuffer<Float>(count: rows * cols)
             CheckpointDirectory.widen(UnsafeRawBufferPointer(start: base, count: entry.length), dtype: .f16, into: buffer.pointer, count: rows * cols)
             return WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(buffer.pointer)), owner: buffer)
+        case .f8e4m3:
+            throw ModelFormatError.tensor(name, in: url.path, "float8 tensor in a store (pack dequantizes them)")
         }
     }
 

@@ -120,9 +120,15 @@ public struct ExpertStorePacker {
                 return names
             })
         }
-        let denseNames = checkpoint.tensorNames.filter { !isExpertTensor.contains($0) }
+        // Float8 block scales are folded into their weights, not stored.
+        // Layers past num_hidden_layers (DeepSeek-V3's multi-token prediction layer) are left out.
+        let denseNames = checkpoint.tensorNames.filter {
+            !isExpertTensor.contains($0) && !checkpoint.isFP8Scale($0) && !checkpoint.isBeyondLastLayer($0)
+        }
         var totalBytes = 0
-        for name in checkpoint.tensorNames { totalBytes += try checkpoint.entry(name).0.byteCount }
+        for name in checkpoint.tensorNames where !checkpoint.isFP8Scale(name) && !checkpoint.isBeyondLastLayer(name) {
+            totalBytes += try checkpoint.entry(name).0.byteCount
+        }
 
         var done = 0
         var lastReport = -Double.infinity
@@ -141,8 +147,23 @@ public struct ExpertStorePacker {
         for name in denseNames {
             let (entry, file) = try checkpoint.entry(name)
             try denseWriter.pad(to: 64)
-            let bytes = file.bytes(of: entry)
             let offset = denseWriter.offset
+            if entry.dtype == .f8e4m3 {
+                // Float8 dense weights are stored dequantized, as bf16 (one tensor in RAM at a time).
+                let count = entry.elementCount
+                let widened = AlignedBuffer<Float>(count: count)
+                try checkpoint.dequantize(name, into: widened.pointer)
+                let narrowed = AlignedBuffer<UInt16>(count: count)
+                for i in 0..<count { narrowed.pointer[i] = FloatConversion.bf16(from: widened.pointer[i]) }
+                let bytes = UnsafeRawBufferPointer(start: narrowed.pointer, count: count * 2)
+                try denseWriter.write(bytes)
+                denseEntries.append(DenseTensorEntry(name: name, dtype: .bf16, shape: entry.shape, offset: offset,
+                                                     length: count * 2, checksum: XXHash64.hex(XXHash64.hash(bytes))))
+                done += entry.byteCount
+                report()
+                continue
+            }
+            let bytes = file.bytes(of: entry)
             try denseWriter.write(bytes)
             denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype, shape: entry.shape, offset: offset,
                                                  length: entry.byteCount, checksum: XXHash64.hex(XXHash64.hash(bytes))))
@@ -183,7 +204,11 @@ public struct ExpertStorePacker {
                     } else {
                         let count = entry.elementCount
                         if scratch.count < count { scratch = AlignedBuffer<Float>(count: count) }
-                        CheckpointDirectory.widen(source, dtype: entry.dtype, into: scratch.pointer, count: count)
+                        if entry.dtype == .f8e4m3 {
+                            try checkpoint.dequantize(names[matrixIndex], into: scratch.pointer)
+                        } else {
+                            CheckpointDirectory.widen(source, dtype: entry.dtype, into: scratch.pointer, count: count)
+                        }
                         layout.encode(path, from: scratch.pointer, into: raw.pointer)
                     }
                     done += entry.byteCount

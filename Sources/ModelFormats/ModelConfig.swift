@@ -75,6 +75,20 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public var eosTokenIds: [Int]
     /// The checkpoint's stored dtype name ("bfloat16", "float32", ...), if given.
     public var dtypeName: String?
+    /// RoPE variant (default or YaRN) and the rotating fraction of each head.
+    public var rope: RopeParameters = RopeParameters()
+    /// Multi-head latent attention's dimensions (DeepSeek-V2/V3), nil for standard attention.
+    public var latentAttention: LatentAttentionConfig? = nil
+    /// The first `firstDenseLayers` layers have a dense MLP (`first_k_dense_replace`).
+    public var firstDenseLayers: Int = 0
+    /// From `firstDenseLayers` on, every `moeLayerFrequency`-th layer is MoE (`moe_layer_freq`).
+    public var moeLayerFrequency: Int = 1
+    /// Group-limited routing (`n_group`, `topk_group`), nil for a plain top-k.
+    public var routerGroups: RouterSpec.GroupLimit? = nil
+    /// Multiplies the routed experts' mixing weights (`routed_scaling_factor`).
+    public var routedScalingFactor: Float = 1
+    /// Per-head q/k RMSNorm switched on by config (GLM-4.5 `use_qk_norm`).
+    public var qkNormPerHead: Bool = false
 
     /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
     public func isMoELayer(_ index: Int) -> Bool { architecture.definition.isMoELayer(self, index) }
@@ -150,14 +164,10 @@ public struct ConfigReader: Sendable {
         }
         let headDim = optionalInt("head_dim") ?? hidden / heads
         let ropeParameters = json["rope_parameters"]?.objectValue
-        let ropeScaling = json["rope_scaling"]?.objectValue
-        for scaling in [ropeParameters, ropeScaling].compactMap({ $0 }) {
-            let kind = (scaling["rope_type"] ?? scaling["type"])?.stringValue ?? "default"
-            if kind != "default" {
-                throw ModelFormatError.file(file, "unsupported rope scaling '\(kind)' (only the default RoPE is implemented)")
-            }
-        }
-        guard let theta = ropeParameters?["rope_theta"]?.doubleValue ?? double("rope_theta") else {
+        let maxPositions = optionalInt("max_position_embeddings") ?? 4096
+        let rope = try self.ropeParameters(maxPositionEmbeddings: maxPositions)
+        guard let theta = ropeDictionary?["rope_theta"]?.doubleValue ?? ropeParameters?["rope_theta"]?.doubleValue
+                ?? double("rope_theta") else {
             throw ModelFormatError.file(file, "missing 'rope_theta' (top level or in 'rope_parameters')")
         }
 
@@ -176,7 +186,7 @@ public struct ConfigReader: Sendable {
             headDim: headDim,
             rmsNormEps: Float(double("rms_norm_eps") ?? 1e-6),
             ropeTheta: theta,
-            maxPositionEmbeddings: optionalInt("max_position_embeddings") ?? 4096,
+            maxPositionEmbeddings: maxPositions,
             tieWordEmbeddings: bool("tie_word_embeddings", default: false),
             // Filled by the architecture's `readConfig` below.
             expertCount: 0,
@@ -192,7 +202,8 @@ public struct ConfigReader: Sendable {
             slidingWindow: nil,
             bosTokenId: optionalInt("bos_token_id"),
             eosTokenIds: eos,
-            dtypeName: json["dtype"]?.stringValue ?? json["torch_dtype"]?.stringValue
+            dtypeName: json["dtype"]?.stringValue ?? json["torch_dtype"]?.stringValue,
+            rope: rope
         )
         try architecture.definition.readConfig(self, &config)
         let topK = config.expertsPerToken

@@ -120,7 +120,8 @@ public final class ModelRuntime {
         var plan: MemoryPlan?
         var cacheBytes = allExpertBytes
         if let budget = spec.memoryBudgetBytes {
-            plan = try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes,
+            plan = try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes,
+                                       denseBytes: denseBytes + TransformerModel.derivedWeightBytes(config),
                                        scratchBytes: scratchBytes(config, maxSequences: spec.maxSequences)
                                            + ExpertStore.pooledBuffers * expertBytes,
                                        kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * spec.maxSequences,
@@ -203,7 +204,11 @@ extension CheckpointDirectory {
                 expertTensors.formUnion([n.gate, n.up, n.down])
             }
         }
-        return tensorNames.filter { !expertTensors.contains($0) }
-            .reduce(0) { total, name in total + ((try? entry(name).0.byteCount) ?? 0) }
+        // Float8 weights are held dequantized as bf16; their block scales are folded in.
+        return tensorNames.filter { !expertTensors.contains($0) && !isFP8Scale($0) && !isBeyondLastLayer($0) }
+            .reduce(0) { total, name in
+                guard let found = try? entry(name).0 else { return total }
+                return total + (found.dtype == .f8e4m3 ? 2 * found.elementCount : found.byteCount)
+            }
     }
 }

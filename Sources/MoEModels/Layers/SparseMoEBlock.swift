@@ -20,7 +20,7 @@ struct SparseMoEBlock {
     let routing: RouterSpec
     let activation: Activation
     let sharedExpert: DenseMLP?
-    /// `[1, hidden]`: `sigmoid(gate · x)` scales the shared expert's output.
+    /// `[1, hidden]`: `sigmoid(gate · x)` scales the shared expert's output; nil for an ungated one.
     let sharedExpertGate: WeightMatrix?
     /// Whether one token's experts are spread over `expertWorkers` threads (large experts only).
     let parallelSingleRow: Bool
@@ -30,14 +30,18 @@ struct SparseMoEBlock {
         let hidden = config.hiddenSize
         router = try weights.matrix(description.routerName(layer), rows: config.expertCount, cols: hidden)
         expertCount = config.expertCount
-        routing = description.router(config)
+        var routing = description.router(config)
+        if let biasName = description.correctionBiasName(layer) {
+            routing.correctionBias = try weights.vector(biasName, count: config.expertCount)
+        }
+        self.routing = routing
         activation = description.activation
         parallelSingleRow = 3 * hidden * config.expertIntermediateSize >= Self.parallelSingleRowWeights
         // Qwen2-MoE checkpoints with shared_expert_intermediate_size 0 carry no shared expert.
         if let shared = description.sharedExpert(config, layer), weights.contains("\(shared.prefix).gate_proj.weight") {
             sharedExpert = try DenseMLP(prefix: shared.prefix, hidden: hidden, width: shared.width,
                                         activation: activation, source: weights)
-            sharedExpertGate = try weights.matrix(shared.sigmoidGateName, rows: 1, cols: hidden)
+            sharedExpertGate = try shared.isGated ? weights.matrix(shared.sigmoidGateName, rows: 1, cols: hidden) : nil
         } else {
             sharedExpert = nil
             sharedExpertGate = nil
@@ -134,13 +138,15 @@ struct SparseMoEBlock {
             }
         }
 
-        if let sharedExpert, let sharedExpertGate {
+        if let sharedExpert {
             let shared = workspace.sharedOutput // [T, hidden]
             let gate = workspace.sharedGate     // [T, 1]
             sharedExpert.forward(x, rowCount: rowCount, scratch: workspace.workers[0], output: shared.pointer)
-            sharedExpertGate.apply(x, rowCount: rowCount, into: gate.pointer)
+            sharedExpertGate?.apply(x, rowCount: rowCount, into: gate.pointer)
             for row in 0..<rowCount {
-                Ops.addScaled(output + row * hidden, shared.pointer + row * hidden, alpha: Ops.sigmoid(gate[row]), count: hidden)
+                // Ungated shared experts (DeepSeek, GLM-4.5) are added with weight 1.
+                let alpha = sharedExpertGate == nil ? 1 : Ops.sigmoid(gate[row])
+                Ops.addScaled(output + row * hidden, shared.pointer + row * hidden, alpha: alpha, count: hidden)
             }
         }
     }

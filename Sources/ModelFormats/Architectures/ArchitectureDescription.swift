@@ -43,10 +43,21 @@ public struct SharedExpertSpec: Sendable, Equatable {
     /// `[1, hidden]` weight whose `sigmoid(· x)` scales the shared expert's output (Qwen2-MoE).
     public var sigmoidGateName: String
 
+    /// Whether a sigmoid gate scales the output (Qwen2-MoE); DeepSeek's shared experts are plain sums.
+    public var isGated: Bool = true
+
     public init(prefix: String, width: Int, sigmoidGateName: String) {
         self.prefix = prefix
         self.width = width
         self.sigmoidGateName = sigmoidGateName
+    }
+
+    /// A shared expert added with weight 1 (DeepSeek, GLM-4.5: `n_shared_experts` of them fused into one MLP).
+    public init(ungatedPrefix prefix: String, width: Int) {
+        self.prefix = prefix
+        self.width = width
+        self.sigmoidGateName = ""
+        isGated = false
     }
 }
 
@@ -93,6 +104,9 @@ public struct ArchitectureDescription: Sendable {
     public var routerName: @Sendable (Int) -> String
     /// Tensor names of routed expert `e` in layer `l`.
     public var expertTensorNames: @Sendable (Int, Int) -> ExpertTensorNames
+    /// The score-correction bias of layer `l`'s router (`e_score_correction_bias`, `[experts]`),
+    /// nil when the architecture has none.
+    public var correctionBiasName: @Sendable (Int) -> String? = { _ in nil }
 
     /// Attention tensors of layer `l`: `model.layers.l.self_attn.<name>`.
     public func attentionPrefix(_ layer: Int) -> String { "model.layers.\(layer).self_attn" }
@@ -108,6 +122,10 @@ public enum ArchitectureRegistry {
         Qwen2Moe.description,
         Qwen3Moe.description,
         Olmoe.description,
+        DeepseekV2.description,
+        DeepseekV3.description,
+        Glm4Moe.description,
+        MiniMaxM2.description,
     ]
 }
 

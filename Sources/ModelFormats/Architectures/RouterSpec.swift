@@ -22,6 +22,32 @@ public struct RouterSpec: Sendable, Equatable {
     public enum Scoring: Sendable, Equatable {
         /// Softmax over all experts, in float32.
         case softmax
+        /// An independent sigmoid per expert (DeepSeek-V3, GLM-4.5, MiniMax-M2).
+        case sigmoid
+    }
+
+    /// Group-limited selection: the experts are split into `groupCount` equal groups, only the
+    /// `selectedGroups` best groups stay eligible, and the top-k is taken among their experts.
+    public struct GroupLimit: Sendable, Equatable, Codable {
+        /// How a group is scored from its experts' (bias-corrected) scores.
+        public enum GroupScore: Sendable, Equatable, Codable {
+            /// Its best expert (DeepSeek-V2 `group_limited_greedy`); ineligible experts score 0.
+            case max
+            /// The sum of its two best experts (DeepSeek-V3, GLM-4.5); ineligible experts score -inf.
+            case topTwoSum
+        }
+        /// `n_group`.
+        public var groupCount: Int
+        /// `topk_group`.
+        public var selectedGroups: Int
+        /// The group score.
+        public var groupScore: GroupScore
+
+        public init(groupCount: Int, selectedGroups: Int, groupScore: GroupScore) {
+            self.groupCount = groupCount
+            self.selectedGroups = selectedGroups
+            self.groupScore = groupScore
+        }
     }
 
     /// Score function.
@@ -31,34 +57,72 @@ public struct RouterSpec: Sendable, Equatable {
     /// Divide the chosen scores by their sum (`norm_topk_prob`).
     public var renormalize: Bool
 
-    public init(scoring: Scoring, topK: Int, renormalize: Bool) {
+    /// Per-expert bias added to the scores for choosing experts only, never to the mixing
+    /// weights (`e_score_correction_bias`, one per layer: the MoE block fills it in).
+    public var correctionBias: [Float]?
+    /// Group-limited selection, nil for a plain top-k.
+    public var groups: GroupLimit?
+    /// Multiplies the final mixing weights (`routed_scaling_factor`).
+    public var scalingFactor: Float
+
+    public init(scoring: Scoring, topK: Int, renormalize: Bool, correctionBias: [Float]? = nil, groups: GroupLimit? = nil,
+                scalingFactor: Float = 1) {
         self.scoring = scoring
         self.topK = topK
         self.renormalize = renormalize
+        self.correctionBias = correctionBias
+        self.groups = groups
+        self.scalingFactor = scalingFactor
     }
 
     /// Turns `count` logits into scores in place.
     public func scores(_ logits: UnsafeMutablePointer<Float>, count: Int) {
         switch scoring {
         case .softmax: Ops.softmax(logits, count: count)
+        case .sigmoid: for i in 0..<count { logits[i] = Ops.sigmoid(logits[i]) }
         }
     }
 
     /// The `k` experts this rule would choose from `scores`, best first (`k` may exceed
-    /// `topK`: the predictor asks for a few more).
+    /// `topK`: the predictor asks for a few more; experts outside the chosen groups come last).
     public func select(_ scores: UnsafePointer<Float>, count: Int, k: Int) -> [Int] {
-        Ops.topK(scores, count: count, k: k)
+        guard correctionBias != nil || groups != nil else { return Ops.topK(scores, count: count, k: k) }
+        return withUnsafeTemporaryAllocation(of: Float.self, capacity: count) { buffer in
+            let choice = buffer.baseAddress! // [experts]: scores + bias, then masked to the chosen groups
+            for e in 0..<count { choice[e] = scores[e] + (correctionBias?[e] ?? 0) }
+            if let groups, groups.groupCount > 1, count % groups.groupCount == 0 {
+                let size = count / groups.groupCount
+                var groupScores = [Float](repeating: 0, count: groups.groupCount)
+                for g in 0..<groups.groupCount {
+                    let members = choice + g * size
+                    switch groups.groupScore {
+                    case .max:
+                        groupScores[g] = (0..<size).map { members[$0] }.max() ?? 0
+                    case .topTwoSum:
+                        groupScores[g] = Ops.topK(members, count: size, k: min(2, size)).reduce(0) { $0 + members[$1] }
+                    }
+                }
+                let kept = Set(Ops.topK(groupScores, count: groups.groupCount, k: min(groups.selectedGroups, groups.groupCount)))
+                let masked: Float = groups.groupScore == .max ? 0 : -.infinity
+                for g in 0..<groups.groupCount where !kept.contains(g) {
+                    for e in (g * size)..<((g + 1) * size) { choice[e] = masked }
+                }
+            }
+            return Ops.topK(choice, count: count, k: k)
+        }
     }
 
     /// Routes one token: `logits[count]` (overwritten by the scores) → chosen experts and weights.
     public func route(_ logits: UnsafeMutablePointer<Float>, count: Int) -> TokenRouting {
         scores(logits, count: count)
         let chosen = select(logits, count: count, k: topK)
+        // Mixing weights come from the scores themselves, never from the bias-corrected ones.
         var weights = chosen.map { logits[$0] }
         if renormalize {
             let total = weights.reduce(0, +)
             weights = weights.map { $0 / total }
         }
+        if scalingFactor != 1 { weights = weights.map { $0 * scalingFactor } }
         return TokenRouting(experts: chosen, weights: weights)
     }
 }
