@@ -29,20 +29,28 @@ public final class KVCache: @unchecked Sendable {
     private var values: [AlignedBuffer<UInt8>]
     public private(set) var capacity: Int
 
-    /// An empty cache for `layerCount` layers.
+    /// The recurrent and conv state of the model's gated delta-net layers (Qwen3-Next), nil
+    /// for models without them; those layers keep no keys or values here.
+    public let linearState: LinearAttentionState?
+
+    /// An empty cache for `layerCount` layers; with `linearState`, its linear layers hold no KV rows.
     public init(layerCount: Int, kvHeads: Int, headDim: Int, maxPositions: Int, initialCapacity: Int = 64,
-                precision: KVPrecision = .f32) {
+                precision: KVPrecision = .f32, linearState: LinearAttentionState? = nil) {
         rowWidth = kvHeads * headDim
         self.maxPositions = maxPositions
         self.precision = precision
+        self.linearState = linearState
         capacity = min(initialCapacity, maxPositions)
         let bytes = capacity * kvHeads * headDim * precision.byteCount
-        keys = (0..<layerCount).map { _ in AlignedBuffer(count: bytes) }
-        values = (0..<layerCount).map { _ in AlignedBuffer(count: bytes) }
+        let linear = Set(linearState?.config.layers ?? [])
+        keys = (0..<layerCount).map { linear.contains($0) ? AlignedBuffer(count: 0) : AlignedBuffer(count: bytes) }
+        values = (0..<layerCount).map { linear.contains($0) ? AlignedBuffer(count: 0) : AlignedBuffer(count: bytes) }
     }
 
-    /// Bytes held by the buffers.
-    public var byteCount: Int { (keys.first?.byteCount ?? 0) * keys.count * 2 }
+    /// Bytes held by the buffers (and the linear layers' state, if any).
+    public var byteCount: Int {
+        keys.reduce(0) { $0 + $1.byteCount } + values.reduce(0) { $0 + $1.byteCount } + (linearState?.byteCount ?? 0)
+    }
 
     /// Makes room for `newLength` positions.
     public func reserve(_ newLength: Int) {
@@ -51,7 +59,7 @@ public final class KVCache: @unchecked Sendable {
         var newCapacity = max(capacity, 1)
         while newCapacity < newLength { newCapacity *= 2 }
         newCapacity = min(newCapacity, maxPositions)
-        for layer in keys.indices {
+        for layer in keys.indices where linearState?.config.layers.contains(layer) != true {
             keys[layer] = grown(keys[layer], to: newCapacity)
             values[layer] = grown(values[layer], to: newCapacity)
         }
@@ -108,6 +116,8 @@ public final class KVCache: @unchecked Sendable {
     /// Forgets everything after the first `newLength` positions.
     public func truncate(to newLength: Int) {
         precondition(newLength <= length)
+        // A recurrent state folds every position in and cannot be rewound.
+        precondition(linearState == nil || newLength == length, "a sequence with linear-attention state cannot be truncated")
         length = newLength
     }
 }

@@ -16,13 +16,20 @@ struct AttentionLayer {
     let eps: Float
     let rope: RotaryEmbedding
     let slidingWindow: Int?
+    /// Dimensions of each head that RoPE rotates (the first ones; all unless partial rotary).
+    let rotaryDim: Int
+    /// Gated attention: `q_proj` yields `[heads, 2·headDim]` (query, then gate per head) and the
+    /// output is scaled by `sigmoid(gate)`; its bias, if any, is `queryGateBias` over that width.
+    let outputGate: Bool
+    let queryGateBias: [Float]?
 
     init(layer: Int, config: ModelConfig, description: ArchitectureDescription, weights: WeightSource) throws {
         let prefix = description.attentionPrefix(layer)
         let hidden = config.hiddenSize
         let qWidth = config.headCount * config.headDim, kvWidth = config.kvHeadCount * config.headDim
         self.layer = layer
-        qProj = try weights.matrix("\(prefix).q_proj.weight", rows: qWidth, cols: hidden)
+        let gated = description.attention(config).outputGate
+        qProj = try weights.matrix("\(prefix).q_proj.weight", rows: gated ? 2 * qWidth : qWidth, cols: hidden)
         kProj = try weights.matrix("\(prefix).k_proj.weight", rows: kvWidth, cols: hidden)
         vProj = try weights.matrix("\(prefix).v_proj.weight", rows: kvWidth, cols: hidden)
         oProj = try weights.matrix("\(prefix).o_proj.weight", rows: hidden, cols: qWidth)
@@ -30,11 +37,13 @@ struct AttentionLayer {
         func optionalVector(_ name: String, _ count: Int) throws -> [Float]? {
             weights.contains(name) ? try weights.vector(name, count: count) : nil
         }
-        qBias = try optionalVector("\(prefix).q_proj.bias", qWidth)
+        qBias = try gated ? nil : optionalVector("\(prefix).q_proj.bias", qWidth)
+        queryGateBias = try gated ? optionalVector("\(prefix).q_proj.bias", 2 * qWidth) : nil
+        outputGate = gated
         kBias = try optionalVector("\(prefix).k_proj.bias", kvWidth)
         vBias = try optionalVector("\(prefix).v_proj.bias", kvWidth)
         let spec = description.attention(config)
-        if spec.requiresBias && qBias == nil {
+        if spec.requiresBias && qBias == nil && queryGateBias == nil {
             throw ModelFormatError("\(prefix).q_proj.bias: missing from the checkpoint although the config sets attention_bias")
         }
         normalization = spec.qkNormalization
@@ -42,8 +51,8 @@ struct AttentionLayer {
         case .none:
             qNorm = nil; kNorm = nil
         case .perHead:
-            qNorm = try weights.vector("\(prefix).q_norm.weight", count: config.headDim)
-            kNorm = try weights.vector("\(prefix).k_norm.weight", count: config.headDim)
+            qNorm = try weights.vector("\(prefix).q_norm.weight", count: config.headDim).map { $0 + description.normWeightOffset }
+            kNorm = try weights.vector("\(prefix).k_norm.weight", count: config.headDim).map { $0 + description.normWeightOffset }
         case .wholeProjection:
             qNorm = try weights.vector("\(prefix).q_norm.weight", count: qWidth)
             kNorm = try weights.vector("\(prefix).k_norm.weight", count: kvWidth)
@@ -53,7 +62,8 @@ struct AttentionLayer {
         kvHeadCount = config.kvHeadCount
         headDim = config.headDim
         eps = config.rmsNormEps
-        rope = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta)
+        rope = RotaryEmbedding(headDim: config.rotaryDim, theta: config.ropeTheta)
+        rotaryDim = config.rotaryDim
         slidingWindow = spec.slidingWindow
     }
 
@@ -66,7 +76,20 @@ struct AttentionLayer {
         let q = workspace.q   // [T, heads*headDim]
         let k = workspace.k   // [T, kvHeads*headDim]
         let v = workspace.v   // [T, kvHeads*headDim]
-        qProj.apply(x, rowCount: rowCount, into: q.pointer)
+        if outputGate {
+            // [T, heads, 2·headDim] → the query half of each head into q; the gate half is read below.
+            let gated = workspace.gatedQuery.pointer
+            qProj.apply(x, rowCount: rowCount, into: gated)
+            for row in 0..<rowCount {
+                let raw = gated + row * 2 * qWidth
+                if let queryGateBias { for i in 0..<(2 * qWidth) { raw[i] += queryGateBias[i] } }
+                for head in 0..<headCount {
+                    (q.pointer + row * qWidth + head * headDim).update(from: raw + head * 2 * headDim, count: headDim)
+                }
+            }
+        } else {
+            qProj.apply(x, rowCount: rowCount, into: q.pointer)
+        }
         kProj.apply(x, rowCount: rowCount, into: k.pointer)
         vProj.apply(x, rowCount: rowCount, into: v.pointer)
         for row in 0..<rowCount {
@@ -96,8 +119,8 @@ struct AttentionLayer {
             let cache = span.cache
             for i in 0..<span.rowCount {
                 let row = span.firstRow + i, position = span.startPosition + i
-                rope.apply(q.pointer + row * qWidth, headCount: headCount, position: position)
-                rope.apply(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
+                rotate(q.pointer + row * qWidth, headCount: headCount, position: position)
+                rotate(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
                 cache.store(layer: layer, position: position, key: k.pointer + row * kvWidth, value: v.pointer + row * kvWidth)
             }
             let scores = workspace.scores.pointer // [keys], one query's scores at a time
@@ -130,6 +153,26 @@ struct AttentionLayer {
                 }
             }
         }
+        if outputGate {
+            let gated = workspace.gatedQuery.pointer
+            for row in 0..<rowCount {
+                for head in 0..<headCount {
+                    let out = context.pointer + row * qWidth + head * headDim
+                    let gate = gated + row * 2 * qWidth + head * 2 * headDim + headDim
+                    for i in 0..<headDim { out[i] *= Ops.sigmoid(gate[i]) }
+                }
+            }
+        }
         oProj.apply(context.pointer, rowCount: rowCount, into: output)
+    }
+
+    /// RoPE on `headCount` heads of one token; with partial rotary, on each head's first
+    /// `rotaryDim` dimensions only (`rope` is built for that width), the rest passing through.
+    private func rotate(_ x: UnsafeMutablePointer<Float>, headCount: Int, position: Int) {
+        if rotaryDim == headDim {
+            rope.apply(x, headCount: headCount, position: position)
+        } else {
+            for head in 0..<headCount { rope.apply(x + head * headDim, headCount: 1, position: position) }
+        }
     }
 }

@@ -19,12 +19,17 @@ public struct AttentionSpec: Sendable, Equatable {
     public var clipQKV: Float?
     /// Keys visible to a query: the last `slidingWindow` positions; nil for all.
     public var slidingWindow: Int?
+    /// `q_proj` yields, per head, the query and then as many gate values; the attention output
+    /// is multiplied by `sigmoid(gate)` before `o_proj` (Qwen3-Next's gated attention).
+    public var outputGate: Bool = false
 
-    public init(qkNormalization: QKNormalization, requiresBias: Bool, clipQKV: Float? = nil, slidingWindow: Int? = nil) {
+    public init(qkNormalization: QKNormalization, requiresBias: Bool, clipQKV: Float? = nil, slidingWindow: Int? = nil,
+                outputGate: Bool = false) {
         self.qkNormalization = qkNormalization
         self.requiresBias = requiresBias
         self.clipQKV = clipQKV
         self.slidingWindow = slidingWindow
+        self.outputGate = outputGate
     }
 }
 
@@ -93,6 +98,9 @@ public struct ArchitectureDescription: Sendable {
     public var routerName: @Sendable (Int) -> String
     /// Tensor names of routed expert `e` in layer `l`.
     public var expertTensorNames: @Sendable (Int, Int) -> ExpertTensorNames
+    /// Added to every stored RMSNorm weight of the decoder (layer norms, final norm, q/k norms):
+    /// Qwen3-Next stores `w` and scales by `1 + w`; 0 for the others.
+    public var normWeightOffset: Float = 0
 
     /// Attention tensors of layer `l`: `model.layers.l.self_attn.<name>`.
     public func attentionPrefix(_ layer: Int) -> String { "model.layers.\(layer).self_attn" }
@@ -108,6 +116,7 @@ public enum ArchitectureRegistry {
         Qwen2Moe.description,
         Qwen3Moe.description,
         Olmoe.description,
+        Qwen3Next.description,
     ]
 }
 
