@@ -75,6 +75,8 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public var eosTokenIds: [Int]
     /// The checkpoint's stored dtype name ("bfloat16", "float32", ...), if given.
     public var dtypeName: String?
+    /// RoPE variant (default or YaRN) and the rotating fraction of each head.
+    public var rope: RopeParameters = RopeParameters()
     /// Gated delta-net layers and their shapes (Qwen3-Next), nil when every layer uses full attention.
     public var linearAttention: LinearAttentionConfig? = nil
     /// Fraction of each head's dimensions that RoPE rotates (`partial_rotary_factor`, Qwen3-Next
@@ -165,14 +167,10 @@ public struct ConfigReader: Sendable {
         }
         let headDim = optionalInt("head_dim") ?? hidden / heads
         let ropeParameters = json["rope_parameters"]?.objectValue
-        let ropeScaling = json["rope_scaling"]?.objectValue
-        for scaling in [ropeParameters, ropeScaling].compactMap({ $0 }) {
-            let kind = (scaling["rope_type"] ?? scaling["type"])?.stringValue ?? "default"
-            if kind != "default" {
-                throw ModelFormatError.file(file, "unsupported rope scaling '\(kind)' (only the default RoPE is implemented)")
-            }
-        }
-        guard let theta = ropeParameters?["rope_theta"]?.doubleValue ?? double("rope_theta") else {
+        let maxPositions = optionalInt("max_position_embeddings") ?? 4096
+        let rope = try self.ropeParameters(maxPositionEmbeddings: maxPositions)
+        guard let theta = ropeDictionary?["rope_theta"]?.doubleValue ?? ropeParameters?["rope_theta"]?.doubleValue
+                ?? double("rope_theta") else {
             throw ModelFormatError.file(file, "missing 'rope_theta' (top level or in 'rope_parameters')")
         }
 
@@ -191,7 +189,7 @@ public struct ConfigReader: Sendable {
             headDim: headDim,
             rmsNormEps: Float(double("rms_norm_eps") ?? 1e-6),
             ropeTheta: theta,
-            maxPositionEmbeddings: optionalInt("max_position_embeddings") ?? 4096,
+            maxPositionEmbeddings: maxPositions,
             tieWordEmbeddings: bool("tie_word_embeddings", default: false),
             // Filled by the architecture's `readConfig` below.
             expertCount: 0,
@@ -207,7 +205,8 @@ public struct ConfigReader: Sendable {
             slidingWindow: nil,
             bosTokenId: optionalInt("bos_token_id"),
             eosTokenIds: eos,
-            dtypeName: json["dtype"]?.stringValue ?? json["torch_dtype"]?.stringValue
+            dtypeName: json["dtype"]?.stringValue ?? json["torch_dtype"]?.stringValue,
+            rope: rope
         )
         try architecture.definition.readConfig(self, &config)
         let topK = config.expertsPerToken

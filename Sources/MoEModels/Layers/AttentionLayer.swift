@@ -62,7 +62,7 @@ struct AttentionLayer {
         kvHeadCount = config.kvHeadCount
         headDim = config.headDim
         eps = config.rmsNormEps
-        rope = RotaryEmbedding(headDim: config.rotaryDim, theta: config.ropeTheta)
+        rope = RotaryEmbedding(config: config)
         rotaryDim = config.rotaryDim
         slidingWindow = spec.slidingWindow
     }
