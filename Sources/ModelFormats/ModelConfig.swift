@@ -79,19 +79,12 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public var rope: RopeParameters = RopeParameters()
     /// Gated delta-net layers and their shapes (Qwen3-Next), nil when every layer uses full attention.
     public var linearAttention: LinearAttentionConfig? = nil
-    /// Fraction of each head's dimensions that RoPE rotates (`partial_rotary_factor`, Qwen3-Next
-    /// 0.25), nil for all of them.
-    public var partialRotaryFactor: Double? = nil
 
     /// Whether layer `index` mixes tokens with a gated delta-net (no KV cache) rather than attention.
     public func isLinearAttentionLayer(_ index: Int) -> Bool { linearAttention?.layers.contains(index) ?? false }
 
     /// Layers that keep keys and values (full attention): all but the linear-attention ones.
     public var kvLayerCount: Int { layerCount - (linearAttention?.layers.count ?? 0) }
-
-    /// Dimensions of each head that RoPE rotates: `headDim * partialRotaryFactor` (as transformers'
-    /// `int(head_dim * partial_rotary_factor)`), all of them by default.
-    public var rotaryDim: Int { partialRotaryFactor.map { Int(Double(headDim) * $0) } ?? headDim }
 
     /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
     public func isMoELayer(_ index: Int) -> Bool { architecture.definition.isMoELayer(self, index) }

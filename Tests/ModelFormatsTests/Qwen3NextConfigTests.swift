@@ -26,7 +26,7 @@ import Testing
         #expect(linear.layers.count == 36 && !linear.layers.contains(3) && linear.layers.contains(0) && !linear.layers.contains(47))
         #expect(config.kvLayerCount == 12)
         #expect(linear.keyWidth == 2048 && linear.valueWidth == 4096 && linear.convChannels == 8192)
-        #expect(config.headDim == 256 && config.rotaryDim == 64)
+        #expect(config.headDim == 256 && config.rope.partialRotaryFactor == 0.25 && RopeParameters.Kind.default == config.rope.kind)
         #expect(qwen.attention(config) == AttentionSpec(qkNormalization: .perHead, requiresBias: false, outputGate: true))
         #expect(qwen.router(config) == RouterSpec(scoring: .softmax, topK: 10, renormalize: true))
         #expect(qwen.sharedExpert(config, 0) == SharedExpertSpec(prefix: "model.layers.0.mlp.shared_expert", width: 512,
@@ -47,7 +47,7 @@ import Testing
         let linear = try #require(config.linearAttention)
         #expect(linear.layers == [1, 2])
         #expect(linear.keyHeadCount == 16 && linear.valueHeadCount == 32 && linear.keyHeadDim == 128 && linear.convKernel == 4)
-        #expect(config.headDim == 256 && config.rotaryDim == 128 && config.normTopKProb && config.sharedExpertIntermediateSize == 512)
+        #expect(config.headDim == 256 && config.rope.partialRotaryFactor == 0.5 && config.normTopKProb && config.sharedExpertIntermediateSize == 512)
     }
 
     @Test(arguments: [

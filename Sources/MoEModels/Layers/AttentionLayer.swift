@@ -16,8 +16,6 @@ struct AttentionLayer {
     let eps: Float
     let rope: RotaryEmbedding
     let slidingWindow: Int?
-    /// Dimensions of each head that RoPE rotates (the first ones; all unless partial rotary).
-    let rotaryDim: Int
     /// Gated attention: `q_proj` yields `[heads, 2·headDim]` (query, then gate per head) and the
     /// output is scaled by `sigmoid(gate)`; its bias, if any, is `queryGateBias` over that width.
     let outputGate: Bool
@@ -63,7 +61,6 @@ struct AttentionLayer {
         headDim = config.headDim
         eps = config.rmsNormEps
         rope = RotaryEmbedding(config: config)
-        rotaryDim = config.rotaryDim
         slidingWindow = spec.slidingWindow
     }
 
@@ -119,8 +116,8 @@ struct AttentionLayer {
             let cache = span.cache
             for i in 0..<span.rowCount {
                 let row = span.firstRow + i, position = span.startPosition + i
-                rotate(q.pointer + row * qWidth, headCount: headCount, position: position)
-                rotate(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
+                rope.apply(q.pointer + row * qWidth, headCount: headCount, position: position)
+                rope.apply(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
                 cache.store(layer: layer, position: position, key: k.pointer + row * kvWidth, value: v.pointer + row * kvWidth)
             }
             let scores = workspace.scores.pointer // [keys], one query's scores at a time
@@ -164,15 +161,5 @@ struct AttentionLayer {
             }
         }
         oProj.apply(context.pointer, rowCount: rowCount, into: output)
-    }
-
-    /// RoPE on `headCount` heads of one token; with partial rotary, on each head's first
-    /// `rotaryDim` dimensions only (`rope` is built for that width), the rest passing through.
-    private func rotate(_ x: UnsafeMutablePointer<Float>, headCount: Int, position: Int) {
-        if rotaryDim == headDim {
-            rope.apply(x, headCount: headCount, position: position)
-        } else {
-            for head in 0..<headCount { rope.apply(x + head * headDim, headCount: 1, position: position) }
-        }
     }
 }

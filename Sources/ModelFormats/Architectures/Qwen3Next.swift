@@ -21,12 +21,12 @@ enum Qwen3Next {
             config.attentionBias = reader.bool("attention_bias", default: false)
             config.headDim = reader.optionalInt("head_dim") ?? 256
             config.linearAttention = try readLinearAttention(reader, layerCount: config.layerCount)
-            let factor = reader.json["rope_parameters"]?.objectValue?["partial_rotary_factor"]?.doubleValue
-                ?? reader.double("partial_rotary_factor") ?? 0.25
-            guard factor > 0, factor <= 1 else { throw reader.error("partial_rotary_factor \(factor) must be in (0, 1]") }
-            config.partialRotaryFactor = factor
-            guard config.rotaryDim >= 2, config.rotaryDim % 2 == 0 else {
-                throw reader.error("head_dim \(config.headDim) × partial_rotary_factor \(factor) = \(config.rotaryDim) rotary dimensions; RoPE needs an even number")
+            // The shared reader has checked a given factor; Qwen3-Next's default is 0.25.
+            let factor = reader.partialRotaryFactor() ?? 0.25
+            config.rope.partialRotaryFactor = factor
+            let rotaryDim = Int(Double(config.headDim) * factor)
+            guard rotaryDim >= 2, rotaryDim % 2 == 0 else {
+                throw reader.error("head_dim \(config.headDim) × partial_rotary_factor \(factor) = \(rotaryDim) rotary dimensions; RoPE needs an even number")
             }
         },
         isMoELayer: qwenIsMoELayer,
