@@ -120,9 +120,10 @@ public struct ExpertStorePacker {
                 return names
             })
         }
-        let denseNames = checkpoint.tensorNames.filter { !isExpertTensor.contains($0) }
+        let unused = checkpoint.config.architecture.definition
+        let denseNames = checkpoint.tensorNames.filter { !isExpertTensor.contains($0) && !unused.isUnusedTensor($0) }
         var totalBytes = 0
-        for name in checkpoint.tensorNames { totalBytes += try checkpoint.entry(name).0.byteCount }
+        for name in checkpoint.tensorNames where !unused.isUnusedTensor(name) { totalBytes += try checkpoint.entry(name).0.byteCount }
 
         var done = 0
         var lastReport = -Double.infinity

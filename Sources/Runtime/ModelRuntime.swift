@@ -205,7 +205,7 @@ extension CheckpointDirectory {
                 expertTensors.formUnion([n.gate, n.up, n.down])
             }
         }
-        return tensorNames.filter { !expertTensors.contains($0) }
+        return tensorNames.filter { !expertTensors.contains($0) && !names.isUnusedTensor($0) }
             .reduce(0) { total, name in total + ((try? entry(name).0.byteCount) ?? 0) }
     }
 }

@@ -101,6 +101,12 @@ public struct ArchitectureDescription: Sendable {
     /// Added to every stored RMSNorm weight of the decoder (layer norms, final norm, q/k norms):
     /// Qwen3-Next stores `w` and scales by `1 + w`; 0 for the others.
     public var normWeightOffset: Float = 0
+    /// Tensors the model never reads, by name prefix (Qwen3-Next's multi-token-prediction head
+    /// `mtp.`, with experts of its own): left out of a packed store and of the dense bytes.
+    public var unusedTensorPrefixes: [String] = []
+
+    /// Whether tensor `name` is one this architecture never reads.
+    public func isUnusedTensor(_ name: String) -> Bool { unusedTensorPrefixes.contains { name.hasPrefix($0) } }
 
     /// Attention tensors of layer `l`: `model.layers.l.self_attn.<name>`.
     public func attentionPrefix(_ layer: Int) -> String { "model.layers.\(layer).self_attn" }

@@ -10,6 +10,8 @@
 /// softmax → top `num_experts_per_tok` → renormalised unless `norm_topk_prob` is false (default
 /// true), plus a shared expert of width `shared_expert_intermediate_size` scaled by
 /// `sigmoid(shared_expert_gate · x)` as Qwen2-MoE's. Defaults are transformers' `Qwen3NextConfig`.
+/// The published checkpoints' multi-token-prediction head (`mtp.*`, which transformers ignores
+/// too) is left out of packed stores.
 enum Qwen3Next {
     static let description = ArchitectureDescription(
         className: "Qwen3NextForCausalLM",
@@ -41,7 +43,8 @@ enum Qwen3Next {
         feedForwardPrefix: { "model.layers.\($0).mlp" },
         routerName: { "model.layers.\($0).mlp.gate.weight" },
         expertTensorNames: projectionStyleExpertNames,
-        normWeightOffset: 1
+        normWeightOffset: 1,
+        unusedTensorPrefixes: ["mtp."]
     )
 
     /// The linear-attention layers and shapes: `layer_types`, else every layer but each
