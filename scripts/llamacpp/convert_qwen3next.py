@@ -28,7 +28,8 @@ def main() -> None:
     import conversion.base as base  # noqa: E402  (llama.cpp's converter package)
     base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
     import convert_hf_to_gguf  # noqa: E402
-    sys.argv = ["convert_hf_to_gguf.py", args[0], "--outfile", args[1], "--outtype", "bf16"]
+    # The benchmark checkpoint has no multi-token-prediction head (mtp.*): --no-mtp.
+    sys.argv = ["convert_hf_to_gguf.py", args[0], "--outfile", args[1], "--outtype", "bf16", "--no-mtp"]
     convert_hf_to_gguf.main()
 
 
