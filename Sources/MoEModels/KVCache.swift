@@ -113,7 +113,11 @@ public final class KVCache: @unchecked Sendable {
         length += count
     }
 
-    /// Forgets everything after the first `newLength` positions.
+    /// Whether `truncate` may shorten this cache: not with a linear-attention state, which folds
+    /// every position in (a prompt cache reusing a prefix must start such a sequence afresh).
+    public var supportsTruncation: Bool { linearState == nil }
+
+    /// Forgets everything after the first `newLength` positions (see `supportsTruncation`).
     public func truncate(to newLength: Int) {
         precondition(newLength <= length)
         // A recurrent state folds every position in and cannot be rewound.

@@ -102,6 +102,7 @@ import TensorMath
         _ = try model.forward([SequenceInput(cache: cache, tokens: [1, 2, 3])])
         #expect(UnsafeBufferPointer(start: state.recurrentState(layer: layer), count: recurrentCount).contains { $0 != 0 })
         #expect(UnsafeBufferPointer(start: state.convState(layer: layer), count: linear.convStateCount).contains { $0 != 0 })
+        #expect(!cache.supportsTruncation && model.makeCache().linearState !== state)
         // Growing the cache grows only the full-attention layers' rows.
         cache.reserve(200)
         #expect(cache.byteCount == cache.capacity * model.kvBytesPerToken + perSequence)
@@ -111,7 +112,7 @@ import TensorMath
     @Test func otherArchitecturesKeepPlainCaches() throws {
         let other = try #require(ReferenceFixture.committed.first { !$0.directory.lastPathComponent.hasPrefix("qwen3next") })
         let model = try ModelLoader.loadCheckpoint(at: other.directory)
-        #expect(model.makeCache().linearState == nil && model.sequenceStateBytes == 0)
+        #expect(model.makeCache().linearState == nil && model.makeCache().supportsTruncation && model.sequenceStateBytes == 0)
         #expect(model.kvBytesPerToken == model.config.layerCount * 2 * model.config.kvHeadCount * model.config.headDim * 4)
     }
 }
