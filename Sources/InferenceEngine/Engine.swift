@@ -74,7 +74,8 @@ public final class Engine: GenerationService, @unchecked Sendable {
             maxRunningSequences: maxRunningSequences, tokenBudgetPerStep: tokenBudgetPerStep,
             kvCacheBudgetBytes: kvCacheBudgetBytes,
             kvBytesPerToken: model.kvBytesPerToken,
-            maxWaitingRequests: maxWaitingRequests, contextLength: config.maxPositionEmbeddings)
+            maxWaitingRequests: maxWaitingRequests, contextLength: config.maxPositionEmbeddings,
+            sequenceStateBytes: model.sequenceStateBytes)
     }
 
     /// Starts the engine thread.

@@ -12,6 +12,7 @@ public struct MemoryPlan: Sendable, Equatable, Codable {
     public var runtimeBytes: Int
     public var denseBytes: Int
     public var scratchBytes: Int
+    /// KV cache, with a hybrid model's fixed per-sequence recurrent state.
     public var kvCacheBytes: Int
     public var expertCacheBytes: Int
 
@@ -24,11 +25,13 @@ public struct MemoryPlan: Sendable, Equatable, Codable {
     /// `ProcessMemory.runtimeReservation`) comes off the top. The KV cache gets enough for `kvTokens` positions, but never more than
     /// `kvShare` of what is left after dense weights and scratch; the expert cache must hold
     /// at least `minimumExpertBytes` (two layers' worth of experts) or planning fails with the
-    /// numbers.
+    /// numbers. `sequenceStateBytes` (a hybrid model's fixed recurrent state of every sequence
+    /// together) is wanted by the KV share beside the positions.
     public static func plan(budget: Int, runtimeBytes: Int = 0, denseBytes: Int, scratchBytes: Int, kvBytesPerToken: Int,
-                            kvTokens: Int, minimumExpertBytes: Int, kvShare: Double = 0.25) throws -> MemoryPlan {
+                            kvTokens: Int, minimumExpertBytes: Int, kvShare: Double = 0.25,
+                            sequenceStateBytes: Int = 0) throws -> MemoryPlan {
         let afterFixed = budget - runtimeBytes - denseBytes - scratchBytes
-        let kvWanted = kvBytesPerToken * kvTokens
+        let kvWanted = kvBytesPerToken * kvTokens + sequenceStateBytes
         let kv = max(0, min(kvWanted, Int(Double(max(afterFixed, 0)) * kvShare)))
         let experts = afterFixed - kv
         guard experts >= minimumExpertBytes else {

@@ -12,9 +12,13 @@ public struct SchedulerLimits: Sendable, Equatable {
     public var maxWaitingRequests: Int
     /// The model's context length.
     public var contextLength: Int
+    /// Fixed bytes each sequence holds whatever its length (a hybrid model's recurrent and conv
+    /// state), reserved from the KV budget at admission with its positions.
+    public var sequenceStateBytes: Int = 0
 
     public init(maxRunningSequences: Int, tokenBudgetPerStep: Int, kvCacheBudgetBytes: Int, kvBytesPerToken: Int,
-                maxWaitingRequests: Int, contextLength: Int) {
+                maxWaitingRequests: Int, contextLength: Int, sequenceStateBytes: Int = 0) {
+        self.sequenceStateBytes = sequenceStateBytes
         self.maxRunningSequences = maxRunningSequences
         self.tokenBudgetPerStep = tokenBudgetPerStep
         self.kvCacheBudgetBytes = kvCacheBudgetBytes
@@ -83,7 +87,7 @@ public struct Scheduler: Sendable {
 
     /// KV bytes a request reserves.
     public func reservation(promptTokens: Int, maxTokens: Int) -> Int {
-        min(promptTokens + maxTokens, limits.contextLength) * limits.kvBytesPerToken
+        min(promptTokens + maxTokens, limits.contextLength) * limits.kvBytesPerToken + limits.sequenceStateBytes
     }
 
     /// Queues a request, or refuses it with the reason.

@@ -32,6 +32,11 @@ final class ForwardWorkspace {
         /// Shared expert: its output `[rows, hidden]` and gate `[rows]`; 0 without one.
         let sharedOutput: Int
         let sharedGate: Int
+        /// Gated delta-net layers (Qwen3-Next): projections, conv input and output, decays,
+        /// outputs `[rows, ...]` and one chunk's system (`GatedDeltaNet.ScratchLayout`); 0 without.
+        var linearScratch = 0
+        /// Gated attention: `q_proj`'s query-and-gate rows `[rows, 2·heads·headDim]`; 0 without a gate.
+        var gatedQuery = 0
 
         init(config: ModelConfig, maxRows: Int, maxSequences: Int) {
             let rows = max(1, maxRows), sequences = max(1, min(maxSequences, rows))
@@ -70,13 +75,15 @@ final class ForwardWorkspace {
             // and run it, so the output is sized whenever the architecture has one.
             sharedOutput = sharedExperts.isEmpty ? 0 : rows * hidden
             sharedGate = sharedExperts.isEmpty ? 0 : rows
+            linearScratch = config.linearAttention.map { GatedDeltaNet.ScratchLayout($0, rows: rows).count } ?? 0
+            gatedQuery = definition.attention(config).outputGate ? 2 * query : 0
         }
 
         /// Total bytes.
         var bytes: Int {
             let perWorker = 2 * workerRows + 2 * workerActivations
             let floats = 3 * hiddenRows + logitInputs + logits + 2 * query + 2 * keyValue + scores
-                + routerLogits + contributions + workers * perWorker + sharedOutput + sharedGate
+                + routerLogits + contributions + workers * perWorker + sharedOutput + sharedGate + linearScratch + gatedQuery
             return floats * MemoryLayout<Float>.stride
         }
 
@@ -112,6 +119,8 @@ final class ForwardWorkspace {
     let workers: [Worker]
     let sharedOutput: AlignedBuffer<Float>  // [T, hidden]
     let sharedGate: AlignedBuffer<Float>    // [T]
+    let linearScratch: AlignedBuffer<Float> // GatedDeltaNet.ScratchLayout
+    let gatedQuery: AlignedBuffer<Float>    // [T, 2*heads*headDim]
 
     init(_ sizes: Sizes) {
         self.sizes = sizes
@@ -135,12 +144,14 @@ final class ForwardWorkspace {
         }
         sharedOutput = buffer(sizes.sharedOutput)
         sharedGate = buffer(sizes.sharedGate)
+        linearScratch = buffer(sizes.linearScratch)
+        gatedQuery = buffer(sizes.gatedQuery)
     }
 
     /// Bytes held: the element bytes of every buffer (mappings round up to whole pages).
     var byteCount: Int {
         [residual, normalized, blockOutput, logitInputs, logits, q, k, v, context, scores, routerLogits, contributions,
-         sharedOutput, sharedGate].reduce(0) { $0 + $1.byteCount }
+         sharedOutput, sharedGate, linearScratch, gatedQuery].reduce(0) { $0 + $1.byteCount }
             + workers.reduce(0) { $0 + $1.gathered.byteCount + $1.produced.byteCount + $1.gate.byteCount + $1.up.byteCount }
     }
 }

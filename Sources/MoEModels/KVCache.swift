@@ -32,29 +32,37 @@ public final class KVCache: @unchecked Sendable {
     private var values: [AlignedBuffer<UInt8>]
     public private(set) var capacity: Int
 
-    /// An empty cache for `layerCount` layers.
+    /// The recurrent and conv state of the model's gated delta-net layers (Qwen3-Next), nil
+    /// for models without them; those layers keep no keys or values here.
+    public let linearState: LinearAttentionState?
+
+    /// An empty cache for `layerCount` layers; with `linearState`, its linear layers hold no KV rows.
     public convenience init(layerCount: Int, kvHeads: Int, headDim: Int, maxPositions: Int, initialCapacity: Int = 64,
-                            precision: KVPrecision = .f32) {
+                            precision: KVPrecision = .f32, linearState: LinearAttentionState? = nil) {
         self.init(layerCount: layerCount, keyWidth: kvHeads * headDim, valueWidth: kvHeads * headDim,
-                  maxPositions: maxPositions, initialCapacity: initialCapacity, precision: precision)
+                  maxPositions: maxPositions, initialCapacity: initialCapacity, precision: precision, linearState: linearState)
     }
 
     /// An empty cache whose key and value rows differ in width (multi-head latent attention:
     /// the latent `[kv_lora_rank]` as the key row, the rotary key `[qk_rope_head_dim]` as the value row).
     public init(layerCount: Int, keyWidth: Int, valueWidth: Int, maxPositions: Int, initialCapacity: Int = 64,
-                precision: KVPrecision = .f32) {
+                precision: KVPrecision = .f32, linearState: LinearAttentionState? = nil) {
         rowWidth = keyWidth
         valueRowWidth = valueWidth
         self.maxPositions = maxPositions
         self.precision = precision
+        self.linearState = linearState
         let rows = min(initialCapacity, maxPositions)
         capacity = rows
-        keys = (0..<layerCount).map { _ in AlignedBuffer(count: rows * keyWidth * precision.byteCount) }
-        values = (0..<layerCount).map { _ in AlignedBuffer(count: rows * valueWidth * precision.byteCount) }
+        let linear = Set(linearState?.config.layers ?? [])
+        keys = (0..<layerCount).map { linear.contains($0) ? AlignedBuffer(count: 0) : AlignedBuffer(count: rows * keyWidth * precision.byteCount) }
+        values = (0..<layerCount).map { linear.contains($0) ? AlignedBuffer(count: 0) : AlignedBuffer(count: rows * valueWidth * precision.byteCount) }
     }
 
-    /// Bytes held by the buffers.
-    public var byteCount: Int { ((keys.first?.byteCount ?? 0) + (values.first?.byteCount ?? 0)) * keys.count }
+    /// Bytes held by the buffers (and the linear layers' state, if any).
+    public var byteCount: Int {
+        keys.reduce(0) { $0 + $1.byteCount } + values.reduce(0) { $0 + $1.byteCount } + (linearState?.byteCount ?? 0)
+    }
 
     /// Makes room for `newLength` positions.
     public func reserve(_ newLength: Int) {
@@ -63,7 +71,7 @@ public final class KVCache: @unchecked Sendable {
         var newCapacity = max(capacity, 1)
         while newCapacity < newLength { newCapacity *= 2 }
         newCapacity = min(newCapacity, maxPositions)
-        for layer in keys.indices {
+        for layer in keys.indices where linearState?.config.layers.contains(layer) != true {
             keys[layer] = grown(keys[layer], to: newCapacity, width: rowWidth)
             values[layer] = grown(values[layer], to: newCapacity, width: valueRowWidth)
         }
@@ -117,9 +125,15 @@ public final class KVCache: @unchecked Sendable {
         length += count
     }
 
-    /// Forgets everything after the first `newLength` positions.
+    /// Whether `truncate` may shorten this cache: not with a linear-attention state, which folds
+    /// every position in (a prompt cache reusing a prefix must start such a sequence afresh).
+    public var supportsTruncation: Bool { linearState == nil }
+
+    /// Forgets everything after the first `newLength` positions (see `supportsTruncation`).
     public func truncate(to newLength: Int) {
         precondition(newLength <= length)
+        // A recurrent state folds every position in and cannot be rewound.
+        precondition(linearState == nil || newLength == length, "a sequence with linear-attention state cannot be truncated")
         length = newLength
     }
 }

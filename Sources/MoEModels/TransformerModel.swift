@@ -39,7 +39,9 @@ public final class TransformerModel: @unchecked Sendable {
     private struct DecoderLayer {
         let index: Int
         let inputNorm: [Float]
-        let attention: any SelfAttentionLayer
+        /// The token mixer: softmax or latent attention over the KV cache, or (hybrid models) a gated delta-net.
+        let attention: (any SelfAttentionLayer)?
+        let linearAttention: GatedDeltaNet?
         let postAttentionNorm: [Float]
         let feedForward: FeedForward
     }
@@ -64,7 +66,8 @@ public final class TransformerModel: @unchecked Sendable {
         } else {
             throw ModelFormatError("lm_head.weight: missing from the checkpoint and tie_word_embeddings is false")
         }
-        finalNorm = try weights.vector("model.norm.weight", count: hidden)
+        let normOffset = description.normWeightOffset
+        finalNorm = try weights.vector("model.norm.weight", count: hidden).map { $0 + normOffset }
         layers = try (0..<config.layerCount).map { layer in
             let prefix = "model.layers.\(layer)"
             let feedForward: FeedForward
@@ -75,13 +78,15 @@ public final class TransformerModel: @unchecked Sendable {
                                                   width: config.denseIntermediateSize, activation: description.activation,
                                                   source: weights))
             }
+            let linear = config.isLinearAttentionLayer(layer)
             return DecoderLayer(
                 index: layer,
-                inputNorm: try weights.vector("\(prefix).input_layernorm.weight", count: hidden),
-                attention: try config.latentAttention.map { latent -> any SelfAttentionLayer in
+                inputNorm: try weights.vector("\(prefix).input_layernorm.weight", count: hidden).map { $0 + normOffset },
+                attention: try linear ? nil : config.latentAttention.map { latent -> any SelfAttentionLayer in
                     try LatentAttentionLayer(layer: layer, config: config, dims: latent, weights: weights)
                 } ?? AttentionLayer(layer: layer, config: config, description: description, weights: weights),
-                postAttentionNorm: try weights.vector("\(prefix).post_attention_layernorm.weight", count: hidden),
+                linearAttention: try linear ? GatedDeltaNet(layer: layer, config: config, description: description, weights: weights) : nil,
+                postAttentionNorm: try weights.vector("\(prefix).post_attention_layernorm.weight", count: hidden).map { $0 + normOffset },
                 feedForward: feedForward)
         }
     }
@@ -146,11 +151,12 @@ public final class TransformerModel: @unchecked Sendable {
     /// Bytes one position takes in a KV cache of this model (all layers, keys and values).
     public var kvBytesPerToken: Int { Self.kvBytesPerToken(config, precision: kvPrecision) }
 
-    /// Bytes one position of `config`'s KV cache takes at `precision`.
+    /// Bytes one position of `config`'s KV cache takes at `precision` (full-attention layers only:
+    /// linear-attention layers keep a fixed-size state instead, `sequenceStateBytes`).
     public static func kvBytesPerToken(_ config: ModelConfig, precision: KVPrecision) -> Int {
         // Multi-head latent attention keeps one latent and one rotary key per token and layer.
         if let latent = config.latentAttention { return config.layerCount * latent.cachedValuesPerToken * precision.byteCount }
-        return config.layerCount * 2 * config.kvHeadCount * config.headDim * precision.byteCount
+        return config.kvLayerCount * 2 * config.kvHeadCount * config.headDim * precision.byteCount
     }
 
     /// Bytes of weights the model derives at load time beyond the checkpoint's dense tensors:
@@ -162,14 +168,25 @@ public final class TransformerModel: @unchecked Sendable {
             * MemoryLayout<Float>.stride
     }
 
-    /// Creates an empty KV cache sized for this model.
+    /// Bytes of the fixed-size state each sequence holds whatever its length: the recurrent and
+    /// conv state of `config`'s gated delta-net layers (0 for models without them).
+    public static func sequenceStateBytes(_ config: ModelConfig) -> Int {
+        config.linearAttention?.stateBytesPerSequence ?? 0
+    }
+
+    /// Bytes of one sequence's fixed-size state in this model (see the static member).
+    public var sequenceStateBytes: Int { Self.sequenceStateBytes(config) }
+
+    /// Creates an empty KV cache sized for this model, with the linear-attention state of a
+    /// hybrid model beside its keys and values.
     public func makeCache() -> KVCache {
         if let latent = config.latentAttention {
             return KVCache(layerCount: config.layerCount, keyWidth: latent.latentRank, valueWidth: latent.ropeDim,
                            maxPositions: config.maxPositionEmbeddings, precision: kvPrecision)
         }
         return KVCache(layerCount: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim,
-                       maxPositions: config.maxPositionEmbeddings, precision: kvPrecision)
+                       maxPositions: config.maxPositionEmbeddings, precision: kvPrecision,
+                       linearState: config.linearAttention.map { LinearAttentionState(config: $0, layerCount: config.layerCount) })
     }
 
     /// Runs one step over the new tokens of every sequence, appends them to the caches, and
@@ -211,8 +228,12 @@ public final class TransformerModel: @unchecked Sendable {
             normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)
             Ops.rmsNorm(normalized.pointer, rowCount: rowCount, dim: hidden, weight: layer.inputNorm, eps: config.rmsNormEps)
             routingObserver?.willRunAttention(layer: layer.index, input: normalized.pointer, rowCount: rowCount)
-            layer.attention.forward(normalized.pointer, rowCount: rowCount, spans: spans, workspace: workspace,
-                                    output: blockOutput.pointer)
+            if let linear = layer.linearAttention {
+                linear.forward(normalized.pointer, rowCount: rowCount, spans: spans, workspace: workspace, output: blockOutput.pointer)
+            } else {
+                layer.attention!.forward(normalized.pointer, rowCount: rowCount, spans: spans, workspace: workspace,
+                                         output: blockOutput.pointer)
+            }
             Ops.addScaled(residual.pointer, blockOutput.pointer, alpha: 1, count: rowCount * hidden)
 
             normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)

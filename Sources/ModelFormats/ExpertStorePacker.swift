@@ -120,13 +120,16 @@ public struct ExpertStorePacker {
                 return names
             })
         }
-        // Float8 block scales are folded into their weights, not stored.
-        // Layers past num_hidden_layers (DeepSeek-V3's multi-token prediction layer) are left out.
-        let denseNames = checkpoint.tensorNames.filter {
-            !isExpertTensor.contains($0) && !checkpoint.isFP8Scale($0) && !checkpoint.isBeyondLastLayer($0)
+        // Float8 block scales are folded into their weights, not stored. Layers past num_hidden_layers
+        // (DeepSeek-V3's multi-token prediction layer) and tensors the architecture never reads
+        // (Qwen3-Next's `mtp.` head) are left out.
+        let unused = checkpoint.config.architecture.definition
+        func isPacked(_ name: String) -> Bool {
+            !checkpoint.isFP8Scale(name) && !checkpoint.isBeyondLastLayer(name) && !unused.isUnusedTensor(name)
         }
+        let denseNames = checkpoint.tensorNames.filter { !isExpertTensor.contains($0) && isPacked($0) }
         var totalBytes = 0
-        for name in checkpoint.tensorNames where !checkpoint.isFP8Scale(name) && !checkpoint.isBeyondLastLayer(name) {
+        for name in checkpoint.tensorNames where isPacked(name) {
             totalBytes += try checkpoint.entry(name).0.byteCount
         }
 

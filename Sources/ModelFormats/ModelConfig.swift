@@ -89,6 +89,14 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public var routedScalingFactor: Float = 1
     /// Per-head q/k RMSNorm switched on by config (GLM-4.5 `use_qk_norm`).
     public var qkNormPerHead: Bool = false
+    /// Gated delta-net layers and their shapes (Qwen3-Next), nil when every layer uses full attention.
+    public var linearAttention: LinearAttentionConfig? = nil
+
+    /// Whether layer `index` mixes tokens with a gated delta-net (no KV cache) rather than attention.
+    public func isLinearAttentionLayer(_ index: Int) -> Bool { linearAttention?.layers.contains(index) ?? false }
+
+    /// Layers that keep keys and values (full attention): all but the linear-attention ones.
+    public var kvLayerCount: Int { layerCount - (linearAttention?.layers.count ?? 0) }
 
     /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
     public func isMoELayer(_ index: Int) -> Bool { architecture.definition.isMoELayer(self, index) }

@@ -52,7 +52,8 @@ public final class ModelRuntime {
     /// plan's share (or every sequence's full context without a plan); not started.
     public func makeEngine(maxWaitingRequests: Int = 64, decode: @escaping @Sendable ([Int]) -> String) -> Engine {
         let maxSequences = specification?.maxSequences ?? 1
-        let kvBudget = plan?.kvCacheBytes ?? model.config.maxPositionEmbeddings * maxSequences * model.kvBytesPerToken
+        let kvBudget = plan?.kvCacheBytes
+            ?? maxSequences * (model.config.maxPositionEmbeddings * model.kvBytesPerToken + model.sequenceStateBytes)
         let limits = Engine.defaultLimits(for: model, kvCacheBudgetBytes: kvBudget, maxRunningSequences: maxSequences,
                                           maxWaitingRequests: maxWaitingRequests)
         return Engine(model: model, limits: limits, decode: decode)
@@ -129,7 +130,8 @@ public final class ModelRuntime {
                                        // floor of top-k slots in every MoE layer (which is more
                                        // for few-expert models such as Mixtral).
                                        minimumExpertBytes: max(2 * config.expertCount, config.expertsPerToken * layers.count) * expertBytes,
-                                       kvShare: spec.kvShare)
+                                       kvShare: spec.kvShare,
+                                       sequenceStateBytes: TransformerModel.sequenceStateBytes(config) * spec.maxSequences)
             cacheBytes = plan!.expertCacheBytes
         }
         if let expertCacheBytes = spec.expertCacheBytes { cacheBytes = expertCacheBytes }
@@ -205,7 +207,7 @@ extension CheckpointDirectory {
             }
         }
         // Float8 weights are held dequantized as bf16; their block scales are folded in.
-        return tensorNames.filter { !expertTensors.contains($0) && !isFP8Scale($0) && !isBeyondLastLayer($0) }
+        return tensorNames.filter { !expertTensors.contains($0) && !isFP8Scale($0) && !isBeyondLastLayer($0) && !names.isUnusedTensor($0) }
             .reduce(0) { total, name in
                 guard let found = try? entry(name).0 else { return total }
                 return total + (found.dtype == .f8e4m3 ? 2 * found.elementCount : found.byteCount)

@@ -16,13 +16,18 @@ struct AttentionLayer {
     let eps: Float
     let rope: RotaryEmbedding
     let slidingWindow: Int?
+    /// Gated attention: `q_proj` yields `[heads, 2·headDim]` (query, then gate per head) and the
+    /// output is scaled by `sigmoid(gate)`; its bias, if any, is `queryGateBias` over that width.
+    let outputGate: Bool
+    let queryGateBias: [Float]?
 
     init(layer: Int, config: ModelConfig, description: ArchitectureDescription, weights: WeightSource) throws {
         let prefix = description.attentionPrefix(layer)
         let hidden = config.hiddenSize
         let qWidth = config.headCount * config.headDim, kvWidth = config.kvHeadCount * config.headDim
         self.layer = layer
-        qProj = try weights.matrix("\(prefix).q_proj.weight", rows: qWidth, cols: hidden)
+        let gated = description.attention(config).outputGate
+        qProj = try weights.matrix("\(prefix).q_proj.weight", rows: gated ? 2 * qWidth : qWidth, cols: hidden)
         kProj = try weights.matrix("\(prefix).k_proj.weight", rows: kvWidth, cols: hidden)
         vProj = try weights.matrix("\(prefix).v_proj.weight", rows: kvWidth, cols: hidden)
         oProj = try weights.matrix("\(prefix).o_proj.weight", rows: hidden, cols: qWidth)
@@ -30,11 +35,13 @@ struct AttentionLayer {
         func optionalVector(_ name: String, _ count: Int) throws -> [Float]? {
             weights.contains(name) ? try weights.vector(name, count: count) : nil
         }
-        qBias = try optionalVector("\(prefix).q_proj.bias", qWidth)
+        qBias = try gated ? nil : optionalVector("\(prefix).q_proj.bias", qWidth)
+        queryGateBias = try gated ? optionalVector("\(prefix).q_proj.bias", 2 * qWidth) : nil
+        outputGate = gated
         kBias = try optionalVector("\(prefix).k_proj.bias", kvWidth)
         vBias = try optionalVector("\(prefix).v_proj.bias", kvWidth)
         let spec = description.attention(config)
-        if spec.requiresBias && qBias == nil {
+        if spec.requiresBias && qBias == nil && queryGateBias == nil {
             throw ModelFormatError("\(prefix).q_proj.bias: missing from the checkpoint although the config sets attention_bias")
         }
         normalization = spec.qkNormalization
@@ -42,8 +49,8 @@ struct AttentionLayer {
         case .none:
             qNorm = nil; kNorm = nil
         case .perHead:
-            qNorm = try weights.vector("\(prefix).q_norm.weight", count: config.headDim)
-            kNorm = try weights.vector("\(prefix).k_norm.weight", count: config.headDim)
+            qNorm = try weights.vector("\(prefix).q_norm.weight", count: config.headDim).map { $0 + description.normWeightOffset }
+            kNorm = try weights.vector("\(prefix).k_norm.weight", count: config.headDim).map { $0 + description.normWeightOffset }
         case .wholeProjection:
             qNorm = try weights.vector("\(prefix).q_norm.weight", count: qWidth)
             kNorm = try weights.vector("\(prefix).k_norm.weight", count: kvWidth)
@@ -66,7 +73,20 @@ struct AttentionLayer {
         let q = workspace.q   // [T, heads*headDim]
         let k = workspace.k   // [T, kvHeads*headDim]
         let v = workspace.v   // [T, kvHeads*headDim]
-        qProj.apply(x, rowCount: rowCount, into: q.pointer)
+        if outputGate {
+            // [T, heads, 2·headDim] → the query half of each head into q; the gate half is read below.
+            let gated = workspace.gatedQuery.pointer
+            qProj.apply(x, rowCount: rowCount, into: gated)
+            for row in 0..<rowCount {
+                let raw = gated + row * 2 * qWidth
+                if let queryGateBias { for i in 0..<(2 * qWidth) { raw[i] += queryGateBias[i] } }
+                for head in 0..<headCount {
+                    (q.pointer + row * qWidth + head * headDim).update(from: raw + head * 2 * headDim, count: headDim)
+                }
+            }
+        } else {
+            qProj.apply(x, rowCount: rowCount, into: q.pointer)
+        }
         kProj.apply(x, rowCount: rowCount, into: k.pointer)
         vProj.apply(x, rowCount: rowCount, into: v.pointer)
         for row in 0..<rowCount {
@@ -127,6 +147,16 @@ struct AttentionLayer {
                         AttentionKernels.weightedSum(scores, halfValues: cache.halfValueRows(layer) + offset,
                                                      valueStride: kvWidth, count: keyCount, dim: headDim, into: out)
                     }
+                }
+            }
+        }
+        if outputGate {
+            let gated = workspace.gatedQuery.pointer
+            for row in 0..<rowCount {
+                for head in 0..<headCount {
+                    let out = context.pointer + row * qWidth + head * headDim
+                    let gate = gated + row * 2 * qWidth + head * 2 * headDim + headDim
+                    for i in 0..<headDim { out[i] *= Ops.sigmoid(gate[i]) }
                 }
             }
         }

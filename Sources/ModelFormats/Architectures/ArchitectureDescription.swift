@@ -19,12 +19,17 @@ public struct AttentionSpec: Sendable, Equatable {
     public var clipQKV: Float?
     /// Keys visible to a query: the last `slidingWindow` positions; nil for all.
     public var slidingWindow: Int?
+    /// `q_proj` yields, per head, the query and then as many gate values; the attention output
+    /// is multiplied by `sigmoid(gate)` before `o_proj` (Qwen3-Next's gated attention).
+    public var outputGate: Bool = false
 
-    public init(qkNormalization: QKNormalization, requiresBias: Bool, clipQKV: Float? = nil, slidingWindow: Int? = nil) {
+    public init(qkNormalization: QKNormalization, requiresBias: Bool, clipQKV: Float? = nil, slidingWindow: Int? = nil,
+                outputGate: Bool = false) {
         self.qkNormalization = qkNormalization
         self.requiresBias = requiresBias
         self.clipQKV = clipQKV
         self.slidingWindow = slidingWindow
+        self.outputGate = outputGate
     }
 }
 
@@ -107,6 +112,15 @@ public struct ArchitectureDescription: Sendable {
     /// The score-correction bias of layer `l`'s router (`e_score_correction_bias`, `[experts]`),
     /// nil when the architecture has none.
     public var correctionBiasName: @Sendable (Int) -> String? = { _ in nil }
+    /// Added to every stored RMSNorm weight of the decoder (layer norms, final norm, q/k norms):
+    /// Qwen3-Next stores `w` and scales by `1 + w`; 0 for the others.
+    public var normWeightOffset: Float = 0
+    /// Tensors the model never reads, by name prefix (Qwen3-Next's multi-token-prediction head
+    /// `mtp.`, with experts of its own): left out of a packed store and of the dense bytes.
+    public var unusedTensorPrefixes: [String] = []
+
+    /// Whether tensor `name` is one this architecture never reads.
+    public func isUnusedTensor(_ name: String) -> Bool { unusedTensorPrefixes.contains { name.hasPrefix($0) } }
 
     /// Attention tensors of layer `l`: `model.layers.l.self_attn.<name>`.
     public func attentionPrefix(_ layer: Int) -> String { "model.layers.\(layer).self_attn" }
@@ -126,6 +140,7 @@ public enum ArchitectureRegistry {
         DeepseekV3.description,
         Glm4Moe.description,
         MiniMaxM2.description,
+        Qwen3Next.description,
     ]
 }
 
