@@ -110,7 +110,8 @@ import TensorMath
 
     /// A model without linear layers makes caches without linear state, as before.
     @Test func otherArchitecturesKeepPlainCaches() throws {
-        let other = try #require(ReferenceFixture.committed.first { !$0.directory.lastPathComponent.hasPrefix("qwen3next") })
+        // A plain grouped-query attention model (not latent attention, not sliding windows).
+        let other = try #require(ReferenceFixture.committed.first { $0.directory.lastPathComponent.hasPrefix("qwen3moe") })
         let model = try ModelLoader.loadCheckpoint(at: other.directory)
         #expect(model.makeCache().linearState == nil && model.makeCache().supportsTruncation && model.sequenceStateBytes == 0)
         #expect(model.kvBytesPerToken == model.config.layerCount * 2 * model.config.kvHeadCount * model.config.headDim * 4)
