@@ -119,6 +119,45 @@ static inline __attribute__((always_inline)) void gemm(int kind, const uint8_t *
     }
 }
 
+void moe_quantize_q8_avx2(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums) {
+    const int64_t blocks = cols / 32;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t b = 0; b < blocks; b++) {
+            const float *src = x + t * cols + b * 32;
+            const __m256 v0 = _mm256_loadu_ps(src), v1 = _mm256_loadu_ps(src + 8);
+            const __m256 v2 = _mm256_loadu_ps(src + 16), v3 = _mm256_loadu_ps(src + 24);
+            // max|x|: exact whatever the order.
+            __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v0), _mm256_andnot_ps(sign, v1)),
+                                     _mm256_max_ps(_mm256_andnot_ps(sign, v2), _mm256_andnot_ps(sign, v3)));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+            const float amax = _mm_cvtss_f32(m4);
+            const float scale = amax / 127.0f;
+            const float inverse = scale != 0 ? 1.0f / scale : 0.0f;
+            const __m256 iv = _mm256_set1_ps(inverse);
+            // cvtps2dq rounds half to even (the default MXCSR mode), as lrintf; |x·inverse| ≤ 127 up to rounding.
+            const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);
+            __m256i i0 = _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(v0, iv))));
+            __m256i i1 = _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(v1, iv))));
+            __m256i i2 = _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(v2, iv))));
+            __m256i i3 = _mm256_min_epi32(hi, _mm256_max_epi32(lo, _mm256_cvtps_epi32(_mm256_mul_ps(v3, iv))));
+            const __m256i total = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+            __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+            s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 1));
+            // Pack 32 int32 to 32 int8 in element order (packs work within 128-bit lanes: fix the order after).
+            const __m256i w01 = _mm256_packs_epi32(i0, i1), w23 = _mm256_packs_epi32(i2, i3);
+            __m256i bytes = _mm256_packs_epi16(w01, w23);
+            bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256((__m256i *)(q + t * cols + b * 32), bytes);
+            d[t * blocks + b] = scale;
+            sums[t * blocks + b] = _mm_cvtsi128_si32(s4);
+        }
+    }
+}
+
 void moe_gemm_q4_q8_avx2(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
     gemm(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }

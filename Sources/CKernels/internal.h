@@ -7,6 +7,10 @@
 #define MOE_GEMM_PARAMS(W) W, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end, \
     const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy
 
+void moe_quantize_q8_portable(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
+#if defined(__x86_64__)
+void moe_quantize_q8_avx2(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
+#endif
 void moe_gemm_q4_q8_portable(MOE_GEMM_PARAMS(const uint8_t *blocks));
 void moe_gemm_i8_q8_portable(MOE_GEMM_PARAMS(const int8_t *w));
 #if defined(__x86_64__)

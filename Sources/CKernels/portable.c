@@ -56,7 +56,14 @@ int moe_kernels_has_avx512_bf16(void) {
 #endif
 }
 
-void moe_quantize_q8(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums) {
+void moe_quantize_q8(int level, const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums) {
+#if defined(__x86_64__)
+    if (level >= MOE_KERNEL_AVX2) { moe_quantize_q8_avx2(x, n, cols, q, d, sums); return; }
+#endif
+    moe_quantize_q8_portable(x, n, cols, q, d, sums);
+}
+
+void moe_quantize_q8_portable(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums) {
     const int64_t blocks = cols / MOE_KERNEL_BLOCK;
     for (int64_t t = 0; t < n; t++) {
         for (int64_t b = 0; b < blocks; b++) {

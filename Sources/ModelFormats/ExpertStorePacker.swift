@@ -46,6 +46,8 @@ public struct ExpertStorePacker {
     public var dtype: ExpertDType = .bf16
     /// Blob compression.
     public var codec: ExpertCodec = .none
+    /// Dense matrices: as in the checkpoint, or quantised (see `DenseEncoding`).
+    public var dense: DenseEncoding = .bf16
     /// LZ4-HC level tried after fast LZ4 (0: fast LZ4 only).
     public var compressionLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel
     /// Receives progress at most every `progressInterval` seconds, and once at the end.
@@ -135,17 +137,33 @@ public struct ExpertStorePacker {
             }
         }
 
+        // Float32 staging for the tensors that are re-encoded (dense matrices and experts).
+        var scratch = AlignedBuffer<Float>(count: 0)
+
         // dense.bin
         let denseWriter = try BinaryFileWriter(url: directory.appendingPathComponent("dense.bin"), faults: faults)
         var denseEntries: [DenseTensorEntry] = []
         for name in denseNames {
             let (entry, file) = try checkpoint.entry(name)
             try denseWriter.pad(to: 64)
-            let bytes = file.bytes(of: entry)
+            let source = file.bytes(of: entry)
             let offset = denseWriter.offset
-            try denseWriter.write(bytes)
-            denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype, shape: entry.shape, offset: offset,
-                                                 length: entry.byteCount, checksum: XXHash64.hex(XXHash64.hash(bytes))))
+            if dense.quantises(name, shape: entry.shape), let type = dense.elementType {
+                let (rows, cols) = (entry.shape[0], entry.shape[1])
+                if scratch.count < rows * cols { scratch = AlignedBuffer<Float>(count: rows * cols) }
+                CheckpointDirectory.widen(source, dtype: entry.dtype, into: scratch.pointer, count: rows * cols)
+                let length = DenseEncoding.layout(type, rows: rows, cols: cols).length
+                let encoded = AlignedBuffer<UInt8>(count: length, alignment: 64) // zeroed: the padding is written
+                DenseEncoding.encode(scratch.pointer, rows: rows, cols: cols, as: type, into: encoded.pointer)
+                let bytes = UnsafeRawBufferPointer(start: encoded.pointer, count: length)
+                try denseWriter.write(bytes)
+                denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype, shape: entry.shape, offset: offset,
+                                                     length: length, checksum: XXHash64.hex(XXHash64.hash(bytes)), quantized: type))
+            } else {
+                try denseWriter.write(source)
+                denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype, shape: entry.shape, offset: offset,
+                                                     length: entry.byteCount, checksum: XXHash64.hex(XXHash64.hash(source))))
+            }
             done += entry.byteCount
             report()
         }
@@ -158,7 +176,6 @@ public struct ExpertStorePacker {
         var shapes: [[Int]] = []
         var layout: ExpertBlobLayout?
         var rawTotal = 0, storedTotal = 0
-        var scratch = AlignedBuffer<Float>(count: 0)
         for (layerIndex, layer) in moeLayers.enumerated() {
             for expert in 0..<expertCount {
                 let names = expertNames[layerIndex][expert]
@@ -233,7 +250,8 @@ public struct ExpertStorePacker {
         let configJSON = try JSONDecoder().decode(JSONValue.self, from: configData)
         let manifest = ExpertStoreManifest(
             format: ExpertStoreManifest.formatName,
-            formatVersion: ExpertStoreManifest.currentFormatVersion,
+            // Version 2 only when it matters (quantised dense tensors), so older builds read the rest.
+            formatVersion: denseEntries.contains { $0.quantized != nil } ? 2 : 1,
             architecture: checkpoint.config.architecture.rawValue,
             config: configJSON,
             experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: dtype, codec: codec, alignment: alignment,

@@ -96,7 +96,7 @@ public enum IntegerDotKernels {
     public static func roundTripActivations(_ x: UnsafePointer<Float>, count n: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
         let blocks = cols / Quantization.q4BlockSize
         var q = [Int8](repeating: 0, count: n * cols), d = [Float](repeating: 0, count: n * blocks), sums = [Int32](repeating: 0, count: n * blocks)
-        moe_quantize_q8(x, Int64(n), Int64(cols), &q, &d, &sums)
+        moe_quantize_q8(KernelLevel.portable.rawValue, x, Int64(n), Int64(cols), &q, &d, &sums)
         for i in 0..<(n * cols) { out[i] = Float(q[i]) * d[i / Quantization.q4BlockSize] }
     }
 
@@ -112,7 +112,7 @@ public enum IntegerDotKernels {
             let q = base.bindMemory(to: Int8.self, capacity: n * cols)
             let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * blocks)
             let sums = (base + n * cols + 4 * n * blocks).bindMemory(to: Int32.self, capacity: n * blocks)
-            moe_quantize_q8(x, Int64(n), Int64(cols), q, d, sums)
+            moe_quantize_q8(level.rawValue, x, Int64(n), Int64(cols), q, d, sums)
             let pointers = UncheckedSendable((q4, int8, scales, q, d, sums, y))
             // Rows first..<last; any split gives the same bits (each output's arithmetic is fixed).
             let run = { (first: Int, last: Int) in
@@ -123,8 +123,11 @@ public enum IntegerDotKernels {
                     moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
                 }
             }
+            // Split over the cores when the product is large enough to pay for the hand-off: a
+            // decode GEMV from 1M weights (as the bf16 kernels), a GEMM from 4M multiply-adds (as
+            // the widening panels did).
             let work = rows * cols * n
-            let pieces = work >= parallelWork && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
+            let pieces = work >= (n == 1 ? parallelWork : 4 * parallelWork) && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
             if pieces > 1 {
                 // Pieces of whole 8-row groups; GCD's idle threads sleep (see WeightMatrix.panelGEMM).
                 let span = ((rows + pieces - 1) / pieces + 7) & ~7

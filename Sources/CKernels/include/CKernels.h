@@ -42,8 +42,9 @@ int moe_kernels_detect(void);
 int moe_kernels_has_avx512_bf16(void);
 
 /// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
-/// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block).
-void moe_quantize_q8(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
+/// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at
+/// every level: d = max|x| / 127, q = x · (1/d) rounded half to even.
+void moe_quantize_q8(int level, const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
 
 /// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end` and tokens `t < n`, W in q4
 /// blocks (`blocks[rows, cols/32, 16]`, byte j: element j low nibble, j+16 high nibble;
