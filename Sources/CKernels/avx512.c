@@ -4,6 +4,7 @@
 #if defined(__x86_64__)
 #include "internal.h"
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #pragma clang attribute push (__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"))), apply_to = function)
@@ -17,7 +18,10 @@
 #pragma clang attribute push (__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"))), apply_to = function)
 #define MOE_SUFFIX(name) name##_avx512vnni
 #define MOE_DOT(w, a) _mm512_dpbusd_epi32(_mm512_setzero_si512(), (w), (a))
+// From this many tokens the weights are transposed per row (see gemm_transposed).
+#define MOE_GEMM_TRANSPOSED 8
 #include "avx512_body.h"
+#undef MOE_GEMM_TRANSPOSED
 #undef MOE_SUFFIX
 #undef MOE_DOT
 #pragma clang attribute pop
