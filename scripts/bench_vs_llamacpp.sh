@@ -6,7 +6,8 @@
 #
 # Both servers warm (one request before the measured one), the same prompt text (both use the
 # checkpoint's tokenizer.json), temperature 0, through each server's llama.cpp-style `/completion`, whose
-# `timings` give prompt and decode tokens/s. Settings: all in RAM (no limit), then a cgroup v1
+# `timings` give prompt and decode tokens/s (llama-server with `--no-repack` under a limit, see below).
+# Settings: all in RAM (no limit), then a cgroup v1
 # memory limit of each fraction of the GGUF file's size, the same limit for both (run_in_cgroup.sh;
 # moe-serve gets `--memory-budget` = the limit minus 64 MiB of page-cache slack). Before every limited
 # run the model files are dropped from the page cache (posix_fadvise DONTNEED), so mmap cannot read
@@ -88,13 +89,21 @@ def run(engine, limit):
     if engine == "llama-server":
         cmd = [env["LLAMA_SERVER"], "-m", gguf, "-t", str(threads), "-tb", str(threads), "-c", "2048", "-np", "1",
                "--host", "127.0.0.1", "--port", str(port)]
+        # Under a limit: no weight repacking. By default llama.cpp copies Q4_0 weights into an
+        # interleaved layout in anonymous memory (the whole model resident), which the OOM killer
+        # ends while loading in any cgroup smaller than the model; without it the weights stay
+        # mmapped, as llama.cpp users with too little RAM run it.
+        if limit: cmd.append("--no-repack")
     else:
         cmd = [env["MOE_SERVE"], "serve", "--model", store, "--host", "127.0.0.1", "--port", str(port)]
         if limit: cmd += ["--memory-budget", str(limit - (64 << 20))]
     if limit:
         drop_page_cache([gguf, store])
         cmd = [env["CGROUP_RUN"], str(limit), "--"] + cmd
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # The server's stderr goes to a file (a pipe nobody reads could fill and stall it); its tail
+    # explains a failed run.
+    errfile = open(os.path.join(env.get("TMPDIR", "/tmp"), f"bench_vs_llamacpp-{engine}-{port}.log"), "w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=errfile, text=True, start_new_session=True)
     try:
         load = wait_healthy(port, proc)
         body = {"prompt": prompt, "n_predict": gen_tokens, "temperature": 0, "cache_prompt": False, "ignore_eos": True}
@@ -103,12 +112,21 @@ def run(engine, limit):
         t = result["timings"]
         return {"engine": engine, "limit": limit, "load_s": round(load, 2), "prompt_n": t.get("prompt_n"), "predicted_n": t.get("predicted_n"),
                 "prefill_tps": t["prompt_per_second"], "decode_tps": t["predicted_per_second"]}
+    except Exception as error:
+        errfile.flush(); errfile.seek(0)
+        tail = " | ".join(errfile.read().splitlines()[-3:])
+        raise RuntimeError(f"{error}; server stderr: {tail}")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try: proc.wait(timeout=30)
-        except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
-        cgroup_line = [l for l in (proc.stderr.read() or "").splitlines() if l.startswith("cgroup:")]
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try: proc.wait(timeout=30)
+            except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
+        except ProcessLookupError:
+            proc.wait()  # already gone (crashed or killed by the OOM killer): the error above says why
+        errfile.seek(0)
+        cgroup_line = [l for l in errfile.read().splitlines() if l.startswith("cgroup:")]
         if cgroup_line: log("   ", cgroup_line[-1])
+        errfile.close()
 
 # The resident bound.
 manifest = json.load(open(os.path.join(store, "manifest.json")))
