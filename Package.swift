@@ -32,7 +32,10 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
 
-        .target(name: "TensorMath", dependencies: ["COpenBLAS"], swiftSettings: optimisedMath),
+        // Integer-dot kernels in C with intrinsics: each function carries its own target
+        // attribute and is chosen at run time from CPUID, so this target needs no -march.
+        .target(name: "CKernels"),
+        .target(name: "TensorMath", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: optimisedMath),
         .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4", "JSONCoding"], swiftSettings: optimisedMath),
         // One JSON parser, serializer and string escaper for every module (no dependencies).
         .target(name: "JSONCoding"),

@@ -24,9 +24,9 @@ public struct MemoryPlan: Sendable, Equatable, Codable {
     /// Divides `budget`. `runtimeBytes` (the process's footprint before loading, see
     /// `ProcessMemory.runtimeReservation`) comes off the top. The KV cache gets enough for `kvTokens` positions, but never more than
     /// `kvShare` of what is left after dense weights and scratch; the expert cache must hold
-    /// at least `minimumExpertBytes` (two layers' worth of experts) or planning fails with the
-    /// numbers. `sequenceStateBytes` (a hybrid model's fixed recurrent state of every sequence
-    /// together) is wanted by the KV share beside the positions.
+    /// at least `minimumExpertBytes` (see `minimumExpertBytes(expertBytes:expertsPerToken:readsInFlight:)`)
+    /// or planning fails with the numbers. `sequenceStateBytes` (a hybrid model's fixed recurrent
+    /// state of every sequence together) is wanted by the KV share beside the positions.
     public static func plan(budget: Int, runtimeBytes: Int = 0, denseBytes: Int, scratchBytes: Int, kvBytesPerToken: Int,
                             kvTokens: Int, minimumExpertBytes: Int, kvShare: Double = 0.25,
                             sequenceStateBytes: Int = 0) throws -> MemoryPlan {
@@ -36,10 +36,27 @@ public struct MemoryPlan: Sendable, Equatable, Codable {
         let experts = afterFixed - kv
         guard experts >= minimumExpertBytes else {
             throw MemoryPlanError(
-                "a memory budget of \(formatBytes(budget)) cannot hold the process itself (\(formatBytes(runtimeBytes))), the dense weights (\(formatBytes(denseBytes))), scratch buffers (\(formatBytes(scratchBytes))), a KV cache (\(formatBytes(kv))) and the smallest expert cache (\(formatBytes(minimumExpertBytes)): two layers' worth, and top-k in every layer); it needs at least \(formatBytes(runtimeBytes + denseBytes + scratchBytes + kv + minimumExpertBytes))")
+                "a memory budget of \(formatBytes(budget)) cannot hold the process itself (\(formatBytes(runtimeBytes))), the dense weights (\(formatBytes(denseBytes))), scratch buffers (\(formatBytes(scratchBytes))), a KV cache (\(formatBytes(kv))) and the smallest expert cache (\(formatBytes(minimumExpertBytes)): a layer's top-k and the reads in flight); it needs at least \(formatBytes(runtimeBytes + denseBytes + scratchBytes + kv + minimumExpertBytes))")
         }
         return MemoryPlan(budgetBytes: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes, scratchBytes: scratchBytes,
                           kvCacheBytes: kv, expertCacheBytes: experts)
+    }
+}
+
+extension MemoryPlan {
+    /// The smallest expert cache a step can run in: the current layer's top-k experts, plus the
+    /// reads that may be in flight for later layers (the prefetch budget). Experts of other
+    /// layers are evicted as the step moves on; a batch that routes to more experts than fit
+    /// runs them in waves.
+    public static func minimumExpertBytes(expertBytes: Int, expertsPerToken: Int, readsInFlight: Int) -> Int {
+        (expertsPerToken + max(0, readsInFlight)) * expertBytes
+    }
+
+    /// Per-layer floors (experts a layer keeps against the others) that fit a cache of
+    /// `cacheBytes`: `expertsPerToken` when every layer's top-k fits at once, fewer when it does not.
+    public static func floorSlots(cacheBytes: Int, expertBytes: Int, expertsPerToken: Int, layers: Int) -> Int {
+        guard expertBytes > 0, layers > 0 else { return expertsPerToken }
+        return max(0, min(expertsPerToken, cacheBytes / (layers * expertBytes)))
     }
 }
 

@@ -285,7 +285,11 @@ extension WeightMatrix {
         switch storage {
         case .f32(let w): destination.update(from: w + r * cols, count: cols)
         case .bf16(let w): FloatConversion.convertBF16(w + r * cols, to: destination, count: cols)
-        case .int8, .q4: destination.update(from: row(r), count: cols) // quantised embeddings: rare, not hot
+        case .int8(let values, let scales): // pack --dense q8: widened in place (one row per token, no allocation)
+            Quantization.dequantizeInt8(values + r * cols, scales: scales + r, rows: 1, cols: cols, into: destination)
+        case .q4(let blocks, let scales): // pack --dense q4
+            let perRow = cols / Quantization.q4BlockSize
+            Quantization.dequantizeQ4(blocks + r * perRow * Quantization.q4BlockBytes, scales: scales + r * perRow, rows: 1, cols: cols, into: destination)
         }
     }
 }

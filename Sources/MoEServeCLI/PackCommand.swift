@@ -5,6 +5,7 @@ import MoEModels
 
 extension ExpertDType: ExpressibleByArgument {}
 extension ExpertCodec: ExpressibleByArgument {}
+extension DenseEncoding: ExpressibleByArgument {}
 
 /// `moe-serve pack HF_DIR STORE_DIR`: writes an expert store (see docs/STORE.md).
 struct PackCommand: ParsableCommand {
@@ -16,6 +17,8 @@ struct PackCommand: ParsableCommand {
     @Argument(help: "The store directory to create (must not exist).") var store: String
     @Option(help: "Expert element type: bf16, f32, int8 or q4.") var experts: ExpertDType = .bf16
     @Option(help: "Expert blob compression: none or lz4.") var compression: ExpertCodec = .none
+    @Option(help: "Dense matrices (attention, shared experts, embeddings, LM head; routers stay as they are): bf16 (as in the checkpoint), q8 or q4.")
+    var dense: DenseEncoding = .bf16
     @Option(name: .customLong("lz4hc-level"), help: "LZ4-HC level tried after fast LZ4 (0: fast LZ4 only; 9: ~1.2x smaller exponent planes, ~7x slower packing).")
     var lz4hcLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel
 
@@ -41,7 +44,7 @@ struct PackCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let summary = try packCheckpoint(at: URL(fileURLWithPath: checkpoint), into: URL(fileURLWithPath: store),
-                                             experts: experts, compression: compression, lz4hcLevel: lz4hcLevel)
+                                             experts: experts, compression: compression, lz4hcLevel: lz4hcLevel, dense: dense)
             try printJSON(Output(
                 store: store, expertDtype: experts.rawValue, compression: compression.rawValue,
                 blobs: summary.manifest.experts.blobs.count, sourceBytes: summary.sourceBytes,
@@ -54,7 +57,7 @@ struct PackCommand: ParsableCommand {
 
 /// Packs the checkpoint at `source` into a new store at `destination`, with progress on stderr.
 func packCheckpoint(at source: URL, into destination: URL, experts: ExpertDType, compression: ExpertCodec,
-                    lz4hcLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel) throws -> ExpertStorePacker.Summary {
+                    lz4hcLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel, dense: DenseEncoding = .bf16) throws -> ExpertStorePacker.Summary {
     let checkpoint = try CheckpointDirectory(url: source)
     let names = ArchitectureDescription.of(checkpoint.config.architecture)
     if experts == .bf16, let first = checkpoint.config.moeLayers.first,
@@ -65,6 +68,7 @@ func packCheckpoint(at source: URL, into destination: URL, experts: ExpertDType,
     packer.dtype = experts
     packer.codec = compression
     packer.compressionLevel = lz4hcLevel
+    packer.dense = dense
     // Ctrl-C or a kill mid-pack: remove the temporary directory before exiting (it never
     // looks like a store, but it can be large).
     let interruption = PackInterruption()

@@ -127,7 +127,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         for tensor in manifest.dense.tensors {
             guard tensor.offset >= 0, tensor.offset % ExpertBlobLayout.arrayAlignment == 0,
                   tensor.offset + tensor.length <= manifest.dense.fileSize,
-                  tensor.length == tensor.shape.reduce(1, *) * tensor.dtype.size else {
+                  tensor.length == Self.denseLength(tensor) else {
                 throw ModelFormatError.file(manifestPath, "damaged store manifest: dense tensor '\(tensor.name)' has an invalid offset, length or shape")
             }
             tensors[tensor.name] = tensor
@@ -148,6 +148,14 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
 
     public func contains(_ name: String) -> Bool { denseIndex[name] != nil }
 
+    /// Bytes a dense tensor must occupy: raw elements, or the quantised layout of `DenseEncoding`.
+    static func denseLength(_ tensor: DenseTensorEntry) -> Int {
+        guard let type = tensor.quantized else { return tensor.shape.reduce(1, *) * tensor.dtype.size }
+        guard tensor.shape.count == 2, tensor.shape[0] > 0, tensor.shape[1] > 0, type == .int8 || type == .q4,
+              type != .q4 || tensor.shape[1] % Quantization.q4BlockSize == 0 else { return -1 }
+        return DenseEncoding.layout(type, rows: tensor.shape[0], cols: tensor.shape[1]).length
+    }
+
     private func denseEntry(_ name: String) throws -> DenseTensorEntry {
         guard let entry = denseIndex[name] else {
             throw ModelFormatError.tensor(name, in: url.path, "missing from the store's dense tensors")
@@ -161,6 +169,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             throw ModelFormatError.tensor(name, in: url.path, "shape \(entry.shape) does not match the config's [\(rows), \(cols)]")
         }
         let base = UnsafeRawPointer(dense.pointer + entry.offset)
+        if let type = entry.quantized { return DenseEncoding.matrix(base, rows: rows, cols: cols, type: type, owner: dense) }
         switch entry.dtype {
         case .bf16: return WeightMatrix(rows: rows, cols: cols, storage: .bf16(base.assumingMemoryBound(to: UInt16.self)), owner: dense)
         case .f32: return WeightMatrix(rows: rows, cols: cols, storage: .f32(base.assumingMemoryBound(to: Float.self)), owner: dense)
@@ -179,6 +188,12 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             throw ModelFormatError.tensor(name, in: url.path, "shape \(entry.shape) does not match the config's \(count) elements")
         }
         var values = [Float](repeating: 0, count: count)
+        if entry.quantized != nil, entry.shape.count == 2 {
+            // A quantised matrix read whole (rare): widened row by row.
+            let matrix = try self.matrix(name, rows: entry.shape[0], cols: entry.shape[1])
+            for r in 0..<matrix.rows { values.replaceSubrange(r * matrix.cols..<(r + 1) * matrix.cols, with: matrix.row(r)) }
+            return values
+        }
         values.withUnsafeMutableBufferPointer {
             CheckpointDirectory.widen(UnsafeRawBufferPointer(start: dense.pointer + entry.offset, count: entry.length),
                                       dtype: entry.dtype, into: $0.baseAddress!, count: count)

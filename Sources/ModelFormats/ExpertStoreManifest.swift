@@ -26,8 +26,10 @@ public enum ExpertCodec: String, Codable, Sendable, CaseIterable {
 public struct ExpertStoreManifest: Codable, Sendable {
     /// The `format` value every manifest carries.
     public static let formatName = "moe-serve-expert-store"
-    /// The newest format version this build reads and the one it writes.
-    public static let currentFormatVersion = 1
+    /// The newest format version this build reads. Version 2 adds quantised dense tensors
+    /// (`DenseTensorEntry.quantized`); a store without them is still written as version 1, so
+    /// older builds keep reading it.
+    public static let currentFormatVersion = 2
     /// Name of the manifest file inside a store directory.
     public static let fileName = "manifest.json"
 
@@ -199,4 +201,7 @@ public struct DenseTensorEntry: Codable, Sendable {
     public var length: Int
     /// XXH64 of the bytes, 16 hex digits.
     public var checksum: String
+    /// How the bytes encode the tensor when `pack --dense` quantised it (`int8` or `q4`, laid
+    /// out as `DenseEncoding` describes; `dtype` is then the checkpoint's); nil: raw `dtype`.
+    public var quantized: ExpertDType? = nil
 }

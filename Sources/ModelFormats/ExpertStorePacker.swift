@@ -46,6 +46,8 @@ public struct ExpertStorePacker {
     public var dtype: ExpertDType = .bf16
     /// Blob compression.
     public var codec: ExpertCodec = .none
+    /// Dense matrices: as in the checkpoint, or quantised (see `DenseEncoding`).
+    public var dense: DenseEncoding = .bf16
     /// LZ4-HC level tried after fast LZ4 (0: fast LZ4 only).
     public var compressionLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel
     /// Receives progress at most every `progressInterval` seconds, and once at the end.
@@ -144,6 +146,9 @@ public struct ExpertStorePacker {
             }
         }
 
+        // Float32 staging for the tensors that are re-encoded (dense matrices and experts).
+        var scratch = AlignedBuffer<Float>(count: 0)
+
         // dense.bin
         let denseWriter = try BinaryFileWriter(url: directory.appendingPathComponent("dense.bin"), faults: faults)
         var denseEntries: [DenseTensorEntry] = []
@@ -151,7 +156,23 @@ public struct ExpertStorePacker {
             let (entry, file) = try checkpoint.entry(name)
             try denseWriter.pad(to: 64)
             let offset = denseWriter.offset
-            if entry.dtype == .f8e4m3 {
+            if dense.quantises(name, shape: entry.shape), let type = dense.elementType {
+                let (rows, cols) = (entry.shape[0], entry.shape[1])
+                if scratch.count < rows * cols { scratch = AlignedBuffer<Float>(count: rows * cols) }
+                if entry.dtype == .f8e4m3 {
+                    try checkpoint.dequantize(name, into: scratch.pointer)
+                } else {
+                    CheckpointDirectory.widen(file.bytes(of: entry), dtype: entry.dtype, into: scratch.pointer, count: rows * cols)
+                }
+                let length = DenseEncoding.layout(type, rows: rows, cols: cols).length
+                let encoded = AlignedBuffer<UInt8>(count: length, alignment: 64) // zeroed: the padding is written
+                DenseEncoding.encode(scratch.pointer, rows: rows, cols: cols, as: type, into: encoded.pointer)
+                let bytes = UnsafeRawBufferPointer(start: encoded.pointer, count: length)
+                try denseWriter.write(bytes)
+                denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype == .f8e4m3 ? .bf16 : entry.dtype, shape: entry.shape,
+                                                     offset: offset, length: length, checksum: XXHash64.hex(XXHash64.hash(bytes)),
+                                                     quantized: type))
+            } else if entry.dtype == .f8e4m3 {
                 // Float8 dense weights are stored dequantized, as bf16 (one tensor in RAM at a time).
                 let count = entry.elementCount
                 let widened = AlignedBuffer<Float>(count: count)
@@ -162,14 +183,12 @@ public struct ExpertStorePacker {
                 try denseWriter.write(bytes)
                 denseEntries.append(DenseTensorEntry(name: name, dtype: .bf16, shape: entry.shape, offset: offset,
                                                      length: count * 2, checksum: XXHash64.hex(XXHash64.hash(bytes))))
-                done += entry.byteCount
-                report()
-                continue
+            } else {
+                let source = file.bytes(of: entry)
+                try denseWriter.write(source)
+                denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype, shape: entry.shape, offset: offset,
+                                                     length: entry.byteCount, checksum: XXHash64.hex(XXHash64.hash(source))))
             }
-            let bytes = file.bytes(of: entry)
-            try denseWriter.write(bytes)
-            denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype, shape: entry.shape, offset: offset,
-                                                 length: entry.byteCount, checksum: XXHash64.hex(XXHash64.hash(bytes))))
             done += entry.byteCount
             report()
         }
@@ -182,7 +201,6 @@ public struct ExpertStorePacker {
         var shapes: [[Int]] = []
         var layout: ExpertBlobLayout?
         var rawTotal = 0, storedTotal = 0
-        var scratch = AlignedBuffer<Float>(count: 0)
         for (layerIndex, layer) in moeLayers.enumerated() {
             for expert in 0..<expertCount {
                 let names = expertNames[layerIndex][expert]
@@ -264,7 +282,8 @@ public struct ExpertStorePacker {
         }
         let manifest = ExpertStoreManifest(
             format: ExpertStoreManifest.formatName,
-            formatVersion: ExpertStoreManifest.currentFormatVersion,
+            // Version 2 only when it matters (quantised dense tensors), so older builds read the rest.
+            formatVersion: denseEntries.contains { $0.quantized != nil } ? 2 : 1,
             architecture: checkpoint.config.architecture.rawValue,
             config: configJSON,
             experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: dtype, codec: codec, alignment: alignment,

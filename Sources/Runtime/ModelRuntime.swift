@@ -126,10 +126,11 @@ public final class ModelRuntime {
                                        scratchBytes: scratchBytes(config, maxSequences: spec.maxSequences)
                                            + ExpertStore.pooledBuffers * expertBytes,
                                        kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * spec.maxSequences,
-                                       // Two layers' worth of experts, and at least the cache's
-                                       // floor of top-k slots in every MoE layer (which is more
-                                       // for few-expert models such as Mixtral).
-                                       minimumExpertBytes: max(2 * config.expertCount, config.expertsPerToken * layers.count) * expertBytes,
+                                       // What one step needs: a layer's top-k and the prefetch
+                                       // reads in flight (the floors shrink to fit, below).
+                                       minimumExpertBytes: MemoryPlan.minimumExpertBytes(
+                                           expertBytes: expertBytes, expertsPerToken: config.expertsPerToken,
+                                           readsInFlight: spec.prefetchBudgetExperts ?? config.expertsPerToken),
                                        kvShare: spec.kvShare,
                                        sequenceStateBytes: TransformerModel.sequenceStateBytes(config) * spec.maxSequences)
             cacheBytes = plan!.expertCacheBytes
@@ -140,7 +141,10 @@ public final class ModelRuntime {
         let cache = try OffloadingExpertCache(
             loader: loader,
             policy: spec.policy.make(layerCount: config.layerCount, hotPerLayer: config.expertsPerToken),
-            configuration: .init(budgetBytes: cacheBytes, floorSlots: config.expertsPerToken, readerThreads: spec.readerThreads,
+            configuration: .init(budgetBytes: cacheBytes,
+                                 floorSlots: MemoryPlan.floorSlots(cacheBytes: cacheBytes, expertBytes: expertBytes,
+                                                                   expertsPerToken: config.expertsPerToken, layers: layers.count),
+                                 readerThreads: spec.readerThreads,
                                  speculativeLayerBytes: prefetchExperts == 0 ? nil : prefetchExperts * expertBytes,
                                  maxInFlightPrefetches: spec.prefetchReads == 0 ? nil : spec.prefetchReads),
             layers: layers)

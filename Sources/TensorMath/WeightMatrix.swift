@@ -61,6 +61,7 @@ public struct WeightMatrix: @unchecked Sendable {
     public func apply(_ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) {
         precondition(n >= 0)
         if n == 0 { return }
+        if IntegerDotKernels.apply(self, x, rowCount: n, into: y) { return } // int8 / q4: integer dot products
         switch storage {
         case .f32(let w):
             if n == 1 {
@@ -106,6 +107,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// gives for that row alone. The LM head uses it: a sequence's logits, and so its greedy
     /// tokens, must not depend on which other sequences share the step.
     public func applyRowwise(_ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) {
+        if IntegerDotKernels.apply(self, x, rowCount: n, into: y) { return } // row-invariant by construction
         switch storage {
         case .f32(let w):
             for r in 0..<n {

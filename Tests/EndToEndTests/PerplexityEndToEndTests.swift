@@ -69,7 +69,11 @@ import Testing
         let halfSmallSteps = try Self.perplexity(["--context", "256", "--max-windows", "4", "--scoring", "second-half", "--batch", "64",
                                                   "--kv-cache-type", "f32"])
         #expect(halfSmallSteps.tokens_scored == half.tokens_scored)
-        #expect(abs(halfSmallSteps.perplexity / half.perplexity - 1) < 1e-5, "\(halfSmallSteps.perplexity) vs \(half.perplexity)")
+        // Not bit-equal: bf16 products of 64 rows and of 256 round differently (sgemm panels), and
+        // the integer-dot kernels' 8-bit activations can turn such a last-bit difference into one
+        // rounding step of an activation (measured 1.3e-4; 8e-7 with MOE_KERNELS=float). Scoring
+        // other positions would move it by percents.
+        #expect(abs(halfSmallSteps.perplexity / half.perplexity - 1) < 1e-3, "\(halfSmallSteps.perplexity) vs \(half.perplexity)")
         let short = FileManager.default.temporaryDirectory.appendingPathComponent("moe-serve-ppl-short-\(getpid()).txt")
         try "def f():\n    return 1\n".write(to: short, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: short) }

@@ -1,0 +1,253 @@
+// The AVX-512 kernels, included twice by avx512.c: once with vpmaddubsw + vpmaddwd (AVX512-BW)
+// and once with vpdpbusd (AVX512-VNNI). Expects MOE_SUFFIX(name) and MOE_DOT(w, a) (16 int32
+// lanes: lanes 0-7 the first block's partial sums, 8-15 the second's).
+
+/// Two q4 blocks (32 bytes) as 64 unsigned nibbles: [block 0 low, block 0 high, block 1 low, block 1 high].
+static inline __m512i MOE_SUFFIX(expand_q4)(const uint8_t *p) {
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)p);
+    const __m512i twice = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(raw));
+    const __m512i mixed = _mm512_mask_blend_epi64(0xCC, twice, _mm512_srli_epi16(twice, 4));
+    return _mm512_and_si512(mixed, _mm512_set1_epi8(0x0F));
+}
+
+/// Four vectors of two blocks' partial sums → the eight block sums, in order.
+static inline __m256i MOE_SUFFIX(sum_blocks)(__m512i d0, __m512i d1, __m512i d2, __m512i d3) {
+    const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(d0, d1), _mm512_unpackhi_epi32(d0, d1));
+    const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(d2, d3), _mm512_unpackhi_epi32(d2, d3));
+    // Each 128-bit lane k of u: the sums of lane k of d0, d1, d2, d3.
+    const __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+    const __m128i even = _mm_add_epi32(_mm512_castsi512_si128(u), _mm512_extracti32x4_epi32(u, 1)); // blocks 0, 2, 4, 6
+    const __m128i odd = _mm_add_epi32(_mm512_extracti32x4_epi32(u, 2), _mm512_extracti32x4_epi32(u, 3)); // 1, 3, 5, 7
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi32(even, odd)), _mm_unpackhi_epi32(even, odd), 1);
+}
+
+/// The canonical sum of the eight lanes: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
+static inline float MOE_SUFFIX(reduce)(__m256 acc) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/// One group of eight blocks of one token against the unpacked weights: for q4 (kind 0) `w`
+/// holds unsigned nibbles; for int8 (kind 1) |w| with `neg` marking the negative weights, whose
+/// sign moves onto the activations.
+static inline __attribute__((always_inline)) __m256 MOE_SUFFIX(group)(int kind, const __m512i w[4], const __mmask64 neg[4],
+                                                                      const int8_t *qt, const float *dt, const int32_t *st,
+                                                                      const float *ws, __m256 acc) {
+    __m512i p[4];
+    for (int k = 0; k < 4; k++) {
+        __m512i a = _mm512_loadu_si512((const void *)(qt + 64 * k));
+        if (kind == 1) a = _mm512_mask_sub_epi8(a, neg[k], _mm512_setzero_si512(), a);
+        p[k] = MOE_DOT(w[k], a);
+    }
+    __m256i s = MOE_SUFFIX(sum_blocks)(p[0], p[1], p[2], p[3]);
+    __m256 scale = _mm256_loadu_ps(dt);
+    if (kind == 0) {
+        s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)st), 3));
+        scale = _mm256_mul_ps(_mm256_loadu_ps(ws), scale);
+    }
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+}
+
+static inline __attribute__((always_inline)) void MOE_SUFFIX(unpack)(int kind, const uint8_t *p, __m512i w[4], __mmask64 neg[4]) {
+    for (int k = 0; k < 4; k++) {
+        if (kind == 0) {
+            w[k] = MOE_SUFFIX(expand_q4)(p + 32 * k);
+            neg[k] = 0;
+        } else {
+            const __m512i raw = _mm512_loadu_si512((const void *)(p + 64 * k));
+            neg[k] = _mm512_movepi8_mask(raw);
+            w[k] = _mm512_abs_epi8(raw); // -128 becomes 0x80 = 128 unsigned: still exact
+        }
+    }
+}
+
+/// Weight row `row` against tokens t0..<t0+T; T a constant at every call site.
+static inline __attribute__((always_inline)) void MOE_SUFFIX(tile)(int kind, int T, const uint8_t *row, const float *rs, int64_t cols,
+                                                                   const int8_t *q, const float *d, const int32_t *sums,
+                                                                   int64_t t0, float *y, int64_t ldy, float row_scale) {
+    const int64_t nb = cols / 32, groups = nb / 8, rem = nb % 8;
+    const int64_t wbytes = kind == 0 ? 16 : 32;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t g = 0; g < groups; g++) {
+        __m512i w[4];
+        __mmask64 neg[4];
+        MOE_SUFFIX(unpack)(kind, row + g * 8 * wbytes, w, neg);
+        for (int t = 0; t < T; t++) {
+            const int64_t tt = t0 + t;
+            acc[t] = MOE_SUFFIX(group)(kind, w, neg, q + tt * cols + g * 256, d + tt * nb + g * 8, sums + tt * nb + g * 8,
+                                       kind == 0 ? rs + g * 8 : 0, acc[t]);
+        }
+    }
+    if (rem) {
+        // Zero-padded copies of the partial last group (see avx2.c).
+        uint8_t wb[8 * 32] = {0};
+        float wsb[8] = {0};
+        memcpy(wb, row + groups * 8 * wbytes, (size_t)(rem * wbytes));
+        if (kind == 0) memcpy(wsb, rs + groups * 8, (size_t)rem * sizeof(float));
+        __m512i w[4];
+        __mmask64 neg[4];
+        MOE_SUFFIX(unpack)(kind, wb, w, neg);
+        for (int t = 0; t < T; t++) {
+            const int64_t tt = t0 + t;
+            int8_t qb[256] = {0};
+            float db[8] = {0};
+            int32_t sb[8] = {0};
+            memcpy(qb, q + tt * cols + groups * 256, (size_t)(rem * 32));
+            memcpy(db, d + tt * nb + groups * 8, (size_t)rem * sizeof(float));
+            memcpy(sb, sums + tt * nb + groups * 8, (size_t)rem * sizeof(int32_t));
+            acc[t] = MOE_SUFFIX(group)(kind, w, neg, qb, db, sb, wsb, acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) {
+        const float v = MOE_SUFFIX(reduce)(acc[t]);
+        y[(t0 + t) * ldy] = kind == 0 ? v : v * row_scale;
+    }
+}
+
+static inline __attribute__((always_inline)) void MOE_SUFFIX(gemm)(int kind, const uint8_t *w, const float *wscales, int64_t cols,
+                                                                   int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
+                                                                   const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+    const int64_t nb = cols / 32;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *row = kind == 0 ? w + r * nb * 16 : w + r * cols;
+        const float *rs = kind == 0 ? wscales + r * nb : 0;
+        const float row_scale = kind == 0 ? 0 : wscales[r];
+        int64_t t0 = 0;
+        for (; t0 + 4 <= n; t0 += 4) MOE_SUFFIX(tile)(kind, 4, row, rs, cols, q, d, sums, t0, y + r, ldy, row_scale);
+        switch (n - t0) {
+        case 3: MOE_SUFFIX(tile)(kind, 3, row, rs, cols, q, d, sums, t0, y + r, ldy, row_scale); break;
+        case 2: MOE_SUFFIX(tile)(kind, 2, row, rs, cols, q, d, sums, t0, y + r, ldy, row_scale); break;
+        case 1: MOE_SUFFIX(tile)(kind, 1, row, rs, cols, q, d, sums, t0, y + r, ldy, row_scale); break;
+        default: break;
+        }
+    }
+}
+
+#ifdef MOE_GEMM_TRANSPOSED
+/// Eight registers of two blocks each (16 blocks × 8 dwords, block-major) → eight registers
+/// whose lane i is block i's dword j (register j): vpdpbusd then sums each block in its own lane.
+static inline void MOE_SUFFIX(transpose16x8)(__m512i m[8]) {
+    // Step 1, per pair of registers (blocks 4p..4p+3): for j < 4 and j ≥ 4, the four blocks' dword j side by side.
+    const __m512i lo = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+    const __m512i hi = _mm512_setr_epi32(4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31);
+    __m512i a[8];
+    for (int p = 0; p < 4; p++) {
+        a[2 * p] = _mm512_permutex2var_epi32(m[2 * p], lo, m[2 * p + 1]);     // chunk j (4 dwords) for j = 0..3
+        a[2 * p + 1] = _mm512_permutex2var_epi32(m[2 * p], hi, m[2 * p + 1]); // j = 4..7
+    }
+    // Steps 2-3: register j gathers chunk j of the four pairs, as 128-bit lanes.
+    for (int h = 0; h < 2; h++) {
+        const __m512i b01lo = _mm512_shuffle_i32x4(a[h], a[2 + h], 0x44), b01hi = _mm512_shuffle_i32x4(a[h], a[2 + h], 0xEE);
+        const __m512i b23lo = _mm512_shuffle_i32x4(a[4 + h], a[6 + h], 0x44), b23hi = _mm512_shuffle_i32x4(a[4 + h], a[6 + h], 0xEE);
+        // b01lo = [p0 c0, p0 c1, p1 c0, p1 c1]; want [p0 c0, p1 c0, p2 c0, p3 c0].
+        m[4 * h + 0] = _mm512_shuffle_i32x4(b01lo, b23lo, 0x88);
+        m[4 * h + 1] = _mm512_shuffle_i32x4(b01lo, b23lo, 0xDD);
+        m[4 * h + 2] = _mm512_shuffle_i32x4(b01hi, b23hi, 0x88);
+        m[4 * h + 3] = _mm512_shuffle_i32x4(b01hi, b23hi, 0xDD);
+    }
+}
+
+/// The GEMM for many tokens: weights and activations transposed per 16 blocks so that one
+/// vpdpbusd accumulator holds 16 whole block sums (no horizontal reduction per output); the
+/// float steps are the canonical ones (blocks 0-7 of the 16, then 8-15), so the results are the
+/// bits of the row-by-row kernel.
+static void MOE_SUFFIX(gemm_transposed)(int kind, const uint8_t *w, const float *wscales, int64_t cols,
+                                        int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
+                                        const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+    const int64_t nb = cols / 32, groups = (nb + 15) / 16, nbp = groups * 16;
+    // Activations: [n][groups][8 registers of 64 bytes], padded blocks zero (q, d, sums and scale 0).
+    int8_t *qt = aligned_alloc(64, (size_t)(n * nbp * 32));
+    float *dp = aligned_alloc(64, (size_t)(n * nbp * 4));
+    int32_t *sp = aligned_alloc(64, (size_t)(n * nbp * 4));
+    uint8_t *wt = aligned_alloc(64, (size_t)(nbp * 32));
+    float *wsp = aligned_alloc(64, (size_t)(nbp * 4));
+    if (!qt || !dp || !sp || !wt || !wsp) {
+        free(qt); free(dp); free(sp); free(wt); free(wsp);
+        MOE_SUFFIX(gemm)(kind, w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+        return;
+    }
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t g = 0; g < groups; g++) {
+            __m512i m[8];
+            for (int k = 0; k < 8; k++) {
+                const int64_t b = g * 16 + 2 * k;
+                uint8_t tmp[64] = {0};
+                const int64_t have = b >= nb ? 0 : (nb - b >= 2 ? 2 : 1);
+                memcpy(tmp, q + t * cols + b * 32, (size_t)(have * 32));
+                m[k] = _mm512_loadu_si512((const void *)tmp);
+            }
+            MOE_SUFFIX(transpose16x8)(m);
+            for (int k = 0; k < 8; k++) _mm512_store_si512((void *)(qt + (t * groups + g) * 512 + 64 * k), m[k]);
+        }
+        for (int64_t b = 0; b < nbp; b++) {
+            dp[t * nbp + b] = b < nb ? d[t * nb + b] : 0;
+            sp[t * nbp + b] = b < nb ? sums[t * nb + b] : 0;
+        }
+    }
+    const __m512i nibbles = _mm512_set1_epi8(0x0F);
+    (void)nibbles;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        // This row's weights, unpacked to unsigned bytes (q4: nibbles; int8: w + 128) and transposed.
+        for (int64_t g = 0; g < groups; g++) {
+            __m512i m[8];
+            for (int k = 0; k < 8; k++) {
+                const int64_t b = g * 16 + 2 * k;
+                const int64_t have = b >= nb ? 0 : (nb - b >= 2 ? 2 : 1);
+                if (kind == 0) {
+                    uint8_t tmp[32] = {0};
+                    memcpy(tmp, w + r * nb * 16 + b * 16, (size_t)(have * 16));
+                    m[k] = MOE_SUFFIX(expand_q4)(tmp);
+                } else {
+                    uint8_t tmp[64] = {0};
+                    memcpy(tmp, w + r * cols + b * 32, (size_t)(have * 32));
+                    m[k] = _mm512_xor_si512(_mm512_loadu_si512((const void *)tmp), _mm512_set1_epi8((char)0x80));
+                }
+            }
+            MOE_SUFFIX(transpose16x8)(m);
+            for (int k = 0; k < 8; k++) _mm512_store_si512((void *)(wt + g * 512 + 64 * k), m[k]);
+        }
+        if (kind == 0) {
+            for (int64_t b = 0; b < nbp; b++) wsp[b] = b < nb ? wscales[r * nb + b] : 0;
+        }
+        const float row_scale = kind == 0 ? 0 : wscales[r];
+        for (int64_t t = 0; t < n; t++) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int64_t g = 0; g < groups; g++) {
+                const int8_t *a = qt + (t * groups + g) * 512;
+                const uint8_t *wg = wt + g * 512;
+                __m512i s = _mm512_setzero_si512();
+                for (int k = 0; k < 8; k++) {
+                    s = _mm512_dpbusd_epi32(s, _mm512_load_si512((const void *)(wg + 64 * k)), _mm512_load_si512((const void *)(a + 64 * k)));
+                }
+                // q4: the nibbles stand for n − 8; int8: the bytes for w + 128.
+                const __m512i offset = _mm512_load_si512((const void *)(sp + t * nbp + g * 16));
+                s = _mm512_sub_epi32(s, kind == 0 ? _mm512_slli_epi32(offset, 3) : _mm512_slli_epi32(offset, 7));
+                const __m512 f = _mm512_cvtepi32_ps(s);
+                __m512 scale = _mm512_load_ps(dp + t * nbp + g * 16);
+                if (kind == 0) scale = _mm512_mul_ps(_mm512_load_ps(wsp + g * 16), scale);
+                acc = _mm256_fmadd_ps(_mm512_castps512_ps256(f), _mm512_castps512_ps256(scale), acc);
+                acc = _mm256_fmadd_ps(_mm512_extractf32x8_ps(f, 1), _mm512_extractf32x8_ps(scale, 1), acc);
+            }
+            const float v = MOE_SUFFIX(reduce)(acc);
+            y[t * ldy + r] = kind == 0 ? v : v * row_scale;
+        }
+    }
+    free(qt); free(dp); free(sp); free(wt); free(wsp);
+}
+#endif
+
+void MOE_SUFFIX(moe_gemm_q4_q8)(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
+#ifdef MOE_GEMM_TRANSPOSED
+    if (n >= MOE_GEMM_TRANSPOSED) { MOE_SUFFIX(gemm_transposed)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
+#endif
+    MOE_SUFFIX(gemm)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+}
+
+void MOE_SUFFIX(moe_gemm_i8_q8)(MOE_GEMM_PARAMS(const int8_t *w)) {
+#ifdef MOE_GEMM_TRANSPOSED
+    if (n >= MOE_GEMM_TRANSPOSED) { MOE_SUFFIX(gemm_transposed)(1, (const uint8_t *)w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
+#endif
+    MOE_SUFFIX(gemm)(1, (const uint8_t *)w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+}

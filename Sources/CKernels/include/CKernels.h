@@ -1,0 +1,67 @@
+// Integer-dot kernels for quantised weights, with the instruction set chosen at run time.
+//
+// C because Swift SIMD cannot name the instructions these need (vpmaddubsw, vpdpbusd); each
+// file compiles its functions for one instruction set with target attributes, so the package
+// needs no machine-specific -march and one binary runs on every x86-64 machine (and, through
+// the portable path, elsewhere).
+//
+// The arithmetic of one output, identical at every level (so results are bit-identical across
+// machines, and alone or batched):
+//   activations x[cols] are quantised per block of 32: d = max|x| / 127, q = rint(x / d);
+//   for block b: s_b = Σ_i w_i · q_i, exact in int32 (w_i = nibble − 8 for q4, the int8 for i8);
+//   acc[b mod 8] = fma((float)s_b, scale_b, acc[b mod 8]) with scale_b = wscale_b · d_b (q4) or d_b (i8);
+//   y = ((acc0+acc4)+(acc2+acc6)) + ((acc1+acc5)+(acc3+acc7)), times the row scale for i8.
+#ifndef MOE_CKERNELS_H
+#define MOE_CKERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Instruction-set levels, lowest first.
+enum {
+    /// Portable C (any CPU).
+    MOE_KERNEL_PORTABLE = 0,
+    /// AVX2 + FMA: vpmaddubsw on 256-bit vectors.
+    MOE_KERNEL_AVX2 = 1,
+    /// AVX-512 F/BW/VL: vpmaddubsw on 512-bit vectors.
+    MOE_KERNEL_AVX512 = 2,
+    /// AVX-512 VNNI: vpdpbusd (u8 × s8 → s32 in one instruction).
+    MOE_KERNEL_AVX512_VNNI = 3,
+};
+
+/// Weights per quantisation block (weights and activations alike).
+#define MOE_KERNEL_BLOCK 32
+
+/// The highest level this CPU and operating system support (CPUID and XGETBV).
+int moe_kernels_detect(void);
+
+/// Whether the CPU has AVX512-BF16 (reported; no kernel uses it yet).
+int moe_kernels_has_avx512_bf16(void);
+
+/// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
+/// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at
+/// every level: d = max|x| / 127, q = x · (1/d) rounded half to even.
+void moe_quantize_q8(int level, const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
+
+/// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end` and tokens `t < n`, W in q4
+/// blocks (`blocks[rows, cols/32, 16]`, byte j: element j low nibble, j+16 high nibble;
+/// `scales[rows, cols/32]`), x quantised by `moe_quantize_q8`.
+void moe_gemm_q4_q8(int level, const uint8_t *blocks, const float *scales, int64_t cols,
+                    int64_t row_begin, int64_t row_end,
+                    const int8_t *q, const float *d, const int32_t *sums, int64_t n,
+                    float *y, int64_t ldy);
+
+/// The same for int8 weights `w[rows, cols]` with one scale per row, `row_scales[rows]`.
+void moe_gemm_i8_q8(int level, const int8_t *w, const float *row_scales, int64_t cols,
+                    int64_t row_begin, int64_t row_end,
+                    const int8_t *q, const float *d, const int32_t *sums, int64_t n,
+                    float *y, int64_t ldy);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,30 @@
+// Per-level entry points behind the dispatch in portable.c (not part of the module's API).
+#ifndef MOE_CKERNELS_INTERNAL_H
+#define MOE_CKERNELS_INTERNAL_H
+
+#include <stdint.h>
+
+#define MOE_GEMM_PARAMS(W) W, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end, \
+    const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy
+
+void moe_quantize_q8_portable(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
+#if defined(__x86_64__)
+void moe_quantize_q8_avx2(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
+#endif
+void moe_gemm_q4_q8_portable(MOE_GEMM_PARAMS(const uint8_t *blocks));
+void moe_gemm_i8_q8_portable(MOE_GEMM_PARAMS(const int8_t *w));
+#if defined(__x86_64__)
+void moe_gemm_q4_q8_avx2(MOE_GEMM_PARAMS(const uint8_t *blocks));
+void moe_gemm_i8_q8_avx2(MOE_GEMM_PARAMS(const int8_t *w));
+void moe_gemm_q4_q8_avx512(MOE_GEMM_PARAMS(const uint8_t *blocks));
+void moe_gemm_i8_q8_avx512(MOE_GEMM_PARAMS(const int8_t *w));
+void moe_gemm_q4_q8_avx512vnni(MOE_GEMM_PARAMS(const uint8_t *blocks));
+void moe_gemm_i8_q8_avx512vnni(MOE_GEMM_PARAMS(const int8_t *w));
+#endif
+
+/// The canonical final sum of the eight block-lane accumulators (see CKernels.h).
+static inline float moe_reduce8(const float acc[8]) {
+    return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+}
+
+#endif

@@ -1,0 +1,146 @@
+import CKernels
+import Dispatch
+import Foundation
+
+/// The instruction set the integer-dot kernels run with, chosen at run time from CPUID.
+public enum KernelLevel: Int32, Sendable, CaseIterable, Comparable {
+    /// Portable C: any CPU.
+    case portable = 0
+    /// AVX2 + FMA (vpmaddubsw on 256-bit vectors).
+    case avx2 = 1
+    /// AVX-512 F/BW/VL (vpmaddubsw on 512-bit vectors).
+    case avx512 = 2
+    /// AVX-512 VNNI (vpdpbusd).
+    case avx512VNNI = 3
+
+    /// The name `MOE_KERNELS` accepts and reports print.
+    public var name: String {
+        switch self {
+        case .portable: return "portable"
+        case .avx2: return "avx2"
+        case .avx512: return "avx512"
+        case .avx512VNNI: return "avx512vnni"
+        }
+    }
+
+    /// The highest level this CPU and operating system support.
+    public static let detected = KernelLevel(rawValue: moe_kernels_detect()) ?? .portable
+
+    /// Every level this machine can run, lowest first (what the tests compare).
+    public static var available: [KernelLevel] { allCases.filter { $0 <= detected } }
+
+    /// Whether the CPU has AVX512-BF16 (detected and reported; no kernel uses it yet).
+    public static let hasAVX512BF16 = moe_kernels_has_avx512_bf16() != 0
+
+    public static func < (a: KernelLevel, b: KernelLevel) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// Products with int8 and q4 weights as integer dot products: each activation row is quantised
+/// once to 8-bit blocks of 32 (`moe_quantize_q8`), and the C kernels of `CKernels` multiply
+/// the 8-bit blocks with the weights' integers (vpmaddubsw / vpdpbusd) instead of widening the
+/// weights to float.
+///
+/// Every output's arithmetic is fixed (see `CKernels.h`): the same at every instruction-set
+/// level and for any number of rows and any split over threads, so a sequence's logits are
+/// bit-identical alone or batched, in prefill tiles or decode steps, and on every machine.
+/// The price is the activations' rounding: a relative error of about 1/254 of each block's
+/// largest activation, which the fidelity tests bound.
+public enum IntegerDotKernels {
+    /// The level in use: the detected one, or `MOE_KERNELS=portable|avx2|avx512|avx512vnni` (capped
+    /// at the detected one); nil with `MOE_KERNELS=float`, which keeps the Swift float kernels
+    /// (for side-by-side measurements).
+    public static let level: KernelLevel? = {
+        guard let wanted = ProcessInfo.processInfo.environment["MOE_KERNELS"], !wanted.isEmpty else { return KernelLevel.detected }
+        if wanted == "float" { return nil }
+        guard let chosen = KernelLevel.allCases.first(where: { $0.name == wanted }) else { return KernelLevel.detected }
+        return min(chosen, KernelLevel.detected)
+    }()
+
+    /// What `level` means, for logs and reports: `avx512vnni`, or `float` when disabled.
+    public static var description: String { level?.name ?? "float" }
+
+    /// Multiply-accumulates (rows · cols · n) above which a product is split over the cores.
+    static let parallelWork = 1 << 20
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` when `W` is int8 or q4 with a multiple of 32 columns and
+    /// the kernels are enabled; false (nothing written) otherwise.
+    @inline(__always)
+    static func apply(_ matrix: WeightMatrix, _ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) -> Bool {
+        guard let level, matrix.cols % Quantization.q4BlockSize == 0, matrix.cols > 0 else { return false }
+        switch matrix.storage {
+        case .q4(let blocks, let scales):
+            product(level: level, q4: blocks, int8: nil, scales: scales, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
+            return true
+        case .int8(let values, let scales):
+            product(level: level, q4: nil, int8: values, scales: scales, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
+            return true
+        default:
+            return false
+        }
+    }
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for q4 blocks (`blocks[rows, cols/32, 16]`, `scales[rows, cols/32]`) at `level`.
+    public static func q4(_ blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
+                          x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>, level: KernelLevel) {
+        product(level: level, q4: blocks, int8: nil, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
+    }
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for int8 `values[rows, cols]` with per-row `scales` at `level`.
+    public static func int8(_ values: UnsafePointer<Int8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
+                            x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>, level: KernelLevel) {
+        product(level: level, q4: nil, int8: values, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
+    }
+
+    /// `x[n, cols]` as the kernels see it: quantised to 8-bit blocks and widened back
+    /// (`out[n, cols]`); tests build their references from it.
+    public static func roundTripActivations(_ x: UnsafePointer<Float>, count n: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
+        let blocks = cols / Quantization.q4BlockSize
+        var q = [Int8](repeating: 0, count: n * cols), d = [Float](repeating: 0, count: n * blocks), sums = [Int32](repeating: 0, count: n * blocks)
+        moe_quantize_q8(KernelLevel.portable.rawValue, x, Int64(n), Int64(cols), &q, &d, &sums)
+        for i in 0..<(n * cols) { out[i] = Float(q[i]) * d[i / Quantization.q4BlockSize] }
+    }
+
+    private static func product(level: KernelLevel, q4: UnsafePointer<UInt8>?, int8: UnsafePointer<Int8>?, scales: UnsafePointer<Float>,
+                                rows: Int, cols: Int, x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
+        precondition(cols % Quantization.q4BlockSize == 0, "integer-dot kernels need a multiple of 32 columns, got \(cols)")
+        guard n > 0, rows > 0 else { return }
+        let blocks = cols / Quantization.q4BlockSize
+        // The quantised activations [n, cols] int8, their block scales and sums [n, blocks]: on the
+        // stack for decode-sized products (no heap allocation per step).
+        withUnsafeTemporaryAllocation(byteCount: n * cols + 8 * n * blocks, alignment: 64) { raw in
+            let base = raw.baseAddress!
+            let q = base.bindMemory(to: Int8.self, capacity: n * cols)
+            let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * blocks)
+            let sums = (base + n * cols + 4 * n * blocks).bindMemory(to: Int32.self, capacity: n * blocks)
+            moe_quantize_q8(level.rawValue, x, Int64(n), Int64(cols), q, d, sums)
+            let pointers = UncheckedSendable((q4, int8, scales, q, d, sums, y))
+            // Rows first..<last; any split gives the same bits (each output's arithmetic is fixed).
+            let run = { (first: Int, last: Int) in
+                let (q4, int8, scales, q, d, sums, y) = pointers.value
+                if let q4 {
+                    moe_gemm_q4_q8(level.rawValue, q4, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
+                } else if let int8 {
+                    moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
+                }
+            }
+            // Split over the cores when the product is large enough to pay for the hand-off: a
+            // decode GEMV from 1M weights (as the bf16 kernels), a GEMM from 4M multiply-adds (as
+            // the widening panels did).
+            let work = rows * cols * n
+            let pieces = work >= (n == 1 ? parallelWork : 4 * parallelWork) && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
+            if pieces > 1 {
+                // Pieces of whole 8-row groups; GCD's idle threads sleep (see WeightMatrix.panelGEMM).
+                let span = ((rows + pieces - 1) / pieces + 7) & ~7
+                let count = (rows + span - 1) / span
+                let task = UncheckedSendable(run)
+                DispatchQueue.concurrentPerform(iterations: count) { index in
+                    task.value(index * span, min(rows, (index + 1) * span))
+                }
+            } else {
+                run(0, rows)
+            }
+        }
+    }
+
+    private static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
+}
