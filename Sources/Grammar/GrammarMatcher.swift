@@ -24,13 +24,18 @@ public struct PartialUTF8: Hashable, Sendable {
     /// returns `.invalid` for bytes that cannot continue or start a sequence.
     enum Step { case complete(UInt32), pending, invalid }
 
+    /// The smallest code point the open sequence may encode (shorter encodings are overlong).
+    var minimum: UInt32 = 0
+
+    /// Strict UTF-8 (as decoders check it): no overlong forms, no surrogates, nothing past U+10FFFF,
+    /// so constrained output always decodes without replacement characters.
     @inline(__always)
     mutating func feed(_ b: UInt8) -> Step {
         if remaining == 0 {
             if b < 0x80 { return .complete(UInt32(b)) }
-            if b & 0xE0 == 0xC0 { value = UInt32(b & 0x1F); remaining = 1; return .pending }
-            if b & 0xF0 == 0xE0 { value = UInt32(b & 0x0F); remaining = 2; return .pending }
-            if b & 0xF8 == 0xF0 { value = UInt32(b & 0x07); remaining = 3; return .pending }
+            if b >= 0xC2 && b <= 0xDF { value = UInt32(b & 0x1F); remaining = 1; minimum = 0x80; return .pending }
+            if b & 0xF0 == 0xE0 { value = UInt32(b & 0x0F); remaining = 2; minimum = 0x800; return .pending }
+            if b >= 0xF0 && b <= 0xF4 { value = UInt32(b & 0x07); remaining = 3; minimum = 0x10000; return .pending }
             return .invalid
         }
         guard b & 0xC0 == 0x80 else { return .invalid }
@@ -39,6 +44,7 @@ public struct PartialUTF8: Hashable, Sendable {
         if remaining == 0 {
             let v = value
             value = 0
+            guard v >= minimum, v <= 0x10FFFF, !(0xD800...0xDFFF).contains(v) else { return .invalid }
             return .complete(v)
         }
         return .pending

@@ -11,8 +11,8 @@ import JSONCoding
 /// are ignored. Any other keyword is a constraint this converter cannot enforce, so it is refused
 /// (`GrammarError` naming the keyword and where it is), never silently dropped.
 ///
-/// Properties come out in the schema's order; optional ones may be left out. Whitespace between
-/// tokens is bounded (`ws`), so a model cannot pad forever.
+/// Properties come out in the schema's order; optional ones may be left out. Between tokens at most
+/// one space (`ws`), so a model cannot pad forever.
 public struct JSONSchemaGrammar {
     private var rules: [(String, String)] = []
     private var names: Set<String> = []
@@ -25,7 +25,8 @@ public struct JSONSchemaGrammar {
 
     /// The shared rules every schema grammar may use.
     static let primitives: [(String, String)] = [
-        ("ws", #"| " " | "\n" [ \t]{0,20}"#),
+        // One optional space: compact JSON, and no room for a model to pad with indentation.
+        ("ws", #"| " ""#),
         ("char", #"[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})"#),
         ("string", #""\"" char* "\"""#),
         ("integer", #"("-"? ([0-9] | [1-9] [0-9]{0,15}))"#),

@@ -82,6 +82,13 @@ import Testing
         do { let ok = m.accept(bytes: [0x41]); #expect(!ok) }  // not a continuation byte
         do { let ok = m.accept(bytes: [0xA9, 0x78]); #expect(ok) }
         #expect(m.isComplete)
+        var strict = try matcher(#"root ::= [^a]"#)
+        for bad: [UInt8] in [[0xC0, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xFF]] {
+            var copy = strict
+            let ok = copy.accept(bytes: bad)
+            #expect(!ok, "\(bad) is not strict UTF-8")
+        }
+        do { let ok = strict.accept(bytes: [0xF0, 0x9F, 0x98, 0x80]); #expect(ok) }
         var n = try matcher(#"root ::= "a""#)
         do { let ok = n.accept(bytes: [0xC3]); #expect(!ok) }  // no parse takes a code point from U+00C0...U+00FF
     }
