@@ -11,7 +11,10 @@ public struct PartialUTF8: Hashable, Sendable {
     /// The bits decoded so far.
     var value: UInt32 = 0
     /// Continuation bytes still expected; 0 when no sequence is open.
-    var remaining: Int = 0
+    public internal(set) var remaining: Int = 0
+
+    /// No sequence open.
+    public init() {}
 
     /// The interval of code points this partial sequence can still complete into.
     var completionRange: (UInt32, UInt32) {

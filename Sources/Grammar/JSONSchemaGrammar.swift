@@ -27,7 +27,9 @@ public struct JSONSchemaGrammar {
     static let primitives: [(String, String)] = [
         // One optional space: compact JSON, and no room for a model to pad with indentation.
         ("ws", #"| " ""#),
-        ("char", #"[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})"#),
+        // `\u` escapes exclude surrogates (strict parsers refuse unpaired ones; characters can
+        // always be written directly as UTF-8 instead).
+        ("char", #"[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" ([0-9a-cA-CefEF] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2}))"#),
         ("string", #""\"" char* "\"""#),
         ("integer", #"("-"? ([0-9] | [1-9] [0-9]{0,15}))"#),
         ("number", #"("-"? ([0-9] | [1-9] [0-9]{0,15})) ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,4})?"#),

@@ -65,51 +65,60 @@ enum OutputConstraint {
 }
 
 /// A grammar as the engine's per-sequence token constraint: the mask of each step comes from the
-/// vocabulary trie, memoised per grammar state (a JSON string's inside is one state however long).
+/// vocabulary trie walked through the sequence's lazily built automaton, and is memoised per
+/// automaton state (a JSON string's inside is one state however long it grows).
 final class GrammarConstraint: TokenConstraint {
-    private var matcher: GrammarMatcher
+    private let automaton: GrammarAutomaton
+    private var state: Int32
+    private var partial = PartialUTF8()
     private let trie: TokenTrie
     private let tokenBytes: [[UInt8]?]
     private let endTokens: Set<Int>
     private var memo: [MaskKey: [UInt64]] = [:]
 
     struct MaskKey: Hashable {
-        let stacks: Set<[GrammarPosition]>
+        let state: Int32
         let partial: PartialUTF8
     }
 
     init(grammar: Grammar, vocabulary: GrammarVocabulary.Tables, endTokens: Set<Int>) {
-        matcher = GrammarMatcher(grammar: grammar)
+        automaton = GrammarAutomaton(grammar: grammar)
+        state = automaton.start
         trie = vocabulary.trie
         tokenBytes = vocabulary.bytes
         self.endTokens = endTokens
     }
 
     func constrain(_ logits: inout [Float]) -> Bool {
-        let key = MaskKey(stacks: Set(matcher.stacks), partial: matcher.partial)
+        let key = MaskKey(state: state, partial: partial)
         let mask: [UInt64]
         if let hit = memo[key] {
             mask = hit
         } else {
-            mask = trie.allowedTokens(matcher, endTokens: endTokens)
+            mask = trie.allowedTokens(automaton, state: state, partial: partial, endTokens: endTokens)
             if memo.count >= 256 { memo.removeAll(keepingCapacity: true) }
             memo[key] = mask
         }
         var any = false
         let limit = min(logits.count, trie.vocabularySize)
-        for i in 0..<limit {
-            if mask.containsToken(i) { any = true } else { logits[i] = -.infinity }
+        logits.withUnsafeMutableBufferPointer { l in
+            mask.withUnsafeBufferPointer { m in
+                for i in 0..<limit where m[i >> 6] & (1 << UInt64(i & 63)) == 0 { l[i] = -.infinity }
+                for w in m where w != 0 { any = true; break }
+            }
+            for i in limit..<l.count { l[i] = -.infinity }
         }
-        for i in limit..<logits.count { logits[i] = -.infinity }
         return any
     }
 
     func accept(_ token: Int) {
-        guard !endTokens.contains(token), token >= 0, token < tokenBytes.count, let bytes = tokenBytes[token] else { return }
-        _ = matcher.accept(bytes: bytes)
+        guard !endTokens.contains(token), token >= 0, token < tokenBytes.count, let bytes = tokenBytes[token],
+              let (next, p) = automaton.run(state, partial, bytes) else { return }
+        state = next
+        partial = p
     }
 
-    var isComplete: Bool { matcher.isComplete }
+    var isComplete: Bool { partial.remaining == 0 && automaton.isClosed(state) && automaton.isAccepting(state) }
 }
 
 /// The vocabulary's trie and token bytes, built once per model on the first constrained request

@@ -102,8 +102,12 @@ import Testing
         let grammar = try GBNFParser.parse(JSONSchemaGrammar.anyObjectGBNF)
         var m = GrammarMatcher(grammar: grammar)
         let text = Array(#"{"ab": [1, true, "é"], "c": {}}"#.utf8)
+        let automaton = GrammarAutomaton(grammar: grammar)
+        var state = automaton.start
         for (step, byte) in text.enumerated() {
             let mask = trie.allowedTokens(m, endTokens: [eos])
+            #expect(mask == trie.allowedTokens(automaton, state: state, partial: m.partial, endTokens: [eos]), "step \(step)")
+            if let (next, _) = automaton.run(state, m.partial, [byte]) { state = next }
             for (id, bytes) in tokens.enumerated() {
                 var copy = m
                 let ok = copy.accept(bytes: bytes)
