@@ -41,7 +41,7 @@ const key = localStorage.getItem("moeKey");
 const headers = {"Content-Type": "application/json"};
 if (key) headers["Authorization"] = "Bearer " + key;
 const log = document.getElementById("log"), input = document.getElementById("input");
-const history = [];
+const conversation = [];
 fetch("/v1/models", {headers}).then(r => r.json()).then(j => { document.getElementById("model").textContent = j.data[0].id; }).catch(() => {});
 
 function bubble(cls, text) {
@@ -64,16 +64,16 @@ async function expertsUsed() {
 }
 
 async function send(text) {
-  history.push({role: "user", content: text});
+  conversation.push({role: "user", content: text});
   bubble("user", text);
   const reply = bubble("assistant", "");
   reply.dataset.state = "streaming";
-  const body = {messages: history, stream: true, stream_options: {include_usage: true},
+  const body = {messages: conversation, stream: true, stream_options: {include_usage: true},
                 max_tokens: Number(document.getElementById("max").value), temperature: Number(document.getElementById("temp").value)};
   const response = await fetch("/v1/chat/completions", {method: "POST", headers, body: JSON.stringify(body)});
   if (!response.ok) { reply.textContent = "error " + response.status + ": " + await response.text(); reply.dataset.state = "error"; return; }
   const reader = response.body.getReader(), decoder = new TextDecoder();
-  let buffer = "", text = "", usage = null, timings = null, finish = null;
+  let buffer = "", replyText = "", usage = null, timings = null, finish = null;
   for (;;) {
     const {done, value} = await reader.read();
     if (done) break;
@@ -85,15 +85,15 @@ async function send(text) {
       const data = event.slice(6);
       if (data === "[DONE]") continue;
       const chunk = JSON.parse(data);
-      if (chunk.error) { text += "\n[error: " + chunk.error.message + "]"; continue; }
+      if (chunk.error) { replyText += "\n[error: " + chunk.error.message + "]"; reply.textContent = replyText; continue; }
       if (chunk.usage) { usage = chunk.usage; timings = chunk.timings; }
       for (const c of chunk.choices || []) {
-        if (c.delta && c.delta.content) { text += c.delta.content; reply.textContent = text; log.scrollTop = log.scrollHeight; }
+        if (c.delta && c.delta.content) { replyText += c.delta.content; reply.textContent = replyText; log.scrollTop = log.scrollHeight; }
         if (c.finish_reason) finish = c.finish_reason;
       }
     }
   }
-  history.push({role: "assistant", content: text});
+  conversation.push({role: "assistant", content: replyText});
   const meta = document.createElement("div");
   meta.className = "meta";
   if (timings) {
