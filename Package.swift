@@ -42,6 +42,8 @@ let package = Package(
         // The Jinja interpreter that renders chat templates.
         .target(name: "ChatTemplates", dependencies: ["JSONCoding"]),
         .target(name: "Tokenization", dependencies: ["ChatTemplates", "JSONCoding"]),
+        // Constrained decoding: GBNF grammars, JSON schema → grammar, the vocabulary trie for token masks.
+        .target(name: "Grammar", dependencies: ["JSONCoding"]),
         .target(name: "MoEModels", dependencies: ["TensorMath", "ModelFormats"], swiftSettings: optimisedMath),
         .target(name: "ExpertPrediction", dependencies: ["MoEModels", "ModelFormats", "TensorMath"], swiftSettings: optimisedMath),
         .target(name: "InferenceEngine", dependencies: ["MoEModels", "TensorMath"], swiftSettings: optimisedMath),
@@ -62,7 +64,7 @@ let package = Package(
         .target(
             name: "HTTPServer",
             dependencies: [
-                "CLibUV", "CHTTPParser", "InferenceEngine", "JSONCoding",
+                "CLibUV", "CHTTPParser", "InferenceEngine", "JSONCoding", "Grammar",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "TOMLKit", package: "TOMLKit"),
@@ -96,6 +98,7 @@ let package = Package(
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "JSONCoding"]),
         .testTarget(name: "ChatTemplatesTests", dependencies: ["ChatTemplates", "JSONCoding"]),
         .testTarget(name: "JSONCodingTests", dependencies: ["JSONCoding"]),
+        .testTarget(name: "GrammarTests", dependencies: ["Grammar", "JSONCoding", "Tokenization"]),
         .testTarget(name: "ExpertCacheTests", dependencies: ["ExpertCache", "MoEModels", "ModelFormats", "TensorMath"]),
         .testTarget(
             name: "ExpertStoreTests", dependencies: ["ModelFormats", "MoEModels", "TensorMath"],

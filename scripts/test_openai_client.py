@@ -213,6 +213,151 @@ def metrics():
         assert name in families, name
 
 
+PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age", "ok"],
+          "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"},
+                         "ok": {"type": "boolean"}}}
+
+
+def valid_person(doc):
+    return (isinstance(doc, dict) and set(doc) == {"name", "age", "ok"} and isinstance(doc["name"], str)
+            and len(doc["name"]) <= 12 and isinstance(doc["age"], int) and not isinstance(doc["age"], bool)
+            and isinstance(doc["ok"], bool))
+
+
+@check("unknown fields are 400 naming the field (never silently ignored)")
+def unknown_fields():
+    for path, body in [("/v1/completions", {"prompt": "x", "max_tokens": 2, "mirostat": 2}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "frobnicate": True}),
+                       ("/completion", {"prompt": "x", "n_predict": 2, "typical_p": 0.5})]:
+        key = [k for k in body if k not in ("prompt", "max_tokens", "messages", "n_predict")][0]
+        status, _, raw_body = raw("POST", path, body)
+        assert status == 400 and f"'{key}'" in error_of(raw_body)["message"], (path, status, raw_body)
+    try:
+        Ctx.client.chat.completions.create(model=Ctx.model, messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                           extra_body={"mirostat_tau": 5})
+    except openai.BadRequestError as e:
+        assert "mirostat_tau" in str(e), str(e)
+    else:
+        raise AssertionError("no error")
+
+
+@check("response_format json_schema (strict): the reply parses and validates, also streamed")
+def structured_output():
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": PERSON}}
+    for seed in (1, 2, 3):
+        r = Ctx.client.chat.completions.create(model=Ctx.model, messages=[{"role": "user", "content": "A person, as JSON."}],
+                                               max_tokens=120, temperature=0.8, seed=seed, response_format=fmt)
+        doc = json.loads(r.choices[0].message.content)
+        assert valid_person(doc), doc
+        assert r.choices[0].finish_reason == "stop", r.choices[0].finish_reason
+    chunks = list(Ctx.client.chat.completions.create(model=Ctx.model, messages=[{"role": "user", "content": "JSON please"}],
+                                                     max_tokens=120, temperature=0, response_format=fmt, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert valid_person(json.loads(text)), text
+
+
+@check("response_format json_object, llama.cpp json_schema and GBNF grammar")
+def other_constraints():
+    r = Ctx.client.chat.completions.create(model=Ctx.model, messages=[{"role": "user", "content": "JSON"}], max_tokens=200,
+                                           temperature=0, response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict), r.choices[0].message.content
+    else:
+        assert r.choices[0].message.content.startswith("{"), r.choices[0].message.content
+    status, _, body = raw("POST", "/completion", {"prompt": "Person:", "n_predict": 120, "temperature": 0, "json_schema": PERSON})
+    assert status == 200 and valid_person(json.loads(json.loads(body)["content"])), body
+    status, _, body = raw("POST", "/completion", {"prompt": "Answer:", "n_predict": 30, "seed": 5,
+                                                  "grammar": 'root ::= ("yes" | "no") ", because " [a-z]{1,10} "."'})
+    content = json.loads(body)["content"]
+    import re
+    assert status == 200 and re.fullmatch(r"(yes|no), because [a-z]{1,10}\.", content), content
+    status, _, body = raw("POST", "/completion", {"prompt": "x", "grammar": "root ::= undefined-rule"})
+    assert status == 400 and "grammar" in error_of(body)["message"], body
+    status, _, body = raw("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                           "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}}})
+    assert status == 400 and "pattern" in error_of(body)["message"], body
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city",
+                                             "parameters": {"type": "object", "required": ["city", "unit"], "additionalProperties": False,
+                                                            "properties": {"city": {"type": "string", "maxLength": 20},
+                                                                           "unit": {"enum": ["celsius", "fahrenheit"]}}}}},
+           {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+
+
+@check("tools: a forced call comes back as tool_calls valid for the schema, also as streaming deltas")
+def tool_calls():
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = Ctx.client.chat.completions.create(model=Ctx.model, messages=messages, max_tokens=80, temperature=0, tools=WEATHER,
+                                           tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls", r
+    assert call.function.name == "get_weather" and call.type == "function" and call.id.startswith("call_"), call
+    args = json.loads(call.function.arguments)
+    assert set(args) == {"city", "unit"} and args["unit"] in ("celsius", "fahrenheit"), args
+    r = Ctx.client.chat.completions.create(model=Ctx.model, messages=messages, max_tokens=80, temperature=0, tools=WEATHER,
+                                           tool_choice="required")
+    assert r.choices[0].message.tool_calls[0].function.name in ("get_weather", "get_time"), r
+    stream = Ctx.client.chat.completions.create(model=Ctx.model, messages=messages, max_tokens=80, temperature=0, tools=WEATHER,
+                                                tool_choice="required", stream=True)
+    deltas = [tc for c in stream if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert deltas and deltas[0].function.name in ("get_weather", "get_time"), deltas
+    json.loads("".join(d.function.arguments or "" for d in deltas))
+    # The call and its result go back into the conversation (rendered through the template).
+    follow = messages + [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                         {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21}'}]
+    r = Ctx.client.chat.completions.create(model=Ctx.model, messages=follow, max_tokens=8, temperature=0, tools=WEATHER,
+                                           tool_choice="none")
+    assert r.choices[0].message.tool_calls is None, r
+    status, _, body = raw("POST", "/v1/chat/completions", {"messages": messages, "tools": WEATHER,
+                                                           "tool_choice": {"type": "function", "function": {"name": "nope"}}})
+    assert status == 400 and "nope" in error_of(body)["message"], body
+
+
+@check("n > 1, echo and logit_bias")
+def n_echo_bias():
+    r = Ctx.client.completions.create(model=Ctx.model, prompt="def add(a, b):", max_tokens=6, temperature=1.0, seed=11, n=3)
+    assert sorted(c.index for c in r.choices) == [0, 1, 2], r
+    assert r.usage.completion_tokens >= 3, r.usage
+    r2 = Ctx.client.completions.create(model=Ctx.model, prompt="def add(a, b):", max_tokens=6, temperature=1.0, seed=11, n=3)
+    assert [c.text for c in r.choices] == [c.text for c in r2.choices], "seeded n>1 is reproducible"
+    chunks = list(Ctx.client.chat.completions.create(model=Ctx.model, messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=4, temperature=0, n=2, stream=True))
+    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
+    r = Ctx.client.completions.create(model=Ctx.model, prompt="import os", max_tokens=4, temperature=0, echo=True)
+    assert r.choices[0].text.startswith("import os"), r.choices[0].text
+    status, _, body = raw("POST", "/completion", {"prompt": "import", "n_predict": 1, "temperature": 0})
+    banned = json.loads(body)["tokens"][0]
+    greedy = Ctx.client.completions.create(model=Ctx.model, prompt="import", max_tokens=1, temperature=0)
+    biased = Ctx.client.completions.create(model=Ctx.model, prompt="import", max_tokens=1, temperature=0,
+                                           logit_bias={str(banned): -100})
+    assert biased.choices[0].text != greedy.choices[0].text, (biased.choices[0].text, greedy.choices[0].text)
+    status, _, body = raw("POST", "/completion", {"prompt": "import", "n_predict": 1, "temperature": 0,
+                                                  "logit_bias": [[banned, False]]})
+    assert json.loads(body)["tokens"][0] != banned, body
+    status, _, body = raw("POST", "/v1/completions", {"prompt": "x", "suffix": "y", "max_tokens": 2})
+    assert status in (200, 400), body
+    if status == 400:
+        assert "fill-in-the-middle" in error_of(body)["message"], body
+
+
+@check("llama-server routes: /props, /slots, /apply-template, /infill; /v1/models context and quantization")
+def llama_routes():
+    status, _, body = raw("GET", "/props")
+    props = json.loads(body)
+    assert status == 200 and props["default_generation_settings"]["n_ctx"] == Ctx.n_ctx and "chat_template" in props, props
+    assert props["build_info"] and props["total_slots"] >= 1, props
+    status, _, body = raw("GET", "/slots")
+    assert status == 200 and isinstance(json.loads(body), list), body
+    status, _, body = raw("POST", "/apply-template", {"messages": [{"role": "user", "content": "Hello"}]})
+    assert status == 200 and "Hello" in json.loads(body)["prompt"], body
+    status, _, body = raw("POST", "/infill", {"input_prefix": "def f(", "input_suffix": "):", "n_predict": 4})
+    assert status in (200, 400), body
+    status, _, body = raw("GET", "/v1/models")
+    model = json.loads(body)["data"][0]
+    assert model["context_length"] == Ctx.n_ctx and model["quantization"], model
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("url", nargs="?", default="http://127.0.0.1:8080")

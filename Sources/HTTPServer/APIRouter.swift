@@ -28,11 +28,16 @@ public struct APIRouter: Sendable {
         "/metrics": ("GET", "/metrics"),
         "/v1/stats": ("GET", "/v1/stats"),
         "/": ("GET", "/"),
+        "/chat": ("GET", "/chat"),
+        "/props": ("GET", "/props"),
+        "/slots": ("GET", "/slots"),
+        "/apply-template": ("POST", "/apply-template"),
+        "/infill": ("POST", "/infill"),
     ]
     /// Routes reachable without an API key: health checks from load balancers, and the page
     /// itself (it holds no data; it asks for the key to read /v1/stats).
     /// `/health/detail` is open too: orchestrators read it without keys and it holds only load figures.
-    static let openRoutes: Set<String> = ["/health", "/health/detail", "/"]
+    static let openRoutes: Set<String> = ["/health", "/health/detail", "/", "/chat"]
 
     let config: ServerConfig
     let metrics: ServerMetrics
@@ -128,6 +133,8 @@ public struct APIRouter: Sendable {
             return .response(.text(metrics.exposition(), contentType: "text/plain; version=0.0.4; charset=utf-8"))
         case "/":
             return .response(.text(Dashboard.html, contentType: "text/html; charset=utf-8"))
+        case "/chat":
+            return .response(.text(ChatPage.html, contentType: "text/html; charset=utf-8"))
         case "/v1/stats":
             var stats = backend?.stats?.currentStats() ?? EngineStats()
             if stats.residentBytes == 0 { stats.residentBytes = ServerMetrics.residentSetBytes() ?? 0 }
@@ -146,10 +153,29 @@ public struct APIRouter: Sendable {
         let codec = backend.codec
         switch route.name {
         case "/v1/models":
+            let info = backend.info
             let model = JSON.object([("id", .string(codec.modelName)), ("object", .string("model")), ("created", .int(0)),
                                      ("owned_by", .string("moe-serve")),
-                                     ("meta", .object([("n_ctx", .int(codec.contextLength)), ("n_vocab", .int(codec.vocabularySize))]))])
+                                     // vLLM's name for the context length, read by clients that size prompts.
+                                     ("max_model_len", .int(codec.contextLength)),
+                                     ("context_length", .int(codec.contextLength)),
+                                     ("quantization", .string(info.quantization)),
+                                     ("meta", .object([("n_ctx", .int(codec.contextLength)), ("n_vocab", .int(codec.vocabularySize)),
+                                                       ("n_ctx_train", .int(info.trainedContextLength > 0 ? info.trainedContextLength : codec.contextLength)),
+                                                       ("quantization", .string(info.quantization)),
+                                                       ("architecture", .string(info.architecture))]))])
             return .response(.json(.object([("object", .string("list")), ("data", .array([model]))])))
+        case "/props":
+            return .response(.json(LlamaServerRoutes.props(backend)))
+        case "/slots":
+            return .response(.json(LlamaServerRoutes.slots(backend)))
+        case "/apply-template":
+            let f = try RequestFields(body: request.body)
+            try f.rejectUnknown(["messages", "tools", "tool_choice", "parallel_tool_calls", "chat_template_kwargs", "model"], route: "/apply-template")
+            let chat = try ChatRequest.parse(f, codec: BoundedCodec(codec: codec, maxPromptBytes: backend.maxPromptBytes))
+            return .response(.json(.object([("prompt", .string(chat.rendered))])))
+        case "/infill":
+            return .generate(prepared(try CompletionJob.parseInfill(request.body, codec: codec, maxPromptBytes: backend.maxPromptBytes), backend))
         case "/tokenize":
             let f = try RequestFields(body: request.body)
             guard let content = try f.string("content") else { throw APIError.invalidRequest("field 'content' is required") }
@@ -170,17 +196,26 @@ public struct APIRouter: Sendable {
             let ids = try CompletionJob.tokenIds(items, key: "tokens", codec: codec)
             return .response(.json(.object([("content", .string(codec.decode(ids)))])))
         case "/v1/completions":
-            return .generate(try CompletionJob.parse(request.body, flavor: .openAICompletion, codec: codec,
-                                                     maxPromptBytes: backend.maxPromptBytes))
+            return .generate(prepared(try CompletionJob.parse(request.body, flavor: .openAICompletion, codec: codec,
+                                                              maxPromptBytes: backend.maxPromptBytes), backend))
         case "/v1/chat/completions":
-            return .generate(try CompletionJob.parse(request.body, flavor: .openAIChat, codec: codec,
-                                                     maxPromptBytes: backend.maxPromptBytes))
+            return .generate(prepared(try CompletionJob.parse(request.body, flavor: .openAIChat, codec: codec,
+                                                              maxPromptBytes: backend.maxPromptBytes), backend))
         case "/completion":
-            return .generate(try CompletionJob.parse(request.body, flavor: .llamaCompletion, codec: codec,
-                                                     maxPromptBytes: backend.maxPromptBytes))
+            return .generate(prepared(try CompletionJob.parse(request.body, flavor: .llamaCompletion, codec: codec,
+                                                              maxPromptBytes: backend.maxPromptBytes), backend))
         default:
             throw APIError.notFound(path)
         }
+    }
+
+    /// Attaches the engine-side token constraint of a job's grammar (the vocabulary trie is the
+    /// backend's, built on the first constrained request).
+    func prepared(_ job: CompletionJob, _ backend: ModelBackend) -> CompletionJob {
+        guard let grammar = job.grammar else { return job }
+        var job = job
+        job.request.constraint = backend.grammarVocabulary.factory(grammar, endTokens: job.request.stopTokenIds)
+        return job
     }
 
     /// `GET /health/detail`: the readiness of `/health` (same status code) with the figures an

@@ -490,8 +490,8 @@ public final class APIServer: @unchecked Sendable {
 
     private func cancelEngine(_ state: RequestState) {
         state.cancelled = true
-        if let engineID = state.engineID, state.responder?.isFinished != true {
-            backend?.service.cancel(engineID)
+        if state.responder?.isFinished != true {
+            for engineID in state.engineIDs { backend?.service.cancel(engineID) }
         }
     }
 
@@ -539,9 +539,11 @@ public final class APIServer: @unchecked Sendable {
 
     /// Admission and submission, on a worker thread.
     private func submit(_ job: CompletionJob, backend: ModelBackend, connection: UInt64, request: UInt64) {
+        // Each choice is an engine sequence and counts against the queue limit (`n` of them).
+        let choices = max(1, job.choices)
         stateLock.lock()
-        let admitted = inFlight < config.maxQueuedRequests
-        if admitted { inFlight += 1 }
+        let admitted = inFlight + choices <= config.maxQueuedRequests
+        if admitted { inFlight += choices }
         let count = inFlight
         stateLock.unlock()
         guard admitted else {
@@ -552,13 +554,22 @@ public final class APIServer: @unchecked Sendable {
         }
         metrics.setRequestsInFlight(count)
         let inbox = self.inbox
+        var engineIDs: [UInt64] = []
         do {
-            let engineID = try backend.service.submit(job.request) { event in
-                inbox.push(.event(connection: connection, request: request, event))
+            for choice in 0..<choices {
+                var generation = job.request
+                // Each choice draws from its own seeded stream, so n > 1 with a seed gives n different,
+                // reproducible completions.
+                if choice > 0, let seed = generation.sampling.seed { generation.sampling.seed = seed &+ UInt64(choice) }
+                engineIDs.append(try backend.service.submit(generation) { event in
+                    inbox.push(.event(connection: connection, request: request, choice: choice, event))
+                })
             }
-            inbox.push(.submitted(connection: connection, request: request, job: job, engineID: engineID))
+            inbox.push(.submitted(connection: connection, request: request, job: job, engineIDs: engineIDs))
         } catch {
-            releaseInFlight()
+            // Choices already admitted are cancelled; their final events release their share.
+            for id in engineIDs { backend.service.cancel(id) }
+            for _ in engineIDs.count..<choices { releaseInFlight() }
             let apiError: APIError
             if let e = error as? SubmissionError {
                 switch e.kind {
@@ -592,35 +603,37 @@ public final class APIServer: @unchecked Sendable {
             case let .response(connectionID, requestID, response):
                 guard let connection = connections[connectionID], let state = connection.requests[requestID] else { continue }
                 deliver(ResponsePart.complete(response), state: state, id: requestID, on: connection)
-            case let .submitted(connectionID, requestID, job, engineID):
+            case let .submitted(connectionID, requestID, job, engineIDs):
                 guard let connection = connections[connectionID], let state = connection.requests[requestID], !state.cancelled else {
                     // The client left while the request was being admitted.
-                    backend?.service.cancel(engineID)
+                    for engineID in engineIDs { backend?.service.cancel(engineID) }
                     continue
                 }
                 let codec = backend?.codec
                 let responder = GenerationResponder(job: job, tokenText: { id in codec?.decode([id]) ?? "" })
                 state.responder = responder
-                state.engineID = engineID
+                state.engineIDs = engineIDs
                 var parts = responder.start()
-                for event in state.pendingEvents { parts += consume(event, responder: responder) }
+                for (choice, event) in state.pendingEvents { parts += consume(event, choice: choice, state: state, responder: responder) }
                 state.pendingEvents = []
                 deliver(parts, state: state, id: requestID, on: connection)
-            case let .event(connectionID, requestID, event):
+            case let .event(connectionID, requestID, choice, event):
                 if case .token = event {} else { releaseInFlight() }
                 guard let connection = connections[connectionID], let state = connection.requests[requestID] else { continue }
                 guard let responder = state.responder else {
-                    state.pendingEvents.append(event)
+                    state.pendingEvents.append((choice, event))
                     continue
                 }
-                deliver(consume(event, responder: responder), state: state, id: requestID, on: connection)
+                deliver(consume(event, choice: choice, state: state, responder: responder), state: state, id: requestID, on: connection)
             }
         }
     }
 
-    private func consume(_ event: GenerationEvent, responder: GenerationResponder) -> [ResponsePart] {
+    private func consume(_ event: GenerationEvent, choice: Int, state: RequestState, responder: GenerationResponder) -> [ResponsePart] {
         if case let .finished(_, _, usage, timings) = event { metrics.recordCompletion(usage: usage, timings: timings) }
-        return responder.consume(event)
+        // One failed choice fails the response: the others stop too.
+        if case .failed = event { for engineID in state.engineIDs { backend?.service.cancel(engineID) } }
+        return responder.consume(event, choice: choice)
     }
 
     /// Hands parts to the state machine, adding CORS headers and counting finished responses.

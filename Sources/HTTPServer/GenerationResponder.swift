@@ -2,23 +2,34 @@ import Foundation
 import InferenceEngine
 
 /// Turns one request's engine events into response parts in the shape of its API:
-/// OpenAI chunks or JSON body, llama.cpp chunks or JSON body. Lives on the event loop;
-/// its work per event is one small JSON serialization.
+/// OpenAI chunks or JSON body, llama.cpp chunks or JSON body. A request with `n` > 1 has one
+/// engine sequence per choice; their events arrive interleaved, tagged with the choice index,
+/// and the response ends when every choice has. Lives on the event loop; its work per event is
+/// one small JSON serialization.
 public final class GenerationResponder {
     let job: CompletionJob
     let id: String
     let created: Int
-    private var text = ""
-    private var generated = 0
-    private var tokenIds: [Int] = []
-    private var finished = false
-    private var sentRole = false
     /// Text of one token id, for log-probability entries (a table lookup in a real tokenizer).
     private let tokenText: (Int) -> String
-    /// Chat: one entry per token. Completions: parallel arrays, as the legacy API has them.
-    private var chatLogprobs: [JSON] = []
-    private var llamaProbabilities: [JSON] = []
-    private var legacyTokens: [JSON] = [], legacyLogprobs: [JSON] = [], legacyTop: [JSON] = [], legacyOffsets: [JSON] = []
+    private var choices: [Choice]
+    private var failed = false
+
+    /// One choice's progress.
+    private struct Choice {
+        var text = ""
+        var tokenIds: [Int] = []
+        var finishReason: FinishReason?
+        var usage: Usage?
+        var timings: Timings?
+        /// Chat: one entry per token. Completions: parallel arrays, as the legacy API has them.
+        var chatLogprobs: [JSON] = []
+        var llamaProbabilities: [JSON] = []
+        var legacyTokens: [JSON] = [], legacyLogprobs: [JSON] = [], legacyTop: [JSON] = [], legacyOffsets: [JSON] = []
+        /// Splits `<tool_call>` blocks out of the text when tools were offered.
+        var tools: ToolCallStream?
+        var sentEcho = false
+    }
 
     /// A responder for `job`; `created` is the Unix time stamped on every chunk.
     /// - Parameter tokenText: decodes one token id, used only when the request asked for logprobs.
@@ -32,10 +43,16 @@ public final class GenerationResponder {
         case .openAICompletion: id = "cmpl-\(suffix)"
         case .llamaCompletion: id = "cmpl-\(suffix)"
         }
+        var choice = Choice()
+        if let tools = job.tools { choice.tools = ToolCallStream(tools: tools) }
+        choices = Array(repeating: choice, count: max(1, job.choices))
+        if let echo = job.echoText, !job.stream {
+            for i in choices.indices { choices[i].text = echo }
+        }
     }
 
-    /// Whether `.finished` or `.failed` was seen.
-    public var isFinished: Bool { finished }
+    /// Whether every choice has finished, or one failed.
+    public var isFinished: Bool { failed || choices.allSatisfy { $0.finishReason != nil } }
 
     static func sseEvent(_ json: JSON) -> [UInt8] { Array("data: \(json.serialized())\n\n".utf8) }
 
@@ -53,34 +70,49 @@ public final class GenerationResponder {
     public func start() -> [ResponsePart] {
         guard job.stream else { return [] }
         var parts: [ResponsePart] = [.head(status: 200, headers: Self.sseHeaders)]
-        if job.flavor == .openAIChat {
-            sentRole = true
-            parts.append(.body(Self.sseEvent(chatChunk(delta: .object([("role", .string("assistant")), ("content", .string(""))]),
-                                                      finishReason: nil))))
+        for index in choices.indices {
+            if job.flavor == .openAIChat {
+                parts.append(.body(Self.sseEvent(chatChunk(index, delta: .object([("role", .string("assistant")), ("content", .string(""))]),
+                                                          finishReason: nil))))
+            } else if job.flavor == .openAICompletion, let echo = job.echoText {
+                choices[index].sentEcho = true
+                parts.append(.body(Self.sseEvent(completionChunk(index, echo, finishReason: nil))))
+            }
         }
         return parts
     }
 
-    /// The parts an engine event produces.
-    public func consume(_ event: GenerationEvent) -> [ResponsePart] {
-        guard !finished else { return [] }
+    /// The parts an engine event of choice `choice` produces.
+    public func consume(_ event: GenerationEvent, choice index: Int = 0) -> [ResponsePart] {
+        guard !failed, choices.indices.contains(index), choices[index].finishReason == nil else { return [] }
         switch event {
         case let .token(tokenId, piece, logprob, top):
-            generated += 1
-            tokenIds.append(tokenId)
-            let offset = text.utf8.count
-            text += piece
+            choices[index].tokenIds.append(tokenId)
+            let offset = choices[index].text.utf8.count
+            choices[index].text += piece
             var entry: JSON = .null
-            if job.request.logprobs, let logprob { entry = recordLogprob(logprob, top: top, offset: offset) }
-            guard job.stream, !piece.isEmpty || !entry.isNull else { return [] }
-            return [.body(Self.sseEvent(streamChunk(piece, tokenId: tokenId, logprobs: entry)))]
+            if job.request.logprobs, let logprob { entry = recordLogprob(index, logprob, top: top, offset: offset) }
+            guard job.stream else { return [] }
+            if choices[index].tools != nil {
+                let out = choices[index].tools!.push(piece)
+                return streamToolParts(index, out, tokenId: tokenId, logprobs: entry)
+            }
+            guard !piece.isEmpty || !entry.isNull else { return [] }
+            return [.body(Self.sseEvent(streamChunk(index, piece, tokenId: tokenId, logprobs: entry)))]
         case let .finished(reason, tail, usage, timings):
-            finished = true
-            text += tail
-            return job.stream ? finishStream(reason: reason, tail: tail, usage: usage, timings: timings)
-                              : ResponsePart.complete(.json(fullBody(reason: reason, usage: usage, timings: timings)))
+            choices[index].text += tail
+            choices[index].finishReason = reason
+            choices[index].usage = usage
+            choices[index].timings = timings
+            if index == 0 { lastTail = tail }
+            var parts: [ResponsePart] = []
+            if job.stream { parts += finishChoiceStream(index, tail: tail) }
+            guard isFinished else { return parts }
+            let (allUsage, allTimings) = totals()
+            if job.stream { return parts + finishStream(usage: allUsage, timings: allTimings) }
+            return ResponsePart.complete(.json(fullBody(usage: allUsage, timings: allTimings)))
         case let .failed(message):
-            finished = true
+            failed = true
             let error = APIError.server(message)
             if job.stream {
                 return [.body(Self.sseEvent(error.json)), .end(close: true)]
@@ -89,8 +121,20 @@ public final class GenerationResponder {
         }
     }
 
+    /// Usage and timings over every choice: the prompt counted once (it is the same prompt), the
+    /// generated tokens summed, the longest times.
+    private func totals() -> (Usage, Timings) {
+        let first = choices[0]
+        let prompt = first.usage?.promptTokens ?? job.request.prompt.count
+        let completion = choices.reduce(0) { $0 + ($1.usage?.completionTokens ?? 0) }
+        let promptMs = choices.map { $0.timings?.promptMs ?? 0 }.max() ?? 0
+        let predictedMs = choices.map { $0.timings?.predictedMs ?? 0 }.max() ?? 0
+        let timings = Timings(promptN: first.timings?.promptN ?? prompt, promptMs: promptMs, predictedN: completion, predictedMs: predictedMs)
+        return (Usage(promptTokens: prompt, completionTokens: completion), timings)
+    }
+
     /// Stores one position's log-probabilities; returns what a stream chunk carries for it.
-    private func recordLogprob(_ chosen: TokenLogprob, top: [TokenLogprob], offset: Int) -> JSON {
+    private func recordLogprob(_ index: Int, _ chosen: TokenLogprob, top: [TokenLogprob], offset: Int) -> JSON {
         let token = tokenText(chosen.token)
         switch job.flavor {
         case .openAIChat:
@@ -99,14 +143,14 @@ public final class GenerationResponder {
             }
             let alternatives = top.prefix(job.request.topLogprobs).map { JSON.object(item(tokenText($0.token), $0.logprob)) }
             let entry = JSON.object(item(token, chosen.logprob) + [("top_logprobs", .array(alternatives))])
-            chatLogprobs.append(entry)
+            choices[index].chatLogprobs.append(entry)
             return .object([("content", .array([entry]))])
         case .openAICompletion:
             let alternatives = JSON.object(top.prefix(job.request.topLogprobs).map { (tokenText($0.token), JSON.double(Double($0.logprob))) })
-            legacyTokens.append(.string(token))
-            legacyLogprobs.append(.double(Double(chosen.logprob)))
-            legacyTop.append(alternatives)
-            legacyOffsets.append(.int(offset))
+            choices[index].legacyTokens.append(.string(token))
+            choices[index].legacyLogprobs.append(.double(Double(chosen.logprob)))
+            choices[index].legacyTop.append(alternatives)
+            choices[index].legacyOffsets.append(.int(offset))
             return .object([("tokens", .array([.string(token)])), ("token_logprobs", .array([.double(Double(chosen.logprob))])),
                             ("top_logprobs", .array([alternatives])), ("text_offset", .array([.int(offset)]))])
         case .llamaCompletion:
@@ -117,18 +161,18 @@ public final class GenerationResponder {
             }
             let alternatives = top.prefix(job.request.topLogprobs).map { JSON.object(item($0.token, $0.logprob)) }
             let entry = JSON.object(item(chosen.token, chosen.logprob) + [("top_logprobs", .array(alternatives))])
-            llamaProbabilities.append(entry)
+            choices[index].llamaProbabilities.append(entry)
             return .array([entry])
         }
     }
 
-    private var fullLogprobs: JSON {
+    private func fullLogprobs(_ c: Choice) -> JSON {
         guard job.request.logprobs else { return .null }
         switch job.flavor {
-        case .openAIChat: return .object([("content", .array(chatLogprobs))])
+        case .openAIChat: return .object([("content", .array(c.chatLogprobs))])
         case .openAICompletion:
-            return .object([("tokens", .array(legacyTokens)), ("token_logprobs", .array(legacyLogprobs)),
-                            ("top_logprobs", .array(legacyTop)), ("text_offset", .array(legacyOffsets))])
+            return .object([("tokens", .array(c.legacyTokens)), ("token_logprobs", .array(c.legacyLogprobs)),
+                            ("top_logprobs", .array(c.legacyTop)), ("text_offset", .array(c.legacyOffsets))])
         case .llamaCompletion: return .null
         }
     }
@@ -155,30 +199,43 @@ public final class GenerationResponder {
                  ("predicted_per_second", .double(t.predictedPerSecond))])
     }
 
-    private func chatChunk(delta: JSON, finishReason: String?, logprobs: JSON = .null) -> JSON {
+    private func chatChunk(_ index: Int, delta: JSON, finishReason: String?, logprobs: JSON = .null) -> JSON {
         .object([("id", .string(id)), ("object", .string("chat.completion.chunk")), ("created", .int(created)),
                  ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
-                 ("choices", .array([.object([("index", .int(0)), ("delta", delta), ("logprobs", logprobs),
+                 ("choices", .array([.object([("index", .int(index)), ("delta", delta), ("logprobs", logprobs),
                                               ("finish_reason", finishReason.map { .string($0) } ?? .null)])]))])
     }
 
-    private func completionChunk(_ piece: String, finishReason: String?, logprobs: JSON = .null) -> JSON {
+    private func completionChunk(_ index: Int, _ piece: String, finishReason: String?, logprobs: JSON = .null) -> JSON {
         .object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
                  ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
-                 ("choices", .array([.object([("text", .string(piece)), ("index", .int(0)), ("logprobs", logprobs),
+                 ("choices", .array([.object([("text", .string(piece)), ("index", .int(index)), ("logprobs", logprobs),
                                               ("finish_reason", finishReason.map { .string($0) } ?? .null)])]))])
     }
 
-    private func streamChunk(_ piece: String, tokenId: Int, logprobs: JSON) -> JSON {
+    private func streamChunk(_ index: Int, _ piece: String, tokenId: Int, logprobs: JSON) -> JSON {
         switch job.flavor {
-        case .openAIChat: return chatChunk(delta: .object([("content", .string(piece))]), finishReason: nil, logprobs: logprobs)
-        case .openAICompletion: return completionChunk(piece, finishReason: nil, logprobs: logprobs)
+        case .openAIChat: return chatChunk(index, delta: .object([("content", .string(piece))]), finishReason: nil, logprobs: logprobs)
+        case .openAICompletion: return completionChunk(index, piece, finishReason: nil, logprobs: logprobs)
         case .llamaCompletion:
-            var fields: [(String, JSON)] = [("index", .int(0)), ("content", .string(piece)), ("tokens", .array([.int(tokenId)])),
+            var fields: [(String, JSON)] = [("index", .int(index)), ("content", .string(piece)), ("tokens", .array([.int(tokenId)])),
                                             ("stop", .bool(false)), ("id_slot", .int(0))]
             if logprobs != .null { fields.append(("completion_probabilities", logprobs)) }
             return .object(fields)
         }
+    }
+
+    /// Stream chunks for what the tool-call splitter released: content as content deltas, each
+    /// finished call as a `tool_calls` delta.
+    private func streamToolParts(_ index: Int, _ out: ToolCallStream.Output, tokenId: Int, logprobs: JSON) -> [ResponsePart] {
+        var parts: [ResponsePart] = []
+        if !out.content.isEmpty || !logprobs.isNull {
+            parts.append(.body(Self.sseEvent(streamChunk(index, out.content, tokenId: tokenId, logprobs: logprobs))))
+        }
+        for call in out.calls {
+            parts.append(.body(Self.sseEvent(chatChunk(index, delta: .object([("tool_calls", .array([call.deltaJSON]))]), finishReason: nil))))
+        }
+        return parts
     }
 
     private func llamaStopType(_ reason: FinishReason) -> String {
@@ -189,15 +246,15 @@ public final class GenerationResponder {
         }
     }
 
-    private func llamaFinal(content: String, reason: FinishReason, usage: Usage, timings: Timings) -> JSON {
-        .object([("index", .int(0)), ("content", .string(content)), ("tokens", .array(job.stream ? [] : tokenIds.map { .int($0) })),
+    private func llamaFinal(_ c: Choice, index: Int, content: String, usage: Usage, timings: Timings) -> JSON {
+        .object([("index", .int(index)), ("content", .string(content)), ("tokens", .array(job.stream ? [] : c.tokenIds.map { .int($0) })),
                  ("id_slot", .int(0)), ("stop", .bool(true)), ("model", .string(job.model)),
                  ("tokens_predicted", .int(usage.completionTokens)), ("tokens_evaluated", .int(usage.promptTokens)),
                  ("generation_settings", generationSettings()),
-                 ("prompt", .string("")), ("has_new_line", .bool(text.contains("\n"))), ("truncated", .bool(false)),
-                 ("stop_type", .string(llamaStopType(reason))), ("stopping_word", .string("")), ("tokens_cached", .int(0)),
+                 ("prompt", .string("")), ("has_new_line", .bool(c.text.contains("\n"))), ("truncated", .bool(false)),
+                 ("stop_type", .string(llamaStopType(c.finishReason ?? .stop))), ("stopping_word", .string("")), ("tokens_cached", .int(0)),
                  ("timings", Self.timingsJSON(timings))]
-                + (job.request.logprobs && !job.stream ? [("completion_probabilities", .array(llamaProbabilities))] : []))
+                + (job.request.logprobs && !job.stream ? [("completion_probabilities", .array(c.llamaProbabilities))] : []))
     }
 
     private func generationSettings() -> JSON {
@@ -208,24 +265,50 @@ public final class GenerationResponder {
                         ("stop", .array(job.request.stopStrings.map { .string($0) })), ("stream", .bool(job.stream))])
     }
 
-    private func finishStream(reason: FinishReason, tail: String, usage: Usage, timings: Timings) -> [ResponsePart] {
+    /// A choice's closing chunks (its held-back text and its finish reason), sent when it ends.
+    private func finishChoiceStream(_ index: Int, tail: String) -> [ResponsePart] {
         var events: [UInt8] = []
-        let finish = Self.finishReason(reason)
+        let c = choices[index]
+        let reason = c.finishReason ?? .stop
         switch job.flavor {
         case .openAIChat:
-            if !tail.isEmpty { events += Self.sseEvent(chatChunk(delta: .object([("content", .string(tail))]), finishReason: nil)) }
-            events += Self.sseEvent(chatChunk(delta: .object([]), finishReason: finish))
+            var finish = Self.finishReason(reason)
+            if choices[index].tools != nil {
+                let out = choices[index].tools!.push(tail)
+                let rest = choices[index].tools!.finish()
+                for part in streamToolParts(index, out, tokenId: -1, logprobs: .null) + streamToolParts(index, rest, tokenId: -1, logprobs: .null) {
+                    if case let .body(b) = part { events += b }
+                }
+                if choices[index].tools!.callCount > 0 { finish = "tool_calls" }
+            } else if !tail.isEmpty {
+                events += Self.sseEvent(chatChunk(index, delta: .object([("content", .string(tail))]), finishReason: nil))
+            }
+            events += Self.sseEvent(chatChunk(index, delta: .object([]), finishReason: finish))
+        case .openAICompletion:
+            events += Self.sseEvent(completionChunk(index, tail, finishReason: Self.finishReason(reason)))
+        case .llamaCompletion:
+            break  // the final object carries the tail, sent once every choice is done
+        }
+        return events.isEmpty ? [] : [.body(events)]
+    }
+
+    private func finishStream(usage: Usage, timings: Timings) -> [ResponsePart] {
+        var events: [UInt8] = []
+        switch job.flavor {
+        case .openAIChat:
             if job.includeUsage { events += Self.sseEvent(usageChunk(object: "chat.completion.chunk", usage: usage, timings: timings)) }
             events += Array("data: [DONE]\n\n".utf8)
         case .openAICompletion:
-            events += Self.sseEvent(completionChunk(tail, finishReason: finish))
             if job.includeUsage { events += Self.sseEvent(usageChunk(object: "text_completion", usage: usage, timings: timings)) }
             events += Array("data: [DONE]\n\n".utf8)
         case .llamaCompletion:
-            events += Self.sseEvent(llamaFinal(content: tail, reason: reason, usage: usage, timings: timings))
+            events += Self.sseEvent(llamaFinal(choices[0], index: 0, content: lastTail, usage: usage, timings: timings))
         }
         return [.body(events), .end(close: false)]
     }
+
+    /// llama.cpp's final stream object carries the text released at the end (held back by stop strings).
+    private var lastTail = ""
 
     private func usageChunk(object: String, usage: Usage, timings: Timings) -> JSON {
         .object([("id", .string(id)), ("object", .string(object)), ("created", .int(created)), ("model", .string(job.model)),
@@ -233,24 +316,37 @@ public final class GenerationResponder {
                  ("usage", Self.usageJSON(usage)), ("timings", Self.timingsJSON(timings))])
     }
 
-    private func fullBody(reason: FinishReason, usage: Usage, timings: Timings) -> JSON {
-        let finish = Self.finishReason(reason)
+    private func fullBody(usage: Usage, timings: Timings) -> JSON {
         switch job.flavor {
         case .openAIChat:
-            let message = JSON.object([("role", .string("assistant")), ("content", .string(text))])
+            let items = choices.enumerated().map { index, c -> JSON in
+                var finish = Self.finishReason(c.finishReason ?? .stop)
+                var message: [(String, JSON)] = [("role", .string("assistant")), ("content", .string(c.text))]
+                if let tools = job.tools {
+                    let parsed = ToolCallStream.split(c.text, tools: tools)
+                    if !parsed.calls.isEmpty {
+                        let content = parsed.content.trimmingCharacters(in: .whitespacesAndNewlines)
+                        message = [("role", .string("assistant")), ("content", content.isEmpty ? .null : .string(content)),
+                                   ("tool_calls", .array(parsed.calls.enumerated().map { $1.messageJSON(index: $0) }))]
+                        finish = "tool_calls"
+                    }
+                }
+                return .object([("index", .int(index)), ("message", .object(message)), ("logprobs", fullLogprobs(c)),
+                                ("finish_reason", .string(finish))])
+            }
             return .object([("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)),
                             ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
-                            ("choices", .array([.object([("index", .int(0)), ("message", message), ("logprobs", fullLogprobs),
-                                                         ("finish_reason", .string(finish))])])),
-                            ("usage", Self.usageJSON(usage)), ("timings", Self.timingsJSON(timings))])
+                            ("choices", .array(items)), ("usage", Self.usageJSON(usage)), ("timings", Self.timingsJSON(timings))])
         case .openAICompletion:
+            let items = choices.enumerated().map { index, c -> JSON in
+                .object([("text", .string(c.text)), ("index", .int(index)), ("logprobs", fullLogprobs(c)),
+                         ("finish_reason", .string(Self.finishReason(c.finishReason ?? .stop)))])
+            }
             return .object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
                             ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
-                            ("choices", .array([.object([("text", .string(text)), ("index", .int(0)), ("logprobs", fullLogprobs),
-                                                         ("finish_reason", .string(finish))])])),
-                            ("usage", Self.usageJSON(usage)), ("timings", Self.timingsJSON(timings))])
+                            ("choices", .array(items)), ("usage", Self.usageJSON(usage)), ("timings", Self.timingsJSON(timings))])
         case .llamaCompletion:
-            return llamaFinal(content: text, reason: reason, usage: usage, timings: timings)
+            return llamaFinal(choices[0], index: 0, content: choices[0].text, usage: usage, timings: timings)
         }
     }
 }

@@ -6,10 +6,10 @@ import InferenceEngine
 enum LoopMessage: Sendable {
     /// A route produced a complete response.
     case response(connection: UInt64, request: UInt64, HTTPResponse)
-    /// The engine admitted a generation under `engineID`.
-    case submitted(connection: UInt64, request: UInt64, job: CompletionJob, engineID: UInt64)
-    /// An engine event for a request.
-    case event(connection: UInt64, request: UInt64, GenerationEvent)
+    /// The engine admitted a generation's choices under `engineIDs` (one per choice).
+    case submitted(connection: UInt64, request: UInt64, job: CompletionJob, engineIDs: [UInt64])
+    /// An engine event for choice `choice` of a request.
+    case event(connection: UInt64, request: UInt64, choice: Int, GenerationEvent)
     /// Begin a graceful shutdown.
     case shutdown
 }

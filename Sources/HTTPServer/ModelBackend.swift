@@ -13,6 +13,10 @@ public struct ModelBackend: Sendable {
     /// this many bytes has more tokens than the context holds, whatever the tokenizer does, so it
     /// is refused before it is tokenized (which costs ~30x its size in memory).
     public let maxBytesPerToken: Int
+    /// What `/v1/models` and `/props` report beyond the codec's figures.
+    public var info: ModelInfo = ModelInfo()
+    /// The vocabulary trie for grammar-constrained requests, built on first use.
+    public let grammarVocabulary: GrammarVocabulary
 
     /// A backend. Decodes every token id once to find `maxBytesPerToken`.
     public init(service: any GenerationService, codec: any PromptCodec, stats: (any StatsProvider)? = nil) {
@@ -22,6 +26,7 @@ public struct ModelBackend: Sendable {
         var longest = 1
         for id in 0..<codec.vocabularySize { longest = max(longest, codec.decode([id]).utf8.count) }
         maxBytesPerToken = longest
+        grammarVocabulary = GrammarVocabulary(codec: codec)
     }
 
     /// Prompt text longer than this (in UTF-8 bytes) cannot fit the context.
@@ -29,4 +34,22 @@ public struct ModelBackend: Sendable {
         let (product, overflow) = codec.contextLength.multipliedReportingOverflow(by: maxBytesPerToken)
         return overflow ? Int.max : product
     }
+}
+
+/// Facts about the served model for `/v1/models` and `/props`.
+public struct ModelInfo: Sendable {
+    /// The model's path or directory.
+    public var path: String = ""
+    /// `Qwen3MoeForCausalLM`, ...
+    public var architecture: String = ""
+    /// How the experts are stored (`bf16`, `q4`, ...) and the dense weights' type.
+    public var quantization: String = ""
+    /// The context length the model was trained for (`max_position_embeddings`).
+    public var trainedContextLength: Int = 0
+    /// Sequences that may run at once (llama-server's slots).
+    public var slots: Int = 0
+    /// This build's version string.
+    public var build: String = "moe-serve"
+    /// Facts unknown.
+    public init() {}
 }

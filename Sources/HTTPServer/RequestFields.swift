@@ -76,6 +76,16 @@ struct RequestFields {
         }
     }
 
+    /// Refuses fields outside `allowed`: a field the server would not honour is a 400 naming it,
+    /// never silently ignored. Explicit nulls count as absent (OpenAI clients send them).
+    func rejectUnknown(_ allowed: Set<String>, route: String? = nil) throws {
+        guard case let .object(members) = object else { return }
+        for (key, value) in members where !allowed.contains(key) && !value.isNull {
+            let place = route.map { " by \($0)" } ?? ""
+            throw APIError.invalidRequest("field '\(name(key))' is not supported\(place); remove it (the server does not ignore fields it cannot honour)")
+        }
+    }
+
     /// A nested object.
     func object(_ key: String) throws -> RequestFields? {
         guard let v = value(key) else { return nil }

@@ -10,8 +10,10 @@ final class RequestState {
     let started: Double
     let cors: [(String, String)]
     var responder: GenerationResponder?
-    var engineID: UInt64?
-    var pendingEvents: [GenerationEvent] = []
+    /// One engine id per choice (`n`).
+    var engineIDs: [UInt64] = []
+    /// Events that arrived before the admission message, with their choice index.
+    var pendingEvents: [(Int, GenerationEvent)] = []
     var status = 0
     var cancelled = false
 

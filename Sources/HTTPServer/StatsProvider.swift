@@ -48,3 +48,32 @@ public protocol StatsProvider: Sendable {
     /// The current snapshot.
     func currentStats() -> EngineStats
 }
+
+/// One running or waiting sequence as `/slots` shows it (llama-server's slot state).
+public struct SlotState: Sendable {
+    /// The engine's request id.
+    public var id: UInt64
+    /// Still waiting for admission.
+    public var waiting: Bool
+    /// Prompt tokens, and how many of them have run.
+    public var promptTokens: Int
+    public var prefilledTokens: Int
+    /// Tokens generated so far, and the request's limit.
+    public var generatedTokens: Int
+    public var maxTokens: Int
+    /// A state.
+    public init(id: UInt64, waiting: Bool, promptTokens: Int, prefilledTokens: Int, generatedTokens: Int, maxTokens: Int) {
+        self.id = id
+        self.waiting = waiting
+        self.promptTokens = promptTokens
+        self.prefilledTokens = prefilledTokens
+        self.generatedTokens = generatedTokens
+        self.maxTokens = maxTokens
+    }
+}
+
+/// Implemented by a stats provider that can list the engine's sequences (`GET /slots`).
+public protocol SlotProvider: Sendable {
+    /// Every sequence the engine holds, running first.
+    func slots() -> [SlotState]
+}

@@ -44,6 +44,8 @@ public final class Engine: GenerationService, @unchecked Sendable {
         let onEvent: @Sendable (GenerationEvent) -> Void
         var sampler: TokenSampler
         var assembler: TextAssembler
+        /// This sequence's own grammar state (nil when unconstrained).
+        let constraint: (any TokenConstraint)?
         var cache: KVCache?
         var generated = 0
         var prefillStart: UInt64?
@@ -56,6 +58,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
             self.onEvent = onEvent
             sampler = TokenSampler(parameters: request.sampling, prompt: request.prompt)
             assembler = TextAssembler(decode: decode, stopStrings: request.stopStrings)
+            constraint = request.constraint?.make()
         }
     }
 
@@ -122,6 +125,13 @@ public final class Engine: GenerationService, @unchecked Sendable {
         snapshot.waitingRequests = scheduler.waitingCount
         snapshot.runningSequences = scheduler.runningCount
         return snapshot
+    }
+
+    /// The sequences the engine holds (running, then waiting), for llama-server's `/slots`.
+    public var sequenceStates: [SequenceState] {
+        condition.lock()
+        defer { condition.unlock() }
+        return scheduler.sequenceStates
     }
 
     /// Bytes of KV cache reserved by running sequences.
@@ -237,7 +247,16 @@ public final class Engine: GenerationService, @unchecked Sendable {
         for ((chunk, state), logits) in zip(zip(plan.chunks, states), outputs) where chunk.samplesNextToken {
             if state.firstTokenTime == nil { state.firstTokenTime = end }
             let request = state.request
+            var logits = logits
+            for (token, bias) in request.logitBias where token >= 0 && token < logits.count { logits[token] += bias }
+            if let constraint = state.constraint, !constraint.constrain(&logits) {
+                // The grammar allows no token at all (it cannot happen with a grammar that has no
+                // dead ends): stop rather than sample outside it.
+                finished.append((state, .stop, state.assembler.finish()))
+                continue
+            }
             let choice = state.sampler.sample(logits, topCount: request.logprobs ? request.topLogprobs : 0, logprobs: request.logprobs)
+            state.constraint?.accept(choice.token)
             state.generated += 1
             sampled[state.id] = choice.token
             if request.stopTokenIds.contains(choice.token) {
@@ -249,6 +268,8 @@ public final class Engine: GenerationService, @unchecked Sendable {
                                  topLogprobs: choice.top))
             if piece.stopped {
                 finished.append((state, .stop, ""))
+            } else if state.constraint?.isComplete == true {
+                finished.append((state, .stop, state.assembler.finish()))
             } else if Scheduler.reachedLimit(generated: state.generated, maxTokens: request.maxTokens,
                                              cachedTokens: state.cache!.length, contextLength: model.config.maxPositionEmbeddings) {
                 finished.append((state, .length, state.assembler.finish()))

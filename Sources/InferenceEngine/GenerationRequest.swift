@@ -37,6 +37,10 @@ public struct GenerationRequest: Sendable {
     public var logprobs: Bool
     /// How many alternatives to report per position when `logprobs` is set.
     public var topLogprobs: Int
+    /// Added to a token's logit before sampling (OpenAI `logit_bias`; -infinity bans the token).
+    public var logitBias: [Int: Float] = [:]
+    /// Restricts which tokens may come next (a grammar or JSON schema); nil: unconstrained.
+    public var constraint: TokenConstraintFactory? = nil
 
     public init(prompt: [Int], maxTokens: Int, sampling: SamplingParameters = SamplingParameters(),
                 stopStrings: [String] = [], stopTokenIds: Set<Int> = [], logprobs: Bool = false, topLogprobs: Int = 0) {

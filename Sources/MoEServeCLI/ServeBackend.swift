@@ -3,6 +3,7 @@ import ExpertPrediction
 import Foundation
 import HTTPServer
 import InferenceEngine
+import JSONCoding
 import MoEModels
 import Runtime
 import Tokenization
@@ -62,16 +63,42 @@ enum ServeBackend {
         // The monitor chains its usage counter after the predictor before any step runs.
         let monitor = RuntimeMonitor(engine: engine, runtime: runtime)
         engine.start()
-        let stats = LiveStatistics(monitor: monitor)
+        let stats = LiveStatistics(monitor: monitor, engine: engine)
         monitor.start { snapshot in stats.render(snapshot, into: metrics) }
         let codec = TokenizerCodec(tokenizer: tokenizer, contextLength: runtime.model.config.maxPositionEmbeddings,
                                    modelName: specification.model.lastPathComponent, extraStopIds: Set(runtime.model.config.eosTokenIds))
-        return (ModelBackend(service: engine, codec: codec, stats: stats), engine)
+        var backend = ModelBackend(service: engine, codec: codec, stats: stats)
+        backend.info = modelInfo(specification, runtime: runtime)
+        return (backend, engine)
+    }
+
+    /// What `/v1/models` and `/props` report: path, architecture, how experts and dense weights
+    /// are stored (a packed store's manifest, else the checkpoint's `dtype`), slots.
+    static func modelInfo(_ specification: RuntimeSpecification, runtime: ModelRuntime) -> ModelInfo {
+        var info = ModelInfo()
+        let url = specification.model
+        info.path = url.path
+        info.trainedContextLength = runtime.model.config.maxPositionEmbeddings
+        info.slots = specification.maxSequences
+        let manifestURL = url.appendingPathComponent("manifest.json")
+        let configURL = url.appendingPathComponent("config.json")
+        if let data = try? Data(contentsOf: manifestURL), let json = try? JSON.parse([UInt8](data)) {
+            info.architecture = json["architecture"]?.stringValue ?? ""
+            let dtype = json["experts"]?["dtype"]?.stringValue ?? "?"
+            let codec = json["experts"]?["codec"]?.stringValue ?? "none"
+            info.quantization = "experts \(dtype)" + (codec == "none" ? "" : " (\(codec))")
+        } else if let data = try? Data(contentsOf: configURL), let json = try? JSON.parse([UInt8](data)) {
+            info.architecture = json["architectures"]?[0]?.stringValue ?? ""
+            info.quantization = json["torch_dtype"]?.stringValue ?? json["dtype"]?.stringValue ?? "unknown"
+        } else {
+            info.quantization = url.pathExtension == "gguf" ? "gguf" : "unknown"
+        }
+        return info
     }
 }
 
 /// The tokenizer and chat template as the HTTP layer's `PromptCodec`.
-struct TokenizerCodec: PromptCodec {
+struct TokenizerCodec: ExtendedPromptCodec {
     let tokenizer: Tokenizer
     let contextLength: Int
     let modelName: String
@@ -85,16 +112,38 @@ struct TokenizerCodec: PromptCodec {
     }
     var vocabularySize: Int { tokenizer.vocabularySize }
     var stopTokenIds: Set<Int> { tokenizer.eosTokenIds.union(extraStopIds) }
+    func tokenBytes(_ id: Int) -> [UInt8]? { tokenizer.tokenBytes(id) }
+    func tokenId(for text: String) -> Int? { tokenizer.tokenId(for: text) }
+    var chatTemplateSource: String? { tokenizer.chatTemplate.source }
+    func renderChat(messages: [JSON], tools: [JSON]?, extra: [(String, JSON)], addGenerationPrompt: Bool) throws -> String {
+        func value(_ json: JSON) throws -> TemplateValue { try TemplateValue.fromJSON(Data(json.serialized().utf8)) }
+        var context: [String: TemplateValue] = [:]
+        for (key, v) in extra { context[key] = try value(v) }
+        return try tokenizer.chatTemplate.render(messages: try messages.map(value), tools: try tools?.map(value),
+                                                 addGenerationPrompt: addGenerationPrompt, extraContext: context)
+    }
 }
 
 /// The runtime's snapshots as the HTTP layer's types: `/v1/stats` and the dashboard read
 /// `currentStats`, `/metrics` gets each sample. No figure is computed here.
-final class LiveStatistics: StatsProvider, @unchecked Sendable {
+final class LiveStatistics: StatsProvider, SlotProvider, @unchecked Sendable {
     private let monitor: RuntimeMonitor
+    private let engine: Engine?
 
-    init(monitor: RuntimeMonitor) { self.monitor = monitor }
+    init(monitor: RuntimeMonitor, engine: Engine? = nil) {
+        self.monitor = monitor
+        self.engine = engine
+    }
 
     func currentStats() -> EngineStats { Self.engineStats(monitor.latest) }
+
+    /// The engine's sequences for `/slots` (a copy taken under the engine's lock).
+    func slots() -> [SlotState] {
+        (engine?.sequenceStates ?? []).map {
+            SlotState(id: $0.id, waiting: $0.waiting, promptTokens: $0.promptTokens, prefilledTokens: $0.prefilledTokens,
+                      generatedTokens: $0.generatedTokens, maxTokens: $0.maxTokens)
+        }
+    }
 
     /// Feeds one sample to the Prometheus metrics.
     func render(_ snapshot: RuntimeSnapshot, into metrics: ServerMetrics) {

@@ -118,6 +118,27 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
         }
     }
 
+    @Test func nChoicesAreOneSequenceEachAndCancelledTogether() throws {
+        try withServer { server, service in
+            let out = try curl(["http://127.0.0.1:\(server.port)/v1/completions", "-d", "{\"prompt\":\"abc\",\"max_tokens\":2,\"n\":3,\"seed\":7}"])
+            let json = try JSON.parse(out)
+            #expect(json["choices"]?.arrayValue?.count == 3)
+            #expect(json["choices"]?[2]?["text"] == .string("Hello,"))
+            #expect(json["usage"]?["completion_tokens"] == .int(6) && json["usage"]?["prompt_tokens"] == .int(3))
+            #expect(service.submittedCount == 3)
+            #expect(service.submitted.map { $0.sampling.seed } == [7, 8, 9])
+        }
+        let slow = ScriptedService(script: Array(repeating: "x", count: 200), tokenDelay: 0.01)
+        try withServer(slow) { server, service in
+            let client = try RawClient(port: server.port)
+            client.send(Raw.post("/v1/completions", "{\"prompt\":\"a\",\"stream\":true,\"max_tokens\":100,\"n\":2}"))
+            _ = client.read { $0.contains("\"index\":1") }
+            Glibc.shutdown(client.fd, Int32(SHUT_RDWR))
+            #expect(waitFor { service.cancelledCount == 2 })
+            #expect(waitFor { service.liveCount == 0 })
+        }
+    }
+
     @Test func disconnectMidStreamCancels() throws {
         let service = ScriptedService(script: Array(repeating: "x", count: 200), tokenDelay: 0.01)
         try withServer(service) { server, service in
