@@ -70,11 +70,13 @@ public final class Engine: GenerationService, @unchecked Sendable {
     public static func defaultLimits(for model: TransformerModel, kvCacheBudgetBytes: Int, maxRunningSequences: Int = 8,
                                      tokenBudgetPerStep: Int = 256, maxWaitingRequests: Int = 64) -> SchedulerLimits {
         let config = model.config
+        let window = TransformerModel.kvWindow(config, precision: model.kvPrecision)
         return SchedulerLimits(
             maxRunningSequences: maxRunningSequences, tokenBudgetPerStep: tokenBudgetPerStep,
             kvCacheBudgetBytes: kvCacheBudgetBytes,
             kvBytesPerToken: model.kvBytesPerToken,
-            maxWaitingRequests: maxWaitingRequests, contextLength: config.maxPositionEmbeddings)
+            maxWaitingRequests: maxWaitingRequests, contextLength: config.maxPositionEmbeddings,
+            kvWindowPositions: window.positions, kvWindowBytesPerToken: window.bytesPerToken)
     }
 
     /// Starts the engine thread.

@@ -26,9 +26,11 @@ public struct MemoryPlan: Sendable, Equatable, Codable {
     /// at least `minimumExpertBytes` (two layers' worth of experts) or planning fails with the
     /// numbers.
     public static func plan(budget: Int, runtimeBytes: Int = 0, denseBytes: Int, scratchBytes: Int, kvBytesPerToken: Int,
-                            kvTokens: Int, minimumExpertBytes: Int, kvShare: Double = 0.25) throws -> MemoryPlan {
+                            kvTokens: Int, minimumExpertBytes: Int, kvShare: Double = 0.25,
+                            kvWindowBytes: Int = 0) throws -> MemoryPlan {
         let afterFixed = budget - runtimeBytes - denseBytes - scratchBytes
-        let kvWanted = kvBytesPerToken * kvTokens
+        // kvWindowBytes: the sliding-window layers' bounded share of every sequence (gpt-oss).
+        let kvWanted = kvBytesPerToken * kvTokens + kvWindowBytes
         let kv = max(0, min(kvWanted, Int(Double(max(afterFixed, 0)) * kvShare)))
         let experts = afterFixed - kv
         guard experts >= minimumExpertBytes else {

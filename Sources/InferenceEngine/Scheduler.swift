@@ -12,9 +12,15 @@ public struct SchedulerLimits: Sendable, Equatable {
     public var maxWaitingRequests: Int
     /// The model's context length.
     public var contextLength: Int
+    /// Sliding-window layers' KV (gpt-oss): `kvWindowBytesPerToken` per position, for at most
+    /// `kvWindowPositions` positions of a sequence; 0 without such layers.
+    public var kvWindowPositions: Int
+    public var kvWindowBytesPerToken: Int
 
     public init(maxRunningSequences: Int, tokenBudgetPerStep: Int, kvCacheBudgetBytes: Int, kvBytesPerToken: Int,
-                maxWaitingRequests: Int, contextLength: Int) {
+                maxWaitingRequests: Int, contextLength: Int, kvWindowPositions: Int = 0, kvWindowBytesPerToken: Int = 0) {
+        self.kvWindowPositions = kvWindowPositions
+        self.kvWindowBytesPerToken = kvWindowBytesPerToken
         self.maxRunningSequences = maxRunningSequences
         self.tokenBudgetPerStep = tokenBudgetPerStep
         self.kvCacheBudgetBytes = kvCacheBudgetBytes
@@ -83,7 +89,8 @@ public struct Scheduler: Sendable {
 
     /// KV bytes a request reserves.
     public func reservation(promptTokens: Int, maxTokens: Int) -> Int {
-        min(promptTokens + maxTokens, limits.contextLength) * limits.kvBytesPerToken
+        let positions = min(promptTokens + maxTokens, limits.contextLength)
+        return positions * limits.kvBytesPerToken + min(positions, limits.kvWindowPositions) * limits.kvWindowBytesPerToken
     }
 
     /// Queues a request, or refuses it with the reason.

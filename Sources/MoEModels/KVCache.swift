@@ -15,6 +15,13 @@ public enum KVPrecision: String, Sendable, CaseIterable {
 ///
 /// Layout per layer: `[capacity, kvHeads * headDim]`, row `p` holding position `p`. Capacity
 /// grows by doubling up to `maxPositions`, so a short request does not reserve a full context.
+///
+/// A sliding-window layer (`windows[layer] = w`) keeps at most `windowRows(w)` = 2w rows: row
+/// `p - firstPosition(layer)` holds position `p`, and when the rows are full the newest w - 1
+/// are moved to the front, so a layer's memory stays bounded by its window however long the
+/// sequence (one move of w - 1 rows per w + 1 tokens). A query at position p must be run right
+/// after position p is stored (its keys p-w+1...p are then the layer's last w rows), which is
+/// how `AttentionLayer` runs.
 public final class KVCache: @unchecked Sendable {
     /// Width of one row: `kvHeads * headDim`.
     public let rowWidth: Int
@@ -28,21 +35,41 @@ public final class KVCache: @unchecked Sendable {
     private var keys: [AlignedBuffer<UInt8>]
     private var values: [AlignedBuffer<UInt8>]
     public private(set) var capacity: Int
+    /// Per layer: the sliding window bounding its rows, nil for a layer that keeps every position.
+    public let windows: [Int?]
+    /// Per layer: rows its buffers hold (`capacity`, or at most `windowRows` for a window).
+    private var layerRows: [Int]
+    /// Per layer: the position row 0 holds (0 unless a window moved rows).
+    private var firstPositions: [Int]
 
-    /// An empty cache for `layerCount` layers.
+    /// Rows a layer with sliding window `window` keeps at most (`maxPositions` permitting).
+    public static func windowRows(_ window: Int) -> Int { 2 * window }
+
+    /// An empty cache for `layerCount` layers; `windows[layer]` bounds a sliding-window layer
+    /// (empty: no layer is bounded).
     public init(layerCount: Int, kvHeads: Int, headDim: Int, maxPositions: Int, initialCapacity: Int = 64,
-                precision: KVPrecision = .f32) {
+                precision: KVPrecision = .f32, windows: [Int?] = []) {
         rowWidth = kvHeads * headDim
         self.maxPositions = maxPositions
         self.precision = precision
         capacity = min(initialCapacity, maxPositions)
-        let bytes = capacity * kvHeads * headDim * precision.byteCount
-        keys = (0..<layerCount).map { _ in AlignedBuffer(count: bytes) }
-        values = (0..<layerCount).map { _ in AlignedBuffer(count: bytes) }
+        let windows = windows.isEmpty ? [Int?](repeating: nil, count: layerCount) : windows
+        precondition(windows.count == layerCount, "one window (or nil) per layer")
+        self.windows = windows
+        let capacity = capacity
+        layerRows = windows.map { window in window.map { min(capacity, Self.windowRows($0), maxPositions) } ?? capacity }
+        firstPositions = [Int](repeating: 0, count: layerCount)
+        let rowBytes = kvHeads * headDim * precision.byteCount
+        keys = layerRows.map { AlignedBuffer(count: $0 * rowBytes) }
+        values = layerRows.map { AlignedBuffer(count: $0 * rowBytes) }
     }
 
     /// Bytes held by the buffers.
-    public var byteCount: Int { (keys.first?.byteCount ?? 0) * keys.count * 2 }
+    public var byteCount: Int { keys.reduce(0) { $0 + $1.byteCount } * 2 }
+
+    /// The position row 0 of `layer` holds: keys of `layer` for position p are at row
+    /// `p - firstPosition(layer)`.
+    public func firstPosition(_ layer: Int) -> Int { firstPositions[layer] }
 
     /// Makes room for `newLength` positions.
     public func reserve(_ newLength: Int) {
@@ -52,29 +79,46 @@ public final class KVCache: @unchecked Sendable {
         while newCapacity < newLength { newCapacity *= 2 }
         newCapacity = min(newCapacity, maxPositions)
         for layer in keys.indices {
-            keys[layer] = grown(keys[layer], to: newCapacity)
-            values[layer] = grown(values[layer], to: newCapacity)
+            let rows = windows[layer].map { min(newCapacity, Self.windowRows($0)) } ?? newCapacity
+            guard rows > layerRows[layer] else { continue }
+            let held = length - firstPositions[layer]
+            keys[layer] = grown(keys[layer], to: rows, held: held)
+            values[layer] = grown(values[layer], to: rows, held: held)
+            layerRows[layer] = rows
         }
         capacity = newCapacity
     }
 
-    private func grown(_ old: AlignedBuffer<UInt8>, to rows: Int) -> AlignedBuffer<UInt8> {
+    private func grown(_ old: AlignedBuffer<UInt8>, to rows: Int, held: Int) -> AlignedBuffer<UInt8> {
         let rowBytes = rowWidth * precision.byteCount
         let new = AlignedBuffer<UInt8>(count: rows * rowBytes)
-        new.pointer.update(from: old.pointer, count: length * rowBytes)
+        new.pointer.update(from: old.pointer, count: held * rowBytes)
         return new
     }
 
-    /// Stores `key` and `value` (`[rowWidth]` floats each) at `position` of `layer`.
+    /// Stores `key` and `value` (`[rowWidth]` floats each) at `position` of `layer`. A
+    /// sliding-window layer whose rows are full first moves its newest `window - 1` rows to the
+    /// front (positions before `position - window + 1` are never read again).
     public func store(layer: Int, position: Int, key: UnsafePointer<Float>, value: UnsafePointer<Float>) {
         precondition(position < capacity)
+        var row = position - firstPositions[layer]
+        if row >= layerRows[layer], let window = windows[layer] {
+            let kept = window - 1, rowBytes = rowWidth * precision.byteCount
+            let from = row - kept
+            precondition(from >= 0 && row == layerRows[layer], "sliding-window rows are stored in order")
+            keys[layer].pointer.update(from: keys[layer].pointer + from * rowBytes, count: kept * rowBytes)
+            values[layer].pointer.update(from: values[layer].pointer + from * rowBytes, count: kept * rowBytes)
+            firstPositions[layer] += from
+            row = kept
+        }
+        precondition(row >= 0 && row < layerRows[layer])
         switch precision {
         case .f32:
-            (keyRows(layer) + position * rowWidth).update(from: key, count: rowWidth)
-            (valueRows(layer) + position * rowWidth).update(from: value, count: rowWidth)
+            (keyRows(layer) + row * rowWidth).update(from: key, count: rowWidth)
+            (valueRows(layer) + row * rowWidth).update(from: value, count: rowWidth)
         case .f16:
-            AttentionKernels.narrow(key, into: halfKeyRows(layer) + position * rowWidth, count: rowWidth)
-            AttentionKernels.narrow(value, into: halfValueRows(layer) + position * rowWidth, count: rowWidth)
+            AttentionKernels.narrow(key, into: halfKeyRows(layer) + row * rowWidth, count: rowWidth)
+            AttentionKernels.narrow(value, into: halfValueRows(layer) + row * rowWidth, count: rowWidth)
         }
     }
 
@@ -105,9 +149,18 @@ public final class KVCache: @unchecked Sendable {
         length += count
     }
 
-    /// Forgets everything after the first `newLength` positions.
+    /// Whether `truncate(to: newLength)` keeps what the next position needs: a sliding-window
+    /// layer that has moved rows can go back only as far as the keys it still holds allow.
+    public func canTruncate(to newLength: Int) -> Bool {
+        newLength <= length && windows.indices.allSatisfy { layer in
+            guard let window = windows[layer] else { return true }
+            return newLength - window + 1 >= firstPositions[layer] || firstPositions[layer] == 0
+        }
+    }
+
+    /// Forgets everything after the first `newLength` positions (see `canTruncate`).
     public func truncate(to newLength: Int) {
-        precondition(newLength <= length)
+        precondition(canTruncate(to: newLength), "truncating below what a sliding-window layer still holds")
         length = newLength
     }
 }

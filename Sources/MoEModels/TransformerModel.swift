@@ -72,7 +72,7 @@ public final class TransformerModel: @unchecked Sendable {
                 feedForward = .sparse(try SparseMoEBlock(layer: layer, config: config, description: description, weights: weights))
             } else {
                 feedForward = .dense(try DenseMLP(prefix: description.feedForwardPrefix(layer), hidden: hidden,
-                                                  width: config.denseIntermediateSize, activation: description.activation,
+                                                  width: config.denseIntermediateSize, activation: description.activation(for: config),
                                                   source: weights))
             }
             return DecoderLayer(
@@ -137,15 +137,39 @@ public final class TransformerModel: @unchecked Sendable {
     /// Bytes one position takes in a KV cache of this model (all layers, keys and values).
     public var kvBytesPerToken: Int { Self.kvBytesPerToken(config, precision: kvPrecision) }
 
-    /// Bytes one position of `config`'s KV cache takes at `precision`.
+    /// Bytes one position of `config`'s KV cache takes at `precision`, in the layers that keep
+    /// every position (sliding-window layers are bounded: `kvWindow`).
     public static func kvBytesPerToken(_ config: ModelConfig, precision: KVPrecision) -> Int {
-        config.layerCount * 2 * config.kvHeadCount * config.headDim * precision.byteCount
+        let unbounded = kvWindows(config).filter { $0 == nil }.count
+        return unbounded * 2 * config.kvHeadCount * config.headDim * precision.byteCount
+    }
+
+    /// The sliding-window layers' share of a sequence's KV cache at `precision`: each position
+    /// costs `bytesPerToken`, for at most `positions` positions (`KVCache.windowRows`).
+    public static func kvWindow(_ config: ModelConfig, precision: KVPrecision) -> (positions: Int, bytesPerToken: Int) {
+        let windows = kvWindows(config).compactMap { $0 }
+        guard let widest = windows.max() else { return (0, 0) }
+        let rows = min(KVCache.windowRows(widest), config.maxPositionEmbeddings)
+        return (rows, windows.count * 2 * config.kvHeadCount * config.headDim * precision.byteCount)
+    }
+
+    /// KV-cache bytes of one sequence of `positions` positions at `precision`, window-bounded
+    /// layers included: what the memory plan and the scheduler's reservations count.
+    public static func kvBytes(_ config: ModelConfig, precision: KVPrecision, positions: Int) -> Int {
+        let window = kvWindow(config, precision: precision)
+        return positions * kvBytesPerToken(config, precision: precision) + min(positions, window.positions) * window.bytesPerToken
+    }
+
+    /// Per layer: the sliding window that bounds its KV cache, nil for full attention.
+    static func kvWindows(_ config: ModelConfig) -> [Int?] {
+        let spec = config.architecture.definition.attention(config)
+        return (0..<config.layerCount).map { spec.slidingWindow(layer: $0) }
     }
 
     /// Creates an empty KV cache sized for this model.
     public func makeCache() -> KVCache {
         KVCache(layerCount: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim,
-                maxPositions: config.maxPositionEmbeddings, precision: kvPrecision)
+                maxPositions: config.maxPositionEmbeddings, precision: kvPrecision, windows: Self.kvWindows(config))
     }
 
     /// Runs one step over the new tokens of every sequence, appends them to the caches, and
@@ -240,7 +264,7 @@ extension WeightMatrix {
         switch storage {
         case .f32(let w): destination.update(from: w + r * cols, count: cols)
         case .bf16(let w): FloatConversion.convertBF16(w + r * cols, to: destination, count: cols)
-        case .int8, .q4: destination.update(from: row(r), count: cols) // quantised embeddings: rare, not hot
+        case .int8, .q4, .mxfp4: destination.update(from: row(r), count: cols) // quantised embeddings: rare, not hot
         }
     }
 }

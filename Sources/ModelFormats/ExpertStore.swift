@@ -12,6 +12,8 @@ public struct StoredExpert: @unchecked Sendable {
     public let down: WeightMatrix
     /// Bytes of the buffer holding the matrices.
     public let byteCount: Int
+    /// The gate, up and down biases (gpt-oss), nil for none.
+    public var biases: ExpertBiases? = nil
 }
 
 /// Counters of a store's expert reads since it was opened.
@@ -78,7 +80,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         let configData = try JSONEncoder().encode(manifest.config)
         config = try ModelConfig.parse(configData, file: "\(manifestPath) (config)")
         let experts = manifest.experts
-        layout = try ExpertBlobLayout(dtype: experts.dtype, gateShape: experts.gateShape, upShape: experts.upShape, downShape: experts.downShape)
+        layout = try ExpertBlobLayout(dtype: experts.dtype, gateShape: experts.gateShape, upShape: experts.upShape, downShape: experts.downShape,
+                                      biases: experts.biases ?? false)
 
         // Every routed expert must have exactly one sane blob entry.
         var index: [Int: Int] = [:]
@@ -168,6 +171,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             let buffer = AlignedBuffer<Float>(count: rows * cols)
             CheckpointDirectory.widen(UnsafeRawBufferPointer(start: base, count: entry.length), dtype: .f16, into: buffer.pointer, count: rows * cols)
             return WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(buffer.pointer)), owner: buffer)
+        case .u8:
+            throw ModelFormatError.tensor(name, in: url.path, "U8 tensor cannot be used as a float matrix")
         }
     }
 
@@ -248,7 +253,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             $0.decodeSeconds += Double(t2 - t1) / 1e9
         }
         let matrices = layout.matrices(at: buffer.pointer, owner: buffer)
-        return StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount)
+        return StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount,
+                            biases: layout.biases(at: buffer.pointer, owner: buffer))
     }
 
     /// Reads the stored bytes of `entry` (rounded up to 4 KiB) into `destination`, which must

@@ -75,6 +75,12 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     public var eosTokenIds: [Int]
     /// The checkpoint's stored dtype name ("bfloat16", "float32", ...), if given.
     public var dtypeName: String?
+    /// Each layer's attention kind from `layer_types` (`sliding_attention`, `full_attention`);
+    /// nil when the config has none (gpt-oss then alternates, starting with sliding).
+    public var layerTypes: [String]? = nil
+    /// The clamped SwiGLU's sigmoid gain and clamp (gpt-oss `swiglu_alpha`, `swiglu_limit`).
+    public var swigluAlpha: Float? = nil
+    public var swigluLimit: Float? = nil
 
     /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
     public func isMoELayer(_ index: Int) -> Bool { architecture.definition.isMoELayer(self, index) }

@@ -4,9 +4,17 @@ import TensorMath
 /// Element type of a tensor in a checkpoint.
 public enum TensorDType: String, Sendable, Codable {
     case f32 = "F32", bf16 = "BF16", f16 = "F16"
+    /// Raw bytes: MXFP4 blocks and e8m0 scales (gpt-oss), never a float tensor.
+    case u8 = "U8"
 
     /// Bytes per element.
-    public var size: Int { self == .f32 ? 4 : 2 }
+    public var size: Int {
+        switch self {
+        case .f32: return 4
+        case .bf16, .f16: return 2
+        case .u8: return 1
+        }
+    }
 }
 
 /// Where one tensor lives in a safetensors file.
@@ -103,7 +111,7 @@ public final class SafetensorsFile: @unchecked Sendable {
                 throw ModelFormatError.tensor(name, in: path, "malformed header entry")
             }
             guard let dtype = TensorDType(rawValue: dtypeName) else {
-                throw ModelFormatError.tensor(name, in: path, "unsupported dtype \(dtypeName) (supported: F32, BF16, F16)")
+                throw ModelFormatError.tensor(name, in: path, "unsupported dtype \(dtypeName) (supported: F32, BF16, F16, U8)")
             }
             let (begin, end) = (offsets[0], offsets[1])
             guard begin >= 0, end >= begin, end <= size - dataStart else {

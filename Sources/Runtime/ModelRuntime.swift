@@ -52,7 +52,8 @@ public final class ModelRuntime {
     /// plan's share (or every sequence's full context without a plan); not started.
     public func makeEngine(maxWaitingRequests: Int = 64, decode: @escaping @Sendable ([Int]) -> String) -> Engine {
         let maxSequences = specification?.maxSequences ?? 1
-        let kvBudget = plan?.kvCacheBytes ?? model.config.maxPositionEmbeddings * maxSequences * model.kvBytesPerToken
+        let kvBudget = plan?.kvCacheBytes ?? maxSequences * TransformerModel.kvBytes(model.config, precision: model.kvPrecision,
+                                                                                     positions: model.config.maxPositionEmbeddings)
         let limits = Engine.defaultLimits(for: model, kvCacheBudgetBytes: kvBudget, maxRunningSequences: maxSequences,
                                           maxWaitingRequests: maxWaitingRequests)
         return Engine(model: model, limits: limits, decode: decode)
@@ -128,7 +129,9 @@ public final class ModelRuntime {
                                        // floor of top-k slots in every MoE layer (which is more
                                        // for few-expert models such as Mixtral).
                                        minimumExpertBytes: max(2 * config.expertCount, config.expertsPerToken * layers.count) * expertBytes,
-                                       kvShare: spec.kvShare)
+                                       kvShare: spec.kvShare,
+                                       kvWindowBytes: spec.maxSequences * (TransformerModel.kvBytes(config, precision: spec.kvPrecision, positions: contextTokens)
+                                           - contextTokens * kvBytesPerToken))
             cacheBytes = plan!.expertCacheBytes
         }
         if let expertCacheBytes = spec.expertCacheBytes { cacheBytes = expertCacheBytes }
@@ -202,6 +205,7 @@ extension CheckpointDirectory {
                 let n = names.expertTensorNames(layer, expert)
                 expertTensors.formUnion([n.gate, n.up, n.down])
             }
+            if let fused = names.fusedExperts { expertTensors.formUnion(fused(layer).allNames) }
         }
         return tensorNames.filter { !expertTensors.contains($0) }
             .reduce(0) { total, name in total + ((try? entry(name).0.byteCount) ?? 0) }
