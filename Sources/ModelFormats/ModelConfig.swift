@@ -81,6 +81,8 @@ public struct ModelConfig: Sendable, Codable, Equatable {
     /// The clamped SwiGLU's sigmoid gain and clamp (gpt-oss `swiglu_alpha`, `swiglu_limit`).
     public var swigluAlpha: Float? = nil
     public var swigluLimit: Float? = nil
+    /// RoPE variant (default or YaRN) and the rotating fraction of each head.
+    public var rope: RopeParameters = RopeParameters()
 
     /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
     public func isMoELayer(_ index: Int) -> Bool { architecture.definition.isMoELayer(self, index) }
@@ -156,14 +158,10 @@ public struct ConfigReader: Sendable {
         }
         let headDim = optionalInt("head_dim") ?? hidden / heads
         let ropeParameters = json["rope_parameters"]?.objectValue
-        let ropeScaling = json["rope_scaling"]?.objectValue
-        for scaling in [ropeParameters, ropeScaling].compactMap({ $0 }) {
-            let kind = (scaling["rope_type"] ?? scaling["type"])?.stringValue ?? "default"
-            if kind != "default" {
-                throw ModelFormatError.file(file, "unsupported rope scaling '\(kind)' (only the default RoPE is implemented)")
-            }
-        }
-        guard let theta = ropeParameters?["rope_theta"]?.doubleValue ?? double("rope_theta") else {
+        let maxPositions = optionalInt("max_position_embeddings") ?? 4096
+        let rope = try self.ropeParameters(maxPositionEmbeddings: maxPositions)
+        guard let theta = ropeDictionary?["rope_theta"]?.doubleValue ?? ropeParameters?["rope_theta"]?.doubleValue
+                ?? double("rope_theta") else {
             throw ModelFormatError.file(file, "missing 'rope_theta' (top level or in 'rope_parameters')")
         }
 
@@ -182,7 +180,7 @@ public struct ConfigReader: Sendable {
             headDim: headDim,
             rmsNormEps: Float(double("rms_norm_eps") ?? 1e-6),
             ropeTheta: theta,
-            maxPositionEmbeddings: optionalInt("max_position_embeddings") ?? 4096,
+            maxPositionEmbeddings: maxPositions,
             tieWordEmbeddings: bool("tie_word_embeddings", default: false),
             // Filled by the architecture's `readConfig` below.
             expertCount: 0,
@@ -198,7 +196,8 @@ public struct ConfigReader: Sendable {
             slidingWindow: nil,
             bosTokenId: optionalInt("bos_token_id"),
             eosTokenIds: eos,
-            dtypeName: json["dtype"]?.stringValue ?? json["torch_dtype"]?.stringValue
+            dtypeName: json["dtype"]?.stringValue ?? json["torch_dtype"]?.stringValue,
+            rope: rope
         )
         try architecture.definition.readConfig(self, &config)
         let topK = config.expertsPerToken

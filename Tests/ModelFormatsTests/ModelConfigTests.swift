@@ -45,10 +45,10 @@ import Testing
             #expect("\(error)" == "x/config.json: missing or non-integer 'num_experts'")
         }
         do {
-            _ = try ModelConfig.parse(Data(hubStyle.replacingOccurrences(of: "\"rope_theta\": 1000000.0,", with: "\"rope_scaling\": {\"type\": \"yarn\"},").utf8), file: "c.json")
+            _ = try ModelConfig.parse(Data(hubStyle.replacingOccurrences(of: "\"rope_theta\": 1000000.0,", with: "\"rope_scaling\": {\"type\": \"longrope\"},").utf8), file: "c.json")
             Issue.record("expected an error")
         } catch {
-            #expect("\(error)".contains("unsupported rope scaling 'yarn'"))
+            #expect("\(error)".contains("unsupported rope scaling 'longrope'"))
         }
     }
 }

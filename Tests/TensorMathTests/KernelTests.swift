@@ -69,19 +69,6 @@ func referenceProduct(_ w: [Float], rows: Int, cols: Int, _ x: [Float], n: Int) 
         #expect(abs(a[2] - (-2 * 0.11920292)) < 1e-6)
     }
 
-    @Test func ropeRotatesPairsHalfADimensionApart() {
-        let rope = RotaryEmbedding(headDim: 4, theta: 10000)
-        #expect(rope.inverseFrequencies == [1, 0.01])
-        var x: [Float] = [1, 0, 0, 1] // pairs (x0, x2) and (x1, x3)
-        x.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, headCount: 1, position: 2) }
-        #expect(abs(x[0] - cosf(2)) < 1e-6 && abs(x[2] - sinf(2)) < 1e-6)
-        #expect(abs(x[1] - -sinf(0.02)) < 1e-6 && abs(x[3] - cosf(0.02)) < 1e-6)
-        var unchanged: [Float] = [0.3, -0.7, 1.1, 2.0]
-        let copy = unchanged
-        unchanged.withUnsafeMutableBufferPointer { rope.apply($0.baseAddress!, headCount: 1, position: 0) }
-        #expect(unchanged == copy)
-    }
-
     @Test func alignedBufferIsAlignedAndZeroed() {
         let buffer = AlignedBuffer<UInt8>(count: 10_000, alignment: 4096)
         #expect(Int(bitPattern: buffer.pointer) % 4096 == 0)

@@ -60,7 +60,7 @@ struct AttentionLayer {
         kvHeadCount = config.kvHeadCount
         headDim = config.headDim
         eps = config.rmsNormEps
-        rope = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta)
+        rope = RotaryEmbedding(config: config)
         slidingWindow = spec.slidingWindow(layer: layer)
     }
 
