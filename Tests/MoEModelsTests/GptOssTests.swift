@@ -109,12 +109,19 @@ import ModelFormats
                 == TransformerModel.kvBytes(config, precision: .f32, positions: 100))
     }
 
-    @Test func configsWithoutRopeScalingAreRefusedUntilYaRN() throws {
+    /// transformers' GptOssConfig defaults: no rope_scaling is YaRN (factor 32 over 4096, no
+    /// truncation; the gptoss-yarn-default fixture checks the logits), no layer_types alternate.
+    @Test func configDefaultsAreTransformers() throws {
         let url = Self.root.appendingPathComponent("gptoss-sliding4-sinks/config.json")
         var json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
         json["rope_scaling"] = NSNull()
-        let data = try JSONSerialization.data(withJSONObject: json)
-        #expect(throws: ModelFormatError.self) { try ModelConfig.parse(data, file: "config.json") }
+        json.removeValue(forKey: "layer_types")
+        json.removeValue(forKey: "swiglu_limit")
+        let config = try ModelConfig.parse(try JSONSerialization.data(withJSONObject: json), file: "config.json")
+        #expect(config.rope.kind == .yarn)
+        #expect(config.rope.yarn == RopeParameters.Yarn(factor: 32, originalMaxPositionEmbeddings: 4096, betaFast: 32, betaSlow: 1, truncate: false))
+        #expect(config.layerTypes == ["sliding_attention", "full_attention", "sliding_attention"])
+        #expect(config.swigluLimit == 7 && config.swigluAlpha == 1.702)
         json["layer_types"] = ["sliding_attention"]
         json["rope_scaling"] = ["rope_type": "default"]
         #expect(throws: ModelFormatError.self) { try ModelConfig.parse(try JSONSerialization.data(withJSONObject: json), file: "config.json") }

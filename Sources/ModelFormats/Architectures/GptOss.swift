@@ -42,7 +42,8 @@ enum GptOss {
                 // transformers' GptOssConfig: no rope_scaling (nor rope_parameters) means YaRN
                 // with factor 32 over 4096 positions, not the plain RoPE.
                 if reader.json["rope_parameters"]?.objectValue == nil && reader.json["rope_scaling"]?.objectValue == nil {
-                    throw reader.error("no rope_scaling: transformers applies gpt-oss's default YaRN (factor 32), which this build does not implement yet")
+                    config.rope = RopeParameters(kind: .yarn, yarn: .init(factor: 32, originalMaxPositionEmbeddings: 4096,
+                                                                           betaFast: 32, betaSlow: 1, truncate: false))
                 }
             },
             isMoELayer: { _, _ in true },
