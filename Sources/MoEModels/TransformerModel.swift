@@ -91,6 +91,12 @@ public final class TransformerModel: @unchecked Sendable {
         return nil
     }
 
+    /// The bias `[experts]` added to MoE layer `layer`'s router logits (gpt-oss); nil without one.
+    public func routerBias(forLayer layer: Int) -> [Float]? {
+        if case .sparse(let block) = layers[layer].feedForward { return block.routerBias }
+        return nil
+    }
+
     /// The routing rule of this model's MoE layers (the predictor guesses with it).
     public var routerSpec: RouterSpec { description.router(config) }
 
