@@ -74,22 +74,7 @@ final class TemplateInterpreter {
                 output = saved
                 assign(target, .string(captured))
             case .macro(let name, let parameters, let body):
-                let captured = scopes[0]
-                assign(name, .function(TemplateFunction(name: name) { args, kwargs in
-                    var context = captured
-                    for (index, (param, defaultExpr)) in parameters.enumerated() {
-                        if index < args.count {
-                            context[param] = args[index]
-                        } else if let kw = kwargs.first(where: { $0.0 == param }) {
-                            context[param] = kw.1
-                        } else if let defaultExpr {
-                            context[param] = try TemplateInterpreter(context: captured).eval(defaultExpr)
-                        } else {
-                            context[param] = .undefined
-                        }
-                    }
-                    return .string(try TemplateInterpreter.render(body, context: context))
-                }))
+                assign(name, Self.macro(name, parameters, body, captured: scopes[0]))
             case .breakLoop:
                 return .breakLoop
             case .continueLoop:
@@ -97,6 +82,29 @@ final class TemplateInterpreter {
             }
         }
         return .normal
+    }
+
+    /// The function a `{% macro %}` defines, over the top-level names at its definition. It
+    /// sees itself too, so it may recurse (gpt-oss's `render_typescript_type` does): each call
+    /// makes the value anew rather than holding it, so no reference cycle outlives the render.
+    private static func macro(_ name: String, _ parameters: [(String, TemplateExpr?)], _ body: [TemplateNode],
+                              captured: [String: TemplateValue]) -> TemplateValue {
+        .function(TemplateFunction(name: name) { args, kwargs in
+            var context = captured
+            context[name] = macro(name, parameters, body, captured: captured)
+            for (index, (param, defaultExpr)) in parameters.enumerated() {
+                if index < args.count {
+                    context[param] = args[index]
+                } else if let kw = kwargs.first(where: { $0.0 == param }) {
+                    context[param] = kw.1
+                } else if let defaultExpr {
+                    context[param] = try TemplateInterpreter(context: captured).eval(defaultExpr)
+                } else {
+                    context[param] = .undefined
+                }
+            }
+            return .string(try TemplateInterpreter.render(body, context: context))
+        })
     }
 
     private func runFor(

@@ -28,6 +28,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     public let probes: CrossLayerProbes?
 
     private let routers: [WeightMatrix?]
+    /// Router biases (gpt-oss), added to the guessed logits as the layer adds them.
+    private let routerBiases: [[Float]?]
     private let moeLayers: [Int]
     private let topK: Int
     /// The model's own routing rule per layer (with its correction bias): guesses score and
@@ -53,6 +55,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         self.probes = probes
         let layerCount = model.config.layerCount
         routers = (0..<layerCount).map { model.router(forLayer: $0) }
+        routerBiases = (0..<layerCount).map { model.routerBias(forLayer: $0) }
         moeLayers = model.config.moeLayers
         topK = model.config.expertsPerToken
         routings = (0..<layerCount).map { model.routerSpec(forLayer: $0) ?? model.routerSpec }
@@ -145,6 +148,9 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
             probe.apply(rows, rowCount: rowCount, into: scores, scratch: scores + rowCount * experts)
         } else {
             router.apply(rows, rowCount: rowCount, into: scores)
+            if let bias = routerBiases[layer] {
+                for row in 0..<rowCount { for e in 0..<experts { scores[row * experts + e] += bias[e] } }
+            }
         }
         let selection = probe?.output == .selection
         var chosen = Set<Int>()

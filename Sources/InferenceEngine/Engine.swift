@@ -73,12 +73,14 @@ public final class Engine: GenerationService, @unchecked Sendable {
     public static func defaultLimits(for model: TransformerModel, kvCacheBudgetBytes: Int, maxRunningSequences: Int = 8,
                                      tokenBudgetPerStep: Int = 256, maxWaitingRequests: Int = 64) -> SchedulerLimits {
         let config = model.config
+        let window = TransformerModel.kvWindow(config, precision: model.kvPrecision)
         return SchedulerLimits(
             maxRunningSequences: maxRunningSequences, tokenBudgetPerStep: tokenBudgetPerStep,
             kvCacheBudgetBytes: kvCacheBudgetBytes,
             kvBytesPerToken: model.kvBytesPerToken,
             maxWaitingRequests: maxWaitingRequests, contextLength: config.maxPositionEmbeddings,
-            sequenceStateBytes: model.sequenceStateBytes)
+            sequenceStateBytes: model.sequenceStateBytes,
+            kvWindowPositions: window.positions, kvWindowBytesPerToken: window.bytesPerToken)
     }
 
     /// Starts the engine thread.

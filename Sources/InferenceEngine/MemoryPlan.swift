@@ -29,9 +29,10 @@ public struct MemoryPlan: Sendable, Equatable, Codable {
     /// state of every sequence together) is wanted by the KV share beside the positions.
     public static func plan(budget: Int, runtimeBytes: Int = 0, denseBytes: Int, scratchBytes: Int, kvBytesPerToken: Int,
                             kvTokens: Int, minimumExpertBytes: Int, kvShare: Double = 0.25,
-                            sequenceStateBytes: Int = 0) throws -> MemoryPlan {
+                            sequenceStateBytes: Int = 0, kvWindowBytes: Int = 0) throws -> MemoryPlan {
         let afterFixed = budget - runtimeBytes - denseBytes - scratchBytes
-        let kvWanted = kvBytesPerToken * kvTokens + sequenceStateBytes
+        // kvWindowBytes: the sliding-window layers' bounded share of every sequence (gpt-oss).
+        let kvWanted = kvBytesPerToken * kvTokens + sequenceStateBytes + kvWindowBytes
         let kv = max(0, min(kvWanted, Int(Double(max(afterFixed, 0)) * kvShare)))
         let experts = afterFixed - kv
         guard experts >= minimumExpertBytes else {

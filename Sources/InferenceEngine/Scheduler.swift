@@ -15,10 +15,17 @@ public struct SchedulerLimits: Sendable, Equatable {
     /// Fixed bytes each sequence holds whatever its length (a hybrid model's recurrent and conv
     /// state), reserved from the KV budget at admission with its positions.
     public var sequenceStateBytes: Int = 0
+    /// Sliding-window layers' KV (gpt-oss): `kvWindowBytesPerToken` per position, for at most
+    /// `kvWindowPositions` positions of a sequence; 0 without such layers.
+    public var kvWindowPositions: Int
+    public var kvWindowBytesPerToken: Int
 
     public init(maxRunningSequences: Int, tokenBudgetPerStep: Int, kvCacheBudgetBytes: Int, kvBytesPerToken: Int,
-                maxWaitingRequests: Int, contextLength: Int, sequenceStateBytes: Int = 0) {
+                maxWaitingRequests: Int, contextLength: Int, sequenceStateBytes: Int = 0,
+                kvWindowPositions: Int = 0, kvWindowBytesPerToken: Int = 0) {
         self.sequenceStateBytes = sequenceStateBytes
+        self.kvWindowPositions = kvWindowPositions
+        self.kvWindowBytesPerToken = kvWindowBytesPerToken
         self.maxRunningSequences = maxRunningSequences
         self.tokenBudgetPerStep = tokenBudgetPerStep
         self.kvCacheBudgetBytes = kvCacheBudgetBytes
@@ -87,7 +94,9 @@ public struct Scheduler: Sendable {
 
     /// KV bytes a request reserves.
     public func reservation(promptTokens: Int, maxTokens: Int) -> Int {
-        min(promptTokens + maxTokens, limits.contextLength) * limits.kvBytesPerToken + limits.sequenceStateBytes
+        let positions = min(promptTokens + maxTokens, limits.contextLength)
+        return positions * limits.kvBytesPerToken + min(positions, limits.kvWindowPositions) * limits.kvWindowBytesPerToken
+            + limits.sequenceStateBytes
     }
 
     /// Queues a request, or refuses it with the reason.

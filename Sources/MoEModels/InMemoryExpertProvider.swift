@@ -10,10 +10,12 @@ public final class InMemoryExpertProvider: ExpertProvider, @unchecked Sendable {
     /// the tensors.
     public init(config: ModelConfig, weights: WeightSource, names: ArchitectureDescription) throws {
         let hidden = config.hiddenSize, width = config.expertIntermediateSize
+        let fused = try FusedExpertReader.of(weights, description: names)
         var loaded: [[ExpertWeights]?] = []
         for layer in 0..<config.layerCount {
             guard config.isMoELayer(layer) else { loaded.append(nil); continue }
             loaded.append(try (0..<config.expertCount).map { expert in
+                if let fused { return try fused.expert(layer: layer, expert: expert) }
                 let tensorNames = names.expertTensorNames(layer, expert)
                 return ExpertWeights(
                     gate: try weights.matrix(tensorNames.gate, rows: width, cols: hidden),

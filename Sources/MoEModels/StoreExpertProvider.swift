@@ -14,7 +14,7 @@ public final class StoreExpertProvider: ExpertProvider, @unchecked Sendable {
     public func withExperts(layer: Int, experts: [Int], _ body: (Int, ExpertWeights) throws -> Void) throws {
         for expert in experts {
             let stored = try store.readExpert(layer: layer, expert: expert)
-            try body(expert, ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down))
+            try body(expert, ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases))
         }
     }
 }

@@ -75,7 +75,7 @@ public final class TransformerModel: @unchecked Sendable {
                 feedForward = .sparse(try SparseMoEBlock(layer: layer, config: config, description: description, weights: weights))
             } else {
                 feedForward = .dense(try DenseMLP(prefix: description.feedForwardPrefix(layer), hidden: hidden,
-                                                  width: config.denseIntermediateSize, activation: description.activation,
+                                                  width: config.denseIntermediateSize, activation: description.activation(for: config),
                                                   source: weights))
             }
             let linear = config.isLinearAttentionLayer(layer)
@@ -95,6 +95,12 @@ public final class TransformerModel: @unchecked Sendable {
     /// apply it to earlier hidden states to guess the layer's experts ahead of time.
     public func router(forLayer layer: Int) -> WeightMatrix? {
         if case .sparse(let block) = layers[layer].feedForward { return block.router }
+        return nil
+    }
+
+    /// The bias `[experts]` added to MoE layer `layer`'s router logits (gpt-oss); nil without one.
+    public func routerBias(forLayer layer: Int) -> [Float]? {
+        if case .sparse(let block) = layers[layer].feedForward { return block.routerBias }
         return nil
     }
 
@@ -151,12 +157,39 @@ public final class TransformerModel: @unchecked Sendable {
     /// Bytes one position takes in a KV cache of this model (all layers, keys and values).
     public var kvBytesPerToken: Int { Self.kvBytesPerToken(config, precision: kvPrecision) }
 
-    /// Bytes one position of `config`'s KV cache takes at `precision` (full-attention layers only:
-    /// linear-attention layers keep a fixed-size state instead, `sequenceStateBytes`).
+    /// Bytes one position of `config`'s KV cache takes at `precision`, in the layers that keep
+    /// every position: not the sliding-window layers (bounded: `kvWindow`) nor the linear-attention
+    /// ones (a fixed-size state instead: `sequenceStateBytes`).
     public static func kvBytesPerToken(_ config: ModelConfig, precision: KVPrecision) -> Int {
         // Multi-head latent attention keeps one latent and one rotary key per token and layer.
         if let latent = config.latentAttention { return config.layerCount * latent.cachedValuesPerToken * precision.byteCount }
-        return config.kvLayerCount * 2 * config.kvHeadCount * config.headDim * precision.byteCount
+        let windows = kvWindows(config)
+        let unbounded = windows.indices.filter { windows[$0] == nil && !config.isLinearAttentionLayer($0) }.count
+        return unbounded * 2 * config.kvHeadCount * config.headDim * precision.byteCount
+    }
+
+    /// The sliding-window layers' share of a sequence's KV cache at `precision`: each position
+    /// costs `bytesPerToken`, for at most `positions` positions (`KVCache.windowRows`).
+    public static func kvWindow(_ config: ModelConfig, precision: KVPrecision) -> (positions: Int, bytesPerToken: Int) {
+        let windows = kvWindows(config).compactMap { $0 }
+        guard let widest = windows.max() else { return (0, 0) }
+        let rows = min(KVCache.windowRows(widest), config.maxPositionEmbeddings)
+        return (rows, windows.count * 2 * config.kvHeadCount * config.headDim * precision.byteCount)
+    }
+
+    /// KV-cache bytes of one sequence of `positions` positions at `precision`, window-bounded
+    /// layers included: what the memory plan and the scheduler's reservations count.
+    public static func kvBytes(_ config: ModelConfig, precision: KVPrecision, positions: Int) -> Int {
+        let window = kvWindow(config, precision: precision)
+        return positions * kvBytesPerToken(config, precision: precision) + min(positions, window.positions) * window.bytesPerToken
+    }
+
+    /// Per layer: the sliding window that bounds its KV cache, nil for full attention (and for
+    /// latent attention, whose cache is never windowed).
+    static func kvWindows(_ config: ModelConfig) -> [Int?] {
+        if config.latentAttention != nil { return [Int?](repeating: nil, count: config.layerCount) }
+        let spec = config.architecture.definition.attention(config)
+        return (0..<config.layerCount).map { spec.slidingWindow(layer: $0) }
     }
 
     /// Bytes of weights the model derives at load time beyond the checkpoint's dense tensors:
@@ -185,7 +218,7 @@ public final class TransformerModel: @unchecked Sendable {
                            maxPositions: config.maxPositionEmbeddings, precision: kvPrecision)
         }
         return KVCache(layerCount: config.layerCount, kvHeads: config.kvHeadCount, headDim: config.headDim,
-                       maxPositions: config.maxPositionEmbeddings, precision: kvPrecision,
+                       maxPositions: config.maxPositionEmbeddings, precision: kvPrecision, windows: Self.kvWindows(config),
                        linearState: config.linearAttention.map { LinearAttentionState(config: $0, layerCount: config.layerCount) })
     }
 
@@ -290,6 +323,7 @@ extension WeightMatrix {
         case .q4(let blocks, let scales): // pack --dense q4
             let perRow = cols / Quantization.q4BlockSize
             Quantization.dequantizeQ4(blocks + r * perRow * Quantization.q4BlockBytes, scales: scales + r * perRow, rows: 1, cols: cols, into: destination)
+        case .mxfp4: destination.update(from: row(r), count: cols) // MXFP4 embeddings: rare, not hot
         }
     }
 }

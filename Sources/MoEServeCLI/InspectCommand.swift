@@ -87,7 +87,13 @@ struct InspectCommand: ParsableCommand {
                 expertNames.formUnion([n.gate, n.up, n.down])
             }
         }
-        if let layer = config.moeLayers.first {
+        if let fused = try FusedExpertReader.of(checkpoint, description: names), let layer = config.moeLayers.first {
+            // Experts stored fused per layer (gpt-oss): one expert is a layer's tensors / experts.
+            for l in config.moeLayers { expertNames.formUnion(fused.tensorNames(layer: l)) }
+            let weights = try fused.expert(layer: layer, expert: 0)
+            expertBytes = weights.byteCount
+            dtype = fused.isMXFP4(layer: layer) ? "mxfp4" : (try? checkpoint.entry(fused.names(layer).gateUp).0.dtype.rawValue.lowercased()) ?? "none"
+        } else if let layer = config.moeLayers.first {
             let n = names.expertTensorNames(layer, 0)
             for name in [n.gate, n.up, n.down] {
                 let (entry, _) = try checkpoint.entry(name)

@@ -15,7 +15,8 @@ struct PackCommand: ParsableCommand {
 
     @Argument(help: "The Hugging Face model directory.") var checkpoint: String
     @Argument(help: "The store directory to create (must not exist).") var store: String
-    @Option(help: "Expert element type: bf16, f32, int8 or q4.") var experts: ExpertDType = .bf16
+    @Option(help: "Expert element type: bf16, f32, int8, q4 or mxfp4 (default: mxfp4 for MXFP4 checkpoints, else bf16).")
+    var experts: ExpertDType?
     @Option(help: "Expert blob compression: none or lz4.") var compression: ExpertCodec = .none
     @Option(help: "Dense matrices (attention, shared experts, embeddings, LM head; routers stay as they are): bf16 (as in the checkpoint), q8 or q4.")
     var dense: DenseEncoding = .bf16
@@ -46,7 +47,7 @@ struct PackCommand: ParsableCommand {
             let summary = try packCheckpoint(at: URL(fileURLWithPath: checkpoint), into: URL(fileURLWithPath: store),
                                              experts: experts, compression: compression, lz4hcLevel: lz4hcLevel, dense: dense)
             try printJSON(Output(
-                store: store, expertDtype: experts.rawValue, compression: compression.rawValue,
+                store: store, expertDtype: summary.manifest.experts.dtype.rawValue, compression: compression.rawValue,
                 blobs: summary.manifest.experts.blobs.count, sourceBytes: summary.sourceBytes,
                 expertRawBytes: summary.expertRawBytes, expertStoredBytes: summary.expertStoredBytes,
                 compressionRatio: Double(summary.expertRawBytes) / Double(max(summary.expertStoredBytes, 1)),
@@ -56,16 +57,24 @@ struct PackCommand: ParsableCommand {
 }
 
 /// Packs the checkpoint at `source` into a new store at `destination`, with progress on stderr.
-func packCheckpoint(at source: URL, into destination: URL, experts: ExpertDType, compression: ExpertCodec,
+func packCheckpoint(at source: URL, into destination: URL, experts requested: ExpertDType?, compression: ExpertCodec,
                     lz4hcLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel, dense: DenseEncoding = .bf16) throws -> ExpertStorePacker.Summary {
     let checkpoint = try CheckpointDirectory(url: source)
     let names = ArchitectureDescription.of(checkpoint.config.architecture)
-    if experts == .bf16, let first = checkpoint.config.moeLayers.first,
+    let fused = try FusedExpertReader.of(checkpoint, description: names)
+    // MXFP4 checkpoints stay 4-bit unless asked otherwise.
+    let mxfp4 = checkpoint.config.moeLayers.first.map { fused?.isMXFP4(layer: $0) ?? false } ?? false
+    let experts = requested ?? (mxfp4 ? .mxfp4 : .bf16)
+    if mxfp4 && (experts == .int8 || experts == .q4) {
+        printError("note: the checkpoint's experts are MXFP4; --experts \(experts.rawValue) re-quantizes them (mxfp4, bf16 and f32 are exact)")
+    }
+    if experts == .bf16, fused == nil, let first = checkpoint.config.moeLayers.first,
        let dtype = try? checkpoint.entry(names.expertTensorNames(first, 0).gate).0.dtype, dtype != .bf16 {
         printError("note: the checkpoint's experts are \(dtype.rawValue); --experts bf16 rounds them (use --experts f32 for an exact store)")
     }
     var packer = ExpertStorePacker()
     packer.dtype = experts
+    packer.fusedExperts = fused
     packer.codec = compression
     packer.compressionLevel = lz4hcLevel
     packer.dense = dense

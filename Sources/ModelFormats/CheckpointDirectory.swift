@@ -98,11 +98,14 @@ public final class CheckpointDirectory: WeightSource, @unchecked Sendable {
             let buffer = AlignedBuffer<Float>(count: rows * cols)
             Self.widen(bytes, dtype: entry.dtype, into: buffer.pointer, count: rows * cols)
             return WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(buffer.pointer)), owner: buffer)
+        case .u8:
+            throw ModelFormatError.tensor(name, in: file.path, "U8 tensor cannot be used as a float matrix")
         }
     }
 
     public func vector(_ name: String, count: Int) throws -> [Float] {
         let (entry, file) = try entry(name)
+        guard entry.dtype != .u8 else { throw ModelFormatError.tensor(name, in: file.path, "U8 tensor cannot be used as float values") }
         guard entry.elementCount == count else {
             throw ModelFormatError.tensor(name, in: file.path, "shape \(entry.shape) does not match the config's \(count) elements")
         }
@@ -176,6 +179,10 @@ public final class CheckpointDirectory: WeightSource, @unchecked Sendable {
             // Unscaled values; `dequantize(_:into:)` applies the block scales.
             let bytes = base.assumingMemoryBound(to: UInt8.self)
             for i in 0..<count { destination[i] = FP8BlockScaling.e4m3[Int(bytes[i])] }
+        case .u8:
+            // Raw bytes (MXFP4 blocks, e8m0 scales) are read by their own code, never widened;
+            // as numbers they are their integer values.
+            for i in 0..<count { destination[i] = Float(base.load(fromByteOffset: i, as: UInt8.self)) }
         }
     }
 }

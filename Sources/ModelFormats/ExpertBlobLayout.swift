@@ -5,7 +5,9 @@ import TensorMath
 /// the buffer a blob was read into, with no copy.
 ///
 /// Per matrix: bf16/f32 → the elements; int8 → scales `[rows]` f32, then values `[rows, cols]`;
-/// q4 → scales `[rows, cols/32]` f32, then blocks `[rows, cols/32, 16]`.
+/// q4 → scales `[rows, cols/32]` f32, then blocks `[rows, cols/32, 16]`; mxfp4 → blocks
+/// `[rows, cols/32, 17]` (`MXFP4`). Experts with biases (gpt-oss) then have the float32 gate
+/// `[expertWidth]`, up `[expertWidth]` and down `[hidden]` biases, each 64-byte aligned.
 public struct ExpertBlobLayout: Sendable, Equatable {
     /// Where one matrix's arrays sit in the blob.
     public struct Matrix: Sendable, Equatable {
@@ -29,12 +31,20 @@ public struct ExpertBlobLayout: Sendable, Equatable {
     public let down: Matrix
     /// Total bytes (a multiple of 64).
     public let rawLength: Int
+    /// Offsets of the gate, up and down biases, nil when the experts have none.
+    public let biasOffsets: (gate: Int, up: Int, down: Int)?
+
+    public static func == (a: ExpertBlobLayout, b: ExpertBlobLayout) -> Bool {
+        a.dtype == b.dtype && a.gate == b.gate && a.up == b.up && a.down == b.down && a.rawLength == b.rawLength
+            && a.biasOffsets?.gate == b.biasOffsets?.gate && a.biasOffsets?.up == b.biasOffsets?.up
+            && a.biasOffsets?.down == b.biasOffsets?.down
+    }
 
     /// Alignment of every array inside a blob.
     public static let arrayAlignment = 64
 
     /// The layout for matrices of these shapes in `dtype`.
-    public init(dtype: ExpertDType, gateShape: [Int], upShape: [Int], downShape: [Int]) throws {
+    public init(dtype: ExpertDType, gateShape: [Int], upShape: [Int], downShape: [Int], biases: Bool = false) throws {
         self.dtype = dtype
         var cursor = 0
         func place(_ shape: [Int], _ name: String) throws -> Matrix {
@@ -58,6 +68,11 @@ public struct ExpertBlobLayout: Sendable, Equatable {
                 scaleOffset = cursor
                 cursor = Self.align(cursor + Quantization.q4ScaleBytes(rows: rows, cols: cols))
                 dataLength = Quantization.q4BlockBytes(rows: rows, cols: cols)
+            case .mxfp4:
+                guard cols % MXFP4.blockSize == 0 else {
+                    throw ModelFormatError("mxfp4 needs the input width of every expert matrix to be a multiple of \(MXFP4.blockSize); the \(name) matrix is \(rows)x\(cols) (use --experts bf16)")
+                }
+                dataLength = MXFP4.byteCount(rows: rows, cols: cols)
             }
             let matrix = Matrix(rows: rows, cols: cols, dataOffset: cursor, dataLength: dataLength, scaleOffset: scaleOffset)
             cursor = Self.align(cursor + dataLength)
@@ -66,7 +81,34 @@ public struct ExpertBlobLayout: Sendable, Equatable {
         gate = try place(gateShape, "gate")
         up = try place(upShape, "up")
         down = try place(downShape, "down")
+        if biases {
+            let gateOffset = cursor
+            cursor = Self.align(cursor + gate.rows * 4)
+            let upOffset = cursor
+            cursor = Self.align(cursor + up.rows * 4)
+            let downOffset = cursor
+            cursor = Self.align(cursor + down.rows * 4)
+            biasOffsets = (gateOffset, upOffset, downOffset)
+        } else {
+            biasOffsets = nil
+        }
         rawLength = cursor
+    }
+
+    /// The biases viewing `base` (a buffer holding a decoded blob), nil without biases.
+    public func biases(at base: UnsafeRawPointer, owner: AnyObject) -> ExpertBiases? {
+        guard let offsets = biasOffsets else { return nil }
+        func view(_ offset: Int) -> UnsafePointer<Float> { (base + offset).assumingMemoryBound(to: Float.self) }
+        return ExpertBiases(gate: view(offsets.gate), up: view(offsets.up), down: view(offsets.down),
+                            width: gate.rows, hidden: down.rows, owner: owner)
+    }
+
+    /// Copies `biases` into their places in the blob at `base`.
+    public func encode(biases: ExpertBiases, into base: UnsafeMutableRawPointer) {
+        guard let offsets = biasOffsets else { preconditionFailure("this layout has no biases") }
+        (base + offsets.gate).copyMemory(from: biases.gate, byteCount: gate.rows * 4)
+        (base + offsets.up).copyMemory(from: biases.up, byteCount: up.rows * 4)
+        (base + offsets.down).copyMemory(from: biases.down, byteCount: down.rows * 4)
     }
 
     /// `value` rounded up to the array alignment.
@@ -84,6 +126,7 @@ public struct ExpertBlobLayout: Sendable, Equatable {
                                         scales: (base + m.scaleOffset!).assumingMemoryBound(to: Float.self))
             case .q4: storage = .q4(blocks: data.assumingMemoryBound(to: UInt8.self),
                                     scales: (base + m.scaleOffset!).assumingMemoryBound(to: Float.self))
+            case .mxfp4: storage = .mxfp4(blocks: data.assumingMemoryBound(to: UInt8.self))
             }
             return WeightMatrix(rows: m.rows, cols: m.cols, storage: storage, owner: owner)
         }
@@ -107,6 +150,8 @@ public struct ExpertBlobLayout: Sendable, Equatable {
         case .q4:
             Quantization.quantizeQ4(values, rows: m.rows, cols: m.cols, blocks: data.assumingMemoryBound(to: UInt8.self),
                                     scales: (base + m.scaleOffset!).assumingMemoryBound(to: Float.self))
+        case .mxfp4:
+            MXFP4.quantize(values, rows: m.rows, cols: m.cols, into: data.assumingMemoryBound(to: UInt8.self))
         }
     }
 }

@@ -12,16 +12,55 @@ public struct ExpertWeights: @unchecked Sendable {
     public let up: WeightMatrix
     /// `[hidden, expertWidth]`
     public let down: WeightMatrix
+    /// The three matrices' output biases (gpt-oss), nil for none.
+    public let biases: ExpertBiases?
 
-    /// Bundles the three matrices.
-    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix) {
+    /// Bundles the three matrices (and their biases, if any).
+    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, biases: ExpertBiases? = nil) {
         self.gate = gate
         self.up = up
         self.down = down
+        self.biases = biases
     }
 
-    /// Bytes of all three matrices.
-    public var byteCount: Int { gate.byteCount + up.byteCount + down.byteCount }
+    /// Bytes of all three matrices and their biases.
+    public var byteCount: Int { gate.byteCount + up.byteCount + down.byteCount + (biases?.byteCount ?? 0) }
+}
+
+/// The float32 biases added to an expert's gate, up and down outputs; `owner` keeps the memory
+/// alive (an expert blob's buffer, or arrays of their own).
+public struct ExpertBiases: @unchecked Sendable {
+    /// `[expertWidth]`
+    public let gate: UnsafePointer<Float>
+    /// `[expertWidth]`
+    public let up: UnsafePointer<Float>
+    /// `[hidden]`
+    public let down: UnsafePointer<Float>
+    /// Elements of `gate` and `up`, and of `down`.
+    public let width: Int, hidden: Int
+    /// Keeps the memory behind the pointers alive.
+    public let owner: AnyObject?
+
+    /// Views biases that `owner` keeps alive.
+    public init(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, down: UnsafePointer<Float>, width: Int, hidden: Int, owner: AnyObject?) {
+        self.gate = gate
+        self.up = up
+        self.down = down
+        self.width = width
+        self.hidden = hidden
+        self.owner = owner
+    }
+
+    /// Biases owning a copy of `gate`, `up` (`[width]` each) and `down` (`[hidden]`).
+    public init(gate: [Float], up: [Float], down: [Float]) {
+        precondition(gate.count == up.count, "gate and up biases differ in length")
+        let buffer = AlignedBuffer<Float>(gate + up + down)
+        self.init(gate: UnsafePointer(buffer.pointer), up: UnsafePointer(buffer.pointer + gate.count),
+                  down: UnsafePointer(buffer.pointer + 2 * gate.count), width: gate.count, hidden: down.count, owner: buffer)
+    }
+
+    /// Bytes of the three vectors.
+    public var byteCount: Int { (2 * width + hidden) * MemoryLayout<Float>.stride }
 }
 
 /// The only way the models reach routed experts. The in-RAM provider below serves small

@@ -12,6 +12,8 @@ public struct StoredExpert: @unchecked Sendable {
     public let down: WeightMatrix
     /// Bytes of the buffer holding the matrices.
     public let byteCount: Int
+    /// The gate, up and down biases (gpt-oss), nil for none.
+    public var biases: ExpertBiases? = nil
 }
 
 /// Counters of a store's expert reads since it was opened.
@@ -78,7 +80,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         let configData = try JSONEncoder().encode(manifest.config)
         config = try ModelConfig.parse(configData, file: "\(manifestPath) (config)")
         let experts = manifest.experts
-        layout = try ExpertBlobLayout(dtype: experts.dtype, gateShape: experts.gateShape, upShape: experts.upShape, downShape: experts.downShape)
+        layout = try ExpertBlobLayout(dtype: experts.dtype, gateShape: experts.gateShape, upShape: experts.upShape, downShape: experts.downShape,
+                                      biases: experts.biases ?? false)
 
         // Every routed expert must have exactly one sane blob entry.
         var index: [Int: Int] = [:]
@@ -179,6 +182,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             return WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(buffer.pointer)), owner: buffer)
         case .f8e4m3:
             throw ModelFormatError.tensor(name, in: url.path, "float8 tensor in a store (pack dequantizes them)")
+        case .u8:
+            throw ModelFormatError.tensor(name, in: url.path, "U8 tensor cannot be used as a float matrix")
         }
     }
 
@@ -265,7 +270,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             $0.decodeSeconds += Double(t2 - t1) / 1e9
         }
         let matrices = layout.matrices(at: buffer.pointer, owner: buffer)
-        return StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount)
+        return StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount,
+                            biases: layout.biases(at: buffer.pointer, owner: buffer))
     }
 
     /// Reads the stored bytes of `entry` (rounded up to 4 KiB) into `destination`, which must

@@ -10,6 +10,9 @@ public enum ExpertDType: String, Codable, Sendable, CaseIterable {
     case int8
     /// 4-bit, blocks of 32 weights with one float32 scale each.
     case q4
+    /// MXFP4: blocks of 32 e2m1 values with one e8m0 exponent, llama.cpp's `block_mxfp4`
+    /// layout; exact for gpt-oss's MXFP4 checkpoints.
+    case mxfp4
 }
 
 /// How expert blobs are compressed.
@@ -68,6 +71,9 @@ public struct ExpertStoreManifest: Codable, Sendable {
         public var downShape: [Int]
         /// The checkpoint's tensor names of expert 0 of the first MoE layer, for reference.
         public var exampleTensorNames: [String]
+        /// Blobs carry the float32 gate, up and down biases after the matrices (gpt-oss);
+        /// absent in stores of architectures without them.
+        public var biases: Bool? = nil
         /// One entry per routed expert, ordered by layer then expert.
         public var blobs: [ExpertBlobEntry]
     }

@@ -62,6 +62,11 @@ public struct ExpertStorePacker {
     /// it if the process is interrupted.
     public var onTemporaryDirectory: ((URL) -> Void)?
 
+    /// Reads experts stored fused per layer (gpt-oss: bf16 or MXFP4, with biases); set for such
+    /// checkpoints (`FusedExpertReader.of`), whose experts are then taken from it rather than
+    /// by `expertTensorNames`.
+    public var fusedExperts: FusedExpertReader?
+
     /// A packer with the default options (bf16, no compression).
     public init() {}
 
@@ -111,6 +116,12 @@ public struct ExpertStorePacker {
         var expertNames: [[[String]]] = [] // [moe layer][expert] -> gate, up, down
         var isExpertTensor = Set<String>()
         for layer in moeLayers {
+            if let fusedExperts {
+                let names = fusedExperts.tensorNames(layer: layer)
+                isExpertTensor.formUnion(names)
+                expertNames.append([[String]](repeating: names, count: expertCount))
+                continue
+            }
             expertNames.append(try (0..<expertCount).map { expert in
                 let names = expertTensorNames(layer, expert)
                 for name in names {
@@ -201,8 +212,43 @@ public struct ExpertStorePacker {
         var shapes: [[Int]] = []
         var layout: ExpertBlobLayout?
         var rawTotal = 0, storedTotal = 0
+        /// Encodes, writes and records one expert's blob.
+        func writeBlob(_ raw: AlignedBuffer<UInt8>, layer: Int, expert: Int) throws {
+            let layout = layout!
+            let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: dtype, codec: codec, level: compressionLevel)
+            try expertWriter.pad(to: alignment)
+            let offset = expertWriter.offset
+            let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
+            try expertWriter.write(stored)
+            blobs.append(ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
+                                         rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
+                                         storedRaw: encoded.storedRaw, planes: encoded.planes))
+            rawTotal += layout.rawLength
+            storedTotal += encoded.length
+            report()
+            if let failAfterBlobs, blobs.count >= failAfterBlobs {
+                throw ModelFormatError("pack interrupted after \(blobs.count) blobs (test hook)")
+            }
+        }
         for (layerIndex, layer) in moeLayers.enumerated() {
             for expert in 0..<expertCount {
+                if let fusedExperts {
+                    let weights = try fusedExperts.expert(layer: layer, expert: expert)
+                    let theseShapes = [weights.gate, weights.up, weights.down].map { [$0.rows, $0.cols] }
+                    if layout == nil {
+                        shapes = theseShapes
+                        layout = try ExpertBlobLayout(dtype: dtype, gateShape: shapes[0], upShape: shapes[1], downShape: shapes[2],
+                                                      biases: weights.biases != nil)
+                    }
+                    let raw = AlignedBuffer<UInt8>(count: layout!.rawLength, alignment: alignment)
+                    for (matrix, path) in zip([weights.gate, weights.up, weights.down], [\ExpertBlobLayout.gate, \.up, \.down]) {
+                        try Self.encode(matrix, at: path, layout: layout!, into: raw.pointer, scratch: &scratch)
+                    }
+                    if let biases = weights.biases { layout!.encode(biases: biases, into: raw.pointer) }
+                    done += weights.byteCount
+                    try writeBlob(raw, layer: layer, expert: expert)
+                    continue
+                }
                 let names = expertNames[layerIndex][expert]
                 let entries = try names.map { try checkpoint.entry($0) }
                 let theseShapes = entries.map(\.0.shape)
@@ -234,20 +280,7 @@ public struct ExpertStorePacker {
                     }
                     done += entry.byteCount
                 }
-                let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: dtype, codec: codec, level: compressionLevel)
-                try expertWriter.pad(to: alignment)
-                let offset = expertWriter.offset
-                let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
-                try expertWriter.write(stored)
-                blobs.append(ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
-                                             rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
-                                             storedRaw: encoded.storedRaw, planes: encoded.planes))
-                rawTotal += layout.rawLength
-                storedTotal += encoded.length
-                report()
-                if let failAfterBlobs, blobs.count >= failAfterBlobs {
-                    throw ModelFormatError("pack interrupted after \(blobs.count) blobs (test hook)")
-                }
+                try writeBlob(raw, layer: layer, expert: expert)
             }
         }
         // Pad the end too, so an aligned O_DIRECT read of the last blob stays inside the file.
@@ -289,7 +322,8 @@ public struct ExpertStorePacker {
             experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: dtype, codec: codec, alignment: alignment,
                            gateShape: shapes.first ?? [], upShape: shapes.count > 1 ? shapes[1] : [],
                            downShape: shapes.count > 2 ? shapes[2] : [],
-                           exampleTensorNames: expertNames.first?.first ?? [], blobs: blobs),
+                           exampleTensorNames: expertNames.first?.first ?? [],
+                           biases: layout?.biasOffsets != nil ? true : nil, blobs: blobs),
             dense: .init(file: "dense.bin", fileSize: denseWriter.offset, tensors: denseEntries),
             copiedFiles: copied)
         // The manifest goes last: its presence marks a complete store.
@@ -299,6 +333,28 @@ public struct ExpertStorePacker {
         try manifestWriter.finish()
         report(force: true)
         return Summary(manifest: manifest, sourceBytes: totalBytes, expertRawBytes: rawTotal, expertStoredBytes: storedTotal, seconds: elapsed())
+    }
+}
+
+extension ExpertStorePacker {
+    /// Encodes `matrix` into its place `path` of the blob at `base`: its bits when its storage
+    /// is the store's dtype (bf16, f32, MXFP4: exact), else widened to float32 and encoded.
+    static func encode(_ matrix: WeightMatrix, at path: KeyPath<ExpertBlobLayout, ExpertBlobLayout.Matrix>, layout: ExpertBlobLayout,
+                       into base: UnsafeMutablePointer<UInt8>, scratch: inout AlignedBuffer<Float>) throws {
+        let target = layout[keyPath: path]
+        let destination = UnsafeMutableRawPointer(base + target.dataOffset)
+        switch (matrix.storage, layout.dtype) {
+        case (.bf16(let w), .bf16): destination.copyMemory(from: w, byteCount: matrix.byteCount)
+        case (.f32(let w), .f32): destination.copyMemory(from: w, byteCount: matrix.byteCount)
+        case (.mxfp4(let blocks), .mxfp4): destination.copyMemory(from: blocks, byteCount: matrix.byteCount)
+        default:
+            let count = matrix.rows * matrix.cols
+            if scratch.count < count { scratch = AlignedBuffer<Float>(count: count) }
+            for r in 0..<matrix.rows {
+                matrix.row(r).withUnsafeBufferPointer { (scratch.pointer + r * matrix.cols).update(from: $0.baseAddress!, count: matrix.cols) }
+            }
+            layout.encode(path, from: scratch.pointer, into: base)
+        }
     }
 }
 

@@ -19,14 +19,16 @@ public struct FP8BlockScaling: Sendable, Equatable {
         self.blockCols = blockCols
     }
 
-    /// The block scaling config.json declares, nil without a `quantization_config`; other
-    /// quantization methods are refused by name.
+    /// The block scaling config.json declares, nil without a `quantization_config` or for MXFP4;
+    /// other quantization methods are refused by name.
     static func read(configAt url: URL) throws -> FP8BlockScaling? {
         guard let data = try? Data(contentsOf: url), let json = try? JSONDecoder().decode(JSONValue.self, from: data),
               let quantization = json["quantization_config"]?.objectValue else { return nil }
         let method = quantization["quant_method"]?.stringValue ?? "none"
+        // MXFP4 (gpt-oss) keeps its experts as `_blocks`/`_scales`, read by `FusedExpertReader`.
+        if method == "mxfp4" { return nil }
         guard method == "fp8" else {
-            throw ModelFormatError.file(url.path, "unsupported quantization_config.quant_method '\(method)' (supported: fp8)")
+            throw ModelFormatError.file(url.path, "unsupported quantization_config.quant_method '\(method)' (supported: fp8, mxfp4)")
         }
         if let format = quantization["fmt"]?.stringValue, format != "e4m3" {
             throw ModelFormatError.file(url.path, "unsupported fp8 format '\(format)' (supported: e4m3)")

@@ -97,6 +97,12 @@ public struct ModelConfig: Sendable, Codable, Equatable {
 
     /// Layers that keep keys and values (full attention): all but the linear-attention ones.
     public var kvLayerCount: Int { layerCount - (linearAttention?.layers.count ?? 0) }
+    /// Each layer's attention kind from `layer_types` (`sliding_attention`, `full_attention`);
+    /// nil when the config has none (gpt-oss then alternates, starting with sliding).
+    public var layerTypes: [String]? = nil
+    /// The clamped SwiGLU's sigmoid gain and clamp (gpt-oss `swiglu_alpha`, `swiglu_limit`).
+    public var swigluAlpha: Float? = nil
+    public var swigluLimit: Float? = nil
 
     /// Whether layer `index` has a routed-expert MoE block (otherwise a dense MLP).
     public func isMoELayer(_ index: Int) -> Bool { architecture.definition.isMoELayer(self, index) }

@@ -6,13 +6,15 @@ public enum TensorDType: String, Sendable, Codable {
     case f32 = "F32", bf16 = "BF16", f16 = "F16"
     /// float8 e4m3fn, with a `weight_scale_inv` per block beside it (FP8 checkpoints: `FP8BlockScaling`).
     case f8e4m3 = "F8_E4M3"
+    /// Raw bytes: MXFP4 blocks and e8m0 scales (gpt-oss), never a float tensor.
+    case u8 = "U8"
 
     /// Bytes per element.
     public var size: Int {
         switch self {
         case .f32: return 4
         case .bf16, .f16: return 2
-        case .f8e4m3: return 1
+        case .f8e4m3, .u8: return 1
         }
     }
 }
@@ -111,7 +113,7 @@ public final class SafetensorsFile: @unchecked Sendable {
                 throw ModelFormatError.tensor(name, in: path, "malformed header entry")
             }
             guard let dtype = TensorDType(rawValue: dtypeName) else {
-                throw ModelFormatError.tensor(name, in: path, "unsupported dtype \(dtypeName) (supported: F32, BF16, F16, F8_E4M3)")
+                throw ModelFormatError.tensor(name, in: path, "unsupported dtype \(dtypeName) (supported: F32, BF16, F16, F8_E4M3, U8)")
             }
             let (begin, end) = (offsets[0], offsets[1])
             guard begin >= 0, end >= begin, end <= size - dataStart else {

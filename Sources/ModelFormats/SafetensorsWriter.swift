@@ -32,7 +32,7 @@ public struct SafetensorsWriter {
             for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { bytes.append(contentsOf: $0) } }
         case .bf16:
             for v in values { withUnsafeBytes(of: FloatConversion.bf16(from: v).littleEndian) { bytes.append(contentsOf: $0) } }
-        case .f16, .f8e4m3:
+        case .f16, .f8e4m3, .u8:
             preconditionFailure("SafetensorsWriter: writing \(dtype.rawValue) from floats is not supported")
         }
         add(name, dtype: dtype, shape: shape, bytes: bytes)

@@ -53,7 +53,8 @@ public final class ModelRuntime {
     public func makeEngine(maxWaitingRequests: Int = 64, decode: @escaping @Sendable ([Int]) -> String) -> Engine {
         let maxSequences = specification?.maxSequences ?? 1
         let kvBudget = plan?.kvCacheBytes
-            ?? maxSequences * (model.config.maxPositionEmbeddings * model.kvBytesPerToken + model.sequenceStateBytes)
+            ?? maxSequences * (TransformerModel.kvBytes(model.config, precision: model.kvPrecision, positions: model.config.maxPositionEmbeddings)
+                               + model.sequenceStateBytes)
         let limits = Engine.defaultLimits(for: model, kvCacheBudgetBytes: kvBudget, maxRunningSequences: maxSequences,
                                           maxWaitingRequests: maxWaitingRequests)
         return Engine(model: model, limits: limits, decode: decode)
@@ -132,7 +133,9 @@ public final class ModelRuntime {
                                            expertBytes: expertBytes, expertsPerToken: config.expertsPerToken,
                                            readsInFlight: spec.prefetchBudgetExperts ?? config.expertsPerToken),
                                        kvShare: spec.kvShare,
-                                       sequenceStateBytes: TransformerModel.sequenceStateBytes(config) * spec.maxSequences)
+                                       sequenceStateBytes: TransformerModel.sequenceStateBytes(config) * spec.maxSequences,
+                                       kvWindowBytes: spec.maxSequences * (TransformerModel.kvBytes(config, precision: spec.kvPrecision, positions: contextTokens)
+                                           - contextTokens * kvBytesPerToken))
             cacheBytes = plan!.expertCacheBytes
         }
         if let expertCacheBytes = spec.expertCacheBytes { cacheBytes = expertCacheBytes }
@@ -209,6 +212,7 @@ extension CheckpointDirectory {
                 let n = names.expertTensorNames(layer, expert)
                 expertTensors.formUnion([n.gate, n.up, n.down])
             }
+            if let fused = names.fusedExperts { expertTensors.formUnion(fused(layer).allNames) }
         }
         // Float8 weights are held dequantized as bf16; their block scales are folded in.
         return tensorNames.filter { !expertTensors.contains($0) && !isFP8Scale($0) && !isBeyondLastLayer($0) && !names.isUnusedTensor($0) }

@@ -14,6 +14,8 @@ public enum WeightStorage: @unchecked Sendable {
     /// q4 blocks `[rows, cols/32, 16 bytes]` with one float32 scale per block,
     /// `scales[rows, cols/32]` (see `Quantization`).
     case q4(blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>)
+    /// MXFP4 blocks `[rows, cols/32, 17 bytes]` in llama.cpp's `block_mxfp4` layout (see `MXFP4`).
+    case mxfp4(blocks: UnsafePointer<UInt8>)
 }
 
 /// A linear layer's weight `[rows, cols]` (row-major, as PyTorch's `nn.Linear.weight` is
@@ -52,6 +54,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .bf16: return rows * cols * 2
         case .int8: return rows * cols + Quantization.int8ScaleBytes(rows: rows)
         case .q4: return Quantization.q4BlockBytes(rows: rows, cols: cols) + Quantization.q4ScaleBytes(rows: rows, cols: cols)
+        case .mxfp4: return MXFP4.byteCount(rows: rows, cols: cols)
         }
     }
 
@@ -99,6 +102,15 @@ public struct WeightMatrix: @unchecked Sendable {
                                               scales: scales + first * blocksPerRow, rows: count, cols: cols, into: panel)
                 }
             }
+        case .mxfp4(let blocks):
+            if n < 9 {
+                MXFP4.gemv(blocks, rows: rows, cols: cols, x: x, count: n, y: y)
+            } else {
+                let rowBytes = MXFP4.byteCount(rows: 1, cols: cols)
+                panelGEMM(x, rowCount: n, into: y) { first, count, panel in
+                    MXFP4.dequantize(blocks + first * rowBytes, rows: count, cols: cols, into: panel)
+                }
+            }
         }
     }
 
@@ -123,6 +135,13 @@ public struct WeightMatrix: @unchecked Sendable {
             for r in 0..<n { QuantizedKernels.gemvInt8(values, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
         case .q4(let blocks, let scales):
             MultiRowKernels.q4(blocks, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
+        case .mxfp4(let blocks):
+            var first = 0
+            while first < n {
+                let count = min(8, n - first)
+                MXFP4.gemv(blocks, rows: rows, cols: cols, x: x + first * cols, count: count, y: y + first * rows)
+                first += count
+            }
         }
     }
 
@@ -183,6 +202,12 @@ public struct WeightMatrix: @unchecked Sendable {
             out.withUnsafeMutableBufferPointer {
                 Quantization.dequantizeQ4(blocks + r * (cols / Quantization.q4BlockSize) * Quantization.q4BlockBytes,
                                           scales: scales + r * (cols / Quantization.q4BlockSize), rows: 1, cols: cols, into: $0.baseAddress!)
+            }
+            return out
+        case .mxfp4(let blocks):
+            var out = [Float](repeating: 0, count: cols)
+            out.withUnsafeMutableBufferPointer {
+                MXFP4.dequantize(blocks + r * MXFP4.byteCount(rows: 1, cols: cols), rows: 1, cols: cols, into: $0.baseAddress!)
             }
             return out
         }

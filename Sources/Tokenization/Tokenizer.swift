@@ -34,7 +34,9 @@ public final class Tokenizer: Sendable {
     /// Whether the decoder needs whole runs of `<0xXX>` tokens before it can decode them.
     let decoderHasByteFallback: Bool
 
-    /// Loads `tokenizer.json` (and `tokenizer_config.json` if present) from `directory`.
+    /// Loads `tokenizer.json` (and `tokenizer_config.json` if present) from `directory`; a
+    /// `chat_template.jinja` beside them (how gpt-oss and newer checkpoints ship their template)
+    /// is the chat template, as transformers takes it.
     ///
     /// - Throws: ``TokenizerError`` naming the file and the component that is missing or unsupported.
     public static func load(directory: URL) throws -> Tokenizer {
@@ -50,15 +52,24 @@ public final class Tokenizer: Sendable {
             }
             configData = d
         }
+        let templateURL = directory.appendingPathComponent("chat_template.jinja")
+        var templateSource: String? = nil
+        if FileManager.default.fileExists(atPath: templateURL.path) {
+            guard let text = try? String(contentsOf: templateURL, encoding: .utf8) else {
+                throw TokenizerError(file: templateURL.path, "cannot read the file as UTF-8")
+            }
+            templateSource = text
+        }
         return try Tokenizer(
             tokenizerJSON: data, tokenizerConfigJSON: configData,
-            tokenizerFile: tokenizerURL.path, configFile: configURL.path)
+            tokenizerFile: tokenizerURL.path, configFile: configURL.path, chatTemplateSource: templateSource)
     }
 
     /// Builds a tokenizer from the contents of `tokenizer.json` and, optionally, `tokenizer_config.json`.
     public init(
         tokenizerJSON: Data, tokenizerConfigJSON: Data? = nil,
-        tokenizerFile: String = "tokenizer.json", configFile: String = "tokenizer_config.json"
+        tokenizerFile: String = "tokenizer.json", configFile: String = "tokenizer_config.json",
+        chatTemplateSource: String? = nil
     ) throws {
         let file = tokenizerFile
         let parsed: JSON
@@ -140,13 +151,16 @@ public final class Tokenizer: Sendable {
         bosTokenId = bosToken.flatMap(lookup) ?? (tokenizerConfigJSON == nil ? postProcessor.prefix.first : nil)
         var eos = Set<Int>()
         if let e = eosToken.flatMap(lookup) { eos.insert(e) }
-        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>"] {
+        // `<|return|>` and `<|call|>` end gpt-oss's (harmony) final and tool-call turns.
+        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|return|>", "<|call|>"] {
             if let t = added.first(where: { $0.content == name && $0.special }) { eos.insert(t.id) }
         }
         eosTokenIds = eos
 
-        var templateSource: String? = nil
-        if let s = config["chat_template"]?.stringValue {
+        var templateSource: String? = chatTemplateSource
+        if templateSource != nil {
+            // chat_template.jinja wins over tokenizer_config.json's chat_template.
+        } else if let s = config["chat_template"]?.stringValue {
             templateSource = s
         } else if let list = config["chat_template"]?.arrayValue {
             templateSource = (list.first { $0["name"]?.stringValue == "default" } ?? list.first)?["template"]?.stringValue

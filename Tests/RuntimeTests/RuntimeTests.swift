@@ -116,6 +116,44 @@ import Testing
         #expect((runtime.cache?.statistics().total.evictions ?? 0) > 0)
     }
 
+    /// gpt-oss with MXFP4 experts through the runtime: from the checkpoint under a budget (the
+    /// offloading cache over the fused tensors, the predictor with the router's bias) and from a
+    /// packed MXFP4 store, greedy tokens as with every expert in RAM; the plan counts dense
+    /// weights without the expert blocks, scales and biases.
+    @Test func gptOssWithMXFP4ExpertsUnderABudgetGeneratesAsInRAM() throws {
+        let url = Self.fixture("gptoss-mxfp4")
+        let prompt = (0..<15).map { ($0 * 7 + 2) % 100 }
+        var spec = RuntimeSpecification(model: url)
+        spec.kvPrecision = .f32
+        let inRAM = try ModelRuntime.open(spec)
+        let reference = try Self.generate(inRAM, prompt: prompt, maxTokens: 6)
+        inRAM.close()
+
+        let checkpoint = try CheckpointDirectory(url: url)
+        let names = ArchitectureDescription.of(checkpoint.config.architecture)
+        let loader = try CheckpointExpertLoader(config: checkpoint.config, weights: checkpoint, names: names)
+        spec.memoryBudgetBytes = 1 << 30
+        spec.expertCacheBytes = 5 * loader.expertByteCount(layer: 0, expert: 0) // 5 of 8: misses, the predictor guesses
+        let runtime = try ModelRuntime.open(spec)
+        #expect(runtime.predictor != nil)
+        #expect(runtime.plan?.denseBytes == checkpoint.denseByteCount(expertNames: names))
+        #expect(checkpoint.denseByteCount(expertNames: names) < 90_000) // the 8 experts' 55 KiB are not dense
+        #expect(try Self.generate(runtime, prompt: prompt, maxTokens: 6) == reference)
+        runtime.close()
+
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("gptoss-runtime-\(UInt32.random(in: 0...UInt32.max))")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        var packer = ExpertStorePacker()
+        packer.dtype = .mxfp4
+        packer.fusedExperts = try FusedExpertReader.of(checkpoint, description: names)
+        try packer.pack(checkpoint: checkpoint, expertTensorNames: { _, _ in [] }, to: dir.appendingPathComponent("store"))
+        spec.model = dir.appendingPathComponent("store")
+        let fromStore = try ModelRuntime.open(spec)
+        defer { fromStore.close() }
+        #expect(try Self.generate(fromStore, prompt: prompt, maxTokens: 6) == reference)
+    }
+
     @Test func aBudgetTooSmallFailsWithTheNumbers() throws {
         var spec = RuntimeSpecification(model: Self.demo)
         spec.memoryBudgetBytes = 1 << 20

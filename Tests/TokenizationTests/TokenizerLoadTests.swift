@@ -36,6 +36,18 @@ import Testing
         #expect(ids.first == t.tokenId(for: "<|im_start|>"))
     }
 
+    /// A `chat_template.jinja` file (how gpt-oss ships its harmony template) is the template, and
+    /// wins over tokenizer_config.json's, as in transformers.
+    @Test func chatTemplateJinjaFileIsUsed() throws {
+        let dir = try temporaryModel(style: "qwen2", config: ["eos_token": "<|im_end|>", "chat_template": "{{ 'from config' }}"])
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try "{%- for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{%- endfor %}"
+            .write(to: dir.appendingPathComponent("chat_template.jinja"), atomically: true, encoding: .utf8)
+        let t = try Tokenizer.load(directory: dir)
+        let prompt = try t.chatTemplate.render(messages: [ChatMessage(role: "user", content: "Hi")], addGenerationPrompt: true)
+        #expect(prompt == "<|start|>user<|message|>Hi<|end|>")
+    }
+
     @Test func unsupportedChatTemplateFailsAtLoad() throws {
         let dir = try temporaryModel(style: "qwen2", config: ["chat_template": "{{ messages | wordwrap }}"])
         defer { try? FileManager.default.removeItem(at: dir) }

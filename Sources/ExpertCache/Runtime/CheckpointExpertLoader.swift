@@ -10,6 +10,8 @@ public final class CheckpointExpertLoader: ExpertLoader, @unchecked Sendable {
     private let weights: WeightSource
     private let names: ArchitectureDescription
     private let bytesPerExpert: Int
+    /// Reads experts stored fused per layer (gpt-oss); nil when each has tensors of its own.
+    private let fused: FusedExpertReader?
 
     /// Serves the experts of `config`'s MoE layers from `weights`, found through `names`.
     public init(config: ModelConfig, weights: WeightSource, names: ArchitectureDescription) throws {
@@ -18,6 +20,11 @@ public final class CheckpointExpertLoader: ExpertLoader, @unchecked Sendable {
         self.names = names
         guard let layer = config.moeLayers.first else {
             throw ExpertCacheError("the model has no routed-expert layers to cache")
+        }
+        fused = try FusedExpertReader.of(weights, description: names)
+        if let fused {
+            bytesPerExpert = try fused.expert(layer: layer, expert: 0).byteCount
+            return
         }
         let tensorNames = names.expertTensorNames(layer, 0)
         let hidden = config.hiddenSize, width = config.expertIntermediateSize
@@ -31,6 +38,7 @@ public final class CheckpointExpertLoader: ExpertLoader, @unchecked Sendable {
     /// `CheckpointDirectory.matrix` copies each tensor into its own aligned buffer, so the
     /// returned weights own their memory and evicting them frees it; no further copy is made.
     public func loadExpert(layer: Int, expert: Int) throws -> ExpertWeights {
+        if let fused { return try fused.expert(layer: layer, expert: expert) }
         let tensorNames = names.expertTensorNames(layer, expert)
         let hidden = config.hiddenSize, width = config.expertIntermediateSize
         return ExpertWeights(

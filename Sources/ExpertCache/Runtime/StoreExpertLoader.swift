@@ -16,6 +16,6 @@ public final class StoreExpertLoader: ExpertLoader, @unchecked Sendable {
 
     public func loadExpert(layer: Int, expert: Int) throws -> ExpertWeights {
         let stored = try store.readExpert(layer: layer, expert: expert)
-        return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down)
+        return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases)
     }
 }

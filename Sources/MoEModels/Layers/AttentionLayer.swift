@@ -4,11 +4,16 @@ import TensorMath
 
 /// Grouped-query causal self-attention with RoPE and the architecture's switches
 /// (`AttentionSpec`): optional q/k/v biases, optional q/k RMSNorm (per head or over the whole
-/// projection), optional q/k/v clipping and an optional sliding window.
+/// projection), optional q/k/v clipping, an optional sliding window (per layer with
+/// `layer_types`), an o_proj bias when the checkpoint has one, and learned sinks (gpt-oss).
 struct AttentionLayer {
     let layer: Int
     let qProj: WeightMatrix, kProj: WeightMatrix, vProj: WeightMatrix, oProj: WeightMatrix
     let qBias: [Float]?, kBias: [Float]?, vBias: [Float]?
+    /// `[hidden]` added after o_proj (gpt-oss), nil for none.
+    let oBias: [Float]?
+    /// `[heads]` learned sink logits (gpt-oss), nil for none.
+    let sinks: [Float]?
     let qNorm: [Float]?, kNorm: [Float]?
     let normalization: QKNormalization
     let clip: Float?
@@ -40,7 +45,9 @@ struct AttentionLayer {
         outputGate = gated
         kBias = try optionalVector("\(prefix).k_proj.bias", kvWidth)
         vBias = try optionalVector("\(prefix).v_proj.bias", kvWidth)
+        oBias = try optionalVector("\(prefix).o_proj.bias", hidden)
         let spec = description.attention(config)
+        sinks = spec.sinks ? try weights.vector("\(prefix).sinks", count: config.headCount) : nil
         if spec.requiresBias && qBias == nil && queryGateBias == nil {
             throw ModelFormatError("\(prefix).q_proj.bias: missing from the checkpoint although the config sets attention_bias")
         }
@@ -61,7 +68,7 @@ struct AttentionLayer {
         headDim = config.headDim
         eps = config.rmsNormEps
         rope = RotaryEmbedding(config: config)
-        slidingWindow = spec.slidingWindow
+        slidingWindow = spec.slidingWindow(layer: layer)
     }
 
     /// `output[T, hidden] = attention(x[T, hidden])` for every sequence span of the batch;
@@ -114,22 +121,23 @@ struct AttentionLayer {
         let groupSize = headCount / kvHeadCount
         for span in spans {
             let cache = span.cache
+            let scores = workspace.scores.pointer // [keys], one query's scores at a time
+            // Each row's key and value are stored right before its query runs: a sliding-window
+            // layer's cache keeps only the last rows (KVCache), and the query at a position
+            // reads exactly those; later rows' keys are not visible to it anyway.
             for i in 0..<span.rowCount {
                 let row = span.firstRow + i, position = span.startPosition + i
                 rope.apply(q.pointer + row * qWidth, headCount: headCount, position: position)
                 rope.apply(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
                 cache.store(layer: layer, position: position, key: k.pointer + row * kvWidth, value: v.pointer + row * kvWidth)
-            }
-            let scores = workspace.scores.pointer // [keys], one query's scores at a time
-            for i in 0..<span.rowCount {
-                let row = span.firstRow + i, position = span.startPosition + i
                 // Keys visible to this query: causal, and inside the sliding window if any.
                 let firstKey = slidingWindow.map { max(0, position - $0 + 1) } ?? 0
                 let keyCount = position + 1 - firstKey
+                let firstRow = firstKey - cache.firstPosition(layer)
                 for head in 0..<headCount {
                     let group = head / groupSize
                     let query = q.pointer + row * qWidth + head * headDim
-                    let offset = firstKey * kvWidth + group * headDim
+                    let offset = firstRow * kvWidth + group * headDim
                     let out = context.pointer + row * qWidth + head * headDim
                     // scores[j] = scale · K[firstKey + j, group] · query, then softmax, then
                     // context = Σ_j p[j] · V[firstKey + j, group]
@@ -137,13 +145,13 @@ struct AttentionLayer {
                     case .f32:
                         AttentionKernels.scores(query: query, keys: cache.keyRows(layer) + offset, keyStride: kvWidth,
                                                 count: keyCount, dim: headDim, scale: scale, into: scores)
-                        Ops.softmax(scores, count: keyCount)
+                        softmax(scores, count: keyCount, head: head)
                         AttentionKernels.weightedSum(scores, values: cache.valueRows(layer) + offset, valueStride: kvWidth,
                                                      count: keyCount, dim: headDim, into: out)
                     case .f16:
                         AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
                                                 count: keyCount, dim: headDim, scale: scale, into: scores)
-                        Ops.softmax(scores, count: keyCount)
+                        softmax(scores, count: keyCount, head: head)
                         AttentionKernels.weightedSum(scores, halfValues: cache.halfValueRows(layer) + offset,
                                                      valueStride: kvWidth, count: keyCount, dim: headDim, into: out)
                     }
@@ -161,5 +169,18 @@ struct AttentionLayer {
             }
         }
         oProj.apply(context.pointer, rowCount: rowCount, into: output)
+        if let oBias {
+            let hidden = oBias.count
+            for row in 0..<rowCount {
+                for i in 0..<hidden { output[row * hidden + i] += oBias[i] }
+            }
+        }
+    }
+
+    /// The attention softmax of one query's scores, with the head's sink logit when the
+    /// architecture has sinks.
+    @inline(__always)
+    private func softmax(_ scores: UnsafeMutablePointer<Float>, count: Int, head: Int) {
+        if let sinks { Ops.softmax(scores, count: count, sink: sinks[head]) } else { Ops.softmax(scores, count: count) }
     }
 }

@@ -34,10 +34,27 @@ struct DenseMLP {
         let up = ownUp?.pointer ?? scratch.up.pointer       // [n, width]
         expert.gate.apply(x, rowCount: rowCount, into: gate)
         expert.up.apply(x, rowCount: rowCount, into: up)
+        if let biases = expert.biases {
+            for row in 0..<rowCount {
+                addBias(gate + row * width, biases.gate, width)
+                addBias(up + row * width, biases.up, width)
+            }
+        }
         switch activation {
         case .silu: Ops.siluMultiply(gate, up, count: rowCount * width)
+        case .clampedSwiGLU(let alpha, let limit):
+            Ops.clampedSwiGLU(gate, up, count: rowCount * width, alpha: alpha, limit: limit)
         }
         expert.down.apply(gate, rowCount: rowCount, into: output)
+        if let biases = expert.biases {
+            let hidden = expert.down.rows
+            for row in 0..<rowCount { addBias(output + row * hidden, biases.down, hidden) }
+        }
         withExtendedLifetime((ownGate, ownUp)) {}
+    }
+
+    @inline(__always)
+    private static func addBias(_ row: UnsafeMutablePointer<Float>, _ bias: UnsafePointer<Float>, _ count: Int) {
+        for i in 0..<count { row[i] += bias[i] }
     }
 }

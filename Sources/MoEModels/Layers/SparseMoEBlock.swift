@@ -15,6 +15,8 @@ struct SparseMoEBlock {
     let layer: Int
     /// `[experts, hidden]`
     let router: WeightMatrix
+    /// `[experts]` added to the router's logits (gpt-oss), nil for none.
+    let routerBias: [Float]?
     let expertCount: Int
     /// Scores, selection and mixing weights.
     let routing: RouterSpec
@@ -29,13 +31,14 @@ struct SparseMoEBlock {
         self.layer = layer
         let hidden = config.hiddenSize
         router = try weights.matrix(description.routerName(layer), rows: config.expertCount, cols: hidden)
+        routerBias = try description.routerBiasName.map { try weights.vector($0(layer), count: config.expertCount) }
         expertCount = config.expertCount
         var routing = description.router(config)
         if let biasName = description.correctionBiasName(layer) {
             routing.correctionBias = try weights.vector(biasName, count: config.expertCount)
         }
         self.routing = routing
-        activation = description.activation
+        activation = description.activation(for: config)
         parallelSingleRow = 3 * hidden * config.expertIntermediateSize >= Self.parallelSingleRowWeights
         // Qwen2-MoE checkpoints with shared_expert_intermediate_size 0 carry no shared expert.
         if let shared = description.sharedExpert(config, layer), weights.contains("\(shared.prefix).gate_proj.weight") {
@@ -51,6 +54,11 @@ struct SparseMoEBlock {
     /// Routes each row with the architecture's rule; `logits` is `[T, experts]` scratch.
     func route(_ x: UnsafePointer<Float>, rowCount: Int, logits: UnsafeMutablePointer<Float>) -> [TokenRouting] {
         router.apply(x, rowCount: rowCount, into: logits)
+        if let routerBias {
+            for row in 0..<rowCount {
+                for e in 0..<expertCount { logits[row * expertCount + e] += routerBias[e] }
+            }
+        }
         return (0..<rowCount).map { row in routing.route(logits + row * expertCount, count: expertCount) }
     }
 

@@ -22,14 +22,28 @@ public struct AttentionSpec: Sendable, Equatable {
     /// `q_proj` yields, per head, the query and then as many gate values; the attention output
     /// is multiplied by `sigmoid(gate)` before `o_proj` (Qwen3-Next's gated attention).
     public var outputGate: Bool = false
+    /// Learned attention sinks (gpt-oss): `self_attn.sinks`, one logit per head that joins each
+    /// query's softmax and is then dropped, so a head can attend to nothing.
+    public var sinks: Bool
+    /// Which layers the sliding window applies to (`layer_types`); nil: every layer.
+    public var slidingLayers: [Bool]?
 
     public init(qkNormalization: QKNormalization, requiresBias: Bool, clipQKV: Float? = nil, slidingWindow: Int? = nil,
-                outputGate: Bool = false) {
+                outputGate: Bool = false, sinks: Bool = false, slidingLayers: [Bool]? = nil) {
         self.qkNormalization = qkNormalization
         self.requiresBias = requiresBias
         self.clipQKV = clipQKV
         self.slidingWindow = slidingWindow
         self.outputGate = outputGate
+        self.sinks = sinks
+        self.slidingLayers = slidingLayers
+    }
+
+    /// The sliding window of layer `layer`: nil when it attends to every position.
+    public func slidingWindow(layer: Int) -> Int? {
+        guard let slidingWindow else { return nil }
+        if let slidingLayers { return layer < slidingLayers.count && slidingLayers[layer] ? slidingWindow : nil }
+        return slidingWindow
     }
 }
 
@@ -37,6 +51,39 @@ public struct AttentionSpec: Sendable, Equatable {
 public enum Activation: Sendable, Equatable {
     /// SwiGLU: silu(gate·x) ⊙ up·x (every architecture so far).
     case silu
+    /// gpt-oss's clamped SwiGLU: with g = min(gate·x, limit) and u = clamp(up·x, ±limit),
+    /// `g · sigmoid(alpha · g) · (u + 1)`.
+    case clampedSwiGLU(alpha: Float, limit: Float)
+}
+
+/// Routed experts stored fused per layer, as gpt-oss stores them: `gate_up_proj`
+/// `[experts, hidden, 2·width]` (multiplied as `x · W`, gate and up in interleaved columns
+/// 2i and 2i+1) with `gate_up_proj_bias` `[experts, 2·width]`, and `down_proj`
+/// `[experts, width, hidden]` with `down_proj_bias` `[experts, hidden]`. In an MXFP4 checkpoint
+/// each matrix is instead `<name>_blocks` `[experts, rows, cols/32, 16]` (two e2m1 values a
+/// byte, low nibble first) and `<name>_scales` `[experts, rows, cols/32]` (e8m0), with rows the
+/// outputs (`2·width` interleaved, or `hidden`).
+public struct FusedExpertNames: Sendable, Equatable {
+    /// `model.layers.L.mlp.experts.gate_up_proj`
+    public var gateUp: String
+    /// `model.layers.L.mlp.experts.gate_up_proj_bias`
+    public var gateUpBias: String
+    /// `model.layers.L.mlp.experts.down_proj`
+    public var down: String
+    /// `model.layers.L.mlp.experts.down_proj_bias`
+    public var downBias: String
+
+    public init(gateUp: String, gateUpBias: String, down: String, downBias: String) {
+        self.gateUp = gateUp
+        self.gateUpBias = gateUpBias
+        self.down = down
+        self.downBias = downBias
+    }
+
+    /// Every tensor name these experts may occupy in a checkpoint (bf16 or MXFP4 form).
+    public var allNames: [String] {
+        [gateUp, gateUp + "_blocks", gateUp + "_scales", gateUpBias, down, down + "_blocks", down + "_scales", downBias]
+    }
 }
 
 /// An always-on expert that runs beside the routed ones in every MoE layer.
@@ -121,6 +168,16 @@ public struct ArchitectureDescription: Sendable {
 
     /// Whether tensor `name` is one this architecture never reads.
     public func isUnusedTensor(_ name: String) -> Bool { unusedTensorPrefixes.contains { name.hasPrefix($0) } }
+    /// The activation when it depends on the config (gpt-oss's clamp); nil: `activation`.
+    public var configuredActivation: (@Sendable (ModelConfig) -> Activation)? = nil
+    /// The router's bias `[experts]` of layer `l`, added to its logits; nil for none.
+    public var routerBiasName: (@Sendable (Int) -> String)? = nil
+    /// Layer `l`'s routed experts when they are stored fused (gpt-oss); nil when each expert
+    /// has tensors of its own (`expertTensorNames`).
+    public var fusedExperts: (@Sendable (Int) -> FusedExpertNames)? = nil
+
+    /// The MLPs' activation for `config`.
+    public func activation(for config: ModelConfig) -> Activation { configuredActivation?(config) ?? activation }
 
     /// Attention tensors of layer `l`: `model.layers.l.self_attn.<name>`.
     public func attentionPrefix(_ layer: Int) -> String { "model.layers.\(layer).self_attn" }
@@ -141,6 +198,7 @@ public enum ArchitectureRegistry {
         Glm4Moe.description,
         MiniMaxM2.description,
         Qwen3Next.description,
+        GptOss.description,
     ]
 }
 

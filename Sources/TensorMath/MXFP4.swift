@@ -1,0 +1,138 @@
+import Dispatch
+
+/// MXFP4 (OCP microscaling FP4): blocks of 32 e2m1 values sharing one e8m0 exponent.
+///
+/// Stored in llama.cpp's `block_mxfp4` byte layout, so a GGUF reader can hand its blocks to
+/// the same kernels: 17 bytes per block, byte 0 the e8m0 exponent `e` (scale `2^(e-127)`),
+/// bytes 1...16 the 32 values as nibbles, `qs[j] & 0xF` value `j` and `qs[j] >> 4` value
+/// `j + 16`. A matrix `[rows, cols]` is `rows × cols/32` blocks, row-major.
+///
+/// gpt-oss's published safetensors pack differently: `*_blocks` hold value `2k` in the low and
+/// `2k + 1` in the high nibble of byte `k`, and `*_scales` the exponents apart;
+/// `repack(huggingFaceBlock:scale:into:)` converts one block exactly.
+public enum MXFP4 {
+    /// Values per block.
+    public static let blockSize = 32
+    /// Bytes per block: the exponent and 16 bytes of nibbles.
+    public static let blockBytes = 17
+
+    /// The e2m1 values by nibble: sign bit 3, exponent bits 2-1, mantissa bit 0.
+    public static let e2m1: [Float] = [0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]
+
+    /// `2^(e-127)`; 0 gives the subnormal `2^-127`, 255 NaN (as the OCP format defines).
+    @inline(__always)
+    public static func scale(_ e: UInt8) -> Float {
+        switch e {
+        case 0: return Float(bitPattern: 0x0040_0000)
+        case 255: return .nan
+        default: return Float(bitPattern: UInt32(e) << 23)
+        }
+    }
+
+    /// Bytes of a `[rows, cols]` matrix (`cols` a multiple of 32).
+    public static func byteCount(rows: Int, cols: Int) -> Int { rows * (cols / blockSize) * blockBytes }
+
+    /// Writes one block from gpt-oss's safetensors layout (16 bytes, value 2k in the low nibble
+    /// of byte k) and its exponent as a `block_mxfp4` at `destination` (17 bytes).
+    public static func repack(huggingFaceBlock source: UnsafePointer<UInt8>, scale: UInt8, into destination: UnsafeMutablePointer<UInt8>) {
+        destination[0] = scale
+        // value n sits in source byte n/2, high nibble when n is odd
+        func nibble(_ n: Int) -> UInt8 { n & 1 == 0 ? source[n >> 1] & 0xF : source[n >> 1] >> 4 }
+        for j in 0..<16 { destination[1 + j] = nibble(j) | nibble(j + 16) << 4 }
+    }
+
+    /// Widens `rows` rows of `cols` values from `blocks` into `out[rows, cols]`.
+    public static func dequantize(_ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
+        let perRow = cols / blockSize
+        for b in 0..<(rows * perRow) {
+            let block = blocks + b * blockBytes, d = scale(block[0])
+            let values = out + b * blockSize
+            for j in 0..<16 {
+                values[j] = e2m1[Int(block[1 + j] & 0xF)] * d
+                values[j + 16] = e2m1[Int(block[1 + j] >> 4)] * d
+            }
+        }
+    }
+
+    /// Quantizes `values[rows, cols]` into blocks: each block's exponent is the smallest that
+    /// keeps its largest magnitude within ±6·2^(e-127) where possible, every value rounded to the
+    /// nearest e2m1 step (ties to the even code). Lossy; MXFP4 checkpoints are repacked instead.
+    public static func quantize(_ values: UnsafePointer<Float>, rows: Int, cols: Int, into blocks: UnsafeMutablePointer<UInt8>) {
+        let perRow = cols / blockSize
+        for b in 0..<(rows * perRow) {
+            let source = values + b * blockSize, block = blocks + b * blockBytes
+            var amax: Float = 0
+            for i in 0..<blockSize { amax = max(amax, abs(source[i])) }
+            // amax / 2^(e-127) <= 6 with e as small as possible.
+            var e = 127
+            if amax > 0 {
+                e = Int(amax.exponent) + 127 - 2
+                if amax / scale(UInt8(clamping: max(e, 1))) > 6 { e += 1 }
+                e = min(max(e, 1), 254)
+            }
+            block[0] = UInt8(e)
+            let inverse = 1 / scale(UInt8(e))
+            func code(_ v: Float) -> UInt8 {
+                let magnitude = abs(v) * inverse
+                var best = 0, bestError = Float.infinity
+                for c in 0..<8 {
+                    let error = abs(e2m1[c] - magnitude)
+                    if error < bestError { best = c; bestError = error }
+                }
+                return UInt8(best) | (v < 0 && best != 0 ? 8 : 0)
+            }
+            for j in 0..<16 { block[1 + j] = code(source[j]) | code(source[j + 16]) << 4 }
+        }
+    }
+
+    /// Matrices at least this large are split across two threads.
+    static let parallelThreshold = 1 << 20
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` with W in MXFP4 blocks, for a few input rows (`count`
+    /// ≤ 8): each block is decoded once into registers and multiplied with every input row, so
+    /// the weights are read once. Per output element the arithmetic is the same whatever
+    /// `count` is (blocks summed in order, each block's 32 products in one SIMD sum), so a row's
+    /// result does not depend on the rows beside it.
+    public static func gemv(_ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int, x: UnsafePointer<Float>, count: Int,
+                            y: UnsafeMutablePointer<Float>) {
+        precondition(count >= 1 && count <= 8, "MXFP4.gemv takes 1 to 8 input rows")
+        if rows * cols >= parallelThreshold && rows >= 64 {
+            let half = rows / 2
+            let pointers = UncheckedSendable((blocks, x, y))
+            DispatchQueue.concurrentPerform(iterations: 2) { part in
+                let (blocks, x, y) = pointers.value
+                rowRange(blocks, part == 0 ? 0..<half : half..<rows, cols: cols, x: x, count: count, y: y, yStride: rows)
+            }
+        } else {
+            rowRange(blocks, 0..<rows, cols: cols, x: x, count: count, y: y, yStride: rows)
+        }
+    }
+
+    @inline(__always)
+    static func rowRange(_ blocks: UnsafePointer<UInt8>, _ range: Range<Int>, cols: Int, x: UnsafePointer<Float>, count: Int,
+                         y: UnsafeMutablePointer<Float>, yStride: Int) {
+        let perRow = cols / blockSize
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 8) { sums in
+            for r in range {
+                for i in 0..<count { sums[i] = 0 }
+                for b in 0..<perRow {
+                    let block = blocks + (r * perRow + b) * blockBytes
+                    var low = SIMD16<Float>(), high = SIMD16<Float>()
+                    for j in 0..<16 {
+                        let byte = Int(block[1 + j])
+                        low[j] = e2m1[byte & 0xF]
+                        high[j] = e2m1[byte >> 4]
+                    }
+                    let d = scale(block[0])
+                    for i in 0..<count {
+                        let row = UnsafeRawPointer(x + i * cols + b * blockSize)
+                        let xl = row.loadUnaligned(as: SIMD16<Float>.self)
+                        let xh = row.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
+                        sums[i] += (low * xl + high * xh).sum() * d
+                    }
+                }
+                for i in 0..<count { y[i * yStride + r] = sums[i] }
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import Testing
+@testable import TensorMath
+
+/// MXFP4 blocks: the e2m1 and e8m0 decoding, llama.cpp's nibble order, the repacking of
+/// gpt-oss's safetensors blocks, and the kernel against plain dequantized arithmetic.
+@Suite struct MXFP4Tests {
+    @Test func exponentsDecodeAsPowersOfTwo() {
+        #expect(MXFP4.scale(127) == 1)
+        #expect(MXFP4.scale(128) == 2)
+        #expect(MXFP4.scale(120) == 1.0 / 128)
+        #expect(MXFP4.scale(1) == Float(sign: .plus, exponent: -126, significand: 1))
+        #expect(MXFP4.scale(0) == Float(sign: .plus, exponent: -127, significand: 1)) // subnormal
+        #expect(MXFP4.scale(255).isNaN)
+    }
+
+    /// llama.cpp's `block_mxfp4`: exponent byte first, then `qs[j]` with value j in the low
+    /// nibble and value j + 16 in the high one.
+    @Test func blockLayoutIsLlamaCpps() {
+        var block = [UInt8](repeating: 0, count: MXFP4.blockBytes)
+        block[0] = 128 // scale 2
+        block[1] = 0x2F // value 0: code 0xF = -6, value 16: code 0x2 = 1
+        block[16] = 0x70 // value 15: 0, value 31: code 7 = 6
+        var out = [Float](repeating: 1, count: 32)
+        MXFP4.dequantize(block, rows: 1, cols: 32, into: &out)
+        #expect(out[0] == -12 && out[16] == 2 && out[15] == 0 && out[31] == 12)
+        #expect(out.enumerated().allSatisfy { [0, 16, 31].contains($0.offset) || $0.element == 0 })
+    }
+
+    /// gpt-oss's safetensors blocks hold value 2k in the low and 2k+1 in the high nibble of
+    /// byte k (transformers' `_convert_moe_packed_tensors`); repacked, every value is kept.
+    @Test func repackingKeepsEveryValue() {
+        var generator = SplitMix64(seed: 3)
+        let source = (0..<16).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+        var expected = [Float](repeating: 0, count: 32)
+        for k in 0..<16 {
+            expected[2 * k] = MXFP4.e2m1[Int(source[k] & 0xF)] * 0.25
+            expected[2 * k + 1] = MXFP4.e2m1[Int(source[k] >> 4)] * 0.25
+        }
+        var block = [UInt8](repeating: 0, count: MXFP4.blockBytes)
+        source.withUnsafeBufferPointer { MXFP4.repack(huggingFaceBlock: $0.baseAddress!, scale: 125, into: &block) }
+        var out = [Float](repeating: 0, count: 32)
+        MXFP4.dequantize(block, rows: 1, cols: 32, into: &out)
+        #expect(out.map(\.bitPattern) == expected.map(\.bitPattern))
+    }
+
+    @Test func quantizingRoundsToTheNearestStep() {
+        let rows = 5, cols = 64
+        let w = randomFloats(rows * cols, seed: 12)
+        var blocks = [UInt8](repeating: 0, count: MXFP4.byteCount(rows: rows, cols: cols))
+        var back = [Float](repeating: 0, count: rows * cols)
+        w.withUnsafeBufferPointer { MXFP4.quantize($0.baseAddress!, rows: rows, cols: cols, into: &blocks) }
+        MXFP4.dequantize(blocks, rows: rows, cols: cols, into: &back)
+        for b in 0..<(rows * cols / 32) {
+            let d = MXFP4.scale(blocks[b * MXFP4.blockBytes])
+            let group = (b * 32)..<((b + 1) * 32)
+            let amax = group.map { abs(w[$0]) }.max()!
+            #expect(amax <= 6 * d && amax > 3 * d, "block \(b): the exponent fits its largest value")
+            // e2m1 steps are at most 2·d apart (between 4 and 6): half a step is d.
+            #expect(group.allSatisfy { abs(w[$0] - back[$0]) <= d * 1.0001 })
+        }
+    }
+
+    /// The kernel against dequantized weights and a plain dot product, for 1-8 input rows and a
+    /// matrix large enough to be split over two threads; rows identical whatever their company.
+    @Test func kernelMatchesDequantizedProduct() {
+        for (rows, cols) in [(9, 64), (1100, 1024)] {
+            var generator = SplitMix64(seed: UInt64(rows))
+            let blocks = AlignedBuffer<UInt8>(count: MXFP4.byteCount(rows: rows, cols: cols))
+            for i in 0..<blocks.count { blocks[i] = UInt8(truncatingIfNeeded: generator.next()) }
+            for b in 0..<(rows * cols / 32) { blocks[b * MXFP4.blockBytes] = UInt8(120 + b % 10) }
+            let dense = AlignedBuffer<Float>(count: rows * cols)
+            MXFP4.dequantize(blocks.pointer, rows: rows, cols: cols, into: dense.pointer)
+            let matrix = WeightMatrix(rows: rows, cols: cols, storage: .mxfp4(blocks: blocks.pointer), owner: blocks)
+            for n in [1, 3, 8, 12] {
+                let x = randomFloats(n * cols, seed: UInt64(n))
+                var y = [Float](repeating: 0, count: n * rows), alone = y
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { matrix.apply(xp.baseAddress!, rowCount: n, into: $0.baseAddress!) }
+                    alone.withUnsafeMutableBufferPointer { out in
+                        for r in 0..<n { matrix.applyRowwise(xp.baseAddress! + r * cols, rowCount: 1, into: out.baseAddress! + r * rows) }
+                    }
+                }
+                var rowwise = [Float](repeating: 0, count: n * rows)
+                x.withUnsafeBufferPointer { xp in rowwise.withUnsafeMutableBufferPointer { matrix.applyRowwise(xp.baseAddress!, rowCount: n, into: $0.baseAddress!) } }
+                #expect(rowwise == alone, "\(n) rows: each row as alone")
+                for r in 0..<n {
+                    for o in 0..<rows {
+                        var exact: Double = 0
+                        for c in 0..<cols { exact += Double(dense[o * cols + c]) * Double(x[r * cols + c]) }
+                        let magnitude = (0..<cols).reduce(0.0) { $0 + abs(Double(dense[o * cols + $1]) * Double(x[r * cols + $1])) }
+                        #expect(abs(Double(y[r * rows + o]) - exact) <= 1e-5 * magnitude + 1e-6)
+                    }
+                }
+            }
+        }
+    }
+}
