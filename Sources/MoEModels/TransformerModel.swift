@@ -240,7 +240,7 @@ extension WeightMatrix {
         switch storage {
         case .f32(let w): destination.update(from: w + r * cols, count: cols)
         case .bf16(let w): FloatConversion.convertBF16(w + r * cols, to: destination, count: cols)
-        case .int8, .q4: destination.update(from: row(r), count: cols) // quantised embeddings: rare, not hot
+        case .int8, .q4, .ggml: destination.update(from: row(r), count: cols) // quantised embeddings: rare, not hot
         }
     }
 }

@@ -14,6 +14,9 @@ public enum WeightStorage: @unchecked Sendable {
     /// q4 blocks `[rows, cols/32, 16 bytes]` with one float32 scale per block,
     /// `scales[rows, cols/32]` (see `Quantization`).
     case q4(blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>)
+    /// ggml blocks of a quantised `type` (`[rows, cols/blockSize]` blocks, as a GGUF file
+    /// stores them, bit for bit); see `GGMLDequantize`, multiplied by `GGMLKernels`.
+    case ggml(type: GGMLType, blocks: UnsafePointer<UInt8>)
 }
 
 /// A linear layer's weight `[rows, cols]` (row-major, as PyTorch's `nn.Linear.weight` is
@@ -52,6 +55,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .bf16: return rows * cols * 2
         case .int8: return rows * cols + Quantization.int8ScaleBytes(rows: rows)
         case .q4: return Quantization.q4BlockBytes(rows: rows, cols: cols) + Quantization.q4ScaleBytes(rows: rows, cols: cols)
+        case .ggml(let type, _): return rows * (type.byteCount(elements: cols) ?? 0)
         }
     }
 
@@ -98,6 +102,16 @@ public struct WeightMatrix: @unchecked Sendable {
                                               scales: scales + first * blocksPerRow, rows: count, cols: cols, into: panel)
                 }
             }
+        case .ggml(let type, let blocks):
+            if n < 9 {
+                GGMLKernels.multiRow(type, blocks, rows: rows, cols: cols, x: x, count: n, y: y)
+            } else {
+                GGMLKernels.withRoundedActivations(type, x, count: n, cols: cols) { rounded in
+                    panelGEMM(rounded, rowCount: n, into: y) { first, count, panel in
+                        GGMLKernels.dequantizeRows(type, blocks, first: first, count: count, cols: cols, into: panel)
+                    }
+                }
+            }
         }
     }
 
@@ -121,6 +135,8 @@ public struct WeightMatrix: @unchecked Sendable {
             for r in 0..<n { QuantizedKernels.gemvInt8(values, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
         case .q4(let blocks, let scales):
             MultiRowKernels.q4(blocks, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
+        case .ggml(let type, let blocks):
+            GGMLKernels.multiRow(type, blocks, rows: rows, cols: cols, x: x, count: n, y: y)
         }
     }
 
@@ -181,6 +197,12 @@ public struct WeightMatrix: @unchecked Sendable {
             out.withUnsafeMutableBufferPointer {
                 Quantization.dequantizeQ4(blocks + r * (cols / Quantization.q4BlockSize) * Quantization.q4BlockBytes,
                                           scales: scales + r * (cols / Quantization.q4BlockSize), rows: 1, cols: cols, into: $0.baseAddress!)
+            }
+            return out
+        case .ggml(let type, let blocks):
+            var out = [Float](repeating: 0, count: cols)
+            out.withUnsafeMutableBufferPointer {
+                GGMLKernels.dequantizeRows(type, blocks, first: r, count: 1, cols: cols, into: $0.baseAddress!)
             }
             return out
         }
