@@ -84,4 +84,18 @@ struct LlamaCppReference: Decodable {
         }
         print("\(reference.file): \(reference.steps.count) prefixes, max |Δ logprob| over llama.cpp's top 5 = \(String(format: "%.4f", worst))")
     }
+
+    /// A model split by gguf-py's writer (`scripts/gguf/split_gguf.py`, as llama-gguf-split
+    /// does), opened by its first part, gives the logits of the single file, bit for bit.
+    @Test func splitFilesGiveTheSameLogits() throws {
+        let single = try ModelLoader.load(at: LlamaCppReference.root.appendingPathComponent("mixtral-Q4_0.gguf"))
+        let split = try ModelLoader.load(at: LlamaCppReference.root.appendingPathComponent("split/mixtral-Q4_0-00001-of-00002.gguf"))
+        let tokens = [5, 300, 42, 7, 1000]
+        let a = try single.forward([SequenceInput(cache: single.makeCache(), tokens: tokens, allLogits: true)])[0]
+        let b = try split.forward([SequenceInput(cache: split.makeCache(), tokens: tokens, allLogits: true)])[0]
+        #expect(a == b)
+        #expect(throws: (any Error).self) {
+            try ModelLoader.load(at: LlamaCppReference.root.appendingPathComponent("split/mixtral-Q4_0-00002-of-00002.gguf"))
+        }
+    }
 }

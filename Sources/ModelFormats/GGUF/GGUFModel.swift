@@ -79,6 +79,9 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
                 }
             }
         }
+        if let expected = first["split.tensors.count"]?.intValue, expected != tensors.count {
+            throw ModelFormatError.file(url.path, "split.tensors.count is \(expected) but the parts hold \(tensors.count) tensors")
+        }
         self.tensors = tensors
         guard let architecture = first["general.architecture"]?.stringValue else {
             throw ModelFormatError.file(url.path, "no general.architecture in the metadata")
