@@ -45,14 +45,16 @@ struct LlamaCppReference: Decodable {
     /// - a near-tie: when llama.cpp's own top two are within 0.05 nats, picking its second is
     ///   accepted (8 of 660 prefixes, gaps 0.002-0.041: below what float32 vs llama.cpp's mixed
     ///   float16/int8 arithmetic can order);
-    /// - the Qwen3-MoE files (hidden 256, the only ones with K-quant blocks) differ by up to
-    ///   1.1 nats (Q6_K), 0.41 (Q4_K_M), 0.12 (Q4_0) on some tail tokens of llama.cpp's top 5,
-    ///   with the same top-1 everywhere but one near-tie: an open gap (issue 21), bounded here so
-    ///   that it cannot grow unnoticed;
+    /// - the Qwen3-MoE router has near-tied experts (2nd vs 3rd probability 0.0003-0.007 at
+    ///   9 of 110 token-layers): there the top-2 choice follows the last bits of the arithmetic,
+    ///   and a different choice moves that prefix by up to 3.8 nats. With llama.cpp's activation
+    ///   rounding and its f16 flash attention (`GGMLFlashAttention`) the choices match on Q6_K
+    ///   (0.12) and Q4_0 (0.13); Q4_K_M still differs by 0.41 (an open gap, issue 21), bounded
+    ///   here so that none can grow unnoticed;
     /// - qwen2moe-Q5_1 up to 0.18: llama.cpp adds Q5_1's minimum against a float16-rounded
     ///   block sum of the activations (Q8_1's `s`), which the rounding here does not model.
     static let knownGaps: [String: Double] = [
-        "qwen3moe-Q6_K.gguf": 1.2, "qwen3moe-Q4_K_M.gguf": 0.5, "qwen3moe-Q4_0.gguf": 0.15, "qwen2moe-Q5_1.gguf": 0.2,
+        "qwen3moe-Q6_K.gguf": 0.13, "qwen3moe-Q4_K_M.gguf": 0.45, "qwen3moe-Q4_0.gguf": 0.14, "qwen2moe-Q5_1.gguf": 0.2,
     ]
 
     @Test(arguments: LlamaCppReference.committed?.models ?? [])
@@ -64,7 +66,9 @@ struct LlamaCppReference: Decodable {
         let vocab = model.config.vocabSize
         var logits: [Int: [Float]] = [:]
         for (index, prompt) in prompts.enumerated() {
-            logits[index] = try model.forward([SequenceInput(cache: model.makeCache(), tokens: prompt, allLogits: true)])[0]
+            let cache = model.makeCache()
+            cache.llamaCppFlashAttention = true // llama-server's CPU flash attention (f16 accumulator)
+            logits[index] = try model.forward([SequenceInput(cache: cache, tokens: prompt, allLogits: true)])[0]
         }
         var worst = 0.0
         let tolerance = Self.knownGaps[reference.file] ?? 0.1
