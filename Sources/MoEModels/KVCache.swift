@@ -32,6 +32,9 @@ public final class KVCache: @unchecked Sendable {
     public let maxPositions: Int
     /// How elements are stored.
     public let precision: KVPrecision
+    /// With `.f16`: attend as llama.cpp's CPU flash attention does (`GGMLFlashAttention`, f16
+    /// query and f16 accumulator), for comparisons with llama.cpp; off by default.
+    public var llamaCppFlashAttention = false
     /// Positions filled so far (the same for every layer once a step finishes).
     public private(set) var length = 0
     /// `[layer]` buffers of `capacity * rowWidth` elements of `precision` (raw bytes).

@@ -26,8 +26,17 @@ extension ModelLoader {
         return try TransformerModel(config: store.config, weights: store, experts: StoreExpertProvider(store: store))
     }
 
-    /// Opens `url` as an expert store when it has a manifest.json, else as a checkpoint directory.
+    /// Opens `url` as an expert store when it has a manifest.json, as a GGUF file when it is
+    /// one, else as a checkpoint directory.
     public static func load(at url: URL) throws -> TransformerModel {
-        ExpertStore.isStore(at: url) ? try loadStore(at: url) : try loadCheckpoint(at: url)
+        if GGUFModel.isGGUF(at: url) { return try loadGGUF(at: url) }
+        return ExpertStore.isStore(at: url) ? try loadStore(at: url) : try loadCheckpoint(at: url)
+    }
+
+    /// Opens the GGUF file at `url` (a split model by its first part) with every expert in RAM.
+    public static func loadGGUF(at url: URL) throws -> TransformerModel {
+        let gguf = try GGUFModel(url: url)
+        let experts = try InMemoryExpertProvider(config: gguf.config, weights: gguf, names: gguf.config.architecture.definition)
+        return try TransformerModel(config: gguf.config, weights: gguf, experts: experts)
     }
 }

@@ -324,6 +324,7 @@ extension WeightMatrix {
             let perRow = cols / Quantization.q4BlockSize
             Quantization.dequantizeQ4(blocks + r * perRow * Quantization.q4BlockBytes, scales: scales + r * perRow, rows: 1, cols: cols, into: destination)
         case .mxfp4: destination.update(from: row(r), count: cols) // MXFP4 embeddings: rare, not hot
+        case .ggml: destination.update(from: row(r), count: cols) // GGUF-typed embeddings are widened by their own path
         }
     }
 }

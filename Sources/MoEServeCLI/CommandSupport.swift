@@ -5,7 +5,7 @@ import MoEModels
 
 /// `--model PATH`, shared by every command that runs a model.
 struct ModelOption: ParsableArguments {
-    @Option(name: .long, help: "A Hugging Face model directory or a packed expert store (default: the bundled demo model).")
+    @Option(name: .long, help: "A Hugging Face model directory, a packed expert store or a GGUF file (default: the bundled demo model).")
     var model: String?
 
     /// The model directory to use: the given path, or the bundled demo model.

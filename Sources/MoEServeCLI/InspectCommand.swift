@@ -40,6 +40,8 @@ struct InspectCommand: ParsableCommand {
         /// Compression pays only on disks slower than this: decode GB/s × (1 − stored/raw).
         var breakEvenDiskGBps: Double?
         var directIO: Bool?
+        // GGUF only: tensor group (name without `blk.N.`) → ggml type → tensor count.
+        var tensorTypes: [String: [String: Int]]?
 
         enum CodingKeys: String, CodingKey {
             case kind, path, architecture, layers, compression
@@ -50,13 +52,15 @@ struct InspectCommand: ParsableCommand {
             case compressionRatio = "compression_ratio", exponentPlaneRatio = "exponent_plane_ratio"
             case mantissaPlaneRatio = "mantissa_plane_ratio", blobsStoredRaw = "blobs_stored_raw"
             case decompressionGBps = "decompression_gbps", breakEvenDiskGBps = "break_even_disk_gbps", directIO = "direct_io"
+            case tensorTypes = "tensor_types"
         }
     }
 
     func run() throws {
         try reportingErrors {
             let url = URL(fileURLWithPath: path)
-            let output = ExpertStore.isStore(at: url) ? try inspectStore(url) : try inspectCheckpoint(url)
+            let output = GGUFModel.isGGUF(at: url) ? try inspectGGUF(url)
+                : ExpertStore.isStore(at: url) ? try inspectStore(url) : try inspectCheckpoint(url)
             printError("\(output.kind) \(path): \(output.architecture), \(output.layers) layers (\(output.moeLayers) MoE), \(output.expertsPerLayer) experts/layer, top-\(output.expertsPerToken)")
             printError("  experts: \(output.expertDtype), \(output.expertBytes) bytes each, \(format(output.routedExpertBytes)) routed, \(format(output.denseBytes)) dense")
             if let codec = output.compression, let ratio = output.compressionRatio {
@@ -68,6 +72,9 @@ struct InspectCommand: ParsableCommand {
             if let gbps = output.decompressionGBps {
                 printError(String(format: "  decode: %.2f GB/s; compression pays only on disks slower than %.2f GB/s; O_DIRECT: %@",
                                   gbps, output.breakEvenDiskGBps ?? 0, (output.directIO ?? false) ? "yes" : "no (buffered + DONTNEED)"))
+            }
+            for (group, types) in (output.tensorTypes ?? [:]).sorted(by: { $0.key < $1.key }) {
+                printError("  \(group): " + types.sorted(by: { $0.key < $1.key }).map { "\($0.value) \($0.key)" }.joined(separator: ", "))
             }
             try printJSON(output)
         }
@@ -110,6 +117,27 @@ struct InspectCommand: ParsableCommand {
                       moeLayers: config.moeLayers.count, expertsPerLayer: config.expertCount, expertsPerToken: config.expertsPerToken,
                       hiddenSize: config.hiddenSize, expertWidth: config.expertIntermediateSize, expertDtype: dtype,
                       expertBytes: expertBytes, routedExpertBytes: routed, denseBytes: dense)
+    }
+
+    /// A GGUF file: its configuration and the ggml types of each tensor group.
+    private func inspectGGUF(_ url: URL) throws -> Output {
+        let gguf = try GGUFModel(url: url)
+        let config = gguf.config
+        var routed = 0, expertTypes = Set<String>()
+        for (name, entry) in gguf.tensors where name.contains("_exps.") {
+            routed += entry.info.byteCount
+            expertTypes.insert(entry.info.type.name)
+        }
+        let moeCount = config.moeLayers.count * config.expertCount
+        var groups: [String: [String: Int]] = [:]
+        for group in gguf.typesByGroup() {
+            groups[group.group] = Dictionary(uniqueKeysWithValues: group.types.map { ($0.type, $0.count) })
+        }
+        return Output(kind: "gguf", path: path, architecture: "\(config.architecture.rawValue) (gguf \(gguf.ggufArchitecture))",
+                      layers: config.layerCount, moeLayers: config.moeLayers.count, expertsPerLayer: config.expertCount,
+                      expertsPerToken: config.expertsPerToken, hiddenSize: config.hiddenSize, expertWidth: config.expertIntermediateSize,
+                      expertDtype: expertTypes.sorted().joined(separator: "+"), expertBytes: moeCount > 0 ? routed / moeCount : 0,
+                      routedExpertBytes: routed, denseBytes: gguf.denseByteCount, tensorTypes: groups)
     }
 
     private func inspectStore(_ url: URL) throws -> Output {

@@ -59,6 +59,9 @@ struct PackCommand: ParsableCommand {
 /// Packs the checkpoint at `source` into a new store at `destination`, with progress on stderr.
 func packCheckpoint(at source: URL, into destination: URL, experts requested: ExpertDType?, compression: ExpertCodec,
                     lz4hcLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel, dense: DenseEncoding = .bf16) throws -> ExpertStorePacker.Summary {
+    if GGUFModel.isGGUF(at: source) {
+        throw CommandError("\(source.path): packing a GGUF file is not supported yet; pass the .gguf itself as --model (its experts are read from it with O_DIRECT, as from a store)")
+    }
     let checkpoint = try CheckpointDirectory(url: source)
     let names = ArchitectureDescription.of(checkpoint.config.architecture)
     let fused = try FusedExpertReader.of(checkpoint, description: names)

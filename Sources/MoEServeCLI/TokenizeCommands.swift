@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import JSONCoding
+import ModelFormats
+import Runtime
 import Tokenization
 
 /// Prints one error line on stderr and exits with status 1.
@@ -19,7 +21,9 @@ private func loadTokenizer(_ model: String?) throws -> Tokenizer {
         throw failLine("\(model): no such directory")
     }
     guard isDirectory.boolValue else {
-        throw failLine("\(model): --model must be a directory holding tokenizer.json")
+        let url = URL(fileURLWithPath: model)
+        guard GGUFModel.isGGUF(at: url) else { throw failLine("\(model): --model must be a directory holding tokenizer.json or a GGUF file") }
+        do { return try Tokenizer.load(gguf: GGUFModel(url: url)) } catch { throw failLine("\(error)") }
     }
     do {
         return try Tokenizer.load(directory: URL(fileURLWithPath: model, isDirectory: true))

@@ -76,8 +76,9 @@ public final class ModelRuntime {
             throw RuntimeError("unknown predictor configuration '\(predictor)'; choose one of \(RuntimeSpecification.predictorNames.joined(separator: ", "))")
         }
         predictorConfiguration.minProbability = spec.prefetchMinProbability ?? 0.1
-        let tokenizer: Tokenizer? = FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path)
-            ? try Tokenizer.load(directory: url) : nil
+        let gguf = GGUFModel.isGGUF(at: url) ? try GGUFModel(url: url) : nil
+        let tokenizer: Tokenizer? = try gguf.map { try Tokenizer.load(gguf: $0) }
+            ?? (FileManager.default.fileExists(atPath: url.appendingPathComponent("tokenizer.json").path) ? try Tokenizer.load(directory: url) : nil)
         // Measured before any weight is read: what the process costs on its own. Measured once
         // per process: a benchmark that opens the model again afterwards finds the first run's
         // lasting footprint (OpenBLAS buffers, thread stacks) already resident, which the
@@ -96,7 +97,8 @@ public final class ModelRuntime {
             loader = StoreExpertLoader(store: store)
             denseBytes = store.manifest.dense.fileSize
         } else {
-            let checkpoint = try CheckpointDirectory(url: url)
+            // A GGUF file serves its tensors under the checkpoint names, so both take this path.
+            let checkpoint: WeightSource & ModelFileSource = try gguf ?? CheckpointDirectory(url: url)
             config = checkpoint.config
             weights = checkpoint
             let names = ArchitectureDescription.of(config.architecture)
@@ -110,7 +112,7 @@ public final class ModelRuntime {
                                     specification: spec)
             }
             loader = try CheckpointExpertLoader(config: config, weights: checkpoint, names: names)
-            denseBytes = checkpoint.denseByteCount(expertNames: names)
+            denseBytes = checkpoint.residentByteCount(expertNames: names)
         }
 
         let layers = config.moeLayers
@@ -201,6 +203,30 @@ public final class ModelRuntime {
     public static func scratchBytes(_ config: ModelConfig, maxSequences: Int) -> Int {
         TransformerModel.workspaceBytes(config: config, maxRows: 256, maxSequences: maxSequences)
     }
+}
+
+/// A model file or directory read in place (a checkpoint directory or a GGUF file): its
+/// configuration and the bytes of what stays resident.
+protocol ModelFileSource {
+    var config: ModelConfig { get }
+    func residentByteCount(expertNames: ArchitectureDescription) -> Int
+}
+
+extension GGUFModel: ModelFileSource {
+    func residentByteCount(expertNames: ArchitectureDescription) -> Int { denseByteCount }
+}
+
+extension Tokenizer {
+    /// The tokenizer and chat template of a GGUF file's metadata.
+    public static func load(gguf: GGUFModel) throws -> Tokenizer {
+        let files = try GGUFTokenizerFiles(metadata: gguf.metadata, file: gguf.url.path)
+        return try Tokenizer(tokenizerJSON: files.tokenizerJSON, tokenizerConfigJSON: files.tokenizerConfigJSON,
+                             tokenizerFile: "\(gguf.url.path) (tokenizer metadata)", configFile: "\(gguf.url.path) (tokenizer metadata)")
+    }
+}
+
+extension CheckpointDirectory: ModelFileSource {
+    func residentByteCount(expertNames: ArchitectureDescription) -> Int { denseByteCount(expertNames: expertNames) }
 }
 
 extension CheckpointDirectory {

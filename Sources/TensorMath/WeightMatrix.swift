@@ -16,6 +16,9 @@ public enum WeightStorage: @unchecked Sendable {
     case q4(blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>)
     /// MXFP4 blocks `[rows, cols/32, 17 bytes]` in llama.cpp's `block_mxfp4` layout (see `MXFP4`).
     case mxfp4(blocks: UnsafePointer<UInt8>)
+    /// ggml blocks of a quantised `type` (`[rows, cols/blockSize]` blocks, as a GGUF file
+    /// stores them, bit for bit); see `GGMLDequantize`, multiplied by `GGMLKernels`.
+    case ggml(type: GGMLType, blocks: UnsafePointer<UInt8>)
 }
 
 /// A linear layer's weight `[rows, cols]` (row-major, as PyTorch's `nn.Linear.weight` is
@@ -55,6 +58,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .int8: return rows * cols + Quantization.int8ScaleBytes(rows: rows)
         case .q4: return Quantization.q4BlockBytes(rows: rows, cols: cols) + Quantization.q4ScaleBytes(rows: rows, cols: cols)
         case .mxfp4: return MXFP4.byteCount(rows: rows, cols: cols)
+        case .ggml(let type, _): return rows * (type.byteCount(elements: cols) ?? 0)
         }
     }
 
@@ -111,6 +115,16 @@ public struct WeightMatrix: @unchecked Sendable {
                     MXFP4.dequantize(blocks + first * rowBytes, rows: count, cols: cols, into: panel)
                 }
             }
+        case .ggml(let type, let blocks):
+            if n < 9 {
+                GGMLKernels.multiRow(type, blocks, rows: rows, cols: cols, x: x, count: n, y: y)
+            } else {
+                GGMLKernels.withRoundedActivations(type, x, count: n, cols: cols) { rounded in
+                    panelGEMM(rounded, rowCount: n, into: y) { first, count, panel in
+                        GGMLKernels.dequantizeRows(type, blocks, first: first, count: count, cols: cols, into: panel)
+                    }
+                }
+            }
         }
     }
 
@@ -142,6 +156,8 @@ public struct WeightMatrix: @unchecked Sendable {
                 MXFP4.gemv(blocks, rows: rows, cols: cols, x: x + first * cols, count: count, y: y + first * rows)
                 first += count
             }
+        case .ggml(let type, let blocks):
+            GGMLKernels.multiRow(type, blocks, rows: rows, cols: cols, x: x, count: n, y: y)
         }
     }
 
@@ -208,6 +224,12 @@ public struct WeightMatrix: @unchecked Sendable {
             var out = [Float](repeating: 0, count: cols)
             out.withUnsafeMutableBufferPointer {
                 MXFP4.dequantize(blocks + r * MXFP4.byteCount(rows: 1, cols: cols), rows: 1, cols: cols, into: $0.baseAddress!)
+            }
+            return out
+        case .ggml(let type, let blocks):
+            var out = [Float](repeating: 0, count: cols)
+            out.withUnsafeMutableBufferPointer {
+                GGMLKernels.dequantizeRows(type, blocks, first: r, count: 1, cols: cols, into: $0.baseAddress!)
             }
             return out
         }

@@ -148,6 +148,10 @@ struct AttentionLayer {
                         softmax(scores, count: keyCount, head: head)
                         AttentionKernels.weightedSum(scores, values: cache.valueRows(layer) + offset, valueStride: kvWidth,
                                                      count: keyCount, dim: headDim, into: out)
+                    case .f16 where cache.llamaCppFlashAttention:
+                        GGMLFlashAttention.head(query: query, halfKeys: cache.halfKeyRows(layer) + offset,
+                                                halfValues: cache.halfValueRows(layer) + offset, stride: kvWidth,
+                                                count: keyCount, dim: headDim, scale: scale, into: out)
                     case .f16:
                         AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
                                                 count: keyCount, dim: headDim, scale: scale, into: scores)

@@ -1,8 +1,9 @@
 // libFuzzer target: the header parsers of the model files a user points the server at. Byte 0
-// selects the parser (mod 3), the rest is the file's content:
+// selects the parser (3: GGUF, otherwise mod 3), the rest is the file's content:
 //   0: a safetensors file (8-byte little-endian header length, JSON header, data),
 //   1: an expert store's manifest.json,
-//   2: a Hugging Face config.json.
+//   2: a Hugging Face config.json,
+//   3: a GGUF file (header, metadata, tensor infos, data).
 // Each must accept the input or throw a one-line error; nothing may trap.
 // Built only with MOE_FUZZ=1 (see scripts/fuzz.sh).
 import Foundation
@@ -14,6 +15,19 @@ public func fuzzModelFormats(_ input: UnsafePointer<UInt8>?, _ size: Int) -> CIn
     guard let data = input else { return 0 }
     guard size > 0 else { return 0 }
     let content = UnsafeRawBufferPointer(start: data + 1, count: size - 1)
+    if data[0] == 3 {
+        let file = UnsafeMutableRawBufferPointer.allocate(byteCount: max(content.count, 1), alignment: 8)
+        defer { file.deallocate() }
+        file.copyMemory(from: content)
+        if let header = try? GGUFFile.parse(UnsafeRawBufferPointer(rebasing: file[0..<content.count]), path: "fuzz.gguf") {
+            for tensor in header.tensors where tensor.byteCount > 0 {
+                // Every accepted tensor lies inside the file: touch its first and last byte.
+                _ = file[tensor.fileOffset]
+                _ = file[tensor.fileOffset + tensor.byteCount - 1]
+            }
+        }
+        return 0
+    }
     switch data[0] % 3 {
     case 0:
         guard content.count >= 8 else { return 0 } // SafetensorsFile.init refuses these before parsing

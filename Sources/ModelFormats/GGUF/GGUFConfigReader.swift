@@ -1,0 +1,112 @@
+/// Builds a `ModelConfig` from GGUF metadata (`{arch}.block_count`, `{arch}.attention.*`,
+/// `{arch}.expert_*`, ...) and tensor shapes, for llama.cpp's MoE architectures MoEServe runs.
+/// Where llama.cpp's graph fixes a switch that a Hugging Face config would carry (whether
+/// the top-k weights are renormalised), llama.cpp's choice is taken, so outputs match it.
+struct GGUFConfigReader {
+    let values: [String: GGUFValue]
+    let tensors: [String: GGUFTensorInfo]
+    let file: String
+
+    /// llama.cpp architecture → ours, and whether llama.cpp renormalises the top-k weights.
+    static let architectures: [String: (Architecture, Bool)] = [
+        "qwen3moe": (.qwen3Moe, true),
+        "qwen2moe": (.qwen2Moe, false),
+        "olmoe": (.olmoe, false),
+        "llama": (.mixtral, true),
+    ]
+
+    func error(_ message: String) -> ModelFormatError { ModelFormatError.file(file, message) }
+
+    func int(_ key: String) throws -> Int {
+        guard let v = values[key]?.intValue else { throw error("missing or non-integer metadata '\(key)'") }
+        return v
+    }
+
+    func read() throws -> ModelConfig {
+        guard let arch = values["general.architecture"]?.stringValue else { throw error("no general.architecture in the metadata") }
+        guard let (architecture, llamaNormalizes) = Self.architectures[arch] else {
+            let known = Self.architectures.keys.sorted().joined(separator: ", ")
+            throw error("unsupported GGUF architecture '\(arch)' (supported: \(known))")
+        }
+        func key(_ name: String) -> String { "\(arch).\(name)" }
+        let layers = try int(key("block_count"))
+        let hidden = try int(key("embedding_length"))
+        let heads = try int(key("attention.head_count"))
+        let kvHeads = values[key("attention.head_count_kv")]?.intValue ?? heads
+        guard layers > 0, layers <= 4096, hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
+            throw error("inconsistent hyper-parameters: \(layers) layers, hidden \(hidden), \(heads) heads, \(kvHeads) kv heads")
+        }
+        let headDim = values[key("attention.key_length")]?.intValue ?? hidden / heads
+        if let valueLength = values[key("attention.value_length")]?.intValue, valueLength != headDim {
+            throw error("attention.value_length \(valueLength) differs from key_length \(headDim) (not supported)")
+        }
+        if let rotary = values[key("rope.dimension_count")]?.intValue, rotary != headDim {
+            throw error("rope.dimension_count \(rotary) differs from the head size \(headDim) (partial rotary is not supported)")
+        }
+        if let scaling = values[key("rope.scaling.type")]?.stringValue, scaling != "none" {
+            throw error("unsupported rope scaling '\(scaling)' (only the default RoPE is implemented)")
+        }
+        guard let embedding = tensors["token_embd.weight"], embedding.dims.count == 2, embedding.dims[0] == hidden else {
+            throw error("token_embd.weight is missing or not [\(hidden), vocab]")
+        }
+        let expertCount = values[key("expert_count")]?.intValue ?? 0
+        guard expertCount > 0 else { throw error("'\(arch)' without experts (expert_count) is a dense model; MoEServe runs MoE models") }
+
+        // What shapes settle: expert widths, dense layers, the shared expert.
+        func dims(_ name: String) -> [Int]? { tensors[name]?.dims }
+        var moeLayers: [Int] = [], denseLayers: [Int] = []
+        var expertWidth: Int?
+        for layer in 0..<layers {
+            if let gate = dims("blk.\(layer).ffn_gate_exps.weight") {
+                guard gate.count == 3, gate[0] == hidden, gate[2] == expertCount, expertWidth == nil || expertWidth == gate[1] else {
+                    throw error("blk.\(layer).ffn_gate_exps.weight has ggml shape \(gate); expected [\(hidden), width, \(expertCount)]")
+                }
+                expertWidth = gate[1]
+                moeLayers.append(layer)
+            } else {
+                denseLayers.append(layer)
+            }
+        }
+        guard let expertWidth else { throw error("no blk.N.ffn_gate_exps.weight tensors: no routed experts") }
+        let denseWidth = denseLayers.first.flatMap { dims("blk.\($0).ffn_gate.weight")?.last } ?? values[key("feed_forward_length")]?.intValue ?? expertWidth
+        if architecture != .qwen2Moe && architecture != .qwen3Moe && !denseLayers.isEmpty {
+            throw error("layers \(denseLayers) have no experts, which '\(arch)' does not allow")
+        }
+        let sharedWidth = moeLayers.first.flatMap { dims("blk.\($0).ffn_gate_shexp.weight")?.last } ?? 0
+
+        var eos: [Int] = []
+        if let id = values["tokenizer.ggml.eos_token_id"]?.intValue { eos.append(id) }
+        if let id = values["tokenizer.ggml.eot_token_id"]?.intValue, !eos.contains(id) { eos.append(id) }
+        let config = ModelConfig(
+            architecture: architecture,
+            vocabSize: embedding.dims[1],
+            hiddenSize: hidden,
+            layerCount: layers,
+            headCount: heads,
+            kvHeadCount: kvHeads,
+            headDim: headDim,
+            rmsNormEps: Float(values[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? 1e-6),
+            ropeTheta: values[key("rope.freq_base")]?.doubleValue ?? 10_000,
+            maxPositionEmbeddings: values[key("context_length")]?.intValue ?? 4096,
+            tieWordEmbeddings: tensors["output.weight"] == nil,
+            expertCount: expertCount,
+            expertsPerToken: try int(key("expert_used_count")),
+            expertIntermediateSize: expertWidth,
+            denseIntermediateSize: denseWidth,
+            sharedExpertIntermediateSize: sharedWidth,
+            normTopKProb: values[key("expert_weights_norm")]?.boolValue ?? llamaNormalizes,
+            decoderSparseStep: 1,
+            mlpOnlyLayers: denseLayers,
+            attentionBias: architecture == .qwen2Moe || tensors["blk.0.attn_q.bias"] != nil,
+            clipQKV: nil,
+            // llama.cpp's `llama` graph attends to the whole context (Mixtral's window unused).
+            slidingWindow: nil,
+            bosTokenId: values["tokenizer.ggml.bos_token_id"]?.intValue,
+            eosTokenIds: eos,
+            dtypeName: values["general.file_type"]?.intValue.map { "gguf file type \($0)" } ?? "gguf")
+        guard config.expertsPerToken >= 1, config.expertsPerToken <= expertCount else {
+            throw error("expert_used_count (\(config.expertsPerToken)) must be between 1 and expert_count (\(expertCount))")
+        }
+        return config
+    }
+}
