@@ -2,8 +2,8 @@
 # Installs the Debian packages MoEServe builds against. Idempotent: does nothing when they
 # are all present already.
 set -euo pipefail
-# nginx: the balancer of the Deploy/nginx failover test; systemd: systemd-analyze for the unit test.
-packages=(libuv1-dev libopenblas-dev liblz4-dev libhttp-parser-dev pkg-config curl python3-venv nginx systemd)
+# liburing-dev: the io_uring expert reader. nginx: the balancer of the Deploy/nginx failover test; systemd: systemd-analyze for the unit test.
+packages=(libuv1-dev libopenblas-dev liblz4-dev liburing-dev libhttp-parser-dev pkg-config curl python3-venv nginx systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
