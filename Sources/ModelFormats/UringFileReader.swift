@@ -52,7 +52,8 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
         self.pieceBytes = pieceBytes
         ring = .allocate(capacity: 1)
         ring.initialize(to: io_uring())
-        let status = entries >= 1 && entries <= 4096 ? io_uring_queue_init(UInt32(entries), ring, 0) : -EINVAL
+        // The kernel itself refuses 0 entries (EINVAL); above 4096 liburing would clamp silently.
+        let status = entries >= 0 && entries <= 4096 ? io_uring_queue_init(UInt32(entries), ring, 0) : -EINVAL
         guard status == 0 else {
             ring.deinitialize(count: 1)
             ring.deallocate()
