@@ -31,12 +31,14 @@ let package = Package(
         .systemLibrary(name: "CHTTPParser", providers: [.apt(["libhttp-parser-dev"])]),
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        // io_uring for the expert reader (ModelFormats' UringFileReader); the thread-pool reader is the fallback.
+        .systemLibrary(name: "CURing", pkgConfig: "liburing", providers: [.apt(["liburing-dev"])]),
 
         // Integer-dot kernels in C with intrinsics: each function carries its own target
         // attribute and is chosen at run time from CPUID, so this target needs no -march.
         .target(name: "CKernels"),
         .target(name: "TensorMath", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: optimisedMath),
-        .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4", "JSONCoding"], swiftSettings: optimisedMath),
+        .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4", "CURing", "JSONCoding"], swiftSettings: optimisedMath),
         // One JSON parser, serializer and string escaper for every module (no dependencies).
         .target(name: "JSONCoding"),
         // The Jinja interpreter that renders chat templates.

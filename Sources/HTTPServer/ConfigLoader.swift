@@ -38,6 +38,7 @@ public enum ConfigLoader {
         Key(name: "predictor_probes", help: "fitted predictor probes file, or none") { c, v in c.runtime.predictorProbes = try string(v) },
         Key(name: "kv_cache_type", help: "KV cache storage: f16 or f32") { c, v in c.runtime.kvCacheType = try string(v) },
         Key(name: "reader_threads", help: "concurrent expert reads") { c, v in c.runtime.readerThreads = try int(v, 1...256) },
+        Key(name: "io_engine", help: "engine of expert reads: auto (io_uring where the kernel allows, else threads), io_uring or threads") { c, v in c.runtime.ioEngine = try string(v) },
         Key(name: "prefetch_reads", help: "prefetch reads at once (0: no separate bound)") { c, v in c.runtime.prefetchReads = try int(v, 0...256) },
         Key(name: "prefetch_min_probability", help: "prefetch only guesses at least this probable") { c, v in c.runtime.prefetchMinProbability = try probability(v) },
         Key(name: "prefetch_budget", help: "prefetched unused experts per layer (0: no bound)") { c, v in c.runtime.prefetchBudget = try int(v, 0...1_000_000) },

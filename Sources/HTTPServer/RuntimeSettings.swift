@@ -16,6 +16,8 @@ public struct RuntimeSettings: Sendable, Equatable {
     public var kvCacheType: String?
     /// `reader_threads`: concurrent expert reads.
     public var readerThreads: Int?
+    /// `io_engine`: engine of expert reads (auto, io_uring or threads).
+    public var ioEngine: String?
     /// `prefetch_reads`: prefetch reads that may run at once (0: no separate bound).
     public var prefetchReads: Int?
     /// `prefetch_min_probability`: floor on a predicted expert's probability.

@@ -21,7 +21,8 @@ struct BenchIOCommand: ParsableCommand {
 
     @OptionGroup var model: ModelOption
     @Option(help: "Random expert reads per measurement.") var reads: Int = 256
-    @Option(name: .customLong("queue-depths"), help: "Comma-separated queue depths (threads).") var queueDepths: String = "1,4,16"
+    @Option(name: .customLong("queue-depths"), help: "Comma-separated queue depths (threads, or reads in flight on io_uring).") var queueDepths: String = "1,4,16,32"
+    @Option(help: "Rounds of random reads per engine and depth (the median round is reported).") var rounds: Int = 3
     @Option(name: .customLong("sequential-mib"), help: "MiB of experts.bin to read sequentially (capped at the file size).") var sequentialMiB: Int = 2048
     @Option(help: "Seed of the random expert order.") var seed: UInt64 = 1
 
@@ -36,6 +37,7 @@ struct BenchIOCommand: ParsableCommand {
             benchmark.reads = reads
             benchmark.queueDepths = try parseTokenList(queueDepths, option: "--queue-depths")
             benchmark.sequentialMiB = sequentialMiB
+            benchmark.rounds = rounds
             benchmark.seed = seed
             let (output, table) = try benchmark.run()
             FileHandle.standardError.write(Data(table.utf8))

@@ -34,6 +34,8 @@ struct RuntimeOptions: ParsableArguments {
     var kvCacheType: String = KVPrecision.f16.rawValue
     @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (the disk queue depth).")
     var readerThreads: Int = 4
+    @Option(name: .customLong("io-engine"), help: "Engine of expert reads: auto (io_uring where the kernel allows it, else threads), io_uring, or threads (default: MOE_IO_ENGINE, else auto).")
+    var ioEngine: String?
     /// Measured on the demo model (docs/PREDICTOR.md): the guesses that miss are mostly the
     /// low-probability ones for experts not in the cache, so without a floor only 32% (one
     /// sequence) and 61% (eight) of prefetched experts were then used, and with eight sequences
@@ -76,6 +78,9 @@ struct RuntimeOptions: ParsableArguments {
         }
         guard readerThreads >= 1 else { throw CommandError("--reader-threads: expected 1 or more, got \(readerThreads)") }
         spec.readerThreads = readerThreads
+        if let ioEngine {
+            do { spec.ioEngine = try IOEngineChoice.parse(ioEngine) } catch { throw CommandError("--io-engine: \(error)") }
+        }
         guard prefetchReads >= 0 else { throw CommandError("--prefetch-reads: expected 0 or more, got \(prefetchReads)") }
         spec.prefetchReads = prefetchReads
         if let prefetchMinProbability, !(0...1).contains(prefetchMinProbability) {

@@ -4,6 +4,7 @@ import Foundation
 import HTTPServer
 import InferenceEngine
 import JSONCoding
+import ModelFormats
 import MoEModels
 import Runtime
 import Tokenization
@@ -42,6 +43,9 @@ enum ServeBackend {
         if let probes = settings.predictorProbes { spec.probes = RuntimeSpecification.probes(named: probes) }
         if let name = settings.kvCacheType { spec.kvPrecision = try key("kv_cache_type") { try RuntimeSpecification.kvPrecision(named: name) } }
         if let threads = settings.readerThreads { spec.readerThreads = threads }
+        if let name = settings.ioEngine {
+            do { spec.ioEngine = try IOEngineChoice.parse(name) } catch { throw CommandError("invalid value for 'io_engine': \(error)") }
+        }
         if let reads = settings.prefetchReads { spec.prefetchReads = reads }
         spec.prefetchMinProbability = settings.prefetchMinProbability.map { Float($0) }
         spec.prefetchBudgetExperts = settings.prefetchBudget

@@ -25,6 +25,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("predictor-probes"), help: "Fitted predictor probes file, or none (default: the model's own).") var predictorProbes: String?
     @Option(name: .customLong("kv-cache-type"), help: "KV cache storage: f16 (default) or f32.") var kvCacheType: String?
     @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (default 4).") var readerThreads: String?
+    @Option(name: .customLong("io-engine"), help: "Engine of expert reads: auto (default: io_uring where the kernel allows, else threads), io_uring or threads.") var ioEngine: String?
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once (0, the default: no separate bound).") var prefetchReads: String?
     @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only guesses at least this probable (default 0.1, or 0.7 with selection probes).") var prefetchMinProbability: String?
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, unused experts each layer may hold (0: no bound; default the model's top-k).") var prefetchBudget: String?
@@ -56,7 +57,7 @@ struct ServeCommand: ParsableCommand {
             ("max_request_memory", maxRequestMemory), ("max_queued_requests", maxQueuedRequests), ("max_connections", maxConnections),
             ("retry_after", retryAfter), ("shutdown_grace_period", shutdownGracePeriod), ("log_requests", logRequests),
             ("expert_cache", expertCache), ("cache_policy", cachePolicy), ("prefetch", prefetch), ("predictor", predictor),
-            ("predictor_probes", predictorProbes), ("kv_cache_type", kvCacheType), ("reader_threads", readerThreads),
+            ("predictor_probes", predictorProbes), ("kv_cache_type", kvCacheType), ("reader_threads", readerThreads), ("io_engine", ioEngine),
             ("prefetch_reads", prefetchReads), ("prefetch_min_probability", prefetchMinProbability),
             ("prefetch_budget", prefetchBudget), ("max_sequences", maxSequences),
             ("skip_missing_below", skipMissingBelow),

@@ -18,6 +18,8 @@ public final class DirectFileReader: @unchecked Sendable {
     /// Size of the file in bytes at open time.
     public let size: Int
     private let fd: Int32
+    /// The open descriptor (for the io_uring reader, which reads the same file).
+    public var descriptor: Int32 { fd }
 
     // O_DIRECT is behind _GNU_SOURCE in glibc's headers, so Swift does not import it.
     #if arch(x86_64)

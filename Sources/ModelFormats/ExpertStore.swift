@@ -50,6 +50,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     public let layout: ExpertBlobLayout
     /// The expert data file.
     public let expertFile: DirectFileReader
+    /// What reads experts from `expertFile`: the io_uring reader or the file itself (threads).
+    public let expertReader: any BlockReader
     private let dense: AlignedBuffer<UInt8>
     private let denseIndex: [String: DenseTensorEntry]
     /// Index into `manifest.experts.blobs` by `layer * expertCount + expert`.
@@ -71,7 +73,9 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// Opens the store at `url`: reads and validates the manifest, checks the data files'
     /// sizes, and loads and checksums the dense tensors (`checkDense: false` defers the dense
     /// checksums to `verify()`). `faults` injects read faults (tests; `MOE_FAULTS` by default).
-    public init(url: URL, checkDense: Bool = true, faults: FaultInjector = .shared) throws {
+    /// `ioEngine` picks the expert reader (`MOE_IO_ENGINE`, else io_uring where available).
+    public init(url: URL, checkDense: Bool = true, faults: FaultInjector = .shared,
+                ioEngine: IOEngineChoice = .environmentDefault) throws {
         self.url = url
         self.faults = faults
         let manifest = try ExpertStoreManifest.load(from: url)
@@ -117,6 +121,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             let which = first.map { "layer \($0.layer) expert \($0.expert)" + (lost.count > 1 ? " and \(lost.count - 1) more blobs lie" : " lies") + " past the end" } ?? "padding missing"
             throw ModelFormatError.file(expertURL.path, "truncated: \(actualSize) of \(experts.fileSize) bytes; \(which) (re-run moe-serve pack)")
         }
+        expertReader = try IOEngine.reader(for: expertFile, choice: ioEngine)
 
         // dense.bin, read whole: the model keeps all of it resident anyway.
         let densePath = url.appendingPathComponent(manifest.dense.file).path
@@ -289,7 +294,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): read of \(length) bytes at offset \(entry.offset) failed: \(String(cString: strerror(EIO))) (injected fault)")
         }
         var got: Int
-        do { got = try expertFile.read(into: destination, offset: entry.offset, length: length) } catch {
+        do { got = try expertReader.read(into: destination, offset: entry.offset, length: length) } catch {
             throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): \(error)")
         }
         if faults.short { got = min(got, entry.storedLength / 2) }

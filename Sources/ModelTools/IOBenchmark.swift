@@ -6,15 +6,20 @@ import TensorMath
 ///
 /// Measures, in one run: sequential `O_DIRECT` bandwidth of experts.bin in 4 MiB blocks (what
 /// `dd iflag=direct bs=4M` reports), random whole-expert `O_DIRECT` reads at each queue depth
-/// (one thread per outstanding read), the full `readExpert` path (read + checksum + decode) at
-/// queue depth 1, and the same random reads served from the page cache.
+/// with both engines — the thread-pool reader (one thread per outstanding read, `random_direct`)
+/// and io_uring (one submitting thread keeping that many reads in flight into registered
+/// buffers, `random_direct_io_uring`), each the median of `rounds` rounds — the full
+/// `readExpert` path (read + checksum + decode) at queue depth 1, and the same random reads
+/// served from the page cache.
 public struct IOBenchmark: Sendable {
     /// The packed store whose experts.bin is read.
     public var store: URL
     /// Random expert reads per measurement.
     public var reads: Int = 256
     /// Queue depths (threads) of the random reads, each 1...256.
-    public var queueDepths: [Int] = [1, 4, 16]
+    public var queueDepths: [Int] = [1, 4, 16, 32]
+    /// Rounds of the random O_DIRECT reads per engine and depth; the median round is reported.
+    public var rounds: Int = 3
     /// MiB of experts.bin to read sequentially (capped at the file size).
     public var sequentialMiB: Int = 2048
     /// Seed of the random expert order.
@@ -58,6 +63,7 @@ public struct IOBenchmark: Sendable {
             let url = self.store
             guard reads > 0 else { throw ToolError("--reads must be positive") }
             guard sequentialMiB > 0 else { throw ToolError("--sequential-mib must be positive") }
+            guard rounds > 0 else { throw ToolError("--rounds must be positive") }
             guard ExpertStore.isStore(at: url) else { throw ToolError("\(url.path): bench io needs a packed store (run moe-serve pack first)") }
             let store = try ExpertStore(url: url)
             let depths = queueDepths
@@ -71,13 +77,30 @@ public struct IOBenchmark: Sendable {
 
             // Sequential, dd-style.
             results.append(try sequential(path: expertsPath, limit: min(sequentialMiB << 20, store.manifest.experts.fileSize)))
-            // Random O_DIRECT whole-expert reads.
+            // Random O_DIRECT whole-expert reads, both engines, rounds interleaved so that drift
+            // of the disk hits both alike; the median round of each is kept.
             let direct = try DirectFileReader(path: expertsPath)
             Self.dropCache(expertsPath)
+            let directMode = direct.usesDirectIO ? "random_direct" : "random_buffered_dontneed"
+            var uring: UringFileReader?
+            do { uring = try UringFileReader(file: direct, entries: max(64, (depths.max() ?? 1) + 1)) } catch {
+                printError("bench io: \(error); measuring the thread-pool reader only")
+            }
+            // One buffer per read in flight at the largest depth, registered once (fixed buffers).
+            let maxLength = ExpertStore.roundUp(order.map(\.storedLength).max() ?? 0)
+            let uringBuffers = uring.map { UringBuffers(reader: $0, count: depths.max() ?? 1, length: maxLength) }
             for depth in depths {
-                results.append(try Self.random(order: order, depth: depth, mode: direct.usesDirectIO ? "random_direct" : "random_buffered_dontneed") { entry, buffer in
-                    _ = try direct.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
-                })
+                var threadRounds: [Measurement] = [], uringRounds: [Measurement] = []
+                for _ in 0..<rounds {
+                    threadRounds.append(try Self.random(order: order, depth: depth, mode: directMode) { entry, buffer in
+                        _ = try direct.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
+                    })
+                    if let uring {
+                        uringRounds.append(try Self.randomUring(order: order, depth: depth, reader: uring, buffers: uringBuffers!, mode: directMode + "_io_uring"))
+                    }
+                }
+                results.append(Self.median(threadRounds))
+                if !uringRounds.isEmpty { results.append(Self.median(uringRounds)) }
             }
             // The whole reader path: O_DIRECT read + checksum + decode.
             results.append(try Self.random(order: order, depth: 1, mode: "read_expert_checked") { entry, _ in
@@ -105,6 +128,46 @@ public struct IOBenchmark: Sendable {
             }
             return (Output(store: url.path, directIO: direct.usesDirectIO, expertStoredBytes: storedMean, experts: blobs.count,
                            expertsFileBytes: store.manifest.experts.fileSize, measurements: results), table)
+    }
+
+    /// The round with the median bandwidth.
+    static func median(_ rounds: [Measurement]) -> Measurement {
+        rounds.sorted { $0.gbps < $1.gbps }[rounds.count / 2]
+    }
+
+    /// Runs `order` through `reader` from this one thread, keeping `depth` whole-expert reads
+    /// in flight, each into its own buffer (registered with the ring when the kernel allows:
+    /// every read is then a `READ_FIXED`). The reader needs more than `depth` ring entries.
+    static func randomUring(order: [ExpertBlobEntry], depth: Int, reader: UringFileReader, buffers: UringBuffers, mode: String) throws -> Measurement {
+        precondition(reader.entries > depth)
+        let lock = NSLock()
+        nonisolated(unsafe) var free = Array(0..<depth)
+        nonisolated(unsafe) var latencies: [Double] = []
+        nonisolated(unsafe) var failure: Int32?
+        let slots = DispatchSemaphore(value: depth)
+        let group = DispatchGroup()
+        let start = now()
+        for entry in order {
+            slots.wait()
+            lock.lock(); let slot = free.removeLast(); lock.unlock()
+            let t0 = now()
+            group.enter()
+            reader.submit(into: buffers.pointer(slot), offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength)) { result in
+                let elapsed = now() - t0
+                lock.lock()
+                if case let .failure(error) = result { failure = error.code }
+                latencies.append(elapsed)
+                free.append(slot)
+                lock.unlock()
+                slots.signal()
+                group.leave()
+            }
+        }
+        group.wait()
+        let seconds = now() - start
+        if let failure { throw ToolError("bench io: io_uring read failed: \(String(cString: strerror(failure)))") }
+        let bytes = order.reduce(0) { $0 + ExpertStore.roundUp($1.storedLength) }
+        return summarize(mode: mode, depth: depth, bytes: bytes, seconds: seconds, latencies: latencies)
     }
 
     /// Reads the first `limit` bytes of `path` with O_DIRECT in 4 MiB blocks.
@@ -173,4 +236,22 @@ public struct IOBenchmark: Sendable {
         let fd = open(path, O_RDONLY)
         if fd >= 0 { _ = posix_fadvise(fd, 0, 0, Int32(POSIX_FADV_DONTNEED)); close(fd) }
     }
+}
+
+/// One 4 KiB-aligned buffer per ring slot for `bench io`'s io_uring reads, registered with the
+/// ring once (fixed buffers) when the kernel allows it.
+final class UringBuffers: @unchecked Sendable {
+    private let storage: AlignedBuffer<UInt8>
+    private let length: Int
+
+    /// `count` buffers of `length` bytes, registered with `reader`'s ring if it allows.
+    init(reader: UringFileReader, count: Int, length: Int) {
+        self.length = length
+        storage = AlignedBuffer<UInt8>(count: count * length, alignment: DirectFileReader.granule)
+        let regions = (0..<count).map { UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(storage.pointer + $0 * length), count: length) }
+        do { try reader.registerBuffers(regions) } catch { printError("bench io: \(error); io_uring reads stay unregistered") }
+    }
+
+    /// Slot `index`'s buffer.
+    func pointer(_ index: Int) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(storage.pointer + index * length) }
 }

@@ -91,7 +91,7 @@ public final class ModelRuntime {
         let loader: ExpertLoader
         let denseBytes: Int
         if ExpertStore.isStore(at: url) {
-            let store = try ExpertStore(url: url)
+            let store = try ExpertStore(url: url, ioEngine: spec.ioEngine)
             config = store.config
             weights = store
             loader = StoreExpertLoader(store: store)

@@ -1,6 +1,7 @@
 import ExpertCache
 import ExpertPrediction
 import Foundation
+import ModelFormats
 import MoEModels
 
 /// Everything that decides how a model runs: which model, how much memory the whole process
@@ -38,6 +39,9 @@ public struct RuntimeSpecification: Sendable {
     public var kvPrecision: KVPrecision = .f16
     /// Concurrent expert reads (the disk queue depth).
     public var readerThreads = 4
+    /// Which engine reads experts from a packed store (`MOE_IO_ENGINE` by default, else auto:
+    /// io_uring where the kernel allows it, the thread-pool reader otherwise).
+    public var ioEngine: IOEngineChoice = .environmentDefault
     /// Prefetch reads that may run at once (0: no separate bound).
     public var prefetchReads = 0
     /// Floor on a predicted expert's probability for it to be prefetched (nil: the predictor's default).

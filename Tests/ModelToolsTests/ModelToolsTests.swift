@@ -84,7 +84,9 @@ import Testing
         let store = try ExpertStore(url: Self.demo)
         #expect(output.experts == store.manifest.experts.blobs.count)
         let modes = output.measurements.map(\.mode)
-        #expect(modes.count == 6)
+        // sequential, 2 depths x (threads, io_uring), read_expert_checked, 2 page-cache depths.
+        #expect(modes.count == 8)
+        #expect(modes.filter { $0.hasSuffix("_io_uring") }.count == 2)
         #expect(modes.first?.hasPrefix("sequential_") == true)
         #expect(modes.contains("read_expert_checked"))
         #expect(modes.filter { $0 == "random_page_cache" }.count == 2)

@@ -1,0 +1,231 @@
+import CURing
+import Foundation
+
+/// Reads one file through io_uring: callers on any thread submit reads to one shared ring and
+/// a single reaper thread takes the completions, so many reads are in flight without a thread
+/// per read. A blocking `read` splits a large range into `pieceBytes` pieces submitted at
+/// once (an expert read alone reaches queue depth ~len/piece); `submit` is the asynchronous
+/// form for callers that keep their own depth (`bench io`).
+///
+/// Buffers registered with `registerBuffers` are read with `IORING_OP_READ_FIXED` (the kernel
+/// skips pinning their pages on every read). Reads go to the descriptor of a
+/// `DirectFileReader`, so they are O_DIRECT where that file is; short reads are resubmitted
+/// for the rest, like `DirectFileReader.read` retries `pread`.
+public final class UringFileReader: BlockReader, @unchecked Sendable {
+    /// The file whose descriptor is read (kept open by this reference).
+    public let file: DirectFileReader
+    /// Ring entries: the most reads in flight at once.
+    public let entries: Int
+    /// Bytes of each piece a blocking `read` submits.
+    public let pieceBytes: Int
+    /// `io_uring`.
+    public var engineName: String { IOEngineChoice.uring.rawValue }
+
+    /// One submitted read: where it goes, how far it got, whom to tell.
+    private struct Pending {
+        var buffer: UnsafeMutableRawPointer
+        var offset: Int
+        var length: Int
+        var done: Int
+        var fixedIndex: Int?
+        var completion: @Sendable (Result<Int, UringReadError>) -> Void
+    }
+
+    private let ring: UnsafeMutablePointer<io_uring>
+    /// Guards the submission queue, `pending`, `nextID` and `registered`.
+    private let lock = NSLock()
+    private var pending: [UInt64: Pending] = [:]
+    private var nextID: UInt64 = 0
+    /// Registered regions (start, length), indexed as the kernel knows them.
+    private var registered: [(start: UInt, length: Int)] = []
+    /// Bounds reads in flight by the ring's size so the completion queue never overflows.
+    private let slots: DispatchSemaphore
+    private let reaperDone = DispatchSemaphore(value: 0)
+    private static let shutdownID = UInt64.max
+
+    /// Sets up a ring of `entries` (1...4096) over `file`'s descriptor; throws a one-line
+    /// error when the kernel refuses (no io_uring, seccomp, memlock limits).
+    public init(file: DirectFileReader, entries: Int = IOEngine.defaultRingEntries, pieceBytes: Int = IOEngine.defaultPieceBytes) throws {
+        precondition(pieceBytes >= DirectFileReader.granule && pieceBytes % DirectFileReader.granule == 0)
+        self.file = file
+        self.entries = entries
+        self.pieceBytes = pieceBytes
+        ring = .allocate(capacity: 1)
+        ring.initialize(to: io_uring())
+        // The kernel itself refuses 0 entries (EINVAL); above 4096 liburing would clamp silently.
+        let status = entries >= 0 && entries <= 4096 ? io_uring_queue_init(UInt32(entries), ring, 0) : -EINVAL
+        guard status == 0 else {
+            ring.deinitialize(count: 1)
+            ring.deallocate()
+            throw ModelFormatError("io_uring unavailable (setup of \(entries) entries: \(String(cString: strerror(-status))))")
+        }
+        // One slot stays free for the shutdown NOP.
+        slots = DispatchSemaphore(value: entries - 1 > 0 ? entries - 1 : 1)
+        let thread = Thread { [unowned(unsafe) self] in self.reap() }
+        thread.name = "io_uring reaper"
+        thread.start()
+    }
+
+    deinit {
+        lock.lock()
+        if let sqe = nextSQE() {
+            io_uring_prep_nop(sqe)
+            io_uring_sqe_set_data64(sqe, Self.shutdownID)
+            _ = io_uring_submit(ring)
+        }
+        lock.unlock()
+        reaperDone.wait()
+        io_uring_queue_exit(ring)
+        ring.deinitialize(count: 1)
+        ring.deallocate()
+    }
+
+    /// Registers `regions` (each 4 KiB-aligned) as fixed buffers; reads wholly inside one of
+    /// them use `READ_FIXED`. Once per reader; throws when the kernel refuses (e.g. the
+    /// memlock limit), in which case reads just stay unregistered.
+    public func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) throws {
+        lock.lock(); defer { lock.unlock() }
+        precondition(registered.isEmpty, "buffers are registered once per reader")
+        var vectors = regions.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        let status = io_uring_register_buffers(ring, &vectors, UInt32(vectors.count))
+        guard status == 0 else {
+            throw ModelFormatError("io_uring: registering \(regions.count) buffers failed: \(String(cString: strerror(-status)))")
+        }
+        registered = regions.map { (UInt(bitPattern: $0.baseAddress), $0.count) }
+    }
+
+    /// Whether reads into registered buffers use `READ_FIXED` (some registered).
+    public var hasRegisteredBuffers: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return !registered.isEmpty
+    }
+
+    /// Reads `length` bytes at `offset` into `buffer` in pieces of `pieceBytes`, all in flight
+    /// at once, and waits for them; returns the bytes read (fewer only at end of file).
+    public func read(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int) throws -> Int {
+        guard length > 0 else { return 0 }
+        let pieces = (length + pieceBytes - 1) / pieceBytes
+        let finished = DispatchSemaphore(value: 0)
+        // Each piece's completion writes only its own element; the waits below order the reads.
+        nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Result<Int, UringReadError>>.allocate(capacity: pieces)
+        results.initialize(repeating: .success(0))
+        defer { results.deallocate() }
+        for piece in 0..<pieces {
+            let start = piece * pieceBytes
+            submit(into: buffer + start, offset: offset + start, length: min(pieceBytes, length - start)) { result in
+                results[piece] = result
+                finished.signal()
+            }
+        }
+        for _ in 0..<pieces { finished.wait() }
+        // Bytes read: up to the first piece that came back short (end of file).
+        var total = 0
+        for piece in 0..<pieces {
+            switch results[piece] {
+            case let .failure(failure):
+                throw ModelFormatError.file(file.path, "read of \(length) bytes at offset \(offset) failed: \(String(cString: strerror(failure.code))) (io_uring)")
+            case let .success(got):
+                total += got
+                if got < min(pieceBytes, length - piece * pieceBytes) { return total }
+            }
+        }
+        return total
+    }
+
+    /// Submits one read of `length` bytes at `offset` into `buffer` and returns at once (after
+    /// waiting for a free ring slot when `entries - 1` reads are in flight). `completion` runs
+    /// on the reaper thread with the bytes read (short only at end of file) or an errno; keep
+    /// it short.
+    public func submit(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int,
+                       completion: @escaping @Sendable (Result<Int, UringReadError>) -> Void) {
+        slots.wait()
+        lock.lock()
+        let id = nextID
+        nextID &+= 1
+        let fixed = registeredIndex(buffer, length)
+        pending[id] = Pending(buffer: buffer, offset: offset, length: length, done: 0, fixedIndex: fixed, completion: completion)
+        enqueue(id)
+        lock.unlock()
+    }
+
+    /// Queues the rest of pending read `id` and submits it. Lock held.
+    private func enqueue(_ id: UInt64) {
+        guard let read = pending[id], let sqe = nextSQE() else {
+            // Cannot happen while `slots` bounds reads in flight below the ring size.
+            preconditionFailure("io_uring submission queue full")
+        }
+        let target = read.buffer + read.done
+        let count = UInt32(read.length - read.done)
+        let at = UInt64(read.offset + read.done)
+        if let index = read.fixedIndex {
+            io_uring_prep_read_fixed(sqe, file.descriptor, target, count, at, Int32(index))
+        } else {
+            io_uring_prep_read(sqe, file.descriptor, target, count, at)
+        }
+        io_uring_sqe_set_data64(sqe, id)
+        _ = io_uring_submit(ring)
+    }
+
+    /// A free submission entry, flushing queued ones to the kernel when the queue is full. Lock held.
+    private func nextSQE() -> UnsafeMutablePointer<io_uring_sqe>? {
+        if let sqe = io_uring_get_sqe(ring) { return sqe }
+        _ = io_uring_submit(ring)
+        return io_uring_get_sqe(ring)
+    }
+
+    /// The index of the registered buffer holding `[buffer, buffer + length)`. Lock held.
+    private func registeredIndex(_ buffer: UnsafeMutableRawPointer, _ length: Int) -> Int? {
+        let start = UInt(bitPattern: buffer)
+        return registered.firstIndex { start >= $0.start && start + UInt(length) <= $0.start + UInt($0.length) }
+    }
+
+    /// The reaper: waits for completions, resubmits short reads for their rest, and hands
+    /// finished reads to their completions. Runs until the shutdown NOP arrives.
+    private func reap() {
+        while true {
+            var cqe: UnsafeMutablePointer<io_uring_cqe>?
+            let status = io_uring_wait_cqe(ring, &cqe)
+            if status == -EINTR { continue }
+            guard status == 0, let cqe else { preconditionFailure("io_uring_wait_cqe: \(String(cString: strerror(-status)))") }
+            let id = io_uring_cqe_get_data64(cqe)
+            let res = cqe.pointee.res
+            io_uring_cqe_seen(ring, cqe)
+            if id == Self.shutdownID { break }
+
+            lock.lock()
+            guard var read = pending[id] else { lock.unlock(); continue }
+            var outcome: Result<Int, UringReadError>?
+            if res == -EINTR || res == -EAGAIN {
+                enqueue(id) // try the same range again
+            } else if res < 0 {
+                outcome = .failure(UringReadError(code: -res))
+            } else if res == 0 {
+                outcome = .success(read.done) // end of file
+            } else {
+                read.done += Int(res)
+                if read.done < read.length {
+                    pending[id] = read
+                    enqueue(id) // short read: ask for the rest
+                } else {
+                    outcome = .success(read.done)
+                }
+            }
+            if outcome != nil { pending[id] = nil }
+            lock.unlock()
+            if let outcome {
+                if !file.usesDirectIO && !file.keepsPageCache {
+                    _ = posix_fadvise(file.descriptor, off_t(read.offset), off_t(read.length), Int32(POSIX_FADV_DONTNEED))
+                }
+                slots.signal()
+                read.completion(outcome)
+            }
+        }
+        reaperDone.signal()
+    }
+}
+
+/// The errno with which the kernel failed an io_uring read.
+public struct UringReadError: Error, Sendable, Equatable {
+    /// The errno value (positive).
+    public let code: Int32
+}

@@ -1,0 +1,174 @@
+import Foundation
+import Testing
+import ModelFormats
+import TensorMath
+
+/// The io_uring expert reader against the thread-pool reader on a packed fixture store: the
+/// same bytes for many concurrent reads (whole experts, pieces, short reads at end of file),
+/// the same outcomes under injected faults, and the fallback when a ring cannot be set up.
+@Suite struct UringReaderTests {
+    func packedStore() throws -> (dir: URL, store: URL) {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
+        let storeURL = dir.appendingPathComponent("store")
+        try pack(hf, to: storeURL)
+        return (dir, storeURL)
+    }
+
+    /// Reads `length` bytes at `offset` with `reader` into a fresh aligned buffer; the bytes read.
+    func bytes(_ reader: any BlockReader, offset: Int, length: Int) throws -> [UInt8] {
+        let buffer = AlignedBuffer<UInt8>(count: length, alignment: DirectFileReader.granule)
+        let got = try reader.read(into: buffer.pointer, offset: offset, length: length)
+        return Array(UnsafeBufferPointer(start: buffer.pointer, count: got))
+    }
+
+    @Test func sameBytesAsPreadForManyConcurrentReads() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .threads)
+        let file = store.expertFile
+        // 4 KiB pieces: every expert read (12 KiB of bf16) is several reads in flight at once.
+        let uring = try UringFileReader(file: file, entries: 32, pieceBytes: DirectFileReader.granule)
+        #expect(uring.entries >= 32)
+        let blobs = store.manifest.experts.blobs
+        let granule = DirectFileReader.granule
+        let fileSize = store.manifest.experts.fileSize
+        let mismatches = LockedValue(0)
+        let failures = LockedValue<[String]>([])
+        // 400 reads from 2 cores' worth of threads and more: whole experts, and ranges running past
+        // the end of the file (short reads, which must return the same count).
+        DispatchQueue.concurrentPerform(iterations: 400) { i in
+            let blob = blobs[(i * 7) % blobs.count]
+            let (offset, length): (Int, Int) = i % 5 == 4
+                ? (max(0, fileSize / granule * granule - granule * (i % 3)), granule * 4)
+                : (blob.offset, ExpertStore.roundUp(blob.storedLength))
+            do {
+                let a = try bytes(file, offset: offset, length: length)
+                let b = try bytes(uring, offset: offset, length: length)
+                if a != b || (i % 5 != 4 && a.count < blob.storedLength) { mismatches.withLock { $0 += 1 } }
+            } catch {
+                failures.withLock { $0.append("\(error)") }
+            }
+        }
+        #expect(failures.withLock { $0 }.isEmpty, "\(failures.withLock { $0 }.first ?? "")")
+        #expect(mismatches.withLock { $0 } == 0)
+        // At the end of the file both return what is there, and nothing past it.
+        let tail = try bytes(uring, offset: fileSize / granule * granule, length: granule * 3)
+        #expect(tail.count == fileSize - fileSize / granule * granule)
+        #expect(try bytes(uring, offset: fileSize / granule * granule + granule * 8, length: granule).isEmpty)
+    }
+
+    @Test func registeredBuffersReadTheSameBytes() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .threads)
+        let uring = try UringFileReader(file: store.expertFile, entries: 32)
+        let length = ExpertStore.roundUp(store.manifest.experts.blobs.map(\.storedLength).max()!)
+        let blobs = store.manifest.experts.blobs
+        let arena = AlignedBuffer<UInt8>(count: length * blobs.count, alignment: DirectFileReader.granule)
+        try uring.registerBuffers((0..<blobs.count).map {
+            UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(arena.pointer + $0 * length), count: length)
+        })
+        #expect(uring.hasRegisteredBuffers)
+        // All blobs in flight at once (READ_FIXED into the registered slots), reaped by one thread.
+        let done = DispatchSemaphore(value: 0)
+        let errors = LockedValue(0)
+        for (i, blob) in blobs.enumerated() {
+            uring.submit(into: UnsafeMutableRawPointer(arena.pointer + i * length), offset: blob.offset, length: ExpertStore.roundUp(blob.storedLength)) { result in
+                if case .failure = result { errors.withLock { $0 += 1 } }
+                done.signal()
+            }
+        }
+        for _ in blobs { done.wait() }
+        #expect(errors.withLock { $0 } == 0)
+        for (i, blob) in blobs.enumerated() {
+            let expected = try bytes(store.expertFile, offset: blob.offset, length: ExpertStore.roundUp(blob.storedLength))
+            #expect(Array(UnsafeBufferPointer(start: arena.pointer + i * length, count: expected.count)) == expected)
+            try store.checkStored(blob, at: arena.pointer + i * length)
+        }
+    }
+
+    @Test func injectedFaultsGiveTheSameOutcomesOnBothEngines() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        // The MOE_FAULTS specification a failure test would set: EIO, half reads, bit rot.
+        let spec = "read_error=0.2,short_read=0.2,corrupt_blob=0.1,seed=11"
+        func outcomes(_ engine: IOEngineChoice) throws -> [String] {
+            let store = try ExpertStore(url: storeURL, faults: FaultInjector(try FaultPlan(specification: spec)), ioEngine: engine)
+            #expect(store.expertReader.engineName == (engine == .uring ? "io_uring" : "threads"))
+            return (0..<60).map { i in
+                do {
+                    let expert = try store.readExpert(layer: i % 2, expert: i % 4)
+                    return "ok \(expert.byteCount)"
+                } catch {
+                    return "\(error)"
+                }
+            }
+        }
+        let threads = try outcomes(.threads)
+        let uring = try outcomes(.uring)
+        #expect(threads == uring)
+        #expect(threads.contains { $0.contains("short read") })
+        #expect(threads.contains { $0.contains("injected fault") })
+        #expect(threads.contains { $0.contains("checksum mismatch") })
+        #expect(threads.contains { $0.hasPrefix("ok") })
+    }
+
+    @Test func concurrentExpertReadsThroughTheStoreMatch() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let threads = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .threads)
+        let uring = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .uring)
+        let blobs = threads.manifest.experts.blobs
+        let mismatches = LockedValue(0)
+        DispatchQueue.concurrentPerform(iterations: 256) { i in
+            let blob = blobs[(i * 5) % blobs.count]
+            let length = ExpertStore.roundUp(blob.storedLength)
+            let a = AlignedBuffer<UInt8>(count: length, alignment: DirectFileReader.granule)
+            let b = AlignedBuffer<UInt8>(count: length, alignment: DirectFileReader.granule)
+            do {
+                try threads.readStored(blob, into: a.pointer)
+                try uring.readStored(blob, into: b.pointer)
+                try uring.checkStored(blob, at: b.pointer)
+                _ = try uring.readExpert(layer: blob.layer, expert: blob.expert)
+                if memcmp(a.pointer, b.pointer, length) != 0 { mismatches.withLock { $0 += 1 } }
+            } catch {
+                mismatches.withLock { $0 += 1 }
+            }
+        }
+        #expect(mismatches.withLock { $0 } == 0)
+    }
+
+    @Test func fallsBackToThreadsWhenARingCannotBeSetUp() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .threads)
+        #expect(store.expertReader.engineName == "threads")
+        // A ring of 0 entries is refused by the kernel (EINVAL), as seccomp refuses io_uring_setup.
+        let fallback = try IOEngine.reader(for: store.expertFile, choice: .auto, ringEntries: 0)
+        #expect(fallback.engineName == "threads")
+        #expect(fallback === store.expertFile)
+        let blob = store.manifest.experts.blobs[3]
+        #expect(try bytes(fallback, offset: blob.offset, length: ExpertStore.roundUp(blob.storedLength)).count >= blob.storedLength)
+        // Forced io_uring does not fall back: a one-line error.
+        #expect(throws: ModelFormatError.self) { try IOEngine.reader(for: store.expertFile, choice: .uring, ringEntries: 0) }
+        do { _ = try IOEngine.reader(for: store.expertFile, choice: .uring, ringEntries: 0) } catch {
+            #expect("\(error)".hasPrefix("io_uring unavailable"))
+        }
+        #expect(try IOEngine.reader(for: store.expertFile, choice: .auto).engineName == "io_uring")
+        #expect(try IOEngineChoice.parse("uring") == .uring)
+        #expect(try IOEngineChoice.parse("threads") == .threads)
+        #expect(throws: ModelFormatError.self) { try IOEngineChoice.parse("aio") }
+    }
+}
+
+/// A value behind a lock, for counters the concurrent reads above share.
+final class LockedValue<Value>: @unchecked Sendable {
+    private var value: Value
+    private let lock = NSLock()
+    init(_ value: Value) { self.value = value }
+    func withLock<T>(_ body: (inout Value) -> T) -> T {
+        lock.lock(); defer { lock.unlock() }
+        return body(&value)
+    }
+}
