@@ -299,7 +299,8 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: ProcessInfo.processInfo.environment["MOE_PYTHON"]!)
-        p.arguments = [root.appendingPathComponent("scripts/test_openai_client.py").path, "http://127.0.0.1:\(server.port)"]
+        // A scripted service: the checks that need a model (constraints, tools, routes) run in ServeEndToEndTests.
+        p.arguments = [root.appendingPathComponent("scripts/test_openai_client.py").path, "http://127.0.0.1:\(server.port)", "--scripted"]
         let out = Pipe()
         p.standardOutput = out
         p.standardError = out

@@ -34,7 +34,9 @@ struct LlamaCppReference: Decodable {
 @Suite struct GGUFLlamaCppTests {
     @Test func referencesArePresent() throws {
         let reference = try #require(LlamaCppReference.committed)
-        #expect(Set(reference.models.map(\.architecture)) == Set(Architecture.allCases.map(\.rawValue)))
+        // The architectures the GGUF reader maps so far (llama.cpp's qwen3moe, qwen2moe, olmoe and llama with experts).
+        let gguf: Set<Architecture> = [.qwen3Moe, .qwen2Moe, .olmoe, .mixtral]
+        #expect(Set(reference.models.map(\.architecture)) == Set(gguf.map(\.rawValue)))
         #expect(Set(reference.models.map(\.type)).isSuperset(of: ["Q8_0", "Q6_K", "Q4_K_M", "Q4_0"]))
     }
 

@@ -91,21 +91,34 @@ public struct RouterSpec: Sendable, Equatable {
             let choice = buffer.baseAddress! // [experts]: scores + bias, then masked to the chosen groups
             for e in 0..<count { choice[e] = scores[e] + (correctionBias?[e] ?? 0) }
             if let groups, groups.groupCount > 1, count % groups.groupCount == 0 {
+                // Stack memory only: this runs for every token in every MoE layer.
                 let size = count / groups.groupCount
-                var groupScores = [Float](repeating: 0, count: groups.groupCount)
-                for g in 0..<groups.groupCount {
-                    let members = choice + g * size
-                    switch groups.groupScore {
-                    case .max:
-                        groupScores[g] = (0..<size).map { members[$0] }.max() ?? 0
-                    case .topTwoSum:
-                        groupScores[g] = Ops.topK(members, count: size, k: min(2, size)).reduce(0) { $0 + members[$1] }
+                withUnsafeTemporaryAllocation(of: Float.self, capacity: groups.groupCount) { groupBuffer in
+                    let groupScores = groupBuffer.baseAddress! // [groups]
+                    for g in 0..<groups.groupCount {
+                        let members = choice + g * size
+                        var best = -Float.infinity, second = -Float.infinity
+                        for i in 0..<size {
+                            let value = members[i]
+                            if value > best { second = best; best = value } else if value > second { second = value }
+                        }
+                        switch groups.groupScore {
+                        case .max: groupScores[g] = best
+                        case .topTwoSum: groupScores[g] = size >= 2 ? best + second : best
+                        }
                     }
-                }
-                let kept = Set(Ops.topK(groupScores, count: groups.groupCount, k: min(groups.selectedGroups, groups.groupCount)))
-                let masked: Float = groups.groupScore == .max ? 0 : -.infinity
-                for g in 0..<groups.groupCount where !kept.contains(g) {
-                    for e in (g * size)..<((g + 1) * size) { choice[e] = masked }
+                    // The `selectedGroups` best groups stay; the others are masked (ties keep the lower index, as top-k).
+                    let selected = min(groups.selectedGroups, groups.groupCount)
+                    let masked: Float = groups.groupScore == .max ? 0 : -.infinity
+                    for g in 0..<groups.groupCount {
+                        var better = 0
+                        for other in 0..<groups.groupCount where other != g {
+                            if groupScores[other] > groupScores[g] || (groupScores[other] == groupScores[g] && other < g) { better += 1 }
+                        }
+                        if better >= selected {
+                            for e in (g * size)..<((g + 1) * size) { choice[e] = masked }
+                        }
+                    }
                 }
             }
             return Ops.topK(choice, count: count, k: k)
@@ -120,9 +133,9 @@ public struct RouterSpec: Sendable, Equatable {
         var weights = chosen.map { logits[$0] }
         if renormalize {
             let total = weights.reduce(0, +)
-            weights = weights.map { $0 / total }
+            for i in weights.indices { weights[i] /= total }
         }
-        if scalingFactor != 1 { weights = weights.map { $0 * scalingFactor } }
+        if scalingFactor != 1 { for i in weights.indices { weights[i] *= scalingFactor } }
         return TokenRouting(experts: chosen, weights: weights)
     }
 }
