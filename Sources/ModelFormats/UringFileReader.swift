@@ -61,7 +61,14 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
         }
         // One slot stays free for the shutdown NOP.
         slots = DispatchSemaphore(value: entries - 1 > 0 ? entries - 1 : 1)
-        let thread = Thread { [unowned(unsafe) self] in self.reap() }
+        // The reaper must hold no reference of its own: a strong one would keep the reader
+        // alive forever, and an `unowned(unsafe)` one is still retained for the duration of the
+        // `reap()` call, so deinit (which waits for the reaper to finish) would free an object
+        // whose count that call still holds ("deallocated with non-zero retain count").
+        // `_withUnsafeGuaranteedRef` calls `reap()` on the instance without retaining it;
+        // deinit keeps it alive until `reaperDone` is signalled, after which `reap` touches nothing.
+        let unmanaged = Unmanaged.passUnretained(self)
+        let thread = Thread { unmanaged._withUnsafeGuaranteedRef { $0.reap() } }
         thread.name = "io_uring reaper"
         thread.start()
     }
