@@ -17,12 +17,7 @@ enum DeepseekV3 {
             config.normTopKProb = reader.bool("norm_topk_prob", default: true)
             let groups = reader.json.keys.contains("n_group") ? reader.optionalInt("n_group") : 8
             let selected = reader.json.keys.contains("topk_group") ? reader.optionalInt("topk_group") : 4
-            if let groups, let selected, groups > 1 {
-                guard config.expertCount % groups == 0, config.expertCount / groups >= 2, selected >= 1, selected <= groups else {
-                    throw reader.error("n_group (\(groups)) must divide n_routed_experts (\(config.expertCount)) into groups of at least 2, and topk_group (\(selected)) be between 1 and n_group")
-                }
-                config.routerGroups = RouterSpec.GroupLimit(groupCount: groups, selectedGroups: selected, groupScore: .topTwoSum)
-            }
+            if let groups, let selected { config.routerGroups = try topTwoSumGroups(groups: groups, selected: selected, reader, config) }
         },
         isMoELayer: deepseekIsMoELayer,
         expertWidthKey: "moe_intermediate_size",
@@ -38,6 +33,16 @@ enum DeepseekV3 {
         expertTensorNames: projectionStyleExpertNames,
         correctionBiasName: { "model.layers.\($0).mlp.gate.e_score_correction_bias" }
     )
+}
+
+/// DeepSeek-V3's group-limited routing (also GLM-4.5's): `n_group` groups scored by the sum of
+/// their two best experts, the best `topk_group` kept; nil for a single group.
+func topTwoSumGroups(groups: Int, selected: Int, _ reader: ConfigReader, _ config: ModelConfig) throws -> RouterSpec.GroupLimit? {
+    guard groups > 1 else { return nil }
+    guard config.expertCount % groups == 0, config.expertCount / groups >= 2, selected >= 1, selected <= groups else {
+        throw reader.error("n_group (\(groups)) must divide n_routed_experts (\(config.expertCount)) into groups of at least 2, and topk_group (\(selected)) be between 1 and n_group")
+    }
+    return RouterSpec.GroupLimit(groupCount: groups, selectedGroups: selected, groupScore: .topTwoSum)
 }
 
 /// The keys DeepSeek-V2 and V3 share: experts, shared experts, dense layers, scaling and MLA.

@@ -23,12 +23,7 @@ enum Glm4Moe {
             // transformers' Glm4MoeConfig: partial_rotary_factor defaults to 0.5.
             if reader.partialRotaryFactor() == nil { config.rope.partialRotaryFactor = 0.5 }
             let groups = reader.optionalInt("n_group") ?? 1, selected = reader.optionalInt("topk_group") ?? 1
-            if groups > 1 {
-                guard config.expertCount % groups == 0, config.expertCount / groups >= 2, selected >= 1, selected <= groups else {
-                    throw reader.error("n_group (\(groups)) must divide n_routed_experts (\(config.expertCount)) into groups of at least 2, and topk_group (\(selected)) be between 1 and n_group")
-                }
-                config.routerGroups = RouterSpec.GroupLimit(groupCount: groups, selectedGroups: selected, groupScore: .topTwoSum)
-            }
+            config.routerGroups = try topTwoSumGroups(groups: groups, selected: selected, reader, config)
         },
         isMoELayer: deepseekIsMoELayer,
         expertWidthKey: "moe_intermediate_size",
