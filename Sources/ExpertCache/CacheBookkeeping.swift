@@ -54,8 +54,8 @@ public struct CacheBookkeeping: Sendable {
         case tooLarge
     }
 
-    /// Total bytes the cache may hold.
-    public let budgetBytes: Int
+    /// Total bytes the cache may hold (moved by `resize` under `--memory-budget auto`).
+    public private(set) var budgetBytes: Int
     /// Bytes one layer may hold, for the per-layer partitioned caches of trace replay; nil
     /// when all layers share `budgetBytes`.
     public let layerBudgetBytes: Int?
@@ -169,6 +169,25 @@ public struct CacheBookkeeping: Sendable {
         layerSlots[key.layer, default: 0] += 1
         layerKeys[key.layer, default: []].insert(key)
         return .reserved(evicted: evicted)
+    }
+
+    /// Sets the budget to `bytes`. Shrinking evicts unpinned resident experts, in policy order,
+    /// until the bytes held fit or nothing more can go; what pinned and loading experts still
+    /// hold above the budget is given back as they are released (reservations evict for it
+    /// meanwhile). Floors are not protected here: the caller never shrinks below the plan's
+    /// floor, and a floor is a share of the budget, not a promise above it. Returns the evictions.
+    public mutating func resize(budgetBytes bytes: Int) -> [Eviction] {
+        precondition(bytes >= 0)
+        budgetBytes = bytes
+        var evicted: [Eviction] = []
+        while usedBytes > budgetBytes, !evictable.isEmpty {
+            let victim = policy.victim(among: Array(evictable))
+            let entry = entries[victim]!
+            evicted.append(Eviction(key: victim, bytes: entry.bytes, wastedPrefetch: entry.prefetchedUnused))
+            removeEntry(victim)
+            policy.didEvict(victim)
+        }
+        return evicted
     }
 
     /// The read of loading `key` finished: it is resident (and known to the policy).

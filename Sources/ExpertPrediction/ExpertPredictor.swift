@@ -106,7 +106,7 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
             if history[layer].count > configuration.historyTokens { history[layer].removeFirst() }
         }
         // Cross-layer gate: the next `depth` MoE layers' routers on this layer's gate input.
-        if configuration.crossLayer, let position = moeLayers.firstIndex(of: layer) {
+        if configuration.crossLayer, !saturatedDecode(rowCount: rowCount, layer: layer), let position = moeLayers.firstIndex(of: layer) {
             let batchDecode = rowCount > configuration.deepRowLimit && rowCount <= Self.confidentRowLimit
             for distance in 1...(batchDecode ? 1 : max(configuration.depth, 1)) {
                 let index = position + distance
@@ -123,6 +123,22 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
             }
         }
         next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount)
+    }
+
+    /// A decode step whose rows choose a layer's experts at least this many times over
+    /// (rows × top-k ≥ factor × experts) makes no cross-layer guesses (throughput mode).
+    static let saturatedDecodeFactor = 2
+
+    /// Whether this step is one decode token per sequence and so many of them that every
+    /// layer's demand reads cover most of its experts: the disk is then busy with reads that
+    /// are certainly needed for the whole step, and a guess can only add a wrong read or move
+    /// a right one earlier in the same queue. Measured on the widened demo at a quarter of its
+    /// experts (docs/BENCHMARKS.md, "Throughput mode"): 32 and 64 sequences decoded 1.04-1.12x
+    /// faster without the guesses in four paired runs; 8 sequences (rows × k = experts) keep them.
+    private func saturatedDecode(rowCount: Int, layer: Int) -> Bool {
+        guard let experts = routers[layer]?.rows, !lastRows.isEmpty, lastRows.count == rowCount,
+              lastRows.last! == rowCount - 1 else { return false }
+        return rowCount * topK >= Self.saturatedDecodeFactor * experts
     }
 
     /// Steps of at most this many rows (decode steps) apply `minProbability` and the cache's

@@ -32,8 +32,8 @@ struct RuntimeOptions: ParsableArguments {
     var predictor: String?
     @Option(name: .customLong("kv-cache-type"), help: "How the KV cache stores keys and values: f16 (half the memory, as llama.cpp) or f32 (the reference).")
     var kvCacheType: String = KVPrecision.f16.rawValue
-    @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (the disk queue depth).")
-    var readerThreads: Int = 4
+    @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (the disk queue depth), or auto: the smallest depth within 10% of the best bandwidth a short probe of the disk measures at 1, 2, 4, 8 and 16 (at least 2).")
+    var readerThreads: String = "4"
     @Option(name: .customLong("io-engine"), help: "Engine of expert reads: auto (io_uring where the kernel allows it, else threads), io_uring, or threads (default: MOE_IO_ENGINE, else auto).")
     var ioEngine: String?
     /// Measured on the demo model (docs/PREDICTOR.md): the guesses that miss are mostly the
@@ -48,6 +48,8 @@ struct RuntimeOptions: ParsableArguments {
     var prefetchBudget: Int?
     @Option(name: .customLong("predictor-probes"), help: "Fitted cross-layer maps (safetensors from scripts/train_predictor_probes.py) that replace the next layers' routers in the cross-layer gate (default: the model directory's \(ExpertStore.predictorProbesFile) if it has one; none: the routers).")
     var predictorProbes: String?
+    @Option(name: .customLong("admission-window"), help: "Missing experts of one layer reserved and read at once (0: all of them); a window keeps a large batch's stream of misses from evicting the hot experts.")
+    var admissionWindow: Int?
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once; demand reads always find a free reader when this is below --reader-threads (0: no separate bound).")
     var prefetchReads: Int = 0
 
@@ -76,13 +78,21 @@ struct RuntimeOptions: ParsableArguments {
                 throw CommandError("--predictor-probes: no file at \(predictorProbes)")
             }
         }
-        guard readerThreads >= 1 else { throw CommandError("--reader-threads: expected 1 or more, got \(readerThreads)") }
-        spec.readerThreads = readerThreads
+        if readerThreads == "auto" {
+            spec.readerThreads = 0
+        } else {
+            guard let threads = Int(readerThreads), threads >= 1 else { throw CommandError("--reader-threads: expected 1 or more or auto, got \(readerThreads)") }
+            spec.readerThreads = threads
+        }
         if let ioEngine {
             do { spec.ioEngine = try IOEngineChoice.parse(ioEngine) } catch { throw CommandError("--io-engine: \(error)") }
         }
         guard prefetchReads >= 0 else { throw CommandError("--prefetch-reads: expected 0 or more, got \(prefetchReads)") }
         spec.prefetchReads = prefetchReads
+        if let admissionWindow {
+            guard admissionWindow >= 0 else { throw CommandError("--admission-window: expected 0 or more, got \(admissionWindow)") }
+            spec.admissionWindow = admissionWindow
+        }
         if let prefetchMinProbability, !(0...1).contains(prefetchMinProbability) {
             throw CommandError("--prefetch-min-probability: expected a probability in 0...1, got \(prefetchMinProbability)")
         }

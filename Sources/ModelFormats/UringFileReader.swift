@@ -21,27 +21,14 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
     /// `io_uring`.
     public var engineName: String { IOEngineChoice.uring.rawValue }
 
-    /// One submitted read: where it goes, how far it got, whom to tell.
-    private struct Pending {
-        var buffer: UnsafeMutableRawPointer
-        var offset: Int
-        var length: Int
-        var done: Int
-        var fixedIndex: Int?
-        var completion: @Sendable (Result<Int, UringReadError>) -> Void
-    }
-
-    private let ring: UnsafeMutablePointer<io_uring>
-    /// Guards the submission queue, `pending`, `nextID` and `registered`.
-    private let lock = NSLock()
-    private var pending: [UInt64: Pending] = [:]
-    private var nextID: UInt64 = 0
-    /// Registered regions (start, length), indexed as the kernel knows them.
-    private var registered: [(start: UInt, length: Int)] = []
-    /// Bounds reads in flight by the ring's size so the completion queue never overflows.
-    private let slots: DispatchSemaphore
-    private let reaperDone = DispatchSemaphore(value: 0)
-    private static let shutdownID = UInt64.max
+    /// The ring and everything the reaper touches. The reaper thread holds its own strong
+    /// reference, so the ring outlives the reader until the reaper has stopped: the reader's
+    /// deinit may then run on any thread — also on the reaper itself, when a read's completion
+    /// drops the last reference to the store (it then must not wait for the reaper, which is
+    /// itself; the ring is torn down when the reaper's loop returns).
+    private let ring: Ring
+    /// The reaper thread's id, to recognise a deinit running on it.
+    private let reaperThread: ReaperIdentity
 
     /// Sets up a ring of `entries` (1...4096) over `file`'s descriptor; throws a one-line
     /// error when the kernel refuses (no io_uring, seccomp, memlock limits).
@@ -50,62 +37,34 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
         self.file = file
         self.entries = entries
         self.pieceBytes = pieceBytes
-        ring = .allocate(capacity: 1)
-        ring.initialize(to: io_uring())
-        // The kernel itself refuses 0 entries (EINVAL); above 4096 liburing would clamp silently.
-        let status = entries >= 0 && entries <= 4096 ? io_uring_queue_init(UInt32(entries), ring, 0) : -EINVAL
-        guard status == 0 else {
-            ring.deinitialize(count: 1)
-            ring.deallocate()
-            throw ModelFormatError("io_uring unavailable (setup of \(entries) entries: \(String(cString: strerror(-status))))")
+        let ring = try Ring(file: file, entries: entries)
+        self.ring = ring
+        let identity = ReaperIdentity()
+        reaperThread = identity
+        let thread = Thread {
+            identity.set()
+            ring.reap()
         }
-        // One slot stays free for the shutdown NOP.
-        slots = DispatchSemaphore(value: entries - 1 > 0 ? entries - 1 : 1)
-        // The reaper must hold no reference of its own: a strong one would keep the reader
-        // alive forever, and an `unowned(unsafe)` one is still retained for the duration of the
-        // `reap()` call, so deinit (which waits for the reaper to finish) would free an object
-        // whose count that call still holds ("deallocated with non-zero retain count").
-        // `_withUnsafeGuaranteedRef` calls `reap()` on the instance without retaining it;
-        // deinit keeps it alive until `reaperDone` is signalled, after which `reap` touches nothing.
-        let unmanaged = Unmanaged.passUnretained(self)
-        let thread = Thread { unmanaged._withUnsafeGuaranteedRef { $0.reap() } }
         thread.name = "io_uring reaper"
         thread.start()
     }
 
     deinit {
-        lock.lock()
-        if let sqe = nextSQE() {
-            io_uring_prep_nop(sqe)
-            io_uring_sqe_set_data64(sqe, Self.shutdownID)
-            _ = io_uring_submit(ring)
-        }
-        lock.unlock()
-        reaperDone.wait()
-        io_uring_queue_exit(ring)
-        ring.deinitialize(count: 1)
-        ring.deallocate()
+        ring.shutdown()
+        // On the reaper itself (a completion released the last reference): it stops after
+        // this completion returns and frees the ring then.
+        if !reaperThread.isCurrent { ring.reaperDone.wait() }
     }
 
     /// Registers `regions` (each 4 KiB-aligned) as fixed buffers; reads wholly inside one of
     /// them use `READ_FIXED`. Once per reader; throws when the kernel refuses (e.g. the
     /// memlock limit), in which case reads just stay unregistered.
     public func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) throws {
-        lock.lock(); defer { lock.unlock() }
-        precondition(registered.isEmpty, "buffers are registered once per reader")
-        var vectors = regions.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
-        let status = io_uring_register_buffers(ring, &vectors, UInt32(vectors.count))
-        guard status == 0 else {
-            throw ModelFormatError("io_uring: registering \(regions.count) buffers failed: \(String(cString: strerror(-status)))")
-        }
-        registered = regions.map { (UInt(bitPattern: $0.baseAddress), $0.count) }
+        try ring.registerBuffers(regions)
     }
 
     /// Whether reads into registered buffers use `READ_FIXED` (some registered).
-    public var hasRegisteredBuffers: Bool {
-        lock.lock(); defer { lock.unlock() }
-        return !registered.isEmpty
-    }
+    public var hasRegisteredBuffers: Bool { ring.hasRegisteredBuffers }
 
     /// Reads `length` bytes at `offset` into `buffer` in pieces of `pieceBytes`, all in flight
     /// at once, and waits for them; returns the bytes read (fewer only at end of file).
@@ -145,6 +104,102 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
     /// it short.
     public func submit(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int,
                        completion: @escaping @Sendable (Result<Int, UringReadError>) -> Void) {
+        ring.submit(into: buffer, offset: offset, length: length, completion: completion)
+    }
+}
+
+/// The pthread of a reaper, set by the reaper itself when it starts.
+private final class ReaperIdentity: @unchecked Sendable {
+    private let lock = NSLock()
+    private var thread: pthread_t?
+    func set() { lock.lock(); thread = pthread_self(); lock.unlock() }
+    var isCurrent: Bool {
+        lock.lock(); defer { lock.unlock() }
+        guard let thread else { return false }
+        return pthread_equal(thread, pthread_self()) != 0
+    }
+}
+
+/// One io_uring instance over one descriptor: submission from any thread, completion on the
+/// thread running `reap()`. Torn down (`io_uring_queue_exit`) when the last reference goes,
+/// which is the reaper's once it has seen the shutdown NOP.
+private final class Ring: @unchecked Sendable {
+    /// One submitted read: where it goes, how far it got, whom to tell.
+    private struct Pending {
+        var buffer: UnsafeMutableRawPointer
+        var offset: Int
+        var length: Int
+        var done: Int
+        var fixedIndex: Int?
+        var completion: @Sendable (Result<Int, UringReadError>) -> Void
+    }
+
+    let file: DirectFileReader
+    private let ring: UnsafeMutablePointer<io_uring>
+    /// Guards the submission queue, `pending`, `nextID`, `registered` and `stopping`.
+    private let lock = NSLock()
+    private var pending: [UInt64: Pending] = [:]
+    private var nextID: UInt64 = 0
+    /// Registered regions (start, length), indexed as the kernel knows them.
+    private var registered: [(start: UInt, length: Int)] = []
+    private var stopping = false
+    /// Bounds reads in flight by the ring's size so the completion queue never overflows.
+    private let slots: DispatchSemaphore
+    let reaperDone = DispatchSemaphore(value: 0)
+    private static let shutdownID = UInt64.max
+
+    init(file: DirectFileReader, entries: Int) throws {
+        self.file = file
+        ring = .allocate(capacity: 1)
+        ring.initialize(to: io_uring())
+        // The kernel itself refuses 0 entries (EINVAL); above 4096 liburing would clamp silently.
+        let status = entries >= 0 && entries <= 4096 ? io_uring_queue_init(UInt32(entries), ring, 0) : -EINVAL
+        guard status == 0 else {
+            ring.deinitialize(count: 1)
+            ring.deallocate()
+            throw ModelFormatError("io_uring unavailable (setup of \(entries) entries: \(String(cString: strerror(-status))))")
+        }
+        // One slot stays free for the shutdown NOP.
+        slots = DispatchSemaphore(value: entries - 1 > 0 ? entries - 1 : 1)
+    }
+
+    deinit {
+        io_uring_queue_exit(ring)
+        ring.deinitialize(count: 1)
+        ring.deallocate()
+    }
+
+    /// Queues the NOP that ends the reaper's loop (once).
+    func shutdown() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !stopping else { return }
+        stopping = true
+        if let sqe = nextSQE() {
+            io_uring_prep_nop(sqe)
+            io_uring_sqe_set_data64(sqe, Self.shutdownID)
+            _ = io_uring_submit(ring)
+        }
+    }
+
+    func registerBuffers(_ regions: [UnsafeMutableRawBufferPointer]) throws {
+        lock.lock(); defer { lock.unlock() }
+        precondition(registered.isEmpty, "buffers are registered once per reader")
+        var vectors = regions.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        let status = io_uring_register_buffers(ring, &vectors, UInt32(vectors.count))
+        guard status == 0 else {
+            throw ModelFormatError("io_uring: registering \(regions.count) buffers failed: \(String(cString: strerror(-status)))")
+        }
+        registered = regions.map { (UInt(bitPattern: $0.baseAddress), $0.count) }
+    }
+
+    var hasRegisteredBuffers: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return !registered.isEmpty
+    }
+
+    func submit(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int,
+                completion: @escaping @Sendable (Result<Int, UringReadError>) -> Void) {
         slots.wait()
         lock.lock()
         let id = nextID
@@ -188,7 +243,7 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
 
     /// The reaper: waits for completions, resubmits short reads for their rest, and hands
     /// finished reads to their completions. Runs until the shutdown NOP arrives.
-    private func reap() {
+    func reap() {
         while true {
             var cqe: UnsafeMutablePointer<io_uring_cqe>?
             let status = io_uring_wait_cqe(ring, &cqe)

@@ -60,7 +60,13 @@ public struct BatchBenchmark: Sendable {
         public var prefetchPrecision: Double?
         /// Prefetched experts that were resident when the demand came, of those prefetched.
         public var prefetchInTime: Double?
+        /// Decode steps in the window.
+        public var steps: Int
+        /// Distinct experts a step ran per MoE layer (the union over the step's sequences; each
+        /// is acquired, and read if missing, once for all of them).
+        public var expertsPerLayerStep: Double
         enum CodingKeys: String, CodingKey {
+            case steps, expertsPerLayerStep = "union_experts_per_layer_step"
             case sequences, prefetch, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
             case prefetchPrecision = "prefetch_precision", prefetchInTime = "prefetch_in_time"
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
@@ -97,6 +103,8 @@ public struct BatchBenchmark: Sendable {
         var prefetchHits: Int
         var prefetchesLate: Int
         var expertCacheBytes: Int
+        var steps = 0
+        var moeLayers = 1
         var tokensPerSecond: Double { Double(decodedTokens) / seconds }
     }
 
@@ -134,17 +142,20 @@ public struct BatchBenchmark: Sendable {
                                     hitRate: median.hits + median.misses > 0 ? Double(median.hits) / Double(median.hits + median.misses) : 1,
                                     stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes,
                                     prefetchPrecision: median.prefetchesIssued > 0 ? Double(median.prefetchHits + median.prefetchesLate) / Double(median.prefetchesIssued) : nil,
-                                    prefetchInTime: median.prefetchesIssued > 0 ? Double(median.prefetchHits) / Double(median.prefetchesIssued) : nil))
+                                    prefetchInTime: median.prefetchesIssued > 0 ? Double(median.prefetchHits) / Double(median.prefetchesIssued) : nil,
+                                    steps: median.steps,
+                                    expertsPerLayerStep: Double(median.hits + median.misses) / Double(max(median.steps * median.moeLayers, 1))))
                 }
             }
-            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used (in time) |\n|---|---|---|---|---|---|---|---|---|---|\n"
+            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used (in time) | union experts / layer / step |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
             for row in rows {
                 let spread = row.runTokensPerSecond.map { String(format: "%.0f", $0) }.joined(separator: ", ")
                 let base = rows.first { $0.prefetch == row.prefetch }!
-                table += String(format: "| %d | %@ | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% | %@ |\n", row.sequences, row.prefetch,
+                table += String(format: "| %d | %@ | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% | %@ | %.1f |\n", row.sequences, row.prefetch,
                                 row.decodeTokensPerSecond, spread, row.decodeTokensPerSecond / base.decodeTokensPerSecond,
                                 Double(row.expertCacheBytes) / 1048576, row.expertBytesReadPerToken / 1e6, row.hitRate,
-                                100 * row.stallShare, row.prefetchPrecision.map { String(format: "%.2f (%.2f)", $0, row.prefetchInTime ?? 0) } ?? "-")
+                                100 * row.stallShare, row.prefetchPrecision.map { String(format: "%.2f (%.2f)", $0, row.prefetchInTime ?? 0) } ?? "-",
+                                row.expertsPerLayerStep)
             }
             var comparisons: [Comparison] = []
             if comparePrefetch {
@@ -175,6 +186,10 @@ public struct BatchBenchmark: Sendable {
         let runtime = try ModelRuntime.open(spec)
         defer { runtime.close() }
         runtime.cache?.skipMissingBelow = skipMissingBelow
+        if let sizing = runtime.readerSizing, run == 1 {
+            printError("bench batch: reader threads sized to \(runtime.readerThreads ?? 0) by the disk probe: "
+                + sizing.map { String(format: "depth %d %.2f GB/s", $0.depth, $0.bytesPerSecond / 1e9) }.joined(separator: ", "))
+        }
         let transformer = runtime.model
         let kv = runtime.plan?.kvCacheBytes ?? (64 << 20)
         let limits = Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: kv, maxRunningSequences: count)
@@ -185,7 +200,8 @@ public struct BatchBenchmark: Sendable {
         let engine = Engine(model: transformer, limits: limits, decode: { _ in "" })
         engine.start()
         defer { engine.shutdown(grace: 0) }
-        let window = DecodeWindow(sequences: count) {
+        // Steps are read from the token callbacks, which the engine calls outside its lock.
+        let window = DecodeWindow(sequences: count, steps: { engine.currentStatistics.steps }) {
             runtime.cache?.statistics().total ?? ExpertCacheCounters()
         }
         let group = DispatchGroup()
@@ -215,6 +231,7 @@ public struct BatchBenchmark: Sendable {
         if let message = failure.message { throw ToolError("a sequence failed: \(message)") }
         var measurement = try window.result()
         measurement.expertCacheBytes = runtime.cache?.statistics().budgetBytes ?? 0
+        measurement.moeLayers = max(transformer.config.moeLayers.count, 1)
         return measurement
     }
 }
@@ -225,13 +242,17 @@ final class DecodeWindow: @unchecked Sendable {
     private let lock = NSLock()
     private let sequences: Int
     private let counters: () -> ExpertCacheCounters
+    private let steps: () -> Int
     private var started: Set<Int> = []
-    private var opened: (time: UInt64, counters: ExpertCacheCounters)?
+    private var opened: (time: UInt64, counters: ExpertCacheCounters, steps: Int)?
     private var tokens = 0
     private var lastToken: UInt64 = 0
+    private var lastSteps = 0
 
-    init(sequences: Int, counters: @escaping () -> ExpertCacheCounters) {
+    /// `steps` counts the engine's finished steps (the step emitting a token is not yet counted).
+    init(sequences: Int, steps: @escaping () -> Int = { 0 }, counters: @escaping () -> ExpertCacheCounters) {
         self.sequences = sequences
+        self.steps = steps
         self.counters = counters
     }
 
@@ -241,10 +262,11 @@ final class DecodeWindow: @unchecked Sendable {
         defer { lock.unlock() }
         if !started.contains(sequence) {
             started.insert(sequence)
-            if started.count == sequences { opened = (now, counters()) }
+            if started.count == sequences { opened = (now, counters(), steps()) }
         } else if opened != nil {
             tokens += 1
             lastToken = now
+            lastSteps = steps()
         }
     }
 
@@ -259,7 +281,8 @@ final class DecodeWindow: @unchecked Sendable {
                      stallSeconds: end.stallSeconds - opened.counters.stallSeconds,
                      prefetchesIssued: end.prefetchesIssued - opened.counters.prefetchesIssued,
                      prefetchHits: end.prefetchHits - opened.counters.prefetchHits,
-                     prefetchesLate: end.prefetchesLate - opened.counters.prefetchesLate, expertCacheBytes: 0)
+                     prefetchesLate: end.prefetchesLate - opened.counters.prefetchesLate, expertCacheBytes: 0,
+                     steps: lastSteps - opened.steps)
     }
 }
 

@@ -94,7 +94,8 @@ public struct DecodeBenchmark: Sendable {
             guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ToolError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
             let url = specification.model
             let disk = try measureDisk(url)
-            if let disk { printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT)", disk, specification.readerThreads)) }
+            if let disk { printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT, %@)", disk, probeDepth,
+                                            specification.ioEngine.rawValue)) }
             var onDemand = specification
             onDemand.prefetch = false
             onDemand.policy = .lru
@@ -162,20 +163,24 @@ public struct DecodeBenchmark: Sendable {
 
     /// Random whole-expert O_DIRECT reads at the reader queue depth, in GB/s (nil for a
     /// checkpoint directory, whose experts are read through the page cache).
+    /// The probe's queue depth: the reader threads (the default ones under auto).
+    private var probeDepth: Int { specification.readerThreads == 0 ? RuntimeSpecification.defaultReaderThreads : specification.readerThreads }
+
     private func measureDisk(_ url: URL) throws -> Double? {
         guard ExpertStore.isStore(at: url) else { return nil }
-        let store = try ExpertStore(url: url)
+        let store = try ExpertStore(url: url, ioEngine: specification.ioEngine)
         let blobs = store.manifest.experts.blobs
         guard !blobs.isEmpty else { return nil }
         let path = url.appendingPathComponent(store.manifest.experts.file).path
         // Nothing of experts.bin may come from the page cache (packing leaves much of it there).
         IOBenchmark.dropCache(path)
-        let reader = try DirectFileReader(path: path)
+        // The engine the cache reads with (io_uring or threads), so the bound is that engine's.
+        let reader = store.expertReader
         var rng = SplitMix64(seed: seed &+ 17)
         // About 2 GB, at least 64 reads.
         let count = max(64, min(8192, (2 << 30) / max(blobs[0].storedLength, 1)))
         let order = (0..<count).map { _ in blobs[Int(rng.next() % UInt64(blobs.count))] }
-        let m = try IOBenchmark.random(order: order, depth: specification.readerThreads, mode: "probe") { entry, buffer in
+        let m = try IOBenchmark.random(order: order, depth: probeDepth, mode: "probe") { entry, buffer in
             _ = try reader.read(into: buffer, offset: entry.offset, length: ExpertStore.roundUp(entry.storedLength))
         }
         return m.gbps

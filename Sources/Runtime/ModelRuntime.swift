@@ -22,6 +22,10 @@ public final class ModelRuntime {
     public let tokenizer: Tokenizer?
     /// What this runtime was opened with.
     public let specification: RuntimeSpecification?
+    /// The reader-sizing probe's measurements when `readerThreads` was 0 (auto) and it ran.
+    public internal(set) var readerSizing: [ReaderSizing.Sample]?
+    /// Reader threads the expert cache runs (the chosen depth under auto); nil without a cache.
+    public internal(set) var readerThreads: Int?
 
     public init(model: TransformerModel, cache: OffloadingExpertCache?, predictor: ExpertPredictor?, predictorName: String? = nil,
                 probes: CrossLayerProbes? = nil, plan: MemoryPlan?, tokenizer: Tokenizer?, specification: RuntimeSpecification? = nil) {
@@ -64,7 +68,7 @@ public final class ModelRuntime {
     public static func open(_ specification: RuntimeSpecification) throws -> ModelRuntime {
         let spec = specification
         let url = spec.model
-        guard spec.readerThreads >= 1 else { throw RuntimeError("reader threads: expected 1 or more, got \(spec.readerThreads)") }
+        guard spec.readerThreads >= 0 else { throw RuntimeError("reader threads: expected 1 or more (0: sized by a probe of the disk), got \(spec.readerThreads)") }
         guard spec.prefetchReads >= 0 else { throw RuntimeError("prefetch reads: expected 0 or more, got \(spec.prefetchReads)") }
         guard spec.maxSequences >= 1 else { throw RuntimeError("max sequences: expected 1 or more, got \(spec.maxSequences)") }
         if let p = spec.prefetchMinProbability, !(0...1).contains(p) {
@@ -90,8 +94,10 @@ public final class ModelRuntime {
         let weights: WeightSource
         let loader: ExpertLoader
         let denseBytes: Int
+        var openedStore: ExpertStore?
         if ExpertStore.isStore(at: url) {
             let store = try ExpertStore(url: url, ioEngine: spec.ioEngine)
+            openedStore = store
             config = store.config
             weights = store
             loader = StoreExpertLoader(store: store)
@@ -143,15 +149,28 @@ public final class ModelRuntime {
         if let expertCacheBytes = spec.expertCacheBytes { cacheBytes = expertCacheBytes }
         let prefetchExperts = spec.prefetchBudgetExperts ?? config.expertsPerToken
         guard prefetchExperts >= 0 else { throw RuntimeError("prefetch budget: expected 0 or more experts, got \(prefetchExperts)") }
+        // Auto (0): probe the disk when experts will be read at run time, else the default.
+        var readerThreads = spec.readerThreads
+        var readerSizing: [ReaderSizing.Sample]?
+        if readerThreads == 0 {
+            readerThreads = RuntimeSpecification.defaultReaderThreads
+            if let store = openedStore, cacheBytes < allExpertBytes, let samples = try ReaderSizing.measure(store: store),
+               let depth = ReaderSizing.choose(samples) {
+                // At least two, so a demand read always finds a reader beside a prefetch.
+                readerThreads = max(2, depth)
+                readerSizing = samples
+            }
+        }
         let cache = try OffloadingExpertCache(
             loader: loader,
             policy: spec.policy.make(layerCount: config.layerCount, hotPerLayer: config.expertsPerToken),
             configuration: .init(budgetBytes: cacheBytes,
                                  floorSlots: MemoryPlan.floorSlots(cacheBytes: cacheBytes, expertBytes: expertBytes,
                                                                    expertsPerToken: config.expertsPerToken, layers: layers.count),
-                                 readerThreads: spec.readerThreads,
+                                 readerThreads: readerThreads,
                                  speculativeLayerBytes: prefetchExperts == 0 ? nil : prefetchExperts * expertBytes,
-                                 maxInFlightPrefetches: spec.prefetchReads == 0 ? nil : spec.prefetchReads),
+                                 maxInFlightPrefetches: spec.prefetchReads == 0 ? nil : spec.prefetchReads,
+                                 admissionWindow: (spec.admissionWindow ?? 0) > 0 ? spec.admissionWindow : nil),
             layers: layers)
         let model = try TransformerModel(config: config, weights: weights, experts: cache)
         model.kvPrecision = spec.kvPrecision
@@ -172,8 +191,11 @@ public final class ModelRuntime {
             expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
             model.routingObserver = expertPredictor
         }
-        return ModelRuntime(model: model, cache: cache, predictor: expertPredictor, predictorName: predictor + (probes == nil ? "" : "+probes"),
-                            probes: probes, plan: plan, tokenizer: tokenizer, specification: spec)
+        let runtime = ModelRuntime(model: model, cache: cache, predictor: expertPredictor, predictorName: predictor + (probes == nil ? "" : "+probes"),
+                                   probes: probes, plan: plan, tokenizer: tokenizer, specification: spec)
+        runtime.readerSizing = readerSizing
+        runtime.readerThreads = readerThreads
+        return runtime
     }
 
     /// The probes to use: a given file, none, else the model directory's own if it has them.

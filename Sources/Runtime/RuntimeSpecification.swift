@@ -37,13 +37,19 @@ public struct RuntimeSpecification: Sendable {
     public var probes: ProbeSource = .modelDefault
     /// Storage of keys and values in the KV cache.
     public var kvPrecision: KVPrecision = .f16
-    /// Concurrent expert reads (the disk queue depth).
-    public var readerThreads = 4
+    /// Concurrent expert reads (the disk queue depth); 0 sizes them by a short probe of the
+    /// disk at open (`ReaderSizing`), falling back to `defaultReaderThreads`.
+    public var readerThreads = RuntimeSpecification.defaultReaderThreads
+    /// Reader threads when nothing else decides.
+    public static let defaultReaderThreads = 4
     /// Which engine reads experts from a packed store (`MOE_IO_ENGINE` by default, else auto:
     /// io_uring where the kernel allows it, the thread-pool reader otherwise).
     public var ioEngine: IOEngineChoice = .environmentDefault
     /// Prefetch reads that may run at once (0: no separate bound).
     public var prefetchReads = 0
+    /// Missing experts one layer of a step holds reserved at once (nil or 0: all of them);
+    /// see `OffloadingExpertCache.Configuration.admissionWindow`.
+    public var admissionWindow: Int?
     /// Floor on a predicted expert's probability for it to be prefetched (nil: the predictor's default).
     public var prefetchMinProbability: Float?
     /// Prefetched, unused experts each layer may hold (0: no bound; nil: the model's top-k).

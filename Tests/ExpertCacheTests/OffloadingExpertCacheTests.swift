@@ -77,6 +77,32 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         #expect(cache.statistics().total.stallSeconds >= 0.04)
     }
 
+    /// A window of 2 keeps at most two of a call's misses reserved at once (so at most two
+    /// reads in flight for it, with 4 readers), runs every expert once, and leaves the other
+    /// layer's residents alone where reserving all six misses at once evicts them.
+    @Test func anAdmissionWindowBoundsTheMissesReservedAtOnce() throws {
+        for window in [2, nil] as [Int?] {
+            let loader = FakeLoader()
+            loader.latency = 0.01...0.01
+            let cache = try OffloadingExpertCache(
+                loader: loader, policy: LFUPolicy(),
+                configuration: .init(budgetBytes: 8 * loader.bytesPerExpert, floorSlots: 1, readerThreads: 4, admissionWindow: window),
+                layers: [0, 1])
+            defer { cache.close() }
+            for _ in 0..<3 { try request(cache, 1, [1, 2, 3]) }    // layer 1's hot set, used often
+            #expect(try request(cache, 0, [1, 2, 3, 4, 5, 6]).sorted() == [1, 2, 3, 4, 5, 6])
+            let keptHot = (1...3).filter { cache.isResident(layer: 1, expert: $0) }.count
+            if window == 2 {
+                #expect(loader.peakConcurrentReads <= 2)
+                #expect(keptHot == 3, "the window needs 2 slots beside the 3 hot experts; \(keptHot) stayed")
+            } else {
+                #expect(loader.peakConcurrentReads > 2)
+                #expect(keptHot < 3)
+            }
+            #expect(cache.pinCount() == 0)
+        }
+    }
+
     @Test func refusesABudgetBelowTheFloors() {
         #expect(throws: ExpertCacheError.self) {
             try makeCache(FakeLoader(), experts: 5, floor: 2, layers: [0, 1, 2])

@@ -107,6 +107,26 @@ func fixtureModel(_ prefix: String, recording: Bool = false) throws -> (Transfor
         #expect(recorder!.pipelineHints.isEmpty)
     }
 
+    /// Throughput mode: a decode step of so many sequences that rows × k ≥ 2 × experts makes
+    /// no guesses (its demand reads cover most of every layer); fewer sequences, or a prompt
+    /// chunk of as many rows, still do.
+    @Test func saturatedDecodeStepsMakeNoGuesses() throws {
+        func prefetches(sequences: Int, tokensEach: Int) throws -> Int {
+            let (model, recorder) = try fixtureModel("mixtral-gqa", recording: true)
+            let predictor = ExpertPredictor(model: model, configuration: PredictorConfiguration(crossLayer: true, minProbability: 0),
+                                            provider: recorder)
+            model.routingObserver = predictor
+            let inputs = (0..<sequences).map { s in SequenceInput(cache: model.makeCache(), tokens: (0..<tokensEach).map { (s + $0) % 7 + 1 }) }
+            _ = try model.forward(inputs)
+            return recorder!.events.filter { $0.hasPrefix("prefetch") }.count
+        }
+        let config = try fixtureModel("mixtral-gqa").0.config
+        let saturating = (ExpertPredictor.saturatedDecodeFactor * config.expertCount + config.expertsPerToken - 1) / config.expertsPerToken
+        #expect(try prefetches(sequences: saturating, tokensEach: 1) == 0)
+        if saturating > 1 { #expect(try prefetches(sequences: saturating - 1, tokensEach: 1) > 0) }
+        #expect(try prefetches(sequences: 1, tokensEach: saturating) > 0)   // a prompt chunk of as many rows
+    }
+
     @Test func predictingEveryExpertGivesFullRecallAndExactPrecisionAccounting() throws {
         let (model, _) = try fixtureModel("mixtral-gqa")
         let everything = PredictorConfiguration(crossLayer: true, extraWidth: model.config.expertCount, preAttention: true)

@@ -22,6 +22,49 @@ import TensorMath
         return Array(UnsafeBufferPointer(start: buffer.pointer, count: got))
     }
 
+    /// A read's completion that drops the last reference to the reader runs the reader's
+    /// deinit on the reaper thread; it must not wait for the reaper (itself) and hang.
+    @Test func lastReferenceDroppedInACompletionDoesNotHang() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .threads)
+        final class Holder: @unchecked Sendable { var reader: UringFileReader? }
+        let holder = Holder()
+        holder.reader = try UringFileReader(file: store.expertFile, entries: 8)
+        let buffer = AlignedBuffer<UInt8>(count: DirectFileReader.granule, alignment: DirectFileReader.granule)
+        let finished = DispatchSemaphore(value: 0), submitted = DispatchSemaphore(value: 0)
+        let pointer = UnsafeMutableRawPointer(buffer.pointer)
+        nonisolated(unsafe) let target = pointer
+        holder.reader!.submit(into: target, offset: 0, length: DirectFileReader.granule) { _ in
+            submitted.wait()      // the caller's temporary reference is gone by then
+            holder.reader = nil   // the last reference: deinit runs here, on the reaper
+            finished.signal()
+        }
+        submitted.signal()
+        #expect(finished.wait(timeout: .now() + 10) == .success, "the completion never returned (deinit waited for its own thread)")
+        withExtendedLifetime(buffer) {}
+    }
+
+    /// The reader-sizing probe reads real experts at each depth through the store's reader and
+    /// picks the smallest depth within the tolerance of the best.
+    @Test func readerSizingMeasuresEachDepthAndPicksTheSmallestNearTheBest() throws {
+        let picked = ReaderSizing.choose([.init(depth: 1, bytesPerSecond: 1.0e9, reads: 8), .init(depth: 2, bytesPerSecond: 1.9e9, reads: 8),
+                                          .init(depth: 4, bytesPerSecond: 2.0e9, reads: 8), .init(depth: 8, bytesPerSecond: 2.1e9, reads: 8)])
+        #expect(picked == 2)
+        #expect(ReaderSizing.choose([]) == nil)
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for engine in [IOEngineChoice.threads, .auto] {
+            let store = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: engine)
+            // The fixture's experts are tiny: by default they are not worth a probe.
+            #expect(try ReaderSizing.measure(store: store) == nil)
+            let samples = try ReaderSizing.measure(store: store, depths: [1, 3], secondsPerDepth: 0.02, minimumExpertBytes: 0)
+            guard store.expertFile.usesDirectIO else { #expect(samples == nil); continue }
+            #expect(samples?.map(\.depth) == [1, 3])
+            #expect(samples?.allSatisfy { $0.reads >= 2 * $0.depth && $0.bytesPerSecond > 0 } == true)
+        }
+    }
+
     @Test func sameBytesAsPreadForManyConcurrentReads() throws {
         let (dir, storeURL) = try packedStore()
         defer { try? FileManager.default.removeItem(at: dir) }

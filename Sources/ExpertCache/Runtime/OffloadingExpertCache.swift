@@ -33,11 +33,20 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         public var speculativeLayerBytes: Int?
         /// Prefetch reads that may run at once (nil: as many as there are readers); see `ReadQueue`.
         public var maxInFlightPrefetches: Int?
+        /// Missing experts one `withExperts` call holds reserved (queued, loading, or loaded and
+        /// not yet handed to a worker) at once; nil reserves every miss at once. A large batch
+        /// misses most of a layer (32 sequences: ~19 of 32 experts at a quarter budget), and
+        /// reserving them all evicts other layers' hot experts to make room for reads the disk
+        /// serves one after another anyway; a window a little deeper than the readers keeps
+        /// the disk busy and the hot set resident.
+        public var admissionWindow: Int?
 
         /// A cache of `budgetBytes` with floors of `floorSlots`, `readerThreads` readers and
         /// at most `maxInFlightBytes` in flight (default: unbounded but for the budget).
         public init(budgetBytes: Int, floorSlots: Int, readerThreads: Int = 4, maxInFlightBytes: Int? = nil,
-                    speculativeLayerBytes: Int? = nil, maxInFlightPrefetches: Int? = nil) {
+                    speculativeLayerBytes: Int? = nil, maxInFlightPrefetches: Int? = nil, admissionWindow: Int? = nil) {
+            precondition(admissionWindow.map { $0 >= 1 } ?? true)
+            self.admissionWindow = admissionWindow
             self.budgetBytes = budgetBytes
             self.floorSlots = floorSlots
             self.readerThreads = readerThreads
@@ -63,6 +72,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     private var tickets: [ExpertKey: LoadTicket] = [:]
     private var counters: [ExpertCacheCounters?] = []
     private var closed = false
+    /// The least budget: every layer's floor of the largest expert.
+    public let minimumBudgetBytes: Int
 
     /// Starts a cache over `loader` with `policy`. Throws when the budget cannot hold the
     /// floors of `layers` (the MoE layers it will serve), since requests could then deadlock.
@@ -75,6 +86,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         }
         self.loader = loader
         self.configuration = configuration
+        minimumBudgetBytes = max(floors, largest)
         book = CacheBookkeeping(budgetBytes: configuration.budgetBytes, floorSlots: configuration.floorSlots,
                                 speculativeLayerBytes: configuration.speculativeLayerBytes, policy: policy)
         queue = ReadQueue(maxInFlightBytes: configuration.maxInFlightBytes,
@@ -258,6 +270,24 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             peakUsedBytes: book.peakUsedBytes, residentExperts: weights.count, total: total, perLayer: counters)
     }
 
+    /// Moves the budget to `budgetBytes` (`--memory-budget auto`): shrinking evicts unpinned
+    /// experts at once and drops their buffers (each is its own mapping, unmapped when its last
+    /// user lets go, so the pages go back to the system); growing makes room for later reads.
+    /// Throws below what the layers' floors need (the least the cache was opened with).
+    /// Returns the experts evicted.
+    @discardableResult
+    public func resize(budgetBytes: Int) throws -> Int {
+        guard budgetBytes >= minimumBudgetBytes else {
+            throw ExpertCacheError("an expert cache budget of \(budgetBytes) bytes is below the \(minimumBudgetBytes) bytes its floors need")
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        let evicted = book.resize(budgetBytes: budgetBytes)
+        evictedLocked(evicted)
+        lock.wakeRequesters()   // a grown budget is room someone may be waiting for
+        return evicted.count
+    }
+
     /// Pins held now across experts (a forward pass holds its layer's experts pinned); 0 when
     /// nothing runs, so a value that stays above 0 after load is a leaked pin.
     public func pinCount() -> Int {
@@ -302,8 +332,14 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         var cancelledPrefetches = false
         var queued = 0
         defer { lock.wakeReaders(queued) }
+        let window = configuration.admissionWindow ?? .max
         for expert in unadmitted {
             let key = ExpertKey(layer: layer, expert: expert)
+            // `waiting` holds this call's reserved experts not yet handed to a worker.
+            if waiting.count >= window {
+                stillWaiting.append(expert)
+                continue
+            }
             if let entry = book.entry(key) {
                 book.pin(key)
                 if entry.residency == .resident {
