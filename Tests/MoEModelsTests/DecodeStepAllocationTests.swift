@@ -44,6 +44,7 @@ import TensorMath
             let row = try JSONDecoder().decode(DecodeStepAllocationProbe.Row.self, from: Data(line.utf8))
             #expect(row.allocations.allSatisfy { $0 == 0 }, "\(row.fixture): allocations per step \(row.allocations)")
             #expect(row.mappings.allSatisfy { $0 == 0 }, "\(row.fixture): mappings per step \(row.mappings)")
+            #expect(row.batchedAllocations.allSatisfy { $0 == 0 }, "\(row.fixture): two-sequence steps \(row.batchedAllocations)")
             // The copying `forward`: the `[[Float]]` and its one row, nothing more.
             #expect(row.copyingAllocations.allSatisfy { $0 == 2 }, "\(row.fixture): forward allocations per step \(row.copyingAllocations)")
             print("decode step: \(row.fixture): \(row.allocations.max()!) allocations, \(row.mappings.max()!) mappings (forward: \(row.copyingAllocations.max()!)); \(row.layers) layers, \(row.moeLayers) MoE, top-\(row.topK)")
@@ -66,6 +67,8 @@ import TensorMath
         var mappings: [Int]
         /// Per measured step of the copying `forward`.
         var copyingAllocations: [Int]
+        /// Allocations and mappings per measured `forwardStep` of two sequences at once.
+        var batchedAllocations: [Int] = []
     }
 
     @Test func measureDecodeSteps() throws {
@@ -77,9 +80,9 @@ import TensorMath
             let model = try ModelLoader.loadCheckpoint(at: fixture.directory)
             let prompt = Array(reference.prompt.prefix(4))
             let steps = 16
-            model.reserveWorkspace(maxRows: prompt.count, maxSequences: 1)
+            model.reserveWorkspace(maxRows: prompt.count, maxSequences: 2)
             let cache = model.makeCache()
-            cache.reserve(prompt.count + 4 + 2 * steps)
+            cache.reserve(prompt.count + 8 + 3 * steps)
             _ = try model.forward([SequenceInput(cache: cache, tokens: prompt)])
             // Inputs exist before anything is counted (the tokens need not be the greedy ones);
             // four warm-up steps let lazy state settle.
@@ -104,6 +107,21 @@ import TensorMath
                 let after = AllocationCounter.counts()!
                 withExtendedLifetime(logits) {}
                 row.copyingAllocations.append(after.allocations - before.allocations)
+            }
+            // Two sequences in one step (two rows: the batched path of the MoE block).
+            let other = model.makeCache()
+            other.reserve(prompt.count + 4 + steps)
+            _ = try model.forwardStep([SequenceInput(cache: other, tokens: prompt)])
+            let pairs = (0..<(4 + steps)).map { step in
+                [cache, other].map { SequenceInput(cache: $0, tokens: [(5 + 11 * step) % model.config.vocabSize]) }
+            }
+            row.batchedAllocations.reserveCapacity(steps)
+            for (step, input) in pairs.enumerated() {
+                let before = AllocationCounter.counts()!
+                let logits = try model.forwardStep(input)
+                let after = AllocationCounter.counts()!
+                withExtendedLifetime(logits) {}
+                if step >= 4 { row.batchedAllocations.append(after.allocations - before.allocations + after.mappings - before.mappings) }
             }
             lines += String(decoding: try JSONEncoder().encode(row), as: UTF8.self) + "\n"
         }
