@@ -225,9 +225,9 @@ public final class Engine: GenerationService, @unchecked Sendable {
             if state.prefillStart == nil { state.prefillStart = start }
             inputs.append(SequenceInput(cache: state.cache!, tokens: chunk.tokens))
         }
-        let outputs: [[Float]]
+        let outputs: StepLogits // in the model's workspace: read before the next step
         do {
-            outputs = try model.forward(inputs)
+            outputs = try model.forwardStep(inputs)
         } catch {
             // A failed read of an expert fails the requests of this step, not the process.
             var failed = PendingEvents()
@@ -249,15 +249,22 @@ public final class Engine: GenerationService, @unchecked Sendable {
         for ((chunk, state), logits) in zip(zip(plan.chunks, states), outputs) where chunk.samplesNextToken {
             if state.firstTokenTime == nil { state.firstTokenTime = end }
             let request = state.request
-            var logits = logits
-            for (token, bias) in request.logitBias where token >= 0 && token < logits.count { logits[token] += bias }
-            if let constraint = state.constraint, !constraint.constrain(&logits) {
-                // The grammar allows no token at all (it cannot happen with a grammar that has no
-                // dead ends): stop rather than sample outside it.
-                finished.append((state, .stop, state.assembler.finish()))
-                continue
+            // Copied only when a bias or a grammar changes them.
+            var changed: [Float]?
+            if !request.logitBias.isEmpty || state.constraint != nil {
+                var logits = Array(logits)
+                for (token, bias) in request.logitBias where token >= 0 && token < logits.count { logits[token] += bias }
+                if let constraint = state.constraint, !constraint.constrain(&logits) {
+                    // The grammar allows no token at all (it cannot happen with a grammar that has no
+                    // dead ends): stop rather than sample outside it.
+                    finished.append((state, .stop, state.assembler.finish()))
+                    continue
+                }
+                changed = logits
             }
-            let choice = state.sampler.sample(logits, topCount: request.logprobs ? request.topLogprobs : 0, logprobs: request.logprobs)
+            let topCount = request.logprobs ? request.topLogprobs : 0
+            let choice = changed.map { state.sampler.sample($0, topCount: topCount, logprobs: request.logprobs) }
+                ?? state.sampler.sample(logits, topCount: topCount, logprobs: request.logprobs)
             state.constraint?.accept(choice.token)
             state.generated += 1
             sampled[state.id] = choice.token

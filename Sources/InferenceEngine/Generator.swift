@@ -58,18 +58,19 @@ public struct Generator {
         var generated: [Int] = []
         var finish = "length"
         let prefillStart = DispatchTime.now().uptimeNanoseconds
-        var logits = try model.forward([SequenceInput(cache: cache, tokens: prompt)])[0]
+        // Each step's logits are read in place before the next step overwrites them.
+        var logits = try model.forwardStep([SequenceInput(cache: cache, tokens: prompt)])
         let prefillEnd = DispatchTime.now().uptimeNanoseconds
         onPrefilled()
         let decodeStart = DispatchTime.now().uptimeNanoseconds
         while generated.count < maxTokens {
-            let token = sampler.sample(logits, logprobs: false).token
+            let token = sampler.sample(logits[0], logprobs: false).token
             generated.append(token)
             onToken(token)
             if stopTokens.contains(token) { finish = "stop"; break }
             if cache.length >= model.config.maxPositionEmbeddings { finish = "context"; break }
             if generated.count == maxTokens { break }
-            logits = try model.forward([SequenceInput(cache: cache, tokens: [token])])[0]
+            logits = try model.forwardStep([SequenceInput(cache: cache, tokens: [token])])
         }
         let decodeEnd = DispatchTime.now().uptimeNanoseconds
         let prefillSeconds = Double(prefillEnd - prefillStart) / 1e9

@@ -25,8 +25,23 @@ public struct TokenSampler: Sendable {
     /// asked for it: it was 4.5% of a batched decode step.
     public mutating func sample(_ rawLogits: [Float], topCount: Int = 0, logprobs: Bool = true)
         -> (token: Int, logprob: TokenLogprob?, top: [TokenLogprob]) {
-        var logits = rawLogits
+        rawLogits.withUnsafeBufferPointer { sample($0, topCount: topCount, logprobs: logprobs) }
+    }
+
+    /// As `sample(_:topCount:logprobs:)` over logits in place (a model step's own row): copied
+    /// only when a penalty changes them.
+    public mutating func sample(_ rawLogits: UnsafeBufferPointer<Float>, topCount: Int = 0, logprobs: Bool = true)
+        -> (token: Int, logprob: TokenLogprob?, top: [TokenLogprob]) {
+        let penalised = parameters.repetitionPenalty != 1 || parameters.presencePenalty != 0 || parameters.frequencyPenalty != 0
+        guard penalised else { return choose(rawLogits, topCount: topCount, logprobs: logprobs) }
+        var logits = Array(rawLogits)
         applyPenalties(&logits)
+        return logits.withUnsafeBufferPointer { choose($0, topCount: topCount, logprobs: logprobs) }
+    }
+
+    /// Samples from the penalised `logits`.
+    private mutating func choose(_ logits: UnsafeBufferPointer<Float>, topCount: Int, logprobs: Bool)
+        -> (token: Int, logprob: TokenLogprob?, top: [TokenLogprob]) {
         let logProbabilities = logprobs || topCount > 0 ? Self.logSoftmax(logits) : nil
         let token: Int
         if parameters.temperature <= 0 {
@@ -58,7 +73,7 @@ public struct TokenSampler: Sendable {
         }
     }
 
-    private mutating func draw(_ logits: [Float]) -> Int {
+    private mutating func draw(_ logits: UnsafeBufferPointer<Float>) -> Int {
         if parameters.topK <= 0 && parameters.topP >= 1 && parameters.minP <= 0 {
             // No truncation: draw straight from the softmax, without sorting the vocabulary
             // (an O(V log V) sort per token is the costliest thing a sampler can do).
@@ -105,13 +120,13 @@ public struct TokenSampler: Sendable {
         return order[order.count - 1]
     }
 
-    static func argmax(_ values: [Float]) -> Int {
+    static func argmax(_ values: UnsafeBufferPointer<Float>) -> Int {
         var best = 0
         for i in values.indices where values[i] > values[best] { best = i }
         return best
     }
 
-    static func logSoftmax(_ logits: [Float]) -> [Float] {
+    static func logSoftmax(_ logits: UnsafeBufferPointer<Float>) -> [Float] {
         let maximum = logits.max() ?? 0
         let logTotal = Float(log(logits.reduce(0.0) { $0 + Double(expf($1 - maximum)) }))
         return logits.map { $0 - maximum - logTotal }

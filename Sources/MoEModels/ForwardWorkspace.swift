@@ -37,6 +37,16 @@ final class ForwardWorkspace {
         var linearScratch = 0
         /// Gated attention: `q_proj`'s query-and-gate rows `[rows, 2·heads·headDim]`; 0 without a gate.
         var gatedQuery = 0
+        /// Index scratch (`Int`): the MoE block's grouping by expert, first entry per expert
+        /// `[experts + 1]` and `row·k + rank` entries `[rows, k]` (0 without MoE layers), and each
+        /// sequence's first logits row `[sequences + 1]`.
+        var indices = 0
+        /// Routed experts per MoE layer and experts chosen per token; 0 without MoE layers.
+        var expertCount = 0
+        var topK = 0
+        /// Element bytes of the reused lists: every row's routing (`k + 1` experts, `k`
+        /// weights), the step's distinct experts, and the step's sequence spans.
+        var listBytes = 0
 
         init(config: ModelConfig, maxRows: Int, maxSequences: Int) {
             let rows = max(1, maxRows), sequences = max(1, min(maxSequences, rows))
@@ -77,6 +87,11 @@ final class ForwardWorkspace {
             sharedGate = sharedExperts.isEmpty ? 0 : rows
             linearScratch = config.linearAttention.map { GatedDeltaNet.ScratchLayout($0, rows: rows).count } ?? 0
             gatedQuery = definition.attention(config).outputGate ? 2 * query : 0
+            expertCount = moeLayers.isEmpty ? 0 : config.expertCount
+            topK = moeLayers.isEmpty ? 0 : config.expertsPerToken
+            indices = (moeLayers.isEmpty ? 0 : expertCount + 1 + rows * topK) + sequences + 1
+            listBytes = rows * ((topK + 1) * MemoryLayout<Int>.stride + topK * MemoryLayout<Float>.stride)
+                + min(rows * topK, expertCount) * MemoryLayout<Int>.stride + sequences * MemoryLayout<SequenceSpan>.stride
         }
 
         /// Total bytes.
@@ -84,7 +99,7 @@ final class ForwardWorkspace {
             let perWorker = 2 * workerRows + 2 * workerActivations
             let floats = 3 * hiddenRows + logitInputs + logits + 2 * query + 2 * keyValue + scores
                 + routerLogits + contributions + workers * perWorker + sharedOutput + sharedGate + linearScratch + gatedQuery
-            return floats * MemoryLayout<Float>.stride
+            return floats * MemoryLayout<Float>.stride + indices * MemoryLayout<Int>.stride + listBytes
         }
 
         /// Whether a step of `rows` rows from `sequences` sequences fits.
@@ -121,6 +136,24 @@ final class ForwardWorkspace {
     let sharedGate: AlignedBuffer<Float>    // [T]
     let linearScratch: AlignedBuffer<Float> // GatedDeltaNet.ScratchLayout
     let gatedQuery: AlignedBuffer<Float>    // [T, 2*heads*headDim]
+    /// The MoE block's grouping of `row·k + rank` entries by expert (a counting sort): entries
+    /// of expert `e` are `expertEntries[expertStarts[e] ..< expertStarts[e + 1]]`.
+    let expertStarts: AlignedBuffer<Int>    // [experts + 1]
+    let expertEntries: AlignedBuffer<Int>   // [T, k]
+    /// Where each sequence's logits rows start in `logits`, and where the last ends.
+    let logitOffsets: AlignedBuffer<Int>    // [S + 1]
+
+    // Lists handed to the step's code and taken back after it (`take…` / `give…`), so that
+    // their storage is reused and a decode step allocates nothing. The lock of
+    // `TransformerModel.forward` makes one step at a time their user.
+    /// One routing per row, each with room for `k + 1` experts and `k` weights.
+    private var routePool: [TokenRouting]
+    /// The step's routes: empty between uses, with room for every row.
+    private var routes: [TokenRouting]
+    /// The step's distinct experts of one layer: empty between uses, with room for all.
+    private var experts: [Int]
+    /// The step's sequence spans: empty between steps (no cache is kept alive), with room for all.
+    private var spans: [SequenceSpan]
 
     init(_ sizes: Sizes) {
         self.sizes = sizes
@@ -146,6 +179,67 @@ final class ForwardWorkspace {
         sharedGate = buffer(sizes.sharedGate)
         linearScratch = buffer(sizes.linearScratch)
         gatedQuery = buffer(sizes.gatedQuery)
+        let hasExperts = sizes.expertCount > 0, topK = sizes.topK
+        expertStarts = AlignedBuffer(count: hasExperts ? sizes.expertCount + 1 : 0, zeroed: false)
+        expertEntries = AlignedBuffer(count: sizes.maxRows * topK, zeroed: false)
+        logitOffsets = AlignedBuffer(count: sizes.maxSequences + 1, zeroed: false)
+        routePool = (0..<(hasExperts ? sizes.maxRows : 0)).map { _ in
+            var routing = TokenRouting(experts: [], weights: [])
+            routing.experts.reserveCapacity(topK + 1)
+            routing.weights.reserveCapacity(topK)
+            return routing
+        }
+        routes = []
+        routes.reserveCapacity(routePool.count)
+        experts = []
+        experts.reserveCapacity(min(sizes.maxRows * topK, sizes.expertCount))
+        spans = []
+        spans.reserveCapacity(sizes.maxSequences)
+    }
+
+    /// The step's routes: `rows` routings whose lists come from the pool (filled by the router).
+    func takeRoutes(rows: Int) -> [TokenRouting] {
+        var taken: [TokenRouting] = []
+        swap(&taken, &routes)
+        for row in 0..<rows {
+            var routing = TokenRouting(experts: [], weights: [])
+            if row < routePool.count { swap(&routing, &routePool[row]) }
+            taken.append(routing)
+        }
+        return taken
+    }
+
+    /// Takes back what `takeRoutes` handed out, its lists returning to the pool.
+    func giveBack(routes given: inout [TokenRouting]) {
+        for row in given.indices where row < routePool.count { swap(&given[row], &routePool[row]) }
+        given.removeAll(keepingCapacity: true)
+        swap(&given, &routes)
+    }
+
+    /// An empty list with room for one layer's distinct experts.
+    func takeExperts() -> [Int] {
+        var taken: [Int] = []
+        swap(&taken, &experts)
+        return taken
+    }
+
+    /// Takes back what `takeExperts` handed out.
+    func giveBack(experts given: inout [Int]) {
+        given.removeAll(keepingCapacity: true)
+        swap(&given, &experts)
+    }
+
+    /// An empty list with room for the step's sequences.
+    func takeSpans() -> [SequenceSpan] {
+        var taken: [SequenceSpan] = []
+        swap(&taken, &spans)
+        return taken
+    }
+
+    /// Takes back what `takeSpans` handed out, emptied (the caches are not kept alive).
+    func giveBack(spans given: inout [SequenceSpan]) {
+        given.removeAll(keepingCapacity: true)
+        swap(&given, &spans)
     }
 
     /// Bytes held: the element bytes of every buffer (mappings round up to whole pages).
@@ -153,5 +247,6 @@ final class ForwardWorkspace {
         [residual, normalized, blockOutput, logitInputs, logits, q, k, v, context, scores, routerLogits, contributions,
          sharedOutput, sharedGate, linearScratch, gatedQuery].reduce(0) { $0 + $1.byteCount }
             + workers.reduce(0) { $0 + $1.gathered.byteCount + $1.produced.byteCount + $1.gate.byteCount + $1.up.byteCount }
+            + [expertStarts, expertEntries, logitOffsets].reduce(0) { $0 + $1.byteCount } + sizes.listBytes
     }
 }

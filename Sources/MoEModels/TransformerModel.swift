@@ -225,10 +225,23 @@ public final class TransformerModel: @unchecked Sendable {
     /// Runs one step over the new tokens of every sequence, appends them to the caches, and
     /// returns per sequence the logits `[vocab]` of its last token, or `[n * vocab]` for all of
     /// its n tokens when `allLogits` is set. Steps run one at a time (they share the workspace).
+    /// Copies the logits out of the workspace; `forwardStep` views them in place.
     public func forward(_ inputs: [SequenceInput]) throws -> [[Float]] {
         stepLock.lock(); defer { stepLock.unlock() }
+        // Copied under the lock: the next step overwrites the workspace's logits.
+        return try step(inputs).map { Array($0) }
+    }
+
+    /// As `forward`, but the logits stay in the workspace (no copy, no allocation in a decode
+    /// step): valid until this model's next step, which overwrites them.
+    public func forwardStep(_ inputs: [SequenceInput]) throws -> StepLogits {
+        stepLock.lock(); defer { stepLock.unlock() }
+        return try step(inputs)
+    }
+
+    /// One step; the caller holds `stepLock`.
+    private func step(_ inputs: [SequenceInput]) throws -> StepLogits {
         let hidden = config.hiddenSize
-        var spans: [SequenceSpan] = []
         var rowCount = 0
         for input in inputs {
             precondition(!input.tokens.isEmpty, "a sequence in a step needs at least one token")
@@ -236,12 +249,19 @@ public final class TransformerModel: @unchecked Sendable {
             guard start + input.tokens.count <= config.maxPositionEmbeddings else {
                 throw ModelFormatError("context overflow: \(start + input.tokens.count) positions requested, the model allows \(config.maxPositionEmbeddings)")
             }
-            input.cache.reserve(start + input.tokens.count)
-            spans.append(SequenceSpan(cache: input.cache, firstRow: rowCount, rowCount: input.tokens.count, startPosition: start))
             rowCount += input.tokens.count
         }
 
         let workspace = self.workspace(rows: rowCount, sequences: inputs.count)
+        var spans = workspace.takeSpans()
+        defer { workspace.giveBack(spans: &spans) }
+        var firstRow = 0
+        for input in inputs {
+            let start = input.cache.length
+            input.cache.reserve(start + input.tokens.count)
+            spans.append(SequenceSpan(cache: input.cache, firstRow: firstRow, rowCount: input.tokens.count, startPosition: start))
+            firstRow += input.tokens.count
+        }
         let residual = workspace.residual       // [T, hidden]
         let normalized = workspace.normalized   // [T, hidden]
         let blockOutput = workspace.blockOutput // [T, hidden]
@@ -285,30 +305,57 @@ public final class TransformerModel: @unchecked Sendable {
         // LM head only over the rows whose logits are wanted, all sequences in one pass over
         // its weights; row by row in arithmetic, so a sequence's logits do not depend on its
         // neighbours in the step.
-        var wanted: [(first: Int, count: Int)] = []
-        for (input, span) in zip(inputs, spans) {
-            wanted.append(input.allLogits ? (span.firstRow, span.rowCount) : (span.firstRow + span.rowCount - 1, 1))
+        // Sequence i's wanted rows are logits rows offsets[i] ..< offsets[i + 1]: its last row,
+        // or all of them (`allLogits`).
+        let offsets = workspace.logitOffsets.pointer // [S + 1]
+        offsets[0] = 0
+        for (i, (input, span)) in zip(inputs, spans).enumerated() {
+            offsets[i + 1] = offsets[i] + (input.allLogits ? span.rowCount : 1)
         }
-        let wantedRows = wanted.reduce(0) { $0 + $1.count }
+        let wantedRows = offsets[inputs.count]
         // One row per sequence fits the workspace; all of a prompt's logits (`allLogits`, the
         // fidelity and perplexity paths, never a decode step) take buffers of their own.
         let fits = wantedRows <= workspace.sizes.maxSequences
         let rows = fits ? workspace.logitInputs : AlignedBuffer<Float>(count: wantedRows * hidden) // [wanted, hidden]
-        var next = 0
-        for (first, count) in wanted {
-            (rows.pointer + next * hidden).update(from: residual.pointer + first * hidden, count: count * hidden)
-            next += count
+        for (i, (input, span)) in zip(inputs, spans).enumerated() {
+            let first = input.allLogits ? span.firstRow : span.firstRow + span.rowCount - 1
+            (rows.pointer + offsets[i] * hidden).update(from: residual.pointer + first * hidden, count: (offsets[i + 1] - offsets[i]) * hidden)
         }
         Ops.rmsNorm(rows.pointer, rowCount: wantedRows, dim: hidden, weight: finalNorm, eps: config.rmsNormEps)
         let logits = fits ? workspace.logits : AlignedBuffer<Float>(count: wantedRows * config.vocabSize) // [wanted, vocab]
         lmHead.applyRowwise(rows.pointer, rowCount: wantedRows, into: logits.pointer)
-        var results: [[Float]] = []
-        next = 0
-        for (_, count) in wanted {
-            results.append(Array(UnsafeBufferPointer(start: logits.pointer + next * config.vocabSize, count: count * config.vocabSize)))
-            next += count
-        }
-        return results
+        return StepLogits(values: logits, offsets: workspace.logitOffsets, count: inputs.count, vocabSize: config.vocabSize)
+    }
+}
+
+/// The logits of one forward step where the step left them (`TransformerModel.forwardStep`):
+/// per sequence, in the order of the step's inputs, `[vocab]` for its last token or `[n * vocab]`
+/// for all n of its tokens (`allLogits`). A view, not a copy: valid until the model's next step,
+/// which overwrites it; copy (`Array(logits[i])`) what must outlive that.
+public struct StepLogits: RandomAccessCollection {
+    /// `[wanted rows, vocab]`; kept alive by the view.
+    private let values: AlignedBuffer<Float>
+    /// `[sequences + 1]`: sequence i's rows are `offsets[i] ..< offsets[i + 1]`.
+    private let offsets: AlignedBuffer<Int>
+    /// Logits per row.
+    public let vocabSize: Int
+    /// The first sequence's index, 0.
+    public let startIndex = 0
+    /// The number of sequences.
+    public let endIndex: Int
+
+    init(values: AlignedBuffer<Float>, offsets: AlignedBuffer<Int>, count: Int, vocabSize: Int) {
+        self.values = values
+        self.offsets = offsets
+        self.vocabSize = vocabSize
+        endIndex = count
+    }
+
+    /// Sequence `sequence`'s logits, `[rows, vocab]`.
+    public subscript(sequence: Int) -> UnsafeBufferPointer<Float> {
+        precondition(sequence >= 0 && sequence < endIndex, "sequence \(sequence) is not in the step")
+        let first = offsets.pointer[sequence]
+        return UnsafeBufferPointer(start: values.pointer + first * vocabSize, count: (offsets.pointer[sequence + 1] - first) * vocabSize)
     }
 }
 

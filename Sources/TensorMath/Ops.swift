@@ -41,8 +41,16 @@ public enum Ops {
     /// Indices of the `k` largest values, largest first; ties go to the lower index, as
     /// `torch.topk` does on CPU for distinct values.
     public static func topK(_ values: UnsafePointer<Float>, count: Int, k: Int) -> [Int] {
-        precondition(k <= count)
         var chosen: [Int] = []
+        topK(values, count: count, k: k, into: &chosen)
+        return chosen
+    }
+
+    /// As `topK(_:count:k:)`, written into `chosen` (emptied first): a list that already has room
+    /// for `k + 1` indices is reused without allocating (the MoE block's per-step routing).
+    public static func topK(_ values: UnsafePointer<Float>, count: Int, k: Int, into chosen: inout [Int]) {
+        precondition(k <= count)
+        chosen.removeAll(keepingCapacity: true)
         // k + 1: an insertion into a full list goes to k + 1 before the last is dropped, and
         // must not reallocate (a decode step's allocations would depend on the scores).
         chosen.reserveCapacity(k + 1)
@@ -55,7 +63,6 @@ public enum Ops {
                 if chosen.count > k { chosen.removeLast() }
             }
         }
-        return chosen
     }
 
     /// `y += alpha · x` over `count` values.

@@ -75,7 +75,7 @@ import Foundation
 @Suite struct TextAssemblerTests {
     /// A toy vocabulary: ids index into pieces of UTF-8 bytes, so a character can span tokens.
     static let pieces: [[UInt8]] = [Array("Hello".utf8), Array(" wor".utf8), Array("ld".utf8), Array("!".utf8),
-                                    [0xF0, 0x9F], [0x98, 0x80], Array("END".utf8), Array("E".utf8), Array("ND".utf8)]
+                                    [0xF0, 0x9F], [0x98, 0x80], Array("END".utf8), Array("E".utf8), Array("ND".utf8), []]
     static let decode: @Sendable ([Int]) -> String = { ids in String(decoding: ids.flatMap { pieces[$0] }, as: UTF8.self) }
 
     func run(_ ids: [Int], stops: [String]) -> (text: String, pieces: [String], stopped: Bool) {
@@ -110,5 +110,25 @@ import Foundation
         #expect(!result.stopped)
         #expect(result.text == "HelloE!")
         #expect(result.pieces[1] == "") // "E" might have begun "END"
+    }
+
+    /// The work per token does not grow with a run of tokens whose text ends in U+FFFD (id 5 alone
+    /// is two stray continuation bytes) or that decode to nothing (id 9): four times the tokens,
+    /// about four times the work; the replacement characters go out, the text around still does.
+    @Test func workIsLinearWhileTheTextCannotBeReleased() {
+        func run(_ ids: [Int]) -> (text: String, work: Int) {
+            var assembler = TextAssembler(decode: Self.decode, stopStrings: ["END"])
+            var text = ""
+            for id in ids { text += assembler.append(id).text }
+            return (text + assembler.finish(), assembler.decodedIds)
+        }
+        for filler in [5, 9] {
+            let one = run([0] + Array(repeating: filler, count: 1000) + [1, 2])
+            let four = run([0] + Array(repeating: filler, count: 4000) + [1, 2])
+            #expect(one.work > 0)
+            #expect(Double(four.work) <= 4.2 * Double(one.work), "filler \(filler): \(one.work) → \(four.work)")
+            // One U+FFFD per stray byte, none lost; nothing for the ids that decode to nothing.
+            #expect(one.text == "Hello" + String(repeating: "\u{FFFD}", count: filler == 5 ? 2000 : 0) + " world", "filler \(filler)")
+        }
     }
 }

@@ -51,15 +51,16 @@ struct SparseMoEBlock {
         }
     }
 
-    /// Routes each row with the architecture's rule; `logits` is `[T, experts]` scratch.
-    func route(_ x: UnsafePointer<Float>, rowCount: Int, logits: UnsafeMutablePointer<Float>) -> [TokenRouting] {
+    /// Routes each row with the architecture's rule into `routes[row]` (their lists reused);
+    /// `logits` is `[T, experts]` scratch.
+    func route(_ x: UnsafePointer<Float>, rowCount: Int, logits: UnsafeMutablePointer<Float>, into routes: inout [TokenRouting]) {
         router.apply(x, rowCount: rowCount, into: logits)
         if let routerBias {
             for row in 0..<rowCount {
                 for e in 0..<expertCount { logits[row * expertCount + e] += routerBias[e] }
             }
         }
-        return (0..<rowCount).map { row in routing.route(logits + row * expertCount, count: expertCount) }
+        for row in 0..<rowCount { routing.route(logits + row * expertCount, count: expertCount, into: &routes[row]) }
     }
 
     /// Steps of at most this many token rows run their experts on `expertWorkers` threads;
@@ -81,26 +82,41 @@ struct SparseMoEBlock {
     func forward(_ x: UnsafePointer<Float>, rowCount: Int, hidden: Int, provider: ExpertProvider,
                  observer: RoutingObserver?, workspace: ForwardWorkspace, output: UnsafeMutablePointer<Float>) throws {
         let topK = routing.topK
-        var routes = route(x, rowCount: rowCount, logits: workspace.routerLogits.pointer)
+        // Every list below is the workspace's, reused: a decode step allocates nothing.
+        var routes = workspace.takeRoutes(rows: rowCount)
+        defer { workspace.giveBack(routes: &routes) }
+        route(x, rowCount: rowCount, logits: workspace.routerLogits.pointer, into: &routes)
         // Opt-in lossy mode: weak experts that would cost a read are left out (WeakExpertSkipping).
         provider.skipWeakMissing(layer: layer, routes: &routes)
         // The observer (the predictor, which prefetches later layers' experts) hears of the
-        // routing once this layer's experts are pinned, so that room for its prefetches is
-        // never made by evicting experts this layer is about to use. Announced before
-        // pinning, a 64-token prefill evicted and re-read its own prefetched experts and ran
-        // 40% slower with prefetch than without.
-        let announce: () -> Void = { observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount) }
+        // routing once this layer's experts are pinned (the `pinned` closures below), so that
+        // room for its prefetches is never made by evicting experts this layer is about to use.
+        // Announced before pinning, a 64-token prefill evicted and re-read its own prefetched
+        // experts and ran 40% slower with prefetch than without.
 
-        // Group (row, slot, weight) by expert so each expert runs once over all its rows;
-        // `slot` is the expert's rank in the row's routing.
-        var rowsByExpert = [Int: [(row: Int, slot: Int, weight: Float)]](minimumCapacity: rowCount * topK)
+        // Group the entries `row·k + slot` by expert (a counting sort, stable: rows in order, then
+        // slots) so each expert runs once over all its rows; `slot` is the expert's rank in the
+        // row's routing. Expert `e`'s entries are `entries[starts[e] ..< starts[e + 1]]`.
+        let starts = workspace.expertStarts.pointer   // [experts + 1]
+        let entries = workspace.expertEntries.pointer // [T, k]
+        starts.update(repeating: 0, count: expertCount + 1)
+        for routing in routes {
+            for expert in routing.experts { starts[expert + 1] += 1 }
+        }
+        var experts = workspace.takeExperts() // the distinct experts, ascending
+        defer { workspace.giveBack(experts: &experts) }
+        for expert in 0..<expertCount where starts[expert + 1] > 0 { experts.append(expert) }
+        for expert in 0..<expertCount { starts[expert + 1] += starts[expert] }
         for (row, routing) in routes.enumerated() {
-            for (slot, (expert, weight)) in zip(routing.experts, routing.weights).enumerated() {
-                rowsByExpert[expert, default: []].append((row, slot, weight))
+            for (slot, expert) in routing.experts.enumerated() {
+                entries[starts[expert]] = row * topK + slot
+                starts[expert] += 1
             }
         }
+        // Each `starts[e]` now holds the end of `e`'s entries: shift them back into starts.
+        for expert in stride(from: expertCount, to: 0, by: -1) { starts[expert] = starts[expert - 1] }
+        starts[0] = 0
         output.update(repeating: 0, count: rowCount * hidden)
-        let experts = rowsByExpert.keys.sorted()
 
         if rowCount <= Self.parallelRowLimit {
             // Each expert's output rows go to their (row, slot) place, and rows are summed in
@@ -110,18 +126,20 @@ struct SparseMoEBlock {
             // `parallelSingleRowWeights`); large ones are.
             let workers = rowCount > 1 || parallelSingleRow ? Self.expertWorkers : 1
             let contributions = workspace.contributions // [T, k, hidden]
-            try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: announce) { worker, expert, weights in
-                let assigned = rowsByExpert[expert]!
+            try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: {
+                observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
+            }) { worker, expert, weights in
+                let assigned = UnsafeBufferPointer(start: entries + starts[expert], count: starts[expert + 1] - starts[expert])
                 // Per worker: the expert's input rows and its output rows, [n, hidden] each.
                 let scratch = workspace.workers[worker]
                 let input = scratch.gathered.pointer, expertOutput = scratch.produced.pointer
                 for (i, entry) in assigned.enumerated() {
-                    (input + i * hidden).update(from: x + entry.row * hidden, count: hidden)
+                    (input + i * hidden).update(from: x + entry / topK * hidden, count: hidden)
                 }
                 DenseMLP.apply(weights, activation: activation, input, rowCount: assigned.count, scratch: scratch, output: expertOutput)
                 for (i, entry) in assigned.enumerated() {
-                    (contributions.pointer + (entry.row * topK + entry.slot) * hidden)
-                        .update(from: expertOutput + i * hidden, count: hidden)
+                    // entry = row·k + slot: the (row, slot) place, [T, k, hidden].
+                    (contributions.pointer + entry * hidden).update(from: expertOutput + i * hidden, count: hidden)
                 }
             }
             for (row, routing) in routes.enumerated() {
@@ -133,15 +151,19 @@ struct SparseMoEBlock {
             let scratch = workspace.workers[0]
             let gathered = scratch.gathered     // [n, hidden]
             let expertOutput = scratch.produced // [n, hidden]
-            try provider.withExperts(layer: layer, experts: experts, workers: 1, pinned: announce) { _, expert, weights in
-                let assigned = rowsByExpert[expert]!
+            try provider.withExperts(layer: layer, experts: experts, workers: 1, pinned: {
+                observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
+            }) { _, expert, weights in
+                let assigned = UnsafeBufferPointer(start: entries + starts[expert], count: starts[expert + 1] - starts[expert])
                 for (i, entry) in assigned.enumerated() {
-                    (gathered.pointer + i * hidden).update(from: x + entry.row * hidden, count: hidden)
+                    (gathered.pointer + i * hidden).update(from: x + entry / topK * hidden, count: hidden)
                 }
                 DenseMLP.apply(weights, activation: activation, gathered.pointer, rowCount: assigned.count, scratch: scratch,
                                output: expertOutput.pointer)
                 for (i, entry) in assigned.enumerated() {
-                    Ops.addScaled(output + entry.row * hidden, expertOutput.pointer + i * hidden, alpha: entry.weight, count: hidden)
+                    let row = entry / topK
+                    Ops.addScaled(output + row * hidden, expertOutput.pointer + i * hidden, alpha: routes[row].weights[entry % topK],
+                                  count: hidden)
                 }
             }
         }

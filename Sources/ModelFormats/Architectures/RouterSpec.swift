@@ -86,8 +86,16 @@ public struct RouterSpec: Sendable, Equatable {
     /// The `k` experts this rule would choose from `scores`, best first (`k` may exceed
     /// `topK`: the predictor asks for a few more; experts outside the chosen groups come last).
     public func select(_ scores: UnsafePointer<Float>, count: Int, k: Int) -> [Int] {
-        guard correctionBias != nil || groups != nil else { return Ops.topK(scores, count: count, k: k) }
-        return withUnsafeTemporaryAllocation(of: Float.self, capacity: count) { buffer in
+        var chosen: [Int] = []
+        select(scores, count: count, k: k, into: &chosen)
+        return chosen
+    }
+
+    /// As `select(_:count:k:)`, written into `chosen` (emptied first; no allocation when it
+    /// has room for `k + 1`): the MoE block routes every token of every step through here.
+    public func select(_ scores: UnsafePointer<Float>, count: Int, k: Int, into chosen: inout [Int]) {
+        guard correctionBias != nil || groups != nil else { return Ops.topK(scores, count: count, k: k, into: &chosen) }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: count) { buffer in
             let choice = buffer.baseAddress! // [experts]: scores + bias, then masked to the chosen groups
             for e in 0..<count { choice[e] = scores[e] + (correctionBias?[e] ?? 0) }
             if let groups, groups.groupCount > 1, count % groups.groupCount == 0 {
@@ -121,21 +129,29 @@ public struct RouterSpec: Sendable, Equatable {
                     }
                 }
             }
-            return Ops.topK(choice, count: count, k: k)
+            Ops.topK(choice, count: count, k: k, into: &chosen)
         }
     }
 
     /// Routes one token: `logits[count]` (overwritten by the scores) → chosen experts and weights.
     public func route(_ logits: UnsafeMutablePointer<Float>, count: Int) -> TokenRouting {
+        var routing = TokenRouting(experts: [], weights: [])
+        route(logits, count: count, into: &routing)
+        return routing
+    }
+
+    /// As `route(_:count:)`, written into `routing`: its lists are emptied and refilled, so lists
+    /// with room for `topK + 1` experts and `topK` weights are reused without allocating.
+    public func route(_ logits: UnsafeMutablePointer<Float>, count: Int, into routing: inout TokenRouting) {
         scores(logits, count: count)
-        let chosen = select(logits, count: count, k: topK)
+        select(logits, count: count, k: topK, into: &routing.experts)
         // Mixing weights come from the scores themselves, never from the bias-corrected ones.
-        var weights = chosen.map { logits[$0] }
+        routing.weights.removeAll(keepingCapacity: true)
+        for expert in routing.experts { routing.weights.append(logits[expert]) }
         if renormalize {
-            let total = weights.reduce(0, +)
-            for i in weights.indices { weights[i] /= total }
+            let total = routing.weights.reduce(0, +)
+            for i in routing.weights.indices { routing.weights[i] /= total }
         }
-        if scalingFactor != 1 { for i in weights.indices { weights[i] *= scalingFactor } }
-        return TokenRouting(experts: chosen, weights: weights)
+        if scalingFactor != 1 { for i in routing.weights.indices { routing.weights[i] *= scalingFactor } }
     }
 }
