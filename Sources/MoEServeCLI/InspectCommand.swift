@@ -169,10 +169,7 @@ struct InspectCommand: ParsableCommand {
                 let group = tensor.name.replacingOccurrences(of: #"\.\d+\."#, with: ".*.", options: .regularExpression)
                 byGroup[group, default: [:]][tensor.ggmlType ?? tensor.dtype.rawValue, default: 0] += 1
             }
-            groups = byGroup
-            for (group, types) in byGroup.sorted(by: { $0.key < $1.key }) {
-                printError("  \(group): " + types.sorted { $0.key < $1.key }.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))
-            }
+            groups = byGroup // printed per group by the human summary
         }
         let decode = try store.measureDecodeThroughput()
         let isBF16 = store.layout.dtype == .bf16
