@@ -40,7 +40,7 @@ struct InspectCommand: ParsableCommand {
         /// Compression pays only on disks slower than this: decode GB/s × (1 − stored/raw).
         var breakEvenDiskGBps: Double?
         var directIO: Bool?
-        // GGUF only: tensor group (name without `blk.N.`) → ggml type → tensor count.
+        // GGUF files and stores packed from them: tensor group (name without the layer) → ggml type → tensor count.
         var tensorTypes: [String: [String: Int]]?
 
         enum CodingKeys: String, CodingKey {
@@ -157,6 +157,20 @@ struct InspectCommand: ParsableCommand {
             }
         }
         let ratio = Double(raw) / Double(max(stored, 1))
+        // ggml stores (packed from GGUF): the types of each expert matrix and dense tensor group.
+        var groups: [String: [String: Int]]?
+        if store.manifest.experts.dtype == .ggml {
+            var byGroup: [String: [String: Int]] = [:]
+            for blob in blobs {
+                for (matrix, type) in zip(["experts.gate", "experts.up", "experts.down"], blob.ggmlTypes ?? []) { byGroup[matrix, default: [:]][type, default: 0] += 1 }
+            }
+            for tensor in store.manifest.dense.tensors {
+                // model.layers.N.x.y -> layers.*.x.y
+                let group = tensor.name.replacingOccurrences(of: #"\.\d+\."#, with: ".*.", options: .regularExpression)
+                byGroup[group, default: [:]][tensor.ggmlType ?? tensor.dtype.rawValue, default: 0] += 1
+            }
+            groups = byGroup // printed per group by the human summary
+        }
         let decode = try store.measureDecodeThroughput()
         let isBF16 = store.layout.dtype == .bf16
         return Output(kind: "store", path: path, architecture: config.architecture.rawValue, layers: config.layerCount,
@@ -169,6 +183,6 @@ struct InspectCommand: ParsableCommand {
                       exponentPlaneRatio: isBF16 ? Double(planeRaw[0]) / Double(max(planeStored[0], 1)) : nil,
                       mantissaPlaneRatio: isBF16 ? Double(planeRaw[1]) / Double(max(planeStored[1], 1)) : nil,
                       blobsStoredRaw: blobs.filter(\.storedRaw).count, decompressionGBps: decode,
-                      breakEvenDiskGBps: decode * max(0, 1 - 1 / ratio), directIO: store.expertFile.usesDirectIO)
+                      breakEvenDiskGBps: decode * max(0, 1 - 1 / ratio), directIO: store.expertFile.usesDirectIO, tensorTypes: groups)
     }
 }

@@ -11,9 +11,9 @@ extension DenseEncoding: ExpressibleByArgument {}
 struct PackCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pack",
-        abstract: "Pack a Hugging Face checkpoint into an expert store (dense.bin, experts.bin, manifest.json).")
+        abstract: "Pack a Hugging Face checkpoint or a GGUF file into an expert store (dense.bin, experts.bin, manifest.json).")
 
-    @Argument(help: "The Hugging Face model directory.") var checkpoint: String
+    @Argument(help: "The Hugging Face model directory, or a GGUF file (its ggml blocks are kept bit for bit).") var checkpoint: String
     @Argument(help: "The store directory to create (must not exist).") var store: String
     @Option(help: "Expert element type: bf16, f32, int8, q4 or mxfp4 (default: mxfp4 for MXFP4 checkpoints, else bf16).")
     var experts: ExpertDType?
@@ -60,7 +60,7 @@ struct PackCommand: ParsableCommand {
 func packCheckpoint(at source: URL, into destination: URL, experts requested: ExpertDType?, compression: ExpertCodec,
                     lz4hcLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel, dense: DenseEncoding = .bf16) throws -> ExpertStorePacker.Summary {
     if GGUFModel.isGGUF(at: source) {
-        throw CommandError("\(source.path): packing a GGUF file is not supported yet; pass the .gguf itself as --model (its experts are read from it with O_DIRECT, as from a store)")
+        return try packGGUF(at: source, into: destination, experts: requested, compression: compression, lz4hcLevel: lz4hcLevel, dense: dense)
     }
     let checkpoint = try CheckpointDirectory(url: source)
     let names = ArchitectureDescription.of(checkpoint.config.architecture)
@@ -77,6 +77,7 @@ func packCheckpoint(at source: URL, into destination: URL, experts requested: Ex
     }
     var packer = ExpertStorePacker()
     packer.dtype = experts
+    packer.warn = { printError($0) }
     packer.fusedExperts = fused
     packer.codec = compression
     packer.compressionLevel = lz4hcLevel
@@ -97,6 +98,36 @@ func packCheckpoint(at source: URL, into destination: URL, experts requested: Ex
     progress.finish()
     printError(String(format: "packed %d experts into %@ in %.1f s (%.0f MB/s)", summary.manifest.experts.blobs.count, destination.path,
                       summary.seconds, Double(summary.sourceBytes) / max(summary.seconds, 1e-9) / 1e6))
+    return summary
+}
+
+/// Packs the GGUF model at `source` (a split one by its first part): its ggml blocks kept bit
+/// for bit, per-expert blobs sliced from the stacked expert tensors.
+func packGGUF(at source: URL, into destination: URL, experts requested: ExpertDType?, compression: ExpertCodec,
+              lz4hcLevel: Int32, dense: DenseEncoding) throws -> ExpertStorePacker.Summary {
+    if let requested, requested != .ggml {
+        throw CommandError("\(source.path): a GGUF file keeps its own ggml types in the store (bit for bit); --experts \(requested.rawValue) would re-quantize them: omit --experts")
+    }
+    let gguf = try GGUFModel(url: source)
+    var packer = ExpertStorePacker()
+    packer.dtype = .ggml
+    packer.codec = compression
+    packer.compressionLevel = lz4hcLevel
+    packer.dense = dense
+    packer.warn = { printError($0) }
+    let interruption = PackInterruption()
+    packer.onTemporaryDirectory = { interruption.watch($0) }
+    let progress = ProgressLine()
+    packer.progress = { p in
+        progress.show(String(format: "pack: %.1f / %.1f MB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e6,
+                             Double(p.bytesTotal) / 1e6, p.rate / 1e6, p.eta))
+    }
+    let summary = try packer.pack(gguf: gguf, to: destination)
+    progress.finish()
+    let types = Set(summary.manifest.experts.blobs.compactMap(\.ggmlTypes).flatMap { $0 }).sorted()
+    printError(String(format: "packed %d experts (ggml types %@) into %@ in %.1f s (%.0f MB/s)", summary.manifest.experts.blobs.count,
+                      types.joined(separator: ", "), destination.path, summary.seconds,
+                      Double(summary.sourceBytes) / max(summary.seconds, 1e-9) / 1e6))
     return summary
 }
 

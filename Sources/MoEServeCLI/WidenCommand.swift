@@ -44,6 +44,7 @@ struct WidenCommand: ParsableCommand {
             guard !fm.fileExists(atPath: destination.path) else { throw CommandError("\(out): already exists; widen never overwrites") }
             let sourceStore = try ExpertStore(url: source)
             let dtype = experts ?? sourceStore.layout.dtype
+            if dtype == .ggml { throw CommandError("\(source.path): the store keeps GGUF blocks (ggml); pass --experts bf16, f32, int8 or q4 for the widened store") }
             if dtype == .q4 && expertWidth % 32 != 0 { throw CommandError("--expert-width: q4 needs a multiple of 32, got \(expertWidth)") }
 
             // The intermediate checkpoint holds experts as float32: refuse up front rather than fill the disk.

@@ -49,7 +49,7 @@ public enum DenseEncoding: String, Codable, Sendable, CaseIterable {
         case .q4:
             let data = ExpertBlobLayout.align(Quantization.q4ScaleBytes(rows: rows, cols: cols))
             return (data, data + Quantization.q4BlockBytes(rows: rows, cols: cols))
-        case .bf16, .f32, .mxfp4:
+        case .bf16, .f32, .mxfp4, .ggml:
             preconditionFailure("dense matrices are quantised to int8 or q4 only")
         }
     }
@@ -63,7 +63,7 @@ public enum DenseEncoding: String, Codable, Sendable, CaseIterable {
             Quantization.quantizeInt8(values, rows: rows, cols: cols, values: (out + dataOffset).assumingMemoryBound(to: Int8.self), scales: scales)
         case .q4:
             Quantization.quantizeQ4(values, rows: rows, cols: cols, blocks: (out + dataOffset).assumingMemoryBound(to: UInt8.self), scales: scales)
-        case .bf16, .f32, .mxfp4:
+        case .bf16, .f32, .mxfp4, .ggml:
             preconditionFailure("dense matrices are quantised to int8 or q4 only")
         }
     }
@@ -77,7 +77,7 @@ public enum DenseEncoding: String, Codable, Sendable, CaseIterable {
             return WeightMatrix(rows: rows, cols: cols, storage: .int8(values: (base + dataOffset).assumingMemoryBound(to: Int8.self), scales: scales), owner: owner)
         case .q4:
             return WeightMatrix(rows: rows, cols: cols, storage: .q4(blocks: (base + dataOffset).assumingMemoryBound(to: UInt8.self), scales: scales), owner: owner)
-        case .bf16, .f32, .mxfp4:
+        case .bf16, .f32, .mxfp4, .ggml:
             preconditionFailure("dense matrices are quantised to int8 or q4 only")
         }
     }

@@ -6,8 +6,13 @@ import TensorMath
 ///
 /// Per matrix: bf16/f32 → the elements; int8 → scales `[rows]` f32, then values `[rows, cols]`;
 /// q4 → scales `[rows, cols/32]` f32, then blocks `[rows, cols/32, 16]`; mxfp4 → blocks
-/// `[rows, cols/32, 17]` (`MXFP4`). Experts with biases (gpt-oss) then have the float32 gate
-/// `[expertWidth]`, up `[expertWidth]` and down `[hidden]` biases, each 64-byte aligned.
+/// `[rows, cols/32, 17]` (`MXFP4`); ggml → the matrix's ggml blocks `[rows, cols/blockSize]`
+/// as a GGUF file holds them (F32 and BF16 as plain elements). Experts with biases (gpt-oss)
+/// then have the float32 gate `[expertWidth]`, up `[expertWidth]` and down `[hidden]` biases,
+/// each 64-byte aligned.
+///
+/// In a q4 layout a matrix whose input width 32 does not divide is int8 instead (per-row
+/// scales), as llama-quantize falls back for such tensors; `int8Fallbacks` names them.
 public struct ExpertBlobLayout: Sendable, Equatable {
     /// Where one matrix's arrays sit in the blob.
     public struct Matrix: Sendable, Equatable {
@@ -19,6 +24,11 @@ public struct ExpertBlobLayout: Sendable, Equatable {
         public let dataLength: Int
         /// Offset of the scales (int8, q4), nil otherwise.
         public let scaleOffset: Int?
+        /// This matrix's encoding: the layout's dtype, except int8 for a q4 layout's matrix
+        /// of a width 32 does not divide.
+        public var dtype: ExpertDType = .bf16
+        /// The ggml type of a `ggml` matrix (F32, BF16 or a block type), nil otherwise.
+        public var ggmlType: GGMLType? = nil
     }
 
     /// Element encoding.
@@ -40,21 +50,39 @@ public struct ExpertBlobLayout: Sendable, Equatable {
             && a.biasOffsets?.down == b.biasOffsets?.down
     }
 
+    /// The matrices ("gate 24x20") that a q4 layout keeps in int8 because 32 does not divide
+    /// their input width; empty for other layouts.
+    public var int8Fallbacks: [String] {
+        guard dtype == .q4 else { return [] }
+        return [("gate", gate), ("up", up), ("down", down)].filter { $0.1.dtype == .int8 }.map { "\($0.0) \($0.1.rows)x\($0.1.cols)" }
+    }
+
+    /// The gate, up and down ggml types of a `ggml` layout, nil otherwise.
+    public var ggmlTypes: [GGMLType]? {
+        guard dtype == .ggml else { return nil }
+        return [gate, up, down].compactMap(\.ggmlType)
+    }
+
     /// Alignment of every array inside a blob.
     public static let arrayAlignment = 64
 
-    /// The layout for matrices of these shapes in `dtype`.
-    public init(dtype: ExpertDType, gateShape: [Int], upShape: [Int], downShape: [Int], biases: Bool = false) throws {
+    /// The layout for matrices of these shapes in `dtype`; `ggmlTypes` (gate, up, down) is
+    /// required for `ggml` and ignored otherwise.
+    public init(dtype: ExpertDType, gateShape: [Int], upShape: [Int], downShape: [Int], biases: Bool = false,
+                ggmlTypes: [GGMLType]? = nil) throws {
         self.dtype = dtype
         var cursor = 0
-        func place(_ shape: [Int], _ name: String) throws -> Matrix {
+        func place(_ shape: [Int], _ name: String, _ index: Int) throws -> Matrix {
             guard shape.count == 2, shape[0] > 0, shape[1] > 0 else {
                 throw ModelFormatError("expert \(name) matrix has shape \(shape); expected two positive dimensions")
             }
             let rows = shape[0], cols = shape[1]
             var scaleOffset: Int? = nil
             let dataLength: Int
-            switch dtype {
+            var ggmlType: GGMLType? = nil
+            // q4 needs whole 32-weight blocks; other widths fall back to int8 (llama-quantize's rule).
+            let matrixDType = dtype == .q4 && cols % Quantization.q4BlockSize != 0 ? ExpertDType.int8 : dtype
+            switch matrixDType {
             case .bf16: dataLength = rows * cols * 2
             case .f32: dataLength = rows * cols * 4
             case .int8:
@@ -62,9 +90,6 @@ public struct ExpertBlobLayout: Sendable, Equatable {
                 cursor = Self.align(cursor + Quantization.int8ScaleBytes(rows: rows))
                 dataLength = rows * cols
             case .q4:
-                guard cols % Quantization.q4BlockSize == 0 else {
-                    throw ModelFormatError("q4 needs the input width of every expert matrix to be a multiple of \(Quantization.q4BlockSize); the \(name) matrix is \(rows)x\(cols) (use --experts int8)")
-                }
                 scaleOffset = cursor
                 cursor = Self.align(cursor + Quantization.q4ScaleBytes(rows: rows, cols: cols))
                 dataLength = Quantization.q4BlockBytes(rows: rows, cols: cols)
@@ -73,14 +98,25 @@ public struct ExpertBlobLayout: Sendable, Equatable {
                     throw ModelFormatError("mxfp4 needs the input width of every expert matrix to be a multiple of \(MXFP4.blockSize); the \(name) matrix is \(rows)x\(cols) (use --experts bf16)")
                 }
                 dataLength = MXFP4.byteCount(rows: rows, cols: cols)
+            case .ggml:
+                guard let types = ggmlTypes, types.count == 3 else {
+                    throw ModelFormatError("a ggml expert layout needs the gate, up and down ggml types")
+                }
+                let type = types[index]
+                guard type.isComputable || type == .mxfp4, type != .f16, let length = type.byteCount(elements: rows * cols), cols % type.blockSize == 0 else {
+                    throw ModelFormatError("expert \(name) matrix \(rows)x\(cols) cannot be stored as ggml type \(type)")
+                }
+                ggmlType = type
+                dataLength = length
             }
-            let matrix = Matrix(rows: rows, cols: cols, dataOffset: cursor, dataLength: dataLength, scaleOffset: scaleOffset)
+            let matrix = Matrix(rows: rows, cols: cols, dataOffset: cursor, dataLength: dataLength, scaleOffset: scaleOffset,
+                                dtype: matrixDType, ggmlType: ggmlType)
             cursor = Self.align(cursor + dataLength)
             return matrix
         }
-        gate = try place(gateShape, "gate")
-        up = try place(upShape, "up")
-        down = try place(downShape, "down")
+        gate = try place(gateShape, "gate", 0)
+        up = try place(upShape, "up", 1)
+        down = try place(downShape, "down", 2)
         if biases {
             let gateOffset = cursor
             cursor = Self.align(cursor + gate.rows * 4)
@@ -119,7 +155,8 @@ public struct ExpertBlobLayout: Sendable, Equatable {
         func view(_ m: Matrix) -> WeightMatrix {
             let data = base + m.dataOffset
             let storage: WeightStorage
-            switch dtype {
+            switch m.dtype {
+            case .ggml: storage = Self.storage(ggml: m.ggmlType!, at: data)
             case .bf16: storage = .bf16(data.assumingMemoryBound(to: UInt16.self))
             case .f32: storage = .f32(data.assumingMemoryBound(to: Float.self))
             case .int8: storage = .int8(values: data.assumingMemoryBound(to: Int8.self),
@@ -133,12 +170,26 @@ public struct ExpertBlobLayout: Sendable, Equatable {
         return (view(gate), view(up), view(down))
     }
 
+    /// The storage of a matrix of ggml `type` at `data`: F32 and BF16 as plain elements,
+    /// MXFP4 as the `mxfp4` kernel's blocks (the same bytes), block types as `ggml`.
+    public static func storage(ggml type: GGMLType, at data: UnsafeRawPointer) -> WeightStorage {
+        switch type {
+        case .f32: return .f32(data.assumingMemoryBound(to: Float.self))
+        case .bf16: return .bf16(data.assumingMemoryBound(to: UInt16.self))
+        case .mxfp4: return .mxfp4(blocks: data.assumingMemoryBound(to: UInt8.self))
+        default: return .ggml(type: type, blocks: data.assumingMemoryBound(to: UInt8.self))
+        }
+    }
+
     /// Encodes one float32 matrix `values[rows, cols]` into its place in the blob at `base`.
     public func encode(_ which: KeyPath<ExpertBlobLayout, Matrix>, from values: UnsafePointer<Float>, into base: UnsafeMutableRawPointer) {
         let m = self[keyPath: which]
         let count = m.rows * m.cols
         let data = base + m.dataOffset
-        switch dtype {
+        switch m.dtype {
+        case .ggml:
+            // ggml blocks are copied from a GGUF file, never encoded here (`pack FILE.gguf`).
+            preconditionFailure("ggml expert matrices are copied bit for bit, not encoded from float32")
         case .f32:
             data.copyMemory(from: values, byteCount: count * 4)
         case .bf16:

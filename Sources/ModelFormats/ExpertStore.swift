@@ -46,8 +46,11 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     public let manifest: ExpertStoreManifest
     /// The model configuration (from the manifest's copy of config.json).
     public let config: ModelConfig
-    /// The decoded layout every blob shares.
+    /// The decoded layout of the blobs (of the first blob for `ggml` stores, whose layers may
+    /// mix ggml types: `layout(of:)` gives each blob's).
     public let layout: ExpertBlobLayout
+    /// The layouts of a `ggml` store by the blobs' type names (gate, up, down); empty otherwise.
+    private let ggmlLayouts: [[String]: ExpertBlobLayout]
     /// The expert data file.
     public let expertFile: DirectFileReader
     /// What reads experts from `expertFile`: the io_uring reader or the file itself (threads).
@@ -81,11 +84,41 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         let manifest = try ExpertStoreManifest.load(from: url)
         self.manifest = manifest
         let manifestPath = url.appendingPathComponent(ExpertStoreManifest.fileName).path
-        let configData = try JSONEncoder().encode(manifest.config)
-        config = try ModelConfig.parse(configData, file: "\(manifestPath) (config)")
+        if let packed = manifest.modelConfig {
+            config = packed // packed from a GGUF file: its metadata's configuration
+        } else {
+            let configData = try JSONEncoder().encode(manifest.config)
+            config = try ModelConfig.parse(configData, file: "\(manifestPath) (config)")
+        }
         let experts = manifest.experts
-        layout = try ExpertBlobLayout(dtype: experts.dtype, gateShape: experts.gateShape, upShape: experts.upShape, downShape: experts.downShape,
-                                      biases: experts.biases ?? false)
+        var ggmlLayouts: [[String]: ExpertBlobLayout] = [:]
+        if experts.dtype == .ggml {
+            for blob in experts.blobs {
+                guard let names = blob.ggmlTypes else {
+                    throw ModelFormatError.file(manifestPath, "damaged store manifest: layer \(blob.layer) expert \(blob.expert) has no ggml_types")
+                }
+                if ggmlLayouts[names] != nil { continue }
+                let types = try names.map { name -> GGMLType in
+                    guard let type = GGMLType(storeName: name) else {
+                        throw ModelFormatError.file(manifestPath, "layer \(blob.layer) expert \(blob.expert): ggml type '\(name)' is not supported by this moe-serve")
+                    }
+                    return type
+                }
+                ggmlLayouts[names] = try ExpertBlobLayout(dtype: .ggml, gateShape: experts.gateShape, upShape: experts.upShape,
+                                                          downShape: experts.downShape, biases: experts.biases ?? false, ggmlTypes: types)
+            }
+        }
+        self.ggmlLayouts = ggmlLayouts
+        let baseLayout: ExpertBlobLayout
+        if experts.dtype == .ggml, let first = experts.blobs.first?.ggmlTypes, let firstLayout = ggmlLayouts[first] {
+            baseLayout = firstLayout
+        } else {
+            baseLayout = try ExpertBlobLayout(dtype: experts.dtype, gateShape: experts.gateShape, upShape: experts.upShape, downShape: experts.downShape,
+                                              biases: experts.biases ?? false)
+        }
+        layout = baseLayout
+        let layoutOf = { (blob: ExpertBlobEntry) in blob.ggmlTypes.flatMap { ggmlLayouts[$0] } ?? baseLayout }
+        maxRawLength = experts.dtype == .ggml ? ggmlLayouts.values.map(\.rawLength).max() ?? 0 : baseLayout.rawLength
 
         // Every routed expert must have exactly one sane blob entry.
         var index: [Int: Int] = [:]
@@ -95,7 +128,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
                 throw ModelFormatError.file(manifestPath, "damaged store manifest: blob for \(name), which the config does not have")
             }
             guard blob.offset % experts.alignment == 0, blob.offset >= 0, blob.storedLength >= 0,
-                  blob.offset + blob.storedLength <= experts.fileSize, blob.rawLength == layout.rawLength else {
+                  blob.offset + blob.storedLength <= experts.fileSize, blob.rawLength == layoutOf(blob).rawLength else {
                 throw ModelFormatError.file(manifestPath, "damaged store manifest: \(name) has an invalid offset or length")
             }
             guard index.updateValue(i, forKey: blob.layer * config.expertCount + blob.expert) == nil else {
@@ -108,7 +141,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             }
         }
         blobIndex = index
-        bufferPool = BufferPool(maxBytes: Self.pooledBuffers * Self.roundUp(layout.rawLength))
+        bufferPool = BufferPool(maxBytes: Self.pooledBuffers * Self.roundUp(maxRawLength))
 
         // experts.bin: a short file means lost blobs; name the first one.
         let expertURL = url.appendingPathComponent(experts.file)
@@ -156,8 +189,13 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
 
     public func contains(_ name: String) -> Bool { denseIndex[name] != nil }
 
-    /// Bytes a dense tensor must occupy: raw elements, or the quantised layout of `DenseEncoding`.
+    /// Bytes a dense tensor must occupy: raw elements, ggml blocks, or the quantised layout of `DenseEncoding`.
     static func denseLength(_ tensor: DenseTensorEntry) -> Int {
+        if let name = tensor.ggmlType {
+            guard let type = GGMLType(storeName: name), tensor.shape.count == 2, tensor.shape.allSatisfy({ $0 > 0 }),
+                  tensor.shape[1] % type.blockSize == 0 else { return -1 }
+            return type.byteCount(elements: tensor.shape[0] * tensor.shape[1]) ?? -1
+        }
         guard let type = tensor.quantized else { return tensor.shape.reduce(1, *) * tensor.dtype.size }
         guard tensor.shape.count == 2, tensor.shape[0] > 0, tensor.shape[1] > 0, type == .int8 || type == .q4,
               type != .q4 || tensor.shape[1] % Quantization.q4BlockSize == 0 else { return -1 }
@@ -173,10 +211,13 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
 
     public func matrix(_ name: String, rows: Int, cols: Int) throws -> WeightMatrix {
         let entry = try denseEntry(name)
-        guard entry.shape == [rows, cols] else {
+        guard entry.shape == [rows, cols] || (rows == 1 && entry.shape == [cols]) else {
             throw ModelFormatError.tensor(name, in: url.path, "shape \(entry.shape) does not match the config's [\(rows), \(cols)]")
         }
         let base = UnsafeRawPointer(dense.pointer + entry.offset)
+        if let typeName = entry.ggmlType, let type = GGMLType(storeName: typeName) {
+            return WeightMatrix(rows: rows, cols: cols, storage: ExpertBlobLayout.storage(ggml: type, at: base), owner: dense)
+        }
         if let type = entry.quantized { return DenseEncoding.matrix(base, rows: rows, cols: cols, type: type, owner: dense) }
         switch entry.dtype {
         case .bf16: return WeightMatrix(rows: rows, cols: cols, storage: .bf16(base.assumingMemoryBound(to: UInt16.self)), owner: dense)
@@ -198,7 +239,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             throw ModelFormatError.tensor(name, in: url.path, "shape \(entry.shape) does not match the config's \(count) elements")
         }
         var values = [Float](repeating: 0, count: count)
-        if entry.quantized != nil, entry.shape.count == 2 {
+        if entry.quantized != nil || entry.ggmlType != nil, entry.shape.count == 2 {
             // A quantised matrix read whole (rare): widened row by row.
             let matrix = try self.matrix(name, rows: entry.shape[0], cols: entry.shape[1])
             for r in 0..<matrix.rows { values.replaceSubrange(r * matrix.cols..<(r + 1) * matrix.cols, with: matrix.row(r)) }
@@ -227,8 +268,16 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     }
 
     /// Bytes a destination buffer for `readExpert(layer:expert:into:)` needs: the decoded
-    /// blob rounded up to 4 KiB (uncompressed blobs are read straight into it).
-    public var expertBufferSize: Int { Self.roundUp(layout.rawLength) }
+    /// blob rounded up to 4 KiB (uncompressed blobs are read straight into it; the largest
+    /// blob's for `ggml` stores).
+    public var expertBufferSize: Int { Self.roundUp(maxRawLength) }
+    /// The largest decoded blob.
+    private let maxRawLength: Int
+
+    /// The decoded layout of `entry`'s blob (they differ between layers only in `ggml` stores).
+    public func layout(of entry: ExpertBlobEntry) -> ExpertBlobLayout {
+        entry.ggmlTypes.flatMap { ggmlLayouts[$0] } ?? layout
+    }
 
     /// Buffers of evicted experts, reused by the next reads (at most `pooledBuffers` of them).
     public let bufferPool: BufferPool
@@ -274,6 +323,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             $0.readSeconds += Double(t1 - t0) / 1e9
             $0.decodeSeconds += Double(t2 - t1) / 1e9
         }
+        let layout = self.layout(of: entry)
         let matrices = layout.matrices(at: buffer.pointer, owner: buffer)
         return StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount,
                             biases: layout.biases(at: buffer.pointer, owner: buffer))

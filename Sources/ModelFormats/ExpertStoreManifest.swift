@@ -1,4 +1,5 @@
 import Foundation
+import TensorMath
 
 /// How routed experts are stored in an expert store.
 public enum ExpertDType: String, Codable, Sendable, CaseIterable {
@@ -13,6 +14,9 @@ public enum ExpertDType: String, Codable, Sendable, CaseIterable {
     /// MXFP4: blocks of 32 e2m1 values with one e8m0 exponent, llama.cpp's `block_mxfp4`
     /// layout; exact for gpt-oss's MXFP4 checkpoints.
     case mxfp4
+    /// Each matrix in its own ggml type, the blocks of a GGUF file kept bit for bit (`pack
+    /// FILE.gguf`); the types of each blob are in its `ExpertBlobEntry.ggmlTypes`.
+    case ggml
 }
 
 /// How expert blobs are compressed.
@@ -30,9 +34,11 @@ public struct ExpertStoreManifest: Codable, Sendable {
     /// The `format` value every manifest carries.
     public static let formatName = "moe-serve-expert-store"
     /// The newest format version this build reads. Version 2 adds quantised dense tensors
-    /// (`DenseTensorEntry.quantized`); a store without them is still written as version 1, so
-    /// older builds keep reading it.
-    public static let currentFormatVersion = 2
+    /// (`DenseTensorEntry.quantized`); version 3 ggml-typed tensors (`pack FILE.gguf`:
+    /// `ExpertDType.ggml`, `DenseTensorEntry.ggmlType`, `modelConfig`) and q4 stores whose
+    /// matrices of a width 32 does not divide fell back to int8. A store without any of these
+    /// is still written as the oldest version that reads it, so older builds keep reading it.
+    public static let currentFormatVersion = 3
     /// Name of the manifest file inside a store directory.
     public static let fileName = "manifest.json"
 
@@ -50,6 +56,10 @@ public struct ExpertStoreManifest: Codable, Sendable {
     public var dense: DenseSection
     /// Files copied from the checkpoint directory (tokenizer, config, generation config).
     public var copiedFiles: [String]
+    /// The configuration itself, for stores packed from a GGUF file (whose hyper-parameters
+    /// come from GGUF metadata, not a config.json; `config` then names the source); nil when
+    /// `config` is a config.json.
+    public var modelConfig: ModelConfig? = nil
 
     /// The routed experts' storage: one blob per (layer, expert) in `file`.
     public struct ExpertSection: Codable, Sendable {
@@ -161,6 +171,9 @@ public struct ExpertBlobEntry: Codable, Sendable, Equatable {
     /// The compressed planes in storage order when `storedRaw` is false: for bf16 the
     /// sign/exponent (high) bytes then the mantissa (low) bytes, otherwise one plane.
     public var planes: [ExpertPlaneEntry]
+    /// ggml type names of the gate, up and down matrices (`Q4_K`, `Q6_K`, `F32`, ...) when the
+    /// store's dtype is `ggml`; they may differ between layers, as llama-quantize mixes them.
+    public var ggmlTypes: [String]? = nil
 
     /// Creates an entry.
     public init(layer: Int, expert: Int, offset: Int, storedLength: Int, rawLength: Int, checksum: String,
@@ -210,4 +223,15 @@ public struct DenseTensorEntry: Codable, Sendable {
     /// How the bytes encode the tensor when `pack --dense` quantised it (`int8` or `q4`, laid
     /// out as `DenseEncoding` describes; `dtype` is then the checkpoint's); nil: raw `dtype`.
     public var quantized: ExpertDType? = nil
+    /// The ggml type name (`Q4_K`, `Q6_K`, ...) of a matrix kept in a GGUF file's blocks, bit
+    /// for bit (`dtype` is then `u8`, `shape` the logical `[rows, cols]`); nil otherwise.
+    public var ggmlType: String? = nil
+}
+
+extension GGMLType {
+    /// The computable ggml type (or MXFP4) called `name` (`Q4_K`), nil for any other name.
+    public init?(storeName name: String) {
+        guard let type = (GGMLType.computable + [.mxfp4]).first(where: { $0.name == name }) else { return nil }
+        self = type
+    }
 }

@@ -67,6 +67,9 @@ public struct ExpertStorePacker {
     /// by `expertTensorNames`.
     public var fusedExperts: FusedExpertReader?
 
+    /// Receives warnings (a q4 matrix kept in int8 because 32 does not divide its width).
+    public var warn: ((String) -> Void)?
+
     /// A packer with the default options (bf16, no compression).
     public init() {}
 
@@ -74,6 +77,18 @@ public struct ExpertStorePacker {
     /// gives the gate, up and down tensor names of a routed expert (architecture-specific; the
     /// packer does not depend on the model code).
     public func pack(checkpoint: CheckpointDirectory, expertTensorNames: (Int, Int) -> [String], to destination: URL) throws -> Summary {
+        guard dtype != .ggml else {
+            throw ModelFormatError("--experts ggml keeps a GGUF file's blocks; pack a .gguf file for it, or choose bf16, f32, int8, q4 or mxfp4")
+        }
+        return try publish(to: destination) { temporary in
+            try write(checkpoint: checkpoint, moeLayers: checkpoint.config.moeLayers, expertCount: checkpoint.config.expertCount,
+                      expertTensorNames: expertTensorNames, into: temporary)
+        }
+    }
+
+    /// Runs `write` into a new temporary directory next to `destination` and renames it into
+    /// place; removes it on any error.
+    func publish(to destination: URL, _ write: (URL) throws -> Summary) throws -> Summary {
         let fileManager = FileManager.default
         let destination = destination.standardizedFileURL
         if fileManager.fileExists(atPath: destination.path) {
@@ -94,8 +109,7 @@ public struct ExpertStorePacker {
         }
         onTemporaryDirectory?(temporary)
         do {
-            var summary = try write(checkpoint: checkpoint, moeLayers: checkpoint.config.moeLayers, expertCount: checkpoint.config.expertCount,
-                                    expertTensorNames: expertTensorNames, into: temporary)
+            var summary = try write(temporary)
             guard rename(temporary.path, destination.path) == 0 else {
                 throw ModelFormatError.file(destination.path, "cannot rename \(temporary.lastPathComponent) into place: \(String(cString: strerror(errno)))")
             }
@@ -239,6 +253,7 @@ public struct ExpertStorePacker {
                         shapes = theseShapes
                         layout = try ExpertBlobLayout(dtype: dtype, gateShape: shapes[0], upShape: shapes[1], downShape: shapes[2],
                                                       biases: weights.biases != nil)
+                        warnAboutFallbacks(layout!)
                     }
                     let raw = AlignedBuffer<UInt8>(count: layout!.rawLength, alignment: alignment)
                     for (matrix, path) in zip([weights.gate, weights.up, weights.down], [\ExpertBlobLayout.gate, \.up, \.down]) {
@@ -255,6 +270,7 @@ public struct ExpertStorePacker {
                 if layout == nil {
                     shapes = theseShapes
                     layout = try ExpertBlobLayout(dtype: dtype, gateShape: shapes[0], upShape: shapes[1], downShape: shapes[2])
+                    warnAboutFallbacks(layout!)
                 }
                 guard theseShapes == shapes else {
                     throw ModelFormatError("layer \(layer) expert \(expert): shapes \(theseShapes) differ from the first expert's \(shapes)")
@@ -315,8 +331,9 @@ public struct ExpertStorePacker {
         }
         let manifest = ExpertStoreManifest(
             format: ExpertStoreManifest.formatName,
-            // Version 2 only when it matters (quantised dense tensors), so older builds read the rest.
-            formatVersion: denseEntries.contains { $0.quantized != nil } ? 2 : 1,
+            // Version 3 for q4 stores with int8 fallbacks, 2 for quantised dense tensors, else 1,
+            // so older builds read what they can.
+            formatVersion: !(layout?.int8Fallbacks.isEmpty ?? true) ? 3 : denseEntries.contains { $0.quantized != nil } ? 2 : 1,
             architecture: checkpoint.config.architecture.rawValue,
             config: configJSON,
             experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: dtype, codec: codec, alignment: alignment,
@@ -337,6 +354,14 @@ public struct ExpertStorePacker {
 }
 
 extension ExpertStorePacker {
+    /// Tells `warn` which q4 matrices fall back to int8 (llama-quantize does the same for
+    /// tensors whose width is not a whole number of its blocks).
+    func warnAboutFallbacks(_ layout: ExpertBlobLayout) {
+        let fallbacks = layout.int8Fallbacks
+        guard !fallbacks.isEmpty else { return }
+        warn?("warning: q4 needs input widths that are multiples of \(Quantization.q4BlockSize); the expert matrices \(fallbacks.joined(separator: ", ")) are stored as int8 instead (as llama-quantize falls back)")
+    }
+
     /// Encodes `matrix` into its place `path` of the blob at `base`: its bits when its storage
     /// is the store's dtype (bf16, f32, MXFP4: exact), else widened to float32 and encoded.
     static func encode(_ matrix: WeightMatrix, at path: KeyPath<ExpertBlobLayout, ExpertBlobLayout.Matrix>, layout: ExpertBlobLayout,
@@ -359,7 +384,7 @@ extension ExpertStorePacker {
 }
 
 /// Sequential writes to a new file with errors that say what ran out (disk space above all).
-private final class BinaryFileWriter {
+final class BinaryFileWriter {
     let url: URL
     private let fd: Int32
     /// Bytes written so far.

@@ -1,0 +1,197 @@
+import Foundation
+import TensorMath
+
+extension ExpertStorePacker {
+    /// Packs a GGUF model (`pack FILE.gguf STORE`; a split model by its first part) into a new
+    /// store at `destination`, keeping every tensor's ggml blocks bit for bit:
+    ///
+    /// - each routed expert's slice of the stacked `ffn_{gate,up,down}_exps` tensors becomes
+    ///   one blob of dtype `ggml`, its three matrices in their own types (a Q4_K_M file mixes
+    ///   Q4_K and Q6_K, and llama-quantize varies them between layers), recorded per blob;
+    /// - every other tensor goes to dense.bin as the GGUF reader hands it to the model: block
+    ///   types as their blocks (`ggml_type` in the manifest), F32/BF16 as such, F16 widened to
+    ///   F32, 1-D tensors (norms, biases) as F32 (llama models' q/k rows already un-permuted);
+    /// - the configuration read from the metadata is the manifest's `model_config`, and the
+    ///   tokenizer is written as the `tokenizer.json`/`tokenizer_config.json` it maps to.
+    ///
+    /// So `--model STORE` computes exactly what `--model FILE.gguf` computes. The packer's
+    /// `dtype` must be `ggml` (the default `bf16` is taken to mean "as stored" too).
+    public func pack(gguf: GGUFModel, to destination: URL) throws -> Summary {
+        guard dtype == .ggml || dtype == .bf16 else {
+            throw ModelFormatError.file(gguf.url.path, "a GGUF file is packed with its own ggml types, bit for bit; --experts \(dtype.rawValue) would re-quantize them (omit --experts)")
+        }
+        guard dense == .bf16 else {
+            throw ModelFormatError.file(gguf.url.path, "a GGUF file's dense tensors keep their ggml types; --dense \(dense.rawValue) does not apply")
+        }
+        return try publish(to: destination) { try write(gguf: gguf, into: $0) }
+    }
+
+    /// The ggml type name a matrix from `GGUFModel` is stored under, and its bytes.
+    static func ggmlBytes(_ matrix: WeightMatrix, tensor: String) throws -> (type: String, bytes: UnsafeRawBufferPointer) {
+        let start: UnsafeRawPointer, type: String
+        switch matrix.storage {
+        case .f32(let w): (start, type) = (UnsafeRawPointer(w), GGMLType.f32.name)
+        case .bf16(let w): (start, type) = (UnsafeRawPointer(w), GGMLType.bf16.name)
+        case .mxfp4(let blocks): (start, type) = (UnsafeRawPointer(blocks), GGMLType.mxfp4.name)
+        case .ggml(let t, let blocks): (start, type) = (UnsafeRawPointer(blocks), t.name)
+        case .int8, .q4: throw ModelFormatError("\(tensor): a GGUF tensor came back in a MoEServe-only encoding")
+        }
+        return (type, UnsafeRawBufferPointer(start: start, count: matrix.byteCount))
+    }
+
+    private func write(gguf: GGUFModel, into directory: URL) throws -> Summary {
+        let start = DispatchTime.now().uptimeNanoseconds
+        func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+        let config = gguf.config
+        let description = config.architecture.definition
+        let totalBytes = gguf.tensors.values.reduce(0) { $0 + $1.info.byteCount }
+        var done = 0
+        var lastReport = -Double.infinity
+        func report(force: Bool = false) {
+            guard let progress else { return }
+            let now = elapsed()
+            if force || now - lastReport >= progressInterval {
+                lastReport = now
+                progress(Progress(bytesDone: done, bytesTotal: totalBytes, seconds: now))
+            }
+        }
+
+        // dense.bin: every mapped tensor the file has that is not a routed expert's slice.
+        let denseNames = gguf.names.filter { $0.value.expert == nil && gguf.contains($0.key) }.keys.sorted()
+        let denseWriter = try BinaryFileWriter(url: directory.appendingPathComponent("dense.bin"), faults: faults)
+        var denseEntries: [DenseTensorEntry] = []
+        for name in denseNames {
+            let info = gguf.tensors[gguf.names[name]!.name]!.info
+            try denseWriter.pad(to: 64)
+            let offset = denseWriter.offset
+            if info.dims.count == 1 {
+                let values = try gguf.vector(name, count: info.dims[0])
+                try values.withUnsafeBytes { bytes in
+                    try denseWriter.write(bytes)
+                    denseEntries.append(DenseTensorEntry(name: name, dtype: .f32, shape: [values.count], offset: offset,
+                                                         length: bytes.count, checksum: XXHash64.hex(XXHash64.hash(bytes))))
+                }
+            } else {
+                guard info.dims.count == 2 else {
+                    throw ModelFormatError.tensor(info.name, in: gguf.url.path, "ggml shape \(info.dims): only 1-D and 2-D dense tensors are packed")
+                }
+                let (rows, cols) = (info.dims[1], info.dims[0])
+                let matrix = try gguf.matrix(name, rows: rows, cols: cols)
+                let (type, bytes) = try Self.ggmlBytes(matrix, tensor: info.name)
+                let checksum = try withExtendedLifetime(matrix) { // `bytes` points into its buffer
+                    try denseWriter.write(bytes)
+                    return XXHash64.hex(XXHash64.hash(bytes))
+                }
+                switch matrix.storage {
+                case .f32, .bf16:
+                    denseEntries.append(DenseTensorEntry(name: name, dtype: type == "F32" ? .f32 : .bf16, shape: [rows, cols], offset: offset,
+                                                         length: bytes.count, checksum: checksum))
+                default:
+                    denseEntries.append(DenseTensorEntry(name: name, dtype: .u8, shape: [rows, cols], offset: offset,
+                                                         length: bytes.count, checksum: checksum, ggmlType: type))
+                }
+            }
+            done += info.byteCount
+            report()
+        }
+        try denseWriter.finish()
+
+        // experts.bin: one blob per routed expert, its matrices' blocks copied as they are.
+        let alignment = DirectFileReader.granule
+        let expertWriter = try BinaryFileWriter(url: directory.appendingPathComponent("experts.bin"), faults: faults)
+        var blobs: [ExpertBlobEntry] = []
+        var shapes: [[Int]] = []
+        var layouts: [[String]: ExpertBlobLayout] = [:]
+        var rawTotal = 0, storedTotal = 0
+        var exampleNames: [String] = []
+        for layer in config.moeLayers {
+            for expert in 0..<config.expertCount {
+                let n = description.expertTensorNames(layer, expert)
+                let names = [n.gate, n.up, n.down]
+                if exampleNames.isEmpty { exampleNames = names.map { gguf.names[$0]?.name ?? $0 } }
+                let matrices = try names.map { name -> WeightMatrix in
+                    guard let reference = gguf.names[name], let info = gguf.tensors[reference.name]?.info, info.dims.count == 3 else {
+                        throw ModelFormatError.tensor(name, in: gguf.url.path, "routed expert (layer \(layer), expert \(expert)) has no stacked GGUF tensor")
+                    }
+                    return try gguf.matrix(name, rows: info.dims[1], cols: info.dims[0])
+                }
+                let theseShapes = matrices.map { [$0.rows, $0.cols] }
+                if shapes.isEmpty { shapes = theseShapes }
+                guard theseShapes == shapes else {
+                    throw ModelFormatError("layer \(layer) expert \(expert): shapes \(theseShapes) differ from the first expert's \(shapes)")
+                }
+                let parts = try zip(matrices, names).map { try Self.ggmlBytes($0, tensor: $1) }
+                let typeNames = parts.map(\.type)
+                if layouts[typeNames] == nil {
+                    let types = try typeNames.map { name -> GGMLType in
+                        guard let type = GGMLType(storeName: name) else { throw ModelFormatError("ggml type \(name) cannot be stored") }
+                        return type
+                    }
+                    layouts[typeNames] = try ExpertBlobLayout(dtype: .ggml, gateShape: shapes[0], upShape: shapes[1], downShape: shapes[2],
+                                                              ggmlTypes: types)
+                }
+                let layout = layouts[typeNames]!
+                let raw = AlignedBuffer<UInt8>(count: layout.rawLength, alignment: alignment) // zeroed: padding is written
+                // `parts` points into the matrices' buffers: keep them alive until copied.
+                withExtendedLifetime(matrices) {
+                    for (part, target) in zip(parts, [layout.gate, layout.up, layout.down]) {
+                        precondition(part.bytes.count == target.dataLength, "ggml matrix bytes differ from the layout's")
+                        UnsafeMutableRawPointer(raw.pointer + target.dataOffset).copyMemory(from: part.bytes.baseAddress!, byteCount: part.bytes.count)
+                        done += part.bytes.count
+                    }
+                }
+                let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: .ggml, codec: codec, level: compressionLevel)
+                try expertWriter.pad(to: alignment)
+                let offset = expertWriter.offset
+                let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
+                try expertWriter.write(stored)
+                var entry = ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
+                                            rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
+                                            storedRaw: encoded.storedRaw, planes: encoded.planes)
+                entry.ggmlTypes = typeNames
+                blobs.append(entry)
+                rawTotal += layout.rawLength
+                storedTotal += encoded.length
+                report()
+                if let failAfterBlobs, blobs.count >= failAfterBlobs {
+                    throw ModelFormatError("pack interrupted after \(blobs.count) blobs (test hook)")
+                }
+            }
+        }
+        try expertWriter.pad(to: alignment)
+        try expertWriter.finish()
+
+        // The tokenizer the metadata describes, as the files a Hugging Face directory has.
+        var copied: [String] = []
+        do {
+            let files = try GGUFTokenizerFiles(metadata: gguf.metadata, file: gguf.url.path)
+            for (name, data) in [("tokenizer.json", files.tokenizerJSON), ("tokenizer_config.json", files.tokenizerConfigJSON)] {
+                let writer = try BinaryFileWriter(url: directory.appendingPathComponent(name), faults: faults)
+                try data.withUnsafeBytes { try writer.write($0) }
+                try writer.finish()
+                copied.append(name)
+            }
+        } catch {
+            warn?("note: the store has no tokenizer (\(error)); pass --tokens, or the GGUF file itself, where a tokenizer is needed")
+        }
+
+        let manifest = ExpertStoreManifest(
+            format: ExpertStoreManifest.formatName,
+            formatVersion: 3, // ggml types and model_config
+            architecture: config.architecture.rawValue,
+            config: .object(["gguf_file": .string(gguf.url.lastPathComponent), "gguf_architecture": .string(gguf.ggufArchitecture),
+                             "gguf_parts": .number(Double(gguf.files.count))]),
+            experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: .ggml, codec: codec, alignment: alignment,
+                           gateShape: shapes.first ?? [], upShape: shapes.count > 1 ? shapes[1] : [],
+                           downShape: shapes.count > 2 ? shapes[2] : [], exampleTensorNames: exampleNames, blobs: blobs),
+            dense: .init(file: "dense.bin", fileSize: denseWriter.offset, tensors: denseEntries),
+            copiedFiles: copied,
+            modelConfig: config)
+        let manifestWriter = try BinaryFileWriter(url: directory.appendingPathComponent(ExpertStoreManifest.fileName), faults: faults)
+        let manifestData = try manifest.encoded()
+        try manifestData.withUnsafeBytes { try manifestWriter.write($0) }
+        try manifestWriter.finish()
+        report(force: true)
+        return Summary(manifest: manifest, sourceBytes: totalBytes, expertRawBytes: rawTotal, expertStoredBytes: storedTotal, seconds: elapsed())
+    }
+}
