@@ -380,7 +380,9 @@ def prompt_cache():
     _, _, c = raw("POST", "/completion", longer)
     _, _, d = raw("POST", "/completion", dict(longer, cache_prompt=False))
     c, d = json.loads(c), json.loads(d)
-    assert 0 < c["timings"]["cache_n"] < c["tokens_evaluated"], c["timings"]
+    # A partial hit is taken only where the model's prefill is exact across chunkings (not the bf16
+    # demo model), so the shared prefix may or may not be reused; the tokens are the same either way.
+    assert c["timings"]["cache_n"] < c["tokens_evaluated"], c["timings"]
     assert c["timings"]["prompt_n"] == c["tokens_evaluated"] - c["timings"]["cache_n"], c["timings"]
     assert d["timings"]["cache_n"] == 0 and c["tokens"] == d["tokens"], (c["tokens"], d["tokens"])
     status, _, body = raw("POST", "/completion", {"prompt": "x", "cache_prompt": "yes"})

@@ -47,6 +47,12 @@ public final class Engine: GenerationService, @unchecked Sendable {
     /// Whether requests reuse and leave KV in the prompt cache (their own `cachePrompt` permitting);
     /// set before `start`.
     public var promptCaching = true
+    /// When a request may start from a retained cache that holds only part of its prompt (see
+    /// `PartialPromptReuse`); set before `start`. Whole-prompt hits are always exact and always used.
+    public var partialPromptReuse = PartialPromptReuse.whenExact
+    /// Whether this model's prefill gives every position the same bits whatever the chunk it runs
+    /// in (`probeExactPrefill`); nil until a partial reuse first comes up. Engine thread.
+    public private(set) var exactPrefill: Bool?
     /// Counts each decode row's experts for requests that ask for it.
     private let expertRecorder: RequestExpertRecorder
 
@@ -244,6 +250,13 @@ public final class Engine: GenerationService, @unchecked Sendable {
                 condition.unlock()
                 return
             }
+            if partialPromptReuse == .whenExact, exactPrefill == nil, promptCaching, !promptCache.entries.isEmpty,
+               scheduler.waitingCount > 0 {
+                condition.unlock()
+                let exact = probeExactPrefill()
+                condition.lock()
+                exactPrefill = exact
+            }
             evictPromptCache()
             let plan = attachCachedPrefixes(scheduler.schedule())
             let states = plan.chunks.map { requests[$0.sequenceId]! }
@@ -425,9 +438,50 @@ extension Engine {
     }
 }
 
+/// When the engine reuses a retained cache holding only part of a prompt. The rest of the prompt
+/// then runs as a chunk of another size than in an uncached run, which changes the result's bits
+/// when the model's kernels pick their arithmetic by row count (the bf16 and f32 GEMMs do; the
+/// integer-dot kernels of `pack --dense q8|q4` do not).
+public enum PartialPromptReuse: Sendable {
+    /// Only when a probe found this model's prefill bit-exact across chunkings (`Engine.exactPrefill`):
+    /// then a partial hit is bit-identical to an uncached run.
+    case whenExact
+    /// Always: the same tokens in practice, logprobs within float rounding where the kernels differ.
+    case always
+    /// Never: only whole-prompt hits.
+    case never
+}
+
 // MARK: - Prompt cache and shared prefills (caller holds the lock; engine thread)
 
 extension Engine {
+    private var allowsPartialReuse: Bool {
+        switch partialPromptReuse {
+        case .always: return true
+        case .never: return false
+        case .whenExact: return exactPrefill == true
+        }
+    }
+
+    /// Whether a 24-token prompt run as one chunk and as chunks of 1, 4 and 19 tokens ends in the
+    /// same logits, bit for bit: the chunk sizes cover the single-row, multi-row and GEMM kernel
+    /// paths, and the first rows' keys and values feed the last row's attention, so any
+    /// row-count-dependent arithmetic anywhere in the model shows. Runs on the engine thread.
+    private func probeExactPrefill() -> Bool {
+        let vocab = model.config.vocabSize
+        let tokens = (0..<24).map { ($0 * 7919 + 13) % vocab }
+        do {
+            let whole = try model.forward([SequenceInput(cache: model.makeCache(), tokens: tokens)])[0]
+            let split = model.makeCache()
+            _ = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[0..<1]))])
+            _ = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[1..<5]))])
+            let last = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[5...]))])[0]
+            return whole.map(\.bitPattern) == last.map(\.bitPattern)
+        } catch {
+            return false
+        }
+    }
+
     /// Evicts retained prompt caches until they fit in what the KV budget leaves beside the
     /// running sequences' reservations and the next admissions'.
     private func evictPromptCache() {
@@ -449,7 +503,8 @@ extension Engine {
                     // A forked choice: its cache holds the whole prompt, its first logits are the leader's.
                     scheduler.skipCachedPrefix(id, count: prompt.count - 1)
                     changed = true
-                } else if state.cache == nil, promptCaching, state.request.cachePrompt, let hit = promptCache.take(for: prompt) {
+                } else if state.cache == nil, promptCaching, state.request.cachePrompt,
+                          let hit = promptCache.take(for: prompt, allowPartial: allowsPartialReuse) {
                     state.cache = hit.cache
                     state.cachedTokens = hit.reused
                     statistics.cachedPromptTokens += hit.reused

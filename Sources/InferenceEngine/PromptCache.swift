@@ -12,10 +12,10 @@ import MoEModels
 /// A whole-prompt hit (the same prompt again) reuses every prompt position and samples from the
 /// retained last-prompt logits, so no forward pass runs and the result is bit-identical to the
 /// first run whatever the kernels. A partial hit prefills the rest of the prompt, whose rows
-/// then run in a GEMM of another shape than in an uncached run: bit-identical with kernels whose
-/// per-row arithmetic does not depend on the row count (the integer-dot kernels, `pack --dense`,
-/// and the bf16 multi-row kernels for chunks under 9 tokens), within float rounding otherwise,
-/// exactly as a prompt prefilled beside other traffic is.
+/// then run in a GEMM of another shape than in an uncached run: bit-identical only with kernels
+/// whose per-row arithmetic does not depend on the row count (the integer-dot kernels of
+/// `pack --dense q8|q4`), within float rounding otherwise; so the engine takes partial hits only
+/// where a probe found the model's prefill exact (`PartialPromptReuse.whenExact`).
 ///
 /// Bounded by the KV budget of the memory plan: the engine evicts (least recently used first)
 /// whatever the running sequences and the next admissions need (`evict(toFit:)`).
@@ -66,8 +66,9 @@ final class PromptCache {
         while entries.count > maxEntries { evictOldest() }
     }
 
-    /// Takes out of the cache the entry that serves the longest prefix of `prompt`, truncated to it.
-    func take(for prompt: [Int]) -> Hit? {
+    /// Takes out of the cache the entry that serves the longest prefix of `prompt`, truncated to
+    /// it; with `allowPartial` false, only an entry holding the whole prompt and its logits.
+    func take(for prompt: [Int], allowPartial: Bool) -> Hit? {
         var best: (index: Int, reused: Int, whole: Bool)?
         for (index, entry) in entries.enumerated() {
             let common = Self.commonPrefix(entry.tokens, prompt)
@@ -78,7 +79,7 @@ final class PromptCache {
             }
             // One prompt token must be left to prefill: its logits are the first token's.
             let reused = min(common, prompt.count - 1)
-            guard reused > 0, entry.cache.canTruncate(to: reused) else { continue }
+            guard allowPartial, reused > 0, entry.cache.canTruncate(to: reused) else { continue }
             if best.map({ !$0.whole && $0.reused < reused }) ?? true { best = (index, reused, false) }
         }
         guard let best else { return nil }

@@ -54,9 +54,12 @@ final class LogprobCollector: @unchecked Sendable {
         return result
     }
 
-    static func engine(_ fixture: String, budget: Int = 64 << 20) throws -> Engine {
+    /// An engine on `fixture`; partial prefix reuse `.always` by default, so that the reuse rules
+    /// of each kind of cache are what is tested (`.whenExact` has its own test).
+    static func engine(_ fixture: String, budget: Int = 64 << 20, partial: PartialPromptReuse = .always) throws -> Engine {
         let (model, _) = try Fixtures.model(fixture)
         let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: budget), decode: toyDecode)
+        engine.partialPromptReuse = partial
         engine.start()
         return engine
     }
@@ -99,6 +102,28 @@ final class LogprobCollector: @unchecked Sendable {
         #expect(cached.timings?.promptN == 3)
         #expect(cached.tokens == reference.tokens)
         #expect(cached.logprobs == reference.logprobs)
+    }
+
+    @Test(arguments: ["qwen2moe-shared", "qwen3next", "gptoss-sliding4-sinks"])
+    func byDefaultAPartialHitIsTakenOnlyWhereItIsBitIdentical(fixture: String) throws {
+        // 40 + 10 tokens: the GEMM path, whose bf16 arithmetic depends on the row count. The
+        // engine probes the model once; it reuses the prefix only if the probe found the
+        // prefill exact, so the result equals the uncached run bit for bit either way.
+        let first = (0..<40).map { ($0 * 7 + 1) % 95 }
+        let second = first + (0..<10).map { ($0 * 5 + 2) % 95 }
+        let reference = try Self.uncached(fixture, Self.sampled(second, maxTokens: 8, seed: 5))
+        let engine = try Self.engine(fixture, partial: .whenExact)
+        defer { engine.shutdown(grace: 1) }
+        _ = try Self.run(engine, Self.sampled(first, maxTokens: 1))
+        let cached = try Self.run(engine, Self.sampled(second, maxTokens: 8, seed: 5))
+        let exact = try #require(engine.exactPrefill)
+        #expect(cached.usage?.cachedTokens == (exact ? 40 : 0))
+        #expect(cached.tokens == reference.tokens)
+        #expect(cached.logprobs == reference.logprobs)
+        // The same prompt again is a whole hit, exact on any kernels.
+        let again = try Self.run(engine, Self.sampled(second, maxTokens: 8, seed: 5))
+        #expect(again.usage?.cachedTokens == second.count && again.logprobs == reference.logprobs)
+        print("\(fixture): prefill exact across chunkings: \(exact)")
     }
 
     @Test func aLongerSharedPrefixGivesTheSameTokensWithinRounding() throws {
