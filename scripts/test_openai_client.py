@@ -13,6 +13,7 @@ import concurrent.futures
 import http.client
 import json
 import sys
+import time
 import traceback
 import urllib.error
 import urllib.parse
@@ -341,6 +342,80 @@ def n_echo_bias():
     assert status in (200, 400), body
     if status == 400:
         assert "fill-in-the-middle" in error_of(body)["message"], body
+
+
+def metric(name):
+    _, _, body = raw("GET", "/metrics")
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    return 0.0
+
+
+def token_logprobs(choice):
+    return [(t.token, t.logprob, [a.logprob for a in t.top_logprobs]) for t in choice.logprobs.content]
+
+
+@check("prompt caching: a repeated request reuses its whole prompt (cached_tokens, cache_n), bit-identical tokens and logprobs", needs_model=True)
+def prompt_cache():
+    messages = [{"role": "user", "content": f"Tell me about caches, take {time.time()}."}]
+    args = dict(model=Ctx.model, messages=messages, max_tokens=12, temperature=1.0, seed=5, logprobs=True, top_logprobs=2)
+    first = Ctx.client.chat.completions.create(**args)
+    second = Ctx.client.chat.completions.create(**args)
+    assert second.usage.prompt_tokens_details.cached_tokens == second.usage.prompt_tokens, second.usage
+    assert token_logprobs(second.choices[0]) == token_logprobs(first.choices[0]), "cached run differs"
+    uncached = Ctx.client.chat.completions.create(**args, extra_body={"cache_prompt": False})
+    assert uncached.usage.prompt_tokens_details.cached_tokens == 0, uncached.usage
+    assert token_logprobs(uncached.choices[0]) == token_logprobs(first.choices[0]), "uncached run differs"
+    # llama.cpp's /completion: timings.cache_n and prompt_n; a prompt sharing a prefix reuses it.
+    prompt = f"The history of the {int(time.time() * 1000)} caches began"
+    body = {"prompt": prompt, "n_predict": 8, "temperature": 0}
+    _, _, a = raw("POST", "/completion", body)
+    _, _, b = raw("POST", "/completion", body)
+    a, b = json.loads(a), json.loads(b)
+    assert b["timings"]["cache_n"] == b["tokens_evaluated"] and b["timings"]["prompt_n"] == 0, b["timings"]
+    assert a["tokens"] == b["tokens"], (a["tokens"], b["tokens"])
+    longer = dict(body, prompt=prompt + " when the first computers")
+    _, _, c = raw("POST", "/completion", longer)
+    _, _, d = raw("POST", "/completion", dict(longer, cache_prompt=False))
+    c, d = json.loads(c), json.loads(d)
+    # A partial hit is taken only where the model's prefill is exact across chunkings (not the bf16
+    # demo model), so the shared prefix may or may not be reused; the tokens are the same either way.
+    assert c["timings"]["cache_n"] < c["tokens_evaluated"], c["timings"]
+    assert c["timings"]["prompt_n"] == c["tokens_evaluated"] - c["timings"]["cache_n"], c["timings"]
+    assert d["timings"]["cache_n"] == 0 and c["tokens"] == d["tokens"], (c["tokens"], d["tokens"])
+    status, _, body = raw("POST", "/completion", {"prompt": "x", "cache_prompt": "yes"})
+    assert status == 400 and "cache_prompt" in error_of(body)["message"], body
+
+
+@check("n > 1 shares one prefill: the other choices start from the first's KV", needs_model=True)
+def n_shares_prefill():
+    before = metric("moe_prompt_cached_tokens_total")
+    prompt = f"def cached_{int(time.time() * 1000)}(a, b):"
+    r = Ctx.client.completions.create(model=Ctx.model, prompt=prompt, max_tokens=6, temperature=1.0, seed=3, n=3,
+                                      extra_body={"cache_prompt": False})
+    assert len(r.choices) == 3, r
+    # Per choice: the first ran the prompt, the other two took it from the first's prefill.
+    assert metric("moe_prompt_cached_tokens_total") - before == 2 * r.usage.prompt_tokens, (before, r.usage)
+    one = Ctx.client.completions.create(model=Ctx.model, prompt=prompt, max_tokens=6, temperature=1.0, seed=3,
+                                        extra_body={"cache_prompt": False})
+    assert one.choices[0].text == r.choices[0].text, (one.choices[0].text, r.choices[0].text)
+
+
+@check("return_experts: the experts the reply's tokens were routed to, per layer", needs_model=True)
+def return_experts():
+    r = Ctx.client.chat.completions.create(model=Ctx.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=8,
+                                           temperature=0, extra_body={"return_experts": True, "ignore_eos": True})
+    experts = r.choices[0].model_extra["experts"]
+    assert len(experts) >= 1 and all(isinstance(layer, list) for layer in experts), experts
+    decoded = r.usage.completion_tokens - 1  # the last sampled token is never run
+    totals = {sum(count for _, count in layer) for layer in experts if layer}
+    assert len(totals) == 1 and totals.pop() % decoded == 0, (experts, r.usage)
+    stream = Ctx.client.chat.completions.create(model=Ctx.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=8,
+                                                temperature=0, stream=True, extra_body={"return_experts": True, "ignore_eos": True})
+    last = [c for c in stream if c.choices and c.choices[0].finish_reason][-1]
+    assert last.choices[0].model_extra["experts"] == experts, "streamed record differs"
 
 
 @check("llama-server routes: /props, /slots, /apply-template, /infill; /v1/models context and quantization", needs_model=True)

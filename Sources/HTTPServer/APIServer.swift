@@ -555,12 +555,15 @@ public final class APIServer: @unchecked Sendable {
         metrics.setRequestsInFlight(count)
         let inbox = self.inbox
         var engineIDs: [UInt64] = []
+        let group = UInt64.random(in: 1...UInt64.max)
         do {
             for choice in 0..<choices {
                 var generation = job.request
                 // Each choice draws from its own seeded stream, so n > 1 with a seed gives n different,
                 // reproducible completions.
                 if choice > 0, let seed = generation.sampling.seed { generation.sampling.seed = seed &+ UInt64(choice) }
+                // The choices share one prefill: the others fork the first's KV and last-prompt logits.
+                if choices > 1 { generation.sharedPrefill = SharedPrefill(group: group, size: choices) }
                 engineIDs.append(try backend.service.submit(generation) { event in
                     inbox.push(.event(connection: connection, request: request, choice: choice, event))
                 })

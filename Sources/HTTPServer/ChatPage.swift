@@ -1,8 +1,8 @@
 /// The chat page at `GET /chat`, next to the dashboard: self-contained HTML and JavaScript that
 /// streams replies through `/v1/chat/completions` (`stream_options.include_usage`, so the last
 /// chunk carries `usage` and llama.cpp-style `timings`) and, after each reply, shows the experts
-/// the recent routing map (`/v1/stats`) credits most, per layer. With API keys on, open
-/// `/chat?key=<key>`.
+/// that reply's tokens were routed to (`return_experts`: the engine's per-request record, sent
+/// with the finishing chunk), the most used per layer. With API keys on, open `/chat?key=<key>`.
 enum ChatPage {
     static let html = #"""
 <!doctype html>
@@ -53,14 +53,10 @@ function bubble(cls, text) {
   return div;
 }
 
-async function expertsUsed() {
-  // The recent routing map (decayed counts, sampled once a second): with no other traffic,
-  // the experts this reply's tokens were routed to.
-  const s = await (await fetch("/v1/stats", {headers})).json();
-  return (s.expert_usage || []).map((row, layer) => {
-    const top = row.map((v, e) => [v, e]).sort((a, b) => b[0] - a[0]).slice(0, 4).filter(x => x[0] > 0).map(x => x[1]);
-    return "L" + layer + ": " + top.join(",");
-  }).join("  ");
+function expertsText(experts) {
+  // This reply's own record: per layer, [expert, tokens routed to it], most used first.
+  return experts.map((pairs, layer) => pairs.length ? "L" + layer + ": " + pairs.slice(0, 4).map(p => p[0] + "×" + p[1]).join(",") : "")
+    .filter(x => x).join("  ");
 }
 
 async function send(text) {
@@ -68,12 +64,12 @@ async function send(text) {
   bubble("user", text);
   const reply = bubble("assistant", "");
   reply.dataset.state = "streaming";
-  const body = {messages: conversation, stream: true, stream_options: {include_usage: true},
+  const body = {messages: conversation, stream: true, stream_options: {include_usage: true}, return_experts: true,
                 max_tokens: Number(document.getElementById("max").value), temperature: Number(document.getElementById("temp").value)};
   const response = await fetch("/v1/chat/completions", {method: "POST", headers, body: JSON.stringify(body)});
   if (!response.ok) { reply.textContent = "error " + response.status + ": " + await response.text(); reply.dataset.state = "error"; return; }
   const reader = response.body.getReader(), decoder = new TextDecoder();
-  let buffer = "", replyText = "", usage = null, timings = null, finish = null;
+  let buffer = "", replyText = "", usage = null, timings = null, finish = null, experts = null;
   for (;;) {
     const {done, value} = await reader.read();
     if (done) break;
@@ -90,6 +86,7 @@ async function send(text) {
       for (const c of chunk.choices || []) {
         if (c.delta && c.delta.content) { replyText += c.delta.content; reply.textContent = replyText; log.scrollTop = log.scrollHeight; }
         if (c.finish_reason) finish = c.finish_reason;
+        if (c.experts) experts = c.experts;
       }
     }
   }
@@ -97,16 +94,17 @@ async function send(text) {
   const meta = document.createElement("div");
   meta.className = "meta";
   if (timings) {
-    meta.textContent = `${usage.prompt_tokens} prompt tokens in ${timings.prompt_ms.toFixed(0)} ms (${timings.prompt_per_second.toFixed(1)}/s) · ` +
+    const cached = usage.prompt_tokens_details ? usage.prompt_tokens_details.cached_tokens : 0;
+    meta.textContent = `${usage.prompt_tokens} prompt tokens (${cached} cached) in ${timings.prompt_ms.toFixed(0)} ms (${timings.prompt_per_second.toFixed(1)}/s) · ` +
       `${usage.completion_tokens} generated in ${timings.predicted_ms.toFixed(0)} ms (${timings.predicted_per_second.toFixed(1)}/s) · finish: ${finish}`;
   }
   reply.appendChild(meta);
-  try {
-    const experts = document.createElement("div");
-    experts.className = "experts";
-    experts.textContent = "experts (top 4 per layer, recent routing): " + await expertsUsed();
-    reply.appendChild(experts);
-  } catch (e) {}
+  if (experts) {
+    const line = document.createElement("div");
+    line.className = "experts";
+    line.textContent = "experts of this reply (top 4 per layer, expert×tokens): " + expertsText(experts);
+    reply.appendChild(line);
+  }
   reply.dataset.state = "done";
 }
 

@@ -78,6 +78,11 @@ struct ChatRequest {
         var tools: ToolSet? = nil
         if let value = f.value("tools") { tools = try ToolSet.parse(value) }
         if let parallel = try f.bool("parallel_tool_calls") { tools?.parallel = parallel }
+        // A template that renders tools itself shows the model its own call format; one that
+        // does not gets the Hermes description (`render`).
+        if let source = codec.templateSource, codec.extended != nil, source.contains("tools") && source.contains("tool_calls") {
+            tools?.format = ToolCallFormat.detect(templateSource: source)
+        }
         var toolGrammar: Grammar? = nil
         if let choice = f.value("tool_choice") {
             if let mode = choice.stringValue {

@@ -134,6 +134,13 @@ public struct CompletionJob: Sendable {
         return s
     }
 
+    /// `cache_prompt` (llama.cpp's, default true: reuse and leave KV in the prompt cache) and
+    /// `return_experts` (this server's: report the experts the reply's tokens were routed to).
+    static func applyCacheAndExperts(_ f: RequestFields, to request: inout GenerationRequest) throws {
+        request.cachePrompt = try f.bool("cache_prompt") ?? true
+        request.recordExperts = try f.bool("return_experts") ?? false
+    }
+
     /// Most choices one request may ask for (`n`, `best_of`): each is a running sequence.
     static let maxChoices = 8
 
@@ -155,7 +162,7 @@ public struct CompletionJob: Sendable {
     static let completionFields: Set<String> = [
         "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "seed", "presence_penalty",
         "frequency_penalty", "repetition_penalty", "stream", "stream_options", "n", "best_of", "logprobs", "echo", "logit_bias",
-        "suffix", "user", "response_format", "json_schema", "grammar", "ignore_eos",
+        "suffix", "user", "response_format", "json_schema", "grammar", "ignore_eos", "cache_prompt", "return_experts",
     ]
 
     static func parseOpenAICompletion(_ f: RequestFields, codec: PromptCodec) throws -> CompletionJob {
@@ -181,6 +188,7 @@ public struct CompletionJob: Sendable {
                                         stopTokenIds: try f.bool("ignore_eos") == true ? [] : codec.stopTokenIds,
                                         logprobs: logprobs != nil, topLogprobs: logprobs ?? 0)
         request.logitBias = try logitBias(f, codec: codec)
+        try applyCacheAndExperts(f, to: &request)
         var job = CompletionJob(flavor: .openAICompletion, request: request, stream: common.stream,
                                 includeUsage: common.includeUsage, model: model)
         job.grammar = try OutputConstraint.grammar(f)
@@ -249,7 +257,7 @@ public struct CompletionJob: Sendable {
         "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "seed",
         "presence_penalty", "frequency_penalty", "repetition_penalty", "stream", "stream_options", "n", "logprobs", "top_logprobs",
         "logit_bias", "response_format", "json_schema", "grammar", "tools", "tool_choice", "parallel_tool_calls", "user",
-        "chat_template_kwargs", "ignore_eos",
+        "chat_template_kwargs", "ignore_eos", "cache_prompt", "return_experts",
     ]
 
     static func parseOpenAIChat(_ f: RequestFields, codec: PromptCodec) throws -> CompletionJob {
@@ -268,6 +276,7 @@ public struct CompletionJob: Sendable {
                                         stopTokenIds: try f.bool("ignore_eos") == true ? [] : codec.stopTokenIds,
                                         logprobs: wantLogprobs, topLogprobs: top)
         request.logitBias = try logitBias(f, codec: codec)
+        try applyCacheAndExperts(f, to: &request)
         var job = CompletionJob(flavor: .openAIChat, request: request, stream: common.stream,
                                 includeUsage: common.includeUsage, model: model)
         job.grammar = try OutputConstraint.grammar(f)
@@ -287,7 +296,7 @@ public struct CompletionJob: Sendable {
     static let llamaFields: Set<String> = [
         "prompt", "n_predict", "temperature", "top_k", "top_p", "min_p", "seed", "stop", "stream", "repeat_penalty",
         "presence_penalty", "frequency_penalty", "n_probs", "grammar", "json_schema", "logit_bias", "ignore_eos", "cache_prompt",
-        "model", "response_format",
+        "model", "response_format", "return_experts",
     ]
 
     /// `/infill` takes the completion fields plus the prefix and suffix around the gap.
@@ -327,11 +336,11 @@ public struct CompletionJob: Sendable {
         }
         let nPredict = try f.int("n_predict", in: -1...Int.max) ?? -1
         let maxTokens = try fit(prompt: prompt, maxTokens: nPredict < 0 ? nil : max(nPredict, 0), field: "n_predict", codec: codec)
-        _ = try f.bool("cache_prompt")
         _ = try f.string("model")
         var request = GenerationRequest(prompt: prompt, maxTokens: maxTokens, sampling: s, stopStrings: stop,
                                         stopTokenIds: try f.bool("ignore_eos") == true ? [] : codec.stopTokenIds,
                                         logprobs: nProbs > 0, topLogprobs: nProbs)
+        try applyCacheAndExperts(f, to: &request)
         request.logitBias = try logitBias(f, codec: codec)
         var job = CompletionJob(flavor: .llamaCompletion, request: request, stream: stream, includeUsage: false, model: codec.modelName)
         job.grammar = try OutputConstraint.grammar(f)

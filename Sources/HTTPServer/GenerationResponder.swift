@@ -129,8 +129,13 @@ public final class GenerationResponder {
         let completion = choices.reduce(0) { $0 + ($1.usage?.completionTokens ?? 0) }
         let promptMs = choices.map { $0.timings?.promptMs ?? 0 }.max() ?? 0
         let predictedMs = choices.map { $0.timings?.predictedMs ?? 0 }.max() ?? 0
-        let timings = Timings(promptN: first.timings?.promptN ?? prompt, promptMs: promptMs, predictedN: completion, predictedMs: predictedMs)
-        return (Usage(promptTokens: prompt, completionTokens: completion), timings)
+        var timings = Timings(promptN: first.timings?.promptN ?? prompt, promptMs: promptMs, predictedN: completion, predictedMs: predictedMs)
+        timings.cacheN = first.timings?.cacheN ?? 0
+        var usage = Usage(promptTokens: prompt, completionTokens: completion)
+        // The prompt is counted once: as cached when the first choice found it cached (the
+        // other choices share the first one's prefill).
+        usage.cachedTokens = first.usage?.cachedTokens ?? 0
+        return (usage, timings)
     }
 
     /// Stores one position's log-probabilities; returns what a stream chunk carries for it.
@@ -187,11 +192,37 @@ public final class GenerationResponder {
 
     static func usageJSON(_ usage: Usage) -> JSON {
         .object([("prompt_tokens", .int(usage.promptTokens)), ("completion_tokens", .int(usage.completionTokens)),
-                 ("total_tokens", .int(usage.totalTokens))])
+                 ("total_tokens", .int(usage.totalTokens)),
+                 ("prompt_tokens_details", .object([("cached_tokens", .int(usage.cachedTokens))]))])
+    }
+
+    /// `return_experts`: per layer, `[expert, tokens]` pairs of the experts the reply's tokens
+    /// were routed to, most used first (experts never used left out).
+    static func expertsJSON(_ table: [[Int32]]) -> JSON {
+        .array(table.map { counts in
+            .array(counts.enumerated().filter { $0.element > 0 }.sorted { $0.element > $1.element || ($0.element == $1.element && $0.offset < $1.offset) }
+                .map { .array([.int($0.offset), .int(Int($0.element))]) })
+        })
+    }
+
+    /// `json` (a chunk or body) with `key: value` added to its `choices[0]` object.
+    static func addingToFirstChoice(_ json: JSON, _ key: String, _ value: JSON) -> JSON {
+        guard case .object(var fields) = json, let at = fields.firstIndex(where: { $0.0 == "choices" }),
+              case .array(var items) = fields[at].1, !items.isEmpty, case .object(var choice) = items[0] else { return json }
+        choice.append((key, value))
+        items[0] = .object(choice)
+        fields[at].1 = .array(items)
+        return .object(fields)
+    }
+
+    /// The `experts` entry of choice `index`, when the request asked for it.
+    private func expertsEntry(_ index: Int) -> JSON? {
+        guard job.request.recordExperts, let table = choices[index].usage?.experts else { return nil }
+        return Self.expertsJSON(table)
     }
 
     static func timingsJSON(_ t: Timings) -> JSON {
-        .object([("prompt_n", .int(t.promptN)), ("prompt_ms", .double(t.promptMs)),
+        .object([("cache_n", .int(t.cacheN)), ("prompt_n", .int(t.promptN)), ("prompt_ms", .double(t.promptMs)),
                  ("prompt_per_token_ms", .double(t.promptN > 0 ? t.promptMs / Double(t.promptN) : 0)),
                  ("prompt_per_second", .double(t.promptPerSecond)),
                  ("predicted_n", .int(t.predictedN)), ("predicted_ms", .double(t.predictedMs)),
@@ -252,9 +283,10 @@ public final class GenerationResponder {
                  ("tokens_predicted", .int(usage.completionTokens)), ("tokens_evaluated", .int(usage.promptTokens)),
                  ("generation_settings", generationSettings()),
                  ("prompt", .string("")), ("has_new_line", .bool(c.text.contains("\n"))), ("truncated", .bool(false)),
-                 ("stop_type", .string(llamaStopType(c.finishReason ?? .stop))), ("stopping_word", .string("")), ("tokens_cached", .int(0)),
+                 ("stop_type", .string(llamaStopType(c.finishReason ?? .stop))), ("stopping_word", .string("")), ("tokens_cached", .int(usage.cachedTokens)),
                  ("timings", Self.timingsJSON(timings))]
-                + (job.request.logprobs && !job.stream ? [("completion_probabilities", .array(c.llamaProbabilities))] : []))
+                + (job.request.logprobs && !job.stream ? [("completion_probabilities", .array(c.llamaProbabilities))] : [])
+                + (expertsEntry(index).map { [("experts", $0)] } ?? []))
     }
 
     private func generationSettings() -> JSON {
@@ -283,9 +315,11 @@ public final class GenerationResponder {
             } else if !tail.isEmpty {
                 events += Self.sseEvent(chatChunk(index, delta: .object([("content", .string(tail))]), finishReason: nil))
             }
-            events += Self.sseEvent(chatChunk(index, delta: .object([]), finishReason: finish))
+            let last = chatChunk(index, delta: .object([]), finishReason: finish)
+            events += Self.sseEvent(expertsEntry(index).map { Self.addingToFirstChoice(last, "experts", $0) } ?? last)
         case .openAICompletion:
-            events += Self.sseEvent(completionChunk(index, tail, finishReason: Self.finishReason(reason)))
+            let last = completionChunk(index, tail, finishReason: Self.finishReason(reason))
+            events += Self.sseEvent(expertsEntry(index).map { Self.addingToFirstChoice(last, "experts", $0) } ?? last)
         case .llamaCompletion:
             break  // the final object carries the tail, sent once every choice is done
         }
@@ -332,7 +366,7 @@ public final class GenerationResponder {
                     }
                 }
                 return .object([("index", .int(index)), ("message", .object(message)), ("logprobs", fullLogprobs(c)),
-                                ("finish_reason", .string(finish))])
+                                ("finish_reason", .string(finish))] + (expertsEntry(index).map { [("experts", $0)] } ?? []))
             }
             return .object([("id", .string(id)), ("object", .string("chat.completion")), ("created", .int(created)),
                             ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),
@@ -340,7 +374,8 @@ public final class GenerationResponder {
         case .openAICompletion:
             let items = choices.enumerated().map { index, c -> JSON in
                 .object([("text", .string(c.text)), ("index", .int(index)), ("logprobs", fullLogprobs(c)),
-                         ("finish_reason", .string(Self.finishReason(c.finishReason ?? .stop)))])
+                         ("finish_reason", .string(Self.finishReason(c.finishReason ?? .stop)))]
+                        + (expertsEntry(index).map { [("experts", $0)] } ?? []))
             }
             return .object([("id", .string(id)), ("object", .string("text_completion")), ("created", .int(created)),
                             ("model", .string(job.model)), ("system_fingerprint", .string("moe-serve")),

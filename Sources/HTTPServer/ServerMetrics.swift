@@ -55,6 +55,8 @@ public final class ServerMetrics: @unchecked Sendable {
 
     private var requestCounters: [String: CoreMetrics.Counter] = [:]
     private let promptTokens: CoreMetrics.Counter
+    /// Prompt tokens not run: taken from the prompt cache or an `n` > 1 choice's shared prefill.
+    private let promptCachedTokens: CoreMetrics.Counter
     private let generatedTokens: CoreMetrics.Counter
     private let promptTokensPerSecond: CoreMetrics.Gauge
     private let decodeTokensPerSecond: CoreMetrics.Gauge
@@ -97,6 +99,7 @@ public final class ServerMetrics: @unchecked Sendable {
         func counter(_ name: String) -> CoreMetrics.Counter { CoreMetrics.Counter(label: name, factory: factory) }
         func gauge(_ name: String) -> CoreMetrics.Gauge { CoreMetrics.Gauge(label: name, factory: factory) }
         promptTokens = counter("moe_prompt_tokens_total")
+        promptCachedTokens = counter("moe_prompt_cached_tokens_total")
         generatedTokens = counter("moe_generated_tokens_total")
         promptTokensPerSecond = gauge("moe_prompt_tokens_per_second")
         decodeTokensPerSecond = gauge("moe_decode_tokens_per_second")
@@ -147,6 +150,7 @@ public final class ServerMetrics: @unchecked Sendable {
     /// Counts the tokens of a finished request and updates the per-second gauges with its rates.
     public func recordCompletion(usage: Usage, timings: Timings) {
         promptTokens.increment(by: usage.promptTokens)
+        promptCachedTokens.increment(by: usage.cachedTokens)
         generatedTokens.increment(by: usage.completionTokens)
         if timings.promptPerSecond > 0 { promptTokensPerSecond.record(timings.promptPerSecond) }
         if timings.predictedPerSecond > 0 { decodeTokensPerSecond.record(timings.predictedPerSecond) }

@@ -16,6 +16,9 @@ public struct ToolSet: Sendable {
     public var definitions: [JSON]
     /// `parallel_tool_calls`: false keeps only the first call the model makes.
     public var parallel: Bool = true
+    /// How the model writes calls (from its chat template; hermes when the tools are described
+    /// in a system message instead).
+    public var format: ToolCallFormat = .hermes
 
     /// The tags of the Qwen3 / Hermes format: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`.
     static let open = "<tool_call>", close = "</tool_call>"
@@ -48,7 +51,8 @@ public struct ToolSet: Sendable {
     func callGrammar(_ names: [String]) throws -> Grammar {
         let chosen = functions.filter { names.contains($0.name) }
         let parts = chosen.map { f in
-            (before: "\(Self.open)\n{\"name\": \(JSON.string(f.name).serialized()), \"arguments\": ", schema: f.parameters, after: "}\n\(Self.close)")
+            let around = format.forcedCall(name: f.name) ?? ToolCallFormat.hermes.forcedCall(name: f.name)!
+            return (before: around.before, schema: f.parameters, after: around.after)
         }
         do { return try GBNFParser.parse(try JSONSchemaGrammar.gbnf(alternatives: parts)) } catch let e as GrammarError {
             throw APIError.invalidRequest("field 'tools': \(e.description)")
@@ -96,8 +100,15 @@ struct ToolCallStream {
     private var buffer = ""
     private var inside = false
     private(set) var callCount = 0
+    private let open: String, close: String
+    /// gpt-oss: messages and channels rather than tags around calls.
+    private var harmony: HarmonyToolStream?
 
-    init(tools: ToolSet) { self.tools = tools }
+    init(tools: ToolSet) {
+        self.tools = tools
+        (open, close) = tools.format.tags
+        if tools.format == .harmony { harmony = HarmonyToolStream() }
+    }
 
     /// What one push released.
     struct Output {
@@ -107,11 +118,16 @@ struct ToolCallStream {
 
     /// Adds generated text; returns what can be shown now.
     mutating func push(_ text: String) -> Output {
+        if harmony != nil {
+            let (content, bodies) = harmony!.push(text)
+            return harmonyOutput(content, bodies)
+        }
         buffer += text
         var out = Output()
         while true {
             if !inside {
-                if let r = buffer.range(of: ToolSet.open) {
+                for wrapper in tools.format.wrappers { buffer = buffer.replacingOccurrences(of: wrapper, with: "") }
+                if let r = buffer.range(of: open) {
                     out.content += buffer[..<r.lowerBound]
                     buffer = String(buffer[r.upperBound...])
                     inside = true
@@ -119,13 +135,15 @@ struct ToolCallStream {
                 }
                 // Hold back a suffix that may begin the opening tag.
                 var held = 0
-                for n in stride(from: min(ToolSet.open.count - 1, buffer.count), through: 1, by: -1)
-                where buffer.hasSuffix(ToolSet.open.prefix(n)) { held = n; break }
+                for tag in [open] + tools.format.wrappers {
+                    for n in stride(from: min(tag.count - 1, buffer.count), through: 1, by: -1)
+                    where n > held && buffer.hasSuffix(tag.prefix(n)) { held = n; break }
+                }
                 out.content += buffer.dropLast(held)
                 buffer = String(buffer.suffix(held))
                 return out
             }
-            guard let r = buffer.range(of: ToolSet.close) else { return out }
+            guard let r = buffer.range(of: close) else { return out }
             let body = String(buffer[..<r.lowerBound])
             buffer = String(buffer[r.upperBound...])
             inside = false
@@ -135,6 +153,10 @@ struct ToolCallStream {
 
     /// Releases whatever is held at the end of generation.
     mutating func finish() -> Output {
+        if harmony != nil {
+            let (content, bodies) = harmony!.finish()
+            return harmonyOutput(content, bodies)
+        }
         var out = Output()
         if inside {
             take(buffer, closed: false, into: &out)
@@ -152,18 +174,29 @@ struct ToolCallStream {
             callCount += 1
             out.calls.append(call)
         } else if Self.parse(body, tools: tools) == nil {
-            out.content += ToolSet.open + body + (closed ? ToolSet.close : "")
+            out.content += open + body + (closed ? close : "")
         }
         // else: a second call with parallel_tool_calls false is dropped (documented).
     }
 
-    /// `{"name": ..., "arguments": ...}` for one of the offered functions, or nil.
+    private mutating func harmonyOutput(_ content: String, _ bodies: [String]) -> Output {
+        var out = Output(content: content)
+        for body in bodies {
+            // A call the parser cannot read (or to an unknown function) is dropped from a
+            // harmony reply's content: it was never part of the final channel.
+            if var call = Self.parse(body, tools: tools), tools.parallel || callCount == 0 {
+                call.index = callCount
+                callCount += 1
+                out.calls.append(call)
+            }
+        }
+        return out
+    }
+
+    /// One call (the text between the format's tags) to one of the offered functions, or nil.
     static func parse(_ body: String, tools: ToolSet) -> ParsedToolCall? {
-        let trimmed = body.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let value = try? JSON.parse(Array(trimmed.utf8)), let name = value["name"]?.stringValue,
-              tools.functions.contains(where: { $0.name == name }) else { return nil }
-        let arguments = value["arguments"] ?? value["parameters"] ?? .object([])
-        let text = arguments.stringValue ?? arguments.serialized()
+        guard let (name, arguments) = tools.format.parseBody(body), tools.functions.contains(where: { $0.name == name }) else { return nil }
+        let text = arguments.serialized()
         let id = "call_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").prefix(24).lowercased()
         return ParsedToolCall(id: id, name: name, arguments: text)
     }

@@ -13,6 +13,10 @@ public struct EngineStatistics: Sendable, Codable, Equatable {
     public var cancelledRequests = 0
     /// Seconds spent in forward passes.
     public var busySeconds = 0.0
+    /// Prompt tokens taken from the prompt cache or a shared `n` > 1 prefill instead of run.
+    public var cachedPromptTokens = 0
+    /// Requests that started from the prompt cache.
+    public var promptCacheHits = 0
 
     /// All counters zero.
     public init() {}
@@ -36,6 +40,21 @@ public final class Engine: GenerationService, @unchecked Sendable {
     private var running = false
     private var statistics = EngineStatistics()
     private var thread: Thread?
+    /// `n` > 1 groups still being submitted, by group (guarded by `condition`).
+    private var pendingGroups: [UInt64: [RequestState]] = [:]
+    /// Retained KV of recent requests (guarded by `condition`).
+    private let promptCache: PromptCache
+    /// Whether requests reuse and leave KV in the prompt cache (their own `cachePrompt` permitting);
+    /// set before `start`.
+    public var promptCaching = true
+    /// When a request may start from a retained cache that holds only part of its prompt (see
+    /// `PartialPromptReuse`); set before `start`. Whole-prompt hits are always exact and always used.
+    public var partialPromptReuse = PartialPromptReuse.whenExact
+    /// Whether this model's prefill gives every position the same bits whatever the chunk it runs
+    /// in (`probeExactPrefill`); nil until a partial reuse first comes up. Engine thread.
+    public private(set) var exactPrefill: Bool?
+    /// Counts each decode row's experts for requests that ask for it.
+    private let expertRecorder: RequestExpertRecorder
 
     /// A request's per-sequence state, touched only by the engine thread once admitted.
     private final class RequestState {
@@ -50,6 +69,21 @@ public final class Engine: GenerationService, @unchecked Sendable {
         var generated = 0
         var prefillStart: UInt64?
         var firstTokenTime: UInt64?
+        /// Tokens sampled so far (the cache holds `prompt + generatedTokens`, up to its length).
+        var generatedTokens: [Int] = []
+        /// Prompt tokens this sequence did not run (prompt cache or a shared prefill).
+        var cachedTokens = 0
+        /// Logits to sample the first token from instead of running the last prompt token
+        /// (a whole-prompt cache hit, or a fork of a shared prefill).
+        var pendingLogits: [Float]?
+        /// The logits after the whole prompt, kept for the prompt cache.
+        var promptLogits: [Float]?
+        /// Guarded by the lock: whether the prompt's logits exist (the prefill ended), and the
+        /// `n` > 1 choices waiting to fork this sequence's cache when it does.
+        var promptDone = false
+        var followers: [RequestState] = []
+        /// `[layer * experts + expert]` routing counts of the generated tokens (`recordExperts`).
+        var expertCounts: [Int32] = []
 
         init(id: UInt64, request: GenerationRequest, onEvent: @escaping @Sendable (GenerationEvent) -> Void,
              decode: @escaping @Sendable ([Int]) -> String) {
@@ -67,6 +101,15 @@ public final class Engine: GenerationService, @unchecked Sendable {
         self.model = model
         self.decode = decode
         scheduler = Scheduler(limits: limits)
+        promptCache = PromptCache(maxEntries: max(4, 2 * limits.maxRunningSequences))
+        expertRecorder = RequestExpertRecorder(layerCount: model.config.layerCount, expertCount: model.config.expertCount)
+    }
+
+    /// Bytes the prompt cache holds now, and its entries.
+    public var promptCacheState: (bytes: Int, entries: Int) {
+        condition.lock()
+        defer { condition.unlock() }
+        return (promptCache.byteCount, promptCache.entries.count)
     }
 
     /// Scheduler limits for `model` with `kvCacheBudgetBytes` of KV cache.
@@ -104,6 +147,31 @@ public final class Engine: GenerationService, @unchecked Sendable {
             throw SubmissionError(.invalid, "token id \(bad) is outside the vocabulary (0..<\(model.config.vocabSize))")
         }
         let id = nextId
+        if let shared = request.sharedPrefill, shared.size > 1 {
+            // Held until the whole group is here; then the first live member is scheduled and
+            // the others wait for its prefill (`promptEnded`). The scheduler's checks run on the
+            // leader when the last member arrives (a refusal fails that submission, and the
+            // caller cancels the members it was given).
+            let state = RequestState(id: id, request: request, onEvent: onEvent, decode: decode)
+            let members = (pendingGroups[shared.group] ?? []).filter { requests[$0.id] != nil } + [state]
+            guard members.count >= shared.size else {
+                pendingGroups[shared.group] = members
+                requests[id] = state
+                nextId += 1
+                return id
+            }
+            pendingGroups[shared.group] = nil
+            let leader = members[0]
+            try scheduler.add(id: leader.id, prompt: leader.request.prompt, maxTokens: leader.request.maxTokens)
+            leader.followers = members.dropFirst().filter { $0.request.prompt == leader.request.prompt }
+            for other in members.dropFirst() where other.request.prompt != leader.request.prompt {
+                try? scheduler.add(id: other.id, prompt: other.request.prompt, maxTokens: other.request.maxTokens)
+            }
+            requests[id] = state
+            nextId += 1
+            condition.signal()
+            return id
+        }
         try scheduler.add(id: id, prompt: request.prompt, maxTokens: request.maxTokens)
         nextId += 1
         requests[id] = RequestState(id: id, request: request, onEvent: onEvent, decode: decode)
@@ -182,7 +250,15 @@ public final class Engine: GenerationService, @unchecked Sendable {
                 condition.unlock()
                 return
             }
-            let plan = scheduler.schedule()
+            if partialPromptReuse == .whenExact, exactPrefill == nil, promptCaching, !promptCache.entries.isEmpty,
+               scheduler.waitingCount > 0 {
+                condition.unlock()
+                let exact = probeExactPrefill()
+                condition.lock()
+                exactPrefill = exact
+            }
+            evictPromptCache()
+            let plan = attachCachedPrefixes(scheduler.schedule())
             let states = plan.chunks.map { requests[$0.sequenceId]! }
             condition.unlock()
             // Events go out after the lock is released: a callback may call `cancel` or `submit`.
@@ -200,9 +276,12 @@ public final class Engine: GenerationService, @unchecked Sendable {
             guard let state = requests.removeValue(forKey: id) else { continue }
             scheduler.finish(id)
             statistics.cancelledRequests += 1
+            releaseFollowers(of: state, into: &events)
+            retainInPromptCache(state)
             events.append(state.onEvent, .finished(reason: .cancelled, text: "", usage: usage(state), timings: timings(state, end: now())))
         }
         pendingCancellations.removeAll()
+        if !pendingGroups.isEmpty { pendingGroups = pendingGroups.filter { $0.value.contains { requests[$0.id] != nil } } }
         condition.broadcast()
         return events
     }
@@ -210,7 +289,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
     /// Events collected under the lock and delivered after it is released, so that a callback
     /// that calls back into the engine (`cancel`, `submit`, `currentStatistics`) cannot deadlock.
     private struct PendingEvents {
-        private var events: [(@Sendable (GenerationEvent) -> Void, GenerationEvent)] = []
+        fileprivate var events: [(@Sendable (GenerationEvent) -> Void, GenerationEvent)] = []
         mutating func append(_ onEvent: @escaping @Sendable (GenerationEvent) -> Void, _ event: GenerationEvent) {
             events.append((onEvent, event))
         }
@@ -220,14 +299,22 @@ public final class Engine: GenerationService, @unchecked Sendable {
     private func step(_ plan: StepPlan, states: [RequestState]) {
         let start = now()
         var inputs: [SequenceInput] = []
+        var promptTokensRun = 0
+        var recorded: [Int] = [] // indexes into `states` of the rows the expert recorder counts
         for (chunk, state) in zip(plan.chunks, states) {
             if state.cache == nil { state.cache = model.makeCache() }
             if state.prefillStart == nil { state.prefillStart = start }
+            // A sequence with its first token's logits at hand runs nothing this step.
+            guard state.pendingLogits == nil else { continue }
+            if chunk.isPrompt { promptTokensRun += chunk.tokens.count }
             inputs.append(SequenceInput(cache: state.cache!, tokens: chunk.tokens))
+            recorded.append(state.request.recordExperts && !chunk.isPrompt ? recorded.count : -1)
         }
-        let outputs: StepLogits // in the model's workspace: read before the next step
+        let outputs: StepLogits? // in the model's workspace: read before the next step
         do {
-            outputs = try model.forwardStep(inputs)
+            outputs = try expertRecorder.recording(model, rows: recorded.map { $0 >= 0 }, inputs: inputs) {
+                try inputs.isEmpty ? nil : model.forwardStep(inputs)
+            }
         } catch {
             // A failed read of an expert fails the requests of this step, not the process.
             var failed = PendingEvents()
@@ -236,6 +323,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
                 scheduler.finish(state.id)
                 statistics.failedRequests += 1
                 failed.append(state.onEvent, .failed(message: "\(error)"))
+                releaseFollowers(of: state, into: &failed)
             }
             condition.broadcast()
             condition.unlock()
@@ -243,30 +331,47 @@ public final class Engine: GenerationService, @unchecked Sendable {
             return
         }
         let end = now()
+        // The recorder's counts, per sequence that asked (in `inputs` order).
+        var inputIndex = 0
+        for state in states where state.pendingLogits == nil {
+            if recorded[inputIndex] >= 0 { expertRecorder.add(row: inputIndex, into: &state.expertCounts) }
+            inputIndex += 1
+        }
+        // Sequences that ran nothing take their pending logits in their place.
+        var computedIndex = 0
+        let rows: [StepRowLogits] = states.map { state in
+            if let pending = state.pendingLogits { state.pendingLogits = nil; return .pending(pending) }
+            defer { computedIndex += 1 }
+            return .computed(outputs![computedIndex])
+        }
 
         var sampled: [UInt64: Int] = [:]
         var finished: [(RequestState, FinishReason, String)] = []
-        for ((chunk, state), logits) in zip(zip(plan.chunks, states), outputs) where chunk.samplesNextToken {
+        var promptsDone: [(RequestState, [Float])] = []
+        for ((chunk, state), row) in zip(zip(plan.chunks, states), rows) where chunk.samplesNextToken {
             if state.firstTokenTime == nil { state.firstTokenTime = end }
             let request = state.request
-            // Copied only when a bias or a grammar changes them.
-            var changed: [Float]?
-            if !request.logitBias.isEmpty || state.constraint != nil {
-                var logits = Array(logits)
-                for (token, bias) in request.logitBias where token >= 0 && token < logits.count { logits[token] += bias }
-                if let constraint = state.constraint, !constraint.constrain(&logits) {
-                    // The grammar allows no token at all (it cannot happen with a grammar that has no
-                    // dead ends): stop rather than sample outside it.
-                    finished.append((state, .stop, state.assembler.finish()))
-                    continue
-                }
-                changed = logits
-            }
             let topCount = request.logprobs ? request.topLogprobs : 0
-            let choice = changed.map { state.sampler.sample($0, topCount: topCount, logprobs: request.logprobs) }
-                ?? state.sampler.sample(logits, topCount: topCount, logprobs: request.logprobs)
+            let sampledChoice: (token: Int, logprob: TokenLogprob?, top: [TokenLogprob])? = row.withLogits { logits in
+                if chunk.isPrompt { promptsDone.append((state, Array(logits))) }
+                // Copied only when a bias or a grammar changes them.
+                guard !request.logitBias.isEmpty || state.constraint != nil else {
+                    return state.sampler.sample(logits, topCount: topCount, logprobs: request.logprobs)
+                }
+                var changed = Array(logits)
+                for (token, bias) in request.logitBias where token >= 0 && token < changed.count { changed[token] += bias }
+                // The grammar allows no token at all (it cannot happen with a grammar that has no dead ends):
+                // stop rather than sample outside it.
+                if let constraint = state.constraint, !constraint.constrain(&changed) { return nil }
+                return state.sampler.sample(changed, topCount: topCount, logprobs: request.logprobs)
+            }
+            guard let choice = sampledChoice else {
+                finished.append((state, .stop, state.assembler.finish()))
+                continue
+            }
             state.constraint?.accept(choice.token)
             state.generated += 1
+            state.generatedTokens.append(choice.token)
             sampled[state.id] = choice.token
             if request.stopTokenIds.contains(choice.token) {
                 finished.append((state, .stop, state.assembler.finish()))
@@ -289,12 +394,14 @@ public final class Engine: GenerationService, @unchecked Sendable {
         condition.lock()
         statistics.steps += 1
         statistics.busySeconds += Double(end - start) / 1e9
-        statistics.promptTokens += plan.chunks.filter(\.isPrompt).reduce(0) { $0 + $1.tokens.count }
+        statistics.promptTokens += promptTokensRun
         statistics.generatedTokens += sampled.count
+        for (state, logits) in promptsDone { promptEnded(state, logits: logits, events: &done) }
         scheduler.update(plan: plan, sampled: sampled)
         for (state, reason, text) in finished where requests.removeValue(forKey: state.id) != nil {
             scheduler.finish(state.id)
             statistics.finishedRequests += 1
+            retainInPromptCache(state)
             done.append(state.onEvent, .finished(reason: reason, text: text, usage: usage(state), timings: timings(state, end: end)))
         }
         condition.broadcast()
@@ -303,14 +410,19 @@ public final class Engine: GenerationService, @unchecked Sendable {
     }
 
     private func usage(_ state: RequestState) -> Usage {
-        Usage(promptTokens: state.request.prompt.count, completionTokens: state.generated)
+        var usage = Usage(promptTokens: state.request.prompt.count, completionTokens: state.generated)
+        usage.cachedTokens = state.cachedTokens
+        if state.request.recordExperts { usage.experts = expertRecorder.table(state.expertCounts) }
+        return usage
     }
 
     private func timings(_ state: RequestState, end: UInt64) -> Timings {
         let prefillStart = state.prefillStart ?? end
         let firstToken = state.firstTokenTime ?? end
-        return Timings(promptN: state.request.prompt.count, promptMs: Double(firstToken - prefillStart) / 1e6,
-                       predictedN: state.generated, predictedMs: Double(end - firstToken) / 1e6)
+        var timings = Timings(promptN: state.request.prompt.count - state.cachedTokens, promptMs: Double(firstToken - prefillStart) / 1e6,
+                              predictedN: state.generated, predictedMs: Double(end - firstToken) / 1e6)
+        timings.cacheN = state.cachedTokens
+        return timings
     }
 
     private func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
@@ -332,5 +444,164 @@ extension Engine {
             if case .cancelled = termination { self?.cancel(id) }
         }
         return stream
+    }
+}
+
+/// When the engine reuses a retained cache holding only part of a prompt. The rest of the prompt
+/// then runs as a chunk of another size than in an uncached run, which changes the result's bits
+/// when the model's kernels pick their arithmetic by row count (the bf16 and f32 GEMMs do; the
+/// integer-dot kernels of `pack --dense q8|q4` do not).
+public enum PartialPromptReuse: Sendable {
+    /// Only when a probe found this model's prefill bit-exact across chunkings (`Engine.exactPrefill`):
+    /// then a partial hit is bit-identical to an uncached run.
+    case whenExact
+    /// Always: the same tokens in practice, logprobs within float rounding where the kernels differ.
+    case always
+    /// Never: only whole-prompt hits.
+    case never
+}
+
+// MARK: - Prompt cache and shared prefills (caller holds the lock; engine thread)
+
+extension Engine {
+    private var allowsPartialReuse: Bool {
+        switch partialPromptReuse {
+        case .always: return true
+        case .never: return false
+        case .whenExact: return exactPrefill == true
+        }
+    }
+
+    /// Whether a 24-token prompt run as one chunk and as chunks of 1, 4 and 19 tokens ends in the
+    /// same logits, bit for bit: the chunk sizes cover the single-row, multi-row and GEMM kernel
+    /// paths, and the first rows' keys and values feed the last row's attention, so any
+    /// row-count-dependent arithmetic anywhere in the model shows. Runs on the engine thread.
+    private func probeExactPrefill() -> Bool {
+        let vocab = model.config.vocabSize
+        let tokens = (0..<24).map { ($0 * 7919 + 13) % vocab }
+        do {
+            let whole = try model.forward([SequenceInput(cache: model.makeCache(), tokens: tokens)])[0]
+            let split = model.makeCache()
+            _ = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[0..<1]))])
+            _ = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[1..<5]))])
+            let last = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[5...]))])[0]
+            return whole.map(\.bitPattern) == last.map(\.bitPattern)
+        } catch {
+            return false
+        }
+    }
+
+    /// Evicts retained prompt caches until they fit in what the KV budget leaves beside the
+    /// running sequences' reservations and the next admissions'.
+    private func evictPromptCache() {
+        promptCache.evict(toFit: scheduler.limits.kvCacheBudgetBytes - scheduler.reservedBytes - scheduler.pendingAdmissionBytes)
+    }
+
+    /// For each sequence `plan` admitted: starts it from a retained cache (a prompt-cache hit)
+    /// or from its forked cache (an `n` > 1 choice), tells the scheduler the prefix is done, and
+    /// plans again; returns the plan to run.
+    private func attachCachedPrefixes(_ first: StepPlan) -> StepPlan {
+        var plan = first
+        var admitted = first.admitted
+        while !admitted.isEmpty {
+            var changed = false
+            for id in admitted {
+                guard let state = requests[id] else { continue }
+                let prompt = state.request.prompt
+                if state.cache != nil, state.pendingLogits != nil {
+                    // A forked choice: its cache holds the whole prompt, its first logits are the leader's.
+                    scheduler.skipCachedPrefix(id, count: prompt.count - 1)
+                    changed = true
+                } else if state.cache == nil, promptCaching, state.request.cachePrompt,
+                          let hit = promptCache.take(for: prompt, allowPartial: allowsPartialReuse) {
+                    state.cache = hit.cache
+                    state.cachedTokens = hit.reused
+                    statistics.cachedPromptTokens += hit.reused
+                    statistics.promptCacheHits += 1
+                    if let logits = hit.logits {
+                        state.pendingLogits = logits
+                        scheduler.skipCachedPrefix(id, count: prompt.count - 1)
+                    } else {
+                        scheduler.skipCachedPrefix(id, count: hit.reused)
+                    }
+                    changed = true
+                }
+            }
+            guard changed else { break }
+            // The skipped prefixes change the chunks (and free token budget for more admissions).
+            let again = scheduler.schedule()
+            admitted = again.admitted
+            plan = StepPlan(chunks: again.chunks, admitted: plan.admitted + again.admitted)
+        }
+        return plan
+    }
+
+    /// `state`'s prompt has been run (its first token sampled from `logits`, the raw logits
+    /// after the prompt): forks its cache for the choices waiting on it, and keeps the logits
+    /// (and, for caches that cannot go back later, a snapshot) for the prompt cache.
+    private func promptEnded(_ state: RequestState, logits: [Float], events: inout PendingEvents) {
+        guard !state.promptDone, let cache = state.cache else { return }
+        state.promptDone = true
+        let followers = state.followers
+        state.followers = []
+        for follower in followers where requests[follower.id] != nil {
+            follower.cache = cache.copy(length: cache.length)
+            follower.pendingLogits = logits
+            follower.cachedTokens = follower.request.prompt.count
+            statistics.cachedPromptTokens += follower.cachedTokens
+            enqueue(follower, events: &events)
+        }
+        guard promptCaching, state.request.cachePrompt else { return }
+        if !cache.supportsTruncation || cache.windows.contains(where: { $0 != nil }) {
+            // A linear state cannot go back, and a window may have moved on by the end: keep the
+            // prompt's state as it is now.
+            promptCache.retain(tokens: state.request.prompt, cache: cache.copy(length: cache.length), logits: logits,
+                               logitsPosition: cache.length)
+            evictPromptCache()
+        } else {
+            state.promptLogits = logits
+        }
+    }
+
+    /// Adds a parked choice to the scheduler, or fails it when the queue has no room.
+    private func enqueue(_ follower: RequestState, events: inout PendingEvents) {
+        do {
+            try scheduler.add(id: follower.id, prompt: follower.request.prompt, maxTokens: follower.request.maxTokens)
+        } catch {
+            requests.removeValue(forKey: follower.id)
+            statistics.failedRequests += 1
+            events.append(follower.onEvent, .failed(message: "\(error)"))
+        }
+    }
+
+    /// `state` ends before its prompt did: the choices waiting on it prefill on their own.
+    private func releaseFollowers(of state: RequestState, into events: inout PendingEvents) {
+        let followers = state.followers
+        state.followers = []
+        for follower in followers where requests[follower.id] != nil { enqueue(follower, events: &events) }
+    }
+
+    /// Keeps a finished or cancelled sequence's KV for later requests.
+    private func retainInPromptCache(_ state: RequestState) {
+        guard promptCaching, state.request.cachePrompt, let cache = state.cache, cache.length > 0 else { return }
+        state.cache = nil
+        let tokens = Array((state.request.prompt + state.generatedTokens).prefix(cache.length))
+        guard tokens.count == cache.length else { return }
+        promptCache.retain(tokens: tokens, cache: cache, logits: state.promptLogits, logitsPosition: state.request.prompt.count)
+        evictPromptCache()
+    }
+}
+
+/// One sequence's logits in a step: a row of the model's workspace, or logits kept from an earlier step
+/// (a whole-prompt cache hit, a forked `n` choice).
+private enum StepRowLogits {
+    case computed(UnsafeBufferPointer<Float>)
+    case pending([Float])
+
+    func withLogits<R>(_ body: (UnsafeBufferPointer<Float>) throws -> R) rethrows -> R {
+        switch self {
+        case .computed(let row): return try body(row)
+        case .pending(let values): return try values.withUnsafeBufferPointer(body)
+        }
     }
 }

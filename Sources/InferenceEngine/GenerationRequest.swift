@@ -41,6 +41,16 @@ public struct GenerationRequest: Sendable {
     public var logitBias: [Int: Float] = [:]
     /// Restricts which tokens may come next (a grammar or JSON schema); nil: unconstrained.
     public var constraint: TokenConstraintFactory? = nil
+    /// Whether this request may start from a retained prompt cache and leave its KV for later
+    /// requests (llama-server's `cache_prompt`; the output is the same either way, see `PromptCache`).
+    public var cachePrompt = true
+    /// The `n` > 1 choices of one request: `size` requests with the same prompt and `group`. The
+    /// engine holds them until all `size` have been submitted, prefills the first, and starts the
+    /// others from copies of its KV cache, sampling their first tokens from the same
+    /// last-prompt logits, instead of prefilling the prompt again for each.
+    public var sharedPrefill: SharedPrefill? = nil
+    /// Record which experts this request's generated tokens were routed to (`Usage.experts`).
+    public var recordExperts = false
 
     public init(prompt: [Int], maxTokens: Int, sampling: SamplingParameters = SamplingParameters(),
                 stopStrings: [String] = [], stopTokenIds: Set<Int> = [], logprobs: Bool = false, topLogprobs: Int = 0) {
@@ -52,6 +62,15 @@ public struct GenerationRequest: Sendable {
         self.logprobs = logprobs
         self.topLogprobs = topLogprobs
     }
+}
+
+/// A group of requests sharing one prefill (`GenerationRequest.sharedPrefill`).
+public struct SharedPrefill: Sendable, Equatable {
+    /// Any value the group's members share and no other request uses.
+    public var group: UInt64
+    /// How many requests the group has.
+    public var size: Int
+    public init(group: UInt64, size: Int) { self.group = group; self.size = size }
 }
 
 /// Why a generation ended.
@@ -70,6 +89,11 @@ public enum FinishReason: String, Sendable, Codable {
 public struct Usage: Sendable, Codable, Equatable {
     public var promptTokens: Int
     public var completionTokens: Int
+    /// Prompt tokens whose KV came from the prompt cache or a shared `n` > 1 prefill instead of a forward pass.
+    public var cachedTokens = 0
+    /// With `GenerationRequest.recordExperts`: `[layer][expert]` how many of the generated
+    /// tokens (as decode inputs) were routed to each expert; empty otherwise.
+    public var experts: [[Int32]] = []
     public var totalTokens: Int { promptTokens + completionTokens }
 
     public init(promptTokens: Int, completionTokens: Int) {
@@ -86,8 +110,11 @@ public struct Timings: Sendable, Codable, Equatable {
     public var predictedN: Int
     public var predictedMs: Double
     public var predictedPerSecond: Double
+    /// Prompt tokens taken from the prompt cache (llama.cpp's `cache_n`); `promptN` excludes them.
+    public var cacheN = 0
 
     enum CodingKeys: String, CodingKey {
+        case cacheN = "cache_n"
         case promptN = "prompt_n", promptMs = "prompt_ms", promptPerSecond = "prompt_per_second"
         case predictedN = "predicted_n", predictedMs = "predicted_ms", predictedPerSecond = "predicted_per_second"
     }

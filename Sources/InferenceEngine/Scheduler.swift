@@ -177,4 +177,20 @@ public struct Scheduler: Sendable {
     public func contains(_ id: UInt64) -> Bool {
         running.contains { $0.id == id } || waiting.contains { $0.id == id }
     }
+
+    /// Marks the first `count` prompt tokens of running sequence `id` as already in its KV cache
+    /// (a prompt-cache hit or an `n` > 1 fork): the next plan prefills from there. Only before the
+    /// sequence's first chunk ran, and at least one prompt token is left to plan.
+    public mutating func skipCachedPrefix(_ id: UInt64, count: Int) {
+        guard let index = running.firstIndex(where: { $0.id == id }) else { return }
+        precondition(running[index].prefilled == 0 && count < running[index].prompt.count, "a cached prefix is set before prefill and leaves one token")
+        running[index].prefilled = count
+    }
+
+    /// KV bytes the waiting requests that could be admitted next (FCFS, up to the free running
+    /// slots) would reserve: what the prompt cache must leave free of the budget.
+    public var pendingAdmissionBytes: Int {
+        waiting.prefix(max(0, limits.maxRunningSequences - running.count))
+            .reduce(0) { $0 + reservation(promptTokens: $1.prompt.count, maxTokens: $1.maxTokens) }
+    }
 }

@@ -194,4 +194,25 @@ public final class KVCache: @unchecked Sendable {
         precondition(canTruncate(to: newLength), "truncating below what a sliding-window layer or a linear-attention state still holds")
         length = newLength
     }
+
+    /// A new cache holding this one's first `newLength` positions (`canTruncate(to: newLength)`
+    /// must hold): each layer's rows up to `newLength` are copied, a sliding-window layer's with
+    /// its first position, the linear-attention state whole. Reading the copy gives exactly what
+    /// reading this cache truncated to `newLength` would (a prompt-cache hit or an `n` > 1 fork).
+    public func copy(length newLength: Int) -> KVCache {
+        precondition(canTruncate(to: newLength), "copying a prefix a sliding-window layer or a linear-attention state no longer holds")
+        let copy = KVCache(layerCount: keys.count, keyWidth: rowWidth, valueWidth: valueRowWidth, maxPositions: maxPositions,
+                           initialCapacity: max(capacity, 1), precision: precision, windows: windows, linearState: linearState?.copy())
+        copy.llamaCppFlashAttention = llamaCppFlashAttention
+        let keyRowBytes = rowWidth * precision.byteCount, valueRowBytes = valueRowWidth * precision.byteCount
+        for layer in keys.indices where layerRows[layer] > 0 {
+            let held = max(0, newLength - firstPositions[layer])
+            precondition(copy.layerRows[layer] >= held)
+            copy.keys[layer].pointer.update(from: keys[layer].pointer, count: held * keyRowBytes)
+            copy.values[layer].pointer.update(from: values[layer].pointer, count: held * valueRowBytes)
+            copy.firstPositions[layer] = firstPositions[layer]
+        }
+        copy.length = newLength
+        return copy
+    }
 }

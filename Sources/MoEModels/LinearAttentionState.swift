@@ -33,4 +33,13 @@ public final class LinearAttentionState: @unchecked Sendable {
 
     /// Bytes held (what `LinearAttentionConfig.stateBytesPerSequence` promises the memory plan).
     public var byteCount: Int { recurrent.reduce(0) { $0 + $1.byteCount } + config.layers.count * config.convStateCount * MemoryLayout<Float>.stride }
+
+    /// An independent copy of this state (a prompt-cache snapshot, or one of `n` choices
+    /// forked from a shared prefill): the state folds in every position, so it is copied whole.
+    public func copy() -> LinearAttentionState {
+        let copy = LinearAttentionState(config: config, layerCount: slots.count)
+        for (source, target) in zip(recurrent, copy.recurrent) { target.pointer.update(from: source.pointer, count: source.count) }
+        for (source, target) in zip(conv, copy.conv) { target.pointer.update(from: source.pointer, count: source.count) }
+        return copy
+    }
 }
