@@ -35,6 +35,9 @@ public final class KVCache: @unchecked Sendable {
     /// With `.f16`: attend as llama.cpp's CPU flash attention does (`GGMLFlashAttention`, f16
     /// query and f16 accumulator), for comparisons with llama.cpp; off by default.
     public var llamaCppFlashAttention = false
+    /// Rotary angles as llama.cpp's CPU RoPE computes them (`RotaryEmbedding.apply(llamaCppAngles:)`),
+    /// for comparisons with llama.cpp; off by default.
+    public var llamaCppRotaryAngles = false
     /// Positions filled so far (the same for every layer once a step finishes).
     public private(set) var length = 0
     /// `[layer]` buffers of `capacity * rowWidth` elements of `precision` (raw bytes).

@@ -46,37 +46,18 @@ public final class SafetensorsFile: @unchecked Sendable {
     public let path: String
     /// The tensors, by name.
     public let entries: [String: SafetensorsEntry]
-    private let base: UnsafeMutableRawPointer
-    private let mappedLength: Int
+    private let mapping: ReadOnlyFileMapping
 
     /// Maps and validates the file at `path`.
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw ModelFormatError.file(path, "cannot open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var status = stat()
-        guard fstat(fd, &status) == 0 else { throw ModelFormatError.file(path, "cannot stat") }
-        let size = Int(status.st_size)
-        guard size >= 8 else { throw ModelFormatError.file(path, "truncated: \(size) bytes, too short for a safetensors header") }
-        guard let mapping = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapping != MAP_FAILED else {
-            throw ModelFormatError.file(path, "cannot map: \(String(cString: strerror(errno)))")
-        }
-        base = mapping
-        mappedLength = size
-        do {
-            entries = try Self.parseHeader(base: UnsafeRawPointer(mapping), size: size, path: path)
-        } catch {
-            munmap(mapping, size)
-            throw error
-        }
+        mapping = try ReadOnlyFileMapping(path: path, minimumSize: 8, format: "safetensors")
+        entries = try Self.parseHeader(base: mapping.base, size: mapping.count, path: path)
     }
-
-    deinit { munmap(base, mappedLength) }
 
     /// The bytes of tensor `name`.
     public func bytes(of entry: SafetensorsEntry) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: UnsafeRawPointer(base) + entry.fileOffset, count: entry.byteCount)
+        UnsafeRawBufferPointer(start: mapping.base + entry.fileOffset, count: entry.byteCount)
     }
 
     /// Drops the pages of `entry` from this process's resident set once its bytes have been
@@ -85,11 +66,7 @@ public final class SafetensorsFile: @unchecked Sendable {
     /// the kernel's page cache may keep them, reclaimable, but they are no longer ours.
     /// Pages shared with a neighbouring tensor at either end are kept.
     public func dropResidentPages(of entry: SafetensorsEntry) {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (entry.fileOffset + page - 1) / page * page
-        let end = (entry.fileOffset + entry.byteCount) / page * page
-        guard end > start else { return }
-        _ = madvise(base + start, end - start, Int32(MADV_DONTNEED))
+        mapping.dropResidentPages(offset: entry.fileOffset, length: entry.byteCount)
     }
 
     /// Parses and validates the header of a safetensors file of `size` bytes mapped at `base`.

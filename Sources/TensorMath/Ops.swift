@@ -8,9 +8,12 @@ public enum Ops {
     public static func rmsNorm(_ x: UnsafeMutablePointer<Float>, rowCount: Int, dim: Int, weight: UnsafePointer<Float>, eps: Float) {
         for r in 0..<rowCount {
             let row = x + r * dim
-            var sumSquares: Float = 0
-            for i in 0..<dim { sumSquares += row[i] * row[i] }
-            let scale = 1 / (sumSquares / Float(dim) + eps).squareRoot()
+            // Squares summed in double, in order, as llama.cpp's ggml_rms_norm does: a float sum
+            // rounds the scale differently in its last bit now and then, which moves float16-cached
+            // keys of q/k-normalised models (OLMoE, Qwen3) off llama.cpp's.
+            var sumSquares: Double = 0
+            for i in 0..<dim { sumSquares += Double(row[i] * row[i]) }
+            let scale = 1 / (Float(sumSquares / Double(dim)) + eps).squareRoot()
             for i in 0..<dim { row[i] = weight[i] * (row[i] * scale) }
         }
     }

@@ -124,6 +124,7 @@ public struct WeightMatrix: @unchecked Sendable {
                         GGMLKernels.dequantizeRows(type, blocks, first: first, count: count, cols: cols, into: panel)
                     }
                 }
+                GGMLKernels.addBlockSumCorrection(type, blocks, rows: rows, cols: cols, x: x, count: n, y: y)
             }
         }
     }

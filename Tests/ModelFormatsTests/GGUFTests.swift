@@ -11,7 +11,7 @@ enum GGUFFixtures {
 }
 
 @Suite struct GGUFDequantizeTests {
-    static let types: [GGMLType] = [.f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS]
+    static let types: [GGMLType] = [.f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS, .mxfp4]
 
     /// Every type's blocks decode to what gguf-py's numpy dequantisation gives for the same bytes.
     @Test(arguments: types)
@@ -55,6 +55,18 @@ enum GGUFFixtures {
                 for r in 0..<rows {
                     var want: Double = 0
                     for c in 0..<cols { want += Double(weights[r * cols + c]) * Double(rounded[i * cols + c]) }
+                    if type == .q4_1 || type == .q5_1 {
+                        // Q8_1: each block's minimum m times s = float16(d·Σq), not float16(d)·Σq.
+                        let blockBytes = type.blockBytes
+                        let row = file.bytes(of: packed).baseAddress! + r * (cols / 32) * blockBytes
+                        for b in 0..<(cols / 32) {
+                            let block = x[(i * cols + 32 * b)..<(i * cols + 32 * b + 32)]
+                            let amax = block.map(abs).max()!, d = amax / 127
+                            let sum = block.map { ($0 * (127 / amax)).rounded(.toNearestOrEven) }.reduce(0, +)
+                            let m = Float(Float16(bitPattern: row.loadUnaligned(fromByteOffset: b * blockBytes + 2, as: UInt16.self)))
+                            want += Double(m) * (Double(Float(Float16(d * sum))) - Double(Float(Float16(d))) * Double(sum))
+                        }
+                    }
                     #expect(abs(Double(y[i * rows + r]) - want) <= 1e-4 * max(1, abs(want)), "\(type) n=\(n) row \(r)")
                 }
             }
@@ -138,14 +150,14 @@ enum GGUFFixtures {
         #expect(parse(hugeKVs) != nil)
     }
 
-    /// Unsupported tensor types name the tensor and the type; MXFP4 says it is not yet supported.
+    /// Unsupported tensor types name the tensor and the type; MXFP4 is computed.
     @Test func unsupportedTypesAreNamed() throws {
         let model = try GGUFModel(url: GGUFFixtures.root.appendingPathComponent("mixtral-Q8_0.gguf"))
         let message = { (type: GGMLType) -> String in
             do { try model.checkComputable(type, tensor: "blk.0.attn_q.weight"); return "" } catch { return "\(error)" }
         }
         #expect(message(.iq2_XXS).contains("blk.0.attn_q.weight") && message(.iq2_XXS).contains("IQ2_XXS is not supported"))
-        #expect(message(.mxfp4).contains("MXFP4 is not supported yet"))
+        #expect(message(.mxfp4) == "")
         #expect(message(.q4_K) == "")
     }
 

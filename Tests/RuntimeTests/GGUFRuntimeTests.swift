@@ -53,4 +53,22 @@ import Tokenization
         #expect(fromGGUF.eosTokenIds == fromJSON.eosTokenIds)
         for id in [0, 5, 300, 1499, 1503] { #expect(fromGGUF.decode([id]) == fromJSON.decode([id])) }
     }
+
+    /// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`: tokens, scores, token types,
+    /// `<0xNN>` byte tokens, add_space_prefix, add_bos) written by llama.cpp's converter from a
+    /// `tokenizer.model` (`scripts/gguf/make_spm_fixture.py`) encodes every case as llama.cpp's
+    /// `/tokenize` and the sentencepiece library do (BOS first), and decodes back to the text.
+    @Test func sentencePieceTokenizerFromMetadataEncodesAsLlamaCpp() throws {
+        let directory = Self.root.appendingPathComponent("gguf/spm")
+        let tokenizer = try Tokenizer.load(gguf: GGUFModel(url: directory.appendingPathComponent("mixtral-spm-Q8_0.gguf")))
+        let cases = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: directory.appendingPathComponent("cases.json"))) as? [[String: Any]])
+        #expect(cases.count >= 10)
+        for entry in cases {
+            let text = try #require(entry["text"] as? String), ids = try #require(entry["ids"] as? [Int])
+            #expect(ids == entry["sentencepiece"] as? [Int], "the fixture's two references disagree on \(text.debugDescription)")
+            let encoded = tokenizer.encode(text)
+            #expect(encoded == ids, "\(text.debugDescription): \(encoded) vs llama.cpp \(ids)")
+            #expect(tokenizer.decode(Array(encoded.dropFirst())) == text, "\(text.debugDescription) does not decode back")
+        }
+    }
 }

@@ -22,8 +22,12 @@ ROWS, COLS = 2, 512
 HALF_FIELDS = {
     T.Q4_0: [0], T.Q4_1: [0, 2], T.Q5_0: [0], T.Q5_1: [0, 2], T.Q8_0: [0],
     T.Q2_K: [80, 82], T.Q3_K: [108], T.Q4_K: [0, 2], T.Q5_K: [0, 2], T.Q6_K: [208],
-    T.IQ4_NL: [0], T.IQ4_XS: [0],
+    T.IQ4_NL: [0], T.IQ4_XS: [0], T.MXFP4: [],
 }
+
+# Byte offsets of e8m0 exponents, kept in 110...140 (well inside the range where ggml's and
+# the OCP format's readings of the exponent agree; 255 is NaN in one, infinity in the other).
+EXPONENT_FIELDS = {T.MXFP4: [0]}
 
 
 def main() -> None:
@@ -32,6 +36,8 @@ def main() -> None:
     for qtype, fields in HALF_FIELDS.items():
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         blocks = rng.integers(0, 256, size=(ROWS * COLS // block, size), dtype=np.uint8)
+        for offset in EXPONENT_FIELDS.get(qtype, []):
+            blocks[:, offset] = rng.integers(110, 141, size=blocks.shape[0], dtype=np.uint8)
         for offset in fields:
             halves = rng.uniform(-0.05, 0.05, size=blocks.shape[0]).astype(np.float16)
             blocks[:, offset:offset + 2] = halves.view(np.uint8).reshape(-1, 2)

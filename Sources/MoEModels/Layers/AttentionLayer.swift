@@ -127,8 +127,10 @@ struct AttentionLayer {
             // reads exactly those; later rows' keys are not visible to it anyway.
             for i in 0..<span.rowCount {
                 let row = span.firstRow + i, position = span.startPosition + i
-                rope.apply(q.pointer + row * qWidth, headCount: headCount, position: position)
-                rope.apply(k.pointer + row * kvWidth, headCount: kvHeadCount, position: position)
+                rope.apply(q.pointer + row * qWidth, headCount: headCount, headStride: rope.headDim, position: position,
+                           llamaCppAngles: cache.llamaCppRotaryAngles)
+                rope.apply(k.pointer + row * kvWidth, headCount: kvHeadCount, headStride: rope.headDim, position: position,
+                           llamaCppAngles: cache.llamaCppRotaryAngles)
                 cache.store(layer: layer, position: position, key: k.pointer + row * kvWidth, value: v.pointer + row * kvWidth)
                 // Keys visible to this query: causal, and inside the sliding window if any.
                 let firstKey = slidingWindow.map { max(0, position - $0 + 1) } ?? 0

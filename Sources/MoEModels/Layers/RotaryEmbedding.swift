@@ -27,6 +27,9 @@ public struct RotaryEmbedding: Sendable {
     public let attentionScaling: Float
     /// Pairing of the rotated dimensions.
     public let layout: Layout
+    /// llama.cpp's `theta_scale`, `powf(base, −2/rotaryDim)` in float32, for `llamaCppAngles`;
+    /// nil for YaRN (whose llama.cpp angles are not emulated).
+    let llamaCppThetaScale: Float?
 
     /// The default RoPE over all of `headDim` with base `theta`, `rotate_half` layout.
     public init(headDim: Int, theta: Double) {
@@ -42,6 +45,7 @@ public struct RotaryEmbedding: Sendable {
         // int(head_dim * partial_rotary_factor), rounded down to whole pairs.
         let dim = Int(Double(headDim) * parameters.partialRotaryFactor) / 2 * 2
         rotaryDim = dim
+        llamaCppThetaScale = parameters.kind == .yarn || dim == 0 ? nil : powf(Float(theta), -2 / Float(dim))
         // torch: base ** (arange(0, dim, 2).float() / dim), in float32.
         let base = Double(Float(theta))
         let positionFrequencies: [Float] = (0..<(dim / 2)).map { i in
@@ -94,19 +98,42 @@ public struct RotaryEmbedding: Sendable {
 
     /// Rotates the first `rotaryDim` values of `headCount` heads that start `headStride` floats
     /// apart (a head's rotary part inside a wider head: multi-head latent attention), in place.
-    public func apply(_ x: UnsafeMutablePointer<Float>, headCount: Int, headStride: Int, position: Int) {
+    ///
+    /// `llamaCppAngles` (default RoPE only): the angles as llama.cpp's CPU backend computes them
+    /// (`ggml_rope_cache_init`): θ₀ = position, θᵢ₊₁ = θᵢ · theta_scale in float32, one rounding per
+    /// step, rather than position · inverse frequency. The angles differ by ~1e-6 relative, which
+    /// moves a float16-cached key by a last bit now and then; the GGUF comparison with llama.cpp
+    /// (head size 64) needs them to agree.
+    public func apply(_ x: UnsafeMutablePointer<Float>, headCount: Int, headStride: Int, position: Int,
+                      llamaCppAngles: Bool = false) {
         let half = rotaryDim / 2
         guard half > 0 else { return }
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * half) { table in
             let cosines = table.baseAddress!, sines = cosines + half
-            for i in 0..<half {
-                let angle = Float(position) * inverseFrequencies[i] // float32 product, as torch
-                cosines[i] = cosf(angle) * attentionScaling
-                sines[i] = sinf(angle) * attentionScaling
+            if llamaCppAngles, let thetaScale = llamaCppThetaScale {
+                var angle = Float(position)
+                for i in 0..<half {
+                    cosines[i] = cosf(angle)
+                    sines[i] = sinf(angle)
+                    angle *= thetaScale
+                }
+            } else {
+                for i in 0..<half {
+                    let angle = Float(position) * inverseFrequencies[i] // float32 product, as torch
+                    cosines[i] = cosf(angle) * attentionScaling
+                    sines[i] = sinf(angle) * attentionScaling
+                }
             }
             for h in 0..<headCount {
                 let head = x + h * headStride
                 switch layout {
+                case .rotateHalf where llamaCppAngles:
+                    // As GCC contracts llama.cpp's rotate_pairs: the first product fused.
+                    for i in 0..<half {
+                        let a = head[i], b = head[i + half]
+                        head[i] = (-(b * sines[i])).addingProduct(a, cosines[i])
+                        head[i + half] = (b * cosines[i]).addingProduct(a, sines[i])
+                    }
                 case .rotateHalf:
                     for i in 0..<half {
                         let a = head[i], b = head[i + half]

@@ -32,8 +32,7 @@ public final class GGUFFile: @unchecked Sendable {
     public let path: String
     /// The parsed header.
     public let header: Header
-    private let base: UnsafeMutableRawPointer
-    private let mappedLength: Int
+    private let mapping: ReadOnlyFileMapping
 
     /// Everything before the tensor data.
     public struct Header: Sendable {
@@ -63,44 +62,22 @@ public final class GGUFFile: @unchecked Sendable {
     /// Maps and parses the file at `path`.
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw ModelFormatError.file(path, "cannot open: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var status = stat()
-        guard fstat(fd, &status) == 0 else { throw ModelFormatError.file(path, "cannot stat") }
-        let size = Int(status.st_size)
-        guard size >= 24 else { throw ModelFormatError.file(path, "truncated: \(size) bytes, too short for a GGUF header") }
-        guard let mapping = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapping != MAP_FAILED else {
-            throw ModelFormatError.file(path, "cannot map: \(String(cString: strerror(errno)))")
-        }
-        base = mapping
-        mappedLength = size
-        do {
-            header = try Self.parse(UnsafeRawBufferPointer(start: mapping, count: size), path: path)
-        } catch {
-            munmap(mapping, size)
-            throw error
-        }
+        mapping = try ReadOnlyFileMapping(path: path, minimumSize: 24, format: "GGUF")
+        header = try Self.parse(mapping.bytes, path: path)
     }
-
-    deinit { munmap(base, mappedLength) }
 
     /// Metadata value `key`, nil when absent.
     public subscript(key: String) -> GGUFValue? { header.values[key] }
 
     /// The bytes of `tensor`.
     public func bytes(of tensor: GGUFTensorInfo) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: UnsafeRawPointer(base) + tensor.fileOffset, count: tensor.byteCount)
+        UnsafeRawBufferPointer(start: mapping.base + tensor.fileOffset, count: tensor.byteCount)
     }
 
     /// Drops the mapped pages of `[offset, offset + length)` from the resident set after they
     /// were copied out (pages shared with a neighbour at either end are kept).
     public func dropResidentPages(offset: Int, length: Int) {
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let start = (offset + page - 1) / page * page
-        let end = (offset + length) / page * page
-        guard end > start else { return }
-        _ = madvise(base + start, end - start, Int32(MADV_DONTNEED))
+        mapping.dropResidentPages(offset: offset, length: length)
     }
 
     /// Whether the file at `path` starts with the GGUF magic.

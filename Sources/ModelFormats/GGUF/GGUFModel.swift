@@ -111,9 +111,6 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
 
     /// Throws unless `type` can be computed with, naming the tensor.
     func checkComputable(_ type: GGMLType, tensor: String) throws {
-        if type == .mxfp4 {
-            throw ModelFormatError.tensor(tensor, in: url.path, "type MXFP4 is not supported yet (its codec arrives with gpt-oss support)")
-        }
         guard type.isComputable else {
             let supported = GGMLType.computable.map(\.name).joined(separator: ", ")
             throw ModelFormatError.tensor(tensor, in: url.path, "type \(type) is not supported (supported: \(supported))")

@@ -1,7 +1,8 @@
 /// Rounds the activations a ggml-typed weight multiplies as llama.cpp's CPU backend does
 /// before its integer dot products (each weight type's `vec_dot_type`): blocks of 32 to 8 bits
 /// with a float16 scale (Q8_0, also Q8_1's values) for the 32-weight types, blocks of 256 to
-/// 8 bits with a float32 scale (Q8_K) for the K-quants and IQ4_XS. Products with the
+/// 8 bits with a float32 scale (Q8_K) for the K-quants and IQ4_XS. MXFP4 (block 32) multiplies
+/// Q8_0 activations in llama.cpp too. Products with the
 /// rounded activations are llama.cpp's products up to float summation order, which is what
 /// makes a GGUF's next-token distribution match llama.cpp's (issue 21); the rounding moves
 /// a logit by about 0.3% of its size.
@@ -26,6 +27,17 @@ public enum GGMLActivations {
         let inverse: Float = amax != 0 ? 127 / amax : 0
         let stored = Float(Float16(d))
         for i in 0..<32 { out[i] = (x[i] * inverse).rounded(.toNearestOrEven) * stored }
+    }
+
+    /// Q8_1 of 32 activations: the unrounded scale d = amax/127 and Σq (q as Q8_0 rounds them),
+    /// from which llama.cpp stores the block sum s = float16(d·Σq) (`GGMLKernels.addBlockSumCorrection`).
+    @inline(__always) static func q8_1BlockSum(_ x: UnsafePointer<Float>) -> (d: Float, sum: Float) {
+        var amax: Float = 0
+        for i in 0..<32 { amax = max(amax, abs(x[i])) }
+        let inverse: Float = amax != 0 ? 127 / amax : 0
+        var sum: Float = 0
+        for i in 0..<32 { sum += (x[i] * inverse).rounded(.toNearestOrEven) }
+        return (amax / 127, sum)
     }
 
     /// Q8_K: the signed value of largest magnitude `m`, scale −127/m, q = min(127, round-to-even),

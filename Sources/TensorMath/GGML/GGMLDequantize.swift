@@ -14,6 +14,8 @@
 /// - Q5_K `d, dmin, scales[12], qh[32], qs[128]`; Q6_K `ql[128], qh[64], scales:i8[16], d`
 /// - IQ4_NL `d, qs[16]`: as Q4_0 through a non-linear table; IQ4_XS `d, scales_h:u16,
 ///   scales_l[4], qs[128]`: 8 groups of 32 with 6-bit signed scales, the same table.
+/// - MXFP4 `e:u8, qs[16]` (gpt-oss's experts): e2m1 nibbles times 2^(e−127), decoded by
+///   `MXFP4` (the layout the safetensors path repacks gpt-oss's checkpoints into).
 public enum GGMLDequantize {
     /// IQ4_NL / IQ4_XS code points.
     static let iq4Values: SIMD16<Float> = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
@@ -150,6 +152,8 @@ public enum GGMLDequantize {
                 store(iq4(lo) * scale, out, 32 * j)
                 store(iq4(hi) * scale, out, 32 * j + 16)
             }
+        case .mxfp4:
+            MXFP4.dequantize(p.assumingMemoryBound(to: UInt8.self), rows: 1, cols: MXFP4.blockSize, into: out)
         default:
             preconditionFailure("GGMLDequantize.block: \(type) is not a block type MoEServe decodes")
         }

@@ -29,6 +29,37 @@ public enum GGMLKernels {
         withRoundedActivations(type, x, count: n, cols: cols) { rounded in
             multiRowExact(type, w, rows: rows, cols: cols, x: rounded, count: n, y: y)
         }
+        addBlockSumCorrection(type, w, rows: rows, cols: cols, x: x, count: n, y: y)
+    }
+
+    /// For Q4_1 and Q5_1 (weights `d·q + m`), moves `y[n, rows]` — computed from activations
+    /// rounded by `GGMLActivations` — onto llama.cpp's product. llama.cpp multiplies these types
+    /// with Q8_1 activations and adds each block's `m` times Q8_1's block sum `s`, which it
+    /// stores as float16(d_unrounded · Σq); the rounded activations give `m · float16(d) · Σq`.
+    /// The difference, `m · (s − float16(d)·Σq)` per block, is up to ~2⁻¹¹ of a block sum: it
+    /// kept qwen2moe-Q5_1 0.17 nats from llama.cpp through a flipped expert choice. `x` are the
+    /// activations as given (not rounded). A no-op for every other type.
+    public static func addBlockSumCorrection(_ type: GGMLType, _ w: UnsafePointer<UInt8>, rows: Int, cols: Int,
+                                             x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
+        guard type == .q4_1 || type == .q5_1 else { return }
+        let blocks = cols / 32, blockBytes = type.blockBytes, rowBytes = blocks * blockBytes
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(blocks, 1)) { correction in
+            for i in 0..<n {
+                // [blocks] s − float16(d)·Σq of row i's Q8_1 blocks
+                for b in 0..<blocks {
+                    let (d, sum) = GGMLActivations.q8_1BlockSum(x + i * cols + 32 * b)
+                    correction[b] = Float(Float16(d * sum)) - Float(Float16(d)) * sum
+                }
+                for r in 0..<rows {
+                    let row = UnsafeRawPointer(w + r * rowBytes)
+                    var total: Float = 0
+                    for b in 0..<blocks where correction[b] != 0 {
+                        total += GGMLDequantize.half(row, b * blockBytes + 2) * correction[b]
+                    }
+                    y[i * rows + r] += total
+                }
+            }
+        }
     }
 
     /// `multiRow` with `x` used as given.

@@ -72,7 +72,7 @@ public struct GGMLType: RawRepresentable, Hashable, Sendable, CustomStringConver
 
     /// The types whose blocks `GGMLDequantize` decodes and `GGMLKernels` multiply.
     public static let computable: [GGMLType] = [.f32, .f16, .bf16, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1,
-                                                 .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS]
+                                                 .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS, .mxfp4]
 
     /// Whether MoEServe can compute with this type.
     public var isComputable: Bool { Self.computable.contains(self) }
