@@ -49,6 +49,26 @@ public struct SyntheticCheckpoint: Sendable {
                 "torch_dtype": "bfloat16", "initializer_range": 0.02,
             ]
         },
+        Shape(name: "gpt-oss-20b", summary: "gpt-oss-20b: 24 layers alternating sliding (128) / full attention with sinks, 64 heads / 8 KV of 64, 32 experts top-4, hidden 2880, expert width 2880, experts in MXFP4 as published (10.15 GB of experts)") {
+            // The published openai/gpt-oss-20b config.json (vocabulary from --tokenizer-from).
+            [
+                "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
+                "hidden_size": 2880, "intermediate_size": 2880, "num_hidden_layers": 24,
+                "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 64,
+                "num_local_experts": 32, "num_experts_per_tok": 4, "experts_per_token": 4,
+                "layer_types": (0..<24).map { $0 % 2 == 0 ? "sliding_attention" : "full_attention" },
+                "sliding_window": 128, "attention_bias": true, "attention_dropout": 0.0,
+                "max_position_embeddings": 131072, "initial_context_length": 4096, "rms_norm_eps": 1e-5,
+                "rope_theta": 150000.0,
+                "rope_scaling": ["rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                 "original_max_position_embeddings": 4096, "truncate": false],
+                "swiglu_limit": 7.0, "hidden_act": "silu", "tie_word_embeddings": false,
+                "router_aux_loss_coef": 0.9, "output_router_logits": false,
+                "quantization_config": ["quant_method": "mxfp4", "modules_to_not_convert": [
+                    "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]],
+                "torch_dtype": "bfloat16", "initializer_range": 0.02,
+            ]
+        },
         Shape(name: "olmoe-small", summary: "OLMoE-shaped, small enough for tests: 8 layers, 32 experts top-4, hidden 256, expert width 256 (100 MB of bf16 experts)") {
             olmoe(layers: 8, hidden: 256, width: 256, heads: 4, experts: 32, topK: 4)
         },
@@ -114,6 +134,10 @@ public struct SyntheticCheckpoint: Sendable {
                 list += latentLayerTensors(layer: layer, config: config, latent: latent, names: names, t)
                 continue
             }
+            if let fused = names.fusedExperts?(layer) {
+                list += fusedLayerTensors(layer: layer, config: config, fused: fused, names: names, t)
+                continue
+            }
             list += [
                 t("model.layers.\(layer).input_layernorm.weight", [hidden]),
                 t("\(attention).q_proj.weight", [qWidth, hidden]),
@@ -177,6 +201,53 @@ public struct SyntheticCheckpoint: Sendable {
         return list
     }
 
+    /// One layer of a model whose experts are stored fused (gpt-oss), as the published checkpoint
+    /// stores them: attention with q/k/v/o biases and a sink logit per head, the router with its
+    /// bias, and each layer's experts in MXFP4 (`gate_up_proj_blocks` `[E, 2·width, hidden/32, 16]`
+    /// and `_scales` `[E, 2·width, hidden/32]`, rows interleaving gate and up; `down_proj_blocks`
+    /// `[E, hidden, width/32, 16]` and `_scales`) beside bf16 biases. Blocks before their scales:
+    /// llama.cpp's converter pairs them in file order.
+    private func fusedLayerTensors(layer: Int, config: ModelConfig, fused: FusedExpertNames,
+                                   names: ArchitectureDescription,
+                                   _ t: (String, [Int]) -> SafetensorsStreamWriter.Tensor) -> [SafetensorsStreamWriter.Tensor] {
+        let hidden = config.hiddenSize, width = config.expertIntermediateSize, experts = config.expertCount
+        let qWidth = config.headCount * config.headDim, kvWidth = config.kvHeadCount * config.headDim
+        let attention = names.attentionPrefix(layer)
+        func u8(_ name: String, _ shape: [Int]) -> SafetensorsStreamWriter.Tensor { .init(name: name, dtype: .u8, shape: shape) }
+        var list = [
+            t("model.layers.\(layer).input_layernorm.weight", [hidden]),
+            t("\(attention).q_proj.weight", [qWidth, hidden]), t("\(attention).q_proj.bias", [qWidth]),
+            t("\(attention).k_proj.weight", [kvWidth, hidden]), t("\(attention).k_proj.bias", [kvWidth]),
+            t("\(attention).v_proj.weight", [kvWidth, hidden]), t("\(attention).v_proj.bias", [kvWidth]),
+            t("\(attention).o_proj.weight", [hidden, qWidth]), t("\(attention).o_proj.bias", [hidden]),
+            t("\(attention).sinks", [config.headCount]),
+            t("model.layers.\(layer).post_attention_layernorm.weight", [hidden]),
+            t(names.routerName(layer), [experts, hidden]),
+        ]
+        if let bias = names.routerBiasName?(layer) { list.append(t(bias, [experts])) }
+        list += [
+            u8(fused.gateUp + "_blocks", [experts, 2 * width, hidden / 32, 16]),
+            u8(fused.gateUp + "_scales", [experts, 2 * width, hidden / 32]),
+            t(fused.gateUpBias, [experts, 2 * width]),
+            u8(fused.down + "_blocks", [experts, hidden, width / 32, 16]),
+            u8(fused.down + "_scales", [experts, hidden, width / 32]),
+            t(fused.downBias, [experts, hidden]),
+        ]
+        return list
+    }
+
+    /// Norm weights (and DeepSeek's correction bias) are ones; projection biases and gpt-oss's
+    /// sinks are random like the weights: a bias of one on every `o_proj` would add the same
+    /// vector to the residual stream in every layer, and every token would route alike.
+    static func isConstantOne(_ tensor: SafetensorsStreamWriter.Tensor) -> Bool {
+        tensor.shape.count == 1 && !tensor.name.hasSuffix(".bias") && !tensor.name.hasSuffix(".sinks")
+    }
+
+    /// MXFP4 scales are one e8m0 exponent for every block: 2^-7 (byte 120). Uniform random e2m1
+    /// codes have a standard deviation of 2.93, so the weights' is 0.023, near the 0.02 of the
+    /// bf16 weights.
+    static let mxfp4Scale: UInt8 = 127 - 7
+
     /// Weights have the published `initializer_range` (0.02), except the token embeddings, which
     /// have unit scale: with 0.02 the residual stream soon holds little but the attention's
     /// average over the context, every token routes to the same ~10 experts from layer 3 on
@@ -215,8 +286,23 @@ public struct SyntheticCheckpoint: Sendable {
             let writer = try SafetensorsStreamWriter(url: directory.appendingPathComponent(fileName), tensors: shard)
             for tensor in shard {
                 weightMap[tensor.name] = fileName
+                if tensor.dtype == .u8 {
+                    // MXFP4 blocks (random e2m1 codes) or scales (one exponent).
+                    var bytes = UniformBF16Generator(seed: seed, tensorName: tensor.name, constant: 0, standardDeviation: 0)
+                    var remaining = tensor.byteCount
+                    while remaining > 0 {
+                        let piece = min(remaining, chunk.count)
+                        let slice = UnsafeMutableRawBufferPointer(rebasing: chunk[0..<piece])
+                        if tensor.name.hasSuffix("_scales") { slice.initializeMemory(as: UInt8.self, repeating: Self.mxfp4Scale) }
+                        else { bytes.fillRandomBytes(slice) }
+                        try writer.append(UnsafeRawBufferPointer(slice))
+                        remaining -= piece
+                        done += piece
+                    }
+                    continue
+                }
                 var values = UniformBF16Generator(seed: seed, tensorName: tensor.name,
-                                                  constant: tensor.shape.count == 1 ? 1.0 : nil,
+                                                  constant: Self.isConstantOne(tensor) ? 1.0 : nil,
                                                   standardDeviation: Self.standardDeviation(of: tensor.name))
                 var remaining = tensor.byteCount
                 while remaining > 0 {
@@ -280,6 +366,16 @@ struct UniformBF16Generator {
         state.2 ^= t
         state.3 = (state.3 << 45) | (state.3 >> 19)
         return result
+    }
+
+    /// Fills `buffer` with uniformly random bytes (the generator's raw output).
+    mutating func fillRandomBytes(_ buffer: UnsafeMutableRawBufferPointer) {
+        var i = 0
+        while i + 8 <= buffer.count {
+            buffer.storeBytes(of: next(), toByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < buffer.count { buffer[i] = UInt8(truncatingIfNeeded: next()); i += 1 }
     }
 
     /// Fills `buffer` (an even number of bytes) with bf16 values.

@@ -27,6 +27,8 @@ public struct KernelBenchmark: Sendable {
         public var f32SgemvGBps: Double
         public var int8GemvGBps: Double
         public var q4GemvGBps: Double
+        /// MXFP4 (gpt-oss's expert format, `MXFP4.gemv`), bytes of blocks streamed per second.
+        public var mxfp4GemvGBps: Double = 0
         public var bf16GemvFractionOfBandwidth: Double
         /// Time of one `apply` over n input rows (n = 1...8) relative to one row: what a batch's
         /// extra tokens on an expert cost.
@@ -37,7 +39,7 @@ public struct KernelBenchmark: Sendable {
         enum CodingKeys: String, CodingKey {
             case memoryReadGBps1Thread = "memory_read_gbps_1_thread", memoryReadGBps2Threads = "memory_read_gbps_2_threads"
             case bf16GemvGBps = "bf16_gemv_gbps", f32SgemvGBps = "f32_sgemv_gbps"
-            case int8GemvGBps = "int8_gemv_gbps", q4GemvGBps = "q4_gemv_gbps"
+            case int8GemvGBps = "int8_gemv_gbps", q4GemvGBps = "q4_gemv_gbps", mxfp4GemvGBps = "mxfp4_gemv_gbps"
             case bf16GemvFractionOfBandwidth = "bf16_gemv_fraction_of_bandwidth", rows, cols
             case q4RowsCost = "q4_rows_cost", bf16RowsCost = "bf16_rows_cost"
         }
@@ -83,6 +85,10 @@ public struct KernelBenchmark: Sendable {
         let q4Matrix = WeightMatrix(rows: rows, cols: cols, storage: .q4(blocks: UnsafePointer(q4Blocks.pointer), scales: UnsafePointer(q4Scales.pointer)), owner: q4Blocks)
         let int8Rate = Double(rows * cols + rows * 4) / median { int8Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
         let q4Rate = Double(q4Blocks.count + q4Scales.count * 4) / median { q4Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
+        let mxfp4Blocks = AlignedBuffer<UInt8>(count: MXFP4.byteCount(rows: rows, cols: cols))
+        MXFP4.quantize(f32.pointer, rows: rows, cols: cols, into: mxfp4Blocks.pointer)
+        let mxfp4Matrix = WeightMatrix(rows: rows, cols: cols, storage: .mxfp4(blocks: UnsafePointer(mxfp4Blocks.pointer)), owner: mxfp4Blocks)
+        let mxfp4Rate = Double(mxfp4Blocks.count) / median { mxfp4Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
         let maxRows = 8
         let xs = AlignedBuffer<Float>([Float](repeating: 0.5, count: maxRows * cols))
         let ys = AlignedBuffer<Float>(count: maxRows * rows)
@@ -90,12 +96,13 @@ public struct KernelBenchmark: Sendable {
             let times = (1...maxRows).map { n in median { matrix.apply(xs.pointer, rowCount: n, into: ys.pointer) } }
             return times.map { $0 / times[0] }
         }
-        let q4Cost = rowsCost(q4Matrix), bf16Cost = rowsCost(bf16Matrix)
+        let q4Cost = rowsCost(q4Matrix), bf16Cost = rowsCost(bf16Matrix), mxfp4Cost = rowsCost(mxfp4Matrix)
         withExtendedLifetime((int8Scales, q4Scales)) {}
 
-        let result = Result(memoryReadGBps1Thread: read1, memoryReadGBps2Threads: read2, bf16GemvGBps: bf16Rate,
+        var result = Result(memoryReadGBps1Thread: read1, memoryReadGBps2Threads: read2, bf16GemvGBps: bf16Rate,
                             f32SgemvGBps: f32Rate, int8GemvGBps: int8Rate, q4GemvGBps: q4Rate, bf16GemvFractionOfBandwidth: bf16Rate / max(read1, read2),
                             q4RowsCost: q4Cost, bf16RowsCost: bf16Cost, rows: rows, cols: cols)
+        result.mxfp4GemvGBps = mxfp4Rate
         let costs = { (cost: [Double]) in cost.map { String(format: "%.2f", $0) }.joined(separator: " ") }
         let table = """
         | measurement | GB/s |
@@ -106,10 +113,12 @@ public struct KernelBenchmark: Sendable {
         | f32 sgemv \(rows)x\(cols) (OpenBLAS) | \(String(format: "%.1f", f32Rate)) |
         | int8 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", int8Rate)) |
         | q4 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", q4Rate)) |
+        | MXFP4 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", mxfp4Rate)) |
 
         time of 1...\(maxRows) input rows, relative to one row:
         q4:   \(costs(q4Cost))
         bf16: \(costs(bf16Cost))
+        MXFP4: \(costs(mxfp4Cost))
 
         """
         return (result, table)
