@@ -13,6 +13,13 @@ import Testing
         #expect(MXFP4.scale(255).isNaN)
     }
 
+    /// The kernel computes e2m1 values from their bits; every code equals the table, sign of zero included.
+    @Test func computedValuesEqualTheTable() {
+        let codes = SIMD16<UInt32>(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+        let computed = MXFP4.values(codes)
+        for code in 0..<16 { #expect(computed[code].bitPattern == MXFP4.e2m1[code].bitPattern, "code \(code)") }
+    }
+
     /// llama.cpp's `block_mxfp4`: exponent byte first, then `qs[j]` with value j in the low
     /// nibble and value j + 16 in the high one.
     @Test func blockLayoutIsLlamaCpps() {
