@@ -46,11 +46,10 @@ public enum MXFP4 {
         let perRow = cols / blockSize
         for b in 0..<(rows * perRow) {
             let block = blocks + b * blockBytes, d = scale(block[0])
-            let values = out + b * blockSize
-            for j in 0..<16 {
-                values[j] = e2m1[Int(block[1 + j] & 0xF)] * d
-                values[j + 16] = e2m1[Int(block[1 + j] >> 4)] * d
-            }
+            let bytes = SIMD16<UInt32>(truncatingIfNeeded: UnsafeRawPointer(block + 1).loadUnaligned(as: SIMD16<UInt8>.self))
+            let destination = UnsafeMutableRawPointer(out + b * blockSize)
+            destination.storeBytes(of: values(bytes & 0xF) * d, as: SIMD16<Float>.self)
+            destination.storeBytes(of: values(bytes &>> 4) * d, toByteOffset: 64, as: SIMD16<Float>.self)
         }
     }
 
