@@ -74,6 +74,9 @@ public enum IntegerDotKernels {
         case .int8(let values, let scales):
             product(level: level, q4: nil, int8: values, scales: scales, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
+        case .ggml(let type, let blocks) where kQuantTypes.contains(type) && matrix.cols % GGMLType.superBlock == 0:
+            kQuant(level: level, type: type, blocks, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
+            return true
         default:
             return false
         }
@@ -139,6 +142,51 @@ public enum IntegerDotKernels {
             } else {
                 run(0, rows)
             }
+        }
+    }
+
+    /// The GGUF K-quant types with integer-dot kernels (`moe_gemm_kquant_q8_K`).
+    public static let kQuantTypes: [GGMLType] = [.q4_K, .q5_K, .q6_K]
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for W in GGUF K-quant blocks of `type` (one of `kQuantTypes`,
+    /// `cols` a multiple of 256), the activations quantised to Q8_K as llama.cpp quantises them:
+    /// llama.cpp's arithmetic, with integer sums per super-block instead of widening to float.
+    public static func kQuant(level: KernelLevel, type: GGMLType, _ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int,
+                              x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
+        precondition(cols % GGMLType.superBlock == 0, "K-quant kernels need a multiple of 256 columns, got \(cols)")
+        guard n > 0, rows > 0 else { return }
+        let superBlocks = cols / GGMLType.superBlock
+        // q[n, cols] int8, d[n, cols/256] float, bsums[n, cols/16] int32.
+        withUnsafeTemporaryAllocation(byteCount: n * cols + 4 * n * superBlocks + 64 * n * superBlocks, alignment: 64) { raw in
+            let base = raw.baseAddress!
+            let q = base.bindMemory(to: Int8.self, capacity: n * cols)
+            let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * superBlocks)
+            let bsums = (base + n * cols + 4 * n * superBlocks).bindMemory(to: Int32.self, capacity: 16 * n * superBlocks)
+            moe_quantize_q8_K(x, Int64(n), Int64(cols), q, d, bsums)
+            let pointers = UncheckedSendable((blocks, q, d, bsums, y))
+            let run = { (first: Int, last: Int) in
+                let (blocks, q, d, bsums, y) = pointers.value
+                _ = moe_gemm_kquant_q8_K(level.rawValue, Int32(type.rawValue), blocks, Int64(cols), Int64(first), Int64(last),
+                                         q, d, bsums, Int64(n), y, Int64(rows))
+            }
+            split(rows: rows, cols: cols, count: n, run)
+        }
+    }
+
+    /// Runs `run(first, last)` over row ranges covering `0..<rows`: split over the cores when the
+    /// product is large enough to pay for the hand-off (any split gives the same bits).
+    private static func split(rows: Int, cols: Int, count n: Int, _ run: @escaping (Int, Int) -> Void) {
+        let work = rows * cols * n
+        let pieces = work >= (n == 1 ? parallelWork : 4 * parallelWork) && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
+        if pieces > 1 {
+            let span = ((rows + pieces - 1) / pieces + 7) & ~7
+            let count = (rows + span - 1) / span
+            let task = UncheckedSendable(run)
+            DispatchQueue.concurrentPerform(iterations: count) { index in
+                task.value(index * span, min(rows, (index + 1) * span))
+            }
+        } else {
+            run(0, rows)
         }
     }
 
