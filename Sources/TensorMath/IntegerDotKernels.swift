@@ -126,11 +126,8 @@ public enum IntegerDotKernels {
                     moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
                 }
             }
-            // Split over the cores when the product is large enough to pay for the hand-off: a
-            // decode GEMV from 1M weights (as the bf16 kernels), a GEMM from 4M multiply-adds (as
-            // the widening panels did).
-            let work = rows * cols * n
-            let pieces = work >= (n == 1 ? parallelWork : 4 * parallelWork) && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
+            // Split over the cores when the product is large enough to pay for the hand-off (piecesFor).
+            let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
             if pieces > 1 {
                 // Pieces of whole 8-row groups; GCD's idle threads sleep (see WeightMatrix.panelGEMM).
                 let span = ((rows + pieces - 1) / pieces + 7) & ~7
@@ -176,8 +173,7 @@ public enum IntegerDotKernels {
     /// Runs `run(first, last)` over row ranges covering `0..<rows`: split over the cores when the
     /// product is large enough to pay for the hand-off (any split gives the same bits).
     private static func split(rows: Int, cols: Int, count n: Int, _ run: @escaping (Int, Int) -> Void) {
-        let work = rows * cols * n
-        let pieces = work >= (n == 1 ? parallelWork : 4 * parallelWork) && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
+        let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
         if pieces > 1 {
             let span = ((rows + pieces - 1) / pieces + 7) & ~7
             let count = (rows + span - 1) / span
@@ -189,6 +185,31 @@ public enum IntegerDotKernels {
             run(0, rows)
         }
     }
+
+    /// How many row ranges a product of `rows × cols` weights with `n` activation rows is split
+    /// into: over the cores from 1M multiply-adds for a decode GEMV (as the bf16 kernels), from
+    /// 4M for a GEMM (as the widening panels did), four pieces a core for long GEMMs.
+    private static func piecesFor(rows: Int, cols: Int, count n: Int) -> Int {
+        let work = rows * cols * n
+        return work >= (n == 1 ? parallelWork : 4 * parallelWork) && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
+    }
+
+    /// Whether products on this thread may spread over the cores: not inside `serially`.
+    private static var splits: Bool { moe_kernels_serial() == 0 }
+
+    /// Runs `body` with this thread's products unsplit when `enabled` (the caller already keeps
+    /// the cores busy, as a decode step's expert workers do): splitting each of them again
+    /// handed two pieces per matrix to GCD, three threads on two cores. `MOE_NESTED_SPLIT=1`
+    /// keeps the nested splits (for measurements).
+    @inline(__always)
+    public static func serially<R>(_ enabled: Bool = true, _ body: () throws -> R) rethrows -> R {
+        guard enabled && !nestedSplits else { return try body() }
+        moe_kernels_serial_begin()
+        defer { moe_kernels_serial_end() }
+        return try body()
+    }
+
+    private static let nestedSplits = ProcessInfo.processInfo.environment["MOE_NESTED_SPLIT"] == "1"
 
     private static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
 }

@@ -41,6 +41,15 @@ int moe_kernels_detect(void);
 /// Whether the CPU has AVX512-BF16 (reported; no kernel uses it yet).
 int moe_kernels_has_avx512_bf16(void);
 
+/// Marks the calling thread as one of several already sharing the cores (for example an expert
+/// worker): while begins outnumber ends, `moe_kernels_serial()` is nonzero and the callers of
+/// the GEMMs run them unsplit rather than spreading each product over the cores again.
+void moe_kernels_serial_begin(void);
+/// Ends a `moe_kernels_serial_begin`.
+void moe_kernels_serial_end(void);
+/// Nonzero inside `moe_kernels_serial_begin` / `_end` on this thread.
+int moe_kernels_serial(void);
+
 /// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
 /// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at
 /// every level: d = max|x| / 127, q = x · (1/d) rounded half to even.
