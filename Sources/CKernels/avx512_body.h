@@ -158,16 +158,17 @@ static void MOE_SUFFIX(gemm_transposed)(int kind, const uint8_t *w, const float 
                                         const int32_t *sums, int64_t n, float *y, int64_t ldy) {
     const int64_t nb = cols / 32, groups = (nb + 15) / 16, nbp = groups * 16;
     // Activations: [n][groups][8 registers of 64 bytes], padded blocks zero (q, d, sums and scale 0).
-    int8_t *qt = aligned_alloc(64, (size_t)(n * nbp * 32));
-    float *dp = aligned_alloc(64, (size_t)(n * nbp * 4));
-    int32_t *sp = aligned_alloc(64, (size_t)(n * nbp * 4));
-    uint8_t *wt = aligned_alloc(64, (size_t)(nbp * 32));
-    float *wsp = aligned_alloc(64, (size_t)(nbp * 4));
-    if (!qt || !dp || !sp || !wt || !wsp) {
-        free(qt); free(dp); free(sp); free(wt); free(wsp);
+    // One piece of this thread's reusable scratch (every size a multiple of 64 bytes).
+    uint8_t *scratch = moe_thread_scratch((size_t)(n * nbp * 32 + 2 * n * nbp * 4 + nbp * 32 + nbp * 4));
+    if (!scratch) {
         MOE_SUFFIX(gemm)(kind, w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
         return;
     }
+    int8_t *qt = (int8_t *)scratch;
+    float *dp = (float *)(scratch + n * nbp * 32);
+    int32_t *sp = (int32_t *)(scratch + n * nbp * 32 + n * nbp * 4);
+    uint8_t *wt = scratch + n * nbp * 32 + 2 * n * nbp * 4;
+    float *wsp = (float *)(wt + nbp * 32);
     for (int64_t t = 0; t < n; t++) {
         for (int64_t g = 0; g < groups; g++) {
             __m512i m[8];
@@ -234,7 +235,6 @@ static void MOE_SUFFIX(gemm_transposed)(int kind, const uint8_t *w, const float 
             y[t * ldy + r] = kind == 0 ? v : v * row_scale;
         }
     }
-    free(qt); free(dp); free(sp); free(wt); free(wsp);
 }
 #endif
 

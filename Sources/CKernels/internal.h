@@ -2,6 +2,7 @@
 #ifndef MOE_CKERNELS_INTERNAL_H
 #define MOE_CKERNELS_INTERNAL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define MOE_GEMM_PARAMS(W) W, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end, \
@@ -21,6 +22,12 @@ void moe_gemm_i8_q8_avx512(MOE_GEMM_PARAMS(const int8_t *w));
 void moe_gemm_q4_q8_avx512vnni(MOE_GEMM_PARAMS(const uint8_t *blocks));
 void moe_gemm_i8_q8_avx512vnni(MOE_GEMM_PARAMS(const int8_t *w));
 #endif
+
+/// This thread's scratch of at least `bytes` bytes, 64-byte aligned, kept for the thread's next
+/// call (grown when too small; NULL if that fails): the GEMMs' packed operands without an
+/// allocation per call. Fresh large allocations were mmapped and zeroed page by page: 7% of a
+/// prefill's samples went to clear_page and page faults.
+void *moe_thread_scratch(size_t bytes);
 
 /// The canonical final sum of the eight block-lane accumulators (see CKernels.h).
 static inline float moe_reduce8(const float acc[8]) {

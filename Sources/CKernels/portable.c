@@ -3,6 +3,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -44,6 +45,24 @@ int moe_kernels_detect(void) {
     return MOE_KERNEL_PORTABLE;
 #endif
 }
+
+static _Thread_local void *scratch_memory;
+static _Thread_local size_t scratch_capacity;
+static _Thread_local int serial_depth;
+
+void *moe_thread_scratch(size_t bytes) {
+    if (bytes > scratch_capacity) {
+        free(scratch_memory);
+        const size_t rounded = (bytes + 63) & ~(size_t)63;
+        scratch_memory = aligned_alloc(64, rounded);
+        scratch_capacity = scratch_memory ? rounded : 0;
+    }
+    return scratch_memory;
+}
+
+void moe_kernels_serial_begin(void) { serial_depth++; }
+void moe_kernels_serial_end(void) { serial_depth--; }
+int moe_kernels_serial(void) { return serial_depth; }
 
 int moe_kernels_has_avx512_bf16(void) {
 #if defined(__x86_64__)

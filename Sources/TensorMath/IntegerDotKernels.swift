@@ -74,6 +74,9 @@ public enum IntegerDotKernels {
         case .int8(let values, let scales):
             product(level: level, q4: nil, int8: values, scales: scales, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
+        case .ggml(let type, let blocks) where kQuantTypes.contains(type) && matrix.cols % GGMLType.superBlock == 0:
+            kQuant(level: level, type: type, blocks, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
+            return true
         default:
             return false
         }
@@ -123,11 +126,8 @@ public enum IntegerDotKernels {
                     moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
                 }
             }
-            // Split over the cores when the product is large enough to pay for the hand-off: a
-            // decode GEMV from 1M weights (as the bf16 kernels), a GEMM from 4M multiply-adds (as
-            // the widening panels did).
-            let work = rows * cols * n
-            let pieces = work >= (n == 1 ? parallelWork : 4 * parallelWork) && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
+            // Split over the cores when the product is large enough to pay for the hand-off (piecesFor).
+            let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
             if pieces > 1 {
                 // Pieces of whole 8-row groups; GCD's idle threads sleep (see WeightMatrix.panelGEMM).
                 let span = ((rows + pieces - 1) / pieces + 7) & ~7
@@ -141,6 +141,75 @@ public enum IntegerDotKernels {
             }
         }
     }
+
+    /// The GGUF K-quant types with integer-dot kernels (`moe_gemm_kquant_q8_K`).
+    public static let kQuantTypes: [GGMLType] = [.q4_K, .q5_K, .q6_K]
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for W in GGUF K-quant blocks of `type` (one of `kQuantTypes`,
+    /// `cols` a multiple of 256), the activations quantised to Q8_K as llama.cpp quantises them:
+    /// llama.cpp's arithmetic, with integer sums per super-block instead of widening to float.
+    public static func kQuant(level: KernelLevel, type: GGMLType, _ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int,
+                              x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
+        precondition(cols % GGMLType.superBlock == 0, "K-quant kernels need a multiple of 256 columns, got \(cols)")
+        guard n > 0, rows > 0 else { return }
+        let superBlocks = cols / GGMLType.superBlock
+        // q[n, cols] int8, d[n, cols/256] float, bsums[n, cols/16] int32.
+        withUnsafeTemporaryAllocation(byteCount: n * cols + 4 * n * superBlocks + 64 * n * superBlocks, alignment: 64) { raw in
+            let base = raw.baseAddress!
+            let q = base.bindMemory(to: Int8.self, capacity: n * cols)
+            let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * superBlocks)
+            let bsums = (base + n * cols + 4 * n * superBlocks).bindMemory(to: Int32.self, capacity: 16 * n * superBlocks)
+            moe_quantize_q8_K(x, Int64(n), Int64(cols), q, d, bsums)
+            let pointers = UncheckedSendable((blocks, q, d, bsums, y))
+            let run = { (first: Int, last: Int) in
+                let (blocks, q, d, bsums, y) = pointers.value
+                _ = moe_gemm_kquant_q8_K(level.rawValue, Int32(type.rawValue), blocks, Int64(cols), Int64(first), Int64(last),
+                                         q, d, bsums, Int64(n), y, Int64(rows))
+            }
+            split(rows: rows, cols: cols, count: n, run)
+        }
+    }
+
+    /// Runs `run(first, last)` over row ranges covering `0..<rows`: split over the cores when the
+    /// product is large enough to pay for the hand-off (any split gives the same bits).
+    private static func split(rows: Int, cols: Int, count n: Int, _ run: @escaping (Int, Int) -> Void) {
+        let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
+        if pieces > 1 {
+            let span = ((rows + pieces - 1) / pieces + 7) & ~7
+            let count = (rows + span - 1) / span
+            let task = UncheckedSendable(run)
+            DispatchQueue.concurrentPerform(iterations: count) { index in
+                task.value(index * span, min(rows, (index + 1) * span))
+            }
+        } else {
+            run(0, rows)
+        }
+    }
+
+    /// How many row ranges a product of `rows × cols` weights with `n` activation rows is split
+    /// into: over the cores from 1M multiply-adds for a decode GEMV (as the bf16 kernels), from
+    /// 4M for a GEMM (as the widening panels did), four pieces a core for long GEMMs.
+    private static func piecesFor(rows: Int, cols: Int, count n: Int) -> Int {
+        let work = rows * cols * n
+        return work >= (n == 1 ? parallelWork : 4 * parallelWork) && rows >= 64 ? min(rows / 32, n > 8 ? 4 * cores : cores) : 1
+    }
+
+    /// Whether products on this thread may spread over the cores: not inside `serially`.
+    private static var splits: Bool { moe_kernels_serial() == 0 }
+
+    /// Runs `body` with this thread's products unsplit when `enabled` (the caller already keeps
+    /// the cores busy, as a decode step's expert workers do): splitting each of them again
+    /// handed two pieces per matrix to GCD, three threads on two cores. `MOE_NESTED_SPLIT=1`
+    /// keeps the nested splits (for measurements).
+    @inline(__always)
+    public static func serially<R>(_ enabled: Bool = true, _ body: () throws -> R) rethrows -> R {
+        guard enabled && !nestedSplits else { return try body() }
+        moe_kernels_serial_begin()
+        defer { moe_kernels_serial_end() }
+        return try body()
+    }
+
+    private static let nestedSplits = ProcessInfo.processInfo.environment["MOE_NESTED_SPLIT"] == "1"
 
     private static let cores = max(1, ProcessInfo.processInfo.activeProcessorCount)
 }

@@ -69,7 +69,13 @@ import TensorMath
     /// off by orders of magnitude (an exact store of the same experts is bit-identical above).
     /// int8 through the integer-dot kernels (activations rounded to 8-bit blocks, issue 22)
     /// measures 0.090 here against 0.010 with `MOE_KERNELS=float`, while q4 does not move
-    /// (0.2763 vs 0.2762): open in issue 22, so its bound is the measured figure with margin.
+    /// (0.2763 vs 0.2762). Not a kernel error: rounding the experts' inputs and their
+    /// clamped-SwiGLU outputs to 8 bits flips two near-tie top-2 routings of this fixture (layer 1
+    /// token 3, router-logit margin 0.021; layer 2 token 6, margin 0.026), and those two positions
+    /// carry relative errors 0.33 and 0.21 while every other position stays at 0.011-0.027; q4's
+    /// weight error flips the same two already. Reproduced in PyTorch with int8 weights and
+    /// rounded activations (0.0905; either rounding alone 0.011 / 0.015; 16-bit activations 0.0101),
+    /// see docs/BENCHMARKS.md (issue 22). So the bound holds the two flips, with margin.
     @Test(arguments: [("gptoss-clamp-mqa-tied", ExpertDType.q4, Float(0.1)), ("gptoss-sliding4-sinks", .q4, 0.4),
                       ("gptoss-mxfp4", .q4, 0.4), ("gptoss-sliding4-sinks", .int8, 0.12), ("gptoss-sliding4-sinks", .mxfp4, 0.5)])
     func quantizedStoresStayClose(name: String, dtype: ExpertDType, bound: Float) throws {

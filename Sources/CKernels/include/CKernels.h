@@ -41,6 +41,15 @@ int moe_kernels_detect(void);
 /// Whether the CPU has AVX512-BF16 (reported; no kernel uses it yet).
 int moe_kernels_has_avx512_bf16(void);
 
+/// Marks the calling thread as one of several already sharing the cores (for example an expert
+/// worker): while begins outnumber ends, `moe_kernels_serial()` is nonzero and the callers of
+/// the GEMMs run them unsplit rather than spreading each product over the cores again.
+void moe_kernels_serial_begin(void);
+/// Ends a `moe_kernels_serial_begin`.
+void moe_kernels_serial_end(void);
+/// Nonzero inside `moe_kernels_serial_begin` / `_end` on this thread.
+int moe_kernels_serial(void);
+
 /// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
 /// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at
 /// every level: d = max|x| / 127, q = x · (1/d) rounded half to even.
@@ -59,6 +68,20 @@ void moe_gemm_i8_q8(int level, const int8_t *w, const float *row_scales, int64_t
                     int64_t row_begin, int64_t row_end,
                     const int8_t *q, const float *d, const int32_t *sums, int64_t n,
                     float *y, int64_t ldy);
+
+/// Quantises `x[n, cols]` (cols a multiple of 256) to Q8_K as llama.cpp does (its
+/// quantize_row_q8_K): per block of 256, iscale = −127 / (the value of largest magnitude),
+/// q = min(127, rint(iscale · x)), d = 1 / iscale; `q[n, cols]`, `d[n, cols/256]` and the sums of
+/// each 16 values `bsums[n, cols/16]`.
+void moe_quantize_q8_K(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *bsums);
+
+/// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end`, W in GGUF K-quant blocks of
+/// ggml type `type` (12 Q4_K, 13 Q5_K, 14 Q6_K; `cols/256` blocks a row, as the file stores
+/// them), x quantised by `moe_quantize_q8_K`. Returns 0 (nothing written) for any other type.
+/// Per super-block b: acc = fma(d_b·d8_b, Σ scale·Σ q·q8, acc), then for Q4_K/Q5_K
+/// acc = fma(−dmin_b·d8_b, Σ min·Σ q8, acc); the integer sums exact, so every level agrees.
+int moe_gemm_kquant_q8_K(int level, int type, const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
+                         const int8_t *q, const float *d, const int32_t *bsums, int64_t n, float *y, int64_t ldy);
 
 #ifdef __cplusplus
 }

@@ -136,7 +136,10 @@ struct SparseMoEBlock {
                 for (i, entry) in assigned.enumerated() {
                     (input + i * hidden).update(from: x + entry / topK * hidden, count: hidden)
                 }
-                DenseMLP.apply(weights, activation: activation, input, rowCount: assigned.count, scratch: scratch, output: expertOutput)
+                // The workers already share the cores: each expert's products run unsplit.
+                IntegerDotKernels.serially(workers > 1 && experts.count > 1) {
+                    DenseMLP.apply(weights, activation: activation, input, rowCount: assigned.count, scratch: scratch, output: expertOutput)
+                }
                 for (i, entry) in assigned.enumerated() {
                     // entry = row·k + slot: the (row, slot) place, [T, k, hidden].
                     (contributions.pointer + entry * hidden).update(from: expertOutput + i * hidden, count: hidden)
