@@ -1,3 +1,4 @@
+import CKernels
 import Dispatch
 
 /// MXFP4 (OCP microscaling FP4): blocks of 32 e2m1 values sharing one e8m0 exponent.
@@ -90,8 +91,8 @@ public enum MXFP4 {
     /// `y[n, rows] = x[n, cols] · Wᵀ` with W in MXFP4 blocks, for a few input rows (`count`
     /// ≤ 8): each block is decoded once into registers and multiplied with every input row, so
     /// the weights are read once. Per output element the arithmetic is the same whatever
-    /// `count` is (blocks summed in order, each block's 32 products in one SIMD sum), so a row's
-    /// result does not depend on the rows beside it.
+    /// `count` is and at every kernel level (see `moe_gemv_mxfp4`), so a row's result does not
+    /// depend on the rows beside it or the machine.
     public static func gemv(_ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int, x: UnsafePointer<Float>, count: Int,
                             y: UnsafeMutablePointer<Float>) {
         precondition(count >= 1 && count <= 8, "MXFP4.gemv takes 1 to 8 input rows")
@@ -116,31 +117,18 @@ public enum MXFP4 {
         let magnitude = codes & 7, exponent = magnitude &>> 1, mantissa = magnitude & 1
         let normal = ((exponent &+ 126) &<< 23) | (mantissa &<< 22)
         let subnormal = (0 &- mantissa) & 0x3F00_0000 // 0.5 or 0
-        let bits = normal.replacing(with: subnormal, where: exponent .== 0) | ((codes & 8) &<< 28)
+        // All ones where the exponent field is not zero. Integer arithmetic, not a SIMD mask: Swift's
+        // `.==`/`replacing(with:where:)` compile to a lane-by-lane loop through the stack.
+        let isNormal = 0 &- ((exponent | exponent &>> 1) & 1)
+        let bits = (normal & isNormal) | (subnormal & ~isNormal) | ((codes & 8) &<< 28)
         return unsafeBitCast(bits, to: SIMD16<Float>.self)
     }
 
-    @inline(__always)
+    /// Rows `range` of the product, by the C kernel (`moe_gemv_mxfp4`, AVX2 where the CPU has it;
+    /// tests pass lower levels to compare).
     static func rowRange(_ blocks: UnsafePointer<UInt8>, _ range: Range<Int>, cols: Int, x: UnsafePointer<Float>, count: Int,
-                         y: UnsafeMutablePointer<Float>, yStride: Int) {
-        let perRow = cols / blockSize
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 8) { sums in
-            for r in range {
-                for i in 0..<count { sums[i] = 0 }
-                for b in 0..<perRow {
-                    let block = blocks + (r * perRow + b) * blockBytes
-                    let bytes = SIMD16<UInt32>(truncatingIfNeeded: UnsafeRawPointer(block + 1).loadUnaligned(as: SIMD16<UInt8>.self))
-                    let low = values(bytes & 0xF), high = values(bytes &>> 4)
-                    let d = scale(block[0])
-                    for i in 0..<count {
-                        let row = UnsafeRawPointer(x + i * cols + b * blockSize)
-                        let xl = row.loadUnaligned(as: SIMD16<Float>.self)
-                        let xh = row.loadUnaligned(fromByteOffset: 64, as: SIMD16<Float>.self)
-                        sums[i] += (low * xl + high * xh).sum() * d
-                    }
-                }
-                for i in 0..<count { y[i * yStride + r] = sums[i] }
-            }
-        }
+                         y: UnsafeMutablePointer<Float>, yStride: Int, level: KernelLevel = .detected) {
+        moe_gemv_mxfp4(Int32(level.rawValue), blocks, Int64(cols), Int64(range.lowerBound), Int64(range.upperBound),
+                       x, Int64(count), y, Int64(yStride))
     }
 }

@@ -69,6 +69,39 @@ import Testing
 
     /// The kernel against dequantized weights and a plain dot product, for 1-8 input rows and a
     /// matrix large enough to be split over two threads; rows identical whatever their company.
+    /// The C kernel's arithmetic is fixed per output: every instruction-set level and every batch
+    /// size give the portable level's bits.
+    @Test func everyKernelLevelGivesThePortableBits() {
+        let rows = 37, cols = 320
+        var generator = SplitMix64(seed: 11)
+        let blocks = AlignedBuffer<UInt8>(count: MXFP4.byteCount(rows: rows, cols: cols))
+        for i in 0..<blocks.count { blocks[i] = UInt8(truncatingIfNeeded: generator.next()) }
+        for b in 0..<(rows * cols / 32) { blocks[b * MXFP4.blockBytes] = UInt8(118 + b % 14) }
+        for n in [1, 5, 8] {
+            let x = randomFloats(n * cols, seed: UInt64(40 + n))
+            func product(_ level: KernelLevel, count: Int) -> [Float] {
+                var y = [Float](repeating: 0, count: n * rows)
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        var first = 0
+                        while first < n {
+                            let c = min(count, n - first)
+                            MXFP4.rowRange(blocks.pointer, 0..<rows, cols: cols, x: xp.baseAddress! + first * cols, count: c,
+                                           y: yp.baseAddress! + first * rows, yStride: rows, level: level)
+                            first += c
+                        }
+                    }
+                }
+                return y
+            }
+            let portable = product(.portable, count: n)
+            for level in KernelLevel.available {
+                #expect(product(level, count: n).map(\.bitPattern) == portable.map(\.bitPattern), "\(level), \(n) rows")
+                #expect(product(level, count: 1).map(\.bitPattern) == portable.map(\.bitPattern), "\(level), one row at a time")
+            }
+        }
+    }
+
     @Test func kernelMatchesDequantizedProduct() {
         for (rows, cols) in [(9, 64), (1100, 1024)] {
             var generator = SplitMix64(seed: UInt64(rows))

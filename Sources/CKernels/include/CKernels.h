@@ -83,6 +83,12 @@ void moe_quantize_q8_K(const float *x, int64_t n, int64_t cols, int8_t *q, float
 int moe_gemm_kquant_q8_K(int level, int type, const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
                          const int8_t *q, const float *d, const int32_t *bsums, int64_t n, float *y, int64_t ldy);
 
+/// `y[i * ldy + r] = Σ_c W[r, c] · x[i * cols + c]` for rows `row_begin..<row_end` of an MXFP4
+/// matrix (llama.cpp's `block_mxfp4`: 17 bytes per 32 weights) and `n` float input rows; the
+/// float arithmetic is fixed per output (see mxfp4.c), the same at every level and any `n`.
+void moe_gemv_mxfp4(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
+                    const float *x, int64_t n, float *y, int64_t ldy);
+
 #ifdef __cplusplus
 }
 #endif
