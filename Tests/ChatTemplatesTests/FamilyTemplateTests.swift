@@ -51,7 +51,7 @@ import JSONCoding
             + "{% endfor %}{{ thinking is defined }}{{ undefinedname is defined }}{{ not undefinedname is defined }}"
         let expected = "TrueFalseFalseFalseTrueFalseFalse|FalseTrueTrueFalseTrueFalseFalse|FalseFalseTrueFalseTrueFalseFalse|"
             + "FalseFalseTrueTrueFalseFalseFalse|FalseFalseFalseFalseTrueTrueFalse|FalseFalseFalseFalseTrueFalseTrue|TrueFalseTrue"
-        #expect(try Self.render(source, ["thinking": .bool(true)]) == expected)
+        #expect(try Self.render(source, [], ["thinking": .bool(true)]) == expected)
     }
 
     /// GLM-4.5's `visible_text` macro over string or list-of-parts content, called inside an expression
@@ -73,16 +73,18 @@ import JSONCoding
         #expect(try Self.render(source, messages) == "hi;x /nothink;ab;")
     }
 
-    /// GLM-4.5's tool list: `tojson(ensure_ascii=False)` keeps non-ASCII, plain `tojson` escapes it; keys stay
-    /// in their order; loop.first / loop.index0 and indexing the previous message.
+    /// GLM-4.5's tool list: `tojson` (transformers' filter) keeps non-ASCII unless `ensure_ascii=True` (then
+    /// `\uXXXX`, surrogate pairs), takes `separators`, keeps keys in their order; loop.first / loop.index0 and indexing the previous message.
     @Test func tojsonWithEnsureAsciiAndLoopVariables() throws {
         let tool = TemplateValue(json: .object([("name", .string("météo")), ("n", .int(2)), ("ok", .bool(true)), ("x", .null)]))
-        let source = "{{ tools[0] | tojson(ensure_ascii=False) }}|{{ tools[0] | tojson }}|"
+        let source = "{{ tools[0] | tojson(ensure_ascii=False) }}|{{ tools[0] | tojson }}|{{ tools[0] | tojson(ensure_ascii=True) }}|"
+            + "{{ tools[0] | tojson(separators=[',', ':']) }}|{{ '😀' | tojson(ensure_ascii=True) }}|"
             + "{%- for m in messages -%}{%- if loop.first or messages[loop.index0 - 1].role != 'tool' -%}<obs>{%- endif -%}{{ m.content }}{%- endfor -%}"
         let got = try ChatTemplate(source: source).render(
             messages: [Self.message("tool", "1"), Self.message("tool", "2"), Self.message("user", "u"), Self.message("tool", "3")],
             tools: [tool], addGenerationPrompt: false)
-        #expect(got == #"{"name": "météo", "n": 2, "ok": true, "x": null}|{"name": "m\u00e9t\u00e9o", "n": 2, "ok": true, "x": null}|<obs>12<obs>u3"#)
+        #expect(got == #"{"name": "météo", "n": 2, "ok": true, "x": null}|{"name": "météo", "n": 2, "ok": true, "x": null}|"#
+                + #"{"name": "m\u00e9t\u00e9o", "n": 2, "ok": true, "x": null}|{"name":"météo","n":2,"ok":true,"x":null}|"\ud83d\ude00"|<obs>12u<obs>3"#)
     }
 
     /// DeepSeek's `'tool_calls' in message` / `not in`, `message['tool_calls'] is defined and ... is not none`.
