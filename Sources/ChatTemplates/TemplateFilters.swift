@@ -51,7 +51,15 @@ enum TemplateFilters {
             var indent: Int? = nil
             if case .int(let i)? = kwarg(kwargs, "indent") ?? args.first { indent = i }
             let sortKeys = kwarg(kwargs, "sort_keys")?.isTruthy ?? false
-            return .string(try value.toJSON(indent: indent, sortKeys: sortKeys))
+            // transformers' filter: `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
+            var separators: (String, String)? = nil
+            if case .array(let pair)? = kwarg(kwargs, "separators") ?? (args.count > 2 ? args[2] : nil), pair.count == 2,
+               case .string(let item) = pair[0], case .string(let key) = pair[1] {
+                separators = (item, key)
+            }
+            let json = try value.toJSON(indent: indent, sortKeys: sortKeys, separators: separators)
+            let ensureASCII = kwarg(kwargs, "ensure_ascii")?.isTruthy ?? false
+            return .string(ensureASCII ? TemplateValue.asciiEscaped(json) : json)
         case "string":
             return .string(value.pythonString)
         case "lower", "upper", "title", "capitalize":

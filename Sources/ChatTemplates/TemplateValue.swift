@@ -117,10 +117,12 @@ public enum TemplateValue: Sendable {
 
     /// Python `json.dumps(value, ensure_ascii=False, indent=indent, sort_keys=sortKeys)`
     /// (transformers' `tojson` filter).
-    func toJSON(indent: Int?, sortKeys: Bool = false, level: Int = 0) throws -> String {
+    /// `separators` as Python's `(item, key)` pair; nil for its default.
+    func toJSON(indent: Int?, sortKeys: Bool = false, separators: (String, String)? = nil, level: Int = 0) throws -> String {
         let nl = indent.map { "\n" + String(repeating: " ", count: $0 * (level + 1)) }
         let close = indent.map { "\n" + String(repeating: " ", count: $0 * level) }
-        let itemSep = indent == nil ? ", " : ","
+        let itemSep = separators?.0 ?? (indent == nil ? ", " : ",")
+        let keySep = separators?.1 ?? ": "
         switch self {
         case .none: return "null"
         case .bool(let b): return b ? "true" : "false"
@@ -132,7 +134,7 @@ public enum TemplateValue: Sendable {
         case .string(let s): return JSON.quoted(s, escaping: .minimal)
         case .array(let a):
             if a.isEmpty { return "[]" }
-            let items = try a.map { try $0.toJSON(indent: indent, sortKeys: sortKeys, level: level + 1) }
+            let items = try a.map { try $0.toJSON(indent: indent, sortKeys: sortKeys, separators: separators, level: level + 1) }
             if let nl, let close { return "[" + nl + items.joined(separator: itemSep + nl) + close + "]" }
             return "[" + items.joined(separator: itemSep) + "]"
         case .object(let o):
@@ -140,7 +142,8 @@ public enum TemplateValue: Sendable {
             var pairs = Array(o.pairs)
             if sortKeys { pairs.sort { $0.0 < $1.0 } }
             let items = try pairs.map {
-                JSON.quoted($0.0, escaping: .minimal) + ": " + (try $0.1.toJSON(indent: indent, sortKeys: sortKeys, level: level + 1))
+                JSON.quoted($0.0, escaping: .minimal) + keySep
+                    + (try $0.1.toJSON(indent: indent, sortKeys: sortKeys, separators: separators, level: level + 1))
             }
             if let nl, let close { return "{" + nl + items.joined(separator: itemSep + nl) + close + "}" }
             return "{" + items.joined(separator: itemSep) + "}"
@@ -149,6 +152,18 @@ public enum TemplateValue: Sendable {
         case .namespace, .function:
             throw TokenizerError(file: "chat_template", "tojson of a \(typeName) is not serializable")
         }
+    }
+
+    /// Python's `ensure_ascii=True` applied to `json`: every non-ASCII scalar (only ever inside strings)
+    /// as `\\uXXXX`, lowercase hex, astral ones as a surrogate pair.
+    static func asciiEscaped(_ json: String) -> String {
+        var out = ""
+        out.reserveCapacity(json.utf8.count)
+        for u in json.unicodeScalars {
+            if u.value < 0x80 { out.unicodeScalars.append(u); continue }
+            for unit in String(u).utf16 { out += "\\u" + String(repeating: "0", count: 4 - String(unit, radix: 16).count) + String(unit, radix: 16) }
+        }
+        return out
     }
 
     var typeName: String {

@@ -75,7 +75,7 @@ indirect enum PreTokenizer: Sendable {
                     throw TokenizerError(
                         file: json.file,
                         "unsupported Split regex \(r.debugDescription) at \(json.path) "
-                            + "(supported: the GPT-2, Qwen2 and Llama-3 pre-tokenizer patterns)")
+                            + "(supported: the GPT-2, Qwen2, Llama-3/GLM-4, DeepSeek-V3 and o200k/MiniMax-M2 pre-tokenizer patterns)")
                 }
                 pattern = .known(known)
             } else {

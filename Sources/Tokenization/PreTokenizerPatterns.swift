@@ -9,6 +9,16 @@ enum KnownSplitPattern: Sendable {
     /// `(?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+` (Qwen2, Qwen3).
     /// `maxDigits` is 1 for Qwen2 and 3 for the cl100k/Llama-3 variant (`\p{N}{1,3}`).
     case cl100k(maxDigits: Int)
+    /// `\p{N}{1,3}`: numbers in groups of up to three (DeepSeek-V3's first Split).
+    case numberTriples
+    /// `[一-龥぀-ゟ゠-ヿ]+`: runs of CJK ideographs (U+4E00-U+9FA5), hiragana and katakana (DeepSeek-V3's second).
+    case cjkRuns
+    /// DeepSeek-V3's third Split: ASCII punctuation + ASCII letters, letters and marks with one optional
+    /// leader, punctuation and symbol runs, then the usual white-space tail (see `PreTokenizerWordClasses.swift`).
+    case deepseekV3
+    /// o200k (gpt-oss, MiniMax-M2): case-aware letter runs with trailing contractions, `\p{N}{1,3}`,
+    /// ` ?[^\s\p{L}\p{N}]+[\r\n/]*`, then the usual white-space tail.
+    case o200k
 
     static let gpt2Source = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#
     static let qwen2Source =
@@ -22,6 +32,10 @@ enum KnownSplitPattern: Sendable {
         case Self.gpt2Source: self = .gpt2
         case Self.qwen2Source: self = .cl100k(maxDigits: 1)
         case Self.llama3Source: self = .cl100k(maxDigits: 3)
+        case Self.numberTriplesSource: self = .numberTriples
+        case Self.cjkRunsSource: self = .cjkRuns
+        case Self.deepseekV3Source: self = .deepseekV3
+        case Self.o200kSource: self = .o200k
         default: return nil
         }
     }
@@ -53,6 +67,10 @@ enum KnownSplitPattern: Sendable {
 
     /// The match ranges of the pattern inside `range` of `text`, leftmost first, non-overlapping.
     func matches(in text: [Unicode.Scalar], range: Range<Int>) -> [Range<Int>] {
+        switch self {
+        case .gpt2, .cl100k: break
+        case .numberTriples, .cjkRuns, .deepseekV3, .o200k: return wordClassMatches(in: text, range: range)
+        }
         var result: [Range<Int>] = []
         result.reserveCapacity(range.count / 3 + 1)
         text.withUnsafeBufferPointer { buf in
@@ -70,6 +88,7 @@ enum KnownSplitPattern: Sendable {
                     switch self {
                     case .gpt2: end = Self.matchGPT2(buf, i, n, cls)
                     case .cl100k(let maxDigits): end = Self.matchCL100K(buf, i, n, maxDigits, cls)
+                    case .numberTriples, .cjkRuns, .deepseekV3, .o200k: end = i  // handled above
                     }
                     if end > i {
                         result.append(i..<end)
@@ -88,7 +107,7 @@ enum KnownSplitPattern: Sendable {
 
     /// Length of a contraction (`'s`, `'t`, `'re`, `'ve`, `'m`, `'ll`, `'d`) at `i`, or 0.
     @inline(__always)
-    private static func contraction(
+    static func contraction(
         _ t: UnsafeBufferPointer<Unicode.Scalar>, _ i: Int, _ n: Int, caseInsensitive: Bool
     ) -> Int {
         guard t[i] == "'", i + 1 < n else { return 0 }
