@@ -207,7 +207,14 @@ extension EngineTests {
         engine.start()
         defer { engine.shutdown(grace: 1) }
         let long = EventCollector()
-        let longId = try engine.submit(greedy([5, 6, 7], maxTokens: 200)) { long.handle($0) }
+        // The long request's first token waits (on the engine thread) until the short one is in, so the
+        // long one cannot finish first however slowly this thread is scheduled.
+        let shortSubmitted = DispatchSemaphore(value: 0)
+        let longTokens = Counter()
+        let longId = try engine.submit(greedy([5, 6, 7], maxTokens: 200)) { event in
+            if case .token = event, longTokens.increment() == 1 { _ = shortSubmitted.wait(timeout: .now() + 30) }
+            long.handle(event)
+        }
         let followUp = EventCollector()
         let callbackDone = DispatchSemaphore(value: 0)
         let cancelledEvents = Counter()
@@ -218,6 +225,7 @@ extension EngineTests {
             _ = try? engine.submit(greedy([9, 8], maxTokens: 2)) { followUp.handle($0) }
             callbackDone.signal()
         }
+        shortSubmitted.signal()
         #expect(callbackDone.wait(timeout: .now() + 30) == .success)
         let longResult = long.wait()
         #expect(longResult.finish == .cancelled)
