@@ -10,6 +10,17 @@ static inline __m512i MOE_SUFFIX(expand_q4)(const uint8_t *p) {
     return _mm512_and_si512(mixed, _mm512_set1_epi8(0x0F));
 }
 
+/// Two MXFP4 blocks (34 bytes at `p`) as their 64 doubled e2m1 values, int8, in the order of
+/// `expand_q4`: a pshufb of llama.cpp's `kvalues_mxfp4` table over the nibbles.
+static inline __m512i MOE_SUFFIX(expand_mxfp4)(const uint8_t *p) {
+    const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + 1))),
+                                                _mm_loadu_si128((const __m128i *)(p + 1 + MOE_MXFP4_BLOCK_BYTES)), 1);
+    const __m512i twice = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(raw));
+    const __m512i mixed = _mm512_mask_blend_epi64(0xCC, twice, _mm512_srli_epi16(twice, 4));
+    const __m512i table = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12));
+    return _mm512_shuffle_epi8(table, _mm512_and_si512(mixed, _mm512_set1_epi8(0x0F)));
+}
+
 /// Four vectors of two blocks' partial sums → the eight block sums, in order.
 static inline __m256i MOE_SUFFIX(sum_blocks)(__m512i d0, __m512i d1, __m512i d2, __m512i d3) {
     const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(d0, d1), _mm512_unpackhi_epi32(d0, d1));
@@ -31,22 +42,20 @@ static inline float MOE_SUFFIX(reduce)(__m256 acc) {
 
 /// One group of eight blocks of one token against the unpacked weights: for q4 (kind 0) `w`
 /// holds unsigned nibbles; for int8 (kind 1) |w| with `neg` marking the negative weights, whose
-/// sign moves onto the activations.
+/// sign moves onto the activations; for MXFP4 (kind 2) likewise, `ws` the blocks' half scales.
 static inline __attribute__((always_inline)) __m256 MOE_SUFFIX(group)(int kind, const __m512i w[4], const __mmask64 neg[4],
                                                                       const int8_t *qt, const float *dt, const int32_t *st,
                                                                       const float *ws, __m256 acc) {
     __m512i p[4];
     for (int k = 0; k < 4; k++) {
         __m512i a = _mm512_loadu_si512((const void *)(qt + 64 * k));
-        if (kind == 1) a = _mm512_mask_sub_epi8(a, neg[k], _mm512_setzero_si512(), a);
+        if (kind != 0) a = _mm512_mask_sub_epi8(a, neg[k], _mm512_setzero_si512(), a);
         p[k] = MOE_DOT(w[k], a);
     }
     __m256i s = MOE_SUFFIX(sum_blocks)(p[0], p[1], p[2], p[3]);
     __m256 scale = _mm256_loadu_ps(dt);
-    if (kind == 0) {
-        s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)st), 3));
-        scale = _mm256_mul_ps(_mm256_loadu_ps(ws), scale);
-    }
+    if (kind == 0) s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)st), 3));
+    if (kind != 1) scale = _mm256_mul_ps(_mm256_loadu_ps(ws), scale);
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
 }
 
@@ -55,6 +64,10 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(unpack)(int kind, c
         if (kind == 0) {
             w[k] = MOE_SUFFIX(expand_q4)(p + 32 * k);
             neg[k] = 0;
+        } else if (kind == 2) {
+            const __m512i v = MOE_SUFFIX(expand_mxfp4)(p + 2 * k * MOE_MXFP4_BLOCK_BYTES);
+            neg[k] = _mm512_movepi8_mask(v);
+            w[k] = _mm512_abs_epi8(v);
         } else {
             const __m512i raw = _mm512_loadu_si512((const void *)(p + 64 * k));
             neg[k] = _mm512_movepi8_mask(raw);
@@ -68,16 +81,18 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(tile)(int kind, int
                                                                    const int8_t *q, const float *d, const int32_t *sums,
                                                                    int64_t t0, float *y, int64_t ldy, float row_scale) {
     const int64_t nb = cols / 32, groups = nb / 8, rem = nb % 8;
-    const int64_t wbytes = kind == 0 ? 16 : 32;
+    const int64_t wbytes = kind == 0 ? 16 : (kind == 1 ? 32 : MOE_MXFP4_BLOCK_BYTES);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t g = 0; g < groups; g++) {
         __m512i w[4];
         __mmask64 neg[4];
         MOE_SUFFIX(unpack)(kind, row + g * 8 * wbytes, w, neg);
+        float hs[8];
+        if (kind == 2) moe_mxfp4_half_scales(row + g * 8 * wbytes, 8, hs);
         for (int t = 0; t < T; t++) {
             const int64_t tt = t0 + t;
             acc[t] = MOE_SUFFIX(group)(kind, w, neg, q + tt * cols + g * 256, d + tt * nb + g * 8, sums + tt * nb + g * 8,
-                                       kind == 0 ? rs + g * 8 : 0, acc[t]);
+                                       kind == 0 ? rs + g * 8 : hs, acc[t]);
         }
     }
     if (rem) {
@@ -86,6 +101,7 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(tile)(int kind, int
         float wsb[8] = {0};
         memcpy(wb, row + groups * 8 * wbytes, (size_t)(rem * wbytes));
         if (kind == 0) memcpy(wsb, rs + groups * 8, (size_t)rem * sizeof(float));
+        if (kind == 2) moe_mxfp4_half_scales(wb, rem, wsb);
         __m512i w[4];
         __mmask64 neg[4];
         MOE_SUFFIX(unpack)(kind, wb, w, neg);
@@ -102,7 +118,7 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(tile)(int kind, int
     }
     for (int t = 0; t < T; t++) {
         const float v = MOE_SUFFIX(reduce)(acc[t]);
-        y[(t0 + t) * ldy] = kind == 0 ? v : v * row_scale;
+        y[(t0 + t) * ldy] = kind == 1 ? v * row_scale : v;
     }
 }
 
@@ -111,9 +127,9 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(gemm)(int kind, con
                                                                    const int32_t *sums, int64_t n, float *y, int64_t ldy) {
     const int64_t nb = cols / 32;
     for (int64_t r = row_begin; r < row_end; r++) {
-        const uint8_t *row = kind == 0 ? w + r * nb * 16 : w + r * cols;
+        const uint8_t *row = kind == 0 ? w + r * nb * 16 : (kind == 1 ? w + r * cols : w + r * nb * MOE_MXFP4_BLOCK_BYTES);
         const float *rs = kind == 0 ? wscales + r * nb : 0;
-        const float row_scale = kind == 0 ? 0 : wscales[r];
+        const float row_scale = kind == 1 ? wscales[r] : 0;
         int64_t t0 = 0;
         for (; t0 + 4 <= n; t0 += 4) MOE_SUFFIX(tile)(kind, 4, row, rs, cols, q, d, sums, t0, y + r, ldy, row_scale);
         switch (n - t0) {
@@ -250,4 +266,9 @@ void MOE_SUFFIX(moe_gemm_i8_q8)(MOE_GEMM_PARAMS(const int8_t *w)) {
     if (n >= MOE_GEMM_TRANSPOSED) { MOE_SUFFIX(gemm_transposed)(1, (const uint8_t *)w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
 #endif
     MOE_SUFFIX(gemm)(1, (const uint8_t *)w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+}
+
+void MOE_SUFFIX(moe_gemm_mxfp4_q8)(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
+    // Row by row at every batch size (no transposed variant): the same bits either way.
+    MOE_SUFFIX(gemm)(2, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }
