@@ -15,12 +15,27 @@ static inline __m256i expand_q4(const uint8_t *p) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
-/// One MXFP4 block's 32 nibbles (at `p`, past the exponent byte) as the doubled e2m1 values in
-/// element order, int8: a pshufb of llama.cpp's `kvalues_mxfp4` table.
+/// One MXFP4 block's 32 nibbles (at `p`, past the exponent byte) as the doubled e2m1 values plus
+/// 12 in element order, unsigned bytes 0...24: a pshufb of llama.cpp's `kvalues_mxfp4` table
+/// offset like q4's nibbles, so vpmaddubsw takes them as they are and the block sums remove 12·Σq.
 static inline __m256i expand_mxfp4(const uint8_t *p) {
-    const __m256i table = _mm256_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12,
-                                           0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m256i table = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+                                           12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
     return _mm256_shuffle_epi8(table, expand_q4(p));
+}
+
+/// The half scales of eight whole MXFP4 blocks at `p` (as `moe_mxfp4_half_scales`): one gather
+/// of the exponent bytes, the rare subnormal and NaN exponents the scalar way.
+static inline void half_scales8(const uint8_t *p, float out[8]) {
+    const __m256i offsets = _mm256_setr_epi32(0, 17, 34, 51, 68, 85, 102, 119);
+    const __m256i e = _mm256_and_si256(_mm256_i32gather_epi32((const int *)p, offsets, 1), _mm256_set1_epi32(0xFF));
+    // e in 2...254 (all but the subnormal and NaN cases): 2^(e-128) is the float with exponent field e - 1.
+    const __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e), nan = _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255));
+    if (_mm256_testz_si256(_mm256_or_si256(low, nan), _mm256_or_si256(low, nan))) {
+        _mm256_storeu_si256((__m256i *)out, _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23));
+    } else {
+        moe_mxfp4_half_scales(p, 8, out);
+    }
 }
 
 /// Eight vectors of eight int32 partial sums (one vector per block) → the eight block sums, in order.
@@ -41,14 +56,14 @@ static inline float reduce(__m256 acc) {
 
 /// One group of eight blocks of one token against unpacked weights `w`: acc += s · scale per block lane.
 /// `kind` 0: q4 (w unsigned nibbles, the −8 offset through the block sums); 1: int8 (w signed);
-/// 2: MXFP4 (w the signed doubled e2m1 values, `ws` the blocks' half scales).
+/// 2: MXFP4 (w the doubled e2m1 values + 12, the offset through the block sums; `ws` the blocks' half scales).
 static inline __attribute__((always_inline)) __m256 group(int kind, const __m256i w[8], const int8_t *qt, const float *dt,
                                                           const int32_t *st, const float *ws, __m256 acc) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i p[8];
     for (int k = 0; k < 8; k++) {
         const __m256i a = _mm256_loadu_si256((const __m256i *)(qt + 32 * k));
-        if (kind == 0) {
+        if (kind != 1) {
             p[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(w[k], a), ones);
         } else {
             // |w| is unsigned and w's sign moves onto the activation (|w| ≤ 128, |q| ≤ 127: no s16 overflow).
@@ -58,6 +73,10 @@ static inline __attribute__((always_inline)) __m256 group(int kind, const __m256
     __m256i s = sum_blocks(p);
     __m256 scale = _mm256_loadu_ps(dt);
     if (kind == 0) s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)st), 3));
+    if (kind == 2) {
+        const __m256i sq = _mm256_loadu_si256((const __m256i *)st);
+        s = _mm256_sub_epi32(s, _mm256_add_epi32(_mm256_slli_epi32(sq, 3), _mm256_slli_epi32(sq, 2)));
+    }
     if (kind != 1) scale = _mm256_mul_ps(_mm256_loadu_ps(ws), scale);
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
 }
@@ -76,7 +95,7 @@ static inline __attribute__((always_inline)) void tile(int kind, int T, const ui
             w[k] = kind == 0 ? expand_q4(p) : (kind == 1 ? _mm256_loadu_si256((const __m256i *)p) : expand_mxfp4(p + 1));
         }
         float hs[8];
-        if (kind == 2) moe_mxfp4_half_scales(row + g * 8 * wbytes, 8, hs);
+        if (kind == 2) half_scales8(row + g * 8 * wbytes, hs);
         for (int t = 0; t < T; t++) {
             const int64_t tt = t0 + t;
             acc[t] = group(kind, w, q + tt * cols + g * 256, d + tt * nb + g * 8, sums + tt * nb + g * 8,
