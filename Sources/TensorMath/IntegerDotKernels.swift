@@ -122,7 +122,8 @@ public enum IntegerDotKernels {
         let blocks = cols / Quantization.q4BlockSize
         // The quantised activations [n, cols] int8, their block scales and sums [n, blocks]: on the
         // stack for decode-sized products (no heap allocation per step).
-        withUnsafeTemporaryAllocation(byteCount: n * cols + 8 * n * blocks, alignment: 64) { raw in
+        // Alignment 16: at 64 Swift took the buffer from the heap on every call (the kernels load unaligned).
+        withUnsafeTemporaryAllocation(byteCount: n * cols + 8 * n * blocks, alignment: 16) { raw in
             let base = raw.baseAddress!
             let q = base.bindMemory(to: Int8.self, capacity: n * cols)
             let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * blocks)
@@ -130,29 +131,34 @@ public enum IntegerDotKernels {
             moe_quantize_q8(level.rawValue, x, Int64(n), Int64(cols), q, d, sums)
             let pointers = UncheckedSendable((q4, int8, mxfp4, scales, q, d, sums, y))
             // Rows first..<last; any split gives the same bits (each output's arithmetic is fixed).
-            let run = { (first: Int, last: Int) in
-                let (q4, int8, mxfp4, scales, q, d, sums, y) = pointers.value
-                if let q4 {
-                    moe_gemm_q4_q8(level.rawValue, q4, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
-                } else if let int8 {
-                    moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
-                } else if let mxfp4 {
-                    moe_gemm_mxfp4_q8(level.rawValue, mxfp4, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
-                }
-            }
+            // A capture-free static function, wrapped in a closure only when split: a closure formed
+            // on every call cost heap allocations per product (DecodeStepAllocationTests).
             // Split over the cores when the product is large enough to pay for the hand-off (piecesFor).
             let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
             if pieces > 1 {
                 // Pieces of whole 8-row groups; GCD's idle threads sleep (see WeightMatrix.panelGEMM).
                 let span = ((rows + pieces - 1) / pieces + 7) & ~7
                 let count = (rows + span - 1) / span
-                let task = UncheckedSendable(run)
                 DispatchQueue.concurrentPerform(iterations: count) { index in
-                    task.value(index * span, min(rows, (index + 1) * span))
+                    runRows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: index * span, last: min(rows, (index + 1) * span))
                 }
             } else {
-                run(0, rows)
+                runRows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: 0, last: rows)
             }
+        }
+    }
+
+    /// Rows `first..<last` of one product (`product`'s operands): any split gives the same bits.
+    private static func runRows(_ p: (UnsafePointer<UInt8>?, UnsafePointer<Int8>?, UnsafePointer<UInt8>?, UnsafePointer<Float>?,
+                                      UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Float>),
+                                level: KernelLevel, cols: Int, rows: Int, n: Int, first: Int, last: Int) {
+        let (q4, int8, mxfp4, scales, q, d, sums, y) = p
+        if let q4 {
+            moe_gemm_q4_q8(level.rawValue, q4, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
+        } else if let int8 {
+            moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
+        } else if let mxfp4 {
+            moe_gemm_mxfp4_q8(level.rawValue, mxfp4, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
         }
     }
 
