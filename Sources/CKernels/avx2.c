@@ -15,6 +15,29 @@ static inline __m256i expand_q4(const uint8_t *p) {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
 }
 
+/// One MXFP4 block's 32 nibbles (at `p`, past the exponent byte) as the doubled e2m1 values plus
+/// 12 in element order, unsigned bytes 0...24: a pshufb of llama.cpp's `kvalues_mxfp4` table
+/// offset like q4's nibbles, so vpmaddubsw takes them as they are and the block sums remove 12·Σq.
+static inline __m256i expand_mxfp4(const uint8_t *p) {
+    const __m256i table = _mm256_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0,
+                                           12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+    return _mm256_shuffle_epi8(table, expand_q4(p));
+}
+
+/// The half scales of eight whole MXFP4 blocks at `p` (as `moe_mxfp4_half_scales`): one gather
+/// of the exponent bytes, the rare subnormal and NaN exponents the scalar way.
+static inline void half_scales8(const uint8_t *p, float out[8]) {
+    const __m256i offsets = _mm256_setr_epi32(0, 17, 34, 51, 68, 85, 102, 119);
+    const __m256i e = _mm256_and_si256(_mm256_i32gather_epi32((const int *)p, offsets, 1), _mm256_set1_epi32(0xFF));
+    // e in 2...254 (all but the subnormal and NaN cases): 2^(e-128) is the float with exponent field e - 1.
+    const __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e), nan = _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255));
+    if (_mm256_testz_si256(_mm256_or_si256(low, nan), _mm256_or_si256(low, nan))) {
+        _mm256_storeu_si256((__m256i *)out, _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23));
+    } else {
+        moe_mxfp4_half_scales(p, 8, out);
+    }
+}
+
 /// Eight vectors of eight int32 partial sums (one vector per block) → the eight block sums, in order.
 static inline __m256i sum_blocks(const __m256i p[8]) {
     const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
@@ -32,14 +55,15 @@ static inline float reduce(__m256 acc) {
 }
 
 /// One group of eight blocks of one token against unpacked weights `w`: acc += s · scale per block lane.
-/// `kind` 0: q4 (w unsigned nibbles, the −8 offset through the block sums); 1: int8 (w signed).
+/// `kind` 0: q4 (w unsigned nibbles, the −8 offset through the block sums); 1: int8 (w signed);
+/// 2: MXFP4 (w the doubled e2m1 values + 12, the offset through the block sums; `ws` the blocks' half scales).
 static inline __attribute__((always_inline)) __m256 group(int kind, const __m256i w[8], const int8_t *qt, const float *dt,
                                                           const int32_t *st, const float *ws, __m256 acc) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i p[8];
     for (int k = 0; k < 8; k++) {
         const __m256i a = _mm256_loadu_si256((const __m256i *)(qt + 32 * k));
-        if (kind == 0) {
+        if (kind != 1) {
             p[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(w[k], a), ones);
         } else {
             // |w| is unsigned and w's sign moves onto the activation (|w| ≤ 128, |q| ≤ 127: no s16 overflow).
@@ -48,10 +72,12 @@ static inline __attribute__((always_inline)) __m256 group(int kind, const __m256
     }
     __m256i s = sum_blocks(p);
     __m256 scale = _mm256_loadu_ps(dt);
-    if (kind == 0) {
-        s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)st), 3));
-        scale = _mm256_mul_ps(_mm256_loadu_ps(ws), scale);
+    if (kind == 0) s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)st), 3));
+    if (kind == 2) {
+        const __m256i sq = _mm256_loadu_si256((const __m256i *)st);
+        s = _mm256_sub_epi32(s, _mm256_add_epi32(_mm256_slli_epi32(sq, 3), _mm256_slli_epi32(sq, 2)));
     }
+    if (kind != 1) scale = _mm256_mul_ps(_mm256_loadu_ps(ws), scale);
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
 }
 
@@ -60,18 +86,20 @@ static inline __attribute__((always_inline)) void tile(int kind, int T, const ui
                                                        const int8_t *q, const float *d, const int32_t *sums,
                                                        int64_t t0, float *y, int64_t ldy, float row_scale) {
     const int64_t nb = cols / 32, groups = nb / 8, rem = nb % 8;
-    const int64_t wbytes = kind == 0 ? 16 : 32; // bytes per block
+    const int64_t wbytes = kind == 0 ? 16 : (kind == 1 ? 32 : MOE_MXFP4_BLOCK_BYTES); // bytes per block
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t g = 0; g < groups; g++) {
         __m256i w[8];
         for (int k = 0; k < 8; k++) {
             const uint8_t *p = row + (g * 8 + k) * wbytes;
-            w[k] = kind == 0 ? expand_q4(p) : _mm256_loadu_si256((const __m256i *)p);
+            w[k] = kind == 0 ? expand_q4(p) : (kind == 1 ? _mm256_loadu_si256((const __m256i *)p) : expand_mxfp4(p + 1));
         }
+        float hs[8];
+        if (kind == 2) half_scales8(row + g * 8 * wbytes, hs);
         for (int t = 0; t < T; t++) {
             const int64_t tt = t0 + t;
             acc[t] = group(kind, w, q + tt * cols + g * 256, d + tt * nb + g * 8, sums + tt * nb + g * 8,
-                           kind == 0 ? rs + g * 8 : 0, acc[t]);
+                           kind == 0 ? rs + g * 8 : hs, acc[t]);
         }
     }
     if (rem) {
@@ -81,8 +109,12 @@ static inline __attribute__((always_inline)) void tile(int kind, int T, const ui
         float wsb[8] = {0};
         memcpy(wb, row + groups * 8 * wbytes, (size_t)(rem * wbytes));
         if (kind == 0) memcpy(wsb, rs + groups * 8, (size_t)rem * sizeof(float));
+        if (kind == 2) moe_mxfp4_half_scales(wb, rem, wsb);
         __m256i w[8];
-        for (int k = 0; k < 8; k++) w[k] = kind == 0 ? expand_q4(wb + k * 16) : _mm256_loadu_si256((const __m256i *)(wb + k * 32));
+        for (int k = 0; k < 8; k++) {
+            w[k] = kind == 0 ? expand_q4(wb + k * 16)
+                             : (kind == 1 ? _mm256_loadu_si256((const __m256i *)(wb + k * 32)) : expand_mxfp4(wb + k * 17 + 1));
+        }
         for (int t = 0; t < T; t++) {
             const int64_t tt = t0 + t;
             int8_t qb[256] = {0};
@@ -96,7 +128,7 @@ static inline __attribute__((always_inline)) void tile(int kind, int T, const ui
     }
     for (int t = 0; t < T; t++) {
         const float v = reduce(acc[t]);
-        y[(t0 + t) * ldy] = kind == 0 ? v : v * row_scale;
+        y[(t0 + t) * ldy] = kind == 1 ? v * row_scale : v;
     }
 }
 
@@ -105,9 +137,9 @@ static inline __attribute__((always_inline)) void gemm(int kind, const uint8_t *
                                                        const int32_t *sums, int64_t n, float *y, int64_t ldy) {
     const int64_t nb = cols / 32;
     for (int64_t r = row_begin; r < row_end; r++) {
-        const uint8_t *row = kind == 0 ? w + r * nb * 16 : w + r * cols;
+        const uint8_t *row = kind == 0 ? w + r * nb * 16 : (kind == 1 ? w + r * cols : w + r * nb * MOE_MXFP4_BLOCK_BYTES);
         const float *rs = kind == 0 ? wscales + r * nb : 0;
-        const float row_scale = kind == 0 ? 0 : wscales[r];
+        const float row_scale = kind == 1 ? wscales[r] : 0;
         int64_t t0 = 0;
         for (; t0 + 4 <= n; t0 += 4) tile(kind, 4, row, rs, cols, q, d, sums, t0, y + r, ldy, row_scale);
         switch (n - t0) {
@@ -164,6 +196,10 @@ void moe_gemm_q4_q8_avx2(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
 
 void moe_gemm_i8_q8_avx2(MOE_GEMM_PARAMS(const int8_t *w)) {
     gemm(1, (const uint8_t *)w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+}
+
+void moe_gemm_mxfp4_q8_avx2(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
+    gemm(2, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }
 
 #pragma clang attribute pop

@@ -10,6 +10,30 @@ static inline __m512i MOE_SUFFIX(expand_q4)(const uint8_t *p) {
     return _mm512_and_si512(mixed, _mm512_set1_epi8(0x0F));
 }
 
+/// Two MXFP4 blocks (34 bytes at `p`) as their 64 doubled e2m1 values plus 12 (unsigned 0...24),
+/// in the order of `expand_q4`: a pshufb of llama.cpp's `kvalues_mxfp4` table, offset as in avx2.c.
+static inline __m512i MOE_SUFFIX(expand_mxfp4)(const uint8_t *p) {
+    const __m256i raw = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(p + 1))),
+                                                _mm_loadu_si128((const __m128i *)(p + 1 + MOE_MXFP4_BLOCK_BYTES)), 1);
+    const __m512i twice = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), _mm512_castsi256_si512(raw));
+    const __m512i mixed = _mm512_mask_blend_epi64(0xCC, twice, _mm512_srli_epi16(twice, 4));
+    const __m512i table = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+    return _mm512_shuffle_epi8(table, _mm512_and_si512(mixed, _mm512_set1_epi8(0x0F)));
+}
+
+/// The half scales of eight whole MXFP4 blocks (see avx2.c's half_scales8).
+static inline void MOE_SUFFIX(half_scales8)(const uint8_t *p, float out[8]) {
+    const __m256i offsets = _mm256_setr_epi32(0, 17, 34, 51, 68, 85, 102, 119);
+    const __m256i e = _mm256_and_si256(_mm256_i32gather_epi32((const int *)p, offsets, 1), _mm256_set1_epi32(0xFF));
+    // e in 2...254 (all but the subnormal and NaN cases): 2^(e-128) is the float with exponent field e - 1.
+    const __m256i low = _mm256_cmpgt_epi32(_mm256_set1_epi32(2), e), nan = _mm256_cmpeq_epi32(e, _mm256_set1_epi32(255));
+    if (_mm256_testz_si256(_mm256_or_si256(low, nan), _mm256_or_si256(low, nan))) {
+        _mm256_storeu_si256((__m256i *)out, _mm256_slli_epi32(_mm256_sub_epi32(e, _mm256_set1_epi32(1)), 23));
+    } else {
+        moe_mxfp4_half_scales(p, 8, out);
+    }
+}
+
 /// Four vectors of two blocks' partial sums → the eight block sums, in order.
 static inline __m256i MOE_SUFFIX(sum_blocks)(__m512i d0, __m512i d1, __m512i d2, __m512i d3) {
     const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(d0, d1), _mm512_unpackhi_epi32(d0, d1));
@@ -31,7 +55,7 @@ static inline float MOE_SUFFIX(reduce)(__m256 acc) {
 
 /// One group of eight blocks of one token against the unpacked weights: for q4 (kind 0) `w`
 /// holds unsigned nibbles; for int8 (kind 1) |w| with `neg` marking the negative weights, whose
-/// sign moves onto the activations.
+/// sign moves onto the activations; for MXFP4 (kind 2) the doubled values + 12, `ws` the blocks' half scales.
 static inline __attribute__((always_inline)) __m256 MOE_SUFFIX(group)(int kind, const __m512i w[4], const __mmask64 neg[4],
                                                                       const int8_t *qt, const float *dt, const int32_t *st,
                                                                       const float *ws, __m256 acc) {
@@ -43,10 +67,12 @@ static inline __attribute__((always_inline)) __m256 MOE_SUFFIX(group)(int kind, 
     }
     __m256i s = MOE_SUFFIX(sum_blocks)(p[0], p[1], p[2], p[3]);
     __m256 scale = _mm256_loadu_ps(dt);
-    if (kind == 0) {
-        s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)st), 3));
-        scale = _mm256_mul_ps(_mm256_loadu_ps(ws), scale);
+    if (kind == 0) s = _mm256_sub_epi32(s, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)st), 3));
+    if (kind == 2) {
+        const __m256i sq = _mm256_loadu_si256((const __m256i *)st);
+        s = _mm256_sub_epi32(s, _mm256_add_epi32(_mm256_slli_epi32(sq, 3), _mm256_slli_epi32(sq, 2)));
     }
+    if (kind != 1) scale = _mm256_mul_ps(_mm256_loadu_ps(ws), scale);
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
 }
 
@@ -54,6 +80,9 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(unpack)(int kind, c
     for (int k = 0; k < 4; k++) {
         if (kind == 0) {
             w[k] = MOE_SUFFIX(expand_q4)(p + 32 * k);
+            neg[k] = 0;
+        } else if (kind == 2) {
+            w[k] = MOE_SUFFIX(expand_mxfp4)(p + 2 * k * MOE_MXFP4_BLOCK_BYTES);
             neg[k] = 0;
         } else {
             const __m512i raw = _mm512_loadu_si512((const void *)(p + 64 * k));
@@ -68,16 +97,18 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(tile)(int kind, int
                                                                    const int8_t *q, const float *d, const int32_t *sums,
                                                                    int64_t t0, float *y, int64_t ldy, float row_scale) {
     const int64_t nb = cols / 32, groups = nb / 8, rem = nb % 8;
-    const int64_t wbytes = kind == 0 ? 16 : 32;
+    const int64_t wbytes = kind == 0 ? 16 : (kind == 1 ? 32 : MOE_MXFP4_BLOCK_BYTES);
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int64_t g = 0; g < groups; g++) {
         __m512i w[4];
         __mmask64 neg[4];
         MOE_SUFFIX(unpack)(kind, row + g * 8 * wbytes, w, neg);
+        float hs[8];
+        if (kind == 2) MOE_SUFFIX(half_scales8)(row + g * 8 * wbytes, hs);
         for (int t = 0; t < T; t++) {
             const int64_t tt = t0 + t;
             acc[t] = MOE_SUFFIX(group)(kind, w, neg, q + tt * cols + g * 256, d + tt * nb + g * 8, sums + tt * nb + g * 8,
-                                       kind == 0 ? rs + g * 8 : 0, acc[t]);
+                                       kind == 0 ? rs + g * 8 : hs, acc[t]);
         }
     }
     if (rem) {
@@ -86,6 +117,7 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(tile)(int kind, int
         float wsb[8] = {0};
         memcpy(wb, row + groups * 8 * wbytes, (size_t)(rem * wbytes));
         if (kind == 0) memcpy(wsb, rs + groups * 8, (size_t)rem * sizeof(float));
+        if (kind == 2) moe_mxfp4_half_scales(wb, rem, wsb);
         __m512i w[4];
         __mmask64 neg[4];
         MOE_SUFFIX(unpack)(kind, wb, w, neg);
@@ -102,7 +134,7 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(tile)(int kind, int
     }
     for (int t = 0; t < T; t++) {
         const float v = MOE_SUFFIX(reduce)(acc[t]);
-        y[(t0 + t) * ldy] = kind == 0 ? v : v * row_scale;
+        y[(t0 + t) * ldy] = kind == 1 ? v * row_scale : v;
     }
 }
 
@@ -111,9 +143,9 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(gemm)(int kind, con
                                                                    const int32_t *sums, int64_t n, float *y, int64_t ldy) {
     const int64_t nb = cols / 32;
     for (int64_t r = row_begin; r < row_end; r++) {
-        const uint8_t *row = kind == 0 ? w + r * nb * 16 : w + r * cols;
+        const uint8_t *row = kind == 0 ? w + r * nb * 16 : (kind == 1 ? w + r * cols : w + r * nb * MOE_MXFP4_BLOCK_BYTES);
         const float *rs = kind == 0 ? wscales + r * nb : 0;
-        const float row_scale = kind == 0 ? 0 : wscales[r];
+        const float row_scale = kind == 1 ? wscales[r] : 0;
         int64_t t0 = 0;
         for (; t0 + 4 <= n; t0 += 4) MOE_SUFFIX(tile)(kind, 4, row, rs, cols, q, d, sums, t0, y + r, ldy, row_scale);
         switch (n - t0) {
@@ -250,4 +282,9 @@ void MOE_SUFFIX(moe_gemm_i8_q8)(MOE_GEMM_PARAMS(const int8_t *w)) {
     if (n >= MOE_GEMM_TRANSPOSED) { MOE_SUFFIX(gemm_transposed)(1, (const uint8_t *)w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
 #endif
     MOE_SUFFIX(gemm)(1, (const uint8_t *)w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+}
+
+void MOE_SUFFIX(moe_gemm_mxfp4_q8)(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
+    // Row by row at every batch size (no transposed variant): the same bits either way.
+    MOE_SUFFIX(gemm)(2, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }

@@ -22,6 +22,31 @@ void moe_gemm_i8_q8_avx512(MOE_GEMM_PARAMS(const int8_t *w));
 void moe_gemm_q4_q8_avx512vnni(MOE_GEMM_PARAMS(const uint8_t *blocks));
 void moe_gemm_i8_q8_avx512vnni(MOE_GEMM_PARAMS(const int8_t *w));
 #endif
+// MXFP4 (17-byte block_mxfp4 blocks; wscales unused, the scales are the blocks' exponents).
+void moe_gemm_mxfp4_q8_portable(MOE_GEMM_PARAMS(const uint8_t *blocks));
+#if defined(__x86_64__)
+void moe_gemm_mxfp4_q8_avx2(MOE_GEMM_PARAMS(const uint8_t *blocks));
+void moe_gemm_mxfp4_q8_avx512(MOE_GEMM_PARAMS(const uint8_t *blocks));
+void moe_gemm_mxfp4_q8_avx512vnni(MOE_GEMM_PARAMS(const uint8_t *blocks));
+#endif
+
+/// Bytes of one `block_mxfp4`: the e8m0 exponent, then 16 bytes of nibbles.
+#define MOE_MXFP4_BLOCK_BYTES 17
+
+/// `2^(e-128)`: an MXFP4 block's scale halved, because the integer kernels dot the doubled e2m1
+/// values {0, 1, 2, 3, 4, 6, 8, 12} (and negatives) with the activations. Exact: e = 1 gives the
+/// subnormal 2^-127, e = 0 2^-128, 255 NaN (the OCP e8m0 NaN).
+static inline float moe_mxfp4_half_scale(uint8_t e) {
+    const uint32_t bits = e == 255 ? 0x7FC00000u : (e >= 2 ? (uint32_t)(e - 1) << 23 : 0x00200000u << e);
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    return f;
+}
+
+/// The half scales of `count` (≤ 8) consecutive blocks from `blocks`, zero beyond `count`.
+static inline void moe_mxfp4_half_scales(const uint8_t *blocks, int64_t count, float out[8]) {
+    for (int k = 0; k < 8; k++) out[k] = k < count ? moe_mxfp4_half_scale(blocks[k * MOE_MXFP4_BLOCK_BYTES]) : 0.0f;
+}
 
 /// This thread's scratch of at least `bytes` bytes, 64-byte aligned, kept for the thread's next
 /// call (grown when too small; NULL if that fails): the GEMMs' packed operands without an

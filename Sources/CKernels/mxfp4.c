@@ -10,6 +10,7 @@
 // l+8, l+16, l+24 in that order; acc_l = fma(p_l, scale, acc_l);
 // y = ((acc0+acc4)+(acc2+acc6)) + ((acc1+acc5)+(acc3+acc7)).
 #include "CKernels.h"
+#include "internal.h"
 
 #include <math.h>
 #include <string.h>
@@ -114,4 +115,44 @@ void moe_gemv_mxfp4(int level, const uint8_t *blocks, int64_t cols, int64_t row_
 #endif
     (void)level;
     gemv_mxfp4_portable(blocks, cols, row_begin, row_end, x, n, y, ldy);
+}
+
+// The integer-dot kernel's reference (see moe_gemm_mxfp4_q8 in CKernels.h): the SIMD levels in
+// avx2.c and avx512_body.h give these bits.
+static const int8_t mxfp4_doubled[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+void moe_gemm_mxfp4_q8_portable(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
+    (void)wscales;
+    (void)sums;
+    const int64_t nb = cols / MOE_KERNEL_BLOCK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *row = blocks + r * nb * MOE_MXFP4_BLOCK_BYTES;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *qt = q + t * cols;
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *block = row + b * MOE_MXFP4_BLOCK_BYTES;
+                int32_t s = 0;
+                for (int j = 0; j < 16; j++) {
+                    s += (int32_t)mxfp4_doubled[block[1 + j] & 0x0F] * qt[b * 32 + j];
+                    s += (int32_t)mxfp4_doubled[block[1 + j] >> 4] * qt[b * 32 + j + 16];
+                }
+                const float scale = moe_mxfp4_half_scale(block[0]) * d[t * nb + b];
+                acc[b % 8] = fmaf((float)s, scale, acc[b % 8]);
+            }
+            y[t * ldy + r] = moe_reduce8(acc);
+        }
+    }
+}
+
+void moe_gemm_mxfp4_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
+                       const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+    switch (level) {
+#if defined(__x86_64__)
+    case MOE_KERNEL_AVX512_VNNI: moe_gemm_mxfp4_q8_avx512vnni(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+    case MOE_KERNEL_AVX512: moe_gemm_mxfp4_q8_avx512(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+    case MOE_KERNEL_AVX2: moe_gemm_mxfp4_q8_avx2(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+#endif
+    default: moe_gemm_mxfp4_q8_portable(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+    }
 }

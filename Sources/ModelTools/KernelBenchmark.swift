@@ -89,6 +89,10 @@ public struct KernelBenchmark: Sendable {
         MXFP4.quantize(f32.pointer, rows: rows, cols: cols, into: mxfp4Blocks.pointer)
         let mxfp4Matrix = WeightMatrix(rows: rows, cols: cols, storage: .mxfp4(blocks: UnsafePointer(mxfp4Blocks.pointer)), owner: mxfp4Blocks)
         let mxfp4Rate = Double(mxfp4Blocks.count) / median { mxfp4Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
+        // The float C kernel beside it (what `MOE_KERNELS=float` runs; `apply` takes the integer-dot one).
+        let mxfp4FloatRate = Double(mxfp4Blocks.count) / median {
+            MXFP4.gemv(mxfp4Blocks.pointer, rows: rows, cols: cols, x: x.pointer, count: 1, y: y.pointer)
+        } / 1e9
         let maxRows = 8
         let xs = AlignedBuffer<Float>([Float](repeating: 0.5, count: maxRows * cols))
         let ys = AlignedBuffer<Float>(count: maxRows * rows)
@@ -114,6 +118,7 @@ public struct KernelBenchmark: Sendable {
         | int8 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", int8Rate)) |
         | q4 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", q4Rate)) |
         | MXFP4 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", mxfp4Rate)) |
+        | MXFP4 GEMV \(rows)x\(cols), float C kernel (`MXFP4.gemv`) | \(String(format: "%.1f", mxfp4FloatRate)) |
 
         time of 1...\(maxRows) input rows, relative to one row:
         q4:   \(costs(q4Cost))

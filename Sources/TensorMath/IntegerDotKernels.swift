@@ -62,7 +62,7 @@ public enum IntegerDotKernels {
     /// Multiply-accumulates (rows · cols · n) above which a product is split over the cores.
     static let parallelWork = 1 << 20
 
-    /// `y[n, rows] = x[n, cols] · Wᵀ` when `W` is int8 or q4 with a multiple of 32 columns and
+    /// `y[n, rows] = x[n, cols] · Wᵀ` when `W` is int8, q4 or MXFP4 with a multiple of 32 columns and
     /// the kernels are enabled; false (nothing written) otherwise.
     @inline(__always)
     static func apply(_ matrix: WeightMatrix, _ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) -> Bool {
@@ -73,6 +73,9 @@ public enum IntegerDotKernels {
             return true
         case .int8(let values, let scales):
             product(level: level, q4: nil, int8: values, scales: scales, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
+            return true
+        case .mxfp4(let blocks):
+            product(level: level, q4: nil, int8: nil, mxfp4: blocks, scales: nil, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
         case .ggml(let type, let blocks) where kQuantTypes.contains(type) && matrix.cols % GGMLType.superBlock == 0:
             kQuant(level: level, type: type, blocks, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
@@ -94,6 +97,14 @@ public enum IntegerDotKernels {
         product(level: level, q4: nil, int8: values, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
     }
 
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for W in MXFP4 blocks (`blocks[rows, cols/32, 17]`, see `MXFP4`)
+    /// at `level`: the doubled e2m1 values as int8 dotted with the 8-bit activation blocks, times
+    /// each block's halved e8m0 scale and the activation block's scale (llama.cpp's arithmetic).
+    public static func mxfp4(_ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int,
+                             x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>, level: KernelLevel) {
+        product(level: level, q4: nil, int8: nil, mxfp4: blocks, scales: nil, rows: rows, cols: cols, x: x, count: n, y: y)
+    }
+
     /// `x[n, cols]` as the kernels see it: quantised to 8-bit blocks and widened back
     /// (`out[n, cols]`); tests build their references from it.
     public static func roundTripActivations(_ x: UnsafePointer<Float>, count n: Int, cols: Int, into out: UnsafeMutablePointer<Float>) {
@@ -103,42 +114,51 @@ public enum IntegerDotKernels {
         for i in 0..<(n * cols) { out[i] = Float(q[i]) * d[i / Quantization.q4BlockSize] }
     }
 
-    private static func product(level: KernelLevel, q4: UnsafePointer<UInt8>?, int8: UnsafePointer<Int8>?, scales: UnsafePointer<Float>,
+    private static func product(level: KernelLevel, q4: UnsafePointer<UInt8>?, int8: UnsafePointer<Int8>?, mxfp4: UnsafePointer<UInt8>? = nil,
+                                scales: UnsafePointer<Float>?,
                                 rows: Int, cols: Int, x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
         precondition(cols % Quantization.q4BlockSize == 0, "integer-dot kernels need a multiple of 32 columns, got \(cols)")
         guard n > 0, rows > 0 else { return }
         let blocks = cols / Quantization.q4BlockSize
         // The quantised activations [n, cols] int8, their block scales and sums [n, blocks]: on the
         // stack for decode-sized products (no heap allocation per step).
-        withUnsafeTemporaryAllocation(byteCount: n * cols + 8 * n * blocks, alignment: 64) { raw in
+        // Alignment 16: at 64 Swift took the buffer from the heap on every call (the kernels load unaligned).
+        withUnsafeTemporaryAllocation(byteCount: n * cols + 8 * n * blocks, alignment: 16) { raw in
             let base = raw.baseAddress!
             let q = base.bindMemory(to: Int8.self, capacity: n * cols)
             let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * blocks)
             let sums = (base + n * cols + 4 * n * blocks).bindMemory(to: Int32.self, capacity: n * blocks)
             moe_quantize_q8(level.rawValue, x, Int64(n), Int64(cols), q, d, sums)
-            let pointers = UncheckedSendable((q4, int8, scales, q, d, sums, y))
+            let pointers = UncheckedSendable((q4, int8, mxfp4, scales, q, d, sums, y))
             // Rows first..<last; any split gives the same bits (each output's arithmetic is fixed).
-            let run = { (first: Int, last: Int) in
-                let (q4, int8, scales, q, d, sums, y) = pointers.value
-                if let q4 {
-                    moe_gemm_q4_q8(level.rawValue, q4, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
-                } else if let int8 {
-                    moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
-                }
-            }
+            // A capture-free static function, wrapped in a closure only when split: a closure formed
+            // on every call cost heap allocations per product (DecodeStepAllocationTests).
             // Split over the cores when the product is large enough to pay for the hand-off (piecesFor).
             let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
             if pieces > 1 {
                 // Pieces of whole 8-row groups; GCD's idle threads sleep (see WeightMatrix.panelGEMM).
                 let span = ((rows + pieces - 1) / pieces + 7) & ~7
                 let count = (rows + span - 1) / span
-                let task = UncheckedSendable(run)
                 DispatchQueue.concurrentPerform(iterations: count) { index in
-                    task.value(index * span, min(rows, (index + 1) * span))
+                    runRows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: index * span, last: min(rows, (index + 1) * span))
                 }
             } else {
-                run(0, rows)
+                runRows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: 0, last: rows)
             }
+        }
+    }
+
+    /// Rows `first..<last` of one product (`product`'s operands): any split gives the same bits.
+    private static func runRows(_ p: (UnsafePointer<UInt8>?, UnsafePointer<Int8>?, UnsafePointer<UInt8>?, UnsafePointer<Float>?,
+                                      UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Float>),
+                                level: KernelLevel, cols: Int, rows: Int, n: Int, first: Int, last: Int) {
+        let (q4, int8, mxfp4, scales, q, d, sums, y) = p
+        if let q4 {
+            moe_gemm_q4_q8(level.rawValue, q4, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
+        } else if let int8 {
+            moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
+        } else if let mxfp4 {
+            moe_gemm_mxfp4_q8(level.rawValue, mxfp4, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
         }
     }
 

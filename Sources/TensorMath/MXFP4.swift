@@ -88,6 +88,10 @@ public enum MXFP4 {
     /// Matrices at least this large are split across two threads.
     static let parallelThreshold = 1 << 20
 
+    /// The float kernel: `WeightMatrix` runs MXFP4 matrices through the integer-dot kernel
+    /// (`IntegerDotKernels.mxfp4`, about twice as fast, activations rounded to 8-bit blocks) and
+    /// through this one only with `MOE_KERNELS=float`.
+    ///
     /// `y[n, rows] = x[n, cols] · Wᵀ` with W in MXFP4 blocks, for a few input rows (`count`
     /// ≤ 8): each block is decoded once into registers and multiplied with every input row, so
     /// the weights are read once. Per output element the arithmetic is the same whatever

@@ -47,7 +47,14 @@ import TensorMath
         #expect(store.manifest.dense.tensors.allSatisfy { !$0.name.contains("mlp.experts.") })
         let expected = try logits(ModelLoader.loadCheckpoint(at: Self.fixtures.appendingPathComponent(name)))
         let actual = try logits(ModelLoader.load(at: storeURL))
-        if dtype == .bf16 && name == "gptoss-mxfp4" {
+        if dtype == .bf16 && name == "gptoss-mxfp4" && IntegerDotKernels.level != nil {
+            // The checkpoint's MXFP4 experts run through the integer-dot kernel (activations in
+            // 8-bit blocks), the bf16 store's through float kernels: the int8 stores' kind of error.
+            let rms = { (v: [Float]) in (v.reduce(0) { $0 + $1 * $1 } / Float(v.count)).squareRoot() }
+            let relative = rms(zip(expected, actual).map { $0 - $1 }) / rms(expected)
+            print("gptoss-mxfp4 integer-dot vs bf16 store: relative logit RMS error \(relative), max \(maxAbsDifference(expected, actual))")
+            #expect(relative < 0.05)
+        } else if dtype == .bf16 && name == "gptoss-mxfp4" {
             #expect(maxAbsDifference(expected, actual) <= 1e-4)
         } else {
             #expect(expected.map(\.bitPattern) == actual.map(\.bitPattern))

@@ -3,6 +3,7 @@ import Testing
 import InferenceEngine
 import ModelFormats
 @testable import MoEModels
+import TensorMath
 
 /// gpt-oss beyond the shared fidelity checks (which run on its fixtures too): the sliding
 /// window's bounded KV cache, batching, MXFP4 experts against their bf16 twin, and what the
@@ -83,7 +84,16 @@ import ModelFormats
         let prompt = longPrompt(mxfp4, count: 30)
         let a = try mxfp4.forward([SequenceInput(cache: mxfp4.makeCache(), tokens: prompt, allLogits: true)])[0]
         let b = try twin.forward([SequenceInput(cache: twin.makeCache(), tokens: prompt, allLogits: true)])[0]
-        #expect(maxAbsDifference(a, b) <= 1e-4)
+        if IntegerDotKernels.level == nil {
+            #expect(maxAbsDifference(a, b) <= 1e-4)
+        } else {
+            // The integer-dot MXFP4 kernel rounds the experts' inputs to 8-bit blocks, the twin's
+            // bf16 kernels do not: the same exact weights, compared as the int8 stores are.
+            let rms = { (v: [Float]) in (v.reduce(0) { $0 + $1 * $1 } / Float(v.count)).squareRoot() }
+            let relative = rms(zip(a, b).map { $0 - $1 }) / rms(b)
+            print("gptoss-mxfp4 integer-dot vs bf16 twin: relative logit RMS error \(relative), max \(maxAbsDifference(a, b))")
+            #expect(relative < 0.05)
+        }
         try mxfp4.experts.withExperts(layer: 0, experts: [1]) { _, weights in
             guard case .mxfp4 = weights.gate.storage, case .mxfp4 = weights.down.storage else {
                 Issue.record("MXFP4 experts were widened at load instead of kept 4-bit")

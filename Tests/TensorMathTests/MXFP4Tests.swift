@@ -102,6 +102,59 @@ import Testing
         }
     }
 
+    /// The integer-dot kernel (`moe_gemm_mxfp4_q8`): every level, any batch size and one row at a
+    /// time give the portable level's bits (the block sums are exact integers), with extreme
+    /// exponents (subnormal scales included) and a partial last group of blocks; and the result is
+    /// the dot product of the dequantized weights with the activations as quantised to 8 bits.
+    @Test func integerKernelGivesThePortableBitsAtEveryLevel() {
+        let rows = 37, cols = 320 // 10 blocks a row: one group of 8 and a partial one
+        var generator = SplitMix64(seed: 17)
+        let blocks = AlignedBuffer<UInt8>(count: MXFP4.byteCount(rows: rows, cols: cols))
+        for i in 0..<blocks.count { blocks[i] = UInt8(truncatingIfNeeded: generator.next()) }
+        let exponents: [UInt8] = [0, 1, 2, 120, 121, 124, 126, 127, 128, 130, 140, 200]
+        for b in 0..<(rows * cols / 32) { blocks[b * MXFP4.blockBytes] = exponents[b % exponents.count] }
+        let dense = AlignedBuffer<Float>(count: rows * cols)
+        MXFP4.dequantize(blocks.pointer, rows: rows, cols: cols, into: dense.pointer)
+        for n in [1, 3, 5, 8, 13] {
+            let x = randomFloats(n * cols, seed: UInt64(60 + n))
+            func product(_ level: KernelLevel, count: Int) -> [Float] {
+                var y = [Float](repeating: 0, count: n * rows)
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        var first = 0
+                        while first < n {
+                            let c = min(count, n - first)
+                            IntegerDotKernels.mxfp4(blocks.pointer, rows: rows, cols: cols, x: xp.baseAddress! + first * cols, count: c,
+                                                    y: yp.baseAddress! + first * rows, level: level)
+                            first += c
+                        }
+                    }
+                }
+                return y
+            }
+            let portable = product(.portable, count: n)
+            for level in KernelLevel.available {
+                #expect(product(level, count: n).map(\.bitPattern) == portable.map(\.bitPattern), "\(level), \(n) rows")
+                #expect(product(level, count: 1).map(\.bitPattern) == portable.map(\.bitPattern), "\(level), one row at a time")
+            }
+            var rounded = [Float](repeating: 0, count: n * cols)
+            x.withUnsafeBufferPointer { IntegerDotKernels.roundTripActivations($0.baseAddress!, count: n, cols: cols, into: &rounded) }
+            for r in 0..<n {
+                for o in 0..<rows {
+                    var exact: Double = 0, magnitude: Double = 0
+                    for c in 0..<cols {
+                        let p = Double(dense[o * cols + c]) * Double(rounded[r * cols + c])
+                        exact += p
+                        magnitude += abs(p)
+                    }
+                    #expect(abs(Double(portable[r * rows + o]) - exact) <= 1e-6 * magnitude + 1e-30, "row \(r), output \(o)")
+                }
+            }
+        }
+    }
+
+    /// `apply` (the integer-dot kernel unless `MOE_KERNELS=float`) against dequantized weights and
+    /// a plain dot product with the activations the kernel sees (8-bit blocks on the integer path).
     @Test func kernelMatchesDequantizedProduct() {
         for (rows, cols) in [(9, 64), (1100, 1024)] {
             var generator = SplitMix64(seed: UInt64(rows))
@@ -123,11 +176,15 @@ import Testing
                 var rowwise = [Float](repeating: 0, count: n * rows)
                 x.withUnsafeBufferPointer { xp in rowwise.withUnsafeMutableBufferPointer { matrix.applyRowwise(xp.baseAddress!, rowCount: n, into: $0.baseAddress!) } }
                 #expect(rowwise == alone, "\(n) rows: each row as alone")
+                var seen = x
+                if IntegerDotKernels.level != nil {
+                    x.withUnsafeBufferPointer { IntegerDotKernels.roundTripActivations($0.baseAddress!, count: n, cols: cols, into: &seen) }
+                }
                 for r in 0..<n {
                     for o in 0..<rows {
                         var exact: Double = 0
-                        for c in 0..<cols { exact += Double(dense[o * cols + c]) * Double(x[r * cols + c]) }
-                        let magnitude = (0..<cols).reduce(0.0) { $0 + abs(Double(dense[o * cols + $1]) * Double(x[r * cols + $1])) }
+                        for c in 0..<cols { exact += Double(dense[o * cols + c]) * Double(seen[r * cols + c]) }
+                        let magnitude = (0..<cols).reduce(0.0) { $0 + abs(Double(dense[o * cols + $1]) * Double(seen[r * cols + $1])) }
                         #expect(abs(Double(y[r * rows + o]) - exact) <= 1e-5 * magnitude + 1e-6)
                     }
                 }

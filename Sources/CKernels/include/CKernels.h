@@ -89,6 +89,14 @@ int moe_gemm_kquant_q8_K(int level, int type, const uint8_t *w, int64_t cols, in
 void moe_gemv_mxfp4(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
                     const float *x, int64_t n, float *y, int64_t ldy);
 
+/// The integer-dot MXFP4 product: `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end`,
+/// W in `block_mxfp4` blocks (`blocks[rows, cols/32, 17]`), x quantised by `moe_quantize_q8`. Per
+/// block b: s_b = Σ v_i · q_i exact in int32 with v the doubled e2m1 values (llama.cpp's
+/// `kvalues_mxfp4`: 0, ±1, ±2, ±3, ±4, ±6, ±8, ±12); acc[b mod 8] = fma((float)s_b, 2^(e_b−128) · d_b,
+/// acc[b mod 8]); the canonical final sum. The same bits at every level and any `n`.
+void moe_gemm_mxfp4_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
+                       const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy);
+
 #ifdef __cplusplus
 }
 #endif
