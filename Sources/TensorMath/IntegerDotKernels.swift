@@ -134,11 +134,8 @@ public enum IntegerDotKernels {
             // A capture-free static function, wrapped in a closure only when split: a closure formed
             // on every call cost heap allocations per product (DecodeStepAllocationTests).
             // Split over the cores when the product is large enough to pay for the hand-off (piecesFor).
-            let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
-            if pieces > 1 {
-                // Pieces of whole 8-row groups; GCD's idle threads sleep (see WeightMatrix.panelGEMM).
-                let span = ((rows + pieces - 1) / pieces + 7) & ~7
-                let count = (rows + span - 1) / span
+            let (span, count) = rowSpans(rows: rows, cols: cols, count: n)
+            if count > 1 {
                 DispatchQueue.concurrentPerform(iterations: count) { index in
                     runRows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: index * span, last: min(rows, (index + 1) * span))
                 }
@@ -173,37 +170,45 @@ public enum IntegerDotKernels {
         precondition(cols % GGMLType.superBlock == 0, "K-quant kernels need a multiple of 256 columns, got \(cols)")
         guard n > 0, rows > 0 else { return }
         let superBlocks = cols / GGMLType.superBlock
-        // q[n, cols] int8, d[n, cols/256] float, bsums[n, cols/16] int32.
-        withUnsafeTemporaryAllocation(byteCount: n * cols + 4 * n * superBlocks + 64 * n * superBlocks, alignment: 64) { raw in
+        // q[n, cols] int8, d[n, cols/256] float, bsums[n, cols/16] int32; alignment 16 keeps it on the stack (as `product`).
+        withUnsafeTemporaryAllocation(byteCount: n * cols + 4 * n * superBlocks + 64 * n * superBlocks, alignment: 16) { raw in
             let base = raw.baseAddress!
             let q = base.bindMemory(to: Int8.self, capacity: n * cols)
             let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * superBlocks)
             let bsums = (base + n * cols + 4 * n * superBlocks).bindMemory(to: Int32.self, capacity: 16 * n * superBlocks)
             moe_quantize_q8_K(x, Int64(n), Int64(cols), q, d, bsums)
             let pointers = UncheckedSendable((blocks, q, d, bsums, y))
-            let run = { (first: Int, last: Int) in
-                let (blocks, q, d, bsums, y) = pointers.value
-                _ = moe_gemm_kquant_q8_K(level.rawValue, Int32(type.rawValue), blocks, Int64(cols), Int64(first), Int64(last),
-                                         q, d, bsums, Int64(n), y, Int64(rows))
+            // A capture-free static function, as in `product`: the escaping closure this built on
+            // every call was a heap allocation per product on GGUF K-quant models' decode path.
+            let (span, count) = rowSpans(rows: rows, cols: cols, count: n)
+            if count > 1 {
+                DispatchQueue.concurrentPerform(iterations: count) { index in
+                    runKQuantRows(pointers.value, level: level, type: type, cols: cols, rows: rows, n: n,
+                                  first: index * span, last: min(rows, (index + 1) * span))
+                }
+            } else {
+                runKQuantRows(pointers.value, level: level, type: type, cols: cols, rows: rows, n: n, first: 0, last: rows)
             }
-            split(rows: rows, cols: cols, count: n, run)
         }
     }
 
-    /// Runs `run(first, last)` over row ranges covering `0..<rows`: split over the cores when the
-    /// product is large enough to pay for the hand-off (any split gives the same bits).
-    private static func split(rows: Int, cols: Int, count n: Int, _ run: @escaping (Int, Int) -> Void) {
+    /// Rows `first..<last` of one K-quant product (`kQuant`'s operands): any split gives the same bits.
+    private static func runKQuantRows(_ p: (UnsafePointer<UInt8>, UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>,
+                                            UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Float>),
+                                      level: KernelLevel, type: GGMLType, cols: Int, rows: Int, n: Int, first: Int, last: Int) {
+        let (blocks, q, d, bsums, y) = p
+        _ = moe_gemm_kquant_q8_K(level.rawValue, Int32(type.rawValue), blocks, Int64(cols), Int64(first), Int64(last),
+                                 q, d, bsums, Int64(n), y, Int64(rows))
+    }
+
+    /// The row ranges a product is run in: `count` ranges of `span` rows (whole 8-row groups, the
+    /// last one shorter), more than one when the product is large enough to pay for the hand-off
+    /// to the cores (GCD's idle threads sleep, see WeightMatrix.panelGEMM). Any split gives the same bits.
+    private static func rowSpans(rows: Int, cols: Int, count n: Int) -> (span: Int, count: Int) {
         let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
-        if pieces > 1 {
-            let span = ((rows + pieces - 1) / pieces + 7) & ~7
-            let count = (rows + span - 1) / span
-            let task = UncheckedSendable(run)
-            DispatchQueue.concurrentPerform(iterations: count) { index in
-                task.value(index * span, min(rows, (index + 1) * span))
-            }
-        } else {
-            run(0, rows)
-        }
+        guard pieces > 1 else { return (rows, 1) }
+        let span = ((rows + pieces - 1) / pieces + 7) & ~7
+        return (span, (rows + span - 1) / span)
     }
 
     /// How many row ranges a product of `rows × cols` weights with `n` activation rows is split

@@ -49,6 +49,12 @@ import TensorMath
             #expect(row.copyingAllocations.allSatisfy { $0 == 2 }, "\(row.fixture): forward allocations per step \(row.copyingAllocations)")
             print("decode step: \(row.fixture): \(row.allocations.max()!) allocations, \(row.mappings.max()!) mappings (forward: \(row.copyingAllocations.max()!)); \(row.layers) layers, \(row.moeLayers) MoE, top-\(row.topK)")
         }
+        // The integer-dot products no fixture reaches (q4, int8, GGUF K-quants), at decode sizes.
+        let kernels = try JSONDecoder().decode([String: Int].self, from: Data(contentsOf: DecodeStepAllocationProbe.kernelOutput(output)))
+        #expect(Set(kernels.keys) == Set(DecodeStepAllocationProbe.kernelProducts))
+        for (product, allocations) in kernels.sorted(by: { $0.key < $1.key }) {
+            #expect(allocations == 0, "\(product): \(allocations) allocations in 8 products")
+        }
     }
 }
 
@@ -126,5 +132,43 @@ import TensorMath
             lines += String(decoding: try JSONEncoder().encode(row), as: UTF8.self) + "\n"
         }
         try lines.write(toFile: path, atomically: true, encoding: .utf8)
+        try JSONEncoder().encode(Self.measureKernelProducts()).write(to: Self.kernelOutput(URL(fileURLWithPath: path)))
+    }
+
+    /// Where the probe writes its per-kernel counts, beside the fixture rows.
+    static func kernelOutput(_ output: URL) -> URL { output.appendingPathExtension("kernels") }
+
+    /// The integer-dot products measured one by one (`kernelProducts` names them).
+    static let kernelProducts = ["q4 1 row", "q4 2 rows", "int8 1 row", "int8 2 rows", "q4_K 1 row", "q5_K 1 row", "q6_K 2 rows"]
+
+    /// Allocations made by eight products of each kind (a 64 × 256 matrix whatever its bytes hold: the count,
+    /// not the values, is measured), after one warm-up product.
+    static func measureKernelProducts() -> [String: Int] {
+        let rows = 64, cols = 256
+        let weights = AlignedBuffer<UInt8>(count: rows * cols * 2)
+        let scales = AlignedBuffer<Float>(count: rows * cols / 32)
+        let x = AlignedBuffer<Float>(count: 2 * cols), y = AlignedBuffer<Float>(count: 2 * rows)
+        for i in 0..<(2 * cols) { x[i] = Float(i % 7) - 3 }
+        let level = KernelLevel.detected
+        let products: [(String, () -> Void)] = [
+            ("q4 1 row", { IntegerDotKernels.q4(weights.pointer, scales: scales.pointer, rows: rows, cols: cols, x: x.pointer, count: 1, y: y.pointer, level: level) }),
+            ("q4 2 rows", { IntegerDotKernels.q4(weights.pointer, scales: scales.pointer, rows: rows, cols: cols, x: x.pointer, count: 2, y: y.pointer, level: level) }),
+            ("int8 1 row", { weights.pointer.withMemoryRebound(to: Int8.self, capacity: rows * cols) {
+                IntegerDotKernels.int8($0, scales: scales.pointer, rows: rows, cols: cols, x: x.pointer, count: 1, y: y.pointer, level: level) } }),
+            ("int8 2 rows", { weights.pointer.withMemoryRebound(to: Int8.self, capacity: rows * cols) {
+                IntegerDotKernels.int8($0, scales: scales.pointer, rows: rows, cols: cols, x: x.pointer, count: 2, y: y.pointer, level: level) } }),
+            ("q4_K 1 row", { IntegerDotKernels.kQuant(level: level, type: .q4_K, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 1, y: y.pointer) }),
+            ("q5_K 1 row", { IntegerDotKernels.kQuant(level: level, type: .q5_K, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 1, y: y.pointer) }),
+            ("q6_K 2 rows", { IntegerDotKernels.kQuant(level: level, type: .q6_K, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 2, y: y.pointer) }),
+        ]
+        var counts: [String: Int] = [:]
+        for (name, product) in products {
+            product()
+            let before = AllocationCounter.counts()!
+            for _ in 0..<8 { product() }
+            let after = AllocationCounter.counts()!
+            counts[name] = after.allocations - before.allocations
+        }
+        return counts
     }
 }
