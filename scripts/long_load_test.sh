@@ -51,7 +51,8 @@ result=$(python3 scripts/load_client.py "$port" "$seconds" "$connections")
 echo "client: $result"
 
 # After the load: every resource held by requests must return to zero.
-metric() { curl -s --max-time 5 "http://127.0.0.1:$port/metrics" | awk -v n="$1" '$1 == n {print $2}'; }
+# Tolerant of a dead server (set -e would end the script at the first failed curl, before the checks and the log).
+metric() { { curl -s --max-time 5 "http://127.0.0.1:$port/metrics" || true; } | awk -v n="$1" '$1 == n {print $2}'; }
 leak_names="moe_running_sequences moe_queue_depth moe_http_generation_requests_in_flight moe_kv_reserved_bytes moe_expert_pins moe_http_held_request_bytes"
 leaks=""
 for _ in $(seq 30); do
@@ -83,4 +84,5 @@ status=0
 [ "$bad_5xx" = 0 ] || { echo "FAIL: 5xx answers" >&2; status=1; }
 [ -z "$leaks" ] || { echo "FAIL: resources not released:$leaks" >&2; status=1; }
 [ "$peak_kb" -le $((limit_bytes / 1024)) ] || { echo "FAIL: peak RSS above budget + 5%" >&2; status=1; }
+[ "$status" = 0 ] || { echo "server log (last 30 lines):" >&2; tail -30 "$log" >&2; }
 exit $status
