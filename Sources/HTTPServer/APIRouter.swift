@@ -229,6 +229,7 @@ public struct APIRouter: Sendable {
             ("status", .string(status)),
             ("model", backend.map { .string($0.codec.modelName) } ?? .null),
             ("memory_budget_bytes", .int(config.memoryBudget)),
+            ("memory_budget_auto", .bool(config.memoryBudgetAuto)),
             ("resident_bytes", .int(stats.residentBytes > 0 ? stats.residentBytes : (ServerMetrics.residentSetBytes() ?? 0))),
             ("cache_bytes_used", .int(stats.cacheBytesUsed)),
             ("cache_bytes_budget", .int(stats.cacheBytesBudget)),

@@ -30,7 +30,12 @@ public enum ConfigLoader {
         Key(name: "host", help: "address to bind (127.0.0.1 keeps the server local)") { c, v in c.host = try string(v) },
         Key(name: "port", help: "TCP port (0 picks a free one)") { c, v in c.port = try int(v, 0...65535) },
         Key(name: "model", help: "model directory or expert store") { c, v in c.model = try string(v) },
-        Key(name: "memory_budget", help: "RAM for the whole process: runtime, dense weights, scratch, KV cache and expert cache (512MiB, 4GiB, 4G or bytes; binary units)") { c, v in c.memoryBudget = try size(v) },
+        Key(name: "memory_budget", help: "RAM for the whole process: runtime, dense weights, scratch, KV cache and expert cache (512MiB, 4GiB, 4G or bytes; binary units), or auto to follow the machine's free memory") { c, v in
+            if case let .text(t) = v, t.lowercased() == "auto" { c.memoryBudgetAuto = true; return }
+            if case let .json(j) = v, j.stringValue?.lowercased() == "auto" { c.memoryBudgetAuto = true; return }
+            c.memoryBudget = try size(v)
+            c.memoryBudgetAuto = false
+        },
         Key(name: "expert_cache", help: "bytes of experts in RAM, overriding memory_budget's share") { c, v in c.runtime.expertCacheBytes = try size(v) },
         Key(name: "cache_policy", help: "expert cache eviction policy (lfu, lru, ...)") { c, v in c.runtime.cachePolicy = try string(v) },
         Key(name: "prefetch", help: "predictive prefetch of experts (on/off)") { c, v in c.runtime.prefetch = try bool(v) },

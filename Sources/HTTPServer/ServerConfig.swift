@@ -10,6 +10,10 @@ public struct ServerConfig: Sendable, Equatable {
     /// `memory_budget`: bytes the whole process may use (its own runtime, dense weights, scratch,
     /// KV cache and expert cache, which gets what remains); read by the runtime, not the HTTP layer.
     public var memoryBudget: Int = 4 << 30
+    /// `memory_budget = "auto"`: the expert cache's share follows the machine's free memory and
+    /// memory pressure; `memoryBudget` is then only where it starts (`serve` sets it from
+    /// `MemAvailable`).
+    public var memoryBudgetAuto = false
     /// The runtime keys (`cache_policy`, `prefetch`, `kv_cache_type`, …): see `RuntimeSettings`.
     public var runtime = RuntimeSettings()
     /// `api_keys`: accepted `Authorization: Bearer` keys; empty means no authentication.

@@ -13,7 +13,7 @@ import Tokenization
 /// library opens it. Shared by `generate` and the benchmarks (`serve` reads the same settings
 /// through its configuration keys).
 struct RuntimeOptions: ParsableArguments {
-    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (its own runtime, dense weights, scratch, KV cache, expert cache), e.g. 512MiB or 4GiB; every unit is binary (4G = 4GB = 4GiB). The expert cache gets what remains.")
+    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (its own runtime, dense weights, scratch, KV cache, expert cache), e.g. 512MiB or 4GiB; every unit is binary (4G = 4GB = 4GiB). The expert cache gets what remains. auto: start from half of MemAvailable and let the expert cache follow free memory and memory pressure.")
     var memoryBudget: String?
     @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them), e.g. 256MiB.")
     var expertCache: String?
@@ -101,7 +101,13 @@ struct RuntimeOptions: ParsableArguments {
             throw CommandError("--prefetch-budget: expected 0 or more experts, got \(prefetchBudget)")
         }
         spec.prefetchBudgetExperts = prefetchBudget
-        spec.memoryBudgetBytes = try memoryBudget.map { try parseByteSize($0, option: "--memory-budget") }
+        if memoryBudget?.lowercased() == "auto" {
+            guard let available = MemoryReading.sample()?.availableBytes else { throw CommandError("--memory-budget auto: cannot read MemAvailable from /proc/meminfo") }
+            spec.memoryBudgetBytes = AutoMemoryBudget.initialBudgetBytes(availableBytes: available)
+            spec.autoMemoryBudget = true
+        } else {
+            spec.memoryBudgetBytes = try memoryBudget.map { try parseByteSize($0, option: "--memory-budget") }
+        }
         spec.expertCacheBytes = try expertCache.map { try parseByteSize($0, option: "--expert-cache") }
         spec.maxSequences = maxSequences
         spec.contextTokens = contextTokens

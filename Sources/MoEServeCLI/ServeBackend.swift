@@ -31,6 +31,7 @@ enum ServeBackend {
         let settings = config.runtime
         var spec = RuntimeSpecification(model: url)
         spec.memoryBudgetBytes = config.memoryBudget
+        spec.autoMemoryBudget = config.memoryBudgetAuto
         spec.expertCacheBytes = settings.expertCacheBytes
         if let name = settings.cachePolicy { spec.policy = try key("cache_policy") { try RuntimeSpecification.policy(named: name) } }
         if let prefetch = settings.prefetch { spec.prefetch = prefetch }
@@ -58,6 +59,12 @@ enum ServeBackend {
     /// `metrics`.
     static func make(_ specification: RuntimeSpecification, config: ServerConfig, metrics: ServerMetrics) throws -> (ModelBackend, Engine) {
         let runtime = try ModelRuntime.open(specification)
+        if let auto = runtime.autoBudget {
+            let s = auto.settings
+            FileHandle.standardError.write(Data(("memory budget: auto, starting at \(formatBytes(auto.budgetBytes)) (expert cache \(formatBytes(auto.expertCacheBudgetBytes)), "
+                + "between \(formatBytes(s.floorBytes)) and \(formatBytes(s.ceilingBytes))); shrinks below \(formatBytes(s.lowWatermarkBytes)) free "
+                + "or at \(Int(s.pressureShrinkPercent))% memory pressure, grows above \(formatBytes(s.highWatermarkBytes)) free\n").utf8))
+        }
         runtime.cache?.skipMissingBelow = config.skipMissingBelow
         guard let tokenizer = runtime.tokenizer else {
             throw CommandError("\(specification.model.path): serving needs a tokenizer.json beside the model")

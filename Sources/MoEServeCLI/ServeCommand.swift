@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
+import ExpertCache
 import HTTPServer
 import InferenceEngine
+import Runtime
 import ServiceNotify
 
 /// `moe-serve serve`: the HTTP server. Every configuration key can come from `--config FILE`
@@ -17,7 +19,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Model directory or expert store (default: the bundled demo model).") var model: String?
     @Option(help: "Address to bind (default 127.0.0.1).") var host: String?
     @Option(help: "TCP port (default 8080; 0 picks a free one).") var port: String?
-    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (runtime, dense weights, scratch, KV cache, expert cache), e.g. 4GiB; units are binary (4G = 4GB = 4GiB). The expert cache gets what remains.") var memoryBudget: String?
+    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (runtime, dense weights, scratch, KV cache, expert cache), e.g. 4GiB; units are binary (4G = 4GB = 4GiB). The expert cache gets what remains. auto: start from half of MemAvailable and let the expert cache follow free memory and memory pressure.") var memoryBudget: String?
     @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them).") var expertCache: String?
     @Option(name: .customLong("cache-policy"), help: "Expert cache eviction policy (default lfu).") var cachePolicy: String?
     @Option(help: "Predictive prefetch of experts: on or off (default on).") var prefetch: String?
@@ -70,7 +72,12 @@ struct ServeCommand: ParsableCommand {
     func run() throws {
         try reportingErrors {
             let file = config ?? ProcessInfo.processInfo.environment["MOE_CONFIG"]
-            let serverConfig = try ConfigLoader.load(file: file, overrides: overrides)
+            var loadedConfig = try ConfigLoader.load(file: file, overrides: overrides)
+            if loadedConfig.memoryBudgetAuto, let available = MemoryReading.sample()?.availableBytes {
+                // Where `auto` starts; the runtime bounds it by the plan's floor and every expert cached.
+                loadedConfig.memoryBudget = AutoMemoryBudget.initialBudgetBytes(availableBytes: available)
+            }
+            let serverConfig = loadedConfig
             // Checked before the server listens, so a bad runtime setting stops it at start.
             let specification = try ServeBackend.specification(serverConfig)
             let server = APIServer(config: serverConfig)

@@ -26,6 +26,10 @@ public final class ModelRuntime {
     public internal(set) var readerSizing: [ReaderSizing.Sample]?
     /// Reader threads the expert cache runs (the chosen depth under auto); nil without a cache.
     public internal(set) var readerThreads: Int?
+    /// Bytes of every expert of every MoE layer (the most an expert cache can usefully hold); nil without a cache.
+    public internal(set) var allExpertBytes: Int?
+    /// What moves the expert cache's budget under `--memory-budget auto`, when it runs.
+    public private(set) var autoBudget: AutoMemoryBudget?
 
     public init(model: TransformerModel, cache: OffloadingExpertCache?, predictor: ExpertPredictor?, predictorName: String? = nil,
                 probes: CrossLayerProbes? = nil, plan: MemoryPlan?, tokenizer: Tokenizer?, specification: RuntimeSpecification? = nil) {
@@ -48,6 +52,7 @@ public final class ModelRuntime {
     /// Stops the cache's readers and breaks the model ↔ predictor reference cycle, so that
     /// the model, its dense weights and its resident experts are freed.
     public func close() {
+        autoBudget?.stop()
         cache?.close()
         model.routingObserver = nil
     }
@@ -129,7 +134,19 @@ public final class ModelRuntime {
 
         var plan: MemoryPlan?
         var cacheBytes = allExpertBytes
-        if let budget = spec.memoryBudgetBytes {
+        if var budget = spec.memoryBudgetBytes {
+            if spec.autoMemoryBudget {
+                // `auto` starts from a share of free memory, bounded by what planning needs
+                // (everything else with a full KV cache and the smallest expert cache) and by
+                // what caching every expert needs: a budget past that would go unused.
+                let others = runtimeBytes + denseBytes + TransformerModel.derivedWeightBytes(config)
+                    + scratchBytes(config, maxSequences: spec.maxSequences) + ExpertStore.pooledBuffers * expertBytes
+                    + spec.maxSequences * (TransformerModel.kvBytes(config, precision: spec.kvPrecision, positions: contextTokens)
+                                           + TransformerModel.sequenceStateBytes(config))
+                let least = others + MemoryPlan.minimumExpertBytes(expertBytes: expertBytes, expertsPerToken: config.expertsPerToken,
+                                                                   readsInFlight: spec.prefetchBudgetExperts ?? config.expertsPerToken)
+                budget = min(max(budget, least), max(least, others + allExpertBytes))
+            }
             plan = try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes,
                                        denseBytes: denseBytes + TransformerModel.derivedWeightBytes(config),
                                        scratchBytes: scratchBytes(config, maxSequences: spec.maxSequences)
@@ -195,7 +212,29 @@ public final class ModelRuntime {
                                    probes: probes, plan: plan, tokenizer: tokenizer, specification: spec)
         runtime.readerSizing = readerSizing
         runtime.readerThreads = readerThreads
+        runtime.allExpertBytes = allExpertBytes
+        if spec.autoMemoryBudget {
+            try runtime.startAutoMemoryBudget(totalBytes: AutoMemoryBudget.machineTotalBytes() ?? (plan?.budgetBytes ?? cacheBytes) * 2,
+                                              readings: { MemoryReading.sample() }, interval: AutoMemoryBudget.defaultInterval)
+        }
         return runtime
+    }
+
+    /// Lets the machine move the expert cache's budget (`--memory-budget auto`): between the
+    /// least the cache's floors need and every expert, with watermarks sized from `totalBytes`
+    /// (the machine's RAM). Samples `readings` every `interval` seconds on a background thread
+    /// (stopped by `close`); with `interval` nil the caller steps it (tests).
+    @discardableResult
+    public func startAutoMemoryBudget(totalBytes: Int, readings: @escaping AutoMemoryBudget.ReadingSource,
+                                      interval: TimeInterval?) throws -> AutoMemoryBudget {
+        guard let cache, let allExpertBytes else { throw RuntimeError("memory budget auto: this run has no expert cache to size") }
+        let settings = MemoryBudgetController.Settings(floorBytes: cache.minimumBudgetBytes, ceilingBytes: allExpertBytes, totalBytes: totalBytes)
+        let others = plan.map { $0.budgetBytes - $0.expertCacheBytes } ?? 0
+        let auto = try AutoMemoryBudget(cache: cache, settings: settings, otherBytes: others, readings: readings)
+        autoBudget?.stop()
+        autoBudget = auto
+        if let interval { auto.start(interval: interval) }
+        return auto
     }
 
     /// The probes to use: a given file, none, else the model directory's own if it has them.

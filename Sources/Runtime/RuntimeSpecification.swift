@@ -25,6 +25,10 @@ public struct RuntimeSpecification: Sendable {
     /// expert cache (which gets what remains). Nil keeps every expert in RAM (checkpoints) or
     /// caches them all (stores).
     public var memoryBudgetBytes: Int?
+    /// `--memory-budget auto`: `memoryBudgetBytes` is only where the budget starts (bounded by
+    /// the plan's floor and by every expert cached); the expert cache then follows the
+    /// machine's free memory and memory pressure (`AutoMemoryBudget`).
+    public var autoMemoryBudget = false
     /// Bytes of experts to keep in RAM, overriding the share the budget leaves them.
     public var expertCacheBytes: Int?
     /// Eviction policy of the expert cache.

@@ -123,7 +123,7 @@ public final class RuntimeMonitor: @unchecked Sendable {
         snapshot.cache = cacheStats
         // A copy taken under the predictor's lock: the engine thread updates it meanwhile.
         snapshot.prediction = runtime.predictor?.statistics.total
-        snapshot.memoryBudgetBytes = runtime.plan?.budgetBytes ?? 0
+        snapshot.memoryBudgetBytes = runtime.autoBudget?.budgetBytes ?? runtime.plan?.budgetBytes ?? 0
         snapshot.residentBytes = ProcessMemory.residentBytes() ?? 0
         snapshot.kvReservedBytes = engine.reservedKVBytes
         snapshot.pinnedExperts = runtime.cache?.pinCount() ?? 0

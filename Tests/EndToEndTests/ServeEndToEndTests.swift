@@ -94,6 +94,22 @@ struct ServerStartError: Error, CustomStringConvertible {
         #expect(server.stop() == 0)
     }
 
+    /// `--memory-budget auto` on the real binary: it starts from the machine's free memory,
+    /// answers, and `/metrics` carries the budget it runs under.
+    @Test func memoryBudgetAutoServesAndReportsItsBudget() throws {
+        let server = try RunningServer(arguments: ["--memory-budget", "auto"])
+        let body = #"{"prompt": "def fibonacci(n):", "max_tokens": 8, "temperature": 0}"#
+        #expect(!(try Self.text(try server.curl("/v1/completions", ["-d", body]))).isEmpty)
+        let health = try server.curl("/health/detail")
+        let metrics = try server.curl("/metrics")
+        let budget = metrics.split(separator: "\n").first { $0.hasPrefix("moe_memory_budget_bytes ") }
+            .flatMap { Double($0.split(separator: " ").last!) }
+        #expect((budget ?? 0) > 0, "\(metrics)")
+        #expect(metrics.contains("moe_expert_cache_bytes_budget"), "\(metrics)")
+        #expect(health.replacingOccurrences(of: " ", with: "").contains(#""memory_budget_auto":true"#), "\(health)")
+        #expect(server.stop() == 0)
+    }
+
     @Test func theOpenAIClientWorksUnchanged() throws {
         guard let python = ProcessInfo.processInfo.environment["MOE_PYTHON"] else { return } // set by scripts/test.sh
         let server = try RunningServer()

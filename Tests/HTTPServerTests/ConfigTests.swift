@@ -65,6 +65,17 @@ import Testing
         #expect(try ConfigLoader.load(file: root.appendingPathComponent("ServerConfig/default.toml").path, environment: [:]) == ServerConfig())
     }
 
+    @Test func memoryBudgetAutoFromFileEnvironmentAndFlags() throws {
+        let file = try temp("memory_budget = \"auto\"\n")
+        #expect(try ConfigLoader.load(file: file, environment: [:]).memoryBudgetAuto)
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_MEMORY_BUDGET": "auto"]).memoryBudgetAuto)
+        #expect(try ConfigLoader.load(file: nil, environment: [:], overrides: ["memory_budget": "AUTO"]).memoryBudgetAuto)
+        // A size given with more precedence turns auto off again.
+        let fixed = try ConfigLoader.load(file: file, environment: [:], overrides: ["memory_budget": "2GiB"])
+        #expect(!fixed.memoryBudgetAuto && fixed.memoryBudget == 2 << 30)
+        #expect(!(try ConfigLoader.load(file: nil, environment: [:]).memoryBudgetAuto))
+    }
+
     @Test func sizesMeanWhatTheCommandLineMeans() throws {
         // One parser: KB/MB/GB are binary here as in `generate --memory-budget`.
         #expect(ConfigLoader.parseSize("4GB") == 4 << 30)
