@@ -57,7 +57,7 @@ enum ServeBackend {
 
     /// Opens the model `specification` names, starts its engine and the statistics feeding
     /// `metrics`.
-    static func make(_ specification: RuntimeSpecification, config: ServerConfig, metrics: ServerMetrics) throws -> (ModelBackend, Engine) {
+    static func make(_ specification: RuntimeSpecification, config: ServerConfig, metrics: ServerMetrics) throws -> (ModelBackend, Engine, ModelRuntime) {
         let runtime = try ModelRuntime.open(specification)
         if let auto = runtime.autoBudget {
             let s = auto.settings
@@ -80,7 +80,7 @@ enum ServeBackend {
                                    modelName: specification.model.lastPathComponent, extraStopIds: Set(runtime.model.config.eosTokenIds))
         var backend = ModelBackend(service: engine, codec: codec, stats: stats)
         backend.info = modelInfo(specification, runtime: runtime)
-        return (backend, engine)
+        return (backend, engine, runtime)
     }
 
     /// What `/v1/models` and `/props` report: path, architecture, how experts and dense weights

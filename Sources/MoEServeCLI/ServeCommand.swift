@@ -88,9 +88,11 @@ struct ServeCommand: ParsableCommand {
             FileHandle.standardError.write(Data("moe-serve listening on http://\(serverConfig.host):\(server.port)\n".utf8))
             let metrics = server.metrics
             let loadFailed = LoadFailureFlag()
+            let loaded = LoadedRuntime()
             Thread.detachNewThread {
                 do {
-                    let (backend, _) = try ServeBackend.make(specification, config: serverConfig, metrics: metrics)
+                    let (backend, _, runtime) = try ServeBackend.make(specification, config: serverConfig, metrics: metrics)
+                    loaded.set(runtime)
                     server.attach(backend)
                     FileHandle.standardError.write(Data("model loaded; ready\n".utf8))
                     if let notifier { notifyQuietly(notifier, "READY=1\nSTATUS=model loaded; serving") }
@@ -101,6 +103,8 @@ struct ServeCommand: ParsableCommand {
                 }
             }
             server.waitUntilStopped()
+            // The sampling thread of `--memory-budget auto` must not resize the cache while the process exits.
+            loaded.runtime?.autoBudget?.stop()
             FileHandle.standardError.write(Data("moe-serve stopped\n".utf8))
             // A model that cannot load is a failure: supervisors (systemd Restart=on-failure) must see it.
             if loadFailed.isSet { throw ExitCode.failure }
@@ -113,6 +117,14 @@ private func notifyQuietly(_ notifier: SystemdNotifier, _ state: String) {
     do { try notifier.notify(state) } catch {
         FileHandle.standardError.write(Data("warning: \(error)\n".utf8))
     }
+}
+
+/// The runtime the loading thread opened, read after the server stops.
+private final class LoadedRuntime: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: ModelRuntime?
+    func set(_ runtime: ModelRuntime) { lock.lock(); value = runtime; lock.unlock() }
+    var runtime: ModelRuntime? { lock.lock(); defer { lock.unlock() }; return value }
 }
 
 /// Set by the loading thread when the model cannot load, read after the server stops.
