@@ -380,13 +380,31 @@ def prompt_cache():
     _, _, c = raw("POST", "/completion", longer)
     _, _, d = raw("POST", "/completion", dict(longer, cache_prompt=False))
     c, d = json.loads(c), json.loads(d)
-    # A partial hit is taken only where the model's prefill is exact across chunkings (not the bf16
-    # demo model), so the shared prefix may or may not be reused; the tokens are the same either way.
-    assert c["timings"]["cache_n"] < c["tokens_evaluated"], c["timings"]
+    # A partial hit: the shared prefix is reused (the demo model's prefill is exact across
+    # chunkings), and the tokens equal an uncached run's.
+    assert 0 < c["timings"]["cache_n"] < c["tokens_evaluated"], c["timings"]
     assert c["timings"]["prompt_n"] == c["tokens_evaluated"] - c["timings"]["cache_n"], c["timings"]
     assert d["timings"]["cache_n"] == 0 and c["tokens"] == d["tokens"], (c["tokens"], d["tokens"])
     status, _, body = raw("POST", "/completion", {"prompt": "x", "cache_prompt": "yes"})
     assert status == 400 and "cache_prompt" in error_of(body)["message"], body
+
+
+@check("prompt caching: a growing chat reuses the last turn (prompt and reply) and is bit-identical to an uncached run", needs_model=True)
+def prompt_cache_growing_chat():
+    story = f"Take {time.time()}: " + "a cache keeps the keys and values of every earlier token so that " * 6
+    turn1 = [{"role": "user", "content": story}]
+    args = dict(model=Ctx.model, max_tokens=12, temperature=1.0, seed=9, logprobs=True, top_logprobs=2)
+    first = Ctx.client.chat.completions.create(messages=turn1, **args)
+    reply = first.choices[0].message.content
+    turn2 = turn1 + [{"role": "assistant", "content": reply}, {"role": "user", "content": "And then what happens next?"}]
+    cached = Ctx.client.chat.completions.create(messages=turn2, **args)
+    cold = Ctx.client.chat.completions.create(messages=turn2, **args, extra_body={"cache_prompt": False})
+    # Turn 1's prompt is reused (its last token may merge with the reply's first when turn 2 is
+    # tokenized), and the reply as far as it tokenizes as it was generated.
+    assert cached.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens - 1, (first.usage, cached.usage)
+    assert cached.usage.prompt_tokens_details.cached_tokens < cached.usage.prompt_tokens, cached.usage
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0, cold.usage
+    assert token_logprobs(cached.choices[0]) == token_logprobs(cold.choices[0]), "cached turn 2 differs from the uncached run"
 
 
 @check("n > 1 shares one prefill: the other choices start from the first's KV", needs_model=True)

@@ -472,19 +472,30 @@ extension Engine {
         }
     }
 
-    /// Whether a 24-token prompt run as one chunk and as chunks of 1, 4 and 19 tokens ends in the
-    /// same logits, bit for bit: the chunk sizes cover the single-row, multi-row and GEMM kernel
-    /// paths, and the first rows' keys and values feed the last row's attention, so any
-    /// row-count-dependent arithmetic anywhere in the model shows. Runs on the engine thread.
+    /// Whether a prompt run as one chunk and run in pieces ends in the same logits, bit for bit:
+    /// 80 tokens as one chunk (a step above the MoE block's 64-row threshold) against chunks of
+    /// 1, 4, 19 and 56 tokens, the last beside another sequence's 3 tokens in the same step. The
+    /// pieces cover the single-row GEMV (a decode step), the multi-row kernels, the prefill
+    /// products below and above 64 rows and a neighbour in the step; the first rows' keys and
+    /// values feed the last row's attention, so any row-count-dependent arithmetic anywhere in
+    /// the model shows. Runs on the engine thread, once.
     private func probeExactPrefill() -> Bool {
         let vocab = model.config.vocabSize
-        let tokens = (0..<24).map { ($0 * 7919 + 13) % vocab }
+        let length = min(80, model.config.maxPositionEmbeddings - 1)
+        guard length >= 6 else { return false }
+        let tokens = (0..<length).map { ($0 * 7919 + 13) % vocab }
         do {
             let whole = try model.forward([SequenceInput(cache: model.makeCache(), tokens: tokens)])[0]
             let split = model.makeCache()
-            _ = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[0..<1]))])
-            _ = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[1..<5]))])
-            let last = try model.forward([SequenceInput(cache: split, tokens: Array(tokens[5...]))])[0]
+            var first = 0
+            var last: [Float] = []
+            for size in [1, 4, 19, length] where first < length {
+                let piece = Array(tokens[first..<min(length, first + size)])
+                first += piece.count
+                var inputs = [SequenceInput(cache: split, tokens: piece)]
+                if first == length { inputs.append(SequenceInput(cache: model.makeCache(), tokens: [1, 2, 3].map { $0 % vocab })) }
+                last = try model.forward(inputs)[0]
+            }
             return whole.map(\.bitPattern) == last.map(\.bitPattern)
         } catch {
             return false

@@ -21,7 +21,7 @@ final class ForwardWorkspace {
         let query: Int
         let keyValue: Int
         let scores: Int
-        /// MoE: router logits `[rows, experts]`, per-(row, rank) outputs `[min(rows, 64), k, hidden]`.
+        /// MoE: router logits `[rows, experts]`, per-(row, rank) outputs `[rows, k, hidden]`.
         let routerLogits: Int
         let contributions: Int
         /// Per expert worker: gathered input and expert output `[rows, hidden]`, and the MLP's
@@ -76,7 +76,7 @@ final class ForwardWorkspace {
             let sharedExperts = moeLayers.compactMap { definition.sharedExpert(config, $0) }
             let sharedWidth = sharedExperts.map(\.width).max() ?? 0
             routerLogits = moeLayers.isEmpty ? 0 : rows * config.expertCount
-            contributions = moeLayers.isEmpty ? 0 : min(rows, SparseMoEBlock.parallelRowLimit) * config.expertsPerToken * hidden
+            contributions = moeLayers.isEmpty ? 0 : rows * config.expertsPerToken * hidden
             workers = SparseMoEBlock.expertWorkers
             workerRows = rows * hidden
             let widest = max(moeLayers.isEmpty ? 0 : config.expertIntermediateSize, hasDense ? config.denseIntermediateSize : 0, sharedWidth)
@@ -130,7 +130,7 @@ final class ForwardWorkspace {
     let context: AlignedBuffer<Float>       // [T, heads*headDim]
     let scores: AlignedBuffer<Float>        // [maxPositions]
     let routerLogits: AlignedBuffer<Float>  // [T, experts]
-    let contributions: AlignedBuffer<Float> // [min(T, 64), k, hidden]
+    let contributions: AlignedBuffer<Float> // [T, k, hidden]
     let workers: [Worker]
     let sharedOutput: AlignedBuffer<Float>  // [T, hidden]
     let sharedGate: AlignedBuffer<Float>    // [T]

@@ -62,9 +62,9 @@ public struct WeightMatrix: @unchecked Sendable {
         }
     }
 
-    /// `y[n, rows] = x[n, cols] · Wᵀ`. `x` and `y` are dense row-major; `scratch` is not needed
-    /// for f32 and for single-row bf16; several bf16 rows are widened into a temporary f32 copy
-    /// so that the product runs as one sgemm.
+    /// `y[n, rows] = x[n, cols] · Wᵀ`. `x` and `y` are dense row-major. bf16 (any row count), q4 and
+    /// int8 (integer dots) give each row the bits it gets alone (`RowInvariantKernels`); f32 and
+    /// the float fallbacks of compressed weights above 8 rows run as sgemm.
     public func apply(_ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) {
         precondition(n >= 0)
         if n == 0 { return }
@@ -84,9 +84,9 @@ public struct WeightMatrix: @unchecked Sendable {
             } else if n < 9 {
                 MultiRowKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
             } else {
-                panelGEMM(x, rowCount: n, into: y) { first, count, panel in
-                    FloatConversion.convertBF16(w + first * cols, to: panel, count: count * cols)
-                }
+                // Not sgemm: every row keeps the GEMV's arithmetic, so a prompt row has the same
+                // bits in any chunk (partial prompt-cache hits are exact).
+                RowInvariantKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
             }
         case .int8(let values, let scales):
             if n < 4 {

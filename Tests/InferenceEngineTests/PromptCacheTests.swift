@@ -126,6 +126,31 @@ final class LogprobCollector: @unchecked Sendable {
         print("\(fixture): prefill exact across chunkings: \(exact)")
     }
 
+    /// A chat that grows turn by turn: turn 2's prompt is turn 1's prompt, its reply and a new
+    /// message. With the default `.whenExact` the engine reuses turn 1's whole KV (prompt and the
+    /// reply's decoded rows, all but the last sampled token, which was never run) and prefills
+    /// only the rest; the result equals a cold engine's run of turn 2 bit for bit. Turn 1 runs
+    /// as one 70-row chunk (the MoE block's path above 64 rows) then 1-row decode steps, the
+    /// cold turn 2 as one 112-row chunk, the cached one as a 30-row chunk.
+    @Test(arguments: ["qwen2moe-shared", "deepseekv2-lite"])
+    func aGrowingConversationReusesTheLastTurnAndMatchesAColdEngine(fixture: String) throws {
+        let turn1 = (0..<70).map { ($0 * 13 + 5) % 97 }
+        let engine = try Self.engine(fixture, partial: .whenExact)
+        defer { engine.shutdown(grace: 1) }
+        let reply = try Self.run(engine, Self.sampled(turn1, maxTokens: 12, seed: 11))
+        #expect(reply.tokens.count == 12)
+        let turn2 = turn1 + reply.tokens + (0..<30).map { ($0 * 3 + 1) % 97 }
+        let reference = try Self.uncached(fixture, Self.sampled(turn2, maxTokens: 8, seed: 5))
+        let cached = try Self.run(engine, Self.sampled(turn2, maxTokens: 8, seed: 5))
+        #expect(engine.exactPrefill == true)
+        #expect(cached.usage?.cachedTokens == turn1.count + reply.tokens.count - 1)
+        #expect(cached.timings?.cacheN == turn1.count + reply.tokens.count - 1)
+        #expect(cached.timings?.promptN == 31)
+        #expect(engine.currentStatistics.promptTokens == turn1.count + 31) // only the new tokens ran
+        #expect(cached.tokens == reference.tokens)
+        #expect(cached.logprobs.map(\.bitPattern) == reference.logprobs.map(\.bitPattern))
+    }
+
     @Test func aLongerSharedPrefixGivesTheSameTokensWithinRounding() throws {
         // 40-token prompts run as one GEMM uncached but as a 40 + 10-row pair cached: the same
         // tokens, logprobs within float rounding (see PromptCache).

@@ -4,7 +4,8 @@ import TensorMath
 
 /// Sizes of the MoE block's scratch that the memory plan accounts for.
 public enum SparseMoEBlockLimits {
-    /// Steps of at most this many rows keep one output slot per (token, rank).
+    /// Steps of at most this many rows run their experts on two threads; larger ones one expert
+    /// at a time. Every step keeps one output slot per (token, rank).
     public static let parallelRowLimit = 64
 }
 
@@ -118,14 +119,15 @@ struct SparseMoEBlock {
         starts[0] = 0
         output.update(repeating: 0, count: rowCount * hidden)
 
+        // Each expert's output rows go to their (row, slot) place, and rows are summed in slot
+        // order afterwards: the result does not depend on which thread ran which expert, on which
+        // experts were resident (they run resident first), on the other sequences of the step or
+        // on the step's size, so a prompt row has the same bits in any prefill chunk.
+        let contributions = workspace.contributions // [T, k, hidden]
         if rowCount <= Self.parallelRowLimit {
-            // Each expert's output rows go to their (row, slot) place, and rows are summed in
-            // slot order afterwards: the result does not depend on which thread ran which
-            // expert, on which experts were resident, or on the other sequences of the step.
             // One token's few small experts are not worth a thread hand-off (see
             // `parallelSingleRowWeights`); large ones are.
             let workers = rowCount > 1 || parallelSingleRow ? Self.expertWorkers : 1
-            let contributions = workspace.contributions // [T, k, hidden]
             try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: {
                 observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
             }) { worker, expert, weights in
@@ -145,12 +147,9 @@ struct SparseMoEBlock {
                     (contributions.pointer + entry * hidden).update(from: expertOutput + i * hidden, count: hidden)
                 }
             }
-            for (row, routing) in routes.enumerated() {
-                for (slot, weight) in routing.weights.enumerated() {
-                    Ops.addScaled(output + row * hidden, contributions.pointer + (row * topK + slot) * hidden, alpha: weight, count: hidden)
-                }
-            }
         } else {
+            // Larger steps (prefill chunks) run their experts one at a time, each product itself
+            // spread over the cores when large.
             let scratch = workspace.workers[0]
             let gathered = scratch.gathered     // [n, hidden]
             let expertOutput = scratch.produced // [n, hidden]
@@ -164,10 +163,13 @@ struct SparseMoEBlock {
                 DenseMLP.apply(weights, activation: activation, gathered.pointer, rowCount: assigned.count, scratch: scratch,
                                output: expertOutput.pointer)
                 for (i, entry) in assigned.enumerated() {
-                    let row = entry / topK
-                    Ops.addScaled(output + row * hidden, expertOutput.pointer + i * hidden, alpha: routes[row].weights[entry % topK],
-                                  count: hidden)
+                    (contributions.pointer + entry * hidden).update(from: expertOutput.pointer + i * hidden, count: hidden)
                 }
+            }
+        }
+        for (row, routing) in routes.enumerated() {
+            for (slot, weight) in routing.weights.enumerated() {
+                Ops.addScaled(output + row * hidden, contributions.pointer + (row * topK + slot) * hidden, alpha: weight, count: hidden)
             }
         }
 

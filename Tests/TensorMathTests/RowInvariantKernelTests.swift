@@ -1,0 +1,88 @@
+import Foundation
+import Testing
+@testable import TensorMath
+
+/// Any number of input rows must give, per row, exactly the bits one row alone gives: a prompt
+/// row computed in a prefill chunk of any size must equal the same row computed cold in another
+/// chunking, or decoded alone (partial prompt-cache hits rely on it).
+@Suite struct RowInvariantKernelTests {
+    static func bf16Matrix(rows: Int, cols: Int, seed: UInt64) -> WeightMatrix {
+        let bits = AlignedBuffer(randomFloats(rows * cols, seed: seed).map(FloatConversion.bf16(from:)))
+        return WeightMatrix(rows: rows, cols: cols, storage: .bf16(UnsafePointer(bits.pointer)), owner: bits)
+    }
+
+    /// Each row alone through `apply` (the decode GEMV) against all rows at once through `apply`.
+    func expectRowInvariant(_ matrix: WeightMatrix, rowCounts: [Int], seed: UInt64) {
+        for n in rowCounts {
+            let x = randomFloats(n * matrix.cols, seed: seed + UInt64(n))
+            var alone = [Float](repeating: 0, count: n * matrix.rows)
+            var batched = alone
+            x.withUnsafeBufferPointer { xp in
+                alone.withUnsafeMutableBufferPointer { y in
+                    for r in 0..<n { matrix.apply(xp.baseAddress! + r * matrix.cols, rowCount: 1, into: y.baseAddress! + r * matrix.rows) }
+                }
+                batched.withUnsafeMutableBufferPointer { matrix.apply(xp.baseAddress!, rowCount: n, into: $0.baseAddress!) }
+            }
+            #expect(batched.map(\.bitPattern) == alone.map(\.bitPattern), "\(matrix.rows)x\(matrix.cols), \(n) rows")
+        }
+    }
+
+    @Test func bf16AnyRowCountMatchesOneRowAlone() {
+        // 70 columns: blocks of 16 plus a scalar tail; 1100x1024 is split over two threads and
+        // tiled; 300x3000 has more input rows than one widening panel holds at 300 rows.
+        for (rows, cols, counts) in [(23, 70, [9, 13, 64, 65, 257]), (1100, 1024, [9, 31, 130]), (300, 3000, [9, 200])] {
+            expectRowInvariant(Self.bf16Matrix(rows: rows, cols: cols, seed: 21), rowCounts: counts, seed: 22)
+        }
+    }
+
+    /// Timing of the row-invariant bf16 product against the sgemm path it replaced (the weights
+    /// widened to f32, then OpenBLAS sgemm), one thread each, at the demo model's and
+    /// OLMoE-1B-7B's matrix shapes; only with `MOE_ROW_INVARIANT_BENCH=1` (a measurement,
+    /// printed, not an assertion).
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["MOE_ROW_INVARIANT_BENCH"] == "1"))
+    func timingAgainstSGEMM() {
+        let shapes: [(String, Int, Int)] = [("demo q/o 256x256", 256, 256), ("demo expert 128x256", 128, 256),
+                                            ("demo down 256x128", 256, 128), ("olmoe q 2048x2048", 2048, 2048),
+                                            ("olmoe expert 1024x2048", 1024, 2048), ("olmoe down 2048x1024", 2048, 1024)]
+        for (name, rows, cols) in shapes {
+            let matrix = Self.bf16Matrix(rows: rows, cols: cols, seed: 3)
+            guard case .bf16(let w) = matrix.storage else { continue }
+            let widened = AlignedBuffer<Float>(count: rows * cols)
+            let f32 = WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(widened.pointer)), owner: widened)
+            for n in [9, 32, 64, 256] {
+                let x = randomFloats(n * cols, seed: 4)
+                var y = [Float](repeating: 0, count: n * rows)
+                let reps = max(3, min(200, 400_000_000 / (n * rows * cols)))
+                func median(_ body: () -> Void) -> Double {
+                    var times: [Double] = []
+                    for _ in 0..<7 {
+                        let start = DispatchTime.now().uptimeNanoseconds
+                        for _ in 0..<reps { body() }
+                        times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / Double(reps))
+                    }
+                    return times.sorted()[3]
+                }
+                let sgemm = x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        median {
+                            FloatConversion.convertBF16(w, to: widened.pointer, count: rows * cols)
+                            f32.apply(xp.baseAddress!, rowCount: n, into: yp.baseAddress!)
+                        }
+                    }
+                }
+                let invariant = x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        median {
+                            IntegerDotKernels.serially {
+                                RowInvariantKernels.bf16(w, rows: rows, cols: cols, x: xp.baseAddress!, count: n, y: yp.baseAddress!)
+                            }
+                        }
+                    }
+                }
+                let gflops = { (ns: Double) in 2 * Double(n * rows * cols) / ns }
+                print(String(format: "row-invariant bench: %@ n=%d  sgemm %.1f us (%.1f GFLOP/s)  row-invariant %.1f us (%.1f GFLOP/s)  ratio %.2f",
+                             name, n, sgemm / 1e3, gflops(sgemm), invariant / 1e3, gflops(invariant), invariant / sgemm))
+            }
+        }
+    }
+}
