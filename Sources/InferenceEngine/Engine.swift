@@ -449,8 +449,9 @@ extension Engine {
 
 /// When the engine reuses a retained cache holding only part of a prompt. The rest of the prompt
 /// then runs as a chunk of another size than in an uncached run, which changes the result's bits
-/// when the model's kernels pick their arithmetic by row count (the bf16 and f32 GEMMs do; the
-/// integer-dot kernels of `pack --dense q8|q4` do not).
+/// when the model's kernels pick their arithmetic by row count (f32 sgemm, bf16 with
+/// `MOE_PREFILL_GEMM=sgemm` and Qwen3-Next's delta rule do; the bf16 `RowInvariantKernels` and the
+/// integer-dot kernels do not).
 public enum PartialPromptReuse: Sendable {
     /// Only when a probe found this model's prefill bit-exact across chunkings (`Engine.exactPrefill`):
     /// then a partial hit is bit-identical to an uncached run.

@@ -11,11 +11,14 @@ import MoEModels
 ///   cache whose *whole* content is a prefix of the new prompt is reused.
 /// A whole-prompt hit (the same prompt again) reuses every prompt position and samples from the
 /// retained last-prompt logits, so no forward pass runs and the result is bit-identical to the
-/// first run whatever the kernels. A partial hit prefills the rest of the prompt, whose rows
-/// then run in a GEMM of another shape than in an uncached run: bit-identical only with kernels
-/// whose per-row arithmetic does not depend on the row count (the integer-dot kernels of
-/// `pack --dense q8|q4`), within float rounding otherwise; so the engine takes partial hits only
-/// where a probe found the model's prefill exact (`PartialPromptReuse.whenExact`).
+/// first run whatever the kernels. A partial hit (a chat's next turn: the last turn's prompt and
+/// reply, then new tokens) prefills the rest of the prompt, whose rows then run in a step of
+/// another shape than in an uncached run, and whose reused reply rows ran one per decode step:
+/// bit-identical because every kernel gives a row the same bits whatever the rows beside it
+/// (`RowInvariantKernels` for bf16, integer dots for q4/int8/MXFP4, rank-ordered expert sums),
+/// within float rounding where a model's kernels do not (f32 sgemm, Qwen3-Next's chunked
+/// delta rule); so the engine takes partial hits only where a probe found the model's prefill
+/// exact (`PartialPromptReuse.whenExact`).
 ///
 /// Bounded by the KV budget of the memory plan: the engine evicts (least recently used first)
 /// whatever the running sequences and the next admissions need (`evict(toFit:)`).

@@ -1,5 +1,6 @@
 import CKernels
 import Dispatch
+import Foundation
 
 /// Products over many input rows (prefill chunks) in which every output is computed with exactly
 /// the arithmetic of the single-row GEMV, so a row's result does not depend on how many rows
@@ -15,6 +16,12 @@ import Dispatch
 /// features (a tile of weight rows stays in L2 while every group of input rows sweeps it)
 /// and over input rows (groups of four share each weight load, as `MultiRowKernels` do).
 public enum RowInvariantKernels {
+    /// Whether bf16 products above 8 rows use these kernels (the default). `MOE_PREFILL_GEMM=sgemm`
+    /// restores widened panels + sgemm: faster prefill on large matrices (measured in docs/HTTP.md,
+    /// "Prompt caching"), but then the engine's probe finds prefill inexact and partial
+    /// prompt-cache hits are off.
+    public static let enabled = ProcessInfo.processInfo.environment["MOE_PREFILL_GEMM"] != "sgemm"
+
     /// Weight bytes of one tile: swept once per group of four input rows, so it should stay in L2.
     static let tileBytes = 96 << 10
 

@@ -83,10 +83,14 @@ public struct WeightMatrix: @unchecked Sendable {
                 BF16Kernels.gemv(w, rows: rows, cols: cols, x: x, y: y)
             } else if n < 9 {
                 MultiRowKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
-            } else {
+            } else if RowInvariantKernels.enabled {
                 // Not sgemm: every row keeps the GEMV's arithmetic, so a prompt row has the same
                 // bits in any chunk (partial prompt-cache hits are exact).
                 RowInvariantKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
+            } else {
+                panelGEMM(x, rowCount: n, into: y) { first, count, panel in
+                    FloatConversion.convertBF16(w + first * cols, to: panel, count: count * cols)
+                }
             }
         case .int8(let values, let scales):
             if n < 4 {

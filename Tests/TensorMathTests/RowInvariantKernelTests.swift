@@ -85,4 +85,31 @@ import Testing
             }
         }
     }
+
+    /// What route (b) of issue 24 item 5 (prefill chunks on a fixed grid, sgemm kept) would rely
+    /// on: whether OpenBLAS sgemm gives a chunk's rows the same bits when other rows (another
+    /// sequence's chunk or decode rows) share the product, and whether a row differs from the
+    /// decode GEMV's. Printed; only with `MOE_ROW_INVARIANT_BENCH=1`.
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["MOE_ROW_INVARIANT_BENCH"] == "1"))
+    func sgemmRowsDependOnTheirNeighbours() {
+        for (rows, cols) in [(256, 256), (128, 256), (1024, 2048)] {
+            let matrix = WeightMatrix(rows: rows, cols: cols, values: randomFloats(rows * cols, seed: 31))
+            let x = randomFloats(300 * cols, seed: 32)
+            func product(_ n: Int) -> [UInt32] {
+                var y = [Float](repeating: 0, count: n * rows)
+                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { matrix.apply(xp.baseAddress!, rowCount: n, into: $0.baseAddress!) } }
+                return y.map(\.bitPattern)
+            }
+            var alone = [Float](repeating: 0, count: rows)
+            x.withUnsafeBufferPointer { xp in alone.withUnsafeMutableBufferPointer { matrix.apply(xp.baseAddress!, rowCount: 1, into: $0.baseAddress!) } }
+            let chunk = product(64)
+            for n in [65, 67, 72, 128, 256, 300] {
+                let wider = product(n)
+                let differing = (0..<64).filter { r in chunk[r * rows ..< (r + 1) * rows] != wider[r * rows ..< (r + 1) * rows] }.count
+                print("sgemm neighbours: \(rows)x\(cols): rows 0..<64 computed with \(n - 64) more rows: \(differing) of 64 rows differ")
+            }
+            let firstRow = Array(chunk[0..<rows])
+            print("sgemm neighbours: \(rows)x\(cols): row 0 in a 64-row sgemm vs the 1-row sgemv: \(firstRow == alone.map(\.bitPattern) ? "same" : "differs")")
+        }
+    }
 }
