@@ -14,7 +14,7 @@ import Foundation
 /// Here the inner dimension is never split: each output keeps the GEMV's lane accumulators
 /// over the whole row, in the same order, and the product is blocked only over output
 /// features (a tile of weight rows stays in L2 while every group of input rows sweeps it)
-/// and over input rows (groups of four share each weight load, as `MultiRowKernels` do).
+/// and over input rows (two weight rows against two input rows at a time).
 public enum RowInvariantKernels {
     /// Whether bf16 products above 8 rows use these kernels (the default). `MOE_PREFILL_GEMM=sgemm`
     /// restores widened panels + sgemm: faster prefill on large matrices (measured in docs/HTTP.md,
@@ -53,16 +53,13 @@ public enum RowInvariantKernels {
                 while tile < range.upperBound {
                     let tileRange = tile..<min(tile + tileRows, range.upperBound)
                     var g = 0
-                    while g < n {
-                        let group = min(4, n - g)
-                        let pg = px + g * stride, xg = xb + g * cols, yg = yb + g * rows
-                        switch group {
-                        case 4: MultiRowKernels.bf16Rows(FourRows.self, w, tileRange, cols: cols, blocks: blocks, permutedX: pg, x: xg, y: yg, yStride: rows)
-                        case 3: MultiRowKernels.bf16Rows(ThreeRows.self, w, tileRange, cols: cols, blocks: blocks, permutedX: pg, x: xg, y: yg, yStride: rows)
-                        case 2: MultiRowKernels.bf16Rows(TwoRows.self, w, tileRange, cols: cols, blocks: blocks, permutedX: pg, x: xg, y: yg, yStride: rows)
-                        default: BF16Kernels.rowRange(w, tileRange, cols: cols, blocks: blocks, permutedX: pg, x: xg, y: yg)
-                        }
-                        g += group
+                    while g + 2 <= n {
+                        twoByTwo(w, tileRange, cols: cols, blocks: blocks, permutedX: px + g * stride, stride: stride,
+                                 x: xb + g * cols, y: yb + g * rows, yStride: rows)
+                        g += 2
+                    }
+                    if g < n {
+                        BF16Kernels.rowRange(w, tileRange, cols: cols, blocks: blocks, permutedX: px + g * stride, x: xb + g * cols, y: yb + g * rows)
                     }
                     tile = tileRange.upperBound
                 }
@@ -77,6 +74,47 @@ public enum RowInvariantKernels {
             }
             withExtendedLifetime(own) {}
             first += n
+        }
+    }
+
+    /// Two weight rows against two input rows per pass (eight accumulators: six loads feed eight
+    /// FMAs, where one weight row against four input rows needs nine); per output the arithmetic
+    /// of `BF16Kernels.rowRange`: even and odd lane accumulators over the blocks in order, then
+    /// `(even + odd).sum()` plus the scalar tail.
+    @inline(__always)
+    static func twoByTwo(_ w: UnsafePointer<UInt16>, _ range: Range<Int>, cols: Int, blocks: Int, permutedX px: UnsafePointer<Float>,
+                         stride: Int, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, yStride: Int) {
+        let p0 = UnsafeRawPointer(px), p1 = UnsafeRawPointer(px + stride)
+        let from = blocks * 16
+        var r = range.lowerBound
+        while r + 2 <= range.upperBound {
+            let row0 = UnsafeRawPointer(w + r * cols), row1 = UnsafeRawPointer(w + (r + 1) * cols)
+            var e00 = SIMD8<Float>(), o00 = SIMD8<Float>(), e10 = SIMD8<Float>(), o10 = SIMD8<Float>()
+            var e01 = SIMD8<Float>(), o01 = SIMD8<Float>(), e11 = SIMD8<Float>(), o11 = SIMD8<Float>()
+            for b in 0..<blocks {
+                let lanes0 = row0.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
+                let lanes1 = row1.loadUnaligned(fromByteOffset: b * 32, as: SIMD8<UInt32>.self)
+                let we0 = BF16Kernels.widenEven(lanes0), wo0 = BF16Kernels.widenOdd(lanes0)
+                let we1 = BF16Kernels.widenEven(lanes1), wo1 = BF16Kernels.widenOdd(lanes1)
+                let offset = b * 64
+                let xe0 = p0.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self)
+                let xo0 = p0.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self)
+                e00.addProduct(we0, xe0); o00.addProduct(wo0, xo0)
+                e10.addProduct(we1, xe0); o10.addProduct(wo1, xo0)
+                let xe1 = p1.loadUnaligned(fromByteOffset: offset, as: SIMD8<Float>.self)
+                let xo1 = p1.loadUnaligned(fromByteOffset: offset + 32, as: SIMD8<Float>.self)
+                e01.addProduct(we0, xe1); o01.addProduct(wo0, xo1)
+                e11.addProduct(we1, xe1); o11.addProduct(wo1, xo1)
+            }
+            let w0 = w + r * cols, w1 = w + (r + 1) * cols
+            y[r] = (e00 + o00).sum() + BF16Kernels.tail(w0, cols: cols, from: from, x: x)
+            y[r + 1] = (e10 + o10).sum() + BF16Kernels.tail(w1, cols: cols, from: from, x: x)
+            y[yStride + r] = (e01 + o01).sum() + BF16Kernels.tail(w0, cols: cols, from: from, x: x + cols)
+            y[yStride + r + 1] = (e11 + o11).sum() + BF16Kernels.tail(w1, cols: cols, from: from, x: x + cols)
+            r += 2
+        }
+        if r < range.upperBound {
+            MultiRowKernels.bf16Rows(TwoRows.self, w, r..<range.upperBound, cols: cols, blocks: blocks, permutedX: px, x: x, y: y, yStride: yStride)
         }
     }
 }
