@@ -306,9 +306,12 @@ static inline void MOE_SUFFIX(q4_reorder)(const int8_t *q, int64_t n, int64_t co
 
 /// The 16 exact block sums Σ nibble · q of one 16-block group, in block order: `lo`/`hi` the
 /// group's unpacked nibbles (four chunks of four blocks), `a` the token's reordered activations.
-static inline __attribute__((always_inline)) __m512i MOE_SUFFIX(q4_group_sums)(const __m512i lo[4], const __m512i hi[4], const int8_t *a) {
+/// Only the first `live` chunks hold blocks (a short last group, or rows of fewer than 16 blocks).
+static inline __attribute__((always_inline)) __m512i MOE_SUFFIX(q4_group_sums)(const __m512i lo[4], const __m512i hi[4], const int8_t *a,
+                                                                              int64_t live) {
     __m512i s[4];
     for (int k = 0; k < 4; k++) {
+        if (k >= live) { s[k] = _mm512_setzero_si512(); continue; }
         // Lane 4i + j: products of block 4k + i, elements 4j..4j+3 and 16+4j..16+4j+3.
         s[k] = MOE_DOT_ACC(MOE_DOT_ACC(_mm512_setzero_si512(), lo[k], _mm512_loadu_si512((const void *)(a + 128 * k))),
                            hi[k], _mm512_loadu_si512((const void *)(a + 128 * k + 64)));
@@ -335,8 +338,10 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows)(int T, con
         for (int64_t g = 0; g < groups; g++) {
             const int64_t have = nb - 16 * g; // blocks of this group that exist (16 unless the last)
             const __mmask16 bm = have >= 16 ? 0xFFFF : (__mmask16)((1u << have) - 1);
+            const int64_t live = have >= 16 ? 4 : (have + 3) / 4;
             __m512i lo[4], hi[4];
             for (int k = 0; k < 4; k++) {
+                if (k >= live) { lo[k] = hi[k] = _mm512_setzero_si512(); continue; }
                 __m512i w;
                 if (have >= 16) {
                     w = _mm512_loadu_si512((const void *)(row + g * 256 + 64 * k));
@@ -350,7 +355,7 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows)(int T, con
             const __m512 ws = _mm512_maskz_loadu_ps(bm, rs + g * 16);
             for (int t = 0; t < T; t++) {
                 const int64_t tt = t0 + t;
-                __m512i s = MOE_SUFFIX(q4_group_sums)(lo, hi, qa + (tt * groups + g) * 512);
+                __m512i s = MOE_SUFFIX(q4_group_sums)(lo, hi, qa + (tt * groups + g) * 512, live);
                 // The nibbles stand for n − 8: s − 8 · Σq.
                 s = _mm512_sub_epi32(s, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(bm, sums + tt * nb + g * 16), 3));
                 const __m512 f = _mm512_cvtepi32_ps(s);
@@ -385,7 +390,7 @@ void MOE_SUFFIX(moe_gemm_q4_q8)(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
 #ifdef MOE_GEMM_TRANSPOSED
     if (n >= MOE_GEMM_TRANSPOSED) { MOE_SUFFIX(gemm_transposed)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
 #endif
-    if (MOE_SUFFIX(gemm_q4_nibbles)(blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+    if (!moe_kernels_q4_tile() && MOE_SUFFIX(gemm_q4_nibbles)(blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
     MOE_SUFFIX(gemm)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }
 
