@@ -54,6 +54,10 @@ static inline void moe_mxfp4_half_scales(const uint8_t *blocks, int64_t count, f
 /// prefill's samples went to clear_page and page faults.
 void *moe_thread_scratch(size_t bytes);
 
+/// Nonzero with `MOE_Q4_KERNEL=tile`: the AVX-512 levels multiply q4 decode products with the
+/// earlier row-by-row tile kernel instead of the nibble kernel (same bits; for side-by-side timing).
+int moe_kernels_q4_tile(void);
+
 /// The canonical final sum of the eight block-lane accumulators (see CKernels.h).
 static inline float moe_reduce8(const float acc[8]) {
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));

@@ -60,6 +60,15 @@ void *moe_thread_scratch(size_t bytes) {
     return scratch_memory;
 }
 
+int moe_kernels_q4_tile(void) {
+    static int cached = -1; // read once; a benign race (every thread computes the same value)
+    if (cached < 0) {
+        const char *v = getenv("MOE_Q4_KERNEL");
+        cached = v && strcmp(v, "tile") == 0;
+    }
+    return cached;
+}
+
 void moe_kernels_serial_begin(void) { serial_depth++; }
 void moe_kernels_serial_end(void) { serial_depth--; }
 int moe_kernels_serial(void) { return serial_depth; }

@@ -135,7 +135,12 @@ public enum IntegerDotKernels {
             // on every call cost heap allocations per product (DecodeStepAllocationTests).
             // Split over the cores when the product is large enough to pay for the hand-off (piecesFor).
             let (span, count) = rowSpans(rows: rows, cols: cols, count: n)
-            if count > 1 {
+            if count == 2 {
+                // A decode-sized split: on the core pair's ready helper (no wake-up per product).
+                CorePair.run { index in
+                    runRows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: index * span, last: min(rows, (index + 1) * span))
+                }
+            } else if count > 1 {
                 DispatchQueue.concurrentPerform(iterations: count) { index in
                     runRows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: index * span, last: min(rows, (index + 1) * span))
                 }

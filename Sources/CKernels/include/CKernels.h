@@ -50,6 +50,15 @@ void moe_kernels_serial_end(void);
 /// Nonzero inside `moe_kernels_serial_begin` / `_end` on this thread.
 int moe_kernels_serial(void);
 
+/// A job for `moe_corepair_run`: called with index 0 on the calling thread and 1 on the helper.
+typedef void (*moe_corepair_fn)(void *context, int index);
+
+/// Runs `fn(context, 0)` on this thread and `fn(context, 1)` on a helper thread that spins
+/// briefly between jobs (see corepair.c), returning when both are done: 1. Returns 0 having run
+/// nothing when the helper is unavailable (`MOE_COREPAIR=0`, thread creation failed) or already
+/// in use (a nested or concurrent section); the caller then runs its own fallback.
+int moe_corepair_run(moe_corepair_fn fn, void *context);
+
 /// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
 /// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at
 /// every level: d = max|x| / 127, q = x · (1/d) rounded half to even.

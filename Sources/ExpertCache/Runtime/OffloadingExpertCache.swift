@@ -210,7 +210,11 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         if parallel > 1 {
             withoutActuallyEscaping(work) { work in
                 let step = UncheckedSendable(work)
-                DispatchQueue.concurrentPerform(iterations: parallel) { step.value($0) }
+                if parallel == 2 {
+                    CorePair.run { step.value($0) } // the decode step's two workers, without a wake-up per layer
+                } else {
+                    DispatchQueue.concurrentPerform(iterations: parallel) { step.value($0) }
+                }
             }
         } else {
             work(0)
