@@ -1,4 +1,4 @@
-// Integer-dot products of GGUF K-quant weights (Q4_K, Q5_K, Q6_K) with activations quantised to
+// Integer-dot products of GGUF K-quant weights (Q2_K, Q4_K, Q5_K, Q6_K) with activations quantised to
 // Q8_K, as llama.cpp's CPU backend computes them (each type's vec_dot_type is Q8_K).
 //
 // Per 256-weight super-block the integer part is exact in int32 (at most 63·31·127·256 < 2³¹), so
@@ -13,7 +13,7 @@
 #include <immintrin.h>
 #endif
 
-enum { QK = 256, Q4K_BYTES = 144, Q5K_BYTES = 176, Q6K_BYTES = 210 };
+enum { QK = 256, Q2K_BYTES = 84, Q4K_BYTES = 144, Q5K_BYTES = 176, Q6K_BYTES = 210 };
 
 /// IEEE half → float, exact (normals, subnormals, infinities, NaN).
 static inline float half_to_float(const uint8_t *p) {
@@ -82,6 +82,22 @@ void moe_quantize_q8_K(const float *x, int64_t n, int64_t cols, int8_t *q, float
 /// The integer parts of one super-block: `sumi` (Σ scale · Σ q·q8) and, for the types with
 /// mins, `summ` (Σ min · Σ q8).
 typedef void (*superblock_fn)(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t *sumi, int32_t *summ);
+
+/// Q2_K (low-bit expert copies, docs/LOSSY.md): 16 groups of 16 2-bit codes, 4-bit scale (low
+/// nibble of scales[g]) and min (high nibble); element e's code in byte (e/128)*32 + e%32 at bits
+/// 2·((e%128)/32).
+static void q2K_portable(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t *sumi, int32_t *summ) {
+    const uint8_t *scales = blk, *qs = blk + 16;
+    int32_t groups[16] = {0};
+    for (int e = 0; e < QK; e++) groups[e / 16] += ((qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3) * q8[e];
+    int32_t si = 0, sm = 0;
+    for (int g = 0; g < 16; g++) {
+        si += (scales[g] & 0x0F) * groups[g];
+        sm += (scales[g] >> 4) * bs[g];
+    }
+    *sumi = si;
+    *summ = sm;
+}
 
 static void q4K_portable(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t *sumi, int32_t *summ) {
     const uint8_t *scales = blk + 4, *qs = blk + 16;
@@ -183,6 +199,27 @@ static void q5K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs, in
     q45K_avx2(1, blk, q8, bs, sumi, summ);
 }
 
+static void q2K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t *sumi, int32_t *summ) {
+    const uint8_t *scales = blk, *qs = blk + 16;
+    const __m256i three = _mm256_set1_epi8(3);
+    __m256i acc = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(qs + 32 * h));
+        for (int k = 0; k < 4; k++) {
+            // Elements 128h + 32k + l, l < 32: groups g (l < 16) and g + 1.
+            const __m256i codes = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * k), three);
+            const __m256i p = _mm256_maddubs_epi16(codes, _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
+            const int g = 8 * h + 2 * k;
+            const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(scales[g + 1] & 0x0F), _mm_set1_epi16(scales[g] & 0x0F));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+        }
+    }
+    int32_t sm = 0;
+    for (int g = 0; g < 16; g++) sm += (scales[g] >> 4) * bs[g];
+    *sumi = hsum_epi32(acc);
+    *summ = sm;
+}
+
 static void q6K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t *sumi, int32_t *summ) {
     const uint8_t *ql = blk, *qh = blk + 128;
     const int8_t *scales = (const int8_t *)(blk + 192);
@@ -215,13 +252,14 @@ int moe_gemm_kquant_q8_K(int level, int type, const uint8_t *w, int64_t cols, in
     // d at byte 0 (Q4_K, Q5_K, with dmin at 2) or 208 (Q6_K), as float16.
     int64_t d_offset, dmin_offset;
     switch (type) {
+    case 10: fn = q2K_portable; bytes = Q2K_BYTES; d_offset = 80; dmin_offset = 82; break;
     case 12: fn = q4K_portable; bytes = Q4K_BYTES; d_offset = 0; dmin_offset = 2; break;
     case 13: fn = q5K_portable; bytes = Q5K_BYTES; d_offset = 0; dmin_offset = 2; break;
     case 14: fn = q6K_portable; bytes = Q6K_BYTES; d_offset = 208; dmin_offset = -1; break;
     default: return 0;
     }
 #if defined(__x86_64__)
-    if (level >= MOE_KERNEL_AVX2) fn = type == 12 ? q4K_avx2 : (type == 13 ? q5K_avx2 : q6K_avx2);
+    if (level >= MOE_KERNEL_AVX2) fn = type == 10 ? q2K_avx2 : (type == 12 ? q4K_avx2 : (type == 13 ? q5K_avx2 : q6K_avx2));
 #else
     (void)level;
 #endif

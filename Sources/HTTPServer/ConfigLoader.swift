@@ -66,6 +66,9 @@ public enum ConfigLoader {
         Key(name: "skip_missing_below", help: "lossy: skip missing experts whose router weight is below this (0...1)") { c, v in
             c.skipMissingBelow = try fraction(v)
         },
+        Key(name: "low_bit_misses", help: "lossy: run experts missing from RAM from their low-bit copies, promoting the ones that stay in use (on/off)") { c, v in
+            c.lowBitMisses = try bool(v)
+        },
     ]
 
     /// The key names, for flags and docs.

@@ -40,6 +40,10 @@ public struct ServerConfig: Sendable, Equatable {
     /// `skip_missing_below`: opt-in lossy mode; a routed expert not in RAM whose router weight
     /// is below this is skipped (docs/LOSSY.md). nil (the default) is exact.
     public var skipMissingBelow: Float?
+    /// `low_bit_misses`: opt-in lossy mode; an expert not in RAM runs from its low-bit copy
+    /// (the store must have them) and is promoted to its full copy if it stays in use
+    /// (docs/LOSSY.md). false (the default) is exact.
+    public var lowBitMisses: Bool = false
 
     /// The defaults (the same values as ServerConfig/default.toml).
     public init() {}

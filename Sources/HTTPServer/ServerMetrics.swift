@@ -31,6 +31,10 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     public var diskReadBytes: Int = 0
     /// Tokens that skipped at least one weak missing expert (`skip_missing_below`), since start.
     public var skippedTokens: Int = 0
+    /// Expert uses served by a low-bit copy (`low_bit_misses`), since start.
+    public var lowBitUses: Int = 0
+    /// Full copies read to replace a low-bit copy that stayed in use, since start.
+    public var lowBitPromotions: Int = 0
     /// Seconds the engine waited on expert reads, since start.
     public var ioStallSeconds: Double = 0
     /// Bytes held by the cache now.
@@ -84,6 +88,8 @@ public final class ServerMetrics: @unchecked Sendable {
     private let prefetchesInTime: CoreMetrics.Counter
     private let prefetchesLate: CoreMetrics.Counter
     private let skippedTokens: CoreMetrics.Counter
+    private let lowBitUses: CoreMetrics.Counter
+    private let lowBitPromotions: CoreMetrics.Counter
     private let diskRead: CoreMetrics.Counter
     private let ioStall: CoreMetrics.FloatingPointCounter
     private let cacheUsed: CoreMetrics.Gauge
@@ -123,6 +129,8 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchesInTime = counter("moe_prefetches_in_time_total")
         prefetchesLate = counter("moe_prefetches_late_total")
         skippedTokens = counter("moe_expert_skipped_tokens_total")
+        lowBitUses = counter("moe_expert_low_bit_uses_total")
+        lowBitPromotions = counter("moe_expert_low_bit_promotions_total")
         diskRead = counter("moe_disk_read_bytes_total")
         ioStall = CoreMetrics.FloatingPointCounter(label: "moe_io_stall_seconds_total", dimensions: [], factory: factory)
         cacheUsed = gauge("moe_expert_cache_bytes_used")
@@ -222,6 +230,8 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchesInTime.increment(by: max(0, s.prefetchesInTime - lastSnapshot.prefetchesInTime))
         prefetchesLate.increment(by: max(0, s.prefetchesLate - lastSnapshot.prefetchesLate))
         skippedTokens.increment(by: max(0, s.skippedTokens - lastSnapshot.skippedTokens))
+        lowBitUses.increment(by: max(0, s.lowBitUses - lastSnapshot.lowBitUses))
+        lowBitPromotions.increment(by: max(0, s.lowBitPromotions - lastSnapshot.lowBitPromotions))
         diskRead.increment(by: max(0, s.diskReadBytes - lastSnapshot.diskReadBytes))
         ioStall.increment(by: max(0, s.ioStallSeconds - lastSnapshot.ioStallSeconds))
         hitRate.record(s.recentHitRate)

@@ -45,7 +45,7 @@ struct GenerateCommand: ParsableCommand {
             let modelURL = try model.resolvedURL()
             let runtime = try runtimeOptions.open(at: modelURL)
             defer { runtime.close() }
-            lossy.apply(to: runtime)
+            try lossy.apply(to: runtime)
             let tokenizer = runtime.tokenizer
             let promptIds: [Int]
             switch (tokens, prompt) {

@@ -16,6 +16,7 @@ struct MoEServeCommand: ParsableCommand {
             TokenizeCommand.self,
             DetokenizeCommand.self,
             PackCommand.self,
+            LowBitCopiesCommand.self,
             WidenCommand.self,
             VerifyCommand.self,
             InspectCommand.self,

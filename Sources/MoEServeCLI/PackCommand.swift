@@ -6,6 +6,7 @@ import MoEModels
 extension ExpertDType: ExpressibleByArgument {}
 extension ExpertCodec: ExpressibleByArgument {}
 extension DenseEncoding: ExpressibleByArgument {}
+extension LowBitKind: ExpressibleByArgument {}
 
 /// `moe-serve pack HF_DIR STORE_DIR`: writes an expert store (see docs/STORE.md).
 struct PackCommand: ParsableCommand {
@@ -22,6 +23,8 @@ struct PackCommand: ParsableCommand {
     var dense: DenseEncoding = .bf16
     @Option(name: .customLong("lz4hc-level"), help: "LZ4-HC level tried after fast LZ4 (0: fast LZ4 only; 9: ~1.2x smaller exponent planes, ~7x slower packing).")
     var lz4hcLevel: Int32 = ExpertBlobCodec.defaultHighCompressionLevel
+    @Option(name: .customLong("low-bit-copies"), help: "Also store a low-bit copy of every expert for --low-bit-misses: q2 (Q2_K; docs/LOSSY.md). Default: none.")
+    var lowBitCopies: LowBitKind?
 
     struct Output: Encodable {
         var store: String
@@ -46,6 +49,7 @@ struct PackCommand: ParsableCommand {
         try reportingErrors {
             let summary = try packCheckpoint(at: URL(fileURLWithPath: checkpoint), into: URL(fileURLWithPath: store),
                                              experts: experts, compression: compression, lz4hcLevel: lz4hcLevel, dense: dense)
+            if let lowBitCopies { try addLowBitCopies(lowBitCopies, to: URL(fileURLWithPath: store)) }
             try printJSON(Output(
                 store: store, expertDtype: summary.manifest.experts.dtype.rawValue, compression: compression.rawValue,
                 blobs: summary.manifest.experts.blobs.count, sourceBytes: summary.sourceBytes,

@@ -96,7 +96,7 @@ struct PerplexityCommand: ParsableCommand {
             guard let data = FileManager.default.contents(atPath: text) else { throw CommandError("--text: cannot read \(text)") }
             let runtime = try runtimeOptions.open(at: modelURL, maxSequences: 1, contextTokens: context)
             defer { runtime.close() }
-            lossy.apply(to: runtime)
+            try lossy.apply(to: runtime)
             guard let tokenizer = runtime.tokenizer else { throw CommandError("\(modelURL.path): perplexity needs a tokenizer.json beside the model") }
             let transformer = runtime.model
             let vocab = transformer.config.vocabSize

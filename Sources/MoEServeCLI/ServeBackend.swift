@@ -66,6 +66,7 @@ enum ServeBackend {
                 + "or at \(Int(s.pressureShrinkPercent))% memory pressure, grows above \(formatBytes(s.highWatermarkBytes)) free\n").utf8))
         }
         runtime.cache?.skipMissingBelow = config.skipMissingBelow
+        if config.lowBitMisses { try LossyOptions.enableLowBitMisses(runtime) }
         guard let tokenizer = runtime.tokenizer else {
             throw CommandError("\(specification.model.path): serving needs a tokenizer.json beside the model")
         }
@@ -169,6 +170,8 @@ final class LiveStatistics: StatsProvider, SlotProvider, @unchecked Sendable {
             cache.prefetchesInTime = stats.total.prefetchHits
             cache.prefetchesLate = stats.total.prefetchesLate
             cache.skippedTokens = stats.total.skippedTokens
+            cache.lowBitUses = stats.total.lowBitUses
+            cache.lowBitPromotions = stats.total.lowBitPromotions
             cache.ioStallSeconds = stats.total.stallSeconds
             cache.cacheBytesUsed = stats.usedBytes
             cache.cacheBytesBudget = stats.budgetBytes

@@ -48,6 +48,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("shutdown-grace-period"), help: "Seconds running requests get after SIGTERM.") var shutdownGracePeriod: String?
     @Option(name: .customLong("log-requests"), help: "true to log one line per request on stderr.") var logRequests: String?
     @Option(name: .customLong("skip-missing-below"), help: "Lossy, off by default: skip missing experts whose router weight is below this (docs/LOSSY.md).") var skipMissingBelow: String?
+    @Option(name: .customLong("low-bit-misses"), help: "Lossy, off by default: on to run experts missing from RAM from the store's low-bit copies (docs/LOSSY.md).") var lowBitMisses: String?
 
     /// Flag values by configuration key.
     var overrides: [String: String] {
@@ -62,7 +63,7 @@ struct ServeCommand: ParsableCommand {
             ("predictor_probes", predictorProbes), ("kv_cache_type", kvCacheType), ("reader_threads", readerThreads), ("io_engine", ioEngine),
             ("prefetch_reads", prefetchReads), ("prefetch_min_probability", prefetchMinProbability),
             ("prefetch_budget", prefetchBudget), ("max_sequences", maxSequences),
-            ("skip_missing_below", skipMissingBelow),
+            ("skip_missing_below", skipMissingBelow), ("low_bit_misses", lowBitMisses),
         ]
         var out: [String: String] = [:]
         for (key, value) in pairs { if let value { out[key] = value } }

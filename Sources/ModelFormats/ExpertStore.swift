@@ -59,6 +59,10 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     private let denseIndex: [String: DenseTensorEntry]
     /// Index into `manifest.experts.blobs` by `layer * expertCount + expert`.
     private let blobIndex: [Int: Int]
+    /// The layout of the experts' low-bit copies (`LowBitCopies`), nil when the store has none.
+    public let lowBitLayout: ExpertBlobLayout?
+    /// Index into `manifest.lowBitCopies.blobs`, as `blobIndex`.
+    private let lowBitIndex: [Int: Int]
     private let lock = NSLock()
     private var counters = ExpertStoreStatistics()
     /// Faults injected into expert reads (failure testing; none unless `MOE_FAULTS` is set).
@@ -141,6 +145,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             }
         }
         blobIndex = index
+        (lowBitLayout, lowBitIndex) = try Self.lowBitCopies(manifest, config: config, path: manifestPath)
         bufferPool = BufferPool(maxBytes: Self.pooledBuffers * Self.roundUp(maxRawLength))
 
         // experts.bin: a short file means lost blobs; name the first one.
@@ -260,6 +265,64 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             throw ModelFormatError.file(url.path, "layer \(layer) expert \(expert) is not in the store")
         }
         return manifest.experts.blobs[i]
+    }
+
+    /// The low-bit copies' layout and index, validated as the full blobs are: every routed
+    /// expert has one copy, inside `experts.bin`, of the layout's length.
+    private static func lowBitCopies(_ manifest: ExpertStoreManifest, config: ModelConfig, path: String) throws -> (ExpertBlobLayout?, [Int: Int]) {
+        guard let copies = manifest.lowBitCopies else { return (nil, [:]) }
+        let layout = try LowBitCopies.layout(kind: copies.kind, experts: manifest.experts)
+        guard copies.ggmlTypes == [layout.gate, layout.up, layout.down].map({ $0.ggmlType!.name }) else {
+            throw ModelFormatError.file(path, "damaged store manifest: low-bit copies of types \(copies.ggmlTypes), expected \(layout.ggmlTypes!.map(\.name))")
+        }
+        var index: [Int: Int] = [:]
+        for (i, blob) in copies.blobs.enumerated() {
+            guard config.isMoELayer(blob.layer), blob.expert >= 0, blob.expert < config.expertCount,
+                  blob.offset % manifest.experts.alignment == 0, blob.offset >= 0, blob.storedRaw,
+                  blob.storedLength == layout.rawLength, blob.rawLength == layout.rawLength,
+                  blob.offset + blob.storedLength <= manifest.experts.fileSize,
+                  index.updateValue(i, forKey: blob.layer * config.expertCount + blob.expert) == nil else {
+                throw ModelFormatError.file(path, "damaged store manifest: low-bit copy of layer \(blob.layer) expert \(blob.expert) is invalid or listed twice")
+            }
+        }
+        guard index.count == manifest.experts.blobs.count else {
+            throw ModelFormatError.file(path, "damaged store manifest: \(index.count) low-bit copies for \(manifest.experts.blobs.count) experts")
+        }
+        return (layout, index)
+    }
+
+    /// Bytes a low-bit copy occupies in RAM (4 KiB-rounded), nil without copies.
+    public var lowBitBufferSize: Int? { lowBitLayout.map { Self.roundUp($0.rawLength) } }
+
+    /// Reads and checks the low-bit copy of expert `expert` of `layer` into a new buffer (one
+    /// O_DIRECT read of `lowBitBufferSize` bytes; counted in `statistics` as any read).
+    public func readLowBitExpert(layer: Int, expert: Int) throws -> StoredExpert {
+        guard let layout = lowBitLayout, let copies = manifest.lowBitCopies else {
+            throw ModelFormatError.file(url.path, "the store has no low-bit copies (add them with moe-serve low-bit-copies)")
+        }
+        guard expert >= 0, expert < config.expertCount, let i = lowBitIndex[layer * config.expertCount + expert] else {
+            throw ModelFormatError.file(url.path, "layer \(layer) expert \(expert) has no low-bit copy")
+        }
+        let entry = copies.blobs[i]
+        let buffer = AlignedBuffer<UInt8>(count: Self.roundUp(layout.rawLength), alignment: DirectFileReader.granule, zeroed: false)
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        try readStored(entry, into: buffer.pointer)
+        do {
+            try checkStored(entry, at: buffer.pointer)
+        } catch {
+            record { $0.checksumFailures += 1 }
+            throw error
+        }
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        record {
+            $0.reads += 1
+            $0.bytesRead += Self.roundUp(entry.storedLength)
+            $0.rawBytes += entry.rawLength
+            $0.readSeconds += Double(t1 - t0) / 1e9
+        }
+        let matrices = layout.matrices(at: buffer.pointer, owner: buffer)
+        return StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount,
+                            biases: layout.biases(at: buffer.pointer, owner: buffer))
     }
 
     /// `value` rounded up to the O_DIRECT granule.
@@ -382,6 +445,9 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
                 problems.append("\(error)") // every error of the three steps names the layer and expert
             }
             progress?(i + 1, blobs.count)
+        }
+        for copy in manifest.lowBitCopies?.blobs ?? [] {
+            do { _ = try readLowBitExpert(layer: copy.layer, expert: copy.expert) } catch { problems.append("low-bit copy: \(error)") }
         }
         return problems
     }

@@ -38,7 +38,8 @@ public struct ExpertStoreManifest: Codable, Sendable {
     /// `ExpertDType.ggml`, `DenseTensorEntry.ggmlType`, `modelConfig`) and q4 stores whose
     /// matrices of a width 32 does not divide fell back to int8. A store without any of these
     /// is still written as the oldest version that reads it, so older builds keep reading it.
-    public static let currentFormatVersion = 3
+    /// Version 4 adds low-bit copies of the experts (`lowBitCopies`, `LowBitCopies`).
+    public static let currentFormatVersion = 4
     /// Name of the manifest file inside a store directory.
     public static let fileName = "manifest.json"
 
@@ -60,6 +61,9 @@ public struct ExpertStoreManifest: Codable, Sendable {
     /// come from GGUF metadata, not a config.json; `config` then names the source); nil when
     /// `config` is a config.json.
     public var modelConfig: ModelConfig? = nil
+    /// A 2-bit copy of every routed expert, appended to `experts.bin` (`pack --low-bit-copies`,
+    /// `moe-serve low-bit-copies`); nil in stores without them.
+    public var lowBitCopies: LowBitCopiesSection? = nil
 
     /// The routed experts' storage: one blob per (layer, expert) in `file`.
     public struct ExpertSection: Codable, Sendable {

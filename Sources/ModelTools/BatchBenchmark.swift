@@ -38,6 +38,8 @@ public struct BatchBenchmark: Sendable {
     public var comparePrefetch = false
     /// Lossy: skip a missing routed expert whose router weight is below this (docs/LOSSY.md).
     public var skipMissingBelow: Float?
+    /// Lossy: run missing experts from the store's low-bit copies (docs/LOSSY.md).
+    public var lowBitMisses = false
 
     /// A benchmark of the model `specification` describes, with the default settings.
     public init(specification: RuntimeSpecification) { self.specification = specification }
@@ -186,6 +188,7 @@ public struct BatchBenchmark: Sendable {
         let runtime = try ModelRuntime.open(spec)
         defer { runtime.close() }
         runtime.cache?.skipMissingBelow = skipMissingBelow
+        if lowBitMisses { try runtime.cache?.enableLowBitMisses() }
         if let sizing = runtime.readerSizing, run == 1 {
             printError("bench batch: reader threads sized to \(runtime.readerThreads ?? 0) by the disk probe: "
                 + sizing.map { String(format: "depth %d %.2f GB/s", $0.depth, $0.bytesPerSecond / 1e9) }.joined(separator: ", "))

@@ -27,6 +27,8 @@ public struct DecodeBenchmark: Sendable {
     public var seed: UInt64 = 1
     /// Lossy: skip a missing routed expert whose router weight is below this (docs/LOSSY.md).
     public var skipMissingBelow: Float?
+    /// Lossy: run missing experts from the store's low-bit copies (docs/LOSSY.md).
+    public var lowBitMisses = false
 
     /// A benchmark of the model `specification` describes, with the default lengths.
     public init(specification: RuntimeSpecification) { self.specification = specification }
@@ -197,6 +199,7 @@ public struct DecodeBenchmark: Sendable {
             let runtime = try ModelRuntime.open(spec)
             defer { runtime.close() }
             runtime.cache?.skipMissingBelow = skipMissingBelow
+        if lowBitMisses { try runtime.cache?.enableLowBitMisses() }
             let model = runtime.model
             budget = runtime.plan?.budgetBytes
             predictorName = runtime.predictorName

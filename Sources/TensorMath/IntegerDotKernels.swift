@@ -165,7 +165,7 @@ public enum IntegerDotKernels {
     }
 
     /// The GGUF K-quant types with integer-dot kernels (`moe_gemm_kquant_q8_K`).
-    public static let kQuantTypes: [GGMLType] = [.q4_K, .q5_K, .q6_K]
+    public static let kQuantTypes: [GGMLType] = [.q2_K, .q4_K, .q5_K, .q6_K]
 
     /// `y[n, rows] = x[n, cols] · Wᵀ` for W in GGUF K-quant blocks of `type` (one of `kQuantTypes`,
     /// `cols` a multiple of 256), the activations quantised to Q8_K as llama.cpp quantises them:

@@ -19,7 +19,7 @@ import TensorMath
             bytes[at + 1] = UInt8(value.bitPattern >> 8)
         }
         for b in stride(from: 0, to: count, by: type.blockBytes) {
-            if type == .q6_K { setHalf(b + 208) } else { setHalf(b); setHalf(b + 2) }
+            if type == .q6_K { setHalf(b + 208) } else if type == .q2_K { setHalf(b + 80); setHalf(b + 82) } else { setHalf(b); setHalf(b + 2) }
         }
         return bytes
     }
@@ -36,7 +36,7 @@ import TensorMath
         return y
     }
 
-    @Test(arguments: [GGMLType.q4_K, .q5_K, .q6_K])
+    @Test(arguments: [GGMLType.q2_K, .q4_K, .q5_K, .q6_K])
     func kernelsAreTheDequantisedProductAtEveryLevel(type: GGMLType) {
         let rows = 70, cols = 768, n = 3
         let blocks = Self.randomBlocks(type, rows: rows, cols: cols, seed: UInt64(type.rawValue))

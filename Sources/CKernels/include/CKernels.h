@@ -85,7 +85,7 @@ void moe_gemm_i8_q8(int level, const int8_t *w, const float *row_scales, int64_t
 void moe_quantize_q8_K(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *bsums);
 
 /// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end`, W in GGUF K-quant blocks of
-/// ggml type `type` (12 Q4_K, 13 Q5_K, 14 Q6_K; `cols/256` blocks a row, as the file stores
+/// ggml type `type` (10 Q2_K, 12 Q4_K, 13 Q5_K, 14 Q6_K; `cols/256` blocks a row, as the file stores
 /// them), x quantised by `moe_quantize_q8_K`. Returns 0 (nothing written) for any other type.
 /// Per super-block b: acc = fma(d_b·d8_b, Σ scale·Σ q·q8, acc), then for Q4_K/Q5_K
 /// acc = fma(−dmin_b·d8_b, Σ min·Σ q8, acc); the integer sums exact, so every level agrees.

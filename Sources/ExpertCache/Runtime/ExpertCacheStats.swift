@@ -33,6 +33,12 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
     public var skippedTokens = 0
     /// (token, expert) pairs left out by `--skip-missing-below`.
     public var skippedExperts = 0
+    /// Expert uses (an expert of one layer in one step) served by a low-bit copy (`--low-bit-misses`).
+    public var lowBitUses = 0
+    /// Full copies read in the background to replace a low-bit copy that stayed in use.
+    public var lowBitPromotions = 0
+    /// Bytes read by low-bit copies' reads (not in `demandBytes`).
+    public var lowBitBytes = 0
 
     /// All zero.
     public init() {}
@@ -48,6 +54,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         case prefetchesCancelled = "prefetches_cancelled", prefetchesDropped = "prefetches_dropped"
         case loadFailures = "load_failures"
         case skippedTokens = "skipped_tokens", skippedExperts = "skipped_experts"
+        case lowBitUses = "low_bit_uses", lowBitPromotions = "low_bit_promotions", lowBitBytes = "low_bit_bytes"
     }
 
     public init(from decoder: Decoder) throws {
@@ -68,6 +75,9 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         loadFailures = try c.decode(Int.self, forKey: .loadFailures)
         skippedTokens = try c.decodeIfPresent(Int.self, forKey: .skippedTokens) ?? 0
         skippedExperts = try c.decodeIfPresent(Int.self, forKey: .skippedExperts) ?? 0
+        lowBitUses = try c.decodeIfPresent(Int.self, forKey: .lowBitUses) ?? 0
+        lowBitPromotions = try c.decodeIfPresent(Int.self, forKey: .lowBitPromotions) ?? 0
+        lowBitBytes = try c.decodeIfPresent(Int.self, forKey: .lowBitBytes) ?? 0
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -89,6 +99,9 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         try c.encode(loadFailures, forKey: .loadFailures)
         try c.encode(skippedTokens, forKey: .skippedTokens)
         try c.encode(skippedExperts, forKey: .skippedExperts)
+        try c.encode(lowBitUses, forKey: .lowBitUses)
+        try c.encode(lowBitPromotions, forKey: .lowBitPromotions)
+        try c.encode(lowBitBytes, forKey: .lowBitBytes)
     }
 
     /// Adds `other` into these counters.
@@ -109,6 +122,9 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         loadFailures += other.loadFailures
         skippedTokens += other.skippedTokens
         skippedExperts += other.skippedExperts
+        lowBitUses += other.lowBitUses
+        lowBitPromotions += other.lowBitPromotions
+        lowBitBytes += other.lowBitBytes
     }
 }
 

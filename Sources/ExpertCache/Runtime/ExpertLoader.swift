@@ -8,4 +8,18 @@ public protocol ExpertLoader: Sendable {
     func expertByteCount(layer: Int, expert: Int) -> Int
     /// Reads expert `expert` of `layer` into memory the returned weights own. Blocking.
     func loadExpert(layer: Int, expert: Int) throws -> ExpertWeights
+    /// Bytes of the low-bit copy of expert `expert` of `layer` once loaded; nil without copies.
+    func lowBitByteCount(layer: Int, expert: Int) -> Int?
+    /// Reads the low-bit copy of expert `expert` of `layer`. Blocking.
+    func loadLowBitExpert(layer: Int, expert: Int) throws -> ExpertWeights
+}
+
+extension ExpertLoader {
+    /// Bytes expert `expert` of `layer`'s low-bit copy occupies once loaded; nil when there are
+    /// no low-bit copies (the default).
+    public func lowBitByteCount(layer: Int, expert: Int) -> Int? { nil }
+    /// Reads the low-bit copy of expert `expert` of `layer`. Blocking; the default throws.
+    public func loadLowBitExpert(layer: Int, expert: Int) throws -> ExpertWeights {
+        throw ExpertCacheError("this model has no low-bit copies of its experts")
+    }
 }

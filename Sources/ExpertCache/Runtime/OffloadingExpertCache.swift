@@ -75,6 +75,13 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     private var closed = false
     /// The least budget: every layer's floor of the largest expert.
     public let minimumBudgetBytes: Int
+    /// The low-bit copies' own pool (`enableLowBitMisses`), nil while they are off. Its keys,
+    /// and theirs in `weights`, `tickets` and `queue`, are `lowBitKey`s (negative expert indices).
+    private var lowBook: CacheBookkeeping?
+    /// The share of the budget the low-bit pool takes.
+    private var lowBitShare = 0.0
+    private var precision = LowBitPrecision()
+    private let layerList: [Int]
 
     /// Starts a cache over `loader` with `policy`. Throws when the budget cannot hold the
     /// floors of `layers` (the MoE layers it will serve), since requests could then deadlock.
@@ -87,6 +94,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         }
         self.loader = loader
         self.configuration = configuration
+        layerList = layers
         minimumBudgetBytes = max(floors, largest)
         book = CacheBookkeeping(budgetBytes: configuration.budgetBytes, floorSlots: configuration.floorSlots,
                                 speculativeLayerBytes: configuration.speculativeLayerBytes, policy: policy)
@@ -134,8 +142,11 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         var unadmitted: [Int] = []
         let distinct = TraceReplay.distinct(experts)
         lock.lock()
+        if lowBook != nil { precision.tick(layer: layer) }
+        var promotions: [ExpertKey] = []
         for expert in distinct {
             let key = ExpertKey(layer: layer, expert: expert)
+            if lowBook != nil, chooseLowBitLocked(key, &ready, &waiting, &unadmitted, &promotions) { continue }
             guard let entry = book.entry(key) else {
                 count(layer) { $0.misses += 1 }
                 unadmitted.append(expert)
@@ -152,6 +163,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 waiting.append((expert, tickets[key]!))
             }
         }
+        for key in promotions { promoteLocked(key) }
         do {
             try admit(layer: layer, &unadmitted, into: &waiting)
         } catch {
@@ -172,7 +184,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             while true {
                 lock.lock()
                 if let finished {
-                    book.unpin(finished)
+                    unpinLocked(finished)
                     lock.wakeRequesters()   // someone may be waiting for room
                 }
                 finished = nil
@@ -197,7 +209,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 guard let (expert, expertWeights) = next else { return }
                 let key = ExpertKey(layer: layer, expert: expert)
                 do {
-                    try body(worker, expert, expertWeights)
+                    // A low-bit copy (negative index) runs as the expert it copies.
+                    try body(worker, expert < 0 ? ~expert : expert, expertWeights)
                 } catch {
                     lock.lock()
                     if pending.failure == nil { pending.failure = error }
@@ -270,9 +283,13 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         defer { lock.unlock() }
         var total = ExpertCacheCounters()
         for layer in counters.compactMap({ $0 }) { total.add(layer) }
+        // With low-bit misses on, the budget and bytes are both pools'; resident experts count full copies.
         return ExpertCacheStats(
-            policy: book.policy.name, budgetBytes: book.budgetBytes, usedBytes: book.usedBytes,
-            peakUsedBytes: book.peakUsedBytes, residentExperts: weights.count, total: total, perLayer: counters)
+            policy: book.policy.name, budgetBytes: book.budgetBytes + (lowBook?.budgetBytes ?? 0),
+            usedBytes: book.usedBytes + (lowBook?.usedBytes ?? 0),
+            peakUsedBytes: book.peakUsedBytes + (lowBook?.peakUsedBytes ?? 0),
+            residentExperts: lowBook == nil ? weights.count : weights.keys.filter { $0.expert >= 0 }.count,
+            total: total, perLayer: counters)
     }
 
     /// Moves the budget to `budgetBytes` (`--memory-budget auto`): shrinking evicts unpinned
@@ -287,8 +304,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         }
         lock.lock()
         defer { lock.unlock() }
-        let evicted = book.resize(budgetBytes: budgetBytes)
+        let lowBytes = lowBook == nil ? 0 : lowBitPoolBytes(of: budgetBytes)
+        let evicted = book.resize(budgetBytes: budgetBytes - lowBytes)
         evictedLocked(evicted)
+        if lowBook != nil { evictedLocked(lowBook!.resize(budgetBytes: lowBytes)) }
         lock.wakeRequesters()   // a grown budget is room someone may be waiting for
         return evicted.count
     }
@@ -327,6 +346,37 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         return book.entry(ExpertKey(layer: layer, expert: expert))?.residency == .resident
     }
 
+    /// Opt-in lossy mode (`--low-bit-misses on`, docs/LOSSY.md): an expert whose full copy is
+    /// not resident runs from its low-bit copy (read at demand priority if absent; `share` of the
+    /// budget holds low-bit copies, LRU), and one that stays in use is promoted to its full copy
+    /// by a background read (`LowBitPrecision`). Throws when the loader has no low-bit copies or
+    /// the budget cannot spare the pool. Call before the first request.
+    public func enableLowBitMisses(share: Double = 0.25, promoteAfter: Int = 2, window: Int = 8) throws {
+        precondition(share > 0 && share < 1)
+        guard let first = layerList.first, let copyBytes = loader.lowBitByteCount(layer: first, expert: 0) else {
+            throw ExpertCacheError("--low-bit-misses: the model has no low-bit copies of its experts (add them: moe-serve low-bit-copies STORE)")
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        lowBitShare = share
+        let total = book.budgetBytes
+        let lowBytes = lowBitPoolBytes(of: total)
+        guard lowBytes >= copyBytes else {
+            throw ExpertCacheError("--low-bit-misses: a budget of \(total) bytes leaves no room for low-bit copies of \(copyBytes) bytes above the cache's floors (\(minimumBudgetBytes) bytes)")
+        }
+        evictedLocked(book.resize(budgetBytes: total - lowBytes))
+        lowBook = CacheBookkeeping(budgetBytes: lowBytes, floorSlots: 0, policy: LRUPolicy(name: "lru-low-bit"))
+        precision = LowBitPrecision(promoteAfter: promoteAfter, window: window)
+    }
+
+    /// The low-bit pool's bytes out of a budget of `total`: its share, leaving the floors whole.
+    private func lowBitPoolBytes(of total: Int) -> Int {
+        max(0, min(Int(Double(total) * lowBitShare), total - minimumBudgetBytes))
+    }
+
+    /// The key of `key`'s low-bit copy (and back): the expert index complemented, so negative.
+    static func lowBitKey(_ key: ExpertKey) -> ExpertKey { ExpertKey(layer: key.layer, expert: ~key.expert) }
+
     // MARK: Internals (the lock is held where the name says `Locked` or the comment says so)
 
     /// Reserves room and queues demand reads for `unadmitted`; those without room stay.
@@ -343,6 +393,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             // `waiting` holds this call's reserved experts not yet handed to a worker.
             if waiting.count >= window {
                 stillWaiting.append(expert)
+                continue
+            }
+            if expert < 0 {
+                if try !admitLowBitLocked(key, into: &waiting) { stillWaiting.append(expert) } else { queued += queuedLowBit }
                 continue
             }
             if let entry = book.entry(key) {
@@ -393,7 +447,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             try admit(layer: layer, &unadmitted, into: &waiting)
             if let index = waiting.firstIndex(where: { $0.ticket.result != nil }) {
                 let (expert, ticket) = waiting.remove(at: index)
-                if case .success = ticket.result! { book.use(ExpertKey(layer: layer, expert: expert)) }
+                if case .success = ticket.result! {
+                    let key = ExpertKey(layer: layer, expert: expert)
+                    if expert < 0 { lowBook!.use(key) } else { book.use(key) }
+                }
                 return (expert, ticket)
             }
             if closed { throw ExpertCacheError("the expert cache was closed while a request was waiting") }
@@ -407,12 +464,92 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     /// waiting for (except failed ones, whose entries are gone). Lock held.
     private func releaseLocked(layer: Int, ready: [(expert: Int, weights: ExpertWeights)],
                                waiting: [(expert: Int, ticket: LoadTicket)]) {
-        for (expert, _) in ready { book.unpin(ExpertKey(layer: layer, expert: expert)) }
+        for (expert, _) in ready { unpinLocked(ExpertKey(layer: layer, expert: expert)) }
         for (expert, ticket) in waiting {
             if case .failure = ticket.result { continue }
-            book.unpin(ExpertKey(layer: layer, expert: expert))
+            unpinLocked(ExpertKey(layer: layer, expert: expert))
         }
         lock.wakeRequesters()
+    }
+
+    /// With low-bit misses on: asks `precision` which copy of `key` runs; for the low-bit one
+    /// pins or queues it (as its negative index) and returns true, and notes a promotion.
+    /// Returns false when the full copy runs (the caller goes on as without low-bit copies). Lock held.
+    private func chooseLowBitLocked(_ key: ExpertKey, _ ready: inout [(expert: Int, weights: ExpertWeights)],
+                                    _ waiting: inout [(expert: Int, ticket: LoadTicket)], _ unadmitted: inout [Int],
+                                    _ promotions: inout [ExpertKey]) -> Bool {
+        let lowKey = Self.lowBitKey(key)
+        let choice = precision.choose(key, full: book.entry(key)?.residency, lowBit: lowBook!.entry(lowKey)?.residency)
+        guard case .lowBit(let promote) = choice else { return false }
+        count(key.layer) { $0.misses += 1; $0.lowBitUses += 1 }
+        if promote && book.entry(key) == nil { promotions.append(key) }
+        if let entry = lowBook!.entry(lowKey) {
+            lowBook!.pin(lowKey)
+            if entry.residency == .resident {
+                lowBook!.use(lowKey)
+                ready.append((lowKey.expert, weights[lowKey]!))
+            } else {
+                waiting.append((lowKey.expert, tickets[lowKey]!))
+            }
+        } else {
+            unadmitted.append(lowKey.expert)
+        }
+        return true
+    }
+
+    /// Reads queued by the last `admitLowBitLocked` (0 or 1).
+    private var queuedLowBit = 0
+
+    /// Pins the low-bit copy `lowKey` for a request, reserving room in the low-bit pool and
+    /// queueing its demand read if absent; false when the pool has no room now. Lock held.
+    private func admitLowBitLocked(_ lowKey: ExpertKey, into waiting: inout [(expert: Int, ticket: LoadTicket)]) throws -> Bool {
+        queuedLowBit = 0
+        if let entry = lowBook!.entry(lowKey) {
+            lowBook!.pin(lowKey)
+            waiting.append((lowKey.expert, entry.residency == .resident ? LoadTicket(result: .success(weights[lowKey]!)) : tickets[lowKey]!))
+            return true
+        }
+        let bytes = loader.lowBitByteCount(layer: lowKey.layer, expert: ~lowKey.expert)!
+        switch lowBook!.reserve(lowKey, bytes: bytes, pins: 1) {
+        case .reserved(let evicted):
+            evictedLocked(evicted)
+            let ticket = LoadTicket()
+            tickets[lowKey] = ticket
+            queue.enqueue(lowKey, bytes: bytes, priority: .demand)
+            queuedLowBit = 1
+            waiting.append((lowKey.expert, ticket))
+            return true
+        case .noRoom:
+            return false
+        case .tooLarge:
+            throw ExpertCacheError("the low-bit copy of expert \(~lowKey.expert) of layer \(lowKey.layer) (\(bytes) bytes) is larger than the low-bit pool (\(lowBook!.budgetBytes) bytes)")
+        }
+    }
+
+    /// Starts the background read of `key`'s full copy (a promotion), at prefetch priority, if
+    /// room can be made. Lock held.
+    private func promoteLocked(_ key: ExpertKey) {
+        guard book.entry(key) == nil else { return }
+        let bytes = loader.expertByteCount(layer: key.layer, expert: key.expert)
+        guard case .reserved(let evicted) = book.reserve(key, bytes: bytes, pins: 0, prefetch: true, unbounded: true) else { return }
+        evictedLocked(evicted)
+        tickets[key] = LoadTicket()
+        queue.enqueue(key, bytes: bytes, priority: .prefetch)
+        count(key.layer) { $0.lowBitPromotions += 1 }
+        lock.wakeReaders(1)
+    }
+
+    /// The full copy of `key` is resident: its low-bit copy, if unused now, makes room. Lock held.
+    private func dropLowBitCopyLocked(of key: ExpertKey) {
+        let lowKey = Self.lowBitKey(key)
+        guard let entry = lowBook?.entry(lowKey), entry.pins == 0, entry.residency == .resident else { return }
+        lowBook!.remove(lowKey)
+        weights[lowKey] = nil
+    }
+
+    /// Removes a user of `key` from the pool it lives in. Lock held.
+    private func unpinLocked(_ key: ExpertKey) {
+        if key.expert < 0 { lowBook!.unpin(key) } else { book.unpin(key) }
     }
 
     /// Drops evicted experts' weights and counts the evictions. Lock held.
@@ -455,11 +592,15 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 lock.waitForWork()
                 continue
             }
+            let lowBit = job.key.expert < 0
             count(job.key.layer) {
-                if job.priority == .demand { $0.demandBytes += job.bytes } else { $0.prefetchBytes += job.bytes }
+                if lowBit { $0.lowBitBytes += job.bytes } else if job.priority == .demand { $0.demandBytes += job.bytes } else { $0.prefetchBytes += job.bytes }
             }
             lock.unlock()
-            let result = Result { try loader.loadExpert(layer: job.key.layer, expert: job.key.expert) }
+            let result = Result {
+                lowBit ? try loader.loadLowBitExpert(layer: job.key.layer, expert: ~job.key.expert)
+                       : try loader.loadExpert(layer: job.key.layer, expert: job.key.expert)
+            }
             lock.lock()
             queue.finish(job)
             let ticket = tickets.removeValue(forKey: job.key)!
@@ -467,9 +608,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             switch result {
             case .success(let loaded):
                 weights[job.key] = loaded
-                book.loaded(job.key)
+                if lowBit { lowBook!.loaded(job.key) } else { book.loaded(job.key) }
+                if !lowBit { dropLowBitCopyLocked(of: job.key) }
             case .failure:
-                book.remove(job.key)
+                if lowBit { lowBook!.remove(job.key) } else { book.remove(job.key) }
                 count(job.key.layer) { $0.loadFailures += 1 }
             }
             lock.wakeRequesters()

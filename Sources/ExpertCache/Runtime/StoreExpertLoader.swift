@@ -18,4 +18,11 @@ public final class StoreExpertLoader: ExpertLoader, @unchecked Sendable {
         let stored = try store.readExpert(layer: layer, expert: expert)
         return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases)
     }
+
+    public func lowBitByteCount(layer: Int, expert: Int) -> Int? { store.lowBitBufferSize }
+
+    public func loadLowBitExpert(layer: Int, expert: Int) throws -> ExpertWeights {
+        let stored = try store.readLowBitExpert(layer: layer, expert: expert)
+        return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases)
+    }
 }
