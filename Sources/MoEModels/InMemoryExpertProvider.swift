@@ -10,7 +10,7 @@ public final class InMemoryExpertProvider: ExpertProvider, @unchecked Sendable {
     /// the tensors.
     public init(config: ModelConfig, weights: WeightSource, names: ArchitectureDescription) throws {
         let hidden = config.hiddenSize, width = config.expertIntermediateSize
-        let fused = try FusedExpertReader.of(weights, description: names)
+        let fused = try WholeExpertReaders.of(weights, description: names)
         var loaded: [[ExpertWeights]?] = []
         for layer in 0..<config.layerCount {
             guard config.isMoELayer(layer) else { loaded.append(nil); continue }

@@ -176,7 +176,8 @@ public struct ExpertBlobLayout: Sendable, Equatable {
         switch type {
         case .f32: return .f32(data.assumingMemoryBound(to: Float.self))
         case .bf16: return .bf16(data.assumingMemoryBound(to: UInt16.self))
-        case .mxfp4: return .mxfp4(blocks: data.assumingMemoryBound(to: UInt8.self))
+        // MXFP4 from a GGUF file stays `.ggml(.mxfp4)`, as `GGUFModel` serves it, so that a packed
+        // store computes bit for bit what the file computes (the `.mxfp4` storage has other kernels).
         default: return .ggml(type: type, blocks: data.assumingMemoryBound(to: UInt8.self))
         }
     }

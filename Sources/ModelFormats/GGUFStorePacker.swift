@@ -43,7 +43,6 @@ extension ExpertStorePacker {
         let start = DispatchTime.now().uptimeNanoseconds
         func elapsed() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         let config = gguf.config
-        let description = config.architecture.definition
         let totalBytes = gguf.tensors.values.reduce(0) { $0 + $1.info.byteCount }
         var done = 0
         var lastReport = -Double.infinity
@@ -104,17 +103,15 @@ extension ExpertStorePacker {
         var layouts: [[String]: ExpertBlobLayout] = [:]
         var rawTotal = 0, storedTotal = 0
         var exampleNames: [String] = []
+        var hasBiases: Bool?
         for layer in config.moeLayers {
             for expert in 0..<config.expertCount {
-                let n = description.expertTensorNames(layer, expert)
-                let names = [n.gate, n.up, n.down]
-                if exampleNames.isEmpty { exampleNames = names.map { gguf.names[$0]?.name ?? $0 } }
-                let matrices = try names.map { name -> WeightMatrix in
-                    guard let reference = gguf.names[name], let info = gguf.tensors[reference.name]?.info, info.dims.count == 3 else {
-                        throw ModelFormatError.tensor(name, in: gguf.url.path, "routed expert (layer \(layer), expert \(expert)) has no stacked GGUF tensor")
-                    }
-                    return try gguf.matrix(name, rows: info.dims[1], cols: info.dims[0])
-                }
+                // The stacked tensors' slices (and gpt-oss's bias slices), as the model reads them.
+                let names = ["gate", "up", "down"].map { "blk.\(layer).ffn_\($0)_exps.weight" }
+                if exampleNames.isEmpty { exampleNames = names }
+                let weights = try gguf.expert(layer: layer, expert: expert)
+                let matrices = [weights.gate, weights.up, weights.down]
+                if hasBiases == nil { hasBiases = weights.biases != nil }
                 let theseShapes = matrices.map { [$0.rows, $0.cols] }
                 if shapes.isEmpty { shapes = theseShapes }
                 guard theseShapes == shapes else {
@@ -128,7 +125,7 @@ extension ExpertStorePacker {
                         return type
                     }
                     layouts[typeNames] = try ExpertBlobLayout(dtype: .ggml, gateShape: shapes[0], upShape: shapes[1], downShape: shapes[2],
-                                                              ggmlTypes: types)
+                                                              biases: hasBiases ?? false, ggmlTypes: types)
                 }
                 let layout = layouts[typeNames]!
                 let raw = AlignedBuffer<UInt8>(count: layout.rawLength, alignment: alignment) // zeroed: padding is written
@@ -140,6 +137,7 @@ extension ExpertStorePacker {
                         done += part.bytes.count
                     }
                 }
+                if let biases = weights.biases { layout.encode(biases: biases, into: raw.pointer) }
                 let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: .ggml, codec: codec, level: compressionLevel)
                 try expertWriter.pad(to: alignment)
                 let offset = expertWriter.offset
@@ -183,7 +181,8 @@ extension ExpertStorePacker {
                              "gguf_parts": .number(Double(gguf.files.count))]),
             experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: .ggml, codec: codec, alignment: alignment,
                            gateShape: shapes.first ?? [], upShape: shapes.count > 1 ? shapes[1] : [],
-                           downShape: shapes.count > 2 ? shapes[2] : [], exampleTensorNames: exampleNames, blobs: blobs),
+                           downShape: shapes.count > 2 ? shapes[2] : [], exampleTensorNames: exampleNames,
+                           biases: hasBiases == true ? true : nil, blobs: blobs),
             dense: .init(file: "dense.bin", fileSize: denseWriter.offset, tensors: denseEntries),
             copiedFiles: copied,
             modelConfig: config)

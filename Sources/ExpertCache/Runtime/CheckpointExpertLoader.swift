@@ -10,8 +10,8 @@ public final class CheckpointExpertLoader: ExpertLoader, @unchecked Sendable {
     private let weights: WeightSource
     private let names: ArchitectureDescription
     private let bytesPerExpert: Int
-    /// Reads experts stored fused per layer (gpt-oss); nil when each has tensors of its own.
-    private let fused: FusedExpertReader?
+    /// Reads experts stored fused per layer (gpt-oss) or in a GGUF file; nil when each has tensors of its own.
+    private let fused: (any WholeExpertReader)?
 
     /// Serves the experts of `config`'s MoE layers from `weights`, found through `names`.
     public init(config: ModelConfig, weights: WeightSource, names: ArchitectureDescription) throws {
@@ -21,7 +21,7 @@ public final class CheckpointExpertLoader: ExpertLoader, @unchecked Sendable {
         guard let layer = config.moeLayers.first else {
             throw ExpertCacheError("the model has no routed-expert layers to cache")
         }
-        fused = try FusedExpertReader.of(weights, description: names)
+        fused = try WholeExpertReaders.of(weights, description: names)
         if let fused {
             bytesPerExpert = try fused.expert(layer: layer, expert: 0).byteCount
             return

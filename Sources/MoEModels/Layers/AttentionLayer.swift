@@ -153,7 +153,7 @@ struct AttentionLayer {
                     case .f16 where cache.llamaCppFlashAttention:
                         GGMLFlashAttention.head(query: query, halfKeys: cache.halfKeyRows(layer) + offset,
                                                 halfValues: cache.halfValueRows(layer) + offset, stride: kvWidth,
-                                                count: keyCount, dim: headDim, scale: scale, into: out)
+                                                count: keyCount, dim: headDim, scale: scale, sink: sinks?[head], into: out)
                     case .f16:
                         AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
                                                 count: keyCount, dim: headDim, scale: scale, into: scores)

@@ -51,6 +51,7 @@ enum GGUFNames {
                 }
             }
         }
+        map.merge(glmGptOssNames(config: config)) { _, specific in specific }
         return map
     }
 }

@@ -41,10 +41,11 @@ public enum GGMLFlashAttention {
     }
 
     /// `out[dim]` = softmax_j(scale · K[j] · q) · V[j] over `count` float16 keys and values
-    /// (bits) at `keys + j · stride`, `values + j · stride`.
+    /// (bits) at `keys + j · stride`, `values + j · stride`. A `sink` logit (gpt-oss) joins the
+    /// softmax's sum with no value, after the keys and in float32, as ggml adds it.
     public static func head(query: UnsafePointer<Float>, halfKeys keys: UnsafePointer<UInt16>,
                             halfValues values: UnsafePointer<UInt16>, stride: Int, count: Int, dim: Int,
-                            scale: Float, into out: UnsafeMutablePointer<Float>) {
+                            scale: Float, sink: Float? = nil, into out: UnsafeMutablePointer<Float>) {
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * dim) { buffer in
             let q = buffer.baseAddress!        // [dim] query rounded to f16
             let acc = q + dim                  // [dim] f16-valued accumulator, held as float
@@ -67,6 +68,16 @@ public enum GGMLFlashAttention {
                 for d in 0..<wide { acc[d] = Float(Float16(acc[d].addingProduct(Float(Float16(bitPattern: value[d])), vs))) }
                 for d in wide..<dim { acc[d] = Float(Float16(acc[d] + Float(Float16(bitPattern: value[d])) * vs)) }
                 sum = sum * ms + vs
+            }
+            if let sink {
+                if sink > maximum {
+                    let ms = expf(maximum - sink)
+                    for d in 0..<dim { acc[d] *= ms }
+                    sum *= ms
+                    sum += 1
+                } else {
+                    sum += expf(sink - maximum)
+                }
             }
             let inverse: Float = sum == 0 ? 0 : 1 / sum
             for d in 0..<dim { out[d] = acc[d] * inverse }
