@@ -24,6 +24,7 @@ struct GGUFConfigReader {
 
     func read() throws -> ModelConfig {
         guard let arch = values["general.architecture"]?.stringValue else { throw error("no general.architecture in the metadata") }
+        if arch == "deepseek2" { return try readDeepseek2() } // GGUFDeepseek2.swift
         guard let (architecture, llamaNormalizes) = Self.architectures[arch] else {
             let known = Self.architectures.keys.sorted().joined(separator: ", ")
             throw error("unsupported GGUF architecture '\(arch)' (supported: \(known))")

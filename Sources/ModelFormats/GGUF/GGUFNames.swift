@@ -51,6 +51,7 @@ enum GGUFNames {
                 }
             }
         }
+        if config.latentAttention != nil { map.merge(latentAttentionMap(config: config)) { _, latent in latent } } // GGUFDeepseek2.swift
         return map
     }
 }
