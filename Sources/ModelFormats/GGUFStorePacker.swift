@@ -71,10 +71,11 @@ extension ExpertStorePacker {
                                                          length: bytes.count, checksum: XXHash64.hex(XXHash64.hash(bytes))))
                 }
             } else {
-                guard info.dims.count == 2 else {
-                    throw ModelFormatError.tensor(info.name, in: gguf.url.path, "ggml shape \(info.dims): only 1-D and 2-D dense tensors are packed")
+                // A 3-D dense tensor (deepseek2's attn_k_b/attn_v_b) is packed as its slices stacked as rows.
+                guard info.dims.count == 2 || info.dims.count == 3 else {
+                    throw ModelFormatError.tensor(info.name, in: gguf.url.path, "ggml shape \(info.dims): only 1-D, 2-D and 3-D dense tensors are packed")
                 }
-                let (rows, cols) = (info.dims[1], info.dims[0])
+                let (rows, cols) = (info.dims.dropFirst().reduce(1, *), info.dims[0])
                 let matrix = try gguf.matrix(name, rows: rows, cols: cols)
                 let (type, bytes) = try Self.ggmlBytes(matrix, tensor: info.name)
                 let checksum = try withExtendedLifetime(matrix) { // `bytes` points into its buffer

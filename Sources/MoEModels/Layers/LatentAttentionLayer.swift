@@ -66,10 +66,23 @@ struct LatentAttentionLayer: SelfAttentionLayer {
         kvA = try weights.matrix("\(prefix).kv_a_proj_with_mqa.weight", rows: rank + dims.ropeDim, cols: hidden)
         kvABias = try optionalVector("\(prefix).kv_a_proj_with_mqa.bias", rank + dims.ropeDim)
         kvANorm = try weights.vector("\(prefix).kv_a_layernorm.weight", count: rank)
-        // kv_b_proj [heads * (qk_nope + v_head), rank]: head h's rows are its W_UK_h then its W_UV_h.
-        let kvB = try weights.matrix("\(prefix).kv_b_proj.weight", rows: heads * (dims.noPositionDim + dims.valueDim), cols: rank)
         var absorbKeys: [WeightMatrix] = [], expandValues: [WeightMatrix] = []
-        for h in 0..<heads {
+        if !weights.contains("\(prefix).kv_b_proj.weight") && weights.contains("\(prefix).k_b_proj.weight") {
+            // llama.cpp's deepseek2 GGUF: kv_b_proj split per head, already as this layer uses it.
+            // k_b_proj [heads * rank, qk_nope]: head h's rows are W_UK_hᵀ; v_b_proj [heads * v_head, rank]: W_UV_h.
+            let kB = try weights.matrix("\(prefix).k_b_proj.weight", rows: heads * rank, cols: dims.noPositionDim)
+            let vB = try weights.matrix("\(prefix).v_b_proj.weight", rows: heads * dims.valueDim, cols: rank)
+            for h in 0..<heads {
+                absorbKeys.append(WeightMatrix(rows: rank, cols: dims.noPositionDim, values: (0..<rank).flatMap { kB.row(h * rank + $0) }))
+                expandValues.append(WeightMatrix(rows: dims.valueDim, cols: rank,
+                                                 values: (0..<dims.valueDim).flatMap { vB.row(h * dims.valueDim + $0) }))
+            }
+        }
+        // kv_b_proj [heads * (qk_nope + v_head), rank]: head h's rows are its W_UK_h then its W_UV_h.
+        let kvB = absorbKeys.isEmpty
+            ? try weights.matrix("\(prefix).kv_b_proj.weight", rows: heads * (dims.noPositionDim + dims.valueDim), cols: rank) : nil
+        for h in 0..<(kvB == nil ? 0 : heads) {
+            let kvB = kvB!
             let first = h * (dims.noPositionDim + dims.valueDim)
             let uk = (0..<dims.noPositionDim).map { kvB.row(first + $0) } // [qk_nope][rank]
             var transposed = [Float](repeating: 0, count: rank * dims.noPositionDim) // [rank, qk_nope]
@@ -121,8 +134,10 @@ struct LatentAttentionLayer: SelfAttentionLayer {
             for i in 0..<span.rowCount {
                 let row = span.firstRow + i, position = span.startPosition + i
                 let latent = compressed.pointer + row * latentWidth
-                rope.apply(q.pointer + row * qWidth + nope, headCount: heads, headStride: qkHead, position: position)
-                rope.apply(latent + rank, headCount: 1, headStride: ropeDim, position: position)
+                rope.apply(q.pointer + row * qWidth + nope, headCount: heads, headStride: qkHead, position: position,
+                           llamaCppAngles: cache.llamaCppRotaryAngles)
+                rope.apply(latent + rank, headCount: 1, headStride: ropeDim, position: position,
+                           llamaCppAngles: cache.llamaCppRotaryAngles)
                 cache.store(layer: layer, position: position, key: latent, value: latent + rank)
             }
             for i in 0..<span.rowCount {
@@ -131,6 +146,11 @@ struct LatentAttentionLayer: SelfAttentionLayer {
                     let query = q.pointer + row * qWidth + h * qkHead // [qk_nope | rope]
                     let latentQuery = absorbed.pointer + (row * heads + h) * rank
                     absorbKeys[h].apply(query, rowCount: 1, into: latentQuery)
+                    if cache.precision == .f16 && cache.llamaCppFlashAttention {
+                        flashAttention(cache: cache, latentQuery: latentQuery, ropeQuery: query + nope, keyCount: keyCount)
+                        expandValues[h].apply(latentQuery, rowCount: 1, into: context.pointer + row * heads * valueDim + h * valueDim)
+                        continue
+                    }
                     // scores[j] = scale · (W_UK_hᵀ q_nope · c_j + q_pe · k_pe_j)
                     switch cache.precision {
                     case .f32:
@@ -161,6 +181,31 @@ struct LatentAttentionLayer: SelfAttentionLayer {
         }
         oProj.apply(context.pointer, rowCount: rowCount, into: output)
         if let oBias { for row in 0..<rowCount { addBias(output + row * oProj.rows, oBias) } }
+    }
+
+    /// llama.cpp's MLA attention (`deepseek2` graph, CPU flash attention), for the GGUF comparison
+    /// with llama.cpp only: an MQA over keys `[latent | rotary key]` (kv_lora + rope wide, one f16
+    /// row per token) with the latent as the value, the query `[W_UK_hᵀ q_nope | q_pe]`. The cache
+    /// keeps the two parts apart, so each key row is put together in f16 here; the latent context
+    /// (the first `rank` values) replaces `latentQuery`.
+    private func flashAttention(cache: KVCache, latentQuery: UnsafeMutablePointer<Float>, ropeQuery: UnsafePointer<Float>,
+                                keyCount: Int) {
+        let rank = dims.latentRank, width = dims.latentRank + dims.ropeDim
+        withUnsafeTemporaryAllocation(of: UInt16.self, capacity: keyCount * width) { keys in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * width) { buffer in
+                let query = buffer.baseAddress!, out = query + width // [rank + rope] each
+                let latents = cache.halfKeyRows(layer), ropeKeys = cache.halfValueRows(layer)
+                for j in 0..<keyCount {
+                    (keys.baseAddress! + j * width).update(from: latents + j * rank, count: rank)
+                    (keys.baseAddress! + j * width + rank).update(from: ropeKeys + j * dims.ropeDim, count: dims.ropeDim)
+                }
+                query.update(from: latentQuery, count: rank)
+                (query + rank).update(from: ropeQuery, count: dims.ropeDim)
+                GGMLFlashAttention.head(query: query, halfKeys: keys.baseAddress!, halfValues: keys.baseAddress!, stride: width,
+                                        count: keyCount, dim: width, scale: scale, into: out)
+                latentQuery.update(from: out, count: rank)
+            }
+        }
     }
 
     private func addBias(_ row: UnsafeMutablePointer<Float>, _ bias: [Float]) {

@@ -25,8 +25,9 @@ struct GGUFConfigReader {
     func read() throws -> ModelConfig {
         guard let arch = values["general.architecture"]?.stringValue else { throw error("no general.architecture in the metadata") }
         if let architecture = Self.glmGptOssArchitectures[arch] { return try readGlmGptOss(arch: arch, architecture: architecture) }
+        if arch == "deepseek2" { return try readDeepseek2() } // GGUFDeepseek2.swift
         guard let (architecture, llamaNormalizes) = Self.architectures[arch] else {
-            let known = (Array(Self.architectures.keys) + Self.glmGptOssArchitectures.keys).sorted().joined(separator: ", ")
+            let known = (Array(Self.architectures.keys) + Self.glmGptOssArchitectures.keys + ["deepseek2"]).sorted().joined(separator: ", ")
             throw error("unsupported GGUF architecture '\(arch)' (supported: \(known))")
         }
         func key(_ name: String) -> String { "\(arch).\(name)" }

@@ -130,7 +130,9 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
             offset = info.fileOffset + expert * byteCount
         } else {
             let flat = rows == 1 && info.dims == [cols]
-            guard info.dims == [cols, rows] || flat else {
+            // A 3-D tensor read as its slices stacked as rows (deepseek2's attn_k_b/attn_v_b).
+            let stacked = info.dims.count == 3 && info.dims[0] == cols && info.dims[1] * info.dims[2] == rows
+            guard info.dims == [cols, rows] || flat || stacked else {
                 throw ModelFormatError.tensor(info.name, in: url.path, "ggml shape \(info.dims) does not match [\(cols), \(rows)] (for \(name) [\(rows), \(cols)])")
             }
             byteCount = info.byteCount

@@ -52,6 +52,7 @@ enum GGUFNames {
             }
         }
         map.merge(glmGptOssNames(config: config)) { _, specific in specific }
+        if config.latentAttention != nil { map.merge(latentAttentionMap(config: config)) { _, latent in latent } } // GGUFDeepseek2.swift
         return map
     }
 }
