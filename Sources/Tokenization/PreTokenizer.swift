@@ -75,7 +75,7 @@ indirect enum PreTokenizer: Sendable {
                     throw TokenizerError(
                         file: json.file,
                         "unsupported Split regex \(r.debugDescription) at \(json.path) "
-                            + "(supported: the GPT-2, Qwen2, Llama-3/GLM-4, DeepSeek-V3 and o200k/MiniMax-M2 pre-tokenizer patterns)")
+                            + "(supported: the GPT-2, Qwen2, Llama-3/GLM-4, DeepSeek LLM/V2, DeepSeek-V3 and o200k/MiniMax-M2 pre-tokenizer patterns)")
                 }
                 pattern = .known(known)
             } else {
@@ -154,10 +154,10 @@ indirect enum PreTokenizer: Sendable {
                 var matches: [Range<Int>] = []
                 var i = r.lowerBound
                 while i < r.upperBound {
-                    if Self.isASCIIDigit(input.scalars[i]) {
+                    if Self.isNumeric(input.scalars[i]) {
                         var e = i + 1
                         if !individual {
-                            while e < r.upperBound && Self.isASCIIDigit(input.scalars[e]) { e += 1 }
+                            while e < r.upperBound && Self.isNumeric(input.scalars[e]) { e += 1 }
                         }
                         matches.append(i..<e)
                         i = e
@@ -188,6 +188,16 @@ indirect enum PreTokenizer: Sendable {
     }
 
     @inline(__always) static func isASCIIDigit(_ s: Unicode.Scalar) -> Bool { s.value >= 0x30 && s.value <= 0x39 }
+
+    /// Rust's `char::is_numeric`, which `Digits` splits on: ASCII digits and every scalar of general
+    /// category Nd, Nl or No (Arabic-Indic digits, superscripts, fractions, Roman numerals, ...).
+    @inline(__always) static func isNumeric(_ s: Unicode.Scalar) -> Bool {
+        if s.value < 0x80 { return isASCIIDigit(s) }
+        switch s.properties.generalCategory {
+        case .decimalNumber, .letterNumber, .otherNumber: return true
+        default: return false
+        }
+    }
 
     /// Replaces each piece's text by its UTF-8 bytes spelled in the byte-level alphabet.
     static func mapToBytes(_ input: Pieces) -> Pieces {
