@@ -15,6 +15,15 @@ enum SplitPattern: Sendable {
     case string([Unicode.Scalar])
     case known(KnownSplitPattern)
 
+    /// Appends the matches inside `range` to `result` (a buffer the caller reuses across pieces).
+    func appendMatches(in text: [Unicode.Scalar], range: Range<Int>, into result: inout [Range<Int>]) {
+        if case .known(let k) = self, k.isDeepSeekLLM {
+            k.appendDeepseekLLMMatches(in: text, range: range, into: &result)
+        } else {
+            result.append(contentsOf: matches(in: text, range: range))
+        }
+    }
+
     func matches(in text: [Unicode.Scalar], range: Range<Int>) -> [Range<Int>] {
         switch self {
         case .known(let k): return k.matches(in: text, range: range)
@@ -144,8 +153,11 @@ indirect enum PreTokenizer: Sendable {
         case .split(let pattern, let behavior, let invert):
             var out: [Range<Int>] = []
             out.reserveCapacity(input.ranges.count * 2)
+            var matches: [Range<Int>] = []
             for r in input.ranges {
-                Self.split(r, matches: pattern.matches(in: input.scalars, range: r), behavior, invert, into: &out)
+                matches.removeAll(keepingCapacity: true)
+                pattern.appendMatches(in: input.scalars, range: r, into: &matches)
+                Self.split(r, matches: matches, behavior, invert, into: &out)
             }
             return Pieces(scalars: input.scalars, ranges: out)
         case .digits(let individual):
@@ -227,6 +239,17 @@ indirect enum PreTokenizer: Sendable {
         _ range: Range<Int>, matches: [Range<Int>], _ behavior: SplitBehavior, _ invert: Bool,
         into out: inout [Range<Int>]
     ) {
+        if behavior == .isolated {
+            // Every segment is a piece of its own, match or not: no need to collect and flag them.
+            var prev = range.lowerBound
+            for m in matches {
+                if prev < m.lowerBound { out.append(prev..<m.lowerBound) }
+                out.append(m)
+                prev = m.upperBound
+            }
+            if prev < range.upperBound { out.append(prev..<range.upperBound) }
+            return
+        }
         // Alternating segments covering the whole range, flagged as match or not.
         var segments: [(Range<Int>, Bool)] = []
         var prev = range.lowerBound

@@ -113,10 +113,25 @@ extension KnownSplitPattern {
         return s.properties.isWhitespace
     }
 
+    /// Whether this is one of DeepSeek LLM's patterns (matched by `appendDeepseekLLMMatches`).
+    var isDeepSeekLLM: Bool {
+        switch self {
+        case .lineBreaks, .deepseekLLMLetters, .deepseekLLMPunctuation, .trailingWhitespace, .deepseekLLMCJK: return true
+        default: return false
+        }
+    }
+
     /// The match ranges of a DeepSeek LLM pattern inside `range` of `text`, leftmost first.
     func deepseekLLMMatches(in text: [Unicode.Scalar], range: Range<Int>) -> [Range<Int>] {
         var result: [Range<Int>] = []
-        guard !range.isEmpty else { return result }
+        appendDeepseekLLMMatches(in: text, range: range, into: &result)
+        return result
+    }
+
+    /// Appends the match ranges to `result`, which the caller reuses across pieces (these patterns
+    /// run five times over every piece, so an array per piece and pattern would dominate).
+    func appendDeepseekLLMMatches(in text: [Unicode.Scalar], range: Range<Int>, into result: inout [Range<Int>]) {
+        guard !range.isEmpty else { return }
         text.withUnsafeBufferPointer { t in
             let n = range.upperBound
             switch self {
@@ -157,7 +172,6 @@ extension KnownSplitPattern {
                 break
             }
         }
-        return result
     }
 
     /// `\s?[class]+` over `range`: at each position one optional white-space character then a run of
