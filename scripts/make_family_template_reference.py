@@ -54,6 +54,28 @@ def tool_conversation(arguments_as_string):
     ]
 
 
+# MiniMax-M2's template beyond the shared conversations: content as a list of parts (text items, bare
+# strings, non-text items) for system and user, the system message's current_date / current_location, a
+# model_identity override, reasoning_content kept only after the last user turn (interleaved thinking),
+# tool-call arguments of every JSON type, tool results as parts, and a tool message with no call before it.
+MINIMAX_EXTRA = [
+    ([{"role": "system", "content": [{"type": "text", "text": "Sys "}, {"type": "text", "text": "parts"}],
+       "current_date": "2025-11-03", "current_location": "Paris"},
+      {"role": "user", "content": [{"type": "text", "text": "a"}, "b", {"type": "image", "url": "x"}]}], None, {}),
+    ([{"role": "user", "content": "hi"}], None, {"model_identity": "You are MiniMax."}),
+    ([{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "reasoning_content": "r1"},
+      {"role": "user", "content": "q2"}, {"role": "assistant", "content": "<think>\nr2\n</think>\n\na2"}], None, {}),
+    ([{"role": "user", "content": "Plan a trip."},
+      {"role": "assistant", "content": "", "reasoning_content": "need weather", "tool_calls": [
+          {"type": "function", "function": {"name": "get_weather", "arguments": {
+              "city": "Paris", "days": 3, "ratio": 0.5, "metric": True, "none": None,
+              "opts": {"list": [1, "x", {"k": "é"}]}}}}]},
+      {"role": "tool", "content": [{"output": "21C"}, {"type": "text", "text": "sunny"}, "raw"]},
+      {"role": "assistant", "content": "Take a hat.", "reasoning_content": "done"}], [WEATHER], {}),
+    ([{"role": "tool", "content": "orphan"}], None, {}),
+]
+
+
 def cases_for(name):
     if name.startswith("deepseek"):
         specials = {"bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>"}
@@ -75,7 +97,7 @@ def cases_for(name):
     elif name.startswith("minimax"):
         specials = {"bos_token": "]~!b[", "eos_token": "[e~["}
         out = [(m, None, {}) for m in BASIC] + [(tool_conversation(False), [WEATHER], {}),
-                                                 (tool_conversation(False)[:3], [WEATHER], {})]
+                                                 (tool_conversation(False)[:3], [WEATHER], {})] + MINIMAX_EXTRA
     else:
         raise SystemExit(f"{name}: the name must start with deepseek, glm or minimax")
     return specials, out

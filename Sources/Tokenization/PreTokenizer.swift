@@ -15,6 +15,15 @@ enum SplitPattern: Sendable {
     case string([Unicode.Scalar])
     case known(KnownSplitPattern)
 
+    /// Appends the matches inside `range` to `result` (a buffer the caller reuses across pieces).
+    func appendMatches(in text: [Unicode.Scalar], range: Range<Int>, into result: inout [Range<Int>]) {
+        if case .known(let k) = self, k.isDeepSeekLLM {
+            k.appendDeepseekLLMMatches(in: text, range: range, into: &result)
+        } else {
+            result.append(contentsOf: matches(in: text, range: range))
+        }
+    }
+
     func matches(in text: [Unicode.Scalar], range: Range<Int>) -> [Range<Int>] {
         switch self {
         case .known(let k): return k.matches(in: text, range: range)
@@ -75,7 +84,7 @@ indirect enum PreTokenizer: Sendable {
                     throw TokenizerError(
                         file: json.file,
                         "unsupported Split regex \(r.debugDescription) at \(json.path) "
-                            + "(supported: the GPT-2, Qwen2, Llama-3/GLM-4, DeepSeek-V3 and o200k/MiniMax-M2 pre-tokenizer patterns)")
+                            + "(supported: the GPT-2, Qwen2, Llama-3/GLM-4, DeepSeek LLM/V2, DeepSeek-V3 and o200k/MiniMax-M2 pre-tokenizer patterns)")
                 }
                 pattern = .known(known)
             } else {
@@ -144,8 +153,11 @@ indirect enum PreTokenizer: Sendable {
         case .split(let pattern, let behavior, let invert):
             var out: [Range<Int>] = []
             out.reserveCapacity(input.ranges.count * 2)
+            var matches: [Range<Int>] = []
             for r in input.ranges {
-                Self.split(r, matches: pattern.matches(in: input.scalars, range: r), behavior, invert, into: &out)
+                matches.removeAll(keepingCapacity: true)
+                pattern.appendMatches(in: input.scalars, range: r, into: &matches)
+                Self.split(r, matches: matches, behavior, invert, into: &out)
             }
             return Pieces(scalars: input.scalars, ranges: out)
         case .digits(let individual):
@@ -154,10 +166,10 @@ indirect enum PreTokenizer: Sendable {
                 var matches: [Range<Int>] = []
                 var i = r.lowerBound
                 while i < r.upperBound {
-                    if Self.isASCIIDigit(input.scalars[i]) {
+                    if Self.isNumeric(input.scalars[i]) {
                         var e = i + 1
                         if !individual {
-                            while e < r.upperBound && Self.isASCIIDigit(input.scalars[e]) { e += 1 }
+                            while e < r.upperBound && Self.isNumeric(input.scalars[e]) { e += 1 }
                         }
                         matches.append(i..<e)
                         i = e
@@ -189,6 +201,16 @@ indirect enum PreTokenizer: Sendable {
 
     @inline(__always) static func isASCIIDigit(_ s: Unicode.Scalar) -> Bool { s.value >= 0x30 && s.value <= 0x39 }
 
+    /// Rust's `char::is_numeric`, which `Digits` splits on: ASCII digits and every scalar of general
+    /// category Nd, Nl or No (Arabic-Indic digits, superscripts, fractions, Roman numerals, ...).
+    @inline(__always) static func isNumeric(_ s: Unicode.Scalar) -> Bool {
+        if s.value < 0x80 { return isASCIIDigit(s) }
+        switch s.properties.generalCategory {
+        case .decimalNumber, .letterNumber, .otherNumber: return true
+        default: return false
+        }
+    }
+
     /// Replaces each piece's text by its UTF-8 bytes spelled in the byte-level alphabet.
     static func mapToBytes(_ input: Pieces) -> Pieces {
         var scalars: [Unicode.Scalar] = []
@@ -217,6 +239,17 @@ indirect enum PreTokenizer: Sendable {
         _ range: Range<Int>, matches: [Range<Int>], _ behavior: SplitBehavior, _ invert: Bool,
         into out: inout [Range<Int>]
     ) {
+        if behavior == .isolated {
+            // Every segment is a piece of its own, match or not: no need to collect and flag them.
+            var prev = range.lowerBound
+            for m in matches {
+                if prev < m.lowerBound { out.append(prev..<m.lowerBound) }
+                out.append(m)
+                prev = m.upperBound
+            }
+            if prev < range.upperBound { out.append(prev..<range.upperBound) }
+            return
+        }
         // Alternating segments covering the whole range, flagged as match or not.
         var segments: [(Range<Int>, Bool)] = []
         var prev = range.lowerBound

@@ -19,6 +19,9 @@ enum KnownSplitPattern: Sendable {
     /// o200k (gpt-oss, MiniMax-M2): case-aware letter runs with trailing contractions, `\p{N}{1,3}`,
     /// ` ?[^\s\p{L}\p{N}]+[\r\n/]*`, then the usual white-space tail.
     case o200k
+    /// DeepSeek LLM / DeepSeek-V2's five Splits (see `PreTokenizerDeepSeekLLM.swift`): `[\r\n]`,
+    /// `\s?[cased letters]+`, `\s?[ASCII and full-width punctuation]+`, `\s+$`, `[U+0800-U+9FA5 Hangul]+`.
+    case lineBreaks, deepseekLLMLetters, deepseekLLMPunctuation, trailingWhitespace, deepseekLLMCJK
 
     static let gpt2Source = #"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"#
     static let qwen2Source =
@@ -36,6 +39,11 @@ enum KnownSplitPattern: Sendable {
         case Self.cjkRunsSource: self = .cjkRuns
         case Self.deepseekV3Source: self = .deepseekV3
         case Self.o200kSource: self = .o200k
+        case Self.lineBreaksSource: self = .lineBreaks
+        case Self.deepseekLLMLettersSource: self = .deepseekLLMLetters
+        case Self.deepseekLLMPunctuationSource: self = .deepseekLLMPunctuation
+        case Self.trailingWhitespaceSource: self = .trailingWhitespace
+        case Self.deepseekLLMCJKSource: self = .deepseekLLMCJK
         default: return nil
         }
     }
@@ -70,6 +78,8 @@ enum KnownSplitPattern: Sendable {
         switch self {
         case .gpt2, .cl100k: break
         case .numberTriples, .cjkRuns, .deepseekV3, .o200k: return wordClassMatches(in: text, range: range)
+        case .lineBreaks, .deepseekLLMLetters, .deepseekLLMPunctuation, .trailingWhitespace, .deepseekLLMCJK:
+            return deepseekLLMMatches(in: text, range: range)
         }
         var result: [Range<Int>] = []
         result.reserveCapacity(range.count / 3 + 1)
@@ -88,7 +98,7 @@ enum KnownSplitPattern: Sendable {
                     switch self {
                     case .gpt2: end = Self.matchGPT2(buf, i, n, cls)
                     case .cl100k(let maxDigits): end = Self.matchCL100K(buf, i, n, maxDigits, cls)
-                    case .numberTriples, .cjkRuns, .deepseekV3, .o200k: end = i  // handled above
+                    default: end = i  // the word-class and DeepSeek LLM patterns, handled above
                     }
                     if end > i {
                         result.append(i..<end)

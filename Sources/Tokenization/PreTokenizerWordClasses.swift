@@ -78,7 +78,7 @@ extension KnownSplitPattern {
                         end = e
                     case .deepseekV3: end = Self.matchDeepSeekV3(t, i, n, c)
                     case .o200k: end = Self.matchO200K(t, i, n, c)
-                    case .gpt2, .cl100k: end = i
+                    default: end = i  // not word-class patterns
                     }
                     if end > i {
                         result.append(i..<end)

@@ -96,6 +96,34 @@ import JSONCoding
         #expect(try Self.render(source, [withCalls, Self.message("user", "u")]) == "TrueFalseTrueTrue;FalseTrueFalseFalse;")
     }
 
+    /// MiniMax-M2: a `set` inside a macro for a name the caller did not define, `~` and `+` in one
+    /// expression, the loop variable re-bound inside its loop, arguments of every JSON type through
+    /// `items()` and `tojson` unless a string, a negative index, and an attribute of a string (a tool
+    /// result part that is a bare string) being undefined rather than an error.
+    @Test func miniMaxM2Idioms() throws {
+        let source = "{%- macro identity() -%}{%- if model_identity is not defined -%}{%- set model_identity = 'default' -%}"
+            + "{%- endif -%}{{- model_identity }}{%- endmacro -%}"
+            + "{{ identity() }}{{ '\\n' ~ 'Date: ' + date }}|"
+            + "{%- for tool_call in calls -%}{%- if tool_call.function %}{%- set tool_call = tool_call.function %}{%- endif %}"
+            + "{{ tool_call.name }}({%- for k, v in tool_call.arguments.items() %}{{ k }}={{ v | tojson(ensure_ascii=False) if v is not string else v }};{% endfor %})"
+            + "{%- endfor -%}|{{ calls[-1].function.name }}|"
+            + "{%- for tr in parts -%}{{ tr.output if tr.output is defined else (tr.text if tr.type == 'text' and tr.text is defined else tr) }},{%- endfor -%}"
+        let args = JSON.object([("city", .string("Paris")), ("days", .int(3)), ("ratio", .double(0.5)),
+                                                   ("metric", .bool(true)), ("none", .null),
+                                                   ("opts", .object([("list", .array([.int(1), .string("é")]))]))])
+        let calls = TemplateValue(json: .array([.object([("type", .string("function")), ("function", .object([
+            ("name", .string("get_weather")), ("arguments", args)]))])]))
+        let parts = TemplateValue(json: .array([.object([("output", .string("21C"))]),
+                                                .object([("type", .string("text")), ("text", .string("sunny"))]), .string("raw")]))
+        let context: [String: TemplateValue] = ["date": TemplateValue(json: .string("2025-11-03")), "calls": calls, "parts": parts]
+        let expected = "default\nDate: 2025-11-03|get_weather(city=Paris;days=3;ratio=0.5;metric=true;none=null;"
+            + #"opts={"list": [1, "é"]};)|get_weather|21C,sunny,raw,"#
+        #expect(try Self.render(source, [], context) == expected)
+        var named = context
+        named["model_identity"] = TemplateValue(json: .string("MiniMax"))
+        #expect(try Self.render(source, [], named).hasPrefix("MiniMax\nDate"))
+    }
+
     @Test(.enabled(if: casesDirectory != nil, "set MOE_TEMPLATE_CASES (scripts/make_family_template_reference.py)"))
     func publishedTemplatesRenderLikeTransformers() throws {
         let directory = URL(fileURLWithPath: Self.casesDirectory!)

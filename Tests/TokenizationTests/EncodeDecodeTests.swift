@@ -10,7 +10,7 @@ import Testing
         "qwen2", "neox", "mistral", "mistral-metaspace",
         "qwen2-heldout", "neox-heldout", "mistral-heldout", "mistral-metaspace-heldout",
         // Made by scripts/make_deepseek_family_tokenizers.py; expected values from transformers' AutoTokenizer.
-        "deepseek-v3", "glm-4.5", "minimax-m2",
+        "deepseek-v3", "glm-4.5", "minimax-m2", "deepseek-v2",
     ]
 
     @Test(arguments: styles)
