@@ -133,7 +133,15 @@ def run(engine, fraction):
         row["error"] = f"{error}; server stderr: " + " | ".join(errfile.read().splitlines()[-3:])
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            # Under a limit, stop the server (the wrapper's child) first, so that run_in_cgroup.sh
+            # outlives it and prints its `cgroup:` report (a SIGTERM to the whole group lost it).
+            try: children = [int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+            except OSError: children = []
+            if fraction < 100 and children:
+                for c in children: os.kill(c, signal.SIGTERM)
+                try: proc.wait(timeout=60)
+                except subprocess.TimeoutExpired: pass
+            if proc.poll() is None: os.killpg(proc.pid, signal.SIGTERM)
             try: proc.wait(timeout=60)
             except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
         except ProcessLookupError:
