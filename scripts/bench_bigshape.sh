@@ -102,7 +102,7 @@ def run(engine, fraction):
     else:
         # At 100% llama-server has no limit: besides the weights it holds its process, KV and compute
         # buffers. moe-serve's budget counts all of those too (a budget of just the model's size leaves
-        # about 1.5 GB less than the experts need), so it gets the model's size plus 1 GiB.
+        # less than gpt-oss-20b's experts need), so it gets the model's size plus 1 GiB.
         budget = limit + (1 << 30) if fraction >= 100 else limit - (64 << 20)
         cmd = [env["MOE_SERVE"], "serve", "--model", model, "--memory-budget", str(budget), "--host", "127.0.0.1", "--port", str(port)]
     if fraction < 100:
