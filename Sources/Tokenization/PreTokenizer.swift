@@ -100,6 +100,12 @@ indirect enum PreTokenizer: Sendable {
         case "Metaspace":
             let (r, scheme, split) = try parseMetaspace(json)
             return .metaspace(replacement: r, prepend: scheme, split: split)
+        case "MoEServePreset":
+            let name = try json.string("name")
+            guard let preset = preset(named: name) else {
+                throw TokenizerError(file: json.file, "unknown pre-tokenizer preset \"\(name)\" at \(json.path) (known: \(presetNames.joined(separator: ", ")))")
+            }
+            return preset
         case "Sequence":
             let items = try json.array("pretokenizers")
             return .sequence(try items.enumerated().map {

@@ -1,5 +1,6 @@
 import ExpertCache
 import Foundation
+import JSONCoding
 import ModelFormats
 import Testing
 import Tokenization
@@ -52,6 +53,58 @@ import Tokenization
         #expect(unexplained.isEmpty, "encodings differ for \(unexplained.prefix(5))")
         #expect(fromGGUF.eosTokenIds == fromJSON.eosTokenIds)
         for id in [0, 5, 300, 1499, 1503] { #expect(fromGGUF.decode([id]) == fromJSON.decode([id])) }
+    }
+
+    /// GGUF metadata as llama.cpp's converter writes it for a byte-level BPE tokenizer.json:
+    /// tokens by id, merges as "a b" strings, special added tokens as control (3), the others as
+    /// user-defined (4), `pre` the converter's name for the family.
+    static func byteLevelMetadata(tokenizerDirectory: URL, pre: String) throws -> [String: GGUFValue] {
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: tokenizerDirectory.appendingPathComponent("tokenizer.json"))) as! [String: Any]
+        let model = json["model"] as! [String: Any]
+        var byId: [Int: (String, Int)] = [:]
+        for (token, id) in model["vocab"] as! [String: Int] { byId[id] = (token, 1) }
+        for added in json["added_tokens"] as! [[String: Any]] {
+            byId[added["id"] as! Int] = (added["content"] as! String, (added["special"] as? Bool ?? false) ? 3 : 4)
+        }
+        let count = (byId.keys.max() ?? -1) + 1
+        let tokens = (0..<count).map { byId[$0] ?? ("[PAD\($0)]", 5) }
+        let merges: [String] = (model["merges"] as! [Any]).map { merge in
+            if let pair = merge as? [String] { return pair.joined(separator: " ") }
+            return merge as! String
+        }
+        return [
+            "tokenizer.ggml.model": .string("gpt2"),
+            "tokenizer.ggml.pre": .string(pre),
+            "tokenizer.ggml.tokens": .array(tokens.map { .string($0.0) }),
+            "tokenizer.ggml.token_type": .array(tokens.map { .signed(Int64($0.1)) }),
+            "tokenizer.ggml.merges": .array(merges.map { .string($0) }),
+        ]
+    }
+
+    /// DeepSeek LLM/V2 (`deepseek-llm`), DeepSeek-V3 (`deepseek-v3`), GLM-4.5 (`glm4`) and gpt-oss
+    /// (`gpt-4o`: o200k, tested on the MiniMax-M2 fixture, whose Split is the same pattern removed
+    /// inverted, which keeps the same pieces since the pattern covers every character) GGUFs name
+    /// pre-tokenizers that are a `Sequence` of Splits or a long pattern: the tokenizer
+    /// rebuilt from such metadata encodes every case of the family's fixture as its tokenizer.json
+    /// does (without special tokens: the BOS and GLM's `[gMASK]<sop>` post-processors are the
+    /// add-bos flags' job).
+    @Test(arguments: [("deepseek-v2", "deepseek-llm"), ("deepseek-v3", "deepseek-v3"), ("glm-4.5", "glm4"), ("minimax-m2", "gpt-4o")])
+    func multiSplitPreTokenizersFromMetadataEncodeAsTokenizerJSON(fixture: String, pre: String) throws {
+        let directory = Self.root.appendingPathComponent("tokenizers/\(fixture)")
+        let files = try GGUFTokenizerFiles(metadata: Self.byteLevelMetadata(tokenizerDirectory: directory, pre: pre), file: "\(fixture).gguf")
+        let fromGGUF = try Tokenizer(tokenizerJSON: files.tokenizerJSON, tokenizerConfigJSON: files.tokenizerConfigJSON,
+                                     tokenizerFile: "\(fixture) (metadata)", configFile: "\(fixture) (metadata)")
+        // JSONCoding, not Foundation: Foundation's parser drops U+FEFF inside strings on Linux.
+        let cases = try JSON.parse([UInt8](Data(contentsOf: directory.appendingPathComponent("cases.json"))), options: .lenient)
+        let encodings = cases["encodings"]?.arrayValue ?? []
+        #expect(encodings.count > 100)
+        var differing: [String] = []
+        for encoding in encodings {
+            let text = encoding["text"]!.stringValue!
+            let expected = encoding["ids_no_special"]!.arrayValue!.map { $0.intValue! }
+            if fromGGUF.encode(text, addSpecialTokens: false) != expected { differing.append(text) }
+        }
+        #expect(differing.isEmpty, "\(differing.count) of \(encodings.count) encodings differ, e.g. \(differing.prefix(3).map(\.debugDescription))")
     }
 
     /// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`: tokens, scores, token types,

@@ -16,14 +16,24 @@ public struct GGUFTokenizerFiles: Sendable {
     /// Contents of the equivalent `tokenizer_config.json`.
     public let tokenizerConfigJSON: Data
 
+    /// Llama-3's (cl100k) pattern, which GLM-4 uses too.
+    static let llama3Regex = #"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#
+
     /// llama.cpp pre-tokenizer names → (split regex or nil for GPT-2's built-in one, NFC normaliser).
     static let preTokenizers: [String: (String?, Bool)] = [
         "qwen2": (#"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#, true),
-        "llama-bpe": (#"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"#, false),
+        "llama-bpe": (llama3Regex, false),
+        // GLM-4/4.5 GGUFs: the same Llama-3 (cl100k) pattern.
+        "glm4": (llama3Regex, false),
         "gpt-2": (nil, false),
         "olmo": (nil, false),
         "default": (nil, false),
     ]
+
+    /// llama.cpp pre-tokenizer names whose published tokenizer.json is a `Sequence` of several
+    /// Splits: written as `{"type": "MoEServePreset", "name": …}`, which the tokenizer rebuilds
+    /// from the same hand-matched patterns (`PreTokenizerPresets.swift` in Tokenization).
+    static let presetPreTokenizers: Set<String> = ["deepseek-llm", "deepseek-v3", "gpt-4o"]
 
     /// Builds the files from `metadata`; throws (naming `file`) for a tokenizer it cannot express.
     public init(metadata: [String: GGUFValue], file: String) throws {
@@ -40,8 +50,11 @@ public struct GGUFTokenizerFiles: Sendable {
     /// `tokenizer.ggml.model = gpt2`: byte-level BPE with merges.
     private init(byteLevelBPE metadata: [String: GGUFValue], error: (String) -> ModelFormatError) throws {
         let pre = metadata["tokenizer.ggml.pre"]?.stringValue ?? "default"
-        guard let (regex, nfc) = Self.preTokenizers[pre] else {
-            throw error("tokenizer.ggml.pre '\(pre)' is not supported (known: \(Self.preTokenizers.keys.sorted().joined(separator: ", ")))")
+        let isPreset = Self.presetPreTokenizers.contains(pre)
+        let entry: (String?, Bool)? = isPreset ? (nil, false) : Self.preTokenizers[pre]
+        guard let (regex, nfc) = entry else {
+            let known = (Array(Self.preTokenizers.keys) + Self.presetPreTokenizers).sorted()
+            throw error("tokenizer.ggml.pre '\(pre)' is not supported (known: \(known.joined(separator: ", ")))")
         }
         guard let tokens = metadata["tokenizer.ggml.tokens"]?.arrayValue?.compactMap(\.stringValue), !tokens.isEmpty else {
             throw error("tokenizer.ggml.tokens is missing or not strings")
@@ -62,7 +75,9 @@ public struct GGUFTokenizerFiles: Sendable {
             }
         }
         var preTokenizer: [String: Any] = ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex == nil]
-        if let regex {
+        if isPreset {
+            preTokenizer = ["type": "MoEServePreset", "name": pre]
+        } else if let regex {
             preTokenizer = ["type": "Sequence", "pretokenizers": [
                 ["type": "Split", "pattern": ["Regex": regex], "behavior": "Isolated", "invert": false],
                 ["type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false],
