@@ -66,7 +66,7 @@ def main():
                 return reply["result"]
 
     try:
-        url = base + "/chat?" + urllib.parse.urlencode({"message": "def fibonacci(n):"})
+        url = base + "/chat?" + urllib.parse.urlencode({"message": "def fibonacci(n):", "temperature": "0"})
         target = call("Target.createTarget", {"url": url})["targetId"]
         session = call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         state = None

@@ -116,7 +116,9 @@ document.getElementById("form").addEventListener("submit", e => {
   send(text);
 });
 input.addEventListener("keydown", e => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); document.getElementById("form").requestSubmit(); } });
-// For headless tests: /chat?message=... sends one message on load.
+// For headless tests: /chat?message=... sends one message on load (&temperature=0 for a reply that
+// does not depend on sampling: at 0.7 the demo model sometimes ends its reply at the first token).
+if (params.get("temperature")) document.getElementById("temp").value = params.get("temperature");
 if (params.get("message")) send(params.get("message"));
 </script>
 </body>
