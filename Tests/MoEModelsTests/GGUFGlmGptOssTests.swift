@@ -29,6 +29,11 @@ import ModelFormats
         #expect(config.normTopKProb)
         #expect(config.qkNormPerHead && config.attentionBias)
         #expect(config.sharedExpertIntermediateSize == config.expertIntermediateSize)
+        // The skipped layer's tensors are never loaded, so they are not resident bytes.
+        let mtpBytes = gguf.tensors.values.map(\.info).filter { $0.name.hasPrefix("blk.3.") && !$0.name.contains("_exps.") }.reduce(0) { $0 + $1.byteCount }
+        let allDense = gguf.tensors.values.map(\.info).filter { !$0.name.contains("_exps.") }.reduce(0) { $0 + $1.byteCount }
+        #expect(mtpBytes > 0)
+        #expect(gguf.denseByteCount == allDense - mtpBytes)
     }
 
     /// At every prefix of every prompt: llama.cpp's top-1 (or its second where its top two are

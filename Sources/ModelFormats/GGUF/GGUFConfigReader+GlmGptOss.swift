@@ -86,10 +86,7 @@ extension GGUFConfigReader {
         let denseWidth = leading > 0 ? dims("blk.0.ffn_gate.weight")?.last ?? width : width
         let sharedWidth = dims("blk.\(leading).ffn_gate_shexp.weight")?.last ?? 0
 
-        var eos: [Int] = []
-        if let id = values["tokenizer.ggml.eos_token_id"]?.intValue { eos.append(id) }
-        if let id = values["tokenizer.ggml.eot_token_id"]?.intValue, !eos.contains(id) { eos.append(id) }
-        if let id = values["tokenizer.ggml.eom_token_id"]?.intValue, !eos.contains(id) { eos.append(id) }
+        let eos = endOfSequenceIds()
         var config = ModelConfig(
             architecture: architecture,
             vocabSize: embedding.dims[1],

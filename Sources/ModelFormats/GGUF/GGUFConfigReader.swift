@@ -15,6 +15,9 @@ struct GGUFConfigReader {
         "llama": (.mixtral, true),
     ]
 
+    /// llama.cpp's `deepseek2` (DeepSeek-V2/V3, Kimi-K2), read by `readDeepseek2()` in GGUFDeepseek2.swift.
+    static let deepseek2Architecture = "deepseek2"
+
     func error(_ message: String) -> ModelFormatError { ModelFormatError.file(file, message) }
 
     func int(_ key: String) throws -> Int {
@@ -22,12 +25,22 @@ struct GGUFConfigReader {
         return v
     }
 
+    /// The ids that end generation, as llama.cpp's end-of-generation set starts: the file's
+    /// eos, eot and eom tokens, each once, in that order.
+    func endOfSequenceIds() -> [Int] {
+        var ids: [Int] = []
+        for name in ["eos", "eot", "eom"] {
+            if let id = values["tokenizer.ggml.\(name)_token_id"]?.intValue, !ids.contains(id) { ids.append(id) }
+        }
+        return ids
+    }
+
     func read() throws -> ModelConfig {
         guard let arch = values["general.architecture"]?.stringValue else { throw error("no general.architecture in the metadata") }
         if let architecture = Self.glmGptOssArchitectures[arch] { return try readGlmGptOss(arch: arch, architecture: architecture) }
-        if arch == "deepseek2" { return try readDeepseek2() } // GGUFDeepseek2.swift
+        if arch == Self.deepseek2Architecture { return try readDeepseek2() } // GGUFDeepseek2.swift
         guard let (architecture, llamaNormalizes) = Self.architectures[arch] else {
-            let known = (Array(Self.architectures.keys) + Self.glmGptOssArchitectures.keys + ["deepseek2"]).sorted().joined(separator: ", ")
+            let known = (Array(Self.architectures.keys) + Self.glmGptOssArchitectures.keys + [Self.deepseek2Architecture]).sorted().joined(separator: ", ")
             throw error("unsupported GGUF architecture '\(arch)' (supported: \(known))")
         }
         func key(_ name: String) -> String { "\(arch).\(name)" }
@@ -76,9 +89,7 @@ struct GGUFConfigReader {
         }
         let sharedWidth = moeLayers.first.flatMap { dims("blk.\($0).ffn_gate_shexp.weight")?.last } ?? 0
 
-        var eos: [Int] = []
-        if let id = values["tokenizer.ggml.eos_token_id"]?.intValue { eos.append(id) }
-        if let id = values["tokenizer.ggml.eot_token_id"]?.intValue, !eos.contains(id) { eos.append(id) }
+        let eos = endOfSequenceIds()
         let config = ModelConfig(
             architecture: architecture,
             vocabSize: embedding.dims[1],

@@ -113,9 +113,7 @@ extension GGUFConfigReader {
         }
         let scale = values[key("expert_weights_scale")]?.doubleValue ?? 0
 
-        var eos: [Int] = []
-        if let id = values["tokenizer.ggml.eos_token_id"]?.intValue { eos.append(id) }
-        if let id = values["tokenizer.ggml.eot_token_id"]?.intValue, !eos.contains(id) { eos.append(id) }
+        let eos = endOfSequenceIds()
         var config = ModelConfig(
             architecture: architecture,
             vocabSize: embedding.dims[1],

@@ -213,9 +213,16 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
         return values
     }
 
-    /// Bytes of every tensor that is not a routed expert (what stays resident).
+    /// Bytes of every tensor that is not a routed expert (what stays resident). Blocks past
+    /// `config.layerCount` (GLM's next-token-prediction layers, never loaded) do not count.
     public var denseByteCount: Int {
-        tensors.values.filter { !$0.info.name.contains("_exps.") }.reduce(0) { $0 + $1.info.byteCount }
+        tensors.values.filter { !$0.info.name.contains("_exps.") && isLoadedLayer($0.info.name) }.reduce(0) { $0 + $1.info.byteCount }
+    }
+
+    /// False for `blk.N.*` with N at or past the layers the model runs.
+    private func isLoadedLayer(_ name: String) -> Bool {
+        guard name.hasPrefix("blk."), let dot = name.dropFirst(4).firstIndex(of: "."), let layer = Int(name[name.index(name.startIndex, offsetBy: 4)..<dot]) else { return true }
+        return layer < config.layerCount
     }
 
     /// Tensor infos grouped for `inspect`: group (the name without `blk.N.`) → type → count.
