@@ -12,27 +12,45 @@ struct LossyOptions: ParsableArguments {
     @Option(name: .customLong("low-bit-misses"), help: "Lossy: on to run an expert that is not in RAM from the store's low-bit copy (pack --low-bit-copies q2) and read its full copy in the background if it stays in use; off by default.")
     var lowBitMisses: String = "off"
 
+    @Option(name: .customLong("low-bit-share"), help: "With --low-bit-misses on: the share of the expert cache's budget that holds low-bit copies (0 < share < 1).")
+    var lowBitShare: Double = LowBitMissSettings.default.share
+
+    @Option(name: .customLong("low-bit-promote-after"), help: "With --low-bit-misses on: uses in a row (each within 8 calls of its layer) after which an expert's full copy is read in the background.")
+    var lowBitPromoteAfter: Int = LowBitMissSettings.default.promoteAfter
+
     func validate() throws {
         if let skipMissingBelow, !(0...1).contains(skipMissingBelow) {
             throw ValidationError("--skip-missing-below: expected a weight in 0...1, got \(skipMissingBelow)")
         }
         guard ["on", "off"].contains(lowBitMisses) else { throw ValidationError("--low-bit-misses: expected on or off, got \(lowBitMisses)") }
+        guard lowBitShare > 0, lowBitShare < 1 else { throw ValidationError("--low-bit-share: expected a share between 0 and 1 (exclusive), got \(lowBitShare)") }
+        guard lowBitPromoteAfter >= 1 else { throw ValidationError("--low-bit-promote-after: expected at least 1 use, got \(lowBitPromoteAfter)") }
     }
 
     /// Applies the options to `runtime`'s expert cache. With every expert in RAM (no cache)
     /// nothing is ever missing, so skipping has nothing to do.
     func apply(to runtime: ModelRuntime) throws {
         runtime.cache?.skipMissingBelow = skipMissingBelow
-        if lowBitMisses == "on" { try Self.enableLowBitMisses(runtime) }
+        if lowBitMisses == "on" {
+            try Self.enableLowBitMisses(runtime, LowBitMissSettings(share: lowBitShare, promoteAfter: lowBitPromoteAfter))
+        }
     }
 
     /// Turns on low-bit misses on `runtime`'s expert cache; with every expert in RAM there are
     /// no misses, so it says so and does nothing.
-    static func enableLowBitMisses(_ runtime: ModelRuntime) throws {
+    static func enableLowBitMisses(_ runtime: ModelRuntime, _ settings: LowBitMissSettings = .default) throws {
         guard let cache = runtime.cache else {
             printError("note: --low-bit-misses has nothing to do: every expert is in RAM")
             return
         }
-        do { try cache.enableLowBitMisses() } catch { throw CommandError("\(error)") }
+        do { try cache.enableLowBitMisses(share: settings.share, promoteAfter: settings.promoteAfter) } catch { throw CommandError("\(error)") }
     }
+}
+
+/// The low-bit pool's share of the expert cache and the promotion rule (docs/LOSSY.md: the
+/// defaults, and what other settings measured on the widened demo).
+struct LowBitMissSettings {
+    var share: Double
+    var promoteAfter: Int
+    static let `default` = LowBitMissSettings(share: 0.25, promoteAfter: 2)
 }

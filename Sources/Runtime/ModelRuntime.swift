@@ -43,10 +43,15 @@ public final class ModelRuntime {
         self.specification = specification
     }
 
-    /// Adds `observer` after the predictor (or as the only observer).
+    /// Adds `observer` after the predictor and after every observer chained before it (the
+    /// predictor must see each routing first: its prefetches overlap the observers' work).
     public func chain(_ observer: RoutingObserver?) {
         guard let observer else { return }
-        if let predictor { predictor.next = observer } else { model.routingObserver = observer }
+        if let predictor {
+            predictor.next = RoutingObserverFanOut.appending(observer, to: predictor.next)
+        } else {
+            model.routingObserver = RoutingObserverFanOut.appending(observer, to: model.routingObserver)
+        }
     }
 
     /// Stops the cache's readers and breaks the model ↔ predictor reference cycle, so that

@@ -86,6 +86,33 @@ import Testing
         #expect(cache.statistics().total.misses > 0)
     }
 
+    /// Counts the routings it sees (one per MoE layer and step).
+    final class RoutingCounter: RoutingObserver {
+        var routings = 0
+        func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) { routings += 1 }
+    }
+
+    /// Observers chained one after another all see every routing, with and without a predictor
+    /// in front (a trace recorder and the metrics' usage counter run together in `serve`).
+    @Test func chainedObserversAllSeeEveryRouting() throws {
+        for expertCache in [nil, 6 << 20] as [Int?] {
+            var spec = RuntimeSpecification(model: Self.demo)
+            spec.expertCacheBytes = expertCache
+            if expertCache != nil { spec.memoryBudgetBytes = ProcessMemory.runtimeReservation() + (64 << 20) }
+            let runtime = try ModelRuntime.open(spec)
+            defer { runtime.close() }
+            #expect((runtime.predictor != nil) == (expertCache != nil))
+            let first = RoutingCounter(), second = RoutingCounter(), third = RoutingCounter()
+            runtime.chain(first)
+            runtime.chain(second)
+            runtime.chain(third)
+            _ = try Self.generate(runtime, prompt: [1, 42, 7, 300, 5], maxTokens: 4)
+            // At least the prompt's step over every MoE layer.
+            #expect(first.routings >= runtime.model.config.moeLayers.count)
+            #expect(second.routings == first.routings && third.routings == first.routings)
+        }
+    }
+
     @Test func aCheckpointUnderABudgetWithATightExpertCacheGeneratesAsInRAM() throws {
         let url = Self.fixture("qwen3moe-headdim")
         let prompt = [3, 1, 4, 1, 5, 9]
