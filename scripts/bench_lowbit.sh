@@ -4,11 +4,12 @@
 # model must be a store with low-bit copies (moe-serve low-bit-copies STORE).
 #   scripts/bench_lowbit.sh MODEL EXPERT_CACHE TEXT
 # e.g. scripts/bench_lowbit.sh /work/bench/lowbit/demo 3840KiB /work/bench/lowbit/heldout.txt
-# Environment: CONTEXT (512), WINDOWS (4). Prints Markdown table rows (exact, then low-bit).
+# Environment: CONTEXT (512), WINDOWS (4), LOWBIT_ARGS (extra options of the low-bit run, e.g.
+# "--low-bit-share 0.125 --low-bit-promote-after 4"). Prints Markdown table rows (exact, then low-bit).
 # Decode speed: scripts/bench_prefetch_modes.sh (docs/LOSSY.md gives both commands).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 3 ] || { sed -n '2,8p' "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n '2,9p' "$0" >&2; exit 2; }
 model="$1"; cache="$2"; text="$3"
 bin=.build/release/moe-serve
 base=$(mktemp /tmp/lowbit-base.XXXXXX.safetensors)
@@ -25,4 +26,5 @@ print("| " + " | ".join(cells) + " |")'
 echo "| mode | perplexity | mean KL | median KL | p99 KL | same top-1 | misses | low-bit uses | promotions | demand MB | low-bit MB | prefetch MB | tok/s |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 "$bin" "${common[@]}" --save-logprobs "$base" | python3 -c "$summarise" exact
-"$bin" "${common[@]}" --kl-base "$base" --low-bit-misses on | python3 -c "$summarise" low-bit
+read -r -a lowbit_args <<< "${LOWBIT_ARGS:-}"
+"$bin" "${common[@]}" --kl-base "$base" --low-bit-misses on "${lowbit_args[@]}" | python3 -c "$summarise" low-bit
