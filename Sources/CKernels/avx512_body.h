@@ -270,6 +270,111 @@ static void MOE_SUFFIX(gemm_transposed)(int kind, const uint8_t *w, const float 
 }
 #endif
 
+#ifdef MOE_GEMM_TRANSPOSED
+/// One block of 16 q4 rows (16 bytes each at `rows[m] + b * stride[m]`; zero rows past the
+/// matrix) → eight registers of 16 lanes, register j lane m = row m's unpacked nibbles
+/// (unsigned 0...15) of elements 4j..4j+3 (j < 4 the low nibbles, j ≥ 4 the high ones), stored at `out`.
+static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_pack_block16)(const uint8_t *const rows[16], const int64_t stride[16],
+                                                                             int64_t b, uint8_t *out) {
+    __m512i x[4];
+    for (int k = 0; k < 4; k++) {
+        // Lane i: row 4k + i's 16 bytes (dwords 0-3: elements 4j..4j+3 low, 16+4j.. high).
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rows[4 * k] + b * stride[4 * k])));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 1] + b * stride[4 * k + 1])), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 2] + b * stride[4 * k + 2])), 2);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 3] + b * stride[4 * k + 3])), 3);
+        x[k] = v;
+    }
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int j = 0; j < 4; j++) {
+        // Lane m < 8 of ab: row m's dword j (rows 0-3 from x0, 4-7 from x1); cd the same for rows 8-15.
+        const __m512i idx = _mm512_setr_epi32(j, 4 + j, 8 + j, 12 + j, 16 + j, 20 + j, 24 + j, 28 + j,
+                                              j, 4 + j, 8 + j, 12 + j, 16 + j, 20 + j, 24 + j, 28 + j);
+        const __m512i ab = _mm512_permutex2var_epi32(x[0], idx, x[1]);
+        const __m512i cd = _mm512_permutex2var_epi32(x[2], idx, x[3]);
+        const __m512i v = _mm512_inserti64x4(ab, _mm512_castsi512_si256(cd), 1);
+        _mm512_store_si512((void *)(out + 64 * j), _mm512_and_si512(v, low));
+        _mm512_store_si512((void *)(out + 64 * (j + 4)), _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+    }
+}
+
+/// T (1 or 2) tokens from t against one packed 16-row tile (`q4_rows16`): per block, eight
+/// vpdpbusd of the tile's registers with the token's activation dwords broadcast give the 16
+/// rows' exact block sums in their lanes; then the canonical float steps, lane-wise.
+static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows16_tokens)(int T, const uint8_t *wt, const float *wst, int64_t nb,
+                                                                              int64_t cols, const int8_t *q, const float *d,
+                                                                              const int32_t *sums, int64_t t, float *y, int64_t ldy,
+                                                                              __mmask16 live) {
+    __m512 acc[2][8];
+    for (int u = 0; u < T; u++) for (int k = 0; k < 8; k++) acc[u][k] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < nb; g += 8) {
+        for (int k = 0; k < 8; k++) {
+            const int64_t b = g + k;
+            if (b >= nb) break;
+            const uint8_t *wb = wt + b * 512;
+            __m512i s[2];
+            for (int u = 0; u < T; u++) s[u] = _mm512_setzero_si512();
+            for (int j = 0; j < 8; j++) {
+                const __m512i w = _mm512_load_si512((const void *)(wb + 64 * j));
+                for (int u = 0; u < T; u++) {
+                    int32_t a;
+                    memcpy(&a, q + (t + u) * cols + b * 32 + 4 * j, 4);
+                    s[u] = MOE_DOT_ACC(s[u], w, _mm512_set1_epi32(a));
+                }
+            }
+            const __m512 ws = _mm512_load_ps(wst + 16 * b);
+            for (int u = 0; u < T; u++) {
+                // The nibbles stand for n − 8: s − 8 · Σq; scale = wscale · d.
+                const __m512i c = _mm512_sub_epi32(s[u], _mm512_set1_epi32(sums[(t + u) * nb + b] * 8));
+                const __m512 scale = _mm512_mul_ps(ws, _mm512_set1_ps(d[(t + u) * nb + b]));
+                acc[u][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), scale, acc[u][k]);
+            }
+        }
+    }
+    for (int u = 0; u < T; u++) {
+        const __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[u][0], acc[u][4]), _mm512_add_ps(acc[u][2], acc[u][6])),
+                                       _mm512_add_ps(_mm512_add_ps(acc[u][1], acc[u][5]), _mm512_add_ps(acc[u][3], acc[u][7])));
+        _mm512_mask_storeu_ps(y + (t + u) * ldy, live, v);
+    }
+}
+
+/// The q4 GEMM for many tokens (prefill), 16 weight rows at a time: each tile of 16 rows is
+/// unpacked once per call into registers whose lanes are the rows (`q4_pack_block16`, L1-sized
+/// scratch), then every token runs against it with whole-width vpdpbusd (no padding of short
+/// rows to 16 blocks, no horizontal sum per output: 16 outputs in the lanes of one vector).
+/// Per output the arithmetic is the canonical one (exact block sums, acc[b mod 8] fma, the
+/// fixed final sum), so the bits are the portable kernel's. False when scratch is unavailable.
+static int MOE_SUFFIX(gemm_q4_rows16)(const uint8_t *blocks, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end,
+                                      const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+    const int64_t nb = cols / 32;
+    // The tile: [nb][8 registers][64 bytes] of nibbles, then its scales [nb][16 rows].
+    uint8_t *wt = (uint8_t *)moe_thread_scratch((size_t)(nb * 512 + nb * 64));
+    if (!wt) return 0;
+    float *wst = (float *)(wt + nb * 512);
+    static const uint8_t zeros[16] = {0};
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += 16) {
+        const int64_t live = row_end - r0 < 16 ? row_end - r0 : 16;
+        const uint8_t *rows[16];
+        int64_t stride[16];
+        for (int m = 0; m < 16; m++) {
+            rows[m] = m < live ? blocks + (r0 + m) * nb * 16 : zeros;
+            stride[m] = m < live ? 16 : 0;
+        }
+        const __mmask16 mask = (__mmask16)((1u << live) - 1);
+        const __m512i index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                 _mm512_set1_epi32((int)nb));
+        for (int64_t b = 0; b < nb; b++) {
+            MOE_SUFFIX(q4_pack_block16)(rows, stride, b, wt + b * 512);
+            _mm512_store_ps(wst + 16 * b, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, index, wscales + r0 * nb + b, 4));
+        }
+        int64_t t = 0;
+        for (; t + 2 <= n; t += 2) MOE_SUFFIX(q4_rows16_tokens)(2, wt, wst, nb, cols, q, d, sums, t, y + r0, ldy, mask);
+        if (t < n) MOE_SUFFIX(q4_rows16_tokens)(1, wt, wst, nb, cols, q, d, sums, t, y + r0, ldy, mask);
+    }
+    return 1;
+}
+#endif
+
 /// The q4 product for a few tokens (decode), without a horizontal sum per block group: 64
 /// bytes of weights are four whole blocks (16 bytes each); their low nibbles (elements 0-15)
 /// and high nibbles (16-31) are dotted with activations reordered once per call to match
@@ -388,7 +493,11 @@ static int MOE_SUFFIX(gemm_q4_nibbles)(const uint8_t *blocks, const float *wscal
 
 void MOE_SUFFIX(moe_gemm_q4_q8)(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
 #ifdef MOE_GEMM_TRANSPOSED
-    if (n >= MOE_GEMM_TRANSPOSED) { MOE_SUFFIX(gemm_transposed)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
+    if (n >= MOE_GEMM_TRANSPOSED) {
+        if (!moe_kernels_q4_transposed() && MOE_SUFFIX(gemm_q4_rows16)(blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+        MOE_SUFFIX(gemm_transposed)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+        return;
+    }
 #endif
     if (!moe_kernels_q4_tile() && MOE_SUFFIX(gemm_q4_nibbles)(blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
     MOE_SUFFIX(gemm)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);

@@ -69,6 +69,15 @@ int moe_kernels_q4_tile(void) {
     return cached;
 }
 
+int moe_kernels_q4_transposed(void) {
+    static int cached = -1; // as moe_kernels_q4_tile
+    if (cached < 0) {
+        const char *v = getenv("MOE_Q4_KERNEL");
+        cached = v && strcmp(v, "transposed") == 0;
+    }
+    return cached;
+}
+
 void moe_kernels_serial_begin(void) { serial_depth++; }
 void moe_kernels_serial_end(void) { serial_depth--; }
 int moe_kernels_serial(void) { return serial_depth; }
