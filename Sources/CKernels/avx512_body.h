@@ -298,43 +298,60 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_pack_block16)(co
     }
 }
 
-/// T (1 or 2) tokens from t against one packed 16-row tile (`q4_rows16`): per block, eight
-/// vpdpbusd of the tile's registers with the token's activation dwords broadcast give the 16
-/// rows' exact block sums in their lanes; then the canonical float steps, lane-wise.
+/// Block b of the packed tile against T (1 or 2) tokens from t: eight vpdpbusd of the tile's
+/// registers with the token's activation dwords broadcast give the 16 rows' exact block sums in
+/// their lanes; then the canonical float step into `acc[u]` (the accumulator of b mod 8).
+static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows16_block)(int T, const uint8_t *wt, const float *wst, int64_t nb,
+                                                                             int64_t cols, const int8_t *q, const float *d,
+                                                                             const int32_t *sums, int64_t t, int64_t b, __m512 *acc0,
+                                                                             __m512 *acc1) {
+    const uint8_t *wb = wt + b * 512;
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    for (int j = 0; j < 8; j++) {
+        const __m512i w = _mm512_load_si512((const void *)(wb + 64 * j));
+        int32_t a;
+        memcpy(&a, q + t * cols + b * 32 + 4 * j, 4);
+        s0 = MOE_DOT_ACC(s0, w, _mm512_set1_epi32(a));
+        if (T == 2) {
+            memcpy(&a, q + (t + 1) * cols + b * 32 + 4 * j, 4);
+            s1 = MOE_DOT_ACC(s1, w, _mm512_set1_epi32(a));
+        }
+    }
+    const __m512 ws = _mm512_load_ps(wst + 16 * b);
+    // The nibbles stand for n − 8: s − 8 · Σq; scale = wscale · d.
+    const __m512i c0 = _mm512_sub_epi32(s0, _mm512_set1_epi32(sums[t * nb + b] * 8));
+    *acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0), _mm512_mul_ps(ws, _mm512_set1_ps(d[t * nb + b])), *acc0);
+    if (T == 2) {
+        const __m512i c1 = _mm512_sub_epi32(s1, _mm512_set1_epi32(sums[(t + 1) * nb + b] * 8));
+        *acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1), _mm512_mul_ps(ws, _mm512_set1_ps(d[(t + 1) * nb + b])), *acc1);
+    }
+}
+
+/// T (1 or 2) tokens from t against one packed 16-row tile (`gemm_q4_rows16`): the blocks in
+/// order, each into accumulator b mod 8 (whole groups of 8 unrolled, so the 8·T accumulators stay
+/// in registers), then the canonical final sum, lane-wise, and the tile's live rows stored.
 static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows16_tokens)(int T, const uint8_t *wt, const float *wst, int64_t nb,
                                                                               int64_t cols, const int8_t *q, const float *d,
                                                                               const int32_t *sums, int64_t t, float *y, int64_t ldy,
                                                                               __mmask16 live) {
-    __m512 acc[2][8];
-    for (int u = 0; u < T; u++) for (int k = 0; k < 8; k++) acc[u][k] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < nb; g += 8) {
-        for (int k = 0; k < 8; k++) {
-            const int64_t b = g + k;
-            if (b >= nb) break;
-            const uint8_t *wb = wt + b * 512;
-            __m512i s[2];
-            for (int u = 0; u < T; u++) s[u] = _mm512_setzero_si512();
-            for (int j = 0; j < 8; j++) {
-                const __m512i w = _mm512_load_si512((const void *)(wb + 64 * j));
-                for (int u = 0; u < T; u++) {
-                    int32_t a;
-                    memcpy(&a, q + (t + u) * cols + b * 32 + 4 * j, 4);
-                    s[u] = MOE_DOT_ACC(s[u], w, _mm512_set1_epi32(a));
-                }
-            }
-            const __m512 ws = _mm512_load_ps(wst + 16 * b);
-            for (int u = 0; u < T; u++) {
-                // The nibbles stand for n − 8: s − 8 · Σq; scale = wscale · d.
-                const __m512i c = _mm512_sub_epi32(s[u], _mm512_set1_epi32(sums[(t + u) * nb + b] * 8));
-                const __m512 scale = _mm512_mul_ps(ws, _mm512_set1_ps(d[(t + u) * nb + b]));
-                acc[u][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), scale, acc[u][k]);
-            }
-        }
+    __m512 a0[8], a1[8];
+    for (int k = 0; k < 8; k++) a0[k] = a1[k] = _mm512_setzero_ps();
+    const int64_t whole = nb / 8 * 8;
+    for (int64_t g = 0; g < whole; g += 8) {
+#pragma clang loop unroll(full)
+        for (int k = 0; k < 8; k++) MOE_SUFFIX(q4_rows16_block)(T, wt, wst, nb, cols, q, d, sums, t, g + k, &a0[k], &a1[k]);
     }
-    for (int u = 0; u < T; u++) {
-        const __m512 v = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(acc[u][0], acc[u][4]), _mm512_add_ps(acc[u][2], acc[u][6])),
-                                       _mm512_add_ps(_mm512_add_ps(acc[u][1], acc[u][5]), _mm512_add_ps(acc[u][3], acc[u][7])));
-        _mm512_mask_storeu_ps(y + (t + u) * ldy, live, v);
+#pragma clang loop unroll(full)
+    for (int k = 0; k < 8; k++) {
+        if (whole + k < nb) MOE_SUFFIX(q4_rows16_block)(T, wt, wst, nb, cols, q, d, sums, t, whole + k, &a0[k], &a1[k]);
+    }
+    const __m512 v0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0[0], a0[4]), _mm512_add_ps(a0[2], a0[6])),
+                                    _mm512_add_ps(_mm512_add_ps(a0[1], a0[5]), _mm512_add_ps(a0[3], a0[7])));
+    _mm512_mask_storeu_ps(y + t * ldy, live, v0);
+    if (T == 2) {
+        const __m512 v1 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a1[0], a1[4]), _mm512_add_ps(a1[2], a1[6])),
+                                        _mm512_add_ps(_mm512_add_ps(a1[1], a1[5]), _mm512_add_ps(a1[3], a1[7])));
+        _mm512_mask_storeu_ps(y + (t + 1) * ldy, live, v1);
     }
 }
 
