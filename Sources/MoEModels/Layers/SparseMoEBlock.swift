@@ -4,8 +4,9 @@ import TensorMath
 
 /// Sizes of the MoE block's scratch that the memory plan accounts for.
 public enum SparseMoEBlockLimits {
-    /// Steps of at most this many rows run their experts on two threads; larger ones one expert
-    /// at a time. Every step keeps one output slot per (token, rank).
+    /// Steps of at most this many rows run their experts on two threads; larger ones too, unless
+    /// `MOE_PREFILL_EXPERTS=serial` runs them one expert at a time (`SparseMoEBlock.prefillOnWorkers`).
+    /// Every step keeps one output slot per (token, rank).
     public static let parallelRowLimit = 64
 }
 
@@ -153,8 +154,8 @@ struct SparseMoEBlock {
                 }
             }
         } else {
-            // Larger steps (prefill chunks) run their experts one at a time, each product itself
-            // spread over the cores when large.
+            // With `MOE_PREFILL_EXPERTS=serial`, larger steps (prefill chunks) run their experts one
+            // at a time, each product itself spread over the cores when large.
             let scratch = workspace.workers[0]
             let gathered = scratch.gathered     // [n, hidden]
             let expertOutput = scratch.produced // [n, hidden]
