@@ -270,6 +270,128 @@ static void MOE_SUFFIX(gemm_transposed)(int kind, const uint8_t *w, const float 
 }
 #endif
 
+#ifdef MOE_GEMM_TRANSPOSED
+/// One block of 16 q4 rows (16 bytes each at `rows[m] + b * stride[m]`; zero rows past the
+/// matrix) → eight registers of 16 lanes, register j lane m = row m's unpacked nibbles
+/// (unsigned 0...15) of elements 4j..4j+3 (j < 4 the low nibbles, j ≥ 4 the high ones), stored at `out`.
+static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_pack_block16)(const uint8_t *const rows[16], const int64_t stride[16],
+                                                                             int64_t b, uint8_t *out) {
+    __m512i x[4];
+    for (int k = 0; k < 4; k++) {
+        // Lane i: row 4k + i's 16 bytes (dwords 0-3: elements 4j..4j+3 low, 16+4j.. high).
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rows[4 * k] + b * stride[4 * k])));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 1] + b * stride[4 * k + 1])), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 2] + b * stride[4 * k + 2])), 2);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 3] + b * stride[4 * k + 3])), 3);
+        x[k] = v;
+    }
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int j = 0; j < 4; j++) {
+        // Lane m < 8 of ab: row m's dword j (rows 0-3 from x0, 4-7 from x1); cd the same for rows 8-15.
+        const __m512i idx = _mm512_setr_epi32(j, 4 + j, 8 + j, 12 + j, 16 + j, 20 + j, 24 + j, 28 + j,
+                                              j, 4 + j, 8 + j, 12 + j, 16 + j, 20 + j, 24 + j, 28 + j);
+        const __m512i ab = _mm512_permutex2var_epi32(x[0], idx, x[1]);
+        const __m512i cd = _mm512_permutex2var_epi32(x[2], idx, x[3]);
+        const __m512i v = _mm512_inserti64x4(ab, _mm512_castsi512_si256(cd), 1);
+        _mm512_store_si512((void *)(out + 64 * j), _mm512_and_si512(v, low));
+        _mm512_store_si512((void *)(out + 64 * (j + 4)), _mm512_and_si512(_mm512_srli_epi16(v, 4), low));
+    }
+}
+
+/// Block b of the packed tile against T (1 or 2) tokens from t: eight vpdpbusd of the tile's
+/// registers with the token's activation dwords broadcast give the 16 rows' exact block sums in
+/// their lanes; then the canonical float step into `acc[u]` (the accumulator of b mod 8).
+static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows16_block)(int T, const uint8_t *wt, const float *wst, int64_t nb,
+                                                                             int64_t cols, const int8_t *q, const float *d,
+                                                                             const int32_t *sums, int64_t t, int64_t b, __m512 *acc0,
+                                                                             __m512 *acc1) {
+    const uint8_t *wb = wt + b * 512;
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+    for (int j = 0; j < 8; j++) {
+        const __m512i w = _mm512_load_si512((const void *)(wb + 64 * j));
+        int32_t a;
+        memcpy(&a, q + t * cols + b * 32 + 4 * j, 4);
+        s0 = MOE_DOT_ACC(s0, w, _mm512_set1_epi32(a));
+        if (T == 2) {
+            memcpy(&a, q + (t + 1) * cols + b * 32 + 4 * j, 4);
+            s1 = MOE_DOT_ACC(s1, w, _mm512_set1_epi32(a));
+        }
+    }
+    const __m512 ws = _mm512_load_ps(wst + 16 * b);
+    // The nibbles stand for n − 8: s − 8 · Σq; scale = wscale · d.
+    const __m512i c0 = _mm512_sub_epi32(s0, _mm512_set1_epi32(sums[t * nb + b] * 8));
+    *acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0), _mm512_mul_ps(ws, _mm512_set1_ps(d[t * nb + b])), *acc0);
+    if (T == 2) {
+        const __m512i c1 = _mm512_sub_epi32(s1, _mm512_set1_epi32(sums[(t + 1) * nb + b] * 8));
+        *acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1), _mm512_mul_ps(ws, _mm512_set1_ps(d[(t + 1) * nb + b])), *acc1);
+    }
+}
+
+/// T (1 or 2) tokens from t against one packed 16-row tile (`gemm_q4_rows16`): the blocks in
+/// order, each into accumulator b mod 8 (whole groups of 8 unrolled, so the 8·T accumulators stay
+/// in registers), then the canonical final sum, lane-wise, and the tile's live rows stored.
+static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows16_tokens)(int T, const uint8_t *wt, const float *wst, int64_t nb,
+                                                                              int64_t cols, const int8_t *q, const float *d,
+                                                                              const int32_t *sums, int64_t t, float *y, int64_t ldy,
+                                                                              __mmask16 live) {
+    __m512 a0[8], a1[8];
+    for (int k = 0; k < 8; k++) a0[k] = a1[k] = _mm512_setzero_ps();
+    const int64_t whole = nb / 8 * 8;
+    for (int64_t g = 0; g < whole; g += 8) {
+#pragma clang loop unroll(full)
+        for (int k = 0; k < 8; k++) MOE_SUFFIX(q4_rows16_block)(T, wt, wst, nb, cols, q, d, sums, t, g + k, &a0[k], &a1[k]);
+    }
+#pragma clang loop unroll(full)
+    for (int k = 0; k < 8; k++) {
+        if (whole + k < nb) MOE_SUFFIX(q4_rows16_block)(T, wt, wst, nb, cols, q, d, sums, t, whole + k, &a0[k], &a1[k]);
+    }
+    const __m512 v0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0[0], a0[4]), _mm512_add_ps(a0[2], a0[6])),
+                                    _mm512_add_ps(_mm512_add_ps(a0[1], a0[5]), _mm512_add_ps(a0[3], a0[7])));
+    _mm512_mask_storeu_ps(y + t * ldy, live, v0);
+    if (T == 2) {
+        const __m512 v1 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a1[0], a1[4]), _mm512_add_ps(a1[2], a1[6])),
+                                        _mm512_add_ps(_mm512_add_ps(a1[1], a1[5]), _mm512_add_ps(a1[3], a1[7])));
+        _mm512_mask_storeu_ps(y + (t + 1) * ldy, live, v1);
+    }
+}
+
+/// The q4 GEMM for many tokens (prefill), 16 weight rows at a time: each tile of 16 rows is
+/// unpacked once per call into registers whose lanes are the rows (`q4_pack_block16`, L1-sized
+/// scratch), then every token runs against it with whole-width vpdpbusd (no padding of short
+/// rows to 16 blocks, no horizontal sum per output: 16 outputs in the lanes of one vector).
+/// Per output the arithmetic is the canonical one (exact block sums, acc[b mod 8] fma, the
+/// fixed final sum), so the bits are the portable kernel's. False when scratch is unavailable.
+static int MOE_SUFFIX(gemm_q4_rows16)(const uint8_t *blocks, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end,
+                                      const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+    const int64_t nb = cols / 32;
+    // The tile: [nb][8 registers][64 bytes] of nibbles, then its scales [nb][16 rows].
+    uint8_t *wt = (uint8_t *)moe_thread_scratch((size_t)(nb * 512 + nb * 64));
+    if (!wt) return 0;
+    float *wst = (float *)(wt + nb * 512);
+    static const uint8_t zeros[16] = {0};
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += 16) {
+        const int64_t live = row_end - r0 < 16 ? row_end - r0 : 16;
+        const uint8_t *rows[16];
+        int64_t stride[16];
+        for (int m = 0; m < 16; m++) {
+            rows[m] = m < live ? blocks + (r0 + m) * nb * 16 : zeros;
+            stride[m] = m < live ? 16 : 0;
+        }
+        const __mmask16 mask = (__mmask16)((1u << live) - 1);
+        const __m512i index = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                 _mm512_set1_epi32((int)nb));
+        for (int64_t b = 0; b < nb; b++) {
+            MOE_SUFFIX(q4_pack_block16)(rows, stride, b, wt + b * 512);
+            _mm512_store_ps(wst + 16 * b, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, index, wscales + r0 * nb + b, 4));
+        }
+        int64_t t = 0;
+        for (; t + 2 <= n; t += 2) MOE_SUFFIX(q4_rows16_tokens)(2, wt, wst, nb, cols, q, d, sums, t, y + r0, ldy, mask);
+        if (t < n) MOE_SUFFIX(q4_rows16_tokens)(1, wt, wst, nb, cols, q, d, sums, t, y + r0, ldy, mask);
+    }
+    return 1;
+}
+#endif
+
 /// The q4 product for a few tokens (decode), without a horizontal sum per block group: 64
 /// bytes of weights are four whole blocks (16 bytes each); their low nibbles (elements 0-15)
 /// and high nibbles (16-31) are dotted with activations reordered once per call to match
@@ -388,7 +510,11 @@ static int MOE_SUFFIX(gemm_q4_nibbles)(const uint8_t *blocks, const float *wscal
 
 void MOE_SUFFIX(moe_gemm_q4_q8)(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
 #ifdef MOE_GEMM_TRANSPOSED
-    if (n >= MOE_GEMM_TRANSPOSED) { MOE_SUFFIX(gemm_transposed)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
+    if (n >= MOE_GEMM_TRANSPOSED) {
+        if (!moe_kernels_q4_transposed() && MOE_SUFFIX(gemm_q4_rows16)(blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+        MOE_SUFFIX(gemm_transposed)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+        return;
+    }
 #endif
     if (!moe_kernels_q4_tile() && MOE_SUFFIX(gemm_q4_nibbles)(blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
     MOE_SUFFIX(gemm)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);

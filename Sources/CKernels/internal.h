@@ -58,6 +58,11 @@ void *moe_thread_scratch(size_t bytes);
 /// earlier row-by-row tile kernel instead of the nibble kernel (same bits; for side-by-side timing).
 int moe_kernels_q4_tile(void);
 
+/// Nonzero with `MOE_Q4_KERNEL=transposed`: the VNNI level multiplies q4 prefill products (8 or
+/// more tokens) with the earlier transposed GEMM instead of the 16-row tile kernel (same bits;
+/// for side-by-side timing).
+int moe_kernels_q4_transposed(void);
+
 /// The canonical final sum of the eight block-lane accumulators (see CKernels.h).
 static inline float moe_reduce8(const float acc[8]) {
     return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));

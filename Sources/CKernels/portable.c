@@ -53,7 +53,12 @@ static _Thread_local int serial_depth;
 void *moe_thread_scratch(size_t bytes) {
     if (bytes > scratch_capacity) {
         free(scratch_memory);
-        const size_t rounded = (bytes + 63) & ~(size_t)63;
+        // At least 256 KiB: a scratch of a few KiB from the heap (the 16-row prefill kernel's)
+        // left the decode kernels after it ~20% slower on the demo model (A/B through `serve`),
+        // where the larger scratch of the former prefill kernel did not, nor a 1 MiB request
+        // (why is not established: the decode uses only 512 bytes of it either way).
+        const size_t wanted = bytes < ((size_t)256 << 10) ? ((size_t)256 << 10) : bytes;
+        const size_t rounded = (wanted + 63) & ~(size_t)63;
         scratch_memory = aligned_alloc(64, rounded);
         scratch_capacity = scratch_memory ? rounded : 0;
     }
@@ -65,6 +70,15 @@ int moe_kernels_q4_tile(void) {
     if (cached < 0) {
         const char *v = getenv("MOE_Q4_KERNEL");
         cached = v && strcmp(v, "tile") == 0;
+    }
+    return cached;
+}
+
+int moe_kernels_q4_transposed(void) {
+    static int cached = -1; // as moe_kernels_q4_tile
+    if (cached < 0) {
+        const char *v = getenv("MOE_Q4_KERNEL");
+        cached = v && strcmp(v, "transposed") == 0;
     }
     return cached;
 }

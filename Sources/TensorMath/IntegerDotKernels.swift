@@ -206,13 +206,13 @@ public enum IntegerDotKernels {
                                  q, d, bsums, Int64(n), y, Int64(rows))
     }
 
-    /// The row ranges a product is run in: `count` ranges of `span` rows (whole 8-row groups, the
-    /// last one shorter), more than one when the product is large enough to pay for the hand-off
+    /// The row ranges a product is run in: `count` ranges of `span` rows (whole 16-row groups, the
+    /// prefill kernel's tile, the last one shorter), more than one when the product is large enough to pay for the hand-off
     /// to the cores (GCD's idle threads sleep, see WeightMatrix.panelGEMM). Any split gives the same bits.
     private static func rowSpans(rows: Int, cols: Int, count n: Int) -> (span: Int, count: Int) {
         let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
         guard pieces > 1 else { return (rows, 1) }
-        let span = ((rows + pieces - 1) / pieces + 7) & ~7
+        let span = ((rows + pieces - 1) / pieces + 15) & ~15
         return (span, (rows + span - 1) / span)
     }
 

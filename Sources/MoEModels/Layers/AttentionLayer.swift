@@ -117,10 +117,12 @@ struct AttentionLayer {
         }
 
         let context = workspace.context // [T, heads*headDim]
-        let scale = 1 / Float(headDim).squareRoot()
-        let groupSize = headCount / kvHeadCount
         for span in spans {
             let cache = span.cache
+            if span.rowCount >= Self.parallelRows && slidingWindow == nil && cache.windows[layer] == nil && Self.parallelPrefill {
+                attendInParallel(span: span, q: q.pointer, k: k.pointer, v: v.pointer, context: context.pointer)
+                continue
+            }
             let scores = workspace.scores.pointer // [keys], one query's scores at a time
             // Each row's key and value are stored right before its query runs: a sliding-window
             // layer's cache keeps only the last rows (KVCache), and the query at a position
@@ -136,32 +138,8 @@ struct AttentionLayer {
                 let firstKey = slidingWindow.map { max(0, position - $0 + 1) } ?? 0
                 let keyCount = position + 1 - firstKey
                 let firstRow = firstKey - cache.firstPosition(layer)
-                for head in 0..<headCount {
-                    let group = head / groupSize
-                    let query = q.pointer + row * qWidth + head * headDim
-                    let offset = firstRow * kvWidth + group * headDim
-                    let out = context.pointer + row * qWidth + head * headDim
-                    // scores[j] = scale · K[firstKey + j, group] · query, then softmax, then
-                    // context = Σ_j p[j] · V[firstKey + j, group]
-                    switch cache.precision {
-                    case .f32:
-                        AttentionKernels.scores(query: query, keys: cache.keyRows(layer) + offset, keyStride: kvWidth,
-                                                count: keyCount, dim: headDim, scale: scale, into: scores)
-                        softmax(scores, count: keyCount, head: head)
-                        AttentionKernels.weightedSum(scores, values: cache.valueRows(layer) + offset, valueStride: kvWidth,
-                                                     count: keyCount, dim: headDim, into: out)
-                    case .f16 where cache.llamaCppFlashAttention:
-                        GGMLFlashAttention.head(query: query, halfKeys: cache.halfKeyRows(layer) + offset,
-                                                halfValues: cache.halfValueRows(layer) + offset, stride: kvWidth,
-                                                count: keyCount, dim: headDim, scale: scale, sink: sinks?[head], into: out)
-                    case .f16:
-                        AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
-                                                count: keyCount, dim: headDim, scale: scale, into: scores)
-                        softmax(scores, count: keyCount, head: head)
-                        AttentionKernels.weightedSum(scores, halfValues: cache.halfValueRows(layer) + offset,
-                                                     valueStride: kvWidth, count: keyCount, dim: headDim, into: out)
-                    }
-                }
+                attendHeads(row: row, cache: cache, firstRow: firstRow, keyCount: keyCount, q: q.pointer, context: context.pointer,
+                            scores: scores)
             }
         }
         if outputGate {
@@ -179,6 +157,78 @@ struct AttentionLayer {
             let hidden = oBias.count
             for row in 0..<rowCount {
                 for i in 0..<hidden { output[row * hidden + i] += oBias[i] }
+            }
+        }
+    }
+
+    /// Every head of one query row: `context[row]` from `q[row]` and keys and values
+    /// `firstRow ..< firstRow + keyCount` of the cache; `scores` holds `keyCount` floats.
+    @inline(__always)
+    private func attendHeads(row: Int, cache: KVCache, firstRow: Int, keyCount: Int, q: UnsafeMutablePointer<Float>,
+                             context: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>) {
+        let qWidth = headCount * headDim, kvWidth = kvHeadCount * headDim
+        let scale = 1 / Float(headDim).squareRoot()
+        let groupSize = headCount / kvHeadCount
+        for head in 0..<headCount {
+            let group = head / groupSize
+            let query = q + row * qWidth + head * headDim
+            let offset = firstRow * kvWidth + group * headDim
+            let out = context + row * qWidth + head * headDim
+            // scores[j] = scale · K[firstKey + j, group] · query, then softmax, then
+            // context = Σ_j p[j] · V[firstKey + j, group]
+            switch cache.precision {
+            case .f32:
+                AttentionKernels.scores(query: query, keys: cache.keyRows(layer) + offset, keyStride: kvWidth,
+                                        count: keyCount, dim: headDim, scale: scale, into: scores)
+                softmax(scores, count: keyCount, head: head)
+                AttentionKernels.weightedSum(scores, values: cache.valueRows(layer) + offset, valueStride: kvWidth,
+                                             count: keyCount, dim: headDim, into: out)
+            case .f16 where cache.llamaCppFlashAttention:
+                GGMLFlashAttention.head(query: query, halfKeys: cache.halfKeyRows(layer) + offset,
+                                        halfValues: cache.halfValueRows(layer) + offset, stride: kvWidth,
+                                        count: keyCount, dim: headDim, scale: scale, sink: sinks?[head], into: out)
+            case .f16:
+                AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
+                                        count: keyCount, dim: headDim, scale: scale, into: scores)
+                softmax(scores, count: keyCount, head: head)
+                AttentionKernels.weightedSum(scores, halfValues: cache.halfValueRows(layer) + offset,
+                                             valueStride: kvWidth, count: keyCount, dim: headDim, into: out)
+            }
+        }
+    }
+
+    /// Spans of at least this many rows (prefill chunks) run their queries on both cores.
+    static let parallelRows = 8
+    /// `MOE_PREFILL_ATTENTION=serial` keeps a prefill chunk's queries on one thread (for measurements).
+    static let parallelPrefill = ProcessInfo.processInfo.environment["MOE_PREFILL_ATTENTION"] != "serial"
+
+    /// A prefill span whose layer keeps every position: every row's rotated key and value are
+    /// stored first (a query reads only keys up to its own position, so the later rows' keys
+    /// change nothing), then the rows' queries run on two threads, alternate rows each (the causal
+    /// work grows with the row), each with its own scores. Every (row, head) is computed exactly
+    /// as on one thread, so the bits do not depend on the split.
+    private func attendInParallel(span: SequenceSpan, q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
+                                  v: UnsafeMutablePointer<Float>, context: UnsafeMutablePointer<Float>) {
+        let qWidth = headCount * headDim, kvWidth = kvHeadCount * headDim
+        let cache = span.cache
+        for i in 0..<span.rowCount {
+            let row = span.firstRow + i, position = span.startPosition + i
+            rope.apply(q + row * qWidth, headCount: headCount, headStride: rope.headDim, position: position,
+                       llamaCppAngles: cache.llamaCppRotaryAngles)
+            rope.apply(k + row * kvWidth, headCount: kvHeadCount, headStride: rope.headDim, position: position,
+                       llamaCppAngles: cache.llamaCppRotaryAngles)
+            cache.store(layer: layer, position: position, key: k + row * kvWidth, value: v + row * kvWidth)
+        }
+        let operands = UncheckedSendable((q, context))
+        let maxKeys = span.startPosition + span.rowCount
+        CorePair.run { part in
+            let (q, context) = operands.value
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: maxKeys) { scores in
+                for i in stride(from: part, to: span.rowCount, by: 2) {
+                    let position = span.startPosition + i
+                    attendHeads(row: span.firstRow + i, cache: cache, firstRow: -cache.firstPosition(layer), keyCount: position + 1,
+                                q: q, context: context, scores: scores.baseAddress!)
+                }
             }
         }
     }

@@ -4,8 +4,9 @@ import TensorMath
 
 /// Sizes of the MoE block's scratch that the memory plan accounts for.
 public enum SparseMoEBlockLimits {
-    /// Steps of at most this many rows run their experts on two threads; larger ones one expert
-    /// at a time. Every step keeps one output slot per (token, rank).
+    /// Steps of at most this many rows run their experts on two threads; larger ones too, unless
+    /// `MOE_PREFILL_EXPERTS=serial` runs them one expert at a time (`SparseMoEBlock.prefillOnWorkers`).
+    /// Every step keeps one output slot per (token, rank).
     public static let parallelRowLimit = 64
 }
 
@@ -77,6 +78,11 @@ struct SparseMoEBlock {
     /// experts (the widened demo) went 140 -> 173 tok/s and OLMoE's 6.3 M-weight q4 experts
     /// 7.4-8.3 -> 9.0-9.8 tok/s (docs/PERFORMANCE.md).
     static let parallelSingleRowWeights = 1 << 19
+    /// Whether larger steps (prefill chunks) also spread whole experts over `expertWorkers` threads,
+    /// each expert's products unsplit: the demo's 98 K-weight experts are products too small to
+    /// split (1 M multiply-adds for ~32 tokens), so a prefill ran them on one core.
+    /// `MOE_PREFILL_EXPERTS=serial` keeps one expert at a time, each product split (for measurements).
+    static let prefillOnWorkers = ProcessInfo.processInfo.environment["MOE_PREFILL_EXPERTS"] != "serial"
 
     /// `output[T, hidden] = moe(x[T, hidden])`, reaching experts only through `provider`.
     /// Scratch comes from `workspace`, sized for at least `rowCount` rows.
@@ -124,7 +130,7 @@ struct SparseMoEBlock {
         // experts were resident (they run resident first), on the other sequences of the step or
         // on the step's size, so a prompt row has the same bits in any prefill chunk.
         let contributions = workspace.contributions // [T, k, hidden]
-        if rowCount <= Self.parallelRowLimit {
+        if rowCount <= Self.parallelRowLimit || Self.prefillOnWorkers {
             // One token's few small experts are not worth a thread hand-off (see
             // `parallelSingleRowWeights`); large ones are.
             let workers = rowCount > 1 || parallelSingleRow ? Self.expertWorkers : 1
@@ -148,8 +154,8 @@ struct SparseMoEBlock {
                 }
             }
         } else {
-            // Larger steps (prefill chunks) run their experts one at a time, each product itself
-            // spread over the cores when large.
+            // With `MOE_PREFILL_EXPERTS=serial`, larger steps (prefill chunks) run their experts one
+            // at a time, each product itself spread over the cores when large.
             let scratch = workspace.workers[0]
             let gathered = scratch.gathered     // [n, hidden]
             let expertOutput = scratch.produced // [n, hidden]
