@@ -136,7 +136,7 @@ def run(engine, limit):
 manifest = json.load(open(os.path.join(store, "manifest.json")))
 config = manifest["config"]
 blob = manifest["experts"]["blobs"][0]["rawLength"] if "rawLength" in manifest["experts"]["blobs"][0] else manifest["experts"]["blobs"][0].get("raw_length")
-k = config.get("num_experts_per_tok", 8)
+k = config.get("num_experts_per_tok") or manifest.get("model_config", {}).get("experts_per_token", 8)  # a GGUF-packed store keeps it in model_config
 moe_layers = len({b["layer"] for b in manifest["experts"]["blobs"]})
 dense = manifest["dense"]["fileSize"] if "fileSize" in manifest["dense"] else manifest["dense"]["file_size"]
 bytes_per_token = dense + k * moe_layers * blob

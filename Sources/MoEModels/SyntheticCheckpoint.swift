@@ -49,6 +49,21 @@ public struct SyntheticCheckpoint: Sendable {
                 "torch_dtype": "bfloat16", "initializer_range": 0.02,
             ]
         },
+        Shape(name: "deepseek-v2-lite-tiny", summary: "DeepSeek-V2-Lite's structure at test size: 27 layers (first dense), 8 experts top-2 + 2 shared, MLA (kv_lora_rank 64, no q_lora), hidden 128, expert width 64 (9.5M parameters; 27 layers because llama.cpp reads a null q_lora_rank only for 26/27-layer deepseek2 models)") {
+            [
+                "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2",
+                "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64, "num_hidden_layers": 27,
+                "num_attention_heads": 4, "num_key_value_heads": 4, "n_routed_experts": 8, "n_shared_experts": 2,
+                "num_experts_per_tok": 2, "first_k_dense_replace": 1, "moe_layer_freq": 1, "kv_lora_rank": 64,
+                "q_lora_rank": NSNull(), "qk_nope_head_dim": 32, "qk_rope_head_dim": 16, "v_head_dim": 32,
+                "routed_scaling_factor": 1.0, "topk_method": "greedy", "n_group": 1, "topk_group": 1, "norm_topk_prob": false,
+                "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+                "rope_scaling": ["type": "yarn", "factor": 40, "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                                 "mscale_all_dim": 0.707, "original_max_position_embeddings": 4096],
+                "hidden_act": "silu", "tie_word_embeddings": false, "attention_bias": false,
+                "torch_dtype": "bfloat16", "initializer_range": 0.02,
+            ]
+        },
         Shape(name: "gpt-oss-20b", summary: "gpt-oss-20b: 24 layers alternating sliding (128) / full attention with sinks, 64 heads / 8 KV of 64, 32 experts top-4, hidden 2880, expert width 2880, experts in MXFP4 as published (10.15 GB of experts)") {
             // The published openai/gpt-oss-20b config.json (vocabulary from --tokenizer-from).
             [

@@ -5,7 +5,9 @@ import MoEModels
 
 /// `moe-serve synth`: a random-weight model of a realistic shape, large enough that a memory
 /// budget forces offloading. Written as a Hugging Face checkpoint (streamed, seeded, with
-/// progress), then packed into a store unless only the checkpoint is wanted.
+/// progress), then packed into a store unless only the checkpoint is wanted; or, for the
+/// latent-attention shapes, straight to a Q4_0 GGUF in llama.cpp's `deepseek2` layout
+/// (`--gguf-out`, no checkpoint on disk; `pack FILE.gguf STORE` makes the store from it).
 struct SynthCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "synth",
@@ -16,6 +18,8 @@ struct SynthCommand: ParsableCommand {
     @Option(help: "The expert store to create (must not exist).") var out: String?
     @Option(name: .customLong("hf-out"), help: "Also keep the Hugging Face checkpoint here (for other engines); without --out, only this is written.")
     var hfOut: String?
+    @Option(name: .customLong("gguf-out"), help: "Write only a Q4_0 GGUF file in llama.cpp's deepseek2 layout here (MLA shapes; no checkpoint on disk; then `pack FILE.gguf STORE`).")
+    var ggufOut: String?
     @Option(help: "Expert element type of the store: bf16, f32, int8 or q4.") var experts: ExpertDType = .bf16
     @Option(help: "Expert blob compression: none or lz4 (random weights barely compress).") var compression: ExpertCodec = .none
     @Option(help: "Seed of the weights.") var seed: UInt64 = 1
@@ -27,9 +31,10 @@ struct SynthCommand: ParsableCommand {
             guard let chosen = SyntheticCheckpoint.shapes.first(where: { $0.name == shape }) else {
                 throw CommandError("--shape: unknown shape '\(shape)'; choose one of \(SyntheticCheckpoint.shapes.map(\.name).joined(separator: ", "))")
             }
-            guard out != nil || hfOut != nil else { throw CommandError("give --out STORE_DIR, --hf-out HF_DIR, or both") }
+            guard out != nil || hfOut != nil || ggufOut != nil else { throw CommandError("give --out STORE_DIR, --hf-out HF_DIR, both, or --gguf-out FILE.gguf") }
+            guard ggufOut == nil || (out == nil && hfOut == nil) else { throw CommandError("--gguf-out writes the GGUF file only; pack it with `moe-serve pack FILE.gguf STORE`") }
             let fm = FileManager.default
-            for path in [out, hfOut].compactMap({ $0 }) where fm.fileExists(atPath: path) {
+            for path in [out, hfOut, ggufOut].compactMap({ $0 }) where fm.fileExists(atPath: path) {
                 throw CommandError("\(path): already exists; synth never overwrites")
             }
             guard let tokenizerURL = tokenizerFrom.map({ URL(fileURLWithPath: $0) }) ?? BundledModel.location else {
@@ -39,6 +44,18 @@ struct SynthCommand: ParsableCommand {
                                                         file: tokenizerURL.appendingPathComponent("config.json").path)
             let synthetic = SyntheticCheckpoint(shape: chosen, seed: seed, vocabSize: tokenizerConfig.vocabSize,
                                                 eosTokenId: tokenizerConfig.eosTokenIds.first)
+            if let ggufOut {
+                let progress = ProgressLine()
+                printError("synth: writing \(chosen.name) (seed \(seed)) as Q4_0 GGUF to \(ggufOut)")
+                try synthetic.writeGGUF(to: URL(fileURLWithPath: ggufOut), tokenizerDirectory: tokenizerURL) { p in
+                    let rate = Double(p.bytesDone) / max(p.seconds, 1e-9)
+                    progress.show(String(format: "synth: %.2f / %.2f GB, %.0f MB/s, ETA %.0f s", Double(p.bytesDone) / 1e9,
+                                         Double(p.bytesTotal) / 1e9, rate / 1e6, rate > 0 ? Double(p.bytesTotal - p.bytesDone) / rate : 0))
+                }
+                progress.finish()
+                try printJSON(["shape": chosen.name, "gguf": ggufOut])
+                return
+            }
 
             // The checkpoint goes to --hf-out, or to a scratch directory beside the store.
             let hfURL = URL(fileURLWithPath: hfOut ?? (out! + ".hf-partial"))

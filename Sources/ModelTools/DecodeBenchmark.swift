@@ -77,6 +77,13 @@ public struct DecodeBenchmark: Sendable {
         public var boundPrefillTokensPerSecond: Double
         public var peakResidentBytes: Int?
         public var runs: [Run]
+        /// KV-cache bytes per position: what the memory plan counts, what a cache of this run's
+        /// length really allocates (buffers ÷ rows), and what full attention heads would hold
+        /// (keys and values of every head; for multi-head latent attention, instead of its latent
+        /// and rotary key).
+        public var kvBytesPerTokenPlan: Int?
+        public var kvBytesPerTokenAllocated: Int?
+        public var kvBytesPerTokenFullHeads: Int?
         enum CodingKeys: String, CodingKey {
             case name, prefetch, policy, predictor, recall, runs
             case budgetBytes = "budget_bytes"
@@ -87,6 +94,8 @@ public struct DecodeBenchmark: Sendable {
             case computeSecondsPerToken = "compute_seconds_per_token", ioSecondsPerToken = "io_seconds_per_token"
             case boundDecodeTokensPerSecond = "bound_decode_tokens_per_second", boundPrefillTokensPerSecond = "bound_prefill_tokens_per_second"
             case peakResidentBytes = "peak_resident_bytes"
+            case kvBytesPerTokenPlan = "kv_bytes_per_token_plan", kvBytesPerTokenAllocated = "kv_bytes_per_token_allocated"
+            case kvBytesPerTokenFullHeads = "kv_bytes_per_token_full_heads"
         }
     }
 
@@ -193,6 +202,7 @@ public struct DecodeBenchmark: Sendable {
         var policyName = "none"
         var predictorName: String?
         var budget: Int?
+        var kv: (plan: Int, allocated: Int, fullHeads: Int)?
         var spec = spec
         spec.contextTokens = promptTokens + genTokens + 1
         for index in 0..<runs {
@@ -202,6 +212,15 @@ public struct DecodeBenchmark: Sendable {
         if lowBitMisses { try runtime.cache?.enableLowBitMisses() }
             let model = runtime.model
             budget = runtime.plan?.budgetBytes
+            if kv == nil {
+                // A cache of the run's length, as `Generator` makes it: its buffers per row.
+                let cache = model.makeCache()
+                cache.reserve(promptTokens + genTokens)
+                let config = model.config, element = model.kvPrecision.byteCount
+                let fullHeads = config.latentAttention.map { config.layerCount * config.headCount * ($0.queryHeadDim + $0.valueDim) * element }
+                kv = (model.kvBytesPerToken, cache.byteCount / max(cache.capacity, 1), fullHeads ?? model.kvBytesPerToken)
+                printError("bench decode: KV cache \(kv!.plan) bytes/token planned, \(kv!.allocated) allocated (\(cache.capacity) rows: \(cache.byteCount) bytes), full heads \(kv!.fullHeads)")
+            }
             predictorName = runtime.predictorName
             policyName = runtime.cache?.statistics().policy ?? "none"
             var rng = SplitMix64(seed: seed)
@@ -268,7 +287,8 @@ public struct DecodeBenchmark: Sendable {
             computeSecondsPerToken: compute, ioSecondsPerToken: io,
             boundDecodeTokensPerSecond: 1 / max(compute, io, 1e-9),
             boundPrefillTokensPerSecond: Double(promptTokens) / max(prefillCompute, prefillIO, 1e-9),
-            peakResidentBytes: measured.compactMap(\.peakResidentBytes).max(), runs: measured)
+            peakResidentBytes: measured.compactMap(\.peakResidentBytes).max(), runs: measured,
+            kvBytesPerTokenPlan: kv?.plan, kvBytesPerTokenAllocated: kv?.allocated, kvBytesPerTokenFullHeads: kv?.fullHeads)
     }
 }
 
