@@ -14,8 +14,7 @@ as `make_gguf_fixtures.py` (whose converter call and llama-server client it reus
      (without it the converter writes no `expert_gating_func` and llama.cpp falls back to softmax).
      Hidden 128 and every quantised matrix's input width a multiple of 32, so Q8_0 and Q4_0 apply;
   2. llama.cpp's converter (F32 GGUF: `kv_b_proj` split into `attn_k_b` transposed and `attn_v_b`);
-  3. `llama-quantize` to Q8_0 and Q4_0 (llama-quantize keeps attn_kv_a_mqa, attn_k_b and attn_v_b
-     unquantised, so they stay F32 here);
+  3. `llama-quantize` to Q8_0 and Q4_0 (attn_kv_a_mqa, attn_k_b and attn_v_b are quantised too);
   4. llama-server's `/completion` top-5 log-probabilities after every prefix of the three prompts.
 
 A V2-Lite-style file (no q_lora_rank) is not made: llama.cpp reads `attention.q_lora_rank` as

@@ -9,8 +9,9 @@
 ///   the per-head matrices `LatentAttentionLayer` computes with (it attends in the latent space
 ///   with the up-projection absorbed, as llama.cpp does), so they are read as such: the layer asks
 ///   for `k_b_proj`/`v_b_proj` as `[heads·rows, cols]`, a 3-D tensor's heads stacked as rows.
-///   `llama-quantize` never quantises them (nor `attn_kv_a_mqa`), so they are F32/F16/BF16 and
-///   exact. Files converted before the split carry `attn_kv_b` (kv_b_proj as it is) instead.
+///   `llama-quantize` quantises them like any other matrix (the Q8_0/Q4_0 fixtures hold Q8_0/Q4_0
+///   attn_k_b, attn_v_b and attn_kv_a_mqa). Files converted before the split carry `attn_kv_b`
+///   (kv_b_proj as it is) instead.
 /// - `attention.key_length`/`value_length` are those of the MQA over the latent (kv_lora + rope,
 ///   kv_lora); the per-head query/key and value widths are `attention.key_length_mla` and
 ///   `value_length_mla` (absent in files converted before the split, whose `key_length` is then
