@@ -10,8 +10,11 @@ Run by hand, never in CI (torch, transformers, gguf-py and a built llama.cpp).
 
 - qwen3next: a random-weight `Qwen3NextForCausalLM` (hidden 64; layers linear, linear, linear,
   full; gated delta-net with 2 key heads and 4 value heads of 16, conv kernel 4; gated full
-  attention 4 q / 2 kv heads of 32 with partial rotary 0.25; 8 experts top-2 and a shared expert
-  with its sigmoid gate), every RMSNorm weight random (so the converter's `+1` folding matters),
+  attention 4 q / 2 kv heads of 32 with partial rotary 0.25; 8 experts top-2 of width 32 and a
+  shared expert of width 64 with its sigmoid gate: every width a multiple of 32, since
+  llama-quantize stores a matrix whose rows are not whole blocks as F16, whose products llama.cpp
+  runs on float16-rounded activations, which MoEServe does not emulate: a shared width of 48 put
+  every prefix 0.01-0.03 nats off, and some 0.28), every RMSNorm weight random (so the converter's `+1` folding matters),
   plus one multi-token-prediction block appended by hand as the published checkpoints carry it
   (`mtp.layers.0.*`, `mtp.fc`, `mtp.pre_fc_norm_*`, `mtp.norm`; transformers builds none):
   the converter writes it as `blk.4` with `nextn_predict_layers` = 1 and MoEServe must skip it.
