@@ -81,14 +81,15 @@ import Tokenization
         ]
     }
 
-    /// DeepSeek LLM/V2 (`deepseek-llm`), DeepSeek-V3 (`deepseek-v3`), GLM-4.5 (`glm4`) and gpt-oss
+    /// DeepSeek LLM/V2 (`deepseek-llm`), DeepSeek-V3 (`deepseek-v3`), GLM-4.5 (`glm4`), gpt-oss
     /// (`gpt-4o`: o200k, tested on the MiniMax-M2 fixture, whose Split is the same pattern removed
-    /// inverted, which keeps the same pieces since the pattern covers every character) GGUFs name
+    /// inverted, which keeps the same pieces since the pattern covers every character) and
+    /// MiniMax-M2 (`minimax-m2`, the same o200k pattern in llama.cpp) GGUFs name
     /// pre-tokenizers that are a `Sequence` of Splits or a long pattern: the tokenizer
     /// rebuilt from such metadata encodes every case of the family's fixture as its tokenizer.json
     /// does (without special tokens: the BOS and GLM's `[gMASK]<sop>` post-processors are the
     /// add-bos flags' job).
-    @Test(arguments: [("deepseek-v2", "deepseek-llm"), ("deepseek-v3", "deepseek-v3"), ("glm-4.5", "glm4"), ("minimax-m2", "gpt-4o")])
+    @Test(arguments: [("deepseek-v2", "deepseek-llm"), ("deepseek-v3", "deepseek-v3"), ("glm-4.5", "glm4"), ("minimax-m2", "gpt-4o"), ("minimax-m2", "minimax-m2")])
     func multiSplitPreTokenizersFromMetadataEncodeAsTokenizerJSON(fixture: String, pre: String) throws {
         let directory = Self.root.appendingPathComponent("tokenizers/\(fixture)")
         let files = try GGUFTokenizerFiles(metadata: Self.byteLevelMetadata(tokenizerDirectory: directory, pre: pre), file: "\(fixture).gguf")

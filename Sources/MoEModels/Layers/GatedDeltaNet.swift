@@ -18,8 +18,8 @@ import TensorMath
 struct GatedDeltaNet {
     let layer: Int
     let shapes: LinearAttentionConfig
-    /// `[2·keyWidth + 2·valueWidth, hidden]`: per key head, its q, k, then its value heads' v and z.
-    let inProjQKVZ: WeightMatrix
+    /// The input projection to q, k, v and the output gate z.
+    let inProj: InputProjection
     /// `[2·valueHeads, hidden]`: per key head, its value heads' b, then their a.
     let inProjBA: WeightMatrix
     /// `[convChannels, convKernel]`: the depthwise kernel, last tap on the current token.
@@ -37,6 +37,17 @@ struct GatedDeltaNet {
     /// Tokens per chunk of the chunked delta rule (transformers' `chunk_size`).
     static let chunkSize = 64
 
+    /// How q, k, v and z are projected: Hugging Face's one `in_proj_qkvz`, or the two halves
+    /// llama.cpp's converter regroups it into (GGUF `attn_qkv` and `attn_gate`, served as
+    /// `in_proj_qkv`/`in_proj_z`, the names Qwen3.5's checkpoints give the same split).
+    enum InputProjection {
+        /// `[2·keyWidth + 2·valueWidth, hidden]`: per key head, its q, k, then its value heads' v and z.
+        case fused(WeightMatrix)
+        /// `qkv [2·keyWidth + valueWidth, hidden]`: every head's q, then k, then v (the convolution's
+        /// channel order); `z [valueWidth, hidden]`: every value head's z.
+        case split(qkv: WeightMatrix, z: WeightMatrix)
+    }
+
     init(layer: Int, config: ModelConfig, description: ArchitectureDescription, weights: WeightSource) throws {
         guard let shapes = config.linearAttention else {
             preconditionFailure("a gated delta-net layer needs the config's linear attention shapes")
@@ -45,7 +56,12 @@ struct GatedDeltaNet {
         let hidden = config.hiddenSize
         self.layer = layer
         self.shapes = shapes
-        inProjQKVZ = try weights.matrix("\(prefix).in_proj_qkvz.weight", rows: 2 * shapes.keyWidth + 2 * shapes.valueWidth, cols: hidden)
+        if weights.contains("\(prefix).in_proj_qkvz.weight") || !weights.contains("\(prefix).in_proj_qkv.weight") {
+            inProj = .fused(try weights.matrix("\(prefix).in_proj_qkvz.weight", rows: 2 * shapes.keyWidth + 2 * shapes.valueWidth, cols: hidden))
+        } else {
+            inProj = .split(qkv: try weights.matrix("\(prefix).in_proj_qkv.weight", rows: shapes.convChannels, cols: hidden),
+                            z: try weights.matrix("\(prefix).in_proj_z.weight", rows: shapes.valueWidth, cols: hidden))
+        }
         inProjBA = try weights.matrix("\(prefix).in_proj_ba.weight", rows: 2 * shapes.valueHeadCount, cols: hidden)
         // Stored [channels, 1, kernel]; read as its channels × kernel values.
         convWeight = try weights.vector("\(prefix).conv1d.weight", count: shapes.convChannels * shapes.convKernel)
@@ -95,13 +111,22 @@ struct GatedDeltaNet {
         let keyWidth = shapes.keyWidth, valueWidth = shapes.valueWidth, channels = shapes.convChannels
         let projectionWidth = 2 * keyWidth + 2 * valueWidth
 
-        inProjQKVZ.apply(x, rowCount: rowCount, into: projection)
+        let fused: Bool
+        switch inProj {
+        case .fused(let qkvz):
+            qkvz.apply(x, rowCount: rowCount, into: projection)
+            fused = true
+        case .split(let qkv, let z):
+            qkv.apply(x, rowCount: rowCount, into: mixed) // already q|k|v in the channel order
+            z.apply(x, rowCount: rowCount, into: projection) // [T, valueWidth]
+            fused = false
+        }
         inProjBA.apply(x, rowCount: rowCount, into: ba)
         // Per row: q|k|v in the convolution's channel order, g and β per value head.
         for row in 0..<rowCount {
             let source = projection + row * projectionWidth, target = mixed + row * channels
             let group = 2 * dk + 2 * perKey * dv // one key head's q, k, v, z
-            for head in 0..<kHeads {
+            for head in 0..<kHeads where fused {
                 let segment = source + head * group
                 (target + head * dk).update(from: segment, count: dk)
                 (target + keyWidth + head * dk).update(from: segment + dk, count: dk)
@@ -157,7 +182,8 @@ struct GatedDeltaNet {
             let group = 2 * dk + 2 * perKey * dv
             for v in 0..<vHeads {
                 let o = core + row * valueWidth + v * dv
-                let z = projection + row * projectionWidth + (v / perKey) * group + 2 * dk + perKey * dv + (v % perKey) * dv
+                let z = fused ? projection + row * projectionWidth + (v / perKey) * group + 2 * dk + perKey * dv + (v % perKey) * dv
+                              : projection + row * valueWidth + v * dv
                 var sum: Float = 0
                 for i in 0..<dv { sum += o[i] * o[i] }
                 let inverse = 1 / (sum / Float(dv) + eps).squareRoot()

@@ -39,8 +39,10 @@ struct GGUFConfigReader {
         guard let arch = values["general.architecture"]?.stringValue else { throw error("no general.architecture in the metadata") }
         if let architecture = Self.glmGptOssArchitectures[arch] { return try readGlmGptOss(arch: arch, architecture: architecture) }
         if arch == Self.deepseek2Architecture { return try readDeepseek2() } // GGUFDeepseek2.swift
+        if arch == Self.qwen3NextArchitecture { return try readQwen3Next() } // GGUFQwen3Next.swift
+        if arch == Self.miniMaxM2Architecture { return try readMiniMaxM2() } // GGUFMiniMaxM2.swift
         guard let (architecture, llamaNormalizes) = Self.architectures[arch] else {
-            let known = (Array(Self.architectures.keys) + Self.glmGptOssArchitectures.keys + [Self.deepseek2Architecture]).sorted().joined(separator: ", ")
+            let known = (Array(Self.architectures.keys) + Self.glmGptOssArchitectures.keys + [Self.deepseek2Architecture, Self.qwen3NextArchitecture, Self.miniMaxM2Architecture]).sorted().joined(separator: ", ")
             throw error("unsupported GGUF architecture '\(arch)' (supported: \(known))")
         }
         func key(_ name: String) -> String { "\(arch).\(name)" }

@@ -210,6 +210,7 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
             let stored = values
             for (r, g) in permutation.enumerated() { values[r] = stored[g] }
         }
+        qwen3NextUnfold(&values, name: name, tensor: info.name) // GGUFQwen3Next.swift
         return values
     }
 

@@ -52,6 +52,8 @@ enum GGUFNames {
             }
         }
         map.merge(glmGptOssNames(config: config)) { _, specific in specific }
+        map.merge(qwen3NextNames(config: config)) { _, specific in specific } // GGUFQwen3Next.swift
+        map.merge(miniMaxM2Names(config: config)) { _, specific in specific } // GGUFMiniMaxM2.swift
         if config.latentAttention != nil { map.merge(latentAttentionMap(config: config)) { _, latent in latent } } // GGUFDeepseek2.swift
         return map
     }

@@ -33,7 +33,7 @@ public struct GGUFTokenizerFiles: Sendable {
     /// llama.cpp pre-tokenizer names whose published tokenizer.json is a `Sequence` of several
     /// Splits: written as `{"type": "MoEServePreset", "name": …}`, which the tokenizer rebuilds
     /// from the same hand-matched patterns (`PreTokenizerPresets.swift` in Tokenization).
-    static let presetPreTokenizers: Set<String> = ["deepseek-llm", "deepseek-v3", "gpt-4o"]
+    static let presetPreTokenizers: Set<String> = ["deepseek-llm", "deepseek-v3", "gpt-4o", "minimax-m2"]
 
     /// Builds the files from `metadata`; throws (naming `file`) for a tokenizer it cannot express.
     public init(metadata: [String: GGUFValue], file: String) throws {
