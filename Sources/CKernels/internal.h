@@ -28,6 +28,8 @@ void moe_gemm_mxfp4_q8_portable(MOE_GEMM_PARAMS(const uint8_t *blocks));
 void moe_gemm_mxfp4_q8_avx2(MOE_GEMM_PARAMS(const uint8_t *blocks));
 void moe_gemm_mxfp4_q8_avx512(MOE_GEMM_PARAMS(const uint8_t *blocks));
 void moe_gemm_mxfp4_q8_avx512vnni(MOE_GEMM_PARAMS(const uint8_t *blocks));
+/// The nibble kernel (mxfp4_avx512.c; needs AVX512-VBMI besides VNNI): 0 when its scratch is unavailable.
+int moe_gemm_mxfp4_q8_avx512vbmi(MOE_GEMM_PARAMS(const uint8_t *blocks));
 #endif
 
 /// Bytes of one `block_mxfp4`: the e8m0 exponent, then 16 bytes of nibbles.

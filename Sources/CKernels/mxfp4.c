@@ -13,8 +13,10 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -145,11 +147,51 @@ void moe_gemm_mxfp4_q8_portable(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
     }
 }
 
+/// Nonzero with `MOE_MXFP4_KERNEL=rows`: the earlier block-group kernels at every level.
+static int mxfp4_rows_only(void) {
+    static int cached = -1; // read once; a benign race (every thread computes the same value)
+    if (cached < 0) {
+        const char *v = getenv("MOE_MXFP4_KERNEL");
+        cached = v && strcmp(v, "rows") == 0;
+    }
+    return cached;
+}
+
+/// Whether the CPU has AVX512-VBMI (vpermb, vpermt2b), which the nibble kernel needs beside the
+/// AVX512-VNNI level (Cascade Lake has VNNI without it). CPUID leaf 7, ECX bit 1; cached.
+static int mxfp4_has_vbmi(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        int has = 0;
+#if defined(__x86_64__)
+        uint32_t a = 0, b = 0, c = 0, d = 0;
+        if (__get_cpuid_max(0, 0) >= 7) {
+            __cpuid_count(7, 0, a, b, c, d);
+            has = (c >> 1) & 1;
+        }
+#endif
+        cached = has;
+    }
+    return cached;
+}
+
+/// Whether `moe_gemm_mxfp4_q8` at `level` runs the nibble kernel (mxfp4_avx512.c).
+static int mxfp4_nibbles(int level) {
+    return level >= MOE_KERNEL_AVX512_VNNI && !mxfp4_rows_only() && mxfp4_has_vbmi();
+}
+
+const char *moe_mxfp4_kernel_name(int level) {
+    if (level == MOE_KERNEL_PORTABLE) return "portable";
+    return mxfp4_nibbles(level) ? "nibbles" : "rows";
+}
+
 void moe_gemm_mxfp4_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
                        const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
     switch (level) {
 #if defined(__x86_64__)
-    case MOE_KERNEL_AVX512_VNNI: moe_gemm_mxfp4_q8_avx512vnni(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+    case MOE_KERNEL_AVX512_VNNI:
+        if (mxfp4_nibbles(level) && moe_gemm_mxfp4_q8_avx512vbmi(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+        moe_gemm_mxfp4_q8_avx512vnni(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
     case MOE_KERNEL_AVX512: moe_gemm_mxfp4_q8_avx512(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
     case MOE_KERNEL_AVX2: moe_gemm_mxfp4_q8_avx2(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
 #endif

@@ -54,9 +54,23 @@ struct BenchKernelsCommand: ParsableCommand {
     @Option(help: "Rows of the test matrix.") var rows = 4096
     @Option(help: "Columns of the test matrix.") var cols = 4096
     @Option(help: "Repetitions; the median is reported.") var repetitions = 15
+    @Flag(name: .customLong("mxfp4"), help: "Measure only the MXFP4 expert kernel at gpt-oss-20b's expert shapes (MXFP4KernelBenchmark).")
+    var mxfp4 = false
+    @Option(name: .customLong("token-rows"), help: "With --mxfp4: comma-separated token rows per product.") var tokenRows: String?
+    @Option(help: "With --mxfp4: experts in the pool (13.2 MB each).") var experts: Int?
 
     func run() throws {
         try reportingErrors {
+            if mxfp4 {
+                var benchmark = MXFP4KernelBenchmark()
+                benchmark.repetitions = repetitions
+                if let tokenRows { benchmark.tokenRows = try parseTokenList(tokenRows, option: "--token-rows") }
+                if let experts { benchmark.experts = experts }
+                let (result, table) = try benchmark.run()
+                FileHandle.standardError.write(Data(table.utf8))
+                try printJSON(result)
+                return
+            }
             let (result, table) = try KernelBenchmark(rows: rows, cols: cols, repetitions: repetitions).run()
             FileHandle.standardError.write(Data(table.utf8))
             try printJSON(result)

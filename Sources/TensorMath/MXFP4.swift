@@ -128,6 +128,12 @@ public enum MXFP4 {
         return unsafeBitCast(bits, to: SIMD16<Float>.self)
     }
 
+    /// The integer-dot kernel `IntegerDotKernels.mxfp4` runs at `level` on this machine, for reports:
+    /// the level's name and its MXFP4 variant (`moe_mxfp4_kernel_name`), e.g. `avx512vnni/nibbles`.
+    public static func integerKernelName(level: KernelLevel) -> String {
+        "\(level.name)/" + String(cString: moe_mxfp4_kernel_name(level.rawValue))
+    }
+
     /// Rows `range` of the product, by the C kernel (`moe_gemv_mxfp4`, AVX2 where the CPU has it;
     /// tests pass lower levels to compare).
     static func rowRange(_ blocks: UnsafePointer<UInt8>, _ range: Range<Int>, cols: Int, x: UnsafePointer<Float>, count: Int,

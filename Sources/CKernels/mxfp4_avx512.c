@@ -1,0 +1,225 @@
+// The MXFP4 integer-dot product on AVX-512 with VBMI and VNNI (Ice Lake and later, Zen 4 and
+// later): `moe_gemm_mxfp4_q8`'s arithmetic (see CKernels.h), the same bits as the portable
+// reference, at the memory bound for decode.
+//
+// Why its own kernel: the block-group kernel of avx512_body.h decodes the 17-byte blocks with a
+// vpgatherdd of the exponents per 8 blocks, which waited on DRAM (the gather ran ahead of the
+// hardware prefetcher's stream), and reduces every block with a horizontal sum; it streamed
+// gpt-oss-20b's experts at half the machine's read rate. Here 16 blocks (272 bytes) are five
+// plain loads; vpermt2b compacts each 4 blocks' nibble bytes into one register and gathers the 16
+// exponent bytes from the same registers (no second memory access), an e8m0 exponent becomes its
+// float scale by a shift into the exponent field, vpermb maps nibbles to the doubled e2m1 values
+// (no masking), and the activations are reordered once per call (as the q4 nibble kernel's,
+// avx512_body.h) so that vpdpbusd leaves whole blocks in few lanes.
+#if defined(__x86_64__)
+#include "internal.h"
+#include <immintrin.h>
+#include <string.h>
+
+#pragma clang attribute push (__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi"))), apply_to = function)
+
+/// Blocks per group: 16 blocks of 17 bytes, 272 bytes.
+#define MX_GROUP 16
+#define MX_GROUP_BYTES (MX_GROUP * MOE_MXFP4_BLOCK_BYTES)
+/// Token rows handled per pass over a row's blocks (accumulators held in registers).
+#define MX_TILE 8
+#ifndef MX_COMPACT_INSERT
+#define MX_COMPACT_INSERT 0
+#endif
+#ifndef MX_NIBBLE_PSHUFB
+#define MX_NIBBLE_PSHUFB 0
+#endif
+#ifndef MX_PREFETCH
+#define MX_PREFETCH 0
+#endif
+
+/// The activations as the kernel reads them, per token t (groups of 16 blocks, zero beyond the
+/// last block): `qa[t][groups][4 chunks][64 bytes: elements 0-15 of the chunk's 4 blocks,
+/// 64 bytes: elements 16-31]`, `dp[t][groups·16]` the block scales and `cp[t][groups·16]` the
+/// 12·Σq that the values' +12 offset adds to each block sum.
+static void mx_reorder(const int8_t *q, const float *d, const int32_t *sums, int64_t n, int64_t cols,
+                       int8_t *qa, float *dp, int32_t *cp) {
+    const int64_t nb = cols / 32, groups = (nb + MX_GROUP - 1) / MX_GROUP, chunks = groups * 4, nbp = groups * MX_GROUP;
+    for (int64_t t = 0; t < n; t++) {
+        const int8_t *src = q + t * cols;
+        int8_t *dst = qa + t * chunks * 128;
+        for (int64_t c = 0; c < chunks; c++) {
+            const int64_t have = nb - 4 * c; // blocks of this chunk that exist
+            __m512i x0, x1;
+            if (have >= 4) {
+                x0 = _mm512_loadu_si512((const void *)(src + 128 * c));
+                x1 = _mm512_loadu_si512((const void *)(src + 128 * c + 64));
+            } else {
+                const int64_t bytes = have > 0 ? 32 * have : 0;
+                x0 = _mm512_maskz_loadu_epi8(bytes >= 64 ? ~0ULL : (bytes > 0 ? (1ULL << bytes) - 1 : 0), src + 128 * c);
+                x1 = _mm512_maskz_loadu_epi8(bytes > 64 ? (1ULL << (bytes - 64)) - 1 : 0, src + 128 * c + 64);
+            }
+            // 128-bit chunks: x0 = [b0 lo, b0 hi, b1 lo, b1 hi], x1 = [b2 lo, b2 hi, b3 lo, b3 hi].
+            _mm512_storeu_si512((void *)(dst + 128 * c), _mm512_shuffle_i64x2(x0, x1, 0x88));
+            _mm512_storeu_si512((void *)(dst + 128 * c + 64), _mm512_shuffle_i64x2(x0, x1, 0xDD));
+        }
+        for (int64_t b = 0; b < nbp; b++) {
+            dp[t * nbp + b] = b < nb ? d[t * nb + b] : 0;
+            cp[t * nbp + b] = b < nb ? 12 * sums[t * nb + b] : 0;
+        }
+    }
+}
+
+/// One group's weights, decoded: `lo[k]`/`hi[k]` the doubled e2m1 values + 12 (0...24) of
+/// elements 0-15 / 16-31 of blocks 4k...4k+3 (128-bit lane i: block 4k+i), and the 16 blocks'
+/// half scales 2^(e-128) in block order. `L[0..4]` hold the group's 272 bytes from offset 64·j
+/// (L[4] only its first 16); bytes past a short last group are zero, which decodes to blocks
+/// whose products are exactly zero (their activations and scales are zero too).
+static inline __attribute__((always_inline)) __m512 mx_decode(const uint8_t *P, const __m512i L[5], __m512i lo[4], __m512i hi[4]) {
+    (void)P;
+    // Byte 16i + j of chunk k: nibble byte j of block 4k + i, at 68k + 17i + 1 + j in the group,
+    // which is byte 4k + 17i + 1 + j of the pair (L[k], L[k+1]).
+    const __m512i nibble_index = _mm512_set_epi8(
+        67, 66, 65, 64, 63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52,
+        50, 49, 48, 47, 46, 45, 44, 43, 42, 41, 40, 39, 38, 37, 36, 35,
+        33, 32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18,
+        16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1);
+    // llama.cpp's kvalues_mxfp4 (the doubled e2m1 values) + 12, by the low 6 bits of a byte:
+    // vpermb ignores bits 6-7 and the table repeats every 16, so the nibble needs no mask.
+    const __m512i values = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+    for (int k = 0; k < 4; k++) {
+#if MX_COMPACT_INSERT
+        __m512i w;
+        if (P) {
+            const uint8_t *pb = P + 68 * k + 1;
+            w = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)pb));
+            w = _mm512_inserti32x4(w, _mm_loadu_si128((const __m128i *)(pb + 17)), 1);
+            w = _mm512_inserti32x4(w, _mm_loadu_si128((const __m128i *)(pb + 34)), 2);
+            w = _mm512_inserti32x4(w, _mm_loadu_si128((const __m128i *)(pb + 51)), 3);
+        } else {
+            w = _mm512_permutex2var_epi8(L[k], _mm512_add_epi8(nibble_index, _mm512_set1_epi8((char)(4 * k))), L[k + 1]);
+        }
+#else
+        const __m512i w = _mm512_permutex2var_epi8(L[k], _mm512_add_epi8(nibble_index, _mm512_set1_epi8((char)(4 * k))), L[k + 1]);
+#endif
+#if MX_NIBBLE_PSHUFB
+        lo[k] = _mm512_shuffle_epi8(values, _mm512_and_si512(w, _mm512_set1_epi8(0x0F)));
+        hi[k] = _mm512_shuffle_epi8(values, _mm512_srli_epi16(_mm512_and_si512(w, _mm512_set1_epi8((char)0xF0)), 4));
+#else
+        lo[k] = _mm512_permutexvar_epi8(w, values);
+        hi[k] = _mm512_permutexvar_epi8(_mm512_srli_epi16(w, 4), values);
+#endif
+    }
+    // The exponent of block m (at byte 17m) into the low byte of dword m: blocks 0-7 from
+    // (L0, L1), blocks 8-15 (bytes 136...255) from (L2, L3), the other bytes zero.
+    const __m512i exponent_index = _mm512_set_epi32(127, 110, 93, 76, 59, 42, 25, 8, 119, 102, 85, 68, 51, 34, 17, 0);
+    const __m512i e = _mm512_or_si512(_mm512_maskz_permutex2var_epi8(0x0000000011111111ULL, L[0], exponent_index, L[1]),
+                                      _mm512_maskz_permutex2var_epi8(0x1111111100000000ULL, L[2], exponent_index, L[3]));
+    // 2^(e-128) (moe_mxfp4_half_scale): exponent field e - 1 for e in 2...254, the subnormals
+    // 2^-127 and 2^-128 for e = 1 and 0, NaN for 255.
+    __m512i bits = _mm512_slli_epi32(_mm512_sub_epi32(e, _mm512_set1_epi32(1)), 23);
+    bits = _mm512_mask_sllv_epi32(bits, _mm512_cmplt_epu32_mask(e, _mm512_set1_epi32(2)), _mm512_set1_epi32(0x00200000), e);
+    bits = _mm512_mask_mov_epi32(bits, _mm512_cmpeq_epi32_mask(e, _mm512_set1_epi32(255)), _mm512_set1_epi32(0x7FC00000));
+    return _mm512_castsi512_ps(bits);
+}
+
+/// One token against one decoded group: the 16 exact block sums, then the canonical float
+/// steps (blocks 0-7 of the group into lanes 0-7, then blocks 8-15), as the portable kernel.
+static inline __attribute__((always_inline)) __m256 mx_token(const __m512i lo[4], const __m512i hi[4], __m512 ws,
+                                                             const int8_t *a, const float *dg, const int32_t *cg, __m256 acc) {
+    __m512i s[4];
+    for (int k = 0; k < 4; k++) {
+        // Lane 4i + j: block 4k + i, elements 4j...4j+3 and 16+4j...16+4j+3; at most 8·24·127 in magnitude.
+        s[k] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[k], _mm512_loadu_si512((const void *)(a + 128 * k))),
+                                   hi[k], _mm512_loadu_si512((const void *)(a + 128 * k + 64)));
+    }
+    // Packed to int16 (exact: |lane| ≤ 24,384) and pairs summed: per 128-bit lane i,
+    // [block i part 01, part 23, block 4+i part 01, part 23] (p01) and blocks 8+i, 12+i (p23).
+    const __m512i ones = _mm512_set1_epi16(1);
+    const __m512 p01 = _mm512_castsi512_ps(_mm512_madd_epi16(_mm512_packs_epi32(s[0], s[1]), ones));
+    const __m512 p23 = _mm512_castsi512_ps(_mm512_madd_epi16(_mm512_packs_epi32(s[2], s[3]), ones));
+    // Lane 4i + k: block 4k + i's sum (in int32: a pair's sum can exceed int16, so no second pack).
+    const __m512i v = _mm512_add_epi32(_mm512_castps_si512(_mm512_shuffle_ps(p01, p23, _MM_SHUFFLE(2, 0, 2, 0))),
+                                       _mm512_castps_si512(_mm512_shuffle_ps(p01, p23, _MM_SHUFFLE(3, 1, 3, 1))));
+    __m512i sum = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), v);
+    sum = _mm512_sub_epi32(sum, _mm512_loadu_si512((const void *)cg)); // the values stand for (value + 12)
+    const __m512 f = _mm512_cvtepi32_ps(sum);
+    const __m512 scale = _mm512_mul_ps(ws, _mm512_loadu_ps(dg));
+    acc = _mm256_fmadd_ps(_mm512_castps512_ps256(f), _mm512_castps512_ps256(scale), acc);
+    return _mm256_fmadd_ps(_mm512_extractf32x8_ps(f, 1), _mm512_extractf32x8_ps(scale, 1), acc);
+}
+
+/// The canonical sum of the eight lanes: ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)).
+static inline float mx_reduce(__m256 acc) {
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/// Row `row` (nb blocks) against T tokens from t0 (T a constant at each call site): each group
+/// decoded once for all T.
+static inline __attribute__((always_inline)) void mx_row(int T, const uint8_t *row, int64_t nb, const int8_t *qa, const float *dp,
+                                                         const int32_t *cp, int64_t t0, float *y, int64_t ldy) {
+    const int64_t full = nb / MX_GROUP, groups = (nb + MX_GROUP - 1) / MX_GROUP, nbp = groups * MX_GROUP;
+    __m256 acc[MX_TILE];
+    for (int t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        const uint8_t *p = row + g * MX_GROUP_BYTES;
+        __m512i L[5];
+        if (g < full) {
+            for (int j = 0; j < 4; j++) L[j] = _mm512_loadu_si512((const void *)(p + 64 * j));
+            L[4] = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(p + 256)));
+        } else {
+            // The short last group: only its own bytes (the next ones may be past the matrix).
+            const int64_t bytes = (nb - full * MX_GROUP) * MOE_MXFP4_BLOCK_BYTES;
+            for (int j = 0; j < 5; j++) {
+                const int64_t left = bytes - 64 * j;
+                const __mmask64 m = left >= 64 ? ~0ULL : (left > 0 ? (1ULL << left) - 1 : 0);
+                L[j] = _mm512_maskz_loadu_epi8(m, p + 64 * j);
+            }
+        }
+#if MX_PREFETCH
+        _mm_prefetch((const char *)(p + MX_PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + MX_PREFETCH + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + MX_PREFETCH + 128), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + MX_PREFETCH + 192), _MM_HINT_T0);
+        _mm_prefetch((const char *)(p + MX_PREFETCH + 256), _MM_HINT_T0);
+#endif
+        __m512i lo[4], hi[4];
+        const __m512 ws = mx_decode(g < full ? p : 0, L, lo, hi);
+        for (int t = 0; t < T; t++) {
+            const int64_t tt = t0 + t;
+            acc[t] = mx_token(lo, hi, ws, qa + (tt * groups + g) * 512, dp + tt * nbp + g * MX_GROUP, cp + tt * nbp + g * MX_GROUP, acc[t]);
+        }
+    }
+    for (int t = 0; t < T; t++) y[(t0 + t) * ldy] = mx_reduce(acc[t]);
+}
+
+int moe_gemm_mxfp4_q8_avx512vbmi(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
+    (void)wscales;
+    const int64_t nb = cols / 32, groups = (nb + MX_GROUP - 1) / MX_GROUP, nbp = groups * MX_GROUP;
+    // One piece of this thread's scratch: qa, then dp and cp (every part a multiple of 64 bytes).
+    uint8_t *scratch = moe_thread_scratch((size_t)(n * groups * 512 + 2 * n * nbp * 4));
+    if (!scratch) return 0;
+    int8_t *qa = (int8_t *)scratch;
+    float *dp = (float *)(scratch + n * groups * 512);
+    int32_t *cp = (int32_t *)(scratch + n * groups * 512 + n * nbp * 4);
+    mx_reorder(q, d, sums, n, cols, qa, dp, cp);
+    // Rows outermost: a row's blocks are read from memory once, whatever n (a second tile of
+    // tokens finds them in L1).
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *row = blocks + r * nb * MOE_MXFP4_BLOCK_BYTES;
+        int64_t t0 = 0;
+        for (; t0 + MX_TILE <= n; t0 += MX_TILE) mx_row(MX_TILE, row, nb, qa, dp, cp, t0, y + r, ldy);
+        switch (n - t0) {
+        case 7: mx_row(7, row, nb, qa, dp, cp, t0, y + r, ldy); break;
+        case 6: mx_row(6, row, nb, qa, dp, cp, t0, y + r, ldy); break;
+        case 5: mx_row(5, row, nb, qa, dp, cp, t0, y + r, ldy); break;
+        case 4: mx_row(4, row, nb, qa, dp, cp, t0, y + r, ldy); break;
+        case 3: mx_row(3, row, nb, qa, dp, cp, t0, y + r, ldy); break;
+        case 2: mx_row(2, row, nb, qa, dp, cp, t0, y + r, ldy); break;
+        case 1: mx_row(1, row, nb, qa, dp, cp, t0, y + r, ldy); break;
+        default: break;
+        }
+    }
+    return 1;
+}
+
+#pragma clang attribute pop
+#endif
