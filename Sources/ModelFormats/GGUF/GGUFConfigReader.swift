@@ -35,6 +35,34 @@ struct GGUFConfigReader {
         return ids
     }
 
+    /// The attention shape every architecture but `deepseek2` stores under the same keys:
+    /// `block_count` (less `nextn_predict_layers` where llama.cpp appends those blocks),
+    /// heads, kv heads and one head width for keys and values.
+    struct AttentionShape {
+        let layers: Int, hidden: Int, heads: Int, kvHeads: Int, headDim: Int
+    }
+
+    /// Reads and checks `AttentionShape` for `arch`; `appendedNextN`: the file's
+    /// `nextn_predict_layers` blocks come after the layers the model runs (GLM, Qwen3-Next).
+    func attentionShape(arch: String, appendedNextN: Bool = false) throws -> AttentionShape {
+        func key(_ name: String) -> String { "\(arch).\(name)" }
+        let blocks = try int(key("block_count"))
+        let nextn = appendedNextN ? values[key("nextn_predict_layers")]?.intValue ?? 0 : 0
+        let layers = blocks - nextn
+        let hidden = try int(key("embedding_length"))
+        let heads = try int(key("attention.head_count"))
+        let kvHeads = values[key("attention.head_count_kv")]?.intValue ?? heads
+        guard layers > 0, layers <= 4096, nextn >= 0, hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
+            let layerText = appendedNextN ? "\(blocks) blocks (\(nextn) next-token prediction)" : "\(layers) layers"
+            throw error("inconsistent hyper-parameters: \(layerText), hidden \(hidden), \(heads) heads, \(kvHeads) kv heads")
+        }
+        let headDim = values[key("attention.key_length")]?.intValue ?? hidden / heads
+        if let valueLength = values[key("attention.value_length")]?.intValue, valueLength != headDim {
+            throw error("attention.value_length \(valueLength) differs from key_length \(headDim) (not supported)")
+        }
+        return AttentionShape(layers: layers, hidden: hidden, heads: heads, kvHeads: kvHeads, headDim: headDim)
+    }
+
     func read() throws -> ModelConfig {
         guard let arch = values["general.architecture"]?.stringValue else { throw error("no general.architecture in the metadata") }
         if let architecture = Self.glmGptOssArchitectures[arch] { return try readGlmGptOss(arch: arch, architecture: architecture) }
@@ -46,17 +74,8 @@ struct GGUFConfigReader {
             throw error("unsupported GGUF architecture '\(arch)' (supported: \(known))")
         }
         func key(_ name: String) -> String { "\(arch).\(name)" }
-        let layers = try int(key("block_count"))
-        let hidden = try int(key("embedding_length"))
-        let heads = try int(key("attention.head_count"))
-        let kvHeads = values[key("attention.head_count_kv")]?.intValue ?? heads
-        guard layers > 0, layers <= 4096, hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
-            throw error("inconsistent hyper-parameters: \(layers) layers, hidden \(hidden), \(heads) heads, \(kvHeads) kv heads")
-        }
-        let headDim = values[key("attention.key_length")]?.intValue ?? hidden / heads
-        if let valueLength = values[key("attention.value_length")]?.intValue, valueLength != headDim {
-            throw error("attention.value_length \(valueLength) differs from key_length \(headDim) (not supported)")
-        }
+        let shape = try attentionShape(arch: arch)
+        let (layers, hidden, heads, kvHeads, headDim) = (shape.layers, shape.hidden, shape.heads, shape.kvHeads, shape.headDim)
         if let rotary = values[key("rope.dimension_count")]?.intValue, rotary != headDim {
             throw error("rope.dimension_count \(rotary) differs from the head size \(headDim) (partial rotary is not supported)")
         }

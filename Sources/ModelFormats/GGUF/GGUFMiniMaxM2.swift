@@ -15,17 +15,8 @@ extension GGUFConfigReader {
     func readMiniMaxM2() throws -> ModelConfig {
         let arch = Self.miniMaxM2Architecture
         func key(_ name: String) -> String { "\(arch).\(name)" }
-        let layers = try int(key("block_count"))
-        let hidden = try int(key("embedding_length"))
-        let heads = try int(key("attention.head_count"))
-        let kvHeads = values[key("attention.head_count_kv")]?.intValue ?? heads
-        guard layers > 0, layers <= 4096, hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
-            throw error("inconsistent hyper-parameters: \(layers) layers, hidden \(hidden), \(heads) heads, \(kvHeads) kv heads")
-        }
-        let headDim = values[key("attention.key_length")]?.intValue ?? hidden / heads
-        if let valueLength = values[key("attention.value_length")]?.intValue, valueLength != headDim {
-            throw error("attention.value_length \(valueLength) differs from key_length \(headDim) (not supported)")
-        }
+        let shape = try attentionShape(arch: arch)
+        let (layers, hidden, heads, kvHeads, headDim) = (shape.layers, shape.hidden, shape.heads, shape.kvHeads, shape.headDim)
         let rotary = values[key("rope.dimension_count")]?.intValue ?? headDim
         guard rotary >= 2, rotary <= headDim, rotary % 2 == 0 else {
             throw error("rope.dimension_count \(rotary) must be even and at most the head size \(headDim)")
