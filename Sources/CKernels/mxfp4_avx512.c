@@ -23,15 +23,6 @@
 #define MX_GROUP_BYTES (MX_GROUP * MOE_MXFP4_BLOCK_BYTES)
 /// Token rows handled per pass over a row's blocks (accumulators held in registers).
 #define MX_TILE 8
-#ifndef MX_COMPACT_INSERT
-#define MX_COMPACT_INSERT 0
-#endif
-#ifndef MX_NIBBLE_PSHUFB
-#define MX_NIBBLE_PSHUFB 0
-#endif
-#ifndef MX_PREFETCH
-#define MX_PREFETCH 0
-#endif
 
 /// The activations as the kernel reads them, per token t (groups of 16 blocks, zero beyond the
 /// last block): `qa[t][groups][4 chunks][64 bytes: elements 0-15 of the chunk's 4 blocks,
@@ -70,8 +61,7 @@ static void mx_reorder(const int8_t *q, const float *d, const int32_t *sums, int
 /// half scales 2^(e-128) in block order. `L[0..4]` hold the group's 272 bytes from offset 64·j
 /// (L[4] only its first 16); bytes past a short last group are zero, which decodes to blocks
 /// whose products are exactly zero (their activations and scales are zero too).
-static inline __attribute__((always_inline)) __m512 mx_decode(const uint8_t *P, const __m512i L[5], __m512i lo[4], __m512i hi[4]) {
-    (void)P;
+static inline __attribute__((always_inline)) __m512 mx_decode(const __m512i L[5], __m512i lo[4], __m512i hi[4]) {
     // Byte 16i + j of chunk k: nibble byte j of block 4k + i, at 68k + 17i + 1 + j in the group,
     // which is byte 4k + 17i + 1 + j of the pair (L[k], L[k+1]).
     const __m512i nibble_index = _mm512_set_epi8(
@@ -83,27 +73,9 @@ static inline __attribute__((always_inline)) __m512 mx_decode(const uint8_t *P, 
     // vpermb ignores bits 6-7 and the table repeats every 16, so the nibble needs no mask.
     const __m512i values = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
     for (int k = 0; k < 4; k++) {
-#if MX_COMPACT_INSERT
-        __m512i w;
-        if (P) {
-            const uint8_t *pb = P + 68 * k + 1;
-            w = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)pb));
-            w = _mm512_inserti32x4(w, _mm_loadu_si128((const __m128i *)(pb + 17)), 1);
-            w = _mm512_inserti32x4(w, _mm_loadu_si128((const __m128i *)(pb + 34)), 2);
-            w = _mm512_inserti32x4(w, _mm_loadu_si128((const __m128i *)(pb + 51)), 3);
-        } else {
-            w = _mm512_permutex2var_epi8(L[k], _mm512_add_epi8(nibble_index, _mm512_set1_epi8((char)(4 * k))), L[k + 1]);
-        }
-#else
         const __m512i w = _mm512_permutex2var_epi8(L[k], _mm512_add_epi8(nibble_index, _mm512_set1_epi8((char)(4 * k))), L[k + 1]);
-#endif
-#if MX_NIBBLE_PSHUFB
-        lo[k] = _mm512_shuffle_epi8(values, _mm512_and_si512(w, _mm512_set1_epi8(0x0F)));
-        hi[k] = _mm512_shuffle_epi8(values, _mm512_srli_epi16(_mm512_and_si512(w, _mm512_set1_epi8((char)0xF0)), 4));
-#else
         lo[k] = _mm512_permutexvar_epi8(w, values);
         hi[k] = _mm512_permutexvar_epi8(_mm512_srli_epi16(w, 4), values);
-#endif
     }
     // The exponent of block m (at byte 17m) into the low byte of dword m: blocks 0-7 from
     // (L0, L1), blocks 8-15 (bytes 136...255) from (L2, L3), the other bytes zero.
@@ -174,15 +146,8 @@ static inline __attribute__((always_inline)) void mx_row(int T, const uint8_t *r
                 L[j] = _mm512_maskz_loadu_epi8(m, p + 64 * j);
             }
         }
-#if MX_PREFETCH
-        _mm_prefetch((const char *)(p + MX_PREFETCH), _MM_HINT_T0);
-        _mm_prefetch((const char *)(p + MX_PREFETCH + 64), _MM_HINT_T0);
-        _mm_prefetch((const char *)(p + MX_PREFETCH + 128), _MM_HINT_T0);
-        _mm_prefetch((const char *)(p + MX_PREFETCH + 192), _MM_HINT_T0);
-        _mm_prefetch((const char *)(p + MX_PREFETCH + 256), _MM_HINT_T0);
-#endif
         __m512i lo[4], hi[4];
-        const __m512 ws = mx_decode(g < full ? p : 0, L, lo, hi);
+        const __m512 ws = mx_decode(L, lo, hi);
         for (int t = 0; t < T; t++) {
             const int64_t tt = t0 + t;
             acc[t] = mx_token(lo, hi, ws, qa + (tt * groups + g) * 512, dp + tt * nbp + g * MX_GROUP, cp + tt * nbp + g * MX_GROUP, acc[t]);
