@@ -36,6 +36,7 @@ import Glibc
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = recv(fd, &buffer, buffer.count, 0)
+            if n < 0, errno == EINTR { continue } // a signal (another test's SIGCHLD), not the end
             if n <= 0 { break }
             out += buffer[0..<n]
         }

@@ -33,6 +33,9 @@ final class RawClient {
         var buffer = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = recv(fd, &buffer, buffer.count, 0)
+            // A recv on a socket with SO_RCVTIMEO is never restarted after a signal (signal(7)):
+            // other tests in this process start subprocesses, and their SIGCHLD lands here.
+            if n < 0, errno == EINTR { continue }
             if n <= 0 { break }
             data += buffer[0..<n]
             if done(String(decoding: data, as: UTF8.self)) { break }
