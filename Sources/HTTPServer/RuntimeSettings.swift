@@ -26,6 +26,8 @@ public struct RuntimeSettings: Sendable, Equatable {
     public var prefetchBudget: Int?
     /// `max_sequences`: sequences decoded together in one batch.
     public var maxSequences: Int = 8
+    /// `prompt_cache_partial`: when a retained cache holding part of a prompt is reused (exact, always, off).
+    public var promptCachePartial: String?
 
     /// The defaults.
     public init() {}

@@ -460,6 +460,28 @@ public enum PartialPromptReuse: Sendable {
     case always
     /// Never: only whole-prompt hits.
     case never
+
+    /// The configuration names (`prompt_cache_partial`): `exact`, `always`, `off`.
+    public static let names = ["exact", "always", "off"]
+
+    /// The choice a configuration name selects; nil for an unknown name.
+    public init?(name: String) {
+        switch name.lowercased() {
+        case "exact": self = .whenExact
+        case "always": self = .always
+        case "off", "never": self = .never
+        default: return nil
+        }
+    }
+
+    /// Its configuration name.
+    public var name: String {
+        switch self {
+        case .whenExact: return "exact"
+        case .always: return "always"
+        case .never: return "off"
+        }
+    }
 }
 
 // MARK: - Prompt cache and shared prefills (caller holds the lock; engine thread)

@@ -51,6 +51,12 @@ enum ServeBackend {
         spec.prefetchMinProbability = settings.prefetchMinProbability.map { Float($0) }
         spec.prefetchBudgetExperts = settings.prefetchBudget
         spec.maxSequences = settings.maxSequences
+        if let name = settings.promptCachePartial {
+            guard let reuse = PartialPromptReuse(name: name) else {
+                throw CommandError("invalid value for 'prompt_cache_partial': '\(name)'; choose one of \(PartialPromptReuse.names.joined(separator: ", "))")
+            }
+            spec.partialPromptReuse = reuse
+        }
         spec.extraRuntimeBytes = serverReserveBytes(config)
         return spec
     }

@@ -71,7 +71,9 @@ public final class ModelRuntime {
                                + model.sequenceStateBytes)
         let limits = Engine.defaultLimits(for: model, kvCacheBudgetBytes: kvBudget, maxRunningSequences: maxSequences,
                                           maxWaitingRequests: maxWaitingRequests)
-        return Engine(model: model, limits: limits, decode: decode)
+        let engine = Engine(model: model, limits: limits, decode: decode)
+        engine.partialPromptReuse = specification?.partialPromptReuse ?? .whenExact
+        return engine
     }
 
     /// Opens the model `specification` names and assembles what runs it.

@@ -1,5 +1,6 @@
 import ExpertCache
 import ExpertPrediction
+import InferenceEngine
 import Foundation
 import ModelFormats
 import MoEModels
@@ -60,6 +61,9 @@ public struct RuntimeSpecification: Sendable {
     public var prefetchBudgetExperts: Int?
     /// Sequences that run at once (sizes scratch and the KV cache).
     public var maxSequences = 1
+    /// When a request may reuse a retained cache holding only part of its prompt
+    /// (`prompt_cache_partial`; see `PartialPromptReuse`).
+    public var partialPromptReuse: PartialPromptReuse = .whenExact
     /// Tokens of context each sequence may reach (nil: the model's maximum).
     public var contextTokens: Int?
     /// What the caller uses beyond the model (the HTTP server's connections and responses),

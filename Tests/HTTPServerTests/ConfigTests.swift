@@ -130,3 +130,17 @@ import Testing
         #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_SKIP_MISSING_BELOW": "2"]) }
     }
 }
+
+/// `prompt_cache_partial`: unset (the runtime's `exact`) unless given, from the file, `MOE_*` or a flag.
+@Suite struct PromptCachePartialConfigTests {
+    @Test func unsetByDefaultAndReadFromEverySource() throws {
+        #expect(try ConfigLoader.load(file: nil, environment: [:]).runtime.promptCachePartial == nil)
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_PROMPT_CACHE_PARTIAL": "off"]).runtime.promptCachePartial == "off")
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_PROMPT_CACHE_PARTIAL": "off"],
+                                      overrides: ["prompt_cache_partial": "always"]).runtime.promptCachePartial == "always")
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("prompt-cache-partial-\(getpid()).toml")
+        try #"prompt_cache_partial = "exact""#.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        #expect(try ConfigLoader.load(file: file.path, environment: [:]).runtime.promptCachePartial == "exact")
+    }
+}

@@ -113,6 +113,19 @@ import Testing
         }
     }
 
+    /// The engine `makeEngine` builds takes the specification's partial-prefix reuse (`prompt_cache_partial`).
+    @Test func theEngineTakesTheSpecificationsPartialPromptReuse() throws {
+        for reuse in [nil, .never, .always] as [PartialPromptReuse?] {
+            var spec = RuntimeSpecification(model: Self.demo)
+            if let reuse { spec.partialPromptReuse = reuse }
+            let runtime = try ModelRuntime.open(spec)
+            defer { runtime.close() }
+            #expect(runtime.makeEngine(decode: { _ in "" }).partialPromptReuse == (reuse ?? .whenExact))
+        }
+        #expect(PartialPromptReuse.names.compactMap(PartialPromptReuse.init(name:)).map(\.name) == PartialPromptReuse.names)
+        #expect(PartialPromptReuse(name: "sometimes") == nil)
+    }
+
     @Test func aCheckpointUnderABudgetWithATightExpertCacheGeneratesAsInRAM() throws {
         let url = Self.fixture("qwen3moe-headdim")
         let prompt = [3, 1, 4, 1, 5, 9]
