@@ -63,15 +63,19 @@ public struct WeightMatrix: @unchecked Sendable {
     }
 
     /// `y[n, rows] = x[n, cols] · Wᵀ`. `x` and `y` are dense row-major. bf16 (any row count), q4 and
-    /// int8 (integer dots) give each row the bits it gets alone (`RowInvariantKernels`); f32 and
-    /// the float fallbacks of compressed weights above 8 rows run as sgemm.
+    /// int8 (integer dots) and f32 (`F32RowInvariantKernels`) give each row the bits it gets alone
+    /// (`RowInvariantKernels`); the float fallbacks of compressed weights above 8 rows run as sgemm.
     public func apply(_ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) {
         precondition(n >= 0)
         if n == 0 { return }
         if IntegerDotKernels.apply(self, x, rowCount: n, into: y) { return } // int8 / q4: integer dot products
         switch storage {
         case .f32(let w):
-            if n == 1 {
+            if RowInvariantKernels.enabled {
+                // Not sgemv/sgemm: every row keeps one arithmetic whatever the row count, so a
+                // prompt row has the same bits in any chunk (partial prompt-cache hits are exact).
+                F32RowInvariantKernels.product(w, rows: rows, cols: cols, x: x, count: n, y: y)
+            } else if n == 1 {
                 // sgemv: sgemm with M=1 is about 3x slower in OpenBLAS.
                 cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), 1, w, Int32(cols), x, 1, 0, y, 1)
             } else {
@@ -140,6 +144,8 @@ public struct WeightMatrix: @unchecked Sendable {
     public func applyRowwise(_ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) {
         if IntegerDotKernels.apply(self, x, rowCount: n, into: y) { return } // row-invariant by construction
         switch storage {
+        case .f32(let w) where RowInvariantKernels.enabled:
+            F32RowInvariantKernels.product(w, rows: rows, cols: cols, x: x, count: n, y: y)
         case .f32(let w):
             for r in 0..<n {
                 cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), 1, w, Int32(cols), x + r * cols, 1, 0, y + r * rows, 1)

@@ -35,6 +35,34 @@ import Testing
         }
     }
 
+    @Test func f32AnyRowCountMatchesOneRowAloneAndTheRowwisePath() {
+        // 70 columns: blocks of 16 plus a scalar tail; odd weight rows leave a single-row remainder;
+        // 1100x1024 is split over two threads and tiled.
+        for (rows, cols, counts) in [(23, 70, [2, 3, 9, 13, 64, 65]), (1100, 1024, [9, 31]), (8, 5, [1, 4])] {
+            let values = AlignedBuffer(randomFloats(rows * cols, seed: 31))
+            let matrix = WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(values.pointer)), owner: values)
+            expectRowInvariant(matrix, rowCounts: counts, seed: 32)
+            // applyRowwise (the LM head's path) gives the same bits, and the values are the product's.
+            let n = counts.last!
+            let x = randomFloats(n * cols, seed: 33)
+            var applied = [Float](repeating: 0, count: n * rows), rowwise = applied
+            x.withUnsafeBufferPointer { xp in
+                applied.withUnsafeMutableBufferPointer { matrix.apply(xp.baseAddress!, rowCount: n, into: $0.baseAddress!) }
+                rowwise.withUnsafeMutableBufferPointer { matrix.applyRowwise(xp.baseAddress!, rowCount: n, into: $0.baseAddress!) }
+            }
+            #expect(applied.map(\.bitPattern) == rowwise.map(\.bitPattern))
+            var worst: Float = 0
+            for j in 0..<n {
+                for r in 0..<rows {
+                    var reference: Double = 0
+                    for c in 0..<cols { reference += Double(values.pointer[r * cols + c]) * Double(x[j * cols + c]) }
+                    worst = max(worst, abs(applied[j * rows + r] - Float(reference)) / max(1, Float(abs(reference))))
+                }
+            }
+            #expect(worst < 1e-4, "\(rows)x\(cols): relative error \(worst)")
+        }
+    }
+
     /// Timing of the row-invariant bf16 product against the sgemm path it replaced (the weights
     /// widened to f32, then OpenBLAS sgemm), one thread each, at the demo model's and
     /// OLMoE-1B-7B's matrix shapes; only with `MOE_ROW_INVARIANT_BENCH=1` (a measurement,
