@@ -1,15 +1,20 @@
 import CKernels
 import Dispatch
 
-/// f32 products (f16 checkpoints widened to f32, GGUF files' F32 routers and F16/F32 matrices as
-/// read) in which every output is computed with one fixed arithmetic whatever the number of input
-/// rows: two 8-lane accumulators over the row in blocks of 16 (`addProduct`, fused), their sum,
-/// then the scalar tail. A prompt row so gives the same bits in a prefill chunk of any size as a
+/// f32 products (f16 and f32 checkpoints) in which every output is computed with one fixed
+/// arithmetic whatever the number of input rows: with AVX-512, one 16-lane accumulator per output
+/// in 4x4 register tiles (`moe_f32_rows_avx512`); otherwise two 8-lane accumulators over the row in
+/// blocks of 16 (`addProduct`, fused), their sum, then the scalar tail. A prompt row so gives the same bits in a prefill chunk of any size as a
 /// decode step's one row, which partial prompt-cache hits need (see `RowInvariantKernels`, the
 /// bf16 counterpart, and `Engine.partialPromptReuse`). OpenBLAS's sgemv and sgemm, which these
 /// replace, each accumulate in an order of their own and so differ from each other in the last
 /// bits. `MOE_PREFILL_GEMM=sgemm` (`RowInvariantKernels.enabled` false) restores them.
 public enum F32RowInvariantKernels {
+    /// Whether products run the AVX-512 kernel: the CPU has AVX-512 F and `MOE_KERNELS` neither caps the
+    /// level below it nor asks for the Swift float kernels. Fixed for the process, so every row of
+    /// every product keeps one arithmetic.
+    static let useAVX512 = (IntegerDotKernels.level ?? .portable) >= .avx512
+
     /// Weight bytes of one tile of weight rows: swept once per pair of input rows, so it stays in L2.
     static let tileBytes = 96 << 10
 
@@ -17,6 +22,31 @@ public enum F32RowInvariantKernels {
     /// over two threads by weight rows (each output's arithmetic unchanged).
     public static func product(_ w: UnsafePointer<Float>, rows: Int, cols: Int, x: UnsafePointer<Float>, count: Int,
                                y: UnsafeMutablePointer<Float>) {
+        guard count > 0, rows > 0 else { return }
+        if useAVX512 {
+            // 16-lane accumulators in 4x4 register tiles (f32_rows_avx512.c): 2.5-3x the Swift
+            // kernel below at prefill sizes, which the 16 AVX2 registers cannot tile as widely.
+            let split = rows >= 64 && count * rows * cols >= WeightMatrix.parallelGEMMWork && moe_kernels_serial() == 0
+            if split {
+                let half = (rows / 2 + 7) & ~7
+                let pointers = UncheckedSendable((w, x, y))
+                DispatchQueue.concurrentPerform(iterations: 2) { part in
+                    let (w, x, y) = pointers.value
+                    moe_f32_rows_avx512(w, Int64(rows), Int64(cols), x, Int64(count), y,
+                                        Int64(part == 0 ? 0 : half), Int64(part == 0 ? half : rows))
+                }
+            } else {
+                moe_f32_rows_avx512(w, Int64(rows), Int64(cols), x, Int64(count), y, 0, Int64(rows))
+            }
+            return
+        }
+        swiftProduct(w, rows: rows, cols: cols, x: x, count: count, y: y)
+    }
+
+    /// The product in Swift SIMD (8-lane accumulators; AVX2 machines): per output two
+    /// accumulators over blocks of 16, their sum, then the scalar tail.
+    static func swiftProduct(_ w: UnsafePointer<Float>, rows: Int, cols: Int, x: UnsafePointer<Float>, count: Int,
+                             y: UnsafeMutablePointer<Float>) {
         guard count > 0, rows > 0 else { return }
         let tileRows = max(8, tileBytes / max(1, 4 * cols))
         func run(_ range: Range<Int>) {

@@ -75,12 +75,8 @@ public struct WeightMatrix: @unchecked Sendable {
                 // Not sgemv/sgemm: every row keeps one arithmetic whatever the row count, so a
                 // prompt row has the same bits in any chunk (partial prompt-cache hits are exact).
                 F32RowInvariantKernels.product(w, rows: rows, cols: cols, x: x, count: n, y: y)
-            } else if n == 1 {
-                // sgemv: sgemm with M=1 is about 3x slower in OpenBLAS.
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), 1, w, Int32(cols), x, 1, 0, y, 1)
             } else {
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
-                            1, x, Int32(cols), w, Int32(cols), 0, y, Int32(rows))
+                Self.openBLAS(w, rows: rows, cols: cols, x: x, count: n, y: y)
             }
         case .bf16(let w):
             if n == 1 {
@@ -134,6 +130,19 @@ public struct WeightMatrix: @unchecked Sendable {
                 }
                 GGMLKernels.addBlockSumCorrection(type, blocks, rows: rows, cols: cols, x: x, count: n, y: y)
             }
+        }
+    }
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for f32 `w` through OpenBLAS (sgemv for one row, sgemm above):
+    /// what f32 products ran before `F32RowInvariantKernels`, kept for `MOE_PREFILL_GEMM=sgemm` and
+    /// the side-by-side timing test.
+    static func openBLAS(_ w: UnsafePointer<Float>, rows: Int, cols: Int, x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
+        if n == 1 {
+            // sgemv: sgemm with M=1 is about 3x slower in OpenBLAS.
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(rows), Int32(cols), 1, w, Int32(cols), x, 1, 0, y, 1)
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(rows), Int32(cols),
+                        1, x, Int32(cols), w, Int32(cols), 0, y, Int32(rows))
         }
     }
 

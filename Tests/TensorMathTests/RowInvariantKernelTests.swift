@@ -60,6 +60,20 @@ import Testing
                 }
             }
             #expect(worst < 1e-4, "\(rows)x\(cols): relative error \(worst)")
+            // The Swift SIMD kernel (machines without AVX-512) is row-invariant too.
+            var swiftAlone = [Float](repeating: 0, count: n * rows), swiftBatched = swiftAlone
+            x.withUnsafeBufferPointer { xp in
+                swiftAlone.withUnsafeMutableBufferPointer { yp in
+                    for j in 0..<n {
+                        F32RowInvariantKernels.swiftProduct(values.pointer, rows: rows, cols: cols, x: xp.baseAddress! + j * cols, count: 1, y: yp.baseAddress! + j * rows)
+                    }
+                }
+                swiftBatched.withUnsafeMutableBufferPointer {
+                    F32RowInvariantKernels.swiftProduct(values.pointer, rows: rows, cols: cols, x: xp.baseAddress!, count: n, y: $0.baseAddress!)
+                }
+            }
+            #expect(swiftBatched.map(\.bitPattern) == swiftAlone.map(\.bitPattern))
+            #expect(zip(swiftBatched, applied).allSatisfy { abs($0 - $1) <= 1e-4 * max(1, abs($1)) })
         }
     }
 
@@ -69,6 +83,7 @@ import Testing
     /// printed, not an assertion).
     @Test(.enabled(if: ProcessInfo.processInfo.environment["MOE_ROW_INVARIANT_BENCH"] == "1"))
     func timingAgainstSGEMM() {
+        WeightMatrix.configureThreading() // one OpenBLAS thread, as the server runs it (else sgemm uses both cores)
         let shapes: [(String, Int, Int)] = [("demo q/o 256x256", 256, 256), ("demo expert 128x256", 128, 256),
                                             ("demo down 256x128", 256, 128), ("olmoe q 2048x2048", 2048, 2048),
                                             ("olmoe expert 1024x2048", 1024, 2048), ("olmoe down 2048x1024", 2048, 1024)]
@@ -76,7 +91,6 @@ import Testing
             let matrix = Self.bf16Matrix(rows: rows, cols: cols, seed: 3)
             guard case .bf16(let w) = matrix.storage else { continue }
             let widened = AlignedBuffer<Float>(count: rows * cols)
-            let f32 = WeightMatrix(rows: rows, cols: cols, storage: .f32(UnsafePointer(widened.pointer)), owner: widened)
             for n in [9, 32, 64, 256] {
                 let x = randomFloats(n * cols, seed: 4)
                 var y = [Float](repeating: 0, count: n * rows)
@@ -94,7 +108,7 @@ import Testing
                     y.withUnsafeMutableBufferPointer { yp in
                         median {
                             FloatConversion.convertBF16(w, to: widened.pointer, count: rows * cols)
-                            f32.apply(xp.baseAddress!, rowCount: n, into: yp.baseAddress!)
+                            WeightMatrix.openBLAS(widened.pointer, rows: rows, cols: cols, x: xp.baseAddress!, count: n, y: yp.baseAddress!)
                         }
                     }
                 }
@@ -110,6 +124,33 @@ import Testing
                 let gflops = { (ns: Double) in 2 * Double(n * rows * cols) / ns }
                 print(String(format: "row-invariant bench: %@ n=%d  sgemm %.1f us (%.1f GFLOP/s)  row-invariant %.1f us (%.1f GFLOP/s)  ratio %.2f",
                              name, n, sgemm / 1e3, gflops(sgemm), invariant / 1e3, gflops(invariant), invariant / sgemm))
+                // f32 weights (f16 checkpoints): sgemm on them against F32RowInvariantKernels.
+                let f32SGEMM = x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        median { WeightMatrix.openBLAS(widened.pointer, rows: rows, cols: cols, x: xp.baseAddress!, count: n, y: yp.baseAddress!) }
+                    }
+                }
+                let f32Invariant = x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        median {
+                            IntegerDotKernels.serially {
+                                F32RowInvariantKernels.product(widened.pointer, rows: rows, cols: cols, x: xp.baseAddress!, count: n, y: yp.baseAddress!)
+                            }
+                        }
+                    }
+                }
+                let f32Swift = x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { yp in
+                        median {
+                            IntegerDotKernels.serially {
+                                F32RowInvariantKernels.swiftProduct(widened.pointer, rows: rows, cols: cols, x: xp.baseAddress!, count: n, y: yp.baseAddress!)
+                            }
+                        }
+                    }
+                }
+                print(String(format: "row-invariant bench f32: %@ n=%d  sgemm %.1f us (%.1f GFLOP/s)  row-invariant %.1f us (%.1f GFLOP/s)  ratio %.2f  (Swift SIMD kernel %.1f us, ratio %.2f)",
+                             name, n, f32SGEMM / 1e3, gflops(f32SGEMM), f32Invariant / 1e3, gflops(f32Invariant), f32Invariant / f32SGEMM,
+                             f32Swift / 1e3, f32Swift / f32SGEMM))
             }
         }
     }
@@ -121,15 +162,19 @@ import Testing
     @Test(.enabled(if: ProcessInfo.processInfo.environment["MOE_ROW_INVARIANT_BENCH"] == "1"))
     func sgemmRowsDependOnTheirNeighbours() {
         for (rows, cols) in [(256, 256), (128, 256), (1024, 2048)] {
-            let matrix = WeightMatrix(rows: rows, cols: cols, values: randomFloats(rows * cols, seed: 31))
+            let weights = AlignedBuffer(randomFloats(rows * cols, seed: 31))
             let x = randomFloats(300 * cols, seed: 32)
+            // OpenBLAS itself (f32 `apply` runs F32RowInvariantKernels now).
+            func openBLAS(_ n: Int, _ y: UnsafeMutablePointer<Float>) {
+                x.withUnsafeBufferPointer { WeightMatrix.openBLAS(weights.pointer, rows: rows, cols: cols, x: $0.baseAddress!, count: n, y: y) }
+            }
             func product(_ n: Int) -> [UInt32] {
                 var y = [Float](repeating: 0, count: n * rows)
-                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { matrix.apply(xp.baseAddress!, rowCount: n, into: $0.baseAddress!) } }
+                y.withUnsafeMutableBufferPointer { openBLAS(n, $0.baseAddress!) }
                 return y.map(\.bitPattern)
             }
             var alone = [Float](repeating: 0, count: rows)
-            x.withUnsafeBufferPointer { xp in alone.withUnsafeMutableBufferPointer { matrix.apply(xp.baseAddress!, rowCount: 1, into: $0.baseAddress!) } }
+            alone.withUnsafeMutableBufferPointer { openBLAS(1, $0.baseAddress!) }
             let chunk = product(64)
             for n in [65, 67, 72, 128, 256, 300] {
                 let wider = product(n)

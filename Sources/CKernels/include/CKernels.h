@@ -111,6 +111,12 @@ void moe_gemm_mxfp4_q8(int level, const uint8_t *blocks, int64_t cols, int64_t r
 /// `MOE_MXFP4_KERNEL=rows`, for side-by-side timing) or "portable". Every variant gives the same bits.
 const char *moe_mxfp4_kernel_name(int level);
 
+/// Row-invariant f32 product on AVX-512 F (call only when moe_kernels_detect() >= MOE_KERNEL_AVX512):
+/// y[j * rows + r] = Σ_c w[r * cols + c] · x[j * cols + c] for r in [row_begin, row_end), j < count, each
+/// output with one fixed arithmetic whatever `count` and the row range (see f32_rows_avx512.c).
+void moe_f32_rows_avx512(const float *w, int64_t rows, int64_t cols, const float *x, int64_t count, float *y,
+                         int64_t row_begin, int64_t row_end);
+
 #ifdef __cplusplus
 }
 #endif
