@@ -49,24 +49,12 @@ import TensorMath
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let url = try Self.widenedCopy("qwen2moe-shared", in: directory)
-        let engine = try Self.engine(url)
-        defer { engine.shutdown(grace: 1) }
         // The widened copy really runs f32 products.
         let copy = try CheckpointDirectory(url: url)
         let qShape = try copy.entry("model.layers.0.self_attn.q_proj.weight").0.shape
         if case .f32 = try copy.matrix("model.layers.0.self_attn.q_proj.weight", rows: qShape[0], cols: qShape[1]).storage {} else {
             Issue.record("the copy's q_proj is not f32")
         }
-        let turn1 = (0..<70).map { ($0 * 13 + 5) % 97 }
-        let reply = try PromptCacheTests.run(engine, PromptCacheTests.sampled(turn1, maxTokens: 12, seed: 11))
-        let turn2 = turn1 + reply.tokens + (0..<30).map { ($0 * 3 + 1) % 97 }
-        let cold = try Self.engine(url)
-        let reference = try PromptCacheTests.run(cold, PromptCacheTests.sampled(turn2, maxTokens: 8, seed: 5))
-        cold.shutdown(grace: 1)
-        let cached = try PromptCacheTests.run(engine, PromptCacheTests.sampled(turn2, maxTokens: 8, seed: 5))
-        #expect(engine.exactPrefill == true)
-        #expect(cached.usage?.cachedTokens == turn1.count + reply.tokens.count - 1)
-        #expect(cached.tokens == reference.tokens)
-        #expect(cached.logprobs.map(\.bitPattern) == reference.logprobs.map(\.bitPattern))
+        try QuantizedPromptCacheTests.expectGrowingConversationReusesTheLastTurn { try Self.engine(url) }
     }
 }

@@ -39,13 +39,25 @@ import MoEModels
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("quantised-prompt-cache-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
+        try QuantizedPromptCacheTests.expectGrowingConversationReusesTheLastTurn {
+            try Self.packedEngine("qwen2moe-shared", experts: experts, dense: dense, in: directory)
+        }
+    }
+}
+
+extension QuantizedPromptCacheTests {
+    /// A growing chat on engines from `make`: turn 1 (70 tokens and a 12-token reply), then turn 2
+    /// (turn 1, its reply and 30 new tokens) on the same engine must reuse all of turn 1 but its last
+    /// sampled token (`whenExact`: the probe must find the prefill exact) and equal a cold engine's
+    /// run of turn 2 bit for bit.
+    static func expectGrowingConversationReusesTheLastTurn(_ make: () throws -> Engine) throws {
         let turn1 = (0..<70).map { ($0 * 13 + 5) % 97 }
-        let engine = try Self.packedEngine("qwen2moe-shared", experts: experts, dense: dense, in: directory)
+        let engine = try make()
         defer { engine.shutdown(grace: 1) }
         let reply = try PromptCacheTests.run(engine, PromptCacheTests.sampled(turn1, maxTokens: 12, seed: 11))
         #expect(reply.tokens.count == 12)
         let turn2 = turn1 + reply.tokens + (0..<30).map { ($0 * 3 + 1) % 97 }
-        let cold = try Self.packedEngine("qwen2moe-shared", experts: experts, dense: dense, in: directory)
+        let cold = try make()
         let reference = try PromptCacheTests.run(cold, PromptCacheTests.sampled(turn2, maxTokens: 8, seed: 5))
         cold.shutdown(grace: 1)
         let cached = try PromptCacheTests.run(engine, PromptCacheTests.sampled(turn2, maxTokens: 8, seed: 5))
