@@ -185,16 +185,22 @@ const char *moe_mxfp4_kernel_name(int level) {
     return mxfp4_nibbles(level) ? "nibbles" : "rows";
 }
 
-void moe_gemm_mxfp4_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
-                       const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+void moe_gemm_mxfp4_q8_rows(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
+                            const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
     switch (level) {
 #if defined(__x86_64__)
-    case MOE_KERNEL_AVX512_VNNI:
-        if (mxfp4_nibbles(level) && moe_gemm_mxfp4_q8_avx512vbmi(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
-        moe_gemm_mxfp4_q8_avx512vnni(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+    case MOE_KERNEL_AVX512_VNNI: moe_gemm_mxfp4_q8_avx512vnni(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
     case MOE_KERNEL_AVX512: moe_gemm_mxfp4_q8_avx512(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
     case MOE_KERNEL_AVX2: moe_gemm_mxfp4_q8_avx2(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
 #endif
     default: moe_gemm_mxfp4_q8_portable(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
     }
+}
+
+void moe_gemm_mxfp4_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
+                       const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+#if defined(__x86_64__)
+    if (mxfp4_nibbles(level) && moe_gemm_mxfp4_q8_avx512vbmi(blocks, 0, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+#endif
+    moe_gemm_mxfp4_q8_rows(level, blocks, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }

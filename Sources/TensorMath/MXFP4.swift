@@ -134,6 +134,17 @@ public enum MXFP4 {
         "\(level.name)/" + String(cString: moe_mxfp4_kernel_name(level.rawValue))
     }
 
+    /// `IntegerDotKernels.mxfp4` (all rows, one thread) by the block-group kernel of `level`
+    /// (`moe_gemm_mxfp4_q8_rows`) whatever variant the CPU would choose: tests compare the variants.
+    static func integerProductByRowsKernel(_ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int, x: UnsafePointer<Float>, count n: Int,
+                                           y: UnsafeMutablePointer<Float>, level: KernelLevel) {
+        let nb = cols / 32
+        // The activations as moe_quantize_q8 leaves them: q [n, cols], block scales and sums [n, nb].
+        var q = [Int8](repeating: 0, count: n * cols), d = [Float](repeating: 0, count: n * nb), sums = [Int32](repeating: 0, count: n * nb)
+        moe_quantize_q8(level.rawValue, x, Int64(n), Int64(cols), &q, &d, &sums)
+        moe_gemm_mxfp4_q8_rows(level.rawValue, blocks, Int64(cols), 0, Int64(rows), q, d, sums, Int64(n), y, Int64(rows))
+    }
+
     /// Rows `range` of the product, by the C kernel (`moe_gemv_mxfp4`, AVX2 where the CPU has it;
     /// tests pass lower levels to compare).
     static func rowRange(_ blocks: UnsafePointer<UInt8>, _ range: Range<Int>, cols: Int, x: UnsafePointer<Float>, count: Int,

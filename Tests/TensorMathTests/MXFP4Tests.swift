@@ -153,6 +153,80 @@ import Testing
         }
     }
 
+    /// The integer-dot kernel at gpt-oss-20b's width: 2880 columns are 90 blocks, five whole
+    /// 16-block groups of the nibble kernel (mxfp4_avx512.c) and a short group of 10, or eleven
+    /// 8-block groups and 2 left for the block-group kernels; 77 weight rows (no multiple of a row
+    /// tile or of the two-thread split); 1...9 token rows (the nibble kernel's 8-token tile, the
+    /// block-group kernel's 4-token tile, and their remainders). At every level, and by the
+    /// block-group kernel too where the nibble kernel is the default, the bits are the portable
+    /// level's, batched or one token at a time, and a token's outputs do not depend on how many
+    /// tokens share the call; the portable result is the dot product of the dequantized weights
+    /// with the activations as the kernel sees them (`roundTripActivations`).
+    @Test func integerKernelAtGptOssWidth() {
+        let rows = 77, cols = 2880, maxTokens = 9
+        var generator = SplitMix64(seed: 29)
+        let blocks = AlignedBuffer<UInt8>(count: MXFP4.byteCount(rows: rows, cols: cols))
+        for i in 0..<blocks.count { blocks[i] = UInt8(truncatingIfNeeded: generator.next()) }
+        // gpt-oss's exponents (scales 2^-9...2^-2), and every 53rd block an extreme one (subnormal
+        // half scales, large ones), in whole groups and in the short last group alike.
+        let extremes: [UInt8] = [0, 1, 2, 140, 200]
+        for b in 0..<(rows * cols / 32) {
+            blocks[b * MXFP4.blockBytes] = b % 53 == 0 ? extremes[(b / 53) % extremes.count] : UInt8(118 + generator.next() % 8)
+        }
+        let dense = AlignedBuffer<Float>(count: rows * cols)
+        MXFP4.dequantize(blocks.pointer, rows: rows, cols: cols, into: dense.pointer)
+        var x = randomFloats(maxTokens * cols, seed: 71)
+        for c in (3 * cols + 2848)..<(3 * cols + 2880) { x[c] = 0 } // an all-zero activation block (scale 0) in the short group
+        func product(_ level: KernelLevel, tokens n: Int, perCall: Int, rowsKernel: Bool = false) -> [Float] {
+            var y = [Float](repeating: 0, count: n * rows)
+            x.withUnsafeBufferPointer { xp in
+                y.withUnsafeMutableBufferPointer { yp in
+                    var first = 0
+                    while first < n {
+                        let c = min(perCall, n - first)
+                        let (xs, ys) = (xp.baseAddress! + first * cols, yp.baseAddress! + first * rows)
+                        if rowsKernel {
+                            MXFP4.integerProductByRowsKernel(blocks.pointer, rows: rows, cols: cols, x: xs, count: c, y: ys, level: level)
+                        } else {
+                            IntegerDotKernels.mxfp4(blocks.pointer, rows: rows, cols: cols, x: xs, count: c, y: ys, level: level)
+                        }
+                        first += c
+                    }
+                }
+            }
+            return y
+        }
+        let all = product(.portable, tokens: maxTokens, perCall: maxTokens).map(\.bitPattern)
+        let variants = KernelLevel.available.map { ($0, false) } + [(KernelLevel.detected, true)]
+        for n in 1...maxTokens {
+            let portable = product(.portable, tokens: n, perCall: n).map(\.bitPattern)
+            #expect(portable == Array(all[0..<(n * rows)]), "portable, \(n) tokens: each token's outputs as among 9")
+            for (level, rowsKernel) in variants {
+                let name = "\(level)\(rowsKernel ? " block-group kernel" : ""), \(n) tokens"
+                #expect(product(level, tokens: n, perCall: n, rowsKernel: rowsKernel).map(\.bitPattern) == portable, "\(name)")
+                #expect(product(level, tokens: n, perCall: 1, rowsKernel: rowsKernel).map(\.bitPattern) == portable, "\(name), one at a time")
+            }
+        }
+        // Against float arithmetic: each output's error is at most one rounding per fma into its
+        // accumulator lane (90 blocks over 8 lanes: 12) and per step of the final sum (3), each
+        // at most 2^-24 of the sum of the products' magnitudes: (12 + 3) · 2^-24 < 1e-6.
+        var seen = [Float](repeating: 0, count: maxTokens * cols)
+        x.withUnsafeBufferPointer { IntegerDotKernels.roundTripActivations($0.baseAddress!, count: maxTokens, cols: cols, into: &seen) }
+        #expect(seen[(3 * cols + 2848)..<(3 * cols + 2880)].allSatisfy { $0 == 0 })
+        for t in 0..<maxTokens {
+            for o in 0..<rows {
+                var exact: Double = 0, magnitude: Double = 0
+                for c in 0..<cols {
+                    let p = Double(dense[o * cols + c]) * Double(seen[t * cols + c])
+                    exact += p
+                    magnitude += abs(p)
+                }
+                let got = Double(Float(bitPattern: all[t * rows + o]))
+                #expect(abs(got - exact) <= 1e-6 * magnitude + 1e-30, "token \(t), output \(o): \(got) against \(exact)")
+            }
+        }
+    }
+
     /// `apply` (the integer-dot kernel unless `MOE_KERNELS=float`) against dequantized weights and
     /// a plain dot product with the activations the kernel sees (8-bit blocks on the integer path).
     @Test func kernelMatchesDequantizedProduct() {

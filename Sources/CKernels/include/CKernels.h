@@ -106,6 +106,11 @@ void moe_gemv_mxfp4(int level, const uint8_t *blocks, int64_t cols, int64_t row_
 void moe_gemm_mxfp4_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
                        const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy);
 
+/// `moe_gemm_mxfp4_q8` by the block-group kernel of `level` ("rows" in `moe_mxfp4_kernel_name`)
+/// whatever the CPU and `MOE_MXFP4_KERNEL`: tests compare it with the default variant.
+void moe_gemm_mxfp4_q8_rows(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
+                            const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy);
+
 /// The variant `moe_gemm_mxfp4_q8` runs at `level` on this CPU: "nibbles" (AVX-512 VBMI + VNNI,
 /// see mxfp4_avx512.c), "rows" (the earlier block-group kernel of each level; also chosen by
 /// `MOE_MXFP4_KERNEL=rows`, for side-by-side timing) or "portable". Every variant gives the same bits.
