@@ -7,7 +7,8 @@
 //
 // The arithmetic of one output, identical at every level (so results are bit-identical across
 // machines, and alone or batched):
-//   activations x[cols] are quantised per block of 32: d = max|x| / 127, q = rint(x / d);
+//   activations x[cols] are quantised per block of 32: d = max|x| / 127, q = rint(x · 127/max|x|), then d is
+//   rounded to float16 (llama.cpp's Q8_0) when that is a normal float16;
 //   for block b: s_b = Σ_i w_i · q_i, exact in int32 (w_i = nibble − 8 for q4, the int8 for i8);
 //   acc[b mod 8] = fma((float)s_b, scale_b, acc[b mod 8]) with scale_b = wscale_b · d_b (q4) or d_b (i8);
 //   y = ((acc0+acc4)+(acc2+acc6)) + ((acc1+acc5)+(acc3+acc7)), times the row scale for i8.
@@ -61,7 +62,8 @@ int moe_corepair_run(moe_corepair_fn fn, void *context);
 
 /// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
 /// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at
-/// every level: d = max|x| / 127, q = x · (1/d) rounded half to even.
+/// every level: d = max|x| / 127, q = x · (127/max|x|) rounded half to even, then d rounded to the
+/// nearest float16 when that is a normal float16 (2^-14 ≤ d < 65520), as llama.cpp's Q8_0 stores it.
 void moe_quantize_q8(int level, const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
 
 /// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end` and tokens `t < n`, W in q4
