@@ -139,3 +139,67 @@ import TensorMath
         }
     }
 }
+
+/// GGUF Q8_0 matrices on their integer-dot kernel (`IntegerDotKernels.q8_0`, issue 22 item 2): the
+/// same bits at every level, exact products over the rounded activations up to float rounding,
+/// and row invariant.
+@Suite struct GGMLQ8_0Tests {
+    /// Random Q8_0 blocks: every int8 value (−128 too) and float16 scales of both signs.
+    static func blocks(rows: Int, cols: Int, seed: UInt64) -> [UInt8] {
+        var random = SplitMix64(seed: seed)
+        let count = rows * cols / 32
+        var bytes = [UInt8](repeating: 0, count: count * 34)
+        for b in 0..<count {
+            var scale = Float16(random.nextFloat(in: 0.0005..<0.01))
+            if random.next() % 2 == 0 { scale = -scale }
+            withUnsafeBytes(of: scale.bitPattern.littleEndian) { bytes[b * 34] = $0[0]; bytes[b * 34 + 1] = $0[1] }
+            for j in 0..<32 { bytes[b * 34 + 2 + j] = UInt8(truncatingIfNeeded: random.next()) }
+            if b == 0 { for j in 0..<32 { bytes[b * 34 + 2 + j] = 0x80 } } // a block of −128s
+        }
+        return bytes
+    }
+
+    @Test(arguments: [32, 288, 2080])
+    func q8_0RunsTheIntegerKernel(cols: Int) {
+        guard let inUse = IntegerDotKernels.level else { return }
+        let rows = 37
+        let source = Self.blocks(rows: rows, cols: cols, seed: UInt64(cols))
+        source.withUnsafeBytes { raw in
+            let blocks = raw.baseAddress!.assumingMemoryBound(to: UInt8.self)
+            let matrix = WeightMatrix(rows: rows, cols: cols, storage: .ggml(type: .q8_0, blocks: blocks), owner: nil)
+            for n in [1, 2, 5, 9, 40] {
+                let x = QuantizationTests.random(n * cols, seed: UInt64(cols + n)).map { $0 * 30 }
+                let y = GGMLQ4_0Tests.apply(matrix, x, count: n)
+                func at(_ level: KernelLevel) -> [Float] {
+                    var z = [Float](repeating: .nan, count: n * rows)
+                    x.withUnsafeBufferPointer { xs in
+                        z.withUnsafeMutableBufferPointer { IntegerDotKernels.q8_0(level: level, blocks, rows: rows, cols: cols, x: xs.baseAddress!, count: n, y: $0.baseAddress!) }
+                    }
+                    return z
+                }
+                let portable = at(.portable)
+                #expect(y.map(\.bitPattern) == at(inUse).map(\.bitPattern), "apply is not the integer kernel (\(n) rows, \(cols) columns)")
+                for level in KernelLevel.available {
+                    #expect(at(level).map(\.bitPattern) == portable.map(\.bitPattern), "\(level.name), \(n) rows, \(cols) columns")
+                }
+                var rounded = [Float](repeating: 0, count: n * cols)
+                x.withUnsafeBufferPointer { xs in
+                    rounded.withUnsafeMutableBufferPointer { IntegerDotKernels.roundTripActivations(xs.baseAddress!, count: n, cols: cols, into: $0.baseAddress!) }
+                }
+                for r in 0..<rows {
+                    var w = [Float](repeating: 0, count: cols)
+                    w.withUnsafeMutableBufferPointer { GGMLDequantize.row(.q8_0, raw.baseAddress! + r * (cols / 32) * 34, count: cols, into: $0.baseAddress!) }
+                    for t in 0..<n {
+                        var exact = 0.0, magnitude = 0.0
+                        for c in 0..<cols { exact += Double(w[c]) * Double(rounded[t * cols + c]); magnitude += abs(Double(w[c]) * Double(rounded[t * cols + c])) }
+                        #expect(abs(Double(y[t * rows + r]) - exact) <= 1e-5 * magnitude + 1e-30, "row \(r) token \(t)")
+                    }
+                }
+                for t in 0..<n {
+                    let alone = GGMLQ4_0Tests.apply(matrix, Array(x[t * cols..<(t + 1) * cols]), count: 1)
+                    #expect(alone.map(\.bitPattern) == y[t * rows..<(t + 1) * rows].map(\.bitPattern), "token \(t) of \(n)")
+                }
+            }
+        }
+    }
+}

@@ -80,6 +80,13 @@ void moe_gemm_i8_q8(int level, const int8_t *w, const float *row_scales, int64_t
                     const int8_t *q, const float *d, const int32_t *sums, int64_t n,
                     float *y, int64_t ldy);
 
+/// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end`, W in GGUF Q8_0 blocks as the file
+/// stores them (`block_q8_0`: float16 d, 32 int8; `blocks[rows, cols/32, 34]`), x quantised by
+/// `moe_quantize_q8`: per block s_b = Σ w·q exact, acc[b mod 8] = fma((float)s_b, d_w · d_x, acc[b mod 8]),
+/// the canonical final sum; the same bits at every level and any `n` (q8_0.c).
+void moe_gemm_q8_0_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
+                      const int8_t *q, const float *d, int64_t n, float *y, int64_t ldy);
+
 /// Quantises `x[n, cols]` (cols a multiple of 256) to Q8_K as llama.cpp does (its
 /// quantize_row_q8_K): per block of 256, iscale = −127 / (the value of largest magnitude),
 /// q = min(127, rint(iscale · x)), d = 1 / iscale; `q[n, cols]`, `d[n, cols/256]` and the sums of
