@@ -62,7 +62,7 @@ static void q8_0_portable(const uint8_t *w, int64_t cols, int64_t row_begin, int
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 
 /// Eight vectors of eight int32 partial sums (one per block) → the eight block sums, in order.
 static inline __m256i q8_0_sum_blocks(const __m256i p[8]) {
@@ -80,45 +80,66 @@ static inline float q8_0_reduce(__m256 acc) {
     return _mm_cvtss_f32(r);
 }
 
-/// Eight blocks (`blocks`: 8 × 34 bytes) against one token's eight activation blocks: lane k of
-/// the result accumulates block k's exact sum times d_w · d_x.
-static inline __attribute__((always_inline)) __m256 q8_0_group(const uint8_t *blocks, const int8_t *qt, const float *dt, __m256 acc) {
+/// Eight blocks (`blocks`: 8 × 34 bytes) against one token's eight activation blocks, `ws` the
+/// blocks' scales: lane k of the result accumulates block k's exact sum times d_w · d_x.
+static inline __attribute__((always_inline)) __m256 q8_0_group(const uint8_t *blocks, const float *ws, const int8_t *qt,
+                                                               const float *dt, __m256 acc) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256i p[8];
-    float ws[8];
     for (int k = 0; k < 8; k++) {
-        const uint8_t *block = blocks + k * Q8_0_BLOCK_BYTES;
-        const __m256i w = _mm256_loadu_si256((const __m256i *)(block + 2));
+        const __m256i w = _mm256_loadu_si256((const __m256i *)(blocks + k * Q8_0_BLOCK_BYTES + 2));
         const __m256i a = _mm256_loadu_si256((const __m256i *)(qt + 32 * k));
         // |w| is unsigned and w's sign moves onto the activation (|w| ≤ 128, |q| ≤ 127: no s16 overflow).
         p[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)), ones);
-        ws[k] = block_scale(block);
     }
     const __m256i s = q8_0_sum_blocks(p);
     const __m256 scale = _mm256_mul_ps(_mm256_loadu_ps(ws), _mm256_loadu_ps(dt));
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
 }
 
+/// Rows at most this wide have their block scales widened once per row on the stack (64 KiB
+/// columns); wider rows widen them per group.
+#define Q8_0_STACK_BLOCKS 2048
+
+/// The float scales of eight blocks at `blocks` (vcvtph2ps: exact), into `out[8]`.
+static inline void q8_0_scales8(const uint8_t *blocks, float *out) {
+    uint16_t h[8];
+    for (int k = 0; k < 8; k++) memcpy(&h[k], blocks + k * Q8_0_BLOCK_BYTES, 2);
+    _mm256_storeu_ps(out, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
+}
+
 static void q8_0_avx2(const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
                       const int8_t *q, const float *d, int64_t n, float *y, int64_t ldy) {
     const int64_t nb = cols / MOE_KERNEL_BLOCK, groups = nb / 8, rem = nb % 8;
+    float scales[Q8_0_STACK_BLOCKS + 8];
     for (int64_t r = row_begin; r < row_end; r++) {
         const uint8_t *row = w + r * nb * Q8_0_BLOCK_BYTES;
         // The last, partial group through zero-padded copies: a missing block has weights and scale
         // 0, so it adds exactly nothing, as in the portable kernel that skips it.
         uint8_t tail[8 * Q8_0_BLOCK_BYTES] = {0};
-        if (rem) memcpy(tail, row + groups * 8 * Q8_0_BLOCK_BYTES, (size_t)(rem * Q8_0_BLOCK_BYTES));
+        float tail_scales[8];
+        if (rem) {
+            memcpy(tail, row + groups * 8 * Q8_0_BLOCK_BYTES, (size_t)(rem * Q8_0_BLOCK_BYTES));
+            q8_0_scales8(tail, tail_scales);
+        }
+        // Each block's float16 scale widened once per row, not once per token.
+        const int cached = nb <= Q8_0_STACK_BLOCKS;
+        if (cached) for (int64_t g = 0; g < groups; g++) q8_0_scales8(row + g * 8 * Q8_0_BLOCK_BYTES, scales + g * 8);
         for (int64_t t = 0; t < n; t++) {
             const int8_t *qt = q + t * cols;
             const float *dt = d + t * nb;
             __m256 acc = _mm256_setzero_ps();
-            for (int64_t g = 0; g < groups; g++) acc = q8_0_group(row + g * 8 * Q8_0_BLOCK_BYTES, qt + g * 256, dt + g * 8, acc);
+            for (int64_t g = 0; g < groups; g++) {
+                float own[8];
+                const float *ws = cached ? scales + g * 8 : (q8_0_scales8(row + g * 8 * Q8_0_BLOCK_BYTES, own), own);
+                acc = q8_0_group(row + g * 8 * Q8_0_BLOCK_BYTES, ws, qt + g * 256, dt + g * 8, acc);
+            }
             if (rem) {
                 int8_t qb[256] = {0};
                 float db[8] = {0};
                 memcpy(qb, qt + groups * 256, (size_t)(rem * 32));
                 memcpy(db, dt + groups * 8, (size_t)rem * sizeof(float));
-                acc = q8_0_group(tail, qb, db, acc);
+                acc = q8_0_group(tail, tail_scales, qb, db, acc);
             }
             y[t * ldy + r] = q8_0_reduce(acc);
         }
