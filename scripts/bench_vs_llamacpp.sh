@@ -3,6 +3,7 @@
 #
 #   scripts/bench_vs_llamacpp.sh --gguf MODEL.gguf --store STORE_DIR [--rounds 3] [--fractions "all 75 50 25"]
 #                                [--prompt-tokens 128] [--gen-tokens 32] [--threads 2] [--out FILE.json]
+#                                [--moe-model PATH]
 #
 # Both servers warm (one request before the measured one), the same prompt text (both use the
 # checkpoint's tokenizer.json), temperature 0, through each server's llama.cpp-style `/completion`, whose
@@ -17,16 +18,20 @@
 # Beside it, the resident bound: bytes a decode step touches (dense weights + top-k experts of every
 # layer, from the store's manifest) ÷ the streaming read bandwidth `moe-serve bench kernels` measures.
 #
+# `--moe-model PATH` serves moe-serve from PATH instead of the store (for example the GGUF file itself,
+# read directly); the store still gives the tokenizer for the prompt and the manifest for the bound.
+#
 # Needs: llama.cpp's llama-server (LLAMA_SERVER, default ~/.cache/moe-serve-llama-cpp/build/bin/llama-server),
 # moe-serve (MOE_SERVE, default .build/release/moe-serve), root for the cgroup. Run it under the build
 # lock on a shared machine: flock /tmp/moe-build.lock scripts/bench_vs_llamacpp.sh ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-GGUF="" STORE="" ROUNDS=3 FRACTIONS="all 75 50 25" PROMPT_TOKENS=128 GEN_TOKENS=32 THREADS=2 OUT=""
+GGUF="" STORE="" MOE_MODEL="" ROUNDS=3 FRACTIONS="all 75 50 25" PROMPT_TOKENS=128 GEN_TOKENS=32 THREADS=2 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --gguf) GGUF="$2"; shift 2 ;;
         --store) STORE="$2"; shift 2 ;;
+        --moe-model) MOE_MODEL="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
         --fractions) FRACTIONS="$2"; shift 2 ;;
         --prompt-tokens) PROMPT_TOKENS="$2"; shift 2 ;;
@@ -37,7 +42,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ -z "$GGUF" ] || [ -z "$STORE" ]; then echo "usage: $0 --gguf MODEL.gguf --store STORE_DIR [options]" >&2; exit 2; fi
-export GGUF STORE ROUNDS FRACTIONS PROMPT_TOKENS GEN_TOKENS THREADS OUT
+MOE_MODEL="${MOE_MODEL:-$STORE}"
+export GGUF STORE MOE_MODEL ROUNDS FRACTIONS PROMPT_TOKENS GEN_TOKENS THREADS OUT
 export LLAMA_SERVER="${LLAMA_SERVER:-$HOME/.cache/moe-serve-llama-cpp/build/bin/llama-server}"
 export MOE_SERVE="${MOE_SERVE:-$PWD/.build/release/moe-serve}"
 export CGROUP_RUN="$PWD/scripts/llamacpp/run_in_cgroup.sh"
@@ -96,7 +102,7 @@ def run(engine, limit):
         # mmapped, as llama.cpp users with too little RAM run it.
         if limit: cmd.append("--no-repack")
     else:
-        cmd = [env["MOE_SERVE"], "serve", "--model", store, "--host", "127.0.0.1", "--port", str(port)]
+        cmd = [env["MOE_SERVE"], "serve", "--model", env["MOE_MODEL"], "--host", "127.0.0.1", "--port", str(port)]
         # All in RAM: a budget that holds the whole store. Without one `serve` plans for its
         # default 4 GiB, which keeps only ~85% of this shape's q4 experts: the "all in RAM" rounds
         # before 2026-12-04 10:30 evicted and re-read experts every token (and ran the predictor).
@@ -122,7 +128,15 @@ def run(engine, limit):
         raise RuntimeError(f"{error}; server stderr: {tail}")
     finally:
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
+            # Under a limit, stop the server (the wrapper's child) first, so that run_in_cgroup.sh
+            # outlives it and prints its `cgroup:` report (a SIGTERM to the whole group lost it).
+            try: children = [int(c) for c in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+            except OSError: children = []
+            if limit and children:
+                for c in children: os.kill(c, signal.SIGTERM)
+                try: proc.wait(timeout=60)
+                except subprocess.TimeoutExpired: pass
+            if proc.poll() is None: os.killpg(proc.pid, signal.SIGTERM)
             try: proc.wait(timeout=30)
             except subprocess.TimeoutExpired: os.killpg(proc.pid, signal.SIGKILL); proc.wait()
         except ProcessLookupError:

@@ -167,7 +167,7 @@ void moe_quantize_q8_avx2(const float *x, int64_t n, int64_t cols, int8_t *q, fl
             m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
             const float amax = _mm_cvtss_f32(m4);
             const float scale = amax / 127.0f;
-            const float inverse = scale != 0 ? 1.0f / scale : 0.0f;
+            const float inverse = amax != 0 ? 127.0f / amax : 0.0f; // llama.cpp's: one rounding, not two
             const __m256 iv = _mm256_set1_ps(inverse);
             // cvtps2dq rounds half to even (the default MXCSR mode), as lrintf; |x·inverse| ≤ 127 up to rounding.
             const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127);

@@ -14,6 +14,10 @@ extension ExpertStorePacker {
     /// - the configuration read from the metadata is the manifest's `model_config`, and the
     ///   tokenizer is written as the `tokenizer.json`/`tokenizer_config.json` it maps to.
     ///
+    /// - Q4_0 (which `GGUFModel` hands over converted to q4, `GGMLQ4_0`) is stored as q4: a dense
+    ///   tensor as a q4 entry (`DenseTensorEntry.quantized`), the experts as a q4 store when every
+    ///   expert matrix is Q4_0 (else their Q4_0 blocks are joined back and kept as ggml blocks).
+    ///
     /// So `--model STORE` computes exactly what `--model FILE.gguf` computes. The packer's
     /// `dtype` must be `ggml` (the default `bf16` is taken to mean "as stored" too).
     public func pack(gguf: GGUFModel, to destination: URL) throws -> Summary {
@@ -37,6 +41,16 @@ extension ExpertStorePacker {
         case .int8, .q4: throw ModelFormatError("\(tensor): a GGUF tensor came back in a MoEServe-only encoding")
         }
         return (type, UnsafeRawBufferPointer(start: start, count: matrix.byteCount))
+    }
+
+    /// `matrix` as ggml blocks: a q4 matrix (Q4_0 converted by `GGMLQ4_0`) joined back into
+    /// Q4_0 blocks, bit for bit; any other as it is.
+    static func asGGML(_ matrix: WeightMatrix) -> WeightMatrix {
+        guard case .q4(let blocks, let scales) = matrix.storage else { return matrix }
+        let count = matrix.rows * (matrix.cols / Quantization.q4BlockSize)
+        let buffer = AlignedBuffer<UInt8>(count: max(1, count * GGMLQ4_0.blockBytes), zeroed: false)
+        withExtendedLifetime(matrix) { GGMLQ4_0.join(blocks: blocks, scales: scales, blockCount: count, into: buffer.pointer) }
+        return WeightMatrix(rows: matrix.rows, cols: matrix.cols, storage: .ggml(type: .q4_0, blocks: UnsafePointer(buffer.pointer)), owner: buffer)
     }
 
     private func write(gguf: GGUFModel, into directory: URL) throws -> Summary {
@@ -77,6 +91,22 @@ extension ExpertStorePacker {
                 }
                 let (rows, cols) = (info.dims.dropFirst().reduce(1, *), info.dims[0])
                 let matrix = try gguf.matrix(name, rows: rows, cols: cols)
+                if case .q4(_, let scales) = matrix.storage {
+                    // Q4_0, converted by `GGMLQ4_0` (scales, padding, blocks: `DenseEncoding`'s q4 layout):
+                    // stored as a q4 tensor, which loads straight onto the integer-dot kernels.
+                    let length = GGMLQ4_0.convertedByteCount(rows: rows, cols: cols)
+                    precondition(length == DenseEncoding.layout(.q4, rows: rows, cols: cols).length, "GGMLQ4_0's layout is DenseEncoding's")
+                    let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(scales), count: length)
+                    let checksum = try withExtendedLifetime(matrix) {
+                        try denseWriter.write(bytes)
+                        return XXHash64.hex(XXHash64.hash(bytes))
+                    }
+                    denseEntries.append(DenseTensorEntry(name: name, dtype: .f32, shape: [rows, cols], offset: offset,
+                                                         length: length, checksum: checksum, quantized: .q4))
+                    done += info.byteCount
+                    report()
+                    continue
+                }
                 let (type, bytes) = try Self.ggmlBytes(matrix, tensor: info.name)
                 let checksum = try withExtendedLifetime(matrix) { // `bytes` points into its buffer
                     try denseWriter.write(bytes)
@@ -105,6 +135,13 @@ extension ExpertStorePacker {
         var rawTotal = 0, storedTotal = 0
         var exampleNames: [String] = []
         var hasBiases: Bool?
+        // Experts all Q4_0 (what llama-quantize Q4_0 writes): a q4 store (the same values, see
+        // `GGMLQ4_0`), served by the integer-dot kernels as the file's experts are; any other mix
+        // keeps every matrix's ggml blocks (Q4_0 among them joined back, bit for bit).
+        let q4Experts = GGMLQ4_0.convertsToQ4 && !config.moeLayers.isEmpty && config.moeLayers.allSatisfy { layer in
+            ["gate", "up", "down"].allSatisfy { gguf.tensors["blk.\(layer).ffn_\($0)_exps.weight"]?.info.type == .q4_0 }
+        }
+        var q4Layout: ExpertBlobLayout?
         for layer in config.moeLayers {
             for expert in 0..<config.expertCount {
                 // The stacked tensors' slices (and gpt-oss's bias slices), as the model reads them.
@@ -112,13 +149,49 @@ extension ExpertStorePacker {
                 if exampleNames.isEmpty { exampleNames = names }
                 let weights = try gguf.expert(layer: layer, expert: expert)
                 let matrices = [weights.gate, weights.up, weights.down]
+                let ggmlMatrices = q4Experts ? [] : matrices.map(Self.asGGML)
                 if hasBiases == nil { hasBiases = weights.biases != nil }
                 let theseShapes = matrices.map { [$0.rows, $0.cols] }
                 if shapes.isEmpty { shapes = theseShapes }
                 guard theseShapes == shapes else {
                     throw ModelFormatError("layer \(layer) expert \(expert): shapes \(theseShapes) differ from the first expert's \(shapes)")
                 }
-                let parts = try zip(matrices, names).map { try Self.ggmlBytes($0, tensor: $1) }
+                if q4Experts {
+                    if q4Layout == nil {
+                        q4Layout = try ExpertBlobLayout(dtype: .q4, gateShape: shapes[0], upShape: shapes[1], downShape: shapes[2],
+                                                        biases: hasBiases ?? false)
+                    }
+                    let layout = q4Layout!
+                    let raw = AlignedBuffer<UInt8>(count: layout.rawLength, alignment: alignment) // zeroed: padding is written
+                    for ((matrix, name), target) in zip(zip(matrices, names), [layout.gate, layout.up, layout.down]) {
+                        guard case .q4(let blocks, let scales) = matrix.storage, target.dtype == .q4 else {
+                            throw ModelFormatError.tensor(name, in: gguf.url.path, "expert \(expert) of layer \(layer) did not come back as q4")
+                        }
+                        withExtendedLifetime(matrix) {
+                            UnsafeMutableRawPointer(raw.pointer + target.scaleOffset!).copyMemory(
+                                from: scales, byteCount: Quantization.q4ScaleBytes(rows: target.rows, cols: target.cols))
+                            UnsafeMutableRawPointer(raw.pointer + target.dataOffset).copyMemory(from: blocks, byteCount: target.dataLength)
+                        }
+                        done += matrix.rows * (matrix.cols / Quantization.q4BlockSize) * GGMLQ4_0.blockBytes
+                    }
+                    if let biases = weights.biases { layout.encode(biases: biases, into: raw.pointer) }
+                    let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: .q4, codec: codec, level: compressionLevel)
+                    try expertWriter.pad(to: alignment)
+                    let offset = expertWriter.offset
+                    let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
+                    try expertWriter.write(stored)
+                    blobs.append(ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
+                                                 rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
+                                                 storedRaw: encoded.storedRaw, planes: encoded.planes))
+                    rawTotal += layout.rawLength
+                    storedTotal += encoded.length
+                    report()
+                    if let failAfterBlobs, blobs.count >= failAfterBlobs {
+                        throw ModelFormatError("pack interrupted after \(blobs.count) blobs (test hook)")
+                    }
+                    continue
+                }
+                let parts = try zip(ggmlMatrices, names).map { try Self.ggmlBytes($0, tensor: $1) }
                 let typeNames = parts.map(\.type)
                 if layouts[typeNames] == nil {
                     let types = try typeNames.map { name -> GGMLType in
@@ -131,7 +204,7 @@ extension ExpertStorePacker {
                 let layout = layouts[typeNames]!
                 let raw = AlignedBuffer<UInt8>(count: layout.rawLength, alignment: alignment) // zeroed: padding is written
                 // `parts` points into the matrices' buffers: keep them alive until copied.
-                withExtendedLifetime(matrices) {
+                withExtendedLifetime(ggmlMatrices) {
                     for (part, target) in zip(parts, [layout.gate, layout.up, layout.down]) {
                         precondition(part.bytes.count == target.dataLength, "ggml matrix bytes differ from the layout's")
                         UnsafeMutableRawPointer(raw.pointer + target.dataOffset).copyMemory(from: part.bytes.baseAddress!, byteCount: part.bytes.count)
@@ -180,7 +253,7 @@ extension ExpertStorePacker {
             architecture: config.architecture.rawValue,
             config: .object(["gguf_file": .string(gguf.url.lastPathComponent), "gguf_architecture": .string(gguf.ggufArchitecture),
                              "gguf_parts": .number(Double(gguf.files.count))]),
-            experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: .ggml, codec: codec, alignment: alignment,
+            experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: q4Experts ? .q4 : .ggml, codec: codec, alignment: alignment,
                            gateShape: shapes.first ?? [], upShape: shapes.count > 1 ? shapes[1] : [],
                            downShape: shapes.count > 2 ? shapes[2] : [], exampleTensorNames: exampleNames,
                            biases: hasBiases == true ? true : nil, blobs: blobs),

@@ -77,6 +77,9 @@ public enum IntegerDotKernels {
         case .mxfp4(let blocks):
             product(level: level, q4: nil, int8: nil, mxfp4: blocks, scales: nil, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
+        case .ggml(let type, let blocks) where type == .q8_0 && q8_0Enabled:
+            q8_0(level: level, blocks, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
+            return true
         case .ggml(let type, let blocks) where kQuantTypes.contains(type) && matrix.cols % GGMLType.superBlock == 0:
             kQuant(level: level, type: type, blocks, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
@@ -162,6 +165,45 @@ public enum IntegerDotKernels {
         } else if let mxfp4 {
             moe_gemm_mxfp4_q8(level.rawValue, mxfp4, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
         }
+    }
+
+    /// Whether GGUF Q8_0 matrices run on `moe_gemm_q8_0_q8` (the default); `MOE_GGUF_Q8_0=ggml`
+    /// keeps them on the float `GGMLKernels` (for side-by-side measurements).
+    static let q8_0Enabled = ProcessInfo.processInfo.environment["MOE_GGUF_Q8_0"] != "ggml"
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for W in GGUF Q8_0 blocks (`blocks[rows, cols/32, 34]`, as the
+    /// file stores them) at `level`: the int8 weights dotted with the 8-bit activation blocks, times
+    /// each block's float16 scale and the activation block's scale (llama.cpp's arithmetic, with the
+    /// canonical per-output steps of the q4 kernels: row invariant, the same bits at every level).
+    public static func q8_0(level: KernelLevel, _ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int,
+                            x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
+        precondition(cols % Quantization.q4BlockSize == 0, "Q8_0 needs a multiple of 32 columns, got \(cols)")
+        guard n > 0, rows > 0 else { return }
+        let nb = cols / Quantization.q4BlockSize
+        // q[n, cols] int8, d[n, cols/32] float, sums[n, cols/32] int32 (unused here); on the stack as in `product`.
+        withUnsafeTemporaryAllocation(byteCount: n * cols + 8 * n * nb, alignment: 16) { raw in
+            let base = raw.baseAddress!
+            let q = base.bindMemory(to: Int8.self, capacity: n * cols)
+            let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * nb)
+            let sums = (base + n * cols + 4 * n * nb).bindMemory(to: Int32.self, capacity: n * nb)
+            moe_quantize_q8(level.rawValue, x, Int64(n), Int64(cols), q, d, sums)
+            let pointers = UncheckedSendable((blocks, q, d, y))
+            let (span, count) = rowSpans(rows: rows, cols: cols, count: n)
+            if count > 1 {
+                DispatchQueue.concurrentPerform(iterations: count) { index in
+                    runQ8_0Rows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: index * span, last: min(rows, (index + 1) * span))
+                }
+            } else {
+                runQ8_0Rows(pointers.value, level: level, cols: cols, rows: rows, n: n, first: 0, last: rows)
+            }
+        }
+    }
+
+    /// Rows `first..<last` of one Q8_0 product (`q8_0`'s operands): any split gives the same bits.
+    private static func runQ8_0Rows(_ p: (UnsafePointer<UInt8>, UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>),
+                                    level: KernelLevel, cols: Int, rows: Int, n: Int, first: Int, last: Int) {
+        let (blocks, q, d, y) = p
+        moe_gemm_q8_0_q8(level.rawValue, blocks, Int64(cols), Int64(first), Int64(last), q, d, Int64(n), y, Int64(rows))
     }
 
     /// The GGUF K-quant types with integer-dot kernels (`moe_gemm_kquant_q8_K`).

@@ -29,7 +29,8 @@ import TensorMath
         let storeURL = dir.appendingPathComponent("store")
         let summary = try packGGUF(file, to: storeURL, codec: name.contains("Q8_0") ? .lz4 : .none)
         #expect(summary.manifest.formatVersion == 3)
-        #expect(summary.manifest.experts.dtype == .ggml)
+        // All-Q4_0 experts are stored as q4 (GGMLQ4_0: the same values, on the integer-dot kernels).
+        #expect(summary.manifest.experts.dtype == (name.contains("Q4_0") && GGMLQ4_0.convertsToQ4 ? .q4 : .ggml))
         let store = try ExpertStore(url: storeURL)
         #expect(store.verify().isEmpty)
 
@@ -95,7 +96,10 @@ import TensorMath
         case .f32(let w): start = UnsafeRawPointer(w)
         case .bf16(let w): start = UnsafeRawPointer(w)
         case .ggml(_, let blocks), .mxfp4(let blocks): start = UnsafeRawPointer(blocks)
-        case .int8, .q4: return []
+        case .q4(let blocks, let scales): // Q4_0 converted by GGMLQ4_0: its nibbles, then its scales
+            return Array(UnsafeRawBufferPointer(start: blocks, count: Quantization.q4BlockBytes(rows: matrix.rows, cols: matrix.cols)))
+                + Array(UnsafeRawBufferPointer(start: scales, count: Quantization.q4ScaleBytes(rows: matrix.rows, cols: matrix.cols)))
+        case .int8: return []
         }
         return Array(UnsafeRawBufferPointer(start: start, count: matrix.byteCount))
     }

@@ -7,7 +7,8 @@
 //
 // The arithmetic of one output, identical at every level (so results are bit-identical across
 // machines, and alone or batched):
-//   activations x[cols] are quantised per block of 32: d = max|x| / 127, q = rint(x / d);
+//   activations x[cols] are quantised per block of 32: d = max|x| / 127, q = rint(x · 127/max|x|), then d is
+//   rounded to float16 (llama.cpp's Q8_0) when that is a normal float16;
 //   for block b: s_b = Σ_i w_i · q_i, exact in int32 (w_i = nibble − 8 for q4, the int8 for i8);
 //   acc[b mod 8] = fma((float)s_b, scale_b, acc[b mod 8]) with scale_b = wscale_b · d_b (q4) or d_b (i8);
 //   y = ((acc0+acc4)+(acc2+acc6)) + ((acc1+acc5)+(acc3+acc7)), times the row scale for i8.
@@ -61,7 +62,8 @@ int moe_corepair_run(moe_corepair_fn fn, void *context);
 
 /// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
 /// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at
-/// every level: d = max|x| / 127, q = x · (1/d) rounded half to even.
+/// every level: d = max|x| / 127, q = x · (127/max|x|) rounded half to even, then d rounded to the
+/// nearest float16 when that is a normal float16 (2^-14 ≤ d < 65520), as llama.cpp's Q8_0 stores it.
 void moe_quantize_q8(int level, const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
 
 /// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end` and tokens `t < n`, W in q4
@@ -77,6 +79,13 @@ void moe_gemm_i8_q8(int level, const int8_t *w, const float *row_scales, int64_t
                     int64_t row_begin, int64_t row_end,
                     const int8_t *q, const float *d, const int32_t *sums, int64_t n,
                     float *y, int64_t ldy);
+
+/// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end`, W in GGUF Q8_0 blocks as the file
+/// stores them (`block_q8_0`: float16 d, 32 int8; `blocks[rows, cols/32, 34]`), x quantised by
+/// `moe_quantize_q8`: per block s_b = Σ w·q exact, acc[b mod 8] = fma((float)s_b, d_w · d_x, acc[b mod 8]),
+/// the canonical final sum; the same bits at every level and any `n` (q8_0.c).
+void moe_gemm_q8_0_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
+                      const int8_t *q, const float *d, int64_t n, float *y, int64_t ldy);
 
 /// Quantises `x[n, cols]` (cols a multiple of 256) to Q8_K as llama.cpp does (its
 /// quantize_row_q8_K): per block of 256, iscale = −127 / (the value of largest magnitude),

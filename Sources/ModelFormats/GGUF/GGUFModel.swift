@@ -8,8 +8,9 @@ import TensorMath
 /// - The configuration comes from the metadata of llama.cpp's architectures `qwen3moe`,
 ///   `qwen2moe`, `olmoe` and `llama` with experts (Mixtral); shapes settle what the metadata
 ///   leaves open (expert widths, dense layers, biases, tied embeddings).
-/// - Tensors keep their ggml types bit for bit: F32 and BF16 as such, F16 widened, the block
-///   types as `WeightStorage.ggml`; any other type is an error naming the tensor and type.
+/// - Tensors keep their ggml types bit for bit: F32 and BF16 as such, F16 widened, Q4_0 as q4
+///   (`GGMLQ4_0`: the same values), the other block types as `WeightStorage.ggml`; any other
+///   type is an error naming the tensor and type.
 /// - Routed experts are slices of the stacked `ffn_*_exps` tensors, read with `O_DIRECT`
 ///   (`DirectFileReader`) into buffers of their own, so expert reads come from the disk and
 ///   never leave the model in the page cache. Dense tensors are copied out of the mapping,
@@ -165,9 +166,12 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
         return try wrap(UnsafeRawPointer(buffer.pointer), type: info.type, rows: rows, cols: cols, owner: buffer, tensor: info.name)
     }
 
-    /// A matrix over `bytes` of `type`; F16 is widened into a buffer of its own.
+    /// A matrix over `bytes` of `type`; F16 is widened into a buffer of its own, and Q4_0 is
+    /// converted into one in the q4 layout (`GGMLQ4_0`: the same values, on the integer-dot kernels).
     private func wrap(_ bytes: UnsafeRawPointer, type: GGMLType, rows: Int, cols: Int, owner: AnyObject, tensor: String) throws -> WeightMatrix {
         switch type {
+        case .q4_0 where GGMLQ4_0.convertsToQ4 && cols % Quantization.q4BlockSize == 0:
+            return withExtendedLifetime(owner) { GGMLQ4_0.matrix(bytes, rows: rows, cols: cols) }
         case .f32: return WeightMatrix(rows: rows, cols: cols, storage: .f32(bytes.assumingMemoryBound(to: Float.self)), owner: owner)
         case .bf16: return WeightMatrix(rows: rows, cols: cols, storage: .bf16(bytes.assumingMemoryBound(to: UInt16.self)), owner: owner)
         case .f16:
@@ -217,7 +221,14 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
     /// Bytes of every tensor that is not a routed expert (what stays resident). Blocks past
     /// `config.layerCount` (GLM's next-token-prediction layers, never loaded) do not count.
     public var denseByteCount: Int {
-        tensors.values.filter { !$0.info.name.contains("_exps.") && isLoadedLayer($0.info.name) }.reduce(0) { $0 + $1.info.byteCount }
+        tensors.values.filter { !$0.info.name.contains("_exps.") && isLoadedLayer($0.info.name) }.reduce(0) { $0 + Self.residentBytes($1.info) }
+    }
+
+    /// Bytes `tensor` occupies once loaded: Q4_0 matrices become q4 (`GGMLQ4_0`, 20 bytes a
+    /// block instead of 18), everything else its size in the file.
+    static func residentBytes(_ tensor: GGUFTensorInfo) -> Int {
+        guard tensor.type == .q4_0, GGMLQ4_0.convertsToQ4, tensor.dims.count >= 2, tensor.dims[0] % Quantization.q4BlockSize == 0 else { return tensor.byteCount }
+        return tensor.byteCount / GGMLQ4_0.blockBytes * 20
     }
 
     /// False for `blk.N.*` with N at or past the layers the model runs.
