@@ -607,7 +607,11 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 if lowBit { $0.lowBitBytes += job.bytes } else if job.priority == .demand { $0.demandBytes += job.bytes } else { $0.prefetchBytes += job.bytes }
                 if job.priority == .demand, let queuedAt { $0.demandQueuedSeconds += Double(started - queuedAt) / 1e9 }
             }
-            if readsRunning == 0 { busySince = started }
+            if readsRunning == 0 {
+                busySince = started
+                // The spare core goes to the reads' completions, not to the CorePair helper's spin.
+                CorePair.quiet(1)
+            }
             readsRunning += 1
             lock.unlock()
             let result = Result {
@@ -617,7 +621,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             lock.lock()
             let ended = DispatchTime.now().uptimeNanoseconds
             readsRunning -= 1
-            if readsRunning == 0 { busyNanoseconds += ended - busySince }
+            if readsRunning == 0 {
+                busyNanoseconds += ended - busySince
+                CorePair.quiet(-1)
+            }
             count(job.key.layer) { $0.readSeconds += Double(ended - started) / 1e9 }
             queue.finish(job)
             let ticket = tickets.removeValue(forKey: job.key)!
