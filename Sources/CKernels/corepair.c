@@ -11,8 +11,9 @@
 // While expert reads are in flight (`moe_corepair_quiet`, counted by the expert cache) the helper
 // sleeps at once after a job instead: on two cores its spin took the core that the reads'
 // completions (io_uring reaper, reader threads) and the next layer's attention need. Measured on
-// the widened demo at a quarter of its experts (docs/BENCHMARKS.md, "The bound, and how close we
-// are"): decode 77-87 -> 93-105 tok/s. `MOE_COREPAIR_QUIET=0` keeps the helper spinning regardless.
+// the widened demo at a quarter of its experts (docs/BENCHMARKS.md, "Where the rest of the bound
+// goes"): 1.00-1.04x decode against the spin, paired, 4 of 4 rounds not slower — small, within the
+// disk's noise. `MOE_COREPAIR_QUIET=0` keeps the helper spinning regardless.
 #include "CKernels.h"
 
 #include <pthread.h>
