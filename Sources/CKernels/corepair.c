@@ -7,6 +7,13 @@
 // the calling core finished its half and waited: a third of the decode's wall time had one core
 // idle. The helper spins for `MOE_COREPAIR_SPIN_US` (default 1000 µs) after each job, so within a
 // decode step it is already running when the next section starts; between steps it sleeps.
+//
+// While expert reads are in flight (`moe_corepair_quiet`, counted by the expert cache) the helper
+// sleeps at once after a job instead: on two cores its spin took the core that the reads'
+// completions (io_uring reaper, reader threads) and the next layer's attention need. Measured on
+// the widened demo at a quarter of its experts (docs/BENCHMARKS.md, "Where the rest of the bound
+// goes"): 1.00-1.04x decode against the spin, paired, 4 of 4 rounds not slower — small, within the
+// disk's noise. `MOE_COREPAIR_QUIET=0` keeps the helper spinning regardless.
 #include "CKernels.h"
 
 #include <pthread.h>
@@ -25,6 +32,8 @@ static _Atomic uint64_t pair_posted;       // epoch of the last job posted
 static _Atomic uint64_t pair_finished;     // epoch of the last job the helper finished
 static _Atomic int pair_sleeping;          // the helper waits on pair_wake
 static _Atomic int pair_busy;              // a caller owns the helper
+static _Atomic int pair_quiet;             // expert reads in flight: > 0 means sleep after a job
+static int pair_quiet_enabled = 1;         // MOE_COREPAIR_QUIET=0 clears it
 static moe_corepair_fn pair_fn;
 static void *pair_context;
 
@@ -47,7 +56,7 @@ static void *pair_helper(void *unused) {
         uint64_t start = pair_now_ns();
         for (unsigned spins = 1; atomic_load(&pair_posted) == seen; spins++) {
             pair_pause();
-            if (spins % 64 == 0 && pair_now_ns() - start > pair_spin_ns) {
+            if (spins % 64 == 0 && ((pair_quiet_enabled && atomic_load(&pair_quiet) > 0) || pair_now_ns() - start > pair_spin_ns)) {
                 // Sleep. `sleeping` is set and `posted` re-read under the lock, and the caller
                 // reads `sleeping` after storing `posted` (both sequentially consistent): either
                 // the caller sees the helper asleep and signals it under the lock, or the helper
@@ -72,6 +81,8 @@ static void pair_start(void) {
     if (off && strcmp(off, "0") == 0) return;
     const char *spin = getenv("MOE_COREPAIR_SPIN_US");
     if (spin && *spin) pair_spin_ns = (uint64_t)strtoull(spin, NULL, 10) * 1000u;
+    const char *quiet = getenv("MOE_COREPAIR_QUIET");
+    if (quiet && strcmp(quiet, "0") == 0) pair_quiet_enabled = 0;
     pthread_t thread;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
@@ -79,6 +90,10 @@ static void pair_start(void) {
     pair_available = pthread_create(&thread, &attr, pair_helper, NULL) == 0;
     pthread_attr_destroy(&attr);
 }
+
+void moe_corepair_quiet(int delta) { atomic_fetch_add(&pair_quiet, delta); }
+
+int moe_corepair_quiet_count(void) { return atomic_load(&pair_quiet); }
 
 int moe_corepair_run(moe_corepair_fn fn, void *context) {
     pthread_once(&pair_once, pair_start);

@@ -46,7 +46,15 @@ public struct DecodeBenchmark: Sendable {
         public var decodeMisses: Int
         public var recall: Double?
         public var peakResidentBytes: Int?
+        /// Decode seconds during which at least one expert read ran (the rest the disk idled).
+        public var decodeIOBusySeconds: Double? = nil
+        /// Decode reads' running seconds summed over reads (÷ busy: mean reads in flight).
+        public var decodeReadSeconds: Double? = nil
+        /// Seconds decode's demand reads waited queued for a reader, summed over reads.
+        public var decodeDemandQueuedSeconds: Double? = nil
         enum CodingKeys: String, CodingKey {
+            case decodeIOBusySeconds = "decode_io_busy_seconds", decodeReadSeconds = "decode_read_seconds"
+            case decodeDemandQueuedSeconds = "decode_demand_queued_seconds"
             case prefillSeconds = "prefill_seconds", decodeSeconds = "decode_seconds"
             case prefillStallSeconds = "prefill_stall_seconds", decodeStallSeconds = "decode_stall_seconds"
             case prefillBytesRead = "prefill_bytes_read", decodeBytesRead = "decode_bytes_read", decodeBytesNeeded = "decode_bytes_needed"
@@ -84,7 +92,13 @@ public struct DecodeBenchmark: Sendable {
         public var kvBytesPerTokenPlan: Int?
         public var kvBytesPerTokenAllocated: Int?
         public var kvBytesPerTokenFullHeads: Int?
+        /// Where decode time goes against the disk (medians over runs): the share of decode time
+        /// with a read running, the bytes read ÷ that busy time, and the mean reads in flight.
+        public var ioBusyFraction: Double? = nil
+        public var busyGBps: Double? = nil
+        public var meanReadsInFlight: Double? = nil
         enum CodingKeys: String, CodingKey {
+            case ioBusyFraction = "io_busy_fraction", busyGBps = "busy_gb_per_second", meanReadsInFlight = "mean_reads_in_flight"
             case name, prefetch, policy, predictor, recall, runs
             case budgetBytes = "budget_bytes"
             case prefillTokensPerSecond = "prefill_tokens_per_second", prefillSpread = "prefill_min_max"
@@ -227,6 +241,7 @@ public struct DecodeBenchmark: Sendable {
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
             let start = runtime.cache?.statistics().total ?? ExpertCacheCounters()
             var afterPrefill = start
+            var busyAfterPrefill = 0.0
             // Sampled at temperature 1, seeded: greedy decoding of a random-weight model repeats
             // one token, routes every step to the same experts and would measure only hits.
             // `genTokens` samples take `genTokens - 1` decode steps (the first token comes from
@@ -236,15 +251,20 @@ public struct DecodeBenchmark: Sendable {
             sampling.seed = seed
             let result = try Generator(model: model, sampling: sampling).generate(
                 prompt: prompt, maxTokens: genTokens, stopTokens: [],
-                onPrefilled: { afterPrefill = runtime.cache?.statistics().total ?? ExpertCacheCounters() })
+                onPrefilled: {
+                    let stats = runtime.cache?.statistics()
+                    afterPrefill = stats?.total ?? ExpertCacheCounters()
+                    busyAfterPrefill = stats?.ioBusySeconds ?? 0
+                })
             guard result.tokens.count == genTokens else {
                 throw ToolError("--prompt-tokens \(promptTokens) + --gen-tokens \(genTokens) exceed the model's context of \(model.config.maxPositionEmbeddings) tokens")
             }
             let t0 = 0.0, t1 = result.stats.prefillSeconds, t2 = t1 + result.stats.decodeSeconds
-            let end = runtime.cache?.statistics().total ?? ExpertCacheCounters()
+            let endStats = runtime.cache?.statistics()
+            let end = endStats?.total ?? ExpertCacheCounters()
             let decodeRead = (end.demandBytes + end.prefetchBytes) - (afterPrefill.demandBytes + afterPrefill.prefetchBytes)
             let decodeWasted = end.wastedPrefetchBytes - afterPrefill.wastedPrefetchBytes
-            let run = Run(
+            var run = Run(
                 prefillSeconds: t1 - t0, decodeSeconds: t2 - t1,
                 prefillStallSeconds: afterPrefill.stallSeconds - start.stallSeconds,
                 decodeStallSeconds: end.stallSeconds - afterPrefill.stallSeconds,
@@ -253,11 +273,21 @@ public struct DecodeBenchmark: Sendable {
                 decodeHits: end.hits - afterPrefill.hits, decodeMisses: end.misses - afterPrefill.misses,
                 recall: runtime.predictor.map { $0.statistics.total.recall },
                 peakResidentBytes: ProcessMemory.peakResidentBytes())
+            if let endStats {
+                // Read before the step ends, a read still running past the last token counts up to here.
+                run.decodeIOBusySeconds = min(run.decodeSeconds, (endStats.ioBusySeconds ?? 0) - busyAfterPrefill)
+                run.decodeReadSeconds = end.readSeconds - afterPrefill.readSeconds
+                run.decodeDemandQueuedSeconds = end.demandQueuedSeconds - afterPrefill.demandQueuedSeconds
+            }
             measured.append(run)
-            printError(String(format: "bench decode: %@ run %d/%d: pp %.2f tok/s, tg %.2f tok/s, %.1f MB read/token, stall %.0f%%",
+            printError(String(format: "bench decode: %@ run %d/%d: pp %.2f tok/s, tg %.2f tok/s, %.1f MB read/token, stall %.0f%%, disk busy %.0f%% at %.2f GB/s, %.2f reads in flight, demand reads queued %.2f ms each",
                               name, index + 1, runs, Double(promptTokens) / run.prefillSeconds,
                               Double(genTokens - 1) / run.decodeSeconds, Double(run.decodeBytesRead) / Double(genTokens - 1) / 1e6,
-                              run.decodeStallSeconds / run.decodeSeconds * 100))
+                              run.decodeStallSeconds / run.decodeSeconds * 100,
+                              (run.decodeIOBusySeconds ?? 0) / run.decodeSeconds * 100,
+                              Double(run.decodeBytesRead) / max(run.decodeIOBusySeconds ?? 0, 1e-9) / 1e9,
+                              (run.decodeReadSeconds ?? 0) / max(run.decodeIOBusySeconds ?? 0, 1e-9),
+                              (run.decodeDemandQueuedSeconds ?? 0) * 1e3 / Double(max(1, run.decodeMisses))))
         }
         let steps = Double(genTokens - 1)
         func median(_ values: [Double]) -> Double {
@@ -274,6 +304,7 @@ public struct DecodeBenchmark: Sendable {
         let prefillCompute = median(measured.map { $0.prefillSeconds - $0.prefillStallSeconds })
         let prefillIO = disk.map { median(measured.map { Double($0.prefillBytesRead) }) / ($0 * 1e9) } ?? 0
         let recalls = measured.compactMap(\.recall)
+        let busy = measured.compactMap { run in run.decodeIOBusySeconds.map { (run: run, busy: $0) } }
         return Summary(
             name: name, budgetBytes: budget, prefetch: spec.prefetch ? "on" : "off", policy: policyName, predictor: predictorName,
             prefillTokensPerSecond: median(prefillRates), prefillSpread: [prefillRates.min()!, prefillRates.max()!],
@@ -288,7 +319,10 @@ public struct DecodeBenchmark: Sendable {
             boundDecodeTokensPerSecond: 1 / max(compute, io, 1e-9),
             boundPrefillTokensPerSecond: Double(promptTokens) / max(prefillCompute, prefillIO, 1e-9),
             peakResidentBytes: measured.compactMap(\.peakResidentBytes).max(), runs: measured,
-            kvBytesPerTokenPlan: kv?.plan, kvBytesPerTokenAllocated: kv?.allocated, kvBytesPerTokenFullHeads: kv?.fullHeads)
+            kvBytesPerTokenPlan: kv?.plan, kvBytesPerTokenAllocated: kv?.allocated, kvBytesPerTokenFullHeads: kv?.fullHeads,
+            ioBusyFraction: busy.isEmpty ? nil : median(busy.map { $0.busy / $0.run.decodeSeconds }),
+            busyGBps: busy.isEmpty ? nil : median(busy.map { Double($0.run.decodeBytesRead) / max($0.busy, 1e-9) / 1e9 }),
+            meanReadsInFlight: busy.isEmpty ? nil : median(busy.map { ($0.run.decodeReadSeconds ?? 0) / max($0.busy, 1e-9) }))
     }
 }
 

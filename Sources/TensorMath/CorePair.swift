@@ -7,6 +7,15 @@ import Foundation
 /// each. Falls back to `DispatchQueue.concurrentPerform` when the helper is busy (nested or
 /// concurrent sections) or disabled (`MOE_COREPAIR=0`).
 public enum CorePair {
+    /// Counts reads in flight that the helper yields its core to (`delta` +1 when a caller's
+    /// first read starts, −1 when its last ends): while any are, the helper sleeps after each job
+    /// instead of spinning, so that on two cores the reads' completions and the calling thread
+    /// get the second core (the expert cache calls it; measured in docs/BENCHMARKS.md).
+    public static func quiet(_ delta: Int) { moe_corepair_quiet(Int32(delta)) }
+
+    /// The count `quiet` keeps (0 when no reads are in flight); for tests.
+    public static var quietCount: Int { Int(moe_corepair_quiet_count()) }
+
     /// Runs `body(0)` on this thread and `body(1)` on the helper; returns when both are done.
     public static func run(_ body: (Int) -> Void) {
         withoutActuallyEscaping(body) { body in

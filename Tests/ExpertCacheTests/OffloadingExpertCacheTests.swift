@@ -68,6 +68,35 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         #expect(seen.values == ["1", "5"])
     }
 
+    @Test func readsInFlightQuietTheCorePairHelperAndAreTimed() throws {
+        let loader = FakeLoader()
+        let cache = try makeCache(loader, experts: 4)
+        defer { cache.close() }
+        loader.block(ExpertKey(layer: 0, expert: 5))
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            try? cache.withExperts(layer: 0, experts: [5]) { _, _ in }
+            done.signal()
+        }.start()
+        eventually("the read started") { loader.loads(0, 5) == 1 }
+        // While the read runs the helper must not spin on the core its completion needs.
+        #expect(CorePair.quietCount >= 1)
+        Thread.sleep(forTimeInterval: 0.02)
+        loader.open()
+        done.wait()
+        let stats = cache.statistics()
+        // The read ran ≥ 20 ms: it is timed, and the disk counted busy for as long.
+        #expect(stats.total.readSeconds >= 0.02 && (stats.ioBusySeconds ?? 0) >= 0.02)
+        #expect((stats.ioBusySeconds ?? 0) <= stats.total.readSeconds + 1e-3)
+        #expect(stats.total.demandQueuedSeconds >= 0)
+        // CorePair still runs both halves while quiet.
+        CorePair.quiet(1)
+        defer { CorePair.quiet(-1) }
+        let halves = Counter()
+        CorePair.run { halves.add("\($0)") }
+        #expect(halves.values.sorted() == ["0", "1"])
+    }
+
     @Test func allMissesOfALayerAreReadAtOnce() throws {
         let loader = FakeLoader()
         loader.latency = 0.05...0.05

@@ -59,6 +59,11 @@ typedef void (*moe_corepair_fn)(void *context, int index);
 /// nothing when the helper is unavailable (`MOE_COREPAIR=0`, thread creation failed) or already
 /// in use (a nested or concurrent section); the caller then runs its own fallback.
 int moe_corepair_run(moe_corepair_fn fn, void *context);
+/// Adds `delta` to the count of expert reads in flight that the helper yields to: while it is
+/// above 0 the helper sleeps right after a job instead of spinning (see corepair.c).
+void moe_corepair_quiet(int delta);
+/// The count `moe_corepair_quiet` keeps (for tests).
+int moe_corepair_quiet_count(void);
 
 /// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
 /// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at

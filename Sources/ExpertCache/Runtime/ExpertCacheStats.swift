@@ -39,6 +39,11 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
     public var lowBitPromotions = 0
     /// Bytes read by low-bit copies' reads (not in `demandBytes`).
     public var lowBitBytes = 0
+    /// Seconds reads ran (from a reader taking the read to the checked expert), summed over
+    /// reads: divided by the cache's `ioBusySeconds` it is the mean number of reads in flight.
+    public var readSeconds = 0.0
+    /// Seconds demand reads waited queued before a reader took them, summed over reads.
+    public var demandQueuedSeconds = 0.0
 
     /// All zero.
     public init() {}
@@ -55,6 +60,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         case loadFailures = "load_failures"
         case skippedTokens = "skipped_tokens", skippedExperts = "skipped_experts"
         case lowBitUses = "low_bit_uses", lowBitPromotions = "low_bit_promotions", lowBitBytes = "low_bit_bytes"
+        case readSeconds = "read_seconds", demandQueuedSeconds = "demand_queued_seconds"
     }
 
     public init(from decoder: Decoder) throws {
@@ -78,6 +84,8 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         lowBitUses = try c.decodeIfPresent(Int.self, forKey: .lowBitUses) ?? 0
         lowBitPromotions = try c.decodeIfPresent(Int.self, forKey: .lowBitPromotions) ?? 0
         lowBitBytes = try c.decodeIfPresent(Int.self, forKey: .lowBitBytes) ?? 0
+        readSeconds = try c.decodeIfPresent(Double.self, forKey: .readSeconds) ?? 0
+        demandQueuedSeconds = try c.decodeIfPresent(Double.self, forKey: .demandQueuedSeconds) ?? 0
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -102,6 +110,8 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         try c.encode(lowBitUses, forKey: .lowBitUses)
         try c.encode(lowBitPromotions, forKey: .lowBitPromotions)
         try c.encode(lowBitBytes, forKey: .lowBitBytes)
+        try c.encode(readSeconds, forKey: .readSeconds)
+        try c.encode(demandQueuedSeconds, forKey: .demandQueuedSeconds)
     }
 
     /// Adds `other` into these counters.
@@ -125,6 +135,8 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         lowBitUses += other.lowBitUses
         lowBitPromotions += other.lowBitPromotions
         lowBitBytes += other.lowBitBytes
+        readSeconds += other.readSeconds
+        demandQueuedSeconds += other.demandQueuedSeconds
     }
 }
 
@@ -145,9 +157,12 @@ public struct ExpertCacheStats: Codable, Sendable, Equatable {
     public var total: ExpertCacheCounters
     /// Indexed by model layer; nil for layers the cache never served.
     public var perLayer: [ExpertCacheCounters?]
+    /// Wall-clock seconds during which at least one read was running (the disk had work from
+    /// the cache); the rest of a run the disk sat idle. Nil in snapshots from older builds.
+    public var ioBusySeconds: Double? = nil
 
     enum CodingKeys: String, CodingKey {
         case policy, budgetBytes = "budget_bytes", usedBytes = "used_bytes", peakUsedBytes = "peak_used_bytes"
-        case residentExperts = "resident_experts", total, perLayer = "per_layer"
+        case residentExperts = "resident_experts", total, perLayer = "per_layer", ioBusySeconds = "io_busy_seconds"
     }
 }

@@ -73,6 +73,12 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     private var tickets: [ExpertKey: LoadTicket] = [:]
     private var counters: [ExpertCacheCounters?] = []
     private var closed = false
+    /// When each queued demand read was queued (or its prefetch promoted), for `demandQueuedSeconds`.
+    private var demandQueuedAt: [ExpertKey: UInt64] = [:]
+    /// Reads running now, since when at least one has been, and the busy time before that.
+    private var readsRunning = 0
+    private var busySince: UInt64 = 0
+    private var busyNanoseconds: UInt64 = 0
     /// The least budget: every layer's floor of the largest expert.
     public let minimumBudgetBytes: Int
     /// The low-bit copies' own pool (`enableLowBitMisses`), nil while they are off. Its keys,
@@ -159,7 +165,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 ready.append((expert, weights[key]!))
             } else {
                 count(layer) { $0.misses += 1; if entry.prefetchedUnused { $0.prefetchesLate += 1 } }
-                if queue.promote(key) { count(layer) { $0.prefetchesPromoted += 1 } }
+                if queue.promote(key) { count(layer) { $0.prefetchesPromoted += 1 }; demandQueuedAt[key] = DispatchTime.now().uptimeNanoseconds }
                 waiting.append((expert, tickets[key]!))
             }
         }
@@ -289,7 +295,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             usedBytes: book.usedBytes + (lowBook?.usedBytes ?? 0),
             peakUsedBytes: book.peakUsedBytes + (lowBook?.peakUsedBytes ?? 0),
             residentExperts: lowBook == nil ? weights.count : weights.keys.filter { $0.expert >= 0 }.count,
-            total: total, perLayer: counters)
+            total: total, perLayer: counters,
+            ioBusySeconds: Double(busyNanoseconds + (readsRunning > 0 ? DispatchTime.now().uptimeNanoseconds - busySince : 0)) / 1e9)
     }
 
     /// Moves the budget to `budgetBytes` (`--memory-budget auto`): shrinking evicts unpinned
@@ -405,7 +412,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                     waiting.append((expert, LoadTicket(result: .success(weights[key]!))))
                 } else {
                     if entry.prefetchedUnused { count(layer) { $0.prefetchesLate += 1 } }
-                    if queue.promote(key) { count(layer) { $0.prefetchesPromoted += 1 } }
+                    if queue.promote(key) { count(layer) { $0.prefetchesPromoted += 1 }; demandQueuedAt[key] = DispatchTime.now().uptimeNanoseconds }
                     waiting.append((expert, tickets[key]!))
                 }
                 continue
@@ -423,6 +430,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 let ticket = LoadTicket()
                 tickets[key] = ticket
                 queue.enqueue(key, bytes: bytes, priority: .demand)
+                demandQueuedAt[key] = DispatchTime.now().uptimeNanoseconds
                 queued += 1
                 waiting.append((expert, ticket))
             case .noRoom:
@@ -593,15 +601,31 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 continue
             }
             let lowBit = job.key.expert < 0
+            let started = DispatchTime.now().uptimeNanoseconds
+            let queuedAt = demandQueuedAt.removeValue(forKey: job.key)
             count(job.key.layer) {
                 if lowBit { $0.lowBitBytes += job.bytes } else if job.priority == .demand { $0.demandBytes += job.bytes } else { $0.prefetchBytes += job.bytes }
+                if job.priority == .demand, let queuedAt { $0.demandQueuedSeconds += Double(started - queuedAt) / 1e9 }
             }
+            if readsRunning == 0 {
+                busySince = started
+                // The spare core goes to the reads' completions, not to the CorePair helper's spin.
+                CorePair.quiet(1)
+            }
+            readsRunning += 1
             lock.unlock()
             let result = Result {
                 lowBit ? try loader.loadLowBitExpert(layer: job.key.layer, expert: ~job.key.expert)
                        : try loader.loadExpert(layer: job.key.layer, expert: job.key.expert)
             }
             lock.lock()
+            let ended = DispatchTime.now().uptimeNanoseconds
+            readsRunning -= 1
+            if readsRunning == 0 {
+                busyNanoseconds += ended - busySince
+                CorePair.quiet(-1)
+            }
+            count(job.key.layer) { $0.readSeconds += Double(ended - started) / 1e9 }
             queue.finish(job)
             let ticket = tickets.removeValue(forKey: job.key)!
             ticket.result = result
