@@ -170,9 +170,11 @@ public struct DecodeBenchmark: Sendable {
         public var main: Summary
         public var baselines: [Summary]
         public var sweep: [Summary]
-        enum CodingKeys: String, CodingKey { case model, promptTokens = "prompt_tokens", genTokens = "gen_tokens", runs, diskGBps = "disk_gbps", baselines, sweep }
+        enum CodingKeys: String, CodingKey { case model, promptTokens = "prompt_tokens", genTokens = "gen_tokens", runs = "run_count", diskGBps = "disk_gbps", baselines, sweep }
 
         // The main configuration's fields sit at the top level, as `bench decode`'s contract says.
+        // The number of runs is `run_count`: `runs` is the main configuration's per-run array, which
+        // a count under the same key used to overwrite.
         public func encode(to encoder: Encoder) throws {
             try main.encode(to: encoder)
             var container = encoder.container(keyedBy: CodingKeys.self)

@@ -211,6 +211,10 @@ import Testing
         }
         #expect((json["decode_tokens_per_second"] as? Double ?? 0) > 0)
         #expect(json["recall"] as? Double != nil, "prefetch is on by default, so recall is reported")
+        // The per-run records of the main configuration, and how many runs there were (a count
+        // under "runs" used to overwrite the array).
+        #expect((json["runs"] as? [[String: Any]])?.count == 1)
+        #expect(json["run_count"] as? Int == 1)
         let baselines = try #require(json["baselines"] as? [[String: Any]])
         #expect(baselines.first?["name"] as? String == "load-on-demand")
         #expect(baselines.first?["prefetch"] as? String == "off")
