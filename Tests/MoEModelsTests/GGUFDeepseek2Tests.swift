@@ -63,22 +63,55 @@ import TensorMath
     /// `GGUFLlamaCppTests` (f16 KV cache: here the latent and rotary key; its CPU flash attention
     /// over the MQA the latent makes; its rotary angles).
     ///
-    /// Open gap (issue 21): the first prefixes of every prompt agree within 0.1, but some later
-    /// prefixes of prompt 0 do not (measured 2026-12-04: Q8_0 0.367, Q4_0 0.867 at most; the
-    /// differences grow with the prefix length, which points at the attention over the latent
-    /// cache — f16 rounding of the absorbed query or llama.cpp's K/V layout). attn_k_b/attn_v_b are
-    /// quantised in these files; multiplying them in their own type (Q8_0-rounded activations, as
-    /// ggml does) instead of widened to float32 was measured and is not the cause (Q8_0 0.393,
-    /// Q4_0 0.736). Bounded here so that it cannot grow unnoticed; the issue's 0.1 is not met yet.
-    /// Q4_0 on the integer-dot q4 kernels (session 12, `GGMLQ4_0`): 0.911 at the same prefix (0.867 with
-    /// `MOE_GGUF_Q4_0=ggml`; Q8_0, untouched by that change, stays at 0.367), hence 0.95.
-    static let knownGaps: [String: Double] = ["deepseek2-Q8_0.gguf": 0.4, "deepseek2-Q4_0.gguf": 0.95]
+    /// Open gap (issue 21), measured 2026-12-04 (`--filter GGUFDeepseek2Tests`): max |Δ| Q8_0 0.393,
+    /// Q4_0 0.736 (before attn_k_b/attn_v_b were multiplied in their own type: 0.367 / 0.867).
+    /// What is known (docs/GGUF.md, "deepseek2"): with attn_k_b/attn_v_b in their type, one-token
+    /// prompts agree with llama.cpp in every digit llama-eval-callback prints, at every layer, as do the
+    /// first three prefixes; from four tokens on, some heads' flash-attention outputs differ by ~1e-4 (the
+    /// algorithm reproduces ggml's bit for bit on llama.cpp's own Q and K, so presumably its inputs differ
+    /// in their last bits: they come out of Q8_0/Q4_0 products `GGMLKernels` emulates in float), attn_v_b's 8-bit rounding of the latent context amplifies
+    /// that to ~1e-3, and a near-tied group choice (4 groups of 2, top-2 groups) flips an expert
+    /// at the prefixes that fail. Variants of this checkpoint without groups, or with scaling 1,
+    /// stay within 0.07. Bounded here so that the gap cannot grow unnoticed. With Q4_0 on the
+    /// integer-dot q4 kernels (session 12, `GGMLQ4_0`) Q4_0 measures 0.911 (0.736 with
+    /// `MOE_GGUF_Q4_0=ggml`); Q8_0 is 0.393 on either Q8_0 path — near-tied group choices flip either way.
+    static let knownGaps: [String: Double] = ["deepseek2-Q8_0.gguf": 0.45, "deepseek2-Q4_0.gguf": 0.95]
 
     @Test(arguments: reference?.models ?? [])
     func nextTokenDistributionMatchesLlamaCpp(model reference: LlamaCppReference.Model) throws {
         let prompts = try #require(Self.reference).prompts
-        let model = try ModelLoader.load(at: Self.root.appendingPathComponent(reference.file))
-        #expect(model.config.architecture.rawValue == reference.architecture)
+        let worst = try Self.compare(file: Self.root.appendingPathComponent(reference.file), reference: reference, prompts: prompts,
+                                     bound: Self.knownGaps[reference.file] ?? 0.1)
+        print("\(reference.file): \(reference.steps.count) prefixes, max |Δ logprob| over llama.cpp's top 5 = \(String(format: "%.4f", worst))")
+    }
+
+    /// For bisecting a gap by hand: `MOE_DEEPSEEK2_VARIANTS=DIR` compares every `DIR/*/reference.json`
+    /// (written as `make_deepseek2_fixture.py` writes the fixture's, from variants of its checkpoint)
+    /// and prints each file's largest difference and where it is; asserts nothing about them.
+    @Test func variantsByHand() throws {
+        guard let path = ProcessInfo.processInfo.environment["MOE_DEEPSEEK2_VARIANTS"] else { return }
+        let dir = URL(fileURLWithPath: path)
+        for name in try FileManager.default.contentsOfDirectory(atPath: path).sorted() {
+            let sub = dir.appendingPathComponent(name)
+            guard let data = try? Data(contentsOf: sub.appendingPathComponent("reference.json")) else { continue }
+            let reference = try JSONDecoder().decode(LlamaCppReference.self, from: data)
+            for model in reference.models {
+                var places: [String] = []
+                let worst = try Self.compare(file: sub.appendingPathComponent(model.file), reference: model, prompts: reference.prompts,
+                                             bound: nil) { places.append($0) }
+                print("variant \(name)/\(model.file): max |Δ logprob| \(String(format: "%.4f", worst)) \(places.joined(separator: " "))")
+            }
+        }
+    }
+
+    /// The largest |Δ log-prob| over llama.cpp's top 5 at every recorded prefix. With a `bound`,
+    /// expects llama.cpp's top-1 (near-ties aside) and every difference within it; `note` hears
+    /// each prompt's largest difference and each top-1 disagreement.
+    static func compare(file: URL, reference: LlamaCppReference.Model, prompts: [[Int]], bound: Double?,
+                        note: (String) -> Void = { _ in }) throws -> Double {
+        let model = try ModelLoader.load(at: file)
+        // A variant with softmax gating reads as DeepSeek-V2 whatever its checkpoint's class was.
+        if bound != nil { #expect(model.config.architecture.rawValue == reference.architecture) }
         model.kvPrecision = .f16
         let vocab = model.config.vocabSize
         var worst = 0.0
@@ -87,21 +120,29 @@ import TensorMath
             cache.llamaCppFlashAttention = true
             cache.llamaCppRotaryAngles = true
             let all = try model.forward([SequenceInput(cache: cache, tokens: prompt, allLogits: true)])[0]
+            var promptWorst = (0.0, 0)
             for step in reference.steps where step.prompt == index {
                 let row = Array(all[(step.length - 1) * vocab..<step.length * vocab])
                 let maximum = row.max()!
                 let logSum = Double(maximum) + log(row.reduce(0.0) { $0 + exp(Double($1 - maximum)) })
                 let best = row.indices.max { row[$0] < row[$1] }!
                 let nearTie = step.top[0][1] - step.top[1][1] < 0.05 && best == Int(step.top[1][0])
-                #expect(best == Int(step.top[0][0]) || nearTie, "\(reference.file) prompt \(index) prefix \(step.length): top-1 \(best), llama.cpp \(Int(step.top[0][0]))")
+                if best != Int(step.top[0][0]) { note("p\(index)@\(step.length):top1(\(best)≠\(Int(step.top[0][0])))") }
+                if bound != nil {
+                    #expect(best == Int(step.top[0][0]) || nearTie, "\(reference.file) prompt \(index) prefix \(step.length): top-1 \(best), llama.cpp \(Int(step.top[0][0]))")
+                }
                 for entry in step.top {
                     let difference = abs(Double(row[Int(entry[0])]) - logSum - entry[1])
                     worst = max(worst, difference)
-                    #expect(difference <= Self.knownGaps[reference.file] ?? 0.1, "\(reference.file) prompt \(index) prefix \(step.length) token \(Int(entry[0])): Δ logprob \(difference)")
+                    if difference > promptWorst.0 { promptWorst = (difference, step.length) }
+                    if let bound {
+                        #expect(difference <= bound, "\(reference.file) prompt \(index) prefix \(step.length) token \(Int(entry[0])): Δ logprob \(difference)")
+                    }
                 }
             }
+            note("p\(index):\(String(format: "%.3f", promptWorst.0))@\(promptWorst.1)")
         }
-        print("\(reference.file): \(reference.steps.count) prefixes, max |Δ logprob| over llama.cpp's top 5 = \(String(format: "%.4f", worst))")
+        return worst
     }
 
     /// `pack FILE.gguf STORE` of the deepseek2 file (attn_k_b/attn_v_b stored as dense matrices,

@@ -31,7 +31,8 @@ struct LatentAttentionLayer: SelfAttentionLayer {
     let qA: WeightMatrix?, qABias: [Float]?, qANorm: [Float]?, qB: WeightMatrix?
     /// `kv_a_proj_with_mqa [rank + rope, hidden]` (+ bias) and the latent's RMSNorm `[rank]`.
     let kvA: WeightMatrix, kvABias: [Float]?, kvANorm: [Float]
-    /// Per head: `W_UK_hᵀ [rank, qk_nope]` and `W_UV_h [v_head, rank]`, float32 (from `kv_b_proj`).
+    /// Per head: `W_UK_hᵀ [rank, qk_nope]` and `W_UV_h [v_head, rank]`, float32 (from `kv_b_proj`),
+    /// or a GGUF's `attn_k_b`/`attn_v_b` blocks in their own type (`head(_:of:rows:)`).
     let absorbKeys: [WeightMatrix], expandValues: [WeightMatrix]
     /// `o_proj [hidden, heads * v_head]` (+ bias).
     let oProj: WeightMatrix, oBias: [Float]?
@@ -73,9 +74,8 @@ struct LatentAttentionLayer: SelfAttentionLayer {
             let kB = try weights.matrix("\(prefix).k_b_proj.weight", rows: heads * rank, cols: dims.noPositionDim)
             let vB = try weights.matrix("\(prefix).v_b_proj.weight", rows: heads * dims.valueDim, cols: rank)
             for h in 0..<heads {
-                absorbKeys.append(WeightMatrix(rows: rank, cols: dims.noPositionDim, values: (0..<rank).flatMap { kB.row(h * rank + $0) }))
-                expandValues.append(WeightMatrix(rows: dims.valueDim, cols: rank,
-                                                 values: (0..<dims.valueDim).flatMap { vB.row(h * dims.valueDim + $0) }))
+                absorbKeys.append(Self.head(h, of: kB, rows: rank))
+                expandValues.append(Self.head(h, of: vB, rows: dims.valueDim))
             }
         }
         // kv_b_proj [heads * (qk_nope + v_head), rank]: head h's rows are its W_UK_h then its W_UV_h.
@@ -206,6 +206,19 @@ struct LatentAttentionLayer: SelfAttentionLayer {
                 latentQuery.update(from: out, count: rank)
             }
         }
+    }
+
+    /// Head `h`'s `[rows, cols]` of a matrix whose heads are stacked as rows. Block-quantised
+    /// (ggml) heads stay in their type, multiplied as llama.cpp multiplies `attn_k_b`/`attn_v_b`
+    /// (the activation rounded to 8-bit blocks first): widened to float32 instead, the absorbed
+    /// query and the head outputs drift by ~1% from llama.cpp's, enough to flip DeepSeek-V3's
+    /// near-tied group choices (issue 21). Other storage is copied out as float32.
+    static func head(_ h: Int, of stacked: WeightMatrix, rows: Int) -> WeightMatrix {
+        if case .ggml(let type, let blocks) = stacked.storage, let rowBytes = type.byteCount(elements: stacked.cols) {
+            return WeightMatrix(rows: rows, cols: stacked.cols, storage: .ggml(type: type, blocks: blocks + h * rows * rowBytes),
+                                owner: stacked.owner)
+        }
+        return WeightMatrix(rows: rows, cols: stacked.cols, values: (0..<rows).flatMap { stacked.row(h * rows + $0) })
     }
 
     private func addBias(_ row: UnsafeMutablePointer<Float>, _ bias: [Float]) {
