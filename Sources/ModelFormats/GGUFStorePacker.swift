@@ -142,6 +142,26 @@ extension ExpertStorePacker {
             ["gate", "up", "down"].allSatisfy { gguf.tensors["blk.\(layer).ffn_\($0)_exps.weight"]?.info.type == .q4_0 }
         }
         var q4Layout: ExpertBlobLayout?
+        /// Encodes, writes and records one expert's blob (its matrices' ggml block types with `.ggml`).
+        func writeBlob(_ raw: AlignedBuffer<UInt8>, layout: ExpertBlobLayout, dtype: ExpertDType, layer: Int, expert: Int,
+                       ggmlTypes: [String]?) throws {
+            let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: dtype, codec: codec, level: compressionLevel)
+            try expertWriter.pad(to: alignment)
+            let offset = expertWriter.offset
+            let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
+            try expertWriter.write(stored)
+            var entry = ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
+                                        rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
+                                        storedRaw: encoded.storedRaw, planes: encoded.planes)
+            entry.ggmlTypes = ggmlTypes
+            blobs.append(entry)
+            rawTotal += layout.rawLength
+            storedTotal += encoded.length
+            report()
+            if let failAfterBlobs, blobs.count >= failAfterBlobs {
+                throw ModelFormatError("pack interrupted after \(blobs.count) blobs (test hook)")
+            }
+        }
         for layer in config.moeLayers {
             for expert in 0..<config.expertCount {
                 // The stacked tensors' slices (and gpt-oss's bias slices), as the model reads them.
@@ -175,20 +195,7 @@ extension ExpertStorePacker {
                         done += matrix.rows * (matrix.cols / Quantization.q4BlockSize) * GGMLQ4_0.blockBytes
                     }
                     if let biases = weights.biases { layout.encode(biases: biases, into: raw.pointer) }
-                    let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: .q4, codec: codec, level: compressionLevel)
-                    try expertWriter.pad(to: alignment)
-                    let offset = expertWriter.offset
-                    let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
-                    try expertWriter.write(stored)
-                    blobs.append(ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
-                                                 rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
-                                                 storedRaw: encoded.storedRaw, planes: encoded.planes))
-                    rawTotal += layout.rawLength
-                    storedTotal += encoded.length
-                    report()
-                    if let failAfterBlobs, blobs.count >= failAfterBlobs {
-                        throw ModelFormatError("pack interrupted after \(blobs.count) blobs (test hook)")
-                    }
+                    try writeBlob(raw, layout: layout, dtype: .q4, layer: layer, expert: expert, ggmlTypes: nil)
                     continue
                 }
                 let parts = try zip(ggmlMatrices, names).map { try Self.ggmlBytes($0, tensor: $1) }
@@ -212,22 +219,7 @@ extension ExpertStorePacker {
                     }
                 }
                 if let biases = weights.biases { layout.encode(biases: biases, into: raw.pointer) }
-                let encoded = ExpertBlobCodec.encode(raw, rawLength: layout.rawLength, dtype: .ggml, codec: codec, level: compressionLevel)
-                try expertWriter.pad(to: alignment)
-                let offset = expertWriter.offset
-                let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
-                try expertWriter.write(stored)
-                var entry = ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
-                                            rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
-                                            storedRaw: encoded.storedRaw, planes: encoded.planes)
-                entry.ggmlTypes = typeNames
-                blobs.append(entry)
-                rawTotal += layout.rawLength
-                storedTotal += encoded.length
-                report()
-                if let failAfterBlobs, blobs.count >= failAfterBlobs {
-                    throw ModelFormatError("pack interrupted after \(blobs.count) blobs (test hook)")
-                }
+                try writeBlob(raw, layout: layout, dtype: .ggml, layer: layer, expert: expert, ggmlTypes: typeNames)
             }
         }
         try expertWriter.pad(to: alignment)
