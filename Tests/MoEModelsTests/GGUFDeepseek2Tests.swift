@@ -85,6 +85,23 @@ import TensorMath
         print("\(reference.file): \(reference.steps.count) prefixes, max |Δ logprob| over llama.cpp's top 5 = \(String(format: "%.4f", worst))")
     }
 
+    /// The DeepSeek-V2-Lite-style file (`make_deepseek2_fixture.py --lite`): 26 layers (llama.cpp's
+    /// condition for a missing `q_lora_rank`), no query compression, softmax routing without groups,
+    /// bias or renormalisation, two shared experts, untied embeddings; the issue's 0.1 at every prefix.
+    @Test func liteFileWithoutQueryCompressionMatchesLlamaCpp() throws {
+        let root = LlamaCppReference.root.appendingPathComponent("deepseek2-lite")
+        let lite = try JSONDecoder().decode(LlamaCppReference.self, from: Data(contentsOf: root.appendingPathComponent("reference.json")))
+        let file = root.appendingPathComponent("deepseek2lite-Q8_0.gguf")
+        let config = try GGUFModel(url: file).config
+        #expect(config.architecture == .deepseekV2 && config.layerCount == 26)
+        #expect(config.latentAttention?.queryRank == nil && config.routerGroups == nil)
+        #expect(config.sharedExpertIntermediateSize == 64 && !config.tieWordEmbeddings && !config.normTopKProb)
+        for model in lite.models {
+            let worst = try Self.compare(file: root.appendingPathComponent(model.file), reference: model, prompts: lite.prompts, bound: 0.1)
+            print("\(model.file): \(model.steps.count) prefixes, max |Δ logprob| over llama.cpp's top 5 = \(String(format: "%.4f", worst))")
+        }
+    }
+
     /// For bisecting a gap by hand: `MOE_DEEPSEEK2_VARIANTS=DIR` compares every `DIR/*/reference.json`
     /// (written as `make_deepseek2_fixture.py` writes the fixture's, from variants of its checkpoint)
     /// and prints each file's largest difference and where it is; asserts nothing about them.

@@ -17,8 +17,11 @@ as `make_gguf_fixtures.py` (whose converter call and llama-server client it reus
   3. `llama-quantize` to Q8_0 and Q4_0 (attn_kv_a_mqa, attn_k_b and attn_v_b are quantised too);
   4. llama-server's `/completion` top-5 log-probabilities after every prefix of the three prompts.
 
-A V2-Lite-style file (no q_lora_rank) is not made: llama.cpp reads `attention.q_lora_rank` as
-required unless the model has 26/27 layers (its "lite" test), so a small one does not load there.
+`--lite` makes the DeepSeek-V2-Lite-style file instead (`DeepseekV2ForCausalLM`: no query compression,
+softmax routing without groups or correction bias, no renormalisation, scaling 1, two shared experts,
+untied embeddings). llama.cpp reads `attention.q_lora_rank` as required unless the model has 26 or 27
+layers (its "lite" test), so this one has 26 layers, kept small by hidden 32 and four experts of 32:
+`deepseek2lite-Q8_0.gguf` and its `reference.json` in Tests/Fixtures/gguf/deepseek2-lite.
 
 Output: `deepseek2-<TYPE>.gguf` and `reference.json` in the format of `make_gguf_fixtures.py`'s.
 The Swift test is `Tests/MoEModelsTests/GGUFDeepseek2Tests.swift`.
@@ -44,6 +47,33 @@ CONFIG = dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, num_k
               norm_topk_prob=True, rope_interleave=True, rms_norm_eps=1e-6, tie_word_embeddings=True,
               scoring_func="sigmoid", topk_method="noaux_tc")
 TYPES = ["Q8_0", "Q4_0"]
+
+LITE_CONFIG = dict(hidden_size=32, num_hidden_layers=26, num_attention_heads=2, num_key_value_heads=2,
+                   q_lora_rank=None, kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=16, v_head_dim=16,
+                   n_routed_experts=4, num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=32,
+                   intermediate_size=64, n_shared_experts=2, first_k_dense_replace=1, routed_scaling_factor=1.0,
+                   norm_topk_prob=False, topk_method="greedy", rms_norm_eps=1e-6, tie_word_embeddings=False)
+LITE_TYPES = ["Q8_0"]
+
+
+def build_lite_checkpoint(directory: Path, seed: int) -> None:
+    import torch
+    import transformers
+
+    config = transformers.DeepseekV2Config(vocab_size=1536, max_position_embeddings=512,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+                                           bos_token_id=None, eos_token_id=1504, pad_token_id=0, **LITE_CONFIG)
+    torch.manual_seed(seed)
+    model = transformers.DeepseekV2ForCausalLM(config).to(torch.float32).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.15 if "embed" in name or "lm_head" in name else 0.08)
+            elif name.endswith("layernorm.weight"):
+                p.copy_(1 + torch.randn(p.shape) * 0.1)
+    model.save_pretrained(directory, safe_serialization=True)
+    for f in ["tokenizer.json", "tokenizer_config.json"]:
+        shutil.copy(TOKENIZER / f, directory / f)
 
 
 def build_checkpoint(directory: Path, seed: int) -> None:
@@ -75,7 +105,12 @@ def main() -> None:
     parser.add_argument("--llama-cpp", type=Path, default=Path.home() / ".cache/moe-serve-llama-cpp")
     parser.add_argument("--out", type=Path, default=ROOT / "Tests/Fixtures/gguf/deepseek2")
     parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--lite", action="store_true", help="the 26-layer V2-Lite-style file (see above)")
     args = parser.parse_args()
+    if args.lite and args.out == ROOT / "Tests/Fixtures/gguf/deepseek2":
+        args.out = ROOT / "Tests/Fixtures/gguf/deepseek2-lite"
+    name, build, types, architecture = (("deepseek2lite", build_lite_checkpoint, LITE_TYPES, "DeepseekV2ForCausalLM") if args.lite
+                                        else ("deepseek2", build_checkpoint, TYPES, "DeepseekV3ForCausalLM"))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
@@ -84,16 +119,16 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     models = []
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / "deepseek2"
-        build_checkpoint(checkpoint, args.seed)
-        base = Path(tmp) / "deepseek2-F32.gguf"
+        checkpoint = Path(tmp) / name
+        build(checkpoint, args.seed)
+        base = Path(tmp) / f"{name}-F32.gguf"
         convert(args.llama_cpp, checkpoint, base)
-        for qtype in TYPES:
-            out = args.out / f"deepseek2-{qtype}.gguf"
+        for qtype in types:
+            out = args.out / f"{name}-{qtype}.gguf"
             subprocess.run([str(args.llama_cpp / "build/bin/llama-quantize"), str(base), str(out), qtype, "2"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             steps = reference_steps(args.llama_cpp, out, prompts, banned)
-            models.append({"file": out.name, "architecture": "DeepseekV3ForCausalLM", "type": qtype, "steps": steps})
+            models.append({"file": out.name, "architecture": architecture, "type": qtype, "steps": steps})
             print(f"{out.name}: {out.stat().st_size} bytes, {len(steps)} steps", file=sys.stderr)
     (args.out / "reference.json").write_text(json.dumps({"prompts": prompts, "models": models}, indent=1) + "\n")
 
