@@ -48,6 +48,9 @@ public enum ConfigLoader {
         Key(name: "prefetch_min_probability", help: "prefetch only guesses at least this probable") { c, v in c.runtime.prefetchMinProbability = try probability(v) },
         Key(name: "prefetch_budget", help: "prefetched unused experts per layer (0: no bound)") { c, v in c.runtime.prefetchBudget = try int(v, 0...1_000_000) },
         Key(name: "max_sequences", help: "sequences decoded together in one batch") { c, v in c.runtime.maxSequences = try int(v, 1...1024) },
+        Key(name: "context_size", help: "positions a sequence may reach, prompt and reply (default and upper bound: the model's trained context); the KV reservation follows it") { c, v in
+            c.runtime.contextSize = try int(v, 16...100_000_000)
+        },
         Key(name: "prompt_cache_partial", help: "reuse of a cached prompt prefix: exact (when a probe finds the model's prefill bit-exact), always, or off (whole-prompt hits only)") { c, v in
             c.runtime.promptCachePartial = try string(v)
         },

@@ -26,6 +26,9 @@ public struct RuntimeSettings: Sendable, Equatable {
     public var prefetchBudget: Int?
     /// `max_sequences`: sequences decoded together in one batch.
     public var maxSequences: Int = 8
+    /// `context_size`: positions a sequence may reach (prompt and reply), at most the model's trained
+    /// context (its default); the memory plan reserves KV for this many per sequence.
+    public var contextSize: Int?
     /// `prompt_cache_partial`: when a retained cache holding part of a prompt is reused (exact, always, off).
     public var promptCachePartial: String?
 

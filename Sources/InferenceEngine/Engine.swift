@@ -33,6 +33,8 @@ public final class Engine: GenerationService, @unchecked Sendable {
     /// Everything below is guarded by `condition`.
     private let condition = NSCondition()
     private var scheduler: Scheduler
+    /// The scheduler's limits (context length, KV budget, batch sizes), fixed at creation.
+    public var limits: SchedulerLimits { scheduler.limits }
     private var requests: [UInt64: RequestState] = [:]
     private var pendingCancellations: Set<UInt64> = []
     private var nextId: UInt64 = 1
@@ -113,15 +115,18 @@ public final class Engine: GenerationService, @unchecked Sendable {
     }
 
     /// Scheduler limits for `model` with `kvCacheBudgetBytes` of KV cache.
+    /// `contextLength`: positions a sequence may reach (the model's trained context when nil or larger).
     public static func defaultLimits(for model: TransformerModel, kvCacheBudgetBytes: Int, maxRunningSequences: Int = 8,
-                                     tokenBudgetPerStep: Int = 256, maxWaitingRequests: Int = 64) -> SchedulerLimits {
+                                     tokenBudgetPerStep: Int = 256, maxWaitingRequests: Int = 64,
+                                     contextLength: Int? = nil) -> SchedulerLimits {
         let config = model.config
         let window = TransformerModel.kvWindow(config, precision: model.kvPrecision)
         return SchedulerLimits(
             maxRunningSequences: maxRunningSequences, tokenBudgetPerStep: tokenBudgetPerStep,
             kvCacheBudgetBytes: kvCacheBudgetBytes,
             kvBytesPerToken: model.kvBytesPerToken,
-            maxWaitingRequests: maxWaitingRequests, contextLength: config.maxPositionEmbeddings,
+            maxWaitingRequests: maxWaitingRequests,
+            contextLength: min(contextLength ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings),
             sequenceStateBytes: model.sequenceStateBytes,
             kvWindowPositions: window.positions, kvWindowBytesPerToken: window.bytesPerToken)
     }
@@ -385,7 +390,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
             } else if state.constraint?.isComplete == true {
                 finished.append((state, .stop, state.assembler.finish()))
             } else if Scheduler.reachedLimit(generated: state.generated, maxTokens: request.maxTokens,
-                                             cachedTokens: state.cache!.length, contextLength: model.config.maxPositionEmbeddings) {
+                                             cachedTokens: state.cache!.length, contextLength: scheduler.limits.contextLength) {
                 finished.append((state, .length, state.assembler.finish()))
             }
         }

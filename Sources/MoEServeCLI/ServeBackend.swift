@@ -51,6 +51,7 @@ enum ServeBackend {
         spec.prefetchMinProbability = settings.prefetchMinProbability.map { Float($0) }
         spec.prefetchBudgetExperts = settings.prefetchBudget
         spec.maxSequences = settings.maxSequences
+        spec.contextTokens = settings.contextSize
         if let name = settings.promptCachePartial {
             guard let reuse = PartialPromptReuse(name: name) else {
                 throw CommandError("invalid value for 'prompt_cache_partial': '\(name)'; choose one of \(PartialPromptReuse.names.joined(separator: ", "))")
@@ -83,7 +84,8 @@ enum ServeBackend {
         engine.start()
         let stats = LiveStatistics(monitor: monitor, engine: engine)
         monitor.start { snapshot in stats.render(snapshot, into: metrics) }
-        let codec = TokenizerCodec(tokenizer: tokenizer, contextLength: runtime.model.config.maxPositionEmbeddings,
+        let codec = TokenizerCodec(tokenizer: tokenizer,
+                                   contextLength: min(specification.contextTokens ?? Int.max, runtime.model.config.maxPositionEmbeddings),
                                    modelName: specification.model.lastPathComponent, extraStopIds: Set(runtime.model.config.eosTokenIds))
         var backend = ModelBackend(service: engine, codec: codec, stats: stats)
         backend.info = modelInfo(specification, runtime: runtime)

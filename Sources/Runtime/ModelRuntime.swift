@@ -70,7 +70,7 @@ public final class ModelRuntime {
             ?? maxSequences * (TransformerModel.kvBytes(model.config, precision: model.kvPrecision, positions: model.config.maxPositionEmbeddings)
                                + model.sequenceStateBytes)
         let limits = Engine.defaultLimits(for: model, kvCacheBudgetBytes: kvBudget, maxRunningSequences: maxSequences,
-                                          maxWaitingRequests: maxWaitingRequests)
+                                          maxWaitingRequests: maxWaitingRequests, contextLength: specification?.contextTokens)
         let engine = Engine(model: model, limits: limits, decode: decode)
         engine.partialPromptReuse = specification?.partialPromptReuse ?? .whenExact
         return engine

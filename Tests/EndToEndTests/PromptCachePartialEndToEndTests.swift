@@ -39,3 +39,36 @@ import Testing
         #expect(result.stderr.contains("exact, always, off"), "\(result.stderr)")
     }
 }
+
+/// `--context-size` on the real binary: the positions a sequence may reach, reported as `/props`'
+/// `n_ctx`, enforced on prompts (400) and replies (`length`). (That the plan then reserves less KV
+/// and leaves the expert cache more is `RuntimeTests.aSmallerContextLeavesTheExpertCacheMore`: the
+/// runtime's own footprint is measured per process, so two servers' plans differ by more than the
+/// demo's KV.)
+@Suite(.serialized) struct ContextSizeEndToEndTests {
+    static func json(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "\(text)")
+    }
+
+    @Test func aSmallContextBoundsPromptsAndReplies() throws {
+        let wide = try RunningServer(arguments: ["--memory-budget", "80MiB"])
+        let wideProps = try Self.json(try wide.curl("/props"))
+        let trained = try #require((wideProps["default_generation_settings"] as? [String: Any])?["n_ctx"] as? Int
+                                   ?? (wideProps["meta"] as? [String: Any])?["n_ctx"] as? Int ?? wideProps["n_ctx"] as? Int)
+        #expect(wide.stop() == 0)
+
+        let server = try RunningServer(arguments: ["--memory-budget", "80MiB", "--context-size", "64"])
+        let props = try server.curl("/props")
+        #expect(props.contains("\"n_ctx\":64") || props.contains("\"n_ctx\": 64"), "\(props)")
+        #expect(trained > 64)
+        let long = String(repeating: "word ", count: 200)
+        let refused = try server.curl("/v1/completions", ["-d", #"{"prompt": "\#(long)", "max_tokens": 4}"#])
+        #expect(refused.contains("context"), "\(refused)")
+        let reply = try Self.json(try server.curl("/v1/completions", ["-d", #"{"prompt": "def fibonacci(n):", "max_tokens": 200, "temperature": 0, "ignore_eos": true}"#]))
+        let choice = try #require((reply["choices"] as? [[String: Any]])?.first)
+        #expect(choice["finish_reason"] as? String == "length")
+        let usage = try #require(reply["usage"] as? [String: Any])
+        #expect((usage["total_tokens"] as? Int ?? 999) <= 64, "\(usage)")
+        #expect(server.stop() == 0)
+    }
+}

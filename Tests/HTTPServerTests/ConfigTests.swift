@@ -144,3 +144,13 @@ import Testing
         #expect(try ConfigLoader.load(file: file.path, environment: [:]).runtime.promptCachePartial == "exact")
     }
 }
+
+/// `context_size`: unset (the model's trained context) unless given; bounded below.
+@Suite struct ContextSizeConfigTests {
+    @Test func readFromEverySourceAndBounded() throws {
+        #expect(try ConfigLoader.load(file: nil, environment: [:]).runtime.contextSize == nil)
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_CONTEXT_SIZE": "2048"]).runtime.contextSize == 2048)
+        #expect(try ConfigLoader.load(file: nil, environment: [:], overrides: ["context_size": "4096"]).runtime.contextSize == 4096)
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_CONTEXT_SIZE": "4"]) }
+    }
+}

@@ -113,6 +113,27 @@ import Testing
         }
     }
 
+    /// `context_size`: the plan reserves KV for that many positions per sequence, so the same budget
+    /// leaves the expert cache more, and the engine's scheduler bounds sequences to it.
+    @Test func aSmallerContextLeavesTheExpertCacheMore() throws {
+        let budget = ProcessMemory.runtimeReservation() + (64 << 20)
+        func open(_ context: Int?) throws -> ModelRuntime {
+            var spec = RuntimeSpecification(model: Self.demo)
+            spec.memoryBudgetBytes = budget
+            spec.maxSequences = 8
+            spec.contextTokens = context
+            return try ModelRuntime.open(spec)
+        }
+        let wide = try open(nil), narrow = try open(64)
+        defer { wide.close(); narrow.close() }
+        let widePlan = try #require(wide.plan), narrowPlan = try #require(narrow.plan)
+        #expect(narrowPlan.kvCacheBytes < widePlan.kvCacheBytes)
+        #expect(narrowPlan.expertCacheBytes - widePlan.expertCacheBytes == widePlan.kvCacheBytes - narrowPlan.kvCacheBytes,
+                "\(narrowPlan) vs \(widePlan)")
+        #expect(narrow.makeEngine(decode: { _ in "" }).limits.contextLength == 64)
+        #expect(wide.makeEngine(decode: { _ in "" }).limits.contextLength == wide.model.config.maxPositionEmbeddings)
+    }
+
     /// The engine `makeEngine` builds takes the specification's partial-prefix reuse (`prompt_cache_partial`).
     @Test func theEngineTakesTheSpecificationsPartialPromptReuse() throws {
         for reuse in [nil, .never, .always] as [PartialPromptReuse?] {
