@@ -8,7 +8,7 @@
 #
 # Per setting and round (the order of the two engines rotates each round), one server process each:
 #   llama-server -m G -t T -tb T -c 2048 -np 1                       (under a limit: --no-repack)
-#   moe-serve serve --model M --memory-budget B
+#   moe-serve serve --model M --memory-budget B --context-size 2048 --max-sequences 1
 # Both warm: one request, then the measured request with the same body (same prompt text, temperature 0,
 # n_predict N, ignore_eos, cache_prompt false) through each server's llama.cpp-style `/completion`, whose
 # `timings` give prompt and decode tokens/s; moe-serve's `/metrics` expert-cache counters before and after
@@ -104,7 +104,11 @@ def run(engine, fraction):
         # buffers. moe-serve's budget counts all of those too (a budget of just the model's size leaves
         # less than gpt-oss-20b's experts need), so it gets the model's size plus 1 GiB.
         budget = limit + (1 << 30) if fraction >= 100 else limit - (64 << 20)
-        cmd = [env["MOE_SERVE"], "serve", "--model", model, "--memory-budget", str(budget), "--host", "127.0.0.1", "--port", str(port)]
+        # The same context and slots as llama-server's -c 2048 -np 1: moe-serve's plan reserves KV for
+        # its context × sequences (by default the model's trained context × 8), which at gpt-oss-20b's
+        # 131,072 positions took a quarter of the budget from the expert cache (session 12).
+        cmd = [env["MOE_SERVE"], "serve", "--model", model, "--memory-budget", str(budget), "--host", "127.0.0.1", "--port", str(port),
+               "--context-size", "2048", "--max-sequences", "1"]
     if fraction < 100:
         drop_page_cache([gguf, model])
         cmd = [env["CGROUP_RUN"], str(limit), "--"] + cmd
