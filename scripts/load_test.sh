@@ -9,12 +9,15 @@ seconds="${1:-60}"; connections="${2:-16}"; budget="${3:-80MiB}"
 bin=.build/release/moe-serve
 [ -x "$bin" ] || swift build -c release --product moe-serve >&2
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install -y wrk)" >&2; exit 1; }
-port=$((20000 + RANDOM % 20000))
 log=$(mktemp)
-"$bin" serve --port "$port" --memory-budget "$budget" 2>"$log" &
+"$bin" serve --port 0 --memory-budget "$budget" 2>"$log" &
 pid=$!
 trap 'kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log" "$lua"' EXIT
-for _ in $(seq 100); do grep -q ready "$log" && break; sleep 0.2; done
+# Port 0: the server picks a free port and names it; wait for "model loaded; ready" (plain "ready"
+# also matches "address already in use").
+for _ in $(seq 100); do grep -q -e "model loaded; ready" -e "^error" "$log" && break; sleep 0.2; done
+grep -q "model loaded; ready" "$log" || { echo "server did not start:" >&2; cat "$log" >&2; exit 1; }
+port=$(grep -o "listening on http://127.0.0.1:[0-9]*" "$log" | head -1 | sed 's/.*://')
 lua=$(mktemp --suffix .lua)
 cat >"$lua" <<'LUA'
 wrk.method = "POST"

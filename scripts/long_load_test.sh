@@ -22,7 +22,6 @@ budget_bytes=$(python3 -c "
 import re; m = re.fullmatch(r'([0-9.]+)\s*([KMGT]?)(i?B)?', '$budget'.strip(), re.I)
 print(int(float(m.group(1)) * 1024 ** ' KMGT'.index((m.group(2) or ' ').upper())))")
 limit_bytes=$((budget_bytes * 105 / 100))
-port=$((20000 + RANDOM % 20000))
 log=$(mktemp)
 group=""
 root=/sys/fs/cgroup/memory
@@ -30,10 +29,10 @@ if [ -w "$root" ] && mkdir "$root/moe-load-$$" 2>/dev/null; then
   group="$root/moe-load-$$"
   echo "$limit_bytes" > "$group/memory.limit_in_bytes"
   # The server joins the group before exec, so everything it allocates is charged there.
-  sh -c "echo \$\$ > $group/cgroup.procs && exec $bin serve --port $port --memory-budget $budget" 2>"$log" &
+  sh -c "echo \$\$ > $group/cgroup.procs && exec $bin serve --port 0 --memory-budget $budget" 2>"$log" &
 else
   echo "note: $root is not writable; running without a cgroup limit" >&2
-  "$bin" serve --port "$port" --memory-budget "$budget" 2>"$log" &
+  "$bin" serve --port 0 --memory-budget "$budget" 2>"$log" &
 fi
 pid=$!
 cleanup() {
@@ -43,8 +42,12 @@ cleanup() {
   rm -f "$log"
 }
 trap cleanup EXIT
-for _ in $(seq 300); do grep -q ready "$log" && break; sleep 0.2; done
-grep -q ready "$log" || { echo "server did not start:" >&2; cat "$log" >&2; exit 1; }
+# Port 0: the server picks a free port and names it ("listening on http://127.0.0.1:PORT"); a
+# random fixed port collided with other tests' servers. "model loaded; ready", not "ready", which
+# "address already in use" also contains.
+for _ in $(seq 300); do grep -q -e "model loaded; ready" -e "^error" "$log" && break; sleep 0.2; done
+grep -q "model loaded; ready" "$log" || { echo "server did not start:" >&2; cat "$log" >&2; exit 1; }
+port=$(grep -o "listening on http://127.0.0.1:[0-9]*" "$log" | head -1 | sed 's/.*://')
 
 echo "load: ${minutes} min x ${connections} connections, budget ${budget} (${budget_bytes} bytes), cgroup limit: $([ -n "$group" ] && echo "$limit_bytes bytes" || echo none)"
 result=$(python3 scripts/load_client.py "$port" "$seconds" "$connections")
