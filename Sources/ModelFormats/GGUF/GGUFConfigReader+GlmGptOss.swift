@@ -75,33 +75,11 @@ extension GGUFConfigReader {
         let denseWidth = leading > 0 ? dims("blk.0.ffn_gate.weight")?.last ?? width : width
         let sharedWidth = dims("blk.\(leading).ffn_gate_shexp.weight")?.last ?? 0
 
-        let eos = endOfSequenceIds()
-        var config = ModelConfig(
-            architecture: architecture,
-            vocabSize: embedding.dims[1],
-            hiddenSize: hidden,
-            layerCount: layers,
-            headCount: heads,
-            kvHeadCount: kvHeads,
-            headDim: headDim,
-            rmsNormEps: Float(values[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? 1e-5),
-            ropeTheta: values[key("rope.freq_base")]?.doubleValue ?? 10_000,
-            maxPositionEmbeddings: values[key("context_length")]?.intValue ?? 4096,
-            tieWordEmbeddings: tensors["output.weight"] == nil,
-            expertCount: expertCount,
-            expertsPerToken: used,
-            expertIntermediateSize: width,
-            denseIntermediateSize: denseWidth,
-            sharedExpertIntermediateSize: sharedWidth,
-            normTopKProb: true,
-            decoderSparseStep: 1,
-            mlpOnlyLayers: Array(0..<leading),
-            attentionBias: tensors["blk.0.attn_q.bias"] != nil,
-            clipQKV: nil,
-            slidingWindow: nil,
-            bosTokenId: values["tokenizer.ggml.bos_token_id"]?.intValue,
-            eosTokenIds: eos,
-            dtypeName: values["general.file_type"]?.intValue.map { "gguf file type \($0)" } ?? "gguf")
+        var config = modelConfig(
+            arch: arch, architecture: architecture, vocabSize: embedding.dims[1], layers: layers, hidden: hidden, heads: heads,
+            kvHeads: kvHeads, headDim: headDim, defaultNormEps: 1e-5, expertCount: expertCount, expertsPerToken: used,
+            expertWidth: width, denseWidth: denseWidth, sharedWidth: sharedWidth, normTopKProb: true,
+            mlpOnlyLayers: Array(0..<leading), attentionBias: tensors["blk.0.attn_q.bias"] != nil)
         config.rope = rope
         switch architecture {
         case .glm4Moe:

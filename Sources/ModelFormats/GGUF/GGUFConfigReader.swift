@@ -63,6 +63,43 @@ struct GGUFConfigReader {
         return AttentionShape(layers: layers, hidden: hidden, heads: heads, kvHeads: kvHeads, headDim: headDim)
     }
 
+    /// A `ModelConfig` for `arch` with the fields every reader takes alike from the metadata (norm
+    /// epsilon, rope base, context length, tied embeddings when there is no `output.weight`, special
+    /// ids, file type) and the architecture's own from the caller; no sliding window, no QKV clip,
+    /// every layer sparse unless in `mlpOnlyLayers`.
+    func modelConfig(arch: String, architecture: Architecture, vocabSize: Int, layers: Int, hidden: Int, heads: Int,
+                     kvHeads: Int, headDim: Int, defaultNormEps: Double = 1e-6, expertCount: Int, expertsPerToken: Int,
+                     expertWidth: Int, denseWidth: Int, sharedWidth: Int, normTopKProb: Bool, mlpOnlyLayers: [Int] = [],
+                     attentionBias: Bool = false) -> ModelConfig {
+        func key(_ name: String) -> String { "\(arch).\(name)" }
+        return ModelConfig(
+            architecture: architecture,
+            vocabSize: vocabSize,
+            hiddenSize: hidden,
+            layerCount: layers,
+            headCount: heads,
+            kvHeadCount: kvHeads,
+            headDim: headDim,
+            rmsNormEps: Float(values[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? defaultNormEps),
+            ropeTheta: values[key("rope.freq_base")]?.doubleValue ?? 10_000,
+            maxPositionEmbeddings: values[key("context_length")]?.intValue ?? 4096,
+            tieWordEmbeddings: tensors["output.weight"] == nil,
+            expertCount: expertCount,
+            expertsPerToken: expertsPerToken,
+            expertIntermediateSize: expertWidth,
+            denseIntermediateSize: denseWidth,
+            sharedExpertIntermediateSize: sharedWidth,
+            normTopKProb: normTopKProb,
+            decoderSparseStep: 1,
+            mlpOnlyLayers: mlpOnlyLayers,
+            attentionBias: attentionBias,
+            clipQKV: nil,
+            slidingWindow: nil,
+            bosTokenId: values["tokenizer.ggml.bos_token_id"]?.intValue,
+            eosTokenIds: endOfSequenceIds(),
+            dtypeName: values["general.file_type"]?.intValue.map { "gguf file type \($0)" } ?? "gguf")
+    }
+
     func read() throws -> ModelConfig {
         guard let arch = values["general.architecture"]?.stringValue else { throw error("no general.architecture in the metadata") }
         if let architecture = Self.glmGptOssArchitectures[arch] { return try readGlmGptOss(arch: arch, architecture: architecture) }
@@ -110,34 +147,13 @@ struct GGUFConfigReader {
         }
         let sharedWidth = moeLayers.first.flatMap { dims("blk.\($0).ffn_gate_shexp.weight")?.last } ?? 0
 
-        let eos = endOfSequenceIds()
-        let config = ModelConfig(
-            architecture: architecture,
-            vocabSize: embedding.dims[1],
-            hiddenSize: hidden,
-            layerCount: layers,
-            headCount: heads,
-            kvHeadCount: kvHeads,
-            headDim: headDim,
-            rmsNormEps: Float(values[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? 1e-6),
-            ropeTheta: values[key("rope.freq_base")]?.doubleValue ?? 10_000,
-            maxPositionEmbeddings: values[key("context_length")]?.intValue ?? 4096,
-            tieWordEmbeddings: tensors["output.weight"] == nil,
-            expertCount: expertCount,
-            expertsPerToken: try int(key("expert_used_count")),
-            expertIntermediateSize: expertWidth,
-            denseIntermediateSize: denseWidth,
-            sharedExpertIntermediateSize: sharedWidth,
-            normTopKProb: values[key("expert_weights_norm")]?.boolValue ?? llamaNormalizes,
-            decoderSparseStep: 1,
-            mlpOnlyLayers: denseLayers,
-            attentionBias: architecture == .qwen2Moe || tensors["blk.0.attn_q.bias"] != nil,
-            clipQKV: nil,
-            // llama.cpp's `llama` graph attends to the whole context (Mixtral's window unused).
-            slidingWindow: nil,
-            bosTokenId: values["tokenizer.ggml.bos_token_id"]?.intValue,
-            eosTokenIds: eos,
-            dtypeName: values["general.file_type"]?.intValue.map { "gguf file type \($0)" } ?? "gguf")
+        // No sliding window: llama.cpp's `llama` graph attends to the whole context (Mixtral's window unused).
+        let config = modelConfig(
+            arch: arch, architecture: architecture, vocabSize: embedding.dims[1], layers: layers, hidden: hidden, heads: heads,
+            kvHeads: kvHeads, headDim: headDim, expertCount: expertCount, expertsPerToken: try int(key("expert_used_count")),
+            expertWidth: expertWidth, denseWidth: denseWidth, sharedWidth: sharedWidth,
+            normTopKProb: values[key("expert_weights_norm")]?.boolValue ?? llamaNormalizes, mlpOnlyLayers: denseLayers,
+            attentionBias: architecture == .qwen2Moe || tensors["blk.0.attn_q.bias"] != nil)
         guard config.expertsPerToken >= 1, config.expertsPerToken <= expertCount else {
             throw error("expert_used_count (\(config.expertsPerToken)) must be between 1 and expert_count (\(expertCount))")
         }

@@ -114,34 +114,11 @@ extension GGUFConfigReader {
         }
         let scale = values[key("expert_weights_scale")]?.doubleValue ?? 0
 
-        let eos = endOfSequenceIds()
-        var config = ModelConfig(
-            architecture: architecture,
-            vocabSize: embedding.dims[1],
-            hiddenSize: hidden,
-            layerCount: layers,
-            headCount: heads,
-            kvHeadCount: heads,
-            // As for safetensors DeepSeek: head_dim is the rotary part (what the RoPE tables are built for).
-            headDim: ropeDim,
-            rmsNormEps: Float(values[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? 1e-6),
-            ropeTheta: values[key("rope.freq_base")]?.doubleValue ?? 10_000,
-            maxPositionEmbeddings: optional("context_length") ?? 4096,
-            tieWordEmbeddings: tensors["output.weight"] == nil,
-            expertCount: expertCount,
-            expertsPerToken: try int(key("expert_used_count")),
-            expertIntermediateSize: expertWidth,
-            denseIntermediateSize: denseWidth,
-            sharedExpertIntermediateSize: sharedWidth,
-            normTopKProb: normalize,
-            decoderSparseStep: 1,
-            mlpOnlyLayers: [],
-            attentionBias: false,
-            clipQKV: nil,
-            slidingWindow: nil,
-            bosTokenId: values["tokenizer.ggml.bos_token_id"]?.intValue,
-            eosTokenIds: eos,
-            dtypeName: values["general.file_type"]?.intValue.map { "gguf file type \($0)" } ?? "gguf")
+        // As for safetensors DeepSeek: head_dim is the rotary part (what the RoPE tables are built for).
+        var config = modelConfig(
+            arch: arch, architecture: architecture, vocabSize: embedding.dims[1], layers: layers, hidden: hidden, heads: heads,
+            kvHeads: heads, headDim: ropeDim, expertCount: expertCount, expertsPerToken: try int(key("expert_used_count")),
+            expertWidth: expertWidth, denseWidth: denseWidth, sharedWidth: sharedWidth, normTopKProb: normalize)
         config.latentAttention = latent
         config.firstDenseLayers = denseLead
         config.moeLayerFrequency = 1

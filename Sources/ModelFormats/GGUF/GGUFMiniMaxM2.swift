@@ -48,33 +48,10 @@ extension GGUFConfigReader {
         }
         let width = expertWidth!
 
-        let eos = endOfSequenceIds()
-        var config = ModelConfig(
-            architecture: .miniMaxM2,
-            vocabSize: embedding.dims[1],
-            hiddenSize: hidden,
-            layerCount: layers,
-            headCount: heads,
-            kvHeadCount: kvHeads,
-            headDim: headDim,
-            rmsNormEps: Float(values[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? 1e-6),
-            ropeTheta: values[key("rope.freq_base")]?.doubleValue ?? 10_000,
-            maxPositionEmbeddings: values[key("context_length")]?.intValue ?? 4096,
-            tieWordEmbeddings: tensors["output.weight"] == nil,
-            expertCount: expertCount,
-            expertsPerToken: used,
-            expertIntermediateSize: width,
-            denseIntermediateSize: width,
-            sharedExpertIntermediateSize: 0,
-            normTopKProb: true,
-            decoderSparseStep: 1,
-            mlpOnlyLayers: [],
-            attentionBias: false,
-            clipQKV: nil,
-            slidingWindow: nil,
-            bosTokenId: values["tokenizer.ggml.bos_token_id"]?.intValue,
-            eosTokenIds: eos,
-            dtypeName: values["general.file_type"]?.intValue.map { "gguf file type \($0)" } ?? "gguf")
+        var config = modelConfig(
+            arch: arch, architecture: .miniMaxM2, vocabSize: embedding.dims[1], layers: layers, hidden: hidden, heads: heads,
+            kvHeads: kvHeads, headDim: headDim, expertCount: expertCount, expertsPerToken: used,
+            expertWidth: width, denseWidth: width, sharedWidth: 0, normTopKProb: true)
         config.rope.partialRotaryFactor = Double(rotary) / Double(headDim)
         // The converter writes no expert_weights_scale for this architecture; a scaled file is refused, not misread.
         if let scale = values[key("expert_weights_scale")]?.doubleValue, scale != 0, scale != 1 {

@@ -82,34 +82,12 @@ extension GGUFConfigReader {
         let sharedWidth = dims("blk.0.ffn_gate_shexp.weight")?.last ?? 0
         let firstFull = (0..<layers).first { !recurrent[$0] }
 
-        let eos = endOfSequenceIds()
-        var config = ModelConfig(
-            architecture: .qwen3Next,
-            vocabSize: embedding.dims[1],
-            hiddenSize: hidden,
-            layerCount: layers,
-            headCount: heads,
-            kvHeadCount: kvHeads,
-            headDim: headDim,
-            rmsNormEps: Float(values[key("attention.layer_norm_rms_epsilon")]?.doubleValue ?? 1e-6),
-            ropeTheta: values[key("rope.freq_base")]?.doubleValue ?? 10_000,
-            maxPositionEmbeddings: values[key("context_length")]?.intValue ?? 4096,
-            tieWordEmbeddings: tensors["output.weight"] == nil,
-            expertCount: expertCount,
-            expertsPerToken: used,
-            expertIntermediateSize: width,
-            denseIntermediateSize: values[key("feed_forward_length")]?.intValue ?? width,
-            sharedExpertIntermediateSize: sharedWidth,
-            // llama.cpp's qwen3next graph always renormalises the top-k weights.
-            normTopKProb: true,
-            decoderSparseStep: 1,
-            mlpOnlyLayers: [],
-            attentionBias: firstFull.map { tensors["blk.\($0).attn_q.bias"] != nil } ?? false,
-            clipQKV: nil,
-            slidingWindow: nil,
-            bosTokenId: values["tokenizer.ggml.bos_token_id"]?.intValue,
-            eosTokenIds: eos,
-            dtypeName: values["general.file_type"]?.intValue.map { "gguf file type \($0)" } ?? "gguf")
+        // llama.cpp's qwen3next graph always renormalises the top-k weights.
+        var config = modelConfig(
+            arch: arch, architecture: .qwen3Next, vocabSize: embedding.dims[1], layers: layers, hidden: hidden, heads: heads,
+            kvHeads: kvHeads, headDim: headDim, expertCount: expertCount, expertsPerToken: used, expertWidth: width,
+            denseWidth: values[key("feed_forward_length")]?.intValue ?? width, sharedWidth: sharedWidth, normTopKProb: true,
+            attentionBias: firstFull.map { tensors["blk.\($0).attn_q.bias"] != nil } ?? false)
         config.rope.partialRotaryFactor = Double(rotary) / Double(headDim)
         config.linearAttention = linear
         // The converter writes no expert_weights_scale for this architecture; a scaled file is refused, not misread.
