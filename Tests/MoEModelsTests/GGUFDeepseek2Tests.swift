@@ -121,45 +121,11 @@ import TensorMath
         }
     }
 
-    /// The largest |Δ log-prob| over llama.cpp's top 5 at every recorded prefix. With a `bound`,
-    /// expects llama.cpp's top-1 (near-ties aside) and every difference within it; `note` hears
-    /// each prompt's largest difference and each top-1 disagreement.
+    /// `LlamaCppReference.compare` on `reference`'s file; the largest |Δ|.
     static func compare(file: URL, reference: LlamaCppReference.Model, prompts: [[Int]], bound: Double?,
                         note: (String) -> Void = { _ in }) throws -> Double {
-        let model = try ModelLoader.load(at: file)
-        // A variant with softmax gating reads as DeepSeek-V2 whatever its checkpoint's class was.
-        if bound != nil { #expect(model.config.architecture.rawValue == reference.architecture) }
-        model.kvPrecision = .f16
-        let vocab = model.config.vocabSize
-        var worst = 0.0
-        for (index, prompt) in prompts.enumerated() {
-            let cache = model.makeCache()
-            cache.llamaCppFlashAttention = true
-            cache.llamaCppRotaryAngles = true
-            let all = try model.forward([SequenceInput(cache: cache, tokens: prompt, allLogits: true)])[0]
-            var promptWorst = (0.0, 0)
-            for step in reference.steps where step.prompt == index {
-                let row = Array(all[(step.length - 1) * vocab..<step.length * vocab])
-                let maximum = row.max()!
-                let logSum = Double(maximum) + log(row.reduce(0.0) { $0 + exp(Double($1 - maximum)) })
-                let best = row.indices.max { row[$0] < row[$1] }!
-                let nearTie = step.top[0][1] - step.top[1][1] < 0.05 && best == Int(step.top[1][0])
-                if best != Int(step.top[0][0]) { note("p\(index)@\(step.length):top1(\(best)≠\(Int(step.top[0][0])))") }
-                if bound != nil {
-                    #expect(best == Int(step.top[0][0]) || nearTie, "\(reference.file) prompt \(index) prefix \(step.length): top-1 \(best), llama.cpp \(Int(step.top[0][0]))")
-                }
-                for entry in step.top {
-                    let difference = abs(Double(row[Int(entry[0])]) - logSum - entry[1])
-                    worst = max(worst, difference)
-                    if difference > promptWorst.0 { promptWorst = (difference, step.length) }
-                    if let bound {
-                        #expect(difference <= bound, "\(reference.file) prompt \(index) prefix \(step.length) token \(Int(entry[0])): Δ logprob \(difference)")
-                    }
-                }
-            }
-            note("p\(index):\(String(format: "%.3f", promptWorst.0))@\(promptWorst.1)")
-        }
-        return worst
+        try LlamaCppReference.compare(file: file, architecture: reference.architecture, steps: reference.steps, prompts: prompts,
+                                      bound: bound, note: note).worst
     }
 
     /// `pack FILE.gguf STORE` of the deepseek2 file (attn_k_b/attn_v_b stored as dense matrices,

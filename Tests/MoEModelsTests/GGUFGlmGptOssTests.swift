@@ -41,35 +41,9 @@ import ModelFormats
     @Test(arguments: Self.reference?.models ?? [])
     func nextTokenDistributionMatchesLlamaCpp(model reference: LlamaCppReference.Model) throws {
         let prompts = try #require(Self.reference).prompts
-        let model = try ModelLoader.load(at: LlamaCppReference.root.appendingPathComponent(reference.file))
-        #expect(model.config.architecture.rawValue == reference.architecture)
-        model.kvPrecision = .f16 // llama-server's default KV cache type
-        let vocab = model.config.vocabSize
-        var logits: [Int: [Float]] = [:]
-        for (index, prompt) in prompts.enumerated() {
-            let cache = model.makeCache()
-            cache.llamaCppFlashAttention = true
-            cache.llamaCppRotaryAngles = true
-            logits[index] = try model.forward([SequenceInput(cache: cache, tokens: prompt, allLogits: true)])[0]
-        }
-        var worst = 0.0
-        var differences: [Double] = [] // every |Δ|, for the median printed below (less at the mercy of one near-tie than the maximum)
-        for step in reference.steps {
-            let all = try #require(logits[step.prompt])
-            let row = Array(all[(step.length - 1) * vocab..<step.length * vocab])
-            let maximum = row.max()!
-            let logSum = Double(maximum) + log(row.reduce(0.0) { $0 + exp(Double($1 - maximum)) })
-            let best = row.indices.max { row[$0] < row[$1] }!
-            let nearTie = step.top[0][1] - step.top[1][1] < 0.05 && best == Int(step.top[1][0])
-            #expect(best == Int(step.top[0][0]) || nearTie, "\(reference.file) prompt \(step.prompt) prefix \(step.length): top-1 \(best), llama.cpp \(Int(step.top[0][0])) (llama.cpp's top-2 gap \(step.top[0][1] - step.top[1][1]))")
-            for entry in step.top {
-                let difference = abs(Double(row[Int(entry[0])]) - logSum - entry[1])
-                worst = max(worst, difference)
-                differences.append(difference)
-                #expect(difference <= 0.1, "\(reference.file) prompt \(step.prompt) prefix \(step.length) token \(Int(entry[0])): Δ logprob \(difference)")
-            }
-        }
-        print("\(reference.file): \(reference.steps.count) prefixes, max |Δ logprob| over llama.cpp's top 5 = \(String(format: "%.4f", worst)), median \(String(format: "%.4f", differences.sorted()[differences.count / 2]))")
+        let result = try LlamaCppReference.compare(file: LlamaCppReference.root.appendingPathComponent(reference.file),
+                                                   architecture: reference.architecture, steps: reference.steps, prompts: prompts, bound: 0.1)
+        LlamaCppReference.report(reference.file, prefixes: reference.steps.count, result)
     }
 
     /// `pack FILE.gguf STORE`: the store computes exactly the file's logits.

@@ -29,6 +29,57 @@ struct LlamaCppReference: Decodable {
         .appendingPathComponent("Fixtures/gguf")
     static let committed: LlamaCppReference? = try? JSONDecoder().decode(
         LlamaCppReference.self, from: Data(contentsOf: root.appendingPathComponent("reference.json")))
+
+    /// The comparison every llama.cpp-reference test makes: `file` run with llama-server's arithmetic
+    /// emulated (f16 KV cache, its CPU flash attention with an f16 accumulator, its float32 rotary
+    /// angle recurrence) over every prompt, against llama.cpp's top 5 at each recorded prefix. With a
+    /// `bound`, expects the file to read as `architecture`, llama.cpp's top-1 (or its second where its
+    /// top two are within 0.05 nats) and every |Δ log-prob| within the bound; `note` hears each
+    /// prompt's largest difference and each top-1 disagreement. Returns the largest and the median |Δ|.
+    static func compare(file: URL, architecture: String, steps: [Step], prompts: [[Int]], bound: Double?,
+                        note: (String) -> Void = { _ in }) throws -> (worst: Double, median: Double) {
+        let model = try ModelLoader.load(at: file)
+        if bound != nil { #expect(model.config.architecture.rawValue == architecture) }
+        model.kvPrecision = .f16 // llama-server's default KV cache type
+        let vocab = model.config.vocabSize
+        let name = file.lastPathComponent
+        var differences: [Double] = []
+        for (index, prompt) in prompts.enumerated() {
+            let cache = model.makeCache()
+            cache.llamaCppFlashAttention = true // llama-server's CPU flash attention (f16 accumulator)
+            cache.llamaCppRotaryAngles = true // llama.cpp's float32 rotary angle recurrence
+            let all = try model.forward([SequenceInput(cache: cache, tokens: prompt, allLogits: true)])[0]
+            var promptWorst = (0.0, 0)
+            for step in steps where step.prompt == index {
+                let row = Array(all[(step.length - 1) * vocab..<step.length * vocab])
+                let maximum = row.max()!
+                let logSum = Double(maximum) + log(row.reduce(0.0) { $0 + exp(Double($1 - maximum)) })
+                let best = row.indices.max { row[$0] < row[$1] }!
+                let nearTie = step.top[0][1] - step.top[1][1] < 0.05 && best == Int(step.top[1][0])
+                if best != Int(step.top[0][0]) { note("p\(index)@\(step.length):top1(\(best)≠\(Int(step.top[0][0])))") }
+                if bound != nil {
+                    #expect(best == Int(step.top[0][0]) || nearTie, "\(name) prompt \(index) prefix \(step.length): top-1 \(best), llama.cpp \(Int(step.top[0][0])) (llama.cpp's top-2 gap \(step.top[0][1] - step.top[1][1]))")
+                }
+                for entry in step.top {
+                    let difference = abs(Double(row[Int(entry[0])]) - logSum - entry[1])
+                    differences.append(difference)
+                    if difference > promptWorst.0 { promptWorst = (difference, step.length) }
+                    if let bound {
+                        #expect(difference <= bound, "\(name) prompt \(index) prefix \(step.length) token \(Int(entry[0])): Δ logprob \(difference)")
+                    }
+                }
+            }
+            note("p\(index):\(String(format: "%.3f", promptWorst.0))@\(promptWorst.1)")
+        }
+        #expect(!differences.isEmpty, "\(name): no recorded prefix")
+        let sorted = differences.sorted()
+        return (sorted.last ?? 0, sorted.isEmpty ? 0 : sorted[sorted.count / 2])
+    }
+
+    /// Prints `compare`'s figures as every reference test does.
+    static func report(_ file: String, prefixes: Int, _ result: (worst: Double, median: Double)) {
+        print("\(file): \(prefixes) prefixes, max |Δ logprob| over llama.cpp's top 5 = \(String(format: "%.4f", result.worst)), median \(String(format: "%.4f", result.median))")
+    }
 }
 
 @Suite struct GGUFLlamaCppTests {
@@ -65,36 +116,10 @@ struct LlamaCppReference: Decodable {
     @Test(arguments: LlamaCppReference.committed?.models ?? [])
     func nextTokenDistributionMatchesLlamaCpp(model reference: LlamaCppReference.Model) throws {
         let prompts = try #require(LlamaCppReference.committed).prompts
-        let model = try ModelLoader.load(at: LlamaCppReference.root.appendingPathComponent(reference.file))
-        #expect(model.config.architecture.rawValue == reference.architecture)
-        model.kvPrecision = .f16 // llama-server's default KV cache type
-        let vocab = model.config.vocabSize
-        var logits: [Int: [Float]] = [:]
-        for (index, prompt) in prompts.enumerated() {
-            let cache = model.makeCache()
-            cache.llamaCppFlashAttention = true // llama-server's CPU flash attention (f16 accumulator)
-            cache.llamaCppRotaryAngles = true // llama.cpp's float32 rotary angle recurrence
-            logits[index] = try model.forward([SequenceInput(cache: cache, tokens: prompt, allLogits: true)])[0]
-        }
-        var worst = 0.0
-        var differences: [Double] = [] // every |Δ|, for the median printed below (less at the mercy of one near-tie than the maximum)
-        let tolerance = Self.knownGaps[reference.file] ?? 0.1
-        for step in reference.steps {
-            let all = try #require(logits[step.prompt])
-            let row = Array(all[(step.length - 1) * vocab..<step.length * vocab])
-            let maximum = row.max()!
-            let logSum = Double(maximum) + log(row.reduce(0.0) { $0 + exp(Double($1 - maximum)) })
-            let best = row.indices.max { row[$0] < row[$1] }!
-            let nearTie = step.top[0][1] - step.top[1][1] < 0.05 && best == Int(step.top[1][0])
-            #expect(best == Int(step.top[0][0]) || nearTie, "\(reference.file) prompt \(step.prompt) prefix \(step.length): top-1 \(best), llama.cpp \(Int(step.top[0][0])) (llama.cpp's top-2 gap \(step.top[0][1] - step.top[1][1]))")
-            for entry in step.top {
-                let difference = abs(Double(row[Int(entry[0])]) - logSum - entry[1])
-                worst = max(worst, difference)
-                differences.append(difference)
-                #expect(difference <= tolerance, "\(reference.file) prompt \(step.prompt) prefix \(step.length) token \(Int(entry[0])): Δ logprob \(difference)")
-            }
-        }
-        print("\(reference.file): \(reference.steps.count) prefixes, max |Δ logprob| over llama.cpp's top 5 = \(String(format: "%.4f", worst)), median \(String(format: "%.4f", differences.sorted()[differences.count / 2]))")
+        let result = try LlamaCppReference.compare(file: LlamaCppReference.root.appendingPathComponent(reference.file),
+                                                   architecture: reference.architecture, steps: reference.steps, prompts: prompts,
+                                                   bound: Self.knownGaps[reference.file] ?? 0.1)
+        LlamaCppReference.report(reference.file, prefixes: reference.steps.count, result)
     }
 
     /// A model split by gguf-py's writer (`scripts/gguf/split_gguf.py`, as llama-gguf-split
