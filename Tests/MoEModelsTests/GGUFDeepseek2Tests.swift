@@ -64,7 +64,7 @@ import TensorMath
     /// over the MQA the latent makes; its rotary angles).
     ///
     /// Open gap (issue 21), measured 2026-12-04 (`--filter GGUFDeepseek2Tests`): max |Δ| Q8_0 0.393,
-    /// Q4_0 0.736 (before attn_k_b/attn_v_b were multiplied in their own type: 0.367 / 0.867).
+    /// Q4_0 0.035 (before attn_k_b/attn_v_b were multiplied in their own type: 0.367 / 0.867).
     /// What is known (docs/GGUF.md, "deepseek2"): with attn_k_b/attn_v_b in their type, one-token
     /// prompts agree with llama.cpp in every digit llama-eval-callback prints, at every layer, as do the
     /// first three prefixes; from four tokens on, some heads' flash-attention outputs differ by ~1e-4 (the
@@ -72,10 +72,12 @@ import TensorMath
     /// in their last bits: they come out of Q8_0/Q4_0 products `GGMLKernels` emulates in float), attn_v_b's 8-bit rounding of the latent context amplifies
     /// that to ~1e-3, and a near-tied group choice (4 groups of 2, top-2 groups) flips an expert
     /// at the prefixes that fail. Variants of this checkpoint without groups, or with scaling 1,
-    /// stay within 0.07. Bounded here so that the gap cannot grow unnoticed. With Q4_0 on the
-    /// integer-dot q4 kernels (session 12, `GGMLQ4_0`) Q4_0 measures 0.911 (0.736 with
-    /// `MOE_GGUF_Q4_0=ggml`); Q8_0 is 0.393 on either Q8_0 path — near-tied group choices flip either way.
-    static let knownGaps: [String: Double] = ["deepseek2-Q8_0.gguf": 0.45, "deepseek2-Q4_0.gguf": 0.95]
+    /// stay within 0.07. Bounded here so that the gap cannot grow unnoticed; Q8_0 is 0.393 on either
+    /// Q8_0 path (near-tied group choices flip either way). Q4_0 meets the issue's 0.1 (0.035) since its
+    /// attn_k_b/attn_v_b heads, converted to q4 on load (`GGMLQ4_0`), are sliced in that type too
+    /// (`LatentAttentionLayer.head`) and run the integer-dot kernels with llama.cpp's Q8_0 activation
+    /// rounding; widened to float32 they measured 0.911.
+    static let knownGaps: [String: Double] = ["deepseek2-Q8_0.gguf": 0.45]
 
     @Test(arguments: reference?.models ?? [])
     func nextTokenDistributionMatchesLlamaCpp(model reference: LlamaCppReference.Model) throws {

@@ -212,10 +212,18 @@ struct LatentAttentionLayer: SelfAttentionLayer {
     /// (ggml) heads stay in their type, multiplied as llama.cpp multiplies `attn_k_b`/`attn_v_b`
     /// (the activation rounded to 8-bit blocks first): widened to float32 instead, the absorbed
     /// query and the head outputs drift by ~1% from llama.cpp's, enough to flip DeepSeek-V3's
-    /// near-tied group choices (issue 21). Other storage is copied out as float32.
+    /// near-tied group choices (issue 21). A GGUF file's Q4_0 arrives as q4 (`GGMLQ4_0`: the same
+    /// values) and is sliced alike. Other storage is copied out as float32.
     static func head(_ h: Int, of stacked: WeightMatrix, rows: Int) -> WeightMatrix {
         if case .ggml(let type, let blocks) = stacked.storage, let rowBytes = type.byteCount(elements: stacked.cols) {
             return WeightMatrix(rows: rows, cols: stacked.cols, storage: .ggml(type: type, blocks: blocks + h * rows * rowBytes),
+                                owner: stacked.owner)
+        }
+        if case .q4(let blocks, let scales) = stacked.storage {
+            let blocksPerRow = stacked.cols / Quantization.q4BlockSize
+            return WeightMatrix(rows: rows, cols: stacked.cols,
+                                storage: .q4(blocks: blocks + h * rows * blocksPerRow * Quantization.q4BlockBytes,
+                                             scales: scales + h * rows * blocksPerRow),
                                 owner: stacked.owner)
         }
         return WeightMatrix(rows: rows, cols: stacked.cols, values: (0..<rows).flatMap { stacked.row(h * rows + $0) })
