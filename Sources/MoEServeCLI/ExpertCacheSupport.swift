@@ -13,7 +13,7 @@ import Tokenization
 /// library opens it. Shared by `generate` and the benchmarks (`serve` reads the same settings
 /// through its configuration keys).
 struct RuntimeOptions: ParsableArguments {
-    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (its own runtime, dense weights, scratch, KV cache, expert cache), e.g. 512MiB or 4GiB; every unit is binary (4G = 4GB = 4GiB). The expert cache gets what remains. auto: start from half of MemAvailable and let the expert cache follow free memory and memory pressure.")
+    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (its own runtime, dense weights, scratch, KV cache, expert cache), e.g. 512MiB or 4GiB; every unit is binary (4G = 4GB = 4GiB). The expert cache gets what remains. auto: start from half of MemAvailable (or of what the cgroup memory limit leaves, when tighter) and let the expert cache follow free memory and memory pressure.")
     var memoryBudget: String?
     @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them), e.g. 256MiB.")
     var expertCache: String?

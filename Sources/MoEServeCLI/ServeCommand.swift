@@ -19,7 +19,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Model directory or expert store (default: the bundled demo model).") var model: String?
     @Option(help: "Address to bind (default 127.0.0.1).") var host: String?
     @Option(help: "TCP port (default 8080; 0 picks a free one).") var port: String?
-    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (runtime, dense weights, scratch, KV cache, expert cache), e.g. 4GiB; units are binary (4G = 4GB = 4GiB). The expert cache gets what remains. auto: start from half of MemAvailable and let the expert cache follow free memory and memory pressure.") var memoryBudget: String?
+    @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (runtime, dense weights, scratch, KV cache, expert cache), e.g. 4GiB; units are binary (4G = 4GB = 4GiB). The expert cache gets what remains. auto: start from half of MemAvailable (or of what the cgroup memory limit leaves, when tighter) and let the expert cache follow free memory and memory pressure.") var memoryBudget: String?
     @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them).") var expertCache: String?
     @Option(name: .customLong("cache-policy"), help: "Expert cache eviction policy (default lfu).") var cachePolicy: String?
     @Option(help: "Predictive prefetch of experts: on or off (default on).") var prefetch: String?

@@ -103,6 +103,36 @@ import Testing
         print("cgroup limit \(limit) bytes: max usage \(maxUsage.trimmingCharacters(in: .whitespacesAndNewlines)) bytes (page cache included)")
     }
 
+    /// `--memory-budget auto` inside a container: the budget comes from what the cgroup's limit
+    /// leaves, not from the host's MemAvailable (20+ GiB here, which would plan every expert
+    /// resident and meet the OOM killer under a limit smaller than the model).
+    @Test func autoBudgetFollowsTheCgroupLimitNotTheHost() throws {
+        let root = "/sys/fs/cgroup/memory"
+        let group = "\(root)/moe-serve-auto-\(getpid())"
+        guard FileManager.default.isWritableFile(atPath: root),
+              (try? FileManager.default.createDirectory(atPath: group, withIntermediateDirectories: false)) != nil else {
+            print("skipped: \(root) is not a writable cgroup v1 memory hierarchy on this machine")
+            return
+        }
+        defer { _ = rmdir(group) }
+        try Self.ensureStore()
+        let limit = Int(Double(Self.budget) * 1.05)   // below the 100 MB of experts plus the dense weights
+        try "\(limit)".write(toFile: "\(group)/memory.limit_in_bytes", atomically: false, encoding: .utf8)
+        let arguments = Self.generateArguments.map { $0 == "\(Self.budget)" ? "auto" : $0 }
+        let result = try Self.run(arguments, shellPrefix: "echo $$ > \(group)/cgroup.procs &&")
+        let oomControl = (try? String(contentsOfFile: "\(group)/memory.oom_control", encoding: .utf8)) ?? ""
+        try #require(result.status == 0, "generate --memory-budget auto under a \(limit)-byte cgroup limit exited \(result.status): \(result.stderr)")
+        let kills = oomControl.split(separator: "\n").first { $0.hasPrefix("oom_kill ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+        #expect(kills == 0, "the OOM killer fired: \(oomControl)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let stats = try #require(json["stats"] as? [String: Any])
+        let plan = try #require(stats["memory"] as? [String: Any])
+        let planned = try #require(plan["budget_bytes"] as? Int)
+        #expect(planned <= limit, "auto planned \(planned) bytes under a \(limit)-byte cgroup limit")
+        let peak = try #require(stats["peak_resident_bytes"] as? Int)
+        #expect(peak <= limit, "peak RSS \(peak) over the cgroup limit \(limit)")
+    }
+
     /// `generate --oracle-trace` replays a recorded greedy run's routing as prefetches: same
     /// tokens, and the prefetches it issues are reads the replay then uses.
     @Test func theOracleReplaysAGreedyRunWithoutChangingIt() throws {

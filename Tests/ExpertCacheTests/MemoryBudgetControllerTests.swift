@@ -27,6 +27,17 @@ import Testing
         #expect(controller.update(.init(availableBytes: available)) == 2 * Self.gib + 100 << 20)
     }
 
+    @Test func aShrinkCountsDownFromWhatTheCacheHoldsWhenItHasNotFilledItsBudget() {
+        var controller = MemoryBudgetController(settings: settings, initialBytes: 6 * Self.gib)
+        let short = settings.lowWatermarkBytes - 1
+        // The cache holds 2 GiB of its 6: lowering the budget to 5 would free nothing.
+        let budget = controller.update(.init(availableBytes: short), cacheUsedBytes: 2 * Self.gib)
+        #expect(budget == 2 * Self.gib - (settings.highWatermarkBytes - short))
+        // A full cache shrinks from its budget as before.
+        var full = MemoryBudgetController(settings: settings, initialBytes: 6 * Self.gib)
+        #expect(full.update(.init(availableBytes: short), cacheUsedBytes: 6 * Self.gib) == 6 * Self.gib - (settings.highWatermarkBytes - short))
+    }
+
     @Test func holdsBetweenTheWatermarks() {
         var controller = MemoryBudgetController(settings: settings, initialBytes: 4 * Self.gib)
         let between = (settings.lowWatermarkBytes + settings.highWatermarkBytes) / 2

@@ -1,15 +1,16 @@
 import Foundation
 
 /// `--memory-budget auto` as a pure state machine (issue 26 item 6): from what the machine
-/// reports — free memory (`MemAvailable`) and the kernel's memory pressure-stall information
-/// (`/proc/pressure/memory`, `some avg10`) — it decides the expert cache's budget. No I/O and
+/// reports — free memory (`MemAvailable`, or less under a cgroup limit: `CgroupMemory`) and the
+/// kernel's memory pressure-stall information (`/proc/pressure/memory`, `some avg10`) — it decides the expert cache's budget. No I/O and
 /// no clock here: the caller samples (`MemoryReading.sample()`), calls `update`, and applies
 /// a changed budget with `OffloadingExpertCache.resize(budgetBytes:)`.
 ///
 /// Rules, checked in this order at every reading:
 /// - **Shrink** when the system stalls on memory (`some avg10 ≥ pressureShrinkPercent`) or free
-///   memory falls below `lowWatermarkBytes`: by what is missing below the high watermark (at
-///   least one `stepBytes`), never below `floorBytes` (what the plan needs to run at all).
+///   memory falls below `lowWatermarkBytes`: to what the cache holds (when below its budget)
+///   less what is missing below the high watermark (at least one `stepBytes`), never below
+///   `floorBytes` (what the plan needs to run at all).
 ///   Shrinking comes before the system is under pressure because the low watermark is reached
 ///   first on a machine that fills up gradually; PSI catches what the watermark misses (a
 ///   sudden burst, reclaim of the page cache).
@@ -84,14 +85,18 @@ public struct MemoryBudgetController: Sendable, Equatable {
         budgetBytes = min(max(initialBytes, settings.floorBytes), settings.ceilingBytes)
     }
 
-    /// Takes one reading; returns the new budget if it changed.
+    /// Takes one reading; returns the new budget if it changed. `cacheUsedBytes` is what the
+    /// cache holds now: a shrink counts down from it when the cache has not filled its budget,
+    /// since lowering an unfilled budget frees nothing (a neighbour growing at tens of MB/s
+    /// would reach the limit before the budget came down to what is resident).
     @discardableResult
-    public mutating func update(_ reading: Reading) -> Int? {
+    public mutating func update(_ reading: Reading, cacheUsedBytes: Int? = nil) -> Int? {
         let s = settings
         let before = budgetBytes
         if reading.pressurePercent >= s.pressureShrinkPercent || reading.availableBytes < s.lowWatermarkBytes {
             let missing = s.highWatermarkBytes - reading.availableBytes
-            budgetBytes = max(s.floorBytes, budgetBytes - max(missing, s.stepBytes))
+            let resident = min(budgetBytes, cacheUsedBytes ?? budgetBytes)
+            budgetBytes = max(s.floorBytes, resident - max(missing, s.stepBytes))
             lastDecision = .shrink
         } else if reading.availableBytes > s.highWatermarkBytes && reading.pressurePercent <= s.pressureCalmPercent {
             let room = min(s.stepBytes, reading.availableBytes - s.highWatermarkBytes)
@@ -126,11 +131,20 @@ public enum MemoryReading {
         return nil
     }
 
-    /// The machine now: MemAvailable and (0 without PSI) memory pressure; nil without /proc/meminfo.
+    /// What this process may still use: the machine's `MemAvailable` and PSI, narrowed by its
+    /// cgroup's limit when it runs in one (less free, the higher pressure of the two).
+    public static func combined(_ machine: MemoryBudgetController.Reading, cgroup: CgroupMemory?) -> MemoryBudgetController.Reading {
+        guard let cgroup else { return machine }
+        return .init(availableBytes: min(machine.availableBytes, cgroup.availableBytes),
+                     pressurePercent: max(machine.pressurePercent, cgroup.pressurePercent ?? 0))
+    }
+
+    /// The machine now, as this process sees it: MemAvailable and (0 without PSI) memory
+    /// pressure, narrowed by its cgroup's memory limit (`CgroupMemory`); nil without /proc/meminfo.
     public static func sample() -> MemoryBudgetController.Reading? {
         guard let meminfo = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
               let available = availableBytes(meminfo: meminfo) else { return nil }
         let psi = (try? String(contentsOfFile: "/proc/pressure/memory", encoding: .utf8)).flatMap(pressurePercent(psi:))
-        return .init(availableBytes: available, pressurePercent: psi ?? 0)
+        return combined(.init(availableBytes: available, pressurePercent: psi ?? 0), cgroup: CgroupMemory.current())
     }
 }
