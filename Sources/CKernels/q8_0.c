@@ -79,40 +79,52 @@ static inline float q8_0_reduce(__m256 acc) {
     return _mm_cvtss_f32(r);
 }
 
-/// One block (34 bytes at `block`, scale `ws` widened) against one activation block (`qb`, scale
-/// `dt`), as ggml's `ggml_vec_dot_q8_0_q8_0` (AVX2) and llamafile's `tinyBLAS_Q0_AVX` take it:
-/// eight int32 sums of four products, each to float, fused-multiply-added with ws·dt into its lane.
-static inline __attribute__((always_inline)) __m256 q8_0_block(const uint8_t *block, float ws, const int8_t *qb, float dt,
-                                                               __m256 acc) {
+/// One block (34 bytes at `block`) against one activation block (`a`, scale `dt`), as ggml's
+/// `ggml_vec_dot_q8_0_q8_0` (AVX2) and llamafile's `tinyBLAS_Q0_AVX` take it: eight int32 sums of
+/// four products, each to float, fused-multiply-added with d_w·d_x into its lane.
+static inline __attribute__((always_inline)) __m256 q8_0_block(const uint8_t *block, __m256i a, float dt, __m256 acc) {
+    uint16_t h;
+    memcpy(&h, block, 2);
+    const float ws = _cvtsh_ss(h); // exact
     const __m256i w = _mm256_loadu_si256((const __m256i *)(block + 2));
-    const __m256i a = _mm256_loadu_si256((const __m256i *)qb);
     // |w| is unsigned and w's sign moves onto the activation (|w| ≤ 128, |q| ≤ 127: no s16 overflow).
     const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)),
                                         _mm256_set1_epi16(1));
     return _mm256_fmadd_ps(_mm256_set1_ps(ws * dt), _mm256_cvtepi32_ps(p), acc);
 }
 
-/// Rows at most this wide have their block scales widened once per row on the stack (64 KiB
-/// columns); wider rows widen each block's scale as it is used.
-#define Q8_0_STACK_BLOCKS 2048
-
 static void q8_0_avx2(const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
                       const int8_t *q, const float *d, int64_t n, float *y, int64_t ldy) {
-    const int64_t nb = cols / MOE_KERNEL_BLOCK;
-    float scales[Q8_0_STACK_BLOCKS];
-    const int cached = nb <= Q8_0_STACK_BLOCKS;
-    for (int64_t r = row_begin; r < row_end; r++) {
-        const uint8_t *row = w + r * nb * Q8_0_BLOCK_BYTES;
-        // Each block's float16 scale widened once per row, not once per token.
-        if (cached) for (int64_t b = 0; b < nb; b++) scales[b] = block_scale(row + b * Q8_0_BLOCK_BYTES);
+    const int64_t nb = cols / MOE_KERNEL_BLOCK, row_bytes = nb * Q8_0_BLOCK_BYTES;
+    int64_t r = row_begin;
+    // Four rows at a time: four independent accumulator chains hide the fused multiply-add's latency
+    // (each output's steps are unchanged, so the bits are those of one row at a time).
+    for (; r + 4 <= row_end; r += 4) {
+        const uint8_t *r0 = w + r * row_bytes, *r1 = r0 + row_bytes, *r2 = r1 + row_bytes, *r3 = r2 + row_bytes;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *qt = q + t * cols;
+            const float *dt = d + t * nb;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t b = 0; b < nb; b++) {
+                const __m256i a = _mm256_loadu_si256((const __m256i *)(qt + 32 * b));
+                const int64_t o = b * Q8_0_BLOCK_BYTES;
+                a0 = q8_0_block(r0 + o, a, dt[b], a0);
+                a1 = q8_0_block(r1 + o, a, dt[b], a1);
+                a2 = q8_0_block(r2 + o, a, dt[b], a2);
+                a3 = q8_0_block(r3 + o, a, dt[b], a3);
+            }
+            float *out = y + t * ldy + r;
+            out[0] = q8_0_reduce(a0); out[1] = q8_0_reduce(a1); out[2] = q8_0_reduce(a2); out[3] = q8_0_reduce(a3);
+        }
+    }
+    for (; r < row_end; r++) {
+        const uint8_t *row = w + r * row_bytes;
         for (int64_t t = 0; t < n; t++) {
             const int8_t *qt = q + t * cols;
             const float *dt = d + t * nb;
             __m256 acc = _mm256_setzero_ps();
-            for (int64_t b = 0; b < nb; b++) {
-                const uint8_t *block = row + b * Q8_0_BLOCK_BYTES;
-                acc = q8_0_block(block, cached ? scales[b] : block_scale(block), qt + 32 * b, dt[b], acc);
-            }
+            for (int64_t b = 0; b < nb; b++)
+                acc = q8_0_block(row + b * Q8_0_BLOCK_BYTES, _mm256_loadu_si256((const __m256i *)(qt + 32 * b)), dt[b], acc);
             y[t * ldy + r] = q8_0_reduce(acc);
         }
     }
