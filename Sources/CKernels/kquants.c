@@ -153,6 +153,24 @@ static void q6K_portable(const uint8_t *blk, const int8_t *q8, const int32_t *bs
     *summ = 0;
 }
 
+/// Q6_K's super-block sum split into the eight int32 lanes ggml's AVX2 `ggml_vec_dot_q6_K_q8_K` keeps
+/// (lane m: the products of elements 4m..4m+3 of each 32-element chunk times their group's scale,
+/// less 32·(bs[2m]·sc[2m] + bs[2m+1]·sc[2m+1])), which it turns to float and accumulates apart.
+static void q6K_lanes_portable(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t lanes[8]) {
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t *scales = (const int8_t *)(blk + 192);
+    for (int m = 0; m < 8; m++) lanes[m] = -32 * (bs[2 * m] * scales[2 * m] + bs[2 * m + 1] * scales[2 * m + 1]);
+    for (int h = 0; h < 2; h++) {
+        for (int k = 0; k < 4; k++) {
+            for (int l = 0; l < 32; l++) {
+                const int e = 128 * h + 32 * k + l;
+                const int32_t v = ((ql[64 * h + 32 * (k & 1) + l] >> (4 * (k >> 1))) & 0x0F) | (((qh[32 * h + l] >> (2 * k)) & 3) << 4);
+                lanes[(l / 4) % 8] += scales[e / 16] * v * q8[e];
+            }
+        }
+    }
+}
+
 #if defined(__x86_64__)
 #pragma clang attribute push (__attribute__((target("avx2,fma"))), apply_to = function)
 static inline int32_t hsum_epi32(__m256i v) {
@@ -220,6 +238,28 @@ static void q2K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs, in
     *summ = sm;
 }
 
+/// `q6K_lanes_portable` with AVX2: the lanes of `q6K_avx2`'s accumulator, each less its offset.
+static void q6K_lanes_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t lanes[8]) {
+    const uint8_t *ql = blk, *qh = blk + 128;
+    const int8_t *scales = (const int8_t *)(blk + 192);
+    const __m256i mask = _mm256_set1_epi8(0x0F), three = _mm256_set1_epi8(3);
+    __m256i acc = _mm256_setzero_si256();
+    for (int h = 0; h < 2; h++) {
+        const __m256i hv = _mm256_loadu_si256((const __m256i *)(qh + 32 * h));
+        for (int k = 0; k < 4; k++) {
+            const __m256i lv = _mm256_loadu_si256((const __m256i *)(ql + 64 * h + 32 * (k & 1)));
+            const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(lv, 4 * (k >> 1)), mask);
+            const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 2 * k), three), 4);
+            const __m256i p = _mm256_maddubs_epi16(_mm256_or_si256(lo, hi), _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
+            const int g = 8 * h + 2 * k; // int16 lanes 0-7: group g, 8-15: group g + 1
+            const __m256i sc = _mm256_set_m128i(_mm_set1_epi16(scales[g + 1]), _mm_set1_epi16(scales[g]));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc));
+        }
+    }
+    _mm256_storeu_si256((__m256i *)lanes, acc);
+    for (int m = 0; m < 8; m++) lanes[m] -= 32 * (bs[2 * m] * scales[2 * m] + bs[2 * m + 1] * scales[2 * m + 1]);
+}
+
 static void q6K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t *sumi, int32_t *summ) {
     const uint8_t *ql = blk, *qh = blk + 128;
     const int8_t *scales = (const int8_t *)(blk + 192);
@@ -264,6 +304,31 @@ int moe_gemm_kquant_q8_K(int level, int type, const uint8_t *w, int64_t cols, in
     (void)level;
 #endif
     const int64_t nb = cols / QK;
+    if (type == 14) {
+        // Q6_K as ggml's AVX2 kernel sums it: eight float lanes, lane m += d·(float)lane_m per
+        // super-block, then hsum_float_8 (the order moe_reduce8 keeps). One exact int32 sum per
+        // super-block times d differs from it in the last bits, which a near-tied router choice
+        // can follow (qwen3moe-Q6_K, issue 21).
+        void (*lanes_fn)(const uint8_t *, const int8_t *, const int32_t *, int32_t *) = q6K_lanes_portable;
+#if defined(__x86_64__)
+        if (level >= MOE_KERNEL_AVX2) lanes_fn = q6K_lanes_avx2;
+#endif
+        for (int64_t r = row_begin; r < row_end; r++) {
+            const uint8_t *row = w + r * nb * bytes;
+            for (int64_t t = 0; t < n; t++) {
+                float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (int64_t b = 0; b < nb; b++) {
+                    const uint8_t *blk = row + b * bytes;
+                    int32_t lanes[8];
+                    lanes_fn(blk, q + t * cols + b * QK, bsums + (t * nb + b) * 16, lanes);
+                    const float db = half_to_float(blk + d_offset) * d[t * nb + b];
+                    for (int m = 0; m < 8; m++) acc[m] = fmaf(db, (float)lanes[m], acc[m]);
+                }
+                y[t * ldy + r] = moe_reduce8(acc);
+            }
+        }
+        return 1;
+    }
     for (int64_t r = row_begin; r < row_end; r++) {
         const uint8_t *row = w + r * nb * bytes;
         for (int64_t t = 0; t < n; t++) {

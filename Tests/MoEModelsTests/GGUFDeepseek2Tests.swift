@@ -63,21 +63,15 @@ import TensorMath
     /// `GGUFLlamaCppTests` (f16 KV cache: here the latent and rotary key; its CPU flash attention
     /// over the MQA the latent makes; its rotary angles).
     ///
-    /// Open gap (issue 21), measured 2026-12-04 (`--filter GGUFDeepseek2Tests`): max |Δ| Q8_0 0.393,
-    /// Q4_0 0.035 (before attn_k_b/attn_v_b were multiplied in their own type: 0.367 / 0.867).
-    /// What is known (docs/GGUF.md, "deepseek2"): with attn_k_b/attn_v_b in their type, one-token
-    /// prompts agree with llama.cpp in every digit llama-eval-callback prints, at every layer, as do the
-    /// first three prefixes; from four tokens on, some heads' flash-attention outputs differ by ~1e-4 (the
-    /// algorithm reproduces ggml's bit for bit on llama.cpp's own Q and K, so presumably its inputs differ
-    /// in their last bits: they come out of Q8_0/Q4_0 products `GGMLKernels` emulates in float), attn_v_b's 8-bit rounding of the latent context amplifies
-    /// that to ~1e-3, and a near-tied group choice (4 groups of 2, top-2 groups) flips an expert
-    /// at the prefixes that fail. Variants of this checkpoint without groups, or with scaling 1,
-    /// stay within 0.07. Bounded here so that the gap cannot grow unnoticed; Q8_0 is 0.393 on either
-    /// Q8_0 path (near-tied group choices flip either way). Q4_0 meets the issue's 0.1 (0.035) since its
-    /// attn_k_b/attn_v_b heads, converted to q4 on load (`GGMLQ4_0`), are sliced in that type too
-    /// (`LatentAttentionLayer.head`) and run the integer-dot kernels with llama.cpp's Q8_0 activation
-    /// rounding; widened to float32 they measured 0.911.
-    static let knownGaps: [String: Double] = ["deepseek2-Q8_0.gguf": 0.45]
+    /// Measured 2026-12-04 (`--filter GGUFDeepseek2Tests`): max |Δ| Q8_0 0.0000, Q4_0 0.035; both held
+    /// to the issue's 0.1. Q8_0 was at 0.393 (issue 21's open gap) until its products summed in ggml's
+    /// own order (`CKernels/q8_0.c`: eight float lanes of four products, as `ggml_vec_dot_q8_0_q8_0`
+    /// and llamafile's `tinyBLAS_Q0_AVX`); the former order (one int32 sum per block into lane b mod 8)
+    /// left the absorbed query and the latent off in their last bits, which the f16 query/key rounding, attn_v_b's
+    /// 8-bit rounding of the latent context and the near-tied expert groups amplified. Q4_0 meets 0.1
+    /// since its attn_k_b/attn_v_b heads, converted to q4 on load (`GGMLQ4_0`), are sliced in that type
+    /// (`LatentAttentionLayer.head`) and run the integer-dot kernels (0.911 widened to float32).
+    static let knownGaps: [String: Double] = [:]
 
     @Test(arguments: reference?.models ?? [])
     func nextTokenDistributionMatchesLlamaCpp(model reference: LlamaCppReference.Model) throws {

@@ -87,8 +87,8 @@ void moe_gemm_i8_q8(int level, const int8_t *w, const float *row_scales, int64_t
 
 /// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end`, W in GGUF Q8_0 blocks as the file
 /// stores them (`block_q8_0`: float16 d, 32 int8; `blocks[rows, cols/32, 34]`), x quantised by
-/// `moe_quantize_q8`: per block s_b = Σ w·q exact, acc[b mod 8] = fma((float)s_b, d_w · d_x, acc[b mod 8]),
-/// the canonical final sum; the same bits at every level and any `n` (q8_0.c).
+/// `moe_quantize_q8`: ggml's steps (lane k = Σ_b fma(d_w · d_x, Σ of the block's products 4k..4k+3),
+/// ggml's final sum), so llama.cpp's bits; the same at every level and any `n` (q8_0.c).
 void moe_gemm_q8_0_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
                       const int8_t *q, const float *d, int64_t n, float *y, int64_t ldy);
 
@@ -103,6 +103,8 @@ void moe_quantize_q8_K(const float *x, int64_t n, int64_t cols, int8_t *q, float
 /// them), x quantised by `moe_quantize_q8_K`. Returns 0 (nothing written) for any other type.
 /// Per super-block b: acc = fma(d_b·d8_b, Σ scale·Σ q·q8, acc), then for Q4_K/Q5_K
 /// acc = fma(−dmin_b·d8_b, Σ min·Σ q8, acc); the integer sums exact, so every level agrees.
+/// Q6_K instead keeps ggml's eight lanes (lane m = fma(d_b·d8_b, its int32 lane, lane m), then
+/// ggml's final sum): llama.cpp's bits.
 int moe_gemm_kquant_q8_K(int level, int type, const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
                          const int8_t *q, const float *d, const int32_t *bsums, int64_t n, float *y, int64_t ldy);
 
