@@ -194,6 +194,12 @@ void moe_gemm_q4_q8_avx2(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
     gemm(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }
 
+void moe_gemm_q4h_q8_avx2(MOE_GEMM_Q4H_PARAMS) {
+    // Row by row on widened scales: this level's kernel is row by row anyway, and widening a
+    // row's scales first costs what widening them per group of eight would.
+    moe_gemm_q4h_by_rows(moe_gemm_q4_q8_avx2, blocks, hscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+}
+
 void moe_gemm_i8_q8_avx2(MOE_GEMM_PARAMS(const int8_t *w)) {
     gemm(1, (const uint8_t *)w, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }
