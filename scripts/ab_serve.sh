@@ -8,13 +8,16 @@
 #   flock /tmp/moe-build.lock scripts/ab_serve.sh --store /work/bench-kernels/olmoe-q4 \
 #       --a "MOE_Q4_KERNEL=tile .build/release/moe-serve" --b ".build/release/moe-serve" --rounds 4
 #
-# Options: --prompt-tokens 128 --gen-tokens 32 --budget BYTES (default: the store's size + 3 GiB).
+# Options: --prompt-tokens 128 --gen-tokens 32 --budget BYTES (default: the store's size + 3 GiB),
+# --model PATH (served instead of the store, e.g. a GGUF file read directly; the store still gives
+# the prompt's tokenizer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STORE="" A="" B="" ROUNDS=4 PROMPT_TOKENS=128 GEN_TOKENS=32 BUDGET=""
+STORE="" MODEL="" A="" B="" ROUNDS=4 PROMPT_TOKENS=128 GEN_TOKENS=32 BUDGET=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --store) STORE="$2"; shift 2 ;;
+        --model) MODEL="$2"; shift 2 ;;
         --a) A="$2"; shift 2 ;;
         --b) B="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ -z "$STORE" ] || [ -z "$A" ] || [ -z "$B" ]; then echo "usage: $0 --store STORE --a VARIANT --b VARIANT [options]" >&2; exit 2; fi
-export STORE A B ROUNDS PROMPT_TOKENS GEN_TOKENS BUDGET
+export STORE MODEL A B ROUNDS PROMPT_TOKENS GEN_TOKENS BUDGET
 exec python3 - <<'PY'
 import json, os, signal, socket, statistics, subprocess, sys, time, urllib.request
 env = os.environ
@@ -50,7 +53,7 @@ def post(port, body):
 def run(name):
     extra, cmd = variants[name]
     port = free_port()
-    proc = subprocess.Popen(cmd + ["serve", "--model", store, "--memory-budget", budget, "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen(cmd + ["serve", "--model", env["MODEL"] or store, "--memory-budget", budget, "--host", "127.0.0.1", "--port", str(port)],
                             env={**env, **extra}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         for _ in range(1200):

@@ -13,7 +13,7 @@
 # moe-serve gets `--memory-budget` = the limit minus 64 MiB of page-cache slack). Before every limited
 # run the model files are dropped from the page cache (posix_fadvise DONTNEED), so mmap cannot read
 # pages an earlier run left cached outside the cgroup. Rounds rotate the order (A B, B A, ...);
-# medians are printed, every run is in the JSON.
+# medians are printed, and the median of each round's moe-serve / llama-server ratio; every run is in the JSON.
 #
 # Beside it, the resident bound: bytes a decode step touches (dense weights + top-k experts of every
 # layer, from the store's manifest) ÷ the streaming read bandwidth `moe-serve bench kernels` measures.
@@ -193,8 +193,23 @@ for limit in settings:
     ratio = lambda a, b: "–" if a is None or b is None or b == 0 else f"**{a / b:.2f}x**"
     print(f"| {label} | {fmt(lp)} / {fmt(ld)} | {fmt(mp)} / {fmt(md)} | {ratio(mp, lp)} / {ratio(md, ld)} |")
     table.append({"limit": limit, "llama_prefill": lp, "llama_decode": ld, "moe_prefill": mp, "moe_decode": md})
+# Paired ratios: moe-serve / llama-server within each round (the two ran back to back), then their median;
+# steadier than the ratio of medians when the machine's speed drifts between rounds.
+paired = []
+for limit in settings:
+    for key in ("prefill_tps", "decode_tps"):
+        ratios = []
+        for r in range(rounds):
+            a = [x[key] for x in runs if x["engine"] == "moe-serve" and x["limit"] == limit and x["round"] == r and key in x]
+            b = [x[key] for x in runs if x["engine"] == "llama-server" and x["limit"] == limit and x["round"] == r and key in x]
+            if a and b and b[0]: ratios.append(a[0] / b[0])
+        if ratios:
+            label = "all in RAM" if limit is None else f"{limit / 2**20:.0f} MiB"
+            paired.append({"limit": limit, "key": key, "ratios": ratios, "median": statistics.median(ratios)})
+            print(f"paired {key.split('_')[0]} ratio, {label}: median {statistics.median(ratios):.2f}x "
+                  f"(moe-serve faster in {sum(x > 1 for x in ratios)} of {len(ratios)} rounds: {' '.join(f'{x:.2f}' for x in ratios)})")
 print(f"\nresident bound (decode): {bound:.1f} tok/s = {bandwidth / 1e9:.1f} GB/s / {bytes_per_token / 1e6:.0f} MB per token; "
       f"{rounds} rotating rounds, medians; {threads} threads; model {model_bytes / 2**20:.0f} MiB (GGUF)")
 if env.get("OUT"):
-    json.dump({"runs": runs, "table": table, "bound_tps": bound, "bytes_per_token": bytes_per_token, "bandwidth": bandwidth}, open(env["OUT"], "w"), indent=1)
+    json.dump({"runs": runs, "table": table, "paired": paired, "bound_tps": bound, "bytes_per_token": bytes_per_token, "bandwidth": bandwidth}, open(env["OUT"], "w"), indent=1)
 PY

@@ -4,6 +4,7 @@
 #if defined(__x86_64__)
 #include "internal.h"
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #pragma clang attribute push (__attribute__((target("avx2,fma"))), apply_to = function)
@@ -192,6 +193,38 @@ void moe_quantize_q8_avx2(const float *x, int64_t n, int64_t cols, int8_t *q, fl
 
 void moe_gemm_q4_q8_avx2(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
     gemm(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+}
+
+/// Eight float16 values (IEEE binary16 bits) widened to float32 exactly, without F16C (which this
+/// level's CPUID check does not require): the exponent rebased by integer adds, Inf/NaN rebased
+/// once more, subnormals (exponent 0) as 2^-14 · (1 + m/1024) − 2^-14 = m · 2^-24, exact in float32.
+static inline __m256 half8_to_float(const uint16_t *p) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    __m256i o = _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x7FFF)), 13);
+    const __m256i e = _mm256_and_si256(o, _mm256_set1_epi32(0x0F800000));
+    o = _mm256_add_epi32(o, _mm256_set1_epi32(112 << 23));
+    o = _mm256_add_epi32(o, _mm256_and_si256(_mm256_cmpeq_epi32(e, _mm256_set1_epi32(0x0F800000)), _mm256_set1_epi32(112 << 23)));
+    const __m256 subnormal = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_add_epi32(o, _mm256_set1_epi32(1 << 23))), _mm256_set1_ps(0x1p-14f));
+    const __m256 f = _mm256_blendv_ps(_mm256_castsi256_ps(o), subnormal, _mm256_castsi256_ps(_mm256_cmpeq_epi32(e, _mm256_setzero_si256())));
+    return _mm256_or_ps(f, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)), 16)));
+}
+
+void moe_gemm_q4h_q8_avx2(MOE_GEMM_Q4H_PARAMS) {
+    // Row by row on widened scales (this level's kernel is row by row anyway): each row's float16
+    // scales widened eight at a time into a stack buffer (the heap past 1,024 blocks), then the
+    // float32-scale kernel on that row alone, so the bits are `moe_gemm_q4_q8_avx2`'s.
+    const int64_t nb = cols / 32;
+    float local[1024];
+    float *wide = nb <= 1024 ? local : (float *)malloc((size_t)nb * sizeof(float));
+    if (!wide) { moe_gemm_q4h_by_rows(moe_gemm_q4_q8_avx2, blocks, hscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint16_t *hs = hscales + r * nb;
+        int64_t b = 0;
+        for (; b + 8 <= nb; b += 8) _mm256_storeu_ps(wide + b, half8_to_float(hs + b));
+        for (; b < nb; b++) wide[b] = moe_f16_to_f32(hs[b]);
+        gemm(0, blocks + r * nb * 16, wide, cols, 0, 1, q, d, sums, n, y + r, ldy);
+    }
+    if (wide != local) free(wide);
 }
 
 void moe_gemm_i8_q8_avx2(MOE_GEMM_PARAMS(const int8_t *w)) {

@@ -361,8 +361,11 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows16_tokens)(i
 /// rows to 16 blocks, no horizontal sum per output: 16 outputs in the lanes of one vector).
 /// Per output the arithmetic is the canonical one (exact block sums, acc[b mod 8] fma, the
 /// fixed final sum), so the bits are the portable kernel's. False when scratch is unavailable.
-static int MOE_SUFFIX(gemm_q4_rows16)(const uint8_t *blocks, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end,
-                                      const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+/// `half` (a constant at each call site): `scales` are float16 block scales (`moe_gemm_q4h_q8`),
+/// widened exactly into the tile's float scales; else float32.
+static inline __attribute__((always_inline)) int MOE_SUFFIX(gemm_q4_rows16)(int half, const uint8_t *blocks, const void *scales, int64_t cols,
+                                                                           int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
+                                                                           const int32_t *sums, int64_t n, float *y, int64_t ldy) {
     const int64_t nb = cols / 32;
     // The tile: [nb][8 registers][64 bytes] of nibbles, then its scales [nb][16 rows].
     uint8_t *wt = (uint8_t *)moe_thread_scratch((size_t)(nb * 512 + nb * 64));
@@ -382,7 +385,13 @@ static int MOE_SUFFIX(gemm_q4_rows16)(const uint8_t *blocks, const float *wscale
                                                  _mm512_set1_epi32((int)nb));
         for (int64_t b = 0; b < nb; b++) {
             MOE_SUFFIX(q4_pack_block16)(rows, stride, b, wt + b * 512);
-            _mm512_store_ps(wst + 16 * b, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, index, wscales + r0 * nb + b, 4));
+            if (half) {
+                // Scalar: a 32-bit gather of 16-bit scales could read past the matrix's last one.
+                const uint16_t *hs = (const uint16_t *)scales + r0 * nb + b;
+                for (int m = 0; m < 16; m++) wst[16 * b + m] = m < live ? moe_f16_to_f32(hs[m * nb]) : 0.0f;
+            } else {
+                _mm512_store_ps(wst + 16 * b, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), mask, index, (const float *)scales + r0 * nb + b, 4));
+            }
         }
         int64_t t = 0;
         for (; t + 2 <= n; t += 2) MOE_SUFFIX(q4_rows16_tokens)(2, wt, wst, nb, cols, q, d, sums, t, y + r0, ldy, mask);
@@ -447,15 +456,17 @@ static inline __attribute__((always_inline)) __m512i MOE_SUFFIX(q4_group_sums)(c
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), v);
 }
 
-/// Rows of a q4 matrix against T (1-4, a constant at each call site) tokens from t0.
-static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows)(int T, const uint8_t *blocks, const float *wscales, int64_t cols,
+/// Rows of a q4 matrix against T (1-4, a constant at each call site) tokens from t0; `half` (a
+/// constant too): `scales` are float16 (`moe_gemm_q4h_q8`, widened exactly by vcvtph2ps), else float32.
+static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows)(int T, int half, const uint8_t *blocks, const void *scales, int64_t cols,
                                                                       int64_t row_begin, int64_t row_end, const int8_t *qa,
                                                                       const float *d, const int32_t *sums, int64_t t0, float *y, int64_t ldy) {
     const int64_t nb = cols / 32, groups = (nb + 15) / 16;
     const __m512i low = _mm512_set1_epi8(0x0F);
     for (int64_t r = row_begin; r < row_end; r++) {
         const uint8_t *row = blocks + r * nb * 16;
-        const float *rs = wscales + r * nb;
+        const float *rs = half ? 0 : (const float *)scales + r * nb;
+        const uint16_t *hs = half ? (const uint16_t *)scales + r * nb : 0;
         __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
         for (int64_t g = 0; g < groups; g++) {
             const int64_t have = nb - 16 * g; // blocks of this group that exist (16 unless the last)
@@ -474,7 +485,7 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows)(int T, con
                 lo[k] = _mm512_and_si512(w, low);
                 hi[k] = _mm512_and_si512(_mm512_srli_epi16(w, 4), low);
             }
-            const __m512 ws = _mm512_maskz_loadu_ps(bm, rs + g * 16);
+            const __m512 ws = half ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(bm, hs + g * 16)) : _mm512_maskz_loadu_ps(bm, rs + g * 16);
             for (int t = 0; t < T; t++) {
                 const int64_t tt = t0 + t;
                 __m512i s = MOE_SUFFIX(q4_group_sums)(lo, hi, qa + (tt * groups + g) * 512, live);
@@ -491,18 +502,20 @@ static inline __attribute__((always_inline)) void MOE_SUFFIX(q4_rows)(int T, con
 }
 
 /// The q4 product through `q4_rows` (see `q4_reorder`); false when its scratch is unavailable.
-static int MOE_SUFFIX(gemm_q4_nibbles)(const uint8_t *blocks, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end,
-                                       const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+/// `half` as in `q4_rows`.
+static inline __attribute__((always_inline)) int MOE_SUFFIX(gemm_q4_nibbles)(int half, const uint8_t *blocks, const void *wscales, int64_t cols,
+                                                                            int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
+                                                                            const int32_t *sums, int64_t n, float *y, int64_t ldy) {
     const int64_t groups = (cols / 32 + 15) / 16;
     int8_t *qa = (int8_t *)moe_thread_scratch((size_t)(n * groups * 512));
     if (!qa) return 0;
     MOE_SUFFIX(q4_reorder)(q, n, cols, qa);
     int64_t t0 = 0;
-    for (; t0 + 4 <= n; t0 += 4) MOE_SUFFIX(q4_rows)(4, blocks, wscales, cols, row_begin, row_end, qa, d, sums, t0, y, ldy);
+    for (; t0 + 4 <= n; t0 += 4) MOE_SUFFIX(q4_rows)(4, half, blocks, wscales, cols, row_begin, row_end, qa, d, sums, t0, y, ldy);
     switch (n - t0) {
-    case 3: MOE_SUFFIX(q4_rows)(3, blocks, wscales, cols, row_begin, row_end, qa, d, sums, t0, y, ldy); break;
-    case 2: MOE_SUFFIX(q4_rows)(2, blocks, wscales, cols, row_begin, row_end, qa, d, sums, t0, y, ldy); break;
-    case 1: MOE_SUFFIX(q4_rows)(1, blocks, wscales, cols, row_begin, row_end, qa, d, sums, t0, y, ldy); break;
+    case 3: MOE_SUFFIX(q4_rows)(3, half, blocks, wscales, cols, row_begin, row_end, qa, d, sums, t0, y, ldy); break;
+    case 2: MOE_SUFFIX(q4_rows)(2, half, blocks, wscales, cols, row_begin, row_end, qa, d, sums, t0, y, ldy); break;
+    case 1: MOE_SUFFIX(q4_rows)(1, half, blocks, wscales, cols, row_begin, row_end, qa, d, sums, t0, y, ldy); break;
     default: break;
     }
     return 1;
@@ -511,13 +524,30 @@ static int MOE_SUFFIX(gemm_q4_nibbles)(const uint8_t *blocks, const float *wscal
 void MOE_SUFFIX(moe_gemm_q4_q8)(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
 #ifdef MOE_GEMM_TRANSPOSED
     if (n >= MOE_GEMM_TRANSPOSED) {
-        if (!moe_kernels_q4_transposed() && MOE_SUFFIX(gemm_q4_rows16)(blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+        if (!moe_kernels_q4_transposed() && MOE_SUFFIX(gemm_q4_rows16)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
         MOE_SUFFIX(gemm_transposed)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
         return;
     }
 #endif
-    if (!moe_kernels_q4_tile() && MOE_SUFFIX(gemm_q4_nibbles)(blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+    if (!moe_kernels_q4_tile() && MOE_SUFFIX(gemm_q4_nibbles)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
     MOE_SUFFIX(gemm)(0, blocks, wscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+}
+
+/// q4 blocks with float16 block scales (`moe_gemm_q4h_q8`): the nibble decode kernel and the
+/// 16-row prefill tile read the float16 scales themselves (18 bytes a block, as Q4_0); the
+/// variants kept for side-by-side timing (`MOE_Q4_KERNEL=tile|transposed`) and the fallback when
+/// scratch is unavailable run row by row on widened scales (`moe_gemm_q4h_by_rows`). Every path
+/// gives the bits of `moe_gemm_q4_q8` on the same scales widened to float32.
+void MOE_SUFFIX(moe_gemm_q4h_q8)(MOE_GEMM_Q4H_PARAMS) {
+#ifdef MOE_GEMM_TRANSPOSED
+    if (n >= MOE_GEMM_TRANSPOSED) {
+        if (!moe_kernels_q4_transposed() && MOE_SUFFIX(gemm_q4_rows16)(1, blocks, hscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+        moe_gemm_q4h_by_rows(MOE_SUFFIX(moe_gemm_q4_q8), blocks, hscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
+        return;
+    }
+#endif
+    if (!moe_kernels_q4_tile() && MOE_SUFFIX(gemm_q4_nibbles)(1, blocks, hscales, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return;
+    moe_gemm_q4h_by_rows(MOE_SUFFIX(moe_gemm_q4_q8), blocks, hscales, cols, row_begin, row_end, q, d, sums, n, y, ldy);
 }
 
 void MOE_SUFFIX(moe_gemm_i8_q8)(MOE_GEMM_PARAMS(const int8_t *w)) {

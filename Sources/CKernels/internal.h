@@ -8,6 +8,43 @@
 #define MOE_GEMM_PARAMS(W) W, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end, \
     const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy
 
+/// The parameters of the q4 kernels with float16 block scales (`moe_gemm_q4h_q8`).
+#define MOE_GEMM_Q4H_PARAMS const uint8_t *blocks, const uint16_t *hscales, int64_t cols, int64_t row_begin, int64_t row_end, \
+    const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy
+
+/// A float-scale q4 kernel (`moe_gemm_q4_q8_<level>`).
+typedef void (*moe_gemm_q4_fn)(const uint8_t *blocks, const float *wscales, int64_t cols, int64_t row_begin, int64_t row_end,
+                               const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy);
+
+/// `moe_gemm_q4h_q8` row by row through the float-scale `kernel`: each row's float16 scales widened
+/// (exactly) into a stack buffer first. For the levels and variants without a float16 path of their own.
+void moe_gemm_q4h_by_rows(moe_gemm_q4_fn kernel, MOE_GEMM_Q4H_PARAMS);
+
+void moe_gemm_q4h_q8_portable(MOE_GEMM_Q4H_PARAMS);
+#if defined(__x86_64__)
+void moe_gemm_q4h_q8_avx2(MOE_GEMM_Q4H_PARAMS);
+void moe_gemm_q4h_q8_avx512(MOE_GEMM_Q4H_PARAMS);
+void moe_gemm_q4h_q8_avx512vnni(MOE_GEMM_Q4H_PARAMS);
+#endif
+
+/// A float16 value (IEEE binary16 bits) as float32: exact for every value, subnormals, infinities and NaN included.
+static inline float moe_f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1Fu, mantissa = h & 0x3FFu;
+    uint32_t bits;
+    if (exponent == 0) {
+        const float magnitude = (float)mantissa * 0x1p-24f; // subnormal (or zero): exact in float32
+        __builtin_memcpy(&bits, &magnitude, 4);
+        bits |= sign;
+    } else if (exponent == 31) {
+        bits = sign | 0x7F800000u | (mantissa << 13);
+    } else {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    }
+    float f;
+    __builtin_memcpy(&f, &bits, 4);
+    return f;
+}
+
 void moe_quantize_q8_portable(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);
 #if defined(__x86_64__)
 void moe_quantize_q8_avx2(const float *x, int64_t n, int64_t cols, int8_t *q, float *d, int32_t *sums);

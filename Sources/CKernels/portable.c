@@ -172,6 +172,56 @@ void moe_gemm_q4_q8_portable(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
     }
 }
 
+void moe_gemm_q4h_q8_portable(MOE_GEMM_Q4H_PARAMS) {
+    (void)sums;
+    const int64_t nb = cols / MOE_KERNEL_BLOCK;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *row = blocks + r * nb * 16;
+        const uint16_t *hs = hscales + r * nb;
+        for (int64_t t = 0; t < n; t++) {
+            const int8_t *qt = q + t * cols;
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int64_t b = 0; b < nb; b++) {
+                int32_t s = 0;
+                for (int j = 0; j < 16; j++) {
+                    const uint8_t byte = row[b * 16 + j];
+                    s += ((int32_t)(byte & 0x0F) - 8) * qt[b * 32 + j];
+                    s += ((int32_t)(byte >> 4) - 8) * qt[b * 32 + j + 16];
+                }
+                const float scale = moe_f16_to_f32(hs[b]) * d[t * nb + b];
+                acc[b % 8] = fmaf((float)s, scale, acc[b % 8]);
+            }
+            y[t * ldy + r] = moe_reduce8(acc);
+        }
+    }
+}
+
+void moe_gemm_q4h_by_rows(moe_gemm_q4_fn kernel, MOE_GEMM_Q4H_PARAMS) {
+    const int64_t nb = cols / MOE_KERNEL_BLOCK;
+    // Not the thread scratch: the kernel may grow (move) it.
+    float local[1024];
+    float *wide = nb <= 1024 ? local : (float *)malloc((size_t)nb * sizeof(float));
+    if (!wide) { moe_gemm_q4h_q8_portable(blocks, hscales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return; }
+    for (int64_t r = row_begin; r < row_end; r++) {
+        for (int64_t b = 0; b < nb; b++) wide[b] = moe_f16_to_f32(hscales[r * nb + b]);
+        // Row r alone as row 0 of a one-row matrix: each output's arithmetic is fixed, so the bits are the same.
+        kernel(blocks + r * nb * 16, wide, cols, 0, 1, q, d, sums, n, y + r, ldy);
+    }
+    if (wide != local) free(wide);
+}
+
+void moe_gemm_q4h_q8(int level, const uint8_t *blocks, const uint16_t *scales, int64_t cols, int64_t row_begin, int64_t row_end,
+                     const int8_t *q, const float *d, const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+    switch (level) {
+#if defined(__x86_64__)
+    case MOE_KERNEL_AVX512_VNNI: moe_gemm_q4h_q8_avx512vnni(blocks, scales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+    case MOE_KERNEL_AVX512: moe_gemm_q4h_q8_avx512(blocks, scales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+    case MOE_KERNEL_AVX2: moe_gemm_q4h_q8_avx2(blocks, scales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+#endif
+    default: moe_gemm_q4h_q8_portable(blocks, scales, cols, row_begin, row_end, q, d, sums, n, y, ldy); return;
+    }
+}
+
 void moe_gemm_i8_q8_portable(MOE_GEMM_PARAMS(const int8_t *w)) {
     (void)sums;
     const int64_t nb = cols / MOE_KERNEL_BLOCK;

@@ -370,6 +370,7 @@ extension WeightMatrix {
         case .q4(let blocks, let scales): // pack --dense q4
             let perRow = cols / Quantization.q4BlockSize
             Quantization.dequantizeQ4(blocks + r * perRow * Quantization.q4BlockBytes, scales: scales + r * perRow, rows: 1, cols: cols, into: destination)
+        case .q4f16: destination.update(from: row(r), count: cols) // a GGUF's Q4_0 embeddings (GGMLQ4_0), as .ggml's
         case .mxfp4: destination.update(from: row(r), count: cols) // MXFP4 embeddings: rare, not hot
         case .ggml: destination.update(from: row(r), count: cols) // GGUF-typed embeddings are widened by their own path
         }

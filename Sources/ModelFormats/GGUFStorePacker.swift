@@ -38,7 +38,7 @@ extension ExpertStorePacker {
         case .bf16(let w): (start, type) = (UnsafeRawPointer(w), GGMLType.bf16.name)
         case .mxfp4(let blocks): (start, type) = (UnsafeRawPointer(blocks), GGMLType.mxfp4.name)
         case .ggml(let t, let blocks): (start, type) = (UnsafeRawPointer(blocks), t.name)
-        case .int8, .q4: throw ModelFormatError("\(tensor): a GGUF tensor came back in a MoEServe-only encoding")
+        case .int8, .q4, .q4f16: throw ModelFormatError("\(tensor): a GGUF tensor came back in a MoEServe-only encoding")
         }
         return (type, UnsafeRawBufferPointer(start: start, count: matrix.byteCount))
     }
@@ -90,7 +90,8 @@ extension ExpertStorePacker {
                     throw ModelFormatError.tensor(info.name, in: gguf.url.path, "ggml shape \(info.dims): only 1-D, 2-D and 3-D dense tensors are packed")
                 }
                 let (rows, cols) = (info.dims.dropFirst().reduce(1, *), info.dims[0])
-                let matrix = try gguf.matrix(name, rows: rows, cols: cols)
+                // A store's q4 keeps float32 scales: Q4_0's float16 ones widened (exactly).
+                let matrix = GGMLQ4_0.floatScales(try gguf.matrix(name, rows: rows, cols: cols))
                 if case .q4(_, let scales) = matrix.storage {
                     // Q4_0, converted by `GGMLQ4_0` (scales, padding, blocks: `DenseEncoding`'s q4 layout):
                     // stored as a q4 tensor, which loads straight onto the integer-dot kernels.
@@ -168,7 +169,7 @@ extension ExpertStorePacker {
                 let names = ["gate", "up", "down"].map { "blk.\(layer).ffn_\($0)_exps.weight" }
                 if exampleNames.isEmpty { exampleNames = names }
                 let weights = try gguf.expert(layer: layer, expert: expert)
-                let matrices = [weights.gate, weights.up, weights.down]
+                let matrices = [weights.gate, weights.up, weights.down].map(GGMLQ4_0.floatScales) // q4 stores: float32 scales
                 let ggmlMatrices = q4Experts ? [] : matrices.map(Self.asGGML)
                 if hasBiases == nil { hasBiases = weights.biases != nil }
                 let theseShapes = matrices.map { [$0.rows, $0.cols] }

@@ -29,6 +29,9 @@ public struct KernelBenchmark: Sendable {
         public var q4GemvGBps: Double
         /// MXFP4 (gpt-oss's expert format, `MXFP4.gemv`), bytes of blocks streamed per second.
         public var mxfp4GemvGBps: Double = 0
+        /// q4 with float16 block scales (a GGUF's Q4_0 as served, `WeightStorage.q4f16`: 18 bytes a
+        /// block), bytes of blocks and scales streamed per second.
+        public var q4f16GemvGBps: Double = 0
         public var bf16GemvFractionOfBandwidth: Double
         /// Time of one `apply` over n input rows (n = 1...8) relative to one row: what a batch's
         /// extra tokens on an expert cost.
@@ -39,7 +42,7 @@ public struct KernelBenchmark: Sendable {
         enum CodingKeys: String, CodingKey {
             case memoryReadGBps1Thread = "memory_read_gbps_1_thread", memoryReadGBps2Threads = "memory_read_gbps_2_threads"
             case bf16GemvGBps = "bf16_gemv_gbps", f32SgemvGBps = "f32_sgemv_gbps"
-            case int8GemvGBps = "int8_gemv_gbps", q4GemvGBps = "q4_gemv_gbps", mxfp4GemvGBps = "mxfp4_gemv_gbps"
+            case int8GemvGBps = "int8_gemv_gbps", q4GemvGBps = "q4_gemv_gbps", mxfp4GemvGBps = "mxfp4_gemv_gbps", q4f16GemvGBps = "q4f16_gemv_gbps"
             case bf16GemvFractionOfBandwidth = "bf16_gemv_fraction_of_bandwidth", rows, cols
             case q4RowsCost = "q4_rows_cost", bf16RowsCost = "bf16_rows_cost"
         }
@@ -85,6 +88,12 @@ public struct KernelBenchmark: Sendable {
         let q4Matrix = WeightMatrix(rows: rows, cols: cols, storage: .q4(blocks: UnsafePointer(q4Blocks.pointer), scales: UnsafePointer(q4Scales.pointer)), owner: q4Blocks)
         let int8Rate = Double(rows * cols + rows * 4) / median { int8Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
         let q4Rate = Double(q4Blocks.count + q4Scales.count * 4) / median { q4Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
+        // The same blocks with the scales rounded to float16.
+        let q4Halves = AlignedBuffer<UInt16>(count: rows * blocksPerRow)
+        for i in 0..<(rows * blocksPerRow) { q4Halves[i] = Float16(q4Scales[i]).bitPattern }
+        let q4f16Matrix = WeightMatrix(rows: rows, cols: cols, storage: .q4f16(blocks: UnsafePointer(q4Blocks.pointer), scales: UnsafePointer(q4Halves.pointer)),
+                                       owner: q4Blocks)
+        let q4f16Rate = Double(q4Blocks.count + q4Halves.count * 2) / median { q4f16Matrix.apply(x.pointer, rowCount: 1, into: y.pointer) } / 1e9
         let mxfp4Blocks = AlignedBuffer<UInt8>(count: MXFP4.byteCount(rows: rows, cols: cols))
         MXFP4.quantize(f32.pointer, rows: rows, cols: cols, into: mxfp4Blocks.pointer)
         let mxfp4Matrix = WeightMatrix(rows: rows, cols: cols, storage: .mxfp4(blocks: UnsafePointer(mxfp4Blocks.pointer)), owner: mxfp4Blocks)
@@ -101,12 +110,13 @@ public struct KernelBenchmark: Sendable {
             return times.map { $0 / times[0] }
         }
         let q4Cost = rowsCost(q4Matrix), bf16Cost = rowsCost(bf16Matrix), mxfp4Cost = rowsCost(mxfp4Matrix)
-        withExtendedLifetime((int8Scales, q4Scales)) {}
+        withExtendedLifetime((int8Scales, q4Scales, q4Halves)) {}
 
         var result = Result(memoryReadGBps1Thread: read1, memoryReadGBps2Threads: read2, bf16GemvGBps: bf16Rate,
                             f32SgemvGBps: f32Rate, int8GemvGBps: int8Rate, q4GemvGBps: q4Rate, bf16GemvFractionOfBandwidth: bf16Rate / max(read1, read2),
                             q4RowsCost: q4Cost, bf16RowsCost: bf16Cost, rows: rows, cols: cols)
         result.mxfp4GemvGBps = mxfp4Rate
+        result.q4f16GemvGBps = q4f16Rate
         let costs = { (cost: [Double]) in cost.map { String(format: "%.2f", $0) }.joined(separator: " ") }
         let table = """
         | measurement | GB/s |
@@ -117,6 +127,7 @@ public struct KernelBenchmark: Sendable {
         | f32 sgemv \(rows)x\(cols) (OpenBLAS) | \(String(format: "%.1f", f32Rate)) |
         | int8 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", int8Rate)) |
         | q4 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", q4Rate)) |
+        | q4 GEMV \(rows)x\(cols), float16 scales (GGUF Q4_0 as served) | \(String(format: "%.1f", q4f16Rate)) |
         | MXFP4 GEMV \(rows)x\(cols) (ours) | \(String(format: "%.1f", mxfp4Rate)) |
         | MXFP4 GEMV \(rows)x\(cols), float C kernel (`MXFP4.gemv`) | \(String(format: "%.1f", mxfp4FloatRate)) |
 

@@ -71,6 +71,9 @@ public enum IntegerDotKernels {
         case .q4(let blocks, let scales):
             product(level: level, q4: blocks, int8: nil, scales: scales, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
+        case .q4f16(let blocks, let scales):
+            product(level: level, q4: blocks, int8: nil, scales: nil, halfScales: scales, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
+            return true
         case .int8(let values, let scales):
             product(level: level, q4: nil, int8: values, scales: scales, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
@@ -92,6 +95,12 @@ public enum IntegerDotKernels {
     public static func q4(_ blocks: UnsafePointer<UInt8>, scales: UnsafePointer<Float>, rows: Int, cols: Int,
                           x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>, level: KernelLevel) {
         product(level: level, q4: blocks, int8: nil, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
+    }
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for q4 blocks with float16 block scales (`WeightStorage.q4f16`) at `level`.
+    public static func q4f16(_ blocks: UnsafePointer<UInt8>, scales: UnsafePointer<UInt16>, rows: Int, cols: Int,
+                             x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>, level: KernelLevel) {
+        product(level: level, q4: blocks, int8: nil, scales: nil, halfScales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
     }
 
     /// `y[n, rows] = x[n, cols] · Wᵀ` for int8 `values[rows, cols]` with per-row `scales` at `level`.
@@ -118,7 +127,7 @@ public enum IntegerDotKernels {
     }
 
     private static func product(level: KernelLevel, q4: UnsafePointer<UInt8>?, int8: UnsafePointer<Int8>?, mxfp4: UnsafePointer<UInt8>? = nil,
-                                scales: UnsafePointer<Float>?,
+                                scales: UnsafePointer<Float>?, halfScales: UnsafePointer<UInt16>? = nil,
                                 rows: Int, cols: Int, x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
         precondition(cols % Quantization.q4BlockSize == 0, "integer-dot kernels need a multiple of 32 columns, got \(cols)")
         guard n > 0, rows > 0 else { return }
@@ -132,7 +141,7 @@ public enum IntegerDotKernels {
             let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * blocks)
             let sums = (base + n * cols + 4 * n * blocks).bindMemory(to: Int32.self, capacity: n * blocks)
             moe_quantize_q8(level.rawValue, x, Int64(n), Int64(cols), q, d, sums)
-            let pointers = UncheckedSendable((q4, int8, mxfp4, scales, q, d, sums, y))
+            let pointers = UncheckedSendable((q4, int8, mxfp4, scales, halfScales, q, d, sums, y))
             // Rows first..<last; any split gives the same bits (each output's arithmetic is fixed).
             // A capture-free static function, wrapped in a closure only when split: a closure formed
             // on every call cost heap allocations per product (DecodeStepAllocationTests).
@@ -155,10 +164,12 @@ public enum IntegerDotKernels {
 
     /// Rows `first..<last` of one product (`product`'s operands): any split gives the same bits.
     private static func runRows(_ p: (UnsafePointer<UInt8>?, UnsafePointer<Int8>?, UnsafePointer<UInt8>?, UnsafePointer<Float>?,
-                                      UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Float>),
+                                      UnsafePointer<UInt16>?, UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Float>),
                                 level: KernelLevel, cols: Int, rows: Int, n: Int, first: Int, last: Int) {
-        let (q4, int8, mxfp4, scales, q, d, sums, y) = p
-        if let q4 {
+        let (q4, int8, mxfp4, scales, halfScales, q, d, sums, y) = p
+        if let q4, let halfScales {
+            moe_gemm_q4h_q8(level.rawValue, q4, halfScales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
+        } else if let q4 {
             moe_gemm_q4_q8(level.rawValue, q4, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))
         } else if let int8 {
             moe_gemm_i8_q8(level.rawValue, int8, scales, Int64(cols), Int64(first), Int64(last), q, d, sums, Int64(n), y, Int64(rows))

@@ -19,6 +19,9 @@ public enum WeightStorage: @unchecked Sendable {
     /// ggml blocks of a quantised `type` (`[rows, cols/blockSize]` blocks, as a GGUF file
     /// stores them, bit for bit); see `GGMLDequantize`, multiplied by `GGMLKernels`.
     case ggml(type: GGMLType, blocks: UnsafePointer<UInt8>)
+    /// q4 blocks as `q4` with one float16 scale per block (IEEE binary16 bits, `scales[rows, cols/32]`):
+    /// a GGUF file's Q4_0 served on the integer-dot kernels at its own 18 bytes a block (`GGMLQ4_0`).
+    case q4f16(blocks: UnsafePointer<UInt8>, scales: UnsafePointer<UInt16>)
 }
 
 /// A linear layer's weight `[rows, cols]` (row-major, as PyTorch's `nn.Linear.weight` is
@@ -57,6 +60,7 @@ public struct WeightMatrix: @unchecked Sendable {
         case .bf16: return rows * cols * 2
         case .int8: return rows * cols + Quantization.int8ScaleBytes(rows: rows)
         case .q4: return Quantization.q4BlockBytes(rows: rows, cols: cols) + Quantization.q4ScaleBytes(rows: rows, cols: cols)
+        case .q4f16: return Quantization.q4BlockBytes(rows: rows, cols: cols) + rows * (cols / Quantization.q4BlockSize) * 2
         case .mxfp4: return MXFP4.byteCount(rows: rows, cols: cols)
         case .ggml(let type, _): return rows * (type.byteCount(elements: cols) ?? 0)
         }
@@ -110,6 +114,8 @@ public struct WeightMatrix: @unchecked Sendable {
                                               scales: scales + first * blocksPerRow, rows: count, cols: cols, into: panel)
                 }
             }
+        case .q4f16: // only without the integer-dot kernels (GGMLQ4_0 makes these with them): widened scales
+            GGMLQ4_0.floatScales(self).apply(x, rowCount: n, into: y)
         case .mxfp4(let blocks):
             if n < 9 {
                 MXFP4.gemv(blocks, rows: rows, cols: cols, x: x, count: n, y: y)
@@ -169,6 +175,8 @@ public struct WeightMatrix: @unchecked Sendable {
             for r in 0..<n { QuantizedKernels.gemvInt8(values, scales: scales, rows: rows, cols: cols, x: x + r * cols, y: y + r * rows) }
         case .q4(let blocks, let scales):
             MultiRowKernels.q4(blocks, scales: scales, rows: rows, cols: cols, x: x, count: n, y: y)
+        case .q4f16: // as in `apply`
+            GGMLQ4_0.floatScales(self).applyRowwise(x, rowCount: n, into: y)
         case .mxfp4(let blocks):
             var first = 0
             while first < n {
@@ -238,6 +246,14 @@ public struct WeightMatrix: @unchecked Sendable {
             out.withUnsafeMutableBufferPointer {
                 Quantization.dequantizeQ4(blocks + r * (cols / Quantization.q4BlockSize) * Quantization.q4BlockBytes,
                                           scales: scales + r * (cols / Quantization.q4BlockSize), rows: 1, cols: cols, into: $0.baseAddress!)
+            }
+            return out
+        case .q4f16(let blocks, let halves):
+            let perRow = cols / Quantization.q4BlockSize
+            var scales = [Float](repeating: 0, count: perRow), out = [Float](repeating: 0, count: cols)
+            scales.withUnsafeMutableBufferPointer { FloatConversion.convertF16(halves + r * perRow, to: $0.baseAddress!, count: perRow) }
+            out.withUnsafeMutableBufferPointer {
+                Quantization.dequantizeQ4(blocks + r * perRow * Quantization.q4BlockBytes, scales: scales, rows: 1, cols: cols, into: $0.baseAddress!)
             }
             return out
         case .mxfp4(let blocks):

@@ -91,6 +91,7 @@ import TensorMath
     }
 
     func bytes(_ matrix: WeightMatrix) -> [UInt8] {
+        let matrix = GGMLQ4_0.floatScales(matrix) // a GGUF's Q4_0 is served with float16 scales, a store's q4 has float32 ones
         let start: UnsafeRawPointer
         switch matrix.storage {
         case .f32(let w): start = UnsafeRawPointer(w)
@@ -99,7 +100,7 @@ import TensorMath
         case .q4(let blocks, let scales): // Q4_0 converted by GGMLQ4_0: its nibbles, then its scales
             return Array(UnsafeRawBufferPointer(start: blocks, count: Quantization.q4BlockBytes(rows: matrix.rows, cols: matrix.cols)))
                 + Array(UnsafeRawBufferPointer(start: scales, count: Quantization.q4ScaleBytes(rows: matrix.rows, cols: matrix.cols)))
-        case .int8: return []
+        case .int8, .q4f16: return []
         }
         return Array(UnsafeRawBufferPointer(start: start, count: matrix.byteCount))
     }

@@ -22,9 +22,17 @@ import TensorMath
         let hfName = try #require(gguf.names.first { $0.value.name == info.name && $0.value.expert == nil }?.key)
         let (rows, cols) = (info.dims[1], info.dims[0])
         let matrix = try gguf.matrix(hfName, rows: rows, cols: cols)
-        guard case .q4 = matrix.storage else { Issue.record("\(hfName) is \(matrix.storage), not q4"); return }
+        // q4 with the file's float16 scales (18 bytes a block) by default, float32 ones with MOE_GGUF_Q4_0=q4.
+        func isQ4(_ storage: WeightStorage) -> Bool {
+            switch storage {
+            case .q4f16: return GGMLQ4_0.keepsHalfScales
+            case .q4: return !GGMLQ4_0.keepsHalfScales
+            default: return false
+            }
+        }
+        guard isQ4(matrix.storage) else { Issue.record("\(hfName) is \(matrix.storage), not q4"); return }
         let layer = try #require(gguf.config.moeLayers.first)
-        guard case .q4 = try gguf.expert(layer: layer, expert: 1).gate.storage else { Issue.record("expert gate not q4"); return }
+        guard isQ4(try gguf.expert(layer: layer, expert: 1).gate.storage) else { Issue.record("expert gate not q4"); return }
 
         let raw = gguf.files[file].bytes(of: info)
         let blockCount = rows * cols / 32

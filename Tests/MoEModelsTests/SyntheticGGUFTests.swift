@@ -94,7 +94,7 @@ import Testing
                 checked += 1
                 continue
             }
-            let matrix = try gguf.matrix(tensor.name, rows: rows, cols: cols)
+            let matrix = GGMLQ4_0.floatScales(try gguf.matrix(tensor.name, rows: rows, cols: cols)) // float16 scales widened: the q4 case below
             var fileBlocks: [UInt8]? = nil
             switch matrix.storage {
             case .ggml(let type, let blocks) where type == .q4_0: fileBlocks = Array(UnsafeRawBufferPointer(start: blocks, count: matrix.byteCount))

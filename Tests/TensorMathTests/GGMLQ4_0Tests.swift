@@ -29,9 +29,20 @@ import TensorMath
     @Test func conversionKeepsEveryWeightAndJoinsBack() {
         let (rows, cols) = (7, 96)
         let source = Self.blocks(rows: rows, cols: cols, seed: 1)
-        let matrix = source.withUnsafeBytes { GGMLQ4_0.matrix($0.baseAddress!, rows: rows, cols: cols) }
+        let matrix = source.withUnsafeBytes { GGMLQ4_0.matrix($0.baseAddress!, rows: rows, cols: cols, halfScales: false) }
         guard case .q4(let blocks, let scales) = matrix.storage else { Issue.record("not q4"); return }
         #expect(matrix.byteCount == rows * cols / 32 * 20)
+        // With float16 scales (what a GGUF is served with): 18 bytes a block, the same weights, and
+        // `floatScales` gives back the float32 form's scales and blocks bit for bit.
+        let half = source.withUnsafeBytes { GGMLQ4_0.matrix($0.baseAddress!, rows: rows, cols: cols, halfScales: true) }
+        guard case .q4f16 = half.storage else { Issue.record("not q4f16"); return }
+        #expect(half.byteCount == rows * cols / 32 * 18)
+        for r in 0..<rows { #expect(half.row(r).map(\.bitPattern) == matrix.row(r).map(\.bitPattern), "row \(r), float16 scales") }
+        let widened = GGMLQ4_0.floatScales(half)
+        guard case .q4(let wideBlocks, let wideScales) = widened.storage else { Issue.record("floatScales is not q4"); return }
+        #expect(Array(UnsafeBufferPointer(start: wideScales, count: rows * cols / 32)).map(\.bitPattern)
+                == Array(UnsafeBufferPointer(start: scales, count: rows * cols / 32)).map(\.bitPattern))
+        #expect(Array(UnsafeBufferPointer(start: wideBlocks, count: rows * cols / 2)) == Array(UnsafeBufferPointer(start: blocks, count: rows * cols / 2)))
         for r in 0..<rows {
             var expected = [Float](repeating: 0, count: cols)
             source.withUnsafeBytes { raw in
@@ -91,13 +102,18 @@ import TensorMath
         let rows = 37
         let source = Self.blocks(rows: rows, cols: cols, seed: UInt64(cols))
         let matrix = source.withUnsafeBytes { GGMLQ4_0.matrix($0.baseAddress!, rows: rows, cols: cols) }
+        if GGMLQ4_0.keepsHalfScales {
+            guard case .q4f16 = matrix.storage else { Issue.record("a GGUF's Q4_0 is not served with float16 scales"); return }
+        }
         // The equivalent q4 matrix, built here from the Q4_0 bytes independently of `GGMLQ4_0`.
         let blocks = AlignedBuffer<UInt8>(count: rows * cols / 2), scales = AlignedBuffer<Float>(count: rows * cols / 32)
+        let halfScales = AlignedBuffer<UInt16>(count: rows * cols / 32)
         for b in 0..<(rows * cols / 32) {
+            halfScales.pointer[b] = UInt16(source[b * 18]) | UInt16(source[b * 18 + 1]) << 8
             scales.pointer[b] = Float(Float16(bitPattern: UInt16(source[b * 18]) | UInt16(source[b * 18 + 1]) << 8))
             for j in 0..<16 { blocks.pointer[b * 16 + j] = source[b * 18 + 2 + j] }
         }
-        for n in [1, 2, 5, 9, 40] {
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 17, 40] {
             let x = QuantizationTests.random(n * cols, seed: UInt64(cols + n)).map { $0 * 30 }
             let y = Self.apply(matrix, x, count: n)
             var portable = [Float](repeating: .nan, count: n * rows)
@@ -117,6 +133,15 @@ import TensorMath
                     }
                 }
                 #expect(z.map(\.bitPattern) == portable.map(\.bitPattern), "\(level.name), \(n) rows, \(cols) columns")
+                // The float16-scale kernels (`moe_gemm_q4h_q8`) on the file's own scales: the same bits.
+                var h = [Float](repeating: .nan, count: n * rows)
+                x.withUnsafeBufferPointer { xs in
+                    h.withUnsafeMutableBufferPointer {
+                        IntegerDotKernels.q4f16(blocks.pointer, scales: halfScales.pointer, rows: rows, cols: cols, x: xs.baseAddress!, count: n,
+                                                y: $0.baseAddress!, level: level)
+                    }
+                }
+                #expect(h.map(\.bitPattern) == portable.map(\.bitPattern), "float16 scales, \(level.name), \(n) rows, \(cols) columns")
             }
             // Exact products over the rounded activations and the file's weights.
             var rounded = [Float](repeating: 0, count: n * cols)
@@ -136,6 +161,39 @@ import TensorMath
                 let alone = Self.apply(matrix, Array(x[t * cols..<(t + 1) * cols]), count: 1)
                 #expect(alone.map(\.bitPattern) == y[t * rows..<(t + 1) * rows].map(\.bitPattern), "token \(t) of \(n)")
             }
+        }
+    }
+}
+
+extension GGMLQ4_0Tests {
+    /// Rows of more than 1,024 blocks (32,800 columns): the levels without a float16 path of their
+    /// own widen a row's scales into a heap buffer instead of the stack one; the bits stay the
+    /// float32 kernels'.
+    @Test func wideRowsKeepTheBits() {
+        let (rows, cols, n) = (5, 32_800, 2)
+        let source = Self.blocks(rows: rows, cols: cols, seed: 77)
+        let count = rows * cols / 32
+        let blocks = AlignedBuffer<UInt8>(count: count * 16), halves = AlignedBuffer<UInt16>(count: count), scales = AlignedBuffer<Float>(count: count)
+        for b in 0..<count {
+            halves.pointer[b] = UInt16(source[b * 18]) | UInt16(source[b * 18 + 1]) << 8
+            scales.pointer[b] = Float(Float16(bitPattern: halves.pointer[b]))
+            for j in 0..<16 { blocks.pointer[b * 16 + j] = source[b * 18 + 2 + j] }
+        }
+        let x = QuantizationTests.random(n * cols, seed: 78).map { $0 * 30 }
+        var reference = [Float](repeating: .nan, count: n * rows)
+        x.withUnsafeBufferPointer { xs in
+            reference.withUnsafeMutableBufferPointer {
+                IntegerDotKernels.q4(blocks.pointer, scales: scales.pointer, rows: rows, cols: cols, x: xs.baseAddress!, count: n, y: $0.baseAddress!, level: .portable)
+            }
+        }
+        for level in KernelLevel.available {
+            var y = [Float](repeating: .nan, count: n * rows)
+            x.withUnsafeBufferPointer { xs in
+                y.withUnsafeMutableBufferPointer {
+                    IntegerDotKernels.q4f16(blocks.pointer, scales: halves.pointer, rows: rows, cols: cols, x: xs.baseAddress!, count: n, y: $0.baseAddress!, level: level)
+                }
+            }
+            #expect(y.map(\.bitPattern) == reference.map(\.bitPattern), "\(level.name)")
         }
     }
 }

@@ -79,6 +79,14 @@ void moe_gemm_q4_q8(int level, const uint8_t *blocks, const float *scales, int64
                     const int8_t *q, const float *d, const int32_t *sums, int64_t n,
                     float *y, int64_t ldy);
 
+/// The same for q4 blocks with float16 block scales (`scales[rows, cols/32]`, IEEE binary16 bits):
+/// GGUF Q4_0's own scales, so a block costs 18 bytes as in the file, not 20. The scales widen
+/// exactly, so the bits are those of `moe_gemm_q4_q8` on the same scales in float32.
+void moe_gemm_q4h_q8(int level, const uint8_t *blocks, const uint16_t *scales, int64_t cols,
+                     int64_t row_begin, int64_t row_end,
+                     const int8_t *q, const float *d, const int32_t *sums, int64_t n,
+                     float *y, int64_t ldy);
+
 /// The same for int8 weights `w[rows, cols]` with one scale per row, `row_scales[rows]`.
 void moe_gemm_i8_q8(int level, const int8_t *w, const float *row_scales, int64_t cols,
                     int64_t row_begin, int64_t row_end,

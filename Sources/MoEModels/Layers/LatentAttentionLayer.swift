@@ -226,6 +226,13 @@ struct LatentAttentionLayer: SelfAttentionLayer {
                                              scales: scales + h * rows * blocksPerRow),
                                 owner: stacked.owner)
         }
+        if case .q4f16(let blocks, let scales) = stacked.storage { // the same, with float16 scales
+            let blocksPerRow = stacked.cols / Quantization.q4BlockSize
+            return WeightMatrix(rows: rows, cols: stacked.cols,
+                                storage: .q4f16(blocks: blocks + h * rows * blocksPerRow * Quantization.q4BlockBytes,
+                                                scales: scales + h * rows * blocksPerRow),
+                                owner: stacked.owner)
+        }
         return WeightMatrix(rows: rows, cols: stacked.cols, values: (0..<rows).flatMap { stacked.row(h * rows + $0) })
     }
 

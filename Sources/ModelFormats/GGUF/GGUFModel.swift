@@ -224,11 +224,11 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
         tensors.values.filter { !$0.info.name.contains("_exps.") && isLoadedLayer($0.info.name) }.reduce(0) { $0 + Self.residentBytes($1.info) }
     }
 
-    /// Bytes `tensor` occupies once loaded: Q4_0 matrices become q4 (`GGMLQ4_0`, 20 bytes a
-    /// block instead of 18), everything else its size in the file.
+    /// Bytes `tensor` occupies once loaded: Q4_0 matrices become q4 (`GGMLQ4_0`: 18 bytes a block
+    /// with float16 scales, 20 with `MOE_GGUF_Q4_0=q4`), everything else its size in the file.
     static func residentBytes(_ tensor: GGUFTensorInfo) -> Int {
         guard tensor.type == .q4_0, GGMLQ4_0.convertsToQ4, tensor.dims.count >= 2, tensor.dims[0] % Quantization.q4BlockSize == 0 else { return tensor.byteCount }
-        return tensor.byteCount / GGMLQ4_0.blockBytes * 20
+        return GGMLQ4_0.residentByteCount(rows: tensor.dims.dropFirst().reduce(1, *), cols: tensor.dims[0])
     }
 
     /// False for `blk.N.*` with N at or past the layers the model runs.
