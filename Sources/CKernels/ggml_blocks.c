@@ -190,11 +190,6 @@ static inline __m256i fifth_bits(const uint8_t *qh) {
     return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(0x10));
 }
 
-/// Σ u·q8 for 32 unsigned codes u ≤ 31 (vpmaddubsw cannot saturate: 2·31·128 < 2¹⁵).
-static inline int32_t dot_u8(__m256i u, const int8_t *q8) {
-    const __m256i p = _mm256_maddubs_epi16(u, _mm256_loadu_si256((const __m256i *)q8));
-    return hsum_epi32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
 
 /// The IQ4 values of 32 codes, as int8 (a table lookup by vpshufb).
 static inline __m256i iq4_lookup(__m256i codes) {
@@ -207,12 +202,6 @@ static inline __m256i madd_signed(__m256i v, const int8_t *q8) {
     return _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)q8), v));
 }
 
-static int32_t q4_1_avx2(const uint8_t *blk, const int8_t *q8) { return dot_u8(nibbles32(blk + 4), q8); }
-static int32_t q5_0_avx2(const uint8_t *blk, const int8_t *q8) { return dot_u8(_mm256_or_si256(nibbles32(blk + 6), fifth_bits(blk + 2)), q8); }
-static int32_t q5_1_avx2(const uint8_t *blk, const int8_t *q8) { return dot_u8(_mm256_or_si256(nibbles32(blk + 8), fifth_bits(blk + 4)), q8); }
-static int32_t iq4_nl_avx2(const uint8_t *blk, const int8_t *q8) {
-    return hsum_epi32(_mm256_madd_epi16(madd_signed(iq4_lookup(nibbles32(blk + 2)), q8), _mm256_set1_epi16(1)));
-}
 
 static int32_t q3K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs) {
     const uint8_t *hmask = blk, *qs = blk + 32;
@@ -246,13 +235,152 @@ static int32_t iq4_xs_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *
     return hsum_epi32(acc);
 }
 
+/// Rows of one 32-block product at AVX2: each weight block decoded once for up to eight tokens
+/// (its codes, or IQ4_NL's values), each token's float steps those of `rows32` in the same order.
+static inline __attribute__((always_inline)) void rows32_avx2_impl(int type, int64_t bytes, const uint8_t *w, int64_t cols,
+                                                                   int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
+                                                                   const int32_t *sums, const float *s, int64_t n, float *y, int64_t ldy) {
+    const int64_t nb = cols / 32;
+    const int has_min = type == T_Q4_1 || type == T_Q5_1;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *row = w + r * nb * bytes;
+        for (int64_t t0 = 0; t0 < n; t0 += 8) {
+            const int nt = n - t0 < 8 ? (int)(n - t0) : 8;
+            float acc[8][8] = {{0}};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = row + b * bytes;
+                __m256i v; // unsigned codes, or IQ4_NL's signed values
+                switch (type) {
+                case T_Q4_1: v = nibbles32(blk + 4); break;
+                case T_Q5_0: v = _mm256_or_si256(nibbles32(blk + 6), fifth_bits(blk + 2)); break;
+                case T_Q5_1: v = _mm256_or_si256(nibbles32(blk + 8), fifth_bits(blk + 4)); break;
+                default: v = iq4_lookup(nibbles32(blk + 2)); break;
+                }
+                const __m256i magnitude = type == T_IQ4_NL ? _mm256_sign_epi8(v, v) : v;
+                const float dw = half_at(blk), mw = has_min ? half_at(blk + 2) : 0;
+                for (int k = 0; k < nt; k++) {
+                    const int64_t t = t0 + k;
+                    __m256i a = _mm256_loadu_si256((const __m256i *)(q + t * cols + 32 * b));
+                    if (type == T_IQ4_NL) a = _mm256_sign_epi8(a, v);
+                    int32_t sumi = hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, a), ones));
+                    if (type == T_Q5_0) sumi -= 16 * sums[t * nb + b];
+                    acc[k][b % 8] = fmaf((float)sumi, dw * d[t * nb + b], acc[k][b % 8]);
+                    if (has_min) acc[k][b % 8] = fmaf(mw, s[t * nb + b], acc[k][b % 8]);
+                }
+            }
+            for (int k = 0; k < nt; k++) y[(t0 + k) * ldy + r] = moe_reduce8(acc[k]);
+        }
+    }
+}
+
+/// Rows of one Q3_K / IQ4_XS product at AVX2 for several tokens: each super-block decoded once
+/// (eight vectors of codes or values and their scales) for up to eight tokens, each token's
+/// integer sum that of `q3K_avx2` / `iq4_xs_avx2` and its float steps those of the one-token loop.
+static inline __attribute__((always_inline)) void superrows_avx2(int type, int64_t bytes, int64_t d_offset, const uint8_t *w, int64_t cols,
+                                                                 int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
+                                                                 const int32_t *bsums, int64_t n, float *y, int64_t ldy) {
+    const int64_t nb = cols / 256;
+    const __m256i three = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *row = w + r * nb * bytes;
+        for (int64_t t0 = 0; t0 < n; t0 += 8) {
+            const int nt = n - t0 < 8 ? (int)(n - t0) : 8;
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = row + b * bytes;
+                // v[j]: elements 32j..32j+31 (unsigned Q3_K codes, or IQ4_XS's signed values); sc[j] their int16 scales.
+                __m256i v[8], mag[8], sc[8];
+                int32_t scales[16];
+                if (type == T_Q3_K) {
+                    q3K_scales(blk + 96, scales);
+                    const __m256i hv = _mm256_loadu_si256((const __m256i *)blk);
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i raw = _mm256_loadu_si256((const __m256i *)(blk + 32 + 32 * h));
+                        for (int k = 0; k < 4; k++) {
+                            const int j = 4 * h + k, g = 2 * j;
+                            const __m256i codes = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * k), three);
+                            const __m256i high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, j), one), 2);
+                            v[j] = mag[j] = _mm256_or_si256(codes, high);
+                            sc[j] = _mm256_set_m128i(_mm_set1_epi16((short)scales[g + 1]), _mm_set1_epi16((short)scales[g]));
+                        }
+                    }
+                } else {
+                    for (int j = 0; j < 8; j++) {
+                        v[j] = iq4_lookup(nibbles32(blk + 8 + 16 * j));
+                        mag[j] = _mm256_sign_epi8(v[j], v[j]);
+                        sc[j] = _mm256_set1_epi16((short)iq4_xs_scale(blk, j));
+                    }
+                }
+                const float dw = half_at(blk + d_offset);
+                for (int k = 0; k < nt; k++) {
+                    const int64_t t = t0 + k;
+                    const int8_t *q8 = q + t * cols + b * 256;
+                    __m256i sum = _mm256_setzero_si256();
+                    for (int j = 0; j < 8; j++) {
+                        __m256i a = _mm256_loadu_si256((const __m256i *)(q8 + 32 * j));
+                        if (type == T_IQ4_XS) a = _mm256_sign_epi8(a, v[j]);
+                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(mag[j], a), sc[j]));
+                    }
+                    int32_t sumi = hsum_epi32(sum);
+                    if (type == T_Q3_K) {
+                        const int32_t *bs = bsums + (t * nb + b) * 16;
+                        int32_t offset = 0;
+                        for (int g = 0; g < 16; g++) offset += scales[g] * bs[g];
+                        sumi -= 4 * offset;
+                    }
+                    acc[k] = fmaf(dw * d[t * nb + b], (float)sumi, acc[k]);
+                }
+            }
+            for (int k = 0; k < nt; k++) y[(t0 + k) * ldy + r] = acc[k];
+        }
+    }
+}
+
+static void superrows_avx2_dispatch(int type, int64_t bytes, int64_t d_offset, const uint8_t *w, int64_t cols, int64_t rb, int64_t re,
+                                    const int8_t *q, const float *d, const int32_t *bsums, int64_t n, float *y, int64_t ldy) {
+    if (type == T_Q3_K) superrows_avx2(T_Q3_K, bytes, d_offset, w, cols, rb, re, q, d, bsums, n, y, ldy);
+    else superrows_avx2(T_IQ4_XS, bytes, d_offset, w, cols, rb, re, q, d, bsums, n, y, ldy);
+}
+
+/// One block's integer sum at AVX2 (one token: `rows32` keeps its eight accumulators in registers).
+static inline __attribute__((always_inline)) int32_t block32_avx2(int type, const uint8_t *blk, const int8_t *q8) {
+    __m256i v;
+    switch (type) {
+    case T_Q4_1: v = nibbles32(blk + 4); break;
+    case T_Q5_0: v = _mm256_or_si256(nibbles32(blk + 6), fifth_bits(blk + 2)); break;
+    case T_Q5_1: v = _mm256_or_si256(nibbles32(blk + 8), fifth_bits(blk + 4)); break;
+    default: v = iq4_lookup(nibbles32(blk + 2)); break;
+    }
+    __m256i a = _mm256_loadu_si256((const __m256i *)q8);
+    if (type == T_IQ4_NL) {
+        a = _mm256_sign_epi8(a, v);
+        v = _mm256_sign_epi8(v, v);
+    }
+    return hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(v, a), _mm256_set1_epi16(1)));
+}
+
+static int32_t q4_1_avx2(const uint8_t *blk, const int8_t *q8) { return block32_avx2(T_Q4_1, blk, q8); }
+static int32_t q5_0_avx2(const uint8_t *blk, const int8_t *q8) { return block32_avx2(T_Q5_0, blk, q8); }
+static int32_t q5_1_avx2(const uint8_t *blk, const int8_t *q8) { return block32_avx2(T_Q5_1, blk, q8); }
+static int32_t iq4_nl_avx2(const uint8_t *blk, const int8_t *q8) { return block32_avx2(T_IQ4_NL, blk, q8); }
+
 static void rows32_avx2(int type, const uint8_t *w, int64_t cols, int64_t rb, int64_t re, const int8_t *q, const float *d,
                         const int32_t *sums, const float *s, int64_t n, float *y, int64_t ldy) {
+    if (n == 1) {
+        switch (type) {
+        case T_Q4_1: rows32(T_Q4_1, q4_1_avx2, Q4_1_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+        case T_Q5_0: rows32(T_Q5_0, q5_0_avx2, Q5_0_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+        case T_Q5_1: rows32(T_Q5_1, q5_1_avx2, Q5_1_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+        default: rows32(T_IQ4_NL, iq4_nl_avx2, IQ4_NL_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+        }
+        return;
+    }
     switch (type) {
-    case T_Q4_1: rows32(T_Q4_1, q4_1_avx2, Q4_1_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
-    case T_Q5_0: rows32(T_Q5_0, q5_0_avx2, Q5_0_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
-    case T_Q5_1: rows32(T_Q5_1, q5_1_avx2, Q5_1_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
-    default: rows32(T_IQ4_NL, iq4_nl_avx2, IQ4_NL_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+    case T_Q4_1: rows32_avx2_impl(T_Q4_1, Q4_1_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+    case T_Q5_0: rows32_avx2_impl(T_Q5_0, Q5_0_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+    case T_Q5_1: rows32_avx2_impl(T_Q5_1, Q5_1_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+    default: rows32_avx2_impl(T_IQ4_NL, IQ4_NL_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
     }
 }
 #pragma clang attribute pop
@@ -288,6 +416,10 @@ int moe_gemm_ggml_k_q8_K(int level, int type, const uint8_t *w, int64_t cols, in
     default: return 0;
     }
 #if defined(__x86_64__)
+    if (level >= MOE_KERNEL_AVX2 && n > 1) {
+        superrows_avx2_dispatch(type, bytes, d_offset, w, cols, row_begin, row_end, q, d, bsums, n, y, ldy);
+        return 1;
+    }
     if (level >= MOE_KERNEL_AVX2) fn = type == T_Q3_K ? q3K_avx2 : iq4_xs_avx2;
 #else
     (void)level;

@@ -34,7 +34,11 @@ public struct GGMLKernelBenchmark: Sendable {
         public var floatGBps: Double
         public var integerRows8Cost: Double
         public var floatRows8Cost: Double
+        /// Milliseconds of one `WeightMatrix.apply` of 64 token rows (a prefill chunk): the integer
+        /// kernel, or under `MOE_GGUF_BLOCKS=float` the float path's sgemm panels.
+        public var apply64RowsMs: Double
         enum CodingKeys: String, CodingKey {
+            case apply64RowsMs = "apply_64_rows_ms"
             case type, integerGBps = "integer_gbps", floatGBps = "float_gbps"
             case integerRows8Cost = "integer_8_rows_cost", floatRows8Cost = "float_8_rows_cost"
         }
@@ -46,10 +50,10 @@ public struct GGMLKernelBenchmark: Sendable {
             throw ToolError("--rows and --repetitions must be positive and --cols a positive multiple of \(GGMLType.superBlock) with --ggml")
         }
         guard let level = IntegerDotKernels.level else { throw ToolError("--ggml needs the integer kernels (MOE_KERNELS is float)") }
-        let x = AlignedBuffer<Float>((0..<(8 * cols)).map { Float(($0 * 7919) % 1000) / 500 - 1 })
-        let y = AlignedBuffer<Float>(count: 8 * rows)
+        let x = AlignedBuffer<Float>((0..<(64 * cols)).map { Float(($0 * 7919) % 1000) / 500 - 1 })
+        let y = AlignedBuffer<Float>(count: 64 * rows)
         var result: [Row] = []
-        var table = "| type | integer kernel (\(level.name)) GB/s | float path GB/s | speed-up | 8 rows / 1 row: integer, float |\n|---|---|---|---|---|\n"
+        var table = "| type | integer kernel (\(level.name)) GB/s | float path GB/s | speed-up | 8 rows / 1 row: integer, float | apply of 64 rows, ms |\n|---|---|---|---|---|---|\n"
         for type in types {
             let bytes = rows * (type.byteCount(elements: cols) ?? 0)
             let blocks = AlignedBuffer<UInt8>(count: bytes)
@@ -65,12 +69,12 @@ public struct GGMLKernelBenchmark: Sendable {
             let matrix = WeightMatrix(rows: rows, cols: cols, storage: .ggml(type: type, blocks: w), owner: blocks)
             let integer = { (n: Int) in median { matrix.apply(x.pointer, rowCount: n, into: y.pointer) } }
             let float = { (n: Int) in median { GGMLKernels.multiRow(type, w, rows: rows, cols: cols, x: x.pointer, count: n, y: y.pointer) } }
-            let (i1, i8, f1, f8) = (integer(1), integer(8), float(1), float(8))
+            let (i1, i8, f1, f8, i64) = (integer(1), integer(8), float(1), float(8), integer(64))
             let row = Row(type: type.description, integerGBps: Double(bytes) / i1 / 1e9, floatGBps: Double(bytes) / f1 / 1e9,
-                          integerRows8Cost: i8 / i1, floatRows8Cost: f8 / f1)
+                          integerRows8Cost: i8 / i1, floatRows8Cost: f8 / f1, apply64RowsMs: i64 * 1e3)
             result.append(row)
             table += "| \(type) \(rows)x\(cols) | \(String(format: "%.2f", row.integerGBps)) | \(String(format: "%.2f", row.floatGBps)) | "
-                + "\(String(format: "%.1fx", f1 / i1)) | \(String(format: "%.2f", row.integerRows8Cost)), \(String(format: "%.2f", row.floatRows8Cost)) |\n"
+                + "\(String(format: "%.1fx", f1 / i1)) | \(String(format: "%.2f", row.integerRows8Cost)), \(String(format: "%.2f", row.floatRows8Cost)) | \(String(format: "%.1f", row.apply64RowsMs)) |\n"
         }
         return (result, table)
     }
