@@ -343,7 +343,7 @@ static void superrows_avx2_dispatch(int type, int64_t bytes, int64_t d_offset, c
     else superrows_avx2(T_IQ4_XS, bytes, d_offset, w, cols, rb, re, q, d, bsums, n, y, ldy);
 }
 
-/// One block's integer sum at AVX2 (one token: `rows32` keeps its eight accumulators in registers).
+/// One block's integer sum at AVX2 (the blocks after the last whole eight of `rows32_one_token`).
 static inline __attribute__((always_inline)) int32_t block32_avx2(int type, const uint8_t *blk, const int8_t *q8) {
     __m256i v;
     switch (type) {
@@ -360,19 +360,83 @@ static inline __attribute__((always_inline)) int32_t block32_avx2(int type, cons
     return hsum_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(v, a), _mm256_set1_epi16(1)));
 }
 
-static int32_t q4_1_avx2(const uint8_t *blk, const int8_t *q8) { return block32_avx2(T_Q4_1, blk, q8); }
-static int32_t q5_0_avx2(const uint8_t *blk, const int8_t *q8) { return block32_avx2(T_Q5_0, blk, q8); }
-static int32_t q5_1_avx2(const uint8_t *blk, const int8_t *q8) { return block32_avx2(T_Q5_1, blk, q8); }
-static int32_t iq4_nl_avx2(const uint8_t *blk, const int8_t *q8) { return block32_avx2(T_IQ4_NL, blk, q8); }
+
+/// A float16 at `p`, widened by vcvtph2ps (exact, so the same value as `half_at`).
+static inline float half_f16c(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/// Eight vectors of eight int32 partial sums (one vector per block) → the eight block sums, in order.
+static inline __m256i sum_blocks8(const __m256i p[8]) {
+    const __m256i h01 = _mm256_hadd_epi32(p[0], p[1]), h23 = _mm256_hadd_epi32(p[2], p[3]);
+    const __m256i h45 = _mm256_hadd_epi32(p[4], p[5]), h67 = _mm256_hadd_epi32(p[6], p[7]);
+    const __m256i q0 = _mm256_hadd_epi32(h01, h23), q1 = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(q0, q1, 0x20), _mm256_permute2x128_si256(q0, q1, 0x31));
+}
+
+/// One token's rows at AVX2, eight blocks at a time: lane k of one float vector is `rows32`'s
+/// acc[k] (block b's sum, exact in int32, converted and fma'd into lane b mod 8, then the offset
+/// term), so each output has `rows32`'s bits; the blocks after the last whole eight go through
+/// the scalar steps on the same accumulators.
+static inline __attribute__((always_inline)) void rows32_one_token(int type, int64_t bytes, const uint8_t *w, int64_t cols,
+                                                                   int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
+                                                                   const int32_t *sums, const float *s, float *y) {
+    const int64_t nb = cols / 32;
+    const int has_min = type == T_Q4_1 || type == T_Q5_1;
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t *row = w + r * nb * bytes;
+        __m256 acc = _mm256_setzero_ps();
+        int64_t b = 0;
+        for (; b + 8 <= nb; b += 8) {
+            __m256i p[8];
+            float dw[8], mw[8];
+            for (int k = 0; k < 8; k++) {
+                const uint8_t *blk = row + (b + k) * bytes;
+                __m256i v;
+                switch (type) {
+                case T_Q4_1: v = nibbles32(blk + 4); break;
+                case T_Q5_0: v = _mm256_or_si256(nibbles32(blk + 6), fifth_bits(blk + 2)); break;
+                case T_Q5_1: v = _mm256_or_si256(nibbles32(blk + 8), fifth_bits(blk + 4)); break;
+                default: v = iq4_lookup(nibbles32(blk + 2)); break;
+                }
+                __m256i a = _mm256_loadu_si256((const __m256i *)(q + 32 * (b + k)));
+                if (type == T_IQ4_NL) {
+                    a = _mm256_sign_epi8(a, v);
+                    v = _mm256_sign_epi8(v, v);
+                }
+                p[k] = _mm256_madd_epi16(_mm256_maddubs_epi16(v, a), ones);
+                dw[k] = half_f16c(blk);
+                mw[k] = has_min ? half_f16c(blk + 2) : 0;
+            }
+            __m256i sumi = sum_blocks8(p);
+            if (type == T_Q5_0) sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(sums + b)), 4));
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), _mm256_mul_ps(_mm256_loadu_ps(dw), _mm256_loadu_ps(d + b)), acc);
+            if (has_min) acc = _mm256_fmadd_ps(_mm256_loadu_ps(mw), _mm256_loadu_ps(s + b), acc);
+        }
+        float lanes[8];
+        _mm256_storeu_ps(lanes, acc);
+        for (; b < nb; b++) {
+            const uint8_t *blk = row + b * bytes;
+            int32_t sumi = block32_avx2(type, blk, q + 32 * b);
+            if (type == T_Q5_0) sumi -= 16 * sums[b];
+            lanes[b % 8] = fmaf((float)sumi, half_at(blk) * d[b], lanes[b % 8]);
+            if (has_min) lanes[b % 8] = fmaf(half_at(blk + 2), s[b], lanes[b % 8]);
+        }
+        y[r] = moe_reduce8(lanes);
+    }
+}
 
 static void rows32_avx2(int type, const uint8_t *w, int64_t cols, int64_t rb, int64_t re, const int8_t *q, const float *d,
                         const int32_t *sums, const float *s, int64_t n, float *y, int64_t ldy) {
     if (n == 1) {
         switch (type) {
-        case T_Q4_1: rows32(T_Q4_1, q4_1_avx2, Q4_1_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
-        case T_Q5_0: rows32(T_Q5_0, q5_0_avx2, Q5_0_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
-        case T_Q5_1: rows32(T_Q5_1, q5_1_avx2, Q5_1_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
-        default: rows32(T_IQ4_NL, iq4_nl_avx2, IQ4_NL_BYTES, w, cols, rb, re, q, d, sums, s, n, y, ldy); break;
+        case T_Q4_1: rows32_one_token(T_Q4_1, Q4_1_BYTES, w, cols, rb, re, q, d, sums, s, y); break;
+        case T_Q5_0: rows32_one_token(T_Q5_0, Q5_0_BYTES, w, cols, rb, re, q, d, sums, s, y); break;
+        case T_Q5_1: rows32_one_token(T_Q5_1, Q5_1_BYTES, w, cols, rb, re, q, d, sums, s, y); break;
+        default: rows32_one_token(T_IQ4_NL, IQ4_NL_BYTES, w, cols, rb, re, q, d, sums, s, y); break;
         }
         return;
     }
