@@ -58,9 +58,26 @@ struct BenchKernelsCommand: ParsableCommand {
     var mxfp4 = false
     @Option(name: .customLong("token-rows"), help: "With --mxfp4: comma-separated token rows per product.") var tokenRows: String?
     @Option(help: "With --mxfp4: experts in the pool (13.2 MB each).") var experts: Int?
+    @Option(name: .customLong("ggml"), help: "Measure only the integer-dot kernels of these ggml types against their float path (comma-separated, e.g. q4_1,q5_0,q5_1,iq4_nl,q3_k,iq4_xs; 'all' for these six).")
+    var ggml: String?
 
     func run() throws {
         try reportingErrors {
+            if let ggml {
+                var benchmark = GGMLKernelBenchmark(rows: rows, cols: cols, repetitions: repetitions)
+                if ggml != "all" {
+                    benchmark.types = try ggml.split(separator: ",").map { name in
+                        guard let type = GGMLKernelBenchmark.type(named: String(name)) else {
+                            throw CommandError("--ggml: unknown or unsupported type '\(name)' (one of q4_1, q5_0, q5_1, iq4_nl, q3_k, iq4_xs)")
+                        }
+                        return type
+                    }
+                }
+                let (result, table) = try benchmark.run()
+                FileHandle.standardError.write(Data(table.utf8))
+                try printJSON(result)
+                return
+            }
             if mxfp4 {
                 var benchmark = MXFP4KernelBenchmark()
                 benchmark.repetitions = repetitions

@@ -83,7 +83,11 @@ public enum IntegerDotKernels {
         case .ggml(let type, let blocks) where type == .q8_0 && q8_0Enabled:
             q8_0(level: level, blocks, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
-        case .ggml(let type, let blocks) where kQuantTypes.contains(type) && matrix.cols % GGMLType.superBlock == 0:
+        case .ggml(let type, let blocks) where ggml32Types.contains(type) && ggmlBlocksEnabled:
+            ggml32(level: level, type: type, blocks, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
+            return true
+        case .ggml(let type, let blocks) where kQuantTypes.contains(type) && matrix.cols % GGMLType.superBlock == 0
+            && (ggmlBlocksEnabled || !ggmlSuperBlockTypes.contains(type)):
             kQuant(level: level, type: type, blocks, rows: matrix.rows, cols: matrix.cols, x: x, count: n, y: y)
             return true
         default:
@@ -217,8 +221,59 @@ public enum IntegerDotKernels {
         moe_gemm_q8_0_q8(level.rawValue, blocks, Int64(cols), Int64(first), Int64(last), q, d, Int64(n), y, Int64(rows))
     }
 
-    /// The GGUF K-quant types with integer-dot kernels (`moe_gemm_kquant_q8_K`).
-    public static let kQuantTypes: [GGMLType] = [.q2_K, .q4_K, .q5_K, .q6_K]
+    /// The GGUF K-quant types with integer-dot kernels (`moe_gemm_kquant_q8_K`, and
+    /// `moe_gemm_ggml_k_q8_K` for `ggmlSuperBlockTypes`).
+    public static let kQuantTypes: [GGMLType] = [.q2_K, .q4_K, .q5_K, .q6_K, .q3_K, .iq4_XS]
+
+    /// The super-block types of `kQuantTypes` whose kernels are in `ggml_blocks.c` (issue 21 item 2).
+    public static let ggmlSuperBlockTypes: [GGMLType] = [.q3_K, .iq4_XS]
+
+    /// The GGUF 32-weight block types with integer-dot kernels on the file's blocks (`moe_gemm_ggml32_q8`).
+    public static let ggml32Types: [GGMLType] = [.q4_1, .q5_0, .q5_1, .iq4_NL]
+
+    /// Whether `ggml32Types` and `ggmlSuperBlockTypes` run on their integer-dot kernels (the
+    /// default); `MOE_GGUF_BLOCKS=float` keeps them on the float `GGMLKernels` (for side-by-side measurements).
+    static let ggmlBlocksEnabled = ProcessInfo.processInfo.environment["MOE_GGUF_BLOCKS"] != "float"
+
+    /// `y[n, rows] = x[n, cols] · Wᵀ` for W in GGUF 32-weight blocks of `type` (one of `ggml32Types`,
+    /// as the file stores them), the activations rounded to Q8_0 as llama.cpp rounds them, with
+    /// Q8_1's float16 block sums for Q4_1/Q5_1: llama.cpp's arithmetic with exact integer sums per
+    /// block and the canonical per-output float steps (row invariant, the same bits at every level).
+    public static func ggml32(level: KernelLevel, type: GGMLType, _ blocks: UnsafePointer<UInt8>, rows: Int, cols: Int,
+                              x: UnsafePointer<Float>, count n: Int, y: UnsafeMutablePointer<Float>) {
+        precondition(cols % Quantization.q4BlockSize == 0, "\(type) needs a multiple of 32 columns, got \(cols)")
+        guard n > 0, rows > 0 else { return }
+        let nb = cols / Quantization.q4BlockSize
+        // q[n, cols] int8, d[n, cols/32] float, sums[n, cols/32] int32, s[n, cols/32] float; on the stack as in `product`.
+        withUnsafeTemporaryAllocation(byteCount: n * cols + 12 * n * nb, alignment: 16) { raw in
+            let base = raw.baseAddress!
+            let q = base.bindMemory(to: Int8.self, capacity: n * cols)
+            let d = (base + n * cols).bindMemory(to: Float.self, capacity: n * nb)
+            let sums = (base + n * cols + 4 * n * nb).bindMemory(to: Int32.self, capacity: n * nb)
+            let s = (base + n * cols + 8 * n * nb).bindMemory(to: Float.self, capacity: n * nb)
+            moe_quantize_q8(level.rawValue, x, Int64(n), Int64(cols), q, d, sums)
+            if type == .q4_1 || type == .q5_1 { moe_q8_1_block_sums(x, Int64(n), Int64(cols), sums, s) }
+            let pointers = UncheckedSendable((blocks, q, d, sums, s, y))
+            let (span, count) = rowSpans(rows: rows, cols: cols, count: n)
+            if count > 1 {
+                DispatchQueue.concurrentPerform(iterations: count) { index in
+                    runGGML32Rows(pointers.value, level: level, type: type, cols: cols, rows: rows, n: n,
+                                  first: index * span, last: min(rows, (index + 1) * span))
+                }
+            } else {
+                runGGML32Rows(pointers.value, level: level, type: type, cols: cols, rows: rows, n: n, first: 0, last: rows)
+            }
+        }
+    }
+
+    /// Rows `first..<last` of one 32-block product (`ggml32`'s operands): any split gives the same bits.
+    private static func runGGML32Rows(_ p: (UnsafePointer<UInt8>, UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>,
+                                            UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>),
+                                      level: KernelLevel, type: GGMLType, cols: Int, rows: Int, n: Int, first: Int, last: Int) {
+        let (blocks, q, d, sums, s, y) = p
+        _ = moe_gemm_ggml32_q8(level.rawValue, Int32(type.rawValue), blocks, Int64(cols), Int64(first), Int64(last),
+                               q, d, sums, s, Int64(n), y, Int64(rows))
+    }
 
     /// `y[n, rows] = x[n, cols] · Wᵀ` for W in GGUF K-quant blocks of `type` (one of `kQuantTypes`,
     /// `cols` a multiple of 256), the activations quantised to Q8_K as llama.cpp quantises them:
@@ -255,8 +310,11 @@ public enum IntegerDotKernels {
                                             UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Float>),
                                       level: KernelLevel, type: GGMLType, cols: Int, rows: Int, n: Int, first: Int, last: Int) {
         let (blocks, q, d, bsums, y) = p
-        _ = moe_gemm_kquant_q8_K(level.rawValue, Int32(type.rawValue), blocks, Int64(cols), Int64(first), Int64(last),
-                                 q, d, bsums, Int64(n), y, Int64(rows))
+        if moe_gemm_kquant_q8_K(level.rawValue, Int32(type.rawValue), blocks, Int64(cols), Int64(first), Int64(last),
+                                q, d, bsums, Int64(n), y, Int64(rows)) == 0 {
+            _ = moe_gemm_ggml_k_q8_K(level.rawValue, Int32(type.rawValue), blocks, Int64(cols), Int64(first), Int64(last),
+                                     q, d, bsums, Int64(n), y, Int64(rows))
+        }
     }
 
     /// The row ranges a product is run in: `count` ranges of `span` rows (whole 16-row groups, the

@@ -139,7 +139,8 @@ import TensorMath
     static func kernelOutput(_ output: URL) -> URL { output.appendingPathExtension("kernels") }
 
     /// The integer-dot products measured one by one (`kernelProducts` names them).
-    static let kernelProducts = ["q4 1 row", "q4 2 rows", "int8 1 row", "int8 2 rows", "q4_K 1 row", "q5_K 1 row", "q6_K 2 rows"]
+    static let kernelProducts = ["q4 1 row", "q4 2 rows", "int8 1 row", "int8 2 rows", "q4_K 1 row", "q5_K 1 row", "q6_K 2 rows",
+                                 "q5_1 2 rows", "iq4_NL 1 row", "iq4_XS 2 rows"]
 
     /// Allocations made by eight products of each kind (a 64 × 256 matrix whatever its bytes hold: the count,
     /// not the values, is measured), after one warm-up product.
@@ -160,6 +161,9 @@ import TensorMath
             ("q4_K 1 row", { IntegerDotKernels.kQuant(level: level, type: .q4_K, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 1, y: y.pointer) }),
             ("q5_K 1 row", { IntegerDotKernels.kQuant(level: level, type: .q5_K, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 1, y: y.pointer) }),
             ("q6_K 2 rows", { IntegerDotKernels.kQuant(level: level, type: .q6_K, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 2, y: y.pointer) }),
+            ("q5_1 2 rows", { IntegerDotKernels.ggml32(level: level, type: .q5_1, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 2, y: y.pointer) }),
+            ("iq4_NL 1 row", { IntegerDotKernels.ggml32(level: level, type: .iq4_NL, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 1, y: y.pointer) }),
+            ("iq4_XS 2 rows", { IntegerDotKernels.kQuant(level: level, type: .iq4_XS, weights.pointer, rows: rows, cols: cols, x: x.pointer, count: 2, y: y.pointer) }),
         ]
         var counts: [String: Int] = [:]
         for (name, product) in products {

@@ -116,6 +116,26 @@ void moe_quantize_q8_K(const float *x, int64_t n, int64_t cols, int8_t *q, float
 int moe_gemm_kquant_q8_K(int level, int type, const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
                          const int8_t *q, const float *d, const int32_t *bsums, int64_t n, float *y, int64_t ldy);
 
+/// Q8_1's block sums of `x[n, cols]` already quantised by `moe_quantize_q8` (its `sums`): per block
+/// of 32, s = float16(amax/127 · Σq) with the unrounded scale, as llama.cpp stores them
+/// (`s[n, cols/32]`, the float16 value as float). Q4_1 and Q5_1 multiply each block's offset by it.
+void moe_q8_1_block_sums(const float *x, int64_t n, int64_t cols, const int32_t *sums, float *s);
+
+/// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end`, W in GGUF 32-weight blocks of
+/// ggml type `type` (3 Q4_1, 6 Q5_0, 7 Q5_1, 20 IQ4_NL; as the file stores them), x quantised by
+/// `moe_quantize_q8` (`q`, float16-valued `d`, `sums` = Σq) plus, for Q4_1/Q5_1, `s` from
+/// `moe_q8_1_block_sums` (unused otherwise). Per block b: acc[b mod 8] = fma(Σ value·q8, d_w·d_x,
+/// acc[b mod 8]), then for Q4_1/Q5_1 acc[b mod 8] = fma(m_w, s, acc[b mod 8]); the canonical final
+/// sum. The same bits at every level and any `n`. Returns 0 (nothing written) for any other type.
+int moe_gemm_ggml32_q8(int level, int type, const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
+                       const int8_t *q, const float *d, const int32_t *sums, const float *s, int64_t n, float *y, int64_t ldy);
+
+/// `moe_gemm_kquant_q8_K` for the other two super-block types (11 Q3_K, 23 IQ4_XS), x quantised by
+/// `moe_quantize_q8_K`: acc = fma(d_b·d8_b, Σ scale·Σ value·q8, acc) per super-block. Returns 0
+/// (nothing written) for any other type.
+int moe_gemm_ggml_k_q8_K(int level, int type, const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
+                         const int8_t *q, const float *d, const int32_t *bsums, int64_t n, float *y, int64_t ldy);
+
 /// `y[i * ldy + r] = Σ_c W[r, c] · x[i * cols + c]` for rows `row_begin..<row_end` of an MXFP4
 /// matrix (llama.cpp's `block_mxfp4`: 17 bytes per 32 weights) and `n` float input rows; the
 /// float arithmetic is fixed per output (see mxfp4.c), the same at every level and any `n`.
