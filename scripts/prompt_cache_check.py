@@ -4,7 +4,8 @@
 cache_prompt=false; then a 2-turn chat with a long first turn, ROUNDS times: turn 2's time to first
 token (the server's timings.prompt_ms) with the cache against cache_prompt=false, and whether the
 two replies are bit-identical (tokens and logprobs).
-python3 scripts/prompt_cache_check.py .build/release/moe-serve DemoModel [ROUNDS]"""
+python3 scripts/prompt_cache_check.py .build/release/moe-serve DemoModel [ROUNDS] [STORY_LINES]
+(STORY_LINES, default 24: repetitions of the 3-line function in turn 1; fewer for a model with a short context)"""
 import json, subprocess, sys, time, urllib.request, re
 binary, model = sys.argv[1], sys.argv[2]
 p = subprocess.Popen([binary, "serve", "--model", model, "--port", "0", "--memory-budget", "96MiB"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -35,10 +36,11 @@ try:
           "| uncached prompt_ms %.1f" % d["timings"]["prompt_ms"],
           "| bit-identical tokens+probs:", c["tokens"] == d["tokens"] and c["completion_probabilities"] == d["completion_probabilities"])
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    story_lines = int(sys.argv[4]) if len(sys.argv) > 4 else 24
     cached_ms, cold_ms, reused, totals, identical = [], [], [], [], True
     for r in range(rounds):
         # A first turn of ~600 tokens, unique per round so that rounds do not hit each other.
-        story = f"Round {r}, take {time.time()}: " + "def read(path):\n    with open(path) as f:\n        return f.read()\n" * 24
+        story = f"Round {r}, take {time.time()}: " + "def read(path):\n    with open(path) as f:\n        return f.read()\n" * story_lines
         turn1 = [{"role": "user", "content": story}]
         chat = {"max_tokens": 24, "temperature": 0.8, "seed": 3, "logprobs": True, "top_logprobs": 2}
         first = post("/v1/chat/completions", dict(chat, messages=turn1))

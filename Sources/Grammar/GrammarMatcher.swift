@@ -16,11 +16,12 @@ public struct PartialUTF8: Hashable, Sendable {
     /// No sequence open.
     public init() {}
 
-    /// The interval of code points this partial sequence can still complete into.
+    /// The interval of code points this partial sequence can still complete into (at least its
+    /// `minimum`: a lead byte E0 alone must not let a grammar that wants "a" take it).
     var completionRange: (UInt32, UInt32) {
         let shift = UInt32(6 * remaining)
         let low = value << shift
-        return (low, low | ((1 << shift) - 1))
+        return (max(low, minimum), min(low | ((1 << shift) - 1), 0x10FFFF))
     }
 
     /// Feeds one byte: the completed code point, or nil with `self` updated; throws nothing but
@@ -50,6 +51,12 @@ public struct PartialUTF8: Hashable, Sendable {
             guard v >= minimum, v <= 0x10FFFF, !(0xD800...0xDFFF).contains(v) else { return .invalid }
             return .complete(v)
         }
+        // Reject an open sequence as soon as it can only end overlong, as a surrogate or past
+        // U+10FFFF (E0 80-9F, ED A0-BF, F0 80-8F, F4 90-BF): otherwise its completion range
+        // overlaps what the grammar wants (E0 81 could still become an overlong "a"), a token
+        // with those bytes is allowed, and no next token can complete it.
+        let (low, high) = completionRange
+        if low > high || (low >= 0xD800 && high <= 0xDFFF) { return .invalid }
         return .pending
     }
 }

@@ -80,6 +80,8 @@ public final class Engine: GenerationService, @unchecked Sendable {
         var pendingLogits: [Float]?
         /// The logits after the whole prompt, kept for the prompt cache.
         var promptLogits: [Float]?
+        /// The linear-attention state after the whole prompt (a cache that cannot go back), for the prompt cache.
+        var promptSnapshot: LinearAttentionState?
         /// Guarded by the lock: whether the prompt's logits exist (the prefill ended), and the
         /// `n` > 1 choices waiting to fork this sequence's cache when it does.
         var promptDone = false
@@ -531,9 +533,15 @@ extension Engine {
     }
 
     /// Evicts retained prompt caches until they fit in what the KV budget leaves beside the
-    /// running sequences' reservations and the next admissions'.
+    /// running sequences' reservations, their prompt-end snapshots and the next admissions'.
     private func evictPromptCache() {
-        promptCache.evict(toFit: scheduler.limits.kvCacheBudgetBytes - scheduler.reservedBytes - scheduler.pendingAdmissionBytes)
+        promptCache.evict(toFit: promptCacheRoom)
+    }
+
+    /// Bytes of the KV budget the prompt cache may hold now.
+    private var promptCacheRoom: Int {
+        let snapshots = requests.values.reduce(0) { $0 + ($1.promptSnapshot?.byteCount ?? 0) }
+        return scheduler.limits.kvCacheBudgetBytes - scheduler.reservedBytes - scheduler.pendingAdmissionBytes - snapshots
     }
 
     /// For each sequence `plan` admitted: starts it from a retained cache (a prompt-cache hit)
@@ -591,9 +599,16 @@ extension Engine {
             enqueue(follower, events: &events)
         }
         guard promptCaching, state.request.cachePrompt else { return }
-        if !cache.supportsTruncation || cache.windows.contains(where: { $0 != nil }) {
-            // A linear state cannot go back, and a window may have moved on by the end: keep the
-            // prompt's state as it is now.
+        if let linear = cache.linearState, !cache.windows.contains(where: { $0 != nil }) {
+            // A linear state cannot go back: keep a snapshot of it (the attention layers' rows can
+            // be truncated to this position later), retained with the whole cache at the end. It
+            // takes its bytes from the prompt cache's share of the KV budget (evicting retained
+            // caches), and is skipped when even an empty prompt cache leaves no room for it.
+            state.promptLogits = logits
+            promptCache.evict(toFit: promptCacheRoom - linear.byteCount)
+            if promptCache.byteCount + linear.byteCount <= promptCacheRoom { state.promptSnapshot = linear.copy() }
+        } else if !cache.supportsTruncation || cache.windows.contains(where: { $0 != nil }) {
+            // A window may have moved on by the end: keep the prompt's state as it is now.
             promptCache.retain(tokens: state.request.prompt, cache: cache.copy(length: cache.length), logits: logits,
                                logitsPosition: cache.length)
             evictPromptCache()
@@ -626,7 +641,9 @@ extension Engine {
         state.cache = nil
         let tokens = Array((state.request.prompt + state.generatedTokens).prefix(cache.length))
         guard tokens.count == cache.length else { return }
-        promptCache.retain(tokens: tokens, cache: cache, logits: state.promptLogits, logitsPosition: state.request.prompt.count)
+        promptCache.retain(tokens: tokens, cache: cache, logits: state.promptLogits, logitsPosition: state.request.prompt.count,
+                           snapshot: state.promptSnapshot)
+        state.promptSnapshot = nil
         evictPromptCache()
     }
 }

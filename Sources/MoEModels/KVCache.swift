@@ -198,6 +198,16 @@ public final class KVCache: @unchecked Sendable {
         length = newLength
     }
 
+    /// Goes back to position `newLength` of a cache with a linear-attention state, given that
+    /// state as it was after `newLength` positions (a prompt-cache snapshot): the attention
+    /// layers keep their first `newLength` rows, the linear layers take the snapshot's state.
+    public func rewind(to newLength: Int, linearState snapshot: LinearAttentionState) {
+        precondition(newLength <= length && windows.allSatisfy { $0 == nil }, "rewinding past the cache's length or a sliding window")
+        guard let linearState else { preconditionFailure("rewinding a cache without a linear-attention state") }
+        linearState.restore(from: snapshot)
+        length = newLength
+    }
+
     /// A new cache holding this one's first `newLength` positions (`canTruncate(to: newLength)`
     /// must hold): each layer's rows up to `newLength` are copied, a sliding-window layer's with
     /// its first position, the linear-attention state whole. Reading the copy gives exactly what

@@ -42,4 +42,13 @@ public final class LinearAttentionState: @unchecked Sendable {
         for (source, target) in zip(conv, copy.conv) { target.pointer.update(from: source.pointer, count: source.count) }
         return copy
     }
+
+    /// Overwrites this state with `snapshot` (a copy of the same model's state taken earlier):
+    /// a prompt-cache hit going back to the position the snapshot was taken at.
+    public func restore(from snapshot: LinearAttentionState) {
+        precondition(snapshot.slots == slots && snapshot.config.recurrentStateCount == config.recurrentStateCount,
+                     "restoring a linear-attention state of another model")
+        for (source, target) in zip(snapshot.recurrent, recurrent) { target.pointer.update(from: source.pointer, count: source.count) }
+        for (source, target) in zip(snapshot.conv, conv) { target.pointer.update(from: source.pointer, count: source.count) }
+    }
 }

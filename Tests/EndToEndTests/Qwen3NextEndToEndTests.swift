@@ -48,6 +48,54 @@ import Testing
         #expect(cached.tokens == reference.greedy)
     }
 
+    /// The chunked form of the delta rule (`MOE_DELTA_RULE=chunked`, transformers' prefill) still
+    /// gives transformers' greedy tokens; the default runs the recurrent form in every step.
+    @Test func theChunkedDeltaRuleStillMatchesTransformers() throws {
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: Self.fixture.appendingPathComponent("reference.json")))
+        let model = try Self.modelDirectory()
+        defer { try? FileManager.default.removeItem(at: model) }
+        let result = try MemoryBudgetEndToEndTests.run(["generate", "--model", model.path, "--tokens",
+                                                        reference.prompt.map(String.init).joined(separator: ","), "--max-tokens", "8"],
+                                                       shellPrefix: "MOE_DELTA_RULE=chunked")
+        try #require(result.status == 0, "generate failed: \(result.stderr)")
+        #expect(try JSONDecoder().decode(Generated.self, from: Data(result.stdout.utf8)).tokens == reference.greedy)
+    }
+
+    /// A conversation's second turn over HTTP (token ids; turn 2 = turn 1's 70 tokens, its 12-token
+    /// reply and 20 new tokens): the server reuses turn 1's prompt and reply (`timings.cache_n` 81,
+    /// `usage.prompt_tokens_details.cached_tokens` on the OpenAI route) with the default
+    /// `prompt_cache_partial = exact`, and the reply's tokens and probabilities equal a
+    /// `cache_prompt: false` run's exactly.
+    @Test func aSecondTurnReusesTheFirstAndMatchesAnUncachedRun() throws {
+        let model = try Self.modelDirectory()
+        defer { try? FileManager.default.removeItem(at: model) }
+        let server = try RunningServer(arguments: ["--model", model.path])
+        func json(_ text: String) throws -> [String: Any] {
+            try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], "\(text)")
+        }
+        let turn1 = (0..<70).map { ($0 * 13 + 5) % 97 }
+        let first = try json(server.curl("/completion", ["-d", #"{"prompt": \#(turn1), "n_predict": 12, "temperature": 0, "ignore_eos": true}"#]))
+        let reply = try #require(first["tokens"] as? [Int], "\(first)")
+        #expect(reply.count == 12)
+        let turn2 = turn1 + reply + (0..<20).map { ($0 * 3 + 1) % 97 }
+        func second(cache: Bool) throws -> [String: Any] {
+            try json(server.curl("/completion", ["-d", #"{"prompt": \#(turn2), "n_predict": 8, "temperature": 0, "n_probs": 3, "ignore_eos": true, "cache_prompt": \#(cache)}"#]))
+        }
+        let cached = try second(cache: true)
+        let timings = try #require(cached["timings"] as? [String: Any], "\(cached)")
+        #expect(timings["cache_n"] as? Int == turn1.count + reply.count - 1, "\(timings)")
+        #expect(timings["prompt_n"] as? Int == turn2.count - (turn1.count + reply.count - 1), "\(timings)")
+        let uncached = try second(cache: false)
+        #expect((uncached["timings"] as? [String: Any])?["cache_n"] as? Int == 0)
+        #expect(cached["tokens"] as? [Int] == uncached["tokens"] as? [Int])
+        #expect((cached["completion_probabilities"] as? NSArray) == (uncached["completion_probabilities"] as? NSArray), "\(cached) \(uncached)")
+        // The OpenAI route reports the reuse too (the longer prompt extends turn 2's retained cache).
+        let openAI = try json(server.curl("/v1/completions", ["-d", #"{"prompt": \#(turn2 + [7]), "max_tokens": 2, "temperature": 0}"#]))
+        let details = (openAI["usage"] as? [String: Any])?["prompt_tokens_details"] as? [String: Any]
+        #expect((details?["cached_tokens"] as? Int ?? 0) >= turn2.count, "\(openAI)")
+        #expect(server.stop() == 0)
+    }
+
     @Test func serveAnswersConcurrentRequestsAsOneAlone() throws {
         let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: Self.fixture.appendingPathComponent("reference.json")))
         let model = try Self.modelDirectory()

@@ -91,6 +91,13 @@ import Testing
         do { let ok = strict.accept(bytes: [0xF0, 0x9F, 0x98, 0x80]); #expect(ok) }
         var n = try matcher(#"root ::= "a""#)
         do { let ok = n.accept(bytes: [0xC3]); #expect(!ok) }  // no parse takes a code point from U+00C0...U+00FF
+        // E0 (81) could only end as an overlong "a" (E0 81 A1): refused at once, not after a token
+        // that leaves the sequence open (a byte-level vocabulary's 'à' + 'ģ' tokens did this).
+        for open: [UInt8] in [[0xE0], [0xE0, 0x81], [0xF0, 0x80, 0x81], [0xED, 0xA0], [0xF4, 0x90]] {
+            var copy = n
+            let ok = copy.accept(bytes: open)
+            #expect(!ok, "\(open) can only complete as invalid UTF-8")
+        }
     }
 
     @Test func tokenMaskMatchesBruteForce() throws {

@@ -132,7 +132,7 @@ final class LogprobCollector: @unchecked Sendable {
     /// only the rest; the result equals a cold engine's run of turn 2 bit for bit. Turn 1 runs
     /// as one 70-row chunk (the MoE block's path above 64 rows) then 1-row decode steps, the
     /// cold turn 2 as one 112-row chunk, the cached one as a 30-row chunk.
-    @Test(arguments: ["qwen2moe-shared", "deepseekv2-lite"])
+    @Test(arguments: ["qwen2moe-shared", "deepseekv2-lite", "qwen3next"])
     func aGrowingConversationReusesTheLastTurnAndMatchesAColdEngine(fixture: String) throws {
         let turn1 = (0..<70).map { ($0 * 13 + 5) % 97 }
         let engine = try Self.engine(fixture, partial: .whenExact)
@@ -184,6 +184,42 @@ final class LogprobCollector: @unchecked Sendable {
         let reference = try Self.uncached("qwen3next", Self.sampled(extended, seed: 4))
         #expect(extendedRun.tokens == reference.tokens)
         for (a, b) in zip(extendedRun.logprobs, reference.logprobs) { #expect(abs(a - b) < 1e-3) }
+    }
+
+    /// Qwen3-Next's linear state cannot be cut back, so a retained cache keeps a snapshot of it
+    /// taken at the end of its prompt. A prompt that leaves the cached tokens inside the last
+    /// reply goes back to that snapshot (the attention rows truncated to it, the linear layers
+    /// restored) and matches a cold engine bit for bit; one that leaves them inside the prompt
+    /// reuses nothing (no snapshot there) and matches too. The default `.whenExact` takes these
+    /// hits: the delta rule runs the recurrent form in every step, so the probe finds the prefill
+    /// exact.
+    @Test func aLinearStateGoesBackToThePromptEndSnapshotAndNoFurther() throws {
+        let turn1 = (0..<70).map { ($0 * 13 + 5) % 97 }
+        let engine = try Self.engine("qwen3next", partial: .whenExact)
+        defer { engine.shutdown(grace: 1) }
+        let reply = try Self.run(engine, Self.sampled(turn1, maxTokens: 12, seed: 11))
+        #expect(reply.tokens.count == 12)
+        let held = engine.promptCacheState
+        #expect(held.entries == 1)
+        print("qwen3next: one retained sequence of \(turn1.count + 11) positions holds \(held.bytes) bytes")
+
+        // Diverging inside the reply: back to the end of turn 1's prompt.
+        let edited = turn1 + [(reply.tokens[0] + 1) % 97] + (0..<20).map { ($0 * 3 + 1) % 97 }
+        let editedReference = try Self.uncached("qwen3next", Self.sampled(edited, maxTokens: 8, seed: 5))
+        let editedRun = try Self.run(engine, Self.sampled(edited, maxTokens: 8, seed: 5))
+        #expect(engine.exactPrefill == true)
+        #expect(editedRun.usage?.cachedTokens == turn1.count)
+        #expect(editedRun.timings?.cacheN == turn1.count && editedRun.timings?.promptN == edited.count - turn1.count)
+        #expect(editedRun.tokens == editedReference.tokens)
+        #expect(editedRun.logprobs.map(\.bitPattern) == editedReference.logprobs.map(\.bitPattern))
+
+        // Diverging inside turn 1's prompt: no snapshot covers the shared 50 tokens.
+        let diverging = Array(turn1.prefix(50)) + (0..<25).map { ($0 * 7 + 2) % 97 }
+        let divergingReference = try Self.uncached("qwen3next", Self.sampled(diverging, maxTokens: 8, seed: 6))
+        let divergingRun = try Self.run(engine, Self.sampled(diverging, maxTokens: 8, seed: 6))
+        #expect(divergingRun.usage?.cachedTokens == 0)
+        #expect(divergingRun.tokens == divergingReference.tokens)
+        #expect(divergingRun.logprobs.map(\.bitPattern) == divergingReference.logprobs.map(\.bitPattern))
     }
 
     @Test func aSlidingWindowIsNotTruncatedPastWhatItHolds() throws {

@@ -12,9 +12,9 @@ import TensorMath
 ///
 /// then an RMSNorm of each head's output scaled by `silu(z)` and `out_proj`. Each sequence's
 /// state (recurrent and conv) lives in its cache's `LinearAttentionState`. A span of several
-/// tokens (a prompt or a prefill chunk) runs the chunked form in chunks of 64 tokens
-/// (`torch_chunk_gated_delta_rule`); a single token runs the recurrent form
-/// (`torch_recurrent_gated_delta_rule`), as transformers chooses.
+/// tokens (a prompt or a prefill chunk) runs the recurrent form (`torch_recurrent_gated_delta_rule`)
+/// token by token, as a decode step does (see `chunkedSpans`); with `MOE_DELTA_RULE=chunked` it
+/// runs transformers' chunked form in chunks of 64 tokens (`torch_chunk_gated_delta_rule`).
 struct GatedDeltaNet {
     let layer: Int
     let shapes: LinearAttentionConfig
@@ -36,6 +36,16 @@ struct GatedDeltaNet {
 
     /// Tokens per chunk of the chunked delta rule (transformers' `chunk_size`).
     static let chunkSize = 64
+
+    /// Whether a span of several tokens runs the chunked form (`MOE_DELTA_RULE=chunked`) rather
+    /// than the recurrent form token by token (the default). The recurrent form gives every
+    /// position the arithmetic a decode step gives it, whatever chunk of the prompt it arrives in,
+    /// so a prompt's state and logits do not depend on how the prefill was cut: that is what lets
+    /// a partial prompt-cache hit (a chat's next turn) be bit-identical to an uncached run
+    /// (`Engine.exactPrefill` finds the model exact). On a CPU it costs about what the chunked
+    /// form costs: ≈5·dk·dv multiply-adds per token and value head against ≈3·dk·dv + 96·(dk + dv)
+    /// for 64-token chunks (the chunked form exists for GPUs' matrix units).
+    static let chunkedSpans = ProcessInfo.processInfo.environment["MOE_DELTA_RULE"] == "chunked"
 
     /// How q, k, v and z are projected: Hugging Face's one `in_proj_qkvz`, or the two halves
     /// llama.cpp's converter regroups it into (GGUF `attn_qkv` and `attn_gate`, served as
@@ -164,8 +174,8 @@ struct GatedDeltaNet {
                 let heads = HeadView(convolved: convolved, gates: gates, core: core, channels: channels, keyWidth: keyWidth,
                                      valueHeads: vHeads, valueWidth: valueWidth, keyHead: v / perKey, valueHead: v, dk: dk, dv: dv)
                 let s = recurrent + v * dk * dv
-                if span.rowCount == 1 {
-                    recurrentStep(heads, row: span.firstRow, state: s)
+                if span.rowCount == 1 || !Self.chunkedSpans {
+                    for row in span.firstRow..<(span.firstRow + span.rowCount) { recurrentStep(heads, row: row, state: s) }
                 } else {
                     var start = 0
                     while start < span.rowCount {
