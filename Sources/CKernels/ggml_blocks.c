@@ -26,23 +26,8 @@ enum {
 /// The 16 signed values of IQ4_NL / IQ4_XS codes (the format's table).
 static const int8_t iq4_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
-/// IEEE half → float, exact (normals, subnormals, infinities, NaN).
-static inline float half_at(const uint8_t *p) {
-    const uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
-    uint32_t bits;
-    if (exp == 0) {
-        const float f = ldexpf((float)mant, -24);
-        return sign ? -f : f;
-    } else if (exp == 31) {
-        bits = sign | 0x7F800000u | (mant << 13);
-    } else {
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
+/// The little-endian IEEE half at `p` as a float, exact (`moe_f16_to_f32`).
+static inline float half_at(const uint8_t *p) { return moe_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
 
 static inline uint32_t u32_at(const uint8_t *p) {
     uint32_t v;

@@ -15,23 +15,8 @@
 
 enum { QK = 256, Q2K_BYTES = 84, Q4K_BYTES = 144, Q5K_BYTES = 176, Q6K_BYTES = 210 };
 
-/// IEEE half → float, exact (normals, subnormals, infinities, NaN).
-static inline float half_to_float(const uint8_t *p) {
-    const uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
-    uint32_t bits;
-    if (exp == 0) {
-        const float f = ldexpf((float)mant, -24);
-        return sign ? -f : f;
-    } else if (exp == 31) {
-        bits = sign | 0x7F800000u | (mant << 13);
-    } else {
-        bits = sign | ((exp + 112) << 23) | (mant << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
+/// The little-endian IEEE half at `p` as a float, exact (`moe_f16_to_f32`).
+static inline float half_to_float(const uint8_t *p) { return moe_f16_to_f32((uint16_t)(p[0] | (p[1] << 8))); }
 
 /// The 6-bit scale and min of sub-block j (0..<8) of a Q4_K / Q5_K super-block (llama.cpp's get_scale_min_k4).
 static inline void scale_min(int j, const uint8_t *s, int32_t *sc, int32_t *m) {

@@ -14,32 +14,10 @@
 /// Bytes of one `block_q8_0`.
 #define Q8_0_BLOCK_BYTES 34
 
-/// An IEEE half (raw bits) as float, exactly (subnormals included).
-static inline float half_to_float(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF, bits;
-    if (exponent == 0x1F) {
-        bits = sign | 0x7F800000u | (mantissa << 13);
-    } else if (exponent == 0) {
-        if (mantissa == 0) {
-            bits = sign;
-        } else {
-            uint32_t shift = 0;
-            while ((mantissa & 0x400) == 0) { mantissa <<= 1; shift++; }
-            bits = sign | ((127 - 15 + 1 - shift) << 23) | ((mantissa & 0x3FF) << 13);
-        }
-    } else {
-        bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
 static inline float block_scale(const uint8_t *block) {
     uint16_t h;
     memcpy(&h, block, 2);
-    return half_to_float(h);
+    return moe_f16_to_f32(h);
 }
 
 static void q8_0_portable(const uint8_t *w, int64_t cols, int64_t row_begin, int64_t row_end,

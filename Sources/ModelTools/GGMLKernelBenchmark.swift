@@ -5,7 +5,7 @@ import TensorMath
 /// GEMV throughput of the ggml block types on their integer-dot kernels against the float path
 /// they had before (`GGMLKernels.multiRow`: each row decoded to float, float SIMD), each with its
 /// own split over the cores as `WeightMatrix.apply` runs it (`moe-serve bench kernels --ggml`; issue 21 item 2).
-public struct GGMLKernelBenchmark: Sendable {
+public struct GGMLKernelBenchmark: Sendable, MedianTimed {
     /// Rows of the test matrix.
     public var rows = 4096
     /// Columns (a multiple of 256, so that every type fits).
@@ -77,17 +77,5 @@ public struct GGMLKernelBenchmark: Sendable {
                 + "\(String(format: "%.1fx", f1 / i1)) | \(String(format: "%.2f", row.integerRows8Cost)), \(String(format: "%.2f", row.floatRows8Cost)) | \(String(format: "%.1f", row.apply64RowsMs)) |\n"
         }
         return (result, table)
-    }
-
-    /// Median seconds of `repetitions` runs of `body` after one warm-up.
-    func median(_ body: () -> Void) -> Double {
-        body()
-        var times: [Double] = []
-        for _ in 0..<repetitions {
-            let start = DispatchTime.now().uptimeNanoseconds
-            body()
-            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
-        }
-        return times.sorted()[times.count / 2]
     }
 }

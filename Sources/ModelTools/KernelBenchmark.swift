@@ -4,7 +4,7 @@ import TensorMath
 
 /// The machine's memory bandwidth and how close the GEMV kernels that bound decoding come to it
 /// (`moe-serve bench kernels`).
-public struct KernelBenchmark: Sendable {
+public struct KernelBenchmark: Sendable, MedianTimed {
     /// Rows of the test matrix.
     public var rows = 4096
     /// Columns of the test matrix.
@@ -138,18 +138,6 @@ public struct KernelBenchmark: Sendable {
 
         """
         return (result, table)
-    }
-
-    /// Median seconds of `repetitions` runs of `body` after one warm-up.
-    func median(_ body: () -> Void) -> Double {
-        body()
-        var times: [Double] = []
-        for _ in 0..<repetitions {
-            let start = DispatchTime.now().uptimeNanoseconds
-            body()
-            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
-        }
-        return times.sorted()[times.count / 2]
     }
 
     /// Sums `count` floats with four independent SIMD accumulators (a pure read stream).

@@ -12,7 +12,7 @@ import TensorMath
 /// `threads` workers, each expert's products unsplit (`IntegerDotKernels.serially`), as a decode
 /// step does; larger steps run the experts one at a time, each product split over the cores, as
 /// a prefill chunk does. The bound beside the rates is the same threads summing the pool's bytes.
-public struct MXFP4KernelBenchmark: Sendable {
+public struct MXFP4KernelBenchmark: Sendable, MedianTimed {
     /// The model's hidden size (columns of gate/up, rows of down).
     public var hidden = 2880
     /// The experts' intermediate width (gate/up has twice as many rows).
@@ -147,17 +147,5 @@ public struct MXFP4KernelBenchmark: Sendable {
                 + "\(String(format: "%.1f", c.gmacs)) | \(String(format: "%.2f", c.fractionOfBound)) |\n"
         }
         return (result, table)
-    }
-
-    /// Median seconds of `repetitions` runs of `body` after one warm-up.
-    func median(_ body: () -> Void) -> Double {
-        body()
-        var times: [Double] = []
-        for _ in 0..<repetitions {
-            let start = DispatchTime.now().uptimeNanoseconds
-            body()
-            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
-        }
-        return times.sorted()[times.count / 2]
     }
 }

@@ -82,24 +82,37 @@ import Testing
         #expect(Double(peak) <= Double(Self.budget) * 1.05, "peak RSS \(peak) exceeds the budget \(Self.budget) + 5%")
     }
 
-    @Test func generationSurvivesACgroupMemoryLimit() throws {
+    /// A fresh cgroup v1 memory group with `limit` bytes, or nil (and a note) where the machine
+    /// has no writable hierarchy; the caller removes it.
+    static func makeCgroup(_ name: String, limit: Int) throws -> String? {
         let root = "/sys/fs/cgroup/memory"
-        let group = "\(root)/moe-serve-test-\(getpid())"
+        let group = "\(root)/\(name)-\(getpid())"
         guard FileManager.default.isWritableFile(atPath: root),
               (try? FileManager.default.createDirectory(atPath: group, withIntermediateDirectories: false)) != nil else {
             print("skipped: \(root) is not a writable cgroup v1 memory hierarchy on this machine")
-            return
+            return nil
         }
+        try "\(limit)".write(toFile: "\(group)/memory.limit_in_bytes", atomically: false, encoding: .utf8)
+        return group
+    }
+
+    /// The group's OOM kills so far (`memory.oom_control`) and that file's text.
+    static func oomKills(_ group: String) -> (kills: Int, control: String) {
+        let control = (try? String(contentsOfFile: "\(group)/memory.oom_control", encoding: .utf8)) ?? ""
+        let kills = control.split(separator: "\n").first { $0.hasPrefix("oom_kill ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+        return (kills, control)
+    }
+
+    @Test func generationSurvivesACgroupMemoryLimit() throws {
+        let limit = Int(Double(Self.budget) * 1.05)
+        guard let group = try Self.makeCgroup("moe-serve-test", limit: limit) else { return }
         defer { _ = rmdir(group) }
         try Self.ensureStore()
-        let limit = Int(Double(Self.budget) * 1.05)
-        try "\(limit)".write(toFile: "\(group)/memory.limit_in_bytes", atomically: false, encoding: .utf8)
         let result = try Self.run(Self.generateArguments, shellPrefix: "echo $$ > \(group)/cgroup.procs &&")
-        let oomControl = (try? String(contentsOfFile: "\(group)/memory.oom_control", encoding: .utf8)) ?? ""
         let maxUsage = (try? String(contentsOfFile: "\(group)/memory.max_usage_in_bytes", encoding: .utf8)) ?? "?"
         #expect(result.status == 0, "generate under a \(limit)-byte cgroup limit exited \(result.status): \(result.stderr)")
-        let kills = oomControl.split(separator: "\n").first { $0.hasPrefix("oom_kill ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
-        #expect(kills == 0, "the OOM killer fired: \(oomControl)")
+        let oom = Self.oomKills(group)
+        #expect(oom.kills == 0, "the OOM killer fired: \(oom.control)")
         print("cgroup limit \(limit) bytes: max usage \(maxUsage.trimmingCharacters(in: .whitespacesAndNewlines)) bytes (page cache included)")
     }
 
@@ -107,23 +120,15 @@ import Testing
     /// leaves, not from the host's MemAvailable (20+ GiB here, which would plan every expert
     /// resident and meet the OOM killer under a limit smaller than the model).
     @Test func autoBudgetFollowsTheCgroupLimitNotTheHost() throws {
-        let root = "/sys/fs/cgroup/memory"
-        let group = "\(root)/moe-serve-auto-\(getpid())"
-        guard FileManager.default.isWritableFile(atPath: root),
-              (try? FileManager.default.createDirectory(atPath: group, withIntermediateDirectories: false)) != nil else {
-            print("skipped: \(root) is not a writable cgroup v1 memory hierarchy on this machine")
-            return
-        }
+        let limit = Int(Double(Self.budget) * 1.05)   // below the 100 MB of experts plus the dense weights
+        guard let group = try Self.makeCgroup("moe-serve-auto", limit: limit) else { return }
         defer { _ = rmdir(group) }
         try Self.ensureStore()
-        let limit = Int(Double(Self.budget) * 1.05)   // below the 100 MB of experts plus the dense weights
-        try "\(limit)".write(toFile: "\(group)/memory.limit_in_bytes", atomically: false, encoding: .utf8)
         let arguments = Self.generateArguments.map { $0 == "\(Self.budget)" ? "auto" : $0 }
         let result = try Self.run(arguments, shellPrefix: "echo $$ > \(group)/cgroup.procs &&")
-        let oomControl = (try? String(contentsOfFile: "\(group)/memory.oom_control", encoding: .utf8)) ?? ""
         try #require(result.status == 0, "generate --memory-budget auto under a \(limit)-byte cgroup limit exited \(result.status): \(result.stderr)")
-        let kills = oomControl.split(separator: "\n").first { $0.hasPrefix("oom_kill ") }.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
-        #expect(kills == 0, "the OOM killer fired: \(oomControl)")
+        let oom = Self.oomKills(group)
+        #expect(oom.kills == 0, "the OOM killer fired: \(oom.control)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         let stats = try #require(json["stats"] as? [String: Any])
         let plan = try #require(stats["memory"] as? [String: Any])
