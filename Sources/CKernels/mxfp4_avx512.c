@@ -14,6 +14,7 @@
 #if defined(__x86_64__)
 #include "internal.h"
 #include <immintrin.h>
+#include <stdlib.h>
 #include <string.h>
 
 #pragma clang attribute push (__attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi"))), apply_to = function)
@@ -156,8 +157,178 @@ static inline __attribute__((always_inline)) void mx_row(int T, const uint8_t *r
     for (int t = 0; t < T; t++) y[(t0 + t) * ldy] = mx_reduce(acc[t]);
 }
 
+/// Token rows from which a product runs the 16-row tile (`mx_gemm_rows16`) instead of the nibble
+/// kernel: prefill-sized products, where the nibble kernel is compute-bound on its per-token
+/// horizontal sums (docs/BENCHMARKS.md, gpt-oss's kernel table).
+#define MX_ROWS16_MIN_TOKENS 9
+
+/// Nonzero with `MOE_MXFP4_KERNEL=nibbles`: the nibble kernel at every token count (same bits; for
+/// side-by-side timing of the tile).
+static int mx_tile_disabled(void) {
+    static int cached = -1; // read once; a benign race (every thread computes the same value)
+    if (cached < 0) {
+        const char *v = getenv("MOE_MXFP4_KERNEL");
+        cached = v && strcmp(v, "nibbles") == 0;
+    }
+    return cached;
+}
+
+/// Block b of 16 weight rows (`rows[m] + b · stride[m]`, the 17-byte block_mxfp4; a zero block
+/// for rows past the matrix) → eight registers of 16 lanes at `out`: register j lane m = row m's
+/// values + 12 (0...24, unsigned) of elements 4j...4j+3 (j < 4 the low nibbles: elements 0-15;
+/// j ≥ 4 the high ones: 16-31), and the rows' half scales 2^(e-128) at `ws` (0 past the matrix).
+static inline __attribute__((always_inline)) void mx_pack_block16(const uint8_t *const rows[16], const int64_t stride[16], int64_t b,
+                                                                 int live, uint8_t *out, float *ws) {
+    __m512i x[4];
+    for (int k = 0; k < 4; k++) {
+        // Lane i: row 4k + i's 16 nibble bytes (byte j: element j low, j + 16 high).
+        __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rows[4 * k] + b * stride[4 * k] + 1)));
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 1] + b * stride[4 * k + 1] + 1)), 1);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 2] + b * stride[4 * k + 2] + 1)), 2);
+        v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rows[4 * k + 3] + b * stride[4 * k + 3] + 1)), 3);
+        x[k] = v;
+    }
+    // llama.cpp's kvalues_mxfp4 + 12 by the low 6 bits of a byte (the table repeats every 16).
+    const __m512i values = _mm512_broadcast_i32x4(_mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0));
+    for (int j = 0; j < 4; j++) {
+        // Lane m < 8 of ab: row m's dword j (rows 0-3 from x0, 4-7 from x1); cd the same for rows 8-15.
+        const __m512i idx = _mm512_setr_epi32(j, 4 + j, 8 + j, 12 + j, 16 + j, 20 + j, 24 + j, 28 + j,
+                                              j, 4 + j, 8 + j, 12 + j, 16 + j, 20 + j, 24 + j, 28 + j);
+        const __m512i ab = _mm512_permutex2var_epi32(x[0], idx, x[1]);
+        const __m512i cd = _mm512_permutex2var_epi32(x[2], idx, x[3]);
+        const __m512i v = _mm512_inserti64x4(ab, _mm512_castsi512_si256(cd), 1);
+        _mm512_store_si512((void *)(out + 64 * j), _mm512_permutexvar_epi8(v, values));
+        _mm512_store_si512((void *)(out + 64 * (j + 4)), _mm512_permutexvar_epi8(_mm512_srli_epi16(v, 4), values));
+    }
+    for (int m = 0; m < 16; m++) ws[m] = m < live ? moe_mxfp4_half_scale(rows[m][b * stride[m]]) : 0.0f;
+}
+
+/// Block b of the packed tile (at local index lb of the tile's span) against T (1 or 2) tokens
+/// from t: eight vpdpbusd of the tile's registers with the token's activation dwords broadcast
+/// give the 16 rows' exact block sums in their lanes; then the canonical float step (the
+/// portable kernel's) into `acc` (block b mod 8).
+static inline __attribute__((always_inline)) void mx_rows16_block(int T, const uint8_t *wt, const float *wst, int64_t lb, int64_t nb,
+                                                                 int64_t cols, const int8_t *q, const float *d, const int32_t *sums,
+                                                                 int64_t t, int64_t b, __m512 *acc0, __m512 *acc1) {
+    const uint8_t *wb = wt + lb * 512;
+    // Two chains per token (elements 0-15, 16-31), added at the end (exact in int32): half the
+    // latency of one chain of eight vpdpbusd.
+    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512(), h0 = _mm512_setzero_si512(), h1 = _mm512_setzero_si512();
+    for (int j = 0; j < 4; j++) {
+        const __m512i w = _mm512_load_si512((const void *)(wb + 64 * j)), wh = _mm512_load_si512((const void *)(wb + 64 * (j + 4)));
+        int32_t a, ah;
+        memcpy(&a, q + t * cols + b * 32 + 4 * j, 4);
+        memcpy(&ah, q + t * cols + b * 32 + 16 + 4 * j, 4);
+        s0 = _mm512_dpbusd_epi32(s0, w, _mm512_set1_epi32(a));
+        h0 = _mm512_dpbusd_epi32(h0, wh, _mm512_set1_epi32(ah));
+        if (T == 2) {
+            memcpy(&a, q + (t + 1) * cols + b * 32 + 4 * j, 4);
+            memcpy(&ah, q + (t + 1) * cols + b * 32 + 16 + 4 * j, 4);
+            s1 = _mm512_dpbusd_epi32(s1, w, _mm512_set1_epi32(a));
+            h1 = _mm512_dpbusd_epi32(h1, wh, _mm512_set1_epi32(ah));
+        }
+    }
+    s0 = _mm512_add_epi32(s0, h0);
+    if (T == 2) s1 = _mm512_add_epi32(s1, h1);
+    const __m512 ws = _mm512_load_ps(wst + 16 * lb);
+    // The tile's values stand for (value + 12): s − 12 · Σq; scale = 2^(e-128) · d.
+    const __m512i c0 = _mm512_sub_epi32(s0, _mm512_set1_epi32(sums[t * nb + b] * 12));
+    *acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c0), _mm512_mul_ps(ws, _mm512_set1_ps(d[t * nb + b])), *acc0);
+    if (T == 2) {
+        const __m512i c1 = _mm512_sub_epi32(s1, _mm512_set1_epi32(sums[(t + 1) * nb + b] * 12));
+        *acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c1), _mm512_mul_ps(ws, _mm512_set1_ps(d[(t + 1) * nb + b])), *acc1);
+    }
+}
+
+/// T (1 or 2) tokens from t against the packed span [b0, b1) of a 16-row tile (b0 a multiple of
+/// 8, so block b goes into accumulator b mod 8 as in the portable kernel; whole groups of 8
+/// unrolled, so the 8·T accumulators stay in registers). The accumulators come from `saved`
+/// (`[T][8][16]` floats; zeros for the first span) and go back to it, or, after the last span,
+/// through the canonical final sum lane-wise into the tile's live rows of y.
+static inline __attribute__((always_inline)) void mx_rows16_span(int T, const uint8_t *wt, const float *wst, int64_t b0, int64_t b1,
+                                                                int64_t nb, int64_t cols, const int8_t *q, const float *d,
+                                                                const int32_t *sums, int64_t t, float *saved, int first, int last,
+                                                                float *y, int64_t ldy, __mmask16 live) {
+    __m512 a0[8], a1[8];
+    for (int k = 0; k < 8; k++) {
+        a0[k] = first ? _mm512_setzero_ps() : _mm512_load_ps(saved + 16 * k);
+        a1[k] = first || T < 2 ? _mm512_setzero_ps() : _mm512_load_ps(saved + 128 + 16 * k);
+    }
+    int64_t g = b0;
+    for (; g + 8 <= b1; g += 8) {
+#pragma clang loop unroll(full)
+        for (int k = 0; k < 8; k++) mx_rows16_block(T, wt, wst, g + k - b0, nb, cols, q, d, sums, t, g + k, &a0[k], &a1[k]);
+    }
+#pragma clang loop unroll(full)
+    for (int k = 0; k < 8; k++) {
+        if (g + k < b1) mx_rows16_block(T, wt, wst, g + k - b0, nb, cols, q, d, sums, t, g + k, &a0[k], &a1[k]);
+    }
+    if (!last) {
+        for (int k = 0; k < 8; k++) {
+            _mm512_store_ps(saved + 16 * k, a0[k]);
+            if (T == 2) _mm512_store_ps(saved + 128 + 16 * k, a1[k]);
+        }
+        return;
+    }
+    const __m512 v0 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0[0], a0[4]), _mm512_add_ps(a0[2], a0[6])),
+                                    _mm512_add_ps(_mm512_add_ps(a0[1], a0[5]), _mm512_add_ps(a0[3], a0[7])));
+    _mm512_mask_storeu_ps(y + t * ldy, live, v0);
+    if (T == 2) {
+        const __m512 v1 = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a1[0], a1[4]), _mm512_add_ps(a1[2], a1[6])),
+                                        _mm512_add_ps(_mm512_add_ps(a1[1], a1[5]), _mm512_add_ps(a1[3], a1[7])));
+        _mm512_mask_storeu_ps(y + (t + 1) * ldy, live, v1);
+    }
+}
+
+/// Blocks of a tile decoded and run at a time (a multiple of 8): 32 blocks are 16 KiB of
+/// decoded values plus 2 KiB of scales, which stay in L1 while every token runs over them (the
+/// whole tile of a 2880-wide row, 46 KiB, did not: the loads of the tile from L2 bounded it).
+#define MX_SPAN 32
+
+/// The MXFP4 product for many tokens (prefill), 16 weight rows at a time, as the q4 kernels'
+/// `gemm_q4_rows16`: each span of a 16-row tile is decoded once per call into registers whose
+/// lanes are the rows (values + 12 by vpermb), then every token runs against it with
+/// whole-width vpdpbusd: no horizontal sum per token and block group (what bounds the nibble
+/// kernel at 125-140 GMAC/s from 3 tokens on), 16 outputs in the lanes of one vector; the
+/// tokens' accumulators wait in scratch between spans. Per output the arithmetic is the
+/// canonical one (exact block sums, acc[b mod 8] fma in block order, the fixed final sum), so
+/// the bits are the portable kernel's. 0 when scratch is unavailable.
+static int mx_gemm_rows16(const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
+                          const int32_t *sums, int64_t n, float *y, int64_t ldy) {
+    const int64_t nb = cols / 32;
+    // Scratch: the span [MX_SPAN][8 registers][64 bytes] of values, its half scales
+    // [MX_SPAN][16 rows], then the tokens' saved accumulators [n rounded up to pairs][8][16].
+    const int64_t pairs = (n + 1) / 2;
+    uint8_t *wt = (uint8_t *)moe_thread_scratch((size_t)(MX_SPAN * 512 + MX_SPAN * 64 + pairs * 1024));
+    if (!wt) return 0;
+    float *wst = (float *)(wt + MX_SPAN * 512);
+    float *saved = (float *)(wt + MX_SPAN * 512 + MX_SPAN * 64);
+    static const uint8_t zeros[MOE_MXFP4_BLOCK_BYTES] = {0};
+    for (int64_t r0 = row_begin; r0 < row_end; r0 += 16) {
+        const int live = row_end - r0 < 16 ? (int)(row_end - r0) : 16;
+        const uint8_t *rows[16];
+        int64_t stride[16];
+        for (int m = 0; m < 16; m++) {
+            rows[m] = m < live ? blocks + (r0 + m) * nb * MOE_MXFP4_BLOCK_BYTES : zeros;
+            stride[m] = m < live ? MOE_MXFP4_BLOCK_BYTES : 0;
+        }
+        const __mmask16 mask = (__mmask16)((1u << live) - 1);
+        for (int64_t b0 = 0; b0 < nb; b0 += MX_SPAN) {
+            const int64_t b1 = b0 + MX_SPAN < nb ? b0 + MX_SPAN : nb;
+            const int first = b0 == 0, last = b1 == nb;
+            for (int64_t b = b0; b < b1; b++) mx_pack_block16(rows, stride, b, live, wt + (b - b0) * 512, wst + 16 * (b - b0));
+            int64_t t = 0;
+            for (; t + 2 <= n; t += 2)
+                mx_rows16_span(2, wt, wst, b0, b1, nb, cols, q, d, sums, t, saved + (t / 2) * 256, first, last, y + r0, ldy, mask);
+            if (t < n) mx_rows16_span(1, wt, wst, b0, b1, nb, cols, q, d, sums, t, saved + (t / 2) * 256, first, last, y + r0, ldy, mask);
+        }
+    }
+    return 1;
+}
+
 int moe_gemm_mxfp4_q8_avx512vbmi(MOE_GEMM_PARAMS(const uint8_t *blocks)) {
     (void)wscales;
+    if (n >= MX_ROWS16_MIN_TOKENS && !mx_tile_disabled() && mx_gemm_rows16(blocks, cols, row_begin, row_end, q, d, sums, n, y, ldy)) return 1;
     const int64_t nb = cols / 32, groups = (nb + MX_GROUP - 1) / MX_GROUP, nbp = groups * MX_GROUP;
     // One piece of this thread's scratch: qa, then dp and cp (every part a multiple of 64 bytes).
     uint8_t *scratch = moe_thread_scratch((size_t)(n * groups * 512 + 2 * n * nbp * 4));

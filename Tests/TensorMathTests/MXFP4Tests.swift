@@ -156,14 +156,15 @@ import Testing
     /// The integer-dot kernel at gpt-oss-20b's width: 2880 columns are 90 blocks, five whole
     /// 16-block groups of the nibble kernel (mxfp4_avx512.c) and a short group of 10, or eleven
     /// 8-block groups and 2 left for the block-group kernels; 77 weight rows (no multiple of a row
-    /// tile or of the two-thread split); 1...9 token rows (the nibble kernel's 8-token tile, the
-    /// block-group kernel's 4-token tile, and their remainders). At every level, and by the
+    /// tile or of the two-thread split: the 16-row prefill tile's last tile has 13 live rows);
+    /// 1...19 token rows (the nibble kernel's 8-token tile, the block-group kernel's 4-token
+    /// tile, the 16-row tile's pairs of tokens from 8 on, and their remainders). At every level, and by the
     /// block-group kernel too where the nibble kernel is the default, the bits are the portable
     /// level's, batched or one token at a time, and a token's outputs do not depend on how many
     /// tokens share the call; the portable result is the dot product of the dequantized weights
     /// with the activations as the kernel sees them (`roundTripActivations`).
     @Test func integerKernelAtGptOssWidth() {
-        let rows = 77, cols = 2880, maxTokens = 9
+        let rows = 77, cols = 2880, maxTokens = 19
         var generator = SplitMix64(seed: 29)
         let blocks = AlignedBuffer<UInt8>(count: MXFP4.byteCount(rows: rows, cols: cols))
         for i in 0..<blocks.count { blocks[i] = UInt8(truncatingIfNeeded: generator.next()) }
@@ -200,7 +201,7 @@ import Testing
         let variants = KernelLevel.available.map { ($0, false) } + [(KernelLevel.detected, true)]
         for n in 1...maxTokens {
             let portable = product(.portable, tokens: n, perCall: n).map(\.bitPattern)
-            #expect(portable == Array(all[0..<(n * rows)]), "portable, \(n) tokens: each token's outputs as among 9")
+            #expect(portable == Array(all[0..<(n * rows)]), "portable, \(n) tokens: each token's outputs as among \(maxTokens)")
             for (level, rowsKernel) in variants {
                 let name = "\(level)\(rowsKernel ? " block-group kernel" : ""), \(n) tokens"
                 #expect(product(level, tokens: n, perCall: n, rowsKernel: rowsKernel).map(\.bitPattern) == portable, "\(name)")
