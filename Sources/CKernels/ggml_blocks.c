@@ -7,8 +7,10 @@
 //
 // Every level computes the same integers per block (exact in int32); the float steps are scalar
 // and fixed (32-blocks: the canonical acc[b mod 8] and moe_reduce8 of CKernels.h; super-blocks:
-// one running fma as kquants.c), so results are bit-identical across levels, thread splits and
-// batch sizes.
+// ggml's own order, as kquants.c's Q6_K: eight int32 lanes per super-block, lane m the products of
+// elements 4m..4m+3 of every 32 times their scales, each fma'd into float lane m with d_w·d_x, then
+// hsum_float_8 = moe_reduce8: ggml_vec_dot_q3_K_q8_K / ggml_vec_dot_iq4_xs_q8_K, AVX2), so results are
+// bit-identical across levels, thread splits and batch sizes.
 #include "CKernels.h"
 #include "internal.h"
 
@@ -119,18 +121,19 @@ static inline void q3K_scales(const uint8_t *s, int32_t out[16]) {
 
 /// Q3_K: element e = 128h + 32k + l has the 2-bit code (qs[32h + l] >> 2k) & 3 and the high bit
 /// (hmask[l] >> (4h + k)) & 1; its value is code + 4·high − 4.
-static int32_t q3K_portable(const uint8_t *blk, const int8_t *q8, const int32_t *bs) {
+/// The super-block's sum in ggml's eight int32 lanes: lane m = Σ scale · value · q8 over the elements
+/// e with e mod 32 in 4m..4m+3 (what one lane of vpmaddubsw + vpmaddwd adds up in ggml's AVX2 kernel).
+static void q3K_portable(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t lanes[8]) {
+    (void)bs;
     const uint8_t *hmask = blk, *qs = blk + 32;
-    int32_t sc[16], groups[16] = {0};
+    int32_t sc[16];
     q3K_scales(blk + 96, sc);
+    for (int m = 0; m < 8; m++) lanes[m] = 0;
     for (int e = 0; e < 256; e++) {
         const int h = e / 128, k = (e % 128) / 32, l = e % 32;
         const int32_t u = ((qs[32 * h + l] >> (2 * k)) & 3) | (((hmask[l] >> (4 * h + k)) & 1) << 2);
-        groups[e / 16] += u * q8[e];
+        lanes[(e % 32) / 4] += sc[e / 16] * (u - 4) * q8[e];
     }
-    int32_t si = 0;
-    for (int g = 0; g < 16; g++) si += sc[g] * (groups[g] - 4 * bs[g]);
-    return si;
 }
 
 static inline int32_t iq4_xs_scale(const uint8_t *blk, int j) {
@@ -138,19 +141,22 @@ static inline int32_t iq4_xs_scale(const uint8_t *blk, int j) {
     return (int32_t)(((blk[4 + j / 2] >> (4 * (j % 2))) & 0x0F) | (((high >> (2 * j)) & 3) << 4)) - 32;
 }
 
-static int32_t iq4_xs_portable(const uint8_t *blk, const int8_t *q8, const int32_t *bs) {
+/// As `q3K_portable`: element 32j + i is the low nibble of byte 16j + i (i < 16), else the high
+/// nibble of byte 16j + i − 16.
+static void iq4_xs_portable(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t lanes[8]) {
     (void)bs;
-    int32_t si = 0;
+    for (int m = 0; m < 8; m++) lanes[m] = 0;
     for (int j = 0; j < 8; j++) {
         const uint8_t *qs = blk + 8 + 16 * j;
-        int32_t s = 0;
-        for (int i = 0; i < 16; i++) s += iq4_values[qs[i] & 0x0F] * q8[32 * j + i] + iq4_values[qs[i] >> 4] * q8[32 * j + i + 16];
-        si += iq4_xs_scale(blk, j) * s;
+        const int32_t scale = iq4_xs_scale(blk, j);
+        for (int i = 0; i < 16; i++) {
+            lanes[i / 4] += scale * iq4_values[qs[i] & 0x0F] * q8[32 * j + i];
+            lanes[(i + 16) / 4] += scale * iq4_values[qs[i] >> 4] * q8[32 * j + i + 16];
+        }
     }
-    return si;
 }
 
-typedef int32_t (*superblock_fn)(const uint8_t *blk, const int8_t *q8, const int32_t *bs);
+typedef void (*superblock_fn)(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t lanes[8]);
 
 #if defined(__x86_64__)
 #pragma clang attribute push (__attribute__((target("avx2,fma,f16c"))), apply_to = function)
@@ -188,7 +194,16 @@ static inline __m256i madd_signed(__m256i v, const int8_t *q8) {
 }
 
 
-static int32_t q3K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs) {
+/// vpmaddubsw pairs of Q3_K's values (code − 4) and q8: the unsigned codes (0..7) against q8, less
+/// four times q8's pair sums (exact in int16: |Σ| ≤ 7·127·2).
+static inline __m256i q3K_pairs(__m256i codes, const int8_t *q8) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)q8);
+    const __m256i p = _mm256_maddubs_epi16(codes, a), o = _mm256_maddubs_epi16(_mm256_set1_epi8(1), a);
+    return _mm256_sub_epi16(p, _mm256_slli_epi16(o, 2));
+}
+
+static void q3K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t lanes[8]) {
+    (void)bs;
     const uint8_t *hmask = blk, *qs = blk + 32;
     int32_t sc[16];
     q3K_scales(blk + 96, sc);
@@ -200,24 +215,22 @@ static int32_t q3K_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs)
         for (int k = 0; k < 4; k++) {
             const __m256i codes = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * k), three);
             const __m256i high = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hv, 4 * h + k), one), 2);
-            const __m256i p = _mm256_maddubs_epi16(_mm256_or_si256(codes, high), _mm256_loadu_si256((const __m256i *)(q8 + 128 * h + 32 * k)));
+            const __m256i p = q3K_pairs(_mm256_or_si256(codes, high), q8 + 128 * h + 32 * k);
             const int g = 8 * h + 2 * k; // int16 lanes 0-7: group g, 8-15: group g + 1
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set_m128i(_mm_set1_epi16((short)sc[g + 1]), _mm_set1_epi16((short)sc[g]))));
         }
     }
-    int32_t offset = 0;
-    for (int g = 0; g < 16; g++) offset += sc[g] * bs[g];
-    return hsum_epi32(acc) - 4 * offset;
+    _mm256_storeu_si256((__m256i *)lanes, acc);
 }
 
-static int32_t iq4_xs_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs) {
+static void iq4_xs_avx2(const uint8_t *blk, const int8_t *q8, const int32_t *bs, int32_t lanes[8]) {
     (void)bs;
     __m256i acc = _mm256_setzero_si256();
     for (int j = 0; j < 8; j++) {
         const __m256i p = madd_signed(iq4_lookup(nibbles32(blk + 8 + 16 * j)), q8 + 32 * j);
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16((short)iq4_xs_scale(blk, j))));
     }
-    return hsum_epi32(acc);
+    _mm256_storeu_si256((__m256i *)lanes, acc);
 }
 
 /// Rows of one 32-block product at AVX2: each weight block decoded once for up to eight tokens
@@ -261,7 +274,7 @@ static inline __attribute__((always_inline)) void rows32_avx2_impl(int type, int
 
 /// Rows of one Q3_K / IQ4_XS product at AVX2 for several tokens: each super-block decoded once
 /// (eight vectors of codes or values and their scales) for up to eight tokens, each token's
-/// integer sum that of `q3K_avx2` / `iq4_xs_avx2` and its float steps those of the one-token loop.
+/// integer lanes those of `q3K_avx2` / `iq4_xs_avx2` and its float steps those of the one-token loop.
 static inline __attribute__((always_inline)) void superrows_avx2(int type, int64_t bytes, int64_t d_offset, const uint8_t *w, int64_t cols,
                                                                  int64_t row_begin, int64_t row_end, const int8_t *q, const float *d,
                                                                  const int32_t *bsums, int64_t n, float *y, int64_t ldy) {
@@ -271,7 +284,8 @@ static inline __attribute__((always_inline)) void superrows_avx2(int type, int64
         const uint8_t *row = w + r * nb * bytes;
         for (int64_t t0 = 0; t0 < n; t0 += 8) {
             const int nt = n - t0 < 8 ? (int)(n - t0) : 8;
-            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            __m256 acc[8];
+            for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk = row + b * bytes;
                 // v[j]: elements 32j..32j+31 (unsigned Q3_K codes, or IQ4_XS's signed values); sc[j] their int16 scales.
@@ -303,21 +317,23 @@ static inline __attribute__((always_inline)) void superrows_avx2(int type, int64
                     const int8_t *q8 = q + t * cols + b * 256;
                     __m256i sum = _mm256_setzero_si256();
                     for (int j = 0; j < 8; j++) {
-                        __m256i a = _mm256_loadu_si256((const __m256i *)(q8 + 32 * j));
-                        if (type == T_IQ4_XS) a = _mm256_sign_epi8(a, v[j]);
-                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(mag[j], a), sc[j]));
+                        __m256i p;
+                        if (type == T_Q3_K) {
+                            p = q3K_pairs(mag[j], q8 + 32 * j);
+                        } else {
+                            const __m256i a = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(q8 + 32 * j)), v[j]);
+                            p = _mm256_maddubs_epi16(mag[j], a);
+                        }
+                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p, sc[j]));
                     }
-                    int32_t sumi = hsum_epi32(sum);
-                    if (type == T_Q3_K) {
-                        const int32_t *bs = bsums + (t * nb + b) * 16;
-                        int32_t offset = 0;
-                        for (int g = 0; g < 16; g++) offset += scales[g] * bs[g];
-                        sumi -= 4 * offset;
-                    }
-                    acc[k] = fmaf(dw * d[t * nb + b], (float)sumi, acc[k]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(dw * d[t * nb + b]), _mm256_cvtepi32_ps(sum), acc[k]);
                 }
             }
-            for (int k = 0; k < nt; k++) y[(t0 + k) * ldy + r] = acc[k];
+            for (int k = 0; k < nt; k++) {
+                float lanes[8];
+                _mm256_storeu_ps(lanes, acc[k]);
+                y[(t0 + k) * ldy + r] = moe_reduce8(lanes);
+            }
         }
     }
 }
@@ -477,13 +493,15 @@ int moe_gemm_ggml_k_q8_K(int level, int type, const uint8_t *w, int64_t cols, in
     for (int64_t r = row_begin; r < row_end; r++) {
         const uint8_t *row = w + r * nb * bytes;
         for (int64_t t = 0; t < n; t++) {
-            float acc = 0;
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk = row + b * bytes;
-                const int32_t sumi = fn(blk, q + t * cols + b * 256, bsums + (t * nb + b) * 16);
-                acc = fmaf(half_at(blk + d_offset) * d[t * nb + b], (float)sumi, acc);
+                int32_t lanes[8];
+                fn(blk, q + t * cols + b * 256, bsums + (t * nb + b) * 16, lanes);
+                const float db = half_at(blk + d_offset) * d[t * nb + b];
+                for (int m = 0; m < 8; m++) acc[m] = fmaf(db, (float)lanes[m], acc[m]);
             }
-            y[t * ldy + r] = acc;
+            y[t * ldy + r] = moe_reduce8(acc);
         }
     }
     return 1;

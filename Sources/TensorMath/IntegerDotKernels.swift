@@ -66,6 +66,13 @@ public enum IntegerDotKernels {
     /// the kernels are enabled; false (nothing written) otherwise.
     @inline(__always)
     static func apply(_ matrix: WeightMatrix, _ x: UnsafePointer<Float>, rowCount n: Int, into y: UnsafeMutablePointer<Float>) -> Bool {
+        if case .ggml(let type, let blocks) = matrix.storage, type == .f16 {
+            // GGUF F16 (any width): float16 activations, ggml's F16 dot (GGMLF16).
+            guard let level else { return false }
+            GGMLF16.product(level: level, UnsafeRawPointer(blocks).assumingMemoryBound(to: UInt16.self), rows: matrix.rows, cols: matrix.cols,
+                            x: x, count: n, y: y)
+            return true
+        }
         guard let level, matrix.cols % Quantization.q4BlockSize == 0, matrix.cols > 0 else { return false }
         switch matrix.storage {
         case .q4(let blocks, let scales):
@@ -320,7 +327,7 @@ public enum IntegerDotKernels {
     /// The row ranges a product is run in: `count` ranges of `span` rows (whole 16-row groups, the
     /// prefill kernel's tile, the last one shorter), more than one when the product is large enough to pay for the hand-off
     /// to the cores (GCD's idle threads sleep, see WeightMatrix.panelGEMM). Any split gives the same bits.
-    private static func rowSpans(rows: Int, cols: Int, count n: Int) -> (span: Int, count: Int) {
+    static func rowSpans(rows: Int, cols: Int, count n: Int) -> (span: Int, count: Int) {
         let pieces = splits ? piecesFor(rows: rows, cols: cols, count: n) : 1
         guard pieces > 1 else { return (rows, 1) }
         let span = ((rows + pieces - 1) / pieces + 15) & ~15

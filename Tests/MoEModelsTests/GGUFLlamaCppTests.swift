@@ -117,6 +117,28 @@ struct LlamaCppReference: Decodable {
         LlamaCppReference.report(reference.file, prefixes: reference.steps.count, result)
     }
 
+    /// The Q3_K and IQ4_XS files (`scripts/gguf/make_q3k_iq4xs_fixtures.py`: the qwen3moe checkpoint
+    /// above quantised `Q3_K_M` and `IQ4_XS`), recorded apart in q3k-iq4xs-reference.json.
+    static let superBlockFixtures: LlamaCppReference? = try? JSONDecoder().decode(
+        LlamaCppReference.self, from: Data(contentsOf: LlamaCppReference.root.appendingPathComponent("q3k-iq4xs-reference.json")))
+
+    @Test func superBlockReferencesArePresent() throws {
+        let reference = try #require(Self.superBlockFixtures)
+        #expect(reference.models.map(\.type) == ["Q3_K_M", "IQ4_XS"])
+        #expect(reference.prompts == LlamaCppReference.committed?.prompts)
+    }
+
+    /// As `nextTokenDistributionMatchesLlamaCpp`, for the Q3_K and IQ4_XS files: the same top-1 (or a
+    /// near-tie) and every |Δ log-prob| within the 0.1.
+    @Test(arguments: Self.superBlockFixtures?.models ?? [])
+    func superBlockTypesMatchLlamaCpp(model reference: LlamaCppReference.Model) throws {
+        let prompts = try #require(Self.superBlockFixtures).prompts
+        let result = try LlamaCppReference.compare(file: LlamaCppReference.root.appendingPathComponent(reference.file),
+                                                   architecture: reference.architecture, steps: reference.steps, prompts: prompts,
+                                                   bound: Self.knownGaps[reference.file] ?? 0.1)
+        LlamaCppReference.report(reference.file, prefixes: reference.steps.count, result)
+    }
+
     /// A model split by gguf-py's writer (`scripts/gguf/split_gguf.py`, as llama-gguf-split
     /// does), opened by its first part, gives the logits of the single file, bit for bit.
     @Test func splitFilesGiveTheSameLogits() throws {

@@ -125,4 +125,67 @@ import TensorMath
             }
         }
     }
+
+    /// Q3_K and IQ4_XS as ggml's AVX2 kernels sum them (`ggml_vec_dot_q3_K_q8_K`,
+    /// `ggml_vec_dot_iq4_xs_q8_K`): per super-block eight int32 lanes, lane m the products of elements
+    /// 4m..4m+3 of each 32 (value · q8, Q3_K's value code + 4·high − 4) times their scale (16-group for
+    /// Q3_K, 32-group for IQ4_XS), each to float and fused-multiply-added with d_w·d_x; then
+    /// `hsum_float_8`. (One running fma of the exact super-block sum, before session 14, differed in
+    /// the last bits: qwen3moe-IQ4_XS 0.112 nats from llama.cpp at one prefix.)
+    @Test(arguments: [GGMLType.q3_K, .iq4_XS])
+    func superBlockTypesSumInGgmlsOrder(type: GGMLType) {
+        let iq4: [Int32] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
+        let rows = 7, cols = 512, nb = cols / 256, bytes = type.blockBytes, dOffset = type == .q3_K ? 108 : 0
+        var blocks = Self.randomBytes(rows * nb * bytes, seed: UInt64(type.rawValue))
+        for b in 0..<rows * nb { Self.setHalf(&blocks, b * bytes + dOffset, Float(b % 5 + 1) * (b % 3 == 0 ? -1e-3 : 1e-3)) }
+        // (value, scale) of element e of the super-block at byte `blk`.
+        func element(_ blk: Int, _ e: Int) -> (Int32, Int32) {
+            if type == .q3_K {
+                let h = e / 128, k = (e % 128) / 32, l = e % 32
+                let code = (Int32(blocks[blk + 32 + 32 * h + l]) >> Int32(2 * k)) & 3
+                let high = (Int32(blocks[blk + l]) >> Int32(4 * h + k)) & 1
+                let g = e / 16, sc = blk + 96
+                let low = g < 8 ? Int32(blocks[sc + g]) & 0x0F : Int32(blocks[sc + g - 8]) >> 4
+                let top = (Int32(blocks[sc + 8 + g % 4]) >> Int32(2 * (g / 4))) & 3
+                return (code + 4 * high - 4, (low | (top << 4)) - 32)
+            } else {
+                let j = e / 32, i = e % 32
+                let byte = Int32(blocks[blk + 8 + 16 * j + i % 16])
+                let code = i < 16 ? byte & 0x0F : byte >> 4
+                let high = Int32(blocks[blk + 2]) | Int32(blocks[blk + 3]) << 8
+                let low = (Int32(blocks[blk + 4 + j / 2]) >> Int32(4 * (j % 2))) & 0x0F
+                return (iq4[Int(code)], (low | (((high >> Int32(2 * j)) & 3) << 4)) - 32)
+            }
+        }
+        for n in [1, 3] {
+            let x = QuantizationTests.random(n * cols, seed: UInt64(200 + n)).map { $0 * 30 }
+            var q = [Int8](repeating: 0, count: n * cols), d = [Float](repeating: 0, count: n * nb)
+            var bsums = [Int32](repeating: 0, count: n * cols / 16)
+            moe_quantize_q8_K(x, Int64(n), Int64(cols), &q, &d, &bsums)
+            var expected = [Float](repeating: 0, count: n * rows)
+            for r in 0..<rows {
+                for t in 0..<n {
+                    var lanes = [Float](repeating: 0, count: 8)
+                    for b in 0..<nb {
+                        let blk = (r * nb + b) * bytes
+                        var ints = [Int32](repeating: 0, count: 8)
+                        for e in 0..<256 {
+                            let (value, scale) = element(blk, e)
+                            ints[(e % 32) / 4] += scale * value * Int32(q[t * cols + b * 256 + e])
+                        }
+                        let scale = Self.half(blocks, blk + dOffset) * d[t * nb + b]
+                        for m in 0..<8 { lanes[m] = lanes[m].addingProduct(scale, Float(ints[m])) }
+                    }
+                    expected[t * rows + r] = Self.hsum8(lanes)
+                }
+            }
+            for level in KernelLevel.available {
+                var y = [Float](repeating: .nan, count: n * rows)
+                blocks.withUnsafeBufferPointer { w in
+                    IntegerDotKernels.kQuant(level: level, type: type, w.baseAddress!, rows: rows, cols: cols, x: x, count: n, y: &y)
+                }
+                #expect(y.map(\.bitPattern) == expected.map(\.bitPattern), "\(type), \(level.name), \(n) rows")
+            }
+        }
+    }
 }

@@ -11,15 +11,16 @@ Run by hand, never in CI (torch, transformers, gguf-py and a built llama.cpp).
 - qwen3next: a random-weight `Qwen3NextForCausalLM` (hidden 64; layers linear, linear, linear,
   full; gated delta-net with 2 key heads and 4 value heads of 16, conv kernel 4; gated full
   attention 4 q / 2 kv heads of 32 with partial rotary 0.25; 8 experts top-2 of width 32 and a
-  shared expert of width 64 with its sigmoid gate: every width a multiple of 32, since
-  llama-quantize stores a matrix whose rows are not whole blocks as F16, whose products llama.cpp
-  runs on float16-rounded activations, which MoEServe does not emulate: a shared width of 48 put
-  every prefix 0.01-0.03 nats off, and some 0.28), every RMSNorm weight random (so the converter's `+1` folding matters),
+  shared expert of width 64 with its sigmoid gate), every RMSNorm weight random (so the converter's `+1` folding matters),
   plus one multi-token-prediction block appended by hand as the published checkpoints carry it
   (`mtp.layers.0.*`, `mtp.fc`, `mtp.pre_fc_norm_*`, `mtp.norm`; transformers builds none):
   the converter writes it as `blk.4` with `nextn_predict_layers` = 1 and MoEServe must skip it.
   Tokenizer: Tests/Fixtures/tokenizers/qwen2 (pre-tokenizer `qwen2`, as Qwen3-Next's GGUFs say).
   Quantised Q8_0 and Q4_0.
+- qwen3next-shexp48: the same with a shared expert of width 48, quantised Q8_0: llama-quantize
+  stores `ffn_down_shexp` (rows of 48, not whole blocks) as F16, which llama.cpp multiplies with
+  float16-rounded activations (MoEServe's GGMLF16; a float32 product was 0.01-0.03 nats off at
+  every prefix and 0.28 at some).
 - minimax-m2: a random-weight `MiniMaxM2ForCausalLM` (hidden 64, 3 layers, 4 q / 2 kv heads of
   32, q/k RMSNorm over the whole projections, rotary_dim 16 of 32, 8 experts top-2 with sigmoid
   scores and a random `e_score_correction_bias`) with `rotary_dim` and `scoring_func` in its
@@ -65,6 +66,11 @@ MINIMAX = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, num_k
 CONFIGS = [
     ("qwen3next", "Qwen3NextForCausalLM", QWEN3NEXT, ["Q8_0", "Q4_0"], "qwen2", common.TOKENIZER),
     ("minimax-m2", "MiniMaxM2ForCausalLM", MINIMAX, ["Q8_0", "Q4_0"], "minimax-m2", MINIMAX_TOKENIZER),
+    # A shared expert of width 48: its ffn_down_shexp rows (48 wide) are not whole blocks, so
+    # llama-quantize stores that matrix as F16, which llama.cpp multiplies with float16 activations
+    # (GGMLF16). Added after the two above; their seeds do not change.
+    ("qwen3next-shexp48", "Qwen3NextForCausalLM", {**QWEN3NEXT, "shared_expert_intermediate_size": 48}, ["Q8_0"], "qwen2",
+     common.TOKENIZER),
 ]
 
 
@@ -102,7 +108,7 @@ def build_checkpoint(name: str, arch: str, overrides: dict, directory: Path, see
                 p.normal_(0, 0.15 if "embed" in pname or "lm_head" in pname else 0.06)
             elif "norm" in pname:
                 # Qwen3-Next scales by 1 + w (zeros at init), the others by w (ones): random either way.
-                p.normal_(0 if name == "qwen3next" and not pname.endswith("linear_attn.norm.weight") else 1, 0.1)
+                p.normal_(0 if name.startswith("qwen3next") and not pname.endswith("linear_attn.norm.weight") else 1, 0.1)
             elif "correction" in pname:
                 p.normal_(0, 0.05)
         for bname, b in model.named_buffers():
@@ -110,7 +116,7 @@ def build_checkpoint(name: str, arch: str, overrides: dict, directory: Path, see
                 b.normal_(0, 0.05)
     model.save_pretrained(directory, safe_serialization=True)
     path = directory / "model.safetensors"
-    if name == "qwen3next":
+    if name.startswith("qwen3next"):
         # The multi-token-prediction block the published checkpoints carry (transformers builds none):
         # a copy of the last (full-attention) layer's weights plus its own projection and norms, at random.
         tensors = load_file(path)
@@ -153,7 +159,7 @@ def main() -> None:
             prompts = [tokenizer.encode(p, add_special_tokens=False) for p in common.PROMPTS]
             banned = [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
             prompts_by_tokenizer[name] = prompts
-            models = [m for m in models if m["architecture"] != arch]
+            models = [m for m in models if m["prompts"] != name]
             checkpoint = Path(tmp) / name
             checkpoint.mkdir()
             for f in ["tokenizer.json", "tokenizer_config.json"]:

@@ -100,6 +100,17 @@ void moe_gemm_i8_q8(int level, const int8_t *w, const float *row_scales, int64_t
 void moe_gemm_q8_0_q8(int level, const uint8_t *blocks, int64_t cols, int64_t row_begin, int64_t row_end,
                       const int8_t *q, const float *d, int64_t n, float *y, int64_t ldy);
 
+/// `out[count]` = `x[count]` rounded to float16 bits (round to nearest even), as ggml's CPU backend
+/// rounds the activations of an F16 matrix product (f16.c).
+void moe_round_f16(int level, const float *x, int64_t count, uint16_t *out);
+
+/// `y[t * ldy + r] = W[r] · x[t]` for rows `row_begin..<row_end`, W `[rows, cols]` and x `[n, cols]`
+/// float16 bits: with `order` 0 ggml's `ggml_vec_dot_f16` steps (x86 without AVX512-FP16), so
+/// llama.cpp's bits for one token; with `order` 1 llamafile's tinyBLAS steps (llama.cpp's for two
+/// tokens or more); the same at every level and any `n` (f16.c).
+void moe_gemm_f16_f16(int level, int order, const uint16_t *w, int64_t cols, int64_t row_begin, int64_t row_end,
+                      const uint16_t *x, int64_t n, float *y, int64_t ldy);
+
 /// Quantises `x[n, cols]` (cols a multiple of 256) to Q8_K as llama.cpp does (its
 /// quantize_row_q8_K): per block of 256, iscale = −127 / (the value of largest magnitude),
 /// q = min(127, rint(iscale · x)), d = 1 / iscale; `q[n, cols]`, `d[n, cols/256]` and the sums of

@@ -8,7 +8,7 @@ import TensorMath
 /// - The configuration comes from the metadata of llama.cpp's architectures `qwen3moe`,
 ///   `qwen2moe`, `olmoe` and `llama` with experts (Mixtral); shapes settle what the metadata
 ///   leaves open (expert widths, dense layers, biases, tied embeddings).
-/// - Tensors keep their ggml types bit for bit: F32 and BF16 as such, F16 widened, Q4_0 as q4
+/// - Tensors keep their ggml types bit for bit: F32, F16 and BF16 as such (F16 widened under `MOE_GGUF_F16=float`), Q4_0 as q4
 ///   (`GGMLQ4_0`: the same values), the other block types as `WeightStorage.ggml`; any other
 ///   type is an error naming the tensor and type.
 /// - Routed experts are slices of the stacked `ffn_*_exps` tensors, read with `O_DIRECT`
@@ -166,7 +166,8 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
         return try wrap(UnsafeRawPointer(buffer.pointer), type: info.type, rows: rows, cols: cols, owner: buffer, tensor: info.name)
     }
 
-    /// A matrix over `bytes` of `type`; F16 is widened into a buffer of its own, and Q4_0 is
+    /// A matrix over `bytes` of `type`; F16 is kept as float16 (`GGMLF16`; widened into a buffer of its own
+    /// under `MOE_GGUF_F16=float`), and Q4_0 is
     /// converted into one in the q4 layout (`GGMLQ4_0`: the same values, on the integer-dot kernels).
     private func wrap(_ bytes: UnsafeRawPointer, type: GGMLType, rows: Int, cols: Int, owner: AnyObject, tensor: String) throws -> WeightMatrix {
         switch type {
@@ -174,6 +175,9 @@ public final class GGUFModel: WeightSource, @unchecked Sendable {
             return withExtendedLifetime(owner) { GGMLQ4_0.matrix(bytes, rows: rows, cols: cols) }
         case .f32: return WeightMatrix(rows: rows, cols: cols, storage: .f32(bytes.assumingMemoryBound(to: Float.self)), owner: owner)
         case .bf16: return WeightMatrix(rows: rows, cols: cols, storage: .bf16(bytes.assumingMemoryBound(to: UInt16.self)), owner: owner)
+        case .f16 where GGMLF16.keepsHalves:
+            // Kept as the file's float16, multiplied as llama.cpp does (float16 activations, GGMLF16).
+            return WeightMatrix(rows: rows, cols: cols, storage: .ggml(type: .f16, blocks: bytes.assumingMemoryBound(to: UInt8.self)), owner: owner)
         case .f16:
             let buffer = AlignedBuffer<Float>(count: rows * cols, zeroed: false)
             GGMLDequantize.row(.f16, bytes, count: rows * cols, into: buffer.pointer)
