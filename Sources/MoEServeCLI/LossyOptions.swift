@@ -1,6 +1,7 @@
 import Foundation
 import ArgumentParser
 import ExpertCache
+import ModelFormats
 import Runtime
 
 /// Opt-in lossy options of commands that run a model (`generate`, `perplexity`, `bench
@@ -55,8 +56,13 @@ struct LossyOptions: ParsableArguments {
             printError("note: --low-bit-misses auto has nothing to do: every expert is in RAM")
             return nil
         }
-        // The probe's best depth is the disk's bandwidth (the readers run near it).
-        let disk = runtime.readerSizing?.map(\.bytesPerSecond).max()
+        // The reader-sizing probe's best depth is the disk's bandwidth (the readers run near
+        // it); without that probe (`--reader-threads` given), a short one at the readers' depth.
+        var disk = runtime.readerSizing?.map(\.bytesPerSecond).max()
+        if disk == nil, cache.hasLowBitCopies, let spec = runtime.specification, ExpertStore.isStore(at: spec.model) {
+            let store = try ExpertStore(url: spec.model, checkDense: false, ioEngine: spec.ioEngine)
+            disk = try ReaderSizing.measure(store: store, depths: [max(1, runtime.readerThreads ?? 4)])?.first?.bytesPerSecond
+        }
         let hasCopies = cache.hasLowBitCopies
         var compute: Double?
         if hasCopies, disk != nil { compute = try cache.measureExpertComputeRate() }
