@@ -72,8 +72,17 @@ public enum ConfigLoader {
         Key(name: "skip_missing_below", help: "lossy: skip missing experts whose router weight is below this (0...1)") { c, v in
             c.skipMissingBelow = try fraction(v)
         },
-        Key(name: "low_bit_misses", help: "lossy: run experts missing from RAM from their low-bit copies, promoting the ones that stay in use (on/off)") { c, v in
-            c.lowBitMisses = try bool(v)
+        Key(name: "low_bit_misses", help: "lossy: run experts missing from RAM from their low-bit copies, promoting the ones that stay in use (on/off), or auto: choose from the disk's measured bandwidth") { c, v in
+            if case let .text(t) = v, t.lowercased() == "auto" {
+                c.lowBitMisses = false
+                c.lowBitMissesAuto = true
+            } else if case let .json(j) = v, j.stringValue?.lowercased() == "auto" {
+                c.lowBitMisses = false
+                c.lowBitMissesAuto = true
+            } else {
+                c.lowBitMisses = try bool(v)
+                c.lowBitMissesAuto = false
+            }
         },
     ]
 

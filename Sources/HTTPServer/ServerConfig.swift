@@ -44,6 +44,9 @@ public struct ServerConfig: Sendable, Equatable {
     /// (the store must have them) and is promoted to its full copy if it stays in use
     /// (docs/LOSSY.md). false (the default) is exact.
     public var lowBitMisses: Bool = false
+    /// `low_bit_misses = "auto"`: choose at start, from the disk's measured bandwidth against
+    /// the expert compute rate, between exact with prefetch and the slow-disk setting (docs/LOSSY.md).
+    public var lowBitMissesAuto: Bool = false
 
     /// The defaults (the same values as ServerConfig/default.toml).
     public init() {}

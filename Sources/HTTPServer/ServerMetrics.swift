@@ -195,6 +195,15 @@ public final class ServerMetrics: @unchecked Sendable {
     /// Request bytes held (partial requests and bodies waiting for or being decoded).
     func setHeldRequestBytes(_ n: Int) { heldRequestBytes.record(Double(n)) }
 
+    /// Records what `low_bit_misses = auto` chose at start: the disk's measured bandwidth and
+    /// the expert compute rate (bytes/s, 0 when unmeasured) and whether the slow-disk setting won.
+    public func setLowBitAuto(diskBytesPerSecond: Double?, computeBytesPerSecond: Double?, slowDisk: Bool) {
+        func gauge(_ name: String) -> CoreMetrics.Gauge { CoreMetrics.Gauge(label: name, factory: factory) }
+        gauge("moe_low_bit_auto_disk_bytes_per_second").record(diskBytesPerSecond ?? 0)
+        gauge("moe_low_bit_auto_compute_bytes_per_second").record(computeBytesPerSecond ?? 0)
+        gauge("moe_low_bit_auto_slow_disk").record(slowDisk ? 1 : 0)
+    }
+
     /// Feeds the expert-cache figures; call as often as convenient (once per engine step is fine).
     public func updateExpertCache(_ s: ExpertCacheSnapshot) {
         lock.lock()

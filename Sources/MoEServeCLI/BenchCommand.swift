@@ -163,7 +163,7 @@ struct BenchDecodeCommand: ParsableCommand {
             benchmark.baseline = baseline
             benchmark.seed = seed
             benchmark.skipMissingBelow = lossy.skipMissingBelow
-            benchmark.lowBitMisses = lossy.lowBitMisses == "on"
+            benchmark.lowBitMisses = try lossy.lowBitMissesOn()
             if plot != nil, let plotBudgets {
                 benchmark.plotBudgets = try plotBudgets.split(separator: ",").map { try parseByteSize(String($0), option: "--plot-budgets") }
             }
@@ -214,7 +214,7 @@ struct BenchBatchCommand: ParsableCommand {
             benchmark.runs = runs
             benchmark.comparePrefetch = comparePrefetch
             benchmark.skipMissingBelow = lossy.skipMissingBelow
-            benchmark.lowBitMisses = lossy.lowBitMisses == "on"
+            benchmark.lowBitMisses = try lossy.lowBitMissesOn()
             let (report, table) = try benchmark.run()
             FileHandle.standardError.write(Data(table.utf8))
             try printJSON(report)

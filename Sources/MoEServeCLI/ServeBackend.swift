@@ -74,6 +74,9 @@ enum ServeBackend {
         }
         runtime.cache?.skipMissingBelow = config.skipMissingBelow
         if config.lowBitMisses { try LossyOptions.enableLowBitMisses(runtime) }
+        if config.lowBitMissesAuto, let d = try LossyOptions.chooseLowBitMisses(runtime) {
+            metrics.setLowBitAuto(diskBytesPerSecond: d.diskBytesPerSecond, computeBytesPerSecond: d.computeBytesPerSecond, slowDisk: d.mode == .slowDisk)
+        }
         guard let tokenizer = runtime.tokenizer else {
             throw CommandError("\(specification.model.path): serving needs a tokenizer.json beside the model")
         }

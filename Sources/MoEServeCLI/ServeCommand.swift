@@ -50,7 +50,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("shutdown-grace-period"), help: "Seconds running requests get after SIGTERM.") var shutdownGracePeriod: String?
     @Option(name: .customLong("log-requests"), help: "true to log one line per request on stderr.") var logRequests: String?
     @Option(name: .customLong("skip-missing-below"), help: "Lossy, off by default: skip missing experts whose router weight is below this (docs/LOSSY.md).") var skipMissingBelow: String?
-    @Option(name: .customLong("low-bit-misses"), help: "Lossy, off by default: on to run experts missing from RAM from the store's low-bit copies (docs/LOSSY.md).") var lowBitMisses: String?
+    @Option(name: .customLong("low-bit-misses"), help: "Lossy, off by default: on to run experts missing from RAM from the store's low-bit copies; auto to choose from the disk's measured bandwidth (docs/LOSSY.md).") var lowBitMisses: String?
 
     /// Flag values by configuration key.
     var overrides: [String: String] {

@@ -28,6 +28,8 @@ public final class ModelRuntime {
     public internal(set) var readerThreads: Int?
     /// Bytes of every expert of every MoE layer (the most an expert cache can usefully hold); nil without a cache.
     public internal(set) var allExpertBytes: Int?
+    /// What `--low-bit-misses auto` chose (docs/LOSSY.md), when it ran.
+    public var lowBitAuto: LowBitAuto.Decision?
     /// What moves the expert cache's budget under `--memory-budget auto`, when it runs.
     public private(set) var autoBudget: AutoMemoryBudget?
 

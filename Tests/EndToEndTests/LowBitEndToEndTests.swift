@@ -91,4 +91,25 @@ import Testing
         #expect(WeakExpertSkippingEndToEndTests.value("moe_expert_low_bit_uses_total", in: off) ?? 0 == 0)
         #expect((WeakExpertSkippingEndToEndTests.value("moe_expert_cache_misses_total", in: off) ?? 0) > 0)
     }
+
+    /// `low_bit_misses = auto` exports its decision. The demo's 60 KiB experts are below the
+    /// bandwidth probe's minimum, so nothing is measured and auto stays exact (never lossy
+    /// without a measurement): gauges 0, no low-bit uses, misses as exact.
+    @Test func autoExportsItsDecisionAndStaysExactUnmeasured() throws {
+        let store = try Self.store.get()
+        let server = try RunningServer(arguments: ["--model", store.path] + WeakExpertSkippingEndToEndTests.arguments + ["--low-bit-misses", "auto"])
+        let body = try JSONSerialization.data(withJSONObject: ["prompt": WeakExpertSkippingEndToEndTests.prompts[0], "max_tokens": 16, "temperature": 0])
+        _ = try server.curl("/v1/completions", ["-H", "Content-Type: application/json", "-d", String(decoding: body, as: UTF8.self)])
+        var metrics = try server.curl("/metrics")
+        let deadline = Date().addingTimeInterval(15)
+        while (WeakExpertSkippingEndToEndTests.value("moe_expert_cache_misses_total", in: metrics) ?? 0) == 0, Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.5)
+            metrics = try server.curl("/metrics")
+        }
+        #expect(server.stop() == 0)
+        #expect(WeakExpertSkippingEndToEndTests.value("moe_low_bit_auto_slow_disk", in: metrics) == 0, "metrics: \(metrics)")
+        #expect(WeakExpertSkippingEndToEndTests.value("moe_low_bit_auto_disk_bytes_per_second", in: metrics) == 0)
+        #expect((WeakExpertSkippingEndToEndTests.value("moe_expert_cache_misses_total", in: metrics) ?? 0) > 0)
+        #expect(WeakExpertSkippingEndToEndTests.value("moe_expert_low_bit_uses_total", in: metrics) ?? 0 == 0)
+    }
 }

@@ -76,6 +76,19 @@ import Testing
         #expect(!(try ConfigLoader.load(file: nil, environment: [:]).memoryBudgetAuto))
     }
 
+    @Test func lowBitMissesAutoFromFileEnvironmentAndFlags() throws {
+        let file = try temp("low_bit_misses = \"auto\"\n")
+        let fromFile = try ConfigLoader.load(file: file, environment: [:])
+        #expect(fromFile.lowBitMissesAuto && !fromFile.lowBitMisses)
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_LOW_BIT_MISSES": "auto"]).lowBitMissesAuto)
+        #expect(try ConfigLoader.load(file: nil, environment: [:], overrides: ["low_bit_misses": "AUTO"]).lowBitMissesAuto)
+        // on/off given with more precedence turns auto off again.
+        let on = try ConfigLoader.load(file: file, environment: [:], overrides: ["low_bit_misses": "on"])
+        #expect(on.lowBitMisses && !on.lowBitMissesAuto)
+        #expect(!(try ConfigLoader.load(file: nil, environment: [:]).lowBitMissesAuto))
+        #expect(throws: (any Error).self) { try ConfigLoader.load(file: nil, environment: ["MOE_LOW_BIT_MISSES": "sometimes"]) }
+    }
+
     @Test func sizesMeanWhatTheCommandLineMeans() throws {
         // One parser: KB/MB/GB are binary here as in `generate --memory-budget`.
         #expect(ConfigLoader.parseSize("4GB") == 4 << 30)

@@ -86,6 +86,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     private var lowBook: CacheBookkeeping?
     /// The share of the budget the low-bit pool takes.
     private var lowBitShare = 0.0
+    /// Set by `disablePrefetches`: `prefetch` does nothing. Lock held.
+    private var prefetchesDisabled = false
     private var precision = LowBitPrecision()
     private let layerList: [Int]
 
@@ -252,6 +254,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     public func prefetch(layer: Int, experts: [Int], pipeline: Bool) {
         lock.lock()
         defer { lock.unlock() }
+        guard !prefetchesDisabled else { return }
         var queued = 0
         for expert in TraceReplay.distinct(experts) {
             let key = ExpertKey(layer: layer, expert: expert)
@@ -374,6 +377,19 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         evictedLocked(book.resize(budgetBytes: total - lowBytes))
         lowBook = CacheBookkeeping(budgetBytes: lowBytes, floorSlots: 0, policy: LRUPolicy(name: "lru-low-bit"))
         precision = LowBitPrecision(promoteAfter: promoteAfter, window: window)
+    }
+
+    /// The MoE layers this cache serves.
+    public var moeLayers: [Int] { layerList }
+    /// Whether the loader has low-bit copies (what `enableLowBitMisses` needs).
+    public var hasLowBitCopies: Bool { layerList.first.flatMap { loader.lowBitByteCount(layer: $0, expert: 0) } != nil }
+
+    /// Drops every later prefetch hint (`--low-bit-misses auto` on a slow disk, where the
+    /// predictor's wrong guesses take bandwidth the certain reads need). Call before the first request.
+    public func disablePrefetches() {
+        lock.lock()
+        defer { lock.unlock() }
+        prefetchesDisabled = true
     }
 
     /// The low-bit pool's bytes out of a budget of `total`: its share, leaving the floors whole.
