@@ -84,27 +84,47 @@ final class TemplateInterpreter {
         return .normal
     }
 
+    /// Macro calls in progress in this render. A macro that calls itself (directly or through another
+    /// macro) without end would otherwise recurse until the stack overflows, which a hostile or
+    /// mistyped template must not do to the server (found by the chat_template fuzz target).
+    @TaskLocal private static var macroDepth = 0
+    /// Nested macro calls allowed: far more than any published chat template uses (at most 2-3).
+    static let maximumMacroDepth = 64
+
     /// The function a `{% macro %}` defines, over the top-level names at its definition. It
     /// sees itself too, so it may recurse (gpt-oss's `render_typescript_type` does): each call
     /// makes the value anew rather than holding it, so no reference cycle outlives the render.
     private static func macro(_ name: String, _ parameters: [(String, TemplateExpr?)], _ body: [TemplateNode],
                               captured: [String: TemplateValue]) -> TemplateValue {
         .function(TemplateFunction(name: name) { args, kwargs in
-            var context = captured
-            context[name] = macro(name, parameters, body, captured: captured)
-            for (index, (param, defaultExpr)) in parameters.enumerated() {
-                if index < args.count {
-                    context[param] = args[index]
-                } else if let kw = kwargs.first(where: { $0.0 == param }) {
-                    context[param] = kw.1
-                } else if let defaultExpr {
-                    context[param] = try TemplateInterpreter(context: captured).eval(defaultExpr)
-                } else {
-                    context[param] = .undefined
-                }
+            guard macroDepth < maximumMacroDepth else {
+                throw TokenizerError(file: "chat_template", "macro \(name) nested more than \(maximumMacroDepth) calls deep (a macro calling itself without end?)")
             }
-            return .string(try TemplateInterpreter.render(body, context: context))
+            return try $macroDepth.withValue(macroDepth + 1) {
+                try callMacro(name, parameters, body, captured: captured, args: args, kwargs: kwargs)
+            }
         })
+    }
+
+    /// One call of the macro: its parameters bound from the arguments (positional, then keyword, then
+    /// defaults evaluated over the definition's names) and its body rendered to a string.
+    private static func callMacro(_ name: String, _ parameters: [(String, TemplateExpr?)], _ body: [TemplateNode],
+                                  captured: [String: TemplateValue], args: [TemplateValue],
+                                  kwargs: [(String, TemplateValue)]) throws -> TemplateValue {
+        var context = captured
+        context[name] = macro(name, parameters, body, captured: captured)
+        for (index, (param, defaultExpr)) in parameters.enumerated() {
+            if index < args.count {
+                context[param] = args[index]
+            } else if let kw = kwargs.first(where: { $0.0 == param }) {
+                context[param] = kw.1
+            } else if let defaultExpr {
+                context[param] = try TemplateInterpreter(context: captured).eval(defaultExpr)
+            } else {
+                context[param] = .undefined
+            }
+        }
+        return .string(try TemplateInterpreter.render(body, context: context))
     }
 
     private func runFor(

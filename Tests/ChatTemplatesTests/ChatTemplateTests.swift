@@ -134,6 +134,21 @@ import JSONCoding
         #expect(try render("a  {#- c -#}  b") == "ab")
     }
 
+    /// A macro that calls itself without end (the fuzz target's find: a mistyped `endmacro` put the
+    /// call inside the body) is an error, not a stack overflow; bounded recursion still renders.
+    @Test func endlessMacroRecursionIsAnError() throws {
+        #expect(throws: TokenizerError.self) {
+            try ChatTemplate(source: "{% macro f(a) %}{{ f(a) }}{% endmacro %}{{ f(1) }}").render(messages: [], addGenerationPrompt: false)
+        }
+        #expect(throws: TokenizerError.self) {
+            try ChatTemplate(source: "{% macro f(a) %}{{ g(a) }}{% endmacro %}{% macro g(a) %}{{ f(a) }}{% endmacro %}{{ f(1) }}")
+                .render(messages: [], addGenerationPrompt: false)
+        }
+        let countdown = "{% macro c(n) %}{{ n }}{% if n > 0 %}{{ c(n - 1) }}{% endif %}{% endmacro %}{{ c(40) }}"
+        #expect(try ChatTemplate(source: countdown).render(messages: [], addGenerationPrompt: false)
+            == (0...40).reversed().map(String.init).joined())
+    }
+
     @Test func raiseExceptionIsAnError() {
         #expect(throws: TokenizerError.self) {
             try ChatTemplate(source: "{{ raise_exception('bad roles') }}").render(messages: [], addGenerationPrompt: false)
