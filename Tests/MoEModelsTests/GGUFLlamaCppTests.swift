@@ -139,6 +139,28 @@ struct LlamaCppReference: Decodable {
         LlamaCppReference.report(reference.file, prefixes: reference.steps.count, result)
     }
 
+    /// The types no other file holds (`scripts/gguf/make_more_type_fixtures.py`): the qwen3moe
+    /// checkpoint quantised `Q2_K` and `Q5_K_M`, the mixtral one kept whole as `BF16` and `F16`,
+    /// recorded apart in more-types-reference.json.
+    static let moreTypeFixtures: LlamaCppReference? = try? JSONDecoder().decode(
+        LlamaCppReference.self, from: Data(contentsOf: LlamaCppReference.root.appendingPathComponent("more-types-reference.json")))
+
+    @Test func moreTypeReferencesArePresent() throws {
+        let reference = try #require(Self.moreTypeFixtures)
+        #expect(reference.models.map(\.type) == ["Q2_K", "Q5_K_M", "BF16", "F16"])
+        #expect(reference.prompts == LlamaCppReference.committed?.prompts)
+    }
+
+    /// As `nextTokenDistributionMatchesLlamaCpp`, for the Q2_K, Q5_K, BF16 and F16 files.
+    @Test(arguments: Self.moreTypeFixtures?.models ?? [])
+    func moreTypesMatchLlamaCpp(model reference: LlamaCppReference.Model) throws {
+        let prompts = try #require(Self.moreTypeFixtures).prompts
+        let result = try LlamaCppReference.compare(file: LlamaCppReference.root.appendingPathComponent(reference.file),
+                                                   architecture: reference.architecture, steps: reference.steps, prompts: prompts,
+                                                   bound: Self.knownGaps[reference.file] ?? 0.1)
+        LlamaCppReference.report(reference.file, prefixes: reference.steps.count, result)
+    }
+
     /// A model split by gguf-py's writer (`scripts/gguf/split_gguf.py`, as llama-gguf-split
     /// does), opened by its first part, gives the logits of the single file, bit for bit.
     @Test func splitFilesGiveTheSameLogits() throws {
