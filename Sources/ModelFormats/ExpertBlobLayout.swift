@@ -103,7 +103,7 @@ public struct ExpertBlobLayout: Sendable, Equatable {
                     throw ModelFormatError("a ggml expert layout needs the gate, up and down ggml types")
                 }
                 let type = types[index]
-                guard type.isComputable || type == .mxfp4, type != .f16, let length = type.byteCount(elements: rows * cols), cols % type.blockSize == 0 else {
+                guard type.isComputable || type == .mxfp4, let length = type.byteCount(elements: rows * cols), cols % type.blockSize == 0 else {
                     throw ModelFormatError("expert \(name) matrix \(rows)x\(cols) cannot be stored as ggml type \(type)")
                 }
                 ggmlType = type
