@@ -22,6 +22,11 @@ public enum RowInvariantKernels {
     /// prompt-cache hits are off.
     public static let enabled = ProcessInfo.processInfo.environment["MOE_PREFILL_GEMM"] != "sgemm"
 
+    /// Whether products run the AVX-512 tile kernel (`moe_bf16_rows_avx512`, the same bits as the Swift
+    /// kernels below): as `F32RowInvariantKernels.useAVX512`, fixed for the process.
+    /// `MOE_BF16_ROWS=swift` keeps the Swift kernels (for side-by-side timing).
+    static let useAVX512 = F32RowInvariantKernels.useAVX512 && ProcessInfo.processInfo.environment["MOE_BF16_ROWS"] != "swift"
+
     /// Weight bytes of one tile: swept once per group of four input rows, so it should stay in L2.
     static let tileBytes = 96 << 10
 
@@ -49,6 +54,13 @@ public enum RowInvariantKernels {
             for j in 0..<n { BF16Kernels.permute(xb + j * cols, blocks: blocks, into: permuted + j * stride) }
             let px = UnsafePointer(permuted)
             func run(_ range: Range<Int>) {
+                if useAVX512 {
+                    // 4x6 register tiles of 16-lane [even | odd] accumulators (bf16_rows_avx512.c):
+                    // the same per-output arithmetic, 24 FMAs per 4 widened weight blocks.
+                    moe_bf16_rows_avx512(w, Int64(rows), Int64(cols), px, Int64(stride), xb, Int64(n), yb,
+                                         Int64(range.lowerBound), Int64(range.upperBound))
+                    return
+                }
                 var tile = range.lowerBound
                 while tile < range.upperBound {
                     let tileRange = tile..<min(tile + tileRows, range.upperBound)

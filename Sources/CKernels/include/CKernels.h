@@ -177,6 +177,14 @@ const char *moe_mxfp4_kernel_name(int level);
 void moe_f32_rows_avx512(const float *w, int64_t rows, int64_t cols, const float *x, int64_t count, float *y,
                          int64_t row_begin, int64_t row_end);
 
+/// Row-invariant bf16 product on AVX-512 F (call only when moe_kernels_detect() >= MOE_KERNEL_AVX512):
+/// y[j * rows + r] = Σ_c bf16(w[r * cols + c]) · x[j * cols + c] for r in [row_begin, row_end), j < count, each
+/// output with exactly the arithmetic of the Swift bf16 GEMV (`BF16Kernels.gemv`; see bf16_rows_avx512.c).
+/// `px` holds each input row permuted as `BF16Kernels.permute` does (row j at px + j * stride, stride =
+/// 16 · (cols / 16)); `x` the same rows as they are (for the columns past the last block of 16).
+void moe_bf16_rows_avx512(const uint16_t *w, int64_t rows, int64_t cols, const float *px, int64_t stride, const float *x,
+                          int64_t count, float *y, int64_t row_begin, int64_t row_end);
+
 #ifdef __cplusplus
 }
 #endif
