@@ -85,6 +85,10 @@ public struct WeightMatrix: @unchecked Sendable {
         case .bf16(let w):
             if n == 1 {
                 BF16Kernels.gemv(w, rows: rows, cols: cols, x: x, y: y)
+            } else if n < 9 && RowInvariantKernels.useAVX512 {
+                // A few sequences' decode rows: the AVX-512 tile kernel streams the weights once for
+                // all of them, with the GEMV's arithmetic per output (as below).
+                RowInvariantKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
             } else if n < 9 {
                 MultiRowKernels.bf16(w, rows: rows, cols: cols, x: x, count: n, y: y)
             } else if RowInvariantKernels.enabled {

@@ -32,8 +32,8 @@ import Testing
         // tiled; 300x3000 has more input rows than one widening panel holds at 300 rows. With
         // AVX-512 the row counts leave every remainder of the 6-input tiles (9: 3, 13: 1, 14: 2,
         // 64: 4, 65: 5) and 23 and 77 rows a remainder of the 4-row tiles; 77x2880 is gpt-oss-20b's width.
-        for (rows, cols, counts) in [(23, 70, [9, 13, 14, 64, 65, 257]), (1100, 1024, [9, 31, 130]), (300, 3000, [9, 200]),
-                                     (77, 2880, [9, 14, 36])] {
+        for (rows, cols, counts) in [(23, 70, [2, 5, 8, 9, 13, 14, 64, 65, 257]), (1100, 1024, [9, 31, 130]), (300, 3000, [9, 200]),
+                                     (77, 2880, [3, 7, 9, 14, 36])] {
             expectRowInvariant(Self.bf16Matrix(rows: rows, cols: cols, seed: 21), rowCounts: counts, seed: 22)
         }
     }
@@ -94,7 +94,7 @@ import Testing
             let matrix = Self.bf16Matrix(rows: rows, cols: cols, seed: 3)
             guard case .bf16(let w) = matrix.storage else { continue }
             let widened = AlignedBuffer<Float>(count: rows * cols)
-            for n in [9, 32, 64, 256] {
+            for n in [2, 4, 8, 9, 32, 64, 256] {
                 let x = randomFloats(n * cols, seed: 4)
                 var y = [Float](repeating: 0, count: n * rows)
                 let reps = max(3, min(200, 400_000_000 / (n * rows * cols)))
@@ -119,7 +119,9 @@ import Testing
                     y.withUnsafeMutableBufferPointer { yp in
                         median {
                             IntegerDotKernels.serially {
-                                RowInvariantKernels.bf16(w, rows: rows, cols: cols, x: xp.baseAddress!, count: n, y: yp.baseAddress!)
+                                // `apply`: below 9 rows the multi-row kernel unless the AVX-512 tiles run
+                                // (`MOE_BF16_ROWS=swift` times the Swift kernels).
+                                matrix.apply(xp.baseAddress!, rowCount: n, into: yp.baseAddress!)
                             }
                         }
                     }
