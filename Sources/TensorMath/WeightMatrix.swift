@@ -1,3 +1,4 @@
+import CKernels
 import COpenBLAS
 import Dispatch
 import Foundation
@@ -303,11 +304,24 @@ public enum BF16Kernels {
                 let pointers = SendablePointers(w: w, permutedX: xp, x: x, y: y)
                 DispatchQueue.concurrentPerform(iterations: 2) { part in
                     let first = part == 0 ? 0 : half, last = part == 0 ? half : rows
-                    rowRange(pointers.w, first..<last, cols: cols, blocks: blocks, permutedX: pointers.permutedX, x: pointers.x, y: pointers.y)
+                    rowProducts(pointers.w, first..<last, cols: cols, blocks: blocks, permutedX: pointers.permutedX, x: pointers.x, y: pointers.y)
                 }
             } else {
-                rowRange(w, 0..<rows, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
+                rowProducts(w, 0..<rows, cols: cols, blocks: blocks, permutedX: xp, x: x, y: y)
             }
+        }
+    }
+
+    /// `rowRange`, or with AVX-512 the tile kernel at one input row (`moe_bf16_rows_avx512`: the same
+    /// arithmetic per output, four weight rows per pass; `MOE_BF16_ROWS=swift` keeps `rowRange`).
+    @inline(__always)
+    static func rowProducts(_ w: UnsafePointer<UInt16>, _ range: Range<Int>, cols: Int, blocks: Int,
+                            permutedX: UnsafePointer<Float>, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>) {
+        if RowInvariantKernels.useAVX512 && blocks > 0 {
+            moe_bf16_rows_avx512(w, Int64(range.upperBound), Int64(cols), permutedX, Int64(blocks * 16), x, 1, y,
+                                 Int64(range.lowerBound), Int64(range.upperBound))
+        } else {
+            rowRange(w, range, cols: cols, blocks: blocks, permutedX: permutedX, x: x, y: y)
         }
     }
 
