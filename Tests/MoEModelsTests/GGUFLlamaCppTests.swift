@@ -27,6 +27,25 @@ struct LlamaCppReference: Decodable {
 
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/gguf")
+
+    /// `pack FILE.gguf STORE` (ggml blocks kept) into a temporary directory, checked by `verify`, and the
+    /// logits of one token sequence read from the file and from the store: (file, store).
+    static func fileAndPackedStoreLogits(_ file: String) throws -> (file: [Float], store: [Float]) {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-pack-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let url = root.appendingPathComponent(file)
+        let storeURL = directory.appendingPathComponent("store")
+        var packer = ExpertStorePacker()
+        packer.dtype = .ggml
+        _ = try packer.pack(gguf: GGUFModel(url: url), to: storeURL)
+        #expect(try ExpertStore(url: storeURL).verify().isEmpty)
+        let tokens = [5, 300, 42, 7, 1000, 12, 13, 14]
+        let fromFile = try ModelLoader.load(at: url), fromStore = try ModelLoader.load(at: storeURL)
+        let a = try fromFile.forward([SequenceInput(cache: fromFile.makeCache(), tokens: tokens, allLogits: true)])[0]
+        let b = try fromStore.forward([SequenceInput(cache: fromStore.makeCache(), tokens: tokens, allLogits: true)])[0]
+        return (a, b)
+    }
     static let committed: LlamaCppReference? = try? JSONDecoder().decode(
         LlamaCppReference.self, from: Data(contentsOf: root.appendingPathComponent("reference.json")))
 
@@ -165,19 +184,7 @@ struct LlamaCppReference: Decodable {
     /// exactly the file's logits.
     @Test(arguments: (Self.moreTypeFixtures?.models ?? []).map(\.file))
     func moreTypesPackBitForBit(file: String) throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-more-types-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let url = LlamaCppReference.root.appendingPathComponent(file)
-        let storeURL = directory.appendingPathComponent("store")
-        var packer = ExpertStorePacker()
-        packer.dtype = .ggml
-        _ = try packer.pack(gguf: GGUFModel(url: url), to: storeURL)
-        #expect(try ExpertStore(url: storeURL).verify().isEmpty)
-        let tokens = [5, 300, 42, 7, 1000, 12, 13, 14]
-        let fromFile = try ModelLoader.load(at: url), fromStore = try ModelLoader.load(at: storeURL)
-        let a = try fromFile.forward([SequenceInput(cache: fromFile.makeCache(), tokens: tokens, allLogits: true)])[0]
-        let b = try fromStore.forward([SequenceInput(cache: fromStore.makeCache(), tokens: tokens, allLogits: true)])[0]
+        let (a, b) = try LlamaCppReference.fileAndPackedStoreLogits(file)
         if file == "qwen3moe-Q2_K.gguf" {
             // Known difference: this file's Q4_0 experts are converted to the q4 layout when read from the
             // file (`GGMLQ4_0`, VNNI kernels) but stay `.ggml(.q4_0)` blocks in a store (the portable

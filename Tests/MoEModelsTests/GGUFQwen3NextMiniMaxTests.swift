@@ -120,19 +120,7 @@ import ModelFormats
     /// `pack FILE.gguf STORE`: the store computes exactly the file's logits.
     @Test(arguments: (Self.reference?.models ?? []).map(\.file))
     func packedStoreGivesTheFilesLogits(file: String) throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-qwen3next-minimax-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: directory) }
-        let url = LlamaCppReference.root.appendingPathComponent(file)
-        let storeURL = directory.appendingPathComponent("store")
-        var packer = ExpertStorePacker()
-        packer.dtype = .ggml
-        _ = try packer.pack(gguf: GGUFModel(url: url), to: storeURL)
-        #expect(try ExpertStore(url: storeURL).verify().isEmpty)
-        let tokens = [5, 300, 42, 7, 1000, 12, 13, 14]
-        let fromFile = try ModelLoader.load(at: url), fromStore = try ModelLoader.load(at: storeURL)
-        let a = try fromFile.forward([SequenceInput(cache: fromFile.makeCache(), tokens: tokens, allLogits: true)])[0]
-        let b = try fromStore.forward([SequenceInput(cache: fromStore.makeCache(), tokens: tokens, allLogits: true)])[0]
+        let (a, b) = try LlamaCppReference.fileAndPackedStoreLogits(file)
         #expect(a.map(\.bitPattern) == b.map(\.bitPattern), "\(file): the store's logits differ from the file's")
     }
 }
