@@ -147,6 +147,37 @@ def reference_steps(llama: Path, gguf: Path, prompts: list[list[int]], banned: l
         server.wait()
 
 
+
+def quantise_and_record(types: dict[str, list[str]], reference_name: str, llama: Path, out_dir: Path, seed: int) -> None:
+    """For each configuration named in `types` (same checkpoint and seed as this script's own files), the
+    F32 conversion quantised by `llama-quantize` to each listed type, llama-server's reference steps for
+    each file, and all of them in `out_dir / reference_name` (the format of reference.json). Used by the
+    scripts that add types to the fixtures (make_q3k_iq4xs_fixtures.py, make_more_type_fixtures.py)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
+    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in PROMPTS]
+    banned = [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, (name, arch, overrides, _) in enumerate(CONFIGS):
+            if name not in types:
+                continue
+            checkpoint = Path(tmp) / name
+            build_checkpoint(name, arch, overrides, checkpoint, seed + number)
+            base = Path(tmp) / f"{name}-F32.gguf"
+            convert(llama, checkpoint, base)
+            for qtype in types[name]:
+                out = out_dir / f"{name}-{qtype}.gguf"
+                subprocess.run([str(llama / "build/bin/llama-quantize"), str(base), str(out), qtype, "2"],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                steps = reference_steps(llama, out, prompts, banned)
+                models.append({"file": out.name, "architecture": arch, "type": qtype, "steps": steps})
+                print(f"{out.name}: {out.stat().st_size} bytes, {len(steps)} steps", file=sys.stderr)
+    (out_dir / reference_name).write_text(json.dumps({"prompts": prompts, "models": models}, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--llama-cpp", type=Path, default=Path.home() / ".cache/moe-serve-llama-cpp")

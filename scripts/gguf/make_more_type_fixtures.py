@@ -20,10 +20,7 @@ Tests/MoEModelsTests/GGUFLlamaCppTests.swift (`moreTypeFixtures`).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,29 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=common.ROOT / "Tests/Fixtures/gguf")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(common.TOKENIZER)
-    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in common.PROMPTS]
-    banned = [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
-    args.out.mkdir(parents=True, exist_ok=True)
-    models = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for number, (name, arch, overrides, _) in enumerate(common.CONFIGS):
-            if name not in TYPES:
-                continue
-            checkpoint = Path(tmp) / name
-            common.build_checkpoint(name, arch, overrides, checkpoint, args.seed + number)
-            base = Path(tmp) / f"{name}-F32.gguf"
-            common.convert(args.llama_cpp, checkpoint, base)
-            for qtype in TYPES[name]:
-                out = args.out / f"{name}-{qtype}.gguf"
-                subprocess.run([str(args.llama_cpp / "build/bin/llama-quantize"), str(base), str(out), qtype, "2"],
-                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                steps = common.reference_steps(args.llama_cpp, out, prompts, banned)
-                models.append({"file": out.name, "architecture": arch, "type": qtype, "steps": steps})
-                print(f"{out.name}: {out.stat().st_size} bytes, {len(steps)} steps", file=sys.stderr)
-    (args.out / "more-types-reference.json").write_text(json.dumps({"prompts": prompts, "models": models}, indent=1) + "\n")
+    common.quantise_and_record(TYPES, "more-types-reference.json", args.llama_cpp, args.out, args.seed)
 
 
 if __name__ == "__main__":

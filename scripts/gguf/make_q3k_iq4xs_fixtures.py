@@ -19,16 +19,14 @@ of reference.json, read by Tests/MoEModelsTests/GGUFLlamaCppTests.swift (`superB
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_gguf_fixtures as common  # noqa: E402
 
-TYPES = ["Q3_K_M", "IQ4_XS"]
+# configuration name in make_gguf_fixtures.CONFIGS -> llama-quantize types
+TYPES = {"qwen3moe": ["Q3_K_M", "IQ4_XS"]}
 
 
 def main() -> None:
@@ -37,28 +35,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=common.ROOT / "Tests/Fixtures/gguf")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(common.TOKENIZER)
-    prompts = [tokenizer.encode(p, add_special_tokens=False) for p in common.PROMPTS]
-    banned = [i for i in range(len(tokenizer)) if "\ufffd" in tokenizer.decode([i])]
-    args.out.mkdir(parents=True, exist_ok=True)
-    # qwen3moe is make_gguf_fixtures.py's first configuration: its seed is args.seed + 0.
-    number, (name, arch, overrides, _) = next((i, c) for i, c in enumerate(common.CONFIGS) if c[0] == "qwen3moe")
-    models = []
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / name
-        common.build_checkpoint(name, arch, overrides, checkpoint, args.seed + number)
-        base = Path(tmp) / f"{name}-F32.gguf"
-        common.convert(args.llama_cpp, checkpoint, base)
-        for qtype in TYPES:
-            out = args.out / f"{name}-{qtype}.gguf"
-            subprocess.run([str(args.llama_cpp / "build/bin/llama-quantize"), str(base), str(out), qtype, "2"],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            steps = common.reference_steps(args.llama_cpp, out, prompts, banned)
-            models.append({"file": out.name, "architecture": arch, "type": qtype, "steps": steps})
-            print(f"{out.name}: {out.stat().st_size} bytes, {len(steps)} steps", file=sys.stderr)
-    (args.out / "q3k-iq4xs-reference.json").write_text(json.dumps({"prompts": prompts, "models": models}, indent=1) + "\n")
+    common.quantise_and_record(TYPES, "q3k-iq4xs-reference.json", args.llama_cpp, args.out, args.seed)
 
 
 if __name__ == "__main__":
