@@ -301,7 +301,14 @@ public enum IntegerDotKernels {
             // A capture-free static function, as in `product`: the escaping closure this built on
             // every call was a heap allocation per product on GGUF K-quant models' decode path.
             let (span, count) = rowSpans(rows: rows, cols: cols, count: n)
-            if count > 1 {
+            if count == 2 && kQuantOnCorePair {
+                // A decode-sized split (the K-quant LM head of GGUF models): on the core pair's ready
+                // helper, as `product` does, instead of waking a sleeping GCD worker every token.
+                CorePair.run { index in
+                    runKQuantRows(pointers.value, level: level, type: type, cols: cols, rows: rows, n: n,
+                                  first: index * span, last: min(rows, (index + 1) * span))
+                }
+            } else if count > 1 {
                 DispatchQueue.concurrentPerform(iterations: count) { index in
                     runKQuantRows(pointers.value, level: level, type: type, cols: cols, rows: rows, n: n,
                                   first: index * span, last: min(rows, (index + 1) * span))
@@ -311,6 +318,10 @@ public enum IntegerDotKernels {
             }
         }
     }
+
+    /// Whether two-way K-quant splits run on the core pair (default) or on GCD (`MOE_KQUANT_SPLIT=gcd`,
+    /// the previous behaviour, kept to A/B the two with one binary).
+    static let kQuantOnCorePair = ProcessInfo.processInfo.environment["MOE_KQUANT_SPLIT"] != "gcd"
 
     /// Rows `first..<last` of one K-quant product (`kQuant`'s operands): any split gives the same bits.
     private static func runKQuantRows(_ p: (UnsafePointer<UInt8>, UnsafeMutablePointer<Int8>, UnsafeMutablePointer<Float>,

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import TensorMath
+@testable import TensorMath
 
 /// The K-quant integer-dot kernels (`moe_gemm_kquant_q8_K`, issue 22): against the dequantised
 /// product with llama.cpp's Q8_K rounding of the activations (`GGMLDequantize`,
@@ -87,5 +87,20 @@ import TensorMath
             #expect(batched.map(\.bitPattern) == alone.map(\.bitPattern), "\(type)")
             #expect(Self.product(type, blocks, rows: rows, cols: cols, x: x, count: n, level: .portable).map(\.bitPattern) == batched.map(\.bitPattern))
         }
+    }
+
+    /// A decode GEMV large enough to split in two (the demo's Q6_K LM head class: 1M+ multiply-adds)
+    /// runs its halves on the core pair (`kQuantOnCorePair`); the split must give the unsplit bits.
+    @Test(arguments: [GGMLType.q4_K, .q6_K])
+    func decodeSplitOnTheCorePairIsBitIdenticalToUnsplit(type: GGMLType) {
+        guard let level = IntegerDotKernels.level else { return }
+        let rows = 1040, cols = 1024 // 1040 rows: the second half is shorter than the first
+        #expect(IntegerDotKernels.rowSpans(rows: rows, cols: cols, count: 1).count == min(2, ProcessInfo.processInfo.activeProcessorCount))
+        let blocks = Self.randomBlocks(type, rows: rows, cols: cols, seed: 21)
+        let x = QuantizationTests.random(cols, seed: 22)
+        let split = Self.product(type, blocks, rows: rows, cols: cols, x: x, count: 1, level: level)
+        let unsplit = IntegerDotKernels.serially { Self.product(type, blocks, rows: rows, cols: cols, x: x, count: 1, level: level) }
+        #expect(!split.contains { $0.isNaN })
+        #expect(split.map(\.bitPattern) == unsplit.map(\.bitPattern), "\(type)")
     }
 }
