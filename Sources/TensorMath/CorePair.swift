@@ -16,6 +16,22 @@ public enum CorePair {
     /// The count `quiet` keeps (0 when no reads are in flight); for tests.
     public static var quietCount: Int { Int(moe_corepair_quiet_count()) }
 
+    /// Starts the helper thread if it is not running yet: a model calls it when it is built, so
+    /// that no decode step pays for creating the thread (the first split of a step once did).
+    @discardableResult
+    public static func prepare() -> Bool { moe_corepair_prepare() != 0 }
+
+    /// Runs `job(context, 0)` on this thread and `job(context, 1)` on the helper; returns when both
+    /// are done. A C function and a context pointer: no closure context to allocate, where `run`'s
+    /// closure, when it captures more than a few trivial values, cost two heap allocations per call
+    /// (DecodeStepAllocationTests found them in the per-layer attention split).
+    public static func run(context: UnsafeMutableRawPointer, _ job: @convention(c) (UnsafeMutableRawPointer?, Int32) -> Void) {
+        if moe_corepair_run(job, context) == 0 {
+            let shared = UncheckedSendable(context)
+            DispatchQueue.concurrentPerform(iterations: 2) { job(shared.value, Int32($0)) }
+        }
+    }
+
     /// Runs `body(0)` on this thread and `body(1)` on the helper; returns when both are done.
     public static func run(_ body: (Int) -> Void) {
         withoutActuallyEscaping(body) { body in

@@ -59,6 +59,8 @@ typedef void (*moe_corepair_fn)(void *context, int index);
 /// nothing when the helper is unavailable (`MOE_COREPAIR=0`, thread creation failed) or already
 /// in use (a nested or concurrent section); the caller then runs its own fallback.
 int moe_corepair_run(moe_corepair_fn fn, void *context);
+/// Starts the helper now (otherwise the first `moe_corepair_run` does); returns whether it runs.
+int moe_corepair_prepare(void);
 /// Adds `delta` to the count of expert reads in flight that the helper yields to: while it is
 /// above 0 the helper sleeps right after a job instead of spinning (see corepair.c).
 void moe_corepair_quiet(int delta);

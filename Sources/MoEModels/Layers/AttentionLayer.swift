@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import ModelFormats
 import TensorMath
 
@@ -138,6 +139,11 @@ struct AttentionLayer {
                 let firstKey = slidingWindow.map { max(0, position - $0 + 1) } ?? 0
                 let keyCount = position + 1 - firstKey
                 let firstRow = firstKey - cache.firstPosition(layer)
+                if span.rowCount == 1 && headCount >= 2 && keyCount >= Self.decodeHeadSplitKeys.load(ordering: .relaxed) {
+                    attendHeadsInParallel(row: row, cache: cache, firstRow: firstRow, keyCount: keyCount, q: q.pointer,
+                                          context: context.pointer, scores: (scores, scores + workspace.scores.count / 2))
+                    continue
+                }
                 attendHeads(row: row, cache: cache, firstRow: firstRow, keyCount: keyCount, q: q.pointer, context: context.pointer,
                             scores: scores)
             }
@@ -165,11 +171,12 @@ struct AttentionLayer {
     /// `firstRow ..< firstRow + keyCount` of the cache; `scores` holds `keyCount` floats.
     @inline(__always)
     private func attendHeads(row: Int, cache: KVCache, firstRow: Int, keyCount: Int, q: UnsafeMutablePointer<Float>,
-                             context: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>) {
+                             context: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>,
+                             heads: Range<Int>? = nil) {
         let qWidth = headCount * headDim, kvWidth = kvHeadCount * headDim
         let scale = 1 / Float(headDim).squareRoot()
         let groupSize = headCount / kvHeadCount
-        for head in 0..<headCount {
+        for head in heads ?? 0..<headCount {
             let group = head / groupSize
             let query = q + row * qWidth + head * headDim
             let offset = firstRow * kvWidth + group * headDim
@@ -193,6 +200,45 @@ struct AttentionLayer {
                 softmax(scores, count: keyCount, head: head)
                 AttentionKernels.weightedSum(scores, halfValues: cache.halfValueRows(layer) + offset,
                                              valueStride: kvWidth, count: keyCount, dim: headDim, into: out)
+            }
+        }
+    }
+
+    /// A decode row whose query sees at least this many keys runs half its heads on the core
+    /// pair's helper. One token's attention ran on one core while the helper spun idle: on the
+    /// trained demo (4 heads, ~160 keys) the split gave decode 1.12-1.14x, paired, 6 of 6 rounds
+    /// faster (docs/BENCHMARKS.md, session 16); 32 keys keeps the hand-off (about a microsecond)
+    /// away from the shortest contexts, where a head is only a few thousand multiply-adds.
+    /// `MOE_DECODE_HEAD_SPLIT_KEYS` overrides it; tests set it to compare the two paths.
+    public static let decodeHeadSplitKeys = Atomic<Int>(
+        ProcessInfo.processInfo.environment["MOE_DECODE_HEAD_SPLIT_KEYS"].flatMap { Int($0) } ?? 32)
+
+    /// One decode row's heads, the first half on this thread and the rest on the core pair's
+    /// helper, each half with its own `[keyCount]` scores; every head is computed as
+    /// `attendHeads` computes it, so the bits do not depend on the split.
+    private func attendHeadsInParallel(row: Int, cache: KVCache, firstRow: Int, keyCount: Int, q: UnsafeMutablePointer<Float>,
+                                       context: UnsafeMutablePointer<Float>,
+                                       scores: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>)) {
+        // Everything the halves need, passed by pointer to a capture-free C function
+        // (`CorePair.run(context:_:)`): a Swift closure here cost heap allocations per call.
+        struct Job {
+            let layer: UnsafePointer<AttentionLayer>
+            let cache: Unmanaged<KVCache>
+            let row, firstRow, keyCount, half: Int
+            let q, context, scores, helperScores: UnsafeMutablePointer<Float>
+        }
+        withUnsafePointer(to: self) { layer in
+            var job = Job(layer: layer, cache: .passUnretained(cache), row: row, firstRow: firstRow, keyCount: keyCount,
+                          half: (headCount + 1) / 2, q: q, context: context, scores: scores.0, helperScores: scores.1)
+            withUnsafeMutablePointer(to: &job) { pointer in
+                CorePair.run(context: UnsafeMutableRawPointer(pointer)) { context, part in
+                    let job = context!.assumingMemoryBound(to: Job.self).pointee
+                    let layer = job.layer.pointee
+                    layer.attendHeads(row: job.row, cache: job.cache.takeUnretainedValue(), firstRow: job.firstRow,
+                                      keyCount: job.keyCount, q: job.q, context: job.context,
+                                      scores: part == 0 ? job.scores : job.helperScores,
+                                      heads: part == 0 ? 0..<job.half : job.half..<layer.headCount)
+                }
             }
         }
     }

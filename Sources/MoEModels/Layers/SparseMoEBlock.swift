@@ -73,11 +73,13 @@ struct SparseMoEBlock {
     /// more would take the cores the expert readers and the GEMMs' own threads need).
     static let expertWorkers = min(2, ProcessInfo.processInfo.activeProcessorCount)
     /// Experts of at least this many weights run on `expertWorkers` threads even for one token.
-    /// Measured (one sequence, everything resident): the demo's 98 K-weight experts decoded 20%
-    /// slower with two workers (the hand-off costs more than an expert), while 1.6 M-weight
-    /// experts (the widened demo) went 140 -> 173 tok/s and OLMoE's 6.3 M-weight q4 experts
-    /// 7.4-8.3 -> 9.0-9.8 tok/s (docs/PERFORMANCE.md).
-    static let parallelSingleRowWeights = 1 << 19
+    /// Measured (one sequence, everything resident): 1.6 M-weight experts (the widened demo) went
+    /// 140 -> 173 tok/s and OLMoE's 6.3 M-weight q4 experts 7.4-8.3 -> 9.0-9.8 tok/s
+    /// (docs/PERFORMANCE.md). The demo's 98 K-weight experts once decoded 20% slower with two
+    /// workers, when each hand-off woke a GCD worker; on the core pair's ready helper they decode
+    /// 1.26x faster (paired, 5 of 6 rounds, docs/BENCHMARKS.md session 16), hence 64 K.
+    /// `MOE_PARALLEL_EXPERT_WEIGHTS` overrides it (for measurements).
+    static let parallelSingleRowWeights = ProcessInfo.processInfo.environment["MOE_PARALLEL_EXPERT_WEIGHTS"].flatMap { Int($0) } ?? 1 << 16
     /// Whether larger steps (prefill chunks) also spread whole experts over `expertWorkers` threads,
     /// each expert's products unsplit: the demo's 98 K-weight experts are products too small to
     /// split (1 M multiply-adds for ~32 tokens), so a prefill ran them on one core.
