@@ -33,14 +33,18 @@ public struct TraceBenchmark: Sendable {
         public var cachePerLayer: Int
         public var layers: Int
         public var topK: Int
-        /// Each policy's result by name (`lru`, `lfu`, `lrfu`, `hotset`, `belady`, and with more than one
-        /// recorded layer the shared-pool `lru_global`, `fate`, `belady_global`).
+        /// Each policy's result by name (`lru`, `lfu`, `lrfu`, `hotset`, `learned`, `belady`, and with more
+        /// than one recorded layer the shared-pool `lru_global`, `lfu_global`, `lrfu_global`,
+        /// `learned_global`, `fate`, `belady_global`).
         public var policies: [String: TraceReplay.Result]
         /// The policies in the order they ran (the table's order).
         public var order: [String]
+        /// Per policy, the share of the gap between LRU and Belady (same pool) it closes:
+        /// (hit rate − LRU's) / (Belady's − LRU's); absent where Belady gains nothing over LRU.
+        public var gapClosed: [String: Double]
 
         enum CodingKeys: String, CodingKey {
-            case tokens, cachePerLayer = "cache_per_layer", layers, topK = "top_k", policies
+            case tokens, cachePerLayer = "cache_per_layer", layers, topK = "top_k", policies, gapClosed = "gap_closed"
         }
     }
 
@@ -62,11 +66,15 @@ public struct TraceBenchmark: Sendable {
                 ("lfu", LFUPolicy(), .perLayer),
                 ("lrfu", LRFUPolicy(), .perLayer),
                 ("hotset", HotSetPolicy(hotPerLayer: slots / 2), .perLayer),
+                ("learned", LearnedPolicy(), .perLayer),
                 ("belady", BeladyPolicy(), .perLayer),
             ]
             if recorded.count > 1 {
                 runs += [
                     ("lru_global", LRUPolicy(), .global),
+                    ("lfu_global", LFUPolicy(), .global),
+                    ("lrfu_global", LRFUPolicy(), .global),
+                    ("learned_global", LearnedPolicy(), .global),
                     ("fate", LayerAwarePolicy(shallowLayerCount: shallowBoundary), .global),
                     ("belady_global", BeladyPolicy(), .global),  // no floors: the unconstrained optimum bounds every floored policy
                 ]
@@ -76,8 +84,13 @@ public struct TraceBenchmark: Sendable {
                 let floors = name == "belady_global" ? 0 : floorSlots
                 results[name] = try TraceReplay.run(routing, policy: policy, cachePerLayer: slots, pool: pool, floorSlots: floors)
             }
+            var gapClosed: [String: Double] = [:]
+            for (name, result) in results {
+                let (lru, belady) = result.pool == .global ? (results["lru_global"]!, results["belady_global"]!) : (results["lru"]!, results["belady"]!)
+                if belady.hitRate > lru.hitRate { gapClosed[name] = (result.hitRate - lru.hitRate) / (belady.hitRate - lru.hitRate) }
+            }
             let output = Output(tokens: routing.tokens.count, cachePerLayer: slots, layers: recorded.count, topK: topK,
-                                policies: results, order: runs.map(\.0))
+                                policies: results, order: runs.map(\.0), gapClosed: gapClosed)
             return (output, table(output, order: output.order))
     }
 
@@ -99,14 +112,15 @@ public struct TraceBenchmark: Sendable {
     private func table(_ output: Output, order: [String]) -> String {
         let belady = output.policies["belady"]!.hitRate
         var lines = ["trace: \(output.tokens) tokens, \(output.layers) layers, top-\(output.topK), \(output.cachePerLayer) experts cached per layer",
-                     "policy          pool        hit rate   vs belady (same pool)"]
+                     "policy          pool        hit rate   vs belady (same pool)   LRU→Belady gap closed"]
         for name in order {
             guard let result = output.policies[name] else { continue }
             let optimum = result.pool == .global ? output.policies["belady_global"]!.hitRate : belady
             let gap = String(format: "%+.4f", result.hitRate - optimum)
             lines.append(name.padding(toLength: 16, withPad: " ", startingAt: 0)
                          + result.pool.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
-                         + String(format: "%.4f     ", result.hitRate) + gap)
+                         + String(format: "%.4f     ", result.hitRate) + gap
+                         + (output.gapClosed[name].map { String(format: "                 %.0f%%", 100 * $0) } ?? ""))
         }
         return lines.joined(separator: "\n") + "\n"
     }

@@ -321,7 +321,7 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         for e in 0..<6 { #expect(cache.pins(layer: 1, expert: e) == 0) }
     }
 
-    @Test(arguments: [PolicyChoice.lru, .lfu, .lrfu, .fate, .hotset])
+    @Test(arguments: [PolicyChoice.lru, .lfu, .lrfu, .fate, .hotset, .learned])
     func budgetHoldsUnderConcurrentRandomLoad(choice: PolicyChoice) throws {
         let loader = FakeLoader()
         loader.latency = 0...0.0002

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 @testable import ExpertCache
 
@@ -88,5 +89,74 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         policy.observeNextUse(d, at: Int.max)
         #expect(policy.victim(among: [a, b, c, d]) == c)    // never used again; lowest of the tie
         #expect(policy.victim(among: [a, b]) == a)
+    }
+}
+
+/// `LearnedPolicy`: hand-computed evidence, the backoff and the prior.
+@Suite struct LearnedPolicyTests {
+    /// With no evidence every expert is scored log2(age): LRU's order.
+    @Test func coldTableEvictsLeastRecentlyUsed() {
+        var policy = LearnedPolicy()
+        for k in [a, b, c] { policy.didInsert(k); policy.didAccess(k) }   // t = 1, 2, 3
+        policy.didAccess(a)                                                // t = 4
+        #expect(policy.score(b) == log2(2) - 1e-9 * policy.lrfuValue(b))
+        #expect(policy.victim(among: [a, b, c]) == b)
+    }
+
+    /// A gap of g teaches every age bucket 2^j < g that the expert was g − 2^j away; a later
+    /// expert of the same class at that age is scored with that mean.
+    @Test func aReturnTeachesTheAgesItPassed() {
+        var parameters = LearnedPolicy.Parameters()
+        parameters.minimumEvidence = 1
+        parameters.decay = 1
+        var policy = LearnedPolicy(parameters: parameters)
+        policy.didInsert(a); policy.didAccess(a)   // t = 1: a's classes (1, 1)
+        for k in [b, c, d] { policy.didInsert(k) } // t = 2, 3, 4
+        policy.didAccess(a)                        // t = 5: gap 4 → age 1 saw 3 more, age 2 saw 2 more
+        // b (t = 2, classes (1, 1)) at t = 5 is 3 old: bucket 1 (ages 2-3), learned log2(2) = 1.
+        #expect(abs(policy.score(b) - 1) < 1e-6)
+        // d (t = 4) at t = 5 is 1 old: bucket 0, learned log2(3).
+        #expect(abs(policy.score(d) - log2(3)) < 1e-6)
+        // So d, expected back later, goes before b, although b is older (LRU would take b).
+        #expect(policy.victim(among: [b, d]) == d)
+    }
+
+    /// Cells keep evidence per class: an expert of a class that has never come back at this age
+    /// falls back to the short-run class, then to the age alone.
+    @Test func unseenClassesBackOffToCoarserCells() {
+        var parameters = LearnedPolicy.Parameters()
+        parameters.minimumEvidence = 1
+        parameters.decay = 1
+        var policy = LearnedPolicy(parameters: parameters)
+        policy.didInsert(a); policy.didAccess(a)   // t = 1
+        policy.didInsert(b)                        // t = 2
+        policy.didAccess(a)                        // t = 3: gap 2, bucket 0 learns log2(1) = 0 for class (1, 1)
+        policy.didAccess(a)                        // t = 4: gap 1, nothing learned; a's classes now (2, 2)
+        // a is 1 old with classes (2, 2): no cell of its own or of short class 2; age bucket 0 says 0.
+        #expect(abs(policy.score(a) - 0) < 1e-6)
+        // b is 2 old (bucket 1): nothing learned there; the prior log2(2) = 1.
+        #expect(abs(policy.score(b) - 1) < 1e-6)
+        #expect(policy.victim(among: [a, b]) == b)
+    }
+
+    @Test func sameEventsSameVictims() {
+        func replay() -> [ExpertKey] {
+            var policy = LearnedPolicy()
+            var victims: [ExpertKey] = []
+            var state: UInt64 = 42
+            for _ in 0..<2000 {
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                let k = key(Int(state >> 60) % 2, Int(state >> 33) % 8)
+                policy.didInsert(k); policy.didAccess(k)
+                victims.append(policy.victim(among: (0..<8).map { key(Int(state >> 60) % 2, $0) }))
+            }
+            return victims
+        }
+        #expect(replay() == replay())
+    }
+
+    @Test func selectableByName() {
+        #expect(PolicyChoice(rawValue: "learned") == .learned)
+        #expect(PolicyChoice.learned.make(layerCount: 4, hotPerLayer: 2).name == "learned")
     }
 }

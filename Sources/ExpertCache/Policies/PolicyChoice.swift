@@ -10,6 +10,8 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
     case fate
     /// `HotSetPolicy`, a hot set learned from usage over LRU.
     case hotset
+    /// `LearnedPolicy`, the expected time to an expert's next use learned online from its age and rates.
+    case learned
 
     /// A fresh policy of this kind. `layerCount` sizes Fate's shallow tier (the first
     /// quarter of the layers unless `shallowLayerCount` is given); `hotPerLayer` sizes the
@@ -21,6 +23,7 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
         case .lrfu: return LRFUPolicy()
         case .fate: return LayerAwarePolicy(shallowLayerCount: shallowLayerCount ?? max(1, layerCount / 4))
         case .hotset: return HotSetPolicy(hotPerLayer: hotPerLayer)
+        case .learned: return LearnedPolicy()
         }
     }
 }
