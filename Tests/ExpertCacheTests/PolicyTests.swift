@@ -111,7 +111,7 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         parameters.decay = 1
         var policy = LearnedPolicy(parameters: parameters)
         policy.didInsert(a); policy.didAccess(a)   // t = 1: a's classes (1, 1)
-        for k in [b, c, d] { policy.didInsert(k) } // t = 2, 3, 4
+        for k in [b, c, d] { policy.didInsert(k); policy.didAccess(k) } // t = 2, 3, 4
         policy.didAccess(a)                        // t = 5: gap 4 → age 1 saw 3 more, age 2 saw 2 more
         // b (t = 2, classes (1, 1)) at t = 5 is 3 old: bucket 1 (ages 2-3), learned log2(2) = 1.
         #expect(abs(policy.score(b) - 1) < 1e-6)
@@ -129,7 +129,7 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         parameters.decay = 1
         var policy = LearnedPolicy(parameters: parameters)
         policy.didInsert(a); policy.didAccess(a)   // t = 1
-        policy.didInsert(b)                        // t = 2
+        policy.didInsert(b); policy.didAccess(b)   // t = 2
         policy.didAccess(a)                        // t = 3: gap 2, bucket 0 learns log2(1) = 0 for class (1, 1)
         policy.didAccess(a)                        // t = 4: gap 1, nothing learned; a's classes now (2, 2)
         // a is 1 old with classes (2, 2): no cell of its own or of short class 2; age bucket 0 says 0.
@@ -137,6 +137,30 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         // b is 2 old (bucket 1): nothing learned there; the prior log2(2) = 1.
         #expect(abs(policy.score(b) - 1) < 1e-6)
         #expect(policy.victim(among: [a, b]) == b)
+    }
+
+    /// An insertion without a use (a prefetch) is not a use: the interval from it to the first
+    /// use teaches nothing, while the same interval from a use does.
+    @Test func prefetchedInsertionsTeachNothing() {
+        var parameters = LearnedPolicy.Parameters()
+        parameters.minimumEvidence = 1
+        parameters.decay = 1
+        func scoreOfB(prefetchFirst: Bool) -> Double {
+            var policy = LearnedPolicy(parameters: parameters)
+            policy.didInsert(a); policy.didAccess(a)                  // t = 1
+            policy.didInsert(c)                                       // c read (its age starts now) ...
+            if !prefetchFirst { policy.didAccess(c) }                 // ... and used at t = 2, or not used
+            policy.didInsert(b); policy.didAccess(b)                  // b used (t = 2, or 3)
+            policy.didAccess(a); policy.didAccess(a)                  // a's gaps: 2 then 1 (or 3 then 1)
+            policy.didAccess(c)                                       // c used: its first use, or a gap of 4
+            return policy.score(b)
+        }
+        // Prefetched: now t = 5, b is 3 old (bucket 1); only a's gap of 2 taught anything, and only
+        // bucket 0, so b gets the prior log2(3).
+        #expect(abs(scoreOfB(prefetchFirst: true) - log2(3)) < 1e-6)
+        // Used: now t = 6, b is 3 old; bucket 1 of class (1, 1) learned a's 3 − 2 → log2 1 = 0 and
+        // c's 4 − 2 → log2 2 = 1: the mean, 0.5.
+        #expect(abs(scoreOfB(prefetchFirst: false) - 0.5) < 1e-6)
     }
 
     @Test func sameEventsSameVictims() {

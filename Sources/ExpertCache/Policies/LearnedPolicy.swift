@@ -38,14 +38,17 @@ public struct LearnedPolicy: CachePolicy {
     public let parameters: Parameters
     private var keys: [ExpertKey: KeyState] = [:]
     private var layerClock: [Int: Int] = [:]
-    private var fresh = FreshInsertions()
     /// Three tables of (Σ log2 remaining, evidence), each `[..., ageBuckets]`: by both classes,
     /// by the short-run class, by age alone.
     private var byBoth: EvidenceTable, byShort: EvidenceTable, byAge: EvidenceTable
 
     /// What the policy keeps per expert (also for evicted ones: their history outlives residency).
     struct KeyState: Sendable {
+        /// The layer clock at the last use (meaningful once `used`).
         var last: Int
+        var used: Bool
+        /// The layer clock at the last use or insertion: an expert's age counts from it.
+        var touched: Int
         var shortCount: Double
         var longCount: Double
         /// The classes at the last reference: the row the next gap's evidence goes to.
@@ -63,16 +66,18 @@ public struct LearnedPolicy: CachePolicy {
         byAge = EvidenceTable(rows: 1, ages: ages)
     }
 
+    /// An insertion is not a use: a prefetched expert may never be used, and a gap learned from
+    /// it would teach the table the predictor's guesses instead of the routing. It only restarts
+    /// the expert's age, so that what was just read is not the first thing evicted. (A demand
+    /// miss's use follows at once as `didAccess`, so a replay without prefetch counts each use once.)
     public mutating func didInsert(_ key: ExpertKey) {
-        fresh.inserted(key)
-        reference(key)
+        let now = layerClock[key.layer, default: 0]
+        keys[key, default: KeyState(last: now, used: false, touched: now, shortCount: 0, longCount: 0, shortClass: 0, longClass: 0)].touched = now
     }
 
-    public mutating func didAccess(_ key: ExpertKey) {
-        if !fresh.consumeAccess(key) { reference(key) }
-    }
+    public mutating func didAccess(_ key: ExpertKey) { reference(key) }
 
-    public mutating func didEvict(_ key: ExpertKey) { fresh.evicted(key) }
+    public mutating func didEvict(_ key: ExpertKey) {}
 
     public func victim(among candidates: [ExpertKey]) -> ExpertKey {
         // The largest expected log time to the next use; ties (and cold tables) to the key order.
@@ -88,7 +93,7 @@ public struct LearnedPolicy: CachePolicy {
     /// (larger: evict sooner); LRFU's value breaks ties.
     public func score(_ key: ExpertKey) -> Double {
         guard let state = keys[key] else { return .infinity }  // never referenced: nothing says keep it
-        let age = max(1, layerClock[key.layer, default: 0] - state.last)
+        let age = max(1, layerClock[key.layer, default: 0] - state.touched)
         let bucket = min(parameters.ageBuckets - 1, Int.bitWidth - 1 - age.leadingZeroBitCount)
         let lrfu = lrfuValue(key)
         let both = state.shortClass * parameters.countClasses + state.longClass
@@ -106,15 +111,15 @@ public struct LearnedPolicy: CachePolicy {
 
     /// `LRFUPolicy`'s value at the short-run half-life (larger: more worth keeping).
     func lrfuValue(_ key: ExpertKey) -> Double {
-        guard let state = keys[key] else { return -.infinity }
+        guard let state = keys[key], state.used else { return 0 }
         return log2(state.shortCount) + parameters.shortLambda * Double(state.last)
     }
 
     private mutating func reference(_ key: ExpertKey) {
         let now = layerClock[key.layer, default: 0] + 1
         layerClock[key.layer] = now
-        var state = keys[key] ?? KeyState(last: now, shortCount: 0, longCount: 0, shortClass: 0, longClass: 0)
-        let gap = now - state.last
+        var state = keys[key] ?? KeyState(last: now, used: false, touched: now, shortCount: 0, longCount: 0, shortClass: 0, longClass: 0)
+        let gap = state.used ? now - state.last : 0
         if gap > 0 {
             // The expert passed through every age bucket below its gap: at age 2^j it was g − 2^j away.
             let both = state.shortClass * parameters.countClasses + state.longClass
@@ -130,6 +135,8 @@ public struct LearnedPolicy: CachePolicy {
         state.shortCount = 1 + state.shortCount * exp2(-parameters.shortLambda * Double(gap))
         state.longCount = 1 + state.longCount * exp2(-parameters.longLambda * Double(gap))
         state.last = now
+        state.touched = now
+        state.used = true
         state.shortClass = countClass(state.shortCount)
         state.longClass = countClass(state.longCount)
         keys[key] = state
