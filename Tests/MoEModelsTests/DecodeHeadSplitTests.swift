@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 import Testing
 @testable import MoEModels
 
@@ -9,8 +8,9 @@ import Testing
 @Suite(.serialized) struct DecodeHeadSplitTests {
     /// Logits of `steps` decode steps after `prompt`, with decode rows split from `splitKeys` keys on.
     static func decodeLogits(_ fixture: ReferenceFixture, precision: KVPrecision, splitKeys: Int, steps: Int) throws -> [[Float]] {
-        let saved = AttentionLayer.decodeHeadSplitKeys.exchange(splitKeys, ordering: .relaxed)
-        defer { AttentionLayer.decodeHeadSplitKeys.store(saved, ordering: .relaxed) }
+        let saved = AttentionLayer.decodeHeadSplitKeys
+        AttentionLayer.decodeHeadSplitKeys = splitKeys
+        defer { AttentionLayer.decodeHeadSplitKeys = saved }
         let reference = try fixture.reference()
         let model = try ModelLoader.loadCheckpoint(at: fixture.directory)
         model.kvPrecision = precision

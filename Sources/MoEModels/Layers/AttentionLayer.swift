@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 import ModelFormats
 import TensorMath
 
@@ -139,7 +138,7 @@ struct AttentionLayer {
                 let firstKey = slidingWindow.map { max(0, position - $0 + 1) } ?? 0
                 let keyCount = position + 1 - firstKey
                 let firstRow = firstKey - cache.firstPosition(layer)
-                if span.rowCount == 1 && headCount >= 2 && keyCount >= Self.decodeHeadSplitKeys.load(ordering: .relaxed) {
+                if span.rowCount == 1 && headCount >= 2 && keyCount >= Self.decodeHeadSplitKeys {
                     attendHeadsInParallel(row: row, cache: cache, firstRow: firstRow, keyCount: keyCount, q: q.pointer,
                                           context: context.pointer, scores: (scores, scores + workspace.scores.count / 2))
                     continue
@@ -209,9 +208,11 @@ struct AttentionLayer {
     /// trained demo (4 heads, ~160 keys) the split gave decode 1.12-1.14x, paired, 6 of 6 rounds
     /// faster (docs/BENCHMARKS.md, session 16); 32 keys keeps the hand-off (about a microsecond)
     /// away from the shortest contexts, where a head is only a few thousand multiply-adds.
-    /// `MOE_DECODE_HEAD_SPLIT_KEYS` overrides it; tests set it to compare the two paths.
-    public static let decodeHeadSplitKeys = Atomic<Int>(
-        ProcessInfo.processInfo.environment["MOE_DECODE_HEAD_SPLIT_KEYS"].flatMap { Int($0) } ?? 32)
+    /// `MOE_DECODE_HEAD_SPLIT_KEYS` overrides it; tests set it to compare the two paths (a plain
+    /// variable, not `Synchronization.Atomic`: that module's import clashed with CURing's `fd_set`
+    /// in the test targets' clean builds; it is written only before the layers run).
+    nonisolated(unsafe) public static var decodeHeadSplitKeys =
+        ProcessInfo.processInfo.environment["MOE_DECODE_HEAD_SPLIT_KEYS"].flatMap { Int($0) } ?? 32
 
     /// One decode row's heads, the first half on this thread and the rest on the core pair's
     /// helper, each half with its own `[keyCount]` scores; every head is computed as
