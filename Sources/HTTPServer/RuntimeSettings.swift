@@ -4,7 +4,7 @@
 public struct RuntimeSettings: Sendable, Equatable {
     /// `expert_cache`: bytes of experts to keep in RAM, overriding the share `memory_budget` leaves them.
     public var expertCacheBytes: Int?
-    /// `cache_policy`: eviction policy of the expert cache (lfu, lru, …).
+    /// `cache_policy`: eviction policy of the expert cache (learned, lfu, lru, …).
     public var cachePolicy: String?
     /// `prefetch`: predictive prefetch of experts.
     public var prefetch: Bool?
