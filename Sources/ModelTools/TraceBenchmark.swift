@@ -42,9 +42,13 @@ public struct TraceBenchmark: Sendable {
         /// Per policy, the share of the gap between LRU and Belady (same pool) it closes:
         /// (hit rate − LRU's) / (Belady's − LRU's); absent where Belady gains nothing over LRU.
         public var gapClosed: [String: Double]
+        /// Per policy, the replay's wall time per expert request (bookkeeping and policy together):
+        /// what a policy costs the cache lock per lookup, on this machine.
+        public var replayNanosecondsPerRequest: [String: Double]
 
         enum CodingKeys: String, CodingKey {
             case tokens, cachePerLayer = "cache_per_layer", layers, topK = "top_k", policies, gapClosed = "gap_closed"
+            case replayNanosecondsPerRequest = "replay_ns_per_request"
         }
     }
 
@@ -80,9 +84,13 @@ public struct TraceBenchmark: Sendable {
                 ]
             }
             var results: [String: TraceReplay.Result] = [:]
+            var nanoseconds: [String: Double] = [:]
             for (name, policy, pool) in runs {
                 let floors = name == "belady_global" ? 0 : floorSlots
-                results[name] = try TraceReplay.run(routing, policy: policy, cachePerLayer: slots, pool: pool, floorSlots: floors)
+                let start = DispatchTime.now().uptimeNanoseconds
+                let result = try TraceReplay.run(routing, policy: policy, cachePerLayer: slots, pool: pool, floorSlots: floors)
+                nanoseconds[name] = Double(DispatchTime.now().uptimeNanoseconds - start) / Double(max(result.requests, 1))
+                results[name] = result
             }
             var gapClosed: [String: Double] = [:]
             for (name, result) in results {
@@ -90,7 +98,8 @@ public struct TraceBenchmark: Sendable {
                 if belady.hitRate > lru.hitRate { gapClosed[name] = (result.hitRate - lru.hitRate) / (belady.hitRate - lru.hitRate) }
             }
             let output = Output(tokens: routing.tokens.count, cachePerLayer: slots, layers: recorded.count, topK: topK,
-                                policies: results, order: runs.map(\.0), gapClosed: gapClosed)
+                                policies: results, order: runs.map(\.0), gapClosed: gapClosed,
+                                replayNanosecondsPerRequest: nanoseconds)
             return (output, table(output, order: output.order))
     }
 
@@ -112,7 +121,7 @@ public struct TraceBenchmark: Sendable {
     private func table(_ output: Output, order: [String]) -> String {
         let belady = output.policies["belady"]!.hitRate
         var lines = ["trace: \(output.tokens) tokens, \(output.layers) layers, top-\(output.topK), \(output.cachePerLayer) experts cached per layer",
-                     "policy          pool        hit rate   vs belady (same pool)   LRU→Belady gap closed"]
+                     "policy          pool        hit rate   vs belady (same pool)   LRU→Belady gap closed   ns/request"]
         for name in order {
             guard let result = output.policies[name] else { continue }
             let optimum = result.pool == .global ? output.policies["belady_global"]!.hitRate : belady
@@ -120,7 +129,8 @@ public struct TraceBenchmark: Sendable {
             lines.append(name.padding(toLength: 16, withPad: " ", startingAt: 0)
                          + result.pool.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
                          + String(format: "%.4f     ", result.hitRate) + gap
-                         + (output.gapClosed[name].map { String(format: "                 %.0f%%", 100 * $0) } ?? ""))
+                         + (output.gapClosed[name].map { String(format: "                 %4.0f%%", 100 * $0) } ?? "                      ")
+                         + (output.replayNanosecondsPerRequest[name].map { String(format: "                  %6.0f", $0) } ?? ""))
         }
         return lines.joined(separator: "\n") + "\n"
     }
