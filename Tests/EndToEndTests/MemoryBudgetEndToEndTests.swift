@@ -217,7 +217,7 @@ import Testing
         try #require(result.status == 0, "bench predictor failed: \(result.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         let configs = try #require(json["configs"] as? [String: [String: Any]])
-        for name in ["cross_layer", "cross_layer_wide", "cross_layer_deep", "pre_attention", "history", "combined",
+        for name in ["cross_layer", "cross_layer_wide", "cross_layer_deep", "cross_layer_deep3", "pre_attention", "history", "combined",
                      "cross_layer+probes", "cross_layer_deep+probes"] {
             let config = try #require(configs[name], "\(name) missing from \(configs.keys.sorted())")
             let recall = try #require(config["recall"] as? Double), precision = try #require(config["precision"] as? Double)
@@ -245,6 +245,11 @@ import Testing
             #expect(value >= 0, "\(key) = \(value)")
         }
         #expect((json["decode_tokens_per_second"] as? Double ?? 0) > 0)
+        // The bound divides by the faster of the probe and what the disk delivered during the runs.
+        let probe = try #require(json["disk_gbps"] as? Double)
+        let boundDisk = try #require(json["bound_disk_gb_per_second"] as? Double)
+        #expect(boundDisk >= probe)
+        if let delivered = json["busy_gb_per_second"] as? Double { #expect(boundDisk >= delivered) }
         #expect(json["recall"] as? Double != nil, "prefetch is on by default, so recall is reported")
         // The per-run records of the main configuration, and how many runs there were (a count
         // under "runs" used to overwrite the array).

@@ -162,6 +162,31 @@ private func hintedFixtureModel(_ prefix: String) throws -> (LayerHints, Transfo
         #expect(predictor.statistics.perLayer[0].predicted == 1)
     }
 
+    /// `cross_layer_deep3` guesses three MoE layers ahead: on a three-layer model, layer 0's
+    /// gate input reaches the next step's layer 0 through its fitted map (0 ← 0), which two
+    /// layers ahead does not reach.
+    @Test func threeLayersAheadReachTheNextStepFromTheFirstLayer() throws {
+        let deep3 = try #require(PredictorConfiguration.named.first { $0.0 == "cross_layer_deep3" }?.1)
+        #expect(deep3.crossLayer && deep3.depth == 3 && deep3.deepRowLimit == 1)
+        let (hints, probed) = try hintedFixtureModel("mixtral-top1-tied")
+        let config = probed.config
+        try #require(config.moeLayers == [0, 1, 2] && config.expertCount >= 3)
+        let url = try writeProbes([(0, 0, [2])], experts: config.expertCount, hidden: config.hiddenSize,
+                                  prefixes: ["select"], otherBias: -20)
+        defer { try? FileManager.default.removeItem(at: url) }
+        let probes = try CrossLayerProbes.load(url, experts: config.expertCount, hidden: config.hiddenSize)
+        for (depth, expected) in [(2, nil), (3, [[2]] as [[Int]]?)] {
+            hints.hints = [:]
+            probed.routingObserver = ExpertPredictor(model: probed, configuration: PredictorConfiguration(crossLayer: true, depth: depth),
+                                                     provider: hints, probes: probes)
+            let cache = probed.makeCache()
+            _ = try probed.forward([SequenceInput(cache: cache, tokens: [3, 4])])
+            hints.hints = [:]
+            _ = try probed.forward([SequenceInput(cache: cache, tokens: [6])])
+            #expect(hints.hints[0] == expected, "depth \(depth)")
+        }
+    }
+
     /// A probe with a hidden layer computes `W2 · silu(W1 · x + b1) + b2`; the output layer
     /// must read as many units as the hidden layer has.
     @Test func aHiddenLayerProbeComputesThroughSiLU() throws {
