@@ -8,10 +8,11 @@
 #   scripts/bench_prefetch_modes.sh MODEL EXPERT_CACHE RUNS MODE...
 # e.g. scripts/bench_prefetch_modes.sh /tmp/demo-w2048 96MiB 9 'gate=--prefetch on' \
 #        'select=--prefetch on --predictor-probes DemoModel/predictor-probes.safetensors'
+# ARGS may begin with NAME=VALUE words: that mode's environment (e.g. 'noexp=MOE_EXPECTED_LAST=0 --prefetch on').
 # Environment: MAX_TOKENS (128), PROMPTS (scripts/prompts/python.jsonl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 4 ] || { sed -n '2,12p' "$0" >&2; exit 2; }
+[ $# -ge 4 ] || { sed -n '2,13p' "$0" >&2; exit 2; }
 model="$1"; cache="$2"; runs="$3"; shift 3
 max_tokens="${MAX_TOKENS:-128}"; prompts="${PROMPTS:-scripts/prompts/python.jsonl}"
 bin=.build/release/moe-serve
@@ -30,7 +31,10 @@ for i in $(seq "$runs"); do
   for k in $(seq 0 $((n - 1))); do
     j=$(( (k + i) % n ))
     read -r -a extra <<< "${specs[$j]//ORACLE_TRACE/$trace}"
-    "$bin" "${common[@]}" "${extra[@]}" |
+    # Leading NAME=VALUE words are the environment of that mode's process (for A/B switches).
+    envs=()
+    while [ ${#extra[@]} -gt 0 ] && [[ "${extra[0]}" =~ ^[A-Z_][A-Z0-9_]*= ]]; do envs+=("${extra[0]}"); extra=("${extra[@]:1}"); done
+    env ${envs[@]+"${envs[@]}"} "$bin" "${common[@]}" ${extra[@]+"${extra[@]}"} |
       python3 -c "
 import json,sys
 s=json.load(sys.stdin)['stats']; c=s['expert_cache']['total']

@@ -82,6 +82,12 @@ public struct CacheBookkeeping: Sendable {
     private var evictable: Set<ExpertKey> = []
     /// Bytes of prefetched, not yet used entries (loading or resident) per layer.
     private var speculativeBytes: [Int: Int] = [:]
+    /// Tracked experts a prediction says their layer will use soon (`expect`): evicted only when
+    /// no other candidate would do, until used, withdrawn (`unexpect`) or removed. Without this, a
+    /// guess for an expert that was already resident did nothing, and the reads of the layers in
+    /// between could evict it just before its layer came (the perfect predictor three layers
+    /// ahead left more demand reads than two, docs/PREDICTOR.md "Session 17").
+    public private(set) var expected: Set<ExpertKey> = []
 
     /// An empty cache of `budgetBytes` (and at most `layerBudgetBytes` per layer), with
     /// floors of `floorSlots` experts per layer, evicting by `policy`.
@@ -126,12 +132,22 @@ public struct CacheBookkeeping: Sendable {
         if entries[key]!.pins == 0 && entries[key]!.residency == .resident { evictable.insert(key) }
     }
 
+    /// Marks tracked `key` as about to be used by its layer: it is evicted last (see `expected`).
+    public mutating func expect(_ key: ExpertKey) {
+        precondition(entries[key] != nil, "expect of untracked \(key)")
+        expected.insert(key)
+    }
+
+    /// Withdraws the mark of `key` (a guess its layer did not use, or a cancelled one).
+    public mutating func unexpect(_ key: ExpertKey) { expected.remove(key) }
+
     /// Records a demand use of resident `key`; returns true if this is the first use of a
     /// prefetched expert (a prefetch hit).
     @discardableResult
     public mutating func use(_ key: ExpertKey) -> Bool {
         precondition(entries[key]?.residency == .resident, "use of non-resident \(key)")
         policy.didAccess(key)
+        expected.remove(key)
         let wasPrefetched = entries[key]!.prefetchedUnused
         if wasPrefetched { speculativeBytes[key.layer]! -= entries[key]!.bytes }
         entries[key]!.prefetchedUnused = false
@@ -208,6 +224,7 @@ public struct CacheBookkeeping: Sendable {
     private mutating func removeEntry(_ key: ExpertKey) {
         let entry = entries.removeValue(forKey: key)!
         evictable.remove(key)
+        expected.remove(key)
         if entry.prefetchedUnused { speculativeBytes[key.layer]! -= entry.bytes }
         usedBytes -= entry.bytes
         layerBytes[key.layer]! -= entry.bytes
@@ -253,7 +270,9 @@ public struct CacheBookkeeping: Sendable {
             }
             let candidates = pool.filter { $0.layer == key.layer || slots[$0.layer, default: 0] > floorSlots }
             if candidates.isEmpty { return nil }
-            let victim = policy.victim(among: Array(candidates))
+            // Experts about to be used go last, whatever the policy thinks of their past.
+            let unexpected = expected.isEmpty ? candidates : candidates.filter { !expected.contains($0) }
+            let victim = policy.victim(among: Array(unexpected.isEmpty ? candidates : unexpected))
             chosen.append(victim)
             pool.remove(victim)
             let freed = entries[victim]!.bytes

@@ -73,8 +73,9 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
         ("cross_layer_deep", PredictorConfiguration(crossLayer: true, depth: 2, deepRowLimit: 1, extraWidth: 0, firstLayer: .embedding)),
         // Three layers ahead, for when one read outlasts two layers' compute; needs probes fitted
         // three layers ahead (`train_predictor_probes.py --depths 1,2,3`), else the third guess is
-        // the plain router gate. Measured not to pay on the widened demo (0.93-1.02x against
-        // cross_layer_deep's 1.06-1.11x, docs/PREDICTOR.md "Session 17"), so not a default.
+        // the plain router gate. Measured no better than two ahead on the widened demo (1.05x
+        // against 1.01x in one run, 0.93x against 1.11x before guesses held resident experts;
+        // docs/PREDICTOR.md "Session 17"), so not a default.
         ("cross_layer_deep3", PredictorConfiguration(crossLayer: true, depth: 3, deepRowLimit: 1, extraWidth: 0, firstLayer: .embedding)),
         ("pre_attention", PredictorConfiguration(crossLayer: false, preAttention: true)),
         ("history", PredictorConfiguration(crossLayer: false, historyTokens: 1)),

@@ -26,6 +26,25 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
         #expect(book.residentKeys == [key(0, 1), key(0, 3), key(0, 4)])
     }
 
+    /// An expert a prediction expects its layer to use goes last, whatever the policy says; the
+    /// mark ends with its use, its withdrawal or its eviction, and never blocks a reservation.
+    @Test func expectedExpertsAreEvictedLast() {
+        var book = CacheBookkeeping(budgetBytes: 3, policy: LRUPolicy())
+        for e in 0..<3 { _ = admit(&book, key(0, e)) }
+        book.expect(key(0, 0))                                          // the LRU victim, but expected
+        #expect(admit(&book, key(1, 0)).map(\.key) == [key(0, 1)])
+        book.use(key(0, 0))                                             // used: the mark is spent
+        #expect(book.expected.isEmpty)
+        book.expect(key(0, 2))
+        book.unexpect(key(0, 2))                                        // a withdrawn guess
+        #expect(admit(&book, key(1, 1)).map(\.key) == [key(0, 2)])
+        // When only expected experts are left, the policy's victim among them goes rather than
+        // nothing (LRU order now: (1, 0), then (0, 0), then (1, 1)).
+        for k in [key(0, 0), key(1, 0), key(1, 1)] { book.expect(k) }
+        #expect(admit(&book, key(1, 2)).map(\.key) == [key(1, 0)])
+        #expect(book.expected == [key(0, 0), key(1, 1)])
+    }
+
     @Test func noRoomWhenAllPinnedOrLoadingAndTooLarge() {
         var book = CacheBookkeeping(budgetBytes: 2, policy: LRUPolicy())
         let r1 = book.reserve(key(0, 0), bytes: 1, pins: 1)

@@ -248,23 +248,35 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         }
     }
 
+    /// Whether decode hints mark their experts as about to be used (`CacheBookkeeping.expect`),
+    /// so that the reads of the layers in between evict them last. `MOE_EXPECTED_LAST=0` turns it
+    /// off, for comparison.
+    static let expectedLast = ProcessInfo.processInfo.environment["MOE_EXPECTED_LAST"] != "0"
+
     /// Queues reads of those of `experts` that are neither resident nor loading, as room
     /// allows, at prefetch priority. Hints that cannot get room without waiting are dropped;
-    /// decode hints (not `pipeline`) also when the layer's speculative bound is full.
+    /// decode hints (not `pipeline`) also when the layer's speculative bound is full. Decode
+    /// hints also mark their experts, resident ones included, as about to be used: evicted
+    /// last until their layer uses them or the guess is withdrawn (`cancelPrefetches`).
     public func prefetch(layer: Int, experts: [Int], pipeline: Bool) {
         lock.lock()
         defer { lock.unlock() }
         guard !prefetchesDisabled else { return }
+        let mark = !pipeline && Self.expectedLast
         var queued = 0
         for expert in TraceReplay.distinct(experts) {
             let key = ExpertKey(layer: layer, expert: expert)
-            guard book.entry(key) == nil else { continue }
+            guard book.entry(key) == nil else {
+                if mark { book.expect(key) }
+                continue
+            }
             let bytes = loader.expertByteCount(layer: layer, expert: expert)
             guard case .reserved(let evicted) = book.reserve(key, bytes: bytes, pins: 0, prefetch: true, unbounded: pipeline) else {
                 count(layer) { $0.prefetchesDropped += 1 }
                 continue
             }
             evictedLocked(evicted)
+            if mark { book.expect(key) }
             tickets[key] = LoadTicket()
             queue.enqueue(key, bytes: bytes, priority: .prefetch)
             count(layer) { $0.prefetchesIssued += 1 }
@@ -274,16 +286,17 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     }
 
     /// Cancels queued, not yet started prefetches — of `layer` only if given, of `experts`
-    /// of it only if given — that no request is waiting for. Returns how many were cancelled.
+    /// of it only if given — that no request is waiting for, and withdraws those experts'
+    /// marks as about to be used. Returns how many reads were cancelled.
     @discardableResult
     public func cancelPrefetches(layer: Int? = nil, experts: [Int]? = nil) -> Int {
         lock.lock()
         defer { lock.unlock() }
         let wanted = experts.map(Set.init)
-        let targets = queue.queuedPrefetches.filter { key in
-            (layer == nil || key.layer == layer) && (wanted?.contains(key.expert) ?? true)
-        }
-        return cancelLocked(targets)
+        let matches = { (key: ExpertKey) in (layer == nil || key.layer == layer) && (wanted?.contains(key.expert) ?? true) }
+        // The guesses are withdrawn whether their reads are queued, running or done.
+        for key in book.expected where matches(key) { book.unexpect(key) }
+        return cancelLocked(queue.queuedPrefetches.filter(matches))
     }
 
     /// A snapshot of the statistics.
