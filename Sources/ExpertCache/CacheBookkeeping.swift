@@ -141,6 +141,11 @@ public struct CacheBookkeeping: Sendable {
     /// Withdraws the mark of `key` (a guess its layer did not use, or a cancelled one).
     public mutating func unexpect(_ key: ExpertKey) { expected.remove(key) }
 
+    /// Withdraws the marks of the keys `isWithdrawn` picks.
+    public mutating func unexpect(where isWithdrawn: (ExpertKey) -> Bool) {
+        if !expected.isEmpty { expected = expected.filter { !isWithdrawn($0) } }
+    }
+
     /// Records a demand use of resident `key`; returns true if this is the first use of a
     /// prefetched expert (a prefetch hit).
     @discardableResult

@@ -43,6 +43,8 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
         for k in [key(0, 0), key(1, 0), key(1, 1)] { book.expect(k) }
         #expect(admit(&book, key(1, 2)).map(\.key) == [key(1, 0)])
         #expect(book.expected == [key(0, 0), key(1, 1)])
+        book.unexpect { $0.layer == 1 }                                 // a layer's guesses withdrawn at once
+        #expect(book.expected == [key(0, 0)])
     }
 
     @Test func noRoomWhenAllPinnedOrLoadingAndTooLarge() {

@@ -295,7 +295,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         let wanted = experts.map(Set.init)
         let matches = { (key: ExpertKey) in (layer == nil || key.layer == layer) && (wanted?.contains(key.expert) ?? true) }
         // The guesses are withdrawn whether their reads are queued, running or done.
-        for key in book.expected where matches(key) { book.unexpect(key) }
+        book.unexpect(where: matches)
         return cancelLocked(queue.queuedPrefetches.filter(matches))
     }
 
