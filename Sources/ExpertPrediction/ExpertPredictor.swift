@@ -65,6 +65,10 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         history = Array(repeating: [], count: layerCount)
     }
 
+    public func willRunSequences(_ sequences: [SequenceRows]) { next?.willRunSequences(sequences) }
+
+    public func sequenceEnded(_ id: Int) { next?.sequenceEnded(id) }
+
     public func willRunStep(lastRows: [Int]) {
         self.lastRows = lastRows
         next?.willRunStep(lastRows: lastRows)

@@ -37,6 +37,8 @@ public final class OraclePrefetcher: RoutingObserver {
     }
 
     public func willRunStep(lastRows: [Int]) { next?.willRunStep(lastRows: lastRows) }
+    public func willRunSequences(_ sequences: [SequenceRows]) { next?.willRunSequences(sequences) }
+    public func sequenceEnded(_ id: Int) { next?.sequenceEnded(id) }
 
     public func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) {
         defer { next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount) }

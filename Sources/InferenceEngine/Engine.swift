@@ -282,6 +282,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
         for id in pendingCancellations {
             guard let state = requests.removeValue(forKey: id) else { continue }
             scheduler.finish(id)
+            endSequence(state)
             statistics.cancelledRequests += 1
             releaseFollowers(of: state, into: &events)
             retainInPromptCache(state)
@@ -328,6 +329,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
             condition.lock()
             for state in states where requests.removeValue(forKey: state.id) != nil {
                 scheduler.finish(state.id)
+                endSequence(state)
                 statistics.failedRequests += 1
                 failed.append(state.onEvent, .failed(message: "\(error)"))
                 releaseFollowers(of: state, into: &failed)
@@ -407,6 +409,7 @@ public final class Engine: GenerationService, @unchecked Sendable {
         scheduler.update(plan: plan, sampled: sampled)
         for (state, reason, text) in finished where requests.removeValue(forKey: state.id) != nil {
             scheduler.finish(state.id)
+            endSequence(state)
             statistics.finishedRequests += 1
             retainInPromptCache(state)
             done.append(state.onEvent, .finished(reason: reason, text: text, usage: usage(state), timings: timings(state, end: end)))
@@ -430,6 +433,12 @@ public final class Engine: GenerationService, @unchecked Sendable {
                               predictedN: state.generated, predictedMs: Double(end - firstToken) / 1e6)
         timings.cacheN = state.cachedTokens
         return timings
+    }
+
+    /// Tells the model's routing observers that `state`'s sequence runs no more steps (the
+    /// expert cache's sequence-aware policy forgets its routing). Engine thread.
+    private func endSequence(_ state: RequestState) {
+        if let cache = state.cache { model.sequenceEnded(cache) }
     }
 
     private func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }

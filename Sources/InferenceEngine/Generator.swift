@@ -55,6 +55,7 @@ public struct Generator {
         }
         var sampler = TokenSampler(parameters: sampling, prompt: prompt)
         let cache = model.makeCache()
+        defer { model.sequenceEnded(cache) }
         var generated: [Int] = []
         var finish = "length"
         let prefillStart = DispatchTime.now().uptimeNanoseconds

@@ -1,3 +1,4 @@
+import Foundation
 import TensorMath
 
 /// How keys and values are stored. float16 halves the KV cache (and the bytes attention
@@ -38,6 +39,16 @@ public final class KVCache: @unchecked Sendable {
     /// Rotary angles as llama.cpp's CPU RoPE computes them (`RotaryEmbedding.apply(llamaCppAngles:)`),
     /// for comparisons with llama.cpp; off by default.
     public var llamaCppRotaryAngles = false
+    /// This sequence's id in routing reports (`RoutingObserver.willRunSequences`): unique in the
+    /// process, a copy (a prompt-cache hit, an `n` > 1 fork) gets its own.
+    public let sequenceID: Int = KVCache.nextSequenceID()
+    private static let idLock = NSLock()
+    nonisolated(unsafe) private static var lastSequenceID = 0
+    private static func nextSequenceID() -> Int {
+        idLock.lock(); defer { idLock.unlock() }
+        lastSequenceID += 1
+        return lastSequenceID
+    }
     /// Positions filled so far (the same for every layer once a step finishes).
     public private(set) var length = 0
     /// `[layer]` buffers of `capacity * rowWidth` elements of `precision` (raw bytes).

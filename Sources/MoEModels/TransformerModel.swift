@@ -31,6 +31,10 @@ public final class TransformerModel: @unchecked Sendable {
     /// Receives routing decisions (trace recording, predictors); nil for none.
     public var routingObserver: RoutingObserver?
 
+    /// Tells the routing observers that the sequence of `cache` runs no more steps (finished,
+    /// cancelled or failed); the engine and the generator call it.
+    public func sequenceEnded(_ cache: KVCache) { routingObserver?.sequenceEnded(cache.sequenceID) }
+
     private let embedding: WeightMatrix // [vocab, hidden]
     private let lmHead: WeightMatrix    // [vocab, hidden]
     private let finalNorm: [Float]
@@ -279,7 +283,10 @@ public final class TransformerModel: @unchecked Sendable {
             }
         }
 
-        routingObserver?.willRunStep(lastRows: spans.map { $0.firstRow + $0.rowCount - 1 })
+        if let routingObserver {
+            routingObserver.willRunStep(lastRows: spans.map { $0.firstRow + $0.rowCount - 1 })
+            routingObserver.willRunSequences(spans.map { SequenceRows(id: $0.cache.sequenceID, rows: $0.firstRow..<$0.firstRow + $0.rowCount) })
+        }
         for layer in layers {
             normalized.pointer.update(from: residual.pointer, count: rowCount * hidden)
             Ops.rmsNorm(normalized.pointer, rowCount: rowCount, dim: hidden, weight: layer.inputNorm, eps: config.rmsNormEps)

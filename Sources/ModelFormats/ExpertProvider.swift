@@ -120,9 +120,30 @@ public protocol RoutingObserver: AnyObject {
     /// A step is about to run; `lastRows` are the rows holding each sequence's last new token
     /// (the tokens whose next token the following step will run), in ascending order.
     func willRunStep(lastRows: [Int])
+
+    /// The step about to run holds these sequences' rows (ids stay the same across a sequence's
+    /// steps; `KVCache.sequenceID`), in row order. Called right after `willRunStep(lastRows:)`.
+    func willRunSequences(_ sequences: [SequenceRows])
+
+    /// Sequence `id` finished or was dropped: it runs no more steps.
+    func sequenceEnded(_ id: Int)
+}
+
+/// The rows of one sequence in a step.
+public struct SequenceRows: Sendable, Equatable {
+    /// The sequence (`KVCache.sequenceID`).
+    public var id: Int
+    /// Its token rows in the step.
+    public var rows: Range<Int>
+    public init(id: Int, rows: Range<Int>) {
+        self.id = id
+        self.rows = rows
+    }
 }
 
 extension RoutingObserver {
     public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {}
     public func willRunStep(lastRows: [Int]) {}
+    public func willRunSequences(_ sequences: [SequenceRows]) {}
+    public func sequenceEnded(_ id: Int) {}
 }

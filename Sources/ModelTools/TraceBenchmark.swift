@@ -33,9 +33,9 @@ public struct TraceBenchmark: Sendable {
         public var cachePerLayer: Int
         public var layers: Int
         public var topK: Int
-        /// Each policy's result by name (`lru`, `lfu`, `lrfu`, `hotset`, `learned`, `belady`, and with more
-        /// than one recorded layer the shared-pool `lru_global`, `lfu_global`, `lrfu_global`,
-        /// `learned_global`, `fate`, `belady_global`).
+        /// Each policy's result by name (`lru`, `lfu`, `lrfu`, `hotset`, `learned`, `sequence`, `belady`, and with
+        /// more than one recorded layer the shared-pool `lru_global`, `lfu_global`, `lrfu_global`,
+        /// `learned_global`, `sequence_global`, `fate`, `belady_global`).
         public var policies: [String: TraceReplay.Result]
         /// The policies in the order they ran (the table's order).
         public var order: [String]
@@ -71,6 +71,7 @@ public struct TraceBenchmark: Sendable {
                 ("lrfu", LRFUPolicy(), .perLayer),
                 ("hotset", HotSetPolicy(hotPerLayer: slots / 2), .perLayer),
                 ("learned", LearnedPolicy(), .perLayer),
+                ("sequence", SequenceAwarePolicy(), .perLayer),
                 ("belady", BeladyPolicy(), .perLayer),
             ]
             if recorded.count > 1 {
@@ -79,6 +80,7 @@ public struct TraceBenchmark: Sendable {
                     ("lfu_global", LFUPolicy(), .global),
                     ("lrfu_global", LRFUPolicy(), .global),
                     ("learned_global", LearnedPolicy(), .global),
+                    ("sequence_global", SequenceAwarePolicy(), .global),
                     ("fate", LayerAwarePolicy(shallowLayerCount: shallowBoundary), .global),
                     ("belady_global", BeladyPolicy(), .global),  // no floors: the unconstrained optimum bounds every floored policy
                 ]

@@ -222,6 +222,8 @@ public final class ModelRuntime {
         runtime.readerSizing = readerSizing
         runtime.readerThreads = readerThreads
         runtime.allExpertBytes = allExpertBytes
+        // The sequence-aware policy needs to know whose tokens it sees.
+        if spec.policy == .sequence { runtime.chain(SequenceRoutingFeeder(cache: cache)) }
         if spec.autoMemoryBudget {
             try runtime.startAutoMemoryBudget(totalBytes: AutoMemoryBudget.machineTotalBytes() ?? (plan?.budgetBytes ?? cacheBytes) * 2,
                                               readings: { MemoryReading.sample() }, interval: AutoMemoryBudget.defaultInterval)

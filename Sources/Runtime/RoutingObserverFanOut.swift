@@ -27,6 +27,14 @@ final class RoutingObserverFanOut: RoutingObserver {
         for observer in observers { observer.willRunAttention(layer: layer, input: input, rowCount: rowCount) }
     }
 
+    func willRunSequences(_ sequences: [SequenceRows]) {
+        for observer in observers { observer.willRunSequences(sequences) }
+    }
+
+    func sequenceEnded(_ id: Int) {
+        for observer in observers { observer.sequenceEnded(id) }
+    }
+
     func willRunStep(lastRows: [Int]) {
         for observer in observers { observer.willRunStep(lastRows: lastRows) }
     }

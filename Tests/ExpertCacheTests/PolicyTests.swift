@@ -184,3 +184,83 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         #expect(PolicyChoice.learned.make(layerCount: 4, hotPerLayer: 2).name == "learned")
     }
 }
+
+@Suite struct SequenceAwarePolicyTests {
+    /// Recency off and no decay of the long-run counts: only shares and sequence counts matter.
+    static func parameters(priorWeight: Double = 4, recencyWeight: Double = 0) -> SequenceAwarePolicy.Parameters {
+        var parameters = SequenceAwarePolicy.Parameters()
+        parameters.priorWeight = priorWeight
+        parameters.recencyWeight = recencyWeight
+        parameters.longHalfLife = 1e15
+        return parameters
+    }
+
+    /// Without sequence reports the score is each expert's share of its layer's references.
+    @Test func withoutSequencesItKeepsTheLayersPopularExperts() {
+        var policy = SequenceAwarePolicy(parameters: Self.parameters())
+        for k in [a, b, a, a] { policy.didInsert(k); policy.didAccess(k) }  // a 3 of 4 references, b 1
+        #expect(abs(policy.score(a) - 0.75) < 1e-9)
+        #expect(abs(policy.score(b) - 0.25) < 1e-9)
+        #expect(policy.victim(among: [a, b]) == b)
+        // An expert never used scores 0 and goes first.
+        policy.didInsert(c)
+        #expect(policy.victim(among: [a, b, c]) == c)
+    }
+
+    /// A running sequence's own routing outweighs the long-run shares once it has evidence, and
+    /// is forgotten when the sequence ends.
+    @Test func aRunningSequencesRoutingOutweighsPopularityUntilItEnds() {
+        var policy = SequenceAwarePolicy(parameters: Self.parameters(priorWeight: 4))
+        for k in [a, b, a, a] { policy.didInsert(k); policy.didAccess(k) }
+        policy.sequence(7, routedTo: [b.expert], layer: 0)
+        policy.sequence(7, routedTo: [b.expert, c.expert], layer: 0)
+        policy.sequence(7, routedTo: [b.expert], layer: 0)
+        policy.sequence(7, routedTo: [b.expert], layer: 1)    // another layer's counts stay apart
+        #expect(policy.runningSequences == 1)
+        #expect(policy.sequenceReferences(layer: 0) == 4)
+        // a: (0 + 4·0.75) / (4 + 4) = 0.375; b: (3 + 4·0.25) / 8 = 0.5; c: (1 + 0) / 8 = 0.125.
+        #expect(abs(policy.score(a) - 0.375) < 1e-9)
+        #expect(abs(policy.score(b) - 0.5) < 1e-9)
+        #expect(abs(policy.score(c) - 0.125) < 1e-9)
+        #expect(policy.victim(among: [a, b]) == a)
+        policy.sequenceEnded(7)
+        #expect(policy.runningSequences == 0)
+        #expect(policy.sequenceReferences(layer: 0) == 0 && policy.sequenceReferences(layer: 1) == 0)
+        #expect(abs(policy.score(b) - 0.25) < 1e-9)
+        #expect(policy.victim(among: [a, b]) == b)
+    }
+
+    /// Two sequences' counts add up; ending one takes back only its own.
+    @Test func endingOneSequenceKeepsTheOthers() {
+        var policy = SequenceAwarePolicy(parameters: Self.parameters(priorWeight: 4))
+        policy.sequence(1, routedTo: [0, 1], layer: 0)
+        policy.sequence(2, routedTo: [1, 2], layer: 0)
+        policy.sequence(2, routedTo: [2], layer: 0)
+        #expect(policy.runningSequences == 2)
+        // No long-run references yet: the score is local / (local total + prior weight).
+        #expect(abs(policy.score(b) - 2.0 / 9) < 1e-9)
+        policy.sequenceEnded(2)
+        #expect(policy.runningSequences == 1 && policy.sequenceReferences(layer: 0) == 2)
+        #expect(abs(policy.score(b) - 1.0 / 6) < 1e-9)
+        #expect(abs(policy.score(c) - 0) < 1e-9)
+        policy.sequenceEnded(2)    // twice: nothing more to take back
+        #expect(policy.sequenceReferences(layer: 0) == 2)
+    }
+
+    /// The recency bonus halves every `recencyHalfLife` references of the layer; an insertion
+    /// restarts it (a read expert is not the first thing evicted), and a use counts too.
+    @Test func recencyFavoursWhatWasJustUsedOrRead() {
+        var parameters = Self.parameters(recencyWeight: 1)
+        parameters.recencyHalfLife = 1
+        var policy = SequenceAwarePolicy(parameters: parameters)
+        policy.didInsert(a); policy.didAccess(a)   // clock 1
+        policy.didInsert(b); policy.didAccess(b)   // clock 2
+        // a: share 0.5 + 2^-1; b: 0.5 + 2^0.
+        #expect(abs(policy.score(a) - 1.0) < 1e-9)
+        #expect(abs(policy.score(b) - 1.5) < 1e-9)
+        #expect(policy.victim(among: [a, b]) == a)
+        policy.didInsert(c)                        // a prefetch at clock 2: share 0, bonus 1
+        #expect(abs(policy.score(c) - 1.0) < 1e-9)
+        #expect(policy.victim(among: [a, c]) == a) // equal scores: the lower key
+    }
+}

@@ -19,10 +19,17 @@ public protocol CachePolicy: Sendable {
     /// Offline replay only: `key`, about to be used, will next be used at `time` (`Int.max`:
     /// never). Only Belady's policy listens.
     mutating func observeNextUse(_ key: ExpertKey, at time: Int)
+    /// One token of sequence `sequence` (a request) was routed to `routed` in `layer` (its
+    /// distinct experts). Only policies that model the running sequences listen.
+    mutating func sequence(_ sequence: Int, routedTo routed: [Int], layer: Int)
+    /// Sequence `sequence` finished (or was cancelled): its tokens say nothing of what runs next.
+    mutating func sequenceEnded(_ sequence: Int)
 }
 
 extension CachePolicy {
     public mutating func observeNextUse(_ key: ExpertKey, at time: Int) {}
+    public mutating func sequence(_ sequence: Int, routedTo routed: [Int], layer: Int) {}
+    public mutating func sequenceEnded(_ sequence: Int) {}
 }
 
 /// Tracks, per key, whether the last event was an insertion not yet followed by an access,

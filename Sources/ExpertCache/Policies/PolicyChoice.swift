@@ -12,6 +12,8 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
     case hotset
     /// `LearnedPolicy`, the expected time to an expert's next use learned online from its age and rates.
     case learned
+    /// `SequenceAwarePolicy`, the running sequences' own routing shrunk towards long-run popularity.
+    case sequence
 
     /// A fresh policy of this kind. `layerCount` sizes Fate's shallow tier (the first
     /// quarter of the layers unless `shallowLayerCount` is given); `hotPerLayer` sizes the
@@ -24,6 +26,7 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
         case .fate: return LayerAwarePolicy(shallowLayerCount: shallowLayerCount ?? max(1, layerCount / 4))
         case .hotset: return HotSetPolicy(hotPerLayer: hotPerLayer)
         case .learned: return LearnedPolicy()
+        case .sequence: return SequenceAwarePolicy()
         }
     }
 }

@@ -115,6 +115,29 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         }
     }
 
+    /// One MoE layer's routing of a step, one entry per token row with the row's sequence, for an
+    /// eviction policy that models the running sequences (`CachePolicy.sequence(_:routedTo:layer:)`;
+    /// the others ignore it).
+    public func noteSequenceRouting(layer: Int, tokens: [(sequence: Int, experts: [Int])]) {
+        lock.lock()
+        defer { lock.unlock() }
+        for token in tokens { book.policy.sequence(token.sequence, routedTo: token.experts, layer: layer) }
+    }
+
+    /// `body` applied to the eviction policy, under the cache's lock (diagnostics and tests).
+    public func withPolicy<T>(_ body: (any CachePolicy) -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(book.policy)
+    }
+
+    /// Sequence `id` runs no more steps: the policy forgets its routing.
+    public func sequenceEnded(_ id: Int) {
+        lock.lock()
+        defer { lock.unlock() }
+        book.policy.sequenceEnded(id)
+    }
+
     /// Stops the reader threads once the reads in progress finish. Queued reads are dropped,
     /// so call it only when no request is running.
     public func close() {

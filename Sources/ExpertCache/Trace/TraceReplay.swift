@@ -1,7 +1,9 @@
 /// Replays a routing trace through a cache policy, counting hits, as the issue specifies:
 /// each token's experts of one layer are requested together and must all be resident at
 /// once (so the ones already resident are pinned before any miss evicts); caches start cold
-/// and persist across sequences; a null layer makes no request.
+/// and persist across sequences; a null layer makes no request. The policy hears each token's
+/// routing as its sequence's (`CachePolicy.sequence(_:routedTo:layer:)`) after the token's
+/// request, and that a sequence ended after its last token, as a server's engine reports them.
 ///
 /// Two pools: `perLayer` gives each layer its own cache of C experts (the format's
 /// definition, and what `scripts/replay_trace.py` reproduces); `global` gives all recorded
@@ -52,10 +54,12 @@ public enum TraceReplay {
             book = CacheBookkeeping(budgetBytes: cachePerLayer * recorded, floorSlots: floorSlots, policy: policy)
         }
         let nextUses = nextUseTimes(trace)
+        let lastTokenOfSequence = Dictionary(trace.tokens.enumerated().map { ($1.seq, $0) }, uniquingKeysWith: max)
         var requestIndex = 0
         var hits = [Int](repeating: 0, count: layerCount)
         var requests = [Int](repeating: 0, count: layerCount)
-        for token in trace.tokens {
+        for (tokenIndex, token) in trace.tokens.enumerated() {
+            defer { if lastTokenOfSequence[token.seq] == tokenIndex { book.policy.sequenceEnded(token.seq) } }
             for (layer, routed) in token.layers.enumerated() {
                 guard let routed else { continue }
                 let group = distinct(routed).map { ExpertKey(layer: layer, expert: $0) }
@@ -83,6 +87,7 @@ public enum TraceReplay {
                     book.use(key)
                 }
                 for key in group { book.unpin(key) }
+                book.policy.sequence(token.seq, routedTo: group.map(\.expert), layer: layer)
             }
         }
         let totalHits = hits.reduce(0, +), totalRequests = requests.reduce(0, +)

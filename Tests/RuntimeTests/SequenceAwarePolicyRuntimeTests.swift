@@ -1,0 +1,97 @@
+import ExpertCache
+import Foundation
+import InferenceEngine
+import ModelFormats
+import MoEModels
+import Runtime
+import Testing
+
+/// `--cache-policy sequence` at run time: the engine and the generator tell the expert cache's
+/// policy which sequence each token is and when it ends.
+@Suite struct SequenceAwarePolicyRuntimeTests {
+    /// What the policy says while a request runs.
+    final class Seen: @unchecked Sendable {
+        private let lock = NSLock()
+        private var running: [Int] = []
+        private var references: [Int] = []
+        func note(_ cache: OffloadingExpertCache, layer: Int) {
+            let (sequences, counted) = cache.withPolicy { policy -> (Int, Int) in
+                let sequenceAware = policy as! SequenceAwarePolicy
+                return (sequenceAware.runningSequences, sequenceAware.sequenceReferences(layer: layer))
+            }
+            lock.lock(); running.append(sequences); references.append(counted); lock.unlock()
+        }
+        var snapshot: (running: [Int], references: [Int]) { lock.lock(); defer { lock.unlock() }; return (running, references) }
+    }
+
+    static func open(_ policy: PolicyChoice) throws -> ModelRuntime {
+        var spec = RuntimeSpecification(model: RuntimeTests.demo)
+        spec.memoryBudgetBytes = ProcessMemory.runtimeReservation() + (64 << 20)
+        spec.expertCacheBytes = 6 << 20   // of the demo's 15 MiB of experts: evictions happen
+        spec.maxSequences = 2
+        spec.policy = policy
+        return try ModelRuntime.open(spec)
+    }
+
+    /// Two concurrent requests through the engine: while they run the policy counts both
+    /// sequences' routing; once both finished it holds none; the tokens are those of the default
+    /// policy (eviction order never changes results).
+    @Test func theEngineReportsSequencesToThePolicyAndEndsThem() throws {
+        let reference = try Self.open(.learned)
+        let prompts = [[1, 42, 7, 300, 5], [9, 8, 77, 1000, 2, 31]]
+        let expected = try prompts.map { try RuntimeTests.generate(reference, prompt: $0, maxTokens: 12) }
+        reference.close()
+
+        let runtime = try Self.open(.sequence)
+        defer { runtime.close() }
+        let cache = try #require(runtime.cache)
+        #expect(cache.statistics().policy == "sequence")
+        let layer = runtime.model.config.moeLayers[0]
+        let engine = runtime.makeEngine(decode: { _ in "" })
+        engine.start()
+        defer { engine.shutdown(grace: 1) }
+        var sampling = SamplingParameters()
+        sampling.temperature = 0
+        let seen = Seen()
+        let events = prompts.map { _ in RuntimeTests.Events() }
+        for (prompt, sink) in zip(prompts, events) {
+            _ = try engine.submit(GenerationRequest(prompt: prompt, maxTokens: 12, sampling: sampling)) { event in
+                if case .token = event { seen.note(cache, layer: layer) }
+                sink.handle(event)
+            }
+        }
+        for sink in events { #expect(sink.finished.wait(timeout: .now() + 120) == .success) }
+        for (sink, tokens) in zip(events, expected) {
+            let (got, failure) = sink.result
+            #expect(failure == nil)
+            #expect(got == tokens)
+        }
+        let (running, references) = seen.snapshot
+        #expect(running.max() == 2)
+        #expect(running.allSatisfy { (1...2).contains($0) })
+        // At least each prompt's tokens, top-k references each.
+        #expect((references.max() ?? 0) >= prompts.map(\.count).reduce(0, +) * runtime.model.config.expertsPerToken)
+        #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } == 0)
+        #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).sequenceReferences(layer: layer) } == 0)
+    }
+
+    /// The single-sequence generator (`generate`, `bench decode`) reports its one sequence and ends it.
+    @Test func theGeneratorReportsItsSequenceAndEndsIt() throws {
+        let runtime = try Self.open(.sequence)
+        defer { runtime.close() }
+        let cache = try #require(runtime.cache)
+        let layer = runtime.model.config.moeLayers[0]
+        let seen = Seen()
+        let prompt = [1, 42, 7, 300, 5]
+        let result = try Generator(model: runtime.model).generate(prompt: prompt, maxTokens: 6, stopTokens: []) { _ in
+            seen.note(cache, layer: layer)
+        }
+        #expect(result.tokens.count == 6)
+        let (running, references) = seen.snapshot
+        #expect(running == [Int](repeating: 1, count: 6))
+        // The prompt's tokens, then one more token per step (the first token comes from the prefill).
+        #expect(references.first == prompt.count * runtime.model.config.expertsPerToken)
+        #expect(references.last == (prompt.count + 5) * runtime.model.config.expertsPerToken)
+        #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } == 0)
+    }
+}
