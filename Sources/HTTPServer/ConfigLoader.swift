@@ -37,7 +37,7 @@ public enum ConfigLoader {
             c.memoryBudgetAuto = false
         },
         Key(name: "expert_cache", help: "bytes of experts in RAM, overriding memory_budget's share") { c, v in c.runtime.expertCacheBytes = try size(v) },
-        Key(name: "cache_policy", help: "expert cache eviction policy (learned, lfu, lru, ...)") { c, v in c.runtime.cachePolicy = try string(v) },
+        Key(name: "cache_policy", help: "expert cache eviction policy (sequence, learned, lfu, lru, ...)") { c, v in c.runtime.cachePolicy = try string(v) },
         Key(name: "prefetch", help: "predictive prefetch of experts (on/off)") { c, v in c.runtime.prefetch = try bool(v) },
         Key(name: "predictor", help: "predictor configuration (default cross_layer_deep with probes, else cross_layer)") { c, v in c.runtime.predictor = try string(v) },
         Key(name: "predictor_probes", help: "fitted predictor probes file, or none") { c, v in c.runtime.predictorProbes = try string(v) },

@@ -18,13 +18,15 @@ struct RuntimeOptions: ParsableArguments {
     @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them), e.g. 256MiB.")
     var expertCache: String?
     @Option(name: [.customLong("cache-policy"), .customLong("policy")], help: "Eviction policy: \(PolicyChoice.allCases.map(\.rawValue).joined(separator: ", ")).")
-    /// The learned policy by default since session 16 (docs/expert-cache.md, "A policy that
-    /// learns"): a long-running server on the widened demo at 27% of its experts hit 0.80-0.82
-    /// against LFU's 0.73-0.81 and read 5-10% fewer bytes, in every run measured; eight
-    /// sequences 0.35 vs 0.33. LFU (with aging), the default from session 4, had beaten LRU: with
+    /// The sequence-aware policy by default since session 18 (docs/expert-cache.md, "A policy
+    /// that knows the sequences"): against the learned policy on the widened demo at a quarter of
+    /// its experts, one sequence decoded 1.08-1.14x faster reading 11-23% fewer bytes per token,
+    /// eight sequences 1.03-1.09x, 32 the same; a long-running server read 1-5% fewer bytes.
+    /// The learned policy (session 16) had beaten LFU: a long-running server hit 0.80-0.82
+    /// against LFU's 0.73-0.81. LFU (with aging), the default from session 4, had beaten LRU: with
     /// eight sequences each step touches ~20 of a layer's 32 experts, a cyclic pattern larger
     /// than a tight cache, which LRU evicts just before reuse (docs/PERFORMANCE.md).
-    var cachePolicy: String = PolicyChoice.learned.rawValue
+    var cachePolicy: String = PolicyChoice.sequence.rawValue
     @Option(help: "Predictive prefetch of experts: on or off.")
     var prefetch: String = "on"
     /// Two layers ahead with probes: fitted maps stay precise two layers out and wrap round to

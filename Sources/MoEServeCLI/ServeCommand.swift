@@ -21,7 +21,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "TCP port (default 8080; 0 picks a free one).") var port: String?
     @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (runtime, dense weights, scratch, KV cache, expert cache), e.g. 4GiB; units are binary (4G = 4GB = 4GiB). The expert cache gets what remains. auto: start from half of MemAvailable (or of what the cgroup memory limit leaves, when tighter) and let the expert cache follow free memory and memory pressure.") var memoryBudget: String?
     @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them).") var expertCache: String?
-    @Option(name: .customLong("cache-policy"), help: "Expert cache eviction policy (default learned).") var cachePolicy: String?
+    @Option(name: .customLong("cache-policy"), help: "Expert cache eviction policy (default sequence; also learned, lfu, lru, lrfu, fate, hotset).") var cachePolicy: String?
     @Option(help: "Predictive prefetch of experts: on or off (default on).") var prefetch: String?
     @Option(help: "Predictor configuration (default cross_layer_deep with the model's probes, else cross_layer).") var predictor: String?
     @Option(name: .customLong("predictor-probes"), help: "Fitted predictor probes file, or none (default: the model's own).") var predictorProbes: String?

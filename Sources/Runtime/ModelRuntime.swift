@@ -222,8 +222,11 @@ public final class ModelRuntime {
         runtime.readerSizing = readerSizing
         runtime.readerThreads = readerThreads
         runtime.allExpertBytes = allExpertBytes
-        // The sequence-aware policy needs to know whose tokens it sees.
-        if spec.policy == .sequence { runtime.chain(SequenceRoutingFeeder(cache: cache)) }
+        // The sequence-aware policy needs to know whose tokens it sees. `MOE_SEQUENCE_REPORTS=0`
+        // withholds them (the policy then counts and ages only), to measure what they add.
+        if spec.policy == .sequence, ProcessInfo.processInfo.environment["MOE_SEQUENCE_REPORTS"] != "0" {
+            runtime.chain(SequenceRoutingFeeder(cache: cache))
+        }
         if spec.autoMemoryBudget {
             try runtime.startAutoMemoryBudget(totalBytes: AutoMemoryBudget.machineTotalBytes() ?? (plan?.budgetBytes ?? cacheBytes) * 2,
                                               readings: { MemoryReading.sample() }, interval: AutoMemoryBudget.defaultInterval)

@@ -33,7 +33,7 @@ public struct RuntimeSpecification: Sendable {
     /// Bytes of experts to keep in RAM, overriding the share the budget leaves them.
     public var expertCacheBytes: Int?
     /// Eviction policy of the expert cache (the measured default: docs/expert-cache.md).
-    public var policy: PolicyChoice = .learned
+    public var policy: PolicyChoice = .sequence
     /// Predictive prefetch of experts (only when the cache cannot hold every expert).
     public var prefetch = true
     /// A named `PredictorConfiguration`; nil picks `cross_layer_deep` with probes, else `cross_layer`.

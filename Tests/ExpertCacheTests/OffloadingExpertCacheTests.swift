@@ -321,7 +321,7 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         for e in 0..<6 { #expect(cache.pins(layer: 1, expert: e) == 0) }
     }
 
-    @Test(arguments: [PolicyChoice.lru, .lfu, .lrfu, .fate, .hotset, .learned])
+    @Test(arguments: [PolicyChoice.lru, .lfu, .lrfu, .fate, .hotset, .learned, .sequence])
     func budgetHoldsUnderConcurrentRandomLoad(choice: PolicyChoice) throws {
         let loader = FakeLoader()
         loader.latency = 0...0.0002
@@ -339,6 +339,8 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
                     let layer = layers.randomElement(using: &rng)!
                     let experts = (0..<Int.random(in: 1...2, using: &rng)).map { _ in Int.random(in: 0..<8, using: &rng) }
                     do {
+                        // Each thread is a sequence, as the engine reports them (the sequence-aware policy listens).
+                        cache.noteSequenceRouting(layer: layer, tokens: [(sequence: thread, experts: Array(Set(experts)))])
                         try request(cache, layer, experts)
                         if Int.random(in: 0..<4, using: &rng) == 0 {
                             cache.prefetch(layer: (layer + 1) % 4, experts: [Int.random(in: 0..<8, using: &rng)], pipeline: false)
@@ -348,10 +350,12 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
                         errors.add("\(error)")
                     }
                 }
+                cache.sequenceEnded(thread)
             }
         }
         group.wait()
         eventually("all reads done") { cache.isIdle }
+        if choice == .sequence { #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } == 0) }
         let stats = cache.statistics()
         #expect(errors.values.isEmpty)
         #expect(stats.peakUsedBytes <= stats.budgetBytes)

@@ -69,7 +69,7 @@ import Testing
         #expect(plan.runtimeBytes + plan.denseBytes + plan.scratchBytes + plan.kvCacheBytes + plan.expertCacheBytes == budget)
         #expect(plan.scratchBytes >= ModelRuntime.scratchBytes(planned.model.config, maxSequences: 2))
         #expect(planned.cache?.statistics().budgetBytes == plan.expertCacheBytes)
-        #expect(planned.cache?.statistics().policy == "learned")
+        #expect(planned.cache?.statistics().policy == "sequence")
         #expect(try Self.generate(planned, prompt: prompt, maxTokens: 8) == reference)
         planned.close()
 
