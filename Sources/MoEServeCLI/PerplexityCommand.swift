@@ -126,6 +126,7 @@ struct PerplexityCommand: ParsableCommand {
             for window in 0..<windows {
                 let tokens = Array(ids[window * context ..< (window + 1) * context])
                 let cache = transformer.makeCache()
+                defer { transformer.sequenceEnded(cache) }
                 var position = 0
                 while position < context {
                     let end = min(position + batch, context)

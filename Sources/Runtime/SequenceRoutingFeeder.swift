@@ -5,13 +5,36 @@ import ModelFormats
 /// routed to, and when a sequence ends, for `--cache-policy sequence` (`SequenceAwarePolicy`):
 /// the model reports a step's sequences (`willRunSequences`), then each MoE layer's routing
 /// per row. Chained only when that policy runs. Engine thread.
+///
+/// The engine and the generator report every end; a sequence run by something that does not
+/// (the engine's one-off prefill probe, a tool's scratch cache) is ended here once it has been
+/// absent from `staleSteps` steps, so its routing does not count as running forever. Ending a
+/// sequence that was only paused costs nothing but its evidence: it starts afresh if it returns.
 final class SequenceRoutingFeeder: RoutingObserver {
     private let cache: OffloadingExpertCache
+    private let staleSteps: Int
     private var sequences: [SequenceRows] = []
+    private var step = 0
+    /// The step each reported, not yet ended sequence last ran in.
+    private var lastSeen: [Int: Int] = [:]
 
-    init(cache: OffloadingExpertCache) { self.cache = cache }
+    init(cache: OffloadingExpertCache, staleSteps: Int = 512) {
+        precondition(staleSteps > 0)
+        self.cache = cache
+        self.staleSteps = staleSteps
+    }
 
-    func willRunSequences(_ sequences: [SequenceRows]) { self.sequences = sequences }
+    /// Sequences reported and not yet ended.
+    var trackedSequences: Int { lastSeen.count }
+
+    func willRunSequences(_ sequences: [SequenceRows]) {
+        step += 1
+        self.sequences = sequences
+        for sequence in sequences { lastSeen[sequence.id] = step }
+        if lastSeen.count > sequences.count {
+            for (id, seen) in lastSeen where step - seen > staleSteps { sequenceEnded(id) }
+        }
+    }
 
     func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) {
         var tokens: [(sequence: Int, experts: [Int])] = []
@@ -26,5 +49,8 @@ final class SequenceRoutingFeeder: RoutingObserver {
         if !tokens.isEmpty { cache.noteSequenceRouting(layer: layer, tokens: tokens) }
     }
 
-    func sequenceEnded(_ id: Int) { cache.sequenceEnded(id) }
+    func sequenceEnded(_ id: Int) {
+        lastSeen[id] = nil
+        cache.sequenceEnded(id)
+    }
 }

@@ -3,7 +3,7 @@ import Foundation
 import InferenceEngine
 import ModelFormats
 import MoEModels
-import Runtime
+@testable import Runtime
 import Testing
 
 /// `--cache-policy sequence` at run time: the engine and the generator tell the expert cache's
@@ -93,5 +93,31 @@ import Testing
         #expect(references.first == prompt.count * runtime.model.config.expertsPerToken)
         #expect(references.last == (prompt.count + 5) * runtime.model.config.expertsPerToken)
         #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } == 0)
+    }
+}
+
+/// The feeder ends sequences nobody reported ending once they have been absent long enough.
+@Suite struct SequenceRoutingFeederTests {
+    @Test func sequencesAbsentForLongAreEnded() throws {
+        let runtime = try SequenceAwarePolicyRuntimeTests.open(.sequence)
+        defer { runtime.close() }
+        let cache = try #require(runtime.cache)
+        let feeder = SequenceRoutingFeeder(cache: cache, staleSteps: 3)
+        let routes = [TokenRouting(experts: [0, 1], weights: [0.5, 0.5]), TokenRouting(experts: [2, 1], weights: [0.5, 0.5])]
+        let input = [Float](repeating: 0, count: 2)
+        func running() -> Int { cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } }
+        feeder.willRunSequences([SequenceRows(id: 900_001, rows: 0..<1), SequenceRows(id: 900_002, rows: 1..<2)])
+        input.withUnsafeBufferPointer { feeder.didRoute(layer: 1, routes: routes, gateInput: $0.baseAddress!, rowCount: 2) }
+        #expect(running() == 2)
+        #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).sequenceReferences(layer: 1) } == 4)
+        // Sequence 900_002 keeps running alone; 900_001 is absent from then on.
+        for step in 1...4 {
+            feeder.willRunSequences([SequenceRows(id: 900_002, rows: 0..<1)])
+            input.withUnsafeBufferPointer { feeder.didRoute(layer: 1, routes: [routes[1]], gateInput: $0.baseAddress!, rowCount: 1) }
+            #expect(running() == (step <= 3 ? 2 : 1), "step \(step)")
+        }
+        #expect(feeder.trackedSequences == 1)
+        feeder.sequenceEnded(900_002)
+        #expect(running() == 0 && feeder.trackedSequences == 0)
     }
 }
