@@ -16,24 +16,33 @@ import argparse
 import json
 
 
-def read_requests(path):
-    """[(layer, [experts])] in replay order, plus the number of layer slots."""
+def distinct(experts):
+    """`experts` without repeats, first occurrence kept."""
+    result = []
+    for expert in experts:
+        if expert not in result:
+            result.append(expert)
+    return result
+
+
+def read_requests(path, tokens=None):
+    """[(layer, [experts])] in replay order, plus the number of layer slots. With a list as
+    `tokens`, appends each request group's trace record to it (same order)."""
     groups = []
     layer_count = 0
     with open(path) as handle:
         for line in handle:
             if not line.strip():
                 continue
-            layers = json.loads(line)["layers"]
+            record = json.loads(line)
+            layers = record["layers"]
             layer_count = max(layer_count, len(layers))
             for layer, experts in enumerate(layers):
                 if experts is None:
                     continue
-                distinct = []
-                for expert in experts:
-                    if expert not in distinct:
-                        distinct.append(expert)
-                groups.append((layer, distinct))
+                groups.append((layer, distinct(experts)))
+                if tokens is not None:
+                    tokens.append(record)
     return groups, layer_count
 
 
@@ -50,7 +59,9 @@ def next_uses(groups):
     return result
 
 
-def replay(groups, layer_count, capacity, policy):
+def replay(groups, layer_count, capacity, policy, outcomes=None):
+    """Hit rates of `policy` (lru or belady); with a list as `outcomes`, appends 1 (hit) or 0
+    (miss) for each request in replay order."""
     future = next_uses(groups) if policy == "belady" else None
     caches = [dict() for _ in range(layer_count)]  # expert -> LRU tick or next use
     hits = [0] * layer_count
@@ -64,6 +75,8 @@ def replay(groups, layer_count, capacity, policy):
             requests[layer] += 1
             value = future[cursor] if future else None
             cursor += 1
+            if outcomes is not None:
+                outcomes.append(1 if expert in cache else 0)
             if expert in cache:
                 hits[layer] += 1
                 clock += 1

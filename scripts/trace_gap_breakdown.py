@@ -13,62 +13,11 @@ better estimate of each expert's next use pays (docs/expert-cache.md, "A policy 
 sequences").
 """
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from replay_trace import next_uses  # noqa: E402
-
-
-def read(path):
-    """[(layer, distinct experts, seq, pos, phase)] in replay order, and the layer slots."""
-    groups, layer_count = [], 0
-    first_seq = None
-    with open(path) as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            token = json.loads(line)
-            if first_seq is None:
-                first_seq = token.get("seq", 0)
-            layer_count = max(layer_count, len(token["layers"]))
-            for layer, experts in enumerate(token["layers"]):
-                if experts is None:
-                    continue
-                distinct = []
-                for expert in experts:
-                    if expert not in distinct:
-                        distinct.append(expert)
-                groups.append((layer, distinct, token.get("seq", 0) == first_seq, token.get("pos", 0), token.get("phase", "unknown")))
-    return groups, layer_count
-
-
-def hits(groups, layer_count, capacity, belady):
-    """Per request in replay order: 1 for a hit, 0 for a miss."""
-    future = next_uses([(layer, experts) for layer, experts, *_ in groups]) if belady else None
-    caches = [dict() for _ in range(layer_count)]
-    out, clock, cursor = [], 0, 0
-    for layer, experts, *_ in groups:
-        cache, misses = caches[layer], []
-        for expert in experts:
-            value = future[cursor] if future else None
-            cursor += 1
-            if expert in cache:
-                clock += 1
-                cache[expert] = value if future else clock
-                out.append(1)
-            else:
-                misses.append((expert, value))
-                out.append(0)
-        for expert, value in misses:
-            if len(cache) >= capacity:
-                candidates = [e for e in cache if e not in experts]
-                key = (lambda e: (-cache[e], e)) if future else (lambda e: (cache[e], e))
-                del cache[min(candidates, key=key)]
-            clock += 1
-            cache[expert] = value if future else clock
-    return out
+from replay_trace import read_requests, replay  # noqa: E402
 
 
 def main():
@@ -76,12 +25,16 @@ def main():
     parser.add_argument("trace")
     parser.add_argument("--cache-per-layer", type=int, required=True)
     args = parser.parse_args()
-    groups, layer_count = read(args.trace)
-    lru = hits(groups, layer_count, args.cache_per_layer, belady=False)
-    belady = hits(groups, layer_count, args.cache_per_layer, belady=True)
+    records = []
+    groups, layer_count = read_requests(args.trace, tokens=records)
+    lru, belady = [], []
+    replay(groups, layer_count, args.cache_per_layer, "lru", outcomes=lru)
+    replay(groups, layer_count, args.cache_per_layer, "belady", outcomes=belady)
+    first_seq = records[0].get("seq", 0) if records else 0
     parts = {}
     index = 0
-    for layer, experts, first, pos, phase in groups:
+    for (layer, experts), record in zip(groups, records):
+        first, pos, phase = record.get("seq", 0) == first_seq, record.get("pos", 0), record.get("phase", "unknown")
         name = ("first sequence" if first else "later sequences") + ", " + phase + (", tokens 0-15" if pos < 16 else ", tokens 16+")
         for _ in experts:
             part = parts.setdefault(name, [0, 0, 0])
