@@ -71,7 +71,7 @@ public struct TraceBenchmark: Sendable {
                 ("lrfu", LRFUPolicy(), .perLayer),
                 ("hotset", HotSetPolicy(hotPerLayer: slots / 2), .perLayer),
                 ("learned", LearnedPolicy(), .perLayer),
-                ("sequence", SequenceAwarePolicy(), .perLayer),
+                ("sequence", SequenceAwarePolicy(parameters: try Self.sequenceParameters()), .perLayer),
                 ("belady", BeladyPolicy(), .perLayer),
             ]
             if recorded.count > 1 {
@@ -80,7 +80,7 @@ public struct TraceBenchmark: Sendable {
                     ("lfu_global", LFUPolicy(), .global),
                     ("lrfu_global", LRFUPolicy(), .global),
                     ("learned_global", LearnedPolicy(), .global),
-                    ("sequence_global", SequenceAwarePolicy(), .global),
+                    ("sequence_global", SequenceAwarePolicy(parameters: try Self.sequenceParameters()), .global),
                     ("fate", LayerAwarePolicy(shallowLayerCount: shallowBoundary), .global),
                     ("belady_global", BeladyPolicy(), .global),  // no floors: the unconstrained optimum bounds every floored policy
                 ]
@@ -103,6 +103,19 @@ public struct TraceBenchmark: Sendable {
                                 policies: results, order: runs.map(\.0), gapClosed: gapClosed,
                                 replayNanosecondsPerRequest: nanoseconds)
             return (output, table(output, order: output.order))
+    }
+
+    /// The sequence-aware policy's parameters: the defaults, or `MOE_SEQUENCE_PARAMETERS` =
+    /// "priorWeight,recencyWeight,recencyHalfLife,longHalfLife" (in layer references) to sweep them.
+    static func sequenceParameters(_ setting: String? = ProcessInfo.processInfo.environment["MOE_SEQUENCE_PARAMETERS"]) throws -> SequenceAwarePolicy.Parameters {
+        var parameters = SequenceAwarePolicy.Parameters()
+        guard let text = setting, !text.isEmpty else { return parameters }
+        let values = text.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard values.count == 4, values[0] > 0, values[1] >= 0, values[2] > 0, values[3] > 0 else {
+            throw ToolError("MOE_SEQUENCE_PARAMETERS: expected priorWeight,recencyWeight,recencyHalfLife,longHalfLife (positive numbers; recency weight may be 0), got '\(text)'")
+        }
+        (parameters.priorWeight, parameters.recencyWeight, parameters.recencyHalfLife, parameters.longHalfLife) = (values[0], values[1], values[2], values[3])
+        return parameters
     }
 
     private func slotsPerLayer(recordedLayers: Int) throws -> Int {

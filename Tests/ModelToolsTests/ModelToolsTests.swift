@@ -2,7 +2,7 @@ import ExpertCache
 import Foundation
 import InferenceEngine
 import ModelFormats
-import ModelTools
+@testable import ModelTools
 import Runtime
 import Testing
 
@@ -35,6 +35,15 @@ import Testing
                 return chosen
             })
         })
+    }
+
+    /// `MOE_SEQUENCE_PARAMETERS` (a sweep knob of `bench trace`): four numbers or a clear error.
+    @Test func sequencePolicyParametersParseOrFailClearly() throws {
+        #expect(try TraceBenchmark.sequenceParameters(nil) == SequenceAwarePolicy.Parameters())
+        let swept = try TraceBenchmark.sequenceParameters("64, 0.05,32,1024")
+        #expect(swept.priorWeight == 64 && swept.recencyWeight == 0.05 && swept.recencyHalfLife == 32 && swept.longHalfLife == 1024)
+        #expect(throws: (any Error).self) { try TraceBenchmark.sequenceParameters("64,0.05,32") }
+        #expect(throws: (any Error).self) { try TraceBenchmark.sequenceParameters("0,0.05,32,1024") }
     }
 
     @Test func beladyBoundsEveryPolicyOnAReplayedTrace() throws {
