@@ -32,21 +32,13 @@ final class SequenceRoutingFeeder: RoutingObserver {
         self.sequences = sequences
         for sequence in sequences { lastSeen[sequence.id] = step }
         if lastSeen.count > sequences.count {
-            for (id, seen) in lastSeen where step - seen > staleSteps { sequenceEnded(id) }
+            let stale = lastSeen.filter { step - $0.value > staleSteps }.keys
+            for id in stale { sequenceEnded(id) }
         }
     }
 
     func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) {
-        var tokens: [(sequence: Int, experts: [Int])] = []
-        tokens.reserveCapacity(rowCount)
-        for sequence in sequences {
-            for row in sequence.rows where row < routes.count {
-                var distinct: [Int] = []
-                for expert in routes[row].experts where expert >= 0 && !distinct.contains(expert) { distinct.append(expert) }
-                tokens.append((sequence.id, distinct))
-            }
-        }
-        if !tokens.isEmpty { cache.noteSequenceRouting(layer: layer, tokens: tokens) }
+        if !sequences.isEmpty { cache.noteSequenceRouting(layer: layer, sequences: sequences, routes: routes) }
     }
 
     func sequenceEnded(_ id: Int) {

@@ -1,4 +1,5 @@
 import Foundation
+import ModelFormats
 @testable import MoEModels
 import Testing
 @testable import ExpertCache
@@ -340,7 +341,8 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
                     let experts = (0..<Int.random(in: 1...2, using: &rng)).map { _ in Int.random(in: 0..<8, using: &rng) }
                     do {
                         // Each thread is a sequence, as the engine reports them (the sequence-aware policy listens).
-                        cache.noteSequenceRouting(layer: layer, tokens: [(sequence: thread, experts: Array(Set(experts)))])
+                        let routing = TokenRouting(experts: Array(Set(experts)), weights: [])
+                        cache.noteSequenceRouting(layer: layer, sequences: [SequenceRows(id: thread, rows: 0..<1)], routes: [routing])
                         try request(cache, layer, experts)
                         if Int.random(in: 0..<4, using: &rng) == 0 {
                             cache.prefetch(layer: (layer + 1) % 4, experts: [Int.random(in: 0..<8, using: &rng)], pipeline: false)

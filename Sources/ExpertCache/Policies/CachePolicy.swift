@@ -19,8 +19,8 @@ public protocol CachePolicy: Sendable {
     /// Offline replay only: `key`, about to be used, will next be used at `time` (`Int.max`:
     /// never). Only Belady's policy listens.
     mutating func observeNextUse(_ key: ExpertKey, at time: Int)
-    /// One token of sequence `sequence` (a request) was routed to `routed` in `layer` (its
-    /// distinct experts). Only policies that model the running sequences listen.
+    /// One token of sequence `sequence` (a request) was routed to `routed` in `layer` (distinct
+    /// experts, as a router picks them). Only policies that model the running sequences listen.
     mutating func sequence(_ sequence: Int, routedTo routed: [Int], layer: Int)
     /// Sequence `sequence` finished (or was cancelled): its tokens say nothing of what runs next.
     mutating func sequenceEnded(_ sequence: Int)

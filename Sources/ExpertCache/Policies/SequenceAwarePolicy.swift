@@ -94,14 +94,13 @@ public struct SequenceAwarePolicy: CachePolicy {
 
     public mutating func sequence(_ sequence: Int, routedTo routed: [Int], layer: Int) {
         guard !routed.isEmpty else { return }
-        var counts = bySequence[sequence] ?? [:]
         for expert in routed {
             let key = ExpertKey(layer: layer, expert: expert)
-            counts[key, default: 0] += 1
+            // In place: copying the sequence's table out and back cost a copy of it per row and layer.
+            bySequence[sequence, default: [:]][key, default: 0] += 1
             local[key, default: 0] += 1
         }
         localTotal[layer, default: 0] += routed.count
-        bySequence[sequence] = counts
     }
 
     public mutating func sequenceEnded(_ sequence: Int) {

@@ -115,13 +115,18 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         }
     }
 
-    /// One MoE layer's routing of a step, one entry per token row with the row's sequence, for an
-    /// eviction policy that models the running sequences (`CachePolicy.sequence(_:routedTo:layer:)`;
-    /// the others ignore it).
-    public func noteSequenceRouting(layer: Int, tokens: [(sequence: Int, experts: [Int])]) {
+    /// One MoE layer's routing of a step (`routes[row]`, as the router chose them) and which
+    /// sequence each row belongs to, for an eviction policy that models the running sequences
+    /// (`CachePolicy.sequence(_:routedTo:layer:)`; the others ignore it). One lock per layer and
+    /// step; the rows' expert lists are passed as they are, without copies.
+    public func noteSequenceRouting(layer: Int, sequences: [SequenceRows], routes: [TokenRouting]) {
         lock.lock()
         defer { lock.unlock() }
-        for token in tokens { book.policy.sequence(token.sequence, routedTo: token.experts, layer: layer) }
+        for sequence in sequences {
+            for row in sequence.rows where row < routes.count {
+                book.policy.sequence(sequence.id, routedTo: routes[row].experts, layer: layer)
+            }
+        }
     }
 
     /// `body` applied to the eviction policy, under the cache's lock (diagnostics and tests).
