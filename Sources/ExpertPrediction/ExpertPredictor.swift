@@ -129,6 +129,20 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount)
     }
 
+    /// The shadow of `layer` (`ShadowRouting`: its attention and router on the previous layer's
+    /// output less the experts still loading) is the sharpest guess before the layer routes: it
+    /// replaces the guesses made from farther back, as the nearest layer's guess does (those it
+    /// does not repeat are withdrawn and their reads cancelled if not started), and its experts
+    /// are prefetched. Every expert it chose is a guess: no floor, the router's own selection.
+    public func didShadowRoute(layer: Int, routes: [TokenRouting]) {
+        let chosen = routes.reduce(into: Set<Int>()) { $0.formUnion($1.experts) }
+        statistics.perLayer[layer].shadowRuns += 1
+        statistics.perLayer[layer].shadowAdded += chosen.subtracting(pending[layer]).count
+        dropGuesses(for: layer, notIn: chosen)
+        add(chosen, to: layer, pipeline: false)
+        next?.didShadowRoute(layer: layer, routes: routes)
+    }
+
     /// A decode step whose rows choose a layer's experts at least this many times over
     /// (rows × top-k ≥ factor × experts) makes no cross-layer guesses (throughput mode).
     static let saturatedDecodeFactor = 2

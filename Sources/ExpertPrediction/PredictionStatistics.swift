@@ -9,6 +9,10 @@ public struct LayerPredictionStatistics: Sendable, Codable, Equatable {
     /// Guesses from farther back that the nearest layer's guess withdrew before the layer
     /// routed (their reads cancelled if not started; counted in neither column above).
     public var withdrawn = 0
+    /// Shadow runs of this layer (`didShadowRoute`), and the guesses they added that no
+    /// earlier guess had made.
+    public var shadowRuns = 0
+    public var shadowAdded = 0
 
     /// Used experts that were predicted.
     public var recall: Double { used == 0 ? 0 : Double(predictedAndUsed) / Double(used) }
@@ -19,7 +23,7 @@ public struct LayerPredictionStatistics: Sendable, Codable, Equatable {
 
     public static func + (a: Self, b: Self) -> Self {
         Self(used: a.used + b.used, predictedAndUsed: a.predictedAndUsed + b.predictedAndUsed, predicted: a.predicted + b.predicted,
-             withdrawn: a.withdrawn + b.withdrawn)
+             withdrawn: a.withdrawn + b.withdrawn, shadowRuns: a.shadowRuns + b.shadowRuns, shadowAdded: a.shadowAdded + b.shadowAdded)
     }
 }
 

@@ -24,6 +24,8 @@ public struct RuntimeSettings: Sendable, Equatable {
     public var prefetchMinProbability: Double?
     /// `prefetch_budget`: prefetched, unused experts each layer may hold (0: no bound).
     public var prefetchBudget: Int?
+    /// `shadow_routing`: run a shadow of the next MoE layer while misses load (`RuntimeSpecification.shadowRouting`).
+    public var shadowRouting: Bool?
     /// `max_sequences`: sequences decoded together in one batch.
     public var maxSequences: Int = 8
     /// `context_size`: positions a sequence may reach (prompt and reply), at most the model's trained

@@ -70,4 +70,5 @@ final class RequestExpertRecorder: RoutingObserver {
     func willRunSequences(_ sequences: [SequenceRows]) { next?.willRunSequences(sequences) }
 
     func sequenceEnded(_ id: Int) { next?.sequenceEnded(id) }
+    func didShadowRoute(layer: Int, routes: [TokenRouting]) { next?.didShadowRoute(layer: layer, routes: routes) }
 }

@@ -135,6 +135,9 @@ final class ForwardWorkspace {
     let workers: [Worker]
     let sharedOutput: AlignedBuffer<Float>  // [T, hidden]
     let sharedGate: AlignedBuffer<Float>    // [T]
+    /// Whether this MoE layer's shared expert already ran into `sharedOutput` (the shadow of the
+    /// next layer needs it before the routed experts are done; `SparseMoEBlock.forward`).
+    var sharedExpertDone = false
     let linearScratch: AlignedBuffer<Float> // GatedDeltaNet.ScratchLayout
     let gatedQuery: AlignedBuffer<Float>    // [T, 2*heads*headDim]
     /// The MoE block's grouping of `row·k + rank` entries by expert (a counting sort): entries

@@ -35,6 +35,15 @@ public final class TransformerModel: @unchecked Sendable {
     /// cancelled or failed); the engine and the generator call it.
     public func sequenceEnded(_ cache: KVCache) { routingObserver?.sequenceEnded(cache.sequenceID) }
 
+    /// Whether decode steps run a shadow of the next MoE layer while a layer's misses load and
+    /// report its routing to `routingObserver` (`ShadowRouting`); the runtime turns it on with
+    /// prefetch and `--shadow-routing on`. Set before steps run.
+    public var shadowRouting = false
+    private lazy var shadow = ShadowRouting(config: config)
+    /// Per layer: whether it is an MoE layer whose next layer is one too, with full causal
+    /// attention, which the shadow can run.
+    private let shadowTargets: [Bool]
+
     private let embedding: WeightMatrix // [vocab, hidden]
     private let lmHead: WeightMatrix    // [vocab, hidden]
     private let finalNorm: [Float]
@@ -75,7 +84,7 @@ public final class TransformerModel: @unchecked Sendable {
         }
         let normOffset = description.normWeightOffset
         finalNorm = try weights.vector("model.norm.weight", count: hidden).map { $0 + normOffset }
-        layers = try (0..<config.layerCount).map { layer in
+        let decoderLayers = try (0..<config.layerCount).map { layer in
             let prefix = "model.layers.\(layer)"
             let feedForward: FeedForward
             if config.isMoELayer(layer) {
@@ -95,6 +104,13 @@ public final class TransformerModel: @unchecked Sendable {
                 linearAttention: try linear ? GatedDeltaNet(layer: layer, config: config, description: description, weights: weights) : nil,
                 postAttentionNorm: try weights.vector("\(prefix).post_attention_layernorm.weight", count: hidden).map { $0 + normOffset },
                 feedForward: feedForward)
+        }
+        layers = decoderLayers
+        shadowTargets = decoderLayers.indices.map { index in
+            guard index + 1 < decoderLayers.count, case .sparse = decoderLayers[index].feedForward,
+                  case .sparse = decoderLayers[index + 1].feedForward,
+                  let attention = decoderLayers[index + 1].attention as? AttentionLayer else { return false }
+            return attention.supportsShadow
         }
     }
 
@@ -246,6 +262,22 @@ public final class TransformerModel: @unchecked Sendable {
         return try step(inputs)
     }
 
+    /// The shadow of the layer after `layer` for this step (`ShadowRouting`), or nil: off, no
+    /// observer, a layer it cannot run, or not a decode step of at most `ShadowRouting.maxRows`
+    /// sequences. `residual` holds the step's h_mid `[rows, hidden]` while the MoE block runs.
+    private func shadowStep(after layer: Int, spans: [SequenceSpan], rowCount: Int,
+                            residual: UnsafePointer<Float>) -> (partial: UnsafeMutablePointer<Float>, run: () -> Void)? {
+        guard shadowRouting, shadowTargets[layer], let observer = routingObserver, rowCount <= ShadowRouting.maxRows,
+              spans.count == rowCount else { return nil }
+        let next = layers[layer + 1]
+        guard let attention = next.attention as? AttentionLayer, case .sparse(let block) = next.feedForward else { return nil }
+        let shadow = self.shadow, eps = config.rmsNormEps
+        return (shadow.partial.pointer, {
+            shadow.run(attention: attention, inputNorm: next.inputNorm, postAttentionNorm: next.postAttentionNorm, block: block,
+                       residual: residual, spans: spans, eps: eps, observer: observer)
+        })
+    }
+
     /// One step; the caller holds `stepLock`.
     private func step(_ inputs: [SequenceInput]) throws -> StepLogits {
         let hidden = config.hiddenSize
@@ -306,7 +338,8 @@ public final class TransformerModel: @unchecked Sendable {
                 mlp.forward(normalized.pointer, rowCount: rowCount, scratch: workspace.workers[0], output: blockOutput.pointer)
             case .sparse(let moe):
                 try moe.forward(normalized.pointer, rowCount: rowCount, hidden: hidden, provider: experts,
-                                observer: routingObserver, workspace: workspace, output: blockOutput.pointer)
+                                observer: routingObserver, workspace: workspace, output: blockOutput.pointer,
+                                shadow: shadowStep(after: layer.index, spans: spans, rowCount: rowCount, residual: residual.pointer))
             }
             Ops.addScaled(residual.pointer, blockOutput.pointer, alpha: 1, count: rowCount * hidden)
         }

@@ -50,6 +50,7 @@ enum ServeBackend {
         if let reads = settings.prefetchReads { spec.prefetchReads = reads }
         spec.prefetchMinProbability = settings.prefetchMinProbability.map { Float($0) }
         spec.prefetchBudgetExperts = settings.prefetchBudget
+        if let shadow = settings.shadowRouting { spec.shadowRouting = shadow }
         spec.maxSequences = settings.maxSequences
         spec.contextTokens = settings.contextSize
         if let name = settings.promptCachePartial {

@@ -80,6 +80,14 @@ public protocol ExpertProvider: AnyObject, Sendable {
     func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void,
                      _ body: (Int, Int, ExpertWeights) throws -> Void) throws
 
+    /// As `withExperts(layer:experts:workers:pinned:_:)`; in addition, once every expert that was
+    /// resident has run and some misses are still loading, `residentsRan(completed)` runs once on
+    /// the calling thread, with the experts whose `body` has returned (their outputs are written).
+    /// The model runs a shadow of the next layer there (`ShadowRouting`), while the disk is busy
+    /// anyway. Not called when nothing was missing. The default never calls it.
+    func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
+                     _ body: (Int, Int, ExpertWeights) throws -> Void) throws
+
     /// A hint that `experts` of `layer` will probably be needed soon. Never required for
     /// correctness; the default does nothing. `pipeline`: the hint is a prefill chunk's union
     /// (most of it will be used), so a cache's per-layer bound on speculation does not apply.
@@ -98,6 +106,11 @@ extension ExpertProvider {
                             _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
         pinned()
         try withExperts(layer: layer, experts: experts) { try body(0, $0, $1) }
+    }
+
+    public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
+                            _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
+        try withExperts(layer: layer, experts: experts, workers: workers, pinned: pinned, body)
     }
 
     public func prefetch(layer: Int, experts: [Int], pipeline: Bool) {}
@@ -127,6 +140,11 @@ public protocol RoutingObserver: AnyObject {
 
     /// Sequence `id` finished or was dropped: it runs no more steps.
     func sequenceEnded(_ id: Int)
+
+    /// A shadow of MoE layer `layer` (its attention and router run on the previous layer's
+    /// output with only the experts that were resident, while the misses load) chose `routes`:
+    /// a late, sharper guess at what `layer`'s router will choose (`ShadowRouting`).
+    func didShadowRoute(layer: Int, routes: [TokenRouting])
 }
 
 /// The rows of one sequence in a step.
@@ -146,4 +164,5 @@ extension RoutingObserver {
     public func willRunStep(lastRows: [Int]) {}
     public func willRunSequences(_ sequences: [SequenceRows]) {}
     public func sequenceEnded(_ id: Int) {}
+    public func didShadowRoute(layer: Int, routes: [TokenRouting]) {}
 }

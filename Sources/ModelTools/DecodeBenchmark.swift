@@ -100,8 +100,13 @@ public struct DecodeBenchmark: Sendable {
         /// The disk rate the bound divides by: the larger of the probe's and `busyGBps`.
         public var boundDiskGBps: Double? = nil
         public var meanReadsInFlight: Double? = nil
+        /// Bytes read ÷ the whole decode time (median over runs): the rate the disk gave this
+        /// decode end to end. Against a sustained probe of the disk it says whether the runs were
+        /// limited by the disk itself (docs/BENCHMARKS.md, session 19).
+        public var deliveredGBps: Double? = nil
         enum CodingKeys: String, CodingKey {
             case ioBusyFraction = "io_busy_fraction", busyGBps = "busy_gb_per_second", meanReadsInFlight = "mean_reads_in_flight"
+            case deliveredGBps = "delivered_gb_per_second"
             case boundDiskGBps = "bound_disk_gb_per_second"
             case name, prefetch, policy, predictor, recall, runs
             case budgetBytes = "budget_bytes"
@@ -334,7 +339,8 @@ public struct DecodeBenchmark: Sendable {
             kvBytesPerTokenPlan: kv?.plan, kvBytesPerTokenAllocated: kv?.allocated, kvBytesPerTokenFullHeads: kv?.fullHeads,
             ioBusyFraction: busy.isEmpty ? nil : median(busy.map { $0.busy / $0.run.decodeSeconds }),
             busyGBps: busyGBps, boundDiskGBps: boundDisk,
-            meanReadsInFlight: busy.isEmpty ? nil : median(busy.map { ($0.run.decodeReadSeconds ?? 0) / max($0.busy, 1e-9) }))
+            meanReadsInFlight: busy.isEmpty ? nil : median(busy.map { ($0.run.decodeReadSeconds ?? 0) / max($0.busy, 1e-9) }),
+            deliveredGBps: median(measured.map { Double($0.decodeBytesRead) / max($0.decodeSeconds, 1e-9) / 1e9 }))
     }
 }
 

@@ -216,6 +216,7 @@ public final class ModelRuntime {
         if spec.prefetch && cacheBytes < allExpertBytes {
             expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
             model.routingObserver = expertPredictor
+            model.shadowRouting = spec.shadowRouting
         }
         let runtime = ModelRuntime(model: model, cache: cache, predictor: expertPredictor, predictorName: predictor + (probes == nil ? "" : "+probes"),
                                    probes: probes, plan: plan, tokenizer: tokenizer, specification: spec)

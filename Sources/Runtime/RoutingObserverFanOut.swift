@@ -35,6 +35,10 @@ final class RoutingObserverFanOut: RoutingObserver {
         for observer in observers { observer.sequenceEnded(id) }
     }
 
+    func didShadowRoute(layer: Int, routes: [TokenRouting]) {
+        for observer in observers { observer.didShadowRoute(layer: layer, routes: routes) }
+    }
+
     func willRunStep(lastRows: [Int]) {
         for observer in observers { observer.willRunStep(lastRows: lastRows) }
     }

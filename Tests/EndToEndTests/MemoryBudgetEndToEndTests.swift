@@ -249,7 +249,12 @@ import Testing
         let probe = try #require(json["disk_gbps"] as? Double)
         let boundDisk = try #require(json["bound_disk_gb_per_second"] as? Double)
         #expect(boundDisk >= probe)
-        if let delivered = json["busy_gb_per_second"] as? Double { #expect(boundDisk >= delivered) }
+        if let busy = json["busy_gb_per_second"] as? Double {
+            #expect(boundDisk >= busy)
+            // End to end the disk gave the bytes over the whole decode, at most its rate while busy.
+            let delivered = try #require(json["delivered_gb_per_second"] as? Double)
+            #expect(delivered > 0 && delivered <= busy * 1.0001)
+        }
         #expect(json["recall"] as? Double != nil, "prefetch is on by default, so recall is reported")
         // The per-run records of the main configuration, and how many runs there were (a count
         // under "runs" used to overwrite the array).

@@ -69,6 +69,48 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         #expect(seen.values == ["1", "5"])
     }
 
+    /// `residentsRan` (where the model runs the next layer's shadow) comes once, on the calling
+    /// thread, after every resident expert has run, with those experts, while a read still runs;
+    /// with two workers the caller waits for the other's resident expert first.
+    @Test(arguments: [1, 2]) func residentsRanReportsTheResidentsWhileAReadStillRuns(workers: Int) throws {
+        let loader = FakeLoader()
+        let cache = try makeCache(loader, experts: 4)
+        defer { cache.close() }
+        try request(cache, 0, [1, 2])
+        loader.block(ExpertKey(layer: 0, expert: 5))
+        let seen = Counter()
+        var reports: [[Int]] = []
+        let caller = Thread.current
+        try cache.withExperts(layer: 0, experts: [5, 1, 2], workers: workers, pinned: {}, residentsRan: { completed in
+            #expect(Thread.current == caller)
+            #expect(!cache.isResident(layer: 0, expert: 5), "the read is still running")
+            reports.append(completed.sorted())
+            seen.add("report")
+            loader.open()
+        }) { _, expert, _ in seen.add("\(expert)") }
+        #expect(reports == [[1, 2]])
+        #expect(Set(seen.values.prefix(2)) == ["1", "2"] && Array(seen.values.dropFirst(2)) == ["report", "5"])
+
+        // Every expert resident: nothing to report.
+        var again = 0
+        try cache.withExperts(layer: 0, experts: [1, 2, 5], workers: workers, pinned: {}, residentsRan: { _ in again += 1 }) { _, _, _ in }
+        #expect(again == 0)
+    }
+
+    /// Once every missing expert has arrived there is no wait left to fill: no report.
+    @Test func residentsRanIsNotCalledOnceTheReadsHaveArrived() throws {
+        let loader = FakeLoader()
+        let cache = try makeCache(loader, experts: 4)
+        defer { cache.close() }
+        try request(cache, 0, [1])
+        var reports = 0
+        try cache.withExperts(layer: 0, experts: [5, 1], workers: 1, pinned: {}, residentsRan: { _ in reports += 1 }) { _, expert, _ in
+            // While the resident expert runs, the read of 5 finishes.
+            if expert == 1 { eventually("the read of 5 finished") { cache.isResident(layer: 0, expert: 5) } }
+        }
+        #expect(reports == 0)
+    }
+
     @Test func readsInFlightQuietTheCorePairHelperAndAreTimed() throws {
         let loader = FakeLoader()
         let cache = try makeCache(loader, experts: 4)

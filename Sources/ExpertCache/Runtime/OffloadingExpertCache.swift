@@ -164,6 +164,12 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         var waiting: [(expert: Int, ticket: LoadTicket)]
         var unadmitted: [Int]
         var failure: Error?
+        /// Experts whose `body` has returned, as routed (a low-bit copy as the expert it copies).
+        var completed: [Int] = []
+        /// Resident experts a worker is running now.
+        var residentsRunning = 0
+        /// Whether `residentsRan` has run (or will not).
+        var residentsReported = false
         init(ready: [(expert: Int, weights: ExpertWeights)], waiting: [(expert: Int, ticket: LoadTicket)], unadmitted: [Int]) {
             self.ready = ready
             self.waiting = waiting
@@ -172,6 +178,11 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     }
 
     public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void,
+                            _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
+        try withExperts(layer: layer, experts: experts, workers: workers, pinned: pinned, residentsRan: nil, body)
+    }
+
+    public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
                             _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
         var ready: [(expert: Int, weights: ExpertWeights)] = []
         var waiting: [(expert: Int, ticket: LoadTicket)] = []
@@ -213,21 +224,49 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         // Resident experts run while the misses load; each worker takes the next expert that
         // is ready, and only worker 0's waits count as stall (while it waits the other may compute).
         let pending = PendingExperts(ready: ready, waiting: waiting, unadmitted: unadmitted)
+        pending.residentsReported = residentsRan == nil || (waiting.isEmpty && unadmitted.isEmpty)
         func work(_ worker: Int) {
             // The expert this worker just ran: unpinned in the same critical section that takes
             // the next one (one lock round per expert on the decode path, not two).
-            var finished: ExpertKey?
+            var finished: (key: ExpertKey, resident: Bool)?
             while true {
                 lock.lock()
                 if let finished {
-                    unpinLocked(finished)
-                    lock.wakeRequesters()   // someone may be waiting for room
+                    unpinLocked(finished.key)
+                    pending.completed.append(finished.key.expert < 0 ? ~finished.key.expert : finished.key.expert)
+                    if finished.resident { pending.residentsRunning -= 1 }
+                    lock.wakeRequesters()   // someone may be waiting for room, or for the residents
                 }
                 finished = nil
+                // Worker 0 (the calling thread) reports once the residents have all run and
+                // misses remain; while the other worker still runs one, it waits for it.
+                if worker == 0 && !pending.residentsReported && pending.failure == nil && pending.ready.isEmpty {
+                    if pending.residentsRunning > 0 {
+                        lock.waitForProgress()
+                        lock.unlock()
+                        continue
+                    }
+                    // Only while a read is still running (or not yet admitted): once the misses
+                    // have all arrived the shadow would delay the layer instead of filling a wait,
+                    // so worker 0 runs them and reports after, if a read still runs then.
+                    let reading = !pending.unadmitted.isEmpty || pending.waiting.contains { $0.ticket.result == nil }
+                    if pending.waiting.isEmpty && pending.unadmitted.isEmpty {
+                        pending.residentsReported = true
+                    } else if reading {
+                        pending.residentsReported = true
+                        let completed = pending.completed
+                        lock.unlock()
+                        residentsRan?(completed)
+                        continue
+                    }
+                }
                 var next: (expert: Int, weights: ExpertWeights)?
+                var resident = false
                 if pending.failure == nil {
                     if !pending.ready.isEmpty {
                         next = pending.ready.removeFirst()
+                        pending.residentsRunning += 1
+                        resident = true
                     } else if !pending.waiting.isEmpty || !pending.unadmitted.isEmpty {
                         do {
                             let loaded = try nextLoadedLocked(layer: layer, &pending.waiting, &pending.unadmitted, countsStall: worker == 0)
@@ -252,7 +291,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                     if pending.failure == nil { pending.failure = error }
                     lock.unlock()
                 }
-                finished = key
+                finished = (key, resident)
             }
         }
         let parallel = min(workers, distinct.count)

@@ -96,25 +96,7 @@ struct AttentionLayer {
         }
         kProj.apply(x, rowCount: rowCount, into: k.pointer)
         vProj.apply(x, rowCount: rowCount, into: v.pointer)
-        for row in 0..<rowCount {
-            let qRow = q.pointer + row * qWidth, kRow = k.pointer + row * kvWidth, vRow = v.pointer + row * kvWidth
-            if let qBias { for i in 0..<qWidth { qRow[i] += qBias[i] } }
-            if let kBias { for i in 0..<kvWidth { kRow[i] += kBias[i] } }
-            if let vBias { for i in 0..<kvWidth { vRow[i] += vBias[i] } }
-            switch normalization {
-            case .none: break
-            case .perHead:
-                Ops.rmsNorm(qRow, rowCount: headCount, dim: headDim, weight: qNorm!, eps: eps)
-                Ops.rmsNorm(kRow, rowCount: kvHeadCount, dim: headDim, weight: kNorm!, eps: eps)
-            case .wholeProjection:
-                Ops.rmsNorm(qRow, rowCount: 1, dim: qWidth, weight: qNorm!, eps: eps)
-                Ops.rmsNorm(kRow, rowCount: 1, dim: kvWidth, weight: kNorm!, eps: eps)
-            }
-            if let clip {
-                for i in 0..<qWidth { qRow[i] = min(max(qRow[i], -clip), clip) }
-                for i in 0..<kvWidth { kRow[i] = min(max(kRow[i], -clip), clip); vRow[i] = min(max(vRow[i], -clip), clip) }
-            }
-        }
+        finishProjections(q: q.pointer, k: k.pointer, v: v.pointer, rowCount: rowCount)
 
         let context = workspace.context // [T, heads*headDim]
         for span in spans {
@@ -158,6 +140,108 @@ struct AttentionLayer {
             }
         }
         oProj.apply(context.pointer, rowCount: rowCount, into: output)
+        if let oBias {
+            let hidden = oBias.count
+            for row in 0..<rowCount {
+                for i in 0..<hidden { output[row * hidden + i] += oBias[i] }
+            }
+        }
+    }
+
+    /// Biases, q/k normalisation and clipping of projected rows, in place: `q [T, heads·headDim]`,
+    /// `k` and `v [T, kvHeads·headDim]`.
+    private func finishProjections(q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>,
+                                   rowCount: Int) {
+        let qWidth = headCount * headDim, kvWidth = kvHeadCount * headDim
+        for row in 0..<rowCount {
+            let qRow = q + row * qWidth, kRow = k + row * kvWidth, vRow = v + row * kvWidth
+            if let qBias { for i in 0..<qWidth { qRow[i] += qBias[i] } }
+            if let kBias { for i in 0..<kvWidth { kRow[i] += kBias[i] } }
+            if let vBias { for i in 0..<kvWidth { vRow[i] += vBias[i] } }
+            switch normalization {
+            case .none: break
+            case .perHead:
+                Ops.rmsNorm(qRow, rowCount: headCount, dim: headDim, weight: qNorm!, eps: eps)
+                Ops.rmsNorm(kRow, rowCount: kvHeadCount, dim: headDim, weight: kNorm!, eps: eps)
+            case .wholeProjection:
+                Ops.rmsNorm(qRow, rowCount: 1, dim: qWidth, weight: qNorm!, eps: eps)
+                Ops.rmsNorm(kRow, rowCount: 1, dim: kvWidth, weight: kNorm!, eps: eps)
+            }
+            if let clip {
+                for i in 0..<qWidth { qRow[i] = min(max(qRow[i], -clip), clip) }
+                for i in 0..<kvWidth { kRow[i] = min(max(kRow[i], -clip), clip); vRow[i] = min(max(vRow[i], -clip), clip) }
+            }
+        }
+    }
+
+    /// Whether `shadowForward` can run this layer: full causal attention with plain queries.
+    var supportsShadow: Bool { slidingWindow == nil && !outputGate }
+
+    /// This layer's attention output for rows that are each a sequence's one new token, computed
+    /// as `forward` computes it but leaving the KV cache as it was: each row attends to its
+    /// sequence's cached keys and values and to its own, which are used in place and not stored.
+    /// The shadow of the next layer (`ShadowRouting`) runs it on an estimate of that layer's input
+    /// while the current layer's misses load. On the calling thread only (it runs inside the
+    /// expert workers' section); `supportsShadow` must hold. Scratch: `q`, `context`
+    /// `[T, heads·headDim]`, `k`, `v` `[T, kvHeads·headDim]`, `scores` one query's keys plus one.
+    func shadowForward(_ x: UnsafePointer<Float>, spans: [SequenceSpan], q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
+                       v: UnsafeMutablePointer<Float>, context: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>,
+                       output: UnsafeMutablePointer<Float>) {
+        precondition(supportsShadow, "the shadow runs full causal attention with plain queries only")
+        let rowCount = spans.count
+        let qWidth = headCount * headDim, kvWidth = kvHeadCount * headDim
+        let scale = 1 / Float(headDim).squareRoot()
+        let groupSize = headCount / kvHeadCount
+        qProj.apply(x, rowCount: rowCount, into: q)
+        kProj.apply(x, rowCount: rowCount, into: k)
+        vProj.apply(x, rowCount: rowCount, into: v)
+        finishProjections(q: q, k: k, v: v, rowCount: rowCount)
+        for (row, span) in spans.enumerated() {
+            precondition(span.rowCount == 1, "the shadow runs decode rows, one per sequence")
+            let cache = span.cache, position = span.startPosition
+            rope.apply(q + row * qWidth, headCount: headCount, headStride: rope.headDim, position: position,
+                       llamaCppAngles: cache.llamaCppRotaryAngles)
+            rope.apply(k + row * kvWidth, headCount: kvHeadCount, headStride: rope.headDim, position: position,
+                       llamaCppAngles: cache.llamaCppRotaryAngles)
+            // Keys 0 ..< position are cached (this layer has not run this step); the row's own is last.
+            let past = position, firstRow = -cache.firstPosition(layer)
+            for head in 0..<headCount {
+                let group = head / groupSize
+                let query = q + row * qWidth + head * headDim
+                let ownKey = k + row * kvWidth + group * headDim, ownValue = v + row * kvWidth + group * headDim
+                let offset = firstRow * kvWidth + group * headDim
+                let out = context + row * qWidth + head * headDim
+                if past > 0 {
+                    switch cache.precision {
+                    case .f32:
+                        AttentionKernels.scores(query: query, keys: cache.keyRows(layer) + offset, keyStride: kvWidth,
+                                                count: past, dim: headDim, scale: scale, into: scores)
+                    case .f16:
+                        AttentionKernels.scores(query: query, halfKeys: cache.halfKeyRows(layer) + offset, keyStride: kvWidth,
+                                                count: past, dim: headDim, scale: scale, into: scores)
+                    }
+                }
+                var own: Float = 0
+                for i in 0..<headDim { own += query[i] * ownKey[i] }
+                scores[past] = own * scale
+                softmax(scores, count: past + 1, head: head)
+                if past > 0 {
+                    switch cache.precision {
+                    case .f32:
+                        AttentionKernels.weightedSum(scores, values: cache.valueRows(layer) + offset, valueStride: kvWidth,
+                                                     count: past, dim: headDim, into: out)
+                    case .f16:
+                        AttentionKernels.weightedSum(scores, halfValues: cache.halfValueRows(layer) + offset,
+                                                     valueStride: kvWidth, count: past, dim: headDim, into: out)
+                    }
+                } else {
+                    out.update(repeating: 0, count: headDim)
+                }
+                let selfWeight = scores[past]
+                for i in 0..<headDim { out[i] += selfWeight * ownValue[i] }
+            }
+        }
+        oProj.apply(context, rowCount: rowCount, into: output)
         if let oBias {
             let hidden = oBias.count
             for row in 0..<rowCount {

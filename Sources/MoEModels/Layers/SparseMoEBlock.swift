@@ -88,9 +88,14 @@ struct SparseMoEBlock {
 
     /// `output[T, hidden] = moe(x[T, hidden])`, reaching experts only through `provider`.
     /// Scratch comes from `workspace`, sized for at least `rowCount` rows.
+    ///
+    /// `shadow`: where the partial output of the experts that ran goes, and what to run on it
+    /// once the resident experts have run while misses still load (`ShadowRouting`); decode only.
     func forward(_ x: UnsafePointer<Float>, rowCount: Int, hidden: Int, provider: ExpertProvider,
-                 observer: RoutingObserver?, workspace: ForwardWorkspace, output: UnsafeMutablePointer<Float>) throws {
+                 observer: RoutingObserver?, workspace: ForwardWorkspace, output: UnsafeMutablePointer<Float>,
+                 shadow: (partial: UnsafeMutablePointer<Float>, run: () -> Void)? = nil) throws {
         let topK = routing.topK
+        workspace.sharedExpertDone = false
         // Every list below is the workspace's, reused: a decode step allocates nothing.
         var routes = workspace.takeRoutes(rows: rowCount)
         defer { workspace.giveBack(routes: &routes) }
@@ -136,9 +141,32 @@ struct SparseMoEBlock {
             // One token's few small experts are not worth a thread hand-off (see
             // `parallelSingleRowWeights`); large ones are.
             let workers = rowCount > 1 || parallelSingleRow ? Self.expertWorkers : 1
+            // The shadow's input: Σ over the (row, slot) places of the experts that ran of
+            // weight · output, [T, hidden] (their rows are written: `body` returned for them).
+            // The shared expert (always resident) runs first there, and is not run again below.
+            var residentsRan: (([Int]) -> Void)?
+            if let shadow {
+                let routed = routes, topK = topK
+                residentsRan = { completed in
+                    IntegerDotKernels.serially {
+                        shadow.partial.update(repeating: 0, count: rowCount * hidden)
+                        for (row, routing) in routed.enumerated() {
+                            for (slot, expert) in routing.experts.enumerated() where completed.contains(expert) {
+                                Ops.addScaled(shadow.partial + row * hidden, contributions.pointer + (row * topK + slot) * hidden,
+                                              alpha: routing.weights[slot], count: hidden)
+                            }
+                        }
+                        if sharedExpert != nil {
+                            runSharedExpert(x, rowCount: rowCount, hidden: hidden, workspace: workspace)
+                            addSharedExpert(into: shadow.partial, rowCount: rowCount, hidden: hidden, workspace: workspace)
+                        }
+                    }
+                    shadow.run()
+                }
+            }
             try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: {
                 observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
-            }) { worker, expert, weights in
+            }, residentsRan: residentsRan) { worker, expert, weights in
                 let assigned = UnsafeBufferPointer(start: entries + starts[expert], count: starts[expert + 1] - starts[expert])
                 // Per worker: the expert's input rows and its output rows, [n, hidden] each.
                 let scratch = workspace.workers[worker]
@@ -181,16 +209,29 @@ struct SparseMoEBlock {
             }
         }
 
-        if let sharedExpert {
-            let shared = workspace.sharedOutput // [T, hidden]
-            let gate = workspace.sharedGate     // [T, 1]
-            sharedExpert.forward(x, rowCount: rowCount, scratch: workspace.workers[0], output: shared.pointer)
-            sharedExpertGate?.apply(x, rowCount: rowCount, into: gate.pointer)
-            for row in 0..<rowCount {
-                // Ungated shared experts (DeepSeek, GLM-4.5) are added with weight 1.
-                let alpha = sharedExpertGate == nil ? 1 : Ops.sigmoid(gate[row])
-                Ops.addScaled(output + row * hidden, shared.pointer + row * hidden, alpha: alpha, count: hidden)
-            }
+        if sharedExpert != nil {
+            if !workspace.sharedExpertDone { runSharedExpert(x, rowCount: rowCount, hidden: hidden, workspace: workspace) }
+            workspace.sharedExpertDone = false
+            addSharedExpert(into: output, rowCount: rowCount, hidden: hidden, workspace: workspace)
+        }
+    }
+
+    /// The shared expert's output and gate for every row, into the workspace's `sharedOutput`
+    /// `[T, hidden]` and `sharedGate` `[T]`.
+    private func runSharedExpert(_ x: UnsafePointer<Float>, rowCount: Int, hidden: Int, workspace: ForwardWorkspace) {
+        guard let sharedExpert else { return }
+        sharedExpert.forward(x, rowCount: rowCount, scratch: workspace.workers[0], output: workspace.sharedOutput.pointer)
+        sharedExpertGate?.apply(x, rowCount: rowCount, into: workspace.sharedGate.pointer)
+        workspace.sharedExpertDone = true
+    }
+
+    /// `output[T, hidden] += gate · shared` from `runSharedExpert`'s results.
+    private func addSharedExpert(into output: UnsafeMutablePointer<Float>, rowCount: Int, hidden: Int, workspace: ForwardWorkspace) {
+        let shared = workspace.sharedOutput.pointer, gate = workspace.sharedGate.pointer
+        for row in 0..<rowCount {
+            // Ungated shared experts (DeepSeek, GLM-4.5) are added with weight 1.
+            let alpha = sharedExpertGate == nil ? 1 : Ops.sigmoid(gate[row])
+            Ops.addScaled(output + row * hidden, shared + row * hidden, alpha: alpha, count: hidden)
         }
     }
 }
