@@ -179,9 +179,15 @@ struct PredictionSummary: Encodable {
     var predicted: Int
     var used: Int
     var withdrawn: Int
+    /// Runs of the next layer's shadow (`--shadow-routing on`) and the guesses they added.
+    var shadowRuns: Int
+    var shadowAdded: Int
     var perLayer: [[String: Double]]
 
-    enum CodingKeys: String, CodingKey { case predictor, recall, precision, predicted, used, withdrawn, perLayer = "per_layer" }
+    enum CodingKeys: String, CodingKey {
+        case predictor, recall, precision, predicted, used, withdrawn, perLayer = "per_layer"
+        case shadowRuns = "shadow_runs", shadowAdded = "shadow_added"
+    }
 
     init(_ statistics: PredictionStatistics, predictor: String? = nil) {
         self.predictor = predictor
@@ -191,6 +197,8 @@ struct PredictionSummary: Encodable {
         predicted = total.predicted
         used = total.used
         withdrawn = total.withdrawn
+        shadowRuns = total.shadowRuns
+        shadowAdded = total.shadowAdded
         perLayer = statistics.perLayer.map { ["recall": $0.recall, "precision": $0.precision] }
     }
 }

@@ -200,6 +200,15 @@ import Testing
         #expect(try predictor(["--predictor", "cross_layer"]).name == "cross_layer+probes")
         // Whatever predicts, the tokens are the model's.
         #expect(try predictor(["--prefetch", "off"]).tokens == own.tokens)
+        // The shadow of the next layer (real offloading cache, real reads) guesses, and changes no token.
+        let shadow = try Self.run(base + ["--shadow-routing", "on"])
+        try #require(shadow.status == 0, "generate --shadow-routing on failed: \(shadow.stderr)")
+        let shadowJSON = try #require(try JSONSerialization.jsonObject(with: Data(shadow.stdout.utf8)) as? [String: Any])
+        #expect(shadowJSON["tokens"] as? [Int] == own.tokens)
+        let shadowPrediction = try #require((shadowJSON["stats"] as? [String: Any])?["prediction"] as? [String: Any])
+        #expect((shadowPrediction["shadow_runs"] as? Int ?? 0) > 0, "\(shadowPrediction)")
+        let bad = try Self.run(base + ["--shadow-routing", "sometimes"])
+        #expect(bad.status != 0 && bad.stderr.contains("--shadow-routing"), "\(bad.stderr)")
         let missing = try Self.run(base + ["--predictor-probes", "/nonexistent/probes.safetensors"])
         #expect(missing.status != 0 && missing.stderr.contains("/nonexistent/probes.safetensors"))
     }

@@ -111,6 +111,7 @@ import Testing
         reader_threads = 2
         prefetch_min_probability = 0.5
         expert_cache = "64MiB"
+        shadow_routing = true
         """.write(to: file, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: file) }
         let config = try ConfigLoader.load(file: file.path, environment: ["MOE_PREDICTOR": "cross_layer", "MOE_READER_THREADS": "3"],
@@ -128,7 +129,11 @@ import Testing
         expected.maxSequences = 4
         expected.predictorProbes = "none"
         expected.prefetchBudget = 0
+        expected.shadowRouting = true
         #expect(config.runtime == expected)
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_SHADOW_ROUTING": "off"]).runtime.shadowRouting == false)
+        #expect(try ConfigLoader.load(file: nil, environment: [:]).runtime.shadowRouting == nil)
+        #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_SHADOW_ROUTING": "sometimes"]) }
         #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_PREFETCH_MIN_PROBABILITY": "2"]) }
         #expect(throws: ConfigError.self) { try ConfigLoader.load(file: nil, environment: ["MOE_READER_THREADS": "0"]) }
     }
