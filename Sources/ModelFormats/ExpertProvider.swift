@@ -81,8 +81,10 @@ public protocol ExpertProvider: AnyObject, Sendable {
                      _ body: (Int, Int, ExpertWeights) throws -> Void) throws
 
     /// As `withExperts(layer:experts:workers:pinned:_:)`; in addition, once every expert that was
-    /// resident has run and some misses are still loading, `residentsRan(completed)` runs once on
-    /// the calling thread, with the experts whose `body` has returned (their outputs are written).
+    /// resident has run and some misses are still loading, `residentsRan(completed)` runs once as
+    /// worker 0 (the calling thread, unless the section fell back to a thread pool; never while
+    /// the caller runs anything else), with the experts whose `body` has returned (their outputs
+    /// are written).
     /// The model runs a shadow of the next layer there (`ShadowRouting`), while the disk is busy
     /// anyway. Not called when nothing was missing. The default never calls it.
     func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,

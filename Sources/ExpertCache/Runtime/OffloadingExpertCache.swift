@@ -238,7 +238,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                     lock.wakeRequesters()   // someone may be waiting for room, or for the residents
                 }
                 finished = nil
-                // Worker 0 (the calling thread) reports once the residents have all run and
+                // Worker 0 (the caller's thread on the core pair) reports once the residents have all run and
                 // misses remain; while the other worker still runs one, it waits for it.
                 if worker == 0 && !pending.residentsReported && pending.failure == nil && pending.ready.isEmpty {
                     if pending.residentsRunning > 0 {
