@@ -181,8 +181,8 @@ struct AttentionLayer {
     /// as `forward` computes it but leaving the KV cache as it was: each row attends to its
     /// sequence's cached keys and values and to its own, which are used in place and not stored.
     /// The shadow of the next layer (`ShadowRouting`) runs it on an estimate of that layer's input
-    /// while the current layer's misses load. On the calling thread only (it runs inside the
-    /// expert workers' section); `supportsShadow` must hold. Scratch: `q`, `context`
+    /// while the current layer's misses load. Runs on one thread, unsplit (it runs inside the expert
+    /// workers' section, as worker 0); `supportsShadow` must hold. Scratch: `q`, `context`
     /// `[T, heads·headDim]`, `k`, `v` `[T, kvHeads·headDim]`, `scores` one query's keys plus one.
     func shadowForward(_ x: UnsafePointer<Float>, spans: [SequenceSpan], q: UnsafeMutablePointer<Float>, k: UnsafeMutablePointer<Float>,
                        v: UnsafeMutablePointer<Float>, context: UnsafeMutablePointer<Float>, scores: UnsafeMutablePointer<Float>,
