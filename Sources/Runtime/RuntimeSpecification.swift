@@ -60,7 +60,7 @@ public struct RuntimeSpecification: Sendable {
     /// While a decode step's misses load, run a shadow of the next MoE layer (its attention and
     /// router on this layer's partial output) and prefetch what it chooses (`ShadowRouting`).
     /// Off by default: it makes the guesses sharper (OLMoE-1B-7B recall 0.17 → 0.74, the trained
-    /// demo's demand reads −25%) but decoded no faster on this machine's disk (docs/PREDICTOR.md).
+    /// demo's demand reads −27%) but decoded no faster on this machine's disk (docs/PREDICTOR.md).
     public var shadowRouting = false
     /// Prefetched, unused experts each layer may hold (0: no bound; nil: the model's top-k).
     public var prefetchBudgetExperts: Int?

@@ -32,7 +32,10 @@ final class SequenceRoutingFeeder: RoutingObserver {
         self.sequences = sequences
         for sequence in sequences { lastSeen[sequence.id] = step }
         if lastSeen.count > sequences.count {
-            let stale = lastSeen.filter { step - $0.value > staleSteps }.keys
+            // A scan without a filtered copy: a sequence waiting its turn is absent from most
+            // steps, and this runs every decode step; the list is built only when one went stale.
+            var stale: [Int] = []
+            for (id, seen) in lastSeen where step - seen > staleSteps { stale.append(id) }
             for id in stale { sequenceEnded(id) }
         }
     }

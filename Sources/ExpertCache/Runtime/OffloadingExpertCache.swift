@@ -233,7 +233,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 lock.lock()
                 if let finished {
                     unpinLocked(finished.key)
-                    pending.completed.append(finished.key.expert < 0 ? ~finished.key.expert : finished.key.expert)
+                    // Kept only while a report is due: without one, no list grows per layer and step.
+                    if !pending.residentsReported {
+                        pending.completed.append(finished.key.expert < 0 ? ~finished.key.expert : finished.key.expert)
+                    }
                     if finished.resident { pending.residentsRunning -= 1 }
                     lock.wakeRequesters()   // someone may be waiting for room, or for the residents
                 }
