@@ -17,10 +17,10 @@ import TensorMath
 /// agrees with the real top-4 at 0.94 (the fitted one-ahead probes 0.89, the cross-layer gate 0.79),
 /// and of the guesses that cost a read 92% are used, covering 81% of the misses (the probes at
 /// their floor 94% and 65%; `scripts/shadow_routing_probe.py`). Live it cut the demo's demand
-/// reads by 27% and raised OLMoE-1B-7B's recall from 0.17 to 0.74, but decoded only 1.03-1.09x
-/// faster than without prefetch where the default predictor gave 1.01-1.10x (its guesses come
-/// less than a layer ahead), so it is opt-in (`--shadow-routing on`; docs/PREDICTOR.md, session
-/// 19). The attention runs on the row's own key and value without storing them, so the KV cache
+/// reads by 27% and raised OLMoE-1B-7B's recall from 0.17 to 0.74. Its guesses come less than a
+/// layer ahead, so it gains little speed: a median 1.04x over the default predictor in 20 paired
+/// rounds on four models (0.95-1.33x), which is why it is on by default (`--shadow-routing off`
+/// turns it off; docs/PREDICTOR.md, sessions 19 and 20). The attention runs on the row's own key and value without storing them, so the KV cache
 /// is as it was; everything here runs on the engine thread inside the MoE block's expert
 /// section, with its products unsplit.
 final class ShadowRouting {
@@ -39,7 +39,9 @@ final class ShadowRouting {
     private let scores: AlignedBuffer<Float>
     /// `[rows, experts]`
     private let logits: AlignedBuffer<Float>
-    private var routes: [TokenRouting]
+    /// One list of routes per row count (1 ... maxRows), lent to the router and given back, so
+    /// that a run allocates no list of its own.
+    private var routesByRows: [[TokenRouting]]
 
     init(config: ModelConfig) {
         hidden = config.hiddenSize
@@ -55,7 +57,7 @@ final class ShadowRouting {
         v = AlignedBuffer(count: rows * kvWidth)
         scores = AlignedBuffer(count: config.maxPositionEmbeddings + 1)
         logits = AlignedBuffer(count: rows * max(config.expertCount, 1))
-        routes = (0..<rows).map { _ in TokenRouting(experts: [], weights: []) }
+        routesByRows = (1...rows).map { count in (0..<count).map { _ in TokenRouting(experts: [], weights: []) } }
     }
 
     /// Runs the shadow of the next layer on `residual + partial` (`residual` is the current layer's
@@ -74,11 +76,12 @@ final class ShadowRouting {
             Ops.addScaled(h, attentionOutput.pointer, alpha: 1, count: count)
             x.update(from: h, count: count)
             Ops.rmsNorm(x, rowCount: rowCount, dim: hidden, weight: postAttentionNorm, eps: eps)
-            // The first `rowCount` of the kept lists, refilled (their storage reused), and put back.
-            var taken = Array(routes.prefix(rowCount))
+            // The kept list of `rowCount` routes, refilled (its storage reused), and put back.
+            var taken: [TokenRouting] = []
+            swap(&taken, &routesByRows[rowCount - 1])
             block.route(x, rowCount: rowCount, logits: logits.pointer, into: &taken)
             observer.didShadowRoute(layer: block.layer, routes: taken)
-            routes.replaceSubrange(0..<rowCount, with: taken)
+            swap(&taken, &routesByRows[rowCount - 1])
         }
     }
 }

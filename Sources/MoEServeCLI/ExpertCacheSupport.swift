@@ -49,8 +49,8 @@ struct RuntimeOptions: ParsableArguments {
     var prefetchMinProbability: Float?
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, not yet used experts each layer may hold (0: no bound; default: the model's top-k).")
     var prefetchBudget: Int?
-    @Option(name: .customLong("shadow-routing"), help: "While a decode step's misses load, run the next MoE layer's attention and router on this layer's partial output and prefetch what it chooses: on or off.")
-    var shadowRouting: String = "off"
+    @Option(name: .customLong("shadow-routing"), help: "While a decode step's misses load, run the next MoE layer's attention and router on this layer's partial output and prefetch what it chooses: on (the default) or off.")
+    var shadowRouting: String = "on"
     @Option(name: .customLong("predictor-probes"), help: "Fitted cross-layer maps (safetensors from scripts/train_predictor_probes.py) that replace the next layers' routers in the cross-layer gate (default: the model directory's \(ExpertStore.predictorProbesFile) if it has one; none: the routers).")
     var predictorProbes: String?
     @Option(name: .customLong("admission-window"), help: "Missing experts of one layer reserved and read at once (0: all of them); a window keeps a large batch's stream of misses from evicting the hot experts.")

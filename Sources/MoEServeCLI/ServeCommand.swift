@@ -31,7 +31,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once (0, the default: no separate bound).") var prefetchReads: String?
     @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only guesses at least this probable (default 0.1, or 0.7 with selection probes).") var prefetchMinProbability: String?
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, unused experts each layer may hold (0: no bound; default the model's top-k).") var prefetchBudget: String?
-    @Option(name: .customLong("shadow-routing"), help: "Run the next MoE layer's attention and router while a decode step's misses load, and prefetch what it chooses: on or off (default off).") var shadowRouting: String?
+    @Option(name: .customLong("shadow-routing"), help: "Run the next MoE layer's attention and router while a decode step's misses load, and prefetch what it chooses: on or off (default on).") var shadowRouting: String?
     @Option(name: .customLong("max-sequences"), help: "Sequences decoded together in one batch (default 8).") var maxSequences: String?
     @Option(name: .customLong("context-size"), help: "Positions a sequence may reach, prompt and reply (default and upper bound: the model's trained context); the memory plan reserves KV for this many per sequence, like llama-server's -c.") var contextSize: String?
     @Option(name: .customLong("prompt-cache-partial"), help: "Reuse of a cached prompt prefix: exact (default: when a probe finds the model's prefill bit-exact), always, or off (whole-prompt hits only).") var promptCachePartial: String?

@@ -22,6 +22,7 @@ struct SynthCommand: ParsableCommand {
     var ggufOut: String?
     @Option(help: "Expert element type of the store: bf16, f32, int8 or q4.") var experts: ExpertDType = .bf16
     @Option(help: "Expert blob compression: none or lz4 (random weights barely compress).") var compression: ExpertCodec = .none
+    @Option(help: "Dense matrices in the store (attention, shared experts, embeddings, LM head; routers stay as they are): bf16, q8 or q4, as `pack --dense`.") var dense: DenseEncoding = .bf16
     @Option(help: "Seed of the weights.") var seed: UInt64 = 1
     @Option(name: .customLong("tokenizer-from"), help: "Model directory whose tokenizer.json (and vocabulary size) to use (default: the bundled demo model).")
     var tokenizerFrom: String?
@@ -76,7 +77,7 @@ struct SynthCommand: ParsableCommand {
             progress.finish()
             if let out {
                 defer { if !keepCheckpoint { try? fm.removeItem(at: hfURL) } }
-                _ = try packCheckpoint(at: hfURL, into: URL(fileURLWithPath: out), experts: experts, compression: compression)
+                _ = try packCheckpoint(at: hfURL, into: URL(fileURLWithPath: out), experts: experts, compression: compression, dense: dense)
             }
             try printJSON(["shape": chosen.name, "store": out ?? "", "checkpoint": keepCheckpoint ? hfURL.path : ""])
         }

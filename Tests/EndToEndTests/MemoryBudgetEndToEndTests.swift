@@ -200,13 +200,20 @@ import Testing
         #expect(try predictor(["--predictor", "cross_layer"]).name == "cross_layer+probes")
         // Whatever predicts, the tokens are the model's.
         #expect(try predictor(["--prefetch", "off"]).tokens == own.tokens)
-        // The shadow of the next layer (real offloading cache, real reads) guesses, and changes no token.
-        let shadow = try Self.run(base + ["--shadow-routing", "on"])
-        try #require(shadow.status == 0, "generate --shadow-routing on failed: \(shadow.stderr)")
-        let shadowJSON = try #require(try JSONSerialization.jsonObject(with: Data(shadow.stdout.utf8)) as? [String: Any])
-        #expect(shadowJSON["tokens"] as? [Int] == own.tokens)
-        let shadowPrediction = try #require((shadowJSON["stats"] as? [String: Any])?["prediction"] as? [String: Any])
-        #expect((shadowPrediction["shadow_runs"] as? Int ?? 0) > 0, "\(shadowPrediction)")
+        // The shadow of the next layer (on by default; real offloading cache, real reads) guesses,
+        // and changes no token: the run without it has the same tokens and no shadow runs.
+        func shadowRuns(_ extra: [String]) throws -> (runs: Int, tokens: [Int]) {
+            let result = try Self.run(base + extra)
+            try #require(result.status == 0, "generate \(extra) failed: \(result.stderr)")
+            let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            let prediction = try #require((json["stats"] as? [String: Any])?["prediction"] as? [String: Any])
+            return (try #require(prediction["shadow_runs"] as? Int, "\(prediction)"), try #require(json["tokens"] as? [Int]))
+        }
+        let withShadow = try shadowRuns([]), explicitlyOn = try shadowRuns(["--shadow-routing", "on"])
+        let withoutShadow = try shadowRuns(["--shadow-routing", "off"])
+        #expect(withShadow.runs > 0 && explicitlyOn.runs > 0)
+        #expect(withoutShadow.runs == 0)
+        #expect(withShadow.tokens == own.tokens && explicitlyOn.tokens == own.tokens && withoutShadow.tokens == own.tokens)
         let bad = try Self.run(base + ["--shadow-routing", "sometimes"])
         #expect(bad.status != 0 && bad.stderr.contains("--shadow-routing"), "\(bad.stderr)")
         let missing = try Self.run(base + ["--predictor-probes", "/nonexistent/probes.safetensors"])
