@@ -27,6 +27,10 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     public var prefetchesInTime: Int = 0
     /// Prefetched experts a demand found still being read (right but late), since start.
     public var prefetchesLate: Int = 0
+    /// Runs of the next layer's shadow (`shadow_routing`), since start.
+    public var shadowRuns: Int = 0
+    /// Guesses those runs added that no earlier guess had made, since start.
+    public var shadowAddedGuesses: Int = 0
     /// Bytes read from the expert store, since start.
     public var diskReadBytes: Int = 0
     /// Tokens that skipped at least one weak missing expert (`skip_missing_below`), since start.
@@ -87,6 +91,8 @@ public final class ServerMetrics: @unchecked Sendable {
     private let prefetchesIssued: CoreMetrics.Counter
     private let prefetchesInTime: CoreMetrics.Counter
     private let prefetchesLate: CoreMetrics.Counter
+    private let shadowRuns: CoreMetrics.Counter
+    private let shadowAdded: CoreMetrics.Counter
     private let skippedTokens: CoreMetrics.Counter
     private let lowBitUses: CoreMetrics.Counter
     private let lowBitPromotions: CoreMetrics.Counter
@@ -128,6 +134,8 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchesIssued = counter("moe_prefetches_issued_total")
         prefetchesInTime = counter("moe_prefetches_in_time_total")
         prefetchesLate = counter("moe_prefetches_late_total")
+        shadowRuns = counter("moe_prefetch_shadow_runs_total")
+        shadowAdded = counter("moe_prefetch_shadow_added_total")
         skippedTokens = counter("moe_expert_skipped_tokens_total")
         lowBitUses = counter("moe_expert_low_bit_uses_total")
         lowBitPromotions = counter("moe_expert_low_bit_promotions_total")
@@ -238,6 +246,8 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchesIssued.increment(by: max(0, s.prefetchesIssued - lastSnapshot.prefetchesIssued))
         prefetchesInTime.increment(by: max(0, s.prefetchesInTime - lastSnapshot.prefetchesInTime))
         prefetchesLate.increment(by: max(0, s.prefetchesLate - lastSnapshot.prefetchesLate))
+        shadowRuns.increment(by: max(0, s.shadowRuns - lastSnapshot.shadowRuns))
+        shadowAdded.increment(by: max(0, s.shadowAddedGuesses - lastSnapshot.shadowAddedGuesses))
         skippedTokens.increment(by: max(0, s.skippedTokens - lastSnapshot.skippedTokens))
         lowBitUses.increment(by: max(0, s.lowBitUses - lastSnapshot.lowBitUses))
         lowBitPromotions.increment(by: max(0, s.lowBitPromotions - lastSnapshot.lowBitPromotions))

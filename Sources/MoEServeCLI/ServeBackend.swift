@@ -193,6 +193,8 @@ final class LiveStatistics: StatsProvider, SlotProvider, @unchecked Sendable {
         if let prediction = snapshot.prediction {
             cache.prefetchRecall = prediction.recall
             cache.prefetchPrecision = prediction.precision
+            cache.shadowRuns = prediction.shadowRuns
+            cache.shadowAddedGuesses = prediction.shadowAdded
         }
         metrics.updateExpertCache(cache)
         metrics.setScheduler(queueDepth: snapshot.engine.waitingRequests, runningSequences: snapshot.engine.runningSequences)

@@ -94,6 +94,30 @@ struct ServerStartError: Error, CustomStringConvertible {
         #expect(server.stop() == 0)
     }
 
+    /// The shadow of the next layer runs by default in the server: with the demo's experts mostly
+    /// on disk, greedy completions count shadow runs in `/metrics`; with `--shadow-routing off`
+    /// none, and the text is the same.
+    @Test func theServerRunsTheShadowByDefaultAndCountsIt() throws {
+        func serve(_ extra: [String]) throws -> (text: String, runs: Double) {
+            let server = try RunningServer(arguments: ["--expert-cache", "4MiB"] + extra)
+            let body = #"{"prompt": "def fibonacci(n):", "max_tokens": 24, "temperature": 0}"#
+            let text = try Self.text(try server.curl("/v1/completions", ["-d", body]))
+            // The prediction figures reach /metrics on the server's periodic sample.
+            var metrics = try server.curl("/metrics")
+            let deadline = Date().addingTimeInterval(15)
+            while (WeakExpertSkippingEndToEndTests.value("moe_expert_cache_misses_total", in: metrics) ?? 0) == 0, Date() < deadline {
+                Thread.sleep(forTimeInterval: 0.5)
+                metrics = try server.curl("/metrics")
+            }
+            #expect(server.stop() == 0)
+            return (text, try #require(WeakExpertSkippingEndToEndTests.value("moe_prefetch_shadow_runs_total", in: metrics), "\(metrics)"))
+        }
+        let on = try serve([]), off = try serve(["--shadow-routing", "off"])
+        #expect(on.runs > 0)
+        #expect(off.runs == 0)
+        #expect(!on.text.isEmpty && on.text == off.text)
+    }
+
     /// `--memory-budget auto` on the real binary: it starts from the machine's free memory,
     /// answers, and `/metrics` carries the budget it runs under.
     @Test func memoryBudgetAutoServesAndReportsItsBudget() throws {

@@ -230,8 +230,11 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             snapshot.diskReadBytes = 4096
             snapshot.cacheBytesBudget = 1 << 30
             snapshot.memoryBudgetBytes = 4 << 30
+            snapshot.shadowRuns = 7
+            snapshot.shadowAddedGuesses = 2
             server.metrics.updateExpertCache(snapshot)
             snapshot.hitsPerLayer = [5, 4]
+            snapshot.shadowRuns = 10
             server.metrics.updateExpertCache(snapshot)
             // The request counter is bumped when the response ends, just before the client sees it.
             #expect(waitFor { (try? curl(["\(base)/metrics"]))?.contains("route=\"/v1/completions\"") == true })
@@ -250,6 +253,8 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             #expect(samples["moe_disk_read_bytes_total"] == 4096)
             #expect(samples["moe_expert_cache_bytes_budget"] == Double(1 << 30))
             #expect(samples["moe_memory_budget_bytes"] == Double(4 << 30))
+            #expect(samples["moe_prefetch_shadow_runs_total"] == 10)
+            #expect(samples["moe_prefetch_shadow_added_total"] == 2)
             #expect((samples["moe_resident_memory_bytes"] ?? 0) > 0)
         }
     }
