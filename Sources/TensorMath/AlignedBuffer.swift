@@ -118,11 +118,21 @@ public enum BufferAllocations {
 /// handing the evicted expert's buffer to the next read removes nearly all of it. The pool is
 /// bounded (`maxBytes`) and normally empty: a buffer comes back on eviction and leaves on the
 /// next load.
+///
+/// A cache that reserves room for many reads at once (a layer's misses in a large batch) evicts
+/// many experts before the first of those reads starts. Their buffers may wait here for those
+/// reads: the cache credits the bytes it has reserved for reads not yet started
+/// (`expectReads`), each buffer taken uses up its size of the credit, and the pool then holds
+/// up to `maxBytes` plus the credit. The credited bytes are already charged to the cache's
+/// budget and have no memory of their own yet, so the process maps no more than before: the
+/// pooled buffers stand in for the reads' buffers.
 public final class BufferPool: @unchecked Sendable {
     private let lock = NSLock()
     private var free: [Int: [UnsafeMutableRawPointer]] = [:]
     private var pooledBytes = 0
-    /// The most the pool holds at once.
+    /// Bytes of reads the pool's owner has reserved room for and not yet started.
+    private var credit = 0
+    /// The most the pool holds at once without credit.
     public let maxBytes: Int
 
     public init(maxBytes: Int) { self.maxBytes = maxBytes }
@@ -134,18 +144,48 @@ public final class BufferPool: @unchecked Sendable {
     /// Bytes held now.
     public var heldBytes: Int { lock.lock(); defer { lock.unlock() }; return pooledBytes }
 
-    /// A pooled mapping of exactly `bytes`, or nil.
+    /// Bytes of credit now (for tests).
+    public var creditBytes: Int { lock.lock(); defer { lock.unlock() }; return credit }
+    /// Buffers handed out again since the pool was made.
+    public var reusedCount: Int { lock.lock(); defer { lock.unlock() }; return reused }
+    private var reused = 0
+
+    /// Adds `bytes` of reads about to be made into this pool's buffers (negative: reads that will
+    /// not be made after all). Call it before evicting what makes room for them, so that the
+    /// evicted buffers can wait here.
+    public func expectReads(bytes: Int) {
+        lock.lock(); defer { lock.unlock() }
+        credit = max(0, credit + bytes)
+    }
+
+    /// No reads are expected: the credit goes, and the pool keeps no more than `maxBytes`.
+    public func noReadsExpected() {
+        lock.lock()
+        credit = 0
+        var excess: [(UnsafeMutableRawPointer, Int)] = []
+        while pooledBytes > maxBytes, let bytes = free.first(where: { !$0.value.isEmpty })?.key, let p = free[bytes]?.popLast() {
+            pooledBytes -= bytes
+            excess.append((p, bytes))
+        }
+        lock.unlock()
+        for (p, bytes) in excess { munmap(p, bytes) }
+    }
+
+    /// A pooled mapping of exactly `bytes`, or nil; either way the buffer being made uses up
+    /// `bytes` of credit.
     func take(bytes: Int) -> UnsafeMutableRawPointer? {
         lock.lock(); defer { lock.unlock() }
+        credit = max(0, credit - bytes)
         guard let p = free[bytes]?.popLast() else { return nil }
         pooledBytes -= bytes
+        reused += 1
         return p
     }
 
     /// Keeps the mapping if there is room; false means the caller unmaps it.
     func give(_ pointer: UnsafeMutableRawPointer, bytes: Int) -> Bool {
         lock.lock(); defer { lock.unlock() }
-        guard pooledBytes + bytes <= maxBytes else { return false }
+        guard pooledBytes + bytes <= maxBytes + credit else { return false }
         free[bytes, default: []].append(pointer)
         pooledBytes += bytes
         return true

@@ -12,6 +12,12 @@ public protocol ExpertLoader: Sendable {
     func lowBitByteCount(layer: Int, expert: Int) -> Int?
     /// Reads the low-bit copy of expert `expert` of `layer`. Blocking.
     func loadLowBitExpert(layer: Int, expert: Int) throws -> ExpertWeights
+    /// The cache has reserved room for reads of `bytes` more (negative: fewer) that have not
+    /// started; called before it evicts what makes the room, so a loader that recycles buffers
+    /// may keep the evicted ones for those reads (`BufferPool`).
+    func expectReads(bytes: Int)
+    /// No reads are queued: a loader keeps no buffers for them.
+    func noReadsExpected()
 }
 
 extension ExpertLoader {
@@ -22,4 +28,8 @@ extension ExpertLoader {
     public func loadLowBitExpert(layer: Int, expert: Int) throws -> ExpertWeights {
         throw ExpertCacheError("this model has no low-bit copies of its experts")
     }
+    /// Does nothing: the loader does not recycle buffers.
+    public func expectReads(bytes: Int) {}
+    /// Does nothing.
+    public func noReadsExpected() {}
 }

@@ -345,6 +345,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 count(layer) { $0.prefetchesDropped += 1 }
                 continue
             }
+            loader.expectReads(bytes: bytes)
             evictedLocked(evicted)
             if mark { book.expect(key) }
             tickets[key] = LoadTicket()
@@ -525,6 +526,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             }
             switch reservation {
             case .reserved(let evicted):
+                loader.expectReads(bytes: bytes) // before the evictions: their buffers may wait for this read
                 evictedLocked(evicted)
                 let ticket = LoadTicket()
                 tickets[key] = ticket
@@ -674,6 +676,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     private func cancelLocked(_ keys: [ExpertKey]) -> Int {
         var cancelled = 0
         for key in keys where book.entry(key)?.pins == 0 && queue.priority(of: key) == .prefetch {
+            loader.expectReads(bytes: -loader.expertByteCount(layer: key.layer, expert: key.expert))
             queue.cancel(key)
             book.remove(key)
             tickets[key] = nil
@@ -712,6 +715,9 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 CorePair.quiet(1)
             }
             readsRunning += 1
+            // The credit is a count of reads not yet started; with none queued it can only be
+            // left over (a read that failed before taking its buffer), so it goes.
+            if queue.queuedCount == 0 { loader.noReadsExpected() }
             lock.unlock()
             let result = Result {
                 lowBit ? try loader.loadLowBitExpert(layer: job.key.layer, expert: ~job.key.expert)

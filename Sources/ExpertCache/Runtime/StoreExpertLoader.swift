@@ -1,3 +1,4 @@
+import Foundation
 import ModelFormats
 
 /// Loads experts from a packed expert store: one `pread` per expert on an `O_DIRECT`
@@ -18,6 +19,14 @@ public final class StoreExpertLoader: ExpertLoader, @unchecked Sendable {
         let stored = try store.readExpert(layer: layer, expert: expert)
         return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases)
     }
+
+    /// Evicted experts' buffers wait in the store's pool for the reads reserved in their place
+    /// (`BufferPool`); `MOE_BUFFER_CREDIT=0` turns that off, for comparison.
+    static let creditsPool = ProcessInfo.processInfo.environment["MOE_BUFFER_CREDIT"] != "0"
+
+    public func expectReads(bytes: Int) { if Self.creditsPool { store.bufferPool.expectReads(bytes: bytes) } }
+
+    public func noReadsExpected() { if Self.creditsPool { store.bufferPool.noReadsExpected() } }
 
     public func lowBitByteCount(layer: Int, expert: Int) -> Int? { store.lowBitBufferSize }
 
