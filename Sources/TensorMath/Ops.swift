@@ -1,5 +1,6 @@
 import COpenBLAS
 import Foundation
+import CKernels
 
 /// Elementwise and reduction kernels of a transformer layer, over float32 rows.
 public enum Ops {
@@ -31,11 +32,20 @@ public enum Ops {
 
     /// `silu(a) · b`, elementwise, into `a`: the gated activation of a SwiGLU MLP.
     public static func siluMultiply(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
-        for i in 0..<count {
-            let v = a[i]
-            a[i] = v / (1 + expf(-v)) * b[i]
+        // Eight at a time with a polynomial e^x where the CPU has AVX2 (the scalar expf was 8% of
+        // decode CPU at 32 sequences); the same bits on every CPU (CKernels/silu.c).
+        // `MOE_SILU=expf` keeps the scalar expf loop, for comparison.
+        if scalarSilu {
+            for i in 0..<count {
+                let v = a[i]
+                a[i] = v / (1 + expf(-v)) * b[i]
+            }
+            return
         }
+        moe_silu_mul((IntegerDotKernels.level ?? .portable).rawValue, a, b, Int64(count))
     }
+
+    private static let scalarSilu = ProcessInfo.processInfo.environment["MOE_SILU"] == "expf"
 
     /// The logistic sigmoid.
     @inline(__always)

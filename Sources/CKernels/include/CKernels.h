@@ -67,6 +67,12 @@ void moe_corepair_quiet(int delta);
 /// The count `moe_corepair_quiet` keeps (for tests).
 int moe_corepair_quiet_count(void);
 
+/// `a[i] = a[i] / (1 + e^(−a[i])) · b[i]` for `i < count` (SwiGLU's silu(gate) · up), with the
+/// e^x of `moe_silu_exp` (≤ 2 ulp of `expf` on the clamped range); the same bits at every level.
+void moe_silu_mul(int level, float *a, const float *b, int64_t count);
+/// The e^x `moe_silu_mul` uses (+∞ above 88, x clamped below at −87), for tests.
+float moe_silu_exp(float x);
+
 /// Quantises `x[n, cols]` (cols a multiple of 32) to int8 blocks: `q[n, cols]`,
 /// `d[n, cols/32]` (block scales) and `sums[n, cols/32]` (Σ q of each block). The same bytes at
 /// every level: d = max|x| / 127, q = x · (127/max|x|) rounded half to even, then d rounded to the
