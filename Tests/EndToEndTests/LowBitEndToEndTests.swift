@@ -73,12 +73,7 @@ import Testing
                 let body = try JSONSerialization.data(withJSONObject: ["prompt": prompt, "max_tokens": 16, "temperature": 0])
                 _ = try server.curl("/v1/completions", ["-H", "Content-Type: application/json", "-d", String(decoding: body, as: UTF8.self)])
             }
-            var metrics = try server.curl("/metrics")
-            let deadline = Date().addingTimeInterval(15)
-            while (WeakExpertSkippingEndToEndTests.value("moe_expert_cache_misses_total", in: metrics) ?? 0) == 0, Date() < deadline {
-                Thread.sleep(forTimeInterval: 0.5)
-                metrics = try server.curl("/metrics")
-            }
+            let metrics = try WeakExpertSkippingEndToEndTests.metricsShowingMisses(server)
             return (metrics, server.stop())
         }
         let (on, onStatus) = try serve(["--low-bit-misses", "on"])
@@ -100,12 +95,7 @@ import Testing
         let server = try RunningServer(arguments: ["--model", store.path] + WeakExpertSkippingEndToEndTests.arguments + ["--low-bit-misses", "auto"])
         let body = try JSONSerialization.data(withJSONObject: ["prompt": WeakExpertSkippingEndToEndTests.prompts[0], "max_tokens": 16, "temperature": 0])
         _ = try server.curl("/v1/completions", ["-H", "Content-Type: application/json", "-d", String(decoding: body, as: UTF8.self)])
-        var metrics = try server.curl("/metrics")
-        let deadline = Date().addingTimeInterval(15)
-        while (WeakExpertSkippingEndToEndTests.value("moe_expert_cache_misses_total", in: metrics) ?? 0) == 0, Date() < deadline {
-            Thread.sleep(forTimeInterval: 0.5)
-            metrics = try server.curl("/metrics")
-        }
+        let metrics = try WeakExpertSkippingEndToEndTests.metricsShowingMisses(server)
         #expect(server.stop() == 0)
         #expect(WeakExpertSkippingEndToEndTests.value("moe_low_bit_auto_slow_disk", in: metrics) == 0, "metrics: \(metrics)")
         #expect(WeakExpertSkippingEndToEndTests.value("moe_low_bit_auto_disk_bytes_per_second", in: metrics) == 0)

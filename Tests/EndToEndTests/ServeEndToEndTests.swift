@@ -103,12 +103,7 @@ struct ServerStartError: Error, CustomStringConvertible {
             let body = #"{"prompt": "def fibonacci(n):", "max_tokens": 24, "temperature": 0}"#
             let text = try Self.text(try server.curl("/v1/completions", ["-d", body]))
             // The prediction figures reach /metrics on the server's periodic sample.
-            var metrics = try server.curl("/metrics")
-            let deadline = Date().addingTimeInterval(15)
-            while (WeakExpertSkippingEndToEndTests.value("moe_expert_cache_misses_total", in: metrics) ?? 0) == 0, Date() < deadline {
-                Thread.sleep(forTimeInterval: 0.5)
-                metrics = try server.curl("/metrics")
-            }
+            let metrics = try WeakExpertSkippingEndToEndTests.metricsShowingMisses(server)
             #expect(server.stop() == 0)
             return (text, try #require(WeakExpertSkippingEndToEndTests.value("moe_prefetch_shadow_runs_total", in: metrics), "\(metrics)"))
         }

@@ -22,13 +22,20 @@ import Testing
             let choices = json?["choices"] as? [[String: Any]]
             #expect(choices?.first?["text"] as? String != nil, "no completion: \(response)")
         }
+        let metrics = try metricsShowingMisses(server)
+        return (metrics, server.stop())
+    }
+
+    /// `/metrics`, read again until its (once a second) sample shows expert cache misses, or for
+    /// at most 15 seconds.
+    static func metricsShowingMisses(_ server: RunningServer) throws -> String {
         var metrics = try server.curl("/metrics")
         let deadline = Date().addingTimeInterval(15)
         while (value("moe_expert_cache_misses_total", in: metrics) ?? 0) == 0, Date() < deadline {
             Thread.sleep(forTimeInterval: 0.5)
             metrics = try server.curl("/metrics")
         }
-        return (metrics, server.stop())
+        return metrics
     }
 
     /// The value of the unlabelled counter `name`, nil when it is not exported.
