@@ -19,10 +19,11 @@ import TensorMath
 /// their floor 94% and 65%; `scripts/shadow_routing_probe.py`). Live it cut the demo's demand
 /// reads by 27% and raised OLMoE-1B-7B's recall from 0.17 to 0.74. Its guesses come less than a
 /// layer ahead, so it gains little speed: a median 1.04x over the default predictor in 20 paired
-/// rounds on four models (0.95-1.33x), which is why it is on by default (`--shadow-routing off`
-/// turns it off; docs/PREDICTOR.md, sessions 19 and 20). The attention runs on the row's own key and value without storing them, so the KV cache
-/// is as it was; everything here runs on the engine thread inside the MoE block's expert
-/// section, with its products unsplit.
+/// rounds on four models (0.95-1.33x). It never cost more than the disk's spread, so it is on by
+/// default (`--shadow-routing off` turns it off; docs/PREDICTOR.md, sessions 19 and 20). The
+/// attention runs on the row's own key and value without storing them, so the KV cache is as it
+/// was; everything here runs on the engine thread inside the MoE block's expert section, with
+/// its products unsplit.
 final class ShadowRouting {
     /// Decode steps of at most this many sequences run the shadow; larger ones make no guesses
     /// (`ExpertPredictor.saturatedDecode`) or are prefill chunks, whose pipeline guesses well.
