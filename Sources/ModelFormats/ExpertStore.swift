@@ -160,6 +160,14 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             throw ModelFormatError.file(expertURL.path, "truncated: \(actualSize) of \(experts.fileSize) bytes; \(which) (re-run moe-serve pack)")
         }
         expertReader = try IOEngine.reader(for: expertFile, choice: ioEngine)
+        if let uring = expertReader as? UringFileReader, Self.registersPooledBuffers {
+            // The cache's expert buffers all come from and go back to `bufferPool`; each is
+            // registered on its first read and unregistered just before the pool unmaps it.
+            // Without a table (an old kernel) reads just stay plain.
+            if (try? uring.enableTargetRegistration(slots: Self.registrationSlots)) != nil {
+                bufferPool.unmapObserver = { [weak uring] start, _ in uring?.unregisterTarget(start) }
+            }
+        }
 
         // dense.bin, read whole: the model keeps all of it resident anyway.
         let densePath = url.appendingPathComponent(manifest.dense.file).path
@@ -347,6 +355,17 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// How many expert buffers the pool keeps; the memory plan reserves them.
     public static let pooledBuffers = 4
 
+    /// Whether the pool's expert buffers are registered with the io_uring reader, so reads into
+    /// them are `READ_FIXED` and skip pinning their pages on every read
+    /// (`MOE_REGISTERED_BUFFERS=off` turns it off, for comparison).
+    public static let registersPooledBuffers: Bool = {
+        let value = ProcessInfo.processInfo.environment["MOE_REGISTERED_BUFFERS"]?.lowercased()
+        return !(value == "0" || value == "off" || value == "false")
+    }()
+    /// Slots in the reader's table of registered buffers: the kernel's most. A cache of more
+    /// experts than this reads the rest unregistered.
+    public static let registrationSlots = 1 << 14
+
     /// Reads, checks and decodes expert `expert` of `layer` into a new buffer.
     public func readExpert(layer: Int, expert: Int) throws -> StoredExpert {
         try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule,
@@ -362,6 +381,10 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
                      "readExpert needs a \(DirectFileReader.granule)-aligned buffer of at least \(expertBufferSize) bytes")
         let entry = try blob(layer: layer, expert: expert)
         let staging = entry.storedRaw ? buffer : AlignedBuffer<UInt8>(count: Self.roundUp(entry.storedLength), alignment: DirectFileReader.granule, zeroed: false)
+        if staging.returnsTo === bufferPool {
+            // Only a pool buffer: its unmapping passes through the pool, which unregisters it.
+            _ = expertReader.registerTarget(UnsafeMutableRawPointer(staging.pointer), bytes: staging.mappingByteCount)
+        }
         let t0 = DispatchTime.now().uptimeNanoseconds
         let injected = faults.readFaults(layer: layer, expert: expert)
         try readStored(entry, into: staging.pointer, injecting: injected)

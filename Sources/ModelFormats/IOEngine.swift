@@ -9,6 +9,18 @@ public protocol BlockReader: AnyObject, Sendable {
     func read(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int) throws -> Int
     /// The engine's name in logs and benchmarks (`threads` or `io_uring`).
     var engineName: String { get }
+    /// Asks the engine to register the mapping `[start, start + bytes)` for reads into it
+    /// (io_uring's fixed buffers); false where it is not registered. The caller must call
+    /// `unregisterTarget(start)` before unmapping it.
+    func registerTarget(_ start: UnsafeMutableRawPointer, bytes: Int) -> Bool
+    /// Undoes `registerTarget` (nothing for an address that is not registered).
+    func unregisterTarget(_ start: UnsafeMutableRawPointer)
+}
+
+extension BlockReader {
+    /// Nothing to register: every read is a plain one.
+    public func registerTarget(_ start: UnsafeMutableRawPointer, bytes: Int) -> Bool { false }
+    public func unregisterTarget(_ start: UnsafeMutableRawPointer) {}
 }
 
 extension DirectFileReader: BlockReader {

@@ -7,8 +7,10 @@ import Foundation
 /// once (an expert read alone reaches queue depth ~len/piece); `submit` is the asynchronous
 /// form for callers that keep their own depth (`bench io`).
 ///
-/// Buffers registered with `registerBuffers` are read with `IORING_OP_READ_FIXED` (the kernel
-/// skips pinning their pages on every read). Reads go to the descriptor of a
+/// Buffers registered with `registerBuffers` (a fixed set, `bench io`) or one at a time with
+/// `registerTarget` (the expert cache's buffers, in a sparse table) are read with
+/// `IORING_OP_READ_FIXED`: the kernel pinned their pages once and skips pinning them on every
+/// read. Reads go to the descriptor of a
 /// `DirectFileReader`, so they are O_DIRECT where that file is; short reads are resubmitted
 /// for the rest, like `DirectFileReader.read` retries `pread`.
 public final class UringFileReader: BlockReader, @unchecked Sendable {
@@ -66,11 +68,54 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
     /// Whether reads into registered buffers use `READ_FIXED` (some registered).
     public var hasRegisteredBuffers: Bool { ring.hasRegisteredBuffers }
 
+    /// Opens a table of `slots` (at most 16,384, the kernel's limit) for buffers registered one
+    /// at a time with `registerTarget`. Once per reader, not with `registerBuffers`; throws when
+    /// the kernel refuses.
+    public func enableTargetRegistration(slots: Int) throws {
+        try ring.enableTargetRegistration(slots: slots)
+    }
+
+    /// Registers the mapping `[start, start + bytes)` (4 KiB-aligned) so that reads into it use
+    /// `READ_FIXED` until `unregisterTarget(start)`, which must come before the mapping is
+    /// unmapped: a registered mapping's pages stay pinned. True when it is registered (now or
+    /// before); false without a table, when the table is full, or once the kernel has refused
+    /// one (the memlock limit: registered pages count as locked memory), after which the reader
+    /// stops asking and reads stay unregistered.
+    public func registerTarget(_ start: UnsafeMutableRawPointer, bytes: Int) -> Bool {
+        ring.registerTarget(start, bytes: bytes)
+    }
+
+    /// Unregisters a mapping `registerTarget` registered (nothing for any other address). No read
+    /// into it may be in flight.
+    public func unregisterTarget(_ start: UnsafeMutableRawPointer) {
+        ring.unregisterTarget(start)
+    }
+
+    /// What target registration has done so far.
+    public struct RegistrationStatistics: Sendable, Equatable {
+        /// Mappings registered now.
+        public var registeredTargets: Int
+        /// Registrations made since the reader opened (a mapping registered again after being
+        /// unregistered counts again).
+        public var registrations: Int
+        /// Read pieces submitted as `READ_FIXED`.
+        public var fixedReads: Int
+        /// Read pieces submitted as plain reads.
+        public var plainReads: Int
+        /// The kernel's errno when it refused a registration (then no more are tried), else nil.
+        public var refusal: Int32?
+    }
+
+    /// A snapshot of the registration counters.
+    public var registrationStatistics: RegistrationStatistics { ring.registrationStatistics }
+
     /// Reads `length` bytes at `offset` into `buffer` in pieces of `pieceBytes`, all in flight
     /// at once, and waits for them; returns the bytes read (fewer only at end of file).
     public func read(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int) throws -> Int {
         guard length > 0 else { return 0 }
         let pieces = (length + pieceBytes - 1) / pieceBytes
+        // Looked up once for the whole range; every piece lies inside it.
+        let fixed = ring.fixedIndex(buffer, length)
         let finished = DispatchSemaphore(value: 0)
         // Each piece's completion writes only its own element; the waits below order the reads.
         nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Result<Int, UringReadError>>.allocate(capacity: pieces)
@@ -78,7 +123,7 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
         defer { results.deallocate() }
         for piece in 0..<pieces {
             let start = piece * pieceBytes
-            submit(into: buffer + start, offset: offset + start, length: min(pieceBytes, length - start)) { result in
+            ring.submit(into: buffer + start, offset: offset + start, length: min(pieceBytes, length - start), fixedIndex: fixed) { result in
                 results[piece] = result
                 finished.signal()
             }
@@ -104,7 +149,7 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
     /// it short.
     public func submit(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int,
                        completion: @escaping @Sendable (Result<Int, UringReadError>) -> Void) {
-        ring.submit(into: buffer, offset: offset, length: length, completion: completion)
+        ring.submit(into: buffer, offset: offset, length: length, fixedIndex: ring.fixedIndex(buffer, length), completion: completion)
     }
 }
 
@@ -142,6 +187,19 @@ private final class Ring: @unchecked Sendable {
     private var nextID: UInt64 = 0
     /// Registered regions (start, length), indexed as the kernel knows them.
     private var registered: [(start: UInt, length: Int)] = []
+    /// Sparse-table registration (`registerTarget`): slots in the table, 0 when there is none.
+    private var targetSlots = 0
+    /// Registered mappings by start address: their slot and length.
+    private var targets: [UInt: (slot: Int, length: Int)] = [:]
+    /// Slots not in use (or not yet: a slot being registered or unregistered is in neither).
+    private var freeSlots: [Int] = []
+    /// Mappings whose registration is under way (a second caller does not register them twice).
+    private var registering: Set<UInt> = []
+    private var registrations = 0
+    private var fixedReads = 0
+    private var plainReads = 0
+    /// The errno of the registration the kernel refused; none are tried after it.
+    private var refusal: Int32?
     private var stopping = false
     /// Bounds reads in flight by the ring's size so the completion queue never overflows.
     private let slots: DispatchSemaphore
@@ -195,16 +253,78 @@ private final class Ring: @unchecked Sendable {
 
     var hasRegisteredBuffers: Bool {
         lock.lock(); defer { lock.unlock() }
-        return !registered.isEmpty
+        return !registered.isEmpty || !targets.isEmpty
     }
 
-    func submit(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int,
+    func enableTargetRegistration(slots count: Int) throws {
+        lock.lock(); defer { lock.unlock() }
+        precondition(registered.isEmpty && targetSlots == 0, "one kind of registration, once per reader")
+        let status = count > 0 && count <= 1 << 14 ? io_uring_register_buffers_sparse(ring, UInt32(count)) : -EINVAL
+        guard status == 0 else {
+            throw ModelFormatError("io_uring: a table of \(count) buffers was refused: \(String(cString: strerror(-status)))")
+        }
+        targetSlots = count
+        freeSlots = Array((0..<count).reversed())
+    }
+
+    func registerTarget(_ start: UnsafeMutableRawPointer, bytes: Int) -> Bool {
+        let key = UInt(bitPattern: start)
+        lock.lock()
+        if let known = targets[key], known.length >= bytes { lock.unlock(); return true }
+        guard targets[key] == nil, !registering.contains(key), refusal == nil, let slot = freeSlots.popLast() else {
+            lock.unlock()
+            return false
+        }
+        registering.insert(key)
+        lock.unlock()
+        // Outside the lock: pinning a multi-megabyte mapping takes a while, and submissions
+        // and the reaper need the lock meanwhile. The slot is in neither list until it is done.
+        var vector = iovec(iov_base: start, iov_len: bytes)
+        let status = io_uring_register_buffers_update_tag(ring, UInt32(slot), &vector, nil, 1)
+        lock.lock(); defer { lock.unlock() }
+        registering.remove(key)
+        guard status == 1 else {
+            freeSlots.append(slot)
+            refusal = status < 0 ? -status : EINVAL
+            return false
+        }
+        targets[key] = (slot, bytes)
+        registrations += 1
+        return true
+    }
+
+    func unregisterTarget(_ start: UnsafeMutableRawPointer) {
+        lock.lock()
+        guard let target = targets.removeValue(forKey: UInt(bitPattern: start)) else { lock.unlock(); return }
+        lock.unlock()
+        // An empty vector empties the slot; the kernel drops its pins on the pages.
+        var empty = iovec(iov_base: nil, iov_len: 0)
+        let status = io_uring_register_buffers_update_tag(ring, UInt32(target.slot), &empty, nil, 1)
+        lock.lock(); defer { lock.unlock() }
+        // A slot the kernel would not empty is not reused (it still holds the old mapping).
+        if status == 1 { freeSlots.append(target.slot) }
+    }
+
+    var registrationStatistics: UringFileReader.RegistrationStatistics {
+        lock.lock(); defer { lock.unlock() }
+        return .init(registeredTargets: targets.count, registrations: registrations, fixedReads: fixedReads,
+                     plainReads: plainReads, refusal: refusal)
+    }
+
+    /// The registered buffer holding `[buffer, buffer + length)`: a target starting at
+    /// `buffer`, or one of the fixed set's regions.
+    func fixedIndex(_ buffer: UnsafeMutableRawPointer, _ length: Int) -> Int? {
+        lock.lock(); defer { lock.unlock() }
+        if let target = targets[UInt(bitPattern: buffer)], length <= target.length { return target.slot }
+        return registeredIndex(buffer, length)
+    }
+
+    func submit(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int, fixedIndex fixed: Int?,
                 completion: @escaping @Sendable (Result<Int, UringReadError>) -> Void) {
         slots.wait()
         lock.lock()
         let id = nextID
         nextID &+= 1
-        let fixed = registeredIndex(buffer, length)
         pending[id] = Pending(buffer: buffer, offset: offset, length: length, done: 0, fixedIndex: fixed, completion: completion)
         enqueue(id)
         lock.unlock()
@@ -221,8 +341,10 @@ private final class Ring: @unchecked Sendable {
         let at = UInt64(read.offset + read.done)
         if let index = read.fixedIndex {
             io_uring_prep_read_fixed(sqe, file.descriptor, target, count, at, Int32(index))
+            fixedReads += 1
         } else {
             io_uring_prep_read(sqe, file.descriptor, target, count, at)
+            plainReads += 1
         }
         io_uring_sqe_set_data64(sqe, id)
         _ = io_uring_submit(ring)
@@ -235,7 +357,7 @@ private final class Ring: @unchecked Sendable {
         return io_uring_get_sqe(ring)
     }
 
-    /// The index of the registered buffer holding `[buffer, buffer + length)`. Lock held.
+    /// The index of the fixed set's region holding `[buffer, buffer + length)`. Lock held.
     private func registeredIndex(_ buffer: UnsafeMutableRawPointer, _ length: Int) -> Int? {
         let start = UInt(bitPattern: buffer)
         return registered.firstIndex { start >= $0.start && start + UInt(length) <= $0.start + UInt($0.length) }

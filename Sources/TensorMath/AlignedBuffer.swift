@@ -71,7 +71,7 @@ public final class AlignedBuffer<Element>: @unchecked Sendable {
 
     deinit {
         if mappedBytes > 0 {
-            if pool?.give(UnsafeMutableRawPointer(pointer), bytes: mappedBytes) != true { munmap(UnsafeMutableRawPointer(pointer), mappedBytes) }
+            if let pool { pool.release(UnsafeMutableRawPointer(pointer), bytes: mappedBytes) } else { munmap(UnsafeMutableRawPointer(pointer), mappedBytes) }
         } else {
             UnsafeMutableRawPointer(pointer).deallocate()
         }
@@ -79,6 +79,13 @@ public final class AlignedBuffer<Element>: @unchecked Sendable {
 
     /// Size of the storage in bytes.
     public var byteCount: Int { count * MemoryLayout<Element>.stride }
+
+    /// The pool this buffer's mapping returns to on release (nil: none, or not a mapping).
+    /// Only such a buffer may be registered with a reader: its unmapping passes through the
+    /// pool's `unmapObserver`.
+    public var returnsTo: BufferPool? { mappedBytes > 0 ? pool : nil }
+    /// The length of the buffer's own mapping (0 for a malloc'd buffer).
+    public var mappingByteCount: Int { mappedBytes }
 
     /// The elements as a buffer pointer.
     public var buffer: UnsafeMutableBufferPointer<Element> { UnsafeMutableBufferPointer(start: pointer, count: count) }
@@ -138,8 +145,23 @@ public final class BufferPool: @unchecked Sendable {
     public init(maxBytes: Int) { self.maxBytes = maxBytes }
 
     deinit {
-        for (bytes, pointers) in free { for p in pointers { munmap(p, bytes) } }
+        let observer = unmapObserver
+        for (bytes, pointers) in free {
+            for p in pointers {
+                observer?(p, bytes)
+                munmap(p, bytes)
+            }
+        }
     }
+
+    /// Told of every mapping of this pool's buffers just before it is unmapped (the expert store
+    /// unregisters it from its io_uring reader there: a registered mapping's pages stay pinned
+    /// until they are unregistered). Set once, before the pool hands out buffers.
+    public var unmapObserver: (@Sendable (UnsafeMutableRawPointer, Int) -> Void)? {
+        get { lock.lock(); defer { lock.unlock() }; return observer }
+        set { lock.lock(); observer = newValue; lock.unlock() }
+    }
+    private var observer: (@Sendable (UnsafeMutableRawPointer, Int) -> Void)?
 
     /// Bytes held now.
     public var heldBytes: Int { lock.lock(); defer { lock.unlock() }; return pooledBytes }
@@ -167,8 +189,12 @@ public final class BufferPool: @unchecked Sendable {
             pooledBytes -= bytes
             excess.append((p, bytes))
         }
+        let observer = self.observer
         lock.unlock()
-        for (p, bytes) in excess { munmap(p, bytes) }
+        for (p, bytes) in excess {
+            observer?(p, bytes)
+            munmap(p, bytes)
+        }
     }
 
     /// A pooled mapping of exactly `bytes`, or nil; either way the buffer being made uses up
@@ -182,12 +208,18 @@ public final class BufferPool: @unchecked Sendable {
         return p
     }
 
-    /// Keeps the mapping if there is room; false means the caller unmaps it.
-    func give(_ pointer: UnsafeMutableRawPointer, bytes: Int) -> Bool {
-        lock.lock(); defer { lock.unlock() }
-        guard pooledBytes + bytes <= maxBytes + credit else { return false }
-        free[bytes, default: []].append(pointer)
-        pooledBytes += bytes
-        return true
+    /// Keeps the mapping if there is room, else unmaps it (telling `unmapObserver` first).
+    func release(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
+        lock.lock()
+        if pooledBytes + bytes <= maxBytes + credit {
+            free[bytes, default: []].append(pointer)
+            pooledBytes += bytes
+            lock.unlock()
+            return
+        }
+        let observer = self.observer
+        lock.unlock()
+        observer?(pointer, bytes)
+        munmap(pointer, bytes)
     }
 }

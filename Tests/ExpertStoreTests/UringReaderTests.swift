@@ -131,6 +131,91 @@ import TensorMath
         }
     }
 
+    /// A 64 KiB mapped buffer from `pool` (the smallest size that is its own mapping).
+    static func pooledBuffer(_ pool: BufferPool) -> AlignedBuffer<UInt8> {
+        AlignedBuffer<UInt8>(count: AlignedBuffer<UInt8>.mappingThreshold, alignment: DirectFileReader.granule, zeroed: false, pool: pool)
+    }
+
+    /// Buffers registered one at a time: reads into them are READ_FIXED and give the same
+    /// bytes; a full table or an unknown buffer reads plainly; an unregistered slot is reused.
+    @Test func targetsRegisteredOneAtATimeReadFixedAndFreeTheirSlots() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .threads)
+        let uring = try UringFileReader(file: store.expertFile, entries: 16, pieceBytes: DirectFileReader.granule)
+        try uring.enableTargetRegistration(slots: 1)
+        let pool = BufferPool(maxBytes: 0)
+        var first: AlignedBuffer<UInt8>? = Self.pooledBuffer(pool)
+        let second = Self.pooledBuffer(pool)
+        let blob = store.manifest.experts.blobs[5]
+        let length = ExpertStore.roundUp(blob.storedLength)
+        let expected = try bytes(store.expertFile, offset: blob.offset, length: length)
+
+        #expect(uring.registerTarget(UnsafeMutableRawPointer(first!.pointer), bytes: first!.mappingByteCount))
+        #expect(uring.registerTarget(UnsafeMutableRawPointer(first!.pointer), bytes: first!.mappingByteCount)) // already
+        #expect(!uring.registerTarget(UnsafeMutableRawPointer(second.pointer), bytes: second.mappingByteCount)) // table full
+        #expect(try uring.read(into: first!.pointer, offset: blob.offset, length: length) == length)
+        #expect(Array(UnsafeBufferPointer(start: first!.pointer, count: length)) == expected)
+        var statistics = uring.registrationStatistics
+        #expect(statistics.registeredTargets == 1 && statistics.registrations == 1)
+        #expect(statistics.fixedReads == length / DirectFileReader.granule && statistics.plainReads == 0)
+        #expect(try uring.read(into: second.pointer, offset: blob.offset, length: length) == length)
+        #expect(Array(UnsafeBufferPointer(start: second.pointer, count: length)) == expected)
+        #expect(uring.registrationStatistics.plainReads == length / DirectFileReader.granule)
+
+        // The pool tells the reader before it unmaps; the slot then takes the other buffer.
+        pool.unmapObserver = { [weak uring] start, _ in uring?.unregisterTarget(start) }
+        first = nil
+        #expect(uring.registrationStatistics.registeredTargets == 0)
+        #expect(uring.registerTarget(UnsafeMutableRawPointer(second.pointer), bytes: second.mappingByteCount))
+        second.pointer.initialize(repeating: 0, count: length)
+        #expect(try uring.read(into: second.pointer, offset: blob.offset, length: length) == length)
+        #expect(Array(UnsafeBufferPointer(start: second.pointer, count: length)) == expected)
+        statistics = uring.registrationStatistics
+        #expect(statistics.registrations == 2 && statistics.fixedReads == 2 * length / DirectFileReader.granule)
+        #expect(statistics.refusal == nil)
+        uring.unregisterTarget(UnsafeMutableRawPointer(second.pointer))
+        #expect(uring.registrationStatistics.registeredTargets == 0)
+        #expect(throws: ModelFormatError.self) { try UringFileReader(file: store.expertFile).enableTargetRegistration(slots: 0) }
+    }
+
+    /// The store registers the buffers of its pool (the expert cache's) on their first read and
+    /// unregisters them when the pool unmaps them; other buffers are never registered.
+    @Test func theStoreRegistersItsPoolsBuffersAndUnregistersThemOnUnmapping() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .auto)
+        guard let uring = store.expertReader as? UringFileReader else {
+            Issue.record("io_uring is unavailable here; the registration path is untested")
+            return
+        }
+        #expect(ExpertStore.registersPooledBuffers)
+        let reference = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .threads)
+        let layer = store.manifest.experts.blobs[7].layer, expert = store.manifest.experts.blobs[7].expert
+        let want = try reference.readExpert(layer: layer, expert: expert)
+        // A buffer of another owner: read plainly, never registered.
+        let foreign = AlignedBuffer<UInt8>(count: AlignedBuffer<UInt8>.mappingThreshold, alignment: DirectFileReader.granule)
+        _ = try store.readExpert(layer: layer, expert: expert, into: foreign)
+        #expect(uring.registrationStatistics.registrations == 0 && uring.registrationStatistics.fixedReads == 0)
+        // The pool's own: registered, READ_FIXED, the same weights.
+        var pooled: AlignedBuffer<UInt8>? = Self.pooledBuffer(store.bufferPool)
+        var got: StoredExpert? = try store.readExpert(layer: layer, expert: expert, into: pooled!)
+        #expect(uring.registrationStatistics.registeredTargets == 1)
+        #expect(uring.registrationStatistics.fixedReads > 0)
+        for (a, b) in [(got!.gate, want.gate), (got!.up, want.up), (got!.down, want.down)] {
+            #expect((0..<a.rows).allSatisfy { a.row($0) == b.row($0) })
+        }
+        // Read again into the same buffer: no second registration.
+        got = try store.readExpert(layer: layer, expert: expert, into: pooled!)
+        #expect(uring.registrationStatistics.registrations == 1)
+        // 64 KiB is more than this pool keeps (four of the fixture's small experts): released, it is
+        // unmapped, and unregistered first.
+        #expect(AlignedBuffer<UInt8>.mappingThreshold > store.bufferPool.maxBytes)
+        got = nil
+        pooled = nil
+        #expect(uring.registrationStatistics.registeredTargets == 0)
+    }
+
     @Test func injectedFaultsGiveTheSameOutcomesOnBothEngines() throws {
         let (dir, storeURL) = try packedStore()
         defer { try? FileManager.default.removeItem(at: dir) }
