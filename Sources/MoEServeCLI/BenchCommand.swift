@@ -106,6 +106,7 @@ struct TraceBenchCommand: ParsableCommand {
     @Option(name: .customLong("expert-bytes"), help: "Bytes of one expert, with --cache-bytes.") var expertBytes: String?
     @Option(name: .customLong("floor"), help: "Experts per layer protected in the shared pool (default: the trace's top-k).") var floor: Int?
     @Option(name: .customLong("shallow-layers"), help: "Layers Fate favours (default: the first quarter of the recorded layers).") var shallowLayers: Int?
+    @Option(name: .customLong("sequences"), help: "Replay as this many sequences decoding together, e.g. 1,8,32,64: each step requests a layer's union, in one pool shared by all layers; reports experts read per token against one sequence.") var sequences: String?
 
     func run() throws {
         try reportingErrors {
@@ -121,10 +122,26 @@ struct TraceBenchCommand: ParsableCommand {
             let routing = try RoutingTrace(contentsOf: URL(fileURLWithPath: trace))
             guard !routing.tokens.isEmpty else { throw CommandError("\(trace): the trace has no tokens") }
             guard !routing.recordedLayers.isEmpty else { throw CommandError("\(trace): no layer of the trace was recorded") }
-            let (output, table) = try TraceBenchmark(trace: routing, cacheSize: size, floor: floor, shallowLayers: shallowLayers).run()
+            let benchmark = TraceBenchmark(trace: routing, cacheSize: size, floor: floor, shallowLayers: shallowLayers)
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-            var data = try encoder.encode(output)
+            var data: Data
+            let table: String
+            if let sequences {
+                let counts = try sequences.split(separator: ",").map { part -> Int in
+                    guard let count = Int(part.trimmingCharacters(in: .whitespaces)), count >= 1 else {
+                        throw CommandError("--sequences: expected counts of at least 1 separated by commas (e.g. 1,8,32,64), got '\(sequences)'")
+                    }
+                    return count
+                }
+                let (output, text) = try benchmark.runBatched(sequences: counts)
+                data = try encoder.encode(output)
+                table = text
+            } else {
+                let (output, text) = try benchmark.run()
+                data = try encoder.encode(output)
+                table = text
+            }
             data.append(0x0A)
             FileHandle.standardOutput.write(data)
             FileHandle.standardError.write(Data(table.utf8))

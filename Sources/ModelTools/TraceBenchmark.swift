@@ -105,6 +105,84 @@ public struct TraceBenchmark: Sendable {
             return (output, table(output, order: output.order))
     }
 
+    /// The JSON `bench trace --sequences` prints.
+    public struct BatchOutput: Encodable {
+        public var cachePerLayer: Int
+        public var layers: Int
+        public var topK: Int
+        /// Experts per layer each floored policy protects (Belady has none).
+        public var floor: Int
+        /// The policies in the order they ran.
+        public var order: [String]
+        public var rows: [BatchRow]
+
+        enum CodingKeys: String, CodingKey { case cachePerLayer = "cache_per_layer", layers, topK = "top_k", floor, order, rows }
+    }
+
+    /// One batch size's replay through every shared-pool policy.
+    public struct BatchRow: Encodable {
+        public var sequences: Int
+        public var steps: Int
+        /// Distinct experts per layer a step requests (the same for every policy).
+        public var unionPerLayer: Double
+        public var policies: [String: TraceReplay.BatchResult]
+        /// Per policy, its experts read per token with one sequence over those with this many:
+        /// the most a batch can gain over one sequence where reads bound decode.
+        public var readsRatioToOneSequence: [String: Double]
+
+        enum CodingKeys: String, CodingKey {
+            case sequences, steps, unionPerLayer = "union_per_layer", policies, readsRatioToOneSequence = "reads_ratio_to_one_sequence"
+        }
+    }
+
+    /// Replays the trace as `sequences` sequences decoding together, for each count, through the
+    /// shared-pool policies and Belady's optimum (the runtime's cache is one pool for all layers).
+    /// One sequence is always replayed too: it is what the ratios compare against.
+    public func runBatched(sequences counts: [Int]) throws -> (output: BatchOutput, table: String) {
+        let recorded = trace.recordedLayers
+        guard !trace.tokens.isEmpty, !recorded.isEmpty else { throw ToolError("the trace has no recorded tokens") }
+        guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 }) else { throw ToolError("--sequences takes counts of at least 1, e.g. 1,8,32,64") }
+        let slots = try slotsPerLayer(recordedLayers: recorded.count)
+        let topK = trace.maxExpertsPerToken
+        let floorSlots = floor ?? topK
+        let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
+        let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
+        let sequenceParameters = try Self.sequenceParameters()
+        let makers: [(String, () -> any CachePolicy)] = [
+            ("lru_global", { LRUPolicy() }), ("lfu_global", { LFUPolicy() }), ("lrfu_global", { LRFUPolicy() }),
+            ("learned_global", { LearnedPolicy() }), ("sequence_global", { SequenceAwarePolicy(parameters: sequenceParameters) }),
+            ("fate", { LayerAwarePolicy(shallowLayerCount: shallowBoundary) }), ("belady_global", { BeladyPolicy() }),
+        ]
+        var rows: [BatchRow] = []
+        var one: [String: Double] = [:]
+        for count in ([1] + counts.filter { $0 != 1 }) {
+            var results: [String: TraceReplay.BatchResult] = [:]
+            for (name, make) in makers {
+                results[name] = try TraceReplay.runBatched(trace, sequences: count, policy: make(), cachePerLayer: slots,
+                                                           floorSlots: name == "belady_global" ? 0 : floorSlots)
+            }
+            if count == 1 { one = results.mapValues(\.missesPerToken) }
+            var readsRatio: [String: Double] = [:]
+            for (name, result) in results where result.missesPerToken > 0 { readsRatio[name] = (one[name] ?? 0) / result.missesPerToken }
+            let first = results.values.first!
+            if count == 1 && !counts.contains(1) { continue }
+            rows.append(BatchRow(sequences: count, steps: first.steps, unionPerLayer: first.unionPerLayer, policies: results,
+                                 readsRatioToOneSequence: readsRatio))
+        }
+        let output = BatchOutput(cachePerLayer: slots, layers: recorded.count, topK: topK, floor: floorSlots, order: makers.map(\.0), rows: rows)
+        var lines = ["trace: \(trace.tokens.count) tokens in \(Set(trace.tokens.map(\.seq)).count) sequences, \(recorded.count) layers, top-\(topK), one pool of \(slots) experts per layer",
+                     "sequences  steps  union/layer  policy          hit rate  experts read/token  × one sequence (reads)"]
+        for row in rows {
+            for name in output.order {
+                guard let result = row.policies[name] else { continue }
+                lines.append(String(format: "%9d  %5d  %11.1f  ", row.sequences, row.steps, row.unionPerLayer)
+                             + name.padding(toLength: 16, withPad: " ", startingAt: 0)
+                             + String(format: "%.4f    %18.2f  %8.2f", result.hitRate, result.missesPerToken, row.readsRatioToOneSequence[name] ?? 0))
+            }
+        }
+        return (output, lines.joined(separator: "\n") + "\n")
+    }
+
     /// The sequence-aware policy's parameters: the defaults, or `MOE_SEQUENCE_PARAMETERS` =
     /// "priorWeight,recencyWeight,recencyHalfLife,longHalfLife" (in layer references) to sweep them.
     static func sequenceParameters(_ setting: String? = ProcessInfo.processInfo.environment["MOE_SEQUENCE_PARAMETERS"]) throws -> SequenceAwarePolicy.Parameters {

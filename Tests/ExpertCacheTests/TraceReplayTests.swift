@@ -93,6 +93,62 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
         }
     }
 
+    /// Lanes of a batched replay: sequence i mod S, copies starting at evenly spaced positions
+    /// and wrapping round, each lane its own sequence to the policy; decode tokens only.
+    @Test func batchedStepsInterleaveTheSequencesDecodeTokens() throws {
+        let a = (0..<4).map { TraceToken(seq: 7, pos: $0, phase: $0 == 0 ? "prefill" : "decode", layers: [[10 + $0]]) }
+        let b = (0..<5).map { TraceToken(seq: 3, pos: $0, phase: "decode", layers: [[20 + $0]]) }
+        let t = RoutingTrace(tokens: a + b)
+        let steps = try TraceReplay.batchedSteps(t, sequences: 3)
+        #expect(steps.count == 3) // the shortest sequence has 3 decode tokens
+        #expect(steps.allSatisfy { $0.map(\.seq) == [0, 1, 2] })
+        // Lane 0: a's decode tokens; lane 1: b's; lane 2: a again from its second copy's start (3 / 2 = 1), wrapping.
+        #expect(steps.map { $0[0].layers[0]! } == [[11], [12], [13]])
+        #expect(steps.map { $0[1].layers[0]! } == [[20], [21], [22]])
+        #expect(steps.map { $0[2].layers[0]! } == [[12], [13], [11]])
+        #expect(throws: TraceError.self) { try TraceReplay.batchedSteps(t, sequences: 0) }
+    }
+
+    /// Two sequences of one layer, each using its own two experts twice: the first step misses
+    /// the union of four, the second hits it; a pool too small for a union is a clear error.
+    @Test func aBatchRequestsEachLayersUnionOnce() throws {
+        let t = RoutingTrace(tokens: [
+            TraceToken(seq: 0, pos: 0, phase: "decode", layers: [[0, 1]]), TraceToken(seq: 0, pos: 1, phase: "decode", layers: [[1, 0]]),
+            TraceToken(seq: 1, pos: 0, phase: "decode", layers: [[2, 3]]), TraceToken(seq: 1, pos: 1, phase: "decode", layers: [[3, 2]]),
+        ])
+        let result = try TraceReplay.runBatched(t, sequences: 2, policy: LRUPolicy(), cachePerLayer: 4)
+        #expect(result.steps == 2 && result.requests == 8 && result.hits == 4)
+        #expect(result.unionPerLayer == 4 && result.missesPerToken == 1)
+        #expect(throws: TraceError.self) { try TraceReplay.runBatched(t, sequences: 2, policy: LRUPolicy(), cachePerLayer: 3) }
+        // One sequence is the token-by-token replay of its decode tokens.
+        let alone = try TraceReplay.runBatched(t, sequences: 1, policy: LRUPolicy(), cachePerLayer: 2)
+        #expect(alone.requests == 4 && alone.hits == 2 && alone.missesPerToken == 1)
+    }
+
+    @Test(arguments: 0..<8)
+    func beladyIsNeverBeatenInABatch(seed: Int) throws {
+        var rng = SplitMix64(seed: UInt64(seed) &* 104_729 &+ 3)
+        let experts = Int.random(in: 8...16, using: &rng)
+        // Four sequences with routing of their own.
+        let t = RoutingTrace(tokens: (0..<4).flatMap { s in
+            randomTrace(&rng, tokens: 30, layers: 4, experts: experts, topK: 2).tokens.map { token in
+                var token = token
+                token.seq = s
+                return token
+            }
+        })
+        let capacity = experts - 1
+        for sequences in [1, 3, 8] {
+            let belady = try TraceReplay.runBatched(t, sequences: sequences, policy: BeladyPolicy(), cachePerLayer: capacity)
+            for choice in PolicyChoice.allCases {
+                let result = try TraceReplay.runBatched(t, sequences: sequences, policy: choice.make(layerCount: 4, hotPerLayer: 1, shallowLayerCount: 2),
+                                                        cachePerLayer: capacity, floorSlots: 2)
+                #expect(result.requests == belady.requests)
+                #expect(result.hits <= belady.hits, "\(choice) beat Belady with \(sequences) sequences (seed \(seed))")
+            }
+        }
+    }
+
     /// The independent cross-check: `scripts/replay_trace.py` (standard library Python) must
     /// produce the same LRU and Belady hit counts on a synthetic Zipf-like trace.
     @Test func matchesThePythonReplay() throws {

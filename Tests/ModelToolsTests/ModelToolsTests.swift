@@ -71,6 +71,39 @@ import Testing
         for name in output.order { #expect(table.contains(name)) }
     }
 
+    /// `bench trace --sequences`: every shared-pool policy and Belady per batch size, the reads
+    /// per token against one sequence's, and one sequence replayed even when not asked for.
+    @Test func batchedReplayReportsReadsPerTokenAgainstOneSequence() throws {
+        let routing = RoutingTrace(tokens: (0..<6).flatMap { s in
+            Self.trace(tokens: 40, layers: 4, experts: 16, k: 2, seed: UInt64(11 + s)).tokens.map { token in
+                var token = token
+                token.seq = s
+                return token
+            }
+        })
+        let (output, table) = try TraceBenchmark(trace: routing, cacheSize: .perLayer(6)).runBatched(sequences: [4, 12])
+        #expect(output.rows.map(\.sequences) == [4, 12])
+        #expect(output.order.last == "belady_global" && output.floor == 2 && output.cachePerLayer == 6)
+        let one = try TraceBenchmark(trace: routing, cacheSize: .perLayer(6)).runBatched(sequences: [1])
+        #expect(one.output.rows.count == 1 && one.output.rows[0].readsRatioToOneSequence.values.allSatisfy { $0 == 1 })
+        for row in output.rows {
+            #expect(row.steps == 40)
+            #expect(row.unionPerLayer > 2 && row.unionPerLayer <= 16)
+            let belady = try #require(row.policies["belady_global"])
+            for (name, result) in row.policies {
+                #expect(result.missesPerToken >= belady.missesPerToken - 1e-12, "\(name)")
+                let ratio = try #require(row.readsRatioToOneSequence[name])
+                let alone = try #require(one.output.rows[0].policies[name]).missesPerToken
+                #expect(abs(ratio - alone / result.missesPerToken) < 1e-12)
+            }
+        }
+        // Twelve sequences share more of each step's reads than four.
+        #expect(output.rows[1].policies["lru_global"]!.missesPerToken < output.rows[0].policies["lru_global"]!.missesPerToken)
+        for name in output.order { #expect(table.contains(name)) }
+        #expect(throws: ToolError.self) { try TraceBenchmark(trace: routing, cacheSize: .perLayer(6)).runBatched(sequences: [0]) }
+        #expect(throws: (any Error).self) { try TraceBenchmark(trace: routing, cacheSize: .perLayer(2)).runBatched(sequences: [12]) }
+    }
+
     @Test func aCacheHoldingEveryExpertMissesOnlyOnFirstUse() throws {
         let routing = Self.trace(tokens: 100, layers: 2, experts: 8, k: 2, seed: 3)
         let distinct = (0..<2).map { layer in Set(routing.tokens.flatMap { $0.layers[layer] ?? [] }).count }.reduce(0, +)

@@ -40,12 +40,23 @@ public enum TraceReplay {
     /// or `cachePerLayer × recorded layers` shared slots with floors of `floorSlots`.
     public static func run(_ trace: RoutingTrace, policy: any CachePolicy, cachePerLayer: Int,
                            pool: Pool = .perLayer, floorSlots: Int = 0) throws -> Result {
-        let layerCount = trace.layerCount
-        let recorded = trace.recordedLayers.count
         let topK = trace.maxExpertsPerToken
         guard cachePerLayer >= topK else {
             throw TraceError("a cache of \(cachePerLayer) experts per layer cannot hold the \(topK) experts one token uses in one layer")
         }
+        let lastTokenOfSequence = Dictionary(trace.tokens.enumerated().map { ($1.seq, $0) }, uniquingKeysWith: max)
+        return try replay(steps: trace.tokens.map { [$0] }, layerCount: trace.layerCount, recordedLayers: trace.recordedLayers.count,
+                          policy: policy, cachePerLayer: cachePerLayer, pool: pool, floorSlots: floorSlots,
+                          endsSequence: { step, token in lastTokenOfSequence[token.seq] == step })
+    }
+
+    /// Replays `steps` (each the tokens of the sequences that run together, one token each) as a
+    /// batching engine requests them: per step and layer, the union of the tokens' experts at
+    /// once; the policy then hears each token's routing as its sequence's. `endsSequence(step,
+    /// token)` says that the token is its sequence's last.
+    static func replay(steps: [[TraceToken]], layerCount: Int, recordedLayers recorded: Int, policy: any CachePolicy,
+                       cachePerLayer: Int, pool: Pool, floorSlots: Int,
+                       endsSequence: (Int, TraceToken) -> Bool = { _, _ in false }) throws -> Result {
         var book: CacheBookkeeping
         switch pool {
         case .perLayer:
@@ -53,16 +64,17 @@ public enum TraceReplay {
         case .global:
             book = CacheBookkeeping(budgetBytes: cachePerLayer * recorded, floorSlots: floorSlots, policy: policy)
         }
-        let nextUses = nextUseTimes(trace)
-        let lastTokenOfSequence = Dictionary(trace.tokens.enumerated().map { ($1.seq, $0) }, uniquingKeysWith: max)
+        let nextUses = nextUseTimes(steps: steps, layerCount: layerCount)
         var requestIndex = 0
         var hits = [Int](repeating: 0, count: layerCount)
         var requests = [Int](repeating: 0, count: layerCount)
-        for (tokenIndex, token) in trace.tokens.enumerated() {
-            defer { if lastTokenOfSequence[token.seq] == tokenIndex { book.policy.sequenceEnded(token.seq) } }
-            for (layer, routed) in token.layers.enumerated() {
-                guard let routed else { continue }
-                let group = distinct(routed).map { ExpertKey(layer: layer, expert: $0) }
+        for (stepIndex, step) in steps.enumerated() {
+            defer {
+                for token in step where endsSequence(stepIndex, token) { book.policy.sequenceEnded(token.seq) }
+            }
+            for layer in 0..<layerCount {
+                guard let union = stepUnion(step, layer: layer) else { continue }
+                let group = union.map { ExpertKey(layer: layer, expert: $0) }
                 var misses: [(ExpertKey, Int)] = []
                 // Residents first: they are pinned before any miss can evict them.
                 for key in group {
@@ -87,7 +99,10 @@ public enum TraceReplay {
                     book.use(key)
                 }
                 for key in group { book.unpin(key) }
-                book.policy.sequence(token.seq, routedTo: group.map(\.expert), layer: layer)
+                for token in step {
+                    guard layer < token.layers.count, let routed = token.layers[layer] else { continue }
+                    book.policy.sequence(token.seq, routedTo: step.count == 1 ? union : distinct(routed), layer: layer)
+                }
             }
         }
         let totalHits = hits.reduce(0, +), totalRequests = requests.reduce(0, +)
@@ -97,22 +112,112 @@ public enum TraceReplay {
             hits: totalHits, requests: totalRequests, pool: pool)
     }
 
+    /// `count` sequences of `trace` decoding together, step by step, as a batching server runs
+    /// them: each step holds one token of each. Lane i replays the decode tokens of the trace's
+    /// sequence i mod S (S sequences, in the order they first appear; a sequence without decode
+    /// tokens contributes all of its tokens); when there are more lanes than sequences, the
+    /// copies of a sequence start at evenly spaced positions of it and wrap round, so that no two
+    /// lanes route alike. Lane i is sequence i to the policy. As many steps as the shortest
+    /// sequence has tokens.
+    public static func batchedSteps(_ trace: RoutingTrace, sequences count: Int) throws -> [[TraceToken]] {
+        guard count >= 1 else { throw TraceError("the batch needs at least one sequence") }
+        var order: [Int] = []
+        var bySequence: [Int: [TraceToken]] = [:]
+        for token in trace.tokens {
+            if bySequence[token.seq] == nil { order.append(token.seq) }
+            bySequence[token.seq, default: []].append(token)
+        }
+        let sources = order.map { seq -> [TraceToken] in
+            let tokens = bySequence[seq]!
+            let decode = tokens.filter { $0.phase == "decode" }
+            return decode.isEmpty ? tokens : decode
+        }
+        guard let steps = sources.map(\.count).min(), steps > 0 else { throw TraceError("the trace has no tokens") }
+        let copies = (count + sources.count - 1) / sources.count
+        return (0..<steps).map { step in
+            (0..<count).map { lane in
+                let source = sources[lane % sources.count]
+                let start = (lane / sources.count) * source.count / copies
+                var token = source[(start + step) % source.count]
+                token.seq = lane
+                token.pos = step
+                return token
+            }
+        }
+    }
+
+    /// What a batched replay (`runBatched`) found.
+    public struct BatchResult: Codable, Sendable, Equatable {
+        /// Sequences decoding together.
+        public var sequences: Int
+        /// Steps replayed (tokens per sequence).
+        public var steps: Int
+        /// Expert requests (the distinct experts of each step and layer) and those that hit.
+        public var requests: Int
+        public var hits: Int
+        /// hits / requests.
+        public var hitRate: Double
+        /// Distinct experts a step requests per recorded layer, on average.
+        public var unionPerLayer: Double
+        /// Experts read per token: (requests − hits) / (steps × sequences). Reads are what bounds
+        /// decode on a disk, so a batch's speed-up over one sequence is at most the ratio of this.
+        public var missesPerToken: Double
+
+        enum CodingKeys: String, CodingKey {
+            case sequences, steps, requests, hits, hitRate = "hit_rate", unionPerLayer = "union_per_layer", missesPerToken = "misses_per_token"
+        }
+    }
+
+    /// Replays `sequences` of `trace`'s sequences decoding together (`batchedSteps`) through
+    /// `policy` in one pool of `cachePerLayer × recorded layers` slots shared by all layers, with
+    /// floors of `floorSlots` (a layer's union cannot fit a per-layer cache).
+    public static func runBatched(_ trace: RoutingTrace, sequences: Int, policy: any CachePolicy, cachePerLayer: Int,
+                                  floorSlots: Int = 0) throws -> BatchResult {
+        let steps = try batchedSteps(trace, sequences: sequences)
+        let recorded = trace.recordedLayers.count
+        let widest = steps.flatMap { step in (0..<trace.layerCount).map { stepUnion(step, layer: $0)?.count ?? 0 } }.max() ?? 0
+        let room = cachePerLayer * recorded - floorSlots * max(recorded - 1, 0)
+        guard widest <= room else {
+            throw TraceError("\(sequences) sequences use up to \(widest) experts of one layer in one step; a shared pool of \(cachePerLayer) per layer with floors of \(floorSlots) has room for \(room)")
+        }
+        let result = try replay(steps: steps, layerCount: trace.layerCount, recordedLayers: recorded, policy: policy,
+                                cachePerLayer: cachePerLayer, pool: .global, floorSlots: floorSlots)
+        let tokens = steps.count * sequences
+        return BatchResult(sequences: sequences, steps: steps.count, requests: result.requests, hits: result.hits, hitRate: result.hitRate,
+                           unionPerLayer: Double(result.requests) / Double(max(steps.count * recorded, 1)),
+                           missesPerToken: Double(result.requests - result.hits) / Double(max(tokens, 1)))
+    }
+
     /// The experts of a routing list without repeats, first occurrence kept.
     static func distinct(_ experts: [Int]) -> [Int] {
         var seen: Set<Int> = []
         return experts.filter { seen.insert($0).inserted }
     }
 
+    /// The distinct experts `step`'s tokens use in `layer`, in token order; nil when none of
+    /// them was recorded there.
+    static func stepUnion(_ step: [TraceToken], layer: Int) -> [Int]? {
+        if step.count == 1 {
+            guard layer < step[0].layers.count, let routed = step[0].layers[layer] else { return nil }
+            return distinct(routed)
+        }
+        var union: [Int]? = nil
+        for token in step where layer < token.layers.count {
+            if let routed = token.layers[layer] { union = (union ?? []) + routed }
+        }
+        return union.map(distinct)
+    }
+
     /// For every request in replay order, the time of the next request of the same expert
-    /// (`Int.max` if none). Time is `token × layers + layer`, one order for both pool kinds.
-    static func nextUseTimes(_ trace: RoutingTrace) -> [Int] {
-        let layerCount = max(trace.layerCount, 1)
+    /// (`Int.max` if none). Time is `step × layers + layer`, one order for both pool kinds.
+    static func nextUseTimes(steps: [[TraceToken]], layerCount: Int) -> [Int] {
+        let layerCount = max(layerCount, 1)
         var keys: [ExpertKey] = []
         var times: [Int] = []
-        for (index, token) in trace.tokens.enumerated() {
-            for (layer, routed) in token.layers.enumerated() {
-                guard let routed else { continue }
-                for expert in distinct(routed) {
+        for (index, step) in steps.enumerated() {
+            for layer in 0..<layerCount {
+                guard let union = stepUnion(step, layer: layer) else { continue }
+                for expert in union {
                     keys.append(ExpertKey(layer: layer, expert: expert))
                     times.append(index * layerCount + layer)
                 }
