@@ -120,9 +120,10 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
         #expect(result.steps == 2 && result.requests == 8 && result.hits == 4)
         #expect(result.unionPerLayer == 4 && result.missesPerToken == 1)
         #expect(throws: TraceError.self) { try TraceReplay.runBatched(t, sequences: 2, policy: LRUPolicy(), cachePerLayer: 3) }
-        // One sequence is the token-by-token replay of its decode tokens.
+        // One sequence: the sequences one after another, a token a step.
+        #expect(try TraceReplay.batchedSteps(t, sequences: 1).map { $0.map(\.seq) } == [[0], [0], [1], [1]])
         let alone = try TraceReplay.runBatched(t, sequences: 1, policy: LRUPolicy(), cachePerLayer: 2)
-        #expect(alone.requests == 4 && alone.hits == 2 && alone.missesPerToken == 1)
+        #expect(alone.steps == 4 && alone.requests == 8 && alone.hits == 4 && alone.missesPerToken == 1)
     }
 
     @Test(arguments: 0..<8)

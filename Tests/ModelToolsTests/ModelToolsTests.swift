@@ -86,6 +86,7 @@ import Testing
         #expect(output.order.last == "belady_global" && output.floor == 2 && output.cachePerLayer == 6)
         let one = try TraceBenchmark(trace: routing, cacheSize: .perLayer(6)).runBatched(sequences: [1])
         #expect(one.output.rows.count == 1 && one.output.rows[0].readsRatioToOneSequence.values.allSatisfy { $0 == 1 })
+        #expect(one.output.rows[0].steps == 6 * 40)
         for row in output.rows {
             #expect(row.steps == 40)
             #expect(row.unionPerLayer > 2 && row.unionPerLayer <= 16)

@@ -118,7 +118,8 @@ public enum TraceReplay {
     /// tokens contributes all of its tokens); when there are more lanes than sequences, the
     /// copies of a sequence start at evenly spaced positions of it and wrap round, so that no two
     /// lanes route alike. Lane i is sequence i to the policy. As many steps as the shortest
-    /// sequence has tokens.
+    /// sequence has tokens. One sequence is what one user costs: every sequence's decode
+    /// tokens, one sequence after another, a token a step.
     public static func batchedSteps(_ trace: RoutingTrace, sequences count: Int) throws -> [[TraceToken]] {
         guard count >= 1 else { throw TraceError("the batch needs at least one sequence") }
         var order: [Int] = []
@@ -133,6 +134,7 @@ public enum TraceReplay {
             return decode.isEmpty ? tokens : decode
         }
         guard let steps = sources.map(\.count).min(), steps > 0 else { throw TraceError("the trace has no tokens") }
+        if count == 1 { return sources.joined().map { [$0] } }
         let copies = (count + sources.count - 1) / sources.count
         return (0..<steps).map { step in
             (0..<count).map { lane in
@@ -180,8 +182,10 @@ public enum TraceReplay {
         guard widest <= room else {
             throw TraceError("\(sequences) sequences use up to \(widest) experts of one layer in one step; a shared pool of \(cachePerLayer) per layer with floors of \(floorSlots) has room for \(room)")
         }
+        let lastStep = Dictionary(steps.enumerated().flatMap { index, step in step.map { ($0.seq, index) } }, uniquingKeysWith: max)
         let result = try replay(steps: steps, layerCount: trace.layerCount, recordedLayers: recorded, policy: policy,
-                                cachePerLayer: cachePerLayer, pool: .global, floorSlots: floorSlots)
+                                cachePerLayer: cachePerLayer, pool: .global, floorSlots: floorSlots,
+                                endsSequence: { index, token in lastStep[token.seq] == index })
         let tokens = steps.count * sequences
         return BatchResult(sequences: sequences, steps: steps.count, requests: result.requests, hits: result.hits, hitRate: result.hitRate,
                            unionPerLayer: Double(result.requests) / Double(max(steps.count * recorded, 1)),
