@@ -25,7 +25,7 @@ import Testing
     func systemdUnitVerifiesAndIsHardened() throws {
         let unit = try Self.read("Deploy/systemd/moe-serve.service")
         for line in ["Type=notify", "DynamicUser=yes", "ProtectSystem=strict", "ReadOnlyPaths=/srv/moe-serve/model",
-                     "LimitNOFILE=65536", "NoNewPrivileges=yes", "KillSignal=SIGTERM", "CapabilityBoundingSet="] {
+                     "LimitNOFILE=65536", "LimitMEMLOCK=infinity", "NoNewPrivileges=yes", "KillSignal=SIGTERM", "CapabilityBoundingSet="] {
             #expect(unit.contains("\n\(line)\n"), "the unit lacks \(line)")
         }
         // ExecStart reads a ServerConfig/ file installed as /etc/moe-serve/moe-serve.toml.
