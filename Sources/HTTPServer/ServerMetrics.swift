@@ -47,6 +47,13 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     public var cacheBytesBudget: Int = 0
     /// The whole process's memory budget (`memory_budget`), of which the cache has its share.
     public var memoryBudgetBytes: Int = 0
+    /// Expert buffers registered with the io_uring reader now.
+    public var registeredReadBuffers: Int = 0
+    /// Expert read pieces submitted as `READ_FIXED` (into registered buffers) and as plain reads, since start.
+    public var fixedReads: Int = 0
+    public var plainReads: Int = 0
+    /// Whether the kernel refused a registration (the memlock limit), after which none are tried.
+    public var registrationRefused = false
 
     /// An empty snapshot.
     public init() {}
@@ -101,6 +108,10 @@ public final class ServerMetrics: @unchecked Sendable {
     private let cacheUsed: CoreMetrics.Gauge
     private let cacheBudget: CoreMetrics.Gauge
     private let memoryBudget: CoreMetrics.Gauge
+    private let registeredReadBuffers: CoreMetrics.Gauge
+    private let fixedReads: CoreMetrics.Counter
+    private let plainReads: CoreMetrics.Counter
+    private let registrationRefused: CoreMetrics.Gauge
     private var lastSnapshot = ExpertCacheSnapshot()
 
     /// Metrics on a fresh registry.
@@ -144,6 +155,10 @@ public final class ServerMetrics: @unchecked Sendable {
         cacheUsed = gauge("moe_expert_cache_bytes_used")
         cacheBudget = gauge("moe_expert_cache_bytes_budget")
         memoryBudget = gauge("moe_memory_budget_bytes")
+        registeredReadBuffers = gauge("moe_io_registered_buffers")
+        fixedReads = counter("moe_io_fixed_reads_total")
+        plainReads = counter("moe_io_plain_reads_total")
+        registrationRefused = gauge("moe_io_registration_refused")
     }
 
     /// Counts one HTTP response. `route` is the route pattern (never the raw path, which would
@@ -259,6 +274,10 @@ public final class ServerMetrics: @unchecked Sendable {
         cacheUsed.record(Double(s.cacheBytesUsed))
         cacheBudget.record(Double(s.cacheBytesBudget))
         memoryBudget.record(Double(s.memoryBudgetBytes))
+        registeredReadBuffers.record(Double(s.registeredReadBuffers))
+        fixedReads.increment(by: max(0, s.fixedReads - lastSnapshot.fixedReads))
+        plainReads.increment(by: max(0, s.plainReads - lastSnapshot.plainReads))
+        registrationRefused.record(s.registrationRefused ? 1 : 0)
         lastSnapshot = s
     }
 

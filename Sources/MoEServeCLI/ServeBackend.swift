@@ -190,6 +190,12 @@ final class LiveStatistics: StatsProvider, SlotProvider, @unchecked Sendable {
         }
         cache.memoryBudgetBytes = snapshot.memoryBudgetBytes
         cache.recentHitRate = snapshot.recentHitRate
+        if let registration = snapshot.readRegistration {
+            cache.registeredReadBuffers = registration.registeredTargets
+            cache.fixedReads = registration.fixedReads
+            cache.plainReads = registration.plainReads
+            cache.registrationRefused = registration.refusal != nil
+        }
         if let prediction = snapshot.prediction {
             cache.prefetchRecall = prediction.recall
             cache.prefetchPrecision = prediction.precision

@@ -30,6 +30,8 @@ public final class ModelRuntime {
     public internal(set) var allExpertBytes: Int?
     /// What `--low-bit-misses auto` chose (docs/LOSSY.md), when it ran.
     public var lowBitAuto: LowBitAuto.Decision?
+    /// The packed store experts are read from, when the model was opened from one.
+    public internal(set) var expertStore: ExpertStore?
     /// What moves the expert cache's budget under `--memory-budget auto`, when it runs.
     public private(set) var autoBudget: AutoMemoryBudget?
 
@@ -222,6 +224,7 @@ public final class ModelRuntime {
                                    probes: probes, plan: plan, tokenizer: tokenizer, specification: spec)
         runtime.readerSizing = readerSizing
         runtime.readerThreads = readerThreads
+        runtime.expertStore = openedStore
         runtime.allExpertBytes = allExpertBytes
         // The sequence-aware policy needs to know whose tokens it sees. `MOE_SEQUENCE_REPORTS=0`
         // withholds them (the policy then counts and ages only), to measure what they add.

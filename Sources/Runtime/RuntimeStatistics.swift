@@ -2,6 +2,7 @@ import ExpertCache
 import ExpertPrediction
 import Foundation
 import InferenceEngine
+import ModelFormats
 import MoEModels
 
 /// Counts how often each expert is routed to, for the dashboard's heatmap.
@@ -57,6 +58,8 @@ public struct RuntimeSnapshot: Sendable {
     public var kvReservedBytes = 0
     /// Expert pins held in the cache (0 when idle).
     public var pinnedExperts = 0
+    /// The io_uring expert reader's buffer registration (nil with the thread-pool reader).
+    public var readRegistration: UringFileReader.RegistrationStatistics?
 
     public init() {}
 }
@@ -127,6 +130,7 @@ public final class RuntimeMonitor: @unchecked Sendable {
         snapshot.residentBytes = ProcessMemory.residentBytes() ?? 0
         snapshot.kvReservedBytes = engine.reservedKVBytes
         snapshot.pinnedExperts = runtime.cache?.pinCount() ?? 0
+        snapshot.readRegistration = (runtime.expertStore?.expertReader as? UringFileReader)?.registrationStatistics
         lock.withLock { latestSnapshot = snapshot }
         return snapshot
     }

@@ -232,9 +232,14 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             snapshot.memoryBudgetBytes = 4 << 30
             snapshot.shadowRuns = 7
             snapshot.shadowAddedGuesses = 2
+            snapshot.registeredReadBuffers = 12
+            snapshot.fixedReads = 40
+            snapshot.plainReads = 3
             server.metrics.updateExpertCache(snapshot)
             snapshot.hitsPerLayer = [5, 4]
             snapshot.shadowRuns = 10
+            snapshot.fixedReads = 55
+            snapshot.registrationRefused = true
             server.metrics.updateExpertCache(snapshot)
             // The request counter is bumped when the response ends, just before the client sees it.
             #expect(waitFor { (try? curl(["\(base)/metrics"]))?.contains("route=\"/v1/completions\"") == true })
@@ -255,6 +260,10 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             #expect(samples["moe_memory_budget_bytes"] == Double(4 << 30))
             #expect(samples["moe_prefetch_shadow_runs_total"] == 10)
             #expect(samples["moe_prefetch_shadow_added_total"] == 2)
+            #expect(samples["moe_io_registered_buffers"] == 12)
+            #expect(samples["moe_io_fixed_reads_total"] == 55)
+            #expect(samples["moe_io_plain_reads_total"] == 3)
+            #expect(samples["moe_io_registration_refused"] == 1)
             #expect((samples["moe_resident_memory_bytes"] ?? 0) > 0)
         }
     }
