@@ -63,7 +63,11 @@ public enum IOEngine {
     public static let defaultRingEntries = 64
     /// Bytes of each piece a large read is split into, so that one expert read keeps several
     /// reads in flight on the io_uring path (the disk gives more bandwidth with depth).
-    public static let defaultPieceBytes = 1 << 20
+    /// `MOE_IO_PIECE_KIB` (a multiple of 4) overrides it, for comparison.
+    public static let defaultPieceBytes: Int = {
+        if let text = ProcessInfo.processInfo.environment["MOE_IO_PIECE_KIB"], let kib = Int(text), kib >= 4, kib % 4 == 0 { return kib << 10 }
+        return 1 << 20
+    }()
 
     private static let logLock = NSLock()
     nonisolated(unsafe) private static var loggedFallback = false
