@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import ModelFormats
+import MoEModels
 import TensorMath
 
 /// The io_uring expert reader against the thread-pool reader on a packed fixture store: the
@@ -214,6 +215,52 @@ import TensorMath
         got = nil
         pooled = nil
         #expect(uring.registrationStatistics.registeredTargets == 0)
+    }
+
+    /// A cache's churn through the store's own read path, on experts large enough to be their own
+    /// mappings (widened to 72 KiB): every read lands in a pool buffer, which is registered once and
+    /// reused; the weights match the thread-pool reader's; registered buffers never outnumber the
+    /// buffers alive (the cache's and the pool's), and dropping everything unregisters all but the
+    /// pool's own.
+    @Test func aChurningCacheKeepsItsRegisteredBuffersToThoseAlive() throws {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
+        let original = dir.appendingPathComponent("store")
+        try pack(hf, to: original)
+        let widenedCheckpoint = dir.appendingPathComponent("widened-hf")
+        try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: TinyCheckpoint.expertWidth * 6, to: widenedCheckpoint)
+        let widened = dir.appendingPathComponent("widened")
+        try pack(widenedCheckpoint, to: widened)
+        let store = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: .auto)
+        guard let uring = store.expertReader as? UringFileReader else {
+            Issue.record("io_uring is unavailable here; the registration path is untested")
+            return
+        }
+        #expect(store.expertBufferSize >= AlignedBuffer<UInt8>.mappingThreshold)
+        let reference = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: .threads)
+        let keys = store.manifest.experts.blobs.map { ($0.layer, $0.expert) }
+        let pooled = store.bufferPool.maxBytes / store.expertBufferSize
+        // A cache of three experts, evicting the oldest, over every expert three times.
+        var resident: [StoredExpert] = []
+        for round in 0..<3 {
+            for (layer, expert) in keys {
+                let got = try store.readExpert(layer: layer, expert: expert)
+                let want = try reference.readExpert(layer: layer, expert: expert)
+                #expect((0..<got.down.rows).allSatisfy { got.down.row($0) == want.down.row($0) }, "round \(round) layer \(layer) expert \(expert)")
+                resident.append(got)
+                if resident.count > 3 { resident.removeFirst() }
+                let statistics = uring.registrationStatistics
+                #expect(statistics.registeredTargets <= resident.count + pooled)
+            }
+        }
+        let statistics = uring.registrationStatistics
+        #expect(statistics.plainReads == 0 && statistics.fixedReads >= 3 * keys.count && statistics.refusal == nil)
+        // Evicted buffers were reused: far fewer registrations than reads.
+        #expect(statistics.registrations <= 3 + pooled + 1)
+        resident.removeAll()
+        #expect(uring.registrationStatistics.registeredTargets <= pooled)
+        #expect(uring.registrationStatistics.registeredTargets * store.expertBufferSize <= store.bufferPool.heldBytes)
     }
 
     @Test func injectedFaultsGiveTheSameOutcomesOnBothEngines() throws {
