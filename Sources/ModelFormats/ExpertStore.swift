@@ -362,24 +362,6 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         let value = ProcessInfo.processInfo.environment["MOE_REGISTERED_BUFFERS"]?.lowercased()
         return !(value == "0" || value == "off" || value == "false")
     }()
-    /// Says once per process why expert buffers stopped being registered, when the kernel
-    /// refused one (registered pages count against the memlock limit without CAP_IPC_LOCK).
-    private static func reportRefusedRegistration(_ reader: any BlockReader) {
-        guard let uring = reader as? UringFileReader, let errno = uring.registrationStatistics.refusal else { return }
-        refusalLock.lock()
-        defer { refusalLock.unlock() }
-        guard !refusalReported else { return }
-        refusalReported = true
-        var limit = rlimit()
-        getrlimit(Int32(__RLIMIT_MEMLOCK.rawValue), &limit)
-        let shown = limit.rlim_cur == rlim_t.max ? "unlimited" : "\(limit.rlim_cur >> 10) KiB"
-        FileHandle.standardError.write(Data(("moe-serve: io_uring refused to register an expert buffer (\(String(cString: strerror(errno)))); "
-            + "the memlock limit is \(shown). Expert reads stay correct but pin their pages on every read; "
-            + "raise the limit (LimitMEMLOCK=infinity in systemd, ulimit -l unlimited) or grant CAP_IPC_LOCK\n").utf8))
-    }
-    private static let refusalLock = NSLock()
-    nonisolated(unsafe) private static var refusalReported = false
-
     /// Slots in the reader's table of registered buffers: the kernel's most. A cache of more
     /// experts than this reads the rest unregistered.
     public static let registrationSlots = 1 << 14
@@ -401,9 +383,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         let staging = entry.storedRaw ? buffer : AlignedBuffer<UInt8>(count: Self.roundUp(entry.storedLength), alignment: DirectFileReader.granule, zeroed: false)
         if staging.returnsTo === bufferPool {
             // Only a pool buffer: its unmapping passes through the pool, which unregisters it.
-            if !expertReader.registerTarget(UnsafeMutableRawPointer(staging.pointer), bytes: staging.mappingByteCount) {
-                Self.reportRefusedRegistration(expertReader)
-            }
+            _ = expertReader.registerTarget(UnsafeMutableRawPointer(staging.pointer), bytes: staging.mappingByteCount)
         }
         let t0 = DispatchTime.now().uptimeNanoseconds
         let injected = faults.readFaults(layer: layer, expert: expert)

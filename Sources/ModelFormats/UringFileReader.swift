@@ -80,9 +80,22 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
     /// unmapped: a registered mapping's pages stay pinned. True when it is registered (now or
     /// before); false without a table, when the table is full, or once the kernel has refused
     /// one (the memlock limit: registered pages count as locked memory), after which the reader
-    /// stops asking and reads stay unregistered.
+    /// stops asking, reads stay unregistered, and one line on standard error says why.
     public func registerTarget(_ start: UnsafeMutableRawPointer, bytes: Int) -> Bool {
-        ring.registerTarget(start, bytes: bytes)
+        let (registered, refusedNow) = ring.registerTarget(start, bytes: bytes)
+        if let refusedNow { Self.reportRefusal(refusedNow) }
+        return registered
+    }
+
+    /// Says why buffers stopped being registered, once, when the kernel refuses the first one
+    /// (registered pages count against the memlock limit without CAP_IPC_LOCK).
+    private static func reportRefusal(_ errno: Int32) {
+        var limit = rlimit()
+        getrlimit(Int32(__RLIMIT_MEMLOCK.rawValue), &limit)
+        let shown = limit.rlim_cur == rlim_t.max ? "unlimited" : "\(limit.rlim_cur >> 10) KiB"
+        FileHandle.standardError.write(Data(("moe-serve: io_uring refused to register an expert buffer (\(String(cString: strerror(errno)))); "
+            + "the memlock limit is \(shown). Expert reads stay correct but pin their pages on every read; "
+            + "raise the limit (LimitMEMLOCK=infinity in systemd, ulimit -l unlimited) or grant CAP_IPC_LOCK\n").utf8))
     }
 
     /// Unregisters a mapping `registerTarget` registered (nothing for any other address). No read
@@ -267,13 +280,15 @@ private final class Ring: @unchecked Sendable {
         freeSlots = Array((0..<count).reversed())
     }
 
-    func registerTarget(_ start: UnsafeMutableRawPointer, bytes: Int) -> Bool {
+    /// Whether `[start, start + bytes)` is registered, and the errno when this call is the one the
+    /// kernel refused (the first refusal; none are tried after it).
+    func registerTarget(_ start: UnsafeMutableRawPointer, bytes: Int) -> (registered: Bool, refusedNow: Int32?) {
         let key = UInt(bitPattern: start)
         lock.lock()
-        if let known = targets[key], known.length >= bytes { lock.unlock(); return true }
+        if let known = targets[key], known.length >= bytes { lock.unlock(); return (true, nil) }
         guard targets[key] == nil, !registering.contains(key), refusal == nil, let slot = freeSlots.popLast() else {
             lock.unlock()
-            return false
+            return (false, nil)
         }
         registering.insert(key)
         lock.unlock()
@@ -285,12 +300,15 @@ private final class Ring: @unchecked Sendable {
         registering.remove(key)
         guard status == 1 else {
             freeSlots.append(slot)
-            refusal = status < 0 ? -status : EINVAL
-            return false
+            // Two registrations may fail at once; only the first one counts as the refusal.
+            guard refusal == nil else { return (false, nil) }
+            let code = status < 0 ? -status : EINVAL
+            refusal = code
+            return (false, code)
         }
         targets[key] = (slot, bytes)
         registrations += 1
-        return true
+        return (true, nil)
     }
 
     func unregisterTarget(_ start: UnsafeMutableRawPointer) {
