@@ -110,7 +110,7 @@ let package = Package(
         // Deploy/: sd_notify on a real socket, the unit, image, manifests and nginx config through their
         // validators, and the nginx failover test over replicas of the built binary.
         .testTarget(name: "DeployTests", dependencies: ["ServiceNotify"]),
-        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "InferenceEngine", "ExpertCache", "MoEModels", "ModelFormats", "JSONCoding"]),
+        .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "InferenceEngine", "ExpertCache", "MoEModels", "ModelFormats", "TensorMath", "JSONCoding"]),
         .testTarget(
             name: "ModelToolsTests", dependencies: ["ModelTools", "ExpertCache", "ModelFormats", "Runtime"],
             swiftSettings: optimisedMath

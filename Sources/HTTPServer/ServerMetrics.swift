@@ -27,6 +27,8 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     public var prefetchesInTime: Int = 0
     /// Prefetched experts a demand found still being read (right but late), since start.
     public var prefetchesLate: Int = 0
+    /// Experts begun on their gate and up matrices before the down matrix had arrived (split reads), since start.
+    public var splitStarts: Int = 0
     /// Runs of the next layer's shadow (`shadow_routing`), since start.
     public var shadowRuns: Int = 0
     /// Guesses those runs added that no earlier guess had made, since start.
@@ -98,6 +100,7 @@ public final class ServerMetrics: @unchecked Sendable {
     private let prefetchesIssued: CoreMetrics.Counter
     private let prefetchesInTime: CoreMetrics.Counter
     private let prefetchesLate: CoreMetrics.Counter
+    private let splitStarts: CoreMetrics.Counter
     private let shadowRuns: CoreMetrics.Counter
     private let shadowAdded: CoreMetrics.Counter
     private let skippedTokens: CoreMetrics.Counter
@@ -145,6 +148,7 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchesIssued = counter("moe_prefetches_issued_total")
         prefetchesInTime = counter("moe_prefetches_in_time_total")
         prefetchesLate = counter("moe_prefetches_late_total")
+        splitStarts = counter("moe_expert_split_starts_total")
         shadowRuns = counter("moe_prefetch_shadow_runs_total")
         shadowAdded = counter("moe_prefetch_shadow_added_total")
         skippedTokens = counter("moe_expert_skipped_tokens_total")
@@ -261,6 +265,7 @@ public final class ServerMetrics: @unchecked Sendable {
         prefetchesIssued.increment(by: max(0, s.prefetchesIssued - lastSnapshot.prefetchesIssued))
         prefetchesInTime.increment(by: max(0, s.prefetchesInTime - lastSnapshot.prefetchesInTime))
         prefetchesLate.increment(by: max(0, s.prefetchesLate - lastSnapshot.prefetchesLate))
+        splitStarts.increment(by: max(0, s.splitStarts - lastSnapshot.splitStarts))
         shadowRuns.increment(by: max(0, s.shadowRuns - lastSnapshot.shadowRuns))
         shadowAdded.increment(by: max(0, s.shadowAddedGuesses - lastSnapshot.shadowAddedGuesses))
         skippedTokens.increment(by: max(0, s.skippedTokens - lastSnapshot.skippedTokens))

@@ -181,6 +181,7 @@ final class LiveStatistics: StatsProvider, SlotProvider, @unchecked Sendable {
             cache.prefetchesIssued = stats.total.prefetchesIssued
             cache.prefetchesInTime = stats.total.prefetchHits
             cache.prefetchesLate = stats.total.prefetchesLate
+            cache.splitStarts = stats.total.splitStarts
             cache.skippedTokens = stats.total.skippedTokens
             cache.lowBitUses = stats.total.lowBitUses
             cache.lowBitPromotions = stats.total.lowBitPromotions

@@ -1,3 +1,4 @@
+import Foundation
 import TensorMath
 
 // The expert weight types and the provider seam sit here, below MoEModels, so that expert
@@ -14,17 +15,66 @@ public struct ExpertWeights: @unchecked Sendable {
     public let down: WeightMatrix
     /// The three matrices' output biases (gpt-oss), nil for none.
     public let biases: ExpertBiases?
+    /// Set while the expert is still arriving from disk (a split read handed out early): `gate`
+    /// and `up` are in memory, but `down` (and the checksum over the whole blob) is not until
+    /// `rest.wait()` returns. Nil for an expert wholly in memory. Only a caller that asked for
+    /// experts early (`withExperts(..., startsBeforeDown: true)`) ever sees it set.
+    public let rest: ExpertArrival?
 
     /// Bundles the three matrices (and their biases, if any).
-    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, biases: ExpertBiases? = nil) {
+    public init(gate: WeightMatrix, up: WeightMatrix, down: WeightMatrix, biases: ExpertBiases? = nil, rest: ExpertArrival? = nil) {
         self.gate = gate
         self.up = up
         self.down = down
         self.biases = biases
+        self.rest = rest
     }
 
     /// Bytes of all three matrices and their biases.
     public var byteCount: Int { gate.byteCount + up.byteCount + down.byteCount + (biases?.byteCount ?? 0) }
+}
+
+/// The rest of an expert that was handed out before its read finished (a split read): the
+/// reader finishes it once the down matrix is in memory and the whole blob has passed its
+/// checksum, or with the error that ended the read. Whoever computes with the early weights
+/// calls `wait()` before it touches `down`; an error there means the gate and up products
+/// already made were from a blob that failed, and must be thrown away with the request.
+public final class ExpertArrival: @unchecked Sendable {
+    private let condition = NSCondition()
+    private var finished = false
+    private var failure: Error?
+    private var waited: UInt64 = 0
+
+    public init() {}
+
+    /// Blocks until the rest has arrived; throws the read's error if it failed.
+    public func wait() throws {
+        condition.lock()
+        defer { condition.unlock() }
+        if !finished {
+            let start = DispatchTime.now().uptimeNanoseconds
+            while !finished { condition.wait() }
+            waited += DispatchTime.now().uptimeNanoseconds - start
+        }
+        if let failure { throw failure }
+    }
+
+    /// The reader's side: the rest has arrived and checked out (`failure` nil) or the read failed.
+    /// Only the first call counts.
+    public func finish(failure: Error? = nil) {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !finished else { return }
+        finished = true
+        self.failure = failure
+        condition.broadcast()
+    }
+
+    /// Whether the read has ended (either way).
+    public var isFinished: Bool { condition.lock(); defer { condition.unlock() }; return finished }
+
+    /// Seconds `wait()` spent blocked, summed over calls.
+    public var waitedSeconds: Double { condition.lock(); defer { condition.unlock() }; return Double(waited) / 1e9 }
 }
 
 /// The float32 biases added to an expert's gate, up and down outputs; `owner` keeps the memory
@@ -90,6 +140,14 @@ public protocol ExpertProvider: AnyObject, Sendable {
     func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
                      _ body: (Int, Int, ExpertWeights) throws -> Void) throws
 
+    /// As `withExperts(layer:experts:workers:pinned:residentsRan:_:)`; with `startsBeforeDown`,
+    /// a missing expert read in two parts (a split read) may be handed to `body` as soon as its
+    /// gate and up matrices are in memory, with `weights.rest` set: `body` must call
+    /// `weights.rest?.wait()` before it reads `down` or the biases, and let its error end the
+    /// call (the blob failed its read or checksum). The default ignores `startsBeforeDown`.
+    func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
+                     startsBeforeDown: Bool, _ body: (Int, Int, ExpertWeights) throws -> Void) throws
+
     /// A hint that `experts` of `layer` will probably be needed soon. Never required for
     /// correctness; the default does nothing. `pipeline`: the hint is a prefill chunk's union
     /// (most of it will be used), so a cache's per-layer bound on speculation does not apply.
@@ -113,6 +171,11 @@ extension ExpertProvider {
     public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
                             _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
         try withExperts(layer: layer, experts: experts, workers: workers, pinned: pinned, body)
+    }
+
+    public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
+                            startsBeforeDown: Bool, _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
+        try withExperts(layer: layer, experts: experts, workers: workers, pinned: pinned, residentsRan: residentsRan, body)
     }
 
     public func prefetch(layer: Int, experts: [Int], pipeline: Bool) {}

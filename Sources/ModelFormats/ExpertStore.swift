@@ -14,6 +14,9 @@ public struct StoredExpert: @unchecked Sendable {
     public let byteCount: Int
     /// The gate, up and down biases (gpt-oss), nil for none.
     public var biases: ExpertBiases? = nil
+    /// Set on the early copy a split read hands out: `down` is not in memory (nor the blob
+    /// checked) until `rest.wait()` returns (`ExpertWeights.rest`).
+    public var rest: ExpertArrival? = nil
 }
 
 /// Counters of a store's expert reads since it was opened.
@@ -80,9 +83,10 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// Opens the store at `url`: reads and validates the manifest, checks the data files'
     /// sizes, and loads and checksums the dense tensors (`checkDense: false` defers the dense
     /// checksums to `verify()`). `faults` injects read faults (tests; `MOE_FAULTS` by default).
-    /// `ioEngine` picks the expert reader (`MOE_IO_ENGINE`, else io_uring where available).
+    /// `ioEngine` picks the expert reader (`MOE_IO_ENGINE`, else io_uring where available);
+    /// `ioPieceBytes`, the pieces its io_uring reader cuts a read into (tests use small ones).
     public init(url: URL, checkDense: Bool = true, faults: FaultInjector = .shared,
-                ioEngine: IOEngineChoice = .environmentDefault) throws {
+                ioEngine: IOEngineChoice = .environmentDefault, ioPieceBytes: Int = IOEngine.defaultPieceBytes) throws {
         self.url = url
         self.faults = faults
         let manifest = try ExpertStoreManifest.load(from: url)
@@ -159,7 +163,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             let which = first.map { "layer \($0.layer) expert \($0.expert)" + (lost.count > 1 ? " and \(lost.count - 1) more blobs lie" : " lies") + " past the end" } ?? "padding missing"
             throw ModelFormatError.file(expertURL.path, "truncated: \(actualSize) of \(experts.fileSize) bytes; \(which) (re-run moe-serve pack)")
         }
-        expertReader = try IOEngine.reader(for: expertFile, choice: ioEngine)
+        expertReader = try IOEngine.reader(for: expertFile, choice: ioEngine, pieceBytes: ioPieceBytes)
         if let uring = expertReader as? UringFileReader, Self.registersPooledBuffers {
             // The cache's expert buffers all come from and go back to `bufferPool`; each is
             // registered on its first read and unregistered just before the pool unmaps it.
@@ -366,10 +370,42 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// experts than this reads the rest unregistered.
     public static let registrationSlots = 1 << 14
 
+    /// Whether reads that a caller can start on early are split (`readExpert(...gateUpArrived:)`);
+    /// `MOE_SPLIT_READS=off` turns it off, for comparison.
+    public static let splitsReads: Bool = {
+        let value = ProcessInfo.processInfo.environment["MOE_SPLIT_READS"]?.lowercased()
+        return !(value == "0" || value == "off" || value == "false")
+    }()
+    /// Blobs shorter than this are read whole even when the caller could start early: a small
+    /// expert's gate and up products are too short to hide anything behind, and one piece is
+    /// cheaper than two. Set before reads begin.
+    public var splitReadMinimumBytes = 256 * 1024
+
     /// Reads, checks and decodes expert `expert` of `layer` into a new buffer.
     public func readExpert(layer: Int, expert: Int) throws -> StoredExpert {
+        try readExpert(layer: layer, expert: expert, gateUpArrived: nil)
+    }
+
+    /// As `readExpert(layer:expert:)`; when `gateUpArrived` is given and the blob is stored raw,
+    /// without biases and at least `splitReadMinimumBytes` long, it is read in two parts and
+    /// `gateUpArrived` receives the expert (with `rest` set) as soon as its gate and up matrices
+    /// are in memory, on this thread, while the down matrix is still being read. This call then
+    /// returns the same expert whole (without `rest`), after finishing `rest` (successfully or
+    /// with the error it throws).
+    public func readExpert(layer: Int, expert: Int, gateUpArrived: ((StoredExpert) -> Void)?) throws -> StoredExpert {
         try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule,
-                                                                              zeroed: false, pool: bufferPool))
+                                                                              zeroed: false, pool: bufferPool),
+                       gateUpArrived: gateUpArrived)
+    }
+
+    /// Where the down matrix's arrays begin in a blob of `layout`, rounded up to the read
+    /// granule (the first part of a split read); nil when the blob cannot be split (biases,
+    /// which follow down, or a first part that would be the whole blob).
+    func gateUpPart(of layout: ExpertBlobLayout, storedLength: Int) -> Int? {
+        guard layout.biasOffsets == nil else { return nil }
+        let downStart = min(layout.down.scaleOffset ?? layout.down.dataOffset, layout.down.dataOffset)
+        let part = Self.roundUp(downStart)
+        return part > 0 && part < Self.roundUp(storedLength) ? part : nil
     }
 
     /// Reads, checks and decodes expert `expert` of `layer` into `buffer` (at least
@@ -377,6 +413,12 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// Uncompressed blobs are read straight into `buffer`; compressed ones through a staging
     /// buffer. Throws, naming the layer and expert, on a short read or a checksum mismatch.
     public func readExpert(layer: Int, expert: Int, into buffer: AlignedBuffer<UInt8>) throws -> StoredExpert {
+        try readExpert(layer: layer, expert: expert, into: buffer, gateUpArrived: nil)
+    }
+
+    /// `readExpert(layer:expert:into:)`, split as `readExpert(layer:expert:gateUpArrived:)` says.
+    public func readExpert(layer: Int, expert: Int, into buffer: AlignedBuffer<UInt8>,
+                           gateUpArrived: ((StoredExpert) -> Void)?) throws -> StoredExpert {
         precondition(buffer.count >= expertBufferSize && buffer.alignment >= DirectFileReader.granule,
                      "readExpert needs a \(DirectFileReader.granule)-aligned buffer of at least \(expertBufferSize) bytes")
         let entry = try blob(layer: layer, expert: expert)
@@ -387,7 +429,23 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         }
         let t0 = DispatchTime.now().uptimeNanoseconds
         let injected = faults.readFaults(layer: layer, expert: expert)
-        try readStored(entry, into: staging.pointer, injecting: injected)
+        let blobLayout = self.layout(of: entry)
+        // A split read goes straight into `buffer` (raw blobs only), so the early matrices view
+        // the bytes the whole expert will keep.
+        let firstPart = gateUpArrived != nil && Self.splitsReads && entry.storedRaw && entry.storedLength >= splitReadMinimumBytes
+            ? gateUpPart(of: blobLayout, storedLength: entry.storedLength) : nil
+        var rest: ExpertArrival?
+        do {
+            try readStored(entry, into: staging.pointer, injecting: injected, firstPart: firstPart) {
+                let arrival = ExpertArrival()
+                rest = arrival
+                let matrices = blobLayout.matrices(at: buffer.pointer, owner: buffer)
+                gateUpArrived!(StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount, rest: arrival))
+            }
+        } catch {
+            rest?.finish(failure: error)
+            throw error
+        }
         if injected.corrupt {
             // Bit rot between disk and checksum: the check below must refuse the blob.
             staging.pointer[entry.storedLength / 2] ^= 0x5A
@@ -399,8 +457,10 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             try ExpertBlobCodec.decode(staging.pointer, entry: entry, dtype: layout.dtype, into: buffer.pointer, context: context)
         } catch {
             record { $0.checksumFailures += 1 }
+            rest?.finish(failure: error)
             throw error
         }
+        rest?.finish()
         let t2 = DispatchTime.now().uptimeNanoseconds
         record {
             $0.reads += 1
@@ -409,10 +469,9 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             $0.readSeconds += Double(t1 - t0) / 1e9
             $0.decodeSeconds += Double(t2 - t1) / 1e9
         }
-        let layout = self.layout(of: entry)
-        let matrices = layout.matrices(at: buffer.pointer, owner: buffer)
+        let matrices = blobLayout.matrices(at: buffer.pointer, owner: buffer)
         return StoredExpert(gate: matrices.gate, up: matrices.up, down: matrices.down, byteCount: buffer.byteCount,
-                            biases: layout.biases(at: buffer.pointer, owner: buffer))
+                            biases: blobLayout.biases(at: buffer.pointer, owner: buffer))
     }
 
     /// Reads the stored bytes of `entry` (rounded up to 4 KiB) into `destination`, which must
@@ -423,14 +482,22 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
 
     /// `readStored` with injected faults: latency first, then an EIO or a read of half the bytes.
     private func readStored(_ entry: ExpertBlobEntry, into destination: UnsafeMutableRawPointer,
-                            injecting faults: FaultInjector.ReadFaults) throws {
+                            injecting faults: FaultInjector.ReadFaults, firstPart: Int? = nil,
+                            firstPartArrived: () -> Void = {}) throws {
         let length = Self.roundUp(entry.storedLength)
         if faults.latencyMilliseconds > 0 { usleep(useconds_t(faults.latencyMilliseconds * 1000)) }
         if faults.error {
             throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): read of \(length) bytes at offset \(entry.offset) failed: \(String(cString: strerror(EIO))) (injected fault)")
         }
         var got: Int
-        do { got = try expertReader.read(into: destination, offset: entry.offset, length: length) } catch {
+        do {
+            if let firstPart {
+                got = try expertReader.read(into: destination, offset: entry.offset, length: length, firstPart: firstPart,
+                                            firstPartArrived: firstPartArrived)
+            } else {
+                got = try expertReader.read(into: destination, offset: entry.offset, length: length)
+            }
+        } catch {
             throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): \(error)")
         }
         if faults.short { got = min(got, entry.storedLength / 2) }

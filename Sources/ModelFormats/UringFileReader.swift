@@ -125,32 +125,55 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
     /// Reads `length` bytes at `offset` into `buffer` in pieces of `pieceBytes`, all in flight
     /// at once, and waits for them; returns the bytes read (fewer only at end of file).
     public func read(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int) throws -> Int {
+        try read(into: buffer, offset: offset, length: length, firstPart: length, firstPartArrived: {})
+    }
+
+    /// A split read: the same pieces as a plain read, all submitted at once, and
+    /// `firstPartArrived` runs as soon as the pieces covering the first `firstPart` bytes are
+    /// all in, while the others may still be reading. The pieces are not cut at `firstPart`:
+    /// more and smaller pieces cost more than the early start gains (session 22), so a first
+    /// part that ends inside the last piece is no split at all.
+    public func read(into buffer: UnsafeMutableRawPointer, offset: Int, length: Int, firstPart: Int,
+                     firstPartArrived: () -> Void) throws -> Int {
         guard length > 0 else { return 0 }
-        let pieces = (length + pieceBytes - 1) / pieceBytes
+        let split = firstPart > 0 && firstPart < length ? firstPart : length
+        // [start, count) of each piece.
+        let pieces: [(start: Int, count: Int)] = stride(from: 0, to: length, by: pieceBytes).map { ($0, min(pieceBytes, length - $0)) }
+        // Those holding any of the first part's bytes.
+        let firstPieces = (split + pieceBytes - 1) / pieceBytes
         // Looked up once for the whole range; every piece lies inside it.
         let fixed = ring.fixedIndex(buffer, length)
-        let finished = DispatchSemaphore(value: 0)
+        let firstDone = DispatchSemaphore(value: 0), restDone = DispatchSemaphore(value: 0)
         // Each piece's completion writes only its own element; the waits below order the reads.
-        nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Result<Int, UringReadError>>.allocate(capacity: pieces)
+        nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Result<Int, UringReadError>>.allocate(capacity: pieces.count)
         results.initialize(repeating: .success(0))
         defer { results.deallocate() }
-        for piece in 0..<pieces {
-            let start = piece * pieceBytes
-            ring.submit(into: buffer + start, offset: offset + start, length: min(pieceBytes, length - start), fixedIndex: fixed) { result in
-                results[piece] = result
-                finished.signal()
+        for (index, piece) in pieces.enumerated() {
+            let done = index < firstPieces ? firstDone : restDone
+            ring.submit(into: buffer + piece.start, offset: offset + piece.start, length: piece.count, fixedIndex: fixed) { result in
+                results[index] = result
+                done.signal()
             }
         }
-        for _ in 0..<pieces { finished.wait() }
+        for _ in 0..<firstPieces { firstDone.wait() }
+        // The first part is in when each of its pieces is, up to the part's own end (a short last
+        // piece past the end of the file leaves it incomplete).
+        let firstComplete = (0..<firstPieces).allSatisfy { index in
+            guard case let .success(got) = results[index] else { return false }
+            return got >= min(pieces[index].count, split - pieces[index].start)
+        }
+        if firstComplete && firstPieces < pieces.count { firstPartArrived() }
+        // Every piece is waited for, also after a failure: none may still write into `buffer`.
+        for _ in firstPieces..<pieces.count { restDone.wait() }
         // Bytes read: up to the first piece that came back short (end of file).
         var total = 0
-        for piece in 0..<pieces {
-            switch results[piece] {
+        for (index, piece) in pieces.enumerated() {
+            switch results[index] {
             case let .failure(failure):
                 throw ModelFormatError.file(file.path, "read of \(length) bytes at offset \(offset) failed: \(String(cString: strerror(failure.code))) (io_uring)")
             case let .success(got):
                 total += got
-                if got < min(pieceBytes, length - piece * pieceBytes) { return total }
+                if got < piece.count { return total }
             }
         }
         return total

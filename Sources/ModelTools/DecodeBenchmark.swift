@@ -53,9 +53,11 @@ public struct DecodeBenchmark: Sendable {
         public var decodeReadSeconds: Double? = nil
         /// Seconds decode's demand reads waited queued for a reader, summed over reads.
         public var decodeDemandQueuedSeconds: Double? = nil
+        /// Decode's experts begun on gate and up before their down matrix had arrived (split reads).
+        public var decodeSplitStarts: Int? = nil
         enum CodingKeys: String, CodingKey {
             case decodeIOBusySeconds = "decode_io_busy_seconds", decodeReadSeconds = "decode_read_seconds"
-            case decodeDemandQueuedSeconds = "decode_demand_queued_seconds"
+            case decodeDemandQueuedSeconds = "decode_demand_queued_seconds", decodeSplitStarts = "decode_split_starts"
             case prefillSeconds = "prefill_seconds", decodeSeconds = "decode_seconds"
             case prefillStallSeconds = "prefill_stall_seconds", decodeStallSeconds = "decode_stall_seconds"
             case prefillBytesRead = "prefill_bytes_read", decodeBytesRead = "decode_bytes_read", decodeBytesNeeded = "decode_bytes_needed"
@@ -289,16 +291,18 @@ public struct DecodeBenchmark: Sendable {
                 run.decodeIOBusySeconds = min(run.decodeSeconds, (endStats.ioBusySeconds ?? 0) - busyAfterPrefill)
                 run.decodeReadSeconds = end.readSeconds - afterPrefill.readSeconds
                 run.decodeDemandQueuedSeconds = end.demandQueuedSeconds - afterPrefill.demandQueuedSeconds
+                run.decodeSplitStarts = end.splitStarts - afterPrefill.splitStarts
             }
             measured.append(run)
-            printError(String(format: "bench decode: %@ run %d/%d: pp %.2f tok/s, tg %.2f tok/s, %.1f MB read/token, stall %.0f%%, disk busy %.0f%% at %.2f GB/s, %.2f reads in flight, demand reads queued %.2f ms each",
+            printError(String(format: "bench decode: %@ run %d/%d: pp %.2f tok/s, tg %.2f tok/s, %.1f MB read/token, stall %.0f%%, disk busy %.0f%% at %.2f GB/s, %.2f reads in flight, demand reads queued %.2f ms each, %d experts begun before their down matrix",
                               name, index + 1, runs, Double(promptTokens) / run.prefillSeconds,
                               Double(genTokens - 1) / run.decodeSeconds, Double(run.decodeBytesRead) / Double(genTokens - 1) / 1e6,
                               run.decodeStallSeconds / run.decodeSeconds * 100,
                               (run.decodeIOBusySeconds ?? 0) / run.decodeSeconds * 100,
                               Double(run.decodeBytesRead) / max(run.decodeIOBusySeconds ?? 0, 1e-9) / 1e9,
                               (run.decodeReadSeconds ?? 0) / max(run.decodeIOBusySeconds ?? 0, 1e-9),
-                              (run.decodeDemandQueuedSeconds ?? 0) * 1e3 / Double(max(1, run.decodeMisses))))
+                              (run.decodeDemandQueuedSeconds ?? 0) * 1e3 / Double(max(1, run.decodeMisses)),
+                              run.decodeSplitStarts ?? 0))
         }
         let steps = Double(genTokens - 1)
         func median(_ values: [Double]) -> Double {

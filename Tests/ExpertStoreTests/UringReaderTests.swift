@@ -263,6 +263,110 @@ import TensorMath
         #expect(uring.registrationStatistics.registeredTargets * store.expertBufferSize <= store.bufferPool.heldBytes)
     }
 
+    /// Split reads (issue 26 item 1): io_uring hands the first part over whole, once, before the
+    /// read returns; the bytes are the plain read's; a first part that runs past the end of the
+    /// file, or ends inside the last piece, is never handed over, and neither is one outside the
+    /// range. The thread-pool reader never splits.
+    @Test func splitReadsHandOverTheFirstPartBeforeTheRest() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: storeURL, faults: FaultInjector(), ioEngine: .threads)
+        let file = store.expertFile
+        let granule = DirectFileReader.granule
+        let uring = try UringFileReader(file: file, entries: 32, pieceBytes: granule)
+        let fileSize = store.manifest.experts.fileSize
+        let whole = fileSize / granule * granule
+        #expect(whole >= 8 * granule)
+        let wide = try UringFileReader(file: file, entries: 32, pieceBytes: 4 * granule)
+        for reader in [file as any BlockReader, uring, wide] {
+            let splits = reader !== file
+            for (offset, length, firstPart) in [(0, 8 * granule, 3 * granule), (granule, 5 * granule, granule), (0, 2 * granule, granule)] {
+                let buffer = AlignedBuffer<UInt8>(count: length, alignment: granule)
+                buffer.pointer.update(repeating: 0xEE, count: length)
+                var handedOver: [[UInt8]] = []
+                let got = try reader.read(into: buffer.pointer, offset: offset, length: length, firstPart: firstPart) {
+                    handedOver.append(Array(UnsafeBufferPointer(start: buffer.pointer, count: firstPart)))
+                }
+                let plain = try bytes(file, offset: offset, length: length)
+                #expect(got == length && Array(UnsafeBufferPointer(start: buffer.pointer, count: got)) == plain, "\(reader.engineName)")
+                // With 4-granule pieces only the first case has a piece after the first part's.
+                let handsOver = splits && (reader !== wide || length > 4 * granule)
+                #expect(handedOver.count == (handsOver ? 1 : 0), "\(reader.engineName) \(offset) \(length) \(firstPart)")
+                #expect(handedOver.allSatisfy { $0 == Array(plain[0..<firstPart]) }, "\(reader.engineName)")
+            }
+            // The first part ends past the end of the file: short, and never handed over.
+            var calls = 0
+            let tail = AlignedBuffer<UInt8>(count: 4 * granule, alignment: granule)
+            let got = try reader.read(into: tail.pointer, offset: whole - granule, length: 4 * granule, firstPart: 3 * granule) { calls += 1 }
+            #expect(got == fileSize - (whole - granule) && calls == 0, "\(reader.engineName)")
+            // A first part of the whole range is a plain read.
+            _ = try reader.read(into: tail.pointer, offset: 0, length: 2 * granule, firstPart: 2 * granule) { calls += 1 }
+            #expect(calls == 0, "\(reader.engineName)")
+        }
+    }
+
+    /// A split expert read through the store: gate and up are handed over first, viewing the same
+    /// buffer the whole expert keeps, with `rest` unfinished; `rest` is finished when the read
+    /// returns; the weights are the plain read's. A corrupt blob fails `rest` with the read's own
+    /// checksum error, so a computation begun on the early copy cannot finish.
+    @Test func aSplitExpertReadHandsOutGateAndUpFirstAndChecksTheWhole() throws {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
+        let original = dir.appendingPathComponent("store")
+        try pack(hf, to: original)
+        let widenedCheckpoint = dir.appendingPathComponent("widened-hf")
+        try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: TinyCheckpoint.expertWidth * 6, to: widenedCheckpoint)
+        let widened = dir.appendingPathComponent("widened")
+        try pack(widenedCheckpoint, to: widened)
+        let reference = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: .threads)
+        // 16 KiB pieces: a 72 KiB expert is several, and its gate and up end before the last.
+        for engine in [IOEngineChoice.threads, .auto] {
+            let store = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: engine, ioPieceBytes: 16 << 10)
+            store.splitReadMinimumBytes = 0
+            guard store.expertReader is UringFileReader else {
+                // The thread-pool reader reads whole: the same weights, nothing handed over.
+                var calls = 0
+                let whole = try store.readExpert(layer: 1, expert: 3) { _ in calls += 1 }
+                let want = try reference.readExpert(layer: 1, expert: 3)
+                #expect(calls == 0 && (0..<want.down.rows).allSatisfy { whole.down.row($0) == want.down.row($0) })
+                if engine == .auto { Issue.record("io_uring is unavailable here; split reads are untested") }
+                continue
+            }
+            for (layer, expert) in [(0, 0), (1, 3)] {
+                var early: StoredExpert?
+                var finishedWhenHandedOver = true
+                let whole = try store.readExpert(layer: layer, expert: expert) { part in
+                    early = part
+                    finishedWhenHandedOver = part.rest?.isFinished ?? true
+                }
+                let want = try reference.readExpert(layer: layer, expert: expert)
+                guard let early, let rest = early.rest else {
+                    Issue.record("\(store.expertReader.engineName): no early copy of layer \(layer) expert \(expert)")
+                    continue
+                }
+                #expect(!finishedWhenHandedOver && rest.isFinished && whole.rest == nil)
+                try rest.wait()
+                #expect((0..<want.gate.rows).allSatisfy { early.gate.row($0) == want.gate.row($0) && early.up.row($0) == want.up.row($0) })
+                #expect((0..<want.down.rows).allSatisfy { whole.down.row($0) == want.down.row($0) && early.down.row($0) == want.down.row($0) })
+            }
+            // Without a taker the read is whole; below the minimum too.
+            store.splitReadMinimumBytes = .max
+            var calls = 0
+            _ = try store.readExpert(layer: 0, expert: 1) { _ in calls += 1 }
+            #expect(calls == 0)
+        }
+        // Bit rot in the blob: the early copy's `rest` fails with the checksum error.
+        let corrupt = try ExpertStore(url: widened, faults: FaultInjector(try FaultPlan(specification: "corrupt_blob=1/2")), ioEngine: .auto,
+                                      ioPieceBytes: 16 << 10)
+        corrupt.splitReadMinimumBytes = 0
+        var early: StoredExpert?
+        let thrown = errorText { _ = try corrupt.readExpert(layer: 1, expert: 2) { early = $0 } }
+        #expect(thrown?.contains("checksum mismatch") == true)
+        let waited = errorText { try early?.rest?.wait() }
+        #expect(early != nil && waited == thrown)
+    }
+
     @Test func injectedFaultsGiveTheSameOutcomesOnBothEngines() throws {
         let (dir, storeURL) = try packedStore()
         defer { try? FileManager.default.removeItem(at: dir) }

@@ -235,10 +235,12 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             snapshot.registeredReadBuffers = 12
             snapshot.fixedReads = 40
             snapshot.plainReads = 3
+            snapshot.splitStarts = 6
             server.metrics.updateExpertCache(snapshot)
             snapshot.hitsPerLayer = [5, 4]
             snapshot.shadowRuns = 10
             snapshot.fixedReads = 55
+            snapshot.splitStarts = 9
             snapshot.registrationRefused = true
             server.metrics.updateExpertCache(snapshot)
             // The request counter is bumped when the response ends, just before the client sees it.
@@ -264,6 +266,7 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             #expect(samples["moe_io_fixed_reads_total"] == 55)
             #expect(samples["moe_io_plain_reads_total"] == 3)
             #expect(samples["moe_io_registration_refused"] == 1)
+            #expect(samples["moe_expert_split_starts_total"] == 9)
             #expect((samples["moe_resident_memory_bytes"] ?? 0) > 0)
         }
     }

@@ -44,6 +44,8 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
     public var readSeconds = 0.0
     /// Seconds demand reads waited queued before a reader took them, summed over reads.
     public var demandQueuedSeconds = 0.0
+    /// Experts a request began on before their down matrix had arrived (split reads).
+    public var splitStarts = 0
 
     /// All zero.
     public init() {}
@@ -61,6 +63,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         case skippedTokens = "skipped_tokens", skippedExperts = "skipped_experts"
         case lowBitUses = "low_bit_uses", lowBitPromotions = "low_bit_promotions", lowBitBytes = "low_bit_bytes"
         case readSeconds = "read_seconds", demandQueuedSeconds = "demand_queued_seconds"
+        case splitStarts = "split_starts"
     }
 
     public init(from decoder: Decoder) throws {
@@ -86,6 +89,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         lowBitBytes = try c.decodeIfPresent(Int.self, forKey: .lowBitBytes) ?? 0
         readSeconds = try c.decodeIfPresent(Double.self, forKey: .readSeconds) ?? 0
         demandQueuedSeconds = try c.decodeIfPresent(Double.self, forKey: .demandQueuedSeconds) ?? 0
+        splitStarts = try c.decodeIfPresent(Int.self, forKey: .splitStarts) ?? 0
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -112,6 +116,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         try c.encode(lowBitBytes, forKey: .lowBitBytes)
         try c.encode(readSeconds, forKey: .readSeconds)
         try c.encode(demandQueuedSeconds, forKey: .demandQueuedSeconds)
+        try c.encode(splitStarts, forKey: .splitStarts)
     }
 
     /// Adds `other` into these counters.
@@ -137,6 +142,7 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
         lowBitBytes += other.lowBitBytes
         readSeconds += other.readSeconds
         demandQueuedSeconds += other.demandQueuedSeconds
+        splitStarts += other.splitStarts
     }
 }
 

@@ -8,6 +8,10 @@ public protocol ExpertLoader: Sendable {
     func expertByteCount(layer: Int, expert: Int) -> Int
     /// Reads expert `expert` of `layer` into memory the returned weights own. Blocking.
     func loadExpert(layer: Int, expert: Int) throws -> ExpertWeights
+    /// As `loadExpert(layer:expert:)`; a loader that reads in parts may call `gateUpArrived`
+    /// (once, on this thread, before returning) with the expert whose gate and up matrices are
+    /// in memory and whose `rest` it finishes before returning the whole expert.
+    func loadExpert(layer: Int, expert: Int, gateUpArrived: (ExpertWeights) -> Void) throws -> ExpertWeights
     /// Bytes of the low-bit copy of expert `expert` of `layer` once loaded; nil without copies.
     func lowBitByteCount(layer: Int, expert: Int) -> Int?
     /// Reads the low-bit copy of expert `expert` of `layer`. Blocking.
@@ -21,6 +25,10 @@ public protocol ExpertLoader: Sendable {
 }
 
 extension ExpertLoader {
+    /// Reads the expert whole; `gateUpArrived` is never called.
+    public func loadExpert(layer: Int, expert: Int, gateUpArrived: (ExpertWeights) -> Void) throws -> ExpertWeights {
+        try loadExpert(layer: layer, expert: expert)
+    }
     /// Bytes expert `expert` of `layer`'s low-bit copy occupies once loaded; nil when there are
     /// no low-bit copies (the default).
     public func lowBitByteCount(layer: Int, expert: Int) -> Int? { nil }

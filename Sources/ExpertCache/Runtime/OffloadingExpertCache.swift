@@ -60,6 +60,14 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     /// One read's outcome, shared by everyone waiting for it. Guarded by the cache's lock.
     private final class LoadTicket {
         var result: Result<ExpertWeights, Error>?
+        /// A split read's early copy (`ExpertWeights.rest` set), from the moment its gate and up
+        /// matrices are in memory until `result` is set.
+        var early: ExpertWeights?
+        /// Requests that took `early`: their uses are recorded once the expert is resident.
+        var earlyUses = 0
+        /// Whether a request that takes early copies waits on this read (the reader then wakes
+        /// requesters when the early copy is ready, and not otherwise).
+        var earlyWanted = false
         init(result: Result<ExpertWeights, Error>? = nil) { self.result = result }
     }
 
@@ -184,6 +192,15 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
 
     public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
                             _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
+        try withExperts(layer: layer, experts: experts, workers: workers, pinned: pinned, residentsRan: residentsRan,
+                        startsBeforeDown: false, body)
+    }
+
+    /// With `startsBeforeDown`, a worker waiting only for reads takes an expert whose split read
+    /// has brought its gate and up matrices (`ExpertWeights.rest` set) rather than wait for the
+    /// whole of one; whole experts go first.
+    public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
+                            startsBeforeDown: Bool, _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
         var ready: [(expert: Int, weights: ExpertWeights)] = []
         var waiting: [(expert: Int, ticket: LoadTicket)] = []
         var unadmitted: [Int] = []
@@ -228,11 +245,22 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         func work(_ worker: Int) {
             // The expert this worker just ran: unpinned in the same critical section that takes
             // the next one (one lock round per expert on the decode path, not two).
-            var finished: (key: ExpertKey, resident: Bool)?
+            var finished: (key: ExpertKey, resident: Bool, early: (ticket: LoadTicket, rest: ExpertArrival)?)?
             while true {
                 lock.lock()
                 if let finished {
-                    unpinLocked(finished.key)
+                    if let early = finished.early {
+                        count(layer) {
+                            $0.splitStarts += 1
+                            // Worker 0's wait for the down matrix is stall, as its waits for whole reads are.
+                            if worker == 0 { $0.stallSeconds += early.rest.waitedSeconds }
+                        }
+                    }
+                    // A split read that failed after its early copy was taken has removed the
+                    // entry, pins and all (as for any failed read): nothing to unpin.
+                    var entryGone = false
+                    if let early = finished.early, case .failure? = early.ticket.result { entryGone = true }
+                    if !entryGone { unpinLocked(finished.key) }
                     // Kept only while a report is due: without one, no list grows per layer and step.
                     if !pending.residentsReported {
                         pending.completed.append(finished.key.expert < 0 ? ~finished.key.expert : finished.key.expert)
@@ -265,6 +293,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 }
                 var next: (expert: Int, weights: ExpertWeights)?
                 var resident = false
+                var earlyTicket: LoadTicket?
                 if pending.failure == nil {
                     if !pending.ready.isEmpty {
                         next = pending.ready.removeFirst()
@@ -272,11 +301,17 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                         resident = true
                     } else if !pending.waiting.isEmpty || !pending.unadmitted.isEmpty {
                         do {
-                            let loaded = try nextLoadedLocked(layer: layer, &pending.waiting, &pending.unadmitted, countsStall: worker == 0)
+                            let loaded = try nextLoadedLocked(layer: layer, &pending.waiting, &pending.unadmitted, countsStall: worker == 0,
+                                                              takesEarly: startsBeforeDown)
                             switch loaded?.1.result {
                             case .success(let expertWeights)?: next = (loaded!.0, expertWeights)
                             case .failure(let error)?: pending.failure = error // its entry is gone: nothing to unpin
-                            case nil: break // another worker took the last one
+                            case nil:
+                                if let loaded, let early = loaded.1.early {
+                                    next = (loaded.0, early)
+                                    earlyTicket = loaded.1
+                                }
+                                // else another worker took the last one
                             }
                         } catch {
                             pending.failure = error
@@ -294,7 +329,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                     if pending.failure == nil { pending.failure = error }
                     lock.unlock()
                 }
-                finished = (key, resident)
+                finished = (key, resident, earlyTicket.map { ($0, expertWeights.rest!) })
             }
         }
         let parallel = min(workers, distinct.count)
@@ -547,8 +582,10 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     /// removes and returns it, recording its demand use; nil once both lists are empty (another
     /// worker took the last one while this one waited). Time blocked counts as stall when
     /// `countsStall`. Lock held (released while waiting).
+    /// With `takesEarly`, when no read has finished, one whose early copy is ready is returned
+    /// instead (its ticket's `result` still nil, its use recorded once it is resident).
     private func nextLoadedLocked(layer: Int, _ waiting: inout [(expert: Int, ticket: LoadTicket)],
-                                  _ unadmitted: inout [Int], countsStall: Bool) throws -> (Int, LoadTicket)? {
+                                  _ unadmitted: inout [Int], countsStall: Bool, takesEarly: Bool = false) throws -> (Int, LoadTicket)? {
         var stalled: UInt64 = 0
         defer { if stalled > 0 && countsStall { count(layer) { $0.stallSeconds += Double(stalled) / 1e9 } } }
         while true {
@@ -561,6 +598,18 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                     if expert < 0 { lowBook!.use(key) } else { book.use(key) }
                 }
                 return (expert, ticket)
+            }
+            // Only the call's last expert is taken early: a worker waiting on an early copy's
+            // down matrix cannot run another expert that arrives whole meanwhile, and taking
+            // earlier ones cost more than it saved (0.95-0.97x on OLMoE, session 22). The last
+            // one's wait is the stall a split read can shorten.
+            if takesEarly && waiting.count == 1 && unadmitted.isEmpty {
+                if waiting[0].ticket.early != nil {
+                    let (expert, ticket) = waiting.removeFirst()
+                    ticket.earlyUses += 1
+                    return (expert, ticket)
+                }
+                waiting[0].ticket.earlyWanted = true
             }
             if closed { throw ExpertCacheError("the expert cache was closed while a request was waiting") }
             let start = DispatchTime.now().uptimeNanoseconds
@@ -721,7 +770,15 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             lock.unlock()
             let result = Result {
                 lowBit ? try loader.loadLowBitExpert(layer: job.key.layer, expert: ~job.key.expert)
-                       : try loader.loadExpert(layer: job.key.layer, expert: job.key.expert)
+                       : try loader.loadExpert(layer: job.key.layer, expert: job.key.expert) { early in
+                           // Gate and up are in; the down matrix is still arriving.
+                           lock.lock()
+                           if let ticket = tickets[job.key] {
+                               ticket.early = early
+                               if ticket.earlyWanted { lock.wakeRequesters() }
+                           }
+                           lock.unlock()
+                       }
             }
             lock.lock()
             let ended = DispatchTime.now().uptimeNanoseconds
@@ -734,10 +791,13 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             queue.finish(job)
             let ticket = tickets.removeValue(forKey: job.key)!
             ticket.result = result
+            ticket.early = nil
             switch result {
             case .success(let loaded):
                 weights[job.key] = loaded
                 if lowBit { lowBook!.loaded(job.key) } else { book.loaded(job.key) }
+                // Requests that began on the early copy: their uses, now that it is resident.
+                for _ in 0..<ticket.earlyUses { _ = book.use(job.key) }
                 if !lowBit { dropLowBitCopyLocked(of: job.key) }
             case .failure:
                 if lowBit { lowBook!.remove(job.key) } else { book.remove(job.key) }

@@ -20,6 +20,16 @@ public final class StoreExpertLoader: ExpertLoader, @unchecked Sendable {
         return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases)
     }
 
+    /// A split read where the store allows one (`ExpertStore.readExpert(layer:expert:gateUpArrived:)`).
+    public func loadExpert(layer: Int, expert: Int, gateUpArrived: (ExpertWeights) -> Void) throws -> ExpertWeights {
+        let stored = try withoutActuallyEscaping(gateUpArrived) { early in
+            try store.readExpert(layer: layer, expert: expert) { part in
+                early(ExpertWeights(gate: part.gate, up: part.up, down: part.down, biases: part.biases, rest: part.rest))
+            }
+        }
+        return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases)
+    }
+
     /// Evicted experts' buffers wait in the store's pool for the reads reserved in their place
     /// (`BufferPool`); `MOE_BUFFER_CREDIT=0` turns that off, for comparison.
     static let creditsPool = ProcessInfo.processInfo.environment["MOE_BUFFER_CREDIT"] != "0"

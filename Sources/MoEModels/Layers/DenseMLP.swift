@@ -17,13 +17,22 @@ struct DenseMLP {
 
     /// `output[n, hidden] = mlp(x[n, hidden])`, with `scratch`'s gate and up buffers.
     func forward(_ x: UnsafePointer<Float>, rowCount: Int, scratch: ForwardWorkspace.Worker, output: UnsafeMutablePointer<Float>) {
-        Self.apply(weights, activation: activation, x, rowCount: rowCount, scratch: scratch, output: output)
+        Self.run(weights, activation: activation, x, rowCount: rowCount, scratch: scratch, output: output, beforeDown: {})
     }
 
     /// Runs the MLP `expert` over `rowCount` rows; `scratch.gate` and `scratch.up` hold
-    /// `[rowCount, width]` each.
+    /// `[rowCount, width]` each. An expert still arriving (`rest` set: a split read) has its
+    /// gate and up products computed first, and the down product once `rest` is in; its error
+    /// (the read or checksum failed) is thrown and the output left unwritten.
     static func apply(_ expert: ExpertWeights, activation: Activation, _ x: UnsafePointer<Float>, rowCount: Int,
-                      scratch: ForwardWorkspace.Worker, output: UnsafeMutablePointer<Float>) {
+                      scratch: ForwardWorkspace.Worker, output: UnsafeMutablePointer<Float>) throws {
+        try run(expert, activation: activation, x, rowCount: rowCount, scratch: scratch, output: output,
+                beforeDown: { try expert.rest?.wait() })
+    }
+
+    private static func run(_ expert: ExpertWeights, activation: Activation, _ x: UnsafePointer<Float>, rowCount: Int,
+                            scratch: ForwardWorkspace.Worker, output: UnsafeMutablePointer<Float>,
+                            beforeDown: () throws -> Void) rethrows {
         let width = expert.gate.rows
         // An expert wider than its config says (a provider's own weights) gets buffers of its
         // own rather than overrunning the workspace (this module builds with -Ounchecked).
@@ -34,6 +43,9 @@ struct DenseMLP {
         let up = ownUp?.pointer ?? scratch.up.pointer       // [n, width]
         expert.gate.apply(x, rowCount: rowCount, into: gate)
         expert.up.apply(x, rowCount: rowCount, into: up)
+        // The biases follow the down matrix in a blob, so they too wait (split reads never
+        // hand out experts with biases; this keeps the order right regardless).
+        try beforeDown()
         if let biases = expert.biases {
             for row in 0..<rowCount {
                 addBias(gate + row * width, biases.gate, width)

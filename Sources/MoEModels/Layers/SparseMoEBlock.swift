@@ -166,7 +166,7 @@ struct SparseMoEBlock {
             }
             try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: {
                 observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
-            }, residentsRan: residentsRan) { worker, expert, weights in
+            }, residentsRan: residentsRan, startsBeforeDown: true) { worker, expert, weights in
                 let assigned = UnsafeBufferPointer(start: entries + starts[expert], count: starts[expert + 1] - starts[expert])
                 // Per worker: the expert's input rows and its output rows, [n, hidden] each.
                 let scratch = workspace.workers[worker]
@@ -175,8 +175,8 @@ struct SparseMoEBlock {
                     (input + i * hidden).update(from: x + entry / topK * hidden, count: hidden)
                 }
                 // The workers already share the cores: each expert's products run unsplit.
-                IntegerDotKernels.serially(workers > 1 && experts.count > 1) {
-                    DenseMLP.apply(weights, activation: activation, input, rowCount: assigned.count, scratch: scratch, output: expertOutput)
+                try IntegerDotKernels.serially(workers > 1 && experts.count > 1) {
+                    try DenseMLP.apply(weights, activation: activation, input, rowCount: assigned.count, scratch: scratch, output: expertOutput)
                 }
                 for (i, entry) in assigned.enumerated() {
                     // entry = row·k + slot: the (row, slot) place, [T, k, hidden].
@@ -196,8 +196,8 @@ struct SparseMoEBlock {
                 for (i, entry) in assigned.enumerated() {
                     (gathered.pointer + i * hidden).update(from: x + entry / topK * hidden, count: hidden)
                 }
-                DenseMLP.apply(weights, activation: activation, gathered.pointer, rowCount: assigned.count, scratch: scratch,
-                               output: expertOutput.pointer)
+                try DenseMLP.apply(weights, activation: activation, gathered.pointer, rowCount: assigned.count, scratch: scratch,
+                                   output: expertOutput.pointer)
                 for (i, entry) in assigned.enumerated() {
                     (contributions.pointer + entry * hidden).update(from: expertOutput.pointer + i * hidden, count: hidden)
                 }
