@@ -238,6 +238,14 @@ func errorText(_ body: () throws -> Void) -> String? {
         #expect(digest("abc") == 0x44BC_2CF5_AD77_0999)
         #expect(digest("Nobody inspects the spammish repetition") == 0xFBCE_A83C_8A37_8BF1)
     }
+
+    /// Inputs of many 32-byte stripes and a tail, against Python's `xxhash` package
+    /// (`xxhash.xxh64(bytes((i * 131 + 7) % 251 for i in range(n))).intdigest()`).
+    @Test func longInputsMatchTheReference() {
+        func pattern(_ count: Int) -> [UInt8] { (0..<count).map { UInt8(($0 * 131 + 7) % 251) } }
+        #expect(pattern(1000).withUnsafeBytes { XXHash64.hash($0) } == 0xE046_69F6_18D1_3C00)
+        #expect(pattern(4096 + 77).withUnsafeBytes { XXHash64.hash($0) } == 0x9BD3_C1BA_7817_4112)
+    }
 }
 
 @Suite struct ExpertStoreConcurrencyTests {
