@@ -196,9 +196,9 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                         startsBeforeDown: false, body)
     }
 
-    /// With `startsBeforeDown`, a worker waiting only for reads takes an expert whose split read
-    /// has brought its gate and up matrices (`ExpertWeights.rest` set) rather than wait for the
-    /// whole of one; whole experts go first.
+    /// With `startsBeforeDown`, a worker waiting for the call's last outstanding expert takes it
+    /// as soon as its split read has brought the gate and up matrices (`ExpertWeights.rest` set)
+    /// rather than wait for the whole of it.
     public func withExperts(layer: Int, experts: [Int], workers: Int, pinned: () -> Void, residentsRan: (([Int]) -> Void)?,
                             startsBeforeDown: Bool, _ body: (Int, Int, ExpertWeights) throws -> Void) throws {
         var ready: [(expert: Int, weights: ExpertWeights)] = []
