@@ -16,6 +16,20 @@ import TensorMath
         return (dir, storeURL)
     }
 
+    /// The fixture packed with its experts widened six times (72 KiB each: large enough to be
+    /// their own mappings, and several 16 KiB pieces).
+    func widenedStore() throws -> (dir: URL, store: URL) {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
+        let original = dir.appendingPathComponent("store")
+        try pack(hf, to: original)
+        let widenedCheckpoint = dir.appendingPathComponent("widened-hf")
+        try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: TinyCheckpoint.expertWidth * 6, to: widenedCheckpoint)
+        let widened = dir.appendingPathComponent("widened")
+        try pack(widenedCheckpoint, to: widened)
+        return (dir, widened)
+    }
+
     /// Reads `length` bytes at `offset` with `reader` into a fresh aligned buffer; the bytes read.
     func bytes(_ reader: any BlockReader, offset: Int, length: Int) throws -> [UInt8] {
         let buffer = AlignedBuffer<UInt8>(count: length, alignment: DirectFileReader.granule)
@@ -223,15 +237,8 @@ import TensorMath
     /// buffers alive (the cache's and the pool's), and dropping everything unregisters all but the
     /// pool's own.
     @Test func aChurningCacheKeepsItsRegisteredBuffersToThoseAlive() throws {
-        let dir = try TinyCheckpoint.temporaryDirectory()
+        let (dir, widened) = try widenedStore()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
-        let original = dir.appendingPathComponent("store")
-        try pack(hf, to: original)
-        let widenedCheckpoint = dir.appendingPathComponent("widened-hf")
-        try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: TinyCheckpoint.expertWidth * 6, to: widenedCheckpoint)
-        let widened = dir.appendingPathComponent("widened")
-        try pack(widenedCheckpoint, to: widened)
         let store = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: .auto)
         guard let uring = store.expertReader as? UringFileReader else {
             Issue.record("io_uring is unavailable here; the registration path is untested")
@@ -310,15 +317,8 @@ import TensorMath
     /// returns; the weights are the plain read's. A corrupt blob fails `rest` with the read's own
     /// checksum error, so a computation begun on the early copy cannot finish.
     @Test func aSplitExpertReadHandsOutGateAndUpFirstAndChecksTheWhole() throws {
-        let dir = try TinyCheckpoint.temporaryDirectory()
+        let (dir, widened) = try widenedStore()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
-        let original = dir.appendingPathComponent("store")
-        try pack(hf, to: original)
-        let widenedCheckpoint = dir.appendingPathComponent("widened-hf")
-        try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: TinyCheckpoint.expertWidth * 6, to: widenedCheckpoint)
-        let widened = dir.appendingPathComponent("widened")
-        try pack(widenedCheckpoint, to: widened)
         let reference = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: .threads)
         // 16 KiB pieces: a 72 KiB expert is several, and its gate and up end before the last.
         for engine in [IOEngineChoice.threads, .auto] {
