@@ -377,8 +377,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         return !(value == "0" || value == "off" || value == "false")
     }()
     /// Blobs shorter than this are read whole even when the caller could start early: a small
-    /// expert's gate and up products are too short to hide anything behind, and one piece is
-    /// cheaper than two. Set before reads begin.
+    /// expert's gate and up products are too short to hide anything behind. Set before reads begin.
     public var splitReadMinimumBytes = 256 * 1024
 
     /// Reads, checks and decodes expert `expert` of `layer` into a new buffer.
@@ -387,7 +386,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     }
 
     /// As `readExpert(layer:expert:)`; when `gateUpArrived` is given and the blob is stored raw,
-    /// without biases and at least `splitReadMinimumBytes` long, it is read in two parts and
+    /// without biases and at least `splitReadMinimumBytes` long, it is a split read: where the
+    /// reader splits (io_uring, when gate and up end before the read's last piece),
     /// `gateUpArrived` receives the expert (with `rest` set) as soon as its gate and up matrices
     /// are in memory, on this thread, while the down matrix is still being read. This call then
     /// returns the same expert whole (without `rest`), after finishing `rest` (successfully or
