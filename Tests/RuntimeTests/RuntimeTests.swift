@@ -91,10 +91,13 @@ import TensorMath
     /// through io_uring in 16 KiB pieces (so its 60 KiB experts split) under a tight cache, each
     /// decode step beginning on the last missing expert's gate and up before its down matrix has
     /// arrived, gives the logits of whole reads bit for bit, and the cache counts the early starts.
+    /// A corrupt read under split reads fails that forward pass with the checksum error, leaves
+    /// nothing pinned, and the same model then decodes as before.
     @Test func splitExpertReadsGiveTheLogitsOfWholeReads() throws {
         let prompt = [1, 42, 7, 300, 5, 88, 19]
-        func decode(splitting: Bool) throws -> (logits: [[Float]], stats: ExpertCacheStats)? {
-            let store = try ExpertStore(url: Self.demo, ioEngine: .auto, ioPieceBytes: 16 << 10)
+        func decode(splitting: Bool, corruptFirstRead: Bool = false) throws -> (logits: [[Float]], stats: ExpertCacheStats)? {
+            let faults = corruptFirstRead ? FaultInjector(try FaultPlan(specification: "corrupt_blob=once")) : FaultInjector()
+            let store = try ExpertStore(url: Self.demo, faults: faults, ioEngine: .auto, ioPieceBytes: 16 << 10)
             guard store.expertReader is UringFileReader else { return nil }
             store.splitReadMinimumBytes = splitting ? 0 : .max
             let config = store.config
@@ -107,6 +110,15 @@ import TensorMath
                 layers: config.moeLayers)
             defer { cache.close() }
             let model = try TransformerModel(config: config, weights: store, experts: cache)
+            if corruptFirstRead {
+                var failure = ""
+                do { _ = try model.forward([SequenceInput(cache: model.makeCache(), tokens: prompt)]) } catch { failure = "\(error)" }
+                #expect(failure.contains("checksum mismatch"), "\(failure)")
+                // A step that began on the early copy can end before the reader has counted the failure.
+                let deadline = Date().addingTimeInterval(10)
+                while cache.statistics().total.loadFailures == 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.001) }
+                #expect(cache.pinCount() == 0 && cache.statistics().total.loadFailures == 1)
+            }
             let kv = model.makeCache()
             var logits = [try model.forward([SequenceInput(cache: kv, tokens: prompt)])[0]]
             for _ in 0..<10 {
@@ -120,6 +132,7 @@ import TensorMath
             return
         }
         #expect(split.logits == whole.logits)
+        #expect(try decode(splitting: true, corruptFirstRead: true)?.logits == whole.logits)
         #expect(whole.stats.total.splitStarts == 0)
         #expect(split.stats.total.misses > 0 && split.stats.total.splitStarts > 0 && split.stats.total.loadFailures == 0)
     }
