@@ -370,12 +370,15 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// experts than this reads the rest unregistered.
     public static let registrationSlots = 1 << 14
 
-    /// Whether reads that a caller can start on early are split (`readExpert(...gateUpArrived:)`);
-    /// `MOE_SPLIT_READS=off` turns it off, for comparison.
-    public static let splitsReads: Bool = {
+    /// Whether stores split the reads a caller can start on early (`readExpert(...gateUpArrived:)`):
+    /// only with `MOE_SPLIT_READS=on`. Off by default: on this 2-core VM's disk they measured
+    /// 1.01x for one sequence and 0.94x for eight (docs/BENCHMARKS.md, "Session 22: split reads").
+    public static let splitsReadsByDefault: Bool = {
         let value = ProcessInfo.processInfo.environment["MOE_SPLIT_READS"]?.lowercased()
-        return !(value == "0" || value == "off" || value == "false")
+        return value == "1" || value == "on" || value == "true"
     }()
+    /// Whether this store splits reads (`splitsReadsByDefault` unless set). Set before reads begin.
+    public var splitsReads = ExpertStore.splitsReadsByDefault
     /// Blobs shorter than this are read whole even when the caller could start early: a small
     /// expert's gate and up products are too short to hide anything behind. Set before reads begin.
     public var splitReadMinimumBytes = 256 * 1024
@@ -432,7 +435,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         let blobLayout = self.layout(of: entry)
         // A split read goes straight into `buffer` (raw blobs only), so the early matrices view
         // the bytes the whole expert will keep.
-        let firstPart = gateUpArrived != nil && Self.splitsReads && entry.storedRaw && entry.storedLength >= splitReadMinimumBytes
+        let firstPart = gateUpArrived != nil && splitsReads && entry.storedRaw && entry.storedLength >= splitReadMinimumBytes
             ? gateUpPart(of: blobLayout, storedLength: entry.storedLength) : nil
         var rest: ExpertArrival?
         do {

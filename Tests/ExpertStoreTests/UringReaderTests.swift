@@ -323,6 +323,7 @@ import TensorMath
         // 16 KiB pieces: a 72 KiB expert is several, and its gate and up end before the last.
         for engine in [IOEngineChoice.threads, .auto] {
             let store = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: engine, ioPieceBytes: 16 << 10)
+            store.splitsReads = true
             store.splitReadMinimumBytes = 0
             guard store.expertReader is UringFileReader else {
                 // The thread-pool reader reads whole: the same weights, nothing handed over.
@@ -359,6 +360,7 @@ import TensorMath
         // Bit rot in the blob: the early copy's `rest` fails with the checksum error.
         let corrupt = try ExpertStore(url: widened, faults: FaultInjector(try FaultPlan(specification: "corrupt_blob=1/2")), ioEngine: .auto,
                                       ioPieceBytes: 16 << 10)
+        corrupt.splitsReads = true
         corrupt.splitReadMinimumBytes = 0
         var early: StoredExpert?
         let thrown = errorText { _ = try corrupt.readExpert(layer: 1, expert: 2) { early = $0 } }

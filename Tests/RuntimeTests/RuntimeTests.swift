@@ -99,7 +99,8 @@ import TensorMath
             let faults = corruptFirstRead ? FaultInjector(try FaultPlan(specification: "corrupt_blob=once")) : FaultInjector()
             let store = try ExpertStore(url: Self.demo, faults: faults, ioEngine: .auto, ioPieceBytes: 16 << 10)
             guard store.expertReader is UringFileReader else { return nil }
-            store.splitReadMinimumBytes = splitting ? 0 : .max
+            store.splitsReads = splitting
+            store.splitReadMinimumBytes = 0
             let config = store.config
             let loader = StoreExpertLoader(store: store)
             let bytes = loader.expertByteCount(layer: 0, expert: 0)
