@@ -137,43 +137,48 @@ public final class UringFileReader: BlockReader, @unchecked Sendable {
                      firstPartArrived: () -> Void) throws -> Int {
         guard length > 0 else { return 0 }
         let split = firstPart > 0 && firstPart < length ? firstPart : length
-        // [start, count) of each piece.
-        let pieces: [(start: Int, count: Int)] = stride(from: 0, to: length, by: pieceBytes).map { ($0, min(pieceBytes, length - $0)) }
-        // Those holding any of the first part's bytes.
+        // Piece i is [i · pieceBytes, +pieceLength(i)); the first `firstPieces` hold the first part.
+        let pieces = (length + pieceBytes - 1) / pieceBytes
         let firstPieces = (split + pieceBytes - 1) / pieceBytes
+        func pieceLength(_ index: Int) -> Int { min(pieceBytes, length - index * pieceBytes) }
         // Looked up once for the whole range; every piece lies inside it.
         let fixed = ring.fixedIndex(buffer, length)
-        let firstDone = DispatchSemaphore(value: 0), restDone = DispatchSemaphore(value: 0)
+        // A plain read (no piece after the first part) waits on one semaphore, as before splits.
+        let firstDone = DispatchSemaphore(value: 0)
+        let restDone = firstPieces < pieces ? DispatchSemaphore(value: 0) : firstDone
         // Each piece's completion writes only its own element; the waits below order the reads.
-        nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Result<Int, UringReadError>>.allocate(capacity: pieces.count)
+        nonisolated(unsafe) let results = UnsafeMutableBufferPointer<Result<Int, UringReadError>>.allocate(capacity: pieces)
         results.initialize(repeating: .success(0))
         defer { results.deallocate() }
-        for (index, piece) in pieces.enumerated() {
-            let done = index < firstPieces ? firstDone : restDone
-            ring.submit(into: buffer + piece.start, offset: offset + piece.start, length: piece.count, fixedIndex: fixed) { result in
-                results[index] = result
+        for piece in 0..<pieces {
+            let start = piece * pieceBytes
+            let done = piece < firstPieces ? firstDone : restDone
+            ring.submit(into: buffer + start, offset: offset + start, length: pieceLength(piece), fixedIndex: fixed) { result in
+                results[piece] = result
                 done.signal()
             }
         }
         for _ in 0..<firstPieces { firstDone.wait() }
-        // The first part is in when each of its pieces is, up to the part's own end (a short last
-        // piece past the end of the file leaves it incomplete).
-        let firstComplete = (0..<firstPieces).allSatisfy { index in
-            guard case let .success(got) = results[index] else { return false }
-            return got >= min(pieces[index].count, split - pieces[index].start)
+        if firstPieces < pieces {
+            // The first part is in when each of its pieces is, up to the part's own end (a short
+            // piece at the end of the file leaves it incomplete).
+            let firstComplete = (0..<firstPieces).allSatisfy { piece in
+                guard case let .success(got) = results[piece] else { return false }
+                return got >= min(pieceLength(piece), split - piece * pieceBytes)
+            }
+            if firstComplete { firstPartArrived() }
+            // Every piece is waited for, also after a failure: none may still write into `buffer`.
+            for _ in firstPieces..<pieces { restDone.wait() }
         }
-        if firstComplete && firstPieces < pieces.count { firstPartArrived() }
-        // Every piece is waited for, also after a failure: none may still write into `buffer`.
-        for _ in firstPieces..<pieces.count { restDone.wait() }
         // Bytes read: up to the first piece that came back short (end of file).
         var total = 0
-        for (index, piece) in pieces.enumerated() {
-            switch results[index] {
+        for piece in 0..<pieces {
+            switch results[piece] {
             case let .failure(failure):
                 throw ModelFormatError.file(file.path, "read of \(length) bytes at offset \(offset) failed: \(String(cString: strerror(failure.code))) (io_uring)")
             case let .success(got):
                 total += got
-                if got < piece.count { return total }
+                if got < pieceLength(piece) { return total }
             }
         }
         return total
