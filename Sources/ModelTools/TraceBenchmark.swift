@@ -33,9 +33,9 @@ public struct TraceBenchmark: Sendable {
         public var cachePerLayer: Int
         public var layers: Int
         public var topK: Int
-        /// Each policy's result by name (`lru`, `lfu`, `lrfu`, `hotset`, `learned`, `sequence`, `belady`, and with
-        /// more than one recorded layer the shared-pool `lru_global`, `lfu_global`, `lrfu_global`,
-        /// `learned_global`, `sequence_global`, `fate`, `belady_global`).
+        /// Each policy's result by name (`lru`, `lfu`, `lrfu`, `hotset`, `learned`, `sequence`, `sequence_measured`,
+        /// `belady`, and with more than one recorded layer the shared-pool `lru_global`, `lfu_global`,
+        /// `lrfu_global`, `learned_global`, `sequence_global`, `sequence_measured_global`, `fate`, `belady_global`).
         public var policies: [String: TraceReplay.Result]
         /// The policies in the order they ran (the table's order).
         public var order: [String]
@@ -72,6 +72,7 @@ public struct TraceBenchmark: Sendable {
                 ("hotset", HotSetPolicy(hotPerLayer: slots / 2), .perLayer),
                 ("learned", LearnedPolicy(), .perLayer),
                 ("sequence", SequenceAwarePolicy(parameters: try Self.sequenceParameters()), .perLayer),
+                ("sequence_measured", SequenceAwarePolicy(parameters: try Self.sequenceParameters(learnsRecency: true)), .perLayer),
                 ("belady", BeladyPolicy(), .perLayer),
             ]
             if recorded.count > 1 {
@@ -81,6 +82,7 @@ public struct TraceBenchmark: Sendable {
                     ("lrfu_global", LRFUPolicy(), .global),
                     ("learned_global", LearnedPolicy(), .global),
                     ("sequence_global", SequenceAwarePolicy(parameters: try Self.sequenceParameters()), .global),
+                    ("sequence_measured_global", SequenceAwarePolicy(parameters: try Self.sequenceParameters(learnsRecency: true)), .global),
                     ("fate", LayerAwarePolicy(shallowLayerCount: shallowBoundary), .global),
                     ("belady_global", BeladyPolicy(), .global),  // no floors: the unconstrained optimum bounds every floored policy
                 ]
@@ -148,9 +150,11 @@ public struct TraceBenchmark: Sendable {
         let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
         let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
         let sequenceParameters = try Self.sequenceParameters()
+        let measuredRecencyParameters = try Self.sequenceParameters(learnsRecency: true)
         let makers: [(String, () -> any CachePolicy)] = [
             ("lru_global", { LRUPolicy() }), ("lfu_global", { LFUPolicy() }), ("lrfu_global", { LRFUPolicy() }),
             ("learned_global", { LearnedPolicy() }), ("sequence_global", { SequenceAwarePolicy(parameters: sequenceParameters) }),
+            ("sequence_measured_global", { SequenceAwarePolicy(parameters: measuredRecencyParameters) }),
             ("fate", { LayerAwarePolicy(shallowLayerCount: shallowBoundary) }), ("belady_global", { BeladyPolicy() }),
         ]
         var rows: [BatchRow] = []
@@ -171,12 +175,12 @@ public struct TraceBenchmark: Sendable {
         }
         let output = BatchOutput(cachePerLayer: slots, layers: recorded.count, topK: topK, floor: floorSlots, order: makers.map(\.0), rows: rows)
         var lines = ["trace: \(trace.tokens.count) tokens in \(Set(trace.tokens.map(\.seq)).count) sequences, \(recorded.count) layers, top-\(topK), one pool of \(slots) experts per layer",
-                     "sequences  steps  union/layer  policy          hit rate  experts read/token  × one sequence (reads)"]
+                     "sequences  steps  union/layer  policy                    hit rate  experts read/token  × one sequence (reads)"]
         for row in rows {
             for name in output.order {
                 guard let result = row.policies[name] else { continue }
                 lines.append(String(format: "%9d  %5d  %11.1f  ", row.sequences, row.steps, row.unionPerLayer)
-                             + name.padding(toLength: 16, withPad: " ", startingAt: 0)
+                             + name.padding(toLength: 26, withPad: " ", startingAt: 0)
                              + String(format: "%.4f    %18.2f  %8.2f", result.hitRate, result.missesPerToken, row.readsRatioToOneSequence[name] ?? 0))
             }
         }
@@ -185,8 +189,12 @@ public struct TraceBenchmark: Sendable {
 
     /// The sequence-aware policy's parameters: the defaults, or `MOE_SEQUENCE_PARAMETERS` =
     /// "priorWeight,recencyWeight,recencyHalfLife,longHalfLife" (in layer references) to sweep them.
-    static func sequenceParameters(_ setting: String? = ProcessInfo.processInfo.environment["MOE_SEQUENCE_PARAMETERS"]) throws -> SequenceAwarePolicy.Parameters {
+    /// `learnsRecency: true` is the `sequence_measured` rows: the recency bonus measured on the
+    /// stream (opt-in at run time), replayed next to the default's fixed one.
+    static func sequenceParameters(_ setting: String? = ProcessInfo.processInfo.environment["MOE_SEQUENCE_PARAMETERS"],
+                                   learnsRecency: Bool = false) throws -> SequenceAwarePolicy.Parameters {
         var parameters = SequenceAwarePolicy.Parameters()
+        parameters.learnsRecency = learnsRecency
         guard let text = setting, !text.isEmpty else { return parameters }
         let values = text.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
         guard values.count == 4, values[0] > 0, values[1] >= 0, values[2] > 0, values[3] > 0 else {
@@ -214,12 +222,12 @@ public struct TraceBenchmark: Sendable {
     private func table(_ output: Output, order: [String]) -> String {
         let belady = output.policies["belady"]!.hitRate
         var lines = ["trace: \(output.tokens) tokens, \(output.layers) layers, top-\(output.topK), \(output.cachePerLayer) experts cached per layer",
-                     "policy          pool        hit rate   vs belady (same pool)   LRU→Belady gap closed   ns/request"]
+                     "policy                    pool        hit rate   vs belady (same pool)   LRU→Belady gap closed   ns/request"]
         for name in order {
             guard let result = output.policies[name] else { continue }
             let optimum = result.pool == .global ? output.policies["belady_global"]!.hitRate : belady
             let gap = String(format: "%+.4f", result.hitRate - optimum)
-            lines.append(name.padding(toLength: 16, withPad: " ", startingAt: 0)
+            lines.append(name.padding(toLength: 26, withPad: " ", startingAt: 0)
                          + result.pool.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0)
                          + String(format: "%.4f     ", result.hitRate) + gap
                          + (output.gapClosed[name].map { String(format: "                 %4.0f%%", 100 * $0) } ?? "                      ")

@@ -263,4 +263,88 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         #expect(abs(policy.score(c) - 1.0) < 1e-9)
         #expect(policy.victim(among: [a, c]) == a) // equal scores: the lower key
     }
+
+    /// One long sequence on layer 0: expert 0 every token; a "pair" expert (1…6 in turn) on two
+    /// consecutive tokens, so each is used on 1 token in 6 and, the token after a first use, again
+    /// half the time; expert 9 every third token (1 in 3), never sooner. Right after the first
+    /// token of a pair, with 9 two tokens old, popularity alone keeps 9 (twice as popular);
+    /// the measured recency table knows the pair expert comes back half the time at age 1 and
+    /// that 9 never comes back at age 2, so it keeps the pair expert.
+    @Test func aMeasuredRecencyBonusKeepsWhatTheStreamReusesNext() {
+        let lastToken = 640   // the first of a pair, the token after one of 9's
+        /// `reportsFirst`: the runtime's order (the router reports a token before its experts are
+        /// used); otherwise the trace replay's (after).
+        func run(learnsRecency: Bool, reportsFirst: Bool = false) -> SequenceAwarePolicy {
+            var parameters = SequenceAwarePolicy.Parameters()
+            parameters.learnsRecency = learnsRecency
+            var policy = SequenceAwarePolicy(parameters: parameters)
+            for token in 0...lastToken {
+                var routed = [0, 1 + (token / 2) % 6]
+                if token % 3 == 0 { routed.append(9) }
+                if reportsFirst { policy.sequence(1, routedTo: routed, layer: 0) }
+                for expert in routed {
+                    let key = ExpertKey(layer: 0, expert: expert)
+                    policy.didInsert(key); policy.didAccess(key)
+                }
+                if !reportsFirst { policy.sequence(1, routedTo: routed, layer: 0) }
+            }
+            return policy
+        }
+        let pairExpert = ExpertKey(layer: 0, expert: 1 + (lastToken / 2) % 6), everyThird = ExpertKey(layer: 0, expert: 9)
+        #expect(run(learnsRecency: false).victim(among: [pairExpert, everyThird]) == pairExpert)
+        let learned = run(learnsRecency: true)
+        #expect(learned.victim(among: [pairExpert, everyThird]) == everyThird)
+        // In per-token terms: the pair expert about half (its measured rate at age 1), 9 about none.
+        let perToken = Double(2 * (lastToken + 1) + lastToken / 3 + 1) / Double(lastToken + 1)
+        #expect(abs(learned.estimate(everyThird) * perToken - 1.0 / 3) < 0.01)
+        #expect(abs(learned.score(pairExpert) * perToken - 0.5) < 0.1)
+        #expect(learned.score(everyThird) * perToken < 0.05)
+        // The runtime's order measures the same ages.
+        let reportsFirst = run(learnsRecency: true, reportsFirst: true)
+        #expect(reportsFirst.victim(among: [pairExpert, everyThird]) == everyThird)
+        #expect(abs(reportsFirst.score(pairExpert) - learned.score(pairExpert)) * perToken < 0.02)
+        #expect(abs(reportsFirst.score(everyThird) - learned.score(everyThird)) * perToken < 0.02)
+        // A prefetch not used yet keeps the fixed bonus on top of its estimate.
+        var prefetched = learned
+        let fresh = ExpertKey(layer: 0, expert: 7)
+        prefetched.didInsert(fresh)
+        #expect(abs(prefetched.score(fresh) - (prefetched.estimate(fresh) + SequenceAwarePolicy.Parameters().recencyWeight)) < 1e-12)
+    }
+}
+
+@Suite struct RecencyCalibrationTests {
+    @Test func agesAreCountedOneByOneThenInDoublings() {
+        #expect((0...9).map(RecencyCalibration.ageBucket) == [0, 1, 2, 3, 4, 4, 4, 4, 5, 5])
+        #expect(RecencyCalibration.ages(of: 3) == (3, 4) && RecencyCalibration.ages(of: 5) == (8, 16))
+        #expect(RecencyCalibration.ageBucket(1 << 40) == RecencyCalibration.ageBuckets - 1)
+        #expect(RecencyCalibration.ages(of: RecencyCalibration.ageBuckets - 1).upper == Int.max)
+        // log2 classes of the per-token estimate; nothing and the tiniest share the lowest.
+        #expect(RecencyCalibration.estimateClass(1) == 7 && RecencyCalibration.estimateClass(0.5) == 7)
+        #expect(RecencyCalibration.estimateClass(0.25) == 6 && RecencyCalibration.estimateClass(0.2) == 5)
+        #expect(RecencyCalibration.estimateClass(0) == 0 && RecencyCalibration.estimateClass(1e-9) == 0)
+    }
+
+    /// Hand-computed residuals: (uses − Σ estimate) / exposures, shrunk by exposures / (exposures + 20).
+    @Test func theBonusIsTheUseRateTheEstimateMissed() {
+        var table = RecencyCalibration()
+        table.recordUse(age: 1, estimate: 0.25)
+        table.recordUse(age: 1, estimate: 0.25)
+        table.refresh(open: [], decay: 1)
+        // Age 1, class of 0.25: 2 uses in 2 exposures, 0.5 expected.
+        #expect(abs(table.bonus(age: 1, estimate: 0.25) - 0.75 * 2 / 22) < 1e-12)
+        #expect(table.bonus(age: 1, estimate: 0.9) == 0)   // another class: no evidence
+        // An expert 3 tokens old, not used since: exposures at ages 1 and 2 without a use.
+        table.refresh(open: [(age: 3, estimate: 0.25)], decay: 1)
+        #expect(abs(table.bonus(age: 1, estimate: 0.25) - (2 - 0.75) / 3 * 3 / 23) < 1e-12)
+        #expect(abs(table.bonus(age: 2, estimate: 0.25) - (0 - 0.25) / 1 * 1 / 21) < 1e-12)
+        // A use at age 5: exposures at 1, 2, 3 and two in [4, 8), the use in [4, 8).
+        var other = RecencyCalibration()
+        other.recordUse(age: 5, estimate: 0.25)
+        other.refresh(open: [], decay: 0.5)
+        #expect(abs(other.bonus(age: 3, estimate: 0.25) - (-0.25) / 21) < 1e-12)
+        #expect(abs(other.bonus(age: 6, estimate: 0.25) - (1 - 0.5) / 2 * 2 / 22) < 1e-12)
+        // The refresh decayed the evidence by half: the same residual, less sure.
+        other.refresh(open: [], decay: 1)
+        #expect(abs(other.bonus(age: 6, estimate: 0.25) - (0.5 - 0.25) / 1 * 1 / 21) < 1e-12)
+    }
 }

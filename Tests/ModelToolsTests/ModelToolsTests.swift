@@ -53,8 +53,9 @@ import Testing
         #expect(output.layers == 4)
         #expect(output.topK == 2)
         #expect(output.cachePerLayer == 4)
-        #expect(output.order == ["lru", "lfu", "lrfu", "hotset", "learned", "sequence", "belady",
-                                 "lru_global", "lfu_global", "lrfu_global", "learned_global", "sequence_global", "fate", "belady_global"])
+        #expect(output.order == ["lru", "lfu", "lrfu", "hotset", "learned", "sequence", "sequence_measured", "belady",
+                                 "lru_global", "lfu_global", "lrfu_global", "learned_global", "sequence_global", "sequence_measured_global",
+                                 "fate", "belady_global"])
         // The gap each policy closes is measured against LRU and Belady of its own pool.
         #expect(output.gapClosed["lru"] == 0 && output.gapClosed["belady"] == 1)
         #expect(output.gapClosed["lru_global"] == 0 && output.gapClosed["belady_global"] == 1)

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The eviction policies selectable by name (configuration, `--cache-policy`).
 public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
     /// `LRUPolicy`.
@@ -26,7 +28,11 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
         case .fate: return LayerAwarePolicy(shallowLayerCount: shallowLayerCount ?? max(1, layerCount / 4))
         case .hotset: return HotSetPolicy(hotPerLayer: hotPerLayer)
         case .learned: return LearnedPolicy()
-        case .sequence: return SequenceAwarePolicy()
+        case .sequence:
+            // `MOE_LEARNED_RECENCY=on` measures the recency bonus on the stream (opt-in; an A/B switch).
+            var parameters = SequenceAwarePolicy.Parameters()
+            parameters.learnsRecency = ProcessInfo.processInfo.environment["MOE_LEARNED_RECENCY"] == "on"
+            return SequenceAwarePolicy(parameters: parameters)
         }
     }
 }
