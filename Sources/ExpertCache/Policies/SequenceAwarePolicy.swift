@@ -121,9 +121,11 @@ public struct SequenceAwarePolicy: CachePolicy {
     /// age, so what was just read gets the recency bonus.
     public mutating func didInsert(_ key: ExpertKey) {
         let layer = layers[key.layer, default: LayerState()]
-        experts[key, default: ExpertState()].touched = layer.clock
-        experts[key, default: ExpertState()].touchedAtToken = layer.tokenInProgress
-        experts[key, default: ExpertState()].insertedUnused = true
+        var state = experts[key, default: ExpertState()]
+        state.touched = layer.clock
+        state.touchedAtToken = layer.tokenInProgress
+        state.insertedUnused = true
+        experts[key] = state
     }
 
     public mutating func didAccess(_ key: ExpertKey) {
@@ -200,7 +202,7 @@ public struct SequenceAwarePolicy: CachePolicy {
     public func score(_ key: ExpertKey) -> Double {
         let layer = layers[key.layer] ?? LayerState()
         let state = experts[key] ?? ExpertState()
-        let estimate = estimate(key)
+        let estimate = estimate(key, layer: layer, state: state)
         // A prefetch not used yet keeps the fixed bonus: the table measures reuse, not a prediction's worth.
         if calibrated, !state.insertedUnused, let perToken = layer.referencesPerToken {
             let perTokenChance = min(1, perToken * estimate)
@@ -214,8 +216,10 @@ public struct SequenceAwarePolicy: CachePolicy {
     /// `p(e)`: the running sequences' share of references to `key`, shrunk towards its
     /// long-run share of its layer's references.
     func estimate(_ key: ExpertKey) -> Double {
-        let layer = layers[key.layer] ?? LayerState()
-        let state = experts[key] ?? ExpertState()
+        estimate(key, layer: layers[key.layer] ?? LayerState(), state: experts[key] ?? ExpertState())
+    }
+
+    private func estimate(_ key: ExpertKey, layer: LayerState, state: ExpertState) -> Double {
         let share = layer.total > 0 ? state.count * decay(layer.clock - state.countedAt) / layer.total : 0
         return (Double(local[key] ?? 0) + parameters.priorWeight * share)
             / (Double(localTotal[key.layer] ?? 0) + parameters.priorWeight)
@@ -231,7 +235,7 @@ public struct SequenceAwarePolicy: CachePolicy {
         open.reserveCapacity(experts.count)
         for (key, state) in experts {
             guard let used = state.usedAtToken, let layer = layers[key.layer], let perToken = layer.referencesPerToken else { continue }
-            open.append((layer.tokens - used, min(1, perToken * estimate(key))))
+            open.append((layer.tokens - used, min(1, perToken * estimate(key, layer: layer, state: state))))
         }
         guard !open.isEmpty else { return }
         calibration.refresh(open: open, decay: exp2(-Double(uses) / Self.calibrationHalfLife))
