@@ -764,9 +764,6 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 CorePair.quiet(1)
             }
             readsRunning += 1
-            // The credit is a count of reads not yet started; with none queued it can only be
-            // left over (a read that failed before taking its buffer), so it goes.
-            if queue.queuedCount == 0 { loader.noReadsExpected() }
             lock.unlock()
             let result = Result {
                 lowBit ? try loader.loadLowBitExpert(layer: job.key.layer, expert: ~job.key.expert)
@@ -786,6 +783,12 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             if readsRunning == 0 {
                 busyNanoseconds += ended - busySince
                 CorePair.quiet(-1)
+                // The credit counts reads not yet started. With none queued and none running, every
+                // read has taken its buffer, so what is left is over (a read that failed before
+                // taking one) and goes. Not when the last queued read starts: the reads started
+                // just before it may not have taken their pooled buffers yet, and dropping the
+                // credit then unmapped one of them (BufferRecyclingTests, under load).
+                if queue.queuedCount == 0 { loader.noReadsExpected() }
             }
             count(job.key.layer) { $0.readSeconds += Double(ended - started) / 1e9 }
             queue.finish(job)
