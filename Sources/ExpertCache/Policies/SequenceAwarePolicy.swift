@@ -165,6 +165,8 @@ public struct SequenceAwarePolicy: CachePolicy {
             local[key, default: 0] += 1
         }
         localTotal[layer, default: 0] += routed.count
+        // Token counts only feed the measured recency bonus: the default pays nothing more per row.
+        guard parameters.learnsRecency else { return }
         var state = layers[layer, default: LayerState()]
         if state.reportsLead == nil { state.reportsLead = true }
         state.tokens += 1

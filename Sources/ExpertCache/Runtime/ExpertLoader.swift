@@ -20,7 +20,8 @@ public protocol ExpertLoader: Sendable {
     /// started; called before it evicts what makes the room, so a loader that recycles buffers
     /// may keep the evicted ones for those reads (`BufferPool`).
     func expectReads(bytes: Int)
-    /// No reads are queued: a loader keeps no buffers for them.
+    /// No reads are queued or running (every started read has taken its buffer): a loader keeps
+    /// no buffers for reads to come.
     func noReadsExpected()
 }
 
