@@ -107,6 +107,7 @@ struct TraceBenchCommand: ParsableCommand {
     @Option(name: .customLong("floor"), help: "Experts per layer protected in the shared pool (default: the trace's top-k).") var floor: Int?
     @Option(name: .customLong("shallow-layers"), help: "Layers Fate favours (default: the first quarter of the recorded layers).") var shallowLayers: Int?
     @Option(name: .customLong("sequences"), help: "Replay as this many sequences decoding together, e.g. 1,8,32,64: each step requests a layer's union, in one pool shared by all layers; reports experts read per token against one sequence.") var sequences: String?
+    @Flag(name: .customLong("as-recorded"), help: "Replay the trace's engine steps through the shared-pool policies: as recorded (bench batch --record-trace: batches and prefill steps as they ran), or for a trace without steps each prompt's prefill as one step, as generate runs it.") var asRecorded = false
 
     func run() throws {
         try reportingErrors {
@@ -127,7 +128,12 @@ struct TraceBenchCommand: ParsableCommand {
             encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
             var data: Data
             let table: String
-            if let sequences {
+            if asRecorded {
+                guard sequences == nil else { throw CommandError("--as-recorded replays the batches the trace recorded: leave out --sequences") }
+                let (output, text) = try benchmark.runRecorded()
+                data = try encoder.encode(output)
+                table = text
+            } else if let sequences {
                 let counts = try sequences.split(separator: ",").map { part -> Int in
                     guard let count = Int(part.trimmingCharacters(in: .whitespaces)), count >= 1 else {
                         throw CommandError("--sequences: expected counts of at least 1 separated by commas (e.g. 1,8,32,64), got '\(sequences)'")
@@ -213,6 +219,8 @@ struct BenchBatchCommand: ParsableCommand {
     @Option(help: "Runs per concurrency (the median is reported).") var runs = 3
     @Flag(name: .customLong("compare-prefetch"), help: "Measure with prefetch off and on, alternating, and report the ratio.")
     var comparePrefetch = false
+    @Option(name: .customLong("record-trace"), help: "Directory: write each run's routing, step by step, to DIR/batch-<N>seq-prefetch-<on|off>-run<R>.jsonl (replay with bench trace --as-recorded).")
+    var recordTrace: String?
     @OptionGroup var runtimeOptions: RuntimeOptions
     @OptionGroup var lossy: LossyOptions
 
@@ -230,6 +238,15 @@ struct BenchBatchCommand: ParsableCommand {
             benchmark.seed = seed
             benchmark.runs = runs
             benchmark.comparePrefetch = comparePrefetch
+            if let recordTrace {
+                var isDirectory: ObjCBool = false
+                if !FileManager.default.fileExists(atPath: recordTrace, isDirectory: &isDirectory) {
+                    try FileManager.default.createDirectory(atPath: recordTrace, withIntermediateDirectories: true)
+                } else if !isDirectory.boolValue {
+                    throw CommandError("--record-trace \(recordTrace): not a directory")
+                }
+                benchmark.traceDirectory = URL(fileURLWithPath: recordTrace, isDirectory: true)
+            }
             benchmark.skipMissingBelow = lossy.skipMissingBelow
             benchmark.lowBitMisses = try lossy.lowBitMissesOn()
             let (report, table) = try benchmark.run()

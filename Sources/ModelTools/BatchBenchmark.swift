@@ -40,6 +40,9 @@ public struct BatchBenchmark: Sendable {
     public var skipMissingBelow: Float?
     /// Lossy: run missing experts from the store's low-bit copies (docs/LOSSY.md).
     public var lowBitMisses = false
+    /// Where each run's routing is recorded, step by step (`batch-<N>seq-prefetch-<mode>-run<R>.jsonl`;
+    /// nil: not recorded). The recorder sees the same steps the cache does, prefill included.
+    public var traceDirectory: URL?
 
     /// A benchmark of the model `specification` describes, with the default settings.
     public init(specification: RuntimeSpecification) { self.specification = specification }
@@ -200,6 +203,11 @@ public struct BatchBenchmark: Sendable {
         guard needed <= kv else {
             throw ToolError("the KV cache budget (\(formatBytes(kv))) holds fewer than \(count) sequences of \(promptTokens + genTokens) tokens (\(formatBytes(needed))): raise --memory-budget or lower --gen-tokens")
         }
+        let recorder = try traceDirectory.map {
+            try TraceRecorder(url: $0.appendingPathComponent("batch-\(count)seq-prefetch-\(prefetch)-run\(run).jsonl"),
+                              layerCount: transformer.config.layerCount)
+        }
+        runtime.chain(recorder)
         let engine = Engine(model: transformer, limits: limits, decode: { _ in "" })
         engine.start()
         defer { engine.shutdown(grace: 0) }
@@ -231,6 +239,7 @@ public struct BatchBenchmark: Sendable {
             }
         }
         group.wait()
+        try recorder?.finish()
         if let message = failure.message { throw ToolError("a sequence failed: \(message)") }
         var measurement = try window.result()
         measurement.expertCacheBytes = runtime.cache?.statistics().budgetBytes ?? 0

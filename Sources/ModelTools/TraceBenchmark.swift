@@ -187,6 +187,77 @@ public struct TraceBenchmark: Sendable {
         return (output, lines.joined(separator: "\n") + "\n")
     }
 
+    /// The JSON `bench trace --as-recorded` prints.
+    public struct RecordedOutput: Encodable {
+        public var tokens: Int
+        public var steps: Int
+        public var cachePerLayer: Int
+        public var layers: Int
+        public var topK: Int
+        /// Experts per layer each floored policy protects (Belady has none).
+        public var floor: Int
+        /// The policies in the order they ran.
+        public var order: [String]
+        public var policies: [String: TraceReplay.RecordedResult]
+        /// Per policy, the share of the LRU→Belady gap it closes over every step, and over the
+        /// decode window (what `bench batch` counts; for a trace of sequences run one after
+        /// another, only the last one's decode).
+        public var gapClosed: [String: Double]
+        public var gapClosedDecodeWindow: [String: Double]
+
+        enum CodingKeys: String, CodingKey {
+            case tokens, steps, cachePerLayer = "cache_per_layer", layers, topK = "top_k", floor, order, policies, gapClosed = "gap_closed"
+            case gapClosedDecodeWindow = "gap_closed_decode_window"
+        }
+    }
+
+    /// Replays the trace's recorded steps (a batching engine's, written by `bench batch
+    /// --record-trace`) through the shared-pool policies and Belady's optimum, so that a live
+    /// run's routing, prefill steps and batch included, can be replayed policy against policy.
+    public func runRecorded() throws -> (output: RecordedOutput, table: String) {
+        let recorded = trace.recordedLayers
+        guard !trace.tokens.isEmpty, !recorded.isEmpty else { throw ToolError("the trace has no recorded tokens") }
+        let slots = try slotsPerLayer(recordedLayers: recorded.count)
+        let topK = trace.maxExpertsPerToken
+        let floorSlots = floor ?? topK
+        let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
+        let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
+        let sequenceParameters = try Self.sequenceParameters()
+        let measuredRecencyParameters = try Self.sequenceParameters(learnsRecency: true)
+        let makers: [(String, () -> any CachePolicy)] = [
+            ("lru_global", { LRUPolicy() }), ("lfu_global", { LFUPolicy() }), ("lrfu_global", { LRFUPolicy() }),
+            ("learned_global", { LearnedPolicy() }), ("sequence_global", { SequenceAwarePolicy(parameters: sequenceParameters) }),
+            ("sequence_measured_global", { SequenceAwarePolicy(parameters: measuredRecencyParameters) }),
+            ("fate", { LayerAwarePolicy(shallowLayerCount: shallowBoundary) }), ("belady_global", { BeladyPolicy() }),
+        ]
+        var results: [String: TraceReplay.RecordedResult] = [:]
+        for (name, make) in makers {
+            results[name] = try TraceReplay.runRecorded(trace, policy: make, cachePerLayer: slots,
+                                                        floorSlots: name == "belady_global" ? 0 : floorSlots)
+        }
+        func gaps(_ rate: (TraceReplay.RecordedResult) -> Double) -> [String: Double] {
+            let lru = rate(results["lru_global"]!), belady = rate(results["belady_global"]!)
+            guard belady > lru else { return [:] }
+            return results.mapValues { (rate($0) - lru) / (belady - lru) }
+        }
+        let gapClosed = gaps { $0.all.hitRate }, gapClosedDecodeWindow = gaps { $0.decodeWindow.hitRate }
+        let steps = try TraceReplay.recordedSteps(trace)
+        let window = results.values.first!.decodeWindowStart
+        let output = RecordedOutput(tokens: trace.tokens.count, steps: steps.count, cachePerLayer: slots, layers: recorded.count, topK: topK,
+                                    floor: floorSlots, order: makers.map(\.0), policies: results, gapClosed: gapClosed,
+                                    gapClosedDecodeWindow: gapClosedDecodeWindow)
+        var lines = ["trace: \(trace.tokens.count) tokens in \(steps.count) recorded steps (\(Set(trace.tokens.map(\.seq)).count) sequences; decode window from step \(window)), \(recorded.count) layers, top-\(topK), one pool of \(slots) experts per layer",
+                     "policy                    hit rate (all)  gap closed (all)  hit rate (decode window)  gap closed (window)"]
+        func percent(_ value: Double?) -> String { value.map { String(format: "%4.0f%%", 100 * $0) } ?? "    -" }
+        for name in output.order {
+            guard let result = results[name] else { continue }
+            lines.append(name.padding(toLength: 26, withPad: " ", startingAt: 0)
+                         + String(format: "%.4f          ", result.all.hitRate) + percent(gapClosed[name])
+                         + String(format: "             %.4f                    ", result.decodeWindow.hitRate) + percent(gapClosedDecodeWindow[name]))
+        }
+        return (output, lines.joined(separator: "\n") + "\n")
+    }
+
     /// The sequence-aware policy's parameters: the defaults, or `MOE_SEQUENCE_PARAMETERS` =
     /// "priorWeight,recencyWeight,recencyHalfLife,longHalfLife" (in layer references) to sweep them.
     /// `learnsRecency: true` is the `sequence_measured` rows: the recency bonus measured on the

@@ -126,6 +126,41 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
         #expect(alone.steps == 4 && alone.requests == 8 && alone.hits == 4 && alone.missesPerToken == 1)
     }
 
+    /// A trace recorded step by step replays its steps as they ran: a prefill step requests
+    /// its rows' union once, and hits count over every step and over the decode window (the
+    /// steps after the last prefill). One layer, three slots, by hand:
+    /// step 0 (seq 0 prefill, rows [0,1] and [1,2]) misses 0, 1, 2; step 1 (seq 1 prefill, [3])
+    /// misses 3 and LRU evicts 0; step 2 (decode [0] and [3]) hits 3, misses 0 (evicting 1);
+    /// step 3 (decode [2] and [1]) hits 2, misses 1. Belady keeps 0 at step 1 and misses only one of
+    /// step 3's two.
+    @Test func aRecordedTraceReplaysItsStepsAsTheyRan() throws {
+        let t = RoutingTrace(tokens: [
+            TraceToken(seq: 0, pos: 0, phase: "prefill", layers: [[0, 1]], step: 0),
+            TraceToken(seq: 0, pos: 1, phase: "prefill", layers: [[1, 2]], step: 0),
+            TraceToken(seq: 1, pos: 0, phase: "prefill", layers: [[3]], step: 1),
+            TraceToken(seq: 0, pos: 2, phase: "decode", layers: [[0]], step: 2),
+            TraceToken(seq: 1, pos: 1, phase: "decode", layers: [[3]], step: 2),
+            TraceToken(seq: 0, pos: 3, phase: "decode", layers: [[2]], step: 3),
+            TraceToken(seq: 1, pos: 2, phase: "decode", layers: [[1]], step: 3),
+        ])
+        #expect(try TraceReplay.recordedSteps(t).map { $0.map(\.pos) } == [[0, 1], [0], [2, 1], [3, 2]])
+        let lru = try TraceReplay.runRecorded(t, policy: { LRUPolicy() }, cachePerLayer: 3)
+        #expect(lru.decodeWindowStart == 2)
+        #expect(lru.all.requests == 8 && lru.all.hits == 2)
+        #expect(lru.decodeWindow.requests == 4 && lru.decodeWindow.hits == 2 && lru.decodeWindow.hitRate == 0.5)
+        let belady = try TraceReplay.runRecorded(t, policy: { BeladyPolicy() }, cachePerLayer: 3)
+        #expect(belady.all.hits == 3 && belady.decodeWindow.hits == 3)
+        // A prefill union wider than the pool is a clear error.
+        #expect(throws: TraceError.self) { try TraceReplay.runRecorded(t, policy: { LRUPolicy() }, cachePerLayer: 2) }
+        // Without steps, a prompt's prefill tokens are one step and each decode token its own;
+        // some tokens with a step and some without is an error.
+        let unstepped = RoutingTrace(tokens: t.tokens.map { var token = $0; token.step = nil; return token })
+        #expect(try TraceReplay.recordedSteps(unstepped).map { $0.map(\.pos) } == [[0, 1], [0], [2], [1], [3], [2]])
+        var mixed = t
+        mixed.tokens[3].step = nil
+        #expect(throws: TraceError.self) { try TraceReplay.recordedSteps(mixed) }
+    }
+
     @Test(arguments: 0..<8)
     func beladyIsNeverBeatenInABatch(seed: Int) throws {
         var rng = SplitMix64(seed: UInt64(seed) &* 104_729 &+ 3)

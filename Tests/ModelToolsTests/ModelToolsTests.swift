@@ -156,8 +156,29 @@ import Testing
         benchmark.genTokens = 6
         benchmark.promptTokens = 4
         benchmark.runs = 1
+        let traces = FileManager.default.temporaryDirectory.appendingPathComponent("batch-traces-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: traces, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: traces) }
+        benchmark.traceDirectory = traces
         let (report, table) = try benchmark.run()
         #expect(report.results.map(\.sequences) == [1, 2])
+        // Each run's routing was recorded step by step: every sequence's prompt as prefill rows,
+        // then one decode row a step (the last token is never run), and it replays as recorded.
+        let recorded = try RoutingTrace(contentsOf: traces.appendingPathComponent("batch-2seq-prefetch-\(spec.prefetch ? "on" : "off")-run1.jsonl"))
+        let bySequence = Dictionary(grouping: recorded.tokens, by: \.seq)
+        #expect(bySequence.count == 2)
+        for tokens in bySequence.values {
+            #expect(tokens.map(\.pos) == Array(0..<(benchmark.promptTokens + benchmark.genTokens - 1)))
+            #expect(tokens.map(\.phase) == Array(repeating: "prefill", count: benchmark.promptTokens) + Array(repeating: "decode", count: benchmark.genTokens - 1))
+        }
+        let steps = try TraceReplay.recordedSteps(recorded)
+        #expect(steps.contains { step in step.count == 2 && step.allSatisfy { $0.phase == "decode" } })
+        let (replayed, replayTable) = try TraceBenchmark(trace: recorded, cacheSize: .perLayer(8)).runRecorded()
+        #expect(replayed.steps == steps.count && replayed.order.last == "belady_global")
+        let belady = try #require(replayed.policies["belady_global"]).decodeWindow.hitRate
+        for (name, result) in replayed.policies { #expect(result.decodeWindow.hitRate <= belady + 1e-12, "\(name)") }
+        #expect(replayTable.contains("sequence_measured_global"))
+        if let lruGap = replayed.gapClosed["lru_global"] { #expect(lruGap == 0 && replayed.gapClosed["belady_global"] == 1) }
         for row in report.results {
             // The window opens once every sequence has its first token; at most the rest fall inside it.
             #expect(row.decodedTokens > 0 && row.decodedTokens <= row.sequences * (benchmark.genTokens - 1))

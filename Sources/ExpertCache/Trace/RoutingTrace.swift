@@ -1,7 +1,9 @@
 import Foundation
 
 /// One token's routing as recorded in a trace line:
-/// `{"seq": s, "pos": p, "phase": "prefill"|"decode"|"unknown", "layers": [[e1, ...], null, ...]}`.
+/// `{"seq": s, "pos": p, "phase": "prefill"|"decode"|"unknown", "layers": [[e1, ...], null, ...]}`,
+/// and, in traces a batching engine recorded, `"step": n`, the engine step the token ran in
+/// (the rows of one step are consecutive lines).
 public struct TraceToken: Codable, Sendable, Equatable {
     /// The sequence (request) the token belongs to.
     public var seq: Int
@@ -12,16 +14,19 @@ public struct TraceToken: Codable, Sendable, Equatable {
     /// Per model layer, the experts the token was routed to (highest weight first), or nil for
     /// a layer that was not recorded (a dense layer, or a layer the recorder skipped).
     public var layers: [[Int]?]
+    /// The engine step the token ran in, when the recorder knew it (nil in older traces).
+    public var step: Int?
 
     /// A token of sequence `seq` at position `pos`.
-    public init(seq: Int, pos: Int, phase: String, layers: [[Int]?]) {
+    public init(seq: Int, pos: Int, phase: String, layers: [[Int]?], step: Int? = nil) {
         self.seq = seq
         self.pos = pos
         self.phase = phase
         self.layers = layers
+        self.step = step
     }
 
-    private enum CodingKeys: String, CodingKey { case seq, pos, phase, layers }
+    private enum CodingKeys: String, CodingKey { case seq, pos, phase, layers, step }
 
     /// Lenient where the format allows it: a missing `seq`/`pos` reads as 0, a missing phase
     /// as `unknown`; unknown fields are ignored.
@@ -31,6 +36,7 @@ public struct TraceToken: Codable, Sendable, Equatable {
         pos = try container.decodeIfPresent(Int.self, forKey: .pos) ?? 0
         phase = try container.decodeIfPresent(String.self, forKey: .phase) ?? "unknown"
         layers = try container.decode([[Int]?].self, forKey: .layers)
+        step = try container.decodeIfPresent(Int.self, forKey: .step)
     }
 }
 

@@ -2,14 +2,17 @@ import Foundation
 import ModelFormats
 
 /// Records routing decisions as a trace in the `bench trace` format, one JSON line per token:
-/// `{"seq": s, "pos": p, "phase": ..., "layers": [[e1, ...], null, ...]}`, with `null` for
-/// layers without routed experts.
+/// `{"seq": s, "pos": p, "phase": ..., "layers": [[e1, ...], null, ...], "step": n}`, with `null`
+/// for layers without routed experts and `step` counting the steps recorded.
 ///
 /// The model reports routing per layer for all rows of a step, so the recorder collects a
 /// step's rows and writes them when the next step starts (a layer index not above the last
-/// one seen) or on `finish()`. Which sequence and position each row is comes from
-/// `beginStep` when the engine calls it; otherwise the recorder assumes one sequence whose
-/// first step is the prefill and whose later single-row steps are decode steps.
+/// one seen) or on `finish()`. Which sequence and position each row is comes from the model's
+/// `willRunSequences` (a sequence's first step, and any step where it has several rows, is
+/// prefill; a single row after that is decode) or from `beginStep`; otherwise the recorder
+/// assumes one sequence whose first step is the prefill and whose later single-row steps are
+/// decode steps. A trace of a batching engine's steps replays as recorded with
+/// `bench trace --as-recorded`.
 public final class TraceRecorder: RoutingObserver {
     /// What the trace says about one row of a step.
     public struct Row: Sendable, Equatable {
@@ -36,6 +39,9 @@ public final class TraceRecorder: RoutingObserver {
     private var announced: [Row]?
     private var autoSequence = 0
     private var autoPosition = 0
+    /// Rows recorded so far per running sequence (`willRunSequences`): the next row's position.
+    private var positions: [Int: Int] = [:]
+    private var stepIndex = 0
     /// Tokens written so far.
     public private(set) var tokensWritten = 0
 
@@ -53,6 +59,19 @@ public final class TraceRecorder: RoutingObserver {
         flush()
         announced = rows
     }
+
+    public func willRunSequences(_ sequences: [SequenceRows]) {
+        var rows: [Row] = []
+        for sequence in sequences.sorted(by: { $0.rows.lowerBound < $1.rows.lowerBound }) {
+            let start = positions[sequence.id] ?? 0
+            let phase = start == 0 || sequence.rows.count > 1 ? "prefill" : "decode"
+            rows += (0..<sequence.rows.count).map { Row(seq: sequence.id, pos: start + $0, phase: phase) }
+            positions[sequence.id] = start + sequence.rows.count
+        }
+        beginStep(rows)
+    }
+
+    public func sequenceEnded(_ id: Int) { positions[id] = nil }
 
     /// Starts a new sequence for the automatic numbering (a new prompt's first step is its
     /// prefill).
@@ -91,9 +110,10 @@ public final class TraceRecorder: RoutingObserver {
             let layerText = layers.map { experts in
                 experts.map { "[" + $0.map(String.init).joined(separator: ",") + "]" } ?? "null"
             }.joined(separator: ",")
-            text += "{\"seq\":\(row.seq),\"pos\":\(row.pos),\"phase\":\"\(row.phase)\",\"layers\":[\(layerText)]}\n"
+            text += "{\"seq\":\(row.seq),\"pos\":\(row.pos),\"phase\":\"\(row.phase)\",\"layers\":[\(layerText)],\"step\":\(stepIndex)}\n"
         }
         handle.write(Data(text.utf8))
+        stepIndex += 1
         tokensWritten += stepLayers.count
         stepLayers = []
         lastLayer = -1

@@ -55,7 +55,7 @@ public enum TraceReplay {
     /// once; the policy then hears each token's routing as its sequence's. `endsSequence(step,
     /// token)` says that the token is its sequence's last.
     static func replay(steps: [[TraceToken]], layerCount: Int, recordedLayers recorded: Int, policy: any CachePolicy,
-                       cachePerLayer: Int, pool: Pool, floorSlots: Int,
+                       cachePerLayer: Int, pool: Pool, floorSlots: Int, countFromStep: Int = 0,
                        endsSequence: (Int, TraceToken) -> Bool = { _, _ in false }) throws -> Result {
         var book: CacheBookkeeping
         switch pool {
@@ -80,9 +80,10 @@ public enum TraceReplay {
                 for key in group {
                     let nextUse = nextUses[requestIndex]
                     requestIndex += 1
-                    requests[layer] += 1
+                    let counted = stepIndex >= countFromStep
+                    if counted { requests[layer] += 1 }
                     if book.entry(key) != nil {
-                        hits[layer] += 1
+                        if counted { hits[layer] += 1 }
                         book.pin(key)
                         book.policy.observeNextUse(key, at: nextUse)
                         book.use(key)
@@ -190,6 +191,70 @@ public enum TraceReplay {
         return BatchResult(sequences: sequences, steps: steps.count, requests: result.requests, hits: result.hits, hitRate: result.hitRate,
                            unionPerLayer: Double(result.requests) / Double(max(steps.count * recorded, 1)),
                            missesPerToken: Double(result.requests - result.hits) / Double(max(tokens, 1)))
+    }
+
+    /// A trace's steps as the engine ran them. With `TraceToken.step` (which `TraceRecorder`
+    /// writes), consecutive tokens of the same step form one step, prefill rows and all. A trace
+    /// without steps (older single-sequence recordings) is read as one sequence at a time, the
+    /// way `generate` runs it: a prompt's consecutive prefill tokens are one step, every other
+    /// token a step of its own. Throws when only some tokens have a step.
+    public static func recordedSteps(_ trace: RoutingTrace) throws -> [[TraceToken]] {
+        let withSteps = trace.tokens.filter { $0.step != nil }.count
+        guard withSteps == 0 || withSteps == trace.tokens.count else {
+            throw TraceError("\(withSteps) of the trace's \(trace.tokens.count) tokens have a \"step\": a trace is replayed as recorded either with every token's step or with none")
+        }
+        var steps: [[TraceToken]] = []
+        var current: Int?
+        for token in trace.tokens {
+            let continues: Bool
+            if withSteps > 0 {
+                continues = token.step == current
+                current = token.step
+            } else if let last = steps.last?.last {
+                continues = token.phase == "prefill" && last.phase == "prefill" && last.seq == token.seq && last.pos + 1 == token.pos
+            } else {
+                continues = false
+            }
+            if continues { steps[steps.count - 1].append(token) } else { steps.append([token]) }
+        }
+        return steps
+    }
+
+    /// What a replay of the recorded steps found, over the whole trace and over its decode window.
+    public struct RecordedResult: Codable, Sendable, Equatable {
+        /// Every step, prefill included.
+        public var all: Result
+        /// The steps after the last one holding a prefill row (what `bench batch` times and
+        /// counts); equal to `all` when the trace has no prefill.
+        public var decodeWindow: Result
+        /// The first step of the decode window.
+        public var decodeWindowStart: Int
+
+        enum CodingKeys: String, CodingKey { case all, decodeWindow = "decode_window", decodeWindowStart = "decode_window_start" }
+    }
+
+    /// Replays the trace's recorded steps (`recordedSteps`) through `policy` in one pool of
+    /// `cachePerLayer × recorded layers` slots shared by all layers, with floors of
+    /// `floorSlots`: the runtime's cache as a batching engine fed it.
+    public static func runRecorded(_ trace: RoutingTrace, policy: () -> any CachePolicy, cachePerLayer: Int,
+                                   floorSlots: Int = 0) throws -> RecordedResult {
+        let steps = try recordedSteps(trace)
+        let recorded = trace.recordedLayers.count
+        let widest = steps.flatMap { step in (0..<trace.layerCount).map { stepUnion(step, layer: $0)?.count ?? 0 } }.max() ?? 0
+        let room = cachePerLayer * recorded - floorSlots * max(recorded - 1, 0)
+        guard widest <= room else {
+            throw TraceError("a recorded step uses up to \(widest) experts of one layer; a shared pool of \(cachePerLayer) per layer with floors of \(floorSlots) has room for \(room)")
+        }
+        let lastStep = Dictionary(steps.enumerated().flatMap { index, step in step.map { ($0.seq, index) } }, uniquingKeysWith: max)
+        let lastPrefill = steps.lastIndex { step in step.contains { $0.phase == "prefill" } }
+        let windowStart = lastPrefill.map { $0 + 1 } ?? 0
+        func replayed(from start: Int) throws -> Result {
+            try replay(steps: steps, layerCount: trace.layerCount, recordedLayers: recorded, policy: policy(),
+                       cachePerLayer: cachePerLayer, pool: .global, floorSlots: floorSlots, countFromStep: start,
+                       endsSequence: { index, token in lastStep[token.seq] == index })
+        }
+        let all = try replayed(from: 0)
+        return RecordedResult(all: all, decodeWindow: windowStart == 0 ? all : try replayed(from: windowStart), decodeWindowStart: windowStart)
     }
 
     /// The experts of a routing list without repeats, first occurrence kept.
