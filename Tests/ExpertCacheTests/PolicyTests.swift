@@ -299,8 +299,11 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         #expect(abs(learned.estimate(everyThird) * perToken - 1.0 / 3) < 0.01)
         #expect(abs(learned.score(pairExpert) * perToken - 0.5) < 0.1)
         #expect(learned.score(everyThird) * perToken < 0.05)
-        // The runtime's order measures the same ages.
-        let reportsFirst = run(learnsRecency: true, reportsFirst: true)
+        // The runtime's order measures and reads the same ages. It evicts while a token's uses
+        // run, after that token's report: compare there (the replay evicts before the report).
+        var reportsFirst = run(learnsRecency: true, reportsFirst: true)
+        let next = lastToken + 1
+        reportsFirst.sequence(1, routedTo: [0, 1 + (next / 2) % 6] + (next % 3 == 0 ? [9] : []), layer: 0)
         #expect(reportsFirst.victim(among: [pairExpert, everyThird]) == everyThird)
         #expect(abs(reportsFirst.score(pairExpert) - learned.score(pairExpert)) * perToken < 0.02)
         #expect(abs(reportsFirst.score(everyThird) - learned.score(everyThird)) * perToken < 0.02)
@@ -309,6 +312,59 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         let fresh = ExpertKey(layer: 0, expert: 7)
         prefetched.didInsert(fresh)
         #expect(abs(prefetched.score(fresh) - (prefetched.estimate(fresh) + SequenceAwarePolicy.Parameters().recencyWeight)) < 1e-12)
+    }
+}
+
+extension SequenceAwarePolicyTests {
+    /// Two layers with the same periodic routing, fed in the runtime's order and in the
+    /// replay's, compared where both can evict. The runtime reports a layer's step, then uses its
+    /// experts; the shadow of the next layer (`ShadowRouting`) uses that layer's first expert
+    /// before its report, and the step does not use it again. The replay uses a step's experts,
+    /// then reports it. The measured table must read the same ages in both: during layer 1's
+    /// step (layer 0's is done, layer 1's still open; the shadowed expert, which the replay holds
+    /// pinned, aside) and once the next step has begun, in steps of one row and of three.
+    @Test(arguments: [1, 3])
+    func theRuntimesOrderReadsTheSameAgesAsTheReplay(rowsPerStep: Int) {
+        func routedToken(_ token: Int) -> [Int] { [0, 1 + (token / 2) % 6] + (token % 3 == 0 ? [9] : []) }
+        func rows(_ step: Int) -> [[Int]] { (0..<rowsPerStep).map { routedToken(step * rowsPerStep + $0) } }
+        func union(_ step: Int) -> [Int] { TraceReplay.distinct(rows(step).flatMap { $0 }) }
+        func use(_ policy: inout SequenceAwarePolicy, _ experts: [Int], layer: Int) {
+            for expert in experts {
+                let key = ExpertKey(layer: layer, expert: expert)
+                policy.didInsert(key); policy.didAccess(key)
+            }
+        }
+        func report(_ policy: inout SequenceAwarePolicy, step: Int, layer: Int) {
+            for (row, experts) in rows(step).enumerated() { policy.sequence(row + 1, routedTo: experts, layer: layer) }
+        }
+        var parameters = SequenceAwarePolicy.Parameters()
+        parameters.learnsRecency = true
+        var runtime = SequenceAwarePolicy(parameters: parameters), replay = SequenceAwarePolicy(parameters: parameters)
+        let lastStep = 640 / rowsPerStep
+        let keys = (0..<2).flatMap { layer in [0, 1, 2, 3, 4, 5, 6, 9].map { ExpertKey(layer: layer, expert: $0) } }
+        func expectSameScores(_ point: String, except skipped: ExpertKey? = nil) {
+            for key in keys where key != skipped {
+                // The runtime's estimate already counts a report the replay has not had: a small difference.
+                #expect(abs(runtime.score(key) - replay.score(key)) * 2.4 < 0.03, "\(point): \(key)")
+            }
+        }
+        for step in 0...lastStep {
+            let shadowed = union(step)[0]
+            report(&runtime, step: step, layer: 0)
+            use(&runtime, [shadowed], layer: 1)            // the shadow of layer 1, during layer 0
+            use(&runtime, union(step), layer: 0)
+            report(&runtime, step: step, layer: 1)
+            use(&replay, union(step), layer: 0)
+            report(&replay, step: step, layer: 0)
+            use(&replay, [shadowed], layer: 1)
+            if step == lastStep { expectSameScores("during layer 1's step", except: ExpertKey(layer: 1, expert: shadowed)) }
+            use(&runtime, Array(union(step).dropFirst()), layer: 1)
+            use(&replay, Array(union(step).dropFirst()), layer: 1)
+            report(&replay, step: step, layer: 1)
+        }
+        // The runtime learns that layer 1's step is over when the next step reports layer 0.
+        report(&runtime, step: lastStep + 1, layer: 0)
+        expectSameScores("as the next step begins")
     }
 }
 

@@ -80,6 +80,13 @@ public struct SequenceAwarePolicy: CachePolicy {
     private var calibration = RecencyCalibration()
     private var usesSinceRefresh = 0
     private var calibrated = false
+    /// The layer whose routing was reported last: with the runtime's order its uses (and the
+    /// evictions its misses cause) are the ones running now.
+    private var reportingLayer: Int?
+    /// Whether a step's reports come before its uses (the runtime: the router reports as it
+    /// routes) or after them (trace replay), learned from the first report or use. Not per layer:
+    /// in the runtime the shadow of layer 1 uses its experts before layer 1's first report.
+    private var reportsLead: Bool?
 
     struct LayerState: Sendable {
         var clock = 0
@@ -90,11 +97,14 @@ public struct SequenceAwarePolicy: CachePolicy {
         var tokenReferences = 0
         /// References per token, once tokens were reported.
         var referencesPerToken: Double? { tokens > 0 ? Double(tokenReferences) / Double(tokens) : nil }
-        /// Whether a token's report comes before its uses (the runtime: the router reports as it
-        /// routes) or after them (trace replay), learned from the layer's first event.
-        var reportsLead: Bool?
-        /// The token the uses now belong to, counted so that both orders give the same ages.
-        var tokenInProgress: Int { reportsLead == true ? tokens - 1 : tokens }
+        /// The first token of the step reported last, and whether the last event was a report
+        /// (a step's reports of a layer come together, then its uses).
+        var stepStart = 0
+        var lastEventWasReport = false
+        /// The token the uses now belong to: the first row of their step, as in the replay,
+        /// where a step's uses come before its rows are counted. So both orders give the same
+        /// ages, in steps of one row or of many.
+        func tokenInProgress(reportsLead: Bool) -> Int { reportsLead ? stepStart : tokens }
     }
 
     struct ExpertState: Sendable {
@@ -123,15 +133,23 @@ public struct SequenceAwarePolicy: CachePolicy {
         let layer = layers[key.layer, default: LayerState()]
         var state = experts[key, default: ExpertState()]
         state.touched = layer.clock
-        state.touchedAtToken = layer.tokenInProgress
+        state.touchedAtToken = layer.tokenInProgress(reportsLead: reportsLead == true)
         state.insertedUnused = true
         experts[key] = state
     }
 
     public mutating func didAccess(_ key: ExpertKey) {
         var layer = layers[key.layer, default: LayerState()]
-        if layer.reportsLead == nil { layer.reportsLead = false }
-        let token = layer.tokenInProgress
+        if reportsLead == nil { reportsLead = false }
+        // In the runtime's order, a use of a layer other than the one reported last comes before
+        // that layer's router: the shadow of the next layer running the experts it has resident
+        // (`ShadowRouting`), a third of a decode step's uses on the widened demo. It is no use
+        // at a token of the layer (the step is not reported yet, and the router may choose
+        // otherwise), and the replay the table is read against has none: it counts as a
+        // reference, not as an age.
+        let ahead = reportsLead == true && key.layer != reportingLayer
+        if !ahead { layer.lastEventWasReport = false }
+        let token = ahead ? layer.tokens : layer.tokenInProgress(reportsLead: reportsLead == true)
         if parameters.learnsRecency, let perToken = layer.referencesPerToken,
            let used = experts[key]?.usedAtToken, used < token {
             // The run of tokens since its last use ends in a use: evidence, at the estimate before this use counts.
@@ -168,7 +186,10 @@ public struct SequenceAwarePolicy: CachePolicy {
         // Token counts only feed the measured recency bonus: the default pays nothing more per row.
         guard parameters.learnsRecency else { return }
         var state = layers[layer, default: LayerState()]
-        if state.reportsLead == nil { state.reportsLead = true }
+        if reportsLead == nil { reportsLead = true }
+        reportingLayer = layer
+        if !state.lastEventWasReport { state.stepStart = state.tokens }
+        state.lastEventWasReport = true
         state.tokens += 1
         state.tokenReferences += routed.count
         layers[layer] = state
@@ -207,9 +228,12 @@ public struct SequenceAwarePolicy: CachePolicy {
         let estimate = estimate(key, layer: layer, state: state)
         // A prefetch not used yet keeps the fixed bonus: the table measures reuse, not a prediction's worth.
         if calibrated, !state.insertedUnused, let perToken = layer.referencesPerToken {
+            let age = resolvedTokens(layer: key.layer, layer) - state.touchedAtToken
+            // Age 0: the step in progress used it. The runtime releases a step's experts one by
+            // one, so a later miss of the same step can reach it, where the replay the table was
+            // measured in holds the whole step pinned. Kept as the replay keeps it: last to go.
             let perTokenChance = min(1, perToken * estimate)
-            let bonus = calibration.bonus(age: layer.tokens - state.touchedAtToken, estimate: perTokenChance)
-            return (perTokenChance + bonus) / perToken
+            return (perTokenChance + calibration.bonus(age: age > 0 ? age : layer.tokens - state.touchedAtToken, estimate: perTokenChance)) / perToken
         }
         let age = Double(layer.clock - state.touched)
         return estimate + parameters.recencyWeight * exp2(-age / parameters.recencyHalfLife)
@@ -228,7 +252,8 @@ public struct SequenceAwarePolicy: CachePolicy {
     }
 
     /// Recomputes the recency table with the experts not used since (their runs are still
-    /// open: the tokens after the use that have passed, `tokens − used − 1`, were exposures).
+    /// open: the tokens after the use that have passed, `resolvedTokens − used − 1`, were
+    /// exposures).
     /// Every expert the policy knows is visited, at most one per use since the last refresh.
     private mutating func refreshCalibration() {
         let uses = usesSinceRefresh
@@ -237,11 +262,19 @@ public struct SequenceAwarePolicy: CachePolicy {
         open.reserveCapacity(experts.count)
         for (key, state) in experts {
             guard let used = state.usedAtToken, let layer = layers[key.layer], let perToken = layer.referencesPerToken else { continue }
-            open.append((layer.tokens - used, min(1, perToken * estimate(key, layer: layer, state: state))))
+            open.append((resolvedTokens(layer: key.layer, layer) - used, min(1, perToken * estimate(key, layer: layer, state: state))))
         }
         guard !open.isEmpty else { return }
         calibration.refresh(open: open, decay: exp2(-Double(uses) / Self.calibrationHalfLife))
         calibrated = true
+    }
+
+    /// The first token of `layer` whose uses may still come: ages are counted up to here. The
+    /// replay reports a step after its uses, so that is `tokens`; the runtime reports first, so
+    /// while the reported layer's uses run its step is still open (from `stepStart`), and every
+    /// other layer's is done (a layer's uses end before the next layer reports).
+    private func resolvedTokens(layer index: Int, _ layer: LayerState) -> Int {
+        reportsLead == true && index == reportingLayer ? layer.stepStart : layer.tokens
     }
 
     private func decay(_ references: Int) -> Double {
