@@ -244,6 +244,31 @@ import Testing
         #expect(result.stderr.contains("| predictor | recall | precision |"))
     }
 
+    /// `bench batch --record-trace DIR` writes each run's routing step by step, and `bench trace
+    /// --as-recorded` replays it through the shared-pool policies (and refuses `--sequences`).
+    @Test func benchBatchRecordsATraceThatReplaysAsRecorded() throws {
+        try Self.ensureStore()
+        let directory = Self.store.deletingLastPathComponent().appendingPathComponent("batch-traces")
+        try? FileManager.default.removeItem(at: directory)
+        let batch = try Self.run(["bench", "batch", "--model", Self.store.path, "--memory-budget", "\(Self.budget)",
+                                  "--sequences", "2", "--gen-tokens", "4", "--prompt-tokens", "4", "--runs", "1",
+                                  "--prefetch", "off", "--record-trace", directory.path])
+        try #require(batch.status == 0, "bench batch failed: \(batch.stderr)")
+        let trace = directory.appendingPathComponent("batch-2seq-prefetch-off-run1.jsonl")
+        let lines = try String(contentsOf: trace, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 2 * (4 + 4 - 1))
+        #expect(lines.allSatisfy { $0.contains("\"step\":") })
+        let replay = try Self.run(["bench", "trace", trace.path, "--cache-per-layer", "64", "--as-recorded"])
+        try #require(replay.status == 0, "bench trace --as-recorded failed: \(replay.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(replay.stdout.utf8)) as? [String: Any])
+        #expect((json["steps"] as? Int ?? 0) >= 4)
+        let policies = try #require(json["policies"] as? [String: Any])
+        #expect(policies["sequence_global"] != nil && policies["belady_global"] != nil)
+        #expect(replay.stderr.contains("decode window"))
+        let refused = try Self.run(["bench", "trace", trace.path, "--cache-per-layer", "64", "--as-recorded", "--sequences", "8"])
+        #expect(refused.status != 0 && refused.stderr.contains("--as-recorded"))
+    }
+
     /// `bench decode` on the synthetic store: the JSON contract (medians, hit rate, recall, bytes
     /// per token, stall fraction, bound), the load-on-demand baseline in the same run, and the
     /// budget plot.

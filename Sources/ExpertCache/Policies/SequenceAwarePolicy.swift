@@ -34,8 +34,9 @@ import Foundation
 /// the last dozen tokens — and in one pool shared by all layers a fixed bonus either evicts the
 /// experts a token just used (then misses them on the next token) or over-protects them. On
 /// the synthetic trace's shared pool this lifts the LRU→Belady gap closed from 25-29% to
-/// 35-47%; live on the widened demo it lowered the hit rate by 1-5 points, so it is not the
-/// default (docs/expert-cache.md, "A recency bonus that is measured").
+/// 35-47%; live on the widened demo it hits 0.5-3 points less, as the replay of the same live
+/// routing predicts, so it is not the default (docs/expert-cache.md, "A recency bonus that is
+/// measured", "The live routing replayed").
 ///
 /// Pure state, no I/O; the defaults were tuned in trace replay for top-4 routing (a
 /// per-token weight of 32 tokens ≈ 128 references, a recency half-life of 16 tokens).
