@@ -141,22 +141,8 @@ public struct TraceBenchmark: Sendable {
     /// shared-pool policies and Belady's optimum (the runtime's cache is one pool for all layers).
     /// One sequence is always replayed too: it is what the ratios compare against.
     public func runBatched(sequences counts: [Int]) throws -> (output: BatchOutput, table: String) {
-        let recorded = trace.recordedLayers
-        guard !trace.tokens.isEmpty, !recorded.isEmpty else { throw ToolError("the trace has no recorded tokens") }
         guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1 }) else { throw ToolError("--sequences takes counts of at least 1, e.g. 1,8,32,64") }
-        let slots = try slotsPerLayer(recordedLayers: recorded.count)
-        let topK = trace.maxExpertsPerToken
-        let floorSlots = floor ?? topK
-        let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
-        let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
-        let sequenceParameters = try Self.sequenceParameters()
-        let measuredRecencyParameters = try Self.sequenceParameters(learnsRecency: true)
-        let makers: [(String, () -> any CachePolicy)] = [
-            ("lru_global", { LRUPolicy() }), ("lfu_global", { LFUPolicy() }), ("lrfu_global", { LRFUPolicy() }),
-            ("learned_global", { LearnedPolicy() }), ("sequence_global", { SequenceAwarePolicy(parameters: sequenceParameters) }),
-            ("sequence_measured_global", { SequenceAwarePolicy(parameters: measuredRecencyParameters) }),
-            ("fate", { LayerAwarePolicy(shallowLayerCount: shallowBoundary) }), ("belady_global", { BeladyPolicy() }),
-        ]
+        let (recorded, slots, topK, floorSlots, makers) = try sharedPoolPolicies()
         var rows: [BatchRow] = []
         var one: [String: Double] = [:]
         for count in ([1] + counts.filter { $0 != 1 }) {
@@ -215,21 +201,7 @@ public struct TraceBenchmark: Sendable {
     /// --record-trace`) through the shared-pool policies and Belady's optimum, so that a live
     /// run's routing, prefill steps and batch included, can be replayed policy against policy.
     public func runRecorded() throws -> (output: RecordedOutput, table: String) {
-        let recorded = trace.recordedLayers
-        guard !trace.tokens.isEmpty, !recorded.isEmpty else { throw ToolError("the trace has no recorded tokens") }
-        let slots = try slotsPerLayer(recordedLayers: recorded.count)
-        let topK = trace.maxExpertsPerToken
-        let floorSlots = floor ?? topK
-        let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
-        let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
-        let sequenceParameters = try Self.sequenceParameters()
-        let measuredRecencyParameters = try Self.sequenceParameters(learnsRecency: true)
-        let makers: [(String, () -> any CachePolicy)] = [
-            ("lru_global", { LRUPolicy() }), ("lfu_global", { LFUPolicy() }), ("lrfu_global", { LRFUPolicy() }),
-            ("learned_global", { LearnedPolicy() }), ("sequence_global", { SequenceAwarePolicy(parameters: sequenceParameters) }),
-            ("sequence_measured_global", { SequenceAwarePolicy(parameters: measuredRecencyParameters) }),
-            ("fate", { LayerAwarePolicy(shallowLayerCount: shallowBoundary) }), ("belady_global", { BeladyPolicy() }),
-        ]
+        let (recorded, slots, topK, floorSlots, makers) = try sharedPoolPolicies()
         var results: [String: TraceReplay.RecordedResult] = [:]
         for (name, make) in makers {
             results[name] = try TraceReplay.runRecorded(trace, policy: make, cachePerLayer: slots,
@@ -256,6 +228,27 @@ public struct TraceBenchmark: Sendable {
                          + String(format: "             %.4f                    ", result.decodeWindow.hitRate) + percent(gapClosedDecodeWindow[name]))
         }
         return (output, lines.joined(separator: "\n") + "\n")
+    }
+
+    /// What the shared-pool replays (`runBatched`, `runRecorded`) share: the recorded layers, the
+    /// slots per layer, top-k, the floor, and each shared-pool policy with Belady last, by name.
+    private func sharedPoolPolicies() throws -> (recorded: [Int], slots: Int, topK: Int, floor: Int,
+                                                 makers: [(String, () -> any CachePolicy)]) {
+        let recorded = trace.recordedLayers
+        guard !trace.tokens.isEmpty, !recorded.isEmpty else { throw ToolError("the trace has no recorded tokens") }
+        let slots = try slotsPerLayer(recordedLayers: recorded.count)
+        let topK = trace.maxExpertsPerToken
+        let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
+        let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
+        let sequenceParameters = try Self.sequenceParameters()
+        let measuredRecencyParameters = try Self.sequenceParameters(learnsRecency: true)
+        let makers: [(String, () -> any CachePolicy)] = [
+            ("lru_global", { LRUPolicy() }), ("lfu_global", { LFUPolicy() }), ("lrfu_global", { LRFUPolicy() }),
+            ("learned_global", { LearnedPolicy() }), ("sequence_global", { SequenceAwarePolicy(parameters: sequenceParameters) }),
+            ("sequence_measured_global", { SequenceAwarePolicy(parameters: measuredRecencyParameters) }),
+            ("fate", { LayerAwarePolicy(shallowLayerCount: shallowBoundary) }), ("belady_global", { BeladyPolicy() }),
+        ]
+        return (recorded, slots, topK, floor ?? topK, makers)
     }
 
     /// The sequence-aware policy's parameters: the defaults, or `MOE_SEQUENCE_PARAMETERS` =

@@ -178,11 +178,8 @@ public enum TraceReplay {
                                   floorSlots: Int = 0) throws -> BatchResult {
         let steps = try batchedSteps(trace, sequences: sequences)
         let recorded = trace.recordedLayers.count
-        let widest = steps.flatMap { step in (0..<trace.layerCount).map { stepUnion(step, layer: $0)?.count ?? 0 } }.max() ?? 0
-        let room = cachePerLayer * recorded - floorSlots * max(recorded - 1, 0)
-        guard widest <= room else {
-            throw TraceError("\(sequences) sequences use up to \(widest) experts of one layer in one step; a shared pool of \(cachePerLayer) per layer with floors of \(floorSlots) has room for \(room)")
-        }
+        try checkSharedPoolHolds(steps, layerCount: trace.layerCount, recordedLayers: recorded, cachePerLayer: cachePerLayer,
+                                 floorSlots: floorSlots, what: "\(sequences) sequences use")
         let lastStep = Dictionary(steps.enumerated().flatMap { index, step in step.map { ($0.seq, index) } }, uniquingKeysWith: max)
         let result = try replay(steps: steps, layerCount: trace.layerCount, recordedLayers: recorded, policy: policy,
                                 cachePerLayer: cachePerLayer, pool: .global, floorSlots: floorSlots,
@@ -240,11 +237,8 @@ public enum TraceReplay {
                                    floorSlots: Int = 0) throws -> RecordedResult {
         let steps = try recordedSteps(trace)
         let recorded = trace.recordedLayers.count
-        let widest = steps.flatMap { step in (0..<trace.layerCount).map { stepUnion(step, layer: $0)?.count ?? 0 } }.max() ?? 0
-        let room = cachePerLayer * recorded - floorSlots * max(recorded - 1, 0)
-        guard widest <= room else {
-            throw TraceError("a recorded step uses up to \(widest) experts of one layer; a shared pool of \(cachePerLayer) per layer with floors of \(floorSlots) has room for \(room)")
-        }
+        try checkSharedPoolHolds(steps, layerCount: trace.layerCount, recordedLayers: recorded, cachePerLayer: cachePerLayer,
+                                 floorSlots: floorSlots, what: "the recorded steps use")
         let lastStep = Dictionary(steps.enumerated().flatMap { index, step in step.map { ($0.seq, index) } }, uniquingKeysWith: max)
         let lastPrefill = steps.lastIndex { step in step.contains { $0.phase == "prefill" } }
         let windowStart = lastPrefill.map { $0 + 1 } ?? 0
@@ -255,6 +249,17 @@ public enum TraceReplay {
         }
         let all = try replayed(from: 0)
         return RecordedResult(all: all, decodeWindow: windowStart == 0 ? all : try replayed(from: windowStart), decodeWindowStart: windowStart)
+    }
+
+    /// Throws unless one pool of `cachePerLayer × recorded layers` slots, the other layers'
+    /// floors set aside, holds the widest union a step of `steps` requests in one layer.
+    static func checkSharedPoolHolds(_ steps: [[TraceToken]], layerCount: Int, recordedLayers recorded: Int, cachePerLayer: Int,
+                                     floorSlots: Int, what: String) throws {
+        let widest = steps.flatMap { step in (0..<layerCount).map { stepUnion(step, layer: $0)?.count ?? 0 } }.max() ?? 0
+        let room = cachePerLayer * recorded - floorSlots * max(recorded - 1, 0)
+        guard widest <= room else {
+            throw TraceError("\(what) up to \(widest) experts of one layer in one step; a shared pool of \(cachePerLayer) per layer with floors of \(floorSlots) has room for \(room)")
+        }
     }
 
     /// The experts of a routing list without repeats, first occurrence kept.
