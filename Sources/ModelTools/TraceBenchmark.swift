@@ -204,7 +204,7 @@ public struct TraceBenchmark: Sendable {
         let (recorded, slots, topK, floorSlots, makers) = try sharedPoolPolicies()
         var results: [String: TraceReplay.RecordedResult] = [:]
         for (name, make) in makers {
-            results[name] = try TraceReplay.runRecorded(trace, policy: make, cachePerLayer: slots,
+            results[name] = try TraceReplay.runRecorded(trace, policy: make(), cachePerLayer: slots,
                                                         floorSlots: name == "belady_global" ? 0 : floorSlots)
         }
         func gaps(_ rate: (TraceReplay.RecordedResult) -> Double) -> [String: Double] {

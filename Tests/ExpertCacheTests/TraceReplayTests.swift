@@ -144,14 +144,14 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
             TraceToken(seq: 1, pos: 2, phase: "decode", layers: [[1]], step: 3),
         ])
         #expect(try TraceReplay.recordedSteps(t).map { $0.map(\.pos) } == [[0, 1], [0], [2, 1], [3, 2]])
-        let lru = try TraceReplay.runRecorded(t, policy: { LRUPolicy() }, cachePerLayer: 3)
+        let lru = try TraceReplay.runRecorded(t, policy: LRUPolicy(), cachePerLayer: 3)
         #expect(lru.decodeWindowStart == 2)
         #expect(lru.all.requests == 8 && lru.all.hits == 2)
         #expect(lru.decodeWindow.requests == 4 && lru.decodeWindow.hits == 2 && lru.decodeWindow.hitRate == 0.5)
-        let belady = try TraceReplay.runRecorded(t, policy: { BeladyPolicy() }, cachePerLayer: 3)
+        let belady = try TraceReplay.runRecorded(t, policy: BeladyPolicy(), cachePerLayer: 3)
         #expect(belady.all.hits == 3 && belady.decodeWindow.hits == 3)
         // A prefill union wider than the pool is a clear error.
-        #expect(throws: TraceError.self) { try TraceReplay.runRecorded(t, policy: { LRUPolicy() }, cachePerLayer: 2) }
+        #expect(throws: TraceError.self) { try TraceReplay.runRecorded(t, policy: LRUPolicy(), cachePerLayer: 2) }
         // Without steps, a prompt's prefill tokens are one step and each decode token its own;
         // some tokens with a step and some without is an error.
         let unstepped = RoutingTrace(tokens: t.tokens.map { var token = $0; token.step = nil; return token })

@@ -55,8 +55,18 @@ public enum TraceReplay {
     /// once; the policy then hears each token's routing as its sequence's. `endsSequence(step,
     /// token)` says that the token is its sequence's last.
     static func replay(steps: [[TraceToken]], layerCount: Int, recordedLayers recorded: Int, policy: any CachePolicy,
-                       cachePerLayer: Int, pool: Pool, floorSlots: Int, countFromStep: Int = 0,
+                       cachePerLayer: Int, pool: Pool, floorSlots: Int,
                        endsSequence: (Int, TraceToken) -> Bool = { _, _ in false }) throws -> Result {
+        try replayCountingWindow(steps: steps, layerCount: layerCount, recordedLayers: recorded, policy: policy,
+                                 cachePerLayer: cachePerLayer, pool: pool, floorSlots: floorSlots, windowStart: steps.count,
+                                 endsSequence: endsSequence).all
+    }
+
+    /// `replay`, counting hits over every step and, in the same pass, over the steps from
+    /// `windowStart` on.
+    static func replayCountingWindow(steps: [[TraceToken]], layerCount: Int, recordedLayers recorded: Int, policy: any CachePolicy,
+                                     cachePerLayer: Int, pool: Pool, floorSlots: Int, windowStart: Int,
+                                     endsSequence: (Int, TraceToken) -> Bool) throws -> (all: Result, window: Result) {
         var book: CacheBookkeeping
         switch pool {
         case .perLayer:
@@ -68,7 +78,9 @@ public enum TraceReplay {
         var requestIndex = 0
         var hits = [Int](repeating: 0, count: layerCount)
         var requests = [Int](repeating: 0, count: layerCount)
+        var windowHits = hits, windowRequests = requests
         for (stepIndex, step) in steps.enumerated() {
+            let inWindow = stepIndex >= windowStart
             defer {
                 for token in step where endsSequence(stepIndex, token) { book.policy.sequenceEnded(token.seq) }
             }
@@ -80,10 +92,11 @@ public enum TraceReplay {
                 for key in group {
                     let nextUse = nextUses[requestIndex]
                     requestIndex += 1
-                    let counted = stepIndex >= countFromStep
-                    if counted { requests[layer] += 1 }
+                    requests[layer] += 1
+                    if inWindow { windowRequests[layer] += 1 }
                     if book.entry(key) != nil {
-                        if counted { hits[layer] += 1 }
+                        hits[layer] += 1
+                        if inWindow { windowHits[layer] += 1 }
                         book.pin(key)
                         book.policy.observeNextUse(key, at: nextUse)
                         book.use(key)
@@ -106,11 +119,14 @@ public enum TraceReplay {
                 }
             }
         }
-        let totalHits = hits.reduce(0, +), totalRequests = requests.reduce(0, +)
-        return Result(
-            hitRate: totalRequests > 0 ? Double(totalHits) / Double(totalRequests) : 0,
-            perLayer: zip(hits, requests).map { $1 > 0 ? Double($0) / Double($1) : nil },
-            hits: totalHits, requests: totalRequests, pool: pool)
+        func result(_ hits: [Int], _ requests: [Int]) -> Result {
+            let totalHits = hits.reduce(0, +), totalRequests = requests.reduce(0, +)
+            return Result(
+                hitRate: totalRequests > 0 ? Double(totalHits) / Double(totalRequests) : 0,
+                perLayer: zip(hits, requests).map { $1 > 0 ? Double($0) / Double($1) : nil },
+                hits: totalHits, requests: totalRequests, pool: pool)
+        }
+        return (result(hits, requests), result(windowHits, windowRequests))
     }
 
     /// `count` sequences of `trace` decoding together, step by step, as a batching server runs
@@ -233,7 +249,7 @@ public enum TraceReplay {
     /// Replays the trace's recorded steps (`recordedSteps`) through `policy` in one pool of
     /// `cachePerLayer × recorded layers` slots shared by all layers, with floors of
     /// `floorSlots`: the runtime's cache as a batching engine fed it.
-    public static func runRecorded(_ trace: RoutingTrace, policy: () -> any CachePolicy, cachePerLayer: Int,
+    public static func runRecorded(_ trace: RoutingTrace, policy: any CachePolicy, cachePerLayer: Int,
                                    floorSlots: Int = 0) throws -> RecordedResult {
         let steps = try recordedSteps(trace)
         let recorded = trace.recordedLayers.count
@@ -242,13 +258,10 @@ public enum TraceReplay {
         let lastStep = Dictionary(steps.enumerated().flatMap { index, step in step.map { ($0.seq, index) } }, uniquingKeysWith: max)
         let lastPrefill = steps.lastIndex { step in step.contains { $0.phase == "prefill" } }
         let windowStart = lastPrefill.map { $0 + 1 } ?? 0
-        func replayed(from start: Int) throws -> Result {
-            try replay(steps: steps, layerCount: trace.layerCount, recordedLayers: recorded, policy: policy(),
-                       cachePerLayer: cachePerLayer, pool: .global, floorSlots: floorSlots, countFromStep: start,
-                       endsSequence: { index, token in lastStep[token.seq] == index })
-        }
-        let all = try replayed(from: 0)
-        return RecordedResult(all: all, decodeWindow: windowStart == 0 ? all : try replayed(from: windowStart), decodeWindowStart: windowStart)
+        let (all, window) = try replayCountingWindow(steps: steps, layerCount: trace.layerCount, recordedLayers: recorded, policy: policy,
+                                                     cachePerLayer: cachePerLayer, pool: .global, floorSlots: floorSlots,
+                                                     windowStart: windowStart, endsSequence: { index, token in lastStep[token.seq] == index })
+        return RecordedResult(all: all, decodeWindow: window, decodeWindowStart: windowStart)
     }
 
     /// Throws unless one pool of `cachePerLayer × recorded layers` slots, the other layers'
