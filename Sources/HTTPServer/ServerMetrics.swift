@@ -35,6 +35,9 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     public var shadowAddedGuesses: Int = 0
     /// Bytes read from the expert store, since start.
     public var diskReadBytes: Int = 0
+    /// The eviction policy choosing victims now, where the policy switches between others
+    /// (`ExpertCacheStats.policyLeader`); nil otherwise.
+    public var policyLeader: String? = nil
     /// Tokens that skipped at least one weak missing expert (`skip_missing_below`), since start.
     public var skippedTokens: Int = 0
     /// Expert uses served by a low-bit copy (`low_bit_misses`), since start.
@@ -116,6 +119,8 @@ public final class ServerMetrics: @unchecked Sendable {
     private let plainReads: CoreMetrics.Counter
     private let registrationRefused: CoreMetrics.Gauge
     private var lastSnapshot = ExpertCacheSnapshot()
+    /// One gauge per policy that has led (a handful at most), 1 for the one leading now.
+    private var policyLeaders: [String: CoreMetrics.Gauge] = [:]
 
     /// Metrics on a fresh registry.
     public init() {
@@ -283,6 +288,10 @@ public final class ServerMetrics: @unchecked Sendable {
         fixedReads.increment(by: max(0, s.fixedReads - lastSnapshot.fixedReads))
         plainReads.increment(by: max(0, s.plainReads - lastSnapshot.plainReads))
         registrationRefused.record(s.registrationRefused ? 1 : 0)
+        if let leader = s.policyLeader, policyLeaders[leader] == nil {
+            policyLeaders[leader] = CoreMetrics.Gauge(label: "moe_expert_cache_policy_leader", dimensions: [("policy", leader)], factory: factory)
+        }
+        for (name, gauge) in policyLeaders { gauge.record(name == s.policyLeader ? 1 : 0) }
         lastSnapshot = s
     }
 

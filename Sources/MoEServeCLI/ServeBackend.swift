@@ -188,6 +188,7 @@ final class LiveStatistics: StatsProvider, SlotProvider, @unchecked Sendable {
             cache.ioStallSeconds = stats.total.stallSeconds
             cache.cacheBytesUsed = stats.usedBytes
             cache.cacheBytesBudget = stats.budgetBytes
+            cache.policyLeader = stats.policyLeader
         }
         cache.memoryBudgetBytes = snapshot.memoryBudgetBytes
         cache.recentHitRate = snapshot.recentHitRate

@@ -35,7 +35,7 @@ public struct TraceBenchmark: Sendable {
         public var topK: Int
         /// Each policy's result by name (`lru`, `lfu`, `lrfu`, `hotset`, `learned`, `sequence`, `sequence_measured`,
         /// `belady`, and with more than one recorded layer the shared-pool `lru_global`, `lfu_global`,
-        /// `lrfu_global`, `learned_global`, `sequence_global`, `sequence_measured_global`, `fate`, `belady_global`).
+        /// `lrfu_global`, `learned_global`, `sequence_global`, `sequence_measured_global`, `sequence_dueling_global`, `fate`, `belady_global`).
         public var policies: [String: TraceReplay.Result]
         /// The policies in the order they ran (the table's order).
         public var order: [String]
@@ -83,6 +83,9 @@ public struct TraceBenchmark: Sendable {
                     ("learned_global", LearnedPolicy(), .global),
                     ("sequence_global", SequenceAwarePolicy(parameters: try Self.sequenceParameters()), .global),
                     ("sequence_measured_global", SequenceAwarePolicy(parameters: try Self.sequenceParameters(learnsRecency: true)), .global),
+                    ("sequence_dueling_global", Self.sequenceDueling(fixed: try Self.sequenceParameters(),
+                                                                     measured: try Self.sequenceParameters(learnsRecency: true),
+                                                                     sampleStride: try Self.duelSampleStride()), .global),
                     ("fate", LayerAwarePolicy(shallowLayerCount: shallowBoundary), .global),
                     ("belady_global", BeladyPolicy(), .global),  // no floors: the unconstrained optimum bounds every floored policy
                 ]
@@ -242,10 +245,13 @@ public struct TraceBenchmark: Sendable {
         let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
         let sequenceParameters = try Self.sequenceParameters()
         let measuredRecencyParameters = try Self.sequenceParameters(learnsRecency: true)
+        let duelStride = try Self.duelSampleStride()
         let makers: [(String, () -> any CachePolicy)] = [
             ("lru_global", { LRUPolicy() }), ("lfu_global", { LFUPolicy() }), ("lrfu_global", { LRFUPolicy() }),
             ("learned_global", { LearnedPolicy() }), ("sequence_global", { SequenceAwarePolicy(parameters: sequenceParameters) }),
             ("sequence_measured_global", { SequenceAwarePolicy(parameters: measuredRecencyParameters) }),
+            ("sequence_dueling_global", { Self.sequenceDueling(fixed: sequenceParameters, measured: measuredRecencyParameters,
+                                                               sampleStride: duelStride) }),
             ("fate", { LayerAwarePolicy(shallowLayerCount: shallowBoundary) }), ("belady_global", { BeladyPolicy() }),
         ]
         return (recorded, slots, topK, floor ?? topK, makers)
@@ -266,6 +272,21 @@ public struct TraceBenchmark: Sendable {
         }
         (parameters.priorWeight, parameters.recencyWeight, parameters.recencyHalfLife, parameters.longHalfLife) = (values[0], values[1], values[2], values[3])
         return parameters
+    }
+
+    /// The fixed and the measured recency bonus dueling (`DuelingPolicy`, the runtime's default).
+    static func sequenceDueling(fixed: SequenceAwarePolicy.Parameters, measured: SequenceAwarePolicy.Parameters,
+                                sampleStride: Int) -> DuelingPolicy<SequenceAwarePolicy, SequenceAwarePolicy> {
+        DuelingPolicy(SequenceAwarePolicy(parameters: fixed), SequenceAwarePolicy(parameters: measured),
+                      sampleStride: sampleStride, name: "sequence_dueling")
+    }
+
+    /// One layer in how many the dueling policy's simulations sample: `MOE_DUEL_SAMPLE_STRIDE`
+    /// (to measure what sampling costs), or the policy's default.
+    static func duelSampleStride(_ setting: String? = ProcessInfo.processInfo.environment["MOE_DUEL_SAMPLE_STRIDE"]) throws -> Int {
+        guard let text = setting, !text.isEmpty else { return DuelingPolicy<LRUPolicy, LRUPolicy>.defaultSampleStride }
+        guard let stride = Int(text), stride > 0 else { throw ToolError("MOE_DUEL_SAMPLE_STRIDE: expected a positive whole number, got '\(text)'") }
+        return stride
     }
 
     private func slotsPerLayer(recordedLayers: Int) throws -> Int {

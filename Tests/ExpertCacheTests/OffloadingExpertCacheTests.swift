@@ -397,7 +397,13 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
         }
         group.wait()
         eventually("all reads done") { cache.isIdle }
-        if choice == .sequence { #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } == 0) }
+        if choice == .sequence {
+            // The default duels two sequence-aware policies; both must have ended every sequence.
+            #expect(cache.withPolicy { policy in
+                let duel = policy as? DuelingPolicy<SequenceAwarePolicy, SequenceAwarePolicy>
+                return duel.map { [$0.contenders.first, $0.contenders.second] } ?? [policy as! SequenceAwarePolicy]
+            }.allSatisfy { $0.runningSequences == 0 })
+        }
         let stats = cache.statistics()
         #expect(errors.values.isEmpty)
         #expect(stats.peakUsedBytes <= stats.budgetBytes)

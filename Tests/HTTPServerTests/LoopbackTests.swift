@@ -236,12 +236,14 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             snapshot.fixedReads = 40
             snapshot.plainReads = 3
             snapshot.splitStarts = 6
+            snapshot.policyLeader = "fixed_recency"
             server.metrics.updateExpertCache(snapshot)
             snapshot.hitsPerLayer = [5, 4]
             snapshot.shadowRuns = 10
             snapshot.fixedReads = 55
             snapshot.splitStarts = 9
             snapshot.registrationRefused = true
+            snapshot.policyLeader = "measured_recency"
             server.metrics.updateExpertCache(snapshot)
             // The request counter is bumped when the response ends, just before the client sees it.
             #expect(waitFor { (try? curl(["\(base)/metrics"]))?.contains("route=\"/v1/completions\"") == true })
@@ -267,6 +269,9 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             #expect(samples["moe_io_plain_reads_total"] == 3)
             #expect(samples["moe_io_registration_refused"] == 1)
             #expect(samples["moe_expert_split_starts_total"] == 9)
+            // The policy leading now is 1, the one that led before 0.
+            #expect(samples["moe_expert_cache_policy_leader{policy=\"measured_recency\"}"] == 1)
+            #expect(samples["moe_expert_cache_policy_leader{policy=\"fixed_recency\"}"] == 0)
             #expect((samples["moe_resident_memory_bytes"] ?? 0) > 0)
         }
     }

@@ -44,6 +44,9 @@ import Testing
         #expect(swept.priorWeight == 64 && swept.recencyWeight == 0.05 && swept.recencyHalfLife == 32 && swept.longHalfLife == 1024)
         #expect(throws: (any Error).self) { try TraceBenchmark.sequenceParameters("64,0.05,32") }
         #expect(throws: (any Error).self) { try TraceBenchmark.sequenceParameters("0,0.05,32,1024") }
+        #expect(try TraceBenchmark.duelSampleStride(nil) == 2)
+        #expect(try TraceBenchmark.duelSampleStride("1") == 1)
+        #expect(throws: (any Error).self) { try TraceBenchmark.duelSampleStride("0") }
     }
 
     @Test func beladyBoundsEveryPolicyOnAReplayedTrace() throws {
@@ -55,7 +58,7 @@ import Testing
         #expect(output.cachePerLayer == 4)
         #expect(output.order == ["lru", "lfu", "lrfu", "hotset", "learned", "sequence", "sequence_measured", "belady",
                                  "lru_global", "lfu_global", "lrfu_global", "learned_global", "sequence_global", "sequence_measured_global",
-                                 "fate", "belady_global"])
+                                 "sequence_dueling_global", "fate", "belady_global"])
         // The gap each policy closes is measured against LRU and Belady of its own pool.
         #expect(output.gapClosed["lru"] == 0 && output.gapClosed["belady"] == 1)
         #expect(output.gapClosed["lru_global"] == 0 && output.gapClosed["belady_global"] == 1)
@@ -177,7 +180,7 @@ import Testing
         #expect(replayed.steps == steps.count && replayed.order.last == "belady_global")
         let belady = try #require(replayed.policies["belady_global"]).decodeWindow.hitRate
         for (name, result) in replayed.policies { #expect(result.decodeWindow.hitRate <= belady + 1e-12, "\(name)") }
-        #expect(replayTable.contains("sequence_measured_global"))
+        #expect(replayTable.contains("sequence_measured_global") && replayTable.contains("sequence_dueling_global"))
         if let lruGap = replayed.gapClosed["lru_global"] { #expect(lruGap == 0 && replayed.gapClosed["belady_global"] == 1) }
         for row in report.results {
             // The window opens once every sequence has its first token; at most the rest fall inside it.

@@ -6,6 +6,16 @@ import MoEModels
 @testable import Runtime
 import Testing
 
+/// The sequence-aware policies inside `policy`: itself, or both contenders of the dueling
+/// default (`PolicyChoice.sequence`).
+func sequenceAwareContenders(_ policy: any CachePolicy) -> [SequenceAwarePolicy] {
+    if let duel = policy as? DuelingPolicy<SequenceAwarePolicy, SequenceAwarePolicy> { return [duel.contenders.first, duel.contenders.second] }
+    return [policy as! SequenceAwarePolicy]
+}
+
+/// The first of them.
+func sequenceAware(_ policy: any CachePolicy) -> SequenceAwarePolicy { sequenceAwareContenders(policy)[0] }
+
 /// `--cache-policy sequence` at run time: the engine and the generator tell the expert cache's
 /// policy which sequence each token is and when it ends.
 @Suite struct SequenceAwarePolicyRuntimeTests {
@@ -16,8 +26,9 @@ import Testing
         private var references: [Int] = []
         func note(_ cache: OffloadingExpertCache, layer: Int) {
             let (sequences, counted) = cache.withPolicy { policy -> (Int, Int) in
-                let sequenceAware = policy as! SequenceAwarePolicy
-                return (sequenceAware.runningSequences, sequenceAware.sequenceReferences(layer: layer))
+                // Both contenders of the dueling default hear the same reports: a disagreement is counted.
+                let counts = sequenceAwareContenders(policy).map { ($0.runningSequences, $0.sequenceReferences(layer: layer)) }
+                return counts.allSatisfy { $0 == counts[0] } ? counts[0] : (-1, -1)
             }
             lock.lock(); running.append(sequences); references.append(counted); lock.unlock()
         }
@@ -71,8 +82,8 @@ import Testing
         #expect(running.allSatisfy { (1...2).contains($0) })
         // At least each prompt's tokens, top-k references each.
         #expect((references.max() ?? 0) >= prompts.map(\.count).reduce(0, +) * runtime.model.config.expertsPerToken)
-        #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } == 0)
-        #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).sequenceReferences(layer: layer) } == 0)
+        #expect(cache.withPolicy { sequenceAware($0).runningSequences } == 0)
+        #expect(cache.withPolicy { sequenceAware($0).sequenceReferences(layer: layer) } == 0)
     }
 
     /// The single-sequence generator (`generate`, `bench decode`) reports its one sequence and ends it.
@@ -92,7 +103,7 @@ import Testing
         // The prompt's tokens, then one more token per step (the first token comes from the prefill).
         #expect(references.first == prompt.count * runtime.model.config.expertsPerToken)
         #expect(references.last == (prompt.count + 5) * runtime.model.config.expertsPerToken)
-        #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } == 0)
+        #expect(cache.withPolicy { sequenceAware($0).runningSequences } == 0)
     }
 }
 
@@ -105,11 +116,11 @@ import Testing
         let feeder = SequenceRoutingFeeder(cache: cache, staleSteps: 3)
         let routes = [TokenRouting(experts: [0, 1], weights: [0.5, 0.5]), TokenRouting(experts: [2, 1], weights: [0.5, 0.5])]
         let input = [Float](repeating: 0, count: 2)
-        func running() -> Int { cache.withPolicy { ($0 as! SequenceAwarePolicy).runningSequences } }
+        func running() -> Int { cache.withPolicy { sequenceAware($0).runningSequences } }
         feeder.willRunSequences([SequenceRows(id: 900_001, rows: 0..<1), SequenceRows(id: 900_002, rows: 1..<2)])
         input.withUnsafeBufferPointer { feeder.didRoute(layer: 1, routes: routes, gateInput: $0.baseAddress!, rowCount: 2) }
         #expect(running() == 2)
-        #expect(cache.withPolicy { ($0 as! SequenceAwarePolicy).sequenceReferences(layer: 1) } == 4)
+        #expect(cache.withPolicy { sequenceAware($0).sequenceReferences(layer: 1) } == 4)
         // Sequence 900_002 keeps running alone; 900_001 is absent from then on.
         for step in 1...4 {
             feeder.willRunSequences([SequenceRows(id: 900_002, rows: 0..<1)])

@@ -24,12 +24,16 @@ public protocol CachePolicy: Sendable {
     mutating func sequence(_ sequence: Int, routedTo routed: [Int], layer: Int)
     /// Sequence `sequence` finished (or was cancelled): its tokens say nothing of what runs next.
     mutating func sequenceEnded(_ sequence: Int)
+    /// For a policy that switches between others (`DuelingPolicy`), the name of the one choosing
+    /// victims now; nil for the others. Reported in the cache's statistics and metrics.
+    var leader: String? { get }
 }
 
 extension CachePolicy {
     public mutating func observeNextUse(_ key: ExpertKey, at time: Int) {}
     public mutating func sequence(_ sequence: Int, routedTo routed: [Int], layer: Int) {}
     public mutating func sequenceEnded(_ sequence: Int) {}
+    public var leader: String? { nil }
 }
 
 /// Tracks, per key, whether the last event was an insertion not yet followed by an access,

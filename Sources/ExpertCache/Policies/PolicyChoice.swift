@@ -14,7 +14,8 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
     case hotset
     /// `LearnedPolicy`, the expected time to an expert's next use learned online from its age and rates.
     case learned
-    /// `SequenceAwarePolicy`, the running sequences' own routing shrunk towards long-run popularity.
+    /// `SequenceAwarePolicy`, the running sequences' own routing shrunk towards long-run popularity,
+    /// with its fixed and its measured recency bonus dueling (`DuelingPolicy`).
     case sequence
 
     /// A fresh policy of this kind. `layerCount` sizes Fate's shallow tier (the first
@@ -29,10 +30,17 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
         case .hotset: return HotSetPolicy(hotPerLayer: hotPerLayer)
         case .learned: return LearnedPolicy()
         case .sequence:
-            // `MOE_LEARNED_RECENCY=on` measures the recency bonus on the stream (opt-in; an A/B switch).
-            var parameters = SequenceAwarePolicy.Parameters()
-            parameters.learnsRecency = ProcessInfo.processInfo.environment["MOE_LEARNED_RECENCY"] == "on"
-            return SequenceAwarePolicy(parameters: parameters)
+            // The fixed and the measured recency bonus dueling, the cache evicting as the one
+            // whose simulation hits more (`DuelingPolicy`). `MOE_LEARNED_RECENCY=off` keeps the
+            // fixed bonus alone, `=on` the measured one alone (A/B switches).
+            var measured = SequenceAwarePolicy.Parameters()
+            measured.learnsRecency = true
+            switch ProcessInfo.processInfo.environment["MOE_LEARNED_RECENCY"] {
+            case "off": return SequenceAwarePolicy()
+            case "on": return SequenceAwarePolicy(parameters: measured)
+            default: return DuelingPolicy(SequenceAwarePolicy(name: "fixed_recency"),
+                                          SequenceAwarePolicy(parameters: measured, name: "measured_recency"), name: "sequence")
+            }
         }
     }
 }

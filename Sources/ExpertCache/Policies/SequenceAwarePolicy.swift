@@ -35,8 +35,9 @@ import Foundation
 /// experts a token just used (then misses them on the next token) or over-protects them. On
 /// the synthetic trace's shared pool this lifts the LRU→Belady gap closed from 25-29% to
 /// 35-47%; live on the widened demo it hits 0.5-3 points less, as the replay of the same live
-/// routing predicts, so it is not the default (docs/expert-cache.md, "A recency bonus that is
-/// measured", "The live routing replayed").
+/// routing predicts (docs/expert-cache.md, "A recency bonus that is measured", "The live routing
+/// replayed"). So the runtime's default runs both, each on a simulated cache, and evicts as the
+/// one hitting more (`DuelingPolicy`, `PolicyChoice.sequence`).
 ///
 /// Pure state, no I/O; the defaults were tuned in trace replay for top-4 routing (a
 /// per-token weight of 32 tokens ≈ 128 references, a recency half-life of 16 tokens).
@@ -54,9 +55,9 @@ public struct SequenceAwarePolicy: CachePolicy {
         /// References after which the long-run counts halve (so popularity follows drifting routing).
         public var longHalfLife = 4096.0
         /// Learn the recency bonus from the stream (`RecencyCalibration`) once sequences report
-        /// their tokens; false (the default) keeps the fixed bonus above. Off by default: it
-        /// wins in trace replay on the synthetic trace but lowered the hit rate live on the
-        /// widened demo (docs/expert-cache.md, "A recency bonus that is measured").
+        /// their tokens; false keeps the fixed bonus above. It wins in trace replay on the
+        /// synthetic trace but lowered the hit rate live on the widened demo (docs/expert-cache.md,
+        /// "A recency bonus that is measured"), so the runtime duels the two (`DuelingPolicy`).
         public var learnsRecency = false
         public init() {}
     }

@@ -166,9 +166,13 @@ public struct ExpertCacheStats: Codable, Sendable, Equatable {
     /// Wall-clock seconds during which at least one read was running (the disk had work from
     /// the cache); the rest of a run the disk sat idle. Nil in snapshots from older builds.
     public var ioBusySeconds: Double? = nil
+    /// The policy choosing victims now, where the policy switches between others (the default
+    /// `sequence` policy: `fixed_recency` or `measured_recency`, `DuelingPolicy`); nil otherwise.
+    public var policyLeader: String? = nil
 
     enum CodingKeys: String, CodingKey {
         case policy, budgetBytes = "budget_bytes", usedBytes = "used_bytes", peakUsedBytes = "peak_used_bytes"
         case residentExperts = "resident_experts", total, perLayer = "per_layer", ioBusySeconds = "io_busy_seconds"
+        case policyLeader = "policy_leader"
     }
 }

@@ -418,7 +418,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             peakUsedBytes: book.peakUsedBytes + (lowBook?.peakUsedBytes ?? 0),
             residentExperts: lowBook == nil ? weights.count : weights.keys.filter { $0.expert >= 0 }.count,
             total: total, perLayer: counters,
-            ioBusySeconds: Double(busyNanoseconds + (readsRunning > 0 ? DispatchTime.now().uptimeNanoseconds - busySince : 0)) / 1e9)
+            ioBusySeconds: Double(busyNanoseconds + (readsRunning > 0 ? DispatchTime.now().uptimeNanoseconds - busySince : 0)) / 1e9,
+            policyLeader: book.policy.leader)
     }
 
     /// Moves the budget to `budgetBytes` (`--memory-budget auto`): shrinking evicts unpinned
