@@ -105,6 +105,11 @@ struct ServerStartError: Error, CustomStringConvertible {
             // The prediction figures reach /metrics on the server's periodic sample.
             let metrics = try WeakExpertSkippingEndToEndTests.metricsShowingMisses(server)
             #expect(server.stop() == 0)
+            // The default policy duels its two recency bonuses: the one leading is 1.
+            let leaders = ["fixed_recency", "measured_recency"].compactMap {
+                WeakExpertSkippingEndToEndTests.value("moe_expert_cache_policy_leader{policy=\"\($0)\"}", in: metrics)
+            }
+            #expect(leaders.filter { $0 == 1 }.count == 1, "\(metrics)")
             return (text, try #require(WeakExpertSkippingEndToEndTests.value("moe_prefetch_shadow_runs_total", in: metrics), "\(metrics)"))
         }
         let on = try serve([]), off = try serve(["--shadow-routing", "off"])

@@ -317,12 +317,13 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
 
 extension SequenceAwarePolicyTests {
     /// Two layers with the same periodic routing, fed in the runtime's order and in the
-    /// replay's, compared where both can evict. The runtime reports a layer's step, then uses its
-    /// experts; the shadow of the next layer (`ShadowRouting`) uses that layer's first expert
-    /// before its report, and the step does not use it again. The replay uses a step's experts,
-    /// then reports it. The measured table must read the same ages in both: during layer 1's
-    /// step (layer 0's is done, layer 1's still open; the shadowed expert, which the replay holds
-    /// pinned, aside) and once the next step has begun, in steps of one row and of three.
+    /// replay's, compared where both can evict. The runtime uses a layer's resident experts as
+    /// it pins them, then reports the layer's step, then uses the experts that missed (here layer
+    /// 1's first expert is used before its report, while layer 0 still runs, and the step does not
+    /// use it again). The replay uses a step's experts, then reports it. The measured table must
+    /// read the same ages in both: during layer 1's step (layer 0's is done, layer 1's still open;
+    /// the expert used early, which the replay holds pinned, aside) and once the next step has
+    /// begun, in steps of one row and of three.
     @Test(arguments: [1, 3])
     func theRuntimesOrderReadsTheSameAgesAsTheReplay(rowsPerStep: Int) {
         func routedToken(_ token: Int) -> [Int] { [0, 1 + (token / 2) % 6] + (token % 3 == 0 ? [9] : []) }
@@ -351,7 +352,7 @@ extension SequenceAwarePolicyTests {
         for step in 0...lastStep {
             let shadowed = union(step)[0]
             report(&runtime, step: step, layer: 0)
-            use(&runtime, [shadowed], layer: 1)            // the shadow of layer 1, during layer 0
+            use(&runtime, [shadowed], layer: 1)            // layer 1's resident expert, used before its report
             use(&runtime, union(step), layer: 0)
             report(&runtime, step: step, layer: 1)
             use(&replay, union(step), layer: 0)

@@ -87,7 +87,7 @@ public struct SequenceAwarePolicy: CachePolicy {
     private var reportingLayer: Int?
     /// Whether a step's reports come before its uses (the runtime: the router reports as it
     /// routes) or after them (trace replay), learned from the first report or use. Not per layer:
-    /// in the runtime the shadow of layer 1 uses its experts before layer 1's first report.
+    /// in the runtime a layer's resident experts are used before that layer's report (below).
     private var reportsLead: Bool?
 
     struct LayerState: Sendable {
@@ -144,10 +144,11 @@ public struct SequenceAwarePolicy: CachePolicy {
         var layer = layers[key.layer, default: LayerState()]
         if reportsLead == nil { reportsLead = false }
         // In the runtime's order, a use of a layer other than the one reported last comes before
-        // that layer's router: the shadow of the next layer running the experts it has resident
-        // (`ShadowRouting`), a third of a decode step's uses on the widened demo. The step does
-        // not use them again, so this is the coming step's use: stamped at its first row, as the
-        // replay stamps a use that precedes its step's report.
+        // that layer's report: `OffloadingExpertCache.withExperts` uses the step's resident
+        // experts (its hits) as it pins them, and the layer's routing is reported from the
+        // `pinned` callback after that (its misses are used after the report, as they arrive).
+        // The step does not use them again, so this is the coming step's use: stamped at its
+        // first row, as the replay stamps a use that precedes its step's report.
         let ahead = reportsLead == true && key.layer != reportingLayer
         if !ahead { layer.lastEventWasReport = false }
         let token = ahead ? layer.tokens : layer.tokenInProgress(reportsLead: reportsLead == true)
