@@ -55,7 +55,11 @@ public struct DecodeBenchmark: Sendable {
         public var decodeDemandQueuedSeconds: Double? = nil
         /// Decode's experts begun on gate and up before their down matrix had arrived (split reads).
         public var decodeSplitStarts: Int? = nil
+        /// The policy choosing victims at the run's end, where the policy switches between
+        /// others (the default `sequence` policy's `fixed_recency` or `measured_recency`).
+        public var policyLeader: String? = nil
         enum CodingKeys: String, CodingKey {
+            case policyLeader = "policy_leader"
             case decodeIOBusySeconds = "decode_io_busy_seconds", decodeReadSeconds = "decode_read_seconds"
             case decodeDemandQueuedSeconds = "decode_demand_queued_seconds", decodeSplitStarts = "decode_split_starts"
             case prefillSeconds = "prefill_seconds", decodeSeconds = "decode_seconds"
@@ -292,6 +296,7 @@ public struct DecodeBenchmark: Sendable {
                 run.decodeReadSeconds = end.readSeconds - afterPrefill.readSeconds
                 run.decodeDemandQueuedSeconds = end.demandQueuedSeconds - afterPrefill.demandQueuedSeconds
                 run.decodeSplitStarts = end.splitStarts - afterPrefill.splitStarts
+                run.policyLeader = endStats.policyLeader
             }
             measured.append(run)
             printError(String(format: "bench decode: %@ run %d/%d: pp %.2f tok/s, tg %.2f tok/s, %.1f MB read/token, stall %.0f%%, disk busy %.0f%% at %.2f GB/s, %.2f reads in flight, demand reads queued %.2f ms each, %d experts begun before their down matrix",

@@ -301,6 +301,9 @@ import Testing
         // under "runs" used to overwrite the array).
         #expect((json["runs"] as? [[String: Any]])?.count == 1)
         #expect(json["run_count"] as? Int == 1)
+        // The default policy duels its two recency bonuses; each run says which one led at its end.
+        let leader = (json["runs"] as? [[String: Any]])?.first?["policy_leader"] as? String
+        #expect(leader == "fixed_recency" || leader == "measured_recency", "\(leader ?? "none")")
         let baselines = try #require(json["baselines"] as? [[String: Any]])
         #expect(baselines.first?["name"] as? String == "load-on-demand")
         #expect(baselines.first?["prefetch"] as? String == "off")
