@@ -265,6 +265,7 @@ public struct TraceBenchmark: Sendable {
                                    learnsRecency: Bool = false) throws -> SequenceAwarePolicy.Parameters {
         var parameters = SequenceAwarePolicy.Parameters()
         parameters.learnsRecency = learnsRecency
+        parameters.layerDistance = ProcessInfo.processInfo.environment["MOE_LAYER_DISTANCE"] == "on"
         guard let text = setting, !text.isEmpty else { return parameters }
         let values = text.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
         guard values.count == 4, values[0] > 0, values[1] >= 0, values[2] > 0, values[3] > 0 else {

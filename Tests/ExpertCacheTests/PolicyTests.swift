@@ -195,6 +195,29 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         return parameters
     }
 
+    /// With equal chances, the expert of the layer that just ran waits longest for its next use
+    /// (a whole token), one of the next layer least; a much likelier expert still stays.
+    @Test func theLayerThatJustRanWaitsLongestForItsNextUse() {
+        let a = ExpertKey(layer: 0, expert: 0), b = ExpertKey(layer: 1, expert: 0), c = ExpertKey(layer: 1, expert: 1)
+        var parameters = SequenceAwarePolicy.Parameters()
+        #expect(!parameters.layerDistance)  // opt-in
+        var chanceOnly = SequenceAwarePolicy(parameters: parameters)
+        parameters.layerDistance = true
+        var withDistance = SequenceAwarePolicy(parameters: parameters)
+        for key in [a, b] { withDistance.didInsert(key); withDistance.didAccess(key); chanceOnly.didInsert(key); chanceOnly.didAccess(key) }
+        // Both are their layer's only expert, used once, just now: the same score.
+        #expect(withDistance.score(a) == withDistance.score(b))
+        #expect(withDistance.victim(among: [a, b]) == b)   // layer 1 just ran; layer 0 runs next
+        #expect(chanceOnly.victim(among: [a, b]) == a)     // a tie, broken by key
+        withDistance.didAccess(a)                          // now layer 0 runs: layer 1 is next
+        #expect(withDistance.victim(among: [a, b]) == a)
+        // A quarter of layer 1's uses against all of layer 0's: the chance outweighs the wait.
+        for _ in 0..<2 { withDistance.didAccess(b) }
+        withDistance.didInsert(c); withDistance.didAccess(c)
+        for _ in 0..<2 { withDistance.didAccess(a) }
+        #expect(withDistance.victim(among: [a, c]) == c)
+    }
+
     /// Without sequence reports the score is each expert's share of its layer's references.
     @Test func withoutSequencesItKeepsTheLayersPopularExperts() {
         var policy = SequenceAwarePolicy(parameters: Self.parameters())

@@ -33,12 +33,15 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
             // The fixed and the measured recency bonus dueling, the cache evicting as the one
             // whose simulation hits more (`DuelingPolicy`). `MOE_LEARNED_RECENCY=off` keeps the
             // fixed bonus alone, `=on` the measured one alone (A/B switches).
-            var measured = SequenceAwarePolicy.Parameters()
+            // `MOE_LAYER_DISTANCE=on` ranks by the expected wait for the next use (opt-in).
+            var fixed = SequenceAwarePolicy.Parameters()
+            fixed.layerDistance = ProcessInfo.processInfo.environment["MOE_LAYER_DISTANCE"] == "on"
+            var measured = fixed
             measured.learnsRecency = true
             switch ProcessInfo.processInfo.environment["MOE_LEARNED_RECENCY"] {
-            case "off": return SequenceAwarePolicy()
+            case "off": return SequenceAwarePolicy(parameters: fixed)
             case "on": return SequenceAwarePolicy(parameters: measured)
-            default: return DuelingPolicy(SequenceAwarePolicy(name: "fixed_recency"),
+            default: return DuelingPolicy(SequenceAwarePolicy(parameters: fixed, name: "fixed_recency"),
                                           SequenceAwarePolicy(parameters: measured, name: "measured_recency"), name: "sequence")
             }
         }
