@@ -61,9 +61,6 @@ public struct TraceBenchmark: Sendable {
             let slots = try slotsPerLayer(recordedLayers: recorded.count)
             let topK = routing.maxExpertsPerToken
             let floorSlots = floor ?? topK
-            // Fate's tier counts recorded (MoE) layers, but compares model layer indices.
-            let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
-            let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
 
             var runs: [(String, any CachePolicy, TraceReplay.Pool)] = [
                 ("lru", LRUPolicy(), .perLayer),
@@ -76,19 +73,9 @@ public struct TraceBenchmark: Sendable {
                 ("belady", BeladyPolicy(), .perLayer),
             ]
             if recorded.count > 1 {
-                runs += [
-                    ("lru_global", LRUPolicy(), .global),
-                    ("lfu_global", LFUPolicy(), .global),
-                    ("lrfu_global", LRFUPolicy(), .global),
-                    ("learned_global", LearnedPolicy(), .global),
-                    ("sequence_global", SequenceAwarePolicy(parameters: try Self.sequenceParameters()), .global),
-                    ("sequence_measured_global", SequenceAwarePolicy(parameters: try Self.sequenceParameters(learnsRecency: true)), .global),
-                    ("sequence_dueling_global", Self.sequenceDueling(fixed: try Self.sequenceParameters(),
-                                                                     measured: try Self.sequenceParameters(learnsRecency: true),
-                                                                     sampleStride: try Self.duelSampleStride()), .global),
-                    ("fate", LayerAwarePolicy(shallowLayerCount: shallowBoundary), .global),
-                    ("belady_global", BeladyPolicy(), .global),  // no floors: the unconstrained optimum bounds every floored policy
-                ]
+                // The shared-pool policies `--sequences` and `--as-recorded` replay, Belady last
+                // (no floors: the unconstrained optimum bounds every floored policy).
+                runs += try sharedPoolPolicies().makers.map { name, make in (name, make(), .global) }
             }
             var results: [String: TraceReplay.Result] = [:]
             var nanoseconds: [String: Double] = [:]
@@ -233,7 +220,7 @@ public struct TraceBenchmark: Sendable {
         return (output, lines.joined(separator: "\n") + "\n")
     }
 
-    /// What the shared-pool replays (`runBatched`, `runRecorded`) share: the recorded layers, the
+    /// What the shared-pool replays (`run`'s global rows, `runBatched`, `runRecorded`) share: the recorded layers, the
     /// slots per layer, top-k, the floor, and each shared-pool policy with Belady last, by name.
     private func sharedPoolPolicies() throws -> (recorded: [Int], slots: Int, topK: Int, floor: Int,
                                                  makers: [(String, () -> any CachePolicy)]) {
@@ -241,6 +228,7 @@ public struct TraceBenchmark: Sendable {
         guard !trace.tokens.isEmpty, !recorded.isEmpty else { throw ToolError("the trace has no recorded tokens") }
         let slots = try slotsPerLayer(recordedLayers: recorded.count)
         let topK = trace.maxExpertsPerToken
+        // Fate's tier counts recorded (MoE) layers, but compares model layer indices.
         let shallowCount = shallowLayers ?? max(1, recorded.count / 4)
         let shallowBoundary = shallowCount < recorded.count ? recorded[shallowCount] : Int.max
         let sequenceParameters = try Self.sequenceParameters()
@@ -250,8 +238,9 @@ public struct TraceBenchmark: Sendable {
             ("lru_global", { LRUPolicy() }), ("lfu_global", { LFUPolicy() }), ("lrfu_global", { LRFUPolicy() }),
             ("learned_global", { LearnedPolicy() }), ("sequence_global", { SequenceAwarePolicy(parameters: sequenceParameters) }),
             ("sequence_measured_global", { SequenceAwarePolicy(parameters: measuredRecencyParameters) }),
-            ("sequence_dueling_global", { Self.sequenceDueling(fixed: sequenceParameters, measured: measuredRecencyParameters,
-                                                               sampleStride: duelStride) }),
+            ("sequence_dueling_global", { DuelingPolicy(SequenceAwarePolicy(parameters: sequenceParameters),
+                                                        SequenceAwarePolicy(parameters: measuredRecencyParameters),
+                                                        sampleStride: duelStride, name: "sequence_dueling") }),
             ("fate", { LayerAwarePolicy(shallowLayerCount: shallowBoundary) }), ("belady_global", { BeladyPolicy() }),
         ]
         return (recorded, slots, topK, floor ?? topK, makers)
@@ -273,13 +262,6 @@ public struct TraceBenchmark: Sendable {
         }
         (parameters.priorWeight, parameters.recencyWeight, parameters.recencyHalfLife, parameters.longHalfLife) = (values[0], values[1], values[2], values[3])
         return parameters
-    }
-
-    /// The fixed and the measured recency bonus dueling (`DuelingPolicy`, the runtime's default).
-    static func sequenceDueling(fixed: SequenceAwarePolicy.Parameters, measured: SequenceAwarePolicy.Parameters,
-                                sampleStride: Int) -> DuelingPolicy<SequenceAwarePolicy, SequenceAwarePolicy> {
-        DuelingPolicy(SequenceAwarePolicy(parameters: fixed), SequenceAwarePolicy(parameters: measured),
-                      sampleStride: sampleStride, name: "sequence_dueling")
     }
 
     /// One layer in how many the dueling policy's simulations sample: `MOE_DUEL_SAMPLE_STRIDE`
