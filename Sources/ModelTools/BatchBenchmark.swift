@@ -55,6 +55,13 @@ public struct BatchBenchmark: Sendable {
         public var seconds: Double
         public var decodeTokensPerSecond: Double
         public var runTokensPerSecond: [Double]
+        /// Each run's expert bytes read per decoded token, in run order (as `runTokensPerSecond`):
+        /// what a cache policy changes, free of the disk's rate.
+        public var runBytesReadPerToken: [Double]
+        /// Each run's wait for expert reads per miss, in milliseconds (stall ÷ misses): the rate the
+        /// disk gave that run. On the cloud disk of docs/BENCHMARKS.md it swung 0.30-1.03 ms from one
+        /// run to the next, the same in every layer, so compare policies by the bytes they read.
+        public var runStallMillisecondsPerMiss: [Double]
         public var expertBytesReadPerToken: Double
         public var hitRate: Double
         /// Share of the decode window the engine spent waiting for expert reads.
@@ -75,6 +82,7 @@ public struct BatchBenchmark: Sendable {
             case sequences, prefetch, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
             case prefetchPrecision = "prefetch_precision", prefetchInTime = "prefetch_in_time"
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
+            case runBytesReadPerToken = "runs_expert_bytes_read_per_token", runStallMillisecondsPerMiss = "runs_stall_ms_per_miss"
             case expertBytesReadPerToken = "expert_bytes_read_per_token", hitRate = "hit_rate"
         }
     }
@@ -111,6 +119,8 @@ public struct BatchBenchmark: Sendable {
         var steps = 0
         var moeLayers = 1
         var tokensPerSecond: Double { Double(decodedTokens) / seconds }
+        var bytesReadPerToken: Double { Double(bytesRead) / Double(decodedTokens) }
+        var stallMillisecondsPerMiss: Double { misses > 0 ? 1e3 * stallSeconds / Double(misses) : 0 }
     }
 
     /// Runs every concurrency; returns the JSON output and a table for people. Progress goes to stderr.
@@ -143,7 +153,9 @@ public struct BatchBenchmark: Sendable {
                     let median = all.sorted { $0.tokensPerSecond < $1.tokensPerSecond }[all.count / 2]
                     rows.append(Row(sequences: count, prefetch: mode, decodedTokens: median.decodedTokens, seconds: median.seconds,
                                     decodeTokensPerSecond: median.tokensPerSecond, runTokensPerSecond: all.map(\.tokensPerSecond),
-                                    expertBytesReadPerToken: Double(median.bytesRead) / Double(median.decodedTokens),
+                                    runBytesReadPerToken: all.map(\.bytesReadPerToken),
+                                    runStallMillisecondsPerMiss: all.map(\.stallMillisecondsPerMiss),
+                                    expertBytesReadPerToken: median.bytesReadPerToken,
                                     hitRate: median.hits + median.misses > 0 ? Double(median.hits) / Double(median.hits + median.misses) : 1,
                                     stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes,
                                     prefetchPrecision: median.prefetchesIssued > 0 ? Double(median.prefetchHits + median.prefetchesLate) / Double(median.prefetchesIssued) : nil,

@@ -200,10 +200,10 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
     @Test func theLayerThatJustRanWaitsLongestForItsNextUse() {
         let a = ExpertKey(layer: 0, expert: 0), b = ExpertKey(layer: 1, expert: 0), c = ExpertKey(layer: 1, expert: 1)
         var parameters = SequenceAwarePolicy.Parameters()
-        #expect(!parameters.layerDistance)  // opt-in
-        var chanceOnly = SequenceAwarePolicy(parameters: parameters)
-        parameters.layerDistance = true
+        #expect(parameters.layerDistance)  // the default
         var withDistance = SequenceAwarePolicy(parameters: parameters)
+        parameters.layerDistance = false
+        var chanceOnly = SequenceAwarePolicy(parameters: parameters)
         for key in [a, b] { withDistance.didInsert(key); withDistance.didAccess(key); chanceOnly.didInsert(key); chanceOnly.didAccess(key) }
         // Both are their layer's only expert, used once, just now: the same score.
         #expect(withDistance.score(a) == withDistance.score(b))

@@ -189,6 +189,10 @@ import Testing
             #expect(row.decodeTokensPerSecond > 0)
             #expect((0...1).contains(row.hitRate))
             #expect(row.expertCacheBytes > 0)
+            // Each run's bytes per token and wait per miss, in run order; the median run's bytes are among them.
+            #expect(row.runBytesReadPerToken.count == benchmark.runs && row.runStallMillisecondsPerMiss.count == benchmark.runs)
+            #expect(row.runBytesReadPerToken.contains(row.expertBytesReadPerToken))
+            #expect(row.runStallMillisecondsPerMiss.allSatisfy { $0 >= 0 && $0.isFinite })
         }
         #expect(report.prefetchComparison == nil)
         #expect(table.hasPrefix("| sequences |"))

@@ -33,9 +33,10 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
             // The fixed and the measured recency bonus dueling, the cache evicting as the one
             // whose simulation hits more (`DuelingPolicy`). `MOE_LEARNED_RECENCY=off` keeps the
             // fixed bonus alone, `=on` the measured one alone (A/B switches).
-            // `MOE_LAYER_DISTANCE=on` ranks by the expected wait for the next use (opt-in).
+            // Both rank by the expected wait for the next use; `MOE_LAYER_DISTANCE=off` by the
+            // chance of use alone (A/B switch).
             var fixed = SequenceAwarePolicy.Parameters()
-            fixed.layerDistance = ProcessInfo.processInfo.environment["MOE_LAYER_DISTANCE"] == "on"
+            fixed.layerDistance = ProcessInfo.processInfo.environment["MOE_LAYER_DISTANCE"] != "off"
             var measured = fixed
             measured.learnsRecency = true
             switch ProcessInfo.processInfo.environment["MOE_LEARNED_RECENCY"] {
