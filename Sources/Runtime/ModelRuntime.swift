@@ -116,7 +116,9 @@ public final class ModelRuntime {
             openedStore = store
             config = store.config
             weights = store
-            loader = StoreExpertLoader(store: store)
+            let storeLoader = StoreExpertLoader(store: store)
+            // An emulated disk of one fixed rate, for benchmarks (`MOE_DISK_MBPS`).
+            loader = try PacedExpertLoader.environmentRate().map { PacedExpertLoader(base: storeLoader, bytesPerSecond: $0) } ?? storeLoader
             denseBytes = store.manifest.dense.fileSize
         } else {
             // A GGUF file serves its tensors under the checkpoint names, so both take this path.
