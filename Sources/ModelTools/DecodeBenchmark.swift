@@ -134,8 +134,10 @@ public struct DecodeBenchmark: Sendable {
             guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ToolError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
             let url = specification.model
             let disk = try measureDisk(url)
-            if let disk { printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT, %@)", disk, probeDepth,
-                                            specification.ioEngine.rawValue)) }
+            if let disk, try PacedExpertLoader.environmentRate() == nil {
+                printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT, %@)", disk, probeDepth,
+                                  specification.ioEngine.rawValue))
+            }
             var onDemand = specification
             onDemand.prefetch = false
             onDemand.policy = .lru
