@@ -7,9 +7,11 @@
 # READ_MBPS=N runs every command with its reads from the model's disk throttled to N MB/s (scripts/run_throttled.sh;
 # root): below the disk's slowest rate, the disk then reads at one steady rate, and what the setting
 # does to the time shows through (e.g. READ_MBPS=600 on the machine of docs/BENCHMARKS.md, whose disk gave 0.9-3 GB/s).
+# VAR is an environment variable, or an option of `bench batch` (starting with --) given FIRST or SECOND as its value.
 # Usage: [MODEL=DIR] [CACHE=60MiB] [GEN=32] [EXTRA="--prefetch off"] [READ_MBPS=600] \
 #        scripts/ab_batch_runs.sh VAR FIRST SECOND SEQUENCES PAIRS OUT
 # e.g.   scripts/ab_batch_runs.sh MOE_LAYER_DISTANCE off on 8 10 /tmp/ab-ld
+#        READ_MBPS=600 scripts/ab_batch_runs.sh --prefetch-min-probability 0.7 0.9 1 8 /tmp/ab-floor
 set -euo pipefail
 VAR=${1:?usage: scripts/ab_batch_runs.sh VAR FIRST SECOND SEQUENCES PAIRS OUT}; FIRST=${2:?}; SECOND=${3:?}
 N=${4:?}; PAIRS=${5:?}; OUT=${6:?}; mkdir -p "$OUT"
@@ -23,8 +25,10 @@ fi
 for r in $(seq 1 "$PAIRS"); do
   if [ $((r % 2)) = 1 ]; then order="$FIRST $SECOND"; else order="$SECOND $FIRST"; fi
   for v in $order; do
+    # VAR is an environment switch, or an option of `bench batch` when it starts with --.
+    if [[ $VAR == --* ]]; then setting=(env); option=("$VAR" "$v"); else setting=(env "$VAR=$v"); option=(); fi
     # shellcheck disable=SC2086 # EXTRA is a list of options
-    env "$VAR=$v" "${RUN[@]}" "$B" bench batch --model "$MODEL" --sequences "$N" --prompts "$ROOT/scripts/prompts/python.jsonl" \
+    "${setting[@]}" "${RUN[@]}" "$B" bench batch "${option[@]}" --model "$MODEL" --sequences "$N" --prompts "$ROOT/scripts/prompts/python.jsonl" \
       --temperature 0.7 --gen-tokens "${GEN:-32}" --prompt-tokens 16 --expert-cache "$CACHE" --runs 1 --seed "$r" ${EXTRA:-} \
       > "$OUT/$v-$N-$r.json" 2> "$OUT/$v-$N-$r.err"
   done

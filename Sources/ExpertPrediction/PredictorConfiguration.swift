@@ -30,10 +30,12 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
     public var minProbability: Float
     /// With selection probes (`CrossLayerProbes.Output.selection`), skip candidates less likely
     /// than this to be among the layer's top-k (0 disables). Used in place of `minProbability`,
-    /// whose router probabilities are not calibrated for it. 0.7 measured best with the demo's
-    /// probes (one hidden layer): at 0.5 they cover more misses but read more wrong guesses,
-    /// and decode no faster; at 0.7 they cover as many as logistic probes at 0.5 with fewer
-    /// reads and less stall (docs/PREDICTOR.md, session 6).
+    /// whose router probabilities are not calibrated for it. 0.9 since session 26: on disks of
+    /// one rate (throttled, or emulated at 600-3000 MB/s) it decoded 1.02-1.12x faster than
+    /// 0.7 and read 2-8% fewer bytes per token, also on the cloud disk (10 of 10 pairs), because
+    /// a wrong guess costs a whole read while a right one saves only the part of a read that
+    /// compute could not hide (docs/PREDICTOR.md, "Session 26"). 0.7 was chosen in session 6 on
+    /// that cloud disk, whose rate swings too much to tell the two apart.
     public var minSelectionProbability: Float
     /// Apply router l to layer l's attention input, so loads start during attention.
     public var preAttention: Bool
@@ -49,7 +51,7 @@ public struct PredictorConfiguration: Sendable, Codable, Equatable {
     public var firstLayer: FirstLayerPrediction
 
     public init(crossLayer: Bool = true, depth: Int = 1, deepRowLimit: Int = .max, extraWidth: Int = 0, cumulativeThreshold: Float = 1,
-                minProbability: Float = 0, minSelectionProbability: Float = 0.7, preAttention: Bool = false, historyTokens: Int = 0,
+                minProbability: Float = 0, minSelectionProbability: Float = 0.9, preAttention: Bool = false, historyTokens: Int = 0,
                 maxPredictedPerLayer: Int = .max, firstLayer: FirstLayerPrediction = .none) {
         self.crossLayer = crossLayer
         self.depth = depth

@@ -45,7 +45,7 @@ struct RuntimeOptions: ParsableArguments {
     /// prefetch cost 21% of throughput; at 0.1: 63% and 79%, and no loss. With selection probes
     /// the floor is on their calibrated probability of being used instead (default
     /// `PredictorConfiguration.minSelectionProbability`).
-    @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only predicted experts whose probability reaches this (0 prefetches every candidate): the router's probability (default 0.1), or with selection probes the probability of being used (default 0.7).")
+    @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only predicted experts whose probability reaches this (0 prefetches every candidate): the router's probability (default 0.1), or with selection probes the probability of being used (default 0.9).")
     var prefetchMinProbability: Float?
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, not yet used experts each layer may hold (0: no bound; default: the model's top-k).")
     var prefetchBudget: Int?

@@ -29,7 +29,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("reader-threads"), help: "Concurrent expert reads (default 4).") var readerThreads: String?
     @Option(name: .customLong("io-engine"), help: "Engine of expert reads: auto (default: io_uring where the kernel allows, else threads), io_uring or threads.") var ioEngine: String?
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once (0, the default: no separate bound).") var prefetchReads: String?
-    @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only guesses at least this probable (default 0.1, or 0.7 with selection probes).") var prefetchMinProbability: String?
+    @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only guesses at least this probable (default 0.1, or 0.9 with selection probes).") var prefetchMinProbability: String?
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, unused experts each layer may hold (0: no bound; default the model's top-k).") var prefetchBudget: String?
     @Option(name: .customLong("shadow-routing"), help: "Run the next MoE layer's attention and router while a decode step's misses load, and prefetch what it chooses: on or off (default on).") var shadowRouting: String?
     @Option(name: .customLong("max-sequences"), help: "Sequences decoded together in one batch (default 8).") var maxSequences: String?
