@@ -133,10 +133,15 @@ public struct DecodeBenchmark: Sendable {
     public func run() throws -> (output: Output, table: String, plot: String?) {
             guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ToolError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
             let url = specification.model
-            let disk = try measureDisk(url)
-            if let disk, try PacedExpertLoader.environmentRate() == nil {
-                printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT, %@)", disk, probeDepth,
-                                  specification.ioEngine.rawValue))
+            let disk: Double?
+            if let emulated = try PacedExpertLoader.environmentRate(), ExpertStore.isStore(at: url) {
+                // An emulated disk (`MOE_DISK_MBPS`) has its rate by definition; a probe would read the real one.
+                disk = emulated / 1e9
+                printError(String(format: "bench decode: an emulated disk of %.2f GB/s (MOE_DISK_MBPS)", emulated / 1e9))
+            } else {
+                disk = try measureDisk(url)
+                if let disk { printError(String(format: "bench decode: disk random reads %.2f GB/s at queue depth %d (O_DIRECT, %@)", disk, probeDepth,
+                                                specification.ioEngine.rawValue)) }
             }
             var onDemand = specification
             onDemand.prefetch = false
@@ -212,11 +217,6 @@ public struct DecodeBenchmark: Sendable {
 
     private func measureDisk(_ url: URL) throws -> Double? {
         guard ExpertStore.isStore(at: url) else { return nil }
-        // An emulated disk (`MOE_DISK_MBPS`) has its rate by definition; a probe would read the real one.
-        if let emulated = try PacedExpertLoader.environmentRate() {
-            printError(String(format: "bench decode: an emulated disk of %.2f GB/s (MOE_DISK_MBPS)", emulated / 1e9))
-            return emulated / 1e9
-        }
         let store = try ExpertStore(url: url, ioEngine: specification.ioEngine)
         let blobs = store.manifest.experts.blobs
         guard !blobs.isEmpty else { return nil }

@@ -252,9 +252,8 @@ public struct TraceBenchmark: Sendable {
     /// stream (alone with `MOE_LEARNED_RECENCY=on` at run time, and one side of the default duel), replayed next to the fixed one.
     static func sequenceParameters(_ setting: String? = ProcessInfo.processInfo.environment["MOE_SEQUENCE_PARAMETERS"],
                                    learnsRecency: Bool = false) throws -> SequenceAwarePolicy.Parameters {
-        var parameters = SequenceAwarePolicy.Parameters()
+        var parameters = SequenceAwarePolicy.Parameters.fromEnvironment()
         parameters.learnsRecency = learnsRecency
-        parameters.layerDistance = ProcessInfo.processInfo.environment["MOE_LAYER_DISTANCE"] != "off"
         guard let text = setting, !text.isEmpty else { return parameters }
         let values = text.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
         guard values.count == 4, values[0] > 0, values[1] >= 0, values[2] > 0, values[3] > 0 else {

@@ -201,6 +201,9 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         let a = ExpertKey(layer: 0, expert: 0), b = ExpertKey(layer: 1, expert: 0), c = ExpertKey(layer: 1, expert: 1)
         var parameters = SequenceAwarePolicy.Parameters()
         #expect(parameters.layerDistance)  // the default
+        // The runtime's and the replay's parameters: on unless MOE_LAYER_DISTANCE=off.
+        #expect(SequenceAwarePolicy.Parameters.fromEnvironment([:]) == parameters)
+        #expect(!SequenceAwarePolicy.Parameters.fromEnvironment(["MOE_LAYER_DISTANCE": "off"]).layerDistance)
         var withDistance = SequenceAwarePolicy(parameters: parameters)
         parameters.layerDistance = false
         var chanceOnly = SequenceAwarePolicy(parameters: parameters)

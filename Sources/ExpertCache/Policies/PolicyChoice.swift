@@ -35,8 +35,7 @@ public enum PolicyChoice: String, CaseIterable, Codable, Sendable {
             // fixed bonus alone, `=on` the measured one alone (A/B switches).
             // Both rank by the expected wait for the next use; `MOE_LAYER_DISTANCE=off` by the
             // chance of use alone (A/B switch).
-            var fixed = SequenceAwarePolicy.Parameters()
-            fixed.layerDistance = ProcessInfo.processInfo.environment["MOE_LAYER_DISTANCE"] != "off"
+            let fixed = SequenceAwarePolicy.Parameters.fromEnvironment()
             var measured = fixed
             measured.learnsRecency = true
             switch ProcessInfo.processInfo.environment["MOE_LEARNED_RECENCY"] {

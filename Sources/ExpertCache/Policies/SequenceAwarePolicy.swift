@@ -67,6 +67,14 @@ public struct SequenceAwarePolicy: CachePolicy {
         /// "The layer that just ran waits longest").
         public var layerDistance = true
         public init() {}
+
+        /// What the runtime runs and `bench trace` replays: the defaults, ranking by the chance
+        /// alone under `MOE_LAYER_DISTANCE=off` (an A/B switch), so that replay and runtime agree.
+        public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> Parameters {
+            var parameters = Parameters()
+            parameters.layerDistance = environment["MOE_LAYER_DISTANCE"] != "off"
+            return parameters
+        }
     }
 
     /// Uses between refreshes of the recency table (at least; as many as the experts the policy
@@ -247,26 +255,22 @@ public struct SequenceAwarePolicy: CachePolicy {
     /// runtime the running layer's experts are released one by one and become candidates at once
     /// (the replay pins a step's experts): this ranks them first.
     public func victim(among candidates: [ExpertKey]) -> ExpertKey {
+        // How much a candidate is worth keeping: its score, or minus its expected wait.
+        var worth: (ExpertKey) -> Double = score
         if parameters.layerDistance, let running = lastUsedLayer, layerPlaces.count > 1 {
             let layerCount = layerPlaces.count, here = layerPlaces[running] ?? 0
             let perToken = Double(expertsPerToken ?? 1)
-            func expectedWait(_ key: ExpertKey) -> Double {
+            worth = { key in
                 // Not capped at 1: within one layer the order stays the score's.
                 let chance = max(1e-9, perToken * score(key))
                 let ahead = ((layerPlaces[key.layer] ?? here) - here + layerCount) % layerCount
-                return Double(ahead == 0 ? layerCount : ahead) + Double(layerCount) * (1 / chance - 1)
+                return -(Double(ahead == 0 ? layerCount : ahead) + Double(layerCount) * (1 / chance - 1))
             }
-            var best = candidates[0], bestWait = expectedWait(best)
-            for key in candidates.dropFirst() {
-                let value = expectedWait(key)
-                if value > bestWait || (value == bestWait && key < best) { (best, bestWait) = (key, value) }
-            }
-            return best
         }
-        var best = candidates[0], bestScore = score(best)
+        var best = candidates[0], bestWorth = worth(best)
         for key in candidates.dropFirst() {
-            let value = score(key)
-            if value < bestScore || (value == bestScore && key < best) { (best, bestScore) = (key, value) }
+            let value = worth(key)
+            if value < bestWorth || (value == bestWorth && key < best) { (best, bestWorth) = (key, value) }
         }
         return best
     }
