@@ -129,10 +129,12 @@ def fit_ridge(x, g, ridge):
     return solution[:-1].T.astype(np.float32), solution[-1].astype(np.float32)
 
 
-def fit_selection_mlp(x, chosen, units, epochs, weight_decay):
+def fit_selection_mlp(x, chosen, units, epochs, weight_decay, weights=None):
     """A hidden layer of `units` SiLU units, then one logit per expert, by AdamW on binary
-    cross-entropy: (hidden weight [U, H], hidden bias [U], weight [E, U], bias [E])."""
+    cross-entropy, each (token, expert) term weighted by `weights` [N, E] if given:
+    (hidden weight [U, H], hidden bias [U], weight [E, U], bias [E])."""
     inputs, targets = torch.tensor(x), torch.tensor(chosen)
+    term_weights = None if weights is None else torch.tensor(weights)
     model = torch.nn.Sequential(torch.nn.Linear(inputs.shape[1], units), torch.nn.SiLU(), torch.nn.Linear(units, targets.shape[1]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=weight_decay)
     for _ in range(epochs):
@@ -140,7 +142,9 @@ def fit_selection_mlp(x, chosen, units, epochs, weight_decay):
         for start in range(0, len(inputs), 1024):
             batch = order[start:start + 1024]
             optimizer.zero_grad()
-            torch.nn.functional.binary_cross_entropy_with_logits(model(inputs[batch]), targets[batch]).backward()
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                model(inputs[batch]), targets[batch],
+                weight=None if term_weights is None else term_weights[batch]).backward()
             optimizer.step()
     hidden, out = model[0], model[2]
     return [t.detach().numpy().copy() for t in (hidden.weight, hidden.bias, out.weight, out.bias)]
@@ -167,6 +171,27 @@ def fit_selection(x, chosen, weight_decay, iterations):
 
     optimizer.step(closure)
     return linear.weight.detach().numpy().copy(), linear.bias.detach().numpy().copy()
+
+
+def resident_masks(used, cache_experts):
+    """[L, N, E] bool: whether each expert was resident in an LRU cache of `cache_experts` experts
+    shared by all layers when its layer routed token i, the tokens read in order. `used`: [L, N, E]."""
+    layer_count, tokens, experts = used.shape
+    masks = np.zeros(used.shape, dtype=bool)
+    cache, held = OrderedDict(), [set() for _ in range(layer_count)]
+    for i in range(tokens):
+        for layer in range(layer_count):
+            if held[layer]:
+                masks[layer, i, list(held[layer])] = True
+            for e in np.flatnonzero(used[layer, i]):
+                key = (layer, int(e))
+                cache[key] = True
+                cache.move_to_end(key)
+                held[layer].add(int(e))
+                if len(cache) > cache_experts:
+                    (old_layer, old_expert), _ = cache.popitem(last=False)
+                    held[old_layer].discard(old_expert)
+    return masks
 
 
 def replay_reads(probabilities, used, cache_experts, width):
@@ -204,7 +229,7 @@ def replay_reads(probabilities, used, cache_experts, width):
     return results
 
 
-THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
+THRESHOLDS = (0.0, 0.1, 0.3, 0.5, 0.7, 0.8, 0.9)
 
 
 def main():
@@ -231,6 +256,10 @@ def main():
     parser.add_argument("--no-wrap", dest="wrap", action="store_false",
                         help="do not fit maps from the last layers to the next token's first layers")
     parser.add_argument("--cache-experts", type=int, default=98, help="LRU cache size for the read replay")
+    parser.add_argument("--resident-weight", type=float, default=1.0,
+                        help="weight of the loss terms of experts an LRU cache of --cache-experts holds when their "
+                             "layer routes (1: every term alike). Below 1 the probes are fitted mostly on the guesses "
+                             "that cost a read; selection probes with a hidden layer only")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -255,6 +284,13 @@ def main():
     print(f"recorded {n_train} training and {n_eval} held-out tokens in {time.time() - start:.0f} s", file=sys.stderr)
     routers = [layer.mlp.gate.weight.detach().numpy() for layer in model.model.layers]  # [E, H]
     used_eval = np.stack([selected(g, k) for g in g_eval])  # [L, N, E]
+    term_weights = None
+    if args.resident_weight != 1.0:
+        # The training stream's residency: a guess for an expert already held costs nothing,
+        # so its terms count less and the probe's capacity goes to the experts that are read.
+        held = resident_masks(np.stack([selected(g, k) for g in g_train]), args.cache_experts)
+        term_weights = np.where(held, np.float32(args.resident_weight), np.float32(1.0)).astype(np.float32)
+        print(f"resident share of the training terms: {held.mean():.3f}, weighted {args.resident_weight:g}", file=sys.stderr)
     prefix = "select" if args.kind == "selection" else "probe"
     tensors = {}
     for depth in map(int, args.depths.split(",")):
@@ -273,7 +309,9 @@ def main():
                 continue
             x_fit, g_fit = (x_train[source][:-1], g_train[target][1:]) if wraps else (x_train[source], g_train[target])
             if args.kind == "selection" and args.hidden_units:
-                hidden_weight, hidden_bias, weight, bias = fit_selection_mlp(x_fit, selected(g_fit, k), args.hidden_units, args.epochs, args.weight_decay)
+                w_fit = None if term_weights is None else (term_weights[target][1:] if wraps else term_weights[target])
+                hidden_weight, hidden_bias, weight, bias = fit_selection_mlp(x_fit, selected(g_fit, k), args.hidden_units, args.epochs,
+                                                                             args.weight_decay, w_fit)
                 scores = mlp_scores(x_eval[source], hidden_weight, hidden_bias, weight, bias)
                 tensors[f"{prefix}.{target}.from.{source}.hidden.weight"] = np.ascontiguousarray(hidden_weight)
                 tensors[f"{prefix}.{target}.from.{source}.hidden.bias"] = hidden_bias
@@ -310,6 +348,7 @@ def main():
             results = replay_reads(scores, used_eval, args.cache_experts, k + 1)
             print(f"| {name} | " + " | ".join(f"{r:.2f} / {p:.2f} / {c:.2f}" for r, p, c in results.values()) + " |")
     save_file(tensors, args.out, metadata={"source": args.model, "kind": args.kind, "train_tokens": str(n_train),
+                                          "resident_weight": f"{args.resident_weight:g}", "cache_experts": str(args.cache_experts),
                                           "hidden_units": str(args.hidden_units if args.kind == "selection" else 0)})
     print(f"wrote {sum(name.endswith('.bias') and '.hidden.' not in name for name in tensors)} {args.kind} probes to {args.out}", file=sys.stderr)
 
