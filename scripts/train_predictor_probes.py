@@ -176,7 +176,7 @@ def fit_selection(x, chosen, weight_decay, iterations):
 def resident_masks(used, cache_experts):
     """[L, N, E] bool: whether each expert was resident in an LRU cache of `cache_experts` experts
     shared by all layers when its layer routed token i, the tokens read in order. `used`: [L, N, E]."""
-    layer_count, tokens, experts = used.shape
+    layer_count, tokens, _ = used.shape
     masks = np.zeros(used.shape, dtype=bool)
     cache, held = OrderedDict(), [set() for _ in range(layer_count)]
     for i in range(tokens):

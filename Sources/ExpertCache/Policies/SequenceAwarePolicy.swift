@@ -255,17 +255,18 @@ public struct SequenceAwarePolicy: CachePolicy {
     /// runtime the running layer's experts are released one by one and become candidates at once
     /// (the replay pins a step's experts): this ranks them first.
     public func victim(among candidates: [ExpertKey]) -> ExpertKey {
+        // The running layer's place, when the ranking is by the expected wait. A local function,
+        // not a stored closure: this runs for every eviction and should not allocate.
+        let distance: (here: Int, layers: Int, perToken: Double)? =
+            parameters.layerDistance && layerPlaces.count > 1
+            ? lastUsedLayer.map { (layerPlaces[$0] ?? 0, layerPlaces.count, Double(expertsPerToken ?? 1)) } : nil
         // How much a candidate is worth keeping: its score, or minus its expected wait.
-        var worth: (ExpertKey) -> Double = score
-        if parameters.layerDistance, let running = lastUsedLayer, layerPlaces.count > 1 {
-            let layerCount = layerPlaces.count, here = layerPlaces[running] ?? 0
-            let perToken = Double(expertsPerToken ?? 1)
-            worth = { key in
-                // Not capped at 1: within one layer the order stays the score's.
-                let chance = max(1e-9, perToken * score(key))
-                let ahead = ((layerPlaces[key.layer] ?? here) - here + layerCount) % layerCount
-                return -(Double(ahead == 0 ? layerCount : ahead) + Double(layerCount) * (1 / chance - 1))
-            }
+        func worth(_ key: ExpertKey) -> Double {
+            guard let distance else { return score(key) }
+            // Not capped at 1: within one layer the order stays the score's.
+            let chance = max(1e-9, distance.perToken * score(key))
+            let ahead = ((layerPlaces[key.layer] ?? distance.here) - distance.here + distance.layers) % distance.layers
+            return -(Double(ahead == 0 ? distance.layers : ahead) + Double(distance.layers) * (1 / chance - 1))
         }
         var best = candidates[0], bestWorth = worth(best)
         for key in candidates.dropFirst() {
