@@ -74,6 +74,18 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         next?.willRunStep(lastRows: lastRows)
     }
 
+    public func didRunStep() { next?.didRunStep() }
+
+    /// Withdraws every guess not yet checked against its layer's routing and cancels their
+    /// reads that have not started: prefetching is about to pause (`PrefetchSwitch`), and
+    /// guesses made for the next step would otherwise be read, and scored, after the pause.
+    public func withdrawGuesses() {
+        for layer in pending.indices where !pending[layer].isEmpty {
+            provider?.cancelPrefetches(layer: layer, experts: pending[layer].sorted())
+            pending[layer] = []
+        }
+    }
+
     public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {
         if layer == 0 { statistics.steps += 1 }
         if configuration.preAttention, routers[layer] != nil {

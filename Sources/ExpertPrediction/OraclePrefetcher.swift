@@ -37,6 +37,7 @@ public final class OraclePrefetcher: RoutingObserver {
     }
 
     public func willRunStep(lastRows: [Int]) { next?.willRunStep(lastRows: lastRows) }
+    public func didRunStep() { next?.didRunStep() }
     public func willRunSequences(_ sequences: [SequenceRows]) { next?.willRunSequences(sequences) }
     public func sequenceEnded(_ id: Int) { next?.sequenceEnded(id) }
     public func didShadowRoute(layer: Int, routes: [TokenRouting]) { next?.didShadowRoute(layer: layer, routes: routes) }

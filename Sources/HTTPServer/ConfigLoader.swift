@@ -38,7 +38,15 @@ public enum ConfigLoader {
         },
         Key(name: "expert_cache", help: "bytes of experts in RAM, overriding memory_budget's share") { c, v in c.runtime.expertCacheBytes = try size(v) },
         Key(name: "cache_policy", help: "expert cache eviction policy (sequence, learned, lfu, lru, ...)") { c, v in c.runtime.cachePolicy = try string(v) },
-        Key(name: "prefetch", help: "predictive prefetch of experts (on/off)") { c, v in c.runtime.prefetch = try bool(v) },
+        Key(name: "prefetch", help: "predictive prefetch of experts (on/off), or auto: time decode steps with and without it and keep the faster") { c, v in
+            if case let .text(t) = v, t.lowercased() == "auto" {
+                c.runtime.prefetch = "auto"
+            } else if case let .json(j) = v, j.stringValue?.lowercased() == "auto" {
+                c.runtime.prefetch = "auto"
+            } else {
+                c.runtime.prefetch = try bool(v) ? "on" : "off"
+            }
+        },
         Key(name: "predictor", help: "predictor configuration (default cross_layer_deep with probes, else cross_layer)") { c, v in c.runtime.predictor = try string(v) },
         Key(name: "predictor_probes", help: "fitted predictor probes file, or none") { c, v in c.runtime.predictorProbes = try string(v) },
         Key(name: "kv_cache_type", help: "KV cache storage: f16 or f32") { c, v in c.runtime.kvCacheType = try string(v) },

@@ -6,8 +6,8 @@ public struct RuntimeSettings: Sendable, Equatable {
     public var expertCacheBytes: Int?
     /// `cache_policy`: eviction policy of the expert cache (learned, lfu, lru, …).
     public var cachePolicy: String?
-    /// `prefetch`: predictive prefetch of experts.
-    public var prefetch: Bool?
+    /// `prefetch`: predictive prefetch of experts: "on", "off" or "auto".
+    public var prefetch: String?
     /// `predictor`: named predictor configuration.
     public var predictor: String?
     /// `predictor_probes`: fitted probes file, or `none`.

@@ -38,6 +38,8 @@ public struct ExpertCacheSnapshot: Sendable, Equatable {
     /// The eviction policy choosing victims now, where the policy switches between others
     /// (`ExpertCacheStats.policyLeader`); nil otherwise.
     public var policyLeader: String? = nil
+    /// What `prefetch = "auto"` has decided, when it runs.
+    public var prefetchAuto: PrefetchAutoSnapshot? = nil
     /// Tokens that skipped at least one weak missing expert (`skip_missing_below`), since start.
     public var skippedTokens: Int = 0
     /// Expert uses served by a low-bit copy (`low_bit_misses`), since start.
@@ -121,6 +123,9 @@ public final class ServerMetrics: @unchecked Sendable {
     private var lastSnapshot = ExpertCacheSnapshot()
     /// One gauge per policy that has led (a handful at most), 1 for the one leading now.
     private var policyLeaders: [String: CoreMetrics.Gauge] = [:]
+    /// Under `prefetch = "auto"` only (made at its first sample, so that other servers do not
+    /// show them).
+    private var prefetchAutoMetrics: PrefetchAutoMetrics?
 
     /// Metrics on a fresh registry.
     public init() {
@@ -292,6 +297,10 @@ public final class ServerMetrics: @unchecked Sendable {
             policyLeaders[leader] = CoreMetrics.Gauge(label: "moe_expert_cache_policy_leader", dimensions: [("policy", leader)], factory: factory)
         }
         for (name, gauge) in policyLeaders { gauge.record(name == s.policyLeader ? 1 : 0) }
+        if let auto = s.prefetchAuto {
+            if prefetchAutoMetrics == nil { prefetchAutoMetrics = PrefetchAutoMetrics(factory: factory) }
+            prefetchAutoMetrics!.record(auto, previous: lastSnapshot.prefetchAuto)
+        }
         lastSnapshot = s
     }
 
@@ -304,4 +313,57 @@ public final class ServerMetrics: @unchecked Sendable {
     /// The resident set now (Linux); nil elsewhere. One reader of /proc for the whole process:
     /// `ProcessMemory`, which the memory plan uses too.
     public static func residentSetBytes() -> Int? { ProcessMemory.residentBytes() }
+}
+
+/// What `prefetch = "auto"` (`PrefetchSwitch`) has decided, as `/metrics` receives it.
+public struct PrefetchAutoSnapshot: Sendable, Equatable {
+    /// "on" or "off": the arm that runs outside the measuring rounds.
+    public var leader: String
+    /// Rounds finished since start.
+    public var rounds: Int
+    /// The last round's median on ÷ off seconds per decode token (below 1: prefetching was faster).
+    public var lastMedianRatio: Double?
+    /// Decode steps run with and without prefetching, since start.
+    public var stepsOn: Int
+    public var stepsOff: Int
+    public init(leader: String, rounds: Int, lastMedianRatio: Double?, stepsOn: Int, stepsOff: Int) {
+        self.leader = leader
+        self.rounds = rounds
+        self.lastMedianRatio = lastMedianRatio
+        self.stepsOn = stepsOn
+        self.stepsOff = stepsOff
+    }
+}
+
+/// The `moe_prefetch_auto_*` series.
+private struct PrefetchAutoMetrics {
+    let leaderOn: CoreMetrics.Gauge
+    let leaderOff: CoreMetrics.Gauge
+    let rounds: CoreMetrics.Counter
+    let stepsOn: CoreMetrics.Counter
+    let stepsOff: CoreMetrics.Counter
+    /// Made when the first round ends: before that no ratio was measured.
+    var lastRatio: CoreMetrics.Gauge?
+    let factory: PrometheusMetricsFactory
+
+    init(factory: PrometheusMetricsFactory) {
+        self.factory = factory
+        leaderOn = CoreMetrics.Gauge(label: "moe_prefetch_auto_leader", dimensions: [("arm", "on")], factory: factory)
+        leaderOff = CoreMetrics.Gauge(label: "moe_prefetch_auto_leader", dimensions: [("arm", "off")], factory: factory)
+        rounds = CoreMetrics.Counter(label: "moe_prefetch_auto_rounds_total", dimensions: [], factory: factory)
+        stepsOn = CoreMetrics.Counter(label: "moe_prefetch_auto_decode_steps_total", dimensions: [("arm", "on")], factory: factory)
+        stepsOff = CoreMetrics.Counter(label: "moe_prefetch_auto_decode_steps_total", dimensions: [("arm", "off")], factory: factory)
+    }
+
+    mutating func record(_ s: PrefetchAutoSnapshot, previous: PrefetchAutoSnapshot?) {
+        leaderOn.record(s.leader == "on" ? 1 : 0)
+        leaderOff.record(s.leader == "off" ? 1 : 0)
+        rounds.increment(by: max(0, s.rounds - (previous?.rounds ?? 0)))
+        stepsOn.increment(by: max(0, s.stepsOn - (previous?.stepsOn ?? 0)))
+        stepsOff.increment(by: max(0, s.stepsOff - (previous?.stepsOff ?? 0)))
+        if let ratio = s.lastMedianRatio {
+            if lastRatio == nil { lastRatio = CoreMetrics.Gauge(label: "moe_prefetch_auto_last_ratio", dimensions: [], factory: factory) }
+            lastRatio!.record(ratio)
+        }
+    }
 }

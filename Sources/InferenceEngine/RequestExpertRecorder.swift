@@ -67,6 +67,8 @@ final class RequestExpertRecorder: RoutingObserver {
 
     func willRunStep(lastRows: [Int]) { next?.willRunStep(lastRows: lastRows) }
 
+    func didRunStep() { next?.didRunStep() }
+
     func willRunSequences(_ sequences: [SequenceRows]) { next?.willRunSequences(sequences) }
 
     func sequenceEnded(_ id: Int) { next?.sequenceEnded(id) }

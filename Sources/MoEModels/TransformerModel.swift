@@ -367,6 +367,7 @@ public final class TransformerModel: @unchecked Sendable {
         Ops.rmsNorm(rows.pointer, rowCount: wantedRows, dim: hidden, weight: finalNorm, eps: config.rmsNormEps)
         let logits = fits ? workspace.logits : AlignedBuffer<Float>(count: wantedRows * config.vocabSize) // [wanted, vocab]
         lmHead.applyRowwise(rows.pointer, rowCount: wantedRows, into: logits.pointer)
+        routingObserver?.didRunStep()
         return StepLogits(values: logits, offsets: workspace.logitOffsets, count: inputs.count, vocabSize: config.vocabSize)
     }
 }

@@ -27,7 +27,7 @@ struct RuntimeOptions: ParsableArguments {
     /// eight sequences each step touches ~20 of a layer's 32 experts, a cyclic pattern larger
     /// than a tight cache, which LRU evicts just before reuse (docs/PERFORMANCE.md).
     var cachePolicy: String = PolicyChoice.sequence.rawValue
-    @Option(help: "Predictive prefetch of experts: on or off.")
+    @Option(help: "Predictive prefetch of experts: on, off, or auto (decode-step blocks with and without it are timed and the faster kept).")
     var prefetch: String = "on"
     /// Two layers ahead with probes: fitted maps stay precise two layers out and wrap round to
     /// the next token's first layers, where the extra lead pays (docs/PREDICTOR.md, session 6).
@@ -69,8 +69,7 @@ struct RuntimeOptions: ParsableArguments {
             do { return try body() } catch let error as RuntimeError { throw CommandError("\(name): \(error)") }
         }
         var spec = RuntimeSpecification(model: url)
-        guard prefetch == "on" || prefetch == "off" else { throw CommandError("--prefetch: expected on or off, got '\(prefetch)'") }
-        spec.prefetch = prefetch == "on"
+        spec.prefetch = try flag("--prefetch") { try RuntimeSpecification.prefetch(named: prefetch) }
         spec.policy = try flag("--cache-policy") { try RuntimeSpecification.policy(named: cachePolicy) }
         spec.kvPrecision = try flag("--kv-cache-type") { try RuntimeSpecification.kvPrecision(named: kvCacheType) }
         if let predictor, !RuntimeSpecification.predictorNames.contains(predictor) {

@@ -34,7 +34,12 @@ enum ServeBackend {
         spec.autoMemoryBudget = config.memoryBudgetAuto
         spec.expertCacheBytes = settings.expertCacheBytes
         if let name = settings.cachePolicy { spec.policy = try key("cache_policy") { try RuntimeSpecification.policy(named: name) } }
-        if let prefetch = settings.prefetch { spec.prefetch = prefetch }
+        // A server runs long enough for `auto` to measure both ways and keep the faster: on the
+        // widened demo it came within 2-4% of the better fixed setting over the first 383 decode
+        // steps, on a throttled disk where prefetch costs 6-8% and on one where it gains 13-14%
+        // (docs/PREDICTOR.md, session 28). `generate` and the benchmarks keep `on`: their runs
+        // are too short to finish a round.
+        spec.prefetch = try settings.prefetch.map { name in try key("prefetch") { try RuntimeSpecification.prefetch(named: name) } } ?? .auto
         if let predictor = settings.predictor {
             guard RuntimeSpecification.predictorNames.contains(predictor) else {
                 throw CommandError("invalid value for 'predictor': unknown configuration '\(predictor)'; choose one of \(RuntimeSpecification.predictorNames.joined(separator: ", "))")
@@ -197,6 +202,10 @@ final class LiveStatistics: StatsProvider, SlotProvider, @unchecked Sendable {
             cache.fixedReads = registration.fixedReads
             cache.plainReads = registration.plainReads
             cache.registrationRefused = registration.refusal != nil
+        }
+        if let auto = snapshot.prefetchAuto {
+            cache.prefetchAuto = PrefetchAutoSnapshot(leader: auto.leader.rawValue, rounds: auto.rounds, lastMedianRatio: auto.lastMedianRatio,
+                                                      stepsOn: auto.stepsOn, stepsOff: auto.stepsOff)
         }
         if let prediction = snapshot.prediction {
             cache.prefetchRecall = prediction.recall

@@ -22,7 +22,7 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("memory-budget"), help: "RAM for the whole process (runtime, dense weights, scratch, KV cache, expert cache), e.g. 4GiB; units are binary (4G = 4GB = 4GiB). The expert cache gets what remains. auto: start from half of MemAvailable (or of what the cgroup memory limit leaves, when tighter) and let the expert cache follow free memory and memory pressure.") var memoryBudget: String?
     @Option(name: .customLong("expert-cache"), help: "Bytes of experts to keep in RAM (overrides the share --memory-budget leaves them).") var expertCache: String?
     @Option(name: .customLong("cache-policy"), help: "Expert cache eviction policy (default sequence; also learned, lfu, lru, lrfu, fate, hotset).") var cachePolicy: String?
-    @Option(help: "Predictive prefetch of experts: on or off (default on).") var prefetch: String?
+    @Option(help: "Predictive prefetch of experts: on, off, or auto (the default: decode-step blocks with and without it are timed and the faster kept).") var prefetch: String?
     @Option(help: "Predictor configuration (default cross_layer_deep with the model's probes, else cross_layer).") var predictor: String?
     @Option(name: .customLong("predictor-probes"), help: "Fitted predictor probes file, or none (default: the model's own).") var predictorProbes: String?
     @Option(name: .customLong("kv-cache-type"), help: "KV cache storage: f16 (default) or f32.") var kvCacheType: String?

@@ -199,6 +199,10 @@ public protocol RoutingObserver: AnyObject {
     /// (the tokens whose next token the following step will run), in ascending order.
     func willRunStep(lastRows: [Int])
 
+    /// The step that `willRunStep(lastRows:)` announced has run every layer and its LM head
+    /// (not called when the step threw). What the step cost is the time between the two.
+    func didRunStep()
+
     /// The step about to run holds these sequences' rows (ids stay the same across a sequence's
     /// steps; `KVCache.sequenceID`), in row order. Called right after `willRunStep(lastRows:)`.
     func willRunSequences(_ sequences: [SequenceRows])
@@ -227,6 +231,7 @@ public struct SequenceRows: Sendable, Equatable {
 extension RoutingObserver {
     public func willRunAttention(layer: Int, input: UnsafePointer<Float>, rowCount: Int) {}
     public func willRunStep(lastRows: [Int]) {}
+    public func didRunStep() {}
     public func willRunSequences(_ sequences: [SequenceRows]) {}
     public func sequenceEnded(_ id: Int) {}
     public func didShadowRoute(layer: Int, routes: [TokenRouting]) {}

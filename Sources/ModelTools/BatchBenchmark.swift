@@ -1,4 +1,5 @@
 import ExpertCache
+import ExpertPrediction
 import Foundation
 import InferenceEngine
 import MoEModels
@@ -14,7 +15,8 @@ import Runtime
 /// bytes read and the hit rate are counted over the same window. Runs go round-robin over
 /// the concurrencies (1, 8, 1, 8, ...) so that drift in the machine hits every row alike, and
 /// each row reports the median run. `--compare-prefetch` measures every concurrency with
-/// prefetch off and on, alternating within each run, and reports the on/off ratios.
+/// prefetch off and on (and auto, when the specification asks for auto), alternating within
+/// each run, and reports the on/off ratios.
 public struct BatchBenchmark: Sendable {
     /// How the model runs (model directory, memory budget, cache policy, prefetch, predictor).
     public var specification: RuntimeSpecification
@@ -34,7 +36,8 @@ public struct BatchBenchmark: Sendable {
     public var seed: UInt64 = 1
     /// Runs per concurrency (the median is reported).
     public var runs = 3
-    /// Measure with prefetch off and on, alternating, and report the ratio.
+    /// Measure with prefetch off and on (and auto when `specification.prefetch` is auto),
+    /// alternating, and report the ratios.
     public var comparePrefetch = false
     /// Lossy: skip a missing routed expert whose router weight is below this (docs/LOSSY.md).
     public var skipMissingBelow: Float?
@@ -77,8 +80,10 @@ public struct BatchBenchmark: Sendable {
         /// Distinct experts a step ran per MoE layer (the union over the step's sequences; each
         /// is acquired, and read if missing, once for all of them).
         public var expertsPerLayerStep: Double
+        /// Under prefetch auto: what the median run's duel had decided at its end.
+        public var prefetchAuto: PrefetchSwitch.Summary?
         enum CodingKeys: String, CodingKey {
-            case steps, expertsPerLayerStep = "union_experts_per_layer_step"
+            case steps, expertsPerLayerStep = "union_experts_per_layer_step", prefetchAuto = "prefetch_auto"
             case sequences, prefetch, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
             case prefetchPrecision = "prefetch_precision", prefetchInTime = "prefetch_in_time"
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
@@ -94,7 +99,14 @@ public struct BatchBenchmark: Sendable {
         public var speedup: Double
         /// On ÷ off within each run (the two measurements taken back to back).
         public var pairedSpeedups: [Double]
-        enum CodingKeys: String, CodingKey { case sequences, speedup, pairedSpeedups = "paired_speedups" }
+        /// With auto measured too: median auto ÷ the faster of median on and median off, and
+        /// within each run auto ÷ the faster of that run's on and off.
+        public var autoOverBest: Double?
+        public var pairedAutoOverBest: [Double]?
+        enum CodingKeys: String, CodingKey {
+            case sequences, speedup, pairedSpeedups = "paired_speedups"
+            case autoOverBest = "auto_over_best", pairedAutoOverBest = "paired_auto_over_best"
+        }
     }
 
     /// The JSON `bench batch` prints.
@@ -118,6 +130,7 @@ public struct BatchBenchmark: Sendable {
         var expertCacheBytes: Int
         var steps = 0
         var moeLayers = 1
+        var prefetchAuto: PrefetchSwitch.Summary?
         var tokensPerSecond: Double { Double(decodedTokens) / seconds }
         var bytesReadPerToken: Double { Double(bytesRead) / Double(decodedTokens) }
         var stallMillisecondsPerMiss: Double { misses > 0 ? 1e3 * stallSeconds / Double(misses) : 0 }
@@ -132,7 +145,7 @@ public struct BatchBenchmark: Sendable {
             guard temperature >= 0 else { throw ToolError("--temperature: must be at least 0") }
             let texts = prompts
             if let texts, texts.isEmpty { throw ToolError("--prompts: no prompts") }
-            let modes = comparePrefetch ? ["off", "on"] : [specification.prefetch ? "on" : "off"]
+            let modes = comparePrefetch ? ["off", "on"] + (specification.prefetch == .auto ? ["auto"] : []) : [specification.prefetch.rawValue]
             struct Key: Hashable { var count: Int; var prefetch: String }
             var measured: [Key: [Measurement]] = [:]
             for run in 1...runs {
@@ -161,7 +174,8 @@ public struct BatchBenchmark: Sendable {
                                     prefetchPrecision: median.prefetchesIssued > 0 ? Double(median.prefetchHits + median.prefetchesLate) / Double(median.prefetchesIssued) : nil,
                                     prefetchInTime: median.prefetchesIssued > 0 ? Double(median.prefetchHits) / Double(median.prefetchesIssued) : nil,
                                     steps: median.steps,
-                                    expertsPerLayerStep: Double(median.hits + median.misses) / Double(max(median.steps * median.moeLayers, 1))))
+                                    expertsPerLayerStep: Double(median.hits + median.misses) / Double(max(median.steps * median.moeLayers, 1)),
+                                    prefetchAuto: median.prefetchAuto))
                 }
             }
             var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used (in time) | union experts / layer / step |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -182,9 +196,28 @@ public struct BatchBenchmark: Sendable {
                     let paired = zip(on, off).map { $0.tokensPerSecond / $1.tokensPerSecond }
                     let medianOn = rows.first { $0.sequences == count && $0.prefetch == "on" }!.decodeTokensPerSecond
                     let medianOff = rows.first { $0.sequences == count && $0.prefetch == "off" }!.decodeTokensPerSecond
-                    comparisons.append(Comparison(sequences: count, speedup: medianOn / medianOff, pairedSpeedups: paired))
-                    table += String(format: "| %d | %.2fx | %@ |\n", count, medianOn / medianOff,
+                    var comparison = Comparison(sequences: count, speedup: medianOn / medianOff, pairedSpeedups: paired)
+                    if let auto = measured[Key(count: count, prefetch: "auto")] {
+                        let medianAuto = rows.first { $0.sequences == count && $0.prefetch == "auto" }!.decodeTokensPerSecond
+                        comparison.autoOverBest = medianAuto / max(medianOn, medianOff)
+                        comparison.pairedAutoOverBest = zip(auto, zip(on, off)).map { $0.tokensPerSecond / max($1.0.tokensPerSecond, $1.1.tokensPerSecond) }
+                    }
+                    comparisons.append(comparison)
+                    table += String(format: "| %d | %.2fx | %@ |", count, medianOn / medianOff,
                                     paired.map { String(format: "%.2f", $0) }.joined(separator: ", "))
+                    if let best = comparison.autoOverBest, let pairs = comparison.pairedAutoOverBest {
+                        table += String(format: " %.2fx | %@ |", best, pairs.map { String(format: "%.2f", $0) }.joined(separator: ", "))
+                    }
+                    table += "\n"
+                }
+                if specification.prefetch == .auto {
+                    table = table.replacingOccurrences(of: "| sequences | prefetch on ÷ off (medians) | per run (on ÷ off, same run) |\n|---|---|---|\n",
+                                                       with: "| sequences | prefetch on ÷ off (medians) | per run (on ÷ off, same run) | auto ÷ the faster (medians) | per run (auto ÷ the faster, same run) |\n|---|---|---|---|---|\n")
+                }
+                for row in rows where row.prefetchAuto != nil {
+                    let auto = row.prefetchAuto!
+                    table += String(format: "\nprefetch auto, %d sequences (median run): leads %@ after %d rounds, last median on ÷ off %.3f, decode steps on %d / off %d\n",
+                                    row.sequences, auto.leader.rawValue, auto.rounds, auto.lastMedianRatio ?? .nan, auto.stepsOn, auto.stepsOff)
                 }
             }
             return (Report(results: rows, prefetchComparison: comparePrefetch ? comparisons : nil), table)
@@ -194,7 +227,7 @@ public struct BatchBenchmark: Sendable {
     /// measures the decode window.
     private func measure(sequences count: Int, prefetch: String, run: Int, texts: [String]?) throws -> Measurement {
         var spec = specification
-        spec.prefetch = prefetch == "on"
+        spec.prefetch = PrefetchMode(rawValue: prefetch)!
         // Every sequence's KV cache comes first: a batch the KV budget cannot hold would run
         // partly one after another, and the row would not measure `count` at once.
         spec.maxSequences = count
@@ -256,6 +289,7 @@ public struct BatchBenchmark: Sendable {
         var measurement = try window.result()
         measurement.expertCacheBytes = runtime.cache?.statistics().budgetBytes ?? 0
         measurement.moeLayers = max(transformer.config.moeLayers.count, 1)
+        measurement.prefetchAuto = runtime.prefetchSwitch?.summary
         return measurement
     }
 }

@@ -1,4 +1,5 @@
 import ExpertCache
+import ExpertPrediction
 import Foundation
 import InferenceEngine
 import ModelFormats
@@ -58,8 +59,10 @@ public struct DecodeBenchmark: Sendable {
         /// The policy choosing victims at the run's end, where the policy switches between
         /// others (the default `sequence` policy's `fixed_recency` or `measured_recency`).
         public var policyLeader: String? = nil
+        /// What `--prefetch auto` had decided at the run's end (nil: prefetch on or off).
+        public var prefetchAuto: PrefetchSwitch.Summary? = nil
         enum CodingKeys: String, CodingKey {
-            case policyLeader = "policy_leader"
+            case policyLeader = "policy_leader", prefetchAuto = "prefetch_auto"
             case decodeIOBusySeconds = "decode_io_busy_seconds", decodeReadSeconds = "decode_read_seconds"
             case decodeDemandQueuedSeconds = "decode_demand_queued_seconds", decodeSplitStarts = "decode_split_starts"
             case prefillSeconds = "prefill_seconds", decodeSeconds = "decode_seconds"
@@ -144,7 +147,7 @@ public struct DecodeBenchmark: Sendable {
                                                 specification.ioEngine.rawValue)) }
             }
             var onDemand = specification
-            onDemand.prefetch = false
+            onDemand.prefetch = .off
             onDemand.policy = .lru
             var main = try measure(name: "moe-serve", spec: specification, disk: disk)
             var results = [main]
@@ -159,7 +162,7 @@ public struct DecodeBenchmark: Sendable {
                     spec.memoryBudgetBytes = budget
                     var rows = [try measure(name: "moe-serve", spec: spec, disk: disk)]
                     if baseline {
-                        spec.prefetch = false
+                        spec.prefetch = .off
                         spec.policy = .lru
                         rows.append(try measure(name: "load-on-demand", spec: spec, disk: disk))
                     }
@@ -305,6 +308,11 @@ public struct DecodeBenchmark: Sendable {
                 run.decodeSplitStarts = end.splitStarts - afterPrefill.splitStarts
                 run.policyLeader = endStats.policyLeader
             }
+            run.prefetchAuto = runtime.prefetchSwitch?.summary
+            if let auto = run.prefetchAuto {
+                printError(String(format: "bench decode: prefetch auto after run %d: leads %@, %d rounds (last median on ÷ off %.3f), %d decode steps on, %d off",
+                                  index + 1, auto.leader.rawValue, auto.rounds, auto.lastMedianRatio ?? .nan, auto.stepsOn, auto.stepsOff))
+            }
             measured.append(run)
             printError(String(format: "bench decode: %@ run %d/%d: pp %.2f tok/s, tg %.2f tok/s, %.1f MB read/token, stall %.0f%%, disk busy %.0f%% at %.2f GB/s, %.2f reads in flight, demand reads queued %.2f ms each, %d experts begun before their down matrix",
                               name, index + 1, runs, Double(promptTokens) / run.prefillSeconds,
@@ -339,7 +347,7 @@ public struct DecodeBenchmark: Sendable {
         let prefillCompute = median(measured.map { $0.prefillSeconds - $0.prefillStallSeconds })
         let prefillIO = boundDisk.map { median(measured.map { Double($0.prefillBytesRead) }) / ($0 * 1e9) } ?? 0
         return Summary(
-            name: name, budgetBytes: budget, prefetch: spec.prefetch ? "on" : "off", policy: policyName, predictor: predictorName,
+            name: name, budgetBytes: budget, prefetch: spec.prefetch.rawValue, policy: policyName, predictor: predictorName,
             prefillTokensPerSecond: median(prefillRates), prefillSpread: [prefillRates.min()!, prefillRates.max()!],
             decodeTokensPerSecond: median(decodeRates), decodeSpread: [decodeRates.min()!, decodeRates.max()!],
             hitRate: hits + misses > 0 ? Double(hits) / Double(hits + misses) : 1,

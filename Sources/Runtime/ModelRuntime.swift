@@ -32,6 +32,8 @@ public final class ModelRuntime {
     public var lowBitAuto: LowBitAuto.Decision?
     /// The packed store experts are read from, when the model was opened from one.
     public internal(set) var expertStore: ExpertStore?
+    /// What turns prefetching on and off under `--prefetch auto`, when it runs.
+    public internal(set) var prefetchSwitch: PrefetchSwitch?
     /// What moves the expert cache's budget under `--memory-budget auto`, when it runs.
     public private(set) var autoBudget: AutoMemoryBudget?
 
@@ -217,13 +219,23 @@ public final class ModelRuntime {
             predictorConfiguration.minSelectionProbability = p
         }
         var expertPredictor: ExpertPredictor?
-        if spec.prefetch && cacheBytes < allExpertBytes {
-            expertPredictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
-            model.routingObserver = expertPredictor
-            model.shadowRouting = spec.shadowRouting
+        var prefetchSwitch: PrefetchSwitch?
+        if spec.prefetch != .off && cacheBytes < allExpertBytes {
+            let predictor = ExpertPredictor(model: model, configuration: predictorConfiguration, provider: cache, probes: probes)
+            expertPredictor = predictor
+            if spec.prefetch == .auto {
+                let toggle = PrefetchSwitch(predictor: predictor, shadowRouting: spec.shadowRouting,
+                                            setShadowRouting: { [weak model] in model?.shadowRouting = $0 })
+                prefetchSwitch = toggle
+                model.routingObserver = toggle
+            } else {
+                model.routingObserver = predictor
+                model.shadowRouting = spec.shadowRouting
+            }
         }
         let runtime = ModelRuntime(model: model, cache: cache, predictor: expertPredictor, predictorName: predictor + (probes == nil ? "" : "+probes"),
                                    probes: probes, plan: plan, tokenizer: tokenizer, specification: spec)
+        runtime.prefetchSwitch = prefetchSwitch
         runtime.readerSizing = readerSizing
         runtime.readerThreads = readerThreads
         runtime.expertStore = openedStore

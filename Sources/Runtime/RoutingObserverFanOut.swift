@@ -42,4 +42,8 @@ final class RoutingObserverFanOut: RoutingObserver {
     func willRunStep(lastRows: [Int]) {
         for observer in observers { observer.willRunStep(lastRows: lastRows) }
     }
+
+    func didRunStep() {
+        for observer in observers { observer.didRunStep() }
+    }
 }

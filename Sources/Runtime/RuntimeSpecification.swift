@@ -34,8 +34,9 @@ public struct RuntimeSpecification: Sendable {
     public var expertCacheBytes: Int?
     /// Eviction policy of the expert cache (the measured default: docs/expert-cache.md).
     public var policy: PolicyChoice = .sequence
-    /// Predictive prefetch of experts (only when the cache cannot hold every expert).
-    public var prefetch = true
+    /// Predictive prefetch of experts (only when the cache cannot hold every expert): on, off,
+    /// or auto, which measures both while decoding and keeps the faster (`PrefetchDuel`).
+    public var prefetch: PrefetchMode = .on
     /// A named `PredictorConfiguration`; nil picks `cross_layer_deep` with probes, else `cross_layer`.
     public var predictor: String?
     /// Fitted cross-layer probes.
@@ -96,12 +97,13 @@ public struct RuntimeSpecification: Sendable {
         return precision
     }
 
-    /// `on` or `off` (also true/false, yes/no, 1/0).
-    public static func prefetch(named name: String) throws -> Bool {
+    /// `on`, `off` (also true/false, yes/no, 1/0) or `auto`.
+    public static func prefetch(named name: String) throws -> PrefetchMode {
         switch name.lowercased() {
-        case "on", "true", "yes", "1": return true
-        case "off", "false", "no", "0": return false
-        default: throw RuntimeError("expected on or off, got '\(name)'")
+        case "on", "true", "yes", "1": return .on
+        case "off", "false", "no", "0": return .off
+        case "auto": return .auto
+        default: throw RuntimeError("expected on, off or auto, got '\(name)'")
         }
     }
 
@@ -112,6 +114,14 @@ public struct RuntimeSpecification: Sendable {
 
     /// The names of the predictor configurations.
     public static var predictorNames: [String] { PredictorConfiguration.named.map(\.0) }
+}
+
+/// Whether experts are prefetched before their layer routes.
+public enum PrefetchMode: String, Sendable, Equatable, CaseIterable {
+    case on, off
+    /// Decode-step blocks alternately with and without prefetching, timed; the faster leads
+    /// (`PrefetchDuel`, `PrefetchSwitch`).
+    case auto
 }
 
 /// A specification that cannot run, or a model that cannot open under it: one line.

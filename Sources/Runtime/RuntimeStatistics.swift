@@ -46,6 +46,8 @@ public struct RuntimeSnapshot: Sendable {
     public var cache: ExpertCacheStats?
     /// The predictor's cumulative totals, when it prefetches.
     public var prediction: LayerPredictionStatistics?
+    /// What `--prefetch auto` has decided, when it runs.
+    public var prefetchAuto: PrefetchSwitch.Summary?
     /// `[layer][expert]` recent routing counts.
     public var expertUsage: [[Double]] = []
     /// `[layer][expert]` whether each expert is resident now (empty for dense layers).
@@ -126,6 +128,7 @@ public final class RuntimeMonitor: @unchecked Sendable {
         snapshot.cache = cacheStats
         // A copy taken under the predictor's lock: the engine thread updates it meanwhile.
         snapshot.prediction = runtime.predictor?.statistics.total
+        snapshot.prefetchAuto = runtime.prefetchSwitch?.summary
         snapshot.memoryBudgetBytes = runtime.autoBudget?.budgetBytes ?? runtime.plan?.budgetBytes ?? 0
         snapshot.residentBytes = ProcessMemory.residentBytes() ?? 0
         snapshot.kvReservedBytes = engine.reservedKVBytes

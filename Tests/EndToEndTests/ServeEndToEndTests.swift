@@ -96,7 +96,7 @@ struct ServerStartError: Error, CustomStringConvertible {
 
     /// The shadow of the next layer runs by default in the server: with the demo's experts mostly
     /// on disk, greedy completions count shadow runs in `/metrics`; with `--shadow-routing off`
-    /// none, and the text is the same.
+    /// none, and the text is the same. Prefetch auto, the server's default, reports its leader.
     @Test func theServerRunsTheShadowByDefaultAndCountsIt() throws {
         func serve(_ extra: [String]) throws -> (text: String, runs: Double) {
             let server = try RunningServer(arguments: ["--expert-cache", "4MiB"] + extra)
@@ -110,6 +110,10 @@ struct ServerStartError: Error, CustomStringConvertible {
                 WeakExpertSkippingEndToEndTests.value("moe_expert_cache_policy_leader{policy=\"\($0)\"}", in: metrics)
             }
             #expect(leaders.filter { $0 == 1 }.count == 1, "\(metrics)")
+            // Prefetch is auto by default in the server: a 24-token reply is inside the first
+            // round, whose first block prefetches, and prefetch leads until a round ends.
+            #expect(WeakExpertSkippingEndToEndTests.value("moe_prefetch_auto_leader{arm=\"on\"}", in: metrics) == 1, "\(metrics)")
+            #expect((WeakExpertSkippingEndToEndTests.value("moe_prefetch_auto_decode_steps_total{arm=\"on\"}", in: metrics) ?? 0) > 0, "\(metrics)")
             return (text, try #require(WeakExpertSkippingEndToEndTests.value("moe_prefetch_shadow_runs_total", in: metrics), "\(metrics)"))
         }
         let on = try serve([]), off = try serve(["--shadow-routing", "off"])

@@ -89,6 +89,16 @@ import Testing
         #expect(throws: (any Error).self) { try ConfigLoader.load(file: nil, environment: ["MOE_LOW_BIT_MISSES": "sometimes"]) }
     }
 
+    @Test func prefetchAutoFromFileEnvironmentAndFlags() throws {
+        let file = try temp("prefetch = \"auto\"\n")
+        #expect(try ConfigLoader.load(file: file, environment: [:]).runtime.prefetch == "auto")
+        #expect(try ConfigLoader.load(file: nil, environment: ["MOE_PREFETCH": "Auto"]).runtime.prefetch == "auto")
+        #expect(try ConfigLoader.load(file: file, environment: [:], overrides: ["prefetch": "off"]).runtime.prefetch == "off")
+        #expect(try ConfigLoader.load(file: try temp("prefetch = true\n"), environment: [:]).runtime.prefetch == "on")
+        #expect(try ConfigLoader.load(file: nil, environment: [:]).runtime.prefetch == nil)
+        #expect(throws: (any Error).self) { try ConfigLoader.load(file: nil, environment: ["MOE_PREFETCH": "sometimes"]) }
+    }
+
     @Test func sizesMeanWhatTheCommandLineMeans() throws {
         // One parser: KB/MB/GB are binary here as in `generate --memory-budget`.
         #expect(ConfigLoader.parseSize("4GB") == 4 << 30)
@@ -119,7 +129,7 @@ import Testing
                                                        "prefetch_budget": "0", "kv_cache_type": "f16"])
         var expected = RuntimeSettings()
         expected.cachePolicy = "lru"
-        expected.prefetch = false
+        expected.prefetch = "off"
         expected.kvCacheType = "f16"
         expected.readerThreads = 3
         expected.prefetchMinProbability = 0.5

@@ -237,6 +237,7 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             snapshot.plainReads = 3
             snapshot.splitStarts = 6
             snapshot.policyLeader = "fixed_recency"
+            snapshot.prefetchAuto = PrefetchAutoSnapshot(leader: "on", rounds: 0, lastMedianRatio: nil, stepsOn: 20, stepsOff: 12)
             server.metrics.updateExpertCache(snapshot)
             snapshot.hitsPerLayer = [5, 4]
             snapshot.shadowRuns = 10
@@ -244,6 +245,7 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             snapshot.splitStarts = 9
             snapshot.registrationRefused = true
             snapshot.policyLeader = "measured_recency"
+            snapshot.prefetchAuto = PrefetchAutoSnapshot(leader: "off", rounds: 1, lastMedianRatio: 1.15, stepsOn: 32, stepsOff: 40)
             server.metrics.updateExpertCache(snapshot)
             // The request counter is bumped when the response ends, just before the client sees it.
             #expect(waitFor { (try? curl(["\(base)/metrics"]))?.contains("route=\"/v1/completions\"") == true })
@@ -272,6 +274,13 @@ func waitFor(_ seconds: Double = 5, _ condition: () -> Bool) -> Bool {
             // The policy leading now is 1, the one that led before 0.
             #expect(samples["moe_expert_cache_policy_leader{policy=\"measured_recency\"}"] == 1)
             #expect(samples["moe_expert_cache_policy_leader{policy=\"fixed_recency\"}"] == 0)
+            // Prefetch auto: off leads after one round that found prefetching 15% slower.
+            #expect(samples["moe_prefetch_auto_leader{arm=\"off\"}"] == 1)
+            #expect(samples["moe_prefetch_auto_leader{arm=\"on\"}"] == 0)
+            #expect(samples["moe_prefetch_auto_rounds_total"] == 1)
+            #expect(samples["moe_prefetch_auto_decode_steps_total{arm=\"on\"}"] == 32)
+            #expect(samples["moe_prefetch_auto_decode_steps_total{arm=\"off\"}"] == 40)
+            #expect(samples["moe_prefetch_auto_last_ratio"] == 1.15)
             #expect((samples["moe_resident_memory_bytes"] ?? 0) > 0)
         }
     }

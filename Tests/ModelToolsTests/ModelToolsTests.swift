@@ -167,7 +167,7 @@ import Testing
         #expect(report.results.map(\.sequences) == [1, 2])
         // Each run's routing was recorded step by step: every sequence's prompt as prefill rows,
         // then one decode row a step (the last token is never run), and it replays as recorded.
-        let recorded = try RoutingTrace(contentsOf: traces.appendingPathComponent("batch-2seq-prefetch-\(spec.prefetch ? "on" : "off")-run1.jsonl"))
+        let recorded = try RoutingTrace(contentsOf: traces.appendingPathComponent("batch-2seq-prefetch-\(spec.prefetch.rawValue)-run1.jsonl"))
         let bySequence = Dictionary(grouping: recorded.tokens, by: \.seq)
         #expect(bySequence.count == 2)
         for tokens in bySequence.values {

@@ -283,8 +283,10 @@ import TensorMath
         #expect(throws: RuntimeError.self) { try RuntimeSpecification.policy(named: "fifo-ish") }
         #expect(try RuntimeSpecification.kvPrecision(named: "f32") == .f32)
         #expect(throws: RuntimeError.self) { try RuntimeSpecification.kvPrecision(named: "f8") }
-        #expect(try RuntimeSpecification.prefetch(named: "off") == false)
-        #expect(try RuntimeSpecification.prefetch(named: "on") == true)
+        #expect(try RuntimeSpecification.prefetch(named: "off") == .off)
+        #expect(try RuntimeSpecification.prefetch(named: "on") == .on)
+        #expect(try RuntimeSpecification.prefetch(named: "AUTO") == .auto)
+        #expect(throws: RuntimeError.self) { try RuntimeSpecification.prefetch(named: "sometimes") }
         #expect(RuntimeSpecification.probes(named: "none") == RuntimeSpecification.ProbeSource.disabled)
         #expect(RuntimeSpecification.probes(named: "/p.safetensors") == .file(URL(fileURLWithPath: "/p.safetensors")))
         var spec = RuntimeSpecification(model: Self.demo)

@@ -1,0 +1,176 @@
+/// Whether to prefetch, decided by measuring it (`--prefetch auto`): rounds of decode-step
+/// blocks run alternately with and without prefetching, timed per token, and the faster arm
+/// leads until the next round.
+///
+/// Why: whether prefetching pays depends on the disk, and no setting is right for every disk.
+/// On a disk that loses its idle time (a drive, or the emulated disk of one rate) the widened
+/// demo decodes 1.11-1.17x faster with prefetch at 1.5 GB/s; under a token-bucket throttle of
+/// 600 MB/s (what cloud volumes sell) demand reads burst after idle time, so no guess fills
+/// idle time and every wrong one costs: prefetch on ÷ off was 0.86-0.98x for one sequence and
+/// 0.92-0.97x for eight (docs/PREDICTOR.md). A server cannot know beforehand which it runs on.
+///
+/// A round is `pairsPerRound` pairs of blocks of `blockSteps` decode steps, one block of each
+/// arm per pair, in the order ABBA ABBA … so that a steady drift in the machine's speed (a
+/// cache warming, a neighbour's load) favours neither arm. The first `warmupSteps` of each
+/// block are not timed: a switch leaves the other arm's reads and cache contents behind for a
+/// step or two. Each pair gives a ratio (on ÷ off seconds per token); the round's median ratio
+/// moves the lead only past `margin`, so that noise between equal arms does not flip it. The
+/// leader then runs alone for an exploitation phase that doubles (up to `maxExploitSteps`) each
+/// time a round confirms it, and starts again from `firstExploitSteps` when a round changes it.
+///
+/// Only decode steps count (one row per sequence); the caller runs other steps (prompt chunks)
+/// with the current arm and does not report them. Times are per token so that blocks of the
+/// same batch compare; a pair whose blocks ran batches of different sizes (more than
+/// `maxBatchRatio` apart: a server's load changed) is left out of the median, and a round with
+/// no pair left keeps the leader. Pure state, no clock, no I/O.
+public struct PrefetchDuel: Sendable {
+    public enum Arm: String, Sendable, Codable { case on, off }
+
+    public struct Settings: Sendable, Equatable {
+        /// Decode steps per block.
+        public var blockSteps = 8
+        /// Steps at the start of each block that are run but not timed.
+        public var warmupSteps = 2
+        /// Pairs of blocks (one per arm) in a round.
+        public var pairsPerRound = 4
+        /// Decode steps the leader runs alone after a round that changed (or first chose) it.
+        public var firstExploitSteps = 64
+        /// The most decode steps the leader runs alone between rounds.
+        public var maxExploitSteps = 1024
+        /// The lead moves only when the other arm is faster by more than this share.
+        public var margin = 0.02
+        /// A pair whose blocks' mean tokens per step differ by more than this factor is not
+        /// compared: a server's load changed between them, and a step's time per token
+        /// depends on how many sequences share it.
+        public var maxBatchRatio = 1.25
+        public init() {}
+    }
+
+    /// One finished round.
+    public struct Round: Sendable, Equatable {
+        /// Each compared pair's on ÷ off seconds per token, in pair order.
+        public var pairRatios: [Double]
+        /// Their median: below 1, prefetching was faster (1 when no pair was compared).
+        public var medianRatio: Double
+        /// The leader the round left.
+        public var leader: Arm
+    }
+
+    public let settings: Settings
+    /// The arm that runs when no round is under way.
+    public private(set) var leader: Arm
+    /// Rounds finished so far, and the last one.
+    public private(set) var rounds = 0
+    public private(set) var lastRound: Round?
+    /// Decode steps run (reported) with each arm.
+    public private(set) var stepsOn = 0
+    public private(set) var stepsOff = 0
+
+    private enum Phase: Equatable {
+        /// In a round: block `block` of its 2 × pairsPerRound, step `step` of the block.
+        case exploring(block: Int, step: Int)
+        /// The leader alone for `remaining` more steps.
+        case exploiting(remaining: Int)
+    }
+    private var phase: Phase = .exploring(block: 0, step: 0)
+    /// Timed seconds and tokens of the current block.
+    private var blockSeconds = 0.0
+    private var blockTokens = 0
+    /// Timed steps of the current block.
+    private var blockSteps = 0
+    /// Each arm's block in each pair of the current round: seconds per token and mean tokens per step.
+    private var pairOn: [Block?]
+    private var pairOff: [Block?]
+    private struct Block { var secondsPerToken: Double; var tokensPerStep: Double }
+    /// The exploitation phase after the next round that confirms the leader.
+    private var exploitSteps: Int
+
+    /// Starts with a round; `initialLeader` leads until then and keeps the lead on a tie.
+    public init(settings: Settings = Settings(), initialLeader: Arm = .on) {
+        precondition(settings.blockSteps > settings.warmupSteps && settings.warmupSteps >= 0 && settings.pairsPerRound >= 1
+                     && settings.firstExploitSteps >= 0 && settings.maxExploitSteps >= settings.firstExploitSteps && settings.margin >= 0
+                     && settings.maxBatchRatio >= 1)
+        self.settings = settings
+        leader = initialLeader
+        pairOn = Array(repeating: nil, count: settings.pairsPerRound)
+        pairOff = Array(repeating: nil, count: settings.pairsPerRound)
+        exploitSteps = settings.firstExploitSteps
+    }
+
+    /// Whether a round is under way.
+    public var exploring: Bool { if case .exploring = phase { return true } else { return false } }
+
+    /// The arm the next decode step runs.
+    public var arm: Arm {
+        switch phase {
+        case .exploiting: return leader
+        case let .exploring(block, _): return Self.arm(ofBlock: block, leader: leader)
+        }
+    }
+
+    /// Block b of a round: pair b / 2, the leader first in even pairs and second in odd ones (ABBA).
+    static func arm(ofBlock block: Int, leader: Arm) -> Arm {
+        let other: Arm = leader == .on ? .off : .on
+        let firstInPair = (block / 2) % 2 == 0 ? leader : other
+        return block % 2 == 0 ? firstInPair : (firstInPair == .on ? .off : .on)
+    }
+
+    /// A decode step of `tokens` tokens (its sequences) ran with `arm` in `seconds`.
+    public mutating func record(seconds: Double, tokens: Int) {
+        let ran = arm
+        if ran == .on { stepsOn += 1 } else { stepsOff += 1 }
+        switch phase {
+        case let .exploiting(remaining):
+            phase = remaining > 1 ? .exploiting(remaining: remaining - 1) : .exploring(block: 0, step: 0)
+        case let .exploring(block, step):
+            if step >= settings.warmupSteps, tokens > 0 {
+                blockSeconds += seconds
+                blockTokens += tokens
+                blockSteps += 1
+            }
+            guard step + 1 == settings.blockSteps else {
+                phase = .exploring(block: block, step: step + 1)
+                return
+            }
+            let timed = blockTokens > 0
+                ? Block(secondsPerToken: blockSeconds / Double(blockTokens), tokensPerStep: Double(blockTokens) / Double(blockSteps)) : nil
+            if ran == .on { pairOn[block / 2] = timed } else { pairOff[block / 2] = timed }
+            blockSeconds = 0
+            blockTokens = 0
+            blockSteps = 0
+            if block + 1 < 2 * settings.pairsPerRound {
+                phase = .exploring(block: block + 1, step: 0)
+            } else {
+                finishRound()
+            }
+        }
+    }
+
+    private mutating func finishRound() {
+        let ratios = zip(pairOn, pairOff).compactMap { on, off -> Double? in
+            guard let on, let off, off.secondsPerToken > 0,
+                  max(on.tokensPerStep, off.tokensPerStep) <= settings.maxBatchRatio * min(on.tokensPerStep, off.tokensPerStep) else { return nil }
+            return on.secondsPerToken / off.secondsPerToken
+        }
+        pairOn = Array(repeating: nil, count: settings.pairsPerRound)
+        pairOff = Array(repeating: nil, count: settings.pairsPerRound)
+        let previous = leader
+        var median = 1.0
+        if !ratios.isEmpty {
+            let sorted = ratios.sorted()
+            median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+            if leader == .on, median > 1 + settings.margin { leader = .off }
+            if leader == .off, median < 1 - settings.margin { leader = .on }
+        }
+        rounds += 1
+        lastRound = Round(pairRatios: ratios, medianRatio: median, leader: leader)
+        // The first round, or a changed lead, starts the exploitation phase short; each
+        // confirmation doubles it.
+        if rounds == 1 || leader != previous {
+            exploitSteps = settings.firstExploitSteps
+        } else {
+            exploitSteps = min(2 * exploitSteps, settings.maxExploitSteps)
+        }
+        phase = exploitSteps > 0 ? .exploiting(remaining: exploitSteps) : .exploring(block: 0, step: 0)
+    }
+}
