@@ -13,8 +13,9 @@
 /// arm per pair, in the order ABBA ABBA … so that a steady drift in the machine's speed (a
 /// cache warming, a neighbour's load) favours neither arm. The first `warmupSteps` of each
 /// block are not timed: a switch leaves the other arm's reads and cache contents behind for a
-/// step or two. Each pair gives a ratio (on ÷ off seconds per token); the round's median ratio
-/// moves the lead only past `margin`, so that noise between equal arms does not flip it. The
+/// step or two. Each pair gives a ratio (on ÷ off seconds per token); the lead moves only when
+/// the round's median ratio and most pairs favour the other arm past `margin`, so that noise
+/// between equal arms does not flip it. The
 /// leader then runs alone for an exploitation phase that doubles (up to `maxExploitSteps`) each
 /// time a round confirms it, and starts again from `firstExploitSteps` when a round changes it.
 ///
@@ -159,8 +160,14 @@ public struct PrefetchDuel: Sendable {
         if !ratios.isEmpty {
             let sorted = ratios.sorted()
             median = sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-            if leader == .on, median > 1 + settings.margin { leader = .off }
-            if leader == .off, median < 1 - settings.margin { leader = .on }
+            // The challenger takes the lead when the median pair and most pairs favour it past
+            // the margin: on a throttled disk one sequence's pairs spread widely (runs of one
+            // setting 53-78 tok/s), and a median of four alone flipped the lead and back.
+            let onLeads = leader == .on, margin = settings.margin
+            func challengerFaster(_ ratio: Double) -> Bool { onLeads ? ratio > 1 + margin : ratio < 1 - margin }
+            if challengerFaster(median), 2 * ratios.filter(challengerFaster).count > ratios.count {
+                leader = leader == .on ? .off : .on
+            }
         }
         rounds += 1
         lastRound = Round(pairRatios: ratios, medianRatio: median, leader: leader)

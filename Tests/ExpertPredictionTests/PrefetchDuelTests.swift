@@ -90,6 +90,23 @@ import Testing
         }
     }
 
+    @Test func theLeadMovesOnlyWhenMostPairsAgree() {
+        // Pair ratios 1.30, 1.20, 0.90, 0.95 (on ÷ off): the median (1.05) favours off, but only
+        // two pairs of four do; the leader stays. With a third pair agreeing, it moves.
+        for (ratios, moves) in [([1.30, 1.20, 0.90, 0.95], false), ([1.30, 1.20, 1.10, 0.95], true)] {
+            var duel = PrefetchDuel()
+            var block = 0, step = 0
+            for _ in 0..<Self.roundSteps {
+                let arm = duel.arm
+                duel.record(seconds: arm == .on ? 0.010 * ratios[block / 2] : 0.010, tokens: 1)
+                step += 1
+                if step == Self.settings.blockSteps { step = 0; block += 1 }
+            }
+            #expect(duel.leader == (moves ? .off : .on), "\(ratios)")
+            #expect(duel.lastRound.map { $0.pairRatios.count == 4 } == true)
+        }
+    }
+
     @Test func warmupStepsAreNotTimed() {
         var duel = PrefetchDuel()
         var stepInBlock = 0
