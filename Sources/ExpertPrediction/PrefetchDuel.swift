@@ -9,35 +9,49 @@
 /// idle time and every wrong one costs: prefetch on ÷ off was 0.86-0.98x for one sequence and
 /// 0.92-0.97x for eight (docs/PREDICTOR.md). A server cannot know beforehand which it runs on.
 ///
-/// A round is `pairsPerRound` pairs of blocks of `blockSteps` decode steps, one block of each
-/// arm per pair, in the order ABBA ABBA … so that a steady drift in the machine's speed (a
-/// cache warming, a neighbour's load) favours neither arm. The first `warmupSteps` of each
-/// block are not timed: a switch leaves the other arm's reads and cache contents behind for a
-/// step or two. Each pair gives a ratio (on ÷ off seconds per token); the lead moves only when
-/// the round's median ratio and most pairs favour the other arm past `margin`, so that noise
-/// between equal arms does not flip it. The
-/// leader then runs alone for an exploitation phase that doubles (up to `maxExploitSteps`) each
-/// time a round confirms it, and starts again from `firstExploitSteps` when a round changes it.
+/// A round is `pairsPerRound` pairs of blocks, one block of each arm per pair, in the order
+/// ABBA ABBA … so that a steady drift in the machine's speed (a cache warming, a neighbour's
+/// load) favours neither arm. A block lasts at least `blockSteps` decode steps and at least
+/// `minBlockSeconds`; its first steps, at least `warmupSteps` and until `warmupSeconds` have
+/// passed, are not timed: a switch leaves the other arm's reads, cache contents and disk
+/// credit behind. Why seconds and not only steps: a throttled volume meters reads in slices of
+/// about 100 ms (the kernel's blkio throttle), so a block of 8 steps of one sequence (about
+/// 110 ms there) paid for the previous block's reads, and rounds of such blocks chose prefetch
+/// on where it was 12% slower over the whole run (docs/PREDICTOR.md, session 28).
+///
+/// Each pair gives a ratio (on ÷ off seconds per token); the lead moves only when the round's
+/// median ratio and most pairs favour the other arm past `margin`, so that noise between
+/// equal arms does not flip it. The leader then runs alone for `firstExploitRounds` times the
+/// round's duration, doubling (up to `maxExploitRounds`) each time a round confirms it, and
+/// starting again from `firstExploitRounds` when a round changes it: the other arm's share of
+/// decode time falls towards half a round in 33.
 ///
 /// Only decode steps count (one row per sequence); the caller runs other steps (prompt chunks)
 /// with the current arm and does not report them. Times are per token so that blocks of the
 /// same batch compare; a pair whose blocks ran batches of different sizes (more than
 /// `maxBatchRatio` apart: a server's load changed) is left out of the median, and a round with
-/// no pair left keeps the leader. Pure state, no clock, no I/O.
+/// no pair left keeps the leader. Pure state, no clock, no I/O: time is what `record` is told.
 public struct PrefetchDuel: Sendable {
     public enum Arm: String, Sendable, Codable { case on, off }
 
     public struct Settings: Sendable, Equatable {
-        /// Decode steps per block.
+        /// A block lasts at least this many decode steps...
         public var blockSteps = 8
-        /// Steps at the start of each block that are run but not timed.
+        /// ...and at least this many seconds of decode steps...
+        public var minBlockSeconds = 0.3
+        /// ...and at most this many steps, however short they are.
+        public var maxBlockSteps = 256
+        /// A block's first steps are run but not timed: at least this many...
         public var warmupSteps = 2
+        /// ...and until this many seconds of the block have passed.
+        public var warmupSeconds = 0.1
         /// Pairs of blocks (one per arm) in a round.
         public var pairsPerRound = 4
-        /// Decode steps the leader runs alone after a round that changed (or first chose) it.
-        public var firstExploitSteps = 64
-        /// The most decode steps the leader runs alone between rounds.
-        public var maxExploitSteps = 1024
+        /// After a round that changed (or first chose) the leader, the leader runs alone for
+        /// this many times the round's duration...
+        public var firstExploitRounds = 2.0
+        /// ...doubling with each round that confirms it, up to this many.
+        public var maxExploitRounds = 32.0
         /// The lead moves only when the other arm is faster by more than this share.
         public var margin = 0.02
         /// A pair whose blocks' mean tokens per step differ by more than this factor is not
@@ -68,34 +82,37 @@ public struct PrefetchDuel: Sendable {
     public private(set) var stepsOff = 0
 
     private enum Phase: Equatable {
-        /// In a round: block `block` of its 2 × pairsPerRound, step `step` of the block.
-        case exploring(block: Int, step: Int)
-        /// The leader alone for `remaining` more steps.
-        case exploiting(remaining: Int)
+        /// In a round: block `block` of its 2 × pairsPerRound, step `step` of the block,
+        /// `elapsed` seconds of the block before it.
+        case exploring(block: Int, step: Int, elapsed: Double)
+        /// The leader alone for `remaining` more seconds of decode steps.
+        case exploiting(remaining: Double)
     }
-    private var phase: Phase = .exploring(block: 0, step: 0)
-    /// Timed seconds and tokens of the current block.
+    private var phase: Phase = .exploring(block: 0, step: 0, elapsed: 0)
+    /// Timed seconds, tokens and steps of the current block.
     private var blockSeconds = 0.0
     private var blockTokens = 0
-    /// Timed steps of the current block.
     private var blockSteps = 0
+    /// Seconds of decode steps in the current round.
+    private var roundSeconds = 0.0
     /// Each arm's block in each pair of the current round: seconds per token and mean tokens per step.
     private var pairOn: [Block?]
     private var pairOff: [Block?]
     private struct Block { var secondsPerToken: Double; var tokensPerStep: Double }
-    /// The exploitation phase after the next round that confirms the leader.
-    private var exploitSteps: Int
+    /// The leader's next run alone, in round durations, if the next round confirms it.
+    private var exploitRounds: Double
 
     /// Starts with a round; `initialLeader` leads until then and keeps the lead on a tie.
     public init(settings: Settings = Settings(), initialLeader: Arm = .on) {
         precondition(settings.blockSteps > settings.warmupSteps && settings.warmupSteps >= 0 && settings.pairsPerRound >= 1
-                     && settings.firstExploitSteps >= 0 && settings.maxExploitSteps >= settings.firstExploitSteps && settings.margin >= 0
-                     && settings.maxBatchRatio >= 1)
+                     && settings.maxBlockSteps >= settings.blockSteps && settings.minBlockSeconds >= 0 && settings.warmupSeconds >= 0
+                     && settings.firstExploitRounds >= 0 && settings.maxExploitRounds >= settings.firstExploitRounds
+                     && settings.margin >= 0 && settings.maxBatchRatio >= 1)
         self.settings = settings
         leader = initialLeader
         pairOn = Array(repeating: nil, count: settings.pairsPerRound)
         pairOff = Array(repeating: nil, count: settings.pairsPerRound)
-        exploitSteps = settings.firstExploitSteps
+        exploitRounds = settings.firstExploitRounds
     }
 
     /// Whether a round is under way.
@@ -105,7 +122,7 @@ public struct PrefetchDuel: Sendable {
     public var arm: Arm {
         switch phase {
         case .exploiting: return leader
-        case let .exploring(block, _): return Self.arm(ofBlock: block, leader: leader)
+        case let .exploring(block, _, _): return Self.arm(ofBlock: block, leader: leader)
         }
     }
 
@@ -122,25 +139,28 @@ public struct PrefetchDuel: Sendable {
         if ran == .on { stepsOn += 1 } else { stepsOff += 1 }
         switch phase {
         case let .exploiting(remaining):
-            phase = remaining > 1 ? .exploiting(remaining: remaining - 1) : .exploring(block: 0, step: 0)
-        case let .exploring(block, step):
-            if step >= settings.warmupSteps, tokens > 0 {
+            phase = remaining > seconds ? .exploiting(remaining: remaining - seconds) : .exploring(block: 0, step: 0, elapsed: 0)
+        case let .exploring(block, step, elapsed):
+            roundSeconds += seconds
+            let warmingUp = step < settings.warmupSteps || (elapsed < settings.warmupSeconds && step < settings.maxBlockSteps / 2)
+            if !warmingUp, tokens > 0 {
                 blockSeconds += seconds
                 blockTokens += tokens
                 blockSteps += 1
             }
-            guard step + 1 == settings.blockSteps else {
-                phase = .exploring(block: block, step: step + 1)
+            let done = blockSteps > 0 && ((step + 1 >= settings.blockSteps && elapsed + seconds >= settings.minBlockSeconds)
+                                          || step + 1 >= settings.maxBlockSteps)
+            guard done else {
+                phase = .exploring(block: block, step: step + 1, elapsed: elapsed + seconds)
                 return
             }
-            let timed = blockTokens > 0
-                ? Block(secondsPerToken: blockSeconds / Double(blockTokens), tokensPerStep: Double(blockTokens) / Double(blockSteps)) : nil
+            let timed = Block(secondsPerToken: blockSeconds / Double(blockTokens), tokensPerStep: Double(blockTokens) / Double(blockSteps))
             if ran == .on { pairOn[block / 2] = timed } else { pairOff[block / 2] = timed }
             blockSeconds = 0
             blockTokens = 0
             blockSteps = 0
             if block + 1 < 2 * settings.pairsPerRound {
-                phase = .exploring(block: block + 1, step: 0)
+                phase = .exploring(block: block + 1, step: 0, elapsed: 0)
             } else {
                 finishRound()
             }
@@ -171,13 +191,15 @@ public struct PrefetchDuel: Sendable {
         }
         rounds += 1
         lastRound = Round(pairRatios: ratios, medianRatio: median, leader: leader)
-        // The first round, or a changed lead, starts the exploitation phase short; each
+        // The first round, or a changed lead, starts the leader's run alone short; each
         // confirmation doubles it.
         if rounds == 1 || leader != previous {
-            exploitSteps = settings.firstExploitSteps
+            exploitRounds = settings.firstExploitRounds
         } else {
-            exploitSteps = min(2 * exploitSteps, settings.maxExploitSteps)
+            exploitRounds = min(2 * exploitRounds, settings.maxExploitRounds)
         }
-        phase = exploitSteps > 0 ? .exploiting(remaining: exploitSteps) : .exploring(block: 0, step: 0)
+        let alone = exploitRounds * roundSeconds
+        roundSeconds = 0
+        phase = alone > 0 ? .exploiting(remaining: alone) : .exploring(block: 0, step: 0, elapsed: 0)
     }
 }

@@ -153,11 +153,13 @@ struct GenerateStatistics: Encodable {
     var memory: MemoryPlan?
     var expertCache: ExpertCacheStats?
     var prediction: PredictionSummary?
+    /// What `--prefetch auto` had decided when generation ended.
+    var prefetchAuto: PrefetchSwitch.Summary?
     /// The process's peak resident set (VmHWM) when the statistics were taken.
     var peakResidentBytes: Int? = ProcessMemory.peakResidentBytes()
 
     private enum CodingKeys: String, CodingKey {
-        case memory, expertCache = "expert_cache", prediction, peakResidentBytes = "peak_resident_bytes"
+        case memory, expertCache = "expert_cache", prediction, prefetchAuto = "prefetch_auto", peakResidentBytes = "peak_resident_bytes"
     }
 
     func encode(to encoder: Encoder) throws {
@@ -166,6 +168,7 @@ struct GenerateStatistics: Encodable {
         try container.encodeIfPresent(memory, forKey: .memory)
         try container.encodeIfPresent(expertCache, forKey: .expertCache)
         try container.encodeIfPresent(prediction, forKey: .prediction)
+        try container.encodeIfPresent(prefetchAuto, forKey: .prefetchAuto)
         try container.encodeIfPresent(peakResidentBytes, forKey: .peakResidentBytes)
     }
 }

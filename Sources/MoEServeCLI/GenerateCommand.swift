@@ -78,7 +78,8 @@ struct GenerateCommand: ParsableCommand {
             // The text leaves out the end-of-sequence token that stopped generation.
             let visible = result.stats.finishReason == "stop" ? Array(result.tokens.dropLast()) : result.tokens
             let stats = GenerateStatistics(generation: result.stats, memory: runtime.plan, expertCache: runtime.cache?.statistics(),
-                                           prediction: runtime.predictor.map { PredictionSummary($0.statistics, predictor: runtime.predictorName) })
+                                           prediction: runtime.predictor.map { PredictionSummary($0.statistics, predictor: runtime.predictorName) },
+                                           prefetchAuto: runtime.prefetchSwitch?.summary)
             try printJSON(Output(tokens: result.tokens, text: tokenizer?.decode(visible, skipSpecialTokens: true), stats: stats))
         }
     }

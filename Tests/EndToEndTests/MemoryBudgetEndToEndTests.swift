@@ -216,6 +216,16 @@ import Testing
         #expect(withShadow.tokens == own.tokens && explicitlyOn.tokens == own.tokens && withoutShadow.tokens == own.tokens)
         let bad = try Self.run(base + ["--shadow-routing", "sometimes"])
         #expect(bad.status != 0 && bad.stderr.contains("--shadow-routing"), "\(bad.stderr)")
+        // `--prefetch auto`: the same tokens, and the stats say what its duel decided (five
+        // decode steps: inside the first block, which prefetches).
+        let auto = try Self.run(base + ["--prefetch", "auto"])
+        try #require(auto.status == 0, "\(auto.stderr)")
+        let autoJSON = try #require(try JSONSerialization.jsonObject(with: Data(auto.stdout.utf8)) as? [String: Any])
+        #expect(autoJSON["tokens"] as? [Int] == own.tokens)
+        let duel = try #require((autoJSON["stats"] as? [String: Any])?["prefetch_auto"] as? [String: Any], "\(auto.stdout)")
+        #expect(duel["leader"] as? String == "on" && duel["steps_on"] as? Int == 5 && duel["steps_off"] as? Int == 0, "\(duel)")
+        let badPrefetch = try Self.run(base + ["--prefetch", "sometimes"])
+        #expect(badPrefetch.status != 0 && badPrefetch.stderr.contains("--prefetch") && badPrefetch.stderr.contains("auto"), "\(badPrefetch.stderr)")
         let missing = try Self.run(base + ["--predictor-probes", "/nonexistent/probes.safetensors"])
         #expect(missing.status != 0 && missing.stderr.contains("/nonexistent/probes.safetensors"))
     }

@@ -197,4 +197,29 @@ import Testing
         #expect(report.prefetchComparison == nil)
         #expect(table.hasPrefix("| sequences |"))
     }
+
+    /// `bench batch --prefetch auto --compare-prefetch`: off, on and auto measured in each run,
+    /// auto's row carrying what its duel decided, and auto compared with the faster of the two.
+    @Test func batchBenchmarkComparesPrefetchAutoWithOnAndOff() throws {
+        var spec = RuntimeSpecification(model: Self.demo)
+        spec.memoryBudgetBytes = ProcessMemory.runtimeReservation() + (64 << 20)
+        spec.expertCacheBytes = 6 << 20
+        spec.prefetch = .auto
+        var benchmark = BatchBenchmark(specification: spec)
+        benchmark.sequences = [1]
+        benchmark.genTokens = 24
+        benchmark.promptTokens = 4
+        benchmark.runs = 1
+        benchmark.comparePrefetch = true
+        let (report, table) = try benchmark.run()
+        #expect(report.results.map(\.prefetch) == ["off", "on", "auto"])
+        let auto = try #require(report.results.last?.prefetchAuto)
+        // 23 decode steps, inside the first round, whose first block prefetches for at least 8.
+        #expect(auto.leader == .on && auto.rounds == 0)
+        #expect(auto.stepsOn >= 8 && auto.stepsOn + auto.stepsOff == 23)
+        #expect(report.results.dropLast().allSatisfy { $0.prefetchAuto == nil })
+        let comparison = try #require(report.prefetchComparison?.first)
+        #expect(comparison.autoOverBest.map { $0 > 0 } == true && comparison.pairedAutoOverBest?.count == 1)
+        #expect(table.contains("auto ÷ the faster") && table.contains("prefetch auto, 1 sequences"))
+    }
 }

@@ -71,7 +71,8 @@ import Testing
 
     @Test func theSlowerArmLosesAndPausedStepsNeitherPredictNorShadow() throws {
         let prompt = [1, 2, 3, 4, 5]
-        // 119 decode steps: one round (64) and most of the leader's first run alone (64).
+        // 119 decode steps: one round (64 steps, 0.704 s) and part of the leader's first run
+        // alone (twice the round: about 141 steps of 10 ms).
         let steps = 120
         let reference = try ModelRuntime.open(Self.specification(.off))
         let expected = try RuntimeTests.generate(reference, prompt: prompt, maxTokens: steps)
@@ -82,8 +83,12 @@ import Testing
         let predictor = try #require(runtime.predictor)
         let clock = SteppedClock()
         let model = runtime.model
-        let toggle = PrefetchSwitch(predictor: predictor, shadowRouting: true, setShadowRouting: { [weak model] in model?.shadowRouting = $0 },
-                                    clock: { clock.read() })
+        // Blocks of 8 steps whatever their time, so that one round is 64 decode steps.
+        var settings = PrefetchDuel.Settings()
+        settings.minBlockSeconds = 0
+        settings.warmupSeconds = 0
+        let toggle = PrefetchSwitch(predictor: predictor, duel: PrefetchDuel(settings: settings), shadowRouting: true,
+                                    setShadowRouting: { [weak model] in model?.shadowRouting = $0 }, clock: { clock.read() })
         clock.toggle = toggle
         model.routingObserver = toggle
         let log = StepLog()
