@@ -35,10 +35,10 @@ enum ServeBackend {
         spec.expertCacheBytes = settings.expertCacheBytes
         if let name = settings.cachePolicy { spec.policy = try key("cache_policy") { try RuntimeSpecification.policy(named: name) } }
         // A server runs long enough for `auto` to measure both ways and keep the faster: on the
-        // widened demo it came within 2-4% of the better fixed setting over the first 383 decode
-        // steps, on a throttled disk where prefetch costs 6-8% and on one where it gains 13-14%
-        // (docs/PREDICTOR.md, session 28). `generate` and the benchmarks keep `on`: their runs
-        // are too short to finish a round.
+        // widened demo it came within 1-4% of the better fixed setting in 11 of 12 runs of 600-1000
+        // decode steps, on a throttled disk where prefetch costs 6-13% and on one where it gains
+        // 9-14% (docs/PREDICTOR.md, session 28). `generate` and the benchmarks keep `on`: their
+        // runs are too short for a round to end.
         spec.prefetch = try settings.prefetch.map { name in try key("prefetch") { try RuntimeSpecification.prefetch(named: name) } } ?? .auto
         if let predictor = settings.predictor {
             guard RuntimeSpecification.predictorNames.contains(predictor) else {

@@ -80,10 +80,11 @@ public struct BatchBenchmark: Sendable {
         /// Distinct experts a step ran per MoE layer (the union over the step's sequences; each
         /// is acquired, and read if missing, once for all of them).
         public var expertsPerLayerStep: Double
-        /// Under prefetch auto: what the median run's duel had decided at its end.
+        /// Under prefetch auto: what the median run's duel had decided at its end, and each run's in run order.
         public var prefetchAuto: PrefetchSwitch.Summary?
+        public var runPrefetchAuto: [PrefetchSwitch.Summary]?
         enum CodingKeys: String, CodingKey {
-            case steps, expertsPerLayerStep = "union_experts_per_layer_step", prefetchAuto = "prefetch_auto"
+            case steps, expertsPerLayerStep = "union_experts_per_layer_step", prefetchAuto = "prefetch_auto", runPrefetchAuto = "runs_prefetch_auto"
             case sequences, prefetch, decodedTokens = "decoded_tokens", seconds, stallShare = "stall_share", expertCacheBytes = "expert_cache_bytes"
             case prefetchPrecision = "prefetch_precision", prefetchInTime = "prefetch_in_time"
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
@@ -175,7 +176,8 @@ public struct BatchBenchmark: Sendable {
                                     prefetchInTime: median.prefetchesIssued > 0 ? Double(median.prefetchHits) / Double(median.prefetchesIssued) : nil,
                                     steps: median.steps,
                                     expertsPerLayerStep: Double(median.hits + median.misses) / Double(max(median.steps * median.moeLayers, 1)),
-                                    prefetchAuto: median.prefetchAuto))
+                                    prefetchAuto: median.prefetchAuto,
+                                    runPrefetchAuto: mode == "auto" ? all.compactMap(\.prefetchAuto) : nil))
                 }
             }
             var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used (in time) | union experts / layer / step |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
@@ -214,10 +216,12 @@ public struct BatchBenchmark: Sendable {
                     table = table.replacingOccurrences(of: "| sequences | prefetch on ÷ off (medians) | per run (on ÷ off, same run) |\n|---|---|---|\n",
                                                        with: "| sequences | prefetch on ÷ off (medians) | per run (on ÷ off, same run) | auto ÷ the faster (medians) | per run (auto ÷ the faster, same run) |\n|---|---|---|---|---|\n")
                 }
-                for row in rows where row.prefetchAuto != nil {
-                    let auto = row.prefetchAuto!
-                    table += String(format: "\nprefetch auto, %d sequences (median run): leads %@ after %d rounds, last median on ÷ off %.3f, decode steps on %d / off %d\n",
-                                    row.sequences, auto.leader.rawValue, auto.rounds, auto.lastMedianRatio ?? .nan, auto.stepsOn, auto.stepsOff)
+                for row in rows where row.runPrefetchAuto != nil {
+                    table += "\n"
+                    for (run, auto) in row.runPrefetchAuto!.enumerated() {
+                        table += String(format: "prefetch auto, %d sequences, run %d: leads %@ after %d rounds, last median on ÷ off %.3f, decode steps on %d / off %d\n",
+                                        row.sequences, run + 1, auto.leader.rawValue, auto.rounds, auto.lastMedianRatio ?? .nan, auto.stepsOn, auto.stepsOff)
+                    }
                 }
             }
             return (Report(results: rows, prefetchComparison: comparePrefetch ? comparisons : nil), table)
