@@ -1,5 +1,7 @@
+import Foundation
+
 /// Whether to prefetch, decided by measuring it (`--prefetch auto`): rounds of decode-step
-/// blocks run alternately with and without prefetching, timed per token, and the faster arm
+/// blocks run alternately with and without prefetching, timed, and the faster arm
 /// leads until the next round.
 ///
 /// Why: whether prefetching pays depends on the disk, and no setting is right for every disk.
@@ -19,7 +21,7 @@
 /// 110 ms there) paid for the previous block's reads, and rounds of such blocks chose prefetch
 /// on where it was 12% slower over the whole run (docs/PREDICTOR.md, session 28).
 ///
-/// Each pair gives a ratio (on ÷ off seconds per token); the lead moves only when the round's
+/// Each pair gives a ratio (on ÷ off seconds per step); the lead moves only when the round's
 /// median ratio and most pairs favour the other arm past `margin`, so that noise between
 /// equal arms does not flip it. The leader then runs alone for `firstExploitRounds` times the
 /// round's duration, doubling (up to `maxExploitRounds`) each time a round confirms it, and
@@ -27,10 +29,13 @@
 /// decode time falls towards half a round in 33.
 ///
 /// Only decode steps count (one row per sequence); the caller runs other steps (prompt chunks)
-/// with the current arm and does not report them. Times are per token so that blocks of the
-/// same batch compare; a pair whose blocks ran batches of different sizes (more than
-/// `maxBatchRatio` apart: a server's load changed) is left out of the median, and a round with
-/// no pair left keeps the leader. Pure state, no clock, no I/O: time is what `record` is told.
+/// with the current arm and does not report them. A pair compares like with like: a step's
+/// time depends on how many sequences share it, and a server's load changes between blocks, so
+/// the pair's ratio is taken per batch size that both blocks ran (seconds per step of that
+/// size, on ÷ off) and averaged geometrically, each size weighted by the fewer of its steps in
+/// the two blocks. A pair with no batch size in common is left out of the median, and a round
+/// with no pair left keeps the leader. Pure state, no clock, no I/O: time is what `record` is
+/// told; nothing is allocated after `init`.
 public struct PrefetchDuel: Sendable {
     public enum Arm: String, Sendable, Codable { case on, off }
 
@@ -54,16 +59,14 @@ public struct PrefetchDuel: Sendable {
         public var maxExploitRounds = 32.0
         /// The lead moves only when the other arm is faster by more than this share.
         public var margin = 0.02
-        /// A pair whose blocks' mean tokens per step differ by more than this factor is not
-        /// compared: a server's load changed between them, and a step's time per token
-        /// depends on how many sequences share it.
-        public var maxBatchRatio = 1.25
+        /// Batch sizes compared apart; larger batches are compared as one size.
+        public var batchSizes = 64
         public init() {}
     }
 
     /// One finished round.
     public struct Round: Sendable, Equatable {
-        /// Each compared pair's on ÷ off seconds per token, in pair order.
+        /// Each compared pair's on ÷ off seconds per step of one batch size, in pair order.
         public var pairRatios: [Double]
         /// Their median: below 1, prefetching was faster (1 when no pair was compared).
         public var medianRatio: Double
@@ -89,16 +92,43 @@ public struct PrefetchDuel: Sendable {
         case exploiting(remaining: Double)
     }
     private var phase: Phase = .exploring(block: 0, step: 0, elapsed: 0)
-    /// Timed seconds, tokens and steps of the current block.
-    private var blockSeconds = 0.0
-    private var blockTokens = 0
+    /// Timed steps of the current block, and its timed seconds and steps per batch size; the
+    /// same of the first block of the current pair.
     private var blockSteps = 0
+    private var current: ByBatchSize
+    private var firstOfPair: ByBatchSize
     /// Seconds of decode steps in the current round.
     private var roundSeconds = 0.0
-    /// Each arm's block in each pair of the current round: seconds per token and mean tokens per step.
-    private var pairOn: [Block?]
-    private var pairOff: [Block?]
-    private struct Block { var secondsPerToken: Double; var tokensPerStep: Double }
+    /// Each pair's on ÷ off ratio in the current round (nil: not compared).
+    private var pairRatios: [Double?]
+
+    /// Timed seconds and steps per batch size (index: sequences in the step − 1).
+    private struct ByBatchSize {
+        var seconds: [Double]
+        var steps: [Int]
+        init(sizes: Int) {
+            seconds = Array(repeating: 0, count: sizes)
+            steps = Array(repeating: 0, count: sizes)
+        }
+        mutating func add(seconds time: Double, tokens: Int) {
+            let index = min(tokens, steps.count) - 1
+            seconds[index] += time
+            steps[index] += 1
+        }
+        mutating func reset() {
+            for index in steps.indices { seconds[index] = 0; steps[index] = 0 }
+        }
+        /// `self` ÷ `other` seconds per step, over the sizes both ran (nil: none in common).
+        func ratio(to other: ByBatchSize) -> Double? {
+            var logSum = 0.0, weights = 0
+            for index in steps.indices where steps[index] > 0 && other.steps[index] > 0 && other.seconds[index] > 0 && seconds[index] > 0 {
+                let weight = min(steps[index], other.steps[index])
+                logSum += Double(weight) * Foundation.log((seconds[index] / Double(steps[index])) / (other.seconds[index] / Double(other.steps[index])))
+                weights += weight
+            }
+            return weights > 0 ? Foundation.exp(logSum / Double(weights)) : nil
+        }
+    }
     /// The leader's next run alone, in round durations, if the next round confirms it.
     private var exploitRounds: Double
 
@@ -107,11 +137,12 @@ public struct PrefetchDuel: Sendable {
         precondition(settings.blockSteps > settings.warmupSteps && settings.warmupSteps >= 0 && settings.pairsPerRound >= 1
                      && settings.maxBlockSteps >= settings.blockSteps && settings.minBlockSeconds >= 0 && settings.warmupSeconds >= 0
                      && settings.firstExploitRounds >= 0 && settings.maxExploitRounds >= settings.firstExploitRounds
-                     && settings.margin >= 0 && settings.maxBatchRatio >= 1)
+                     && settings.margin >= 0 && settings.batchSizes >= 1)
         self.settings = settings
         leader = initialLeader
-        pairOn = Array(repeating: nil, count: settings.pairsPerRound)
-        pairOff = Array(repeating: nil, count: settings.pairsPerRound)
+        current = ByBatchSize(sizes: settings.batchSizes)
+        firstOfPair = ByBatchSize(sizes: settings.batchSizes)
+        pairRatios = Array(repeating: nil, count: settings.pairsPerRound)
         exploitRounds = settings.firstExploitRounds
     }
 
@@ -144,8 +175,7 @@ public struct PrefetchDuel: Sendable {
             roundSeconds += seconds
             let warmingUp = step < settings.warmupSteps || (elapsed < settings.warmupSeconds && step < settings.maxBlockSteps / 2)
             if !warmingUp, tokens > 0 {
-                blockSeconds += seconds
-                blockTokens += tokens
+                current.add(seconds: seconds, tokens: tokens)
                 blockSteps += 1
             }
             let done = blockSteps > 0 && ((step + 1 >= settings.blockSteps && elapsed + seconds >= settings.minBlockSeconds)
@@ -154,10 +184,12 @@ public struct PrefetchDuel: Sendable {
                 phase = .exploring(block: block, step: step + 1, elapsed: elapsed + seconds)
                 return
             }
-            let timed = Block(secondsPerToken: blockSeconds / Double(blockTokens), tokensPerStep: Double(blockTokens) / Double(blockSteps))
-            if ran == .on { pairOn[block / 2] = timed } else { pairOff[block / 2] = timed }
-            blockSeconds = 0
-            blockTokens = 0
+            if block % 2 == 0 {
+                swap(&firstOfPair, &current)
+            } else {
+                pairRatios[block / 2] = ran == .off ? firstOfPair.ratio(to: current) : current.ratio(to: firstOfPair)
+            }
+            current.reset()
             blockSteps = 0
             if block + 1 < 2 * settings.pairsPerRound {
                 phase = .exploring(block: block + 1, step: 0, elapsed: 0)
@@ -168,13 +200,8 @@ public struct PrefetchDuel: Sendable {
     }
 
     private mutating func finishRound() {
-        let ratios = zip(pairOn, pairOff).compactMap { on, off -> Double? in
-            guard let on, let off, off.secondsPerToken > 0,
-                  max(on.tokensPerStep, off.tokensPerStep) <= settings.maxBatchRatio * min(on.tokensPerStep, off.tokensPerStep) else { return nil }
-            return on.secondsPerToken / off.secondsPerToken
-        }
-        pairOn = Array(repeating: nil, count: settings.pairsPerRound)
-        pairOff = Array(repeating: nil, count: settings.pairsPerRound)
+        let ratios = pairRatios.compactMap { $0 }
+        for pair in pairRatios.indices { pairRatios[pair] = nil }
         let previous = leader
         var median = 1.0
         if !ratios.isEmpty {

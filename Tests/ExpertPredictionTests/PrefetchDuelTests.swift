@@ -165,22 +165,32 @@ import Testing
 
     @Test func pairsWhoseBatchSizesDifferAreNotCompared() {
         var duel = PrefetchDuel(settings: Self.stepwise)
-        // The load changes with the arm (8 sequences while prefetching, 1 without): a time per
-        // token from a batch of 8 says nothing about a batch of 1, so no pair is compared and
-        // the leader stays, however much faster off looks per token.
+        // The load changes with the arm (8 sequences while prefetching, 1 without): a step of 8
+        // says nothing about a step of 1, so no pair is compared and the leader stays, however
+        // much faster off looks per token.
         for _ in 0..<Self.roundSteps {
             let on = duel.arm == .on
             duel.record(seconds: on ? 0.016 : 0.001, tokens: on ? 8 : 1)
         }
         #expect(duel.leader == .on)
         #expect(duel.lastRound?.pairRatios == [])
-        // Batches of 5 against 4 (within 1.25x) still compare.
-        var close = PrefetchDuel(settings: Self.stepwise)
+    }
+
+    @Test func blocksOfMixedBatchesCompareSizeBySize() {
+        // One or two users: steps of 1 and 2 sequences, prefetching blocks mostly of 2 and the
+        // others mostly of 1. Per token the mix makes prefetch look faster (two tokens a step);
+        // size by size it is 10% slower, and off takes the lead.
+        var duel = PrefetchDuel(settings: Self.stepwise)
+        var step = 0
         for _ in 0..<Self.roundSteps {
-            let on = close.arm == .on
-            close.record(seconds: on ? 5 * 0.012 : 4 * 0.010, tokens: on ? 5 : 4)
+            let on = duel.arm == .on
+            let tokens = on ? (step % 4 == 3 ? 1 : 2) : (step % 4 == 3 ? 2 : 1)
+            let seconds = (tokens == 1 ? 0.010 : 0.016) * (on ? 1.1 : 1.0)
+            duel.record(seconds: seconds, tokens: tokens)
+            step += 1
         }
-        #expect(close.leader == .off && close.lastRound?.pairRatios.count == Self.stepwise.pairsPerRound)
+        #expect(duel.leader == .off)
+        #expect(duel.lastRound.map { round in round.pairRatios.allSatisfy { abs($0 - 1.1) < 1e-9 } } == true)
     }
 
     @Test func theMedianPairDecidesNotOneOutlier() {
