@@ -35,7 +35,7 @@ import Foundation
 /// size, on ÷ off) and averaged geometrically, each size weighted by the fewer of its steps in
 /// the two blocks. A pair with no batch size in common is left out of the median, and a round
 /// with no pair left keeps the leader. Pure state, no clock, no I/O: time is what `record` is
-/// told; nothing is allocated after `init`.
+/// told; a step allocates nothing (the end of a round allocates its list of ratios).
 public struct PrefetchDuel: Sendable {
     public enum Arm: String, Sendable, Codable { case on, off }
 
