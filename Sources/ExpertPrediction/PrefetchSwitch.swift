@@ -49,7 +49,8 @@ public final class PrefetchSwitch: RoutingObserver, @unchecked Sendable {
         /// The arm the current (or next) step runs.
         public var running: PrefetchDuel.Arm
         public var rounds: Int
-        /// The last round's median on ÷ off seconds per token (below 1: prefetching was faster).
+        /// The last round's median on ÷ off ratio, seconds per step of one batch size (below 1:
+        /// prefetching was faster).
         public var lastMedianRatio: Double?
         public var lastPairRatios: [Double]?
         /// Decode steps run with and without prefetching.
@@ -72,11 +73,15 @@ public final class PrefetchSwitch: RoutingObserver, @unchecked Sendable {
     private var target: RoutingObserver? { running == .on ? predictor : predictor.next }
 
     public func willRunStep(lastRows: [Int]) {
-        let arm = lock.withLock { duel.arm }
-        if arm != running {
+        // One lock a step: `running` is written only here, on the engine thread, and read
+        // without the lock only on it (`target`).
+        let (arm, previous) = lock.withLock { () -> (PrefetchDuel.Arm, PrefetchDuel.Arm) in
+            defer { running = duel.arm }
+            return (duel.arm, running)
+        }
+        if arm != previous {
             if arm == .off { predictor.withdrawGuesses() }
             setShadowRouting(arm == .on && shadowRouting)
-            lock.withLock { running = arm }
         }
         // A decode step has one row per sequence: its last rows are 0, 1, …, n - 1.
         let decode = !lastRows.isEmpty && lastRows.last! == lastRows.count - 1

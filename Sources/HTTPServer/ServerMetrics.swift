@@ -321,7 +321,7 @@ public struct PrefetchAutoSnapshot: Sendable, Equatable {
     public var leader: String
     /// Rounds finished since start.
     public var rounds: Int
-    /// The last round's median on ÷ off seconds per decode token (below 1: prefetching was faster).
+    /// The last round's median on ÷ off seconds per decode step of one batch size (below 1: prefetching was faster).
     public var lastMedianRatio: Double?
     /// Decode steps run with and without prefetching, since start.
     public var stepsOn: Int
