@@ -225,6 +225,13 @@ public struct BatchBenchmark: Sendable {
             return (Report(results: rows, prefetchComparison: comparePrefetch ? comparisons : nil), table)
     }
 
+    /// The KV cache a batch runs with: the plan's share under a `--memory-budget` (a batch that
+    /// needs more is refused), otherwise what the batch reserves, since nothing else bounds it
+    /// (`--expert-cache` alone sizes only the experts).
+    static func kvCacheBytes(plan: MemoryPlan?, batchNeeds: Int) -> Int {
+        plan?.kvCacheBytes ?? batchNeeds
+    }
+
     /// Opens a fresh runtime (cold cache), runs `sequences` greedy generations at once, and
     /// measures the decode window.
     private func measure(sequences count: Int, prefetch: String, run: Int, texts: [String]?) throws -> Measurement {
@@ -244,9 +251,12 @@ public struct BatchBenchmark: Sendable {
                 + sizing.map { String(format: "depth %d %.2f GB/s", $0.depth, $0.bytesPerSecond / 1e9) }.joined(separator: ", "))
         }
         let transformer = runtime.model
-        let kv = runtime.plan?.kvCacheBytes ?? (64 << 20)
-        let limits = Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: kv, maxRunningSequences: count)
-        let needed = count * Scheduler(limits: limits).reservation(promptTokens: promptTokens, maxTokens: genTokens)
+        let perSequence = Scheduler(limits: Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: 0, maxRunningSequences: count))
+            .reservation(promptTokens: promptTokens, maxTokens: genTokens)
+        let needed = count * perSequence
+        let kv = Self.kvCacheBytes(plan: runtime.plan, batchNeeds: needed)
+        let limits = Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: kv, maxRunningSequences: count,
+                                          maxWaitingRequests: max(64, count))
         guard needed <= kv else {
             throw ToolError("the KV cache budget (\(formatBytes(kv))) holds fewer than \(count) sequences of \(promptTokens + genTokens) tokens (\(formatBytes(needed))): raise --memory-budget or lower --gen-tokens")
         }

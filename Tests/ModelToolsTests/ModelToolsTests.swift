@@ -151,6 +151,17 @@ import Testing
         #expect(table.contains("read_expert_checked"))
     }
 
+    @Test func batchBenchmarkSizesTheKVCacheToTheBatchWithoutABudget() throws {
+        // --expert-cache alone: 64 sequences of OLMoE's shape need ~280 MB of KV cache, which
+        // nothing else bounds; a fixed default refused them.
+        #expect(BatchBenchmark.kvCacheBytes(plan: nil, batchNeeds: 280 << 20) == 280 << 20)
+        // Under --memory-budget the plan's share holds, and a batch that needs more is refused.
+        let plan = try MemoryPlan.plan(budget: 512 << 20, denseBytes: 100 << 20, scratchBytes: 12 << 20, kvBytesPerToken: 1 << 20,
+                                       kvTokens: 1024, minimumExpertBytes: 1 << 20)
+        #expect(BatchBenchmark.kvCacheBytes(plan: plan, batchNeeds: 280 << 20) == plan.kvCacheBytes)
+        #expect(plan.kvCacheBytes == 100 << 20)
+    }
+
     @Test func batchBenchmarkDecodesThroughTheEngineUnderABudget() throws {
         var spec = RuntimeSpecification(model: Self.demo)
         spec.memoryBudgetBytes = ProcessMemory.runtimeReservation() + (64 << 20)
