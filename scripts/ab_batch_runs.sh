@@ -8,6 +8,7 @@
 # root): below the disk's slowest rate, the disk then reads at one steady rate, and what the setting
 # does to the time shows through (e.g. READ_MBPS=600 on the machine of docs/BENCHMARKS.md, whose disk gave 0.9-3 GB/s).
 # VAR is an environment variable, or an option of `bench batch` (starting with --) given FIRST or SECOND as its value.
+# SEQUENCES may list several sizes (32,64): each run measures them all, and each gets its own summary.
 # Usage: [MODEL=DIR] [CACHE=60MiB] [GEN=32] [EXTRA="--prefetch off"] [READ_MBPS=600] \
 #        scripts/ab_batch_runs.sh VAR FIRST SECOND SEQUENCES PAIRS OUT
 # e.g.   scripts/ab_batch_runs.sh MOE_LAYER_DISTANCE off on 8 10 /tmp/ab-ld
@@ -36,18 +37,24 @@ done
 python3 - "$OUT" "$N" "$PAIRS" "$FIRST" "$SECOND" "$VAR" <<'PY'
 import json, statistics, sys
 out, n, pairs, first, second, var = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6]
-row = lambda v, r: json.load(open(f"{out}/{v}-{n}-{r}.json"))["results"][0]
-speed, bytes_, hits = [], [], []
-print(f"| pair | {first}: tok/s | MB / token | hit rate | stall ms / miss | {second}: tok/s | MB / token | hit rate | stall ms / miss | × |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for r in range(1, pairs + 1):
-    a, b = row(first, r), row(second, r)
-    speed.append(b["decode_tokens_per_second"] / a["decode_tokens_per_second"])
-    bytes_.append(b["expert_bytes_read_per_token"] / a["expert_bytes_read_per_token"])
-    hits.append(b["hit_rate"] - a["hit_rate"])
-    cells = lambda x: f"{x['decode_tokens_per_second']:.1f} | {x['expert_bytes_read_per_token'] / 1e6:.2f} | {x['hit_rate']:.3f} | {x['runs_stall_ms_per_miss'][0]:.2f}"
-    print(f"| {r} | {cells(a)} | {cells(b)} | {speed[-1]:.2f} |")
-print(f"\n{var} {second} ÷ {first}, {n} sequences, {pairs} pairs: speed {statistics.median(speed):.3f}x median "
-      f"(faster in {sum(x > 1 for x in speed)}); bytes per token {statistics.median(bytes_):.3f}x median "
-      f"(fewer in {sum(x < 1 for x in bytes_)}); hit rate {statistics.median(hits):+.4f} median (higher in {sum(x > 0 for x in hits)})")
+def results(v, r):
+    # stdout holds the JSON report (one line starting with "{")
+    with open(f"{out}/{v}-{n}-{r}.json") as f:
+        return json.loads(next(line for line in f if line.startswith("{")))["results"]
+for index, size in enumerate(n.split(",")):
+    row = lambda v, r: results(v, r)[index]
+    speed, bytes_, hits = [], [], []
+    print(f"\n{size} sequences\n")
+    print(f"| pair | {first}: tok/s | MB / token | hit rate | stall ms / miss | {second}: tok/s | MB / token | hit rate | stall ms / miss | × |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in range(1, pairs + 1):
+        a, b = row(first, r), row(second, r)
+        speed.append(b["decode_tokens_per_second"] / a["decode_tokens_per_second"])
+        bytes_.append(b["expert_bytes_read_per_token"] / a["expert_bytes_read_per_token"])
+        hits.append(b["hit_rate"] - a["hit_rate"])
+        cells = lambda x: f"{x['decode_tokens_per_second']:.1f} | {x['expert_bytes_read_per_token'] / 1e6:.2f} | {x['hit_rate']:.3f} | {x['runs_stall_ms_per_miss'][0]:.2f}"
+        print(f"| {r} | {cells(a)} | {cells(b)} | {speed[-1]:.3f} |")
+    print(f"\n{var} {second} ÷ {first}, {size} sequences, {pairs} pairs: speed {statistics.median(speed):.3f}x median "
+          f"(faster in {sum(x > 1 for x in speed)}); bytes per token {statistics.median(bytes_):.3f}x median "
+          f"(fewer in {sum(x < 1 for x in bytes_)}); hit rate {statistics.median(hits):+.4f} median (higher in {sum(x > 0 for x in hits)})")
 PY

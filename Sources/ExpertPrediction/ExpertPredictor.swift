@@ -122,6 +122,11 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
             if history[layer].count > configuration.historyTokens { history[layer].removeFirst() }
         }
         // Cross-layer gate: the next `depth` MoE layers' routers on this layer's gate input.
+        if configuration.crossLayer, Self.saturatedGuesses, saturatedDecode(rowCount: rowCount, layer: layer),
+           let position = moeLayers.firstIndex(of: layer), position + 1 < moeLayers.count {
+            predictSaturated(layer: moeLayers[position + 1], from: gateInput, rowCount: rowCount,
+                             probe: probes?.probe(from: layer, to: moeLayers[position + 1]))
+        }
         if configuration.crossLayer, !saturatedDecode(rowCount: rowCount, layer: layer), let position = moeLayers.firstIndex(of: layer) {
             let batchDecode = rowCount > configuration.deepRowLimit && rowCount <= Self.confidentRowLimit
             for distance in 1...(batchDecode ? 1 : max(configuration.depth, 1)) {
@@ -156,7 +161,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     }
 
     /// A decode step whose rows choose a layer's experts at least this many times over
-    /// (rows × top-k ≥ factor × experts) makes no cross-layer guesses (throughput mode).
+    /// (rows × top-k ≥ factor × experts) makes no per-row cross-layer guesses (throughput
+    /// mode); it guesses the next layer by votes instead (`predictSaturated`).
     static let saturatedDecodeFactor = 2
 
     /// Whether this step is one decode token per sequence and so many of them that every
@@ -164,11 +170,67 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     /// are certainly needed for the whole step, and a guess can only add a wrong read or move
     /// a right one earlier in the same queue. Measured on the widened demo at a quarter of its
     /// experts (docs/BENCHMARKS.md, "Throughput mode"): 32 and 64 sequences decoded 1.04-1.12x
-    /// faster without the guesses in four paired runs; 8 sequences (rows × k = experts) keep them.
+    /// faster without the per-row guesses in four paired runs; 8 sequences (rows × k = experts)
+    /// keep them.
     private func saturatedDecode(rowCount: Int, layer: Int) -> Bool {
         guard let experts = routers[layer]?.rows, !lastRows.isEmpty, lastRows.count == rowCount,
               lastRows.last! == rowCount - 1 else { return false }
         return rowCount * topK >= Self.saturatedDecodeFactor * experts
+    }
+
+    /// Whether saturated decode steps guess the next layer by votes (`predictSaturated`);
+    /// `MOE_SATURATED_GUESSES=off` turns it off (an A/B switch).
+    static let saturatedGuesses = ProcessInfo.processInfo.environment["MOE_SATURATED_GUESSES"] != "off"
+
+    /// Throughput mode's guess for the next MoE layer. Each row's top-k for `layer` (its router
+    /// or fitted probe on this layer's gate input) is a vote; the experts with at least two
+    /// votes are offered, most votes first, and the cache reads the ones it does not hold under
+    /// its speculative bound (the layer's top-k experts at a time: the first few not held). It
+    /// marks the held ones as about to be used, so they are evicted last until the layer runs.
+    ///
+    /// Why: in a saturated step the step's own misses keep the disk busy through a layer, but
+    /// between a layer's last miss and the next layer's first (the last expert's compute, the
+    /// next attention and router over every row) the disk stood idle. The read queue starts
+    /// these guesses only once no demand read waits, so they fill that gap. The experts most
+    /// rows vote for are nearly certain to be used by at least one. Session 20's version (the
+    /// union of probe probabilities above 0.95, read at once) took other layers' cache slots
+    /// and was slower; these are fewer and, since session 26, the policy evicts the layer that
+    /// just ran first. Measured on the widened demo at a quarter budget, emulated 1.5 GB/s
+    /// (docs/BENCHMARKS.md, "Session 29"): 1.08x at 32 sequences and 1.11x at 64, 8 of 8
+    /// paired rounds each.
+    private func predictSaturated(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe?) {
+        guard let router = routers[layer] else { return }
+        let routing = routings[layer]
+        let experts = router.rows
+        let needed = rowCount * (experts + (probe?.hiddenUnits ?? 0))
+        if scratch.count < needed { scratch = AlignedBuffer<Float>(count: needed) }
+        let scores = scratch.pointer
+        if let probe {
+            probe.apply(rows, rowCount: rowCount, into: scores, scratch: scores + rowCount * experts)
+        } else {
+            router.apply(rows, rowCount: rowCount, into: scores)
+            if let bias = routerBiases[layer] {
+                for row in 0..<rowCount { for e in 0..<experts { scores[row * experts + e] += bias[e] } }
+            }
+        }
+        var choices: [[Int]] = []
+        choices.reserveCapacity(rowCount)
+        for row in 0..<rowCount {
+            let probabilities = scores + row * experts
+            if probe?.output != .selection { routing.scores(probabilities, count: experts) }
+            choices.append(routing.select(probabilities, count: experts, k: topK))
+        }
+        let ranked = Self.byVotes(choices, experts: experts).filter { !pending[layer].contains($0) }
+        guard !ranked.isEmpty else { return }
+        pending[layer].formUnion(ranked)
+        provider?.prefetch(layer: layer, experts: ranked, pipeline: false)
+    }
+
+    /// The experts that at least two rows chose, most chosen first (the lower index on ties).
+    static func byVotes(_ choices: [[Int]], experts: Int) -> [Int] {
+        var votes = [Int](repeating: 0, count: experts)
+        for row in choices { for expert in row { votes[expert] += 1 } }
+        return (0..<experts).filter { votes[$0] >= 2 }.sorted { (votes[$0], $1) > (votes[$1], $0) }
     }
 
     /// Steps of at most this many rows (decode steps) apply `minProbability` and the cache's

@@ -17,8 +17,11 @@ final class RecordingProvider: ExpertProvider, @unchecked Sendable {
 
     /// Pipeline (prefill-chunk) hints, per layer.
     var pipelineHints: [Int] = []
+    /// Every prefetch call, as made.
+    var prefetches: [(layer: Int, experts: [Int], pipeline: Bool)] = []
     func prefetch(layer: Int, experts: [Int], pipeline: Bool) {
         events.append("prefetch \(layer)")
+        prefetches.append((layer, experts, pipeline))
         if pipeline { pipelineHints.append(layer) }
     }
 }
@@ -110,21 +113,34 @@ func fixtureModel(_ prefix: String, recording: Bool = false) throws -> (Transfor
     /// Throughput mode: a decode step of so many sequences that rows × k ≥ 2 × experts makes
     /// no guesses (its demand reads cover most of every layer); fewer sequences, or a prompt
     /// chunk of as many rows, still do.
-    @Test func saturatedDecodeStepsMakeNoGuesses() throws {
-        func prefetches(sequences: Int, tokensEach: Int) throws -> Int {
+    @Test func saturatedDecodeStepsGuessOnlyTheNextLayerByVotes() throws {
+        func prefetches(sequences: Int, tokensEach: Int) throws -> [(layer: Int, experts: [Int], pipeline: Bool)] {
             let (model, recorder) = try fixtureModel("mixtral-gqa", recording: true)
             let predictor = ExpertPredictor(model: model, configuration: PredictorConfiguration(crossLayer: true, minProbability: 0),
                                             provider: recorder)
             model.routingObserver = predictor
             let inputs = (0..<sequences).map { s in SequenceInput(cache: model.makeCache(), tokens: (0..<tokensEach).map { (s + $0) % 7 + 1 }) }
             _ = try model.forward(inputs)
-            return recorder!.events.filter { $0.hasPrefix("prefetch") }.count
+            return recorder!.prefetches
         }
         let config = try fixtureModel("mixtral-gqa").0.config
         let saturating = (ExpertPredictor.saturatedDecodeFactor * config.expertCount + config.expertsPerToken - 1) / config.expertsPerToken
-        #expect(try prefetches(sequences: saturating, tokensEach: 1) == 0)
-        if saturating > 1 { #expect(try prefetches(sequences: saturating - 1, tokensEach: 1) > 0) }
-        #expect(try prefetches(sequences: 1, tokensEach: saturating) > 0)   // a prompt chunk of as many rows
+        // A saturated decode step: at most one guess per later layer (none for the next step's
+        // first layer, which the per-row guesses would wrap to), decode hints under the cache's
+        // speculative bound, each expert once.
+        let saturated = try prefetches(sequences: saturating, tokensEach: 1)
+        #expect(!saturated.isEmpty)
+        #expect(saturated.allSatisfy { !$0.pipeline && $0.layer > 0 && Set($0.experts).count == $0.experts.count })
+        #expect(Set(saturated.map(\.layer)).count == saturated.count)
+        if saturating > 1 { #expect(try !prefetches(sequences: saturating - 1, tokensEach: 1).isEmpty) }
+        #expect(try !prefetches(sequences: 1, tokensEach: saturating).isEmpty)   // a prompt chunk of as many rows
+    }
+
+    @Test func votesRankTheExpertsThatAtLeastTwoRowsChose() {
+        // Expert 3 has four votes, 1 and 5 two each (1 first on the tie), 0 and 2 one each.
+        let choices = [[3, 1], [3, 5], [1, 0], [3, 5], [2, 3]]
+        #expect(ExpertPredictor.byVotes(choices, experts: 8) == [3, 1, 5])
+        #expect(ExpertPredictor.byVotes([[0, 1], [2, 3]], experts: 4).isEmpty)
     }
 
     @Test func predictingEveryExpertGivesFullRecallAndExactPrecisionAccounting() throws {
