@@ -199,20 +199,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     /// (docs/BENCHMARKS.md, "Session 29"): 1.08x at 32 sequences and 1.11x at 64, 8 of 8
     /// paired rounds each.
     private func predictSaturated(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe?) {
-        guard let router = routers[layer] else { return }
+        guard let (scores, experts) = guessLogits(layer: layer, from: rows, rowCount: rowCount, probe: probe) else { return }
         let routing = routings[layer]
-        let experts = router.rows
-        let needed = rowCount * (experts + (probe?.hiddenUnits ?? 0))
-        if scratch.count < needed { scratch = AlignedBuffer<Float>(count: needed) }
-        let scores = scratch.pointer
-        if let probe {
-            probe.apply(rows, rowCount: rowCount, into: scores, scratch: scores + rowCount * experts)
-        } else {
-            router.apply(rows, rowCount: rowCount, into: scores)
-            if let bias = routerBiases[layer] {
-                for row in 0..<rowCount { for e in 0..<experts { scores[row * experts + e] += bias[e] } }
-            }
-        }
         var choices: [[Int]] = []
         choices.reserveCapacity(rowCount)
         for row in 0..<rowCount {
@@ -246,20 +234,8 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     /// have not started, so that they do not hold the disk when this layer's misses need it.
     private func predict(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe? = nil,
                          refining: Bool = false) {
-        guard let router = routers[layer] else { return }
+        guard let (scores, experts) = guessLogits(layer: layer, from: rows, rowCount: rowCount, probe: probe) else { return }
         let routing = routings[layer]
-        let experts = router.rows
-        let needed = rowCount * (experts + (probe?.hiddenUnits ?? 0))
-        if scratch.count < needed { scratch = AlignedBuffer<Float>(count: needed) }
-        let scores = scratch.pointer // [T, experts], then the probe's hidden activations [T, units]
-        if let probe {
-            probe.apply(rows, rowCount: rowCount, into: scores, scratch: scores + rowCount * experts)
-        } else {
-            router.apply(rows, rowCount: rowCount, into: scores)
-            if let bias = routerBiases[layer] {
-                for row in 0..<rowCount { for e in 0..<experts { scores[row * experts + e] += bias[e] } }
-            }
-        }
         let selection = probe?.output == .selection
         var chosen = Set<Int>()
         let width = min(topK + configuration.extraWidth, experts)
@@ -287,6 +263,27 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         }
         if refining && decodeStep { dropGuesses(for: layer, notIn: chosen) }
         add(chosen, to: layer, pipeline: !decodeStep)
+    }
+
+    /// `layer`'s router logits (with its bias) — or `probe`'s outputs — for `rows`: [T, experts]
+    /// in the reused scratch buffer (valid until the next call), and the layer's expert count;
+    /// nil for a layer without a router.
+    private func guessLogits(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int,
+                             probe: CrossLayerProbes.Probe?) -> (UnsafeMutablePointer<Float>, Int)? {
+        guard let router = routers[layer] else { return nil }
+        let experts = router.rows
+        let needed = rowCount * (experts + (probe?.hiddenUnits ?? 0))
+        if scratch.count < needed { scratch = AlignedBuffer<Float>(count: needed) }
+        let scores = scratch.pointer // [T, experts], then the probe's hidden activations [T, units]
+        if let probe {
+            probe.apply(rows, rowCount: rowCount, into: scores, scratch: scores + rowCount * experts)
+        } else {
+            router.apply(rows, rowCount: rowCount, into: scores)
+            if let bias = routerBiases[layer] {
+                for row in 0..<rowCount { for e in 0..<experts { scores[row * experts + e] += bias[e] } }
+            }
+        }
+        return (scores, experts)
     }
 
     /// The cross-layer gate past the last MoE layer: `probe` on each sequence's last row guesses
