@@ -201,24 +201,25 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
     private func predictSaturated(layer: Int, from rows: UnsafePointer<Float>, rowCount: Int, probe: CrossLayerProbes.Probe?) {
         guard let (scores, experts) = guessLogits(layer: layer, from: rows, rowCount: rowCount, probe: probe) else { return }
         let routing = routings[layer]
-        var choices: [[Int]] = []
-        choices.reserveCapacity(rowCount)
+        var votes = [Int](repeating: 0, count: experts)
+        var chosen: [Int] = []
+        chosen.reserveCapacity(topK + 1)   // `select` then writes without allocating
         for row in 0..<rowCount {
             let probabilities = scores + row * experts
             if probe?.output != .selection { routing.scores(probabilities, count: experts) }
-            choices.append(routing.select(probabilities, count: experts, k: topK))
+            routing.select(probabilities, count: experts, k: topK, into: &chosen)
+            for expert in chosen { votes[expert] += 1 }
         }
-        let ranked = Self.byVotes(choices, experts: experts).filter { !pending[layer].contains($0) }
+        let ranked = Self.byVotes(votes).filter { !pending[layer].contains($0) }
         guard !ranked.isEmpty else { return }
         pending[layer].formUnion(ranked)
         provider?.prefetch(layer: layer, experts: ranked, pipeline: false)
     }
 
-    /// The experts that at least two rows chose, most chosen first (the lower index on ties).
-    static func byVotes(_ choices: [[Int]], experts: Int) -> [Int] {
-        var votes = [Int](repeating: 0, count: experts)
-        for row in choices { for expert in row { votes[expert] += 1 } }
-        return (0..<experts).filter { votes[$0] >= 2 }.sorted { (votes[$0], $1) > (votes[$1], $0) }
+    /// The experts with at least two votes (`votes[e]`: rows that chose `e`), most first (the
+    /// lower index on ties).
+    static func byVotes(_ votes: [Int]) -> [Int] {
+        votes.indices.filter { votes[$0] >= 2 }.sorted { (votes[$0], $1) > (votes[$1], $0) }
     }
 
     /// Steps of at most this many rows (decode steps) apply `minProbability` and the cache's

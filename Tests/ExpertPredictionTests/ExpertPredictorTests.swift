@@ -138,9 +138,11 @@ func fixtureModel(_ prefix: String, recording: Bool = false) throws -> (Transfor
 
     @Test func votesRankTheExpertsThatAtLeastTwoRowsChose() {
         // Expert 3 has four votes, 1 and 5 two each (1 first on the tie), 0 and 2 one each.
-        let choices = [[3, 1], [3, 5], [1, 0], [3, 5], [2, 3]]
-        #expect(ExpertPredictor.byVotes(choices, experts: 8) == [3, 1, 5])
-        #expect(ExpertPredictor.byVotes([[0, 1], [2, 3]], experts: 4).isEmpty)
+        func votes(_ choices: [[Int]], experts: Int) -> [Int] {
+            choices.joined().reduce(into: [Int](repeating: 0, count: experts)) { $0[$1] += 1 }
+        }
+        #expect(ExpertPredictor.byVotes(votes([[3, 1], [3, 5], [1, 0], [3, 5], [2, 3]], experts: 8)) == [3, 1, 5])
+        #expect(ExpertPredictor.byVotes(votes([[0, 1], [2, 3]], experts: 4)).isEmpty)
     }
 
     @Test func predictingEveryExpertGivesFullRecallAndExactPrecisionAccounting() throws {
