@@ -251,12 +251,12 @@ public struct BatchBenchmark: Sendable {
                 + sizing.map { String(format: "depth %d %.2f GB/s", $0.depth, $0.bytesPerSecond / 1e9) }.joined(separator: ", "))
         }
         let transformer = runtime.model
-        let perSequence = Scheduler(limits: Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: 0, maxRunningSequences: count))
-            .reservation(promptTokens: promptTokens, maxTokens: genTokens)
-        let needed = count * perSequence
-        let kv = Self.kvCacheBytes(plan: runtime.plan, batchNeeds: needed)
-        let limits = Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: kv, maxRunningSequences: count,
+        // The whole batch waits at once; its KV budget is set below, from what it reserves.
+        var limits = Engine.defaultLimits(for: transformer, kvCacheBudgetBytes: 0, maxRunningSequences: count,
                                           maxWaitingRequests: max(64, count))
+        let needed = count * Scheduler(limits: limits).reservation(promptTokens: promptTokens, maxTokens: genTokens)
+        let kv = Self.kvCacheBytes(plan: runtime.plan, batchNeeds: needed)
+        limits.kvCacheBudgetBytes = kv
         guard needed <= kv else {
             throw ToolError("the KV cache budget (\(formatBytes(kv))) holds fewer than \(count) sequences of \(promptTokens + genTokens) tokens (\(formatBytes(needed))): raise --memory-budget or lower --gen-tokens")
         }
