@@ -212,6 +212,67 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
         }
     }
 
+    /// `scripts/trace_policy_bounds.py` replays the shared pool as `bench trace` does: its LRU
+    /// and Belady hit what `TraceReplay` hits in one pool without floors, and none of its
+    /// reference rankings beats Belady.
+    @Test func policyBoundsReplayTheSharedPoolAsTheEngineDoes() throws {
+        let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts")
+        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
+            print("python3 not found; skipping the cross-check")
+            return
+        }
+        let tracePath = FileManager.default.temporaryDirectory.appendingPathComponent("policy-bounds-\(getpid()).jsonl")
+        defer { try? FileManager.default.removeItem(at: tracePath) }
+        try run(python, [scripts.appendingPathComponent("synthetic_trace.py").path,
+                         "--layers", "4", "--experts", "12", "--top-k", "2", "--sequences", "2",
+                         "--prompt", "8", "--decode", "30", "--seed", "3"]).write(to: tracePath)
+        let t = try RoutingTrace(contentsOf: tracePath)
+        for capacity in [3, 5] {
+            let output = try run(python, [scripts.appendingPathComponent("trace_policy_bounds.py").path, tracePath.path,
+                                          "--cache-per-layer", "\(capacity)"])
+            let reference = try JSONDecoder().decode(PolicyBounds.self, from: output)
+            let lru = try TraceReplay.run(t, policy: LRUPolicy(), cachePerLayer: capacity, pool: .global)
+            let belady = try TraceReplay.run(t, policy: BeladyPolicy(), cachePerLayer: capacity, pool: .global)
+            #expect(reference.requests == lru.requests)
+            #expect(reference.hits["lru"] == lru.hits)
+            #expect(reference.hits["belady"] == belady.hits)
+            #expect(reference.hits.count == 5)
+            for (name, hits) in reference.hits { #expect(hits <= belady.hits, "\(name) beat Belady at \(capacity) per layer") }
+        }
+    }
+
+    /// `scripts/import_routing_trace.py` turns per-(problem, layer, token) records into a trace
+    /// this module reads: a sequence per problem, tokens in order, null where a layer is missing.
+    @Test func importedRecordingsReadAsTraces() throws {
+        let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts")
+        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
+            print("python3 not found; skipping the import check")
+            return
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("import-trace-\(getpid())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let records = [
+            #"{"dataset": "d", "problem_id": 1, "layer": 0, "token_idx": 1, "experts": [2, 5], "gating_probs": [0.6, 0.4]}"#,
+            #"{"dataset": "d", "problem_id": 1, "layer": 1, "token_idx": 1, "experts": [7, 0]}"#,
+            #"{"dataset": "d", "problem_id": 1, "layer": 0, "token_idx": 0, "experts": [3, 4]}"#,
+            #"{"dataset": "d", "problem_id": 1, "layer": 1, "token_idx": 0, "experts": [1, 6]}"#,
+            #"{"dataset": "d", "problem_id": 0, "layer": 1, "token_pos": 0, "experts": [4, 2]}"#,
+        ]
+        let input = directory.appendingPathComponent("recording.jsonl")
+        let output = directory.appendingPathComponent("trace.jsonl")
+        try (records.joined(separator: "\n") + "\n").write(to: input, atomically: true, encoding: .utf8)
+        _ = try run(python, [scripts.appendingPathComponent("import_routing_trace.py").path, output.path, input.path])
+        let imported = try RoutingTrace(contentsOf: output)
+        #expect(imported.tokens == [
+            TraceToken(seq: 0, pos: 0, phase: "decode", layers: [nil, [4, 2]]),
+            TraceToken(seq: 1, pos: 0, phase: "decode", layers: [[3, 4], [1, 6]]),
+            TraceToken(seq: 1, pos: 1, phase: "decode", layers: [[2, 5], [7, 0]]),
+        ])
+    }
+
     private func run(_ executable: String, _ arguments: [String]) throws -> Data {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
@@ -224,6 +285,12 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
         #expect(process.terminationStatus == 0)
         return data
     }
+}
+
+/// What `scripts/trace_policy_bounds.py` prints per cache size (the fields the tests read).
+private struct PolicyBounds: Decodable {
+    var requests: Int
+    var hits: [String: Int]
 }
 
 extension TraceReplay {
