@@ -14,7 +14,7 @@ step's union once, in one pool of C experts, both ways, with two rankings:
             every expert is needed every step.
 
     scripts/batch_stream_bound.py TRACE.jsonl --capacity 256 [--window 8]
-prints one JSON line: hit rates over the decode steps, and misses per step.
+prints one JSON line: hits, misses and hit rates over the decode steps, and misses per step.
 """
 import argparse
 import collections
@@ -46,7 +46,7 @@ def load_requests(path):
 
 
 def replay(requests, layer_count, last_prefill, capacity, streamed, ranking, window):
-    """(decode hit rate, decode misses) of one pool of `capacity` experts."""
+    """(decode hits, decode misses) of one pool of `capacity` experts."""
     next_request = [None] * len(requests)
     following = {}
     for index in range(len(requests) - 1, -1, -1):
@@ -69,10 +69,11 @@ def replay(requests, layer_count, last_prefill, capacity, streamed, ranking, win
 
         def evict(protected):
             candidates = [k for k in resident if k not in protected]
+            # Ties go to the lower (layer, expert), as in `BeladyPolicy`.
             if ranking == "belady":
-                victim = max(candidates, key=lambda k: resident[k])
+                victim = max(candidates, key=lambda k: (resident[k], -k[0], -k[1]))
             else:
-                victim = max(candidates, key=lambda k: ((k[0] - layer - 1) % layer_count, -last_use[k]))
+                victim = max(candidates, key=lambda k: ((k[0] - layer - 1) % layer_count, -last_use[k], -k[0], -k[1]))
             del resident[victim]
 
         held = collections.deque()
@@ -86,8 +87,7 @@ def replay(requests, layer_count, last_prefill, capacity, streamed, ranking, win
                 held.append(key)
                 if len(held) > window:
                     held.popleft()
-    total = hits + misses
-    return hits / total if total else 0.0, misses
+    return hits, misses
 
 
 def main():
@@ -101,8 +101,9 @@ def main():
     report = {"capacity": args.capacity, "window": args.window, "decode_steps": decode_steps}
     for mode, streamed in (("pinned", False), ("streamed", True)):
         for ranking in ("belady", "distance"):
-            rate, misses = replay(requests, layer_count, last_prefill, args.capacity, streamed, ranking, args.window)
-            report[f"{mode}_{ranking}"] = {"hit_rate": round(rate, 4), "misses_per_step": round(misses / max(decode_steps, 1), 1)}
+            hits, misses = replay(requests, layer_count, last_prefill, args.capacity, streamed, ranking, args.window)
+            report[f"{mode}_{ranking}"] = {"hits": hits, "misses": misses, "hit_rate": round(hits / max(hits + misses, 1), 4),
+                                           "misses_per_step": round(misses / max(decode_steps, 1), 1)}
     print(json.dumps(report))
 
 

@@ -94,7 +94,8 @@ def replay(routing, capacity, rank, protect_current=False, protect_next=False):
             while len(resident) >= capacity:
                 candidates = [k for k in resident if k not in need]
                 unprotected = [k for k in candidates if k not in keep]
-                victim = max(unprotected or candidates, key=lambda k: rank(k, t, layer, last_request))
+                # Ties go to the lower (layer, expert), as in `BeladyPolicy`.
+                victim = max(unprotected or candidates, key=lambda k: (rank(k, t, layer, last_request), -k[0], -k[1]))
                 resident.remove(victim)
             resident.add(key)
         for position, expert in enumerate(touched):

@@ -242,6 +242,46 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
         }
     }
 
+    /// `scripts/batch_stream_bound.py`'s pinned replay is the engine's: on recorded batch steps
+    /// its Belady hits what `TraceReplay.runRecorded` hits over the decode window, and the
+    /// streamed replay makes the same requests.
+    @Test func streamBoundPinsAsTheRecordedReplayDoes() throws {
+        let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts")
+        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
+            print("python3 not found; skipping the cross-check")
+            return
+        }
+        // Three sequences decoding together, a step per position, as `bench batch --record-trace` writes them.
+        var rng = SplitMix64(seed: 11)
+        let lanes = (0..<3).map { _ in randomTrace(&rng, tokens: 24, layers: 4, experts: 12, topK: 3).tokens }
+        var lines: [String] = []
+        for position in 0..<24 {
+            for (lane, tokens) in lanes.enumerated() {
+                var token = tokens[position]
+                token.seq = lane
+                token.pos = position
+                token.phase = "decode"
+                token.step = position
+                lines.append(String(decoding: try JSONEncoder().encode(token), as: UTF8.self))
+            }
+        }
+        let tracePath = FileManager.default.temporaryDirectory.appendingPathComponent("stream-bound-\(getpid()).jsonl")
+        defer { try? FileManager.default.removeItem(at: tracePath) }
+        try (lines.joined(separator: "\n") + "\n").write(to: tracePath, atomically: true, encoding: .utf8)
+        let t = try RoutingTrace(contentsOf: tracePath)
+        for perLayer in [9, 11] {
+            let capacity = perLayer * t.recordedLayers.count
+            let output = try run(python, [scripts.appendingPathComponent("batch_stream_bound.py").path, tracePath.path,
+                                          "--capacity", "\(capacity)", "--window", "2"])
+            let report = try JSONDecoder().decode(StreamBoundReport.self, from: output)
+            let belady = try TraceReplay.runRecorded(t, policy: BeladyPolicy(), cachePerLayer: perLayer).decodeWindow
+            #expect(report.pinnedBelady.hits == belady.hits)
+            #expect(report.pinnedBelady.hits + report.pinnedBelady.misses == belady.requests)
+            #expect(report.streamedBelady.hits + report.streamedBelady.misses == belady.requests)
+        }
+    }
+
     /// `scripts/import_routing_trace.py` turns per-(problem, layer, token) records into a trace
     /// this module reads: a sequence per problem, tokens in order, null where a layer is missing.
     @Test func importedRecordingsReadAsTraces() throws {
@@ -285,6 +325,17 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
         #expect(process.terminationStatus == 0)
         return data
     }
+}
+
+/// What `scripts/batch_stream_bound.py` prints (the fields the tests read).
+private struct StreamBoundReport: Decodable {
+    struct Row: Decodable {
+        var hits: Int
+        var misses: Int
+    }
+    var pinnedBelady: Row
+    var streamedBelady: Row
+    enum CodingKeys: String, CodingKey { case pinnedBelady = "pinned_belady", streamedBelady = "streamed_belady" }
 }
 
 /// What `scripts/trace_policy_bounds.py` prints per cache size (the fields the tests read).
