@@ -65,6 +65,10 @@ public struct BatchBenchmark: Sendable {
         /// disk gave that run. On the cloud disk of docs/BENCHMARKS.md it swung 0.30-1.03 ms from one
         /// run to the next, the same in every layer, so compare policies by the bytes they read.
         public var runStallMillisecondsPerMiss: [Double]
+        /// Each run's share of the decode window in which at least one expert read ran (in run
+        /// order; empty when every expert is resident). Below 1 while reads bound the speed, the
+        /// disk stood idle that share of the time.
+        public var runIOBusyShare: [Double]
         public var expertBytesReadPerToken: Double
         public var hitRate: Double
         /// Share of the decode window the engine spent waiting for expert reads.
@@ -89,6 +93,7 @@ public struct BatchBenchmark: Sendable {
             case prefetchPrecision = "prefetch_precision", prefetchInTime = "prefetch_in_time"
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
             case runBytesReadPerToken = "runs_expert_bytes_read_per_token", runStallMillisecondsPerMiss = "runs_stall_ms_per_miss"
+            case runIOBusyShare = "runs_io_busy_share"
             case expertBytesReadPerToken = "expert_bytes_read_per_token", hitRate = "hit_rate"
         }
     }
@@ -125,6 +130,8 @@ public struct BatchBenchmark: Sendable {
         var hits: Int
         var misses: Int
         var stallSeconds: Double
+        /// Seconds of the window in which a read ran (nil without an offloading cache).
+        var ioBusySeconds: Double?
         var prefetchesIssued: Int
         var prefetchHits: Int
         var prefetchesLate: Int
@@ -169,6 +176,7 @@ public struct BatchBenchmark: Sendable {
                                     decodeTokensPerSecond: median.tokensPerSecond, runTokensPerSecond: all.map(\.tokensPerSecond),
                                     runBytesReadPerToken: all.map(\.bytesReadPerToken),
                                     runStallMillisecondsPerMiss: all.map(\.stallMillisecondsPerMiss),
+                                    runIOBusyShare: all.compactMap { run in run.ioBusySeconds.map { min(1, $0 / run.seconds) } },
                                     expertBytesReadPerToken: median.bytesReadPerToken,
                                     hitRate: median.hits + median.misses > 0 ? Double(median.hits) / Double(median.hits + median.misses) : 1,
                                     stallShare: median.stallSeconds / median.seconds, expertCacheBytes: median.expertCacheBytes,
@@ -270,7 +278,8 @@ public struct BatchBenchmark: Sendable {
         defer { engine.shutdown(grace: 0) }
         // Steps are read from the token callbacks, which the engine calls outside its lock.
         let window = DecodeWindow(sequences: count, steps: { engine.currentStatistics.steps }) {
-            runtime.cache?.statistics().total ?? ExpertCacheCounters()
+            let statistics = runtime.cache?.statistics()
+            return (statistics?.total ?? ExpertCacheCounters(), statistics?.ioBusySeconds)
         }
         let group = DispatchGroup()
         let failure = FailureBox()
@@ -311,16 +320,16 @@ public struct BatchBenchmark: Sendable {
 final class DecodeWindow: @unchecked Sendable {
     private let lock = NSLock()
     private let sequences: Int
-    private let counters: () -> ExpertCacheCounters
+    private let counters: () -> (ExpertCacheCounters, ioBusySeconds: Double?)
     private let steps: () -> Int
     private var started: Set<Int> = []
-    private var opened: (time: UInt64, counters: ExpertCacheCounters, steps: Int)?
+    private var opened: (time: UInt64, counters: ExpertCacheCounters, ioBusySeconds: Double?, steps: Int)?
     private var tokens = 0
     private var lastToken: UInt64 = 0
     private var lastSteps = 0
 
     /// `steps` counts the engine's finished steps (the step emitting a token is not yet counted).
-    init(sequences: Int, steps: @escaping () -> Int = { 0 }, counters: @escaping () -> ExpertCacheCounters) {
+    init(sequences: Int, steps: @escaping () -> Int = { 0 }, counters: @escaping () -> (ExpertCacheCounters, ioBusySeconds: Double?)) {
         self.sequences = sequences
         self.steps = steps
         self.counters = counters
@@ -332,7 +341,10 @@ final class DecodeWindow: @unchecked Sendable {
         defer { lock.unlock() }
         if !started.contains(sequence) {
             started.insert(sequence)
-            if started.count == sequences { opened = (now, counters(), steps()) }
+            if started.count == sequences {
+                let (counted, busy) = counters()
+                opened = (now, counted, busy, steps())
+            }
         } else if opened != nil {
             tokens += 1
             lastToken = now
@@ -344,11 +356,13 @@ final class DecodeWindow: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         guard let opened, tokens > 0 else { throw ToolError("no token was decoded after the prefill: raise --gen-tokens") }
-        let end = counters()
+        // Read at the end of the run: after the last token no step reads, so the busy time is the window's.
+        let (end, endBusy) = counters()
+        let busy = opened.ioBusySeconds.flatMap { start in endBusy.map { $0 - start } }
         return .init(decodedTokens: tokens, seconds: Double(lastToken - opened.time) / 1e9,
                      bytesRead: end.demandBytes + end.prefetchBytes - opened.counters.demandBytes - opened.counters.prefetchBytes,
                      hits: end.hits - opened.counters.hits, misses: end.misses - opened.counters.misses,
-                     stallSeconds: end.stallSeconds - opened.counters.stallSeconds,
+                     stallSeconds: end.stallSeconds - opened.counters.stallSeconds, ioBusySeconds: busy,
                      prefetchesIssued: end.prefetchesIssued - opened.counters.prefetchesIssued,
                      prefetchHits: end.prefetchHits - opened.counters.prefetchHits,
                      prefetchesLate: end.prefetchesLate - opened.counters.prefetchesLate, expertCacheBytes: 0,

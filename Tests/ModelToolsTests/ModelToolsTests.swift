@@ -204,6 +204,8 @@ import Testing
             #expect(row.runBytesReadPerToken.count == benchmark.runs && row.runStallMillisecondsPerMiss.count == benchmark.runs)
             #expect(row.runBytesReadPerToken.contains(row.expertBytesReadPerToken))
             #expect(row.runStallMillisecondsPerMiss.allSatisfy { $0 >= 0 && $0.isFinite })
+            // How busy the disk was, each run (an offloading cache here, so one figure a run).
+            #expect(row.runIOBusyShare.count == benchmark.runs && row.runIOBusyShare.allSatisfy { $0 >= 0 && $0 <= 1 })
         }
         #expect(report.prefetchComparison == nil)
         #expect(table.hasPrefix("| sequences |"))
