@@ -188,12 +188,7 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
     /// The independent cross-check: `scripts/replay_trace.py` (standard library Python) must
     /// produce the same LRU and Belady hit counts on a synthetic Zipf-like trace.
     @Test func matchesThePythonReplay() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let scripts = root.appendingPathComponent("scripts")
-        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
-            print("python3 not found; skipping the cross-check")
-            return
-        }
+        guard let (python, scripts) = pythonAndScripts() else { return }
         let tracePath = FileManager.default.temporaryDirectory.appendingPathComponent("expert-cache-crosscheck-\(getpid()).jsonl")
         defer { try? FileManager.default.removeItem(at: tracePath) }
         let generated = try run(python, [scripts.appendingPathComponent("synthetic_trace.py").path,
@@ -216,12 +211,7 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
     /// and Belady hit what `TraceReplay` hits in one pool without floors, and none of its
     /// reference rankings beats Belady.
     @Test func policyBoundsReplayTheSharedPoolAsTheEngineDoes() throws {
-        let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("scripts")
-        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
-            print("python3 not found; skipping the cross-check")
-            return
-        }
+        guard let (python, scripts) = pythonAndScripts() else { return }
         let tracePath = FileManager.default.temporaryDirectory.appendingPathComponent("policy-bounds-\(getpid()).jsonl")
         defer { try? FileManager.default.removeItem(at: tracePath) }
         try run(python, [scripts.appendingPathComponent("synthetic_trace.py").path,
@@ -246,12 +236,7 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
     /// its Belady hits what `TraceReplay.runRecorded` hits over the decode window, and the
     /// streamed replay makes the same requests.
     @Test func streamBoundPinsAsTheRecordedReplayDoes() throws {
-        let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("scripts")
-        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
-            print("python3 not found; skipping the cross-check")
-            return
-        }
+        guard let (python, scripts) = pythonAndScripts() else { return }
         // Three sequences decoding together, a step per position, as `bench batch --record-trace` writes them.
         var rng = SplitMix64(seed: 11)
         let lanes = (0..<3).map { _ in randomTrace(&rng, tokens: 24, layers: 4, experts: 12, topK: 3).tokens }
@@ -285,12 +270,7 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
     /// `scripts/import_routing_trace.py` turns per-(problem, layer, token) records into a trace
     /// this module reads: a sequence per problem, tokens in order, null where a layer is missing.
     @Test func importedRecordingsReadAsTraces() throws {
-        let scripts = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("scripts")
-        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
-            print("python3 not found; skipping the import check")
-            return
-        }
+        guard let (python, scripts) = pythonAndScripts() else { return }
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("import-trace-\(getpid())")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
@@ -311,6 +291,16 @@ private func randomTrace(_ rng: inout SplitMix64, tokens: Int, layers: Int, expe
             TraceToken(seq: 1, pos: 0, phase: "decode", layers: [[3, 4], [1, 6]]),
             TraceToken(seq: 1, pos: 1, phase: "decode", layers: [[2, 5], [7, 0]]),
         ])
+    }
+
+    /// python3 and the repository's `scripts` directory; nil (after saying so) where there is no python3.
+    private func pythonAndScripts() -> (python: String, scripts: URL)? {
+        guard let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first(where: FileManager.default.isExecutableFile) else {
+            print("python3 not found; skipping the check against the script")
+            return nil
+        }
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return (python, root.appendingPathComponent("scripts"))
     }
 
     private func run(_ executable: String, _ arguments: [String]) throws -> Data {
