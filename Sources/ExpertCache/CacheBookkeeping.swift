@@ -4,7 +4,8 @@
 /// the trace replay drives it directly, so both run the same decisions.
 ///
 /// Loading experts count against the budget from the moment they are reserved, so the bytes
-/// held (resident plus being read) never exceed it. Pinned and loading experts are never
+/// held (resident plus being read) never exceed it. A demand read may be tracked before its
+/// room is made (`reserveLater`); it holds nothing until `makeRoom`, when its read starts. Pinned and loading experts are never
 /// evicted. Floors: while a layer holds `floorSlots` experts or fewer, another layer cannot
 /// evict them (a layer can always evict its own), so no layer is starved.
 ///
@@ -32,6 +33,9 @@ public struct CacheBookkeeping: Sendable {
         public var residency: Residency
         /// Loaded by a prefetch and not used by any demand yet (wasted if evicted so).
         public var prefetchedUnused: Bool
+        /// A demand read queued before its room was made (`reserveLater`): it holds no bytes,
+        /// evicts nothing and counts in no layer until `makeRoom`, when its read starts.
+        public var awaitingRoom = false
     }
 
     /// An expert that was evicted to make room.
@@ -174,7 +178,40 @@ public struct CacheBookkeeping: Sendable {
             victims = replaced
         }
         guard let more = chooseVictims(for: key, bytes: bytes, freed: victims) else { return .noRoom }
-        victims += more
+        let evicted = evict(victims + more)
+        entries[key] = Entry(bytes: bytes, pins: pins, residency: .loading, prefetchedUnused: prefetch)
+        if prefetch { speculativeBytes[key.layer, default: 0] += bytes }
+        hold(key, bytes: bytes)
+        return .reserved(evicted: evicted)
+    }
+
+    /// Tracks `key` (absent) as a demand read with `pins` users whose room is made only when
+    /// its read starts (`makeRoom`): nothing is evicted and no bytes are held until then, so
+    /// the victims are chosen by the policy as it stands at that moment. A batch step that
+    /// misses most of a layer then gives up its own finished experts for its later reads,
+    /// instead of reserving the whole union up front out of the other layers (docs/expert-cache.md,
+    /// "Room made when the read starts"). Returns false, tracking nothing, if `bytes` can never fit.
+    public mutating func reserveLater(_ key: ExpertKey, bytes: Int, pins: Int) -> Bool {
+        precondition(entries[key] == nil, "reserve of tracked \(key)")
+        if bytes > budgetBytes || bytes > (layerBudgetBytes ?? Int.max) { return false }
+        entries[key] = Entry(bytes: bytes, pins: pins, residency: .loading, prefetchedUnused: false, awaitingRoom: true)
+        return true
+    }
+
+    /// Makes the room of `key`, tracked by `reserveLater`, by evicting as `reserve` does; on
+    /// success it holds its bytes like any loading entry. `.noRoom` leaves it waiting.
+    public mutating func makeRoom(for key: ExpertKey) -> Reservation {
+        guard let entry = entries[key], entry.awaitingRoom else { preconditionFailure("makeRoom for \(key), which does not await room") }
+        if entry.bytes > budgetBytes { return .tooLarge }
+        guard let victims = chooseVictims(for: key, bytes: entry.bytes) else { return .noRoom }
+        let evicted = evict(victims)
+        entries[key]!.awaitingRoom = false
+        hold(key, bytes: entry.bytes)
+        return .reserved(evicted: evicted)
+    }
+
+    /// Evicts `victims` (resident, unpinned). Returns what they freed.
+    private mutating func evict(_ victims: [ExpertKey]) -> [Eviction] {
         var evicted: [Eviction] = []
         for victim in victims {
             let entry = entries[victim]!
@@ -182,14 +219,16 @@ public struct CacheBookkeeping: Sendable {
             removeEntry(victim)
             policy.didEvict(victim)
         }
-        entries[key] = Entry(bytes: bytes, pins: pins, residency: .loading, prefetchedUnused: prefetch)
-        if prefetch { speculativeBytes[key.layer, default: 0] += bytes }
+        return evicted
+    }
+
+    /// Counts `bytes` of tracked `key` against the budget and its layer.
+    private mutating func hold(_ key: ExpertKey, bytes: Int) {
         usedBytes += bytes
         peakUsedBytes = max(peakUsedBytes, usedBytes)
         layerBytes[key.layer, default: 0] += bytes
         layerSlots[key.layer, default: 0] += 1
         layerKeys[key.layer, default: []].insert(key)
-        return .reserved(evicted: evicted)
     }
 
     /// Sets the budget to `bytes`. Shrinking evicts unpinned resident experts, in policy order,
@@ -213,7 +252,7 @@ public struct CacheBookkeeping: Sendable {
 
     /// The read of loading `key` finished: it is resident (and known to the policy).
     public mutating func loaded(_ key: ExpertKey) {
-        precondition(entries[key]?.residency == .loading, "loaded of non-loading \(key)")
+        precondition(entries[key]?.residency == .loading && entries[key]?.awaitingRoom == false, "loaded of non-loading \(key)")
         entries[key]!.residency = .resident
         if entries[key]!.pins == 0 { evictable.insert(key) }
         policy.didInsert(key)
@@ -230,6 +269,7 @@ public struct CacheBookkeeping: Sendable {
         let entry = entries.removeValue(forKey: key)!
         evictable.remove(key)
         expected.remove(key)
+        if entry.awaitingRoom { return }   // it held nothing yet
         if entry.prefetchedUnused { speculativeBytes[key.layer]! -= entry.bytes }
         usedBytes -= entry.bytes
         layerBytes[key.layer]! -= entry.bytes

@@ -53,7 +53,7 @@ struct RuntimeOptions: ParsableArguments {
     var shadowRouting: String = "on"
     @Option(name: .customLong("predictor-probes"), help: "Fitted cross-layer maps (safetensors from scripts/train_predictor_probes.py) that replace the next layers' routers in the cross-layer gate (default: the model directory's \(ExpertStore.predictorProbesFile) if it has one; none: the routers).")
     var predictorProbes: String?
-    @Option(name: .customLong("admission-window"), help: "Missing experts of one layer reserved and read at once (0: all of them); a window keeps a large batch's stream of misses from evicting the hot experts.")
+    @Option(name: .customLong("admission-window"), help: "Missing experts of one layer reserved and read at once (0: all of them, their room made as each read starts); a window reserves room when a miss is queued, as before session 31.")
     var admissionWindow: Int?
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once; demand reads always find a free reader when this is below --reader-threads (0: no separate bound).")
     var prefetchReads: Int = 0

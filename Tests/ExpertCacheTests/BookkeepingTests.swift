@@ -117,6 +117,37 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
         #expect(evicted == [.init(key: key(0, 0), bytes: 1, wastedPrefetch: true)])
     }
 
+    /// A read tracked before its room is made holds no bytes and evicts nothing; its room is
+    /// made when its read starts, by the policy as it stands then (here LRU: the expert used
+    /// longest ago, which at tracking time was another), and not while pins hold everything.
+    @Test func aReadReservedLaterHoldsNothingUntilItsRoomIsMade() {
+        var book = CacheBookkeeping(budgetBytes: 3, policy: LRUPolicy())
+        for e in 0..<3 { _ = admit(&book, key(0, e)) }
+        let tracked = book.reserveLater(key(1, 0), bytes: 1, pins: 1)
+        let tooLarge = book.reserveLater(key(1, 1), bytes: 4, pins: 1)  // larger than the budget
+        #expect(tracked && !tooLarge)
+        #expect(book.entry(key(1, 1)) == nil)
+        #expect(book.usedBytes == 3 && book.slots(layer: 1) == 0 && book.bytes(layer: 1) == 0)
+        #expect(book.entry(key(1, 0))?.awaitingRoom == true && book.entry(key(1, 0))?.residency == .loading)
+        book.use(key(0, 0))                                             // 1 is now the LRU expert
+        for e in 0..<3 { book.pin(key(0, e)) }
+        let refused = book.makeRoom(for: key(1, 0))                    // everything pinned
+        #expect(refused == .noRoom)
+        #expect(book.entry(key(1, 0))?.awaitingRoom == true && book.usedBytes == 3)
+        book.unpin(key(0, 1)); book.unpin(key(0, 2))
+        let made = book.makeRoom(for: key(1, 0))
+        #expect(made == .reserved(evicted: [.init(key: key(0, 1), bytes: 1, wastedPrefetch: false)]))
+        #expect(book.entry(key(1, 0))?.awaitingRoom == false)
+        #expect(book.usedBytes == 3 && book.slots(layer: 1) == 1 && book.bytes(layer: 1) == 1)
+        book.loaded(key(1, 0))
+        #expect(book.entry(key(1, 0))?.residency == .resident)
+        // Removed while still waiting for room (a failed request): it freed nothing, held nothing.
+        let waitingOne = book.reserveLater(key(1, 2), bytes: 1, pins: 0)
+        #expect(waitingOne)
+        book.remove(key(1, 2))
+        #expect(book.entry(key(1, 2)) == nil && book.usedBytes == 3 && book.slots(layer: 1) == 1)
+    }
+
     @Test func removeFreesLoadingBytes() {
         var book = CacheBookkeeping(budgetBytes: 1, policy: LRUPolicy())
         let r11 = book.reserve(key(0, 0), bytes: 1, pins: 2)

@@ -6,10 +6,10 @@ import Testing
 import TensorMath
 
 private func makeCache(_ loader: FakeLoader, experts: Int, floor: Int = 1, layers: [Int] = [0], readers: Int = 4,
-                       policy: any CachePolicy = LRUPolicy()) throws -> OffloadingExpertCache {
+                       policy: any CachePolicy = LRUPolicy(), roomAtRead: Bool? = nil) throws -> OffloadingExpertCache {
     try OffloadingExpertCache(
         loader: loader, policy: policy,
-        configuration: .init(budgetBytes: experts * loader.bytesPerExpert, floorSlots: floor, readerThreads: readers),
+        configuration: .init(budgetBytes: experts * loader.bytesPerExpert, floorSlots: floor, readerThreads: readers, roomAtRead: roomAtRead),
         layers: layers)
 }
 
@@ -158,7 +158,8 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
             loader.latency = 0.01...0.01
             let cache = try OffloadingExpertCache(
                 loader: loader, policy: LFUPolicy(),
-                configuration: .init(budgetBytes: 8 * loader.bytesPerExpert, floorSlots: 1, readerThreads: 4, admissionWindow: window),
+                configuration: .init(budgetBytes: 8 * loader.bytesPerExpert, floorSlots: 1, readerThreads: 4, admissionWindow: window,
+                                     roomAtRead: false),   // a window bounds reservations made when queued
                 layers: [0, 1])
             defer { cache.close() }
             for _ in 0..<3 { try request(cache, 1, [1, 2, 3]) }    // layer 1's hot set, used often
@@ -173,6 +174,78 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
             }
             #expect(cache.pinCount() == 0)
         }
+    }
+
+    /// With room made when each read starts (the default), a call that misses more than the
+    /// budget spares gives up its own finished experts for its later reads, and the other
+    /// layer's hot set stays; reserving every miss when queued evicts the hot set instead. The
+    /// bytes held never pass the budget either way.
+    @Test func roomMadeAtEachReadsStartComesFromTheCallsOwnFinishedExperts() throws {
+        for roomAtRead in [true, false] {
+            let loader = FakeLoader()
+            loader.latency = 0.02...0.02
+            let cache = try OffloadingExpertCache(
+                loader: loader, policy: LFUPolicy(),
+                configuration: .init(budgetBytes: 5 * loader.bytesPerExpert, floorSlots: 1, readerThreads: 1, roomAtRead: roomAtRead),
+                layers: [0, 1])
+            defer { cache.close() }
+            for _ in 0..<3 { try request(cache, 1, [1, 2, 3]) }    // layer 1's hot set, used three times each
+            #expect(try request(cache, 0, [1, 2, 3, 4, 5, 6]).sorted() == [1, 2, 3, 4, 5, 6])
+            let keptHot = (1...3).filter { cache.isResident(layer: 1, expert: $0) }.count
+            if roomAtRead {
+                #expect(keptHot == 3, "the reads had the call's finished experts to evict; \(keptHot) hot experts stayed")
+            } else {
+                #expect(keptHot < 3)
+            }
+            let stats = cache.statistics()
+            #expect(stats.peakUsedBytes <= 5 * loader.bytesPerExpert && stats.total.misses == 9)
+            #expect(cache.pinCount() == 0)
+        }
+    }
+
+    /// An expert evicted while its call still runs lets go of its weights then, not when the
+    /// call returns: the call's own lists must not keep them (a buffer kept past its eviction
+    /// is memory above the budget, and on a real store a fresh mapping for the next read).
+    @Test func anExpertEvictedDuringItsCallIsReleasedAtOnce() throws {
+        for roomAtRead in [true, false] {
+            let loader = FakeLoader()
+            loader.latency = 0.005...0.005
+            let cache = try OffloadingExpertCache(
+                loader: loader, policy: LRUPolicy(),
+                configuration: .init(budgetBytes: 2 * loader.bytesPerExpert, floorSlots: 1, readerThreads: 1, roomAtRead: roomAtRead),
+                layers: [0])
+            defer { cache.close() }
+            var livePeakInBody = 0
+            try cache.withExperts(layer: 0, experts: Array(0..<8)) { _, _ in livePeakInBody = max(livePeakInBody, loader.liveNow) }
+            // Two held by the cache, and one read finishing beside them.
+            #expect(livePeakInBody <= 3, "\(livePeakInBody) experts' weights alive at once under a budget of 2 (room at read: \(roomAtRead))")
+            #expect(cache.pinCount() == 0)
+        }
+    }
+
+    /// A read queued before its room can be made waits, and starts as soon as the call's
+    /// running experts let go of theirs; queued prefetches that hold room a demand needs now
+    /// are cancelled for it.
+    @Test func aReadWaitingForRoomStartsWhenRoomIsFreed() throws {
+        let loader = FakeLoader()
+        loader.block(ExpertKey(layer: 0, expert: 0))
+        let cache = try OffloadingExpertCache(
+            loader: loader, policy: LRUPolicy(),
+            configuration: .init(budgetBytes: 3 * loader.bytesPerExpert, floorSlots: 1, readerThreads: 1, roomAtRead: true),
+            layers: [0])
+        defer { cache.close() }
+        cache.prefetch(layer: 0, experts: [0, 1, 2], pipeline: false)          // fills the budget, all loading
+        eventually("the first prefetch reading") { loader.order.count == 1 }
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { _ = try? request(cache, 0, [7, 8]); done.signal() }
+        eventually("the demands queued") { cache.statistics().total.misses == 2 }
+        #expect(cache.statistics().usedBytes == 3 * loader.bytesPerExpert)     // queued without room
+        loader.open()
+        done.wait()
+        // Expert 0 arrived and was evicted for 7; 8's room came from the cancelled prefetches.
+        #expect(loader.order.map(\.expert) == [0, 7, 8])
+        #expect(cache.statistics().total.prefetchesCancelled == 2)
+        #expect(cache.pinCount() == 0)
     }
 
     @Test func refusesABudgetBelowTheFloors() {
@@ -280,7 +353,8 @@ private func request(_ cache: OffloadingExpertCache, _ layer: Int, _ experts: [I
     @Test func aDemandCancelsQueuedPrefetchesWhenItNeedsTheirRoom() throws {
         let loader = FakeLoader()
         loader.block(ExpertKey(layer: 0, expert: 0))
-        let cache = try makeCache(loader, experts: 3, readers: 1)
+        // Room reserved when the demand is queued (with room made at read start, above).
+        let cache = try makeCache(loader, experts: 3, readers: 1, roomAtRead: false)
         defer { cache.close() }
         cache.prefetch(layer: 0, experts: [0, 1, 2], pipeline: false)          // fills the budget, all loading
         eventually("the first prefetch reading") { loader.order.count == 1 }

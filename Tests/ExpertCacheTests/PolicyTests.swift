@@ -221,6 +221,38 @@ private let a = key(0, 0), b = key(0, 1), c = key(0, 2), d = key(0, 3)
         #expect(withDistance.victim(among: [a, c]) == c)
     }
 
+    /// Counted per step of S sequences, 1 − (1 − P)^S, a likely expert of the layer that just
+    /// ran goes before a less likely one of the next layer: a step of many sequences will run
+    /// both, and the next layer's runs first. Per token (one sequence) the chance decides.
+    @Test func manySequencesRankByTheWaitForTheirLayer() {
+        let a = ExpertKey(layer: 0, expert: 0), a2 = ExpertKey(layer: 0, expert: 1)
+        let c = ExpertKey(layer: 1, expert: 0)
+        var perStep = SequenceAwarePolicy(parameters: Self.parameters())
+        #expect(perStep.parameters.perStepChance)   // the default
+        #expect(!SequenceAwarePolicy.Parameters.fromEnvironment(["MOE_STEP_CHANCE": "off"]).perStepChance)
+        var parameters = Self.parameters()
+        parameters.perStepChance = false
+        var perToken = SequenceAwarePolicy(parameters: parameters)
+        // Layer 1: c one of four experts used once each (P 0.25); layer 0, which ran last: a one
+        // of two used twice each (P 0.5).
+        let uses = [c, ExpertKey(layer: 1, expert: 1), ExpertKey(layer: 1, expert: 2), ExpertKey(layer: 1, expert: 3), a, a2, a, a2]
+        for key in uses {
+            perStep.didInsert(key); perStep.didAccess(key)
+            perToken.didInsert(key); perToken.didAccess(key)
+        }
+        // One sequence: a waits 2 + 2·(1/0.5 − 1) = 4 layer runs, c 1 + 2·(1/0.25 − 1) = 7.
+        #expect(perStep.victim(among: [a, c]) == c)
+        // Sixteen sequences running (their routing reported for a layer of its own, so the
+        // experts' scores stay as they were): both are all but certain to run next step.
+        for sequence in 0..<16 {
+            perStep.sequence(sequence, routedTo: [0], layer: 7)
+            perToken.sequence(sequence, routedTo: [0], layer: 7)
+        }
+        #expect(perStep.score(a) == perToken.score(a) && perStep.score(c) == perToken.score(c))
+        #expect(perStep.victim(among: [a, c]) == a)
+        #expect(perToken.victim(among: [a, c]) == c)
+    }
+
     /// Without sequence reports the score is each expert's share of its layer's references.
     @Test func withoutSequencesItKeepsTheLayersPopularExperts() {
         var policy = SequenceAwarePolicy(parameters: Self.parameters())

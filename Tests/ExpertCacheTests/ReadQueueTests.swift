@@ -17,6 +17,21 @@ private func key(_ e: Int) -> ExpertKey { ExpertKey(layer: 0, expert: e) }
         #expect(r1 == nil && queue.inFlightBytes == 40)
     }
 
+    /// A read its cache cannot make room for yet stays first in line, and nothing behind it
+    /// (not even a prefetch, which would take the room) starts meanwhile.
+    @Test func aReadRefusedToStartStaysFirstAndHoldsTheRest() {
+        var queue = ReadQueue(maxInFlightBytes: 1000)
+        queue.enqueue(key(1), bytes: 10, priority: .demand)
+        queue.enqueue(key(2), bytes: 10, priority: .demand)
+        queue.enqueue(key(3), bytes: 10, priority: .prefetch)
+        var asked: [ExpertKey] = []
+        let refused = queue.nextJob { asked.append($0.key); return false }
+        #expect(refused == nil && asked == [key(1)])
+        #expect(queue.queuedCount == 3 && queue.inFlightBytes == 0 && !queue.isStarted(key(1)))
+        let order = (0..<3).compactMap { _ in queue.nextJob { _ in true } }
+        #expect(order.map(\.key) == [key(1), key(2), key(3)] && queue.inFlightBytes == 30)
+    }
+
     @Test func promotionAndCancellation() {
         var queue = ReadQueue(maxInFlightBytes: 1000)
         queue.enqueue(key(1), bytes: 10, priority: .prefetch)

@@ -66,6 +66,11 @@ public struct SequenceAwarePolicy: CachePolicy {
         /// 8 and 32 sequences with the disk throttled to a steady rate (docs/expert-cache.md,
         /// "The layer that just ran waits longest").
         public var layerDistance = true
+        /// With `layerDistance`, count the chance of use per step of the running sequences,
+        /// `1 − (1 − P)^S` for `S` of them, not per token: a step of 64 sequences runs nearly
+        /// every expert of a layer, so the layer distance decides and the running layer's
+        /// finished experts go first (`MOE_STEP_CHANCE=off` counts per token, an A/B switch).
+        public var perStepChance = true
         public init() {}
 
         /// What the runtime runs and `bench trace` replays: the defaults, ranking by the chance
@@ -73,6 +78,7 @@ public struct SequenceAwarePolicy: CachePolicy {
         public static func fromEnvironment(_ environment: [String: String] = ProcessInfo.processInfo.environment) -> Parameters {
             var parameters = Parameters()
             parameters.layerDistance = environment["MOE_LAYER_DISTANCE"] != "off"
+            parameters.perStepChance = environment["MOE_STEP_CHANCE"] != "off"
             return parameters
         }
     }
@@ -261,10 +267,12 @@ public struct SequenceAwarePolicy: CachePolicy {
             parameters.layerDistance && layerPlaces.count > 1
             ? lastUsedLayer.map { (layerPlaces[$0] ?? 0, layerPlaces.count, Double(expertsPerToken ?? 1)) } : nil
         // How much a candidate is worth keeping: its score, or minus its expected wait.
+        let sequences = parameters.perStepChance ? Double(max(1, bySequence.count)) : 1
         func worth(_ key: ExpertKey) -> Double {
             guard let distance else { return score(key) }
             // Not capped at 1: within one layer the order stays the score's.
-            let chance = max(1e-9, distance.perToken * score(key))
+            let perToken = max(1e-9, distance.perToken * score(key))
+            let chance = sequences == 1 || perToken >= 1 ? perToken : -expm1(sequences * log1p(-perToken))
             let ahead = ((layerPlaces[key.layer] ?? distance.here) - distance.here + distance.layers) % distance.layers
             return -(Double(ahead == 0 ? distance.layers : ahead) + Double(distance.layers) * (1 / chance - 1))
         }

@@ -40,14 +40,27 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         /// serves one after another anyway; a window a little deeper than the readers is meant to
         /// keep the disk busy and the hot set resident. Measured with 8 (docs/BENCHMARKS.md,
         /// "Throughput mode"): hit rate 0.077 -> 0.095 at 32 sequences, no speed gain; off by default.
+        /// A window reserves room when a miss is queued, so it turns `roomAtRead` off unless that is given.
         public var admissionWindow: Int?
+        /// Whether a demand miss is queued at once and its room made when its read starts
+        /// (`CacheBookkeeping.reserveLater`), rather than reserved when it is queued. A batch
+        /// step misses most of a layer; reserving the whole union at once takes its room out of
+        /// the other layers, while room made at the read's start comes from the step's own
+        /// finished experts once there are some (docs/expert-cache.md, "Room made when the read
+        /// starts"). An admission window does not apply then.
+        public var roomAtRead: Bool
+
+        /// `roomAtRead` unless set: on, and off under `MOE_ROOM_AT_READ=off` (an A/B switch).
+        public static let roomAtReadByDefault = ProcessInfo.processInfo.environment["MOE_ROOM_AT_READ"] != "off"
 
         /// A cache of `budgetBytes` with floors of `floorSlots`, `readerThreads` readers and
         /// at most `maxInFlightBytes` in flight (default: unbounded but for the budget).
         public init(budgetBytes: Int, floorSlots: Int, readerThreads: Int = 4, maxInFlightBytes: Int? = nil,
-                    speculativeLayerBytes: Int? = nil, maxInFlightPrefetches: Int? = nil, admissionWindow: Int? = nil) {
+                    speculativeLayerBytes: Int? = nil, maxInFlightPrefetches: Int? = nil, admissionWindow: Int? = nil,
+                    roomAtRead: Bool? = nil) {
             precondition(admissionWindow.map { $0 >= 1 } ?? true)
             self.admissionWindow = admissionWindow
+            self.roomAtRead = roomAtRead ?? (admissionWindow == nil && Self.roomAtReadByDefault)
             self.budgetBytes = budgetBytes
             self.floorSlots = floorSlots
             self.readerThreads = readerThreads
@@ -87,6 +100,9 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     private var readsRunning = 0
     private var busySince: UInt64 = 0
     private var busyNanoseconds: UInt64 = 0
+    /// Set when a reader left the first queued read waiting for room it could not make yet;
+    /// the next release of room then wakes a reader (`wakeForRoomLocked`).
+    private var readerAwaitsRoom = false
     /// The least budget: every layer's floor of the largest expert.
     public let minimumBudgetBytes: Int
     /// The low-bit copies' own pool (`enableLowBitMisses`), nil while they are off. Its keys,
@@ -241,7 +257,11 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         // Resident experts run while the misses load; each worker takes the next expert that
         // is ready, and only worker 0's waits count as stall (while it waits the other may compute).
         let pending = PendingExperts(ready: ready, waiting: waiting, unadmitted: unadmitted)
+        // `pending` holds them from here. Copies left in these locals would keep every ticket's
+        // weights, and so every expert's buffer, alive until the call returns, even after its
+        // eviction (with `roomAtRead` the layer's own finished experts are evicted mid-call).
         pending.residentsReported = residentsRan == nil || (waiting.isEmpty && unadmitted.isEmpty)
+        (ready, waiting, unadmitted) = ([], [], [])
         func work(_ worker: Int) {
             // The expert this worker just ran: unpinned in the same critical section that takes
             // the next one (one lock round per expert on the decode path, not two).
@@ -266,7 +286,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                         pending.completed.append(finished.key.expert < 0 ? ~finished.key.expert : finished.key.expert)
                     }
                     if finished.resident { pending.residentsRunning -= 1 }
-                    lock.wakeRequesters()   // someone may be waiting for room, or for the residents
+                    wakeForRoomLocked()   // someone may be waiting for room, or for the residents
                 }
                 finished = nil
                 // Worker 0 (the caller's thread on the core pair) reports once the residents have all run and
@@ -438,7 +458,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         let evicted = book.resize(budgetBytes: budgetBytes - lowBytes)
         evictedLocked(evicted)
         if lowBook != nil { evictedLocked(lowBook!.resize(budgetBytes: lowBytes)) }
-        lock.wakeRequesters()   // a grown budget is room someone may be waiting for
+        wakeForRoomLocked()   // a grown budget is room someone may be waiting for
         return evicted.count
     }
 
@@ -530,7 +550,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         var cancelledPrefetches = false
         var queued = 0
         defer { lock.wakeReaders(queued) }
-        let window = configuration.admissionWindow ?? .max
+        let window = configuration.roomAtRead ? .max : configuration.admissionWindow ?? .max
         for expert in unadmitted {
             let key = ExpertKey(layer: layer, expert: expert)
             // `waiting` holds this call's reserved experts not yet handed to a worker.
@@ -554,6 +574,18 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 continue
             }
             let bytes = loader.expertByteCount(layer: layer, expert: expert)
+            if configuration.roomAtRead {
+                guard book.reserveLater(key, bytes: bytes, pins: 1) else {
+                    throw ExpertCacheError("expert \(expert) of layer \(layer) (\(bytes) bytes) is larger than the expert cache budget (\(book.budgetBytes) bytes)")
+                }
+                let ticket = LoadTicket()
+                tickets[key] = ticket
+                queue.enqueue(key, bytes: bytes, priority: .demand)
+                demandQueuedAt[key] = DispatchTime.now().uptimeNanoseconds
+                queued += 1
+                waiting.append((expert, ticket))
+                continue
+            }
             var reservation = book.reserve(key, bytes: bytes, pins: 1)
             if reservation == .noRoom && !cancelledPrefetches {
                 // Queued prefetches hold room a demand needs now: they lose.
@@ -628,7 +660,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             if case .failure = ticket.result { continue }
             unpinLocked(ExpertKey(layer: layer, expert: expert))
         }
-        lock.wakeRequesters()
+        wakeForRoomLocked()
     }
 
     /// With low-bit misses on: asks `precision` which copy of `key` runs; for the low-bit one
@@ -733,7 +765,7 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             count(key.layer) { $0.prefetchesCancelled += 1 }
             cancelled += 1
         }
-        if cancelled > 0 { lock.wakeRequesters() }   // their room is free
+        if cancelled > 0 { wakeForRoomLocked() }   // their room is free
         return cancelled
     }
 
@@ -744,11 +776,51 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         counters[layer] = value
     }
 
+    /// Room was freed (an unpin, a cancelled or failed read, a grown budget): wakes the
+    /// requesters, and a reader if one left a read waiting for room. Lock held.
+    private func wakeForRoomLocked() {
+        lock.wakeRequesters()
+        if readerAwaitsRoom {
+            readerAwaitsRoom = false
+            lock.wakeReaders(1)
+        }
+    }
+
+    /// The next read to start, with its room made first if it was queued without
+    /// (`roomAtRead`): the victims are chosen now, when the step's own finished experts can
+    /// be among them. Nil when no read may start, or when the first in line cannot get room
+    /// yet (queued prefetches, which hold room a demand needs now, are cancelled for it first);
+    /// the next release of room then wakes a reader. Lock held.
+    private func nextStartableJobLocked() -> ReadQueue.Job? {
+        var blocked = false
+        let roomMade = { (job: ReadQueue.Job) -> Bool in
+            guard job.key.expert >= 0, self.book.entry(job.key)?.awaitingRoom == true else { return true }
+            guard case .reserved(let evicted) = self.book.makeRoom(for: job.key) else {
+                // `.tooLarge` cannot happen: `reserveLater` checked the size, and the budget never
+                // shrinks below the largest expert (`minimumBudgetBytes`).
+                blocked = true
+                return false
+            }
+            self.loader.expectReads(bytes: job.bytes) // before the evictions: their buffers may wait for this read
+            self.evictedLocked(evicted)
+            return true
+        }
+        if let job = queue.nextJob(startingIf: roomMade) { return job }
+        guard blocked else { return nil }
+        if cancelLocked(queue.queuedPrefetches) > 0 {
+            blocked = false
+            if let job = queue.nextJob(startingIf: roomMade) { return job }
+        }
+        // Still short of room: the next release of room must wake a reader (nothing else may).
+        if blocked { readerAwaitsRoom = true }
+        return nil
+    }
+
     /// A reader thread: takes the most urgent read, performs it unlocked, publishes it.
     private func readerLoop() {
         lock.lock()
         while !closed {
-            guard let job = queue.nextJob() else {
+            guard let job = nextStartableJobLocked() else {
                 lock.waitForWork()
                 continue
             }

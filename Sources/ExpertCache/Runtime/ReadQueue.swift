@@ -89,8 +89,9 @@ public struct ReadQueue: Sendable {
     }
 
     /// The next read to start — the oldest demand, else the oldest prefetch — unless the
-    /// in-flight bounds forbid it; it counts as in flight until `finish`.
-    public mutating func nextJob() -> Job? {
+    /// in-flight bounds forbid it or `canStart` refuses it (the cache could not make its room
+    /// yet: it stays first in line and nothing behind it starts); it counts as in flight until `finish`.
+    public mutating func nextJob(startingIf canStart: (Job) -> Bool = { _ in true }) -> Job? {
         for priority in [Priority.demand, .prefetch] {
             if priority == .prefetch && inFlightPrefetches >= maxInFlightPrefetches { return nil }
             while let key = (priority == .demand ? demandOrder.peek() : prefetchOrder.peek()) {
@@ -99,6 +100,7 @@ public struct ReadQueue: Sendable {
                     continue
                 }
                 if inFlightBytes > 0 && inFlightBytes + entry.bytes > maxInFlightBytes { return nil }
+                guard canStart(Job(key: key, bytes: entry.bytes, priority: priority)) else { return nil }
                 _ = priority == .demand ? demandOrder.pop() : prefetchOrder.pop()
                 queued[key] = nil
                 started.insert(key)
