@@ -5,9 +5,10 @@
 ///
 /// Loading experts count against the budget from the moment they are reserved, so the bytes
 /// held (resident plus being read) never exceed it. A demand read may be tracked before its
-/// room is made (`reserveLater`); it holds nothing until `makeRoom`, when its read starts. Pinned and loading experts are never
-/// evicted. Floors: while a layer holds `floorSlots` experts or fewer, another layer cannot
-/// evict them (a layer can always evict its own), so no layer is starved.
+/// room is made (`reserveLater`); it holds nothing until `makeRoom`, when its read starts.
+/// Pinned and loading experts are never evicted. Floors: while a layer holds `floorSlots`
+/// experts or fewer, another layer cannot evict them (a layer can always evict its own), so
+/// no layer is starved.
 ///
 /// Speculation is bounded per layer: with `speculativeLayerBytes` set, a layer's prefetched,
 /// not yet used experts never hold more than that; a new prefetch first replaces the layer's
