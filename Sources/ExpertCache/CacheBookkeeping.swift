@@ -191,12 +191,13 @@ public struct CacheBookkeeping: Sendable {
     /// the victims are chosen by the policy as it stands at that moment. A batch step that
     /// misses most of a layer then gives up its own finished experts for its later reads,
     /// instead of reserving the whole union up front out of the other layers (docs/expert-cache.md,
-    /// "Room made when the read starts"). Returns false, tracking nothing, if `bytes` can never fit.
-    public mutating func reserveLater(_ key: ExpertKey, bytes: Int, pins: Int) -> Bool {
+    /// "Room made when the read starts"). `.reserved` (evicting nothing) once tracked, or
+    /// `.tooLarge`, tracking nothing, if `bytes` can never fit; never `.noRoom`.
+    public mutating func reserveLater(_ key: ExpertKey, bytes: Int, pins: Int) -> Reservation {
         precondition(entries[key] == nil, "reserve of tracked \(key)")
-        if bytes > budgetBytes || bytes > (layerBudgetBytes ?? Int.max) { return false }
+        if bytes > budgetBytes || bytes > (layerBudgetBytes ?? Int.max) { return .tooLarge }
         entries[key] = Entry(bytes: bytes, pins: pins, residency: .loading, prefetchedUnused: false, awaitingRoom: true)
-        return true
+        return .reserved(evicted: [])
     }
 
     /// Makes the room of `key`, tracked by `reserveLater`, by evicting as `reserve` does; on

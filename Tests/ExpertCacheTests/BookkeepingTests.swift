@@ -125,7 +125,7 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
         for e in 0..<3 { _ = admit(&book, key(0, e)) }
         let tracked = book.reserveLater(key(1, 0), bytes: 1, pins: 1)
         let tooLarge = book.reserveLater(key(1, 1), bytes: 4, pins: 1)  // larger than the budget
-        #expect(tracked && !tooLarge)
+        #expect(tracked == .reserved(evicted: []) && tooLarge == .tooLarge)
         #expect(book.entry(key(1, 1)) == nil)
         #expect(book.usedBytes == 3 && book.slots(layer: 1) == 0 && book.bytes(layer: 1) == 0)
         #expect(book.entry(key(1, 0))?.awaitingRoom == true && book.entry(key(1, 0))?.residency == .loading)
@@ -143,7 +143,7 @@ private func admit(_ book: inout CacheBookkeeping, _ k: ExpertKey, bytes: Int = 
         #expect(book.entry(key(1, 0))?.residency == .resident)
         // Removed while still waiting for room (a failed request): it freed nothing, held nothing.
         let waitingOne = book.reserveLater(key(1, 2), bytes: 1, pins: 0)
-        #expect(waitingOne)
+        #expect(waitingOne == .reserved(evicted: []))
         book.remove(key(1, 2))
         #expect(book.entry(key(1, 2)) == nil && book.usedBytes == 3 && book.slots(layer: 1) == 1)
     }

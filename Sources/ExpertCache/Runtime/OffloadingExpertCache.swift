@@ -574,19 +574,9 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
                 continue
             }
             let bytes = loader.expertByteCount(layer: layer, expert: expert)
-            if configuration.roomAtRead {
-                guard book.reserveLater(key, bytes: bytes, pins: 1) else {
-                    throw ExpertCacheError("expert \(expert) of layer \(layer) (\(bytes) bytes) is larger than the expert cache budget (\(book.budgetBytes) bytes)")
-                }
-                let ticket = LoadTicket()
-                tickets[key] = ticket
-                queue.enqueue(key, bytes: bytes, priority: .demand)
-                demandQueuedAt[key] = DispatchTime.now().uptimeNanoseconds
-                queued += 1
-                waiting.append((expert, ticket))
-                continue
-            }
-            var reservation = book.reserve(key, bytes: bytes, pins: 1)
+            // With `roomAtRead` the reader makes the room (and credits the read) when it starts it.
+            var reservation = configuration.roomAtRead ? book.reserveLater(key, bytes: bytes, pins: 1)
+                                                       : book.reserve(key, bytes: bytes, pins: 1)
             if reservation == .noRoom && !cancelledPrefetches {
                 // Queued prefetches hold room a demand needs now: they lose.
                 cancelledPrefetches = true
@@ -594,7 +584,8 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
             }
             switch reservation {
             case .reserved(let evicted):
-                loader.expectReads(bytes: bytes) // before the evictions: their buffers may wait for this read
+                // Before the evictions: their buffers may wait for this read.
+                if !configuration.roomAtRead { loader.expectReads(bytes: bytes) }
                 evictedLocked(evicted)
                 let ticket = LoadTicket()
                 tickets[key] = ticket
