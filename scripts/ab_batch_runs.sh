@@ -43,7 +43,7 @@ def results(v, r):
         return json.loads(next(line for line in f if line.startswith("{")))["results"]
 for index, size in enumerate(n.split(",")):
     row = lambda v, r: results(v, r)[index]
-    speed, bytes_, hits = [], [], []
+    speed, bytes_, hits, full = [], [], [], []
     print(f"\n{size} sequences\n")
     print(f"| pair | {first}: tok/s | MB / token | hit rate | stall ms / miss | {second}: tok/s | MB / token | hit rate | stall ms / miss | × |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -52,9 +52,13 @@ for index, size in enumerate(n.split(",")):
         speed.append(b["decode_tokens_per_second"] / a["decode_tokens_per_second"])
         bytes_.append(b["expert_bytes_read_per_token"] / a["expert_bytes_read_per_token"])
         hits.append(b["hit_rate"] - a["hit_rate"])
+        # The steps that ran every sequence (bench batch's full_batch_*; absent in older builds).
+        if a.get("full_batch_tokens_per_second") and b.get("full_batch_tokens_per_second"):
+            full.append(b["full_batch_tokens_per_second"] / a["full_batch_tokens_per_second"])
         cells = lambda x: f"{x['decode_tokens_per_second']:.1f} | {x['expert_bytes_read_per_token'] / 1e6:.2f} | {x['hit_rate']:.3f} | {x['runs_stall_ms_per_miss'][0]:.2f}"
         print(f"| {r} | {cells(a)} | {cells(b)} | {speed[-1]:.3f} |")
     print(f"\n{var} {second} ÷ {first}, {size} sequences, {pairs} pairs: speed {statistics.median(speed):.3f}x median "
           f"(faster in {sum(x > 1 for x in speed)}); bytes per token {statistics.median(bytes_):.3f}x median "
-          f"(fewer in {sum(x < 1 for x in bytes_)}); hit rate {statistics.median(hits):+.4f} median (higher in {sum(x > 0 for x in hits)})")
+          f"(fewer in {sum(x < 1 for x in bytes_)}); hit rate {statistics.median(hits):+.4f} median (higher in {sum(x > 0 for x in hits)})"
+          + (f"; while all {size} ran: speed {statistics.median(full):.3f}x median (faster in {sum(x > 1 for x in full)} of {len(full)})" if full else ""))
 PY

@@ -12,7 +12,9 @@ import Runtime
 ///
 /// Only decoding is timed: the window opens when every sequence has its first token (the
 /// prompts are prefilled and the cache has warmed on them) and closes with the last token;
-/// bytes read and the hit rate are counted over the same window. Runs go round-robin over
+/// bytes read and the hit rate are counted over the same window. Each row also reports the
+/// window's steps up to the first sequence's end, the only ones that ran all N sequences
+/// (`FullBatch`). Runs go round-robin over
 /// the concurrencies (1, 8, 1, 8, ...) so that drift in the machine hits every row alike, and
 /// each row reports the median run. `--compare-prefetch` measures every concurrency with
 /// prefetch off and on (and auto, when the specification asks for auto), alternating within
@@ -84,6 +86,13 @@ public struct BatchBenchmark: Sendable {
         /// Distinct experts a step ran per MoE layer (the union over the step's sequences; each
         /// is acquired, and read if missing, once for all of them).
         public var expertsPerLayerStep: Double
+        /// Decode speed over the steps in which every sequence ran (`FullBatch`), median of the
+        /// runs that had such steps, and each run's in run order (nil where it had none).
+        public var fullBatchTokensPerSecond: Double?
+        public var runFullBatchTokensPerSecond: [Double?]
+        /// Those steps' expert bytes read per token, and how many steps they were (the median run's).
+        public var fullBatchBytesReadPerToken: Double?
+        public var fullBatchSteps: Int?
         /// Under prefetch auto: what the median run's duel had decided at its end, and each run's in run order.
         public var prefetchAuto: PrefetchSwitch.Summary?
         public var runPrefetchAuto: [PrefetchSwitch.Summary]?
@@ -94,6 +103,8 @@ public struct BatchBenchmark: Sendable {
             case decodeTokensPerSecond = "decode_tokens_per_second", runTokensPerSecond = "runs_tokens_per_second"
             case runBytesReadPerToken = "runs_expert_bytes_read_per_token", runStallMillisecondsPerMiss = "runs_stall_ms_per_miss"
             case runIOBusyShare = "runs_io_busy_share"
+            case fullBatchTokensPerSecond = "full_batch_tokens_per_second", runFullBatchTokensPerSecond = "runs_full_batch_tokens_per_second"
+            case fullBatchBytesReadPerToken = "full_batch_expert_bytes_read_per_token", fullBatchSteps = "full_batch_steps"
             case expertBytesReadPerToken = "expert_bytes_read_per_token", hitRate = "hit_rate"
         }
     }
@@ -137,11 +148,25 @@ public struct BatchBenchmark: Sendable {
         var prefetchesLate: Int
         var expertCacheBytes: Int
         var steps = 0
+        /// The part of the window in which every sequence decoded (nil if none did together).
+        var fullBatch: FullBatch?
         var moeLayers = 1
         var prefetchAuto: PrefetchSwitch.Summary?
         var tokensPerSecond: Double { Double(decodedTokens) / seconds }
         var bytesReadPerToken: Double { Double(bytesRead) / Double(decodedTokens) }
         var stallMillisecondsPerMiss: Double { misses > 0 ? 1e3 * stallSeconds / Double(misses) : 0 }
+    }
+
+    /// The decode window up to the first sequence's end: the steps that ran all N sequences.
+    /// Sequences whose prompts prefilled in an earlier step start decoding earlier and end
+    /// earlier, so the whole window's last steps run fewer than N (at 64 sequences and 16
+    /// tokens, 59 a step on average) and measure a smaller batch than the row's.
+    struct FullBatch {
+        var decodedTokens: Int
+        var seconds: Double
+        var bytesRead: Int
+        var steps: Int
+        var tokensPerSecond: Double { Double(decodedTokens) / seconds }
     }
 
     /// Runs every concurrency; returns the JSON output and a table for people. Progress goes to stderr.
@@ -172,6 +197,8 @@ public struct BatchBenchmark: Sendable {
                 for count in counts {
                     let all = measured[Key(count: count, prefetch: mode)]!
                     let median = all.sorted { $0.tokensPerSecond < $1.tokensPerSecond }[all.count / 2]
+                    let fullBatches = all.compactMap(\.fullBatch).sorted { $0.tokensPerSecond < $1.tokensPerSecond }
+                    let fullBatch = fullBatches.isEmpty ? nil : fullBatches[fullBatches.count / 2]
                     rows.append(Row(sequences: count, prefetch: mode, decodedTokens: median.decodedTokens, seconds: median.seconds,
                                     decodeTokensPerSecond: median.tokensPerSecond, runTokensPerSecond: all.map(\.tokensPerSecond),
                                     runBytesReadPerToken: all.map(\.bytesReadPerToken),
@@ -184,16 +211,24 @@ public struct BatchBenchmark: Sendable {
                                     prefetchInTime: median.prefetchesIssued > 0 ? Double(median.prefetchHits) / Double(median.prefetchesIssued) : nil,
                                     steps: median.steps,
                                     expertsPerLayerStep: Double(median.hits + median.misses) / Double(max(median.steps * median.moeLayers, 1)),
+                                    fullBatchTokensPerSecond: fullBatch?.tokensPerSecond,
+                                    runFullBatchTokensPerSecond: all.map { $0.fullBatch?.tokensPerSecond },
+                                    fullBatchBytesReadPerToken: fullBatch.map { Double($0.bytesRead) / Double($0.decodedTokens) },
+                                    fullBatchSteps: fullBatch?.steps,
                                     prefetchAuto: median.prefetchAuto,
                                     runPrefetchAuto: mode == "auto" ? all.compactMap(\.prefetchAuto) : nil))
                 }
             }
-            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used (in time) | union experts / layer / step |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+            var table = "| sequences | prefetch | decode tokens/s (median of \(runs)) | runs | × one sequence | all running: tok/s (× one), steps | expert cache MiB | expert MB read / token | hit rate | stalled | prefetches used (in time) | union experts / layer / step |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
             for row in rows {
                 let spread = row.runTokensPerSecond.map { String(format: "%.0f", $0) }.joined(separator: ", ")
                 let base = rows.first { $0.prefetch == row.prefetch }!
-                table += String(format: "| %d | %@ | %.1f | %@ | %.2f | %.1f | %.3f | %.3f | %.0f%% | %@ | %.1f |\n", row.sequences, row.prefetch,
-                                row.decodeTokensPerSecond, spread, row.decodeTokensPerSecond / base.decodeTokensPerSecond,
+                let allRunning = row.fullBatchTokensPerSecond.map { speed in
+                    String(format: "%.1f (%@), %d", speed, base.fullBatchTokensPerSecond.map { String(format: "%.2f", speed / $0) } ?? "-",
+                           row.fullBatchSteps ?? 0)
+                } ?? "-"
+                table += String(format: "| %d | %@ | %.1f | %@ | %.2f | %@ | %.1f | %.3f | %.3f | %.0f%% | %@ | %.1f |\n", row.sequences, row.prefetch,
+                                row.decodeTokensPerSecond, spread, row.decodeTokensPerSecond / base.decodeTokensPerSecond, allRunning,
                                 Double(row.expertCacheBytes) / 1048576, row.expertBytesReadPerToken / 1e6, row.hitRate,
                                 100 * row.stallShare, row.prefetchPrecision.map { String(format: "%.2f (%.2f)", $0, row.prefetchInTime ?? 0) } ?? "-",
                                 row.expertsPerLayerStep)
@@ -299,7 +334,7 @@ public struct BatchBenchmark: Sendable {
             _ = try engine.submit(GenerationRequest(prompt: prompt, maxTokens: genTokens, sampling: sampling)) { event in
                 switch event {
                 case .token: window.token(sequence: sequence)
-                case .finished: group.leave()
+                case .finished: window.finished(); group.leave()
                 case .failed(let message): failure.set(message); group.leave()
                 }
             }
@@ -327,6 +362,9 @@ final class DecodeWindow: @unchecked Sendable {
     private var tokens = 0
     private var lastToken: UInt64 = 0
     private var lastSteps = 0
+    /// The window's state when the first sequence finished: the steps before it ran every sequence.
+    private var firstFinish: (time: UInt64, counters: ExpertCacheCounters, tokens: Int, steps: Int)?
+    private var finishedBeforeOpening = false
 
     /// `steps` counts the engine's finished steps (the step emitting a token is not yet counted).
     init(sequences: Int, steps: @escaping () -> Int = { 0 }, counters: @escaping () -> (ExpertCacheCounters, ioBusySeconds: Double?)) {
@@ -352,6 +390,16 @@ final class DecodeWindow: @unchecked Sendable {
         }
     }
 
+    /// A sequence ended. The engine delivers a step's token events before its finished ones, so at
+    /// the first finish the window holds exactly the steps in which every sequence decoded.
+    func finished() {
+        lock.lock()
+        defer { lock.unlock() }
+        guard firstFinish == nil, !finishedBeforeOpening else { return }
+        guard opened != nil else { finishedBeforeOpening = true; return }
+        firstFinish = (lastToken, counters().0, tokens, lastSteps)
+    }
+
     func result() throws -> BatchBenchmark.Measurement {
         lock.lock()
         defer { lock.unlock() }
@@ -359,6 +407,13 @@ final class DecodeWindow: @unchecked Sendable {
         // Read at the end of the run: after the last token no step reads, so the busy time is the window's.
         let (end, endBusy) = counters()
         let busy = opened.ioBusySeconds.flatMap { start in endBusy.map { $0 - start } }
+        let fullBatch = firstFinish.flatMap { close -> BatchBenchmark.FullBatch? in
+            guard close.tokens > 0, close.time > opened.time else { return nil }
+            return .init(decodedTokens: close.tokens, seconds: Double(close.time - opened.time) / 1e9,
+                         bytesRead: close.counters.demandBytes + close.counters.prefetchBytes
+                             - opened.counters.demandBytes - opened.counters.prefetchBytes,
+                         steps: close.steps - opened.steps)
+        }
         return .init(decodedTokens: tokens, seconds: Double(lastToken - opened.time) / 1e9,
                      bytesRead: end.demandBytes + end.prefetchBytes - opened.counters.demandBytes - opened.counters.prefetchBytes,
                      hits: end.hits - opened.counters.hits, misses: end.misses - opened.counters.misses,
@@ -366,7 +421,7 @@ final class DecodeWindow: @unchecked Sendable {
                      prefetchesIssued: end.prefetchesIssued - opened.counters.prefetchesIssued,
                      prefetchHits: end.prefetchHits - opened.counters.prefetchHits,
                      prefetchesLate: end.prefetchesLate - opened.counters.prefetchesLate, expertCacheBytes: 0,
-                     steps: lastSteps - opened.steps)
+                     steps: lastSteps - opened.steps, fullBatch: fullBatch)
     }
 }
 

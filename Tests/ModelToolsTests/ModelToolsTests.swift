@@ -206,9 +206,53 @@ import Testing
             #expect(row.runStallMillisecondsPerMiss.allSatisfy { $0 >= 0 && $0.isFinite })
             // How busy the disk was, each run (an offloading cache here, so one figure a run).
             #expect(row.runIOBusyShare.count == benchmark.runs && row.runIOBusyShare.allSatisfy { $0 >= 0 && $0 <= 1 })
+            // The steps that ran every sequence end with the first sequence; one sequence runs them all.
+            let fullBatchSteps = try #require(row.fullBatchSteps)
+            #expect(fullBatchSteps >= 1 && fullBatchSteps <= row.steps)
+            #expect(row.runFullBatchTokensPerSecond.count == benchmark.runs)
+            #expect(row.fullBatchTokensPerSecond.map { $0 > 0 } == true && row.fullBatchBytesReadPerToken.map { $0 >= 0 } == true)
+            if row.sequences == 1 { #expect(fullBatchSteps == row.steps) }
         }
+        #expect(table.contains("all running: tok/s (× one), steps"))
         #expect(report.prefetchComparison == nil)
         #expect(table.hasPrefix("| sequences |"))
+    }
+
+    /// A sequence whose prompt ended a step before the last one's decodes a step ahead and ends a
+    /// step ahead; the steps after its end run fewer sequences than the row's. The window's
+    /// full-batch part ends at the first end and counts only the steps that ran every sequence.
+    @Test func theFullBatchPartOfTheWindowEndsWithTheFirstSequence() throws {
+        final class Engine: @unchecked Sendable { var steps = 0; var counters = ExpertCacheCounters() }
+        let engine = Engine()
+        let window = DecodeWindow(sequences: 2, steps: { engine.steps }) { (engine.counters, nil) }
+        /// One engine step: its reads, then its tokens (decodes before prompts, as the scheduler
+        /// plans them), then it counts as finished.
+        func step(reading bytes: Int, tokens sequences: [Int]) {
+            usleep(1000)
+            engine.counters.demandBytes += bytes
+            for sequence in sequences { window.token(sequence: sequence) }
+            engine.steps += 1
+        }
+        step(reading: 10, tokens: [0])      // sequence 0's prompt
+        step(reading: 10, tokens: [0, 1])   // sequence 0 decodes; sequence 1's prompt ends (the window opens)
+        step(reading: 50, tokens: [0, 1])
+        step(reading: 50, tokens: [0, 1])
+        window.finished()                   // sequence 0 reached its limit
+        step(reading: 40, tokens: [1])
+        window.finished()
+        let measured = try window.result()
+        #expect(measured.decodedTokens == 5 && measured.steps == 3 && measured.bytesRead == 140)
+        let fullBatch = try #require(measured.fullBatch)
+        #expect(fullBatch.decodedTokens == 4 && fullBatch.steps == 2 && fullBatch.bytesRead == 100)
+        #expect(fullBatch.seconds > 0 && fullBatch.seconds < measured.seconds)
+
+        // A sequence that ends before the last one starts decoding leaves no full-batch steps.
+        let early = DecodeWindow(sequences: 2) { (ExpertCacheCounters(), nil) }
+        early.token(sequence: 0)
+        early.finished()
+        early.token(sequence: 1)
+        early.token(sequence: 1)
+        #expect(try early.result().fullBatch == nil)
     }
 
     /// `bench batch --prefetch auto --compare-prefetch`: off, on and auto measured in each run,
