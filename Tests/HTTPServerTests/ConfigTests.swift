@@ -58,10 +58,14 @@ import Testing
 
     @Test func shippedConfigFilesLoad() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        for name in ["default.toml", "laptop-16GB.toml", "behind-load-balancer.toml"] {
-            let path = root.appendingPathComponent("ServerConfig/\(name)").path
-            _ = try ConfigLoader.load(file: path, environment: [:])
+        let directory = root.appendingPathComponent("ServerConfig")
+        let names = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasSuffix(".toml") }
+        #expect(names.count >= 6)
+        for name in names {
+            _ = try ConfigLoader.load(file: directory.appendingPathComponent(name).path, environment: [:])
         }
+        let throughput = try ConfigLoader.load(file: directory.appendingPathComponent("throughput-64.toml").path, environment: [:])
+        #expect(throughput.runtime.maxSequences == 64 && throughput.maxQueuedRequests == 256)
         #expect(try ConfigLoader.load(file: root.appendingPathComponent("ServerConfig/default.toml").path, environment: [:]) == ServerConfig())
     }
 
