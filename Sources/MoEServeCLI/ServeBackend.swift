@@ -181,7 +181,7 @@ final class LiveStatistics: StatsProvider, SlotProvider, @unchecked Sendable {
             cache.hitsPerLayer = stats.perLayer.map { $0?.hits ?? 0 }
             cache.missesPerLayer = stats.perLayer.map { $0?.misses ?? 0 }
             cache.evictionsPerLayer = stats.perLayer.map { $0?.evictions ?? 0 }
-            cache.diskReadBytes = stats.total.demandBytes + stats.total.prefetchBytes
+            cache.diskReadBytes = stats.total.bytesRead
             cache.prefetchWastedBytes = stats.total.wastedPrefetchBytes
             cache.prefetchesIssued = stats.total.prefetchesIssued
             cache.prefetchesInTime = stats.total.prefetchHits

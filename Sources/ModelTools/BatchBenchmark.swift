@@ -410,12 +410,11 @@ final class DecodeWindow: @unchecked Sendable {
         let fullBatch = firstFinish.flatMap { close -> BatchBenchmark.FullBatch? in
             guard close.tokens > 0, close.time > opened.time else { return nil }
             return .init(decodedTokens: close.tokens, seconds: Double(close.time - opened.time) / 1e9,
-                         bytesRead: close.counters.demandBytes + close.counters.prefetchBytes
-                             - opened.counters.demandBytes - opened.counters.prefetchBytes,
+                         bytesRead: close.counters.bytesRead - opened.counters.bytesRead,
                          steps: close.steps - opened.steps)
         }
         return .init(decodedTokens: tokens, seconds: Double(lastToken - opened.time) / 1e9,
-                     bytesRead: end.demandBytes + end.prefetchBytes - opened.counters.demandBytes - opened.counters.prefetchBytes,
+                     bytesRead: end.bytesRead - opened.counters.bytesRead,
                      hits: end.hits - opened.counters.hits, misses: end.misses - opened.counters.misses,
                      stallSeconds: end.stallSeconds - opened.counters.stallSeconds, ioBusySeconds: busy,
                      prefetchesIssued: end.prefetchesIssued - opened.counters.prefetchesIssued,

@@ -289,13 +289,13 @@ public struct DecodeBenchmark: Sendable {
             let t0 = 0.0, t1 = result.stats.prefillSeconds, t2 = t1 + result.stats.decodeSeconds
             let endStats = runtime.cache?.statistics()
             let end = endStats?.total ?? ExpertCacheCounters()
-            let decodeRead = (end.demandBytes + end.prefetchBytes) - (afterPrefill.demandBytes + afterPrefill.prefetchBytes)
+            let decodeRead = end.bytesRead - afterPrefill.bytesRead
             let decodeWasted = end.wastedPrefetchBytes - afterPrefill.wastedPrefetchBytes
             var run = Run(
                 prefillSeconds: t1 - t0, decodeSeconds: t2 - t1,
                 prefillStallSeconds: afterPrefill.stallSeconds - start.stallSeconds,
                 decodeStallSeconds: end.stallSeconds - afterPrefill.stallSeconds,
-                prefillBytesRead: (afterPrefill.demandBytes + afterPrefill.prefetchBytes) - (start.demandBytes + start.prefetchBytes),
+                prefillBytesRead: afterPrefill.bytesRead - start.bytesRead,
                 decodeBytesRead: decodeRead, decodeBytesNeeded: max(0, decodeRead - decodeWasted),
                 decodeHits: end.hits - afterPrefill.hits, decodeMisses: end.misses - afterPrefill.misses,
                 recall: runtime.predictor.map { $0.statistics.total.recall },

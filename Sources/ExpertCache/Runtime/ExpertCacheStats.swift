@@ -10,6 +10,8 @@ public struct ExpertCacheCounters: Codable, Sendable, Equatable {
     public var demandBytes = 0
     /// Bytes read by reads that started as prefetch.
     public var prefetchBytes = 0
+    /// Bytes read, demand and prefetch together.
+    public var bytesRead: Int { demandBytes + prefetchBytes }
     /// Bytes of prefetched experts evicted before any use.
     public var wastedPrefetchBytes = 0
     /// Time requests spent blocked waiting for reads or room.
