@@ -101,6 +101,10 @@ struct ServeCommand: ParsableCommand {
                     server.attach(backend)
                     FileHandle.standardError.write(Data("model loaded; ready\n".utf8))
                     if let notifier { notifyQuietly(notifier, "READY=1\nSTATUS=model loaded; serving") }
+                    // The first prompts then find their expert buffers' pages already faulted in.
+                    runtime.startWarmingExpertBuffers { warming in
+                        FileHandle.standardError.write(Data("\(warming.summary)\n".utf8))
+                    }
                 } catch {
                     FileHandle.standardError.write(Data("error: cannot load the model: \(error)\n".utf8))
                     loadFailed.set()

@@ -170,6 +170,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             // Without a table (an old kernel) reads just stay plain.
             if (try? uring.enableTargetRegistration(slots: Self.registrationSlots)) != nil {
                 bufferPool.unmapObserver = { [weak uring] start, _ in uring?.unregisterTarget(start) }
+                registersTargets = true
             }
         }
 
@@ -356,6 +357,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
 
     /// Buffers of evicted experts, reused by the next reads (at most `pooledBuffers` of them).
     public let bufferPool: BufferPool
+    /// Whether `bufferPool`'s buffers are registered with the io_uring reader.
+    private var registersTargets = false
     /// How many expert buffers the pool keeps; the memory plan reserves them.
     public static let pooledBuffers = 4
 
@@ -399,6 +402,29 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule,
                                                                               zeroed: false, pool: bufferPool),
                        gateUpArrived: gateUpArrived)
+    }
+
+    /// Maps, faults in and (with io_uring) registers expert buffers ahead of the reads that will
+    /// take them from `bufferPool`, one at a time while `shouldWarm(warmBytes)` allows one more
+    /// (`warmBytes`: what the pool holds warmed and not yet taken), and at most `limit`.
+    /// Returns how many it warmed.
+    ///
+    /// A read into a fresh buffer pays for its pages on the reading thread: on a virtual machine
+    /// whose host backs memory on first touch, at about 0.3 GB/s, with the ring's lock held while
+    /// io_uring pins them, so a cold server's first prompt waited 2-3x its reads' time
+    /// (docs/BENCHMARKS.md, "Session 33").
+    public func warmBuffers(limit: Int, shouldWarm: (_ warmBytes: Int) -> Bool) -> Int {
+        let bytes = expertBufferSize
+        // Smaller buffers come from malloc, not the pool (`AlignedBuffer.mappingThreshold`).
+        guard bytes >= AlignedBuffer<UInt8>.mappingThreshold else { return 0 }
+        var warmed = 0
+        while warmed < limit, shouldWarm(bufferPool.warmBytes), let buffer = BufferPool.mapFresh(bytes: bytes) {
+            BufferPool.populate(buffer, bytes: bytes)
+            if registersTargets { _ = expertReader.registerTarget(buffer, bytes: bytes) }
+            bufferPool.addWarmed(buffer, bytes: bytes)
+            warmed += 1
+        }
+        return warmed
     }
 
     /// Where the down matrix's arrays begin in a blob of `layout`, rounded up to the read

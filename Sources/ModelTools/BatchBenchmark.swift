@@ -287,6 +287,8 @@ public struct BatchBenchmark: Sendable {
         spec.kvShare = 1
         let runtime = try ModelRuntime.open(spec)
         defer { runtime.close() }
+        // As a server does once it is up (`serve`): reads then find their buffers faulted in.
+        if let warming = runtime.warmExpertBuffers(), warming.buffers > 0, run == 1 { printError("bench batch: \(warming.summary)") }
         runtime.cache?.skipMissingBelow = skipMissingBelow
         if lowBitMisses { try runtime.cache?.enableLowBitMisses() }
         if let sizing = runtime.readerSizing, run == 1 {

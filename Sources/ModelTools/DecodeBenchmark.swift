@@ -249,6 +249,8 @@ public struct DecodeBenchmark: Sendable {
         for index in 0..<runs {
             let runtime = try ModelRuntime.open(spec)
             defer { runtime.close() }
+            // As a server does once it is up (`serve`): reads then find their buffers faulted in.
+            if let warming = runtime.warmExpertBuffers(), warming.buffers > 0, index == 0 { printError("bench decode: \(warming.summary)") }
             runtime.cache?.skipMissingBelow = skipMissingBelow
         if lowBitMisses { try runtime.cache?.enableLowBitMisses() }
             let model = runtime.model

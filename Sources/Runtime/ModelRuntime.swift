@@ -252,6 +252,51 @@ public final class ModelRuntime {
         return runtime
     }
 
+    /// What warming the expert cache's buffers did (`warmExpertBuffers`).
+    public struct BufferWarming: Sendable {
+        public var buffers: Int
+        public var bytes: Int
+        public var seconds: Double
+        /// One line for the log.
+        public var summary: String {
+            String(format: "%d expert buffers warmed (%.0f MiB) in %.2f s", buffers, Double(bytes) / Double(1 << 20), seconds)
+        }
+    }
+
+    /// Maps and faults in the expert cache's buffers for its budget before reads need them
+    /// (`OffloadingExpertCache.warmBuffers`), on this thread; nil without a cache. Stops when
+    /// the runtime closes. `MOE_WARM_BUFFERS=off` turns it off (for comparison): reads then map
+    /// their buffers as they come, as before session 33.
+    @discardableResult
+    public func warmExpertBuffers() -> BufferWarming? {
+        guard let cache, let allExpertBytes, Self.warmsBuffers else { return nil }
+        return Self.warm(cache, everyExpertBytes: allExpertBytes, bufferBytes: expertStore?.expertBufferSize ?? 0)
+    }
+
+    /// `warmExpertBuffers` on a background thread (a server's, once it is ready); `done`
+    /// receives what it did, unless there was nothing to warm.
+    public func startWarmingExpertBuffers(done: @escaping @Sendable (BufferWarming) -> Void) {
+        guard let cache, let allExpertBytes, Self.warmsBuffers else { return }
+        let bufferBytes = expertStore?.expertBufferSize ?? 0
+        let thread = Thread {
+            let warming = Self.warm(cache, everyExpertBytes: allExpertBytes, bufferBytes: bufferBytes)
+            if warming.buffers > 0 { done(warming) }
+        }
+        thread.name = "expert-buffer-warming"
+        thread.start()
+    }
+
+    private static func warm(_ cache: OffloadingExpertCache, everyExpertBytes: Int, bufferBytes: Int) -> BufferWarming {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let count = cache.warmBuffers(everyExpertBytes: everyExpertBytes)
+        return BufferWarming(buffers: count, bytes: count * bufferBytes, seconds: Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    }
+
+    static let warmsBuffers: Bool = {
+        let value = ProcessInfo.processInfo.environment["MOE_WARM_BUFFERS"]?.lowercased()
+        return !(value == "0" || value == "off" || value == "false")
+    }()
+
     /// Lets the machine move the expert cache's budget (`--memory-budget auto`): between the
     /// least the cache's floors need and every expert, with watermarks sized from `totalBytes`
     /// (the machine's RAM). Samples `readings` every `interval` seconds on a background thread

@@ -39,12 +39,9 @@ public final class AlignedBuffer<Element>: @unchecked Sendable {
         // never returns, so an expert cache evicting 12 MB experts grew the resident set 30%
         // past its budget. Fresh mappings are zero-filled and cost no memory until touched.
         let raw: UnsafeMutableRawPointer
-        if mappable, let mapped = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), mapped != MAP_FAILED {
+        if mappable, let mapped = BufferPool.mapFresh(bytes: bytes) {
             raw = mapped
             mappedBytes = bytes
-            // Multi-megabyte buffers (experts of large models) in 2 MiB pages where the kernel
-            // allows it: a 12 MB expert then costs a handful of page faults instead of 3,000.
-            if bytes >= 2 << 20 { _ = madvise(mapped, bytes, Int32(MADV_HUGEPAGE)) }
         } else {
             raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: alignment)
             if zeroed { raw.initializeMemory(as: UInt8.self, repeating: 0, count: bytes) }
@@ -139,6 +136,9 @@ public final class BufferPool: @unchecked Sendable {
     private var pooledBytes = 0
     /// Bytes of reads the pool's owner has reserved room for and not yet started.
     private var credit = 0
+    /// Bytes of warmed buffers (`addWarmed`) the pool may hold beyond `maxBytes` and the credit:
+    /// what was warmed, less every buffer taken since.
+    private var warmAllowance = 0
     /// The most the pool holds at once without credit.
     public let maxBytes: Int
 
@@ -168,6 +168,8 @@ public final class BufferPool: @unchecked Sendable {
 
     /// Bytes of credit now (for tests).
     public var creditBytes: Int { lock.lock(); defer { lock.unlock() }; return credit }
+    /// Bytes of warmed buffers the pool may still hold beyond `maxBytes` (see `addWarmed`).
+    public var warmBytes: Int { lock.lock(); defer { lock.unlock() }; return warmAllowance }
     /// Buffers handed out again since the pool was made.
     public var reusedCount: Int { lock.lock(); defer { lock.unlock() }; return reused }
     private var reused = 0
@@ -180,12 +182,38 @@ public final class BufferPool: @unchecked Sendable {
         credit = max(0, credit + bytes)
     }
 
-    /// No reads are expected: the credit goes, and the pool keeps no more than `maxBytes`.
+    /// No reads are expected: the credit goes, and the pool keeps no more than `maxBytes` (and
+    /// the warmed buffers not yet taken).
     public func noReadsExpected() {
         lock.lock()
         credit = 0
+        trimLocked()
+    }
+
+    /// Adds a mapping of `bytes` made ahead of need (`mapFresh`, then `populate`) for later
+    /// reads to take. The pool may hold it beyond `maxBytes`: each buffer taken afterwards, warmed
+    /// or not, lowers that allowance by its size. The owner warms only into room its budget has
+    /// (an expert cache: its budget less what it holds), so the warmed buffers stand in for
+    /// buffers the reads would map anyway.
+    public func addWarmed(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
+        lock.lock(); defer { lock.unlock() }
+        free[bytes, default: []].append(pointer)
+        pooledBytes += bytes
+        warmAllowance += bytes
+    }
+
+    /// Gives up the warmed buffers not yet taken (the budget they stood in for shrank): the pool
+    /// keeps no more than `maxBytes` and the credit.
+    public func dropWarmed() {
+        lock.lock()
+        warmAllowance = 0
+        trimLocked()
+    }
+
+    /// Unmaps what the pool holds beyond its room; unlocks.
+    private func trimLocked() {
         var excess: [(UnsafeMutableRawPointer, Int)] = []
-        while pooledBytes > maxBytes, let bytes = free.first(where: { !$0.value.isEmpty })?.key, let p = free[bytes]?.popLast() {
+        while pooledBytes > maxBytes + credit + warmAllowance, let bytes = free.first(where: { !$0.value.isEmpty })?.key, let p = free[bytes]?.popLast() {
             pooledBytes -= bytes
             excess.append((p, bytes))
         }
@@ -202,6 +230,7 @@ public final class BufferPool: @unchecked Sendable {
     func take(bytes: Int) -> UnsafeMutableRawPointer? {
         lock.lock(); defer { lock.unlock() }
         credit = max(0, credit - bytes)
+        warmAllowance = max(0, warmAllowance - bytes)
         guard let p = free[bytes]?.popLast() else { return nil }
         pooledBytes -= bytes
         reused += 1
@@ -211,7 +240,7 @@ public final class BufferPool: @unchecked Sendable {
     /// Keeps the mapping if there is room, else unmaps it (telling `unmapObserver` first).
     func release(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
         lock.lock()
-        if pooledBytes + bytes <= maxBytes + credit {
+        if pooledBytes + bytes <= maxBytes + credit + warmAllowance {
             free[bytes, default: []].append(pointer)
             pooledBytes += bytes
             lock.unlock()
@@ -221,5 +250,29 @@ public final class BufferPool: @unchecked Sendable {
         lock.unlock()
         observer?(pointer, bytes)
         munmap(pointer, bytes)
+    }
+    /// A fresh anonymous mapping of `bytes` (nil if the kernel refuses), in 2 MiB pages where the
+    /// kernel allows it for multi-megabyte buffers: a 12 MB expert then costs a handful of page
+    /// faults instead of 3,000. Its pages cost nothing until touched.
+    public static func mapFresh(bytes: Int) -> UnsafeMutableRawPointer? {
+        guard let mapped = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), mapped != MAP_FAILED else { return nil }
+        if bytes >= 2 << 20 { _ = madvise(mapped, bytes, Int32(MADV_HUGEPAGE)) }
+        return mapped
+    }
+
+    /// Faults in (and so zeroes) every page of a fresh mapping now, in one call where the kernel
+    /// has `MADV_POPULATE_WRITE` (Linux 5.14), else by writing one byte per page. On a virtual
+    /// machine whose host backs guest memory on first touch this runs at about 0.3 GB/s against
+    /// 8 GB/s for memory the guest touched recently (measured here, docs/BENCHMARKS.md "Session
+    /// 33"), so it is worth doing before a request needs the buffer.
+    public static func populate(_ pointer: UnsafeMutableRawPointer, bytes: Int) {
+        let populateWrite: Int32 = 23   // MADV_POPULATE_WRITE; Glibc may not export it
+        if madvise(pointer, bytes, populateWrite) == 0 { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var offset = 0
+        while offset < bytes {
+            pointer.storeBytes(of: 0, toByteOffset: offset, as: UInt8.self)
+            offset += page
+        }
     }
 }

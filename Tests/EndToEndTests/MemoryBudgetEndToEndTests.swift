@@ -82,6 +82,49 @@ import Testing
         #expect(Double(peak) <= Double(Self.budget) * 1.05, "peak RSS \(peak) exceeds the budget \(Self.budget) + 5%")
     }
 
+    /// `serve` warms the expert cache's buffers once it is ready (session 33): it says how many,
+    /// they fit the expert cache's share of the budget, and the resident set stays within the
+    /// budget through the warming and a completion that then reads experts into them.
+    @Test func theServerWarmsItsExpertBuffersWithinTheBudget() throws {
+        try Self.ensureStore()
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent("moe-serve-warm-\(getpid()).log")
+        FileManager.default.createFile(atPath: log.path, contents: nil)
+        defer { try? FileManager.default.removeItem(at: log) }
+        let process = Process()
+        process.executableURL = RunningServer.binary
+        process.arguments = ["serve", "--model", Self.store.path, "--port", "0", "--memory-budget", "\(Self.budget)", "--max-sequences", "1"]
+        process.standardError = try FileHandle(forWritingTo: log)
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { process.interrupt(); process.waitUntilExit() } }
+        var text = ""
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, !text.contains("expert buffers warmed"), !text.contains("error"), process.isRunning {
+            Thread.sleep(forTimeInterval: 0.1)
+            text = (try? String(contentsOf: log, encoding: .utf8)) ?? ""
+        }
+        let line = try #require(text.split(separator: "\n").first { $0.contains("expert buffers warmed") }, "no warming reported: \(text)")
+        let buffers = try #require(Int(line.split(separator: " ")[0]))
+        let mib = try #require(Double(line.split(separator: "(")[1].split(separator: " ")[0]))
+        #expect(buffers > 0)
+        func peakResident() -> Int? {
+            let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+            return status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }
+                .flatMap { Int($0.split(separator: " ", omittingEmptySubsequences: true)[1]) }.map { $0 << 10 }
+        }
+        let port = try #require(text.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression).map { Int(text[$0].split(separator: ":").last!) ?? 0 })
+        let metrics = try curlLoopback(port: port, "/metrics")
+        let cacheBudget = try #require(metrics.split(separator: "\n").first { $0.hasPrefix("moe_expert_cache_bytes_budget ") }
+            .flatMap { Double($0.split(separator: " ")[1]) })
+        #expect(mib * Double(1 << 20) <= cacheBudget, "\(line) beyond the expert cache's \(cacheBudget) bytes")
+        let afterWarming = try #require(peakResident())
+        #expect(Double(afterWarming) <= Double(Self.budget) * 1.05, "peak RSS \(afterWarming) after warming exceeds the budget \(Self.budget) + 5%")
+        let reply = try curlLoopback(port: port, "/completion", ["-d", #"{"prompt": "one two three", "n_predict": 24, "temperature": 1, "seed": 2, "ignore_eos": true}"#], maxTime: 120)
+        #expect(reply.contains("\"tokens_predicted\":24"), "\(reply)")
+        let afterCompletion = try #require(peakResident())
+        #expect(Double(afterCompletion) <= Double(Self.budget) * 1.05, "peak RSS \(afterCompletion) after a completion exceeds the budget \(Self.budget) + 5%")
+    }
+
     /// A fresh cgroup v1 memory group with `limit` bytes, or nil (and a note) where the machine
     /// has no writable hierarchy; the caller removes it.
     static func makeCgroup(_ name: String, limit: Int) throws -> String? {

@@ -51,16 +51,22 @@ final class RunningServer: @unchecked Sendable {
 
     /// `curl -s` with `arguments`; returns stdout.
     func curl(_ path: String, _ arguments: [String] = []) throws -> String {
-        let curl = Process()
-        curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        curl.arguments = ["-s", "--max-time", "60"] + arguments + ["http://127.0.0.1:\(port)\(path)"]
-        let out = Pipe()
-        curl.standardOutput = out
-        try curl.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        curl.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        try curlLoopback(port: port, path, arguments)
     }
+}
+
+/// `curl -s` with `arguments` against `path` on a server at loopback `port`, for at most
+/// `maxTime` seconds; returns stdout.
+func curlLoopback(port: Int, _ path: String, _ arguments: [String] = [], maxTime: Int = 60) throws -> String {
+    let curl = Process()
+    curl.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+    curl.arguments = ["-s", "--max-time", "\(maxTime)"] + arguments + ["http://127.0.0.1:\(port)\(path)"]
+    let out = Pipe()
+    curl.standardOutput = out
+    try curl.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    curl.waitUntilExit()
+    return String(decoding: data, as: UTF8.self)
 }
 
 /// Texts collected from concurrent requests.

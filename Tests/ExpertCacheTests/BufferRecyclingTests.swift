@@ -57,6 +57,49 @@ import TensorMath
         #expect(pool.creditBytes == 0)
     }
 
+    /// Warmed buffers (session 33): the pool holds them beyond `maxBytes`, the next buffers made
+    /// take them, each buffer taken (warmed or not) lowers the allowance, `noReadsExpected` keeps
+    /// them, and `dropWarmed` unmaps the rest, telling the observer of each.
+    @Test func warmedBuffersWaitInThePoolForTheReadsThatTakeThem() {
+        let b = Self.bufferBytes
+        let pool = BufferPool(maxBytes: b)
+        let unmapped = UnmapLog()
+        pool.unmapObserver = { pointer, _ in unmapped.append(pointer) }
+        let warmed = (0..<4).map { _ -> UnsafeMutableRawPointer in
+            let p = BufferPool.mapFresh(bytes: b)!
+            BufferPool.populate(p, bytes: b)
+            #expect(p.load(fromByteOffset: b - 1, as: UInt8.self) == 0)
+            pool.addWarmed(p, bytes: b)
+            return p
+        }
+        #expect(pool.heldBytes == 4 * b && pool.warmBytes == 4 * b)
+        pool.noReadsExpected()
+        #expect(pool.heldBytes == 4 * b, "no reads expected still keeps the warmed buffers")
+        // Two reads take two of them.
+        var taken = (0..<2).map { _ in Self.buffer(pool) }
+        #expect(taken.allSatisfy { warmed.contains(UnsafeMutableRawPointer($0.pointer)) })
+        #expect(pool.reusedCount == 2 && pool.heldBytes == 2 * b && pool.warmBytes == 2 * b)
+        // Evicted, a taken buffer comes back within the allowance; taking it again lowers the allowance.
+        taken.removeLast()
+        #expect(pool.heldBytes == 3 * b)
+        taken.append(Self.buffer(pool))
+        #expect(pool.warmBytes == b && pool.heldBytes == 2 * b)
+        // The budget shrank: the pool gives up what is beyond `maxBytes`, and says so before each unmapping.
+        pool.dropWarmed()
+        #expect(pool.warmBytes == 0 && pool.heldBytes == b)
+        #expect(unmapped.count == 1)
+        // Buffers in use are untouched; released now (two), only `maxBytes` is kept.
+        taken.removeAll()
+        #expect(pool.heldBytes == b && unmapped.count == 3)
+    }
+
+    final class UnmapLog: @unchecked Sendable {
+        private let lock = NSLock()
+        private var pointers: [UnsafeMutableRawPointer] = []
+        func append(_ p: UnsafeMutableRawPointer) { lock.withLock { pointers.append(p) } }
+        var count: Int { lock.withLock { pointers.count } }
+    }
+
     /// Experts whose weights own a 64 KiB buffer from a pool (its address in `addresses`).
     final class PooledLoader: ExpertLoader, @unchecked Sendable {
         let pool = BufferPool(maxBytes: BufferRecyclingTests.bufferBytes)
@@ -75,6 +118,39 @@ import TensorMath
         }
         func expectReads(bytes: Int) { if forwardsCredit { pool.expectReads(bytes: bytes) } }
         func noReadsExpected() { if forwardsCredit { pool.noReadsExpected() } }
+        func warmBuffers(limit: Int, shouldWarm: (Int) -> Bool) -> Int {
+            var warmed = 0
+            while warmed < limit, shouldWarm(pool.warmBytes) {
+                pool.addWarmed(BufferPool.mapFresh(bytes: BufferRecyclingTests.bufferBytes)!, bytes: BufferRecyclingTests.bufferBytes)
+                warmed += 1
+            }
+            return warmed
+        }
+        func dropWarmBuffers() { pool.dropWarmed() }
+    }
+
+    /// The cache warms into the room its budget has (less what it holds and what is warmed), or
+    /// every expert's bytes when that is less; its reads take the warmed buffers; a smaller
+    /// budget gives them up; a closed cache warms nothing.
+    @Test func theCacheWarmsBuffersIntoTheRoomItsBudgetHas() throws {
+        let b = Self.bufferBytes
+        let loader = PooledLoader(forwardsCredit: true)
+        let cache = try OffloadingExpertCache(loader: loader, policy: LRUPolicy(),
+                                              configuration: .init(budgetBytes: 8 * b, floorSlots: 1, readerThreads: 2),
+                                              layers: [0, 1])
+        #expect(cache.warmBuffers(everyExpertBytes: 64 * b) == 8)
+        #expect(loader.pool.warmBytes == 8 * b)
+        try cache.withExperts(layer: 0, experts: [0, 1, 2]) { _, _ in }
+        #expect(loader.pool.reusedCount == 3 && loader.pool.warmBytes == 5 * b)
+        #expect(cache.warmBuffers(everyExpertBytes: 64 * b) == 0, "three held and five warmed fill the budget")
+        #expect(cache.warmBuffers(everyExpertBytes: 64 * b) { true } == 0)
+        try cache.resize(budgetBytes: 4 * b)
+        #expect(loader.pool.warmBytes == 0 && loader.pool.heldBytes <= loader.pool.maxBytes)
+        // Growing again leaves room to warm; a model of five experts in all caps it.
+        try cache.resize(budgetBytes: 8 * b)
+        #expect(cache.warmBuffers(everyExpertBytes: 5 * b) == 2)
+        cache.close()
+        #expect(cache.warmBuffers(everyExpertBytes: 64 * b) == 0)
     }
 
     /// Eight experts fill the cache; the next layer's eight misses, reserved together, evict

@@ -270,6 +270,43 @@ import TensorMath
         #expect(uring.registrationStatistics.registeredTargets * store.expertBufferSize <= store.bufferPool.heldBytes)
     }
 
+    /// Warming (session 33): the store maps, faults in and registers buffers ahead of the reads,
+    /// as many as `shouldWarm` allows; reads then land in them (no new registration, the same
+    /// weights as the thread-pool reader); buffers too small to be mappings are never warmed.
+    @Test func warmedBuffersAreRegisteredAndTakenByTheNextReads() throws {
+        let (dir, widened) = try widenedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: .auto)
+        let reference = try ExpertStore(url: widened, faults: FaultInjector(), ioEngine: .threads)
+        let size = store.expertBufferSize
+        var asked: [Int] = []
+        #expect(store.warmBuffers(limit: 10) { warm in asked.append(warm); return warm < 3 * size } == 3)
+        #expect(asked == [0, size, 2 * size, 3 * size])
+        #expect(store.bufferPool.warmBytes == 3 * size && store.bufferPool.heldBytes == 3 * size)
+        #expect(store.warmBuffers(limit: 2) { _ in true } == 2)
+        #expect(store.bufferPool.heldBytes == 5 * size)
+        let uring = store.expertReader as? UringFileReader
+        if let uring { #expect(uring.registrationStatistics.registrations == 5 && uring.registrationStatistics.registeredTargets == 5) }
+        var resident: [StoredExpert] = []
+        for blob in store.manifest.experts.blobs.prefix(4) {
+            let got = try store.readExpert(layer: blob.layer, expert: blob.expert)
+            let want = try reference.readExpert(layer: blob.layer, expert: blob.expert)
+            #expect((0..<got.down.rows).allSatisfy { got.down.row($0) == want.down.row($0) })
+            resident.append(got)
+        }
+        #expect(store.bufferPool.reusedCount == 4 && store.bufferPool.warmBytes == size)
+        if let uring { #expect(uring.registrationStatistics.registrations == 5 && uring.registrationStatistics.plainReads == 0) }
+        store.bufferPool.dropWarmed()
+        #expect(store.bufferPool.warmBytes == 0 && store.bufferPool.heldBytes <= store.bufferPool.maxBytes)
+
+        // The fixture's own experts are smaller than a mapping: nothing to warm.
+        let (smallDir, small) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: smallDir) }
+        let smallStore = try ExpertStore(url: small, faults: FaultInjector(), ioEngine: .auto)
+        #expect(smallStore.expertBufferSize < AlignedBuffer<UInt8>.mappingThreshold)
+        #expect(smallStore.warmBuffers(limit: 10) { _ in true } == 0)
+    }
+
     /// Split reads (issue 26 item 1): io_uring hands the first part over whole, once, before the
     /// read returns; the bytes are the plain read's; a first part that runs past the end of the
     /// file, or ends inside the last piece, is never handed over, and neither is one outside the

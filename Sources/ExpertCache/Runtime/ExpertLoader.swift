@@ -23,6 +23,13 @@ public protocol ExpertLoader: Sendable {
     /// No reads are queued or running (every started read has taken its buffer): a loader keeps
     /// no buffers for reads to come.
     func noReadsExpected()
+    /// Prepares up to `limit` buffers for later reads ahead of need, one at a time while
+    /// `shouldWarm(warmBytes)` allows one more (`warmBytes`: the bytes warmed and not yet taken
+    /// by a read); returns how many. A loader that maps its buffers faults them in now
+    /// (`ExpertStore.warmBuffers`).
+    func warmBuffers(limit: Int, shouldWarm: (_ warmBytes: Int) -> Bool) -> Int
+    /// Gives up the warmed buffers no read has taken (the budget shrank).
+    func dropWarmBuffers()
 }
 
 extension ExpertLoader {
@@ -41,4 +48,8 @@ extension ExpertLoader {
     public func expectReads(bytes: Int) {}
     /// Does nothing.
     public func noReadsExpected() {}
+    /// Warms nothing: the loader has no buffers of its own to prepare.
+    public func warmBuffers(limit: Int, shouldWarm: (_ warmBytes: Int) -> Bool) -> Int { 0 }
+    /// Does nothing.
+    public func dropWarmBuffers() {}
 }

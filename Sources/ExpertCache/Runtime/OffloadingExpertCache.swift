@@ -447,19 +447,40 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
     /// user lets go, so the pages go back to the system); growing makes room for later reads.
     /// Throws below what the layers' floors need (the least the cache was opened with).
     /// Returns the experts evicted.
+    /// Shrinking also gives up the buffers warmed for the old budget (`warmBuffers`).
     @discardableResult
     public func resize(budgetBytes: Int) throws -> Int {
         guard budgetBytes >= minimumBudgetBytes else {
             throw ExpertCacheError("an expert cache budget of \(budgetBytes) bytes is below the \(minimumBudgetBytes) bytes its floors need")
         }
         lock.lock()
-        defer { lock.unlock() }
+        let shrinks = budgetBytes < book.budgetBytes + (lowBook?.budgetBytes ?? 0)
         let lowBytes = lowBook == nil ? 0 : lowBitPoolBytes(of: budgetBytes)
         let evicted = book.resize(budgetBytes: budgetBytes - lowBytes)
         evictedLocked(evicted)
         if lowBook != nil { evictedLocked(lowBook!.resize(budgetBytes: lowBytes)) }
         wakeForRoomLocked()   // a grown budget is room someone may be waiting for
+        lock.unlock()
+        // Outside the lock: unmapping unregisters each buffer from the io_uring reader.
+        if shrinks { loader.dropWarmBuffers() }
         return evicted.count
+    }
+
+    /// Prepares buffers for reads to come (`ExpertLoader.warmBuffers`), one at a time while
+    /// there is room for one more beside what the cache holds or has reserved and what is
+    /// already warmed and not yet taken. The room is the budget, or `everyExpertBytes` (all the
+    /// experts of the model) when that is less. Stops once `shouldStop()` is true or the cache
+    /// is closed. Returns how many buffers it warmed. A server calls it once after loading, off
+    /// the request path.
+    public func warmBuffers(everyExpertBytes: Int, shouldStop: () -> Bool = { false }) -> Int {
+        let bytes = layerList.map { loader.expertByteCount(layer: $0, expert: 0) }.max() ?? 0
+        guard bytes > 0 else { return 0 }
+        return loader.warmBuffers(limit: everyExpertBytes / bytes) { warmBytes in
+            guard !shouldStop() else { return false }
+            lock.lock()
+            defer { lock.unlock() }
+            return !closed && book.usedBytes + warmBytes + bytes <= min(book.budgetBytes, everyExpertBytes)
+        }
     }
 
     /// Pins held now across experts (a forward pass holds its layer's experts pinned); 0 when

@@ -68,6 +68,9 @@ public final class PacedExpertLoader: ExpertLoader, @unchecked Sendable {
     }
     public func expectReads(bytes: Int) { base.expectReads(bytes: bytes) }
     public func noReadsExpected() { base.noReadsExpected() }
+    /// Not paced: warming maps and faults in memory, it reads nothing from the device.
+    public func warmBuffers(limit: Int, shouldWarm: (_ warmBytes: Int) -> Bool) -> Int { base.warmBuffers(limit: limit, shouldWarm: shouldWarm) }
+    public func dropWarmBuffers() { base.dropWarmBuffers() }
 
     /// `MOE_DISK_MBPS`: the emulated rate in MB/s (10⁶ bytes), if set; an invalid value is an error.
     public static func environmentRate(_ value: String? = ProcessInfo.processInfo.environment["MOE_DISK_MBPS"]) throws -> Double? {

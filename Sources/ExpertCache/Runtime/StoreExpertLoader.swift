@@ -38,6 +38,12 @@ public final class StoreExpertLoader: ExpertLoader, @unchecked Sendable {
 
     public func noReadsExpected() { if Self.creditsPool { store.bufferPool.noReadsExpected() } }
 
+    public func warmBuffers(limit: Int, shouldWarm: (_ warmBytes: Int) -> Bool) -> Int {
+        store.warmBuffers(limit: limit, shouldWarm: shouldWarm)
+    }
+
+    public func dropWarmBuffers() { store.bufferPool.dropWarmed() }
+
     public func lowBitByteCount(layer: Int, expert: Int) -> Int? { store.lowBitBufferSize }
 
     public func loadLowBitExpert(layer: Int, expert: Int) throws -> ExpertWeights {
