@@ -445,9 +445,19 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
         try readExpert(layer: layer, expert: expert, into: buffer, gateUpArrived: nil)
     }
 
-    /// `readExpert(layer:expert:into:)`, split as `readExpert(layer:expert:gateUpArrived:)` says.
+    /// `readExpert(layer:expert:)`, calling `transferred` on this thread once the stored bytes are
+    /// in memory and before they are checked and decoded (an emulated disk waits there for the
+    /// transfer's end, so the checksum's time comes after it, as on a real device).
+    public func readExpert(layer: Int, expert: Int, transferred: () -> Void) throws -> StoredExpert {
+        try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule,
+                                                                              zeroed: false, pool: bufferPool),
+                       gateUpArrived: nil, transferred: transferred)
+    }
+
+    /// `readExpert(layer:expert:into:)`, split as `readExpert(layer:expert:gateUpArrived:)` says,
+    /// with `transferred` as `readExpert(layer:expert:transferred:)` says.
     public func readExpert(layer: Int, expert: Int, into buffer: AlignedBuffer<UInt8>,
-                           gateUpArrived: ((StoredExpert) -> Void)?) throws -> StoredExpert {
+                           gateUpArrived: ((StoredExpert) -> Void)?, transferred: () -> Void = {}) throws -> StoredExpert {
         precondition(buffer.count >= expertBufferSize && buffer.alignment >= DirectFileReader.granule,
                      "readExpert needs a \(DirectFileReader.granule)-aligned buffer of at least \(expertBufferSize) bytes")
         let entry = try blob(layer: layer, expert: expert)
@@ -479,6 +489,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             // Bit rot between disk and checksum: the check below must refuse the blob.
             staging.pointer[entry.storedLength / 2] ^= 0x5A
         }
+        transferred()
         let t1 = DispatchTime.now().uptimeNanoseconds
         let context = "\(url.path): layer \(entry.layer) expert \(entry.expert)"
         do {

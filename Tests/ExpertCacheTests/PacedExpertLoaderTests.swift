@@ -1,4 +1,5 @@
 import Foundation
+import ModelFormats
 import Testing
 @testable import ExpertCache
 
@@ -27,6 +28,35 @@ import Testing
         #expect(clock.deadlines == [1_010_000_000, 1_020_000_000, 1_110_000_000])
         #expect(base.loads(0, 1) == 1 && base.loads(0, 2) == 1 && base.loads(1, 0) == 1)
         #expect(paced.expertByteCount(layer: 0, expert: 0) == 1_000_000)
+    }
+
+    /// What the base loader does once the bytes are in (a checksum, a decode) comes after the
+    /// wait for the transfer's end, as on a real device.
+    @Test func theWaitComesBeforeTheChecksum() throws {
+        final class CheckingLoader: ExpertLoader, @unchecked Sendable {
+            let events: Events
+            init(_ events: Events) { self.events = events }
+            func expertByteCount(layer: Int, expert: Int) -> Int { 1_000_000 }
+            func loadExpert(layer: Int, expert: Int) throws -> ExpertWeights { try loadExpert(layer: layer, expert: expert) {} }
+            func loadExpert(layer: Int, expert: Int, transferred: () -> Void) throws -> ExpertWeights {
+                events.append("bytes")
+                transferred()
+                events.append("checked")
+                return try FakeLoader(bytesPerExpert: 1_000_000).loadExpert(layer: layer, expert: expert)
+            }
+        }
+        let events = Events()
+        let paced = PacedExpertLoader(base: CheckingLoader(events), bytesPerSecond: 100e6, now: { 0 },
+                                      sleepUntil: { events.append("wait until \($0)") })
+        _ = try paced.loadExpert(layer: 0, expert: 0)
+        #expect(events.all == ["bytes", "wait until 10000000", "checked"])
+    }
+
+    final class Events: @unchecked Sendable {
+        private let lock = NSLock()
+        private var list: [String] = []
+        func append(_ event: String) { lock.withLock { list.append(event) } }
+        var all: [String] { lock.withLock { list } }
     }
 
     @Test func theRealClockWaitsForTheSpan() throws {

@@ -75,6 +75,20 @@ import MoEModels
         _ = try store.readExpert(layer: 0, expert: 3)
     }
 
+    /// `transferred` (where an emulated disk waits for the transfer's end) comes after the bytes
+    /// are in memory and before their checksum: a corrupt read calls it, then fails the check.
+    @Test func theTransferEndsBeforeTheChecksum() throws {
+        let (dir, storeURL) = try packedStore()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try ExpertStore(url: storeURL, faults: try plan("corrupt_blob=1/2"))
+        var transfers = 0
+        let message = errorText { _ = try store.readExpert(layer: 1, expert: 2) { transfers += 1 } }
+        #expect(transfers == 1 && message?.contains("layer 1 expert 2: checksum mismatch") == true, "\(message ?? "no error")")
+        let good = try store.readExpert(layer: 1, expert: 1) { transfers += 1 }
+        let reference = try ExpertStore(url: storeURL, faults: FaultInjector()).readExpert(layer: 1, expert: 1)
+        #expect(transfers == 2 && (0..<good.down.rows).allSatisfy { good.down.row($0) == reference.down.row($0) })
+    }
+
     @Test func blobCorruptedWhileServingIsCaughtByItsChecksum() throws {
         let (dir, storeURL) = try packedStore()
         defer { try? FileManager.default.removeItem(at: dir) }

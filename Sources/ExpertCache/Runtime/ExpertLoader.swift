@@ -12,6 +12,10 @@ public protocol ExpertLoader: Sendable {
     /// (once, on this thread, before returning) with the expert whose gate and up matrices are
     /// in memory and whose `rest` it finishes before returning the whole expert.
     func loadExpert(layer: Int, expert: Int, gateUpArrived: (ExpertWeights) -> Void) throws -> ExpertWeights
+    /// As `loadExpert(layer:expert:)`, calling `transferred` on this thread once the expert's
+    /// bytes are in memory and before they are checked and decoded (`PacedExpertLoader` waits
+    /// there for its emulated transfer).
+    func loadExpert(layer: Int, expert: Int, transferred: () -> Void) throws -> ExpertWeights
     /// Bytes of the low-bit copy of expert `expert` of `layer` once loaded; nil without copies.
     func lowBitByteCount(layer: Int, expert: Int) -> Int?
     /// Reads the low-bit copy of expert `expert` of `layer`. Blocking.
@@ -36,6 +40,13 @@ extension ExpertLoader {
     /// Reads the expert whole; `gateUpArrived` is never called.
     public func loadExpert(layer: Int, expert: Int, gateUpArrived: (ExpertWeights) -> Void) throws -> ExpertWeights {
         try loadExpert(layer: layer, expert: expert)
+    }
+    /// Reads the expert whole, then calls `transferred`: a loader that checks or decodes what it
+    /// reads in one step cannot tell where the transfer ends.
+    public func loadExpert(layer: Int, expert: Int, transferred: () -> Void) throws -> ExpertWeights {
+        let weights = try loadExpert(layer: layer, expert: expert)
+        transferred()
+        return weights
     }
     /// Bytes expert `expert` of `layer`'s low-bit copy occupies once loaded; nil when there are
     /// no low-bit copies (the default).

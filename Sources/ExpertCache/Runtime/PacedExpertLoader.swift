@@ -58,9 +58,13 @@ public final class PacedExpertLoader: ExpertLoader, @unchecked Sendable {
     }
 
     public func expertByteCount(layer: Int, expert: Int) -> Int { base.expertByteCount(layer: layer, expert: expert) }
-    /// Read whole: an early copy would arrive before its emulated time.
+    /// Read whole: an early copy would arrive before its emulated time. The wait for the
+    /// transfer's end comes before the base loader checks and decodes the bytes, so that work
+    /// takes its own time after the transfer, as on a real device (before session 33 it ran inside
+    /// the emulated transfer and a checksum cost the read nothing).
     public func loadExpert(layer: Int, expert: Int) throws -> ExpertWeights {
-        try paced(bytes: base.expertByteCount(layer: layer, expert: expert)) { try base.loadExpert(layer: layer, expert: expert) }
+        let done = reserveSpan(bytes: base.expertByteCount(layer: layer, expert: expert))
+        return try base.loadExpert(layer: layer, expert: expert) { sleepUntil(done) }
     }
     public func lowBitByteCount(layer: Int, expert: Int) -> Int? { base.lowBitByteCount(layer: layer, expert: expert) }
     public func loadLowBitExpert(layer: Int, expert: Int) throws -> ExpertWeights {

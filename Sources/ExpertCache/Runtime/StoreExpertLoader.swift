@@ -20,6 +20,11 @@ public final class StoreExpertLoader: ExpertLoader, @unchecked Sendable {
         return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases)
     }
 
+    public func loadExpert(layer: Int, expert: Int, transferred: () -> Void) throws -> ExpertWeights {
+        let stored = try store.readExpert(layer: layer, expert: expert, transferred: transferred)
+        return ExpertWeights(gate: stored.gate, up: stored.up, down: stored.down, biases: stored.biases)
+    }
+
     /// A split read where the store allows one (`ExpertStore.readExpert(layer:expert:gateUpArrived:)`).
     public func loadExpert(layer: Int, expert: Int, gateUpArrived: (ExpertWeights) -> Void) throws -> ExpertWeights {
         let stored = try withoutActuallyEscaping(gateUpArrived) { early in
