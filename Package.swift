@@ -38,7 +38,7 @@ let package = Package(
         // attribute and is chosen at run time from CPUID, so this target needs no -march.
         .target(name: "CKernels"),
         .target(name: "TensorMath", dependencies: ["COpenBLAS", "CKernels"], swiftSettings: optimisedMath),
-        .target(name: "ModelFormats", dependencies: ["TensorMath", "CLZ4", "CURing", "JSONCoding"], swiftSettings: optimisedMath),
+        .target(name: "ModelFormats", dependencies: ["TensorMath", "CKernels", "CLZ4", "CURing", "JSONCoding"], swiftSettings: optimisedMath),
         // One JSON parser, serializer and string escaper for every module (no dependencies).
         .target(name: "JSONCoding"),
         // The Jinja interpreter that renders chat templates.
@@ -103,7 +103,7 @@ let package = Package(
         .testTarget(name: "GrammarTests", dependencies: ["Grammar", "JSONCoding", "Tokenization"]),
         .testTarget(name: "ExpertCacheTests", dependencies: ["ExpertCache", "MoEModels", "ModelFormats", "TensorMath"]),
         .testTarget(
-            name: "ExpertStoreTests", dependencies: ["ModelFormats", "MoEModels", "TensorMath"],
+            name: "ExpertStoreTests", dependencies: ["ModelFormats", "MoEModels", "TensorMath", "CKernels"],
             swiftSettings: optimisedMath
         ),
         .testTarget(name: "HTTPServerTests", dependencies: ["HTTPServer", "InferenceEngine", "TensorMath"]),

@@ -149,6 +149,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
             }
         }
         blobIndex = index
+        checksum = try StoreChecksum(manifestName: manifest.checksumAlgorithm)
         (lowBitLayout, lowBitIndex) = try Self.lowBitCopies(manifest, config: config, path: manifestPath)
         bufferPool = BufferPool(maxBytes: Self.pooledBuffers * Self.roundUp(maxRawLength))
 
@@ -200,7 +201,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// Problems with the dense tensors' checksums, one line each (empty when all match).
     public func denseProblems() -> [String] {
         manifest.dense.tensors.compactMap { tensor in
-            let digest = XXHash64.hex(XXHash64.hash(dense.pointer + tensor.offset, count: tensor.length))
+            let digest = checksum.digest(dense.pointer + tensor.offset, count: tensor.length)
             return digest == tensor.checksum ? nil : "dense tensor '\(tensor.name)': checksum mismatch (stored \(tensor.checksum), computed \(digest))"
         }
     }
@@ -359,6 +360,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     public let bufferPool: BufferPool
     /// Whether `bufferPool`'s buffers are registered with the io_uring reader.
     private var registersTargets = false
+    /// The checksum of this store's blobs and dense tensors (the manifest's algorithm).
+    public let checksum: StoreChecksum
     /// How many expert buffers the pool keeps; the memory plan reserves them.
     public static let pooledBuffers = 4
 
@@ -548,7 +551,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
 
     /// Throws unless the stored bytes at `bytes` match `entry`'s checksum.
     public func checkStored(_ entry: ExpertBlobEntry, at bytes: UnsafeRawPointer) throws {
-        let digest = XXHash64.hex(XXHash64.hash(bytes, count: entry.storedLength))
+        let digest = checksum.digest(bytes, count: entry.storedLength)
         guard digest == entry.checksum else {
             throw ModelFormatError("\(url.path): layer \(entry.layer) expert \(entry.expert): checksum mismatch (stored \(entry.checksum), computed \(digest)); the expert data is corrupt, re-run moe-serve pack")
         }

@@ -38,8 +38,10 @@ public struct ExpertStoreManifest: Codable, Sendable {
     /// `ExpertDType.ggml`, `DenseTensorEntry.ggmlType`, `modelConfig`) and q4 stores whose
     /// matrices of a width 32 does not divide fell back to int8. A store without any of these
     /// is still written as the oldest version that reads it, so older builds keep reading it.
-    /// Version 4 adds low-bit copies of the experts (`lowBitCopies`, `LowBitCopies`).
-    public static let currentFormatVersion = 4
+    /// Version 4 adds low-bit copies of the experts (`lowBitCopies`, `LowBitCopies`). Version 5
+    /// CRC-32C checksums (`checksumAlgorithm`, `StoreChecksum`), which every store packed since
+    /// session 33 carries.
+    public static let currentFormatVersion = 5
     /// Name of the manifest file inside a store directory.
     public static let fileName = "manifest.json"
 
@@ -64,6 +66,9 @@ public struct ExpertStoreManifest: Codable, Sendable {
     /// A 2-bit copy of every routed expert, appended to `experts.bin` (`pack --low-bit-copies`,
     /// `moe-serve low-bit-copies`); nil in stores without them.
     public var lowBitCopies: LowBitCopiesSection? = nil
+    /// The checksum of every blob and dense tensor (`StoreChecksum`); nil in stores before
+    /// session 33, which are XXH64.
+    public var checksumAlgorithm: String? = nil
 
     /// The routed experts' storage: one blob per (layer, expert) in `file`.
     public struct ExpertSection: Codable, Sendable {

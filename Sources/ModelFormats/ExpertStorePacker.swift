@@ -195,7 +195,7 @@ public struct ExpertStorePacker {
                 let bytes = UnsafeRawBufferPointer(start: encoded.pointer, count: length)
                 try denseWriter.write(bytes)
                 denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype == .f8e4m3 ? .bf16 : entry.dtype, shape: entry.shape,
-                                                     offset: offset, length: length, checksum: XXHash64.hex(XXHash64.hash(bytes)),
+                                                     offset: offset, length: length, checksum: StoreChecksum.packDefault.digest(bytes),
                                                      quantized: type))
             } else if entry.dtype == .f8e4m3 {
                 // Float8 dense weights are stored dequantized, as bf16 (one tensor in RAM at a time).
@@ -207,12 +207,12 @@ public struct ExpertStorePacker {
                 let bytes = UnsafeRawBufferPointer(start: narrowed.pointer, count: count * 2)
                 try denseWriter.write(bytes)
                 denseEntries.append(DenseTensorEntry(name: name, dtype: .bf16, shape: entry.shape, offset: offset,
-                                                     length: count * 2, checksum: XXHash64.hex(XXHash64.hash(bytes))))
+                                                     length: count * 2, checksum: StoreChecksum.packDefault.digest(bytes)))
             } else {
                 let source = file.bytes(of: entry)
                 try denseWriter.write(source)
                 denseEntries.append(DenseTensorEntry(name: name, dtype: entry.dtype, shape: entry.shape, offset: offset,
-                                                     length: entry.byteCount, checksum: XXHash64.hex(XXHash64.hash(source))))
+                                                     length: entry.byteCount, checksum: StoreChecksum.packDefault.digest(source)))
             }
             done += entry.byteCount
             report()
@@ -235,7 +235,7 @@ public struct ExpertStorePacker {
             let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
             try expertWriter.write(stored)
             blobs.append(ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
-                                         rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
+                                         rawLength: layout.rawLength, checksum: StoreChecksum.packDefault.digest(stored),
                                          storedRaw: encoded.storedRaw, planes: encoded.planes))
             rawTotal += layout.rawLength
             storedTotal += encoded.length
@@ -331,9 +331,8 @@ public struct ExpertStorePacker {
         }
         let manifest = ExpertStoreManifest(
             format: ExpertStoreManifest.formatName,
-            // Version 3 for q4 stores with int8 fallbacks, 2 for quantised dense tensors, else 1,
-            // so older builds read what they can.
-            formatVersion: !(layout?.int8Fallbacks.isEmpty ?? true) ? 3 : denseEntries.contains { $0.quantized != nil } ? 2 : 1,
+            // Version 5: CRC-32C checksums (`StoreChecksum`), which builds before session 33 cannot check.
+            formatVersion: 5,
             architecture: checkpoint.config.architecture.rawValue,
             config: configJSON,
             experts: .init(file: "experts.bin", fileSize: expertWriter.offset, dtype: dtype, codec: codec, alignment: alignment,
@@ -342,7 +341,8 @@ public struct ExpertStorePacker {
                            exampleTensorNames: expertNames.first?.first ?? [],
                            biases: layout?.biasOffsets != nil ? true : nil, blobs: blobs),
             dense: .init(file: "dense.bin", fileSize: denseWriter.offset, tensors: denseEntries),
-            copiedFiles: copied)
+            copiedFiles: copied,
+            checksumAlgorithm: StoreChecksum.packDefault.rawValue)
         // The manifest goes last: its presence marks a complete store.
         let manifestWriter = try BinaryFileWriter(url: directory.appendingPathComponent(ExpertStoreManifest.fileName), faults: faults)
         let manifestData = try manifest.encoded()

@@ -82,7 +82,7 @@ extension ExpertStorePacker {
                 try values.withUnsafeBytes { bytes in
                     try denseWriter.write(bytes)
                     denseEntries.append(DenseTensorEntry(name: name, dtype: .f32, shape: [values.count], offset: offset,
-                                                         length: bytes.count, checksum: XXHash64.hex(XXHash64.hash(bytes))))
+                                                         length: bytes.count, checksum: StoreChecksum.packDefault.digest(bytes)))
                 }
             } else {
                 // A 3-D dense tensor (deepseek2's attn_k_b/attn_v_b) is packed as its slices stacked as rows.
@@ -100,7 +100,7 @@ extension ExpertStorePacker {
                     let bytes = UnsafeRawBufferPointer(start: UnsafeRawPointer(scales), count: length)
                     let checksum = try withExtendedLifetime(matrix) {
                         try denseWriter.write(bytes)
-                        return XXHash64.hex(XXHash64.hash(bytes))
+                        return StoreChecksum.packDefault.digest(bytes)
                     }
                     denseEntries.append(DenseTensorEntry(name: name, dtype: .f32, shape: [rows, cols], offset: offset,
                                                          length: length, checksum: checksum, quantized: .q4))
@@ -111,7 +111,7 @@ extension ExpertStorePacker {
                 let (type, bytes) = try Self.ggmlBytes(matrix, tensor: info.name)
                 let checksum = try withExtendedLifetime(matrix) { // `bytes` points into its buffer
                     try denseWriter.write(bytes)
-                    return XXHash64.hex(XXHash64.hash(bytes))
+                    return StoreChecksum.packDefault.digest(bytes)
                 }
                 switch matrix.storage {
                 case .f32, .bf16:
@@ -152,7 +152,7 @@ extension ExpertStorePacker {
             let stored = UnsafeRawBufferPointer(start: encoded.bytes.pointer, count: encoded.length)
             try expertWriter.write(stored)
             var entry = ExpertBlobEntry(layer: layer, expert: expert, offset: offset, storedLength: encoded.length,
-                                        rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(stored)),
+                                        rawLength: layout.rawLength, checksum: StoreChecksum.packDefault.digest(stored),
                                         storedRaw: encoded.storedRaw, planes: encoded.planes)
             entry.ggmlTypes = ggmlTypes
             blobs.append(entry)
@@ -242,7 +242,7 @@ extension ExpertStorePacker {
 
         let manifest = ExpertStoreManifest(
             format: ExpertStoreManifest.formatName,
-            formatVersion: 3, // ggml types and model_config
+            formatVersion: 5, // ggml types and model_config (3), CRC-32C checksums (5)
             architecture: config.architecture.rawValue,
             config: .object(["gguf_file": .string(gguf.url.lastPathComponent), "gguf_architecture": .string(gguf.ggufArchitecture),
                              "gguf_parts": .number(Double(gguf.files.count))]),
@@ -252,7 +252,8 @@ extension ExpertStorePacker {
                            biases: hasBiases == true ? true : nil, blobs: blobs),
             dense: .init(file: "dense.bin", fileSize: denseWriter.offset, tensors: denseEntries),
             copiedFiles: copied,
-            modelConfig: config)
+            modelConfig: config,
+            checksumAlgorithm: StoreChecksum.packDefault.rawValue)
         let manifestWriter = try BinaryFileWriter(url: directory.appendingPathComponent(ExpertStoreManifest.fileName), faults: faults)
         let manifestData = try manifest.encoded()
         try manifestData.withUnsafeBytes { try manifestWriter.write($0) }

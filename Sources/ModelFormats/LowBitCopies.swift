@@ -55,6 +55,7 @@ public enum LowBitCopies {
     public static func add(kind: LowBitKind, to url: URL, progress: ((Int, Int) -> Void)? = nil) throws -> Summary {
         let store = try ExpertStore(url: url, checkDense: false, ioEngine: .threads)
         var manifest = store.manifest
+        let checksum = store.checksum // the copies are checked as the store's other blobs
         guard manifest.lowBitCopies == nil else {
             throw ModelFormatError.file(url.path, "the store already has low-bit copies (\(manifest.lowBitCopies!.kind.rawValue))")
         }
@@ -81,7 +82,7 @@ public enum LowBitCopies {
             }
             if let biases = full.biases { layout.encode(biases: biases, into: base) }
             var entry = ExpertBlobEntry(layer: blob.layer, expert: blob.expert, offset: offset, storedLength: layout.rawLength,
-                                        rawLength: layout.rawLength, checksum: XXHash64.hex(XXHash64.hash(base, count: layout.rawLength)),
+                                        rawLength: layout.rawLength, checksum: checksum.digest(base, count: layout.rawLength),
                                         storedRaw: true, planes: [])
             entry.ggmlTypes = nil
             try writeAll(fd, base, count: padded, at: offset, path: path)

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Testing
 import ModelFormats
@@ -205,7 +206,7 @@ func errorText(_ body: () throws -> Void) -> String? {
         #expect(errorText { _ = try ExpertStore(url: storeURL) }?.contains("damaged store manifest") == true)
 
         let text = String(decoding: original, as: UTF8.self)
-        try Data(text.replacingOccurrences(of: "\"format_version\" : 1", with: "\"format_version\" : 99").utf8).write(to: manifestURL)
+        try Data(text.replacingOccurrences(of: "\"format_version\" : 5", with: "\"format_version\" : 99").utf8).write(to: manifestURL)
         let newer = errorText { _ = try ExpertStore(url: storeURL) }
         #expect(newer?.contains("newer") == true, "\(newer ?? "no error")")
 
@@ -245,6 +246,85 @@ func errorText(_ body: () throws -> Void) -> String? {
         func pattern(_ count: Int) -> [UInt8] { (0..<count).map { UInt8(($0 * 131 + 7) % 251) } }
         #expect(pattern(1000).withUnsafeBytes { XXHash64.hash($0) } == 0xE046_69F6_18D1_3C00)
         #expect(pattern(4096 + 77).withUnsafeBytes { XXHash64.hash($0) } == 0x9BD3_C1BA_7817_4112)
+    }
+}
+
+/// CRC-32C, the checksum of stores packed since session 33 (`StoreChecksum`): against a bitwise
+/// reference in Python (`c = 0xFFFFFFFF; for b in data: c ^= b; 8 × c = (c >> 1) ^ (0x82F63B78 if
+/// c & 1 else 0); return c ^ 0xFFFFFFFF`), on lengths that run the three-stream path (3 × 16 KiB
+/// steps, joined) and its tail; the hardware and table paths agree on every length and alignment.
+@Suite struct CRC32CTests {
+    static func pattern(_ count: Int) -> [UInt8] { (0..<count).map { UInt8(($0 * 131 + 7) % 251) } }
+
+    @Test func knownDigests() {
+        #expect(Array("123456789".utf8).withUnsafeBytes { moe_crc32c(0, $0.baseAddress, $0.count) } == 0xE306_9283)
+        for (count, want) in [(0, 0x0), (1000, 0x2440_904D), (4096 + 77, 0xAB4C_D717), (3 * 16384, 0x4C4A_2582),
+                              (2 * 3 * 16384 + 77, 0x865A_7614), (300_000, 0x999C_6AA2)] as [(Int, UInt32)] {
+            #expect(Self.pattern(count).withUnsafeBytes { moe_crc32c(0, $0.baseAddress, $0.count) } == want, "\(count) bytes")
+        }
+        #expect(StoreChecksum.crc32c.digest(Array("123456789".utf8).withUnsafeBytes { $0 }) == "e3069283")
+    }
+
+    @Test func hardwareAndTableAgreeAndContinue() {
+        let bytes = Self.pattern(200_000)
+        bytes.withUnsafeBytes { all in
+            let base = all.baseAddress!
+            for start in [0, 1, 3, 8] {
+                for count in [0, 1, 7, 8, 9, 3 * 16384 - 1, 3 * 16384, 3 * 16384 + 1, 100_001, 200_000 - start] where start + count <= all.count {
+                    #expect(moe_crc32c(0, base + start, count) == moe_crc32c_portable(0, base + start, count), "start \(start) count \(count)")
+                }
+            }
+            // Continuing from a CRC gives the CRC of the whole.
+            let whole = moe_crc32c(0, base, 150_000)
+            #expect(moe_crc32c(moe_crc32c(0, base, 60_000), base + 60_000, 90_000) == whole)
+        }
+    }
+
+    /// Stores name their algorithm; none named is XXH64 (stores before session 33); an unknown
+    /// one is refused with the names this build knows.
+    @Test func theManifestNamesTheAlgorithm() throws {
+        #expect(try StoreChecksum(manifestName: nil) == .xxh64)
+        #expect(try StoreChecksum(manifestName: "crc32c") == .crc32c)
+        let message = errorText { _ = try StoreChecksum(manifestName: "sha1") }
+        #expect(message?.contains("unknown checksum algorithm 'sha1'") == true && message?.contains("crc32c") == true, "\(message ?? "no error")")
+        let text = Array("abc".utf8)
+        #expect(text.withUnsafeBytes { StoreChecksum.xxh64.digest($0) } == XXHash64.hex(0x44BC_2CF5_AD77_0999))
+        #expect(StoreChecksum.packDefault == .crc32c)
+    }
+
+    /// A store packed now checks with CRC-32C (format 5); the same store relabelled as XXH64 with
+    /// XXH64 digests (what a store before session 33 is) still loads, reads and verifies.
+    @Test func storesOfEitherAlgorithmLoadAndVerify() throws {
+        let dir = try TinyCheckpoint.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
+        let storeURL = dir.appendingPathComponent("store")
+        try pack(hf, to: storeURL)
+        let store = try ExpertStore(url: storeURL)
+        #expect(store.checksum == .crc32c && store.manifest.checksumAlgorithm == "crc32c" && store.manifest.formatVersion == 5)
+        #expect(store.verify().isEmpty)
+        let want = try store.readExpert(layer: 1, expert: 2)
+
+        var old = store.manifest
+        old.checksumAlgorithm = nil
+        old.formatVersion = 1
+        let experts = try Data(contentsOf: storeURL.appendingPathComponent("experts.bin"))
+        let dense = try Data(contentsOf: storeURL.appendingPathComponent("dense.bin"))
+        old.experts.blobs = old.experts.blobs.map { blob in
+            var blob = blob
+            blob.checksum = experts.withUnsafeBytes { XXHash64.hex(XXHash64.hash($0.baseAddress! + blob.offset, count: blob.storedLength)) }
+            return blob
+        }
+        old.dense.tensors = old.dense.tensors.map { tensor in
+            var tensor = tensor
+            tensor.checksum = dense.withUnsafeBytes { XXHash64.hex(XXHash64.hash($0.baseAddress! + tensor.offset, count: tensor.length)) }
+            return tensor
+        }
+        try old.encoded().write(to: storeURL.appendingPathComponent("manifest.json"))
+        let reopened = try ExpertStore(url: storeURL)
+        #expect(reopened.checksum == .xxh64 && reopened.verify().isEmpty)
+        let got = try reopened.readExpert(layer: 1, expert: 2)
+        #expect((0..<got.down.rows).allSatisfy { got.down.row($0) == want.down.row($0) })
     }
 }
 

@@ -28,7 +28,7 @@ import TensorMath
         let file = Self.root.appendingPathComponent(name)
         let storeURL = dir.appendingPathComponent("store")
         let summary = try packGGUF(file, to: storeURL, codec: name.contains("Q8_0") ? .lz4 : .none)
-        #expect(summary.manifest.formatVersion == 3)
+        #expect(summary.manifest.formatVersion == 5) // ggml types (3) and CRC-32C checksums (5)
         // All-Q4_0 experts are stored as q4 (GGMLQ4_0: the same values, on the integer-dot kernels).
         #expect(summary.manifest.experts.dtype == (name.contains("Q4_0") && GGMLQ4_0.convertsToQ4 ? .q4 : .ggml))
         let store = try ExpertStore(url: storeURL)
@@ -131,7 +131,7 @@ import TensorMath
         }, to: storeURL)
         let store = try ExpertStore(url: storeURL)
         #expect(store.verify().isEmpty)
-        #expect(summary.manifest.formatVersion == 3)
+        #expect(summary.manifest.formatVersion == 5) // ggml types (3) and CRC-32C checksums (5)
         let layout = store.layout
         #expect(layout.dtype == .q4)
         #expect(!layout.int8Fallbacks.isEmpty)

@@ -51,7 +51,7 @@ import TensorMath
             let quantised = store.manifest.dense.tensors.filter { $0.quantized != nil }
             // q4 needs 32 columns to divide a matrix: some fixtures are too narrow for any.
             if dense == .q8 { #expect(!quantised.isEmpty) }
-            #expect(store.manifest.formatVersion == (quantised.isEmpty ? 1 : 2))
+            #expect(store.manifest.formatVersion == 5) // CRC-32C checksums (session 33); quantised dense tensors alone were 2
             // Routers are never quantised; attention projections are (q4 only when 32 columns divide them).
             #expect(!quantised.contains { $0.name.hasSuffix("mlp.gate.weight") })
             if dense == .q8 { #expect(quantised.contains { $0.name.hasSuffix("self_attn.q_proj.weight") }) }
@@ -71,7 +71,7 @@ import TensorMath
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let store = try ExpertStore(url: Self.pack(fixture, dense: .bf16, experts: .bf16, into: directory))
-        #expect(store.manifest.formatVersion == 1)
+        #expect(store.manifest.formatVersion == 5 && store.manifest.checksumAlgorithm == "crc32c")
         #expect(store.manifest.dense.tensors.allSatisfy { $0.quantized == nil })
     }
 }

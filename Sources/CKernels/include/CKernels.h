@@ -15,6 +15,7 @@
 #ifndef MOE_CKERNELS_H
 #define MOE_CKERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -192,6 +193,12 @@ void moe_f32_rows_avx512(const float *w, int64_t rows, int64_t cols, const float
 /// 16 · (cols / 16)); `x` the same rows as they are (for the columns past the last block of 16).
 void moe_bf16_rows_avx512(const uint16_t *w, int64_t rows, int64_t cols, const float *px, int64_t stride, const float *x,
                           int64_t count, float *y, int64_t row_begin, int64_t row_end);
+
+/// CRC-32C (Castagnoli) of `length` bytes at `data`, continuing from `crc` (0 to start), as
+/// zlib's `crc32` continues: hardware `crc32` in three streams where the CPU has SSE4.2.
+uint32_t moe_crc32c(uint32_t crc, const void *data, size_t length);
+/// The same from a byte table alone (tests compare the two).
+uint32_t moe_crc32c_portable(uint32_t crc, const void *data, size_t length);
 
 #ifdef __cplusplus
 }
