@@ -264,19 +264,21 @@ public final class ModelRuntime {
     }
 
     /// Maps and faults in the expert cache's buffers for its budget before reads need them
-    /// (`OffloadingExpertCache.warmBuffers`), on this thread; nil without a cache. Stops when
-    /// the runtime closes. `MOE_WARM_BUFFERS=off` turns it off (for comparison): reads then map
-    /// their buffers as they come, as before session 33.
+    /// (`OffloadingExpertCache.warmBuffers`), on this thread; nil without a cache, and under
+    /// `--memory-budget auto`, whose budget is what the machine can spare now, not what the
+    /// cache should take before it needs it. Stops when the runtime closes.
+    /// `MOE_WARM_BUFFERS=off` turns it off (for comparison): reads then map their buffers as
+    /// they come, as before session 33.
     @discardableResult
     public func warmExpertBuffers() -> BufferWarming? {
-        guard let cache, let allExpertBytes, Self.warmsBuffers else { return nil }
+        guard let cache, let allExpertBytes, Self.warmsBuffers, autoBudget == nil else { return nil }
         return Self.warm(cache, everyExpertBytes: allExpertBytes, bufferBytes: expertStore?.expertBufferSize ?? 0)
     }
 
     /// `warmExpertBuffers` on a background thread (a server's, once it is ready); `done`
     /// receives what it did, unless there was nothing to warm.
     public func startWarmingExpertBuffers(done: @escaping @Sendable (BufferWarming) -> Void) {
-        guard let cache, let allExpertBytes, Self.warmsBuffers else { return }
+        guard let cache, let allExpertBytes, Self.warmsBuffers, autoBudget == nil else { return }
         let bufferBytes = expertStore?.expertBufferSize ?? 0
         let thread = Thread {
             let warming = Self.warm(cache, everyExpertBytes: allExpertBytes, bufferBytes: bufferBytes)

@@ -26,8 +26,12 @@ private final class FakeMachine: @unchecked Sendable {
         let cache = try #require(runtime.cache)
         let all = try #require(runtime.allExpertBytes)
         let machine = FakeMachine()
+        // A fixed budget is warmed (the demo's experts are too small to be mappings: none)...
+        #expect(runtime.warmExpertBuffers()?.buffers == 0)
         // 32 MiB of "RAM": watermarks 1.6 and 3.2 MiB, steps of 1 MiB.
         let auto = try runtime.startAutoMemoryBudget(totalBytes: 32 << 20, readings: { machine.read() }, interval: nil)
+        // ...an auto budget is not: it takes memory only as experts are read.
+        #expect(runtime.warmExpertBuffers() == nil)
         let start = auto.expertCacheBudgetBytes
         #expect(start == min(6 << 20, all))
 
