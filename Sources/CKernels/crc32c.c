@@ -77,11 +77,10 @@ static void crc32c_start(void) {
         for (int k = 0; k < 8; k++) c = (c >> 1) ^ (CRC32C_POLY & (0u - (c & 1)));
         crc32c_table[i] = c;
     }
-    static uint8_t zeros[2 * CRC32C_BLOCK];
-    for (int bit = 0; bit < 32; bit++) {
-        shift_block[bit] = raw_software(1u << bit, zeros, CRC32C_BLOCK);
-        shift_two_blocks[bit] = raw_software(1u << bit, zeros, 2 * CRC32C_BLOCK);
-    }
+    static const uint8_t zeros[CRC32C_BLOCK];
+    for (int bit = 0; bit < 32; bit++) shift_block[bit] = raw_software(1u << bit, zeros, CRC32C_BLOCK);
+    // Two blocks of zeros are one block twice: the operator squared.
+    for (int bit = 0; bit < 32; bit++) shift_two_blocks[bit] = apply(shift_block, shift_block[bit]);
 #if defined(__x86_64__)
     __builtin_cpu_init();
     crc32c_hardware = __builtin_cpu_supports("sse4.2");

@@ -402,9 +402,12 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// returns the same expert whole (without `rest`), after finishing `rest` (successfully or
     /// with the error it throws).
     public func readExpert(layer: Int, expert: Int, gateUpArrived: ((StoredExpert) -> Void)?) throws -> StoredExpert {
-        try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule,
-                                                                              zeroed: false, pool: bufferPool),
-                       gateUpArrived: gateUpArrived)
+        try readExpert(layer: layer, expert: expert, into: pooledExpertBuffer(), gateUpArrived: gateUpArrived)
+    }
+
+    /// A buffer for one expert from `bufferPool` (a warmed or recycled one when the pool has it).
+    private func pooledExpertBuffer() -> AlignedBuffer<UInt8> {
+        AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule, zeroed: false, pool: bufferPool)
     }
 
     /// Maps, faults in and (with io_uring) registers expert buffers ahead of the reads that will
@@ -452,9 +455,7 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// in memory and before they are checked and decoded (an emulated disk waits there for the
     /// transfer's end, so the checksum's time comes after it, as on a real device).
     public func readExpert(layer: Int, expert: Int, transferred: () -> Void) throws -> StoredExpert {
-        try readExpert(layer: layer, expert: expert, into: AlignedBuffer<UInt8>(count: expertBufferSize, alignment: DirectFileReader.granule,
-                                                                              zeroed: false, pool: bufferPool),
-                       gateUpArrived: nil, transferred: transferred)
+        try readExpert(layer: layer, expert: expert, into: pooledExpertBuffer(), gateUpArrived: nil, transferred: transferred)
     }
 
     /// `readExpert(layer:expert:into:)`, split as `readExpert(layer:expert:gateUpArrived:)` says,
