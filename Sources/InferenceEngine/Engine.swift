@@ -523,16 +523,20 @@ extension Engine {
         let length = min(80, model.config.maxPositionEmbeddings - 1)
         guard length >= 6 else { return false }
         let tokens = (0..<length).map { ($0 * 7919 + 13) % vocab }
+        let wholeCache = model.makeCache(), split = model.makeCache(), neighbour = model.makeCache()
+        // The probe's sequences end with it: their routing must not count as running in the
+        // expert cache's sequence-aware policy, which would otherwise keep the probe's experts
+        // over the next requests' for hundreds of steps (until the feeder found them stale).
+        defer { for cache in [wholeCache, split, neighbour] { model.sequenceEnded(cache) } }
         do {
-            let whole = try model.forward([SequenceInput(cache: model.makeCache(), tokens: tokens)])[0]
-            let split = model.makeCache()
+            let whole = try model.forward([SequenceInput(cache: wholeCache, tokens: tokens)])[0]
             var first = 0
             var last: [Float] = []
             for size in [1, 4, 19, length] where first < length {
                 let piece = Array(tokens[first..<min(length, first + size)])
                 first += piece.count
                 var inputs = [SequenceInput(cache: split, tokens: piece)]
-                if first == length { inputs.append(SequenceInput(cache: model.makeCache(), tokens: [1, 2, 3].map { $0 % vocab })) }
+                if first == length { inputs.append(SequenceInput(cache: neighbour, tokens: [1, 2, 3].map { $0 % vocab })) }
                 last = try model.forward(inputs)[0]
             }
             return whole.map(\.bitPattern) == last.map(\.bitPattern)

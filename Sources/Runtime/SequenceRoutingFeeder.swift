@@ -6,10 +6,13 @@ import ModelFormats
 /// the model reports a step's sequences (`willRunSequences`), then each MoE layer's routing
 /// per row. Chained only when that policy runs. Engine thread.
 ///
-/// The engine and the generator report every end; a sequence run by something that does not
-/// (the engine's one-off prefill probe, a tool's scratch cache) is ended here once it has been
-/// absent from `staleSteps` steps, so its routing does not count as running forever. Ending a
-/// sequence that was only paused costs nothing but its evidence: it starts afresh if it returns.
+/// The engine (its requests and its one-off prefill probe) and the generator report every end;
+/// a sequence run by something that does not (a tool's scratch cache) is ended here once it has
+/// been absent from `staleSteps` steps, so its routing does not count as running forever. That
+/// is a backstop, not a substitute: until then the sequence's routing counts as running (the
+/// probe's did, and slowed a one-slot server's next requests 1.3-1.5x; docs/BENCHMARKS.md,
+/// "Session 34"). Ending a sequence that was only paused costs nothing but its evidence: it
+/// starts afresh if it returns.
 final class SequenceRoutingFeeder: RoutingObserver {
     private let cache: OffloadingExpertCache
     private let staleSteps: Int

@@ -126,6 +126,35 @@ final class LogprobCollector: @unchecked Sendable {
         print("\(fixture): prefill exact across chunkings: \(exact)")
     }
 
+    /// Every sequence the model ran is ended, the probe's too. The probe's three caches were
+    /// never ended before session 34: for the 512 steps until the expert cache's routing feeder
+    /// found them stale, their 160 tokens of routing counted as running in the sequence-aware
+    /// policy, which kept the probe's experts over the next requests' (a one-slot server on the
+    /// synthetic OLMoE decoded requests 2-6 at 160-196 ms a token against 121-131 with them ended).
+    @Test func theExactnessProbeEndsTheSequencesItRuns() throws {
+        final class SequenceLog: RoutingObserver {
+            var ran: Set<Int> = []
+            var ended: Set<Int> = []
+            func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) {}
+            func willRunSequences(_ sequences: [SequenceRows]) { ran.formUnion(sequences.map(\.id)) }
+            func sequenceEnded(_ id: Int) { ended.insert(id) }
+        }
+        let (model, _) = try Fixtures.model("qwen2moe-shared")
+        let log = SequenceLog()
+        model.routingObserver = log
+        let engine = Engine(model: model, limits: Engine.defaultLimits(for: model, kvCacheBudgetBytes: 64 << 20), decode: toyDecode)
+        engine.partialPromptReuse = .whenExact
+        engine.start()
+        let first = (0..<40).map { ($0 * 7 + 1) % 95 }
+        _ = try Self.run(engine, Self.sampled(first, maxTokens: 2))
+        _ = try Self.run(engine, Self.sampled(first + [3, 5, 7], maxTokens: 2))
+        engine.shutdown(grace: 1)
+        #expect(engine.exactPrefill != nil, "the second request's partial hit runs the probe")
+        // Two requests and the probe's three sequences (the whole run, the split run, its neighbour).
+        #expect(log.ran.count >= 4)
+        #expect(log.ran.subtracting(log.ended).isEmpty, "sequences run and never ended: \(log.ran.subtracting(log.ended).sorted())")
+    }
+
     /// A chat that grows turn by turn: turn 2's prompt is turn 1's prompt, its reply and a new
     /// message. With the default `.whenExact` the engine reuses turn 1's whole KV (prompt and the
     /// reply's decoded rows, all but the last sampled token, which was never run) and prefills
