@@ -60,9 +60,19 @@ struct BenchKernelsCommand: ParsableCommand {
     @Option(help: "With --mxfp4: experts in the pool (13.2 MB each).") var experts: Int?
     @Option(name: .customLong("ggml"), help: "Measure only the integer-dot kernels of these ggml types against their float path (comma-separated, e.g. q4_1,q5_0,q5_1,iq4_nl,q3_k,iq4_xs; 'all' for these six).")
     var ggml: String?
+    @Flag(name: .customLong("sampler"), help: "Measure only the token sampler: microseconds per draw at vocabularies of 4,096 to 201,088 ids (SamplerBenchmark).")
+    var sampler = false
 
     func run() throws {
         try reportingErrors {
+            if sampler {
+                var benchmark = SamplerBenchmark()
+                benchmark.repetitions = repetitions
+                let (rows, table) = benchmark.run()
+                FileHandle.standardError.write(Data(table.utf8))
+                try printJSON(rows)
+                return
+            }
             if let ggml {
                 var benchmark = GGMLKernelBenchmark(rows: rows, cols: cols, repetitions: repetitions)
                 if ggml != "all" {

@@ -1,4 +1,6 @@
+import Foundation
 import Testing
+import TensorMath
 @testable import InferenceEngine
 
 @Suite struct SamplingTests {
@@ -38,6 +40,103 @@ import Testing
         var topP = TokenSampler(parameters: parameters { $0.topP = 0.8 }, prompt: [])
         let drawn = Set((0..<200).map { _ in topP.sample(logits).token })
         #expect(drawn == [1, 2])
+    }
+
+    /// The draw as it was before session 34: without truncation straight from the softmax; with
+    /// it, the whole vocabulary sorted (stably) by logit, then top-k, min-p and top-p on the
+    /// sorted list. The reference the faster selection must
+    /// match token for token.
+    static func referenceDraw(_ logits: [Float], _ p: SamplingParameters, _ random: inout SplitMix64) -> Int {
+        if p.topK <= 0 && p.topP >= 1 && p.minP <= 0 {
+            // No truncation: straight from the softmax in id order (no sort then either).
+            let maximum = logits.max() ?? 0
+            var total = 0.0
+            for logit in logits { total += Double(expf((logit - maximum) / p.temperature)) }
+            var remaining = random.nextUnitDouble() * total
+            for (token, logit) in logits.enumerated() {
+                remaining -= Double(expf((logit - maximum) / p.temperature))
+                if remaining < 0 { return token }
+            }
+            return logits.count - 1
+        }
+        var order = logits.indices.sorted { logits[$0] > logits[$1] }
+        if p.topK > 0 && p.topK < order.count { order.removeLast(order.count - p.topK) }
+        let maximum = logits[order[0]]
+        var weights = order.map { Double(expf((logits[$0] - maximum) / p.temperature)) }
+        var total = weights.reduce(0, +)
+        if p.minP > 0 {
+            let threshold = Double(p.minP) * weights[0]
+            let keep = max(1, weights.firstIndex { $0 < threshold } ?? weights.count)
+            weights.removeLast(weights.count - keep)
+            order.removeLast(order.count - keep)
+            total = weights.reduce(0, +)
+        }
+        if p.topP < 1 {
+            var cumulative = 0.0
+            var keep = weights.count
+            for (i, w) in weights.enumerated() {
+                cumulative += w / total
+                if cumulative >= Double(p.topP) { keep = i + 1; break }
+            }
+            weights.removeLast(weights.count - keep)
+            order.removeLast(order.count - keep)
+            total = weights.reduce(0, +)
+        }
+        var remaining = random.nextUnitDouble() * total
+        for (i, w) in weights.enumerated() {
+            remaining -= w
+            if remaining < 0 { return order[i] }
+        }
+        return order[order.count - 1]
+    }
+
+    /// Selecting only the candidates truncation can keep (top-k by a heap, min-p by a filter,
+    /// everything by packed keys) draws exactly the tokens the whole sorted vocabulary drew, for
+    /// every truncation, at vocabularies from 1 to 4,096 ids with many ties and both zeros.
+    @Test func truncationWithoutSortingTheVocabularyDrawsTheSameTokens() {
+        var source = SplitMix64(seed: 5)
+        var cases = 0
+        for vocabulary in [1, 2, 7, 64, 4096] {
+            for round in 0..<3 {
+                // Logits on a coarse grid (ties everywhere), some of them -0 and +0.
+                let logits: [Float] = (0..<vocabulary).map { _ in
+                    let value = Float(Int(source.next() % 41) - 20) / (round == 0 ? 4 : 1.5)
+                    return value == 0 && source.next() % 2 == 0 ? -0.0 : value
+                }
+                for topK in [0, 1, 3, 40, vocabulary, vocabulary + 5] {
+                    for topP: Float in [1, 0.95, 0.5] {
+                        for minP: Float in [0, 0.05, 0.6] {
+                            let p = parameters {
+                                $0.temperature = [0.3, 0.8, 1.7][cases % 3]
+                                $0.topK = topK; $0.topP = topP; $0.minP = minP
+                                $0.seed = UInt64(cases)
+                            }
+                            var sampler = TokenSampler(parameters: p, prompt: [])
+                            var reference = SplitMix64(seed: UInt64(cases))
+                            for _ in 0..<8 {
+                                let drawn = sampler.sample(logits, logprobs: false).token
+                                let expected = Self.referenceDraw(logits, p, &reference)
+                                #expect(drawn == expected, "V \(vocabulary) top-k \(topK) top-p \(topP) min-p \(minP)")
+                            }
+                            cases += 1
+                        }
+                    }
+                }
+            }
+        }
+        #expect(cases == 5 * 3 * 6 * 3 * 3)
+    }
+
+    /// The most likely alternatives are the first ids of the whole vocabulary sorted by
+    /// log-probability (ties: the lower id), as before.
+    @Test func topAlternativesMatchTheWholeSortedVocabulary() {
+        let logits: [Float] = (0..<500).map { Float(($0 * 37) % 23) / 3 }
+        var sampler = TokenSampler(parameters: parameters { $0.temperature = 0 }, prompt: [])
+        for count in [1, 5, 20, 500] {
+            let top = sampler.sample(logits, topCount: count).top
+            let expected = logits.indices.sorted { logits[$0] > logits[$1] }.prefix(count)
+            #expect(top.map(\.token) == Array(expected))
+        }
     }
 
     @Test func penaltiesDiscourageRepeats() {
