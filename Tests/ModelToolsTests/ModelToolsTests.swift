@@ -280,4 +280,22 @@ import Testing
         #expect(comparison.autoOverBest.map { $0 > 0 } == true && comparison.pairedAutoOverBest?.count == 1)
         #expect(table.contains("auto ÷ the faster") && table.contains("prefetch auto, 1 sequences, run 1: leads on"))
     }
+
+    /// `bench kernels --sampler` measures every setting at each vocabulary, and its table has a
+    /// row per vocabulary.
+    @Test func theSamplerBenchmarkTimesEverySettingAtEachVocabulary() {
+        var benchmark = SamplerBenchmark()
+        benchmark.vocabularies = [64, 3_000]
+        benchmark.repetitions = 1
+        benchmark.drawsPerRepetition = 2
+        let (rows, table) = benchmark.run()
+        #expect(rows.map(\.vocabulary) == [64, 3_000])
+        for row in rows {
+            for time in [row.llamaDefaultsMicroseconds, row.topPMicroseconds, row.minPMicroseconds,
+                         row.untruncatedMicroseconds, row.greedyMicroseconds, row.wholeSortMicroseconds] {
+                #expect(time > 0 && time.isFinite)
+            }
+        }
+        #expect(table.split(separator: "\n").count == 2 + rows.count)
+    }
 }
