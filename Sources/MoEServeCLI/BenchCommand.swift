@@ -176,6 +176,8 @@ struct BenchDecodeCommand: ParsableCommand {
     @Option(name: .customLong("gen-tokens"), help: "Decode steps (tg).") var genTokens = 128
     @Option(help: "Runs per configuration; medians are reported.") var runs = 5
     @Flag(help: "Also measure load-on-demand (no prefetch, LRU) in the same run.") var baseline = false
+    @Option(name: .customLong("perfect-predictor"), help: "Also measure a perfect predictor reading this many MoE layers ahead (it replays the routing a recording run of the same seeded generation made), in the same run.")
+    var perfectPredictor: Int?
     @Option(help: "Draw decode tokens/s against the budget into this SVG file (uses --plot-budgets).") var plot: String?
     @Option(name: .customLong("plot-budgets"), help: "Budgets for --plot, e.g. 2GiB,3GiB,4GiB,6GiB.") var plotBudgets: String?
     @Option(help: "Seed of the random prompt.") var seed: UInt64 = 1
@@ -185,6 +187,7 @@ struct BenchDecodeCommand: ParsableCommand {
     func validate() throws {
         guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ValidationError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
         if plot != nil && plotBudgets == nil { throw ValidationError("--plot needs --plot-budgets") }
+        if let perfectPredictor, perfectPredictor < 1 { throw ValidationError("--perfect-predictor: expected 1 or more MoE layers ahead, got \(perfectPredictor)") }
     }
 
     func run() throws {
@@ -194,6 +197,7 @@ struct BenchDecodeCommand: ParsableCommand {
             benchmark.genTokens = genTokens
             benchmark.runs = runs
             benchmark.baseline = baseline
+            benchmark.perfectPredictorDepth = perfectPredictor
             benchmark.seed = seed
             benchmark.skipMissingBelow = lossy.skipMissingBelow
             benchmark.lowBitMisses = try lossy.lowBitMissesOn()

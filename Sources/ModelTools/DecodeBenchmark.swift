@@ -31,6 +31,10 @@ public struct DecodeBenchmark: Sendable {
     public var skipMissingBelow: Float?
     /// Lossy: run missing experts from the store's low-bit copies (docs/LOSSY.md).
     public var lowBitMisses = false
+    /// Also measure a perfect predictor reading this many MoE layers ahead (`OraclePrefetcher`
+    /// replaying the routing a recording run of the same seeded generation made), in the same
+    /// run: the yardstick for how far the real predictor is from what prefetching could give.
+    public var perfectPredictorDepth: Int?
 
     /// A benchmark of the model `specification` describes, with the default lengths.
     public init(specification: RuntimeSpecification) { self.specification = specification }
@@ -56,15 +60,20 @@ public struct DecodeBenchmark: Sendable {
         public var decodeDemandQueuedSeconds: Double? = nil
         /// Decode's experts begun on gate and up before their down matrix had arrived (split reads).
         public var decodeSplitStarts: Int? = nil
+        /// Bytes decode read ahead of use (prefetches), used or not.
+        public var decodePrefetchBytes: Int? = nil
         /// The policy choosing victims at the run's end, where the policy switches between
         /// others (the default `sequence` policy's `fixed_recency` or `measured_recency`).
         public var policyLeader: String? = nil
         /// What `--prefetch auto` had decided at the run's end (nil: prefetch on or off).
         public var prefetchAuto: PrefetchSwitch.Summary? = nil
+        /// The tokens generated (not in the JSON): a replay must generate the recording's.
+        public var tokens: [Int] = []
         enum CodingKeys: String, CodingKey {
             case policyLeader = "policy_leader", prefetchAuto = "prefetch_auto"
             case decodeIOBusySeconds = "decode_io_busy_seconds", decodeReadSeconds = "decode_read_seconds"
             case decodeDemandQueuedSeconds = "decode_demand_queued_seconds", decodeSplitStarts = "decode_split_starts"
+            case decodePrefetchBytes = "decode_prefetch_bytes"
             case prefillSeconds = "prefill_seconds", decodeSeconds = "decode_seconds"
             case prefillStallSeconds = "prefill_stall_seconds", decodeStallSeconds = "decode_stall_seconds"
             case prefillBytesRead = "prefill_bytes_read", decodeBytesRead = "decode_bytes_read", decodeBytesNeeded = "decode_bytes_needed"
@@ -154,6 +163,9 @@ public struct DecodeBenchmark: Sendable {
             if baseline {
                 results.append(try measure(name: "load-on-demand", spec: onDemand, disk: disk))
             }
+            if let depth = perfectPredictorDepth {
+                results.append(try measurePerfectPredictor(depth: depth, disk: disk))
+            }
             var sweep: [(budget: Int, rows: [Summary])] = []
             var plot: String?
             if let plotBudgets {
@@ -174,7 +186,7 @@ public struct DecodeBenchmark: Sendable {
 
             var table = "| config | pp\(promptTokens) tok/s | tg\(genTokens) tok/s | × load-on-demand | hit rate | recall | MB read/token | stall | bound tg tok/s | % of bound |\n|---|---|---|---|---|---|---|---|---|---|\n"
             for r in results + sweep.flatMap(\.rows) {
-                let base = results.count > 1 ? results[1].decodeTokensPerSecond : r.decodeTokensPerSecond
+                let base = baseline ? results[1].decodeTokensPerSecond : r.decodeTokensPerSecond
                 table += String(format: "| %@ @ %@ | %.2f | %.2f | %.2f | %.3f | %@ | %.1f | %.0f%% | %.2f | %.0f%% |\n",
                                 r.name, r.budgetBytes.map { formatBytes($0) } ?? "all", r.prefillTokensPerSecond, r.decodeTokensPerSecond,
                                 r.decodeTokensPerSecond / max(base, 1e-9), r.hitRate, r.recall.map { String(format: "%.3f", $0) } ?? "–",
@@ -238,7 +250,32 @@ public struct DecodeBenchmark: Sendable {
         return m.gbps
     }
 
-    private func measure(name: String, spec: RuntimeSpecification, disk: Double?) throws -> Summary {
+    /// What a run does besides generating: record its routing for the perfect predictor, or
+    /// replay a recording through one.
+    private enum Replay {
+        case none
+        case record(URL)
+        case replay(decodeRouting: [[[Int]?]], tokens: [Int], depth: Int)
+    }
+
+    /// The perfect predictor's row: one unmeasured run with prefetch off records the routing of
+    /// the seeded generation, then `runs` runs replay it `depth` MoE layers ahead (prefetch off,
+    /// so the oracle's reads are the only guesses). Throws if a replay generates other tokens.
+    private func measurePerfectPredictor(depth: Int, disk: Double?) throws -> Summary {
+        guard depth >= 1 else { throw ToolError("--perfect-predictor: expected a depth of 1 or more MoE layers, got \(depth)") }
+        var spec = specification
+        spec.prefetch = .off
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("moe-bench-decode-\(getpid())-\(UInt64.random(in: 0...UInt64.max)).jsonl")
+        defer { try? FileManager.default.removeItem(at: url) }
+        printError("bench decode: recording the routing the perfect predictor replays")
+        let recording = try measure(name: "recording", spec: spec, disk: disk, runCount: 1, replay: .record(url))
+        let trace = try RoutingTrace(jsonLines: Data(contentsOf: url), source: url.path)
+        let routing = trace.tokens.filter { $0.phase == "decode" }.map(\.layers)
+        return try measure(name: "perfect-\(depth)", spec: spec, disk: disk,
+                           replay: .replay(decodeRouting: routing, tokens: recording.runs[0].tokens, depth: depth))
+    }
+
+    private func measure(name: String, spec: RuntimeSpecification, disk: Double?, runCount: Int? = nil, replay: Replay = .none) throws -> Summary {
         var measured: [Run] = []
         var policyName = "none"
         var predictorName: String?
@@ -246,7 +283,7 @@ public struct DecodeBenchmark: Sendable {
         var kv: (plan: Int, allocated: Int, fullHeads: Int)?
         var spec = spec
         spec.contextTokens = promptTokens + genTokens + 1
-        for index in 0..<runs {
+        for index in 0..<(runCount ?? runs) {
             let runtime = try ModelRuntime.open(spec)
             defer { runtime.close() }
             // As a server does once it is up (`serve`): reads then find their buffers faulted in.
@@ -266,6 +303,17 @@ public struct DecodeBenchmark: Sendable {
             }
             predictorName = runtime.predictorName
             policyName = runtime.cache?.statistics().policy ?? "none"
+            var recorder: TraceRecorder?
+            switch replay {
+            case .none: break
+            case .record(let url):
+                recorder = try TraceRecorder(url: url, layerCount: model.config.layerCount)
+                runtime.chain(recorder)
+            case .replay(let routing, _, let depth):
+                guard let cache = runtime.cache else { throw ToolError("--perfect-predictor: every expert is resident, there is nothing to prefetch") }
+                runtime.chain(OraclePrefetcher(decodeRouting: routing, moeLayers: model.config.moeLayers, depth: depth, provider: cache))
+                predictorName = "perfect"
+            }
             var rng = SplitMix64(seed: seed)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
             let start = runtime.cache?.statistics().total ?? ExpertCacheCounters()
@@ -288,6 +336,11 @@ public struct DecodeBenchmark: Sendable {
             guard result.tokens.count == genTokens else {
                 throw ToolError("--prompt-tokens \(promptTokens) + --gen-tokens \(genTokens) exceed the model's context of \(model.config.maxPositionEmbeddings) tokens")
             }
+            try recorder?.finish()
+            if case .replay(_, let recorded, _) = replay, result.tokens != recorded {
+                let at = zip(result.tokens, recorded).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(result.tokens.count, recorded.count)
+                throw ToolError("--perfect-predictor: the replay generated other tokens than the recording from token \(at) on, so its routing no longer matches")
+            }
             let t0 = 0.0, t1 = result.stats.prefillSeconds, t2 = t1 + result.stats.decodeSeconds
             let endStats = runtime.cache?.statistics()
             let end = endStats?.total ?? ExpertCacheCounters()
@@ -308,16 +361,18 @@ public struct DecodeBenchmark: Sendable {
                 run.decodeReadSeconds = end.readSeconds - afterPrefill.readSeconds
                 run.decodeDemandQueuedSeconds = end.demandQueuedSeconds - afterPrefill.demandQueuedSeconds
                 run.decodeSplitStarts = end.splitStarts - afterPrefill.splitStarts
+                run.decodePrefetchBytes = end.prefetchBytes - afterPrefill.prefetchBytes
                 run.policyLeader = endStats.policyLeader
             }
             run.prefetchAuto = runtime.prefetchSwitch?.summary
+            run.tokens = result.tokens
             if let auto = run.prefetchAuto {
                 printError(String(format: "bench decode: prefetch auto after run %d: leads %@, %d rounds (last median on ÷ off %.3f), %d decode steps on, %d off",
                                   index + 1, auto.leader.rawValue, auto.rounds, auto.lastMedianRatio ?? .nan, auto.stepsOn, auto.stepsOff))
             }
             measured.append(run)
             printError(String(format: "bench decode: %@ run %d/%d: pp %.2f tok/s, tg %.2f tok/s, %.1f MB read/token, stall %.0f%%, disk busy %.0f%% at %.2f GB/s, %.2f reads in flight, demand reads queued %.2f ms each, %d experts begun before their down matrix",
-                              name, index + 1, runs, Double(promptTokens) / run.prefillSeconds,
+                              name, index + 1, runCount ?? runs, Double(promptTokens) / run.prefillSeconds,
                               Double(genTokens - 1) / run.decodeSeconds, Double(run.decodeBytesRead) / Double(genTokens - 1) / 1e6,
                               run.decodeStallSeconds / run.decodeSeconds * 100,
                               (run.decodeIOBusySeconds ?? 0) / run.decodeSeconds * 100,

@@ -364,4 +364,30 @@ import Testing
         let svg = try String(contentsOf: plot, encoding: .utf8)
         #expect(svg.hasPrefix("<svg") && svg.contains("polyline"))
     }
+
+    /// `bench decode --perfect-predictor 2`: a row of the same runs' generation with a perfect
+    /// predictor beside the main one. It records the routing once with prefetch off, then
+    /// replays it two MoE layers ahead: the replay's tokens match the recording (or it fails),
+    /// and its decode steps read ahead of use.
+    @Test func benchDecodeMeasuresAPerfectPredictorBesideTheRealOne() throws {
+        try Self.ensureStore()
+        let result = try Self.run(["bench", "decode", "--model", Self.store.path, "--memory-budget", "\(Self.budget)",
+                                   "--prompt-tokens", "8", "--gen-tokens", "6", "--runs", "1", "--perfect-predictor", "2"])
+        try #require(result.status == 0, "bench decode failed: \(result.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(json["predictor"] as? String != "perfect")
+        let baselines = try #require(json["baselines"] as? [[String: Any]])
+        try #require(baselines.count == 1)
+        let perfect = baselines[0]
+        #expect(perfect["name"] as? String == "perfect-2")
+        #expect(perfect["prefetch"] as? String == "off")
+        #expect(perfect["predictor"] as? String == "perfect")
+        let runs = try #require(perfect["runs"] as? [[String: Any]])
+        #expect(runs.count == 1)
+        #expect((runs.first?["decode_prefetch_bytes"] as? Int ?? 0) > 0, "the oracle read nothing ahead: \(runs)")
+        #expect((perfect["bound_decode_tokens_per_second"] as? Double ?? 0) > 0)
+        #expect(result.stderr.contains("recording run 1/1") && result.stderr.contains("| perfect-2 @"))
+        let refused = try Self.run(["bench", "decode", "--model", Self.store.path, "--perfect-predictor", "0"])
+        #expect(refused.status != 0 && refused.stderr.contains("--perfect-predictor"))
+    }
 }
