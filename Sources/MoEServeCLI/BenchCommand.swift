@@ -178,6 +178,8 @@ struct BenchDecodeCommand: ParsableCommand {
     @Flag(help: "Also measure load-on-demand (no prefetch, LRU) in the same run.") var baseline = false
     @Option(name: .customLong("perfect-predictor"), help: "Also measure a perfect predictor reading this many MoE layers ahead (it replays the routing a recording run of the same seeded generation made), in the same run.")
     var perfectPredictor: Int?
+    @Flag(name: .customLong("perfect-beside-real"), help: "With --perfect-predictor: also measure the perfect predictor's reads added to the real predictor's.")
+    var perfectBesideReal = false
     @Option(help: "Draw decode tokens/s against the budget into this SVG file (uses --plot-budgets).") var plot: String?
     @Option(name: .customLong("plot-budgets"), help: "Budgets for --plot, e.g. 2GiB,3GiB,4GiB,6GiB.") var plotBudgets: String?
     @Option(help: "Seed of the random prompt.") var seed: UInt64 = 1
@@ -187,6 +189,7 @@ struct BenchDecodeCommand: ParsableCommand {
     func validate() throws {
         guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ValidationError("--prompt-tokens ≥ 1, --gen-tokens ≥ 2, --runs ≥ 1") }
         if plot != nil && plotBudgets == nil { throw ValidationError("--plot needs --plot-budgets") }
+        if perfectBesideReal && perfectPredictor == nil { throw ValidationError("--perfect-beside-real needs --perfect-predictor") }
         if let perfectPredictor, perfectPredictor < 1 { throw ValidationError("--perfect-predictor: expected 1 or more MoE layers ahead, got \(perfectPredictor)") }
     }
 
@@ -198,6 +201,7 @@ struct BenchDecodeCommand: ParsableCommand {
             benchmark.runs = runs
             benchmark.baseline = baseline
             benchmark.perfectPredictorDepth = perfectPredictor
+            benchmark.perfectBesideReal = perfectBesideReal
             benchmark.seed = seed
             benchmark.skipMissingBelow = lossy.skipMissingBelow
             benchmark.lowBitMisses = try lossy.lowBitMissesOn()

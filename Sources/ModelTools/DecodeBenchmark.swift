@@ -35,6 +35,9 @@ public struct DecodeBenchmark: Sendable {
     /// replaying the routing a recording run of the same seeded generation made), in the same
     /// run: the yardstick for how far the real predictor is from what prefetching could give.
     public var perfectPredictorDepth: Int?
+    /// With `perfectPredictorDepth`: also measure the perfect predictor's reads added to the
+    /// real predictor's, so that the rows part what the real one misses from what it reads wrong.
+    public var perfectBesideReal = false
 
     /// A benchmark of the model `specification` describes, with the default lengths.
     public init(specification: RuntimeSpecification) { self.specification = specification }
@@ -164,7 +167,7 @@ public struct DecodeBenchmark: Sendable {
                 results.append(try measure(name: "load-on-demand", spec: onDemand, disk: disk))
             }
             if let depth = perfectPredictorDepth {
-                results.append(try measurePerfectPredictor(depth: depth, disk: disk))
+                results += try measurePerfectPredictor(depth: depth, disk: disk)
             }
             var sweep: [(budget: Int, rows: [Summary])] = []
             var plot: String?
@@ -258,10 +261,12 @@ public struct DecodeBenchmark: Sendable {
         case replay(decodeRouting: [[[Int]?]], tokens: [Int], depth: Int)
     }
 
-    /// The perfect predictor's row: one unmeasured run with prefetch off records the routing of
-    /// the seeded generation, then `runs` runs replay it `depth` MoE layers ahead (prefetch off,
-    /// so the oracle's reads are the only guesses). Throws if a replay generates other tokens.
-    private func measurePerfectPredictor(depth: Int, disk: Double?) throws -> Summary {
+    /// The perfect predictor's rows: one unmeasured run with prefetch off records the routing of
+    /// the seeded generation, then `runs` runs replay it `depth` MoE layers ahead with prefetch
+    /// off (the oracle's reads the only guesses) and, with `perfectBesideReal`, `runs` more with
+    /// the real predictor guessing beside it (what its wrong guesses cost when none is missing).
+    /// Throws if a replay generates other tokens.
+    private func measurePerfectPredictor(depth: Int, disk: Double?) throws -> [Summary] {
         guard depth >= 1 else { throw ToolError("--perfect-predictor: expected a depth of 1 or more MoE layers, got \(depth)") }
         var spec = specification
         spec.prefetch = .off
@@ -270,9 +275,13 @@ public struct DecodeBenchmark: Sendable {
         printError("bench decode: recording the routing the perfect predictor replays")
         let recording = try measure(name: "recording", spec: spec, disk: disk, runCount: 1, replay: .record(url))
         let trace = try RoutingTrace(jsonLines: Data(contentsOf: url), source: url.path)
-        let routing = trace.tokens.filter { $0.phase == "decode" }.map(\.layers)
-        return try measure(name: "perfect-\(depth)", spec: spec, disk: disk,
-                           replay: .replay(decodeRouting: routing, tokens: recording.runs[0].tokens, depth: depth))
+        let replay = Replay.replay(decodeRouting: trace.tokens.filter { $0.phase == "decode" }.map(\.layers),
+                                   tokens: recording.runs[0].tokens, depth: depth)
+        var rows = [try measure(name: "perfect-\(depth)", spec: spec, disk: disk, replay: replay)]
+        if perfectBesideReal {
+            rows.append(try measure(name: "real+perfect-\(depth)", spec: specification, disk: disk, replay: replay))
+        }
+        return rows
     }
 
     private func measure(name: String, spec: RuntimeSpecification, disk: Double?, runCount: Int? = nil, replay: Replay = .none) throws -> Summary {
@@ -312,7 +321,7 @@ public struct DecodeBenchmark: Sendable {
             case .replay(let routing, _, let depth):
                 guard let cache = runtime.cache else { throw ToolError("--perfect-predictor: every expert is resident, there is nothing to prefetch") }
                 runtime.chain(OraclePrefetcher(decodeRouting: routing, moeLayers: model.config.moeLayers, depth: depth, provider: cache))
-                predictorName = "perfect"
+                predictorName = predictorName.map { "\($0)+perfect" } ?? "perfect"
             }
             var rng = SplitMix64(seed: seed)
             let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }

@@ -365,20 +365,26 @@ import Testing
         #expect(svg.hasPrefix("<svg") && svg.contains("polyline"))
     }
 
-    /// `bench decode --perfect-predictor 2`: a row of the same runs' generation with a perfect
-    /// predictor beside the main one. It records the routing once with prefetch off, then
-    /// replays it two MoE layers ahead: the replay's tokens match the recording (or it fails),
-    /// and its decode steps read ahead of use.
+    /// `bench decode --perfect-predictor 2 --perfect-beside-real`: rows of the same runs'
+    /// generation with a perfect predictor, alone and beside the real one. It records the
+    /// routing once with prefetch off, then replays it two MoE layers ahead: the replay's tokens
+    /// match the recording (or it fails), and its decode steps read ahead of use.
     @Test func benchDecodeMeasuresAPerfectPredictorBesideTheRealOne() throws {
         try Self.ensureStore()
         let result = try Self.run(["bench", "decode", "--model", Self.store.path, "--memory-budget", "\(Self.budget)",
-                                   "--prompt-tokens", "8", "--gen-tokens", "6", "--runs", "1", "--perfect-predictor", "2"])
+                                   "--prompt-tokens", "8", "--gen-tokens", "6", "--runs", "1", "--perfect-predictor", "2",
+                                   "--perfect-beside-real"])
         try #require(result.status == 0, "bench decode failed: \(result.stderr)")
         let json = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         #expect(json["predictor"] as? String != "perfect")
         let baselines = try #require(json["baselines"] as? [[String: Any]])
-        try #require(baselines.count == 1)
+        try #require(baselines.count == 2)
         let perfect = baselines[0]
+        let beside = baselines[1]
+        #expect(beside["name"] as? String == "real+perfect-2")
+        #expect(beside["prefetch"] as? String == json["prefetch"] as? String)
+        #expect((beside["predictor"] as? String)?.hasSuffix("+perfect") == true, "\(beside["predictor"] ?? "none")")
+        #expect(((beside["runs"] as? [[String: Any]])?.first?["decode_prefetch_bytes"] as? Int ?? 0) > 0)
         #expect(perfect["name"] as? String == "perfect-2")
         #expect(perfect["prefetch"] as? String == "off")
         #expect(perfect["predictor"] as? String == "perfect")
@@ -389,5 +395,7 @@ import Testing
         #expect(result.stderr.contains("recording run 1/1") && result.stderr.contains("| perfect-2 @"))
         let refused = try Self.run(["bench", "decode", "--model", Self.store.path, "--perfect-predictor", "0"])
         #expect(refused.status != 0 && refused.stderr.contains("--perfect-predictor"))
+        let alone = try Self.run(["bench", "decode", "--model", Self.store.path, "--perfect-beside-real"])
+        #expect(alone.status != 0 && alone.stderr.contains("--perfect-predictor"))
     }
 }
