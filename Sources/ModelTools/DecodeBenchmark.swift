@@ -298,7 +298,7 @@ public struct DecodeBenchmark: Sendable {
             // As a server does once it is up (`serve`): reads then find their buffers faulted in.
             if let warming = runtime.warmExpertBuffers(), warming.buffers > 0, index == 0 { printError("bench decode: \(warming.summary)") }
             runtime.cache?.skipMissingBelow = skipMissingBelow
-        if lowBitMisses { try runtime.cache?.enableLowBitMisses() }
+            if lowBitMisses { try runtime.cache?.enableLowBitMisses() }
             let model = runtime.model
             budget = runtime.plan?.budgetBytes
             if kv == nil {
