@@ -91,7 +91,8 @@ import TensorMath
     }
 
     /// Selecting only the candidates truncation can keep (top-k by a heap, min-p by a filter,
-    /// everything by packed keys) draws exactly the tokens the whole sorted vocabulary drew, for
+    /// top-p alone by the nucleus, everything by packed keys) draws exactly the tokens the whole
+    /// sorted vocabulary drew, for
     /// every truncation, at vocabularies from 1 to 4,096 ids with many ties and both zeros.
     @Test func truncationWithoutSortingTheVocabularyDrawsTheSameTokens() {
         var source = SplitMix64(seed: 5)
@@ -125,6 +126,53 @@ import TensorMath
             }
         }
         #expect(cases == 5 * 3 * 6 * 3 * 3)
+    }
+
+    /// Top-p alone orders only the ids in the logit buckets up to its cut-off: at a vocabulary of
+    /// 50,000 and nuclei from one id to tens of thousands, it draws the tokens the whole sorted
+    /// vocabulary drew, and a nucleus it selects is exactly the shortest sorted prefix reaching
+    /// top-p (a nearly flat distribution's, thousands of ids, is left to the whole order).
+    @Test func topPAloneOrdersOnlyItsNucleusAndDrawsTheSameTokens() {
+        var source = SplitMix64(seed: 11)
+        let vocabulary = 50_000
+        var selected = 0
+        for spread: Float in [0.5, 2, 6, 12] {
+            // Logits rounded to a grid (ties), falling off over ranks: spread sets how peaked.
+            let logits: [Float] = (0..<vocabulary).map { _ in
+                let u = Float(source.next() % 1_000_000) / 1_000_000
+                return (spread * -log(max(u, 1e-6))).rounded() / 4
+            }
+            for topP: Float in [0.3, 0.9, 0.99] {
+                for temperature: Float in [0.7, 1.3] {
+                    // Nil: an eighth of the vocabulary or more, which the caller orders whole.
+                    let nucleus = logits.withUnsafeBufferPointer { TokenSampler.nucleus($0, topP: topP, temperature: temperature) }
+                    // The reference cut-off: the whole vocabulary sorted, shares summed in that order.
+                    let order = logits.indices.sorted { logits[$0] > logits[$1] }
+                    let maximum = logits[order[0]]
+                    let weights = order.map { Double(expf((logits[$0] - maximum) / temperature)) }
+                    let total = weights.reduce(0, +)
+                    var cumulative = 0.0, keep = weights.count
+                    for (i, w) in weights.enumerated() {
+                        cumulative += w / total
+                        if cumulative >= Double(topP) { keep = i + 1; break }
+                    }
+                    if let nucleus {
+                        #expect(nucleus == Array(order.prefix(keep)), "spread \(spread) top-p \(topP) T \(temperature): \(nucleus.count) ids against \(keep)")
+                        selected += 1
+                    } else {
+                        #expect(keep * 8 >= vocabulary / 2, "spread \(spread) top-p \(topP) T \(temperature): no nucleus for \(keep) ids")
+                    }
+                    let p = parameters { $0.temperature = temperature; $0.topP = topP; $0.seed = 3 }
+                    var sampler = TokenSampler(parameters: p, prompt: [])
+                    var reference = SplitMix64(seed: 3)
+                    for _ in 0..<4 {
+                        #expect(sampler.sample(logits, logprobs: false).token == Self.referenceDraw(logits, p, &reference))
+                    }
+                }
+            }
+        }
+        // Nuclei of 1 to 463 ids are selected; the nearly flat ones (thousands of ids) order every id.
+        #expect(selected >= 10)
     }
 
     /// The most likely alternatives are the first ids of the whole vocabulary sorted by
