@@ -259,7 +259,7 @@ public final class ModelRuntime {
         public var seconds: Double
         /// One line for the log.
         public var summary: String {
-            String(format: "%d expert buffers warmed (%.0f MiB) in %.2f s", buffers, Double(bytes) / Double(1 << 20), seconds)
+            String(format: "%d expert buffers warmed (%.0f MiB, %d bytes) in %.2f s", buffers, Double(bytes) / Double(1 << 20), bytes, seconds)
         }
     }
 

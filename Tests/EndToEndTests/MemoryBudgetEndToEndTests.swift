@@ -105,7 +105,9 @@ import Testing
         }
         let line = try #require(text.split(separator: "\n").first { $0.contains("expert buffers warmed") }, "no warming reported: \(text)")
         let buffers = try #require(Int(line.split(separator: " ")[0]))
-        let mib = try #require(Double(line.split(separator: "(")[1].split(separator: " ")[0]))
+        // The exact byte count, not the MiB rounded for people: 13.98 MiB prints as 14.
+        let bytes = try #require(line.range(of: #", (\d+) bytes\)"#, options: .regularExpression)
+            .flatMap { Int(line[$0].filter(\.isNumber)) }, "no byte count in: \(line)")
         #expect(buffers > 0)
         func peakResident() -> Int? {
             let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
@@ -116,7 +118,7 @@ import Testing
         let metrics = try curlLoopback(port: port, "/metrics")
         let cacheBudget = try #require(metrics.split(separator: "\n").first { $0.hasPrefix("moe_expert_cache_bytes_budget ") }
             .flatMap { Double($0.split(separator: " ")[1]) })
-        #expect(mib * Double(1 << 20) <= cacheBudget, "\(line) beyond the expert cache's \(cacheBudget) bytes")
+        #expect(Double(bytes) <= cacheBudget, "\(line) beyond the expert cache's \(cacheBudget) bytes")
         let afterWarming = try #require(peakResident())
         #expect(Double(afterWarming) <= Double(Self.budget) * 1.05, "peak RSS \(afterWarming) after warming exceeds the budget \(Self.budget) + 5%")
         let reply = try curlLoopback(port: port, "/completion", ["-d", #"{"prompt": "one two three", "n_predict": 24, "temperature": 1, "seed": 2, "ignore_eos": true}"#], maxTime: 120)
