@@ -160,6 +160,15 @@ public final class ExpertPredictor: RoutingObserver, @unchecked Sendable {
         next?.didShadowRoute(layer: layer, routes: routes)
     }
 
+    /// An early shadow's confident experts for `layer` (`didShadowGuess`): prefetched beside the
+    /// guesses already made, none withdrawn; counted as shadow additions.
+    public func didShadowGuess(layer: Int, experts: [Int]) {
+        let chosen = Set(experts)
+        statistics.perLayer[layer].shadowAdded += chosen.subtracting(pending[layer]).count
+        add(chosen, to: layer, pipeline: false)
+        next?.didShadowGuess(layer: layer, experts: experts)
+    }
+
     /// A decode step whose rows choose a layer's experts at least this many times over
     /// (rows × top-k ≥ factor × experts) makes no per-row cross-layer guesses (throughput
     /// mode); it guesses the next layer by votes instead (`predictSaturated`).

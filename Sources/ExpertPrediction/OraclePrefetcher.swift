@@ -41,6 +41,7 @@ public final class OraclePrefetcher: RoutingObserver {
     public func willRunSequences(_ sequences: [SequenceRows]) { next?.willRunSequences(sequences) }
     public func sequenceEnded(_ id: Int) { next?.sequenceEnded(id) }
     public func didShadowRoute(layer: Int, routes: [TokenRouting]) { next?.didShadowRoute(layer: layer, routes: routes) }
+    public func didShadowGuess(layer: Int, experts: [Int]) { next?.didShadowGuess(layer: layer, experts: experts) }
 
     public func didRoute(layer: Int, routes: [TokenRouting], gateInput: UnsafePointer<Float>, rowCount: Int) {
         defer { next?.didRoute(layer: layer, routes: routes, gateInput: gateInput, rowCount: rowCount) }

@@ -111,4 +111,5 @@ public final class PrefetchSwitch: RoutingObserver, @unchecked Sendable {
     }
 
     public func didShadowRoute(layer: Int, routes: [TokenRouting]) { target?.didShadowRoute(layer: layer, routes: routes) }
+    public func didShadowGuess(layer: Int, experts: [Int]) { target?.didShadowGuess(layer: layer, experts: experts) }
 }

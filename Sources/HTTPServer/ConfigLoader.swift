@@ -54,6 +54,8 @@ public enum ConfigLoader {
         Key(name: "io_engine", help: "engine of expert reads: auto (io_uring where the kernel allows, else threads), io_uring or threads") { c, v in c.runtime.ioEngine = try string(v) },
         Key(name: "prefetch_reads", help: "prefetch reads at once (0: no separate bound)") { c, v in c.runtime.prefetchReads = try int(v, 0...256) },
         Key(name: "shadow_routing", help: "run the next MoE layer's attention and router while misses load, and prefetch what it chooses (on/off)") { c, v in c.runtime.shadowRouting = try bool(v) },
+        Key(name: "expert_surrogates", help: "linear stand-ins for the experts' outputs the shadow uses: a file, or none (default: the model's own)") { c, v in c.runtime.expertSurrogates = try string(v) },
+        Key(name: "surrogate_shadow", help: "how the shadow uses expert surrogates: fill (default), off, early, both or confident") { c, v in c.runtime.surrogateShadow = try string(v) },
         Key(name: "prefetch_min_probability", help: "prefetch only guesses at least this probable") { c, v in c.runtime.prefetchMinProbability = try probability(v) },
         Key(name: "prefetch_budget", help: "prefetched unused experts per layer (0: no bound)") { c, v in c.runtime.prefetchBudget = try int(v, 0...1_000_000) },
         Key(name: "max_sequences", help: "sequences decoded together in one batch") { c, v in c.runtime.maxSequences = try int(v, 1...1024) },

@@ -26,6 +26,11 @@ public struct RuntimeSettings: Sendable, Equatable {
     public var prefetchBudget: Int?
     /// `shadow_routing`: run a shadow of the next MoE layer while misses load (`RuntimeSpecification.shadowRouting`).
     public var shadowRouting: Bool?
+    /// `expert_surrogates`: linear stand-ins for the experts' outputs used by the shadow, a file or `none`
+    /// (default: the model directory's own `expert-surrogates.safetensors`).
+    public var expertSurrogates: String?
+    /// `surrogate_shadow`: how the shadow uses them (off, fill, early, both, confident; `SurrogateShadow`).
+    public var surrogateShadow: String?
     /// `max_sequences`: sequences decoded together in one batch.
     public var maxSequences: Int = 8
     /// `context_size`: positions a sequence may reach (prompt and reply), at most the model's trained

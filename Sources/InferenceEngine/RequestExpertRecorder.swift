@@ -73,4 +73,5 @@ final class RequestExpertRecorder: RoutingObserver {
 
     func sequenceEnded(_ id: Int) { next?.sequenceEnded(id) }
     func didShadowRoute(layer: Int, routes: [TokenRouting]) { next?.didShadowRoute(layer: layer, routes: routes) }
+    func didShadowGuess(layer: Int, experts: [Int]) { next?.didShadowGuess(layer: layer, experts: experts) }
 }

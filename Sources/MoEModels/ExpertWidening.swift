@@ -49,9 +49,10 @@ public enum ExpertWidening {
         // Inert units leave every hidden state and routing decision as they were, so the
         // model's fitted predictor probes (`--predictor-probes`) hold for the widened one too
         // (stores packed before probes travelled with them hold the file unlisted).
-        let probes = store.url.appendingPathComponent(ExpertStore.predictorProbesFile)
-        if !store.manifest.copiedFiles.contains(ExpertStore.predictorProbesFile), fm.fileExists(atPath: probes.path) {
-            try fm.copyItem(at: probes, to: directory.appendingPathComponent(ExpertStore.predictorProbesFile))
+        // So do the experts' surrogates: a zero unit adds nothing to an expert's output.
+        for name in [ExpertStore.predictorProbesFile, ExpertSurrogates.fileName] where !store.manifest.copiedFiles.contains(name) {
+            let file = store.url.appendingPathComponent(name)
+            if fm.fileExists(atPath: file.path) { try fm.copyItem(at: file, to: directory.appendingPathComponent(name)) }
         }
 
         let names = ArchitectureDescription.of(config.architecture)

@@ -39,6 +39,20 @@ public final class TransformerModel: @unchecked Sendable {
     /// report its routing to `routingObserver` (`ShadowRouting`); the runtime turns it on with
     /// prefetch and `--shadow-routing on`. Set before steps run.
     public var shadowRouting = false
+    /// Linear stand-ins for the routed experts' outputs (`ExpertSurrogates`), with which the shadow
+    /// also runs as a layer routes and fills in the experts still loading; nil: none. Set before
+    /// steps run.
+    public var expertSurrogates: ExpertSurrogates?
+    /// How the shadow uses `expertSurrogates` (`SurrogateShadow`).
+    public var surrogateShadow: SurrogateShadow = .fill
+    /// With `expertSurrogates`: whether each shadow goes on to the layer after the next
+    /// (`ShadowRouting.run(_:then:...)`). Off: on the widened demo it read 0.4-0.8 MB a token
+    /// more and decoded no faster (docs/PREDICTOR.md, session 36); `MOE_SHADOW_CHAIN=on` turns it
+    /// on (for measurements).
+    public var shadowChain = ProcessInfo.processInfo.environment["MOE_SHADOW_CHAIN"] == "on"
+    /// With `SurrogateShadow.confident`: the routing weight an early shadow's expert needs to be
+    /// guessed (`MOE_EARLY_SHADOW_FLOOR`, for measurements; 0.1 measured best of 0.1 and 0.2).
+    public var earlyShadowFloor: Float = ProcessInfo.processInfo.environment["MOE_EARLY_SHADOW_FLOOR"].flatMap { Float($0) } ?? 0.1
     private lazy var shadow = ShadowRouting(config: config)
     /// Per layer: whether it is an MoE layer whose next layer is one too, with full causal
     /// attention, which the shadow can run.
@@ -266,16 +280,27 @@ public final class TransformerModel: @unchecked Sendable {
     /// observer, a layer it cannot run, or not a decode step of at most `ShadowRouting.maxRows`
     /// sequences. `residual` holds the step's h_mid `[rows, hidden]` while the MoE block runs.
     private func shadowStep(after layer: Int, spans: [SequenceSpan], rowCount: Int,
-                            residual: UnsafePointer<Float>) -> (partial: UnsafeMutablePointer<Float>, run: () -> Void)? {
+                            residual: UnsafePointer<Float>) -> ShadowHook? {
         guard shadowRouting, shadowTargets[layer], let observer = routingObserver, rowCount <= ShadowRouting.maxRows,
               spans.count == rowCount else { return nil }
-        let next = layers[layer + 1]
-        guard let attention = next.attention as? AttentionLayer, case .sparse(let block) = next.feedForward else { return nil }
-        let shadow = self.shadow, eps = config.rmsNormEps
-        return (shadow.partial.pointer, {
-            shadow.run(attention: attention, inputNorm: next.inputNorm, postAttentionNorm: next.postAttentionNorm, block: block,
+        guard let target = shadowTarget(layer + 1) else { return nil }
+        // Two ahead: where the next layer's experts have surrogates and the layer after can be shadowed.
+        let then = shadowChain && expertSurrogates?.covers(layer: layer + 1) == true && shadowTargets[layer + 1]
+            ? shadowTarget(layer + 2) : nil
+        let shadow = self.shadow, eps = config.rmsNormEps, surrogates = expertSurrogates
+        let floor = surrogateShadow == .confident ? earlyShadowFloor : nil
+        return ShadowHook(partial: shadow.partial.pointer, run: { early in
+            shadow.run(target, then: then, surrogates: surrogates, confidentFloor: early ? floor : nil,
                        residual: residual, spans: spans, eps: eps, observer: observer)
-        })
+        }, surrogates: expertSurrogates, surrogateMode: surrogateShadow)
+    }
+
+    /// Decoder layer `index` as a shadow target, or nil where it has no full attention or no MoE block.
+    private func shadowTarget(_ index: Int) -> ShadowRouting.Target? {
+        guard index < layers.count else { return nil }
+        let layer = layers[index]
+        guard let attention = layer.attention as? AttentionLayer, case .sparse(let block) = layer.feedForward else { return nil }
+        return ShadowRouting.Target(attention: attention, inputNorm: layer.inputNorm, postAttentionNorm: layer.postAttentionNorm, block: block)
     }
 
     /// One step; the caller holds `stepLock`.

@@ -53,6 +53,10 @@ struct RuntimeOptions: ParsableArguments {
     var shadowRouting: String = "on"
     @Option(name: .customLong("predictor-probes"), help: "Fitted cross-layer maps (safetensors from scripts/train_predictor_probes.py) that replace the next layers' routers in the cross-layer gate (default: the model directory's \(ExpertStore.predictorProbesFile) if it has one; none: the routers).")
     var predictorProbes: String?
+    @Option(name: .customLong("expert-surrogates"), help: "Linear stand-ins for the experts' outputs (safetensors from scripts/fit_expert_surrogates.py) that the shadow uses (default: the model directory's \(ExpertSurrogates.fileName) if it has one; none: no surrogates).")
+    var expertSurrogates: String?
+    @Option(name: .customLong("surrogate-shadow"), help: "How the shadow uses expert surrogates: fill (the default: they stand in for the experts still loading), off, early (also a shadow as each layer routes), both (early, then fill) or confident (early, adding only experts of routing weight >= 0.1, then fill).")
+    var surrogateShadow: String = "fill"
     @Option(name: .customLong("admission-window"), help: "Missing experts of one layer reserved and read at once (0: all of them, their room made as each read starts); a window reserves room when a miss is queued, as before session 31.")
     var admissionWindow: Int?
     @Option(name: .customLong("prefetch-reads"), help: "Prefetch reads that may run at once; demand reads always find a free reader when this is below --reader-threads (0: no separate bound).")
@@ -103,6 +107,13 @@ struct RuntimeOptions: ParsableArguments {
         spec.prefetchMinProbability = prefetchMinProbability
         guard shadowRouting == "on" || shadowRouting == "off" else { throw CommandError("--shadow-routing: expected on or off, got '\(shadowRouting)'") }
         spec.shadowRouting = shadowRouting == "on"
+        if let expertSurrogates {
+            spec.surrogates = RuntimeSpecification.probes(named: expertSurrogates)
+            if case let .file(file) = spec.surrogates, !FileManager.default.fileExists(atPath: file.path) {
+                throw CommandError("--expert-surrogates: no file at \(expertSurrogates)")
+            }
+        }
+        spec.surrogateShadow = try flag("--surrogate-shadow") { try RuntimeSpecification.surrogateShadow(named: surrogateShadow) }
         if let prefetchBudget, prefetchBudget < 0 {
             throw CommandError("--prefetch-budget: expected 0 or more experts, got \(prefetchBudget)")
         }

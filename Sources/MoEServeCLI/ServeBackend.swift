@@ -56,6 +56,8 @@ enum ServeBackend {
         spec.prefetchMinProbability = settings.prefetchMinProbability.map { Float($0) }
         spec.prefetchBudgetExperts = settings.prefetchBudget
         if let shadow = settings.shadowRouting { spec.shadowRouting = shadow }
+        if let surrogates = settings.expertSurrogates { spec.surrogates = RuntimeSpecification.probes(named: surrogates) }
+        if let name = settings.surrogateShadow { spec.surrogateShadow = try key("surrogate_shadow") { try RuntimeSpecification.surrogateShadow(named: name) } }
         spec.maxSequences = settings.maxSequences
         spec.contextTokens = settings.contextSize
         if let name = settings.promptCachePartial {

@@ -32,6 +32,8 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("prefetch-min-probability"), help: "Prefetch only guesses at least this probable (default 0.1, or 0.9 with selection probes).") var prefetchMinProbability: String?
     @Option(name: .customLong("prefetch-budget"), help: "Prefetched, unused experts each layer may hold (0: no bound; default the model's top-k).") var prefetchBudget: String?
     @Option(name: .customLong("shadow-routing"), help: "Run the next MoE layer's attention and router while a decode step's misses load, and prefetch what it chooses: on or off (default on).") var shadowRouting: String?
+    @Option(name: .customLong("expert-surrogates"), help: "Linear stand-ins for the experts' outputs that the shadow uses, a file or none (default: the model's own expert-surrogates.safetensors).") var expertSurrogates: String?
+    @Option(name: .customLong("surrogate-shadow"), help: "How the shadow uses expert surrogates: fill (default: they stand in for the experts still loading), off, early, both or confident.") var surrogateShadow: String?
     @Option(name: .customLong("max-sequences"), help: "Sequences decoded together in one batch (default 8).") var maxSequences: String?
     @Option(name: .customLong("context-size"), help: "Positions a sequence may reach, prompt and reply (default and upper bound: the model's trained context); the memory plan reserves KV for this many per sequence, like llama-server's -c.") var contextSize: String?
     @Option(name: .customLong("prompt-cache-partial"), help: "Reuse of a cached prompt prefix: exact (default: when a probe finds the model's prefill bit-exact), always, or off (whole-prompt hits only).") var promptCachePartial: String?
@@ -65,7 +67,7 @@ struct ServeCommand: ParsableCommand {
             ("expert_cache", expertCache), ("cache_policy", cachePolicy), ("prefetch", prefetch), ("predictor", predictor),
             ("predictor_probes", predictorProbes), ("kv_cache_type", kvCacheType), ("reader_threads", readerThreads), ("io_engine", ioEngine),
             ("prefetch_reads", prefetchReads), ("prefetch_min_probability", prefetchMinProbability),
-            ("prefetch_budget", prefetchBudget), ("shadow_routing", shadowRouting), ("max_sequences", maxSequences), ("prompt_cache_partial", promptCachePartial),
+            ("prefetch_budget", prefetchBudget), ("shadow_routing", shadowRouting), ("expert_surrogates", expertSurrogates), ("surrogate_shadow", surrogateShadow), ("max_sequences", maxSequences), ("prompt_cache_partial", promptCachePartial),
             ("context_size", contextSize),
             ("skip_missing_below", skipMissingBelow), ("low_bit_misses", lowBitMisses),
         ]

@@ -159,6 +159,10 @@ public protocol ExpertProvider: AnyObject, Sendable {
     /// Opt-in lossy mode (`WeakExpertSkipping`): removes from `routes` the weak experts of
     /// `layer` that are not resident, where residency is known. The default keeps every expert.
     func skipWeakMissing(layer: Int, routes: inout [TokenRouting])
+
+    /// Whether any of `experts` of `layer` is not in memory now (its read runs or waits), so
+    /// that using them means waiting for the disk. The default (everything in memory): false.
+    func isReading(layer: Int, experts: [Int]) -> Bool
 }
 
 extension ExpertProvider {
@@ -181,6 +185,7 @@ extension ExpertProvider {
     public func prefetch(layer: Int, experts: [Int], pipeline: Bool) {}
     @discardableResult public func cancelPrefetches(layer: Int?, experts: [Int]?) -> Int { 0 }
     public func skipWeakMissing(layer: Int, routes: inout [TokenRouting]) {}
+    public func isReading(layer: Int, experts: [Int]) -> Bool { false }
 }
 
 /// Receives every MoE layer's routing decisions as they are made (trace recording, predictor
@@ -214,6 +219,11 @@ public protocol RoutingObserver: AnyObject {
     /// output with only the experts that were resident, while the misses load) chose `routes`:
     /// a late, sharper guess at what `layer`'s router will choose (`ShadowRouting`).
     func didShadowRoute(layer: Int, routes: [TokenRouting])
+
+    /// An early shadow of MoE layer `layer` (run as the layer before routes, on its experts'
+    /// surrogates) is confident of `experts`: guesses to add, withdrawing nothing, since the
+    /// sharper shadow after the residents may still follow (`ShadowRouting`).
+    func didShadowGuess(layer: Int, experts: [Int])
 }
 
 /// The rows of one sequence in a step.
@@ -235,4 +245,5 @@ extension RoutingObserver {
     public func willRunSequences(_ sequences: [SequenceRows]) {}
     public func sequenceEnded(_ id: Int) {}
     public func didShadowRoute(layer: Int, routes: [TokenRouting]) {}
+    public func didShadowGuess(layer: Int, experts: [Int]) {}
 }

@@ -74,6 +74,8 @@ public final class ExpertStore: WeightSource, @unchecked Sendable {
     /// The file in a model directory (store or checkpoint) holding its fitted predictor
     /// probes (`scripts/train_predictor_probes.py`), loaded unless a command names others.
     public static let predictorProbesFile = "predictor-probes.safetensors"
+    /// A model's fitted expert surrogates (`ExpertSurrogates`), carried with it like the probes.
+    public static let expertSurrogatesFile = "expert-surrogates.safetensors"
 
     /// Whether `url` is a store directory (has a manifest.json) rather than a checkpoint.
     public static func isStore(at url: URL) -> Bool {

@@ -309,7 +309,7 @@ public struct ExpertStorePacker {
         let fileManager = FileManager.default
         let contents = (try? fileManager.contentsOfDirectory(atPath: checkpoint.url.path)) ?? []
         let travelling = contents.filter {
-            (!$0.hasSuffix(".safetensors") || $0 == ExpertStore.predictorProbesFile) && $0 != "model.safetensors.index.json" && !$0.hasPrefix(".")
+            (!$0.hasSuffix(".safetensors") || $0 == ExpertStore.predictorProbesFile || $0 == ExpertStore.expertSurrogatesFile) && $0 != "model.safetensors.index.json" && !$0.hasPrefix(".")
         }
         for name in travelling.sorted() {
             let source = checkpoint.url.appendingPathComponent(name)

@@ -141,44 +141,39 @@ public final class ModelRuntime {
             denseBytes = checkpoint.residentByteCount(expertNames: names)
         }
 
+        // The model directory's own expert surrogates (`ExpertSurrogates`), for the shadow, so only
+        // where one can run; resident, so counted with the dense weights (below).
+        var surrogates = spec.prefetch == .off || !spec.shadowRouting || spec.surrogateShadow == .off ? nil
+            : try expertSurrogatesURL(spec.surrogates, model: url).map { try ExpertSurrogates.load($0, config: config) }
         let layers = config.moeLayers
         let expertBytes = layers.first.map { loader.expertByteCount(layer: $0, expert: 0) } ?? 0
         let allExpertBytes = expertBytes * config.expertCount * layers.count
-        let kvBytesPerToken = TransformerModel.kvBytesPerToken(config, precision: spec.kvPrecision)
         let contextTokens = min(spec.contextTokens ?? config.maxPositionEmbeddings, config.maxPositionEmbeddings)
 
         var plan: MemoryPlan?
         var cacheBytes = allExpertBytes
-        if var budget = spec.memoryBudgetBytes {
-            if spec.autoMemoryBudget {
-                // `auto` starts from a share of free memory, bounded by what planning needs
-                // (everything else with a full KV cache and the smallest expert cache) and by
-                // what caching every expert needs: a budget past that would go unused.
-                let others = runtimeBytes + denseBytes + TransformerModel.derivedWeightBytes(config)
-                    + scratchBytes(config, maxSequences: spec.maxSequences) + ExpertStore.pooledBuffers * expertBytes
-                    + spec.maxSequences * (TransformerModel.kvBytes(config, precision: spec.kvPrecision, positions: contextTokens)
-                                           + TransformerModel.sequenceStateBytes(config))
-                let least = others + MemoryPlan.minimumExpertBytes(expertBytes: expertBytes, expertsPerToken: config.expertsPerToken,
-                                                                   readsInFlight: spec.prefetchBudgetExperts ?? config.expertsPerToken)
-                budget = min(max(budget, least), max(least, others + allExpertBytes))
+        if let budget = spec.memoryBudgetBytes {
+            do {
+                plan = try Self.plan(spec, budget: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes + (surrogates?.byteCount ?? 0),
+                                     config: config, expertBytes: expertBytes, allExpertBytes: allExpertBytes, contextTokens: contextTokens)
+            } catch where surrogates != nil {
+                // They only sharpen the predictor's guesses: a budget too tight for them runs without.
+                surrogates = nil
+                plan = try Self.plan(spec, budget: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes,
+                                     config: config, expertBytes: expertBytes, allExpertBytes: allExpertBytes, contextTokens: contextTokens)
             }
-            plan = try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes,
-                                       denseBytes: denseBytes + TransformerModel.derivedWeightBytes(config),
-                                       scratchBytes: scratchBytes(config, maxSequences: spec.maxSequences)
-                                           + ExpertStore.pooledBuffers * expertBytes,
-                                       kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * spec.maxSequences,
-                                       // What one step needs: a layer's top-k and the prefetch
-                                       // reads in flight (the floors shrink to fit, below).
-                                       minimumExpertBytes: MemoryPlan.minimumExpertBytes(
-                                           expertBytes: expertBytes, expertsPerToken: config.expertsPerToken,
-                                           readsInFlight: spec.prefetchBudgetExperts ?? config.expertsPerToken),
-                                       kvShare: spec.kvShare,
-                                       sequenceStateBytes: TransformerModel.sequenceStateBytes(config) * spec.maxSequences,
-                                       kvWindowBytes: spec.maxSequences * (TransformerModel.kvBytes(config, precision: spec.kvPrecision, positions: contextTokens)
-                                           - contextTokens * kvBytesPerToken))
             cacheBytes = plan!.expertCacheBytes
+            if cacheBytes >= allExpertBytes && spec.expertCacheBytes == nil, surrogates != nil {
+                // Every expert cached: nothing is read, no shadow runs, and their bytes go to the plan.
+                surrogates = nil
+                plan = try Self.plan(spec, budget: budget, runtimeBytes: runtimeBytes, denseBytes: denseBytes,
+                                     config: config, expertBytes: expertBytes, allExpertBytes: allExpertBytes, contextTokens: contextTokens)
+                cacheBytes = plan!.expertCacheBytes
+            }
         }
         if let expertCacheBytes = spec.expertCacheBytes { cacheBytes = expertCacheBytes }
+        // Every expert cached: nothing is read, so no shadow runs.
+        if cacheBytes >= allExpertBytes { surrogates = nil }
         let prefetchExperts = spec.prefetchBudgetExperts ?? config.expertsPerToken
         guard prefetchExperts >= 0 else { throw RuntimeError("prefetch budget: expected 0 or more experts, got \(prefetchExperts)") }
         // Auto (0): probe the disk when experts will be read at run time, else the default.
@@ -206,6 +201,8 @@ public final class ModelRuntime {
             layers: layers)
         let model = try TransformerModel(config: config, weights: weights, experts: cache)
         model.kvPrecision = spec.kvPrecision
+        model.expertSurrogates = surrogates
+        model.surrogateShadow = spec.surrogateShadow
         // Checked and loaded whether or not this run prefetches, so a wrong file or a predictor
         // that would ignore it fails at start, not silently.
         if case .file = spec.probes, !predictorConfiguration.crossLayer {
@@ -318,15 +315,59 @@ public final class ModelRuntime {
 
     /// The probes to use: a given file, none, else the model directory's own if it has them.
     private static func predictorProbesURL(_ source: RuntimeSpecification.ProbeSource, model: URL) throws -> URL? {
+        try companionFileURL(source, model: model, ownFile: ExpertStore.predictorProbesFile, what: "predictor probes")
+    }
+
+    /// The expert surrogates to use: a given file, none, else the model directory's own if it has them.
+    private static func expertSurrogatesURL(_ source: RuntimeSpecification.ProbeSource, model: URL) throws -> URL? {
+        try companionFileURL(source, model: model, ownFile: ExpertSurrogates.fileName, what: "expert surrogates")
+    }
+
+    /// A file that travels with a model (`ownFile` in its directory): a given file, which must
+    /// exist, none, or the model's own if it has one.
+    private static func companionFileURL(_ source: RuntimeSpecification.ProbeSource, model: URL, ownFile: String, what: String) throws -> URL? {
         switch source {
         case .disabled: return nil
         case let .file(url):
-            guard FileManager.default.fileExists(atPath: url.path) else { throw RuntimeError("predictor probes: no file at \(url.path)") }
+            guard FileManager.default.fileExists(atPath: url.path) else { throw RuntimeError("\(what): no file at \(url.path)") }
             return url
         case .modelDefault:
-            let own = model.appendingPathComponent(ExpertStore.predictorProbesFile)
+            let own = model.appendingPathComponent(ownFile)
             return FileManager.default.fileExists(atPath: own.path) ? own : nil
         }
+    }
+
+    /// The memory plan for `spec` under `budget`, with `denseBytes` of resident weights.
+    private static func plan(_ spec: RuntimeSpecification, budget: Int, runtimeBytes: Int, denseBytes: Int, config: ModelConfig,
+                             expertBytes: Int, allExpertBytes: Int, contextTokens: Int) throws -> MemoryPlan {
+        var budget = budget
+        let kvBytesPerToken = TransformerModel.kvBytesPerToken(config, precision: spec.kvPrecision)
+        if spec.autoMemoryBudget {
+            // `auto` starts from a share of free memory, bounded by what planning needs
+            // (everything else with a full KV cache and the smallest expert cache) and by
+            // what caching every expert needs: a budget past that would go unused.
+            let others = runtimeBytes + denseBytes + TransformerModel.derivedWeightBytes(config)
+                + scratchBytes(config, maxSequences: spec.maxSequences) + ExpertStore.pooledBuffers * expertBytes
+                + spec.maxSequences * (TransformerModel.kvBytes(config, precision: spec.kvPrecision, positions: contextTokens)
+                                       + TransformerModel.sequenceStateBytes(config))
+            let least = others + MemoryPlan.minimumExpertBytes(expertBytes: expertBytes, expertsPerToken: config.expertsPerToken,
+                                                               readsInFlight: spec.prefetchBudgetExperts ?? config.expertsPerToken)
+            budget = min(max(budget, least), max(least, others + allExpertBytes))
+        }
+        return try MemoryPlan.plan(budget: budget, runtimeBytes: runtimeBytes,
+                                   denseBytes: denseBytes + TransformerModel.derivedWeightBytes(config),
+                                   scratchBytes: scratchBytes(config, maxSequences: spec.maxSequences)
+                                       + ExpertStore.pooledBuffers * expertBytes,
+                                   kvBytesPerToken: kvBytesPerToken, kvTokens: contextTokens * spec.maxSequences,
+                                   // What one step needs: a layer's top-k and the prefetch
+                                   // reads in flight (the floors shrink to fit, below).
+                                   minimumExpertBytes: MemoryPlan.minimumExpertBytes(
+                                       expertBytes: expertBytes, expertsPerToken: config.expertsPerToken,
+                                       readsInFlight: spec.prefetchBudgetExperts ?? config.expertsPerToken),
+                                   kvShare: spec.kvShare,
+                                   sequenceStateBytes: TransformerModel.sequenceStateBytes(config) * spec.maxSequences,
+                                   kvWindowBytes: spec.maxSequences * (TransformerModel.kvBytes(config, precision: spec.kvPrecision, positions: contextTokens)
+                                       - contextTokens * kvBytesPerToken))
     }
 
     /// The process's footprint, measured at the first `open`.

@@ -39,6 +39,10 @@ final class RoutingObserverFanOut: RoutingObserver {
         for observer in observers { observer.didShadowRoute(layer: layer, routes: routes) }
     }
 
+    func didShadowGuess(layer: Int, experts: [Int]) {
+        for observer in observers { observer.didShadowGuess(layer: layer, experts: experts) }
+    }
+
     func willRunStep(lastRows: [Int]) {
         for observer in observers { observer.willRunStep(lastRows: lastRows) }
     }

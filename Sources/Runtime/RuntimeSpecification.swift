@@ -65,6 +65,13 @@ public struct RuntimeSpecification: Sendable {
     /// decoded a median 1.04x faster (14 of 20 rounds; 0.95-1.33x), never costing more than this
     /// disk's spread (docs/PREDICTOR.md, "Session 20"). It runs only while a read is in flight.
     public var shadowRouting = true
+    /// Linear stand-ins for the experts' outputs, with which the shadow also runs as a layer
+    /// routes (`ExpertSurrogates`): the model directory's own `expert-surrogates.safetensors` by default.
+    public var surrogates: ProbeSource = .modelDefault
+    /// How the shadow uses them. `fill` (they stand in for the experts still loading) measured
+    /// 1.00-1.03x the shadow without them on the widened demo at an emulated 1.5 GB/s; the
+    /// shadows run as a layer routes gained nothing (docs/PREDICTOR.md, session 36).
+    public var surrogateShadow: SurrogateShadow = .fill
     /// Prefetched, unused experts each layer may hold (0: no bound; nil: the model's top-k).
     public var prefetchBudgetExperts: Int?
     /// Sequences that run at once (sizes scratch and the KV cache).
@@ -110,6 +117,14 @@ public struct RuntimeSpecification: Sendable {
     /// `none`, or a path to a probes file.
     public static func probes(named name: String) -> ProbeSource {
         name == "none" ? .disabled : .file(URL(fileURLWithPath: name))
+    }
+
+    /// A `SurrogateShadow` by name.
+    public static func surrogateShadow(named name: String) throws -> SurrogateShadow {
+        guard let mode = SurrogateShadow(rawValue: name) else {
+            throw RuntimeError("expected one of \(SurrogateShadow.allCases.map(\.rawValue).joined(separator: ", ")), got '\(name)'")
+        }
+        return mode
     }
 
     /// The names of the predictor configurations.

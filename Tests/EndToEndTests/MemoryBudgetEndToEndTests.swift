@@ -399,5 +399,9 @@ import Testing
         #expect(refused.status != 0 && refused.stderr.contains("--perfect-predictor"))
         let alone = try Self.run(["bench", "decode", "--model", Self.store.path, "--perfect-beside-real"])
         #expect(alone.status != 0 && alone.stderr.contains("--perfect-predictor"))
+        let mode = try Self.run(["bench", "decode", "--model", Self.store.path, "--surrogate-shadow", "sometimes"])
+        #expect(mode.status != 0 && mode.stderr.contains("--surrogate-shadow") && mode.stderr.contains("fill"), "\(mode.stderr)")
+        let missing = try Self.run(["bench", "decode", "--model", Self.store.path, "--expert-surrogates", "/nonexistent.safetensors"])
+        #expect(missing.status != 0 && missing.stderr.contains("--expert-surrogates"), "\(missing.stderr)")
     }
 }

@@ -126,9 +126,11 @@ import Testing
         prefetch_min_probability = 0.5
         expert_cache = "64MiB"
         shadow_routing = true
+        expert_surrogates = "none"
         """.write(to: file, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: file) }
-        let config = try ConfigLoader.load(file: file.path, environment: ["MOE_PREDICTOR": "cross_layer", "MOE_READER_THREADS": "3"],
+        let config = try ConfigLoader.load(file: file.path, environment: ["MOE_PREDICTOR": "cross_layer", "MOE_READER_THREADS": "3",
+                                                                          "MOE_SURROGATE_SHADOW": "confident"],
                                            overrides: ["prefetch_reads": "1", "max_sequences": "4", "predictor_probes": "none",
                                                        "prefetch_budget": "0", "kv_cache_type": "f16"])
         var expected = RuntimeSettings()
@@ -144,6 +146,8 @@ import Testing
         expected.predictorProbes = "none"
         expected.prefetchBudget = 0
         expected.shadowRouting = true
+        expected.expertSurrogates = "none"
+        expected.surrogateShadow = "confident"
         #expect(config.runtime == expected)
         #expect(try ConfigLoader.load(file: nil, environment: ["MOE_SHADOW_ROUTING": "off"]).runtime.shadowRouting == false)
         #expect(try ConfigLoader.load(file: nil, environment: [:]).runtime.shadowRouting == nil)

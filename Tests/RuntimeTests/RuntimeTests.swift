@@ -87,6 +87,62 @@ import TensorMath
         #expect(cache.statistics().total.misses > 0)
     }
 
+    /// The demo's expert surrogates (`DemoModel/expert-surrogates.safetensors`) are loaded where a
+    /// shadow can use them, counted in the plan with the dense weights, and left out where none
+    /// runs (prefetch off, every expert cached) or where the budget cannot hold them; the tokens
+    /// are the same either way.
+    @Test func expertSurrogatesAreLoadedOnlyWhereTheShadowCanUseThem() throws {
+        var spec = RuntimeSpecification(model: Self.demo)
+        let prompt = [1, 42, 7, 300, 5]
+        spec.expertCacheBytes = 6 << 20
+        let used = try ModelRuntime.open(spec)
+        let surrogates = try #require(used.model.expertSurrogates, "a cache that reads and the model's own surrogates")
+        #expect(surrogates.rank == 8 && surrogates.covers(layer: 0))
+        #expect(used.model.surrogateShadow == .fill)
+        let tokens = try Self.generate(used, prompt: prompt, maxTokens: 8)
+        used.close()
+
+        var none = spec
+        none.surrogates = .disabled
+        let without = try ModelRuntime.open(none)
+        #expect(without.model.expertSurrogates == nil)
+        #expect(try Self.generate(without, prompt: prompt, maxTokens: 8) == tokens)
+        without.close()
+
+        var off = spec
+        off.prefetch = .off
+        let noPrefetch = try ModelRuntime.open(off)
+        #expect(noPrefetch.model.expertSurrogates == nil, "no prefetch: no shadow")
+        noPrefetch.close()
+
+        var everything = RuntimeSpecification(model: Self.demo)
+        everything.memoryBudgetBytes = ProcessMemory.runtimeReservation() + (256 << 20)
+        let cachedWhole = try ModelRuntime.open(everything)
+        #expect(cachedWhole.model.expertSurrogates == nil, "every expert cached: nothing read, no shadow")
+        var cachedWholeBare = everything
+        cachedWholeBare.surrogates = .disabled
+        let bareWhole = try ModelRuntime.open(cachedWholeBare)
+        #expect(cachedWhole.plan?.denseBytes == bareWhole.plan?.denseBytes, "unused, so not counted")
+        bareWhole.close()
+        cachedWhole.close()
+
+        // Where they are used the plan counts them with the dense weights; where not, not.
+        var roomy = RuntimeSpecification(model: Self.demo)
+        roomy.memoryBudgetBytes = ProcessMemory.runtimeReservation() + (18 << 20)
+        let planned = try ModelRuntime.open(roomy)
+        defer { planned.close() }
+        var bare = roomy
+        bare.surrogates = .disabled
+        let plannedBare = try ModelRuntime.open(bare)
+        defer { plannedBare.close() }
+        let withPlan = try #require(planned.plan), barePlan = try #require(plannedBare.plan)
+        if planned.model.expertSurrogates != nil {
+            #expect(withPlan.denseBytes == barePlan.denseBytes + surrogates.byteCount)
+        } else {
+            #expect(withPlan.denseBytes == barePlan.denseBytes, "left out, not counted")
+        }
+    }
+
     /// Split expert reads end to end (issue 26 item 1): the demo model served from its store
     /// through io_uring in 16 KiB pieces (so its 60 KiB experts split) under a tight cache, each
     /// decode step beginning on the last missing expert's gate and up before its down matrix has

@@ -510,6 +510,12 @@ public final class OffloadingExpertCache: ExpertProvider, @unchecked Sendable {
         }
     }
 
+    public func isReading(layer: Int, experts: [Int]) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return experts.contains { book.entry(ExpertKey(layer: layer, expert: $0))?.residency != .resident }
+    }
+
     /// Whether `expert` of `layer` is resident now (for tests and diagnostics).
     public func isResident(layer: Int, expert: Int) -> Bool {
         lock.lock()

@@ -91,9 +91,12 @@ struct SparseMoEBlock {
     ///
     /// `shadow`: where the partial output of the experts that ran goes, and what to run on it
     /// once the resident experts have run while misses still load (`ShadowRouting`); decode only.
+    /// With surrogates (`ShadowHook.surrogates`) they stand in for the experts still loading and,
+    /// in the modes that run early, the shadow also runs as the layer routes, when a read is
+    /// needed, on the surrogates of every chosen expert (`SurrogateShadow`).
     func forward(_ x: UnsafePointer<Float>, rowCount: Int, hidden: Int, provider: ExpertProvider,
                  observer: RoutingObserver?, workspace: ForwardWorkspace, output: UnsafeMutablePointer<Float>,
-                 shadow: (partial: UnsafeMutablePointer<Float>, run: () -> Void)? = nil) throws {
+                 shadow: ShadowHook? = nil) throws {
         let topK = routing.topK
         workspace.sharedExpertDone = false
         // Every list below is the workspace's, reused: a decode step allocates nothing.
@@ -145,15 +148,46 @@ struct SparseMoEBlock {
             // weight · output, [T, hidden] (their rows are written: `body` returned for them).
             // The shared expert (always resident) runs first there, and is not run again below.
             var residentsRan: (([Int]) -> Void)?
+            // Surrogates of this layer's experts, where the shadow has them and uses them.
+            let surrogates = shadow?.surrogates.flatMap { $0.covers(layer: layer) ? $0 : nil }
+            let mode = shadow?.surrogateMode ?? .off
             if let shadow {
                 let routed = routes, topK = topK
                 residentsRan = { completed in
                     IntegerDotKernels.serially {
                         shadow.partial.update(repeating: 0, count: rowCount * hidden)
                         for (row, routing) in routed.enumerated() {
-                            for (slot, expert) in routing.experts.enumerated() where completed.contains(expert) {
-                                Ops.addScaled(shadow.partial + row * hidden, contributions.pointer + (row * topK + slot) * hidden,
-                                              alpha: routing.weights[slot], count: hidden)
+                            for (slot, expert) in routing.experts.enumerated() {
+                                if completed.contains(expert) {
+                                    Ops.addScaled(shadow.partial + row * hidden, contributions.pointer + (row * topK + slot) * hidden,
+                                                  alpha: routing.weights[slot], count: hidden)
+                                } else if let surrogates, mode.fillsMissing {
+                                    // Still loading: its surrogate stands in.
+                                    surrogates.accumulate(layer: layer, expert: expert, input: x + row * hidden,
+                                                          weight: routing.weights[slot], into: shadow.partial + row * hidden)
+                                }
+                            }
+                        }
+                        if sharedExpert != nil {
+                            if !workspace.sharedExpertDone { runSharedExpert(x, rowCount: rowCount, hidden: hidden, workspace: workspace) }
+                            addSharedExpert(into: shadow.partial, rowCount: rowCount, hidden: hidden, workspace: workspace)
+                        }
+                    }
+                    shadow.run(false)
+                }
+            }
+            try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: {
+                observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
+                // The early shadow: as soon as the layer routes, and only where it reads (where
+                // every expert is resident the next layer's input is minutes, not reads, away),
+                // after the layer's own reads are queued so its guesses wait behind them.
+                if let shadow, let surrogates, mode.runsEarly, provider.isReading(layer: layer, experts: experts) {
+                    IntegerDotKernels.serially {
+                        shadow.partial.update(repeating: 0, count: rowCount * hidden)
+                        for (row, routing) in routes.enumerated() {
+                            for (slot, expert) in routing.experts.enumerated() {
+                                surrogates.accumulate(layer: layer, expert: expert, input: x + row * hidden,
+                                                      weight: routing.weights[slot], into: shadow.partial + row * hidden)
                             }
                         }
                         if sharedExpert != nil {
@@ -161,12 +195,9 @@ struct SparseMoEBlock {
                             addSharedExpert(into: shadow.partial, rowCount: rowCount, hidden: hidden, workspace: workspace)
                         }
                     }
-                    shadow.run()
+                    shadow.run(true)
                 }
-            }
-            try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: {
-                observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
-            }, residentsRan: residentsRan, startsBeforeDown: true) { worker, expert, weights in
+            }, residentsRan: mode.runsLate ? residentsRan : nil, startsBeforeDown: true) { worker, expert, weights in
                 let assigned = UnsafeBufferPointer(start: entries + starts[expert], count: starts[expert + 1] - starts[expert])
                 // Per worker: the expert's input rows and its output rows, [n, hidden] each.
                 let scratch = workspace.workers[worker]
@@ -234,4 +265,38 @@ struct SparseMoEBlock {
             Ops.addScaled(output + row * hidden, shared + row * hidden, alpha: alpha, count: hidden)
         }
     }
+}
+
+/// What the MoE block runs a shadow of the next layer with (`ShadowRouting`), for one step.
+struct ShadowHook {
+    /// `[rows, hidden]`: the estimated MoE output the shadow runs on.
+    let partial: UnsafeMutablePointer<Float>
+    /// Runs the shadow on `h_mid + partial` and reports its routing; `early`: as the layer routes.
+    let run: (_ early: Bool) -> Void
+    /// Linear stand-ins for the experts' outputs, or nil.
+    let surrogates: ExpertSurrogates?
+    /// Where the shadow runs and what the surrogates stand in for (with surrogates).
+    let surrogateMode: SurrogateShadow
+}
+
+/// Where the shadow of the next layer runs when the model has expert surrogates
+/// (`ExpertSurrogates`), and which experts they stand in for.
+public enum SurrogateShadow: String, Sendable, CaseIterable {
+    /// Surrogates unused: the shadow runs after the residents, on their output alone.
+    case off
+    /// As the layer routes (where it reads), on the surrogates of every chosen expert.
+    case early
+    /// After the residents, with the surrogates of the experts still loading filled in.
+    case fill
+    /// Both: early, then refined after the residents.
+    case both
+    /// Early only, the shadow after the residents not run.
+    case earlyOnly = "early-only"
+    /// Early, adding only the experts it is confident of (`ShadowRouting.run(confidentFloor:)`),
+    /// then after the residents with the missing filled in.
+    case confident
+
+    var runsEarly: Bool { self == .early || self == .both || self == .earlyOnly || self == .confident }
+    var fillsMissing: Bool { self == .fill || self == .both || self == .confident }
+    var runsLate: Bool { self != .earlyOnly }
 }
