@@ -16,7 +16,7 @@ projected on their top principal directions). The tokens are the training split 
 demo model and its probes were trained on (train_predictor_probes.py); the held-out split is left
 for scripts/shadow_routing_probe.py, which scores these surrogates.
 
-File: f32 `surrogate.<l>.in` [E, rank, H], `surrogate.<l>.out` [E, rank, H] and
+File: bf16 (or, with --dtype f32, f32) `surrogate.<l>.in` [E, rank, H], `surrogate.<l>.out` [E, rank, H] and
 `surrogate.<l>.bias` [E, H] for each MoE layer l (0-based decoder layer index). An expert no
 training token chose keeps zeros (its surrogate adds nothing). For a Qwen3-MoE checkpoint
 (stacked `gate_up_proj` / `down_proj` experts, as transformers 5 stores them).
@@ -27,7 +27,6 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import numpy as np
 import torch
 
 
@@ -107,15 +106,17 @@ def fit(xs, ys, hidden, ranks, ridge=1e-2):
 
 
 def main():
-    from safetensors.numpy import load_file, save_file
+    from safetensors.torch import load_file, save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
     import train_predictor_probes as tp
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory (a Qwen3-MoE)")
     parser.add_argument("--out", required=True, help="the safetensors file to write")
-    parser.add_argument("--rank", type=int, default=8, help="rank of each expert's surrogate (8: 17 KB an expert at hidden 256)")
+    parser.add_argument("--rank", type=int, default=8, help="rank of each expert's surrogate (8: 17 KB an expert in RAM at hidden 256)")
     parser.add_argument("--tokens", type=int, default=16000, help="training-split tokens to fit on")
+    parser.add_argument("--dtype", choices=["f32", "bf16"], default="bf16",
+                        help="stored element type (bf16: half the file; MoEServe widens it to f32 on load)")
     parser.add_argument("--corpus", default=tp.DEFAULT_CORPUS, help="the demo model's training corpus (Python sources)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -128,9 +129,10 @@ def main():
     print(f"fitting on {seen} training-split tokens", file=sys.stderr)
     fitted = fit(xs, ys, cfg.hidden_size, [args.rank])[args.rank]
     tensors = {}
-    # Contiguous: np.stack of transposed views keeps their layout, and safetensors writes the raw buffer.
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    # Contiguous: a stack of transposed views may keep their layout, and safetensors writes the raw buffer.
     def stacked(part, l):
-        return np.ascontiguousarray(np.stack([f[part].contiguous().numpy() for f in fitted[l]]), dtype=np.float32)
+        return torch.stack([f[part].contiguous() for f in fitted[l]]).to(dtype).contiguous()
     for l in range(cfg.num_hidden_layers):
         tensors[f"surrogate.{l}.in"] = stacked(2, l)
         tensors[f"surrogate.{l}.out"] = stacked(3, l)
@@ -138,13 +140,16 @@ def main():
     save_file(tensors, args.out, metadata={"rank": str(args.rank), "tokens": str(seen)})
     # Read back and check against the fit: a layout slip here silently gives a useless file.
     written = load_file(args.out)
+    tolerance = 1e-4 if args.dtype == "f32" else 2e-2
     for l in range(cfg.num_hidden_layers):
         for e, (A, b, inn, out) in enumerate(fitted[l]):
-            A_file = torch.from_numpy(written[f"surrogate.{l}.in"][e]).T @ torch.from_numpy(written[f"surrogate.{l}.out"][e])
-            assert torch.allclose(A_file, A, atol=1e-4) and torch.allclose(torch.from_numpy(written[f"surrogate.{l}.bias"][e]), b, atol=1e-5), \
+            A_file = written[f"surrogate.{l}.in"][e].float().T @ written[f"surrogate.{l}.out"][e].float()
+            scale = float(A.abs().max()) + 1e-6
+            assert float((A_file - A).abs().max()) <= tolerance * scale and \
+                float((written[f"surrogate.{l}.bias"][e].float() - b).abs().max()) <= tolerance * (float(b.abs().max()) + 1e-6), \
                 f"layer {l} expert {e}: the written surrogate differs from the fit"
-    print(f"wrote {args.out}: rank {args.rank}, {cfg.num_hidden_layers} layers x {cfg.num_experts} experts, "
-          f"{sum(t.nbytes for t in tensors.values()) / 2**20:.1f} MiB", file=sys.stderr)
+    print(f"wrote {args.out}: rank {args.rank}, {cfg.num_hidden_layers} layers x {cfg.num_experts} experts, {args.dtype}, "
+          f"{sum(t.numel() * t.element_size() for t in tensors.values()) / 2**20:.1f} MiB", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ chosen experts count as resident comes from an LRU cache of --cache experts over
 reading order. The shadow's attention uses the exact cached keys and values of earlier positions and the
 row's own (estimated) key and value, as `AttentionLayer.shadowForward` does. Prints top-k agreement per
 layer and, as train_predictor_probes.py does, the guesses that cost a read one and two layers ahead.
+With --surrogates it also fits expert surrogates (scripts/fit_expert_surrogates.py) and scores shadows run
+on them: as the layer routes, after the residents with the missing filled in, and two shadows chained
+(docs/PREDICTOR.md, session 36). --random-prompts scores bench decode's workload instead of held-out text.
 Needs torch, transformers, safetensors and numpy (the venv of scripts/make_reference_models.py).
 """
 import argparse
@@ -240,7 +243,7 @@ with torch.no_grad():
                 parts[name].append(torch.softmax(x2 @ nxt.mlp.gate.weight.T, -1))
                 if name == "shadow: resident experts":
                     shadow_x.setdefault(t, []).append(x2)
-                if RANKS and name.endswith(f"linear rank {RANKS[0]} of every expert") or RANKS and name.endswith(f"linear rank {RANKS[0]} of the missing"):
+                if RANKS and name.endswith((f"linear rank {RANKS[0]} of every expert", f"linear rank {RANKS[0]} of the missing")):
                     chain_start.setdefault((name, t), []).append((h2, x2))
             hs = variants["shadow: resident experts"]
             parts["shadow: no attention, resident"].append(torch.softmax(nxt.post_attention_layernorm(hs) @ nxt.mlp.gate.weight.T, -1))

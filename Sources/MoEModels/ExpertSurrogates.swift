@@ -15,11 +15,12 @@ import TensorMath
 /// On the trained demo's held-out text (`scripts/shadow_routing_probe.py --surrogates`) a shadow
 /// run when the layer routes, on rank-8 surrogates of every chosen expert, agrees with the next
 /// layer's top-4 at 0.939, against 0.942 for the shadow after the residents and 0.873 for one on
-/// h_mid alone. Rank 8 at hidden 256 is 17 KB an expert, about 2% of the widened demo's.
+/// h_mid alone. Rank 8 at hidden 256 is 17 KB an expert in RAM (f32; bf16 on disk), about 2% of
+/// the widened demo's.
 ///
-/// File: f32 `surrogate.<l>.in` `[E, rank, H]`, `surrogate.<l>.out` `[E, rank, H]` and
-/// `surrogate.<l>.bias` `[E, H]` per MoE layer `l`; a model directory's own is
-/// `expert-surrogates.safetensors` (`fileName`).
+/// File: f32 or bf16 `surrogate.<l>.in` `[E, rank, H]`, `surrogate.<l>.out` `[E, rank, H]` and
+/// `surrogate.<l>.bias` `[E, H]` per MoE layer `l` (held as f32 in RAM); a model directory's own
+/// is `expert-surrogates.safetensors` (`fileName`).
 public final class ExpertSurrogates: @unchecked Sendable {
     /// A model directory's own surrogates.
     public static let fileName = ExpertStore.expertSurrogatesFile
@@ -30,11 +31,11 @@ public final class ExpertSurrogates: @unchecked Sendable {
     /// Per MoE layer: `in` and `out` `[E, rank, H]` and `bias` `[E, H]`, one buffer each.
     private let layers: [Int: (input: AlignedBuffer<Float>, output: AlignedBuffer<Float>, bias: AlignedBuffer<Float>)]
 
-    /// Bytes held in RAM (counted with the dense weights in the memory plan).
+    /// Bytes held in RAM, as f32 (counted with the dense weights in the memory plan).
     public let byteCount: Int
 
-    /// Loads and checks `url` against `config`: every MoE layer has its three tensors, f32, of the
-    /// model's expert count and hidden size, one rank throughout; nothing else is in the file.
+    /// Loads and checks `url` against `config`: every MoE layer has its three tensors, f32 or bf16,
+    /// of the model's expert count and hidden size, one rank throughout; nothing else is in the file.
     public static func load(_ url: URL, config: ModelConfig) throws -> ExpertSurrogates {
         let file = try SafetensorsFile(path: url.path)
         let hidden = config.hiddenSize, experts = config.expertCount
@@ -45,13 +46,21 @@ public final class ExpertSurrogates: @unchecked Sendable {
             guard let entry = file.entries[name] else { throw ModelFormatError("\(url.path): no tensor '\(name)'") }
             if rank == nil, entry.shape.count == 3 { rank = entry.shape[1] }
             let expected = shape(rank ?? 0)
-            guard entry.dtype == .f32, entry.shape == expected, (rank ?? 0) > 0 else {
-                throw ModelFormatError("\(url.path): '\(name)' must be f32 \(expected) (experts, rank, hidden \(hidden)); got \(entry.dtype.rawValue) \(entry.shape)")
+            guard entry.dtype == .f32 || entry.dtype == .bf16, entry.shape == expected, (rank ?? 0) > 0 else {
+                throw ModelFormatError("\(url.path): '\(name)' must be f32 or bf16 \(expected) (experts, rank, hidden \(hidden)); got \(entry.dtype.rawValue) \(entry.shape)")
             }
-            let values = file.bytes(of: entry).bindMemory(to: Float.self)
-            let buffer = AlignedBuffer<Float>(count: values.count)
-            buffer.pointer.update(from: values.baseAddress!, count: values.count)
-            bytes += entry.byteCount
+            let count = entry.elementCount
+            let buffer = AlignedBuffer<Float>(count: count)
+            let raw = file.bytes(of: entry)
+            if entry.dtype == .bf16 {
+                // Unaligned in the file: copied out, then widened.
+                var bits = [UInt16](repeating: 0, count: count)
+                bits.withUnsafeMutableBytes { $0.copyMemory(from: raw) }
+                bits.withUnsafeBufferPointer { FloatConversion.convertBF16($0.baseAddress!, to: buffer.pointer, count: count) }
+            } else {
+                UnsafeMutableRawPointer(buffer.pointer).copyMemory(from: raw.baseAddress!, byteCount: count * 4)
+            }
+            bytes += count * MemoryLayout<Float>.stride
             return buffer
         }
         for layer in config.moeLayers {

@@ -52,7 +52,7 @@ final class RoutingPairs: RoutingObserver {
 }
 
 /// Surrogates for every MoE layer of `config` (seeded values of scale `scale`, rank `rank`), written to a temporary file.
-func surrogatesFile(_ config: ModelConfig, rank: Int, scale: Float, seed: UInt64 = 7) throws -> URL {
+func surrogatesFile(_ config: ModelConfig, rank: Int, scale: Float, seed: UInt64 = 7, dtype: TensorDType = .f32) throws -> URL {
     var writer = SafetensorsWriter()
     var state = seed
     func values(_ count: Int) -> [Float] {
@@ -63,11 +63,11 @@ func surrogatesFile(_ config: ModelConfig, rank: Int, scale: Float, seed: UInt64
     }
     let (e, h) = (config.expertCount, config.hiddenSize)
     for layer in config.moeLayers {
-        writer.add("surrogate.\(layer).in", shape: [e, rank, h], values: values(e * rank * h))
-        writer.add("surrogate.\(layer).out", shape: [e, rank, h], values: values(e * rank * h))
-        writer.add("surrogate.\(layer).bias", shape: [e, h], values: values(e * h))
+        writer.add("surrogate.\(layer).in", shape: [e, rank, h], values: values(e * rank * h), dtype: dtype)
+        writer.add("surrogate.\(layer).out", shape: [e, rank, h], values: values(e * rank * h), dtype: dtype)
+        writer.add("surrogate.\(layer).bias", shape: [e, h], values: values(e * h), dtype: dtype)
     }
-    let url = FileManager.default.temporaryDirectory.appendingPathComponent("surrogates-\(getpid())-\(seed)-\(rank).safetensors")
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("surrogates-\(getpid())-\(seed)-\(rank)-\(dtype.rawValue).safetensors")
     try writer.write(to: url)
     return url
 }
@@ -220,6 +220,16 @@ func shadowFixture(_ prefix: String) throws -> (TransformerModel, ShadowReportin
         var y = [Float](repeating: 1, count: h)
         x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { surrogates.accumulate(layer: layer, expert: expert, input: xp.baseAddress!, weight: 0.25, into: $0.baseAddress!) } }
         for i in 0..<h { #expect(abs(y[i] - expected[i]) < 1e-4 * max(1, abs(expected[i]))) }
+
+        // The same values stored as bf16 load widened to f32: as close as bf16 rounding allows, the same bytes in RAM.
+        let halfURL = try surrogatesFile(config, rank: 3, scale: 0.5, dtype: .bf16)
+        defer { try? FileManager.default.removeItem(at: halfURL) }
+        let half = try ExpertSurrogates.load(halfURL, config: config)
+        #expect(half.rank == 3 && half.byteCount == surrogates.byteCount)
+        var z = [Float](repeating: 1, count: h)
+        x.withUnsafeBufferPointer { xp in z.withUnsafeMutableBufferPointer { half.accumulate(layer: layer, expert: expert, input: xp.baseAddress!, weight: 0.25, into: $0.baseAddress!) } }
+        let largest = expected.map { abs($0) }.max()!
+        for i in 0..<h { #expect(abs(z[i] - expected[i]) < 2e-2 * largest) }
     }
 
     /// A file that does not fit the model is refused at load, naming the tensor.

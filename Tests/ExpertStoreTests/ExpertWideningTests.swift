@@ -47,25 +47,27 @@ import TensorMath
         }
     }
 
-    /// A model's predictor probes travel with it: `pack` copies them from the checkpoint into
-    /// the store (the other safetensors files are its weights), and widening — which changes
-    /// no hidden state or routing — keeps them.
-    @Test func predictorProbesTravelWithTheModel() throws {
+    /// A model's predictor probes and expert surrogates travel with it: `pack` copies them from
+    /// the checkpoint into the store (the other safetensors files are its weights), and widening —
+    /// which changes no hidden state, routing or expert output — keeps them.
+    @Test func predictorProbesAndSurrogatesTravelWithTheModel() throws {
         let dir = try TinyCheckpoint.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let hf = try TinyCheckpoint.write(.mixtral, dtype: .bf16, in: dir)
-        let probes = Data("stand-in for fitted probes".utf8)
-        try probes.write(to: hf.appendingPathComponent(ExpertStore.predictorProbesFile))
+        let files = [ExpertStore.predictorProbesFile: Data("stand-in for fitted probes".utf8),
+                     ExpertStore.expertSurrogatesFile: Data("stand-in for fitted surrogates".utf8)]
+        for (name, data) in files { try data.write(to: hf.appendingPathComponent(name)) }
         let original = dir.appendingPathComponent("store")
         try pack(hf, to: original)
-        #expect(try Data(contentsOf: original.appendingPathComponent(ExpertStore.predictorProbesFile)) == probes)
-        #expect(try ExpertStore(url: original).manifest.copiedFiles.contains(ExpertStore.predictorProbesFile))
-
         let widenedCheckpoint = dir.appendingPathComponent("widened-hf")
         try ExpertWidening.writeCheckpoint(of: ExpertStore(url: original), width: 2 * TinyCheckpoint.expertWidth, to: widenedCheckpoint)
         let widened = dir.appendingPathComponent("widened")
         try pack(widenedCheckpoint, to: widened)
-        #expect(try Data(contentsOf: widened.appendingPathComponent(ExpertStore.predictorProbesFile)) == probes)
+        for (name, data) in files {
+            #expect(try Data(contentsOf: original.appendingPathComponent(name)) == data)
+            #expect(try ExpertStore(url: original).manifest.copiedFiles.contains(name))
+            #expect(try Data(contentsOf: widened.appendingPathComponent(name)) == data)
+        }
     }
 
     @Test func narrowingIsRefused() throws {

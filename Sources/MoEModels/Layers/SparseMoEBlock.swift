@@ -179,7 +179,7 @@ struct SparseMoEBlock {
             try provider.withExperts(layer: layer, experts: experts, workers: workers, pinned: {
                 observer?.didRoute(layer: layer, routes: routes, gateInput: x, rowCount: rowCount)
                 // The early shadow: as soon as the layer routes, and only where it reads (where
-                // every expert is resident the next layer's input is minutes, not reads, away),
+                // every expert is resident the next layer's input is compute, not reads, away),
                 // after the layer's own reads are queued so its guesses wait behind them.
                 if let shadow, let surrogates, mode.runsEarly, provider.isReading(layer: layer, experts: experts) {
                     IntegerDotKernels.serially {
@@ -197,7 +197,7 @@ struct SparseMoEBlock {
                     }
                     shadow.run(true)
                 }
-            }, residentsRan: mode.runsLate ? residentsRan : nil, startsBeforeDown: true) { worker, expert, weights in
+            }, residentsRan: mode.runsLate || surrogates == nil ? residentsRan : nil, startsBeforeDown: true) { worker, expert, weights in
                 let assigned = UnsafeBufferPointer(start: entries + starts[expert], count: starts[expert + 1] - starts[expert])
                 // Per worker: the expert's input rows and its output rows, [n, hidden] each.
                 let scratch = workspace.workers[worker]
@@ -284,13 +284,14 @@ struct ShadowHook {
 public enum SurrogateShadow: String, Sendable, CaseIterable {
     /// Surrogates unused: the shadow runs after the residents, on their output alone.
     case off
-    /// As the layer routes (where it reads), on the surrogates of every chosen expert.
+    /// As the layer routes (where it reads), on the surrogates of every chosen expert; then
+    /// after the residents, on their output alone.
     case early
     /// After the residents, with the surrogates of the experts still loading filled in.
     case fill
     /// Both: early, then refined after the residents.
     case both
-    /// Early only, the shadow after the residents not run.
+    /// Early only, the shadow after the residents not run (where a layer has no surrogates, it still runs).
     case earlyOnly = "early-only"
     /// Early, adding only the experts it is confident of (`ShadowRouting.run(confidentFloor:)`),
     /// then after the residents with the missing filled in.
