@@ -40,8 +40,8 @@ public final class TransformerModel: @unchecked Sendable {
     /// prefetch and `--shadow-routing on`. Set before steps run.
     public var shadowRouting = false
     /// Linear stand-ins for the routed experts' outputs (`ExpertSurrogates`), with which the shadow
-    /// also runs as a layer routes and fills in the experts still loading; nil: none. Set before
-    /// steps run.
+    /// fills in the experts still loading and, in the early modes, also runs as a layer routes
+    /// (`surrogateShadow`); nil: none. Set before steps run.
     public var expertSurrogates: ExpertSurrogates?
     /// How the shadow uses `expertSurrogates` (`SurrogateShadow`).
     public var surrogateShadow: SurrogateShadow = .fill

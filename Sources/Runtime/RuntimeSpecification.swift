@@ -65,8 +65,8 @@ public struct RuntimeSpecification: Sendable {
     /// decoded a median 1.04x faster (14 of 20 rounds; 0.95-1.33x), never costing more than this
     /// disk's spread (docs/PREDICTOR.md, "Session 20"). It runs only while a read is in flight.
     public var shadowRouting = true
-    /// Linear stand-ins for the experts' outputs, with which the shadow also runs as a layer
-    /// routes (`ExpertSurrogates`): the model directory's own `expert-surrogates.safetensors` by default.
+    /// Linear stand-ins for the experts' outputs, which the shadow uses as `surrogateShadow` says
+    /// (`ExpertSurrogates`): the model directory's own `expert-surrogates.safetensors` by default.
     public var surrogates: ProbeSource = .modelDefault
     /// How the shadow uses them. `fill` (they stand in for the experts still loading) measured
     /// 1.00-1.03x the shadow without them on the widened demo at an emulated 1.5 GB/s; the

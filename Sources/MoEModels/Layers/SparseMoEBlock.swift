@@ -151,28 +151,34 @@ struct SparseMoEBlock {
             // Surrogates of this layer's experts, where the shadow has them and uses them.
             let surrogates = shadow?.surrogates.flatMap { $0.covers(layer: layer) ? $0 : nil }
             let mode = shadow?.surrogateMode ?? .off
-            if let shadow {
-                let routed = routes, topK = topK
-                residentsRan = { completed in
-                    IntegerDotKernels.serially {
-                        shadow.partial.update(repeating: 0, count: rowCount * hidden)
-                        for (row, routing) in routed.enumerated() {
-                            for (slot, expert) in routing.experts.enumerated() {
-                                if completed.contains(expert) {
-                                    Ops.addScaled(shadow.partial + row * hidden, contributions.pointer + (row * topK + slot) * hidden,
-                                                  alpha: routing.weights[slot], count: hidden)
-                                } else if let surrogates, mode.fillsMissing {
-                                    // Still loading: its surrogate stands in.
-                                    surrogates.accumulate(layer: layer, expert: expert, input: x + row * hidden,
-                                                          weight: routing.weights[slot], into: shadow.partial + row * hidden)
-                                }
+            // The shadow's input, into `partial`: the experts in `completed` from their outputs,
+            // the others from their surrogates where `surrogates` is given (else left out), and
+            // the shared expert (run once per layer, whichever shadow needs it first).
+            func estimate(_ partial: UnsafeMutablePointer<Float>, routed: [TokenRouting], completed: [Int], surrogates: ExpertSurrogates?) {
+                IntegerDotKernels.serially {
+                    partial.update(repeating: 0, count: rowCount * hidden)
+                    for (row, routing) in routed.enumerated() {
+                        for (slot, expert) in routing.experts.enumerated() {
+                            if completed.contains(expert) {
+                                Ops.addScaled(partial + row * hidden, contributions.pointer + (row * topK + slot) * hidden,
+                                              alpha: routing.weights[slot], count: hidden)
+                            } else if let surrogates {
+                                // Not run yet: its surrogate stands in.
+                                surrogates.accumulate(layer: layer, expert: expert, input: x + row * hidden,
+                                                      weight: routing.weights[slot], into: partial + row * hidden)
                             }
                         }
-                        if sharedExpert != nil {
-                            if !workspace.sharedExpertDone { runSharedExpert(x, rowCount: rowCount, hidden: hidden, workspace: workspace) }
-                            addSharedExpert(into: shadow.partial, rowCount: rowCount, hidden: hidden, workspace: workspace)
-                        }
                     }
+                    if sharedExpert != nil {
+                        if !workspace.sharedExpertDone { runSharedExpert(x, rowCount: rowCount, hidden: hidden, workspace: workspace) }
+                        addSharedExpert(into: partial, rowCount: rowCount, hidden: hidden, workspace: workspace)
+                    }
+                }
+            }
+            if let shadow {
+                let routed = routes, filling = mode.fillsMissing ? surrogates : nil
+                residentsRan = { completed in
+                    estimate(shadow.partial, routed: routed, completed: completed, surrogates: filling)
                     shadow.run(false)
                 }
             }
@@ -182,19 +188,7 @@ struct SparseMoEBlock {
                 // every expert is resident the next layer's input is compute, not reads, away),
                 // after the layer's own reads are queued so its guesses wait behind them.
                 if let shadow, let surrogates, mode.runsEarly, provider.isReading(layer: layer, experts: experts) {
-                    IntegerDotKernels.serially {
-                        shadow.partial.update(repeating: 0, count: rowCount * hidden)
-                        for (row, routing) in routes.enumerated() {
-                            for (slot, expert) in routing.experts.enumerated() {
-                                surrogates.accumulate(layer: layer, expert: expert, input: x + row * hidden,
-                                                      weight: routing.weights[slot], into: shadow.partial + row * hidden)
-                            }
-                        }
-                        if sharedExpert != nil {
-                            runSharedExpert(x, rowCount: rowCount, hidden: hidden, workspace: workspace)
-                            addSharedExpert(into: shadow.partial, rowCount: rowCount, hidden: hidden, workspace: workspace)
-                        }
-                    }
+                    estimate(shadow.partial, routed: routes, completed: [], surrogates: surrogates)
                     shadow.run(true)
                 }
             }, residentsRan: mode.runsLate || surrogates == nil ? residentsRan : nil, startsBeforeDown: true) { worker, expert, weights in
