@@ -94,11 +94,14 @@ public final class ExpertSurrogates: @unchecked Sendable {
         let input = tensors.input.pointer + expert * rank * hidden
         let output = tensors.output.pointer + expert * rank * hidden
         Ops.addScaled(y, tensors.bias.pointer + expert * hidden, alpha: weight, count: hidden)
-        for j in 0..<rank {
-            let row = input + j * hidden
-            var projection: Float = 0
-            for h in 0..<hidden { projection += row[h] * x[h] }
-            Ops.addScaled(y, output + j * hidden, alpha: weight * projection, count: hidden)
+        // `[rank]` projections `input[e] · x`: SIMD dot products (a scalar sum does not vectorise
+        // without reassociation; 16K multiply-adds an expert at OLMoE's hidden 2048, rank 8).
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: rank) { projections in
+            let p = projections.baseAddress!
+            AttentionKernels.scores(query: x, keys: input, keyStride: hidden, count: rank, dim: hidden, scale: 1, into: p)
+            for j in 0..<rank {
+                Ops.addScaled(y, output + j * hidden, alpha: weight * p[j], count: hidden)
+            }
         }
     }
 }
